@@ -1,0 +1,5 @@
+import sys
+
+from meshnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""`meshnet lab ...`: the command-line face of meshnet.lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from meshnet.lab import lab as lablib
+from meshnet.lab import topology as topo
+
+NAME_OPTION = click.option(
+    "--name",
+    "name",
+    metavar="LAB",
+    default=None,
+    help="Which lab (default: the only one running).",
+)
+
+
+@click.group()
+def lab() -> None:
+    """Simulated hosts in network namespaces, to try meshnet on one machine."""
+
+
+@lab.command()
+@click.option(
+    "--name",
+    "name",
+    metavar="LAB",
+    default="demo",
+    show_default=True,
+    help="Name of the new lab; prefixes everything it creates.",
+)
+@click.option(
+    "--hosts",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Number of hosts (with a built-in topology).",
+)
+@click.option(
+    "--topology",
+    "shape",
+    default="full",
+    show_default=True,
+    metavar="SHAPE|FILE",
+    help="full, line, star, ring, or a topology file (.toml).",
+)
+@click.option(
+    "--containers",
+    type=int,
+    default=None,
+    help="Containers per host  [default: 1; a topology file may say otherwise]",
+)
+@click.option("--mtu", type=int, default=1500, show_default=True, help="Underlay MTU.")
+def up(name: str, hosts: int, shape: str, containers: int | None, mtu: int) -> None:
+    """Build a lab: one namespace per host, the underlay, and containers.
+
+    In a `line`, h1 reaches h2 and h2 reaches h3, but h1 cannot reach h3 at all.
+    """
+    lablib.require_root()
+    lablib.check_lab_name(name)
+    if shape in topo.BUILTIN_TOPOLOGIES or not (shape.endswith(".toml") or os.path.exists(shape)):
+        spec = topo.builtin(shape, hosts, 1 if containers is None else containers)
+    else:
+        spec = topo.load_file(Path(shape), containers)
+    steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
+    err = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"building lab {name}", total=steps)
+
+        def step(what: str) -> None:
+            progress.update(task, description=f"lab {name}: {what}", advance=1)
+
+        lablib.up(name, spec, mtu=mtu, progress=step)
+    _print_summary(lablib.status(name))
+
+
+def _print_summary(state: dict[str, Any]) -> None:
+    console = Console()
+    hosts = Table(title=f"lab {state['name']} ({state['state']}, underlay MTU {state['mtu']})")
+    for column in ("host", "namespace", "underlay", "containers"):
+        hosts.add_column(column)
+    for h in state["hosts"]:
+        hosts.add_row(
+            h["name"] + ("" if h["running"] else " (gone)"),
+            h["namespace"],
+            "\n".join(f"{u['address']} → {u['peer']}" for u in h["underlay"]) or "-",
+            ", ".join(h["containers"]) or "-",
+        )
+    console.print(hosts)
+    if state["containers"]:
+        table = Table()
+        for column in ("container", "host", "namespace", "interface", "address", "mac"):
+            table.add_column(column)
+        for c in state["containers"]:
+            table.add_row(
+                c["name"],
+                c["host"],
+                c["namespace"],
+                c["interface"],
+                ", ".join(c["addresses"]),
+                c["mac"] or "-",
+            )
+        console.print(table)
+    degraded = [link for link in state["links"] if not link["up"] or link["loss"] or link["rate"]]
+    for link in degraded:
+        console.print(
+            f"link {link['a']}-{link['b']}: "
+            + (
+                "down"
+                if not link["up"]
+                else ", ".join(
+                    x
+                    for x in (
+                        f"loss {link['loss']:g}%" if link["loss"] else "",
+                        f"rate {link['rate']}" if link["rate"] else "",
+                    )
+                    if x
+                )
+            )
+        )
+
+
+@lab.command()
+@NAME_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name: str | None, as_json: bool) -> None:
+    """Show a lab's hosts, underlay addresses, containers and links."""
+    state = lablib.status(name)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        _print_summary(state)
+
+
+@lab.command(context_settings={"ignore_unknown_options": True})
+@NAME_OPTION
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(name: str | None, target: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a host or container: meshnet lab exec h1 -- ping 172.31.0.2
+
+    The command's exit status is meshnet's exit status.
+    """
+    namespace = lablib.exec_target(name, target)
+    sys.stdout.flush()
+    try:
+        os.execvp("ip", ["ip", "netns", "exec", namespace, *command])
+    except FileNotFoundError:
+        raise click.ClickException("`ip` not found: install iproute2") from None
+
+
+@lab.command()
+@NAME_OPTION
+@click.argument("a")
+@click.argument("b")
+@click.argument("action", type=click.Choice(["down", "up", "loss", "rate"]))
+@click.argument("value", required=False)
+def link(name: str | None, a: str, b: str, action: str, value: str | None) -> None:
+    """Change the underlay link between hosts A and B, in both directions.
+
+    \b
+    meshnet lab link h1 h2 down
+    meshnet lab link h1 h2 up
+    meshnet lab link h1 h2 loss 20       (percent, 0 clears)
+    meshnet lab link h1 h2 rate 10mbit   (none clears)
+    """
+    click.echo(lablib.set_link(name, a, b, action, value))
+
+
+@lab.command()
+@NAME_OPTION
+def down(name: str | None) -> None:
+    """Remove every namespace, link, process and file the lab made."""
+    removed = lablib.down(name)
+    click.echo(f"lab {removed} removed")

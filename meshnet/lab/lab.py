@@ -1,0 +1,496 @@
+"""Build, inspect, change and tear down a lab of simulated hosts in network namespaces.
+
+Every namespace a lab makes is named `mn-<lab>-<host or container>` and written to the lab's
+journal *before* it is created, so `down` removes everything even after `up` crashed or was killed
+halfway. Links live inside the lab's namespaces (veth ends are created directly in their
+namespace), so removing the namespaces removes every link; nothing is made in the root namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from meshnet.dataplane import netlink
+from meshnet.errors import UserError
+from meshnet.lab.topology import (
+    PlannedContainer,
+    PlannedLink,
+    Topology,
+    check_loss,
+    format_rate,
+    parse_rate,
+    plan_addresses,
+)
+
+DEFAULT_ROOT = Path("/run/meshnet/lab")
+BRIDGE = "meshnet"
+CONTAINER_IFNAME = "ethwe"
+_LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+
+
+def lab_root() -> Path:
+    return Path(os.environ.get("MESHNET_LAB_ROOT", str(DEFAULT_ROOT)))
+
+
+def check_lab_name(name: str) -> str:
+    # No '-' in lab names: "mn-a-" must never be a prefix of another lab's namespaces.
+    if not _LAB_NAME.match(name):
+        raise UserError(f"bad lab name {name!r}: 1-12 lowercase letters and digits")
+    return name
+
+
+def namespace_prefix(lab: str) -> str:
+    return f"mn-{lab}-"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("meshnet lab needs root to create network namespaces (try sudo)")
+
+
+def list_labs() -> list[str]:
+    root = lab_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _LAB_NAME.match(p.name))
+
+
+def resolve_name(name: str | None) -> str:
+    """The lab a command means: the one named, or else the only one there is."""
+    labs = list_labs()
+    if name is not None:
+        check_lab_name(name)
+        if name not in labs:
+            raise UserError(
+                f"no lab named {name!r}"
+                + (f" (labs: {', '.join(labs)})" if labs else " (no lab is running)")
+            )
+        return name
+    if not labs:
+        raise UserError("no lab is running: start one with `meshnet lab up`")
+    if len(labs) > 1:
+        raise UserError(f"several labs are running ({', '.join(labs)}): choose one with --name")
+    return labs[0]
+
+
+class Journal:
+    """Append-only record of what a lab created, written before each creation and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, kind: str, value: str | int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({kind: value}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def entries(self) -> Iterator[tuple[str, Any]]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                ((kind, value),) = json.loads(line).items()
+            except (ValueError, AttributeError):
+                continue  # a line torn by a kill mid-write
+            yield kind, value
+
+
+@dataclass
+class LabRecord:
+    """What `up` planned and what `link` changed since: lab.json."""
+
+    name: str
+    state: str  # building | up | failed
+    mtu: int
+    hosts: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+    containers: list[dict[str, Any]]
+    created: float
+
+    @classmethod
+    def load(cls, directory: Path) -> LabRecord:
+        try:
+            return cls(**json.loads((directory / "lab.json").read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise UserError(f"lab record {directory / 'lab.json'} is unreadable: {e}") from None
+
+    def save(self, directory: Path) -> None:
+        tmp = directory / "lab.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, directory / "lab.json")
+
+    def find_link(self, a: str, b: str) -> dict[str, Any]:
+        for link in self.links:
+            if {link["a"], link["b"]} == {a, b}:
+                return link
+        hosts = {h["name"] for h in self.hosts}
+        for end in (a, b):
+            if end not in hosts:
+                raise UserError(f"no host named {end!r} in lab {self.name}")
+        raise UserError(f"hosts {a} and {b} are not linked in lab {self.name}")
+
+
+def _link_ifname(peer: str) -> str:
+    return f"to-{peer}"
+
+
+def _container_host_ifname(container: str) -> str:
+    return f"ve-{container}"
+
+
+def up(
+    name: str,
+    topology: Topology,
+    *,
+    mtu: int = 1500,
+    progress: Callable[[str], None] = lambda _: None,
+) -> LabRecord:
+    """Build the lab; on any failure remove what was built and re-raise."""
+    require_root()
+    check_lab_name(name)
+    if not 576 <= mtu <= 9000:
+        raise UserError(f"--mtu must be between 576 and 9000, not {mtu}")
+    prefix = namespace_prefix(name)
+    leftovers = [n for n in netlink.list_namespaces() if n.startswith(prefix)]
+    if leftovers:
+        raise UserError(
+            f"namespaces of a lab named {name!r} already exist ({', '.join(leftovers[:3])}...): "
+            f"run `meshnet lab down --name {name}` first"
+        )
+    directory = lab_root() / name
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        raise UserError(
+            f"a lab named {name!r} already exists: choose another --name, "
+            f"or `meshnet lab down --name {name}`"
+        ) from None
+    links, containers = plan_addresses(topology)
+    record = LabRecord(
+        name=name,
+        state="building",
+        mtu=mtu,
+        hosts=[
+            {
+                "name": h.name,
+                "namespace": prefix + h.name,
+                "dir": str(directory / "hosts" / h.name),
+            }
+            for h in topology.hosts
+        ],
+        links=[{**asdict(link), "up": True} for link in links],
+        containers=[{**asdict(c), "namespace": prefix + c.name} for c in containers],
+        created=time.time(),
+    )
+    record.save(directory)
+    journal = Journal(directory / "journal")
+    try:
+        _build(record, links, containers, journal, progress)
+    except BaseException:
+        record.state = "failed"
+        record.save(directory)
+        progress("failed: removing what was built")
+        _teardown(name, directory)
+        raise
+    record.state = "up"
+    record.save(directory)
+    return record
+
+
+def _create_namespace(journal: Journal, namespace: str) -> None:
+    journal.record("netns", namespace)
+    try:
+        netlink.create_namespace(namespace)
+    except netlink.NamespaceExists:
+        # Not ours after all (made since our check): never remove it.
+        journal.record("foreign", namespace)
+        raise
+
+
+def _build(
+    record: LabRecord,
+    links: list[PlannedLink],
+    containers: list[PlannedContainer],
+    journal: Journal,
+    progress: Callable[[str], None],
+) -> None:
+    for host in record.hosts:
+        progress(f"host {host['name']}")
+        Path(host["dir"]).mkdir(parents=True, exist_ok=True)
+        _create_namespace(journal, host["namespace"])
+        with netlink.namespace(host["namespace"]) as ns:
+            ns.create_bridge(BRIDGE, mtu=record.mtu)
+            ns.set_up(BRIDGE)
+    namespaces = {h["name"]: h["namespace"] for h in record.hosts}
+    for link in links:
+        progress(f"link {link.a} - {link.b}")
+        a_if, b_if = _link_ifname(link.b), _link_ifname(link.a)
+        with netlink.namespace(namespaces[link.a]) as ns:
+            ns.create_veth(a_if, b_if, namespaces[link.b], mtu=record.mtu)
+            ns.add_address(a_if, link.a_address)
+            ns.set_up(a_if)
+        with netlink.namespace(namespaces[link.b]) as ns:
+            ns.add_address(b_if, link.b_address)
+            ns.set_up(b_if)
+        _apply_faults(namespaces[link.a], a_if, link.loss, link.rate)
+        _apply_faults(namespaces[link.b], b_if, link.loss, link.rate)
+    for c in containers:
+        progress(f"container {c.name}")
+        namespace = namespace_prefix(record.name) + c.name
+        _create_namespace(journal, namespace)
+        host_if = _container_host_ifname(c.name)
+        with netlink.namespace(namespaces[c.host]) as ns:
+            ns.create_veth(host_if, CONTAINER_IFNAME, namespace, mtu=record.mtu)
+            ns.set_master(host_if, BRIDGE)
+            ns.set_up(host_if)
+        with netlink.namespace(namespace) as ns:
+            ns.add_address(CONTAINER_IFNAME, c.address)
+            ns.set_up(CONTAINER_IFNAME)
+
+
+def _nft(namespace: str, script: str) -> None:
+    if shutil.which("nft") is None:
+        raise UserError("nft not found: link loss needs nftables (apt-get install nftables)")
+    result = subprocess.run(
+        ["nsenter", f"--net={netlink.NETNS_DIR / namespace}", "nft", "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise UserError(f"nft failed in {namespace}: {result.stderr.strip()}")
+
+
+def _apply_faults(namespace: str, ifname: str, loss: float, rate: int | None) -> None:
+    """Loss is dropped on arrival (netdev ingress), so each end's rule shapes one direction."""
+    if loss or _has_loss_table(namespace, ifname):
+        table = f"meshnet_lab_{ifname.replace('-', '_')}"
+        script = f"table netdev {table} {{}}\ndelete table netdev {table}\n"
+        if loss >= 100:
+            verdict = "drop"
+        elif loss > 0:
+            # numgen compares integers: hundredths of a percent keep 0.01% resolution.
+            verdict = f"numgen random mod 10000 < {round(loss * 100)} drop"
+        else:
+            verdict = ""
+        if verdict:
+            script += (
+                f"table netdev {table} {{\n chain ingress {{\n"
+                f'  type filter hook ingress device "{ifname}" priority 0;\n'
+                f"  {verdict}\n }}\n}}\n"
+            )
+        _nft(namespace, script)
+    with netlink.namespace(namespace) as ns:
+        ns.set_rate(ifname, rate)
+
+
+def _has_loss_table(namespace: str, ifname: str) -> bool:
+    # Only consulted when clearing loss; a missing nft means no table was ever made.
+    if shutil.which("nft") is None:
+        return False
+    result = subprocess.run(
+        ["nsenter", f"--net={netlink.NETNS_DIR / namespace}", "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"meshnet_lab_{ifname.replace('-', '_')}" in result.stdout
+
+
+def down(name: str | None) -> str:
+    """Remove everything the lab made; returns the lab's name."""
+    require_root()
+    name = resolve_name(name)
+    _teardown(name, lab_root() / name)
+    return name
+
+
+def _teardown(name: str, directory: Path) -> None:
+    journal = Journal(directory / "journal")
+    entries = list(journal.entries())
+    foreign = {v for k, v in entries if k == "foreign"}
+    namespaces = [v for k, v in entries if k == "netns" and v not in foreign]
+    prefix = namespace_prefix(name)
+    owned = [n for n in namespaces if isinstance(n, str) and n.startswith(prefix)]
+    _stop_processes(owned, [v for k, v in entries if k == "pid" and isinstance(v, int)])
+    for namespace in reversed(owned):  # containers before their hosts
+        netlink.remove_namespace(namespace)
+        etc = Path("/etc/netns") / namespace
+        if etc.is_dir():
+            shutil.rmtree(etc, ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop_processes(namespaces: list[str], pids: list[int], grace: float = 5.0) -> None:
+    """SIGTERM what runs in the lab's namespaces (and recorded pids), SIGKILL what stays."""
+    targets = set(pids)
+    for namespace in namespaces:
+        targets.update(netlink.namespace_pids(namespace))
+    targets.discard(os.getpid())
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in list(targets):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                targets.discard(pid)
+        deadline = time.monotonic() + wait
+        while targets and time.monotonic() < deadline:
+            targets = {pid for pid in targets if _alive(pid)}
+            time.sleep(0.05)
+        if not targets:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def status(name: str | None) -> dict[str, Any]:
+    """The lab as JSON-ready data: hosts with underlay addresses, containers, links."""
+    name = resolve_name(name)
+    directory = lab_root() / name
+    record = LabRecord.load(directory)
+    by_host: dict[str, list[dict[str, Any]]] = {h["name"]: [] for h in record.hosts}
+    for link in record.links:
+        by_host[link["a"]].append(
+            {"peer": link["b"], "interface": _link_ifname(link["b"]), "address": link["a_address"]}
+        )
+        by_host[link["b"]].append(
+            {"peer": link["a"], "interface": _link_ifname(link["a"]), "address": link["b_address"]}
+        )
+    hosts = []
+    for h in record.hosts:
+        hosts.append(
+            {
+                "name": h["name"],
+                "namespace": h["namespace"],
+                "running": netlink.namespace_exists(h["namespace"]),
+                "dir": h["dir"],
+                "underlay": by_host[h["name"]],
+                "addresses": [u["address"].split("/")[0] for u in by_host[h["name"]]],
+                "containers": [c["name"] for c in record.containers if c["host"] == h["name"]],
+            }
+        )
+    containers = []
+    for c in record.containers:
+        mac = None
+        if netlink.namespace_exists(c["namespace"]):
+            try:
+                with netlink.namespace(c["namespace"]) as ns:
+                    mac = ns.link(CONTAINER_IFNAME).mac
+            except netlink.NetlinkError:
+                mac = None
+        containers.append(
+            {
+                "name": c["name"],
+                "host": c["host"],
+                "namespace": c["namespace"],
+                "interface": CONTAINER_IFNAME,
+                "mac": mac,
+                "addresses": [c["address"]],
+            }
+        )
+    links = [
+        {
+            "a": link["a"],
+            "b": link["b"],
+            "addresses": [link["a_address"], link["b_address"]],
+            "up": link["up"],
+            "loss": link["loss"],
+            "rate": format_rate(link["rate"]) if link["rate"] else None,
+        }
+        for link in record.links
+    ]
+    return {
+        "name": record.name,
+        "state": record.state,
+        "mtu": record.mtu,
+        "directory": str(directory),
+        "hosts": hosts,
+        "containers": containers,
+        "links": links,
+    }
+
+
+def set_link(name: str | None, a: str, b: str, action: str, value: str | None = None) -> str:
+    """Take a link down or up, or give it loss or a rate cap, in both directions."""
+    require_root()
+    name = resolve_name(name)
+    directory = lab_root() / name
+    record = LabRecord.load(directory)
+    link = record.find_link(a, b)
+    namespaces = {h["name"]: h["namespace"] for h in record.hosts}
+    ends = [
+        (namespaces[link["a"]], _link_ifname(link["b"])),
+        (namespaces[link["b"]], _link_ifname(link["a"])),
+    ]
+    if action in ("up", "down"):
+        if value is not None:
+            raise UserError(f"`link {a} {b} {action}` takes no value")
+        for namespace, ifname in ends:
+            with netlink.namespace(namespace) as ns:
+                ns.set_state(ifname, up=action == "up")
+        link["up"] = action == "up"
+        result = f"link {a}-{b} {action}"
+    elif action in ("loss", "rate"):
+        if value is None:
+            raise UserError(
+                f"`link {a} {b} {action}` needs a value, e.g. "
+                + ("loss 20" if action == "loss" else "rate 10mbit (or rate none)")
+            )
+        if action == "loss":
+            try:
+                link["loss"] = check_loss(float(value.rstrip("%")))
+            except ValueError:
+                raise UserError(f"bad loss {value!r}: a percentage from 0 to 100") from None
+        else:
+            link["rate"] = None if value.lower() in ("none", "off") else parse_rate(value)
+        for namespace, ifname in ends:
+            _apply_faults(namespace, ifname, link["loss"], link["rate"])
+        result = (
+            f"link {a}-{b} loss {link['loss']:g}%"
+            if action == "loss"
+            else f"link {a}-{b} rate {format_rate(link['rate']) if link['rate'] else 'none'}"
+        )
+    else:
+        raise UserError(f"unknown link action {action!r}: use down, up, loss PCT or rate RATE")
+    record.save(directory)
+    return result
+
+
+def exec_target(name: str | None, target: str) -> str:
+    """The namespace of a host or container of the lab."""
+    name = resolve_name(name)
+    record = LabRecord.load(lab_root() / name)
+    for entry in record.hosts + record.containers:
+        if entry["name"] == target:
+            return str(entry["namespace"])
+    known = [e["name"] for e in record.hosts + record.containers]
+    raise UserError(
+        f"no host or container named {target!r} in lab {name} "
+        f"(there are: {', '.join(known[:12])}{'...' if len(known) > 12 else ''})"
+    )

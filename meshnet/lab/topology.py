@@ -1,0 +1,254 @@
+"""What a lab looks like before it is built: hosts, links, containers and their addresses.
+
+Pure: built-in shapes and topology files become a validated `LabPlan`; nothing touches the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshnet.errors import UserError
+
+BUILTIN_TOPOLOGIES = ("full", "line", "star", "ring")
+# Underlay links get one /24 each from here; containers get 10.32.<host>.<container>/12, inside
+# meshnet's default allocation range, so the static addresses stay valid once hosts are joined.
+UNDERLAY_RANGE = ipaddress.IPv4Network("172.31.0.0/16")
+CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
+MAX_HOSTS = 250
+MAX_CONTAINERS_PER_HOST = 250
+# Interface names hold 15 bytes: "to-" + host and "ve-" + container must fit.
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    a: str
+    b: str
+    loss: float = 0.0  # percent of frames dropped in each direction
+    rate: int | None = None  # bits per second in each direction
+
+    @property
+    def key(self) -> frozenset[str]:
+        return frozenset((self.a, self.b))
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    containers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    hosts: tuple[HostSpec, ...]
+    links: tuple[LinkSpec, ...]
+
+
+def parse_rate(text: str) -> int:
+    """'10mbit' -> 10_000_000 bits per second (tc's units: bit, kbit, mbit, gbit)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)?\s*", text.lower())
+    if not m:
+        raise UserError(
+            f"bad rate {text!r}: use a number with bit, kbit, mbit or gbit, e.g. 10mbit"
+        )
+    scale = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}[m.group(2) or "bit"]
+    bits = int(float(m.group(1)) * scale)
+    if not 8_000 <= bits <= 100 * 10**9:
+        raise UserError(f"bad rate {text!r}: must be between 8kbit and 100gbit")
+    return bits
+
+
+def format_rate(bits: int) -> str:
+    for unit, scale in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits >= scale and bits % scale == 0:
+            return f"{bits // scale}{unit}"
+    return f"{bits}bit"
+
+
+def check_loss(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise UserError(f"bad loss {value!r}: a percentage from 0 to 100")
+    return float(value)
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(
+            f"bad {what} name {name!r}: 1-12 characters, lowercase letters, digits and '-', "
+            "starting with a letter"
+        )
+    return name
+
+
+def _default_containers(host: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{host}-c{i}" for i in range(1, count + 1))
+
+
+def builtin(kind: str, hosts: int, containers: int) -> Topology:
+    """One of the named shapes over hosts h1..hN."""
+    if kind not in BUILTIN_TOPOLOGIES:
+        raise UserError(
+            f"unknown topology {kind!r}: use one of {', '.join(BUILTIN_TOPOLOGIES)} "
+            "or a topology file (.toml)"
+        )
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise UserError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+    if not 0 <= containers <= MAX_CONTAINERS_PER_HOST:
+        raise UserError(f"--containers must be between 0 and {MAX_CONTAINERS_PER_HOST}")
+    names = [f"h{i}" for i in range(1, hosts + 1)]
+    pairs: list[tuple[str, str]]
+    if kind == "full":
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    elif kind == "line":
+        pairs = list(itertools.pairwise(names))
+    elif kind == "star":
+        pairs = [(names[0], b) for b in names[1:]]
+    else:  # ring
+        pairs = list(itertools.pairwise(names))
+        if hosts > 2:
+            pairs.append((names[-1], names[0]))
+    return validate(
+        Topology(
+            hosts=tuple(HostSpec(n, _default_containers(n, containers)) for n in names),
+            links=tuple(LinkSpec(a, b) for a, b in pairs),
+        )
+    )
+
+
+def load_file(path: Path, default_containers: int | None) -> Topology:
+    """A topology file (TOML): see examples/topology.toml."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"topology file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read topology file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"malformed topology file {path}: {e}") from None
+    try:
+        return _from_mapping(data, default_containers)
+    except UserError as e:
+        raise UserError(f"topology file {path}: {e}") from None
+
+
+def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> Topology:
+    unknown = set(data) - {"hosts", "links"}
+    if unknown:
+        raise UserError(f"unknown keys {sorted(unknown)}: expected [hosts.NAME] and [[links]]")
+    hosts_data = data.get("hosts")
+    if not isinstance(hosts_data, dict) or not hosts_data:
+        raise UserError("no hosts: add a [hosts.NAME] table for each host")
+    hosts = []
+    for name, spec in hosts_data.items():
+        _check_name(name, "host")
+        if not isinstance(spec, dict):
+            raise UserError(f"host {name}: expected a table")
+        extra = set(spec) - {"containers"}
+        if extra:
+            raise UserError(f"host {name}: unknown keys {sorted(extra)}")
+        containers = spec.get("containers", default_containers or 0)
+        if isinstance(containers, bool):
+            raise UserError(f"host {name}: containers must be a count or a list of names")
+        if isinstance(containers, int):
+            if not 0 <= containers <= MAX_CONTAINERS_PER_HOST:
+                raise UserError(f"host {name}: containers must be 0..{MAX_CONTAINERS_PER_HOST}")
+            names: Sequence[Any] = _default_containers(name, containers)
+        elif isinstance(containers, list):
+            names = containers
+        else:
+            raise UserError(f"host {name}: containers must be a count or a list of names")
+        hosts.append(HostSpec(name, tuple(_check_name(c, "container") for c in names)))
+    links_data = data.get("links", [])
+    if not isinstance(links_data, list):
+        raise UserError("links must be an array of tables: [[links]]")
+    links = []
+    for i, link in enumerate(links_data, 1):
+        if not isinstance(link, dict):
+            raise UserError(f"link {i}: expected a table")
+        extra = set(link) - {"hosts", "loss", "rate"}
+        if extra:
+            raise UserError(f"link {i}: unknown keys {sorted(extra)}")
+        ends = link.get("hosts")
+        if not (
+            isinstance(ends, list) and len(ends) == 2 and all(isinstance(e, str) for e in ends)
+        ):
+            raise UserError(f'link {i}: hosts must name two hosts, e.g. hosts = ["a", "b"]')
+        rate = link.get("rate")
+        if rate is not None and not isinstance(rate, str):
+            raise UserError(f'link {i}: rate must be a string such as "10mbit"')
+        links.append(
+            LinkSpec(
+                ends[0],
+                ends[1],
+                loss=check_loss(link.get("loss", 0)),
+                rate=parse_rate(rate) if rate is not None else None,
+            )
+        )
+    return validate(Topology(tuple(hosts), tuple(links)))
+
+
+def validate(topology: Topology) -> Topology:
+    hosts = [h.name for h in topology.hosts]
+    if not 1 <= len(hosts) <= MAX_HOSTS:
+        raise UserError(f"a lab has 1 to {MAX_HOSTS} hosts, not {len(hosts)}")
+    seen: set[str] = set()
+    for name in hosts + [c for h in topology.hosts for c in h.containers]:
+        if name in seen:
+            raise UserError(f"name {name!r} is used twice (host and container names are unique)")
+        seen.add(name)
+    pairs: set[frozenset[str]] = set()
+    for link in topology.links:
+        for end in (link.a, link.b):
+            if end not in hosts:
+                raise UserError(f"link {link.a}-{link.b}: no host named {end!r}")
+        if link.a == link.b:
+            raise UserError(f"link {link.a}-{link.b}: a host cannot link to itself")
+        if link.key in pairs:
+            raise UserError(f"link {link.a}-{link.b} is listed twice")
+        pairs.add(link.key)
+    if len(topology.links) > UNDERLAY_RANGE.num_addresses // 256:
+        raise UserError(f"too many links ({len(topology.links)}): the lab has room for 256")
+    return topology
+
+
+@dataclass(frozen=True)
+class PlannedLink:
+    a: str
+    b: str
+    a_address: str  # "172.31.N.1/24" on a's end
+    b_address: str
+    loss: float
+    rate: int | None
+
+
+@dataclass(frozen=True)
+class PlannedContainer:
+    name: str
+    host: str
+    address: str  # "10.32.H.C/12"
+
+
+def plan_addresses(topology: Topology) -> tuple[list[PlannedLink], list[PlannedContainer]]:
+    """One /24 per underlay link; containers numbered by host and position."""
+    links = []
+    for subnet, link in zip(UNDERLAY_RANGE.subnets(new_prefix=24), topology.links, strict=False):
+        first, second = list(subnet.hosts())[:2]
+        links.append(
+            PlannedLink(link.a, link.b, f"{first}/24", f"{second}/24", link.loss, link.rate)
+        )
+    containers = []
+    base = int(CONTAINER_RANGE.network_address)
+    for h, host in enumerate(topology.hosts, 1):
+        for c, name in enumerate(host.containers, 1):
+            address = ipaddress.IPv4Address(base + h * 256 + c)
+            containers.append(
+                PlannedContainer(name, host.name, f"{address}/{CONTAINER_RANGE.prefixlen}")
+            )
+    return links, containers
