@@ -66,8 +66,7 @@ def up(name: str, hosts: int, shape: str, containers: int | None, mtu: int) -> N
 
     In a `line`, h1 reaches h2 and h2 reaches h3, but h1 cannot reach h3 at all.
     """
-    lablib.require_root()
-    lablib.check_lab_name(name)
+    lablib.check_can_create(name, mtu)
     if shape in topo.BUILTIN_TOPOLOGIES or not (shape.endswith(".toml") or os.path.exists(shape)):
         spec = topo.builtin(shape, hosts, 1 if containers is None else containers)
     else:

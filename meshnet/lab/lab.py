@@ -151,6 +151,30 @@ def _container_host_ifname(container: str) -> str:
     return f"ve-{container}"
 
 
+def _name_taken(name: str) -> UserError:
+    return UserError(
+        f"a lab named {name!r} already exists: choose another --name, "
+        f"or remove it with `meshnet lab down --name {name}`"
+    )
+
+
+def check_can_create(name: str, mtu: int) -> None:
+    """Everything that would stop `up` before it builds anything."""
+    require_root()
+    check_lab_name(name)
+    if not 576 <= mtu <= 9000:
+        raise UserError(f"--mtu must be between 576 and 9000, not {mtu}")
+    if (lab_root() / name).exists():
+        raise _name_taken(name)
+    prefix = namespace_prefix(name)
+    leftovers = [n for n in netlink.list_namespaces() if n.startswith(prefix)]
+    if leftovers:
+        raise UserError(
+            f"namespaces named {prefix}* exist but no lab {name!r} owns them "
+            f"({', '.join(leftovers[:3])}): remove them or choose another --name"
+        )
+
+
 def up(
     name: str,
     topology: Topology,
@@ -159,26 +183,14 @@ def up(
     progress: Callable[[str], None] = lambda _: None,
 ) -> LabRecord:
     """Build the lab; on any failure remove what was built and re-raise."""
-    require_root()
-    check_lab_name(name)
-    if not 576 <= mtu <= 9000:
-        raise UserError(f"--mtu must be between 576 and 9000, not {mtu}")
-    prefix = namespace_prefix(name)
-    leftovers = [n for n in netlink.list_namespaces() if n.startswith(prefix)]
-    if leftovers:
-        raise UserError(
-            f"namespaces of a lab named {name!r} already exist ({', '.join(leftovers[:3])}...): "
-            f"run `meshnet lab down --name {name}` first"
-        )
+    check_can_create(name, mtu)
     directory = lab_root() / name
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
         directory.mkdir()
     except FileExistsError:
-        raise UserError(
-            f"a lab named {name!r} already exists: choose another --name, "
-            f"or `meshnet lab down --name {name}`"
-        ) from None
+        raise _name_taken(name) from None
+    prefix = namespace_prefix(name)
     links, containers = plan_addresses(topology)
     record = LabRecord(
         name=name,

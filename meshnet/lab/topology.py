@@ -239,7 +239,7 @@ def plan_addresses(topology: Topology) -> tuple[list[PlannedLink], list[PlannedC
     """One /24 per underlay link; containers numbered by host and position."""
     links = []
     for subnet, link in zip(UNDERLAY_RANGE.subnets(new_prefix=24), topology.links, strict=False):
-        first, second = list(subnet.hosts())[:2]
+        first, second = subnet.network_address + 1, subnet.network_address + 2
         links.append(
             PlannedLink(link.a, link.b, f"{first}/24", f"{second}/24", link.loss, link.rate)
         )

@@ -1,0 +1,62 @@
+"""Shared fixtures: a private lab root per run, and the `netns` marker's skip rule."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Every test run keeps its labs under its own root, so a user's running labs are never touched
+# and "the only lab running" means the test's own.
+os.environ.setdefault("MESHNET_LAB_ROOT", tempfile.mkdtemp(prefix="meshnet-test-labs-"))
+
+
+@functools.cache
+def netns_unavailable() -> str | None:
+    """Why namespaces cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    name = f"mn-probe{os.getpid()}"
+    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"cannot create a network namespace: {result.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], check=False)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/net/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.netns)
+        if item.get_closest_marker("netns") is not None:
+            reason = netns_unavailable()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def unique_lab_name() -> str:
+    return "t" + uuid.uuid4().hex[:8]
+
+
+def run_meshnet(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real command line, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "meshnet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def lab_root() -> Path:
+    return Path(os.environ["MESHNET_LAB_ROOT"])

@@ -1,0 +1,113 @@
+"""Lab topologies and address plans, without the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnet.errors import UserError
+from meshnet.lab import topology as topo
+
+
+def edges(t: topo.Topology) -> set[frozenset[str]]:
+    return {link.key for link in t.links}
+
+
+def e(a: str, b: str) -> frozenset[str]:
+    return frozenset((a, b))
+
+
+def test_builtin_shapes() -> None:
+    assert edges(topo.builtin("line", 3, 0)) == {e("h1", "h2"), e("h2", "h3")}
+    assert edges(topo.builtin("ring", 4, 0)) == {
+        e("h1", "h2"),
+        e("h2", "h3"),
+        e("h3", "h4"),
+        e("h4", "h1"),
+    }
+    assert edges(topo.builtin("star", 4, 0)) == {e("h1", "h2"), e("h1", "h3"), e("h1", "h4")}
+    assert len(edges(topo.builtin("full", 5, 0))) == 10
+    assert topo.builtin("line", 2, 2).hosts[1].containers == ("h2-c1", "h2-c2")
+
+
+@given(st.sampled_from(topo.BUILTIN_TOPOLOGIES), st.integers(1, 22), st.integers(0, 3))
+def test_plans_never_reuse_an_address(shape: str, hosts: int, containers: int) -> None:
+    links, planned = topo.plan_addresses(topo.builtin(shape, hosts, containers))
+    addresses = [a for link in links for a in (link.a_address, link.b_address)]
+    addresses += [c.address for c in planned]
+    assert len(addresses) == len(set(addresses))
+    assert len(planned) == hosts * containers
+
+
+@pytest.mark.parametrize(
+    ("shape", "hosts", "message"),
+    [
+        ("mesh", 3, "unknown topology 'mesh'"),
+        ("line", 0, "--hosts must be between 1"),
+        ("full", 30, "too many links"),
+    ],
+)
+def test_builtin_rejects(shape: str, hosts: int, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        topo.builtin(shape, hosts, 1)
+
+
+def test_topology_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[hosts.alpha]\ncontainers = ["web", "db"]\n[hosts.beta]\ncontainers = 1\n[hosts.gamma]\n'
+        '[[links]]\nhosts = ["alpha", "beta"]\nloss = 2.5\nrate = "10mbit"\n'
+        '[[links]]\nhosts = ["beta", "gamma"]\n'
+    )
+    t = topo.load_file(path, default_containers=None)
+    assert [h.name for h in t.hosts] == ["alpha", "beta", "gamma"]
+    assert t.hosts[0].containers == ("web", "db") and t.hosts[1].containers == ("beta-c1",)
+    assert t.links[0] == topo.LinkSpec("alpha", "beta", loss=2.5, rate=10_000_000)
+
+
+def test_the_shipped_example_loads() -> None:
+    example = Path(__file__).parents[2] / "examples" / "topology.toml"
+    t = topo.load_file(example, default_containers=None)
+    assert len(t.hosts) >= 3 and any(link.loss or link.rate for link in t.links)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[hosts.a\n", "malformed topology file"),
+        ("", "no hosts"),
+        ('[hosts.a]\n[[links]]\nhosts = ["a", "b"]\n', "no host named 'b'"),
+        ('[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\nloss = 120\n', "bad loss"),
+        ('[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\nrate = "fast"\n', "bad rate"),
+        ("[hosts.A]\n", "bad host name"),
+        ('[hosts.a]\ncontainers = ["a"]\n', "used twice"),
+        (
+            '[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\n[[links]]\nhosts = ["b", "a"]\n',
+            "listed twice",
+        ),
+        ("[hosts.a]\ncolor = 1\n", "unknown keys"),
+    ],
+)
+def test_malformed_topology_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        topo.load_file(path, default_containers=None)
+
+
+@pytest.mark.parametrize(
+    ("text", "bits"),
+    [("10mbit", 10**7), ("1.5gbit", 15 * 10**8), ("64kbit", 64_000), ("8000", 8000)],
+)
+def test_parse_rate(text: str, bits: int) -> None:
+    assert topo.parse_rate(text) == bits
+    assert topo.parse_rate(topo.format_rate(bits)) == bits
+
+
+def test_parse_rate_rejects() -> None:
+    for text in ("fast", "10 mb", "1bit", ""):
+        with pytest.raises(UserError):
+            topo.parse_rate(text)
