@@ -16,6 +16,7 @@ import click
 from meshnet import __version__
 from meshnet.errors import MeshnetError
 from meshnet.lab.commands import lab
+from meshnet.router_commands import connect, forget, launch, status, stop
 
 
 class _Settings:
@@ -41,9 +42,12 @@ def cli(debug: bool) -> None:
         level=logging.DEBUG if _Settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-cli.add_command(lab)
+for command in (launch, stop, status, connect, forget, lab):
+    cli.add_command(command)
 
 
 def _fail(message: str, code: int = 1) -> int:

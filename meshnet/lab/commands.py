@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology as topo
+from meshnet.output import console
 
 NAME_OPTION = click.option(
     "--name",
@@ -61,7 +61,22 @@ def lab() -> None:
     help="Containers per host  [default: 1; a topology file may say otherwise]",
 )
 @click.option("--mtu", type=int, default=1500, show_default=True, help="Underlay MTU.")
-def up(name: str, hosts: int, shape: str, containers: int | None, mtu: int) -> None:
+@click.option(
+    "--password",
+    envvar="MESHNET_PASSWORD",
+    default=None,
+    help="Start every router with this password (env MESHNET_PASSWORD).",
+)
+@click.option("--no-daemons", is_flag=True, help="Build the hosts but start no routers.")
+def up(
+    name: str,
+    hosts: int,
+    shape: str,
+    containers: int | None,
+    mtu: int,
+    password: str | None,
+    no_daemons: bool,
+) -> None:
     """Build a lab: one namespace per host, the underlay, and containers.
 
     In a `line`, h1 reaches h2 and h2 reaches h3, but h1 cannot reach h3 at all.
@@ -72,7 +87,8 @@ def up(name: str, hosts: int, shape: str, containers: int | None, mtu: int) -> N
     else:
         spec = topo.load_file(Path(shape), containers)
     steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
-    err = Console(stderr=True)
+    steps += 0 if no_daemons else len(spec.hosts)
+    err = console(stderr=True)
     with Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -86,23 +102,32 @@ def up(name: str, hosts: int, shape: str, containers: int | None, mtu: int) -> N
         def step(what: str) -> None:
             progress.update(task, description=f"lab {name}: {what}", advance=1)
 
-        lablib.up(name, spec, mtu=mtu, progress=step)
+        lablib.up(name, spec, mtu=mtu, daemons=not no_daemons, password=password, progress=step)
     _print_summary(lablib.status(name))
 
 
 def _print_summary(state: dict[str, Any]) -> None:
-    console = Console()
+    out = console()
     hosts = Table(title=f"lab {state['name']} ({state['state']}, underlay MTU {state['mtu']})")
-    for column in ("host", "namespace", "underlay", "containers"):
+    for column in ("host", "namespace", "underlay", "router", "containers"):
         hosts.add_column(column)
     for h in state["hosts"]:
+        router = h["router"]
+        if router is None:
+            router_text = "not running"
+        else:
+            established = router["connections"].get("established", 0)
+            router_text = f"{router['name']}\n{router['peers']} peers, {established} conn" + (
+                ", encrypted" if router["encryption"] else ""
+            )
         hosts.add_row(
             h["name"] + ("" if h["running"] else " (gone)"),
             h["namespace"],
             "\n".join(f"{u['address']} → {u['peer']}" for u in h["underlay"]) or "-",
+            router_text,
             ", ".join(h["containers"]) or "-",
         )
-    console.print(hosts)
+    out.print(hosts)
     if state["containers"]:
         table = Table()
         for column in ("container", "host", "namespace", "interface", "address", "mac"):
@@ -116,10 +141,10 @@ def _print_summary(state: dict[str, Any]) -> None:
                 ", ".join(c["addresses"]),
                 c["mac"] or "-",
             )
-        console.print(table)
+        out.print(table)
     degraded = [link for link in state["links"] if not link["up"] or link["loss"] or link["rate"]]
     for link in degraded:
-        console.print(
+        out.print(
             f"link {link['a']}-{link['b']}: "
             + (
                 "down"
@@ -157,10 +182,10 @@ def exec(name: str | None, target: str, command: tuple[str, ...]) -> None:
 
     The command's exit status is meshnet's exit status.
     """
-    namespace = lablib.exec_target(name, target)
+    namespace, env = lablib.exec_target(name, target)
     sys.stdout.flush()
     try:
-        os.execvp("ip", ["ip", "netns", "exec", namespace, *command])
+        os.execvpe("ip", ["ip", "netns", "exec", namespace, *command], {**os.environ, **env})
     except FileNotFoundError:
         raise click.ClickException("`ip` not found: install iproute2") from None
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -119,6 +120,8 @@ class LabRecord:
     links: list[dict[str, Any]]
     containers: list[dict[str, Any]]
     created: float
+    daemons: bool = True
+    encrypted: bool = False
 
     @classmethod
     def load(cls, directory: Path) -> LabRecord:
@@ -131,6 +134,12 @@ class LabRecord:
         tmp = directory / "lab.json.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=2))
         os.replace(tmp, directory / "lab.json")
+
+    def find_host(self, name: str) -> dict[str, Any]:
+        for host in self.hosts:
+            if host["name"] == name:
+                return host
+        raise UserError(f"no host named {name!r} in lab {self.name}")
 
     def find_link(self, a: str, b: str) -> dict[str, Any]:
         for link in self.links:
@@ -180,9 +189,14 @@ def up(
     topology: Topology,
     *,
     mtu: int = 1500,
+    daemons: bool = True,
+    password: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> LabRecord:
-    """Build the lab; on any failure remove what was built and re-raise."""
+    """Build the lab and start a router in every host (unless `daemons` is False).
+
+    On any failure, remove what was built and re-raise.
+    """
     check_can_create(name, mtu)
     directory = lab_root() / name
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -207,11 +221,15 @@ def up(
         links=[{**asdict(link), "up": True} for link in links],
         containers=[{**asdict(c), "namespace": prefix + c.name} for c in containers],
         created=time.time(),
+        daemons=daemons,
+        encrypted=password is not None,
     )
     record.save(directory)
     journal = Journal(directory / "journal")
     try:
         _build(record, links, containers, journal, progress)
+        if daemons:
+            _start_routers(record, record.hosts, password, progress)
     except BaseException:
         record.state = "failed"
         record.save(directory)
@@ -272,6 +290,89 @@ def _build(
         with netlink.namespace(namespace) as ns:
             ns.add_address(CONTAINER_IFNAME, c.address)
             ns.set_up(CONTAINER_IFNAME)
+
+
+def host_api_socket(host_dir: str | Path) -> Path:
+    return Path(host_dir) / "meshnet.sock"
+
+
+def host_environment(host: dict[str, Any]) -> dict[str, str]:
+    """What makes `meshnet ...` run inside a lab host talk to that host's router."""
+    return {
+        "MESHNET_API_SOCKET": str(host_api_socket(host["dir"])),
+        "MESHNET_STATE_DIR": str(host["dir"]),
+    }
+
+
+def _neighbour_addresses(record: LabRecord, host: str) -> list[str]:
+    """The underlay addresses `host` reaches its topology neighbours at."""
+    out = []
+    for link in record.links:
+        if link["a"] == host:
+            out.append(link["b_address"].split("/")[0])
+        elif link["b"] == host:
+            out.append(link["a_address"].split("/")[0])
+    return out
+
+
+def _start_routers(
+    record: LabRecord,
+    hosts: list[dict[str, Any]],
+    password: str | None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, str]:
+    """`meshnet launch` in the hosts at once, each told only of its topology neighbours.
+
+    Returns each host's peer name.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
+    if password is not None:
+        env["MESHNET_PASSWORD"] = password
+    launches = []
+    for host in hosts:
+        command = [
+            "nsenter",
+            f"--net={netlink.NETNS_DIR / host['namespace']}",
+            sys.executable,
+            "-m",
+            "meshnet",
+            "launch",
+            "--nickname",
+            host["name"],
+            *_neighbour_addresses(record, host["name"]),
+        ]
+        launches.append(
+            (
+                host["name"],
+                subprocess.Popen(
+                    command,
+                    env={**env, **host_environment(host)},
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
+    names = {}
+    for host_name, proc in launches:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise UserError(
+                f"router on {host_name} did not start: "
+                + (err.strip().removeprefix("meshnet: ") or f"exit {proc.returncode}")
+            )
+        names[host_name] = out.strip()
+        progress(f"router {host_name} is {names[host_name]}")
+    return names
+
+
+def start_router(name: str | None, host: str, *, password: str | None = None) -> str:
+    """(Re)start the router of one lab host; returns its peer name."""
+    name = resolve_name(name)
+    record = LabRecord.load(lab_root() / name)
+    entry = record.find_host(host)
+    return _start_routers(record, [entry], password)[host]
 
 
 def _nft(namespace: str, script: str) -> None:
@@ -405,6 +506,8 @@ def status(name: str | None) -> dict[str, Any]:
                 "underlay": by_host[h["name"]],
                 "addresses": [u["address"].split("/")[0] for u in by_host[h["name"]]],
                 "containers": [c["name"] for c in record.containers if c["host"] == h["name"]],
+                "api_socket": str(host_api_socket(h["dir"])),
+                "router": _router_status(h) if record.daemons else None,
             }
         )
     containers = []
@@ -442,10 +545,22 @@ def status(name: str | None) -> dict[str, Any]:
         "state": record.state,
         "mtu": record.mtu,
         "directory": str(directory),
+        "encrypted": record.encrypted,
         "hosts": hosts,
         "containers": containers,
         "links": links,
     }
+
+
+def _router_status(host: dict[str, Any]) -> dict[str, Any] | None:
+    """The host's router as its API reports it, or None if it is not running."""
+    from meshnet.api.client import ApiClient
+
+    try:
+        status: dict[str, Any] = ApiClient(host_api_socket(host["dir"]), timeout=2).get("/status")
+    except UserError:
+        return None
+    return status
 
 
 def set_link(name: str | None, a: str, b: str, action: str, value: str | None = None) -> str:
@@ -494,13 +609,16 @@ def set_link(name: str | None, a: str, b: str, action: str, value: str | None = 
     return result
 
 
-def exec_target(name: str | None, target: str) -> str:
-    """The namespace of a host or container of the lab."""
+def exec_target(name: str | None, target: str) -> tuple[str, dict[str, str]]:
+    """The namespace of a host or container of the lab, and the environment to run in it."""
     name = resolve_name(name)
     record = LabRecord.load(lab_root() / name)
-    for entry in record.hosts + record.containers:
-        if entry["name"] == target:
-            return str(entry["namespace"])
+    for host in record.hosts:
+        if host["name"] == target:
+            return str(host["namespace"]), host_environment(host)
+    for container in record.containers:
+        if container["name"] == target:
+            return str(container["namespace"]), {}
     known = [e["name"] for e in record.hosts + record.containers]
     raise UserError(
         f"no host or container named {target!r} in lab {name} "

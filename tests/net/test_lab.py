@@ -25,7 +25,7 @@ def linked(state: dict[str, Any]) -> set[frozenset[str]]:
 
 
 def test_line_h1_reaches_h2_and_h2_reaches_h3_but_h1_never_reaches_h3(make_lab: Any) -> None:
-    state = make_lab("line", hosts=3)
+    state = make_lab("line", hosts=3, daemons=False)
     hosts = {h["name"]: h for h in state["hosts"]}
     h1, h2, h3 = hosts["h1"], hosts["h2"], hosts["h3"]
     h2_toward_h1 = next(u["address"] for u in h2["underlay"] if u["peer"] == "h1")
@@ -43,7 +43,7 @@ def test_line_h1_reaches_h2_and_h2_reaches_h3_but_h1_never_reaches_h3(make_lab: 
 
 @pytest.mark.parametrize("shape", ["full", "star", "ring"])
 def test_every_host_reaches_exactly_its_linked_neighbours(make_lab: Any, shape: str) -> None:
-    state = make_lab(shape, hosts=4, containers=0)
+    state = make_lab(shape, hosts=4, containers=0, daemons=False)
     links = linked(state)
     assert len(links) == {"full": 6, "star": 3, "ring": 4}[shape]
     for a, b in itertools.permutations(state["hosts"], 2):
@@ -57,14 +57,14 @@ def test_every_host_reaches_exactly_its_linked_neighbours(make_lab: Any, shape: 
 
 
 def test_containers_on_one_host_share_its_bridge(make_lab: Any) -> None:
-    state = make_lab("line", hosts=2, containers=2)
+    state = make_lab("line", hosts=2, containers=2, daemons=False)
     c = {c["name"]: c for c in state["containers"]}
     assert c["h1-c1"]["interface"] == "ethwe" and c["h1-c1"]["mac"]
     assert can_ping(c["h1-c1"]["namespace"], c["h1-c2"]["addresses"][0].split("/")[0])
 
 
 def test_link_down_up_loss_and_rate(make_lab: Any) -> None:
-    state = make_lab("line", hosts=2, containers=0)
+    state = make_lab("line", hosts=2, containers=0, daemons=False)
     name, h1 = state["name"], state["hosts"][0]
     peer = state["hosts"][1]["addresses"][0]
     lablib.set_link(name, "h1", "h2", "down")

@@ -1,0 +1,45 @@
+"""The daemon's settings: one frozen dataclass, filled from flags and MESHNET_* variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/var/lib/meshnet")
+DEFAULT_API_SOCKET = Path("/run/meshnet/meshnet.sock")
+DEFAULT_PORT = 6783
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("MESHNET_STATE_DIR", str(DEFAULT_STATE_DIR)))
+
+
+def default_api_socket() -> Path:
+    return Path(os.environ.get("MESHNET_API_SOCKET", str(DEFAULT_API_SOCKET)))
+
+
+@dataclass(frozen=True)
+class Config:
+    peers: tuple[str, ...] = ()
+    nickname: str = field(default_factory=socket.gethostname)
+    port: int = DEFAULT_PORT
+    password: bytes | None = field(default=None, repr=False)
+    state_dir: Path = field(default_factory=default_state_dir)
+    api_socket: Path = field(default_factory=default_api_socket)
+    conn_limit: int = 100
+    discovery: bool = True
+    # Connection liveness: a heartbeat is sent after this much idle time; a connection that has
+    # received nothing for three intervals (and a bit) is dead.
+    heartbeat_interval: float = 5.0
+    handshake_timeout: float = 10.0
+    gossip_interval: float = 30.0
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return 3 * self.heartbeat_interval + 1.0
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "meshnet.log"

@@ -1,0 +1,56 @@
+"""The router daemon: one trio nursery tree that starts and wires every subsystem.
+
+`run()` owns the root nursery; each service starts with `nursery.start` and reports readiness,
+and SIGTERM/SIGINT or `meshnet stop` cancel the tree, which shuts everything down in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+from meshnet.api.app import ApiApp
+from meshnet.api.server import serve_api
+from meshnet.config import Config
+from meshnet.errors import UserError
+from meshnet.gossip.handshake import stretch_password
+from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
+from meshnet.gossip.router import Router
+
+log = logging.getLogger("meshnet.daemon")
+
+
+async def run(
+    config: Config, *, task_status: trio.TaskStatus[Identity] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the router until a signal or an API stop request; returns after a clean shutdown."""
+    name = load_or_create_peer_name(config.state_dir, os.urandom)
+    identity = Identity(name=name, nickname=config.nickname, uid=new_uid(os.urandom))
+    stretched = None
+    if config.password is not None:
+        # Argon2id is slow on purpose; keep the event loop free while it runs.
+        stretched = await trio.to_thread.run_sync(stretch_password, config.password)
+    router = Router(config, identity, stretched)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, stop)
+        try:
+            await nursery.start(router.serve)
+        except OSError as e:
+            raise UserError(f"cannot listen on TCP port {config.port}: {e.strerror}") from None
+        await nursery.start(serve_api, ApiApp(router, stop.set), config.api_socket)
+        log.info("%s ready; API on %s", identity, config.api_socket)
+        task_status.started(identity)
+        await stop.wait()
+        log.info("%s stopping", identity)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()

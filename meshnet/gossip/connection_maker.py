@@ -1,0 +1,196 @@
+"""Which peers to dial, and when: a reconciler between wanted targets and actual connections.
+
+Pure: the shell reports attempts and connections, then asks `plan(now)` what to dial and how long
+to sleep. Retries back off exponentially (x1.5, with jitter, capped) so a dead peer costs little
+and a mesh of restarting peers does not dial in lock-step.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import random
+from dataclasses import dataclass
+
+from meshnet.errors import UserError
+
+DEFAULT_PORT = 6783
+INITIAL_DELAY = 1.0
+MAX_DELAY = 60.0
+BACKOFF = 1.5
+
+
+class Source(enum.Enum):
+    LAUNCH = "launch"  # given to `meshnet launch`
+    CONNECT = "connect"  # added later with `meshnet connect`
+    DISCOVERED = "discovered"  # learned from other peers' connections
+
+
+class TargetState(enum.Enum):
+    WAITING = "waiting"  # due to be dialled at next_attempt
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RETRYING = "retrying"  # the last attempt failed; backing off
+
+
+@dataclass(frozen=True)
+class TargetView:
+    address: str
+    source: Source
+    state: TargetState
+    attempts: int
+    last_error: str | None
+    next_attempt: float | None
+    peer: int | None
+
+
+def normalize_address(text: str, default_port: int = DEFAULT_PORT) -> str:
+    """'10.0.0.1' -> '10.0.0.1:6783'; '[fe80::1]:7000' stays; bad text is a UserError."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise UserError(f"bad peer address {text!r}")
+        host = text[1:close]
+        rest = text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise UserError(f"bad peer address {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(port_text, text)
+    if not host:
+        raise UserError(f"bad peer address {text!r}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        # A host name: kept as given; it is resolved when dialled.
+        if not all(part.isalnum() or "-" in part for part in host.split(".")):
+            raise UserError(f"bad peer address {text!r}") from None
+        return f"{host}:{port}"
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise UserError(f"bad port in peer address {whole!r}")
+    return int(text)
+
+
+@dataclass
+class _Target:
+    source: Source
+    state: TargetState = TargetState.WAITING
+    attempts: int = 0
+    delay: float = INITIAL_DELAY
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    peer: int | None = None
+
+
+class ConnectionMaker:
+    def __init__(self, rng: random.Random, *, discovery: bool = True) -> None:
+        self._rng = rng
+        self._discovery = discovery
+        self._targets: dict[str, _Target] = {}
+        self._ourselves: set[str] = set()
+
+    def add(self, address: str, source: Source, now: float) -> bool:
+        """Want a connection to `address`; False if it was already wanted."""
+        existing = self._targets.get(address)
+        if existing is not None:
+            if existing.source is Source.DISCOVERED and source is not Source.DISCOVERED:
+                existing.source = source  # the user named it: keep it even if gossip forgets it
+            if existing.state is TargetState.RETRYING:
+                existing.next_attempt = now  # asked again: try now
+            return False
+        self._targets[address] = _Target(source=source, next_attempt=now)
+        return True
+
+    def forget(self, address: str) -> bool:
+        return self._targets.pop(address, None) is not None
+
+    def set_discovered(self, addresses: set[str], now: float) -> None:
+        """Reconcile discovered targets with what gossip currently says exists."""
+        if not self._discovery:
+            return
+        for address in addresses - self._ourselves:
+            self.add(address, Source.DISCOVERED, now)
+        for address, target in list(self._targets.items()):
+            if (
+                target.source is Source.DISCOVERED
+                and address not in addresses
+                and target.state is not TargetState.CONNECTING
+            ):
+                del self._targets[address]
+
+    def plan(
+        self, connected_peers: set[int], free_slots: int, now: float
+    ) -> tuple[list[str], float]:
+        """Addresses to dial now, and when to look again."""
+        dial: list[str] = []
+        next_wake = now + MAX_DELAY
+        for address, target in sorted(self._targets.items()):
+            if target.state is TargetState.CONNECTED:
+                if target.peer in connected_peers:
+                    continue
+                # Its connection went away: dial again soon, from a fresh backoff.
+                target.state, target.delay, target.next_attempt = (
+                    TargetState.WAITING,
+                    INITIAL_DELAY,
+                    now + self._jitter(INITIAL_DELAY) / 2,
+                )
+            if target.state is TargetState.CONNECTING:
+                continue
+            if target.peer is not None and target.peer in connected_peers:
+                target.state = TargetState.CONNECTED  # reached through the other side's dial
+                continue
+            if target.next_attempt <= now and len(dial) < free_slots:
+                target.state = TargetState.CONNECTING
+                target.attempts += 1
+                dial.append(address)
+            else:
+                next_wake = min(next_wake, max(target.next_attempt, now + 0.1))
+        return dial, next_wake
+
+    def attempt_failed(self, address: str, error: str, now: float) -> None:
+        target = self._targets.get(address)
+        if target is None:
+            return
+        target.state = TargetState.RETRYING
+        target.last_error = error
+        target.next_attempt = now + self._jitter(target.delay)
+        target.delay = min(target.delay * BACKOFF, MAX_DELAY)
+
+    def attempt_succeeded(self, address: str, peer: int) -> None:
+        target = self._targets.get(address)
+        if target is None:
+            return
+        target.state = TargetState.CONNECTED
+        target.peer = peer
+        target.delay = INITIAL_DELAY
+        target.last_error = None
+
+    def is_ourselves(self, address: str) -> None:
+        """The address leads back to us: never dial it again."""
+        self._ourselves.add(address)
+        self._targets.pop(address, None)
+
+    def _jitter(self, delay: float) -> float:
+        return delay * self._rng.uniform(0.8, 1.2)
+
+    def targets(self) -> list[TargetView]:
+        return [
+            TargetView(
+                address=address,
+                source=t.source,
+                state=t.state,
+                attempts=t.attempts,
+                last_error=t.last_error,
+                next_attempt=t.next_attempt if t.state is TargetState.RETRYING else None,
+                peer=t.peer,
+            )
+            for address, t in sorted(self._targets.items())
+        ]

@@ -1,0 +1,426 @@
+"""The router core: topology gossip, routes and subsystem channels, with no I/O.
+
+The daemon's trio shell feeds it connection events, received messages and the time, and carries
+out the ``Send`` actions it returns (through a ``GossipOutbox``, which merges pending gossip).
+
+Topology travels as deltas: a change sends only the changed entries, and a peer relays only what
+was new to it. A new neighbour gets the full entry set. Every ``gossip_interval``, ``fanout``
+random neighbours get a digest of ``{name: (uid, version)}``, answered with just the entries
+missing on either side (anti-entropy, which repairs anything lost).
+
+Work that costs O(peers + connections) is batched rather than done per message: routes are
+recomputed on first use after a change, and unreachable peers are pruned ``batch_delay`` after a
+change (which also gives an entry that arrived before the entry linking it to us time to connect).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import types
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meshnet.gossip.channel import Gossiper, GossipOutbox, Send
+from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Message, Unicast
+from meshnet.gossip.routes import Routes, compute_routes
+from meshnet.gossip.topology import (
+    Connection,
+    PeerEntry,
+    Topology,
+    beats,
+    decode_digest,
+    decode_entries,
+    encode_digest,
+    encode_entries,
+    lacks_any,
+    merge_encoded_entries,
+    merge_entry_sets,
+    newer_than,
+)
+
+__all__ = [
+    "TOPOLOGY_CHANNEL",
+    "TOPOLOGY_DIGEST_CHANNEL",
+    "ChannelStatistics",
+    "Mesh",
+    "MeshStatistics",
+    "Send",
+]
+
+TOPOLOGY_CHANNEL = "topology"
+TOPOLOGY_DIGEST_CHANNEL = "topology-digest"
+_RESERVED = (TOPOLOGY_CHANNEL, TOPOLOGY_DIGEST_CHANNEL)
+_RECENT_PAYLOADS = 1024
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Payload traffic of one channel (framing and encryption overhead are the shell's)."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+
+
+@dataclass(frozen=True)
+class MeshStatistics:
+    """What the API and the TUI show about the mesh core."""
+
+    peers: int
+    connections: int
+    topology_version: int
+    channels: Mapping[str, ChannelStatistics]
+    unicast_drops: int
+    unknown_channel_messages: int
+    stray_messages: int
+    route_recomputations: int
+    pruned_peers: int
+    anti_entropy_rounds: int
+
+
+@dataclass
+class _Counters:
+    sent: dict[str, list[int]] = field(default_factory=dict)
+    received: dict[str, list[int]] = field(default_factory=dict)
+    unicast_drops: int = 0
+    unknown_channel: int = 0
+    stray: int = 0
+    recomputations: int = 0
+    pruned: int = 0
+    anti_entropy: int = 0
+
+    @staticmethod
+    def tally(table: dict[str, list[int]], channel: str, messages: int, size: int) -> None:
+        row = table.setdefault(channel, [0, 0])
+        row[0] += messages
+        row[1] += messages * size
+
+
+class Mesh:
+    """One peer's view of the mesh; every input is an explicit event with the current time."""
+
+    def __init__(
+        self,
+        *,
+        name: int,
+        nickname: str,
+        uid: int,
+        rng: random.Random,
+        gossip_interval: float = 30.0,
+        fanout: int = 3,
+        batch_delay: float = 1.0,
+    ) -> None:
+        self._name = name
+        self._rng = rng
+        self._interval = gossip_interval
+        self._fanout = fanout
+        self._batch_delay = batch_delay
+        self._topology = Topology(name=name, nickname=nickname, uid=uid)
+        self._neighbours: dict[int, Connection] = {}
+        self._channels: dict[str, Gossiper] = {}
+        self._routes: Routes | None = None
+        self._next_gossip: float | None = None
+        self._prune_due: float | None = None
+        self._counters = _Counters()
+        # The entries behind topology payloads we produced lately, so that coalescing pending
+        # sends (merge_gossip) need not decode our own bytes again. Bounded; a miss only costs
+        # a decode.
+        self._recent_payloads: OrderedDict[bytes, list[PeerEntry]] = OrderedDict()
+
+    # --- read side
+
+    @property
+    def name(self) -> int:
+        return self._name
+
+    @property
+    def topology(self) -> Mapping[int, PeerEntry]:
+        """Read-only live view of every known peer entry, ours included."""
+        return self._topology.entries
+
+    @property
+    def neighbours(self) -> Mapping[int, Connection]:
+        return types.MappingProxyType(self._neighbours)
+
+    @property
+    def routes(self) -> Routes:
+        """The current snapshot; recomputed on first use after a topology change."""
+        if self._routes is None:
+            self._routes = compute_routes(self._name, self._topology.entries)
+            self._counters.recomputations += 1
+        return self._routes
+
+    def discovered_addresses(self) -> set[str]:
+        """Listening addresses of peers we are not connected to, from others' outbound links."""
+        found = set()
+        for name, entry in self._topology.entries.items():
+            if name == self._name:
+                continue
+            for conn in entry.connections:
+                if conn.outbound and conn.peer != self._name and conn.peer not in self._neighbours:
+                    found.add(conn.address)
+        return found
+
+    def statistics(self) -> MeshStatistics:
+        c = self._counters
+        channels = {}
+        for channel in sorted({*c.sent, *c.received}):
+            sent = c.sent.get(channel, [0, 0])
+            received = c.received.get(channel, [0, 0])
+            channels[channel] = ChannelStatistics(sent[0], sent[1], received[0], received[1])
+        return MeshStatistics(
+            peers=len(self._topology),
+            connections=len(self._neighbours),
+            topology_version=self._topology.local.version,
+            channels=types.MappingProxyType(channels),
+            unicast_drops=c.unicast_drops,
+            unknown_channel_messages=c.unknown_channel,
+            stray_messages=c.stray,
+            route_recomputations=c.recomputations,
+            pruned_peers=c.pruned,
+            anti_entropy_rounds=c.anti_entropy,
+        )
+
+    def next_wake(self) -> float:
+        """When ``tick`` next has work (``inf``: not until some other event)."""
+        due = [t for t in (self._next_gossip, self._prune_due) if t is not None]
+        return min(due, default=math.inf)
+
+    # --- channels
+
+    def register_channel(self, name: str, gossiper: Gossiper) -> None:
+        if name in _RESERVED or name in self._channels:
+            raise ValueError(f"gossip channel {name!r} is reserved or already registered")
+        if not name or len(name) > 64:
+            raise ValueError(f"bad gossip channel name {name!r}")
+        self._channels[name] = gossiper
+
+    def merge_gossip(self, channel: str, a: bytes, b: bytes) -> bytes:
+        """Coalesce two pending payloads of ours (what a ``GossipOutbox`` needs)."""
+        if channel == TOPOLOGY_CHANNEL:
+            ea, eb = self._recent_payloads.get(a), self._recent_payloads.get(b)
+            if ea is None or eb is None:
+                return merge_encoded_entries(a, b)
+            return self._encode_topology(merge_entry_sets(ea, eb))
+        if channel == TOPOLOGY_DIGEST_CHANNEL:
+            return b  # a digest is a snapshot: the later one says it all
+        gossiper = self._channels.get(channel)
+        return b if gossiper is None else gossiper.merge_payloads(a, b)
+
+    def new_outbox(self, *, max_queued: int = 1024) -> GossipOutbox:
+        return GossipOutbox(self.merge_gossip, max_queued=max_queued)
+
+    # --- events
+
+    def connection_up(self, peer: int, *, address: str, outbound: bool, now: float) -> list[Send]:
+        """A handshake completed: announce it, and give the new neighbour everything we know."""
+        if peer == self._name:
+            raise ValueError("a connection to ourselves")
+        self._neighbours[peer] = Connection(peer, address, outbound, True)
+        sends: list[Send] = []
+        entry = self._topology.set_local_connections(self._neighbours.values())
+        if entry is not None:
+            self._topology_changed(now)
+            others = [p for p in self._neighbours if p != peer]
+            sends += self._emit(others, Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry])))
+        sends += self._full_state_to([peer])
+        if self._next_gossip is None:
+            self._next_gossip = now + self._jittered_interval()
+        return sends
+
+    def connection_down(self, peer: int, now: float) -> list[Send]:
+        if self._neighbours.pop(peer, None) is None:
+            return []
+        entry = self._topology.set_local_connections(self._neighbours.values())
+        if entry is None:
+            return []
+        self._topology_changed(now)
+        return self._emit(
+            list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
+        )
+
+    def receive(self, from_peer: int, message: Message, now: float) -> list[Send]:
+        """Handle a neighbour's message; RemoteProtocolError if its payload is malformed."""
+        if from_peer not in self._neighbours:
+            self._counters.stray += 1  # raced with connection_down: nothing to do
+            return []
+        match message:
+            case Heartbeat():
+                return []
+            case Gossip(channel, payload):
+                self._counters.tally(self._counters.received, channel, 1, len(payload))
+                if channel == TOPOLOGY_CHANNEL:
+                    return self._receive_topology(from_peer, payload, now)
+                if channel == TOPOLOGY_DIGEST_CHANNEL:
+                    return self._receive_digest(from_peer, payload)
+                gossiper = self._channels.get(channel)
+                if gossiper is None:
+                    self._counters.unknown_channel += 1
+                    return []
+                delta = gossiper.on_gossip(payload)
+                if delta is None:
+                    return []
+                others = [p for p in self._neighbours if p != from_peer]
+                return self._emit(others, Gossip(channel, delta))
+            case Broadcast(channel, source, payload):
+                self._counters.tally(self._counters.received, channel, 1, len(payload))
+                if source == self._name:
+                    self._counters.stray += 1
+                    return []
+                hops = [p for p in self.routes.broadcast_hops(source) if p != from_peer]
+                sends = self._emit(hops, message)
+                gossiper = self._channels.get(channel)
+                if gossiper is None:
+                    self._counters.unknown_channel += 1  # still forwarded: others may know it
+                else:
+                    gossiper.on_broadcast(source, payload)
+                return sends
+            case Unicast(channel, source, destination, payload):
+                self._counters.tally(self._counters.received, channel, 1, len(payload))
+                if destination != self._name:
+                    return self._forward_unicast(message)
+                gossiper = self._channels.get(channel)
+                if gossiper is None:
+                    self._counters.unknown_channel += 1
+                else:
+                    gossiper.on_unicast(source, payload)
+                return []
+        raise TypeError(f"not a message: {message!r}")
+
+    def tick(self, now: float) -> list[Send]:
+        """Batched pruning and periodic anti-entropy, when due."""
+        if self._prune_due is not None and now >= self._prune_due:
+            self._prune_due = None
+            gone = self._topology.prune_unreachable()
+            if gone:
+                self._counters.pruned += len(gone)
+                self._routes = None
+        sends: list[Send] = []
+        if self._next_gossip is not None and now >= self._next_gossip:
+            self._next_gossip = now + self._jittered_interval()
+            if self._neighbours:
+                count = min(self._fanout, len(self._neighbours))
+                targets = self._rng.sample(sorted(self._neighbours), count)
+                self._counters.anti_entropy += 1
+                sends += self._full_state_to(targets, digest=True)
+        return sends
+
+    # --- local subsystems
+
+    def gossip(self, channel: str, delta: bytes, now: float) -> list[Send]:
+        """A local change of a subsystem's state: the delta goes to every neighbour at once."""
+        self._check_channel(channel)
+        return self._emit(list(self._neighbours), Gossip(channel, delta))
+
+    def broadcast(self, channel: str, payload: bytes) -> list[Send]:
+        self._check_channel(channel)
+        message = Broadcast(channel, self._name, payload)
+        return self._emit(list(self.routes.broadcast_hops(self._name)), message)
+
+    def unicast(self, channel: str, destination: int, payload: bytes) -> list[Send]:
+        """Hop by hop along the routes; [] (and counted) if ``destination`` is unreachable."""
+        gossiper = self._check_channel(channel)
+        if destination == self._name:
+            gossiper.on_unicast(self._name, payload)
+            return []
+        return self._forward_unicast(Unicast(channel, self._name, destination, payload))
+
+    # --- internals
+
+    def _check_channel(self, channel: str) -> Gossiper:
+        gossiper = self._channels.get(channel)
+        if gossiper is None:
+            raise ValueError(f"gossip channel {channel!r} is not registered")
+        return gossiper
+
+    def _forward_unicast(self, message: Unicast) -> list[Send]:
+        hop = self.routes.next_hop(message.destination)
+        if hop is None or hop not in self._neighbours:
+            self._counters.unicast_drops += 1
+            return []
+        return self._emit([hop], message)
+
+    def _emit(self, peers: list[int], message: Gossip | Broadcast | Unicast) -> list[Send]:
+        if peers:
+            self._counters.tally(
+                self._counters.sent, message.channel, len(peers), len(message.payload)
+            )
+        return [Send(peer, message) for peer in peers]
+
+    def _full_state_to(self, peers: list[int], *, digest: bool = False) -> list[Send]:
+        """Everything we know; for anti-entropy, the topology only as a digest.
+
+        A digest costs ~20 bytes per peer instead of a whole entry; the neighbour answers with
+        the entries we lack and, if it lacks some of ours, with its own digest (a reply, which
+        is never answered with another digest).
+        """
+        if digest:
+            payload = encode_digest(self._topology.digest(), reply=False)
+            sends = self._emit(peers, Gossip(TOPOLOGY_DIGEST_CHANNEL, payload))
+        else:
+            entries = [self._topology.entries[n] for n in sorted(self._topology.entries)]
+            sends = self._emit(peers, Gossip(TOPOLOGY_CHANNEL, self._encode_topology(entries)))
+        for channel, gossiper in self._channels.items():
+            state = gossiper.full_state()
+            if state is not None:
+                sends += self._emit(peers, Gossip(channel, state))
+        return sends
+
+    def _encode_topology(self, entries: list[PeerEntry]) -> bytes:
+        payload = encode_entries(entries)
+        self._recent_payloads[payload] = entries
+        if len(self._recent_payloads) > _RECENT_PAYLOADS:
+            self._recent_payloads.popitem(last=False)
+        return payload
+
+    def _jittered_interval(self) -> float:
+        # Jitter keeps peers that started together from gossiping in lockstep.
+        return self._interval * self._rng.uniform(0.8, 1.2)
+
+    def _topology_changed(self, now: float) -> None:
+        self._routes = None
+        if self._prune_due is None:
+            self._prune_due = now + self._batch_delay
+
+    def _receive_digest(self, from_peer: int, payload: bytes) -> list[Send]:
+        reply, digest = decode_digest(payload)
+        entries = self._topology.entries
+        sends: list[Send] = []
+        theirs_missing = newer_than(entries, digest)
+        if theirs_missing:
+            message = Gossip(TOPOLOGY_CHANNEL, self._encode_topology(theirs_missing))
+            sends += self._emit([from_peer], message)
+        if not reply and lacks_any(entries, digest):
+            mine = encode_digest(self._topology.digest(), reply=True)
+            sends += self._emit([from_peer], Gossip(TOPOLOGY_DIGEST_CHANNEL, mine))
+        return sends
+
+    def _receive_topology(self, from_peer: int, payload: bytes, now: float) -> list[Send]:
+        received = decode_entries(payload, self._topology.by_encoding)
+        new = self._topology.merge(received)
+        sends: list[Send] = []
+        back: list[PeerEntry] = [e for e in new if e.name == self._name]
+        if new:
+            self._topology_changed(now)
+            others = [p for p in self._neighbours if p != from_peer]
+            sends += self._emit(others, Gossip(TOPOLOGY_CHANNEL, self._encode_topology(new)))
+        # A different incarnation that lost here would otherwise sit in the sender's view
+        # forever (we do not relay losers): tell the sender what beat it, so the conflict
+        # travels on until the restarted peer itself sees it and bumps past it.
+        entries = self._topology.entries
+        for entry in received:
+            ours = entries.get(entry.name)
+            if (
+                entry.name != self._name
+                and ours is not None
+                and ours.uid != entry.uid
+                and beats(ours, entry)
+            ):
+                back.append(ours)
+        if back:
+            back.sort(key=lambda e: e.name)
+            sends += self._emit([from_peer], Gossip(TOPOLOGY_CHANNEL, self._encode_topology(back)))
+        return sends

@@ -1,0 +1,581 @@
+"""The mesh's trio shell: listens and dials on TCP, runs handshakes and connections, and feeds
+everything into the pure `Mesh` and `ConnectionMaker` cores.
+
+One task per connection direction (reader, writer); what waits for a neighbour sits in one shared
+`GossipOutbox` (merged per channel, bounded), and a writer is woken by a one-slot doorbell.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from meshnet.config import Config
+from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.channel import Send
+from meshnet.gossip.connection_maker import ConnectionMaker, Source
+from meshnet.gossip.framing import FrameDecoder, FrameEncoder
+from meshnet.gossip.handshake import (
+    Handshake,
+    HandshakeResult,
+    PasswordMismatch,
+    SelfConnection,
+)
+from meshnet.gossip.identity import Identity, format_peer_name
+from meshnet.gossip.mesh import Mesh
+from meshnet.gossip.messages import Heartbeat, Message
+from meshnet.gossip.routes import shortest_path
+
+log = logging.getLogger("meshnet.router")
+
+PROTOCOL_FEATURES: dict[str, str | int | bool] = {"gossip": 1}
+READ_SIZE = 65536
+# How many failed or closed connections `status connections` remembers.
+RECENT_FAILURES = 32
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+@dataclass
+class ConnectionRecord:
+    """What `status connections` shows about one connection or attempt."""
+
+    address: str
+    outbound: bool
+    state: ConnectionState
+    since: float
+    peer: Identity | None = None
+    encrypted: bool = False
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "direction": "outbound" if self.outbound else "inbound",
+            "state": self.state.value,
+            "since": self.since,
+            "peer": format_peer_name(self.peer.name) if self.peer else None,
+            "nickname": self.peer.nickname if self.peer else None,
+            "encrypted": self.encrypted,
+            "last_error": self.last_error,
+        }
+
+
+class _Closed(Exception):
+    """The connection ended; the message says why (for logs and status)."""
+
+
+_CONNECTION_ERRORS = (
+    _Closed,
+    RemoteProtocolError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+@dataclass
+class _Live:
+    """An established connection's shell-side state."""
+
+    record: ConnectionRecord
+    stream: trio.SocketStream
+    encoder: FrameEncoder
+    doorbell_send: trio.MemorySendChannel[None]
+    doorbell_receive: trio.MemoryReceiveChannel[None]
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    last_received: float = 0.0
+
+
+class Router:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        stretched_key: bytes | None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self._stretched_key = stretched_key
+        self._rng = rng or random.Random()
+        self.started = time.time()
+        self.mesh = Mesh(
+            name=identity.name,
+            nickname=identity.nickname,
+            uid=identity.uid,
+            rng=self._rng,
+            gossip_interval=config.gossip_interval,
+        )
+        self.outbox = self.mesh.new_outbox()
+        self.maker = ConnectionMaker(self._rng, discovery=config.discovery)
+        self._live: dict[int, _Live] = {}
+        self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
+        # The latest failure per (address, direction), oldest first, bounded.
+        self.recent_failures: collections.OrderedDict[tuple[str, bool], ConnectionRecord] = (
+            collections.OrderedDict()
+        )
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._wake_maker = trio.Event()
+        self._wake_ticker = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # --- public face (API) ---------------------------------------------------------------------
+
+    def nick(self, name: int) -> str:
+        entry = self.mesh.topology.get(name)
+        return entry.nickname if entry else format_peer_name(name)
+
+    def connect(self, address: str) -> bool:
+        added = self.maker.add(address, Source.CONNECT, trio.current_time())
+        self._wake_maker.set()
+        return added
+
+    def forget(self, address: str) -> bool:
+        return self.maker.forget(address)
+
+    def connection_records(self) -> list[ConnectionRecord]:
+        live = [c.record for c in self._live.values()]
+        return live + list(self._attempts)
+
+    def status(self) -> dict[str, Any]:
+        states = collections.Counter(r.state.value for r in self.connection_records())
+        return {
+            "name": format_peer_name(self.identity.name),
+            "nickname": self.identity.nickname,
+            "uid": self.identity.uid,
+            "port": self.config.port,
+            "encryption": self._stretched_key is not None,
+            "peers": len(self.mesh.topology),
+            "connections": dict(states),
+            "targets": [t.address for t in self.maker.targets()],
+            "conn_limit": self.config.conn_limit,
+            "discovery": self.config.discovery,
+            "uptime": time.time() - self.started,
+            "counters": dict(self.counters),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        routes = self.mesh.routes
+        topology = self.mesh.topology
+        out = []
+        for name, entry in sorted(topology.items()):
+            path = shortest_path(topology, self.identity.name, name)
+            out.append(
+                {
+                    "name": format_peer_name(name),
+                    "nickname": entry.nickname,
+                    "uid": entry.uid,
+                    "version": entry.version,
+                    "local": name == self.identity.name,
+                    "reachable": path is not None,
+                    "next_hop": _opt_name(routes.next_hop(name)),
+                    "via": [self.nick(p) for p in path[1:-1]] if path else [],
+                    "hops": len(path) - 1 if path else None,
+                    "connections": [
+                        {
+                            "peer": format_peer_name(c.peer),
+                            "nickname": self.nick(c.peer),
+                            "address": c.address,
+                            "outbound": c.outbound,
+                            "established": c.established,
+                        }
+                        for c in entry.connections
+                    ],
+                }
+            )
+        return out
+
+    def connections(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.connection_records()] + [
+            r.as_dict() for r in self.recent_failures.values()
+        ]
+
+    def targets(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        return [
+            {
+                "address": t.address,
+                "source": t.source.value,
+                "state": t.state.value,
+                "attempts": t.attempts,
+                "last_error": t.last_error,
+                "retry_in": max(0.0, t.next_attempt - now) if t.next_attempt else None,
+                "peer": _opt_name(t.peer),
+            }
+            for t in self.maker.targets()
+        ]
+
+    # --- the service ---------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        now = trio.current_time()
+        for peer in self.config.peers:
+            self.maker.add(peer, Source.LAUNCH, now)
+        listeners = await trio.open_tcp_listeners(self.config.port)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            nursery.start_soon(self._make_connections)
+            nursery.start_soon(self._tick)
+            log.info(
+                "peer %s (%s) listening on TCP %d, %s",
+                format_peer_name(self.identity.name),
+                self.identity.nickname,
+                self.config.port,
+                "encrypted" if self._stretched_key else "unencrypted",
+            )
+            task_status.started()
+
+    async def _make_connections(self) -> None:
+        assert self._nursery is not None
+        while True:
+            now = trio.current_time()
+            self.maker.set_discovered(self.mesh.discovered_addresses(), now)
+            free = self.config.conn_limit - len(self._live) - len(self._attempts)
+            dial, wake = self.maker.plan(set(self._live), max(0, free), now)
+            for address in dial:
+                self._nursery.start_soon(self._dial, address)
+            self._wake_maker = trio.Event()
+            with trio.move_on_at(wake):
+                await self._wake_maker.wait()
+
+    async def _tick(self) -> None:
+        while True:
+            self._dispatch(self.mesh.tick(trio.current_time()))
+            self._wake_maker.set()  # the topology may have told us of new peers
+            wake = self.mesh.next_wake()
+            self._wake_ticker = trio.Event()
+            with trio.move_on_at(wake if math.isfinite(wake) else trio.current_time() + 60):
+                await self._wake_ticker.wait()
+
+    async def _dial(self, address: str) -> None:
+        record = ConnectionRecord(address, True, ConnectionState.CONNECTING, time.time())
+        self._attempts.append(record)
+        host, _, port = address.rpartition(":")
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        except (OSError, trio.TooSlowError) as e:
+            self._attempts.remove(record)
+            reason = _describe(e)
+            self.counters["dial_failures"] += 1
+            self.maker.attempt_failed(address, reason, trio.current_time())
+            self._fail(record, reason, level=logging.DEBUG)
+            self._wake_maker.set()
+            return
+        await self._run_connection(stream, record)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if len(self._live) + len(self._attempts) >= self.config.conn_limit:
+            self.counters["refused_conn_limit"] += 1
+            log.warning(
+                "refusing connection from %s: connection limit %d reached",
+                address,
+                self.config.conn_limit,
+            )
+            await stream.aclose()
+            return
+        record = ConnectionRecord(address, False, ConnectionState.HANDSHAKING, time.time())
+        self._attempts.append(record)
+        await self._run_connection(stream, record)
+
+    async def _run_connection(self, stream: trio.SocketStream, record: ConnectionRecord) -> None:
+        """Handshake, then run the connection until it ends; always leaves a clean state."""
+        live: _Live | None = None
+        try:
+            record.state = ConnectionState.HANDSHAKING
+            result = await self._handshake(stream, record)
+            live = self._establish(stream, record, result)
+            if live is None:
+                return
+            await self._serve_established(live, result.frame_decoder())
+        except _Closed as e:
+            self._end(record, live, str(e))
+        except SelfConnection:
+            if record.outbound:
+                self.maker.is_ourselves(record.address)
+            self._end(record, live, "connected to ourselves", level=logging.DEBUG)
+        except PasswordMismatch as e:
+            self.counters[f"password_mismatch_{e.reason.value}"] += 1
+            self._end(record, live, f"refused: {e}")
+        except RemoteProtocolError as e:
+            self.counters["protocol_errors"] += 1
+            self._end(record, live, f"protocol error: {e}")
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._end(record, live, _describe(e))
+        except trio.TooSlowError:
+            self.counters["handshake_timeouts"] += 1
+            self._end(record, live, "handshake timed out")
+        except Exception as e:  # a bug must cost one connection, never the daemon
+            self.counters["internal_errors"] += 1
+            log.exception("internal error on connection %s", record.address)
+            self._end(record, live, f"internal error: {type(e).__name__}")
+        finally:
+            if record in self._attempts:
+                self._attempts.remove(record)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _handshake(
+        self, stream: trio.SocketStream, record: ConnectionRecord
+    ) -> HandshakeResult:
+        handshake = Handshake(
+            local=self.identity,
+            features=PROTOCOL_FEATURES,
+            stretched_key=self._stretched_key,
+            rng=os.urandom,
+        )
+        with trio.fail_after(self.config.handshake_timeout):
+            await stream.send_all(handshake.initial_bytes())
+            while handshake.result is None:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    raise _Closed("closed by the peer during the handshake")
+                try:
+                    reply = handshake.receive_data(data)
+                except PasswordMismatch:
+                    # Our Confirm (if owed) lets the peer see the same clear failure.
+                    await _send_best_effort(stream, handshake.unsent_bytes())
+                    raise
+                if reply:
+                    await stream.send_all(reply)
+        return handshake.result
+
+    def _establish(
+        self, stream: trio.SocketStream, record: ConnectionRecord, result: HandshakeResult
+    ) -> _Live | None:
+        """Admit a handshaken connection, or drop it as a duplicate; None when dropped."""
+        peer = result.remote.name
+        record.peer = result.remote
+        record.encrypted = result.send_key is not None
+        existing = self._live.get(peer)
+        if existing is not None:
+            if existing.record.outbound == record.outbound or self._keep_new(record.outbound, peer):
+                # Same direction means the old one is a stale leftover of a restart; otherwise
+                # both sides keep the connection dialled by the peer with the lower name.
+                self.counters["duplicates_replaced"] += 1
+                existing.cancel_scope.cancel()
+                self._drop_live(peer, "replaced by a newer connection", failure=False)
+            else:
+                self.counters["duplicates_dropped"] += 1
+                log.debug("dropping duplicate connection with %s", result.remote.nickname)
+                if record.outbound:
+                    self.maker.attempt_succeeded(record.address, peer)
+                return None
+        if record in self._attempts:
+            self._attempts.remove(record)
+        record.state = ConnectionState.ESTABLISHED
+        record.since = time.time()
+        record.last_error = None
+        self.recent_failures.pop((record.address, record.outbound), None)
+        doorbell_send, doorbell_receive = trio.open_memory_channel[None](1)
+        live = _Live(
+            record,
+            stream,
+            result.frame_encoder(),
+            doorbell_send,
+            doorbell_receive,
+            last_received=trio.current_time(),
+        )
+        self._live[peer] = live
+        if record.outbound:
+            self.maker.attempt_succeeded(record.address, peer)
+        self.counters["connections_established"] += 1
+        log.info(
+            "connection %s %s (%s, %s) established%s",
+            "to" if record.outbound else "from",
+            result.remote.nickname,
+            format_peer_name(peer),
+            record.address,
+            ", encrypted" if record.encrypted else "",
+        )
+        self._dispatch(
+            self.mesh.connection_up(
+                peer,
+                address=record.address,
+                outbound=record.outbound,
+                now=trio.current_time(),
+            )
+        )
+        self._wake_ticker.set()
+        return live
+
+    def _keep_new(self, new_outbound: bool, peer: int) -> bool:
+        # The connection to keep is the one dialled by the lower-named peer.
+        dialled_by_us = new_outbound
+        return dialled_by_us == (self.identity.name < peer)
+
+    async def _serve_established(self, live: _Live, decoder: FrameDecoder) -> None:
+        """Read, write and watch until one of them ends the connection; raise why."""
+        ended: list[BaseException] = []
+
+        async def until_error(loop: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await loop()
+                ended.append(_Closed("closed by the peer"))
+            except _CONNECTION_ERRORS as e:
+                ended.append(e)
+            nursery.cancel_scope.cancel()
+
+        with live.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(until_error, lambda: self._write_loop(live))
+                nursery.start_soon(until_error, lambda: self._watchdog(live))
+                nursery.start_soon(until_error, lambda: self._read_loop(live, decoder))
+        if ended:
+            raise ended[0]
+        raise _Closed("replaced by a newer connection")
+
+    async def _read_loop(self, live: _Live, decoder: FrameDecoder) -> None:
+        peer = live.record.peer
+        assert peer is not None
+        while True:
+            data = await live.stream.receive_some(READ_SIZE)
+            if not data:
+                return
+            live.last_received = trio.current_time()
+            decoder.receive_data(data)
+            while (message := decoder.next_message()) is not None:
+                self.counters["messages_received"] += 1
+                if isinstance(message, Heartbeat):
+                    continue
+                self._dispatch(self.mesh.receive(peer.name, message, trio.current_time()))
+            self._wake_ticker.set()
+
+    async def _write_loop(self, live: _Live) -> None:
+        peer = live.record.peer
+        assert peer is not None
+        while True:
+            with trio.move_on_after(self.config.heartbeat_interval):
+                await live.doorbell_receive.receive()
+            messages: list[Message] = self.outbox.take(peer.name) or [Heartbeat()]
+            data = b"".join(live.encoder.encode(m) for m in messages)
+            self.counters["messages_sent"] += len(messages)
+            await live.stream.send_all(data)
+
+    async def _watchdog(self, live: _Live) -> None:
+        while True:
+            idle = trio.current_time() - live.last_received
+            if idle >= self.config.heartbeat_timeout:
+                self.counters["heartbeat_timeouts"] += 1
+                raise _Closed(f"no heartbeat for {idle:.0f}s")
+            await trio.sleep(self.config.heartbeat_timeout - idle)
+
+    def _dispatch(self, sends: list[Send]) -> None:
+        for peer in self.outbox.put_all(sends):
+            live = self._live.get(peer)
+            if live is None:
+                self.outbox.discard(peer)
+                continue
+            with contextlib.suppress(trio.WouldBlock):  # already rung
+                live.doorbell_send.send_nowait(None)
+
+    def _drop_live(self, peer: int, reason: str, *, failure: bool = True) -> None:
+        live = self._live.pop(peer, None)
+        if live is None:
+            return
+        self.outbox.discard(peer)
+        live.record.state = ConnectionState.FAILED
+        live.record.last_error = reason
+        if failure:
+            self._remember_failure(live.record)
+        nickname = live.record.peer.nickname if live.record.peer else "?"
+        log.log(
+            logging.INFO if failure else logging.DEBUG,
+            "connection with %s (%s) closed: %s",
+            nickname,
+            live.record.address,
+            reason,
+        )
+        self._dispatch(self.mesh.connection_down(peer, trio.current_time()))
+        self._wake_maker.set()
+        self._wake_ticker.set()
+
+    def _end(
+        self,
+        record: ConnectionRecord,
+        live: _Live | None,
+        reason: str,
+        level: int = logging.WARNING,
+    ) -> None:
+        if (
+            live is not None
+            and record.peer is not None
+            and self._live.get(record.peer.name) is live
+        ):
+            self._drop_live(record.peer.name, reason)
+            return
+        if live is not None:
+            return  # already replaced and recorded
+        if record.outbound:
+            self.maker.attempt_failed(record.address, reason, trio.current_time())
+            self._wake_maker.set()
+        self._fail(record, reason, level)
+
+    def _remember_failure(self, record: ConnectionRecord) -> None:
+        key = (record.address, record.outbound)
+        self.recent_failures.pop(key, None)
+        self.recent_failures[key] = record
+        while len(self.recent_failures) > RECENT_FAILURES:
+            self.recent_failures.popitem(last=False)
+
+    def _fail(self, record: ConnectionRecord, reason: str, level: int = logging.WARNING) -> None:
+        record.state = ConnectionState.FAILED
+        record.last_error = reason
+        self._remember_failure(record)
+        who = f"{record.peer.nickname} ({record.address})" if record.peer else record.address
+        log.log(
+            level, "connection %s %s failed: %s", "to" if record.outbound else "from", who, reason
+        )
+
+
+def _opt_name(name: int | None) -> str | None:
+    return format_peer_name(name) if name is not None else None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, trio.TooSlowError):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    # trio's open_tcp_stream wraps the per-address errors ("all attempts ... failed").
+    cause = e.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return _describe(cause.exceptions[-1])
+    if cause is not None:
+        return _describe(cause)
+    return str(e) or type(e).__name__
+
+
+async def _send_best_effort(stream: trio.SocketStream, data: bytes) -> None:
+    if not data:
+        return
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(data)

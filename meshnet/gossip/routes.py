@@ -1,0 +1,148 @@
+"""Routes: a cache derived from the topology, never gossiped.
+
+Only connections that both ends list as established count (a half-open or one-sided connection
+must not attract traffic). Every BFS walks neighbours in sorted order, so every peer that holds the
+same topology computes the same trees: hop-by-hop unicast then never loops (each hop is one step
+closer), and each broadcast tree delivers to every reachable peer exactly once.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from meshnet.gossip.topology import PeerEntry
+
+Graph = Mapping[int, tuple[int, ...]]
+
+
+def symmetric_graph(entries: Mapping[int, PeerEntry]) -> dict[int, tuple[int, ...]]:
+    """Adjacency (sorted) over connections both ends list as established."""
+    listed = {name: {c.peer for c in e.connections if c.established} for name, e in entries.items()}
+    empty: set[int] = set()
+    return {
+        name: tuple(sorted(p for p in peers if name in listed.get(p, empty)))
+        for name, peers in listed.items()
+    }
+
+
+def _bfs(graph: Graph, source: int, stop_after: int | None = None) -> dict[int, int]:
+    """Parent of each reached peer (the source is its own parent), in deterministic BFS order.
+
+    With ``stop_after``, stops once that peer has been expanded: by then the parents of all of
+    its neighbours are final, which is all a broadcast next-hop lookup needs.
+    """
+    parent = {source: source}
+    queue = deque([source])
+    while queue:
+        node = queue.popleft()
+        for nbr in graph.get(node, ()):
+            if nbr not in parent:
+                parent[nbr] = node
+                queue.append(nbr)
+        if node == stop_after:
+            break
+    return parent
+
+
+class BroadcastTrees(Mapping[int, tuple[int, ...]]):
+    """source → our children in that source's BFS tree, computed on first use and cached.
+
+    All sources at once would cost O(N·E) per topology change; most peers never broadcast.
+    The cache only ever gains values that are a function of the frozen graph, so the mapping is
+    immutable in meaning and safe to share with reader threads.
+    """
+
+    def __init__(self, local: int, graph: Graph, reachable: Mapping[int, int]) -> None:
+        self._local = local
+        self._graph = graph
+        self._reachable = reachable
+        self._cache: dict[int, tuple[int, ...]] = {}
+
+    def __getitem__(self, source: int) -> tuple[int, ...]:
+        hops = self._cache.get(source)
+        if hops is None:
+            if source not in self._reachable:
+                raise KeyError(source)
+            parent = _bfs(self._graph, source, stop_after=self._local)
+            local = self._local
+            hops = tuple(
+                n for n in self._graph.get(local, ()) if n != source and parent[n] == local
+            )
+            self._cache[source] = hops
+        return hops
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._reachable)
+
+    def __len__(self) -> int:
+        return len(self._reachable)
+
+    def __repr__(self) -> str:
+        return f"BroadcastTrees(local={self._local}, sources={len(self._reachable)})"
+
+
+@dataclass(frozen=True)
+class Routes:
+    """An immutable snapshot: replaced by reference when the topology changes."""
+
+    local: int
+    unicast: Mapping[int, int]
+    """destination → the neighbour to hand it to (absent: unreachable; never the local peer)."""
+    broadcast: Mapping[int, tuple[int, ...]]
+    """source → the neighbours we forward that source's broadcasts to."""
+    distance: Mapping[int, int]
+    """hops to every reachable peer (0 for ourselves)."""
+
+    def next_hop(self, destination: int) -> int | None:
+        return self.unicast.get(destination)
+
+    def broadcast_hops(self, source: int) -> tuple[int, ...]:
+        return self.broadcast.get(source, ())
+
+
+def compute_routes(local: int, entries: Mapping[int, PeerEntry]) -> Routes:
+    """Unicast next hops by BFS from us; broadcast trees by BFS from each source (lazily)."""
+    graph = symmetric_graph(entries)
+    graph.setdefault(local, ())
+    distance = {local: 0}
+    first_hop: dict[int, int] = {}
+    queue = deque([local])
+    while queue:
+        node = queue.popleft()
+        hop = first_hop.get(node)
+        for nbr in graph.get(node, ()):
+            if nbr not in distance:
+                distance[nbr] = distance[node] + 1
+                first_hop[nbr] = nbr if hop is None else hop
+                queue.append(nbr)
+    frozen_distance = types.MappingProxyType(distance)
+    return Routes(
+        local=local,
+        unicast=types.MappingProxyType(first_hop),
+        broadcast=BroadcastTrees(local, graph, frozen_distance),
+        distance=frozen_distance,
+    )
+
+
+def shortest_path(entries: Mapping[int, PeerEntry], src: int, dst: int) -> list[int] | None:
+    """``[src, ..., dst]``: the path unicast actually takes hop by hop (status: "h4 via h2, h3").
+
+    BFS over sorted neighbours makes each peer's first hop towards ``dst`` its smallest
+    neighbour that is one step closer to ``dst``; so one BFS from ``dst`` replays every hop.
+    """
+    graph = symmetric_graph(entries)
+    parent = _bfs(graph, dst)
+    if src not in parent:
+        return None
+    closer = {dst: 0}
+    for node in parent:  # BFS order: a node's parent is always listed before it
+        if node != dst:
+            closer[node] = closer[parent[node]] + 1
+    path = [src]
+    while path[-1] != dst:
+        here = closer[path[-1]]
+        path.append(next(n for n in graph[path[-1]] if closer.get(n) == here - 1))
+    return path

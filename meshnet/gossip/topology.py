@@ -1,0 +1,374 @@
+"""The topology store: one versioned entry per peer, listing that peer's connections.
+
+Every peer owns exactly one entry (its own) and only ever bumps its version; everyone else merges.
+For one name, entries are totally ordered by ``(version, uid, nickname, connections)``, so merging
+keeps the maximum: commutative, associative and idempotent, whatever order gossip arrives in.
+
+A restarted peer starts again at version 1 with a new uid while the mesh may still hold its old
+entry at a higher version. Like weaveworks/mesh, the peer that sees a stale view of itself bumps
+its own version above it and re-emits its entry, which then wins everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+from meshnet.errors import RemoteProtocolError
+
+MAX_PEER_NAME = (1 << 48) - 1
+MAX_UID = (1 << 64) - 1
+MAX_VERSION = (1 << 63) - 1
+MAX_ENTRIES = 10_000
+MAX_CONNECTIONS = 1_000
+MAX_NICKNAME = 64
+MAX_ADDRESS = 64
+#: Bounds a payload before msgpack even allocates (a frame has its own hard maximum too).
+MAX_PAYLOAD = 16 << 20
+
+
+@dataclass(frozen=True, order=True)
+class Connection:
+    """One side's view of a control connection; ``address`` is the remote's ``ip:port``.
+
+    For an outbound connection that is the remote's listening address, which is what peer
+    discovery hands to the connection maker.
+    """
+
+    peer: int
+    address: str
+    outbound: bool
+    established: bool
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """What a peer says about itself; the only thing topology gossip carries."""
+
+    name: int
+    nickname: str
+    uid: int
+    version: int
+    connections: tuple[Connection, ...]
+
+    @functools.cached_property
+    def packed(self) -> bytes:
+        """The msgpack encoding, cached: one entry is relayed to many neighbours many times."""
+        return msgpack.packb(_entry_obj(self), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def beats(a: PeerEntry, b: PeerEntry) -> bool:
+    """Whether ``a`` wins over ``b`` (same name): the strict total order that merge maximises."""
+    if a.version != b.version:
+        return a.version > b.version
+    if a.uid != b.uid:
+        return a.uid > b.uid
+    return (a.nickname, a.connections) > (b.nickname, b.connections)
+
+
+class Topology:
+    """All peer entries we know, by name, including our own (which only we change)."""
+
+    def __init__(self, *, name: int, nickname: str, uid: int) -> None:
+        self._name = name
+        self._local = PeerEntry(name, nickname, uid, 1, ())
+        self._entries: dict[int, PeerEntry] = {name: self._local}
+        self._view = types.MappingProxyType(self._entries)
+        # Most of what gossip brings is an entry we already hold, byte for byte: recognising
+        # its encoding spares decoding and validating it again (see decode_entries).
+        self._by_encoding: dict[bytes, PeerEntry] = {self._local.packed: self._local}
+
+    @property
+    def name(self) -> int:
+        return self._name
+
+    @property
+    def local(self) -> PeerEntry:
+        return self._local
+
+    @property
+    def entries(self) -> Mapping[int, PeerEntry]:
+        """A read-only live view (copy it to keep a snapshot)."""
+        return self._view
+
+    @property
+    def by_encoding(self) -> Mapping[bytes, PeerEntry]:
+        """The entries we hold, by their encoding: the ``known`` of ``decode_entries``."""
+        return types.MappingProxyType(self._by_encoding)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _store(self, entry: PeerEntry) -> None:
+        old = self._entries.get(entry.name)
+        if old is not None:
+            self._by_encoding.pop(old.packed, None)
+        self._entries[entry.name] = entry
+        self._by_encoding[entry.packed] = entry
+
+    def _set_local(self, entry: PeerEntry) -> None:
+        self._local = entry
+        self._store(entry)
+
+    def set_local_connections(self, connections: Iterable[Connection]) -> PeerEntry | None:
+        """Replace our connection list; the bumped entry when it changed, else None."""
+        conns = tuple(sorted(connections, key=lambda c: c.peer))
+        names = [c.peer for c in conns]
+        if self._name in names or len(set(names)) != len(names):
+            raise ValueError(f"bad local connections: {names}")
+        if conns == self._local.connections:
+            return None
+        self._set_local(replace(self._local, version=self._local.version + 1, connections=conns))
+        return self._local
+
+    def merge(self, entries: Iterable[PeerEntry]) -> list[PeerEntry]:
+        """Keep the winning entry per name; return (sorted by name) those that were new to us.
+
+        An entry under our own name that we did not produce and that is not older than ours is a
+        stale view of us (a previous incarnation, or a forgery): we bump past it and return our
+        own entry so that it is relayed and overrides that view everywhere.
+        """
+        new: dict[int, PeerEntry] = {}
+        for entry in entries:
+            if entry.name == self._name:
+                if entry != self._local and entry.version >= self._local.version:
+                    if entry.version >= MAX_VERSION:
+                        raise RemoteProtocolError("our own entry at the maximum version")
+                    self._set_local(replace(self._local, version=entry.version + 1))
+                    new[self._name] = self._local
+                continue
+            current = self._entries.get(entry.name)
+            if current is entry:
+                continue
+            if current is None or beats(entry, current):
+                self._store(entry)
+                new[entry.name] = entry
+        return [new[name] for name in sorted(new)]
+
+    def digest(self) -> dict[int, tuple[int, int]]:
+        """``{name: (uid, version)}`` — enough to tell which entries a neighbour lacks."""
+        return {name: (e.uid, e.version) for name, e in self._entries.items()}
+
+    def prune_unreachable(self) -> list[int]:
+        """Forget peers that no chain of listed connections from us reaches; return their names.
+
+        Reachability follows the connections each reached peer *lists itself* (established or
+        not, symmetric or not), as weaveworks/mesh's garbage collection does. Accepting either
+        direction would keep a departed peer forever: its own last entry still lists us.
+        """
+        seen = {self._name}
+        stack = [self._name]
+        while stack:
+            entry = self._entries.get(stack.pop())
+            if entry is None:
+                continue
+            for conn in entry.connections:
+                if conn.peer not in seen:
+                    seen.add(conn.peer)
+                    stack.append(conn.peer)
+        gone = sorted(name for name in self._entries if name not in seen)
+        for name in gone:
+            self._by_encoding.pop(self._entries.pop(name).packed, None)
+        return gone
+
+
+def merge_entry_sets(a: Iterable[PeerEntry], b: Iterable[PeerEntry]) -> list[PeerEntry]:
+    """The per-name maximum of two entry sets, sorted by name (to coalesce pending deltas)."""
+    best: dict[int, PeerEntry] = {}
+    for entry in (*a, *b):
+        current = best.get(entry.name)
+        if current is None or beats(entry, current):
+            best[entry.name] = entry
+    return [best[name] for name in sorted(best)]
+
+
+# --- wire form: [[name, nickname, uid, version, [[peer, address, outbound, established]...]]...]
+
+
+def _entry_obj(e: PeerEntry) -> list[Any]:
+    conns = [[c.peer, c.address, c.outbound, c.established] for c in e.connections]
+    return [e.name, e.nickname, e.uid, e.version, conns]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_entries(entries: Iterable[PeerEntry]) -> bytes:
+    """A msgpack array of entries, assembled from each entry's cached encoding."""
+    packed = [e.packed for e in entries]
+    return _array_header(len(packed)) + b"".join(packed)
+
+
+def _fail(what: str, value: Any) -> RemoteProtocolError:
+    return RemoteProtocolError(f"bad topology {what}: {value!r:.80}")
+
+
+def _int(value: Any, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise _fail(what, value)
+    return value
+
+
+def _address(value: Any) -> str:
+    if type(value) is not str or len(value) > MAX_ADDRESS:
+        raise _fail("address", value)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail("address", value)
+    return value
+
+
+def _decode_entry(obj: Any) -> PeerEntry:
+    if type(obj) is not list or len(obj) != 5:
+        raise _fail("entry", obj)
+    name_, nickname, uid, version, conns_ = obj
+    name = _int(name_, 0, MAX_PEER_NAME, "peer name")
+    if type(nickname) is not str or not 0 < len(nickname) <= MAX_NICKNAME:
+        raise _fail("nickname", nickname)
+    if type(conns_) is not list or len(conns_) > MAX_CONNECTIONS:
+        raise _fail("connection list", conns_)
+    conns = []
+    previous = -1
+    for c in conns_:
+        if type(c) is not list or len(c) != 4:
+            raise _fail("connection", c)
+        peer = _int(c[0], 0, MAX_PEER_NAME, "connection peer")
+        if peer <= previous or peer == name:
+            raise _fail("connection order", conns_)
+        previous = peer
+        if type(c[2]) is not bool or type(c[3]) is not bool:
+            raise _fail("connection flags", c)
+        conns.append(Connection(peer, _address(c[1]), c[2], c[3]))
+    return PeerEntry(
+        name,
+        nickname,
+        _int(uid, 0, MAX_UID, "uid"),
+        _int(version, 1, MAX_VERSION, "version"),
+        tuple(conns),
+    )
+
+
+_LIMITS: dict[str, int] = {
+    "max_array_len": max(MAX_ENTRIES, MAX_CONNECTIONS),
+    "max_map_len": 0,
+    "max_str_len": max(MAX_NICKNAME, MAX_ADDRESS) * 4,
+    "max_bin_len": 0,
+    "max_ext_len": 0,
+}
+
+
+def decode_entries(data: bytes, known: Mapping[bytes, PeerEntry] | None = None) -> list[PeerEntry]:
+    """Validate and build entries from a peer's payload; RemoteProtocolError if anything is off.
+
+    An entry whose encoding is a key of ``known`` (entries already validated, e.g.
+    ``Topology.by_encoding``) is taken from there without decoding it again.
+    """
+    if type(data) is not bytes or len(data) > MAX_PAYLOAD:
+        raise RemoteProtocolError("topology payload is not bytes or is too large")
+    entries = []
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), **_LIMITS)
+        unpacker.feed(data)
+        count = unpacker.read_array_header()
+        if count > MAX_ENTRIES:
+            raise _fail("entry count", count)
+        for _ in range(count):
+            start = unpacker.tell()
+            unpacker.skip()
+            raw = data[start : unpacker.tell()]
+            entry = None if known is None else known.get(raw)
+            if entry is None:
+                entry = _decode_entry(msgpack.unpackb(raw, raw=False, **_LIMITS))
+            entries.append(entry)
+        if unpacker.tell() != len(data):
+            raise RemoteProtocolError("trailing bytes after topology payload")
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types (ValueError, FormatError, StackError...)
+        raise RemoteProtocolError(f"undecodable topology payload: {exc!r:.80}") from None
+    if len({e.name for e in entries}) != len(entries):
+        raise RemoteProtocolError("topology payload lists a peer twice")
+    return entries
+
+
+def merge_encoded_entries(a: bytes, b: bytes) -> bytes:
+    """``merge_entry_sets`` on two payloads WE encoded (so unvalidated): coalesces pending sends.
+
+    Works on the raw msgpack lists, ordered exactly as ``beats`` orders entries.
+    """
+    best: dict[int, list[Any]] = {}
+    for obj in (*msgpack.unpackb(a), *msgpack.unpackb(b)):
+        current = best.get(obj[0])
+        if current is None or (obj[3], obj[2], obj[1], obj[4]) > (
+            current[3],
+            current[2],
+            current[1],
+            current[4],
+        ):
+            best[obj[0]] = obj
+    return msgpack.packb([best[name] for name in sorted(best)], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# --- digests for anti-entropy: [reply, [[name, uid, version]...]]
+
+Digest = Mapping[int, tuple[int, int]]
+
+
+def encode_digest(digest: Digest, *, reply: bool) -> bytes:
+    """A digest, flagged as a reply so that replies never provoke further replies."""
+    rows = [[name, uid, version] for name, (uid, version) in sorted(digest.items())]
+    return msgpack.packb([reply, rows], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_digest(data: bytes) -> tuple[bool, dict[int, tuple[int, int]]]:
+    """Validate a peer's digest; RemoteProtocolError if anything is off."""
+    if type(data) is not bytes or len(data) > MAX_PAYLOAD:
+        raise RemoteProtocolError("topology digest is not bytes or is too large")
+    try:
+        obj = msgpack.unpackb(data, raw=False, **_LIMITS)
+    except Exception as exc:
+        raise RemoteProtocolError(f"undecodable topology digest: {exc!r:.80}") from None
+    if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not bool:
+        raise _fail("digest", obj)
+    reply, rows = obj
+    if type(rows) is not list or len(rows) > MAX_ENTRIES:
+        raise _fail("digest rows", rows)
+    digest: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if type(row) is not list or len(row) != 3:
+            raise _fail("digest row", row)
+        name = _int(row[0], 0, MAX_PEER_NAME, "peer name")
+        digest[name] = (_int(row[1], 0, MAX_UID, "uid"), _int(row[2], 1, MAX_VERSION, "version"))
+    if len(digest) != len(rows):
+        raise RemoteProtocolError("topology digest lists a peer twice")
+    return reply, digest
+
+
+def newer_than(entries: Mapping[int, PeerEntry], digest: Digest) -> list[PeerEntry]:
+    """Our entries that the digest's owner lacks or holds in an older (version, uid)."""
+    found = []
+    for name in sorted(entries):
+        entry = entries[name]
+        theirs = digest.get(name)
+        if theirs is None or (entry.version, entry.uid) > (theirs[1], theirs[0]):
+            found.append(entry)
+    return found
+
+
+def lacks_any(entries: Mapping[int, PeerEntry], digest: Digest) -> bool:
+    """Whether the digest's owner holds an entry we lack or hold in an older (version, uid)."""
+    for name, (uid, version) in digest.items():
+        ours = entries.get(name)
+        if ours is None or (version, uid) > (ours.version, ours.uid):
+            return True
+    return False

@@ -1,0 +1,361 @@
+"""`meshnet launch | stop | status | connect | forget`: run the router and talk to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from rich.table import Table
+
+from meshnet.api.client import ApiClient
+from meshnet.config import DEFAULT_PORT, Config, default_api_socket, default_state_dir
+from meshnet.errors import UserError
+from meshnet.gossip.connection_maker import normalize_address
+from meshnet.output import console
+
+READY_TIMEOUT = 60.0
+
+
+def api_socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--api-socket",
+        type=click.Path(path_type=Path),
+        default=default_api_socket,
+        envvar="MESHNET_API_SOCKET",
+        show_default="/run/meshnet/meshnet.sock",
+        help="The daemon's API socket (env MESHNET_API_SOCKET).",
+    )(f)
+
+
+def _read_password(password: str | None, password_file: Path | None) -> bytes | None:
+    if password is not None and password_file is not None:
+        raise UserError("give --password or --password-file, not both")
+    if password_file is not None:
+        try:
+            text = password_file.read_text().rstrip("\n")
+        except OSError as e:
+            raise UserError(f"cannot read password file {password_file}: {e.strerror}") from None
+        if not text:
+            raise UserError(f"password file {password_file} is empty")
+        return text.encode()
+    if password is not None:
+        if not password:
+            raise UserError("the password is empty; leave it unset to run without encryption")
+        return password.encode()
+    return None
+
+
+@click.command()
+@click.argument("peers", nargs=-1, metavar="[PEER[:PORT]]...")
+@click.option("--foreground", is_flag=True, help="Run in the foreground (for systemd).")
+@click.option(
+    "--password",
+    envvar="MESHNET_PASSWORD",
+    default=None,
+    help="Encrypt and authenticate everything on the wire (env MESHNET_PASSWORD).",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the password from a file.",
+)
+@click.option("--nickname", default=None, help="Name shown for this peer  [default: hostname]")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="TCP (control) and UDP (data) port.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=default_state_dir,
+    envvar="MESHNET_STATE_DIR",
+    show_default="/var/lib/meshnet",
+    help="Where identity and state persist (env MESHNET_STATE_DIR).",
+)
+@api_socket_option
+@click.option(
+    "--conn-limit",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="Most connections to keep at once.",
+)
+@click.option(
+    "--no-discovery",
+    is_flag=True,
+    help="Connect only to the given peers, not to peers learned from others.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(0.1, 300),
+    default=5.0,
+    envvar="MESHNET_HEARTBEAT_INTERVAL",
+    show_default=True,
+    metavar="SECONDS",
+    help="Idle time before a heartbeat; three missed ones mean a dead connection.",
+)
+def launch(
+    peers: tuple[str, ...],
+    foreground: bool,
+    password: str | None,
+    password_file: Path | None,
+    nickname: str | None,
+    port: int,
+    state_dir: Path,
+    api_socket: Path,
+    conn_limit: int,
+    no_discovery: bool,
+    heartbeat_interval: float,
+) -> None:
+    """Start the router and connect to PEERs.
+
+    Returns once the router is ready and prints its peer name; `--foreground` runs it here.
+    """
+    secret = _read_password(password, password_file)
+    config = Config(
+        peers=tuple(normalize_address(p, port) for p in peers),
+        nickname=nickname or socket.gethostname(),
+        port=port,
+        password=secret,
+        state_dir=state_dir,
+        api_socket=api_socket,
+        conn_limit=conn_limit,
+        discovery=not no_discovery,
+        heartbeat_interval=heartbeat_interval,
+    )
+    client = ApiClient(api_socket)
+    if client.is_ready():
+        status = client.get("/status")
+        raise UserError(
+            f"meshnet is already running as {status['name']} ({status['nickname']}) on {api_socket}"
+        )
+    if foreground:
+        from meshnet import daemon
+
+        trio.run(daemon.run, config)
+        return
+    click.echo(_launch_background(config, client)["name"])
+
+
+def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
+    """Start `launch --foreground` detached, logging to the state directory; wait until ready."""
+    args = [
+        sys.executable,
+        "-m",
+        "meshnet",
+        "launch",
+        "--foreground",
+        "--nickname",
+        config.nickname,
+        "--port",
+        str(config.port),
+        "--state-dir",
+        str(config.state_dir),
+        "--api-socket",
+        str(config.api_socket),
+        "--conn-limit",
+        str(config.conn_limit),
+        "--heartbeat-interval",
+        str(config.heartbeat_interval),
+        *config.peers,
+    ]
+    if not config.discovery:
+        args.append("--no-discovery")
+    env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
+    if config.password is not None:
+        env["MESHNET_PASSWORD"] = config.password.decode()  # never on the command line
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.log_file, "ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(
+                _last_error(config.log_file, start)
+                or f"meshnet exited with status {proc.returncode}; see {config.log_file}"
+            )
+        if client.is_ready():
+            status: dict[str, Any] = client.get("/status")
+            return status
+        time.sleep(0.05)
+    proc.terminate()
+    raise UserError(f"meshnet did not become ready in {READY_TIMEOUT:.0f}s; see {config.log_file}")
+
+
+def _last_error(log_file: Path, start: int) -> str | None:
+    with open(log_file, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("meshnet: "):
+            return line.removeprefix("meshnet: ")
+    return None
+
+
+@click.command()
+@api_socket_option
+def stop(api_socket: Path) -> None:
+    """Stop the router gracefully."""
+    client = ApiClient(api_socket)
+    client.post("/stop")
+    deadline = time.monotonic() + 15
+    while api_socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if api_socket.exists():
+        raise UserError("meshnet did not stop within 15s")
+
+
+@click.command()
+@click.argument("address", metavar="HOST[:PORT]")
+@api_socket_option
+def connect(address: str, api_socket: Path) -> None:
+    """Add a peer to connect to (and keep reconnecting to)."""
+    result = ApiClient(api_socket).post("/connect", {"address": address})
+    click.echo(f"{result['address']}: " + ("added" if result["added"] else "already a target"))
+
+
+@click.command()
+@click.argument("address", metavar="HOST[:PORT]")
+@api_socket_option
+def forget(address: str, api_socket: Path) -> None:
+    """Stop connecting to a peer added by launch or connect."""
+    result = ApiClient(api_socket).post("/forget", {"address": address})
+    if not result["forgotten"]:
+        raise UserError(f"{result['address']} is not a target")
+    click.echo(f"{result['address']}: forgotten")
+
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(invoke_without_command=True)
+@api_socket_option
+@JSON_OPTION
+@click.pass_context
+def status(ctx: click.Context, api_socket: Path, as_json: bool) -> None:
+    """Show the router: identity, encryption, peers, connections, targets."""
+    ctx.obj = ApiClient(api_socket)
+    if ctx.invoked_subcommand is not None:
+        return
+    data = ctx.obj.get("/status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    connections = data["connections"]
+    rows = [
+        ("Version", _version()),
+        ("Name", f"{data['name']} ({data['nickname']})"),
+        ("Encryption", "enabled" if data["encryption"] else "disabled"),
+        ("Peers", str(data["peers"])),
+        (
+            "Connections",
+            f"{sum(connections.values())} ("
+            + ", ".join(f"{n} {state}" for state, n in sorted(connections.items()))
+            + ")"
+            if connections
+            else "0",
+        ),
+        ("Targets", str(len(data["targets"]))),
+        ("Port", str(data["port"])),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:>12}: {value}")
+
+
+def _version() -> str:
+    from meshnet import __version__
+
+    return __version__
+
+
+def _subcommand(path: str, render: Callable[[list[dict[str, Any]]], Table]) -> Callable[..., Any]:
+    @JSON_OPTION
+    @click.option("--api-socket", type=click.Path(path_type=Path), default=None, hidden=True)
+    @click.pass_obj
+    def command(client: ApiClient, as_json: bool, api_socket: Path | None) -> None:
+        if api_socket is not None:
+            client = ApiClient(api_socket)
+        data = client.get(path)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+        else:
+            console().print(render(data))
+
+    return command
+
+
+def _peers_table(peers: list[dict[str, Any]]) -> Table:
+    table = Table("peer", "nickname", "reachable", "route", "connections", box=None)
+    for p in peers:
+        if p["local"]:
+            route = "(this peer)"
+        elif not p["reachable"]:
+            route = "-"
+        elif p["via"]:
+            route = "via " + ", ".join(p["via"])
+        else:
+            route = "direct"
+        conns = ", ".join(
+            c["nickname"] + ("" if c["established"] else "?") for c in p["connections"]
+        )
+        table.add_row(
+            p["name"], p["nickname"], "yes" if p["reachable"] else "no", route, conns or "-"
+        )
+    return table
+
+
+def _connections_table(conns: list[dict[str, Any]]) -> Table:
+    table = Table("", "address", "state", "encrypted", "peer", "last error", box=None)
+    for c in conns:
+        peer = f"{c['peer']} ({c['nickname']})" if c["peer"] else "-"
+        table.add_row(
+            "->" if c["direction"] == "outbound" else "<-",
+            c["address"],
+            c["state"],
+            "yes" if c["encrypted"] else "no",
+            peer,
+            c["last_error"] or "",
+        )
+    return table
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> Table:
+    table = Table("address", "source", "state", "attempts", "peer", "last error", box=None)
+    for t in targets:
+        state = t["state"] + (f" (retry in {t['retry_in']:.0f}s)" if t["retry_in"] else "")
+        table.add_row(
+            t["address"],
+            t["source"],
+            state,
+            str(t["attempts"]),
+            t["peer"] or "-",
+            t["last_error"] or "",
+        )
+    return table
+
+
+status.command("peers", help="Every peer in the mesh, and the route to it.")(
+    _subcommand("/status/peers", _peers_table)
+)
+status.command("connections", help="This peer's connections and recent failures.")(
+    _subcommand("/status/connections", _connections_table)
+)
+status.command("targets", help="Addresses this peer connects to.")(
+    _subcommand("/status/targets", _targets_table)
+)

@@ -1,0 +1,222 @@
+"""The mesh on the real kernel: routers in lab hosts find each other, route, and survive abuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from meshnet.api.client import ApiClient
+from meshnet.dataplane import netlink
+from meshnet.errors import UserError
+from meshnet.lab import lab as lablib
+from tests.conftest import run_meshnet
+from tests.net.conftest import ns_run
+
+MESHNET = (sys.executable, "-m", "meshnet")
+
+
+@pytest.fixture(autouse=True)
+def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Routers started by the lab inherit this: a dead link is noticed in ~4 s instead of ~16 s.
+    monkeypatch.setenv("MESHNET_HEARTBEAT_INTERVAL", "1")
+
+
+def api(state: dict[str, Any], host: str) -> ApiClient:
+    entry = next(h for h in state["hosts"] if h["name"] == host)
+    return ApiClient(lablib.host_api_socket(entry["dir"]))
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except UserError as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def peers_by_nick(client: ApiClient) -> dict[str, dict[str, Any]]:
+    return {p["nickname"]: p for p in client.get("/status/peers")}
+
+
+def cli_json(state: dict[str, Any], host: str, *args: str) -> Any:
+    result = run_meshnet(
+        "lab", "exec", "--name", state["name"], host, "--", *MESHNET, *args, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def daemon_pid(state: dict[str, Any], host: str) -> int:
+    entry = next(h for h in state["hosts"] if h["name"] == host)
+    for pid in netlink.namespace_pids(entry["namespace"]):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"--foreground" in f.read():
+                return pid
+    raise AssertionError(f"no router running in {host}")
+
+
+def test_line_of_four_every_router_knows_all_and_routes_through_the_middle(
+    make_lab: Any,
+) -> None:
+    state = make_lab("line", hosts=4, containers=0)
+    for host in ("h1", "h2", "h3", "h4"):
+        wait_for(
+            lambda h=host: len(api(state, h).get("/status/peers")) == 4,  # type: ignore[misc]
+            what=f"{host} to see 4 peers",
+        )
+    # Through the real command, as a user would.
+    peers = {p["nickname"]: p for p in cli_json(state, "h1", "status", "peers")}
+    assert peers["h4"]["via"] == ["h2", "h3"] and peers["h4"]["hops"] == 3
+    assert peers["h2"]["via"] == [] and peers["h2"]["reachable"]
+    assert peers["h4"]["next_hop"] == peers["h2"]["name"]
+    # And the same shortest paths from the other end.
+    assert peers_by_nick(api(state, "h4"))["h1"]["via"] == ["h3", "h2"]
+    text = run_meshnet(
+        "lab", "exec", "--name", state["name"], "h1", "--", *MESHNET, "status", "peers"
+    )
+    assert "via h2, h3" in text.stdout
+    status = cli_json(state, "h1", "status")
+    assert status["nickname"] == "h1" and status["peers"] == 4 and not status["encryption"]
+
+
+def test_ring_routes_around_a_link_that_goes_down_and_back(make_lab: Any) -> None:
+    state = make_lab("ring", hosts=4, containers=0)
+    h1 = api(state, "h1")
+    wait_for(lambda: peers_by_nick(h1).get("h3", {}).get("hops") == 2, what="ring converged")
+    assert peers_by_nick(h1)["h2"]["via"] == []
+    lablib.set_link(state["name"], "h1", "h2", "down")
+    wait_for(lambda: peers_by_nick(h1)["h2"]["via"] == ["h4", "h3"], what="route around")
+    lablib.set_link(state["name"], "h1", "h2", "up")
+    wait_for(lambda: peers_by_nick(h1)["h2"]["via"] == [], timeout=45, what="direct route back")
+
+
+def test_a_killed_router_is_dropped_and_rejoins_with_a_new_uid(make_lab: Any) -> None:
+    state = make_lab("ring", hosts=4, containers=0)
+    h1 = api(state, "h1")
+    wait_for(lambda: len(peers_by_nick(h1)) == 4, what="4 peers")
+    old = peers_by_nick(h1)["h2"]
+    os.kill(daemon_pid(state, "h2"), signal.SIGKILL)
+    wait_for(
+        lambda: "h2" not in peers_by_nick(h1) or not peers_by_nick(h1)["h2"]["reachable"],
+        what="h2 gone",
+    )
+    wait_for(lambda: peers_by_nick(h1)["h3"]["via"] == ["h4"], what="h3 reached around")
+    name = lablib.start_router(state["name"], "h2")
+    assert name == old["name"]  # the peer name persists in the state directory
+    for host in ("h1", "h3", "h4"):
+        client = api(state, host)
+
+        def rejoined(client: ApiClient = client) -> bool:
+            entries = [p for p in client.get("/status/peers") if p["nickname"] == "h2"]
+            return (
+                len(entries) == 1
+                and entries[0]["uid"] != old["uid"]
+                and entries[0]["reachable"]
+                and len(client.get("/status/peers")) == 4
+            )
+
+        wait_for(rejoined, what=f"{host} to see h2's new incarnation once")
+
+
+def test_wrong_password_is_refused_on_both_sides(make_lab: Any) -> None:
+    state = make_lab("line", hosts=2, containers=0, password="right horse battery")
+    h1, h2 = api(state, "h1"), api(state, "h2")
+    wait_for(lambda: h1.get("/status")["connections"].get("established") == 1, what="connected")
+    conns = cli_json(state, "h1", "status", "connections")
+    assert [c["encrypted"] for c in conns if c["state"] == "established"] == [True]
+    assert h1.get("/status")["encryption"]
+
+    h2.post("/stop")
+    wait_for(
+        lambda: not lablib.host_api_socket(state["hosts"][1]["dir"]).exists(), what="h2 stopped"
+    )
+    lablib.start_router(state["name"], "h2", password="wrong horse battery")
+
+    def refused(client: ApiClient) -> bool:
+        counters = client.get("/status")["counters"]
+        return counters.get("password_mismatch_different_password", 0) > 0
+
+    wait_for(lambda: refused(h1) and refused(h2), what="mismatch counted on both sides")
+    assert h1.get("/status")["connections"].get("established") is None
+    failures = [c["last_error"] for c in h1.get("/status/connections") if c["last_error"]]
+    assert any("password" in f for f in failures), failures
+    for host in state["hosts"]:
+        log = (lablib.host_api_socket(host["dir"]).parent / "meshnet.log").read_text()
+        assert "password" in log and "h" in log
+
+    # One side without a password at all: refused too, and said which side lacks it.
+    h2.post("/stop")
+    wait_for(
+        lambda: not lablib.host_api_socket(state["hosts"][1]["dir"]).exists(), what="h2 stopped"
+    )
+    lablib.start_router(state["name"], "h2")
+    wait_for(
+        lambda: h1.get("/status")["counters"].get("password_mismatch_peer_has_no_password", 0) > 0,
+        what="plain peer refused",
+    )
+    wait_for(
+        lambda: h2.get("/status")["counters"].get("password_mismatch_peer_has_password", 0) > 0,
+        what="plain peer sees refusal",
+    )
+
+
+@pytest.fixture
+def garbage_sockets() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def test_garbage_and_half_open_connections_do_not_disturb_the_mesh(make_lab: Any) -> None:
+    state = make_lab("line", hosts=3, containers=0)
+    h1, h2 = api(state, "h1"), api(state, "h2")
+    wait_for(lambda: len(h1.get("/status/peers")) == 3, what="converged")
+    target = next(u["address"] for u in state["hosts"][1]["underlay"] if u["peer"] == "h1")
+    target_ip = target.split("/")[0]
+    # From h1's namespace: a half-open connection that says nothing, garbage, a lying length,
+    # and a valid-looking magic followed by junk; all while h1-h2 carries the mesh.
+    script = f"""
+import socket, time
+ip = {target_ip!r}
+silent = [socket.create_connection((ip, 6783)) for _ in range(20)]
+for payload in (b"GET / HTTP/1.1\\r\\n\\r\\n", b"\\xff" * 4096, b"MESHNET\\x00\\xff\\xff\\xff\\xff",
+                b"MESHNET\\x00\\x00\\x00\\x00\\x05hello", bytes(range(256)) * 64):
+    s = socket.create_connection((ip, 6783))
+    s.sendall(payload)
+    s.settimeout(5)
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+    s.close()
+time.sleep(3)
+for s in silent:
+    s.close()
+"""
+    result = ns_run(state["hosts"][0]["namespace"], "python3", "-c", script, timeout=60)
+    assert result.returncode == 0, result.stderr
+    status = h2.get("/status")
+    assert status["counters"].get("protocol_errors", 0) >= 4
+    assert len(h2.get("/status/peers")) == 3
+    assert len(h1.get("/status/peers")) == 3
+    established = [c for c in h2.get("/status/connections") if c["state"] == "established"]
+    assert {c["nickname"] for c in established} == {"h1", "h3"}
+    # The router is still alive and answering the whole time.
+    assert subprocess.run(["kill", "-0", str(daemon_pid(state, "h2"))]).returncode == 0

@@ -1,0 +1,309 @@
+"""A whole mesh of ``Mesh`` cores in memory, on a fake clock: convergence, departure, restart.
+
+The simulated network is meshnet.gossip.simulation; ``bench/gossip_scale.py`` drives the same
+``Simulation`` at larger sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+
+import msgpack
+import pytest
+
+from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.channel import Send
+from meshnet.gossip.mesh import Mesh
+from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, encode_message
+from meshnet.gossip.simulation import Simulation, converge
+from meshnet.gossip.topology import Connection, PeerEntry, encode_entries
+
+
+def test_hundred_peers_converge_to_one_topology_and_consistent_routes() -> None:
+    sim = Simulation(100, seed=7)
+    simulated, wall = converge(sim)
+    common = sim.assert_consistent()
+    total = sim.total()
+    print(
+        f"\n100 peers: converged after {simulated:.3f} simulated s ({wall:.2f} s wall), "
+        f"{total.messages} messages, {total.bytes / 100:.0f} bytes/peer"
+    )
+    assert all(len(e.connections) >= 1 for e in common.values())
+    # Deltas, not the NxN map per change: far below every peer sending everything per edge.
+    assert total.bytes / 100 < 200_000
+
+    # Broadcast over the trees reaches everyone exactly once.
+    received: list[int] = []
+
+    class Recorder:
+        def __init__(self, name: int) -> None:
+            self.name = name
+
+        def full_state(self) -> bytes | None:
+            return None
+
+        def on_gossip(self, payload: bytes) -> bytes | None:
+            return None
+
+        def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+            return b
+
+        def on_broadcast(self, source: int, payload: bytes) -> None:
+            received.append(self.name)
+
+        def on_unicast(self, source: int, payload: bytes) -> None:
+            received.append(self.name)
+
+    for name, mesh in sim.meshes.items():
+        mesh.register_channel("test", Recorder(name))
+    source = sim.names[3]
+    sim._dispatch(source, sim.meshes[source].broadcast("test", b"hello"))
+    sim.run()
+    assert sorted(received) == sorted(n for n in sim.names if n != source)
+
+    received.clear()
+    destination = sim.names[-1]
+    sim._dispatch(source, sim.meshes[source].unicast("test", destination, b"hi"))
+    sim.run()
+    assert received == [destination]
+
+
+def test_departed_peer_is_pruned_everywhere() -> None:
+    sim = Simulation(40, seed=3)
+    converge(sim)
+    gone = sim.names[5]
+    sim.stop(gone)
+    sim.run()
+    common = sim.assert_consistent()
+    assert gone not in common
+    assert all(gone not in (c.peer for c in e.connections) for e in common.values())
+    assert sum(m.statistics().pruned_peers for m in sim.meshes.values()) >= len(sim.meshes)
+
+
+@pytest.mark.parametrize("wait", [0.0, 5.0])
+def test_restarted_peer_replaces_its_old_entry_everywhere(wait: float) -> None:
+    sim = Simulation(40, seed=11)
+    converge(sim)
+    name = sim.names[8]
+    old = sim.meshes[name].topology[name]
+    neighbours = sim.stop(name)
+    sim.run(until=sim.now + wait)  # 0: reconnect before anyone pruned the old incarnation
+    new = sim.start(name)
+    assert new.topology[name].uid != old.uid
+    sim.connect_all((name, peer) for peer in neighbours)
+    sim.run()
+    common = sim.assert_consistent()
+    assert common[name].uid == new.topology[name].uid
+    assert common[name].version > 1
+
+
+def test_anti_entropy_repairs_a_lost_delta() -> None:
+    sim = Simulation(30, seed=5, gossip_interval=10.0)
+    sim.connect_all()
+    sim.run(until=2.0)
+    sim.assert_consistent()
+    # A change whose deltas are all lost on the wire...
+    a, b = sim.names[0], sim.names[1]
+    if (a, b) in sim.links:
+        sim.disconnect(a, b)
+    else:
+        sim.connect(a, b)
+    for src in sim.outboxes:
+        for dst in sim.names:
+            sim.outboxes[src].discard(dst)
+    assert sim.common_topology() is None
+    # ...is repaired by periodic full-state exchange with random neighbours.
+    sim.run(until=sim.now + 200.0)
+    sim.assert_consistent()
+
+
+def test_one_new_connection_costs_far_less_than_the_full_map() -> None:
+    sim = Simulation(100, seed=2)
+    converge(sim)
+    full = len(
+        msgpack.packb(encode_message(Gossip("topology", b"x")), use_bin_type=True)  # framing only
+    )
+    sizes = [len(e.packed) for e in sim.meshes[sim.names[0]].topology.values()]
+    full += sum(sizes)
+    sim.reset_counts()
+    a, b = next((a, b) for a in sim.names for b in sim.names if a < b and (a, b) not in sim.links)
+    sim.connect(a, b)
+    sim.run()
+    sim.assert_consistent()
+    per_peer = sim.total().bytes / len(sim.meshes)
+    print(f"\none change: {per_peer:.0f} bytes/peer (the full map is {full} bytes)")
+    assert per_peer < full
+
+
+class MaxRegister:
+    """A toy subsystem: a map of keys to numbers where the larger number wins."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, int] = {}
+
+    def set(self, key: str, value: int) -> bytes:
+        self.state[key] = max(self.state.get(key, value), value)
+        return msgpack.packb({key: self.state[key]})
+
+    def full_state(self) -> bytes | None:
+        return msgpack.packb(self.state) if self.state else None
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        news = {k: v for k, v in msgpack.unpackb(payload).items() if self.state.get(k, -1) < v}
+        self.state.update(news)
+        return msgpack.packb(news) if news else None
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        merged = msgpack.unpackb(a)
+        for k, v in msgpack.unpackb(b).items():
+            merged[k] = max(merged.get(k, v), v)
+        return msgpack.packb(merged)
+
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        pass
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        pass
+
+
+def test_subsystem_channels_converge_and_late_joiners_get_full_state() -> None:
+    sim = Simulation(20, seed=4)
+    registers = {}
+    for name, mesh in sim.meshes.items():
+        registers[name] = MaxRegister()
+        mesh.register_channel("kv", registers[name])
+    converge(sim)
+    writer = sim.names[0]
+    for i in range(5):
+        sim._dispatch(
+            writer, sim.meshes[writer].gossip("kv", registers[writer].set(f"k{i}", i), sim.now)
+        )
+    sim._dispatch(writer, sim.meshes[writer].gossip("kv", registers[writer].set("k0", 9), sim.now))
+    sim.run()
+    assert all(r.state == {"k0": 9, "k1": 1, "k2": 2, "k3": 3, "k4": 4} for r in registers.values())
+    assert sum(o.merged for o in sim.outboxes.values()) > 0  # back-to-back deltas coalesced
+    stats = sim.meshes[sim.names[1]].statistics()
+    assert stats.channels["kv"].messages_received >= 1
+    assert stats.peers == 20 and stats.connections == len(sim.meshes[sim.names[1]].neighbours)
+
+    # A peer that was never there gets everything from its first neighbour.
+    late = sim.start(1)
+    registers[1] = MaxRegister()
+    late.register_channel("kv", registers[1])
+    sim.connect(1, sim.names[2])
+    sim.run()
+    assert registers[1].state == registers[writer].state
+    sim.assert_consistent()
+
+
+def pair() -> tuple[Mesh, Mesh]:
+    a = Mesh(name=10, nickname="a", uid=1, rng=random.Random(1))
+    b = Mesh(name=20, nickname="b", uid=2, rng=random.Random(2))
+    a.connection_up(20, address="10.0.0.2:6783", outbound=True, now=0.0)
+    b.connection_up(10, address="10.0.0.1:40000", outbound=False, now=0.0)
+    return a, b
+
+
+def test_bad_and_unexpected_input_is_rejected_or_counted() -> None:
+    a, _ = pair()
+    with pytest.raises(RemoteProtocolError):
+        a.receive(20, Gossip("topology", b"\xc1"), 0.0)
+    with pytest.raises(RemoteProtocolError):
+        a.receive(20, Gossip("topology", msgpack.packb([[20, "b", 2, "1", []]])), 0.0)
+    assert a.receive(20, Gossip("dns-v9", b"whatever"), 0.0) == []
+    assert a.receive(20, Broadcast("dns-v9", 20, b"x"), 0.0) == []
+    assert a.receive(99, Gossip("topology", b"\xc1"), 0.0) == []  # not (or no longer) a neighbour
+    assert a.receive(20, Heartbeat(), 0.0) == []
+    a.register_channel("kv", MaxRegister())
+    assert a.unicast("kv", 12345, b"x") == []
+    stats = a.statistics()
+    assert stats.unknown_channel_messages == 2
+    assert stats.stray_messages == 1
+    assert stats.unicast_drops == 1
+    with pytest.raises(ValueError):
+        a.register_channel("topology", MaxRegister())
+    with pytest.raises(ValueError):
+        a.register_channel("kv", MaxRegister())
+    with pytest.raises(ValueError):
+        a.gossip("unregistered", b"x", 0.0)
+
+
+def test_neighbours_of_neighbours_are_discovered_by_their_listening_address() -> None:
+    a, b = pair()
+    c = Mesh(name=30, nickname="c", uid=3, rng=random.Random(3))
+    b.connection_up(30, address="10.0.0.3:6783", outbound=True, now=0.0)
+    c.connection_up(20, address="10.0.0.2:41000", outbound=False, now=0.0)
+    a.receive(20, Gossip("topology", encode_entries(list(b.topology.values()))), 0.0)
+    assert a.discovered_addresses() == {"10.0.0.3:6783"}
+    assert b.discovered_addresses() == set()
+    a.connection_up(30, address="10.0.0.3:6783", outbound=True, now=1.0)
+    assert a.discovered_addresses() == set()
+
+
+def test_tick_prunes_in_batches_and_gossips_to_a_few_neighbours() -> None:
+    hub = Mesh(name=1, nickname="hub", uid=1, rng=random.Random(1), fanout=2, gossip_interval=30)
+    assert hub.next_wake() == math.inf
+    for peer in range(2, 7):
+        hub.connection_up(peer, address=f"10.0.0.{peer}:6783", outbound=True, now=0.0)
+    assert hub.next_wake() == 1.0  # the prune batch
+    assert hub.tick(0.5) == []
+    assert hub.tick(1.0) == []
+    due = hub.next_wake()
+    assert 24.0 <= due <= 36.0
+    sends = hub.tick(due)
+    assert len({s.peer for s in sends}) == 2
+    assert hub.statistics().anti_entropy_rounds == 1
+    hub.connection_down(6, now=due)
+    assert hub.next_wake() == due + 1.0
+
+
+def pump(meshes: dict[int, Mesh], pending: list[tuple[int, Send]]) -> None:
+    """Deliver every send (and what it causes) at once, in order."""
+    queue = deque(pending)
+    while queue:
+        src, send = queue.popleft()
+        if send.peer in meshes and src in meshes[send.peer].neighbours:
+            for out in meshes[send.peer].receive(src, send.message, 0.0):
+                queue.append((send.peer, out))
+
+
+def link(meshes: dict[int, Mesh], a: int, b: int) -> list[tuple[int, Send]]:
+    sends = [(a, s) for s in meshes[a].connection_up(b, address="10.0.0.1:1", outbound=True, now=0)]
+    sends += [
+        (b, s) for s in meshes[b].connection_up(a, address="10.0.0.2:2", outbound=False, now=0)
+    ]
+    return sends
+
+
+def test_a_far_peer_holding_a_stale_incarnation_pushes_it_back_until_it_is_bumped_past() -> None:
+    """P - Q - R. Q already forgot P's old self, R still holds it at a higher version."""
+    P, Q, R = 1, 2, 3
+    meshes = {n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (P, Q, R)}
+    pump(meshes, link(meshes, Q, R))
+    stale = PeerEntry(P, "h1", 999, 50, (Connection(R, "10.0.0.3:6783", True, False),))
+    meshes[R].receive(Q, Gossip("topology", encode_entries([stale])), 0.0)  # long ago
+    meshes[P] = Mesh(name=P, nickname="h1", uid=7, rng=random.Random(7))
+    pump(meshes, link(meshes, P, Q))
+    for mesh in meshes.values():
+        entry = mesh.topology[P]
+        assert (entry.uid, entry.version) == (7, 51), mesh.name
+
+
+def test_a_digest_exchange_repairs_both_sides() -> None:
+    a, b = pair()
+    meshes = {10: a, 20: b}
+    # Each learns of a new neighbour, and all the deltas about it are lost.
+    for mesh, other in ((a, 30), (b, 40)):
+        mesh.connection_up(other, address="10.0.0.9:6783", outbound=True, now=0.0)
+        back = Connection(mesh.name, "10.0.0.8:6783", False, True)
+        entry = PeerEntry(other, f"h{other}", 1, 2, (back,))
+        mesh.receive(other, Gossip("topology", encode_entries([entry])), 0.0)
+        mesh.tick(5.0)  # the prune batch keeps it: it is linked to us
+    assert dict(a.topology) != dict(b.topology)
+    pump(meshes, [(10, s) for s in a.tick(a.next_wake())])  # one anti-entropy round
+    assert dict(a.topology) == dict(b.topology)
+    assert set(a.topology) == {10, 20, 30, 40}
+    assert a.statistics().channels["topology-digest"].messages_sent >= 1
+    assert b.statistics().channels["topology-digest"].messages_sent == 1  # its reply
