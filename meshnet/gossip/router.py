@@ -560,8 +560,8 @@ def _opt_name(name: int | None) -> str | None:
 def _describe(e: BaseException) -> str:
     if isinstance(e, trio.TooSlowError):
         return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()
     # trio's open_tcp_stream wraps the per-address errors ("all attempts ... failed").
     cause = e.__cause__
     if isinstance(cause, BaseExceptionGroup) and cause.exceptions:

@@ -1,0 +1,117 @@
+"""The connection maker's plan: who to dial, when, and how backoff grows."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshnet.errors import UserError
+from meshnet.gossip.connection_maker import (
+    MAX_DELAY,
+    ConnectionMaker,
+    Source,
+    TargetState,
+    normalize_address,
+)
+
+
+def maker(discovery: bool = True) -> ConnectionMaker:
+    return ConnectionMaker(random.Random(1), discovery=discovery)
+
+
+def test_new_targets_are_dialled_at_once_and_not_twice() -> None:
+    m = maker()
+    m.add("10.0.0.2:6783", Source.LAUNCH, now=0)
+    assert m.plan(set(), 10, now=0)[0] == ["10.0.0.2:6783"]
+    assert m.plan(set(), 10, now=0)[0] == []  # still connecting
+
+
+def test_failures_back_off_exponentially_with_jitter_up_to_a_cap() -> None:
+    m = maker()
+    m.add("a:1", Source.LAUNCH, now=0)
+    now, delays = 0.0, []
+    for _ in range(20):
+        dial, _ = m.plan(set(), 10, now)
+        assert dial == ["a:1"]
+        m.attempt_failed("a:1", "connection refused", now)
+        retry_at = m.targets()[0].next_attempt
+        assert retry_at is not None
+        delays.append(retry_at - now)
+        assert m.plan(set(), 10, now)[0] == []  # not before its time
+        _, wake = m.plan(set(), 10, now)
+        assert wake == pytest.approx(min(retry_at, now + MAX_DELAY))
+        now = retry_at
+    assert 0.8 <= delays[0] <= 1.2
+    assert delays[3] > delays[1] > delays[0]
+    assert max(delays) <= MAX_DELAY * 1.2 and delays[-1] >= MAX_DELAY * 0.8
+    assert m.targets()[0].last_error == "connection refused"
+
+
+def test_free_slots_limit_dials() -> None:
+    m = maker()
+    for i in range(5):
+        m.add(f"10.0.0.{i}:6783", Source.LAUNCH, now=0)
+    assert len(m.plan(set(), 2, now=0)[0]) == 2
+    assert len(m.plan(set(), 0, now=0)[0]) == 0
+    assert len(m.plan(set(), 10, now=0)[0]) == 3
+
+
+def test_a_lost_connection_is_dialled_again_and_a_connected_peer_is_not() -> None:
+    m = maker()
+    m.add("b:1", Source.LAUNCH, now=0)
+    m.plan(set(), 10, now=0)
+    m.attempt_succeeded("b:1", peer=42)
+    assert m.plan({42}, 10, now=1)[0] == []
+    assert m.targets()[0].state is TargetState.CONNECTED
+    dial, wake = m.plan(set(), 10, now=2)  # peer 42 went away
+    assert dial == [] and wake <= 3
+    assert m.plan(set(), 10, now=wake)[0] == ["b:1"]
+
+
+def test_discovered_targets_follow_gossip_and_respect_no_discovery() -> None:
+    m = maker()
+    m.set_discovered({"c:1", "d:1"}, now=0)
+    assert {t.address for t in m.targets()} == {"c:1", "d:1"}
+    m.add("d:1", Source.CONNECT, now=0)  # named by the user: kept when gossip forgets it
+    m.set_discovered(set(), now=1)
+    assert [(t.address, t.source) for t in m.targets()] == [("d:1", Source.CONNECT)]
+    off = maker(discovery=False)
+    off.set_discovered({"c:1"}, now=0)
+    assert off.targets() == []
+
+
+def test_our_own_address_is_never_dialled_again() -> None:
+    m = maker()
+    m.set_discovered({"self:1"}, now=0)
+    m.plan(set(), 10, now=0)
+    m.is_ourselves("self:1")
+    m.set_discovered({"self:1"}, now=1)
+    assert m.targets() == []
+
+
+def test_forget() -> None:
+    m = maker()
+    m.add("e:1", Source.CONNECT, now=0)
+    assert m.forget("e:1") and not m.forget("e:1")
+    assert m.targets() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.1", "10.0.0.1:6783"),
+        ("10.0.0.1:7000", "10.0.0.1:7000"),
+        ("[fe80::1]:7000", "[fe80::1]:7000"),
+        ("fe80::1", "[fe80::1]:6783"),
+        ("host-1.example", "host-1.example:6783"),
+    ],
+)
+def test_normalize_address(text: str, expected: str) -> None:
+    assert normalize_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1:0", "10.0.0.1:x", "[fe80::1", "", "a..b", "h:99999"])
+def test_bad_addresses(text: str) -> None:
+    with pytest.raises(UserError):
+        normalize_address(text)

@@ -1,0 +1,148 @@
+"""The daemon as a user runs it: launch, API, status commands, SIGTERM, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshnet.api.client import ApiClient
+from meshnet.errors import UserError
+from tests.conftest import run_meshnet
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.env = {
+            **os.environ,
+            "MESHNET_STATE_DIR": str(tmp / "state"),
+            "MESHNET_API_SOCKET": str(tmp / "run" / "api.sock"),
+        }
+        self.socket = tmp / "run" / "api.sock"
+        self.port = port
+
+    def meshnet(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_meshnet(*args, env=self.env)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, free_port())
+    yield d
+    if d.socket.exists():
+        d.meshnet("stop")
+
+
+def test_launch_status_connect_forget_stop(daemon: Daemon) -> None:
+    launched = daemon.meshnet(
+        "launch", "--nickname", "alpha", "--port", str(daemon.port), "127.0.0.1:1"
+    )
+    assert launched.returncode == 0, launched.stderr
+    name = launched.stdout.strip()
+    assert len(name.split(":")) == 6
+    assert (daemon.socket.stat().st_mode & 0o777) == 0o600
+    status = json.loads(daemon.meshnet("status", "--json").stdout)
+    assert status["name"] == name and status["nickname"] == "alpha"
+    assert status["targets"] == ["127.0.0.1:1"] and not status["encryption"]
+    text = daemon.meshnet("status").stdout
+    assert f"Name: {name} (alpha)" in text and "Encryption: disabled" in text
+    peers = json.loads(daemon.meshnet("status", "peers", "--json").stdout)
+    assert [p["nickname"] for p in peers] == ["alpha"] and peers[0]["local"]
+
+    assert daemon.meshnet("connect", "127.0.0.1:2").stdout.strip() == "127.0.0.1:2: added"
+    targets = json.loads(daemon.meshnet("status", "targets", "--json").stdout)
+    assert {t["address"] for t in targets} == {"127.0.0.1:1", "127.0.0.1:2"}
+    time.sleep(1.5)  # nothing listens on ports 1 and 2: the attempts fail and are shown
+    failed = json.loads(daemon.meshnet("status", "connections", "--json").stdout)
+    assert any(c["last_error"] == "connection refused" for c in failed)
+    assert daemon.meshnet("forget", "127.0.0.1:2").returncode == 0
+    forget_again = daemon.meshnet("forget", "127.0.0.1:2")
+    assert forget_again.returncode == 1
+    assert forget_again.stderr.strip() == "meshnet: 127.0.0.1:2 is not a target"
+
+    again = daemon.meshnet("launch", "--port", str(daemon.port))
+    assert again.returncode == 1 and "already running" in again.stderr
+
+    # The peer name survives a restart; the uid does not.
+    assert daemon.meshnet("stop").returncode == 0
+    assert not daemon.socket.exists()
+    relaunched = daemon.meshnet("launch", "--port", str(daemon.port))
+    assert relaunched.stdout.strip() == name
+    assert json.loads(daemon.meshnet("status", "--json").stdout)["uid"] != status["uid"]
+
+
+def test_sigterm_shuts_down_cleanly(daemon: Daemon) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshnet", "launch", "--foreground", "--port", str(daemon.port)],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ApiClient(daemon.socket).is_ready():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err and "stopping" in err
+    assert not daemon.socket.exists()
+
+
+def test_user_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
+    def one_line(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert fragment in result.stderr
+
+    one_line(daemon.meshnet("status"), "meshnet is not running")
+    one_line(daemon.meshnet("stop"), "meshnet is not running")
+    one_line(daemon.meshnet("launch", "--port", "70000"), "'--port'")
+    one_line(daemon.meshnet("launch", "not an address!"), "bad peer address")
+    one_line(
+        daemon.meshnet("launch", "--password-file", str(tmp_path / "none")),
+        "cannot read password file",
+    )
+    one_line(daemon.meshnet("launch", "--password", ""), "password is empty")
+    # A port someone else holds: the background launch reports the daemon's own error.
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("0.0.0.0", daemon.port))
+        busy.listen()
+        one_line(
+            daemon.meshnet("launch", "--port", str(daemon.port)),
+            f"cannot listen on TCP port {daemon.port}",
+        )
+
+
+def test_api_rejects_unknown_and_malformed_requests(daemon: Daemon) -> None:
+    assert daemon.meshnet("launch", "--port", str(daemon.port)).returncode == 0
+    client = ApiClient(daemon.socket)
+    with pytest.raises(UserError, match="no such endpoint"):
+        client.get("/nope")
+    with pytest.raises(UserError, match="not allowed"):
+        client.get("/connect")
+    with pytest.raises(UserError, match="address"):
+        client.post("/connect", {"addr": "x"})
+    with pytest.raises(UserError, match="bad peer address"):
+        client.post("/connect", {"address": "::::::"})
