@@ -23,7 +23,7 @@ import trio
 
 from meshnet.config import Config
 from meshnet.errors import RemoteProtocolError
-from meshnet.gossip.channel import Send
+from meshnet.gossip.channel import Gossiper, Send
 from meshnet.gossip.connection_maker import ConnectionMaker, Source
 from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
@@ -222,6 +222,25 @@ class Router:
             }
             for t in self.maker.targets()
         ]
+
+    # --- gossip channels for subsystems (IPAM, DNS, data plane) --------------------------------
+
+    def register_channel(self, name: str, gossiper: Gossiper) -> None:
+        self.mesh.register_channel(name, gossiper)
+
+    def gossip(self, channel: str, delta: bytes) -> None:
+        """A local change: the delta goes to every neighbour now (merged if one is pending)."""
+        self._dispatch(self.mesh.gossip(channel, delta, trio.current_time()))
+
+    def broadcast(self, channel: str, payload: bytes) -> None:
+        self._dispatch(self.mesh.broadcast(channel, payload))
+
+    def unicast(self, channel: str, destination: int, payload: bytes) -> bool:
+        """Send to one peer, hop by hop; False if it is unreachable now."""
+        if destination != self.identity.name and self.mesh.routes.next_hop(destination) is None:
+            return False
+        self._dispatch(self.mesh.unicast(channel, destination, payload))
+        return True
 
     # --- the service ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ def make_router(
     peers: tuple[str, ...] = (),
     key: bytes | None = None,
     port: int | None = None,
+    discovery: bool = True,
 ) -> Router:
     config = Config(
         peers=peers,
@@ -45,6 +46,7 @@ def make_router(
         state_dir=tmp_path / nick,
         api_socket=tmp_path / nick / "api.sock",
         heartbeat_interval=0.2,
+        discovery=discovery,
     )
     identity = Identity(new_peer_name(os.urandom), nick, new_uid(os.urandom))
     return Router(config, identity, key)
@@ -131,3 +133,55 @@ async def test_a_silent_peer_is_dropped_after_missed_heartbeats(
     assert a.counters["heartbeat_timeouts"] == 1
     assert [p["nickname"] for p in a.peers()] == ["a"]
     await stream.aclose()
+
+
+class Recorder:
+    """A channel that keeps what it was sent; its state is a set of strings (merge = union)."""
+
+    def __init__(self) -> None:
+        self.items: set[str] = set()
+        self.broadcasts: list[tuple[int, bytes]] = []
+        self.unicasts: list[tuple[int, bytes]] = []
+
+    def full_state(self) -> bytes | None:
+        return "\n".join(sorted(self.items)).encode() if self.items else None
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        new = set(payload.decode().split("\n")) - self.items
+        self.items |= new
+        return "\n".join(sorted(new)).encode() if new else None
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        return "\n".join(sorted(set(a.decode().split("\n")) | set(b.decode().split("\n")))).encode()
+
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        self.broadcasts.append((source, payload))
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        self.unicasts.append((source, payload))
+
+
+async def test_channels_gossip_broadcast_and_unicast_across_a_relay(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    a = make_router(tmp_path, "a", discovery=False)
+    b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",), discovery=False)
+    c = make_router(tmp_path, "c", peers=(f"127.0.0.1:{b.config.port}",), discovery=False)
+    recorders = {r.identity.nickname: Recorder() for r in (a, b, c)}
+    for r in (a, b, c):
+        r.register_channel("test", recorders[r.identity.nickname])
+        await nursery.start(r.serve)
+    await wait_until(lambda: all(len(r.peers()) == 3 for r in (a, b, c)))
+    assert established(a) == ["b"]  # a and c only meet through b
+
+    recorders["a"].items.add("x")
+    a.gossip("test", b"x")
+    await wait_until(lambda: recorders["c"].items == {"x"})
+    a.broadcast("test", b"hello all")
+    await wait_until(lambda: all(r.broadcasts for name, r in recorders.items() if name != "a"))
+    assert recorders["c"].broadcasts == [(a.identity.name, b"hello all")]
+    assert a.unicast("test", c.identity.name, b"just c")
+    await wait_until(lambda: bool(recorders["c"].unicasts))
+    assert recorders["c"].unicasts == [(a.identity.name, b"just c")]
+    assert recorders["b"].unicasts == []
+    assert not a.unicast("test", 12345, b"nobody")
