@@ -87,7 +87,7 @@ def up(
     else:
         spec = topo.load_file(Path(shape), containers)
     steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
-    steps += 0 if no_daemons else len(spec.hosts)
+    steps += 0 if no_daemons else len(spec.hosts) + 1
     err = console(stderr=True)
     with Progress(
         SpinnerColumn(),

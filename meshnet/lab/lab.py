@@ -230,6 +230,8 @@ def up(
         _build(record, links, containers, journal, progress)
         if daemons:
             _start_routers(record, record.hosts, password, progress)
+            progress("routers finding each other")
+            _wait_for_mesh(record)
     except BaseException:
         record.state = "failed"
         record.save(directory)
@@ -365,6 +367,46 @@ def _start_routers(
         names[host_name] = out.strip()
         progress(f"router {host_name} is {names[host_name]}")
     return names
+
+
+def _components(record: LabRecord) -> dict[str, int]:
+    """Each host's number of hosts it can reach through the topology (itself included)."""
+    adjacent: dict[str, set[str]] = {h["name"]: set() for h in record.hosts}
+    for link in record.links:
+        adjacent[link["a"]].add(link["b"])
+        adjacent[link["b"]].add(link["a"])
+    sizes = {}
+    for host in adjacent:
+        seen, todo = {host}, [host]
+        while todo:
+            for n in adjacent[todo.pop()] - seen:
+                seen.add(n)
+                todo.append(n)
+        sizes[host] = len(seen)
+    return sizes
+
+
+def _wait_for_mesh(record: LabRecord, timeout: float = 20.0) -> bool:
+    """Until every router knows every peer it can reach, so the summary shows a settled mesh.
+
+    Not converging in time is not an error: the lab is built, and status shows the truth.
+    """
+    from meshnet.api.client import ApiClient
+
+    expected = _components(record)
+    deadline = time.monotonic() + timeout
+    pending = list(record.hosts)
+    while pending and time.monotonic() < deadline:
+        host = pending[0]
+        try:
+            peers = ApiClient(host_api_socket(host["dir"]), timeout=2).get("/status")["peers"]
+        except UserError:
+            peers = 0
+        if peers >= expected[host["name"]]:
+            pending.pop(0)
+        else:
+            time.sleep(0.1)
+    return not pending
 
 
 def start_router(name: str | None, host: str, *, password: str | None = None) -> str:
