@@ -16,7 +16,16 @@ import click
 from meshnet import __version__
 from meshnet.errors import MeshnetError
 from meshnet.lab.commands import lab
-from meshnet.router_commands import connect, forget, launch, status, stop
+from meshnet.router_commands import (
+    attach,
+    connect,
+    detach,
+    forget,
+    launch,
+    ps,
+    status,
+    stop,
+)
 
 
 class _Settings:
@@ -46,7 +55,7 @@ def cli(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for command in (launch, stop, status, connect, forget, lab):
+for command in (launch, stop, status, connect, forget, attach, detach, ps, lab):
     cli.add_command(command)
 
 

@@ -30,6 +30,7 @@ class Config:
     api_socket: Path = field(default_factory=default_api_socket)
     conn_limit: int = 100
     discovery: bool = True
+    dataplane: bool = True  # False: control plane only (no bridge, TAP or UDP)
     # Connection liveness: a heartbeat is sent after this much idle time; a connection that has
     # received nothing for three intervals (and a bit) is dead.
     heartbeat_interval: float = 5.0

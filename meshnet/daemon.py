@@ -33,7 +33,7 @@ async def run(
     if config.password is not None:
         # Argon2id is slow on purpose; keep the event loop free while it runs.
         stretched = await trio.to_thread.run_sync(stretch_password, config.password)
-    router = Router(config, identity, stretched)
+    router = Router(config, identity, stretched, data_path=config.dataplane)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
@@ -41,7 +41,13 @@ async def run(
             await nursery.start(router.serve)
         except OSError as e:
             raise UserError(f"cannot listen on TCP port {config.port}: {e.strerror}") from None
-        await nursery.start(serve_api, ApiApp(router, stop.set), config.api_socket)
+        dataplane = None
+        if config.dataplane:
+            from meshnet.dataplane.service import DataPlane
+
+            dataplane = DataPlane(config, router)
+            await nursery.start(dataplane.serve)
+        await nursery.start(serve_api, ApiApp(router, stop.set, dataplane), config.api_socket)
         log.info("%s ready; API on %s", identity, config.api_socket)
         task_status.started(identity)
         await stop.wait()

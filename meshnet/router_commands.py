@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -107,6 +108,11 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
     metavar="SECONDS",
     help="Idle time before a heartbeat; three missed ones mean a dead connection.",
 )
+@click.option(
+    "--no-dataplane",
+    is_flag=True,
+    help="Run only the control plane: no bridge, TAP or UDP (a pure router of gossip).",
+)
 def launch(
     peers: tuple[str, ...],
     foreground: bool,
@@ -119,6 +125,7 @@ def launch(
     conn_limit: int,
     no_discovery: bool,
     heartbeat_interval: float,
+    no_dataplane: bool,
 ) -> None:
     """Start the router and connect to PEERs.
 
@@ -135,6 +142,7 @@ def launch(
         conn_limit=conn_limit,
         discovery=not no_discovery,
         heartbeat_interval=heartbeat_interval,
+        dataplane=not no_dataplane,
     )
     client = ApiClient(api_socket)
     if client.is_ready():
@@ -174,6 +182,8 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
     ]
     if not config.discovery:
         args.append("--no-discovery")
+    if not config.dataplane:
+        args.append("--no-dataplane")
     env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
     if config.password is not None:
         env["MESHNET_PASSWORD"] = config.password.decode()  # never on the command line
@@ -359,3 +369,62 @@ status.command("connections", help="This peer's connections and recent failures.
 status.command("targets", help="Addresses this peer connects to.")(
     _subcommand("/status/targets", _targets_table)
 )
+
+
+def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
+    """`[CIDR...] CONTAINER`: every argument but the last is an address."""
+    if not args:
+        raise click.UsageError("missing CONTAINER")
+    *addresses, container = args
+    for address in addresses:
+        try:
+            ipaddress.ip_interface(address)
+        except ValueError:
+            raise UserError(
+                f"bad address {address!r}: expected CIDR such as 10.32.1.5/12"
+            ) from None
+        if "/" not in address:
+            raise UserError(f"bad address {address!r}: give the prefix length, e.g. {address}/12")
+    return addresses, container
+
+
+@click.command()
+@click.argument("args", nargs=-1, metavar="[CIDR...] CONTAINER")
+@click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
+@api_socket_option
+def attach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
+    """Join a container to the overlay: a namespace name, a PID, or /proc/PID/ns/net."""
+    addresses, container = _split_container_args(args)
+    if not addresses:
+        raise UserError("give the container's address(es) (CIDR): meshnet has no IPAM yet")
+    result = ApiClient(api_socket).post(
+        "/attach", {"container": container, "addresses": addresses, "ifname": ifname}
+    )
+    click.echo(" ".join(a.split("/")[0] for a in result["addresses"]))
+
+
+@click.command()
+@click.argument("args", nargs=-1, metavar="[CIDR...] CONTAINER")
+@click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
+@api_socket_option
+def detach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
+    """Remove a container from the overlay (or only the given addresses)."""
+    addresses, container = _split_container_args(args)
+    result = ApiClient(api_socket).post(
+        "/detach", {"container": container, "addresses": addresses, "ifname": ifname}
+    )
+    if not result["detached"]:
+        raise UserError(f"{container} is not attached")
+
+
+@click.command()
+@api_socket_option
+@JSON_OPTION
+def ps(api_socket: Path, as_json: bool) -> None:
+    """Containers attached on this host, with MAC and addresses."""
+    containers = ApiClient(api_socket).get("/containers")
+    if as_json:
+        click.echo(json.dumps(containers, indent=2))
+        return
+    for c in containers:
+        click.echo(f"{c['namespace']} {c['mac']} {' '.join(c['addresses'])}")

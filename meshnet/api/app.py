@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
 from meshnet.gossip.router import Router
+
+if TYPE_CHECKING:
+    from meshnet.dataplane.service import DataPlane
 
 log = logging.getLogger("meshnet.api")
 
@@ -26,9 +30,15 @@ class HttpError(Exception):
 
 
 class ApiApp:
-    def __init__(self, router: Router, request_stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        request_stop: Callable[[], None],
+        dataplane: DataPlane | None = None,
+    ) -> None:
         self.router = router
         self.request_stop = request_stop
+        self.dataplane = dataplane
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
             ("GET", "/status"): lambda _: router.status(),
             ("GET", "/status/peers"): lambda _: router.peers(),
@@ -37,6 +47,10 @@ class ApiApp:
             ("POST", "/connect"): self._connect,
             ("POST", "/forget"): self._forget,
             ("POST", "/stop"): self._stop,
+            ("GET", "/status/dataplane"): lambda _: self._dp().status(),
+            ("GET", "/containers"): lambda _: self._dp().containers(),
+            ("POST", "/attach"): self._attach,
+            ("POST", "/detach"): self._detach,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendFn) -> None:
@@ -58,7 +72,10 @@ class ApiApp:
                     raise HttpError(405, f"{scope['method']} not allowed on {scope['path']}")
                 raise HttpError(404, f"no such endpoint: {scope['path']}")
             body = await _read_body(receive)
-            status, result = 200, handler(body)
+            result = handler(body)
+            if inspect.isawaitable(result):
+                result = await result
+            status = 200
         except HttpError as e:
             status, result = e.status, {"error": str(e)}
         except UserError as e:
@@ -91,6 +108,36 @@ class ApiApp:
     def _stop(self, _: dict[str, Any]) -> dict[str, Any]:
         log.info("stop requested through the API")
         return {"stopping": True}
+
+    def _dp(self) -> DataPlane:
+        if self.dataplane is None:
+            raise HttpError(409, "this router runs without a data plane (--no-dataplane)")
+        return self.dataplane
+
+    async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
+        container, addresses, ifname = _container_request(body)
+        return await self._dp().attach(container, addresses, ifname)
+
+    async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
+        container, addresses, ifname = _container_request(body)
+        return {"detached": await self._dp().detach(container, addresses, ifname)}
+
+
+def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
+    container = body.get("container")
+    addresses = body.get("addresses", [])
+    ifname = body.get("ifname", "ethwe")
+    if (
+        not isinstance(container, str)
+        or not container
+        or not isinstance(addresses, list)
+        or not all(isinstance(a, str) for a in addresses)
+        or not isinstance(ifname, str)
+    ):
+        raise HttpError(
+            400, 'expected {"container": NAME|PID|PATH, "addresses": [CIDR...], "ifname": NAME}'
+        )
+    return container, addresses, ifname
 
 
 def _address(body: dict[str, Any]) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
@@ -24,6 +25,9 @@ from meshnet.errors import MeshnetError
 
 NETNS_DIR = Path("/var/run/netns")
 _TC_ROOT = 0xFFFFFFFF
+_NSID_NOT_ASSIGNED = 0xFFFFFFFF
+_MAIN_TABLE = 254
+_T = TypeVar("_T")
 
 
 class NetlinkError(MeshnetError):
@@ -42,6 +46,10 @@ class InterfaceNotFound(NetlinkError):
     pass
 
 
+class InterfaceExists(NetlinkError):
+    pass
+
+
 @dataclass(frozen=True)
 class LinkInfo:
     name: str
@@ -52,6 +60,18 @@ class LinkInfo:
     up: bool
     master: int | None
     addresses: tuple[str, ...]  # "ip/prefixlen"
+    # For a veth (or any link with a peer): the peer's ifindex, and the id under which this
+    # namespace knows the peer's namespace (None: the peer is in this same namespace).
+    peer_index: int | None = None
+    peer_netnsid: int | None = None
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    destination: str  # "net/prefixlen"
+    ifindex: int | None
+    gateway: str | None
+    protocol: int  # 2: kernel (connected), 3: boot (`ip route add`), 4: static
 
 
 # --- namespaces -------------------------------------------------------------------------------
@@ -102,9 +122,65 @@ def namespace_pids(name: str) -> list[int]:
     return pids
 
 
+def namespace_path(name: str) -> Path:
+    """The file behind a namespace given by name (under /var/run/netns) or absolute path."""
+    return NETNS_DIR / name  # an absolute `name` replaces NETNS_DIR
+
+
+def namespace_inode(name: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of a namespace file: equal for every file naming the same namespace."""
+    try:
+        st = os.stat(namespace_path(name))
+    except OSError:
+        raise NamespaceNotFound(f"network namespace {name} does not exist") from None
+    return st.st_dev, st.st_ino
+
+
+def is_namespace_file(path: str | Path) -> bool:
+    """True if `path` is a live network namespace (an nsfs file, not a stale mount point)."""
+    try:
+        st = os.stat(path)
+        own = os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return st.st_dev == own.st_dev
+
+
+def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call `fn(*args, **kwargs)` in a short-lived thread inside namespace `name` (or a path).
+
+    setns(2) changes only the calling thread's namespace, so the rest of the process is never
+    affected. Sockets and TAP devices opened by `fn` stay bound to that namespace after the thread
+    ends, which is how a caller gets a socket inside a namespace without forking.
+    """
+    path = str(namespace_path(name))
+    if not is_namespace_file(path):
+        raise NamespaceNotFound(f"network namespace {name} does not exist")
+    result: list[_T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            netns.setns(path, flags=0, fork=False)
+            result.append(fn(*args, **kwargs))
+        except BaseException as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=body, name=f"in-netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 @contextmanager
 def namespace(name: str | None) -> Iterator[Namespace]:
-    """Operations on one namespace (None: the caller's own) through one netlink socket."""
+    """Operations on one namespace through one netlink socket.
+
+    `name` is a name under /var/run/netns, an absolute path to a namespace file (such as
+    /proc/PID/ns/net), or None for the caller's own namespace.
+    """
     if name is not None and not namespace_exists(name):
         raise NamespaceNotFound(f"network namespace {name} does not exist")
     try:
@@ -144,6 +220,175 @@ class Namespace:
 
     def has_link(self, ifname: str) -> bool:
         return bool(self._ipr.link_lookup(ifname=ifname))
+
+    def create_veth_into(
+        self,
+        ifname: str,
+        peer_ifname: str,
+        *,
+        peer_path: str | None = None,
+        peer_pid: int | None = None,
+        mtu: int | None = None,
+        peer_mac: str | None = None,
+    ) -> None:
+        """A veth pair: `ifname` here, `peer_ifname` created directly in another namespace.
+
+        That namespace is a namespace file (`peer_path`: a name under /var/run/netns or an
+        absolute path such as /proc/PID/ns/net) or a process (`peer_pid`); neither: here.
+        """
+        peer: dict[str, Any] = {"ifname": peer_ifname}
+        fd = None
+        if peer_path is not None:
+            try:
+                fd = os.open(namespace_path(peer_path), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise NamespaceNotFound(f"network namespace {peer_path} does not exist") from None
+            peer["net_ns_fd"] = fd
+        elif peer_pid is not None:
+            peer["net_ns_pid"] = peer_pid
+        if mtu is not None:
+            peer["mtu"] = mtu
+        if peer_mac is not None:
+            peer["address"] = peer_mac
+        extra = {"mtu": mtu} if mtu is not None else {}
+        try:
+            self._call(
+                f"create veth {ifname}",
+                self._ipr.link,
+                "add",
+                ifname=ifname,
+                kind="veth",
+                peer=peer,
+                **extra,
+            )
+        except NetlinkError as e:
+            cause = e.__cause__
+            if isinstance(cause, _PyrouteNetlinkError) and cause.code == errno.EEXIST:
+                raise InterfaceExists(f"interface {ifname} or {peer_ifname} already exists") from e
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def set_mac(self, ifname: str, mac: str) -> None:
+        self._call(
+            f"set address of {ifname}", self._ipr.link, "set", index=self.index(ifname), address=mac
+        )
+
+    def link_by_index(self, index: int) -> LinkInfo | None:
+        """The link with this ifindex, or None."""
+        try:
+            (msg,) = self._ipr.get_links(index)
+        except _PyrouteNetlinkError:
+            return None
+        return self._link_info(msg)
+
+    def bridge_ports(self, bridge: str) -> list[LinkInfo]:
+        """Links enslaved to `bridge`."""
+        master = self.index(bridge)
+        return [link for link in self.links() if link.master == master]
+
+    def netnsid(self, name: str) -> int | None:
+        """The id under which this namespace knows namespace `name` (name or path), if any.
+
+        Ids are assigned by the kernel when a link's peer lives in the other namespace, so this is
+        how a veth's IFLA_LINK_NETNSID is matched back to a namespace file.
+        """
+        try:
+            fd = os.open(namespace_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            reply = self._ipr.get_netnsid(fd=fd)
+        except _PyrouteNetlinkError:
+            return None
+        finally:
+            os.close(fd)
+        nsid = reply.get("nsid") if reply else None
+        if nsid is None or nsid == _NSID_NOT_ASSIGNED or nsid < 0:
+            return None
+        return int(nsid)
+
+    def delete_address(self, ifname: str, cidr: str) -> bool:
+        """Remove an address; False if it was not there."""
+        iface = ipaddress.ip_interface(cidr)
+        index = self.index(ifname)
+        present = {
+            (str(_attr(a, "IFA_ADDRESS")), int(a["prefixlen"]))
+            for a in self._ipr.get_addr(index=index)
+        }
+        if (str(iface.ip), iface.network.prefixlen) not in present:
+            return False
+        self._call(
+            f"remove {cidr} from {ifname}",
+            self._ipr.addr,
+            "del",
+            index=index,
+            address=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+        )
+        return True
+
+    def routes(self, ifname: str | None = None, *, family: int = 0) -> list[RouteInfo]:
+        """Unicast routes of the main table (only those out of `ifname`, if given)."""
+        kwargs: dict[str, Any] = {"table": _MAIN_TABLE}
+        if family:
+            kwargs["family"] = family
+        if ifname is not None:
+            kwargs["oif"] = self.index(ifname)
+        found = []
+        for r in self._call("list routes", self._ipr.get_routes, **kwargs):
+            if r["type"] != 1:  # RTN_UNICAST
+                continue
+            dst = _attr(r, "RTA_DST")
+            if dst is None:
+                dst = "0.0.0.0" if r["family"] == 2 else "::"
+            found.append(
+                RouteInfo(
+                    destination=f"{dst}/{r['dst_len']}",
+                    ifindex=_attr(r, "RTA_OIF"),
+                    gateway=_attr(r, "RTA_GATEWAY"),
+                    protocol=int(r["proto"]),
+                )
+            )
+        return found
+
+    def add_route(self, destination: str, ifname: str, *, gateway: str | None = None) -> bool:
+        """Route `destination` (a CIDR) out of `ifname`; False if that exact route exists."""
+        net = ipaddress.ip_network(destination, strict=False)
+        index = self.index(ifname)
+        for route in self.routes(family=2 if net.version == 4 else 10):
+            if ipaddress.ip_network(route.destination) == net and route.ifindex == index:
+                return False
+        extra: dict[str, Any] = {"gateway": gateway} if gateway else {}
+        self._call(
+            f"add route {net} via {ifname}",
+            self._ipr.route,
+            "add",
+            dst=str(net),
+            oif=index,
+            table=_MAIN_TABLE,
+            scope=0 if gateway else 253,  # universe via a gateway, else link
+            **extra,
+        )
+        return True
+
+    def delete_route(self, destination: str, ifname: str) -> bool:
+        """Remove the route to `destination` out of `ifname`; False if it was not there."""
+        net = ipaddress.ip_network(destination, strict=False)
+        index = self.index(ifname)
+        for route in self.routes(family=2 if net.version == 4 else 10):
+            if ipaddress.ip_network(route.destination) == net and route.ifindex == index:
+                self._call(
+                    f"remove route {net} via {ifname}",
+                    self._ipr.route,
+                    "del",
+                    dst=str(net),
+                    oif=index,
+                    table=_MAIN_TABLE,
+                )
+                return True
+        return False
 
     def create_veth(
         self, ifname: str, peer_ifname: str, peer_namespace: str | None, mtu: int | None = None
@@ -274,4 +519,6 @@ class Namespace:
             up=_attr(msg, "IFLA_OPERSTATE") != "DOWN" and bool(msg["flags"] & 1),
             master=_attr(msg, "IFLA_MASTER"),
             addresses=addresses,
+            peer_index=_attr(msg, "IFLA_LINK"),
+            peer_netnsid=_attr(msg, "IFLA_LINK_NETNSID"),
         )

@@ -116,7 +116,7 @@ class ConnectionMaker:
         """Reconcile discovered targets with what gossip currently says exists."""
         if not self._discovery:
             return
-        for address in addresses - self._ourselves:
+        for address in addresses - self._ourselves - self._targets.keys():
             self.add(address, Source.DISCOVERED, now)
         for address, target in list(self._targets.items()):
             if (

@@ -20,7 +20,7 @@ import random
 import types
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshnet.gossip.channel import Gossiper, GossipOutbox, Send
 from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Message, Unicast
@@ -215,11 +215,17 @@ class Mesh:
 
     # --- events
 
-    def connection_up(self, peer: int, *, address: str, outbound: bool, now: float) -> list[Send]:
-        """A handshake completed: announce it, and give the new neighbour everything we know."""
+    def connection_up(
+        self, peer: int, *, address: str, outbound: bool, now: float, established: bool = True
+    ) -> list[Send]:
+        """A handshake completed: announce it, and give the new neighbour everything we know.
+
+        ``established`` False: the control connection is up but the data path is not proven yet
+        (routes avoid it until ``set_established``).
+        """
         if peer == self._name:
             raise ValueError("a connection to ourselves")
-        self._neighbours[peer] = Connection(peer, address, outbound, True)
+        self._neighbours[peer] = Connection(peer, address, outbound, established)
         sends: list[Send] = []
         entry = self._topology.set_local_connections(self._neighbours.values())
         if entry is not None:
@@ -230,6 +236,20 @@ class Mesh:
         if self._next_gossip is None:
             self._next_gossip = now + self._jittered_interval()
         return sends
+
+    def set_established(self, peer: int, established: bool, now: float) -> list[Send]:
+        """The data path to a neighbour was proven (or lost): announce the change."""
+        conn = self._neighbours.get(peer)
+        if conn is None or conn.established == established:
+            return []
+        self._neighbours[peer] = replace(conn, established=established)
+        entry = self._topology.set_local_connections(self._neighbours.values())
+        if entry is None:
+            return []
+        self._topology_changed(now)
+        return self._emit(
+            list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
+        )
 
     def connection_down(self, peer: int, now: float) -> list[Send]:
         if self._neighbours.pop(peer, None) is None:

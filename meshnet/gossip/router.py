@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import hashlib
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from meshnet.gossip.routes import shortest_path
 log = logging.getLogger("meshnet.router")
 
 PROTOCOL_FEATURES: dict[str, str | int | bool] = {"gossip": 1}
+_SLEEVE_KEY_PERSON = b"meshnet-sleeve"
 READ_SIZE = 65536
 # How many failed or closed connections `status connections` remembers.
 RECENT_FAILURES = 32
@@ -64,6 +66,8 @@ class ConnectionRecord:
     encrypted: bool = False
     last_error: str | None = None
 
+    data_path: dict[str, Any] | None = None  # filled in by the data plane: state, pmtu, rtt
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -74,6 +78,7 @@ class ConnectionRecord:
             "nickname": self.peer.nickname if self.peer else None,
             "encrypted": self.encrypted,
             "last_error": self.last_error,
+            "data_path": self.data_path,
         }
 
 
@@ -99,8 +104,27 @@ class _Live:
     encoder: FrameEncoder
     doorbell_send: trio.MemorySendChannel[None]
     doorbell_receive: trio.MemoryReceiveChannel[None]
+    link: PeerLink
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     last_received: float = 0.0
+
+
+@dataclass(frozen=True)
+class PeerLink:
+    """What the data plane needs to reach a neighbour: its UDP endpoint and the pair's keys."""
+
+    name: int
+    nickname: str
+    ip: str
+    port: int
+    send_key: bytes | None  # sleeve keys, derived from (never equal to) the control keys
+    receive_key: bytes | None
+
+
+def _sleeve_key(control_key: bytes | None) -> bytes | None:
+    if control_key is None:
+        return None
+    return hashlib.blake2b(key=control_key, person=_SLEEVE_KEY_PERSON, digest_size=32).digest()
 
 
 class Router:
@@ -111,7 +135,10 @@ class Router:
         stretched_key: bytes | None,
         *,
         rng: random.Random | None = None,
+        data_path: bool = False,
     ) -> None:
+        """``data_path``: connections count as established only once the data plane proves
+        the UDP path both ways (`set_data_path`); without it, as soon as the handshake is done."""
         self.config = config
         self.identity = identity
         self._stretched_key = stretched_key
@@ -136,6 +163,9 @@ class Router:
         self._wake_maker = trio.Event()
         self._wake_ticker = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._data_path = data_path
+        self._listeners: list[Callable[[], None]] = []
+        self._features = {**PROTOCOL_FEATURES, "sleeve_port": config.port}
 
     # --- public face (API) ---------------------------------------------------------------------
 
@@ -242,6 +272,29 @@ class Router:
         self._dispatch(self.mesh.unicast(channel, destination, payload))
         return True
 
+    # --- the data plane's view -----------------------------------------------------------------
+
+    def peer_links(self) -> dict[int, PeerLink]:
+        return {peer: live.link for peer, live in self._live.items()}
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (synchronously, cheaply) whenever connections or the topology may have changed."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def set_data_path(self, peer: int, established: bool, info: dict[str, Any]) -> None:
+        """The data plane's verdict on a neighbour's UDP path, and what status should show."""
+        live = self._live.get(peer)
+        if live is None:
+            return
+        live.record.data_path = info
+        if self._data_path:
+            self._dispatch(self.mesh.set_established(peer, established, trio.current_time()))
+            self._notify()
+
     # --- the service ---------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -280,6 +333,7 @@ class Router:
         while True:
             self._dispatch(self.mesh.tick(trio.current_time()))
             self._wake_maker.set()  # the topology may have told us of new peers
+            self._notify()
             wake = self.mesh.next_wake()
             self._wake_ticker = trio.Event()
             with trio.move_on_at(wake if math.isfinite(wake) else trio.current_time() + 60):
@@ -364,7 +418,7 @@ class Router:
     ) -> HandshakeResult:
         handshake = Handshake(
             local=self.identity,
-            features=PROTOCOL_FEATURES,
+            features=self._features,
             stretched_key=self._stretched_key,
             rng=os.urandom,
         )
@@ -412,12 +466,22 @@ class Router:
         record.last_error = None
         self.recent_failures.pop((record.address, record.outbound), None)
         doorbell_send, doorbell_receive = trio.open_memory_channel[None](1)
+        sleeve_port = result.features.get("sleeve_port")
+        link = PeerLink(
+            name=peer,
+            nickname=result.remote.nickname,
+            ip=str(stream.socket.getpeername()[0]),
+            port=sleeve_port if type(sleeve_port) is int and 0 < sleeve_port < 65536 else 6783,
+            send_key=_sleeve_key(result.send_key),
+            receive_key=_sleeve_key(result.receive_key),
+        )
         live = _Live(
             record,
             stream,
             result.frame_encoder(),
             doorbell_send,
             doorbell_receive,
+            link,
             last_received=trio.current_time(),
         )
         self._live[peer] = live
@@ -438,9 +502,11 @@ class Router:
                 address=record.address,
                 outbound=record.outbound,
                 now=trio.current_time(),
+                established=not self._data_path,
             )
         )
         self._wake_ticker.set()
+        self._notify()
         return live
 
     def _keep_new(self, new_outbound: bool, peer: int) -> bool:
@@ -484,6 +550,7 @@ class Router:
                     continue
                 self._dispatch(self.mesh.receive(peer.name, message, trio.current_time()))
             self._wake_ticker.set()
+            self._notify()
 
     async def _write_loop(self, live: _Live) -> None:
         peer = live.record.peer
@@ -533,6 +600,7 @@ class Router:
         self._dispatch(self.mesh.connection_down(peer, trio.current_time()))
         self._wake_maker.set()
         self._wake_ticker.set()
+        self._notify()
 
     def _end(
         self,

@@ -87,7 +87,8 @@ def up(
     else:
         spec = topo.load_file(Path(shape), containers)
     steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
-    steps += 0 if no_daemons else len(spec.hosts) + 1
+    containers_total = sum(len(h.containers) for h in spec.hosts)
+    steps += 0 if no_daemons else len(spec.hosts) + 1 + containers_total
     err = console(stderr=True)
     with Progress(
         SpinnerColumn(),

@@ -230,6 +230,7 @@ def up(
         _build(record, links, containers, journal, progress)
         if daemons:
             _start_routers(record, record.hosts, password, progress)
+            _attach_containers(record, progress)
             progress("routers finding each other")
             _wait_for_mesh(record)
     except BaseException:
@@ -264,9 +265,10 @@ def _build(
         progress(f"host {host['name']}")
         Path(host["dir"]).mkdir(parents=True, exist_ok=True)
         _create_namespace(journal, host["namespace"])
-        with netlink.namespace(host["namespace"]) as ns:
-            ns.create_bridge(BRIDGE, mtu=record.mtu)
-            ns.set_up(BRIDGE)
+        if not record.daemons:  # otherwise the router makes its bridge
+            with netlink.namespace(host["namespace"]) as ns:
+                ns.create_bridge(BRIDGE, mtu=record.mtu)
+                ns.set_up(BRIDGE)
     namespaces = {h["name"]: h["namespace"] for h in record.hosts}
     for link in links:
         progress(f"link {link.a} - {link.b}")
@@ -284,6 +286,8 @@ def _build(
         progress(f"container {c.name}")
         namespace = namespace_prefix(record.name) + c.name
         _create_namespace(journal, namespace)
+        if record.daemons:
+            continue  # attached through the host's router once it runs
         host_if = _container_host_ifname(c.name)
         with netlink.namespace(namespaces[c.host]) as ns:
             ns.create_veth(host_if, CONTAINER_IFNAME, namespace, mtu=record.mtu)
@@ -367,6 +371,17 @@ def _start_routers(
         names[host_name] = out.strip()
         progress(f"router {host_name} is {names[host_name]}")
     return names
+
+
+def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
+    """`meshnet attach ADDRESS CONTAINER` on each container's host, as a user would."""
+    from meshnet.api.client import ApiClient
+
+    hosts = {h["name"]: h for h in record.hosts}
+    for c in record.containers:
+        client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]))
+        client.post("/attach", {"container": c["namespace"], "addresses": [c["address"]]})
+        progress(f"attached {c['name']}")
 
 
 def _components(record: LabRecord) -> dict[str, int]:

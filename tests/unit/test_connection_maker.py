@@ -81,6 +81,17 @@ def test_discovered_targets_follow_gossip_and_respect_no_discovery() -> None:
     assert off.targets() == []
 
 
+def test_a_failing_discovered_target_backs_off_although_gossip_keeps_naming_it() -> None:
+    m = maker()
+    m.set_discovered({"far:1"}, now=0)
+    assert m.plan(set(), 10, now=0)[0] == ["far:1"]
+    m.attempt_failed("far:1", "network is unreachable", now=0)
+    for step in range(1, 50):
+        now = step * 0.01
+        m.set_discovered({"far:1"}, now=now)
+        assert m.plan(set(), 10, now=now)[0] == []
+
+
 def test_our_own_address_is_never_dialled_again() -> None:
     m = maker()
     m.set_discovered({"self:1"}, now=0)

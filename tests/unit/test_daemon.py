@@ -36,6 +36,9 @@ class Daemon:
         self.port = port
 
     def meshnet(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # These tests run in the caller's own namespace: never make a bridge or TAP there.
+        if args and args[0] == "launch":
+            args = (*args, "--no-dataplane")
         return run_meshnet(*args, env=self.env)
 
 
@@ -87,7 +90,16 @@ def test_launch_status_connect_forget_stop(daemon: Daemon) -> None:
 
 def test_sigterm_shuts_down_cleanly(daemon: Daemon) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshnet", "launch", "--foreground", "--port", str(daemon.port)],
+        [
+            sys.executable,
+            "-m",
+            "meshnet",
+            "launch",
+            "--foreground",
+            "--no-dataplane",
+            "--port",
+            str(daemon.port),
+        ],
         env=daemon.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,284 @@
+"""Throughput and latency between two containers on two hosts, against kernel baselines.
+
+Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
+  routed veth        container - host - host - container, plain kernel routing (the reference)
+  kernel vxlan       a bridge + VXLAN device per host, static FDB (what fastdp will be)
+  sleeve             a meshnet lab of two hosts (the userspace data plane)
+  sleeve encrypted   the same with a password
+  sleeve 1% loss     the same with 1% loss injected on the underlay link
+and prints one table with each figure as a ratio of routed veth measured in the same run.
+Needs root, iperf3 and ping. Not a test: numbers depend on the machine; compare ratios.
+
+    python bench/throughput.py [--seconds 5] [--only sleeve,vxlan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from meshnet.lab import lab as lablib
+from meshnet.lab import topology
+
+
+@dataclass
+class Result:
+    name: str
+    gbits: float
+    retransmits: int
+    ping_ms: float | None
+    note: str = ""
+
+
+def sh(*args: str, check: bool = True) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def in_ns(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *args]
+
+
+def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, name: str) -> Result:
+    server = subprocess.Popen(
+        in_ns(server_ns, "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(0.5)
+        ping = subprocess.Popen(
+            in_ns(client_ns, "ping", "-q", "-i", "0.05", "-w", str(seconds), server_ip),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        out = subprocess.run(
+            in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J"),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
+        )
+        ping_out, _ = ping.communicate(timeout=seconds + 10)
+    finally:
+        server.kill()
+        server.wait()
+    try:
+        data = json.loads(out.stdout)
+        end = data["end"]["sum_sent"]
+        gbits, retransmits = end["bits_per_second"] / 1e9, int(end.get("retransmits", 0))
+    except (ValueError, KeyError):
+        return Result(name, 0.0, 0, None, note=(out.stderr or out.stdout).strip()[:60])
+    m = re.search(r"= [\d.]+/([\d.]+)/", ping_out)
+    return Result(name, gbits, retransmits, float(m.group(1)) if m else None)
+
+
+@contextmanager
+def namespaces(*names: str) -> Iterator[None]:
+    try:
+        for name in names:
+            sh("ip", "netns", "add", name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield
+    finally:
+        for name in names:
+            sh("ip", "netns", "del", name, check=False)
+
+
+def routed_veth(seconds: int) -> Result:
+    p = f"mnb{uuid.uuid4().hex[:4]}"
+    c1, h1, h2, c2 = (f"{p}-{x}" for x in ("c1", "h1", "h2", "c2"))
+    with namespaces(c1, h1, h2, c2):
+        # c1:eth0 <-> h1:eth1 ; h1:up <-> h2:up ; h2:down <-> c2:eth0
+        sh(
+            "ip",
+            "-n",
+            c1,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            h1,
+        )
+        sh("ip", "-n", h1, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", h2)
+        sh("ip", "-n", h2, "link", "add", "d0", "type", "veth", "peer", "name", "eth0", "netns", c2)
+        for ns, dev, addr in (
+            (c1, "eth0", "10.201.1.2/24"),
+            (h1, "eth1", "10.201.1.1/24"),
+            (h1, "u0", "10.201.2.1/24"),
+            (h2, "u0", "10.201.2.2/24"),
+            (h2, "d0", "10.201.3.1/24"),
+            (c2, "eth0", "10.201.3.2/24"),
+        ):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", c1, "route", "add", "default", "via", "10.201.1.1")
+        sh("ip", "-n", c2, "route", "add", "default", "via", "10.201.3.1")
+        sh("ip", "-n", h1, "route", "add", "10.201.3.0/24", "via", "10.201.2.2")
+        sh("ip", "-n", h2, "route", "add", "10.201.1.0/24", "via", "10.201.2.1")
+        for ns in (h1, h2):
+            sh(*in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        return measure(c1, c2, "10.201.3.2", seconds, "routed veth")
+
+
+def kernel_vxlan(seconds: int) -> Result:
+    p = f"mnb{uuid.uuid4().hex[:4]}"
+    c1, h1, h2, c2 = (f"{p}-{x}" for x in ("c1", "h1", "h2", "c2"))
+    with namespaces(c1, h1, h2, c2):
+        sh("ip", "-n", h1, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", h2)
+        macs = {}
+        for host, cont, under, remote, caddr in (
+            (h1, c1, "172.30.0.1", "172.30.0.2", "10.202.0.1"),
+            (h2, c2, "172.30.0.2", "172.30.0.1", "10.202.0.2"),
+        ):
+            sh("ip", "-n", host, "addr", "add", f"{under}/24", "dev", "u0")
+            sh("ip", "-n", host, "link", "set", "u0", "up")
+            sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+            sh(
+                "ip",
+                "-n",
+                host,
+                "link",
+                "add",
+                "vx0",
+                "mtu",
+                "1450",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "dstport",
+                "6784",
+                "local",
+                under,
+                "nolearning",
+            )
+            sh(
+                "ip",
+                "-n",
+                host,
+                "link",
+                "add",
+                "vc",
+                "mtu",
+                "1450",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                cont,
+            )
+            for dev in ("vx0", "vc"):
+                sh("ip", "-n", host, "link", "set", dev, "master", "br0")
+                sh("ip", "-n", host, "link", "set", dev, "up")
+            sh("ip", "-n", host, "link", "set", "br0", "up")
+            sh("ip", "-n", cont, "link", "set", "eth0", "mtu", "1450")
+            sh("ip", "-n", cont, "addr", "add", f"{caddr}/24", "dev", "eth0")
+            sh("ip", "-n", cont, "link", "set", "eth0", "up")
+            macs[cont] = json.loads(sh("ip", "-n", cont, "-j", "link", "show", "eth0"))[0][
+                "address"
+            ]
+            sh(
+                "bridge",
+                "-n",
+                host,
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vx0",
+                "dst",
+                remote,
+            )
+        sh("bridge", "-n", h1, "fdb", "append", macs[c2], "dev", "vx0", "dst", "172.30.0.2")
+        sh("bridge", "-n", h2, "fdb", "append", macs[c1], "dev", "vx0", "dst", "172.30.0.1")
+        return measure(c1, c2, "10.202.0.2", seconds, "kernel vxlan")
+
+
+def sleeve(
+    seconds: int, *, password: str | None = None, loss: float = 0.0, name: str = "sleeve"
+) -> Result:
+    lab = f"b{uuid.uuid4().hex[:8]}"
+    lablib.up(lab, topology.builtin("line", 2, 1), password=password)
+    try:
+        state = lablib.status(lab)
+        if loss:
+            lablib.set_link(lab, "h1", "h2", "loss", str(loss))
+        c = {c["name"]: c for c in state["containers"]}
+        target = c["h2-c1"]["addresses"][0].split("/")[0]
+        deadline = time.monotonic() + 20
+        while (
+            subprocess.run(
+                in_ns(c["h1-c1"]["namespace"], "ping", "-c1", "-W1", target), capture_output=True
+            ).returncode
+            != 0
+        ):
+            if time.monotonic() > deadline:
+                return Result(name, 0.0, 0, None, note="no connectivity")
+        return measure(c["h1-c1"]["namespace"], c["h2-c1"]["namespace"], target, seconds, name)
+    finally:
+        lablib.down(lab)
+
+
+CASES: dict[str, Callable[[int], Result]] = {
+    "veth": routed_veth,
+    "vxlan": kernel_vxlan,
+    "sleeve": sleeve,
+    "encrypted": lambda s: sleeve(s, password="bench password", name="sleeve encrypted"),
+    "loss": lambda s: sleeve(s, loss=1.0, name="sleeve 1% loss"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument(
+        "--only", default=",".join(CASES), help="comma-separated: " + ",".join(CASES)
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    wanted = [c.strip() for c in args.only.split(",") if c.strip()]
+    if "veth" not in wanted:
+        wanted.insert(0, "veth")  # every ratio is against this run's routed veth
+    results = [CASES[case](args.seconds) for case in wanted]
+    base = results[0].gbits or 1.0
+    table = Table(title=f"single-stream iperf3 TCP, {args.seconds}s, ping under load")
+    for column in ("path", "Gbit/s", "x routed veth", "retransmits", "ping ms", "note"):
+        table.add_column(column, justify="right" if column not in ("path", "note") else "left")
+    for r in results:
+        table.add_row(
+            r.name,
+            f"{r.gbits:.2f}",
+            f"{r.gbits / base:.3f}",
+            str(r.retransmits),
+            f"{r.ping_ms:.2f}" if r.ping_ms is not None else "-",
+            r.note,
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Containers on the bridge: a veth per container, `ethwe` inside, the host end on the bridge.
+
+A container is a network namespace, given as a name under /var/run/netns, a PID, or a path to a
+namespace file (/proc/PID/ns/net). The host end's name is derived from the namespace's inode (and
+the inner interface name), so attaching is idempotent and needs no registry: the bridge is the
+truth. `list_attachments` rebuilds everything from the bridge's ports, finding each veth's peer
+namespace through the kernel's namespace ids.
+
+All functions are synchronous; the daemon runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshnet.dataplane import netlink
+from meshnet.errors import UserError
+
+HOST_PREFIX = "vethwe"
+IFNAMSIZ = 16
+_PROC = Path("/proc")
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class NamespaceRef:
+    """A container's network namespace: how to show it, and a file that names it."""
+
+    name: str  # a name under /var/run/netns, or the path to give back to resolve_namespace
+    path: str
+    inode: tuple[int, int]  # (st_dev, st_ino): equal for every file naming this namespace
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Attachment:
+    namespace: str
+    ifname: str
+    host_ifname: str
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]  # CIDRs on ifname, in the kernel's order
+
+
+# --- namespaces -------------------------------------------------------------------------------
+
+
+def resolve_namespace(spec: str) -> NamespaceRef:
+    """A container namespace from a name (under /var/run/netns), a PID, or a namespace path."""
+    spec = spec.strip()
+    if not spec:
+        raise UserError("no such container namespace: (empty)")
+    if spec.isdigit():
+        path = f"/proc/{int(spec)}/ns/net"
+    elif spec.startswith("/"):
+        path = os.path.normpath(spec)
+    elif "/" in spec or spec in (".", ".."):
+        raise UserError(f"no such container namespace: {spec}")
+    else:
+        path = str(netlink.NETNS_DIR / spec)
+    if not netlink.is_namespace_file(path):
+        raise UserError(f"no such container namespace: {spec}")
+    st = os.stat(path)
+    inode = (st.st_dev, st.st_ino)
+    return NamespaceRef(name=_display_name(path, inode), path=path, inode=inode)
+
+
+def _display_name(path: str, inode: tuple[int, int]) -> str:
+    """The namespace's name under /var/run/netns if it has one, else its path."""
+    parent = os.path.dirname(path)
+    if parent == str(netlink.NETNS_DIR):
+        return os.path.basename(path)
+    for name in _named_namespaces():
+        if _inode(str(netlink.NETNS_DIR / name)) == inode:
+            return name
+    return path
+
+
+def _named_namespaces() -> list[str]:
+    try:
+        return sorted(os.listdir(netlink.NETNS_DIR))
+    except OSError:
+        return []
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _candidate_namespaces() -> Iterator[str]:
+    """Every namespace file we can see: named ones first, then one per process."""
+    for name in _named_namespaces():
+        yield str(netlink.NETNS_DIR / name)
+    try:
+        entries = os.listdir(_PROC)
+    except OSError:
+        return
+    for pid in sorted(int(e) for e in entries if e.isdigit()):  # lowest PID: the container's init
+        yield f"/proc/{pid}/ns/net"
+
+
+def host_ifname_for(ref: NamespaceRef, ifname: str = "ethwe") -> str:
+    """The host end's name: "vethwe" and 9 hex digits of a hash of the namespace and ifname."""
+    digest = hashlib.blake2s(f"{ref.inode[0]}:{ref.inode[1]}/{ifname}".encode()).hexdigest()
+    return (HOST_PREFIX + digest)[: IFNAMSIZ - 1]
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC address."""
+    octets = bytearray(secrets.token_bytes(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _parse_addresses(addresses: Iterable[str]) -> list[Interface]:
+    parsed: list[Interface] = []
+    for text in addresses:
+        if "/" not in text:
+            raise UserError(f"bad address {text}: needs a prefix length, as in 10.32.0.5/12")
+        try:
+            iface = ipaddress.ip_interface(text.strip())
+        except ValueError as e:
+            raise UserError(f"bad address {text}: {e}") from None
+        if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
+            raise UserError(f"bad address {text}: not a unicast host address")
+        if iface not in parsed:
+            parsed.append(iface)
+    return parsed
+
+
+def _ifaces(link: netlink.LinkInfo) -> list[Interface]:
+    """The link's addresses, without IPv6 link-local ones (the kernel adds those by itself)."""
+    found = []
+    for text in link.addresses:
+        iface = ipaddress.ip_interface(text)
+        if iface.version == 6 and iface.ip.is_link_local:
+            continue
+        found.append(iface)
+    return found
+
+
+# --- discovery --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Port:
+    host: netlink.LinkInfo
+    namespace_path: str
+    namespace_name: str
+    inner: netlink.LinkInfo
+
+
+def _ports(bridge: str, host: str | None, only: NamespaceRef | None = None) -> list[_Port]:
+    """Every veth port of `bridge` whose peer we can find, with that peer (or only the ports
+    whose peer is in namespace `only`)."""
+    with netlink.namespace(host) as hns:
+        if not hns.has_link(bridge):
+            raise UserError(f"no bridge {bridge}: is the router running?")
+        ports = [
+            p
+            for p in hns.bridge_ports(bridge)
+            if p.kind == "veth" and p.peer_index is not None and p.peer_netnsid is not None
+        ]
+        if not ports:
+            return []
+        wanted = {p.peer_netnsid for p in ports}
+        where: dict[int, tuple[str, tuple[int, int]]] = {}
+        seen: set[tuple[int, int]] = set()
+        candidates = [only.path] if only is not None else _candidate_namespaces()
+        for path in candidates:
+            inode = _inode(path)
+            if inode is None or inode in seen:
+                continue
+            seen.add(inode)
+            nsid = hns.netnsid(path)
+            if nsid is not None and nsid in wanted:
+                where[nsid] = (path, inode)
+                if len(where) == len(wanted):
+                    break
+    found = []
+    for nsid, (path, inode) in where.items():
+        mine = [p for p in ports if p.peer_netnsid == nsid]
+        name = _display_name(path, inode)
+        try:
+            with netlink.namespace(path) as cns:
+                for port in mine:
+                    assert port.peer_index is not None
+                    inner = cns.link_by_index(port.peer_index)
+                    if (
+                        inner is not None
+                        and inner.kind == "veth"
+                        and inner.peer_index == port.index
+                    ):
+                        found.append(_Port(port, path, name, inner))
+        except netlink.NetlinkError:
+            continue  # the container went away meanwhile
+    return found
+
+
+def _attachment(port: _Port) -> Attachment:
+    return Attachment(
+        namespace=port.namespace_name,
+        ifname=port.inner.name,
+        host_ifname=port.host.name,
+        mac=port.inner.mac,
+        mtu=port.inner.mtu,
+        addresses=tuple(str(i) for i in _ifaces(port.inner)),
+    )
+
+
+def list_attachments(bridge: str = "meshnet", *, host: str | None = None) -> list[Attachment]:
+    """Every container attached to `bridge` (in namespace `host`; None: ours), from the kernel."""
+    attachments = [_attachment(p) for p in _ports(bridge, host)]
+    return sorted(attachments, key=lambda a: (a.namespace, a.ifname))
+
+
+def _our_port(
+    ref: NamespaceRef, ifname: str, bridge: str, host: str | None, inner: netlink.LinkInfo
+) -> _Port | None:
+    """The bridge port whose peer is `inner` (ifname in the container), or None."""
+    if inner.kind != "veth" or inner.peer_index is None:
+        return None
+    for port in _ports(bridge, host, only=ref):
+        if port.inner.index == inner.index:
+            return port
+    return None
+
+
+# --- attach and detach ------------------------------------------------------------------------
+
+
+def attach(
+    ref: NamespaceRef,
+    *,
+    bridge: str = "meshnet",
+    ifname: str = "ethwe",
+    addresses: list[str],
+    mtu: int,
+    mac: str | None = None,
+    host_ifname: str | None = None,
+    host: str | None = None,
+) -> Attachment:
+    """Put the container on the bridge with `addresses` on `ifname`; idempotent.
+
+    Attaching again adds missing addresses (never removes any) and fixes MTU and a given MAC.
+    `host` is the namespace holding the bridge (None: the caller's own).
+    """
+    wanted = _parse_addresses(addresses)
+    if not 68 <= mtu <= 65535:
+        raise UserError(f"bad MTU {mtu}: must be between 68 and 65535")
+    if mac is not None:
+        mac = _check_mac(mac)
+    if not netlink.is_namespace_file(ref.path):
+        raise UserError(f"no such container namespace: {ref.name}")
+    host_name = host_ifname or host_ifname_for(ref, ifname)
+    if len(host_name.encode()) >= IFNAMSIZ or len(ifname.encode()) >= IFNAMSIZ:
+        raise UserError(f"bad interface name: {host_name!r} or {ifname!r} is too long")
+
+    try:
+        with netlink.namespace(ref.path) as cns:
+            inner = cns.link(ifname) if cns.has_link(ifname) else None
+    except netlink.NamespaceNotFound:
+        raise UserError(f"no such container namespace: {ref.name}") from None
+    port = _our_port(ref, ifname, bridge, host, inner) if inner is not None else None
+    if inner is not None and port is None:
+        raise UserError(
+            f"{ifname} already exists in container {ref.name} and is not attached to {bridge}"
+        )
+    present = _ifaces(port.inner) if port is not None else []
+    _check_conflicts(ref, bridge, host, [i for i in wanted if i.ip not in {p.ip for p in present}])
+
+    with netlink.namespace(host) as hns:
+        if not hns.has_link(bridge):
+            raise UserError(f"no bridge {bridge}: is the router running?")
+        if port is None:
+            # A host end with our name but no peer here is left over (its container's ifname was
+            # renamed, say): it is ours by its name, so replace it.
+            if host_ifname is None:
+                hns.delete_link(host_name)
+            try:
+                hns.create_veth_into(
+                    host_name, ifname, peer_path=ref.path, mtu=mtu, peer_mac=mac or random_mac()
+                )
+            except netlink.InterfaceExists:
+                raise UserError(f"interface {host_name} already exists on the host") from None
+            hns.set_master(host_name, bridge)
+            hns.set_up(host_name)
+        else:
+            host_name = port.host.name
+            if port.host.mtu != mtu:
+                hns.set_mtu(host_name, mtu)
+            if not port.host.up:
+                hns.set_up(host_name)
+
+    with netlink.namespace(ref.path) as cns:
+        link = cns.link(ifname)
+        if link.mtu != mtu:
+            cns.set_mtu(ifname, mtu)
+        if mac is not None and link.mac.lower() != mac:
+            cns.set_mac(ifname, mac)
+        if not link.up:
+            cns.set_up(ifname)
+        cns.set_up("lo")
+        have = {i.ip for i in _ifaces(link)}
+        for iface in wanted:
+            if iface.ip not in have:
+                cns.add_address(ifname, str(iface))
+        for iface in wanted:
+            if iface.network.prefixlen < iface.max_prefixlen:
+                cns.add_route(str(iface.network), ifname)  # no-op when the kernel added it
+        link = cns.link(ifname)
+
+    return Attachment(
+        namespace=ref.name,
+        ifname=ifname,
+        host_ifname=host_name,
+        mac=link.mac,
+        mtu=link.mtu,
+        addresses=tuple(str(i) for i in _ifaces(link)),
+    )
+
+
+def _check_mac(mac: str) -> str:
+    parts = mac.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise UserError(f"bad MAC address {mac}: expected six hex octets like 02:00:00:00:00:01")
+    try:
+        first = int(parts[0], 16)
+        for p in parts[1:]:
+            int(p, 16)
+    except ValueError:
+        raise UserError(f"bad MAC address {mac}: not hexadecimal") from None
+    if first & 1:
+        raise UserError(f"bad MAC address {mac}: a multicast address")
+    return ":".join(parts)
+
+
+def _check_conflicts(
+    ref: NamespaceRef, bridge: str, host: str | None, new: list[Interface]
+) -> None:
+    if not new:
+        return
+    for port in _ports(bridge, host):
+        if _inode(port.namespace_path) == ref.inode:
+            continue
+        taken = {i.ip for i in _ifaces(port.inner)}
+        for iface in new:
+            if iface.ip in taken:
+                raise UserError(
+                    f"address {iface.ip} is already in use by container {port.namespace_name}"
+                )
+
+
+def detach(
+    ref: NamespaceRef,
+    *,
+    ifname: str = "ethwe",
+    addresses: list[str] | None = None,
+    bridge: str = "meshnet",
+    host: str | None = None,
+) -> bool:
+    """Remove `addresses` from the container (the veth too once none remain), or the veth.
+
+    Returns False when there was nothing to remove (detaching is idempotent).
+    """
+    gone = _parse_addresses(addresses) if addresses is not None else None
+    if not netlink.is_namespace_file(ref.path):
+        return False  # the container (and with it the veth) is gone
+    with netlink.namespace(ref.path) as cns:
+        if not cns.has_link(ifname):
+            return False
+        inner = cns.link(ifname)
+    port = _our_port(ref, ifname, bridge, host, inner)
+    if port is None:
+        raise UserError(f"{ifname} in container {ref.name} is not attached to {bridge}")
+
+    with netlink.namespace(ref.path) as cns:
+        changed = False
+        if gone is not None:
+            present = _ifaces(inner)
+            for iface in gone:
+                match = next((p for p in present if p.ip == iface.ip), None)
+                if match is None:
+                    continue
+                cns.delete_address(ifname, str(match))
+                changed = True
+                remaining = _ifaces(cns.link(ifname))
+                if iface.network.prefixlen < iface.max_prefixlen and not any(
+                    r.network == iface.network for r in remaining
+                ):
+                    cns.delete_route(str(iface.network), ifname)
+            if _ifaces(cns.link(ifname)):
+                return changed
+        cns.delete_link(ifname)  # takes the host end with it
+    return True

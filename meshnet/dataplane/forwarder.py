@@ -1,0 +1,422 @@
+"""The packet loops: TAP -> UDP and UDP -> TAP, each in its own OS thread.
+
+Measured here, blocking OS threads move about twice what trio tasks do, and the crypto (cffi)
+releases the GIL. The loops read forwarding state from an immutable `Snapshot` swapped by
+reference (`update`), so they never lock; each loop writes only its own counters.
+
+TCP super-frames (up to 64 KiB, from the TAP's GSO offload) travel as one datagram per TCP
+segment, sent in one `sendmsg` with UDP GSO and received coalesced with UDP GRO: a lost datagram
+costs only the segment it carried. Small frames are batched per next hop and flushed as soon as
+the TAP has nothing more to give, so they never wait.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import random
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshnet.dataplane import sleeve_wire as wire
+from meshnet.dataplane.switch import Decision, Switch
+from meshnet.dataplane.tap import Tap
+from meshnet.dataplane.udp import MessageTooBig, UdpSendError, receive, send_segments
+from meshnet.dataplane.vnet import VNET_HEADER_SIZE, icmp_too_big, parse_vnet
+from meshnet.gossip.routes import Routes
+
+log = logging.getLogger("meshnet.dataplane")
+
+MAX_TTL = 32
+POLL_MS = 200
+_CONTROL = frozenset({wire.Kind.HEARTBEAT, wire.Kind.PROBE, wire.Kind.PROBE_ACK})
+_DATA = frozenset({wire.Kind.FRAMES, wire.Kind.SEGMENT})
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    name: int
+    address: tuple[str, int]
+    send_key: bytes | None
+    receive_key: bytes | None
+    sequence: itertools.count[int]  # shared with the control plane: next() is atomic
+    window: wire.ReplayWindow  # used by the receive thread only
+    max_datagram: int  # largest UDP payload the path is known to carry (0: unknown yet)
+    established: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    local: int
+    routes: Routes
+    neighbours: Mapping[int, Neighbour]
+    overlay_mtu: int
+    encrypted: bool
+
+
+class _Counts:
+    """One thread's counters: per peer [frames, bytes], and drops by reason."""
+
+    def __init__(self) -> None:
+        self.per_peer: collections.defaultdict[int, list[int]] = collections.defaultdict(
+            lambda: [0, 0]
+        )
+        self.drops: collections.Counter[str] = collections.Counter()
+
+    def add(self, peer: int, size: int) -> None:
+        row = self.per_peer[peer]
+        row[0] += 1
+        row[1] += size
+
+
+ControlCallback = Callable[[wire.DatagramHeader, bytes, Any], None]
+TooBigCallback = Callable[[int, int], None]
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        tap: Tap,
+        sock: socket.socket,
+        switch: Switch,
+        snapshot: Snapshot,
+        on_control: ControlCallback,
+        on_too_big: TooBigCallback,
+    ) -> None:
+        self._tap = tap
+        self._sock = sock
+        self._switch = switch
+        self._snapshot = snapshot
+        self._on_control = on_control
+        self._on_too_big = on_too_big
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tx = _Counts()
+        self._rx = _Counts()
+        self._relayed = _Counts()  # written by the receive thread, like _rx
+        # A random start, so a restarted sender is not mistaken for stale or duplicate data.
+        self._superframe_ids = itertools.count(random.getrandbits(31))
+        self._reassemblers: dict[int, wire.Reassembler] = {}
+
+    def start(self) -> None:
+        for name, loop in (("sleeve-tx", self._tx_loop), ("sleeve-rx", self._rx_loop)):
+            thread = threading.Thread(target=self._guard, args=(loop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def update(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot  # one reference store: the loops see old or new, never half
+
+    def statistics(self) -> dict[str, Any]:
+        snap = self._snapshot
+
+        def rows(counts: _Counts) -> dict[str, dict[str, int]]:
+            return {
+                _peer_text(peer): {"frames": row[0], "bytes": row[1]}
+                for peer, row in list(counts.per_peer.items())
+            }
+
+        return {
+            "sent": rows(self._tx),
+            "received": rows(self._rx),
+            "relayed": rows(self._relayed),
+            "dropped": dict(self._tx.drops + self._rx.drops + self._relayed.drops),
+            "routes": {
+                _peer_text(dest): _peer_text(hop) for dest, hop in snap.routes.unicast.items()
+            },
+            "neighbours": len(snap.neighbours),
+        }
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        """A bug in a packet loop is logged and the loop restarts; the daemon keeps going."""
+        while not self._stop.is_set():
+            try:
+                loop()
+            except Exception:
+                log.exception("packet loop %s failed; restarting", threading.current_thread().name)
+                time.sleep(0.5)
+
+    # --- TAP -> UDP ----------------------------------------------------------------------------
+
+    def _tx_loop(self) -> None:
+        fd = self._tap.fileno()
+        os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        batches: dict[tuple[int, int, int], wire.FrameBatcher] = {}
+        while not self._stop.is_set():
+            try:
+                data = os.read(fd, 65536 + VNET_HEADER_SIZE)
+            except BlockingIOError:
+                self._flush(batches)
+                poller.poll(POLL_MS)
+                continue
+            self._from_tap(data, batches)
+
+    def _from_tap(
+        self, data: bytes, batches: dict[tuple[int, int, int], wire.FrameBatcher]
+    ) -> None:
+        snap = self._snapshot
+        if len(data) < VNET_HEADER_SIZE + 14:
+            self._tx.drops["runt"] += 1
+            return
+        frame = data[VNET_HEADER_SIZE:]
+        decision, peer = self._switch.from_local(frame[6:12], frame[0:6], time.monotonic())
+        if decision is Decision.UNICAST:
+            hop = snap.routes.next_hop(peer)
+            if hop is None:
+                self._tx.drops["unreachable"] += 1
+                return
+            targets = [(hop, peer, 0)]
+        elif decision is Decision.FLOOD:
+            targets = [(hop, 0, wire.BROADCAST) for hop in snap.routes.broadcast_hops(snap.local)]
+        else:
+            return
+        vnet_bytes = data[:VNET_HEADER_SIZE]
+        if data[1] != 0:  # gso_type: a TCP super-frame
+            vnet = parse_vnet(vnet_bytes)
+            bodies = wire.segment_bodies(next(self._superframe_ids), vnet, frame)
+            for hop, destination, flags in targets:
+                self._send_bodies(snap, hop, destination, flags, wire.Kind.SEGMENT, bodies, frame)
+            return
+        for hop, destination, flags in targets:
+            neighbour = snap.neighbours.get(hop)
+            if neighbour is None:
+                self._tx.drops["no_path"] += 1
+                continue
+            limit = self._frame_limit(neighbour)
+            if len(frame) > limit + 14:
+                self._too_big(frame, limit)
+                continue
+            key = (hop, destination, flags)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = wire.FrameBatcher(self._datagram_budget(neighbour))
+            full = batch.add(vnet_bytes, frame)
+            if full is not None:
+                self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [full], None)
+
+    def _flush(self, batches: dict[tuple[int, int, int], wire.FrameBatcher]) -> None:
+        snap = self._snapshot
+        for (hop, destination, flags), batch in batches.items():
+            body = batch.take()
+            if body:
+                self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [body], None)
+
+    def _datagram_budget(self, neighbour: Neighbour) -> int:
+        """Body bytes that fit one datagram on this path."""
+        mtu = neighbour.max_datagram or (self._snapshot.overlay_mtu + 82)
+        return mtu - wire.HEADER_SIZE - (wire.TAG_SIZE if neighbour.send_key else 0)
+
+    def _frame_limit(self, neighbour: Neighbour) -> int:
+        """Largest IP packet (frame minus Ethernet header) this path carries in one datagram."""
+        budget = self._datagram_budget(neighbour) - 2 - VNET_HEADER_SIZE - 14
+        return min(budget, self._snapshot.overlay_mtu)
+
+    def _too_big(self, frame: bytes, mtu: int) -> None:
+        """Answer like a router would, so the sender's path-MTU discovery shrinks its packets."""
+        self._tx.drops["too_big"] += 1
+        reply = icmp_too_big(frame, mtu)
+        if reply is not None:
+            self._tap.write(bytes(VNET_HEADER_SIZE), reply)
+
+    def _send_bodies(
+        self,
+        snap: Snapshot,
+        hop: int,
+        destination: int,
+        flags: int,
+        kind: wire.Kind,
+        bodies: list[bytes],
+        superframe: bytes | None,
+    ) -> None:
+        neighbour = snap.neighbours.get(hop)
+        if neighbour is None:
+            self._tx.drops["no_path"] += 1
+            return
+        budget = self._datagram_budget(neighbour)
+        if superframe is not None and max(len(b) for b in bodies) > budget:
+            # The segments' size comes from the sender's MSS: tell it the MTU that fits.
+            overhead = max(len(b) for b in bodies) - (self._snapshot.overlay_mtu)
+            self._too_big(superframe, max(576, budget - overhead))
+            return
+        datagrams = [
+            wire.encode_datagram(
+                wire.DatagramHeader(
+                    kind=kind,
+                    flags=flags,
+                    ttl=MAX_TTL,
+                    origin=snap.local,
+                    destination=destination,
+                    hop=snap.local,
+                    sequence=next(neighbour.sequence),
+                ),
+                body,
+                neighbour.send_key,
+            )
+            for body in bodies
+        ]
+        self._send(neighbour, datagrams, self._tx)
+
+    def _send(self, neighbour: Neighbour, datagrams: list[bytes], counts: _Counts) -> None:
+        try:
+            send_segments(self._sock, datagrams, neighbour.address)
+        except MessageTooBig as e:
+            counts.drops["send_too_big"] += 1
+            self._on_too_big(neighbour.name, e.size)  # the path shrank: search again
+            return
+        except UdpSendError as e:
+            counts.drops[f"send_{e.reason}"] += 1
+            return
+        counts.add(neighbour.name, sum(len(d) for d in datagrams))
+
+    # --- UDP -> TAP ----------------------------------------------------------------------------
+
+    def _rx_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        self._sock.setblocking(False)
+        while not self._stop.is_set():
+            if not poller.poll(POLL_MS if not self._reassemblers_pending() else 2):
+                self._flush_reassembly(time.monotonic(), idle=True)
+                continue
+            try:
+                datagrams, addr = receive(self._sock)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self._rx.drops["receive_error"] += 1
+                continue
+            forwards: dict[int, list[bytes]] = {}
+            snap = self._snapshot
+            for datagram in datagrams:
+                self._from_udp(snap, bytes(datagram), addr, forwards)
+            for hop, out in forwards.items():
+                neighbour = snap.neighbours.get(hop)
+                if neighbour is not None:
+                    self._send(neighbour, out, self._relayed)
+            self._flush_reassembly(time.monotonic(), idle=False)
+
+    def _from_udp(
+        self, snap: Snapshot, data: bytes, addr: Any, forwards: dict[int, list[bytes]]
+    ) -> None:
+        def key_for(hop: int) -> bytes | None:
+            neighbour = snap.neighbours.get(hop)
+            return neighbour.receive_key if neighbour else None
+
+        def window_for(hop: int) -> wire.ReplayWindow | None:
+            neighbour = snap.neighbours.get(hop)
+            return neighbour.window if neighbour else None
+
+        try:
+            # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
+            header, body = wire.decode_datagram(data, key_for=key_for, window_for=window_for)
+        except wire.DatagramError as e:
+            self._rx.drops[e.reason.value] += 1
+            return
+        neighbour = snap.neighbours.get(header.hop)
+        if neighbour is None or neighbour.address[0] != addr[0]:
+            self._rx.drops["unknown_sender"] += 1
+            return
+        self._rx.add(header.hop, len(data))
+        if header.kind in _CONTROL:
+            self._on_control(header, body, addr)
+            return
+        if header.flags & wire.BROADCAST:
+            self._deliver(header, body, flooded=True)
+            for hop in snap.routes.broadcast_hops(header.origin):
+                if hop != header.hop:
+                    self._relay(snap, header, body, hop, forwards)
+        elif header.destination == snap.local:
+            self._deliver(header, body, flooded=False)
+        else:
+            next_hop = snap.routes.next_hop(header.destination)
+            if next_hop is None:
+                self._rx.drops["unreachable"] += 1
+            else:
+                self._relay(snap, header, body, next_hop, forwards)
+
+    def _relay(
+        self,
+        snap: Snapshot,
+        header: wire.DatagramHeader,
+        body: bytes,
+        hop: int,
+        forwards: dict[int, list[bytes]],
+    ) -> None:
+        """Pass a datagram on toward its destination, sealed anew for the next pair."""
+        neighbour = snap.neighbours.get(hop)
+        if neighbour is None or header.ttl <= 1:
+            self._rx.drops["ttl" if header.ttl <= 1 else "no_path"] += 1
+            return
+        relayed = wire.DatagramHeader(
+            kind=header.kind,
+            flags=header.flags & wire.BROADCAST,
+            ttl=header.ttl - 1,
+            origin=header.origin,
+            destination=header.destination,
+            hop=snap.local,
+            sequence=next(neighbour.sequence),
+        )
+        forwards.setdefault(hop, []).append(wire.encode_datagram(relayed, body, neighbour.send_key))
+
+    def _deliver(self, header: wire.DatagramHeader, body: bytes, *, flooded: bool) -> None:
+        now = time.monotonic()
+        if header.kind == wire.Kind.FRAMES:
+            try:
+                frames = wire.split_frames(body)
+            except wire.DatagramError as e:
+                self._rx.drops[e.reason.value] += 1
+                return
+        else:
+            reassembler = self._reassemblers.get(header.origin)
+            if reassembler is None:
+                reassembler = self._reassemblers[header.origin] = wire.Reassembler()
+            try:
+                frames = reassembler.add(body, now)
+            except wire.DatagramError as e:
+                self._rx.drops[e.reason.value] += 1
+                return
+        self._write_frames(header.origin, frames, flooded, now)
+
+    def _write_frames(
+        self, origin: int, frames: list[tuple[bytes, bytes]], flooded: bool, now: float
+    ) -> None:
+        for vnet, frame in frames:
+            if len(frame) < 14:
+                self._rx.drops["runt"] += 1
+                continue
+            decision, _ = self._switch.from_peer(origin, frame[6:12], frame[0:6], now, flooded)
+            if decision is Decision.DELIVER or decision is Decision.FLOOD:
+                self._tap.write(vnet, frame)
+            else:
+                self._rx.drops["switch"] += 1
+
+    def _reassemblers_pending(self) -> bool:
+        return any(r.pending() for r in self._reassemblers.values())
+
+    def _flush_reassembly(self, now: float, *, idle: bool) -> None:
+        """Deliver what is left of super-frames that lost a segment: only the lost part is lost."""
+        for origin, reassembler in self._reassemblers.items():
+            frames = reassembler.flush(now, older_than=now if idle else now - 0.005)
+            if frames:
+                self._write_frames(origin, frames, False, now)
+
+
+def _peer_text(peer: int) -> str:
+    from meshnet.gossip.identity import format_peer_name
+
+    return format_peer_name(peer)

@@ -1,0 +1,395 @@
+"""The data plane's trio shell: owns the bridge, the sleeve TAP and UDP socket, the forwarder
+threads, per-neighbour UDP path liveness, and container attachment.
+
+The packet loops run in OS threads (forwarder.py) and read an immutable `Snapshot` that this
+shell rebuilds and swaps by reference whenever the router reports a change. Control datagrams
+(heartbeats, path-MTU probes) come back from the receive thread through the trio token.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from meshnet.config import Config
+from meshnet.dataplane import attach as attachment
+from meshnet.dataplane import netlink
+from meshnet.dataplane import sleeve_wire as wire
+from meshnet.dataplane.forwarder import Forwarder, Neighbour, Snapshot
+from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
+from meshnet.dataplane.switch import Switch
+from meshnet.dataplane.tap import open_tap
+from meshnet.dataplane.udp import open_udp
+from meshnet.errors import UserError
+from meshnet.gossip.identity import format_peer_name
+from meshnet.gossip.router import PeerLink, Router
+
+log = logging.getLogger("meshnet.dataplane")
+
+BRIDGE = "meshnet"
+TAP = "vethwe-sleeve"
+# Underlay bytes a container frame costs on the sleeve: IPv6 + UDP headers (48), the sleeve
+# header (32), the AEAD tag (16), and the segment header with the original vnet header and the
+# Ethernet header carried per chunk (10 + 10 + 14). Rounded up, so IPv4 has slack.
+ENCAPSULATION_OVERHEAD = 130
+MIN_OVERLAY_MTU = 576
+MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
+
+
+def underlay_mtu(ignore: set[str]) -> int:
+    """The smallest MTU among this host's real links (what every underlay path can carry)."""
+    with netlink.namespace(None) as ns:
+        links = ns.links()
+    candidates = [
+        link.mtu
+        for link in links
+        if link.up
+        and link.name != "lo"
+        and link.name not in ignore
+        and link.master is None
+        and link.kind not in ("bridge", "tun")
+    ]
+    return min(candidates, default=1500)
+
+
+def _datagram_overhead(sealed: bool) -> int:
+    return wire.HEADER_SIZE + (wire.TAG_SIZE if sealed else 0)
+
+
+class DataPlane:
+    def __init__(self, config: Config, router: Router) -> None:
+        self.config = config
+        self.router = router
+        self.local = router.identity.name
+        self.switch = Switch(self.local)
+        self.paths: dict[int, UdpPath] = {}
+        # Per neighbour and per connection (keys): a reconnect starts both afresh.
+        self._sequences: dict[int, itertools.count[int]] = {}
+        self._windows: dict[int, wire.ReplayWindow] = {}
+        self._links: dict[int, PeerLink] = {}
+        self._dirty = trio.Event()
+        self._netlink = trio.CapacityLimiter(1)
+        self.overlay_mtu = 0
+        self.forwarder: Forwarder | None = None
+        self._sock: socket.socket | None = None
+        self.counters: dict[str, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        tap = await trio.to_thread.run_sync(self._set_up_bridge, limiter=self._netlink)
+        try:
+            self._sock = open_udp(self.config.port)
+        except OSError as e:
+            tap.close()
+            raise UserError(f"cannot listen on UDP port {self.config.port}: {e.strerror}") from None
+        token = trio.lowlevel.current_trio_token()
+        self.forwarder = Forwarder(
+            tap=tap,
+            sock=self._sock,
+            switch=self.switch,
+            snapshot=self._snapshot(),
+            on_control=lambda header, body, addr: token.run_sync_soon(
+                self._on_control, header, body, addr
+            ),
+            on_too_big=lambda peer, size: token.run_sync_soon(self._on_too_big, peer, size),
+        )
+        self.forwarder.start()
+        self.router.add_listener(self._mark_dirty)
+        log.info(
+            "data plane up: bridge %s, overlay MTU %d, sleeve on UDP %d",
+            BRIDGE,
+            self.overlay_mtu,
+            self.config.port,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_router)
+                nursery.start_soon(self._drive_paths)
+                nursery.start_soon(self._expire_macs)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.forwarder.stop)
+                self._sock.close()
+                tap.close()  # a non-persistent TAP disappears; the bridge stays for containers
+
+    def _set_up_bridge(self) -> Any:
+        """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
+        mtu = underlay_mtu(ignore={BRIDGE, TAP}) - ENCAPSULATION_OVERHEAD
+        if mtu < MIN_OVERLAY_MTU:
+            raise UserError(f"the underlay MTU leaves only {mtu} bytes for containers")
+        self.overlay_mtu = mtu
+        with netlink.namespace(None) as ns:
+            if not ns.has_link(BRIDGE):
+                ns.create_bridge(BRIDGE, mtu=mtu)
+            else:
+                ns.set_mtu(BRIDGE, mtu)
+            ns.set_up(BRIDGE)
+        tap = open_tap(TAP, vnet_hdr=True)
+        with netlink.namespace(None) as ns:
+            ns.set_mtu(TAP, mtu)
+            ns.set_master(TAP, BRIDGE)
+            ns.set_up(TAP)
+        return tap
+
+    # --- forwarding state ----------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        links = self.router.peer_links()
+        neighbours = {}
+        for peer, link in links.items():
+            path = self.paths.get(peer)
+            neighbours[peer] = Neighbour(
+                name=peer,
+                address=(link.ip, link.port),
+                send_key=link.send_key,
+                receive_key=link.receive_key,
+                sequence=self._sequences.setdefault(peer, itertools.count(1)),
+                window=self._windows.setdefault(peer, wire.ReplayWindow()),
+                max_datagram=self._usable_payload(path),
+                established=bool(path and path.established),
+            )
+        return Snapshot(
+            local=self.local,
+            routes=self.router.mesh.routes,
+            neighbours=neighbours,
+            overlay_mtu=self.overlay_mtu,
+            encrypted=self.router.status()["encryption"],
+        )
+
+    async def _follow_router(self) -> None:
+        """Rebuild the snapshot after every change the router reports (coalesced)."""
+        assert self.forwarder is not None
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            links = self.router.peer_links()
+            self._reconcile_links(links)
+            for gone in set(self.switch_peers()) - set(self.router.mesh.topology):
+                self.switch.forget_peer(gone)
+            self.forwarder.update(self._snapshot())
+            await trio.sleep(0.01)  # let a burst of changes coalesce
+
+    def _reconcile_links(self, links: dict[int, PeerLink]) -> None:
+        """Paths follow neighbours; a replaced connection keeps its path but is told its state.
+
+        Sequence numbers keep counting for as long as the neighbour stays (a new key never sees
+        an old nonce); a new receive key gets a fresh replay window, since the sender's
+        sequences for it may start anywhere.
+        """
+        for peer in list(self.paths):
+            if peer not in links:
+                del self.paths[peer]
+                self._sequences.pop(peer, None)
+                self._windows.pop(peer, None)
+                self._links.pop(peer, None)
+        for peer, link in links.items():
+            old = self._links.get(peer)
+            if old is link:
+                continue
+            self._links[peer] = link
+            if old is None or old.receive_key != link.receive_key:
+                self._windows[peer] = wire.ReplayWindow()
+            path = self.paths.get(peer)
+            if path is None:
+                self.paths[peer] = UdpPath(
+                    max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
+                )
+            else:  # the router's new connection must learn what we already know
+                self.router.set_data_path(peer, path.established, self._path_info(path))
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()  # looked up on each call: the event is replaced after every rebuild
+
+    def _usable_payload(self, path: UdpPath | None) -> int:
+        """What the forwarder may send: the discovered path MTU once known.
+
+        While the first search runs, assume the local link's MTU: answering "too big" with the
+        search's safe minimum would make containers cache a tiny path MTU for ten minutes.
+        """
+        if path is None:
+            return 0
+        if path.searching and path.payload_mtu <= MIN_PROBE_PAYLOAD:
+            return self._max_payload()
+        return path.payload_mtu
+
+    def switch_peers(self) -> set[int]:
+        return {e.peer for e in self.switch.entries()}
+
+    def _max_payload(self) -> int:
+        return self.overlay_mtu + ENCAPSULATION_OVERHEAD - 28
+
+    async def _drive_paths(self) -> None:
+        """Heartbeats and probes for every neighbour; report path changes to the router."""
+        while True:
+            now = trio.current_time()
+            wake = now + 1.0
+            for peer, path in list(self.paths.items()):
+                before = (path.state, path.payload_mtu)
+                for action in path.tick(now):
+                    self._send_control(peer, action)
+                wake = min(wake, path.next_wake())
+                self._report(peer, path, before)
+            with trio.move_on_at(max(wake, now + 0.05)):
+                await self._dirty.wait()
+                await trio.sleep(0.05)
+
+    def _report(self, peer: int, path: UdpPath, before: tuple[PathState, int]) -> None:
+        """Tell the router (and status) when a path's state or MTU changed."""
+        if (path.state, path.payload_mtu) == before:
+            return
+        nickname = self.router.nick(peer)
+        if path.state != before[0]:
+            log.info("UDP path to %s %s (PMTU %d)", nickname, path.state.value, path.payload_mtu)
+        self.router.set_data_path(peer, path.established, self._path_info(path))
+        self._dirty.set()
+
+    def _path_info(self, path: UdpPath) -> dict[str, Any]:
+        return {
+            "state": path.state.value,
+            "pmtu": path.payload_mtu,
+            "rtt_ms": round(path.rtt * 1000, 3) if path.rtt is not None else None,
+        }
+
+    def _send_control(self, peer: int, action: SendHeartbeat | SendProbe) -> None:
+        link = self.router.peer_links().get(peer)
+        if link is None or self._sock is None:
+            return
+        if isinstance(action, SendHeartbeat):
+            kind, body = (
+                wire.Kind.HEARTBEAT,
+                wire.encode_heartbeat(action.timestamp_us, action.echo_us, action.hear_you),
+            )
+        else:
+            # Sizes in UdpPath are whole UDP payloads: the probe's body fills what the header
+            # and tag leave.
+            kind, body = (
+                wire.Kind.PROBE,
+                wire.encode_probe(
+                    action.probe_id, action.size - _datagram_overhead(link.send_key is not None)
+                ),
+            )
+        self._send(link, kind, body, peer)
+
+    def _send(self, link: PeerLink, kind: wire.Kind, body: bytes, peer: int) -> None:
+        assert self._sock is not None
+        header = wire.DatagramHeader(
+            kind=kind,
+            flags=0,
+            ttl=1,
+            origin=self.local,
+            destination=peer,
+            hop=self.local,
+            sequence=next(self._sequences.setdefault(peer, itertools.count(1))),
+        )
+        data = wire.encode_datagram(header, body, link.send_key)
+        try:
+            self._sock.sendto(data, (link.ip, link.port))
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE and kind == wire.Kind.PROBE:
+                path = self.paths.get(peer)
+                if path is not None:
+                    path.on_send_error_too_big(trio.current_time(), len(data))
+            self._count(f"control_send_{errno.errorcode.get(e.errno or 0, 'error').lower()}")
+
+    def _on_control(self, header: wire.DatagramHeader, body: bytes, addr: Any) -> None:
+        """A heartbeat or probe the receive thread authenticated; runs in trio."""
+        peer = header.hop
+        path = self.paths.get(peer)
+        link = self.router.peer_links().get(peer)
+        if path is None or link is None:
+            self._count("control_from_stranger")
+            return
+        now = trio.current_time()
+        before = (path.state, path.payload_mtu)
+        try:
+            if header.kind == wire.Kind.HEARTBEAT:
+                ts, echo, hears = wire.decode_heartbeat(body)
+                path.on_heartbeat(now, ts, echo, hears)
+            elif header.kind == wire.Kind.PROBE:
+                probe_id = wire.decode_probe(body)
+                size = len(body) + _datagram_overhead(header.sealed)
+                self._send(link, wire.Kind.PROBE_ACK, wire.encode_probe_ack(probe_id, size), peer)
+            elif header.kind == wire.Kind.PROBE_ACK:
+                probe_id, size = wire.decode_probe_ack(body)
+                path.on_probe_ack(now, probe_id, size)
+        except wire.DatagramError:
+            self._count("control_malformed")
+            return
+        self._report(peer, path, before)
+
+    def _on_too_big(self, peer: int, size: int) -> None:
+        path = self.paths.get(peer)
+        if path is not None:
+            before = (path.state, path.payload_mtu)
+            path.on_send_error_too_big(trio.current_time(), size)
+            self._report(peer, path, before)
+
+    async def _expire_macs(self) -> None:
+        while True:
+            await trio.sleep(30)
+            self.switch.expire(time.monotonic())  # the forwarder's clock, not trio's
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    # --- containers ----------------------------------------------------------------------------
+
+    async def attach(self, container: str, addresses: list[str], ifname: str) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            ref = attachment.resolve_namespace(container)
+            result = attachment.attach(
+                ref, bridge=BRIDGE, ifname=ifname, addresses=addresses, mtu=self.overlay_mtu
+            )
+            return asdict(result)
+
+        result = await trio.to_thread.run_sync(run, limiter=self._netlink)
+        log.info("attached %s (%s) %s", container, result["mac"], ", ".join(addresses))
+        return result
+
+    async def detach(self, container: str, addresses: list[str], ifname: str) -> bool:
+        def run() -> bool:
+            ref = attachment.resolve_namespace(container)
+            return attachment.detach(ref, ifname=ifname, addresses=addresses or None)
+
+        removed = await trio.to_thread.run_sync(run, limiter=self._netlink)
+        if removed:
+            log.info("detached %s %s", container, ", ".join(addresses) or "(all)")
+        return removed
+
+    async def containers(self) -> list[dict[str, Any]]:
+        found = await trio.to_thread.run_sync(
+            lambda: attachment.list_attachments(bridge=BRIDGE), limiter=self._netlink
+        )
+        return [asdict(a) for a in found]
+
+    def status(self) -> dict[str, Any]:
+        assert self.forwarder is not None
+        stats = self.forwarder.statistics()
+        return {
+            "bridge": BRIDGE,
+            "overlay_mtu": self.overlay_mtu,
+            "port": self.config.port,
+            "paths": {
+                format_peer_name(peer): {"nickname": self.router.nick(peer), **self._path_info(p)}
+                for peer, p in self.paths.items()
+            },
+            "forwarding": stats,
+            "switch": asdict(self.switch.statistics()),
+            "macs": [
+                {"mac": e.mac, "peer": format_peer_name(e.peer), "age": round(e.age, 1)}
+                for e in self.switch.entries()
+            ],
+            "counters": dict(self.counters),
+            "uptime": time.monotonic(),
+            "pid": os.getpid(),
+        }

@@ -1,0 +1,244 @@
+"""The overlay's Ethernet switch: where each frame goes, learned from where frames come from.
+
+All hosts' containers share one virtual Ethernet. Each peer's switch learns a frame's source MAC
+at the frame's *origin* peer (ourselves for frames from the local bridge) and sends frames to a
+known destination straight to the peer that owns it; everything else is flooded. The caller turns
+``(UNICAST, peer)`` into ``routes.next_hop(peer)`` and FLOOD into ``routes.broadcast_hops(origin)``;
+the per-source broadcast trees give every peer each flood exactly once, so the switch itself
+never needs to suppress duplicates.
+
+Policies (tested in ``tests/unit/test_switch.py``):
+
+- **The last frame wins.** A MAC lives where its latest frame came from, like a hardware switch.
+  A MAC seen at a new origin *moves* (counted), in both directions: a container that migrated
+  must be reachable at once, and a frame from the local bridge is authoritative (the bridge never
+  hands back frames we wrote into the TAP: no hairpin, and port isolation keeps VXLAN frames off
+  the TAP). Two containers sharing a MAC therefore show up as a climbing ``moved`` counter.
+- **Loops are dropped, not learned.** A peer's frame carrying *our* name as its origin has come
+  back to us: DROP ("loop"), and its source is not learned (it would move a local MAC away).
+- **Known local destination.** From the bridge: DROP ("local"), the bridge already delivered it.
+  From a peer: DELIVER.
+- **Unknown unicast is flooded** by its origin. A peer that owns the destination delivers it
+  (DELIVER: the flood has found its owner); any other peer delivers it and lets the caller forward
+  it down the origin's tree (FLOOD).
+- **A unicast datagram for a MAC that moved** (learned at a third peer) is redirected once
+  (``(UNICAST, new owner)``, to be re-sent with ``redirected=True`` and the original origin); a
+  redirected datagram is never redirected again (DROP "moved"), so stale views on two peers can
+  not bounce a frame between them. One learned back at its origin is dropped ("moved") too.
+- **Entries expire** ``mac_ttl`` after their last refresh. Lookups ignore stale entries, so
+  correctness does not depend on how often :meth:`Switch.expire` runs; it only frees memory. An
+  entry is rewritten only when it moves or is older than ``mac_ttl / 4``, so the per-frame cost is
+  a dict lookup and two comparisons; an active MAC therefore never expires, an idle one goes
+  between ``3/4 mac_ttl`` and ``mac_ttl`` after its last frame.
+
+Runs per packet in the data plane's threads: MACs are the 6 raw bytes; each entry is one
+immutable tuple replaced atomically, so :meth:`Switch.expire` and :meth:`Switch.forget_peer`
+from another thread cannot corrupt it (at worst an entry refreshed at that instant is dropped and
+learned again from the next frame).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Decision(enum.Enum):
+    DELIVER = "deliver"  # into the local bridge only
+    UNICAST = "unicast"  # to the peer returned with it
+    FLOOD = "flood"  # everywhere: from a peer, deliver locally AND forward down the origin's tree
+    DROP = "drop"
+
+
+class DropReason(enum.Enum):
+    LOCAL = "local"  # from the bridge, for a local MAC: the bridge already delivered it
+    LOOP = "loop"  # a peer handed us a frame whose origin is ourselves
+    MOVED = "moved"  # a unicast datagram for a MAC that lives elsewhere, not redirected again
+    BAD_SOURCE = "bad_source"  # a multicast source MAC: invalid, never learned
+
+
+@dataclass(frozen=True)
+class MacEntry:
+    mac: str  # "02:42:0a:20:00:01"
+    peer: int
+    age: float  # seconds since the entry was last refreshed (refreshes are every mac_ttl / 4)
+
+
+@dataclass(frozen=True)
+class SwitchStatistics:
+    entries: int
+    learned: int
+    moved: int
+    expired: int
+    forgotten: int
+    flooded: int
+    unicast: int
+    delivered: int
+    dropped: dict[str, int]  # by DropReason value; a plain dict so dataclasses.asdict works
+
+
+def format_mac(mac: bytes) -> str:
+    return mac.hex(":")
+
+
+_FLOOD = (Decision.FLOOD, 0)
+_DELIVER = (Decision.DELIVER, 0)
+_DROP = (Decision.DROP, 0)
+
+
+class Switch:
+    """MAC learning and the forwarding decision for one peer; pure: ``now`` is passed in."""
+
+    def __init__(self, local: int, *, mac_ttl: float = 300.0) -> None:
+        if mac_ttl <= 0:
+            raise ValueError("mac_ttl must be positive")
+        self._local = local
+        self._ttl = mac_ttl
+        self._refresh = mac_ttl / 4
+        self._table: dict[bytes, tuple[int, float]] = {}  # mac -> (peer, last refresh)
+        self._clock = 0.0  # the latest `now` seen when writing: ages for entries() without now
+        self._learned = 0
+        self._moved = 0
+        self._expired = 0
+        self._forgotten = 0
+        self._flooded = 0
+        self._unicast = 0
+        self._delivered = 0
+        self._dropped = dict.fromkeys(DropReason, 0)
+
+    @property
+    def local(self) -> int:
+        return self._local
+
+    @property
+    def mac_ttl(self) -> float:
+        return self._ttl
+
+    def from_local(self, src: bytes, dst: bytes, now: float) -> tuple[Decision, int]:
+        """A frame the bridge handed to our TAP: ``(UNICAST, owner)``, FLOOD or DROP."""
+        if src[0] & 1:
+            self._dropped[DropReason.BAD_SOURCE] += 1
+            return _DROP
+        entry = self._table.get(src)
+        if entry is None or entry[0] != self._local or now - entry[1] > self._refresh:
+            self._learn(src, self._local, entry, now)
+        if dst[0] & 1:  # broadcast or multicast
+            self._flooded += 1
+            return _FLOOD
+        entry = self._table.get(dst)
+        if entry is None or now - entry[1] > self._ttl:
+            self._flooded += 1
+            return _FLOOD
+        peer = entry[0]
+        if peer == self._local:
+            self._dropped[DropReason.LOCAL] += 1
+            return _DROP
+        self._unicast += 1
+        return (Decision.UNICAST, peer)
+
+    def from_peer(
+        self,
+        origin: int,
+        src: bytes,
+        dst: bytes,
+        now: float,
+        flooded: bool = False,
+        *,
+        redirected: bool = False,
+    ) -> tuple[Decision, int]:
+        """A frame from the mesh that ``origin`` captured.
+
+        ``flooded``: it came down ``origin``'s broadcast tree (FLOOD means: deliver, and forward
+        down that tree). Otherwise it was addressed to us; ``redirected``: a peer already re-sent
+        it once because the MAC had moved (see the module docstring).
+        """
+        if origin == self._local:
+            self._dropped[DropReason.LOOP] += 1
+            return _DROP
+        if src[0] & 1:
+            self._dropped[DropReason.BAD_SOURCE] += 1
+            return _DROP
+        entry = self._table.get(src)
+        if entry is None or entry[0] != origin or now - entry[1] > self._refresh:
+            self._learn(src, origin, entry, now)
+        if dst[0] & 1:
+            if flooded:
+                self._flooded += 1
+                return _FLOOD
+            self._delivered += 1  # addressed to us alone: nothing to forward
+            return _DELIVER
+        entry = self._table.get(dst)
+        if entry is None or now - entry[1] > self._ttl:
+            if flooded:
+                self._flooded += 1
+                return _FLOOD
+            self._delivered += 1  # the origin thinks it is here; the bridge knows its ports
+            return _DELIVER
+        peer = entry[0]
+        if peer == self._local:
+            self._delivered += 1
+            return _DELIVER
+        if flooded:
+            self._flooded += 1  # its owner is further down (or off) the tree: keep flooding
+            return _FLOOD
+        if redirected or peer == origin:
+            self._dropped[DropReason.MOVED] += 1
+            return _DROP
+        self._unicast += 1
+        return (Decision.UNICAST, peer)
+
+    def _learn(self, mac: bytes, peer: int, old: tuple[int, float] | None, now: float) -> None:
+        if old is None or now - old[1] > self._ttl:
+            self._learned += 1
+        elif old[0] != peer:
+            self._moved += 1
+        self._table[mac] = (peer, now)
+        if now > self._clock:
+            self._clock = now
+
+    def lookup(self, mac: bytes, now: float) -> int | None:
+        """The peer that owns ``mac`` (ours for a local one), or None if unknown or stale."""
+        entry = self._table.get(mac)
+        if entry is None or now - entry[1] > self._ttl:
+            return None
+        return entry[0]
+
+    def expire(self, now: float) -> int:
+        """Drop entries not refreshed within ``mac_ttl``; how many went."""
+        if now > self._clock:
+            self._clock = now
+        stale = [mac for mac, (_, seen) in list(self._table.items()) if now - seen > self._ttl]
+        for mac in stale:
+            self._table.pop(mac, None)
+        self._expired += len(stale)
+        return len(stale)
+
+    def forget_peer(self, peer: int) -> int:
+        """``peer`` left the mesh: its MACs go (they will be learned again wherever they appear)."""
+        gone = [mac for mac, (owner, _) in list(self._table.items()) if owner == peer]
+        for mac in gone:
+            self._table.pop(mac, None)
+        self._forgotten += len(gone)
+        return len(gone)
+
+    def entries(self, now: float | None = None) -> list[MacEntry]:
+        """Live entries for status, sorted by MAC; ages from ``now`` or the latest time seen."""
+        clock = self._clock if now is None else now
+        return [
+            MacEntry(format_mac(mac), peer, max(0.0, clock - seen))
+            for mac, (peer, seen) in sorted(list(self._table.items()))
+            if clock - seen <= self._ttl
+        ]
+
+    def statistics(self) -> SwitchStatistics:
+        return SwitchStatistics(
+            entries=len(self._table),
+            learned=self._learned,
+            moved=self._moved,
+            expired=self._expired,
+            forgotten=self._forgotten,
+            flooded=self._flooded,
+            unicast=self._unicast,
+            delivered=self._delivered,
+            dropped={reason.value: n for reason, n in self._dropped.items()},
+        )

@@ -1,0 +1,338 @@
+"""The overlay on the real kernel: containers on different hosts share one Ethernet."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from meshnet.api.client import ApiClient
+from meshnet.dataplane import netlink
+from meshnet.lab import lab as lablib
+from tests.conftest import run_meshnet
+from tests.net.conftest import can_ping, ns_run
+from tests.net.test_mesh import MESHNET, api, daemon_pid, wait_for
+
+
+@pytest.fixture(autouse=True)
+def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHNET_HEARTBEAT_INTERVAL", "1")
+
+
+def containers(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in state["containers"]}
+
+
+def ip_of(container: dict[str, Any]) -> str:
+    return str(container["addresses"][0].split("/")[0])
+
+
+def wait_ping(src: dict[str, Any], dst: dict[str, Any], timeout: float = 30) -> None:
+    wait_for(
+        lambda: can_ping(src["namespace"], ip_of(dst)),
+        timeout=timeout,
+        what=f"{src['name']} to reach {dst['name']}",
+    )
+
+
+def dataplane(state: dict[str, Any], host: str) -> dict[str, Any]:
+    status: dict[str, Any] = api(state, host).get("/status/dataplane")
+    return status
+
+
+def test_every_container_reaches_every_other_across_a_line(make_lab: Any) -> None:
+    state = make_lab("line", hosts=3, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h3-c1"])  # h1 and h3 share no link: through h2's router
+    for a, b in itertools.permutations(c.values(), 2):
+        assert can_ping(a["namespace"], ip_of(b)), (a["name"], b["name"])
+    neigh = ns_run(c["h1-c1"]["namespace"], "ip", "neigh", "show", ip_of(c["h3-c1"])).stdout
+    assert c["h3-c1"]["mac"] in neigh  # ARP crossed the overlay and back
+    # h2 relayed: it forwarded datagrams it neither originated nor consumed.
+    sent = dataplane(state, "h2")["forwarding"]["sent"]
+    assert sent and sum(v["frames"] for v in sent.values()) > 0
+
+
+def test_a_tcp_stream_crosses_intact(make_lab: Any) -> None:
+    state = make_lab("line", hosts=3, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h3-c1"])
+    payload = os.urandom(8 * 1024 * 1024)
+    digest = hashlib.sha256(payload).hexdigest()
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c["h3-c1"]["namespace"],
+            sys.executable,
+            "-c",
+            "import socket,hashlib,sys\n"
+            "s=socket.create_server(('0.0.0.0',5001));c,_=s.accept();h=hashlib.sha256();n=0\n"
+            "while (d:=c.recv(1<<16)):\n h.update(d);n+=len(d)\n"
+            "print(n,h.hexdigest())",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        client = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                c["h1-c1"]["namespace"],
+                sys.executable,
+                "-c",
+                f"import socket,sys\ns=socket.create_connection(('{ip_of(c['h3-c1'])}',5001))\n"
+                "s.sendall(sys.stdin.buffer.read());s.close()",
+            ],
+            input=payload,
+            capture_output=True,
+            timeout=60,
+        )
+        assert client.returncode == 0, client.stderr
+        out, _ = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert out.split() == [str(len(payload)), digest]
+
+
+def test_path_mtu_too_big_is_answered_like_a_router(make_lab: Any) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+    mtu = int(ns_run(c["h1-c1"]["namespace"], "cat", "/sys/class/net/ethwe/mtu").stdout)
+    target = ip_of(c["h2-c1"])
+    ok = ns_run(
+        c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", str(mtu - 28), target
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    too_big = ns_run(
+        c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", str(mtu - 27), target
+    )
+    assert too_big.returncode != 0 and "mtu" in (too_big.stdout + too_big.stderr).lower()
+    # Shrink the underlay under a running mesh: the sleeve finds the smaller path MTU and
+    # answers oversized packets with "fragmentation needed", as a router on the path would.
+    for host, peer in (("h1", "h2"), ("h2", "h1")):
+        ns = next(h["namespace"] for h in state["hosts"] if h["name"] == host)
+        ns_run(ns, "ip", "link", "set", f"to-{peer}", "mtu", "1300")
+    # The first oversized packet meets the smaller link (EMSGSIZE), which restarts the search.
+    result = ns_run(
+        c["h1-c1"]["namespace"],
+        "ping",
+        "-c3",
+        "-i0.3",
+        "-W1",
+        "-M",
+        "do",
+        "-s",
+        str(mtu - 28),
+        target,
+    )
+    text = (result.stdout + result.stderr).lower()
+    assert result.returncode != 0 and ("frag needed" in text or "message too long" in text), text
+    h1 = api(state, "h1")
+    wait_for(
+        lambda: [p["pmtu"] for p in h1.get("/status/dataplane")["paths"].values()] == [1272],
+        timeout=30,
+        what="path MTU found again (1300 - IPv4 - UDP)",
+    )
+    small = ns_run(c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", "1000", target)
+    assert small.returncode == 0
+
+
+def _sniff(namespace: str, ifname: str, seconds: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            "timeout",
+            str(seconds),
+            "tcpdump",
+            "-i",
+            ifname,
+            "-U",
+            "-w",
+            "-",
+            "udp port 6783",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _send_secret(state: dict[str, Any], secret: bytes) -> None:
+    c = containers(state)
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", c["h2-c1"]["namespace"], "nc", "-l", "-p", "7777"],
+        stdout=subprocess.PIPE,
+    )
+    time.sleep(0.5)
+    subprocess.run(
+        ["ip", "netns", "exec", c["h1-c1"]["namespace"], "nc", "-N", ip_of(c["h2-c1"]), "7777"],
+        input=secret,
+        timeout=20,
+        check=True,
+    )
+    out, _ = listener.communicate(timeout=20)
+    assert out == secret
+
+
+@pytest.mark.parametrize("password", [None, "correct horse"])
+def test_the_underlay_sees_plaintext_only_without_a_password(
+    make_lab: Any, password: str | None
+) -> None:
+    state = make_lab("line", hosts=2, containers=1, password=password)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+    secret = b"MESHNET-KNOWN-STRING-" + os.urandom(4).hex().encode()
+    sniffer = _sniff(state["hosts"][0]["namespace"], "to-h2", 6)
+    time.sleep(1)
+    _send_secret(state, secret)
+    capture, _ = sniffer.communicate(timeout=20)
+    assert len(capture) > 200  # the sleeve's datagrams were captured
+    assert (secret in capture) == (password is None)
+
+
+def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
+    state = make_lab("line", hosts=2, containers=1, password="replay me not")
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+    h1ns = state["hosts"][0]["namespace"]
+    # Capture one sealed datagram h1 sends to h2, then send it again from h1's address.
+    sniffer = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            h1ns,
+            "timeout",
+            "5",
+            "tcpdump",
+            "-i",
+            "to-h2",
+            "-c",
+            "1",
+            "-x",
+            "-n",
+            f"udp dst port 6783 and src host {state['hosts'][0]['addresses'][0]} and greater 200",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(0.5)
+    ns_run(c["h1-c1"]["namespace"], "ping", "-c3", "-s", "300", "-i", "0.2", ip_of(c["h2-c1"]))
+    dump, _ = sniffer.communicate(timeout=10)
+    hexdata = "".join(
+        line.split(":", 1)[1].replace(" ", "")
+        for line in dump.splitlines()
+        if line.strip().startswith("0x")
+    )
+    packet = bytes.fromhex(hexdata)
+    payload = packet[28:]  # IPv4 (20, no options on our links) + UDP (8)
+    assert len(payload) > 100
+    h1_addr = state["hosts"][0]["addresses"][0]
+    h2_addr = next(u["address"] for u in state["hosts"][1]["underlay"]).split("/")[0]
+    h2 = api(state, "h2")
+    before = h2.get("/status/dataplane")["forwarding"]["dropped"]
+    script = (
+        f"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"s.bind(('{h1_addr}',0));s.sendto(bytes.fromhex('{payload.hex()}'),('{h2_addr}',6783))"
+    )
+    assert ns_run(h1ns, sys.executable, "-c", script).returncode == 0
+
+    def replay_counted() -> bool:
+        dropped = h2.get("/status/dataplane")["forwarding"]["dropped"]
+        return dropped.get("replayed", 0) > before.get("replayed", 0)
+
+    wait_for(replay_counted, timeout=10, what="the replay to be counted")
+
+
+def test_a_killed_router_leaves_containers_and_traffic_returns_after_restart(
+    make_lab: Any,
+) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+    os.kill(daemon_pid(state, "h1"), signal.SIGKILL)
+    time.sleep(0.5)
+    addr = ns_run(c["h1-c1"]["namespace"], "ip", "-o", "addr", "show", "ethwe").stdout
+    assert c["h1-c1"]["addresses"][0] in addr
+    lablib.start_router(state["name"], "h1")
+    wait_ping(c["h1-c1"], c["h2-c1"], timeout=40)
+    assert [a["namespace"] for a in api(state, "h1").get("/containers")] == [
+        c["h1-c1"]["namespace"]
+    ]
+
+
+def test_attach_errors_are_one_line(make_lab: Any) -> None:
+    state = make_lab("line", hosts=1, containers=1)
+    host = state["hosts"][0]["name"]
+
+    def attach(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_meshnet(
+            "lab", "exec", "--name", state["name"], host, "--", *MESHNET, "attach", *args
+        )
+
+    for result, fragment in (
+        (attach("10.32.9.9/12", "no-such-namespace"), "no such container"),
+        (attach("10.32.300.1/12", state["containers"][0]["namespace"]), "bad address"),
+        (attach("10.32.9.9/12", "999999999"), "no such container"),
+    ):
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert fragment in result.stderr, result.stderr
+    other = f"mn-{state['name']}-extra"
+    netlink.create_namespace(other)
+    try:
+        in_use = attach(state["containers"][0]["addresses"][0], other)
+        assert in_use.returncode != 0 and "already in use" in in_use.stderr, in_use.stderr
+        assert len(in_use.stderr.strip().splitlines()) == 1
+        ok = attach("10.32.77.1/12", other)
+        assert ok.returncode == 0, ok.stderr
+        again = attach("10.32.77.1/12", other)  # idempotent
+        assert again.returncode == 0
+        ps = run_meshnet("lab", "exec", "--name", state["name"], host, "--", *MESHNET, "ps")
+        assert other in ps.stdout and "10.32.77.1/12" in ps.stdout
+        detach = run_meshnet(
+            "lab", "exec", "--name", state["name"], host, "--", *MESHNET, "detach", other
+        )
+        assert detach.returncode == 0, detach.stderr
+        assert not ns_run(other, "ip", "link", "show", "ethwe").stdout
+    finally:
+        netlink.remove_namespace(other)
+
+
+def test_garbage_datagrams_are_dropped_and_counted_while_forwarding_goes_on(
+    make_lab: Any,
+) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+    h1ns = state["hosts"][0]["namespace"]
+    h2_addr = next(u["address"] for u in state["hosts"][1]["underlay"]).split("/")[0]
+    script = (
+        "import socket,os\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for n in range(500):\n"
+        f" s.sendto(os.urandom(n % 1400 + 1),('{h2_addr}',6783))\n"
+        f"s.sendto(b'\\x01\\x00\\x00\\x05'+bytes(28),('{h2_addr}',6783))\n"
+    )
+    assert ns_run(h1ns, sys.executable, "-c", script).returncode == 0
+    time.sleep(1)
+    dropped = api(state, "h2").get("/status/dataplane")["forwarding"]["dropped"]
+    assert sum(dropped.values()) >= 400, dropped
+    assert can_ping(c["h1-c1"]["namespace"], ip_of(c["h2-c1"]))
+    assert ApiClient(lablib.host_api_socket(state["hosts"][1]["dir"])).is_ready()

@@ -1,0 +1,540 @@
+"""Sleeve datagrams: sealing, replay, batching, and super-frames cut and put back together."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshnet.dataplane import sleeve_wire as sw
+from meshnet.dataplane import vnet as vn
+from meshnet.errors import RemoteProtocolError
+from tests.unit.test_vnet import (
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    PSH,
+    Layout,
+    build_superframe,
+    check_rebuilt,
+    superframes,
+    wire_packets,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+A, B, C = 0x02AABBCC0001, 0x02AABBCC0002, 0x02AABBCC0003
+
+peers = st.integers(0, sw.MAX_PEER)
+headers = st.builds(
+    sw.DatagramHeader,
+    kind=st.sampled_from(sw.Kind),
+    flags=st.sampled_from([0, sw.SEALED]),
+    ttl=st.integers(1, 255),
+    origin=peers,
+    destination=peers,
+    hop=peers,
+    sequence=st.integers(0, sw.MAX_SEQUENCE),
+)
+
+
+def keys(key: bytes | None) -> tuple[object, object]:
+    """(key_for, window_for) for a receiver that shares ``key`` with every hop sender."""
+    window = sw.ReplayWindow()
+    return (lambda hop: key), (lambda hop: window if key is not None else None)
+
+
+def decode(data: bytes, key: bytes | None) -> tuple[sw.DatagramHeader, bytes]:
+    key_for, window_for = keys(key)
+    return sw.decode_datagram(data, key_for, window_for)  # type: ignore[arg-type]
+
+
+def reason(data: bytes, key: bytes | None) -> sw.DropReason:
+    with pytest.raises(sw.DatagramError) as info:
+        decode(data, key)
+    return info.value.reason
+
+
+# --- datagrams ---------------------------------------------------------------------------------
+
+
+@given(headers, st.binary(max_size=2000), st.sampled_from([None, KEY]))
+def test_datagram_round_trip(header: sw.DatagramHeader, body: bytes, key: bytes | None) -> None:
+    data = sw.encode_datagram(header, body, key)
+    assert len(data) == sw.HEADER_SIZE + len(body) + (sw.TAG_SIZE if key else 0)
+    decoded, plain = decode(data, key)
+    assert plain == body
+    expected_flags = (header.flags & ~sw.SEALED) | (sw.SEALED if key else 0)
+    assert decoded == sw.DatagramHeader(
+        header.kind,
+        expected_flags,
+        header.ttl,
+        header.origin,
+        header.destination,
+        header.hop,
+        header.sequence,
+    )
+    assert decoded.sealed == (key is not None)
+
+
+def test_header_layout_is_big_endian() -> None:
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 7, A, B, C, 0x0102030405060708)
+    data = sw.encode_datagram(header, b"", None)
+    assert data == (
+        bytes([1, 1, 0, 7])
+        + A.to_bytes(6, "big")
+        + B.to_bytes(6, "big")
+        + C.to_bytes(6, "big")
+        + b"\0\0"
+        + bytes(range(1, 9))
+    )
+
+
+def sealed_sample() -> bytes:
+    header = sw.DatagramHeader(sw.Kind.FRAMES, sw.BROADCAST, 5, A, 0, C, 42)
+    return sw.encode_datagram(header, b"0123456789" * 2, KEY)
+
+
+def test_every_flipped_bit_of_a_sealed_datagram_is_rejected() -> None:
+    data = sealed_sample()
+    decode(data, KEY)
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(RemoteProtocolError):
+            decode(bytes(flipped), KEY)
+
+
+def test_truncated_datagrams_are_rejected() -> None:
+    data = sealed_sample()
+    for n in range(len(data)):
+        with pytest.raises(RemoteProtocolError):
+            decode(data[:n], KEY)
+    plain = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 5, A, B, C, 1), b"x", None)
+    for n in range(sw.HEADER_SIZE):
+        assert reason(plain[:n], None) is sw.DropReason.SHORT
+
+
+def test_drop_reasons() -> None:
+    data = sealed_sample()
+    assert reason(data, None) is sw.DropReason.NO_KEY
+    assert reason(data, OTHER_KEY) is sw.DropReason.BAD_TAG
+    plain = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 5, A, B, C, 1), b"x", None)
+    assert reason(plain, KEY) is sw.DropReason.NOT_SEALED
+    assert reason(b"\x02" + plain[1:], None) is sw.DropReason.BAD_VERSION
+    assert reason(plain[:1] + b"\x05" + plain[2:], None) is sw.DropReason.BAD_KIND
+    assert reason(plain[:2] + b"\x04" + plain[3:], None) is sw.DropReason.BAD_HEADER
+    assert reason(plain[:2] + b"\x02" + plain[3:], None) is sw.DropReason.BAD_HEADER  # bcast+dst
+    assert reason(plain[:3] + b"\x00" + plain[4:], None) is sw.DropReason.TTL_EXPIRED
+    assert reason(plain[:22] + b"\x00\x01" + plain[24:], None) is sw.DropReason.BAD_HEADER
+
+
+def test_sealed_without_a_window_is_refused() -> None:
+    with pytest.raises(sw.DatagramError) as info:
+        sw.decode_datagram(sealed_sample(), lambda hop: KEY, lambda hop: None)
+    assert info.value.reason is sw.DropReason.NO_KEY
+
+
+def test_replayed_datagram_is_rejected_and_forgery_does_not_move_the_window() -> None:
+    window = sw.ReplayWindow()
+
+    def receive(data: bytes) -> tuple[sw.DatagramHeader, bytes]:
+        return sw.decode_datagram(data, lambda hop: KEY, lambda hop: window)
+
+    def datagram(seq: int, key: bytes = KEY) -> bytes:
+        return sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, A, B, C, seq), b"f", key)
+
+    receive(datagram(5))
+    with pytest.raises(sw.DatagramError) as info:
+        receive(datagram(5))
+    assert info.value.reason is sw.DropReason.REPLAYED
+    # A forgery with a far-ahead sequence fails the tag and leaves the window alone.
+    with pytest.raises(sw.DatagramError):
+        receive(datagram(10_000, OTHER_KEY))
+    assert window.highest == 5
+    receive(datagram(10_000))
+    receive(datagram(9500))  # inside the window, not seen: the reordered one is fine
+    with pytest.raises(sw.DatagramError):
+        receive(datagram(9500))
+
+
+@given(st.binary(max_size=120), st.sampled_from([None, KEY]))
+def test_garbage_datagrams_raise_remote_protocol_error_only(data: bytes, key: bytes | None) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode(data, key)
+
+
+def test_encode_refuses_what_cannot_be_sent() -> None:
+    ok = sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, A, B, C, 1)
+    for bad in [
+        sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, 1 << 48, B, C, 1),
+        sw.DatagramHeader(sw.Kind.FRAMES, 0, 0, A, B, C, 1),
+        sw.DatagramHeader(sw.Kind.FRAMES, sw.BROADCAST, 1, A, B, C, 1),
+        sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, A, B, C, 1 << 64),
+    ]:
+        with pytest.raises(ValueError):
+            sw.encode_datagram(bad, b"", None)
+    with pytest.raises(ValueError):
+        sw.encode_datagram(ok, bytes(sw.MAX_DATAGRAM), None)
+    with pytest.raises(ValueError):
+        sw.encode_datagram(ok, b"", b"short key")
+
+
+def test_encode_datagrams_counts_sequences() -> None:
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 3, A, B, C, 100)
+    datagrams = sw.encode_datagrams(header, [b"a", b"b", b"c"], KEY)
+    key_for, window_for = keys(KEY)
+    decoded = [sw.decode_datagram(d, key_for, window_for) for d in datagrams]  # type: ignore[arg-type]
+    assert [(h.sequence, body) for h, body in decoded] == [(100, b"a"), (101, b"b"), (102, b"c")]
+
+
+def test_relayed_decrements_ttl() -> None:
+    header = sw.DatagramHeader(sw.Kind.FRAMES, sw.SEALED, 2, A, B, A, 9)
+    relayed = header.relayed(C, 77)
+    assert relayed == sw.DatagramHeader(sw.Kind.FRAMES, sw.SEALED, 1, A, B, C, 77)
+    assert relayed.relayed(B, 1) is None
+
+
+# --- replay window -----------------------------------------------------------------------------
+
+
+def test_window_accepts_reorder_within_1024_and_rejects_older() -> None:
+    window = sw.ReplayWindow()
+    assert window.check_and_update(2000)
+    assert window.check_and_update(2000 - 1023)
+    assert not window.check_and_update(2000 - 1024)
+    assert not window.check_and_update(0)
+    assert not window.check_and_update(2000)
+    assert window.check_and_update(1999)
+    assert window.check_and_update(1 << 63)  # a huge jump is cheap
+    assert not window.check_and_update(2001)
+
+
+@given(st.lists(st.integers(0, 3000), max_size=300))
+def test_window_matches_a_model(sequences: list[int]) -> None:
+    window = sw.ReplayWindow()
+    seen: set[int] = set()
+    for seq in sequences:
+        expected = seq not in seen and (not seen or seq > max(seen) - sw.REPLAY_WINDOW)
+        assert window.would_accept(seq) == expected
+        assert window.check_and_update(seq) == expected
+        if expected:
+            seen.add(seq)
+
+
+# --- batching ----------------------------------------------------------------------------------
+
+frames = st.lists(
+    st.tuples(st.binary(min_size=10, max_size=10), st.integers(14, 1500)), max_size=40
+)
+
+
+@given(frames, st.integers(1600, 9000))
+def test_batcher_never_exceeds_its_max_and_split_inverts_it(
+    items: list[tuple[bytes, int]], max_body: int
+) -> None:
+    batcher = sw.FrameBatcher(max_body)
+    sent = [(v, os.urandom(n)) for v, n in items]
+    bodies = []
+    for v, frame in sent:
+        full = batcher.add(v, frame)
+        if full is not None:
+            bodies.append(full)
+    assert batcher.pending == len(sent) - sum(len(sw.split_frames(b)) for b in bodies)
+    last = batcher.take()
+    if last is not None:
+        bodies.append(last)
+    assert batcher.take() is None and batcher.pending == 0
+    assert all(len(b) <= max_body for b in bodies)
+    assert [pair for b in bodies for pair in sw.split_frames(b)] == sent
+
+
+def test_batcher_fills_datagrams_exactly() -> None:
+    max_body = sw.max_frames_body(1500, sealed=True)
+    batcher = sw.FrameBatcher(max_body)
+    frame = bytes(max_body // 2 - sw.FRAME_OVERHEAD)
+    assert batcher.add(bytes(10), frame) is None
+    assert batcher.add(bytes(10), frame) is None
+    full = batcher.add(bytes(10), frame)
+    assert full is not None and len(full) == max_body - max_body % 2
+    datagram = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, A, B, C, 0), full, KEY)
+    assert len(datagram) <= 1500
+    with pytest.raises(ValueError):
+        batcher.add(bytes(10), bytes(batcher.max_frame + 1))
+
+
+@given(st.binary(max_size=200))
+def test_split_frames_garbage_raises_remote_protocol_error_only(body: bytes) -> None:
+    try:
+        pairs = sw.split_frames(body)
+    except RemoteProtocolError:
+        return
+    assert sum(sw.FRAME_OVERHEAD + len(f) for _, f in pairs) == len(body)
+
+
+def test_split_frames_rejects_truncation() -> None:
+    body = struct.pack(">H", 60) + bytes(10) + bytes(60)
+    sw.split_frames(body)
+    for n in range(len(body)):
+        with pytest.raises(sw.DatagramError):
+            sw.split_frames(body[:n])
+
+
+# --- segments and reassembly -------------------------------------------------------------------
+
+
+def cut(sf: tuple[vn.VnetHeader, bytes, Layout], sid: int = 1) -> list[bytes]:
+    v, frame, _ = sf
+    return sw.segment_bodies(sid, v, frame)
+
+
+@settings(max_examples=60)
+@given(superframes(), st.randoms(use_true_random=False))
+def test_reassembler_returns_the_exact_superframe_in_any_order(
+    sf: tuple[vn.VnetHeader, bytes, Layout], rnd: random.Random
+) -> None:
+    v, frame, _ = sf
+    bodies = cut(sf)
+    rnd.shuffle(bodies)
+    reassembler = sw.Reassembler()
+    out = []
+    for body in bodies:
+        out += reassembler.add(body, 0.0)
+    assert out == [(vn.pack_vnet(v), frame)]
+    assert reassembler.pending() == 0
+    assert reassembler.statistics().completed == 1
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_largest_superframes_round_trip_whole_and_in_part(version: int) -> None:
+    tcp_options = bytes(12)
+    room = 0xFFFF - 20 - len(tcp_options) - (20 if version == 4 else 0)
+    sf = build_superframe(version, os.urandom(room), 1448, tcp_options=tcp_options)
+    v, frame, layout = sf
+    assert len(frame) == (vn.MAX_SUPERFRAME_SIZE if version == 6 else 14 + 0xFFFF)
+    bodies = cut(sf, sid=0xFFFFFFFF)
+    whole = sw.Reassembler()
+    assert [out for body in reversed(bodies) for out in whole.add(body, 0)] == [
+        (vn.pack_vnet(v), frame)
+    ]
+    part = sw.Reassembler()
+    kept = [i for i in range(len(bodies)) if i % 3]
+    out = [o for i in kept for o in part.add(bodies[i], 0)] + part.flush_all()
+    original_wire = wire_packets(vn.pack_vnet(v), frame, layout)
+    got = []
+    for vnet_raw, rebuilt in out:
+        check_rebuilt(vnet_raw, rebuilt, layout)
+        got += wire_packets(vnet_raw, rebuilt, layout)
+    assert got == [original_wire[i] for i in kept]
+
+
+def test_superframes_too_long_for_ip_lengths_are_refused() -> None:
+    v, frame, _ = build_superframe(4, os.urandom(0xFFFF - 40), 1448)
+    with pytest.raises(RemoteProtocolError):
+        sw.segment_bodies(1, v, frame + b"x")
+    # Two segments of 65500 bytes: fine for IPv6 lengths, too long for IPv4's.
+    big = vn.VnetHeader(v.flags, v.gso_type, v.hdr_len, 65500, v.csum_start, v.csum_offset)
+    forged = struct.pack(">IHHH", 1, 0, 2, 54) + vn.pack_vnet(big) + frame[:54] + bytes(65500)
+    with pytest.raises(sw.DatagramError) as info:
+        sw.Reassembler().add(forged, 0)
+    assert info.value.reason is sw.DropReason.BAD_BODY
+    with pytest.raises(RemoteProtocolError):
+        vn.rebuild(v, frame[:54], 0, [frame[54:], b"x"], True, 2)
+
+
+def test_segment_bodies_are_equal_sized_and_fit_max_segment_payload() -> None:
+    v, frame, layout = build_superframe(4, os.urandom(60000), 1400)
+    bodies = sw.segment_bodies(9, v, frame)
+    assert len(bodies) == 43
+    assert {len(b) for b in bodies[:-1]} == {sw.SEGMENT_OVERHEAD + layout.header_len + 1400}
+    max_datagram = 1400 + layout.header_len + sw.SEGMENT_OVERHEAD + sw.HEADER_SIZE + sw.TAG_SIZE
+    assert sw.max_segment_payload(max_datagram, layout.header_len, sealed=True) == 1400
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 4, A, B, A, 0)
+    assert len(sw.encode_datagrams(header, bodies, KEY)[0]) == max_datagram
+
+
+@settings(max_examples=150)
+@given(superframes(max_segments=25), st.data())
+def test_any_subset_flushes_to_valid_frames_carrying_exactly_what_arrived(
+    sf: tuple[vn.VnetHeader, bytes, Layout], data: st.DataObject
+) -> None:
+    v, frame, layout = sf
+    bodies = cut(sf)
+    count = len(bodies)
+    received = sorted(data.draw(st.sets(st.integers(0, count - 1), min_size=1)))
+    order = data.draw(st.permutations(received))
+    reassembler = sw.Reassembler()
+    out = []
+    for i in order:
+        out += reassembler.add(bodies[i], 1.0)
+    out += reassembler.flush(2.0, older_than=1.5)
+    if len(received) == count:
+        assert out == [(vn.pack_vnet(v), frame)]
+        return
+    assert reassembler.pending() == 0
+    original_wire = wire_packets(vn.pack_vnet(v), frame, layout)
+    got_wire = []
+    for vnet_raw, rebuilt in out:
+        check_rebuilt(vnet_raw, rebuilt, layout)
+        got_wire += wire_packets(vnet_raw, rebuilt, layout)
+    assert got_wire == [original_wire[i] for i in received]
+    # Sequence numbers and lengths cover exactly the payload bytes that arrived.
+    (seq0,) = struct.unpack_from(">I", frame, layout.tcp + 4)
+    covered = []
+    for _, rebuilt in out:
+        (seq,) = struct.unpack_from(">I", rebuilt, layout.tcp + 4)
+        covered.append(((seq - seq0) & 0xFFFFFFFF, rebuilt[layout.header_len :]))
+    payload = frame[layout.header_len :]
+    expected = [(i * v.gso_size, payload[i * v.gso_size : (i + 1) * v.gso_size]) for i in received]
+    assert b"".join(p for _, p in sorted(covered)) == b"".join(p for _, p in expected)
+    assert sorted(covered) == covered  # runs come out in sequence order
+    for offset, chunk in covered:
+        assert any(offset <= o and o + len(p) <= offset + len(chunk) for o, p in expected)
+    stats = reassembler.statistics()
+    assert (stats.flushed, stats.runs) == (1, len(out))
+    assert stats.segments_lost == count - len(received)
+
+
+def test_duplicates_and_late_segments_are_ignored() -> None:
+    sf = build_superframe(6, os.urandom(5000), 1000)
+    bodies = cut(sf)
+    reassembler = sw.Reassembler()
+    assert reassembler.add(bodies[0], 0) == []
+    assert reassembler.add(bodies[0], 0) == []
+    out = []
+    for body in bodies[1:]:
+        out += reassembler.add(body, 0)
+    assert len(out) == 1
+    assert reassembler.add(bodies[2], 0) == []  # after completion: late
+    stats = reassembler.statistics()
+    assert (stats.duplicates, stats.late, stats.completed) == (1, 1, 1)
+
+
+def test_a_newer_completed_superframe_flushes_the_older_partial_first() -> None:
+    oldest = cut(build_superframe(4, os.urandom(2000), 1000, seq=0), sid=9)
+    old = cut(build_superframe(4, os.urandom(5000), 1000, seq=2000), sid=10)
+    new_sf = build_superframe(4, os.urandom(3000), 1000, seq=7000)
+    new = cut(new_sf, sid=11)
+    reassembler = sw.Reassembler()
+    reassembler.add(old[0], 0)
+    reassembler.add(old[1], 0)
+    reassembler.add(oldest[1], 0)
+    reassembler.add(old[3], 0)
+    out = []
+    for body in new:
+        out += reassembler.add(body, 0)
+    # oldest's [1], old's runs [0, 1] and [3], then the new one whole: in sequence order
+    assert len(out) == 4
+    assert out[3] == (vn.pack_vnet(new_sf[0]), new_sf[1])
+    assert [struct.unpack_from(">I", f, 38)[0] for _, f in out] == [1000, 2000, 5000, 7000]
+    assert vn.parse_vnet(out[1][0]).gso_type == vn.GSO_TCPV4
+    assert vn.parse_vnet(out[2][0]).gso_type == vn.GSO_NONE
+    assert reassembler.add(old[2], 0) == []  # too late now
+    assert reassembler.pending() == 0
+
+
+def test_memory_is_bounded_by_evicting_the_oldest() -> None:
+    reassembler = sw.Reassembler(max_partial=4)
+    out = []
+    for sid in range(10):
+        bodies = cut(build_superframe(4, os.urandom(3000), 1000), sid=sid)
+        out += reassembler.add(bodies[0], float(sid))
+        assert reassembler.pending() <= 4
+    assert len(out) == 6  # each evicted super-frame yields its one received segment
+    assert reassembler.oldest == 6.0
+
+
+def test_flush_takes_only_stale_superframes() -> None:
+    reassembler = sw.Reassembler()
+    a = cut(build_superframe(4, os.urandom(3000), 1000), sid=1)
+    b = cut(build_superframe(4, os.urandom(3000), 1000), sid=2)
+    reassembler.add(a[0], 1.0)
+    reassembler.add(b[0], 5.0)
+    assert reassembler.flush(5.0, older_than=1.0) == []
+    assert len(reassembler.flush(5.0, older_than=4.0)) == 1
+    assert reassembler.pending() == 1
+    assert len(reassembler.flush_all()) == 1
+
+
+def test_inconsistent_segments_drop_the_superframe() -> None:
+    bodies = cut(build_superframe(4, os.urandom(5000), 1000), sid=3)
+    reassembler = sw.Reassembler()
+    reassembler.add(bodies[0], 0)
+    bad_count = bodies[1][:6] + struct.pack(">H", 6) + bodies[1][8:]
+    with pytest.raises(sw.DatagramError) as info:
+        reassembler.add(bad_count, 0)
+    assert info.value.reason is sw.DropReason.INCONSISTENT
+    assert reassembler.pending() == 0
+    reassembler.add(bodies[0], 0)
+    with pytest.raises(sw.DatagramError):
+        reassembler.add(bodies[1][:-1], 0)  # a middle segment shorter than gso_size
+    assert reassembler.statistics().inconsistent == 2
+
+
+def test_single_segment_superframe_passes_straight_through() -> None:
+    v, frame, _ = build_superframe(4, os.urandom(500), 1000, tcp_flags=ACK | FIN | PSH | CWR | ECE)
+    (body,) = sw.segment_bodies(1, v, frame)
+    assert sw.Reassembler().add(body, 0) == [(vn.pack_vnet(v), frame)]
+
+
+def test_ids_wrap_and_restarts_are_recognised() -> None:
+    reassembler = sw.Reassembler()
+    for sid in [0xFFFFFFFE, 0xFFFFFFFF, 0, 1]:
+        bodies = cut(build_superframe(4, os.urandom(2000), 1000), sid=sid)
+        assert len(reassembler.add(bodies[0], 0) + reassembler.add(bodies[1], 0)) == 1
+    restarted = cut(build_superframe(4, os.urandom(2000), 1000), sid=0x80000000)
+    assert len(reassembler.add(restarted[0], 0) + reassembler.add(restarted[1], 0)) == 1
+    assert reassembler.statistics().late == 0
+
+
+@given(st.binary(max_size=200))
+def test_reassembler_garbage_raises_remote_protocol_error_only(body: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        sw.Reassembler().add(body, 0)
+
+
+@given(superframes(max_segments=4), st.integers(0, 200), st.integers(0, 255))
+def test_reassembler_corrupted_segments_raise_remote_protocol_error_only(
+    sf: tuple[vn.VnetHeader, bytes, Layout], position: int, value: int
+) -> None:
+    reassembler = sw.Reassembler()
+    for body in cut(sf):
+        corrupted = bytearray(body)
+        corrupted[position % len(body)] = value
+        try:
+            for _, rebuilt in reassembler.add(bytes(corrupted), 0) + reassembler.flush_all():
+                assert len(rebuilt) >= vn.MIN_TCP_HEADERS
+        except RemoteProtocolError:
+            pass
+
+
+# --- control bodies ----------------------------------------------------------------------------
+
+
+def test_control_bodies_round_trip() -> None:
+    heartbeat = sw.decode_heartbeat(sw.encode_heartbeat(123456, 654321, True))
+    assert heartbeat == (123456, 654321, True) and heartbeat.hear_you
+    assert sw.decode_probe(sw.encode_probe(77, 1400)) == 77
+    assert len(sw.encode_probe(77, 1400)) == 1400
+    assert sw.decode_probe_ack(sw.encode_probe_ack(77, 1400)) == (77, 1400)
+    for bad, decoder in [
+        (b"\0" * 16, sw.decode_heartbeat),
+        (b"\0" * 16 + b"\x02", sw.decode_heartbeat),
+        (b"\0\0", sw.decode_probe),
+        (b"\0" * 7, sw.decode_probe_ack),
+    ]:
+        with pytest.raises(sw.DatagramError):
+            decoder(bad)
+
+
+def test_flag_constants_match_the_spec() -> None:
+    assert (sw.SEALED, sw.BROADCAST) == (1, 2)
+    assert [k.value for k in sw.Kind] == [0, 1, 2, 3, 4]
+    assert sw.HEADER_SIZE == 32 and sw.TAG_SIZE == 16 and sw.SEGMENT_OVERHEAD == 20
+    assert FIN | PSH | ACK | ECE | CWR == 0xD9
