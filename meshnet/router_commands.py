@@ -331,13 +331,18 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
 
 
 def _connections_table(conns: list[dict[str, Any]]) -> Table:
-    table = Table("", "address", "state", "encrypted", "peer", "last error", box=None)
+    table = Table(
+        "", "address", "state", "udp", "pmtu", "encrypted", "peer", "last error", box=None
+    )
     for c in conns:
         peer = f"{c['peer']} ({c['nickname']})" if c["peer"] else "-"
+        path = c.get("data_path") or {}
         table.add_row(
             "->" if c["direction"] == "outbound" else "<-",
             c["address"],
             c["state"],
+            path.get("state", "-"),
+            str(path["pmtu"]) if "pmtu" in path else "-",
             "yes" if c["encrypted"] else "no",
             peer,
             c["last_error"] or "",
@@ -368,6 +373,44 @@ status.command("connections", help="This peer's connections and recent failures.
 )
 status.command("targets", help="Addresses this peer connects to.")(
     _subcommand("/status/targets", _targets_table)
+)
+
+
+def _dataplane_tables(data: dict[str, Any]) -> Table:
+    table = Table(
+        "peer",
+        "udp path",
+        "pmtu",
+        "rtt ms",
+        "sent",
+        "received",
+        "relayed",
+        box=None,
+        title=f"bridge {data['bridge']}, overlay MTU {data['overlay_mtu']}, UDP {data['port']}",
+    )
+    forwarding = data["forwarding"]
+
+    def traffic(kind: str, peer: str) -> str:
+        row = forwarding[kind].get(peer)
+        return f"{row['datagrams']} dg, {row['bytes']} B" if row else "-"
+
+    for peer, path in data["paths"].items():
+        table.add_row(
+            f"{peer} ({path['nickname']})",
+            path["state"],
+            str(path["pmtu"]),
+            str(path["rtt_ms"]) if path["rtt_ms"] is not None else "-",
+            traffic("sent", peer),
+            traffic("received", peer),
+            traffic("relayed", peer),
+        )
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(forwarding["dropped"].items()))
+    table.caption = f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}"
+    return table
+
+
+status.command("dataplane", help="The sleeve: UDP paths, traffic per peer, drops by reason.")(
+    _subcommand("/status/dataplane", _dataplane_tables)  # type: ignore[arg-type]
 )
 
 

@@ -40,13 +40,31 @@ _CONTROL = frozenset({wire.Kind.HEARTBEAT, wire.Kind.PROBE, wire.Kind.PROBE_ACK}
 _DATA = frozenset({wire.Kind.FRAMES, wire.Kind.SEGMENT})
 
 
+class Sequences:
+    """A neighbour's datagram sequence numbers, handed out in blocks across threads.
+
+    A super-frame's datagrams take consecutive numbers in one call, so they can be sealed in
+    one pass; the lock is taken once per block, not per datagram.
+    """
+
+    def __init__(self, start: int = 1) -> None:
+        self._next = start
+        self._lock = threading.Lock()
+
+    def take(self, count: int = 1) -> int:
+        with self._lock:
+            first = self._next
+            self._next += count
+            return first
+
+
 @dataclass(frozen=True)
 class Neighbour:
     name: int
     address: tuple[str, int]
     send_key: bytes | None
     receive_key: bytes | None
-    sequence: itertools.count[int]  # shared with the control plane: next() is atomic
+    sequences: Sequences  # shared by both loops and the control plane
     window: wire.ReplayWindow  # used by the receive thread only
     max_datagram: int  # largest UDP payload the path is known to carry (0: unknown yet)
     established: bool
@@ -60,6 +78,14 @@ class Snapshot:
     overlay_mtu: int
     encrypted: bool
 
+    def key_for(self, hop: int) -> bytes | None:
+        neighbour = self.neighbours.get(hop)
+        return neighbour.receive_key if neighbour else None
+
+    def window_for(self, hop: int) -> wire.ReplayWindow | None:
+        neighbour = self.neighbours.get(hop)
+        return neighbour.window if neighbour else None
+
 
 class _Counts:
     """One thread's counters: per peer [frames, bytes], and drops by reason."""
@@ -70,9 +96,9 @@ class _Counts:
         )
         self.drops: collections.Counter[str] = collections.Counter()
 
-    def add(self, peer: int, size: int) -> None:
+    def add(self, peer: int, datagrams: int, size: int) -> None:
         row = self.per_peer[peer]
-        row[0] += 1
+        row[0] += datagrams
         row[1] += size
 
 
@@ -125,7 +151,7 @@ class Forwarder:
 
         def rows(counts: _Counts) -> dict[str, dict[str, int]]:
             return {
-                _peer_text(peer): {"frames": row[0], "bytes": row[1]}
+                _peer_text(peer): {"datagrams": row[0], "bytes": row[1]}
                 for peer, row in list(counts.per_peer.items())
             }
 
@@ -253,22 +279,16 @@ class Forwarder:
             overhead = max(len(b) for b in bodies) - (self._snapshot.overlay_mtu)
             self._too_big(superframe, max(576, budget - overhead))
             return
-        datagrams = [
-            wire.encode_datagram(
-                wire.DatagramHeader(
-                    kind=kind,
-                    flags=flags,
-                    ttl=MAX_TTL,
-                    origin=snap.local,
-                    destination=destination,
-                    hop=snap.local,
-                    sequence=next(neighbour.sequence),
-                ),
-                body,
-                neighbour.send_key,
-            )
-            for body in bodies
-        ]
+        first = wire.DatagramHeader(
+            kind=kind,
+            flags=flags,
+            ttl=MAX_TTL,
+            origin=snap.local,
+            destination=destination,
+            hop=snap.local,
+            sequence=neighbour.sequences.take(len(bodies)),
+        )
+        datagrams = wire.encode_datagrams(first, bodies, neighbour.send_key)
         self._send(neighbour, datagrams, self._tx)
 
     def _send(self, neighbour: Neighbour, datagrams: list[bytes], counts: _Counts) -> None:
@@ -281,7 +301,7 @@ class Forwarder:
         except UdpSendError as e:
             counts.drops[f"send_{e.reason}"] += 1
             return
-        counts.add(neighbour.name, sum(len(d) for d in datagrams))
+        counts.add(neighbour.name, len(datagrams), sum(len(d) for d in datagrams))
 
     # --- UDP -> TAP ----------------------------------------------------------------------------
 
@@ -313,17 +333,9 @@ class Forwarder:
     def _from_udp(
         self, snap: Snapshot, data: bytes, addr: Any, forwards: dict[int, list[bytes]]
     ) -> None:
-        def key_for(hop: int) -> bytes | None:
-            neighbour = snap.neighbours.get(hop)
-            return neighbour.receive_key if neighbour else None
-
-        def window_for(hop: int) -> wire.ReplayWindow | None:
-            neighbour = snap.neighbours.get(hop)
-            return neighbour.window if neighbour else None
-
         try:
             # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
-            header, body = wire.decode_datagram(data, key_for=key_for, window_for=window_for)
+            header, body = wire.decode_datagram(data, snap.key_for, snap.window_for)
         except wire.DatagramError as e:
             self._rx.drops[e.reason.value] += 1
             return
@@ -331,7 +343,7 @@ class Forwarder:
         if neighbour is None or neighbour.address[0] != addr[0]:
             self._rx.drops["unknown_sender"] += 1
             return
-        self._rx.add(header.hop, len(data))
+        self._rx.add(header.hop, 1, len(data))
         if header.kind in _CONTROL:
             self._on_control(header, body, addr)
             return
@@ -369,7 +381,7 @@ class Forwarder:
             origin=header.origin,
             destination=header.destination,
             hop=snap.local,
-            sequence=next(neighbour.sequence),
+            sequence=neighbour.sequences.take(),
         )
         forwards.setdefault(hop, []).append(wire.encode_datagram(relayed, body, neighbour.send_key))
 

@@ -9,7 +9,6 @@ shell rebuilds and swaps by reference whenever the router reports a change. Cont
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
 from meshnet.dataplane import sleeve_wire as wire
-from meshnet.dataplane.forwarder import Forwarder, Neighbour, Snapshot
+from meshnet.dataplane.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.switch import Switch
 from meshnet.dataplane.tap import open_tap
@@ -72,7 +71,7 @@ class DataPlane:
         self.switch = Switch(self.local)
         self.paths: dict[int, UdpPath] = {}
         # Per neighbour and per connection (keys): a reconnect starts both afresh.
-        self._sequences: dict[int, itertools.count[int]] = {}
+        self._sequences: dict[int, Sequences] = {}
         self._windows: dict[int, wire.ReplayWindow] = {}
         self._links: dict[int, PeerLink] = {}
         self._dirty = trio.Event()
@@ -153,7 +152,7 @@ class DataPlane:
                 address=(link.ip, link.port),
                 send_key=link.send_key,
                 receive_key=link.receive_key,
-                sequence=self._sequences.setdefault(peer, itertools.count(1)),
+                sequences=self._sequences.setdefault(peer, Sequences()),
                 window=self._windows.setdefault(peer, wire.ReplayWindow()),
                 max_datagram=self._usable_payload(path),
                 established=bool(path and path.established),
@@ -289,7 +288,7 @@ class DataPlane:
             origin=self.local,
             destination=peer,
             hop=self.local,
-            sequence=next(self._sequences.setdefault(peer, itertools.count(1))),
+            sequence=self._sequences.setdefault(peer, Sequences()).take(),
         )
         data = wire.encode_datagram(header, body, link.send_key)
         try:
