@@ -398,21 +398,7 @@ class Namespace:
         Creating the peer end in its namespace at once means no temporary name ever appears in
         the root namespace, where parallel labs could collide.
         """
-        peer: dict[str, Any] = {"ifname": peer_ifname}
-        if peer_namespace is not None:
-            peer["net_ns_fd"] = peer_namespace
-        if mtu is not None:
-            peer["mtu"] = mtu
-        extra = {"mtu": mtu} if mtu is not None else {}
-        self._call(
-            f"create veth {ifname}",
-            self._ipr.link,
-            "add",
-            ifname=ifname,
-            kind="veth",
-            peer=peer,
-            **extra,
-        )
+        self.create_veth_into(ifname, peer_ifname, peer_path=peer_namespace, mtu=mtu)
 
     def create_bridge(self, ifname: str, mtu: int | None = None) -> None:
         extra = {"mtu": mtu} if mtu is not None else {}

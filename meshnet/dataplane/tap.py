@@ -16,8 +16,8 @@ import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
 
+from meshnet.dataplane.vnet import VNET_HEADER_SIZE, VnetHeader, pack_vnet
 from meshnet.errors import MeshnetError, UserError
 
 TUN_DEVICE = "/dev/net/tun"
@@ -36,23 +36,10 @@ TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 
-# struct virtio_net_hdr (little-endian on every machine we run on; the TAP uses the guest's
-# byte order, which for a TAP opened by a process is the host's).
-VNET_HDR_LEN = 10
-_VNET = struct.Struct("<BBHHHH")
-VNET_HDR_F_NEEDS_CSUM = 1
-VNET_HDR_F_DATA_VALID = 2
-GSO_NONE = 0
-GSO_TCPV4 = 1
-GSO_UDP = 3
-GSO_TCPV6 = 4
-GSO_UDP_L4 = 5
-GSO_ECN = 0x80
-
 IFNAMSIZ = 16
 # Enough for the largest GSO frame the kernel hands a TAP: a 64 KiB IP packet, an Ethernet header
 # with a VLAN tag, and the virtio-net header.
-READ_SIZE = VNET_HDR_LEN + 18 + 65535
+READ_SIZE = VNET_HEADER_SIZE + 18 + 65535
 
 
 class TapError(MeshnetError):
@@ -63,33 +50,7 @@ class TapUnavailable(TapError, UserError):
     """The machine cannot make TAP devices (no /dev/net/tun, or no privilege)."""
 
 
-@dataclass(frozen=True)
-class VnetHeader:
-    flags: int = 0
-    gso_type: int = GSO_NONE
-    hdr_len: int = 0
-    gso_size: int = 0
-    csum_start: int = 0
-    csum_offset: int = 0
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
-        if len(data) < VNET_HDR_LEN:
-            raise TapError(f"virtio-net header needs {VNET_HDR_LEN} bytes, got {len(data)}")
-        return cls(*_VNET.unpack_from(data, 0))
-
-    def pack(self) -> bytes:
-        return _VNET.pack(
-            self.flags,
-            self.gso_type,
-            self.hdr_len,
-            self.gso_size,
-            self.csum_start,
-            self.csum_offset,
-        )
-
-
-NO_OFFLOAD = VnetHeader().pack()  # a plain, fully checksummed frame
+NO_OFFLOAD = pack_vnet(VnetHeader())  # a plain, fully checksummed frame
 
 
 class Tap:
