@@ -30,6 +30,7 @@ from meshnet.dataplane.switch import Decision, Switch
 from meshnet.dataplane.tap import Tap
 from meshnet.dataplane.udp import MessageTooBig, UdpSendError, receive, send_segments
 from meshnet.dataplane.vnet import VNET_HEADER_SIZE, icmp_too_big, parse_vnet
+from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.routes import Routes
 
 log = logging.getLogger("meshnet.dataplane")
@@ -182,7 +183,7 @@ class Forwarder:
         os.set_blocking(fd, False)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        batches: dict[tuple[int, int, int], wire.FrameBatcher] = {}
+        batches: dict[tuple[int, int, int, int], wire.FrameBatcher] = {}
         while not self._stop.is_set():
             try:
                 data = os.read(fd, 65536 + VNET_HEADER_SIZE)
@@ -193,7 +194,7 @@ class Forwarder:
             self._from_tap(data, batches)
 
     def _from_tap(
-        self, data: bytes, batches: dict[tuple[int, int, int], wire.FrameBatcher]
+        self, data: bytes, batches: dict[tuple[int, int, int, int], wire.FrameBatcher]
     ) -> None:
         snap = self._snapshot
         if len(data) < VNET_HEADER_SIZE + 14:
@@ -213,8 +214,13 @@ class Forwarder:
             return
         vnet_bytes = data[:VNET_HEADER_SIZE]
         if data[1] != 0:  # gso_type: a TCP super-frame
-            vnet = parse_vnet(vnet_bytes)
-            bodies = wire.segment_bodies(next(self._superframe_ids), vnet, frame)
+            try:
+                bodies = wire.segment_bodies(
+                    next(self._superframe_ids), parse_vnet(vnet_bytes), frame
+                )
+            except (RemoteProtocolError, ValueError):
+                self._tx.drops["unsupported_superframe"] += 1  # e.g. VLAN-tagged: not carried
+                return
             for hop, destination, flags in targets:
                 self._send_bodies(snap, hop, destination, flags, wire.Kind.SEGMENT, bodies, frame)
             return
@@ -227,17 +233,18 @@ class Forwarder:
             if len(frame) > limit + 14:
                 self._too_big(frame, limit)
                 continue
-            key = (hop, destination, flags)
+            budget = self._datagram_budget(neighbour)
+            key = (hop, destination, flags, budget)  # a new path MTU starts a new batcher
             batch = batches.get(key)
             if batch is None:
-                batch = batches[key] = wire.FrameBatcher(self._datagram_budget(neighbour))
+                batch = batches[key] = wire.FrameBatcher(budget)
             full = batch.add(vnet_bytes, frame)
             if full is not None:
                 self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [full], None)
 
-    def _flush(self, batches: dict[tuple[int, int, int], wire.FrameBatcher]) -> None:
+    def _flush(self, batches: dict[tuple[int, int, int, int], wire.FrameBatcher]) -> None:
         snap = self._snapshot
-        for (hop, destination, flags), batch in batches.items():
+        for (hop, destination, flags, _), batch in batches.items():
             body = batch.take()
             if body:
                 self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [body], None)

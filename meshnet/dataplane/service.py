@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import time
 from dataclasses import asdict
@@ -70,7 +69,7 @@ class DataPlane:
         self.local = router.identity.name
         self.switch = Switch(self.local)
         self.paths: dict[int, UdpPath] = {}
-        # Per neighbour and per connection (keys): a reconnect starts both afresh.
+        # Per neighbour: sequences count on across reconnects, windows follow the receive key.
         self._sequences: dict[int, Sequences] = {}
         self._windows: dict[int, wire.ReplayWindow] = {}
         self._links: dict[int, PeerLink] = {}
@@ -389,6 +388,4 @@ class DataPlane:
                 for e in self.switch.entries()
             ],
             "counters": dict(self.counters),
-            "uptime": time.monotonic(),
-            "pid": os.getpid(),
         }
