@@ -329,8 +329,9 @@ class Forwarder:
                 continue
             forwards: dict[int, list[bytes]] = {}
             snap = self._snapshot
+            now = time.monotonic()
             for datagram in datagrams:
-                self._from_udp(snap, bytes(datagram), addr, forwards)
+                self._from_udp(snap, bytes(datagram), addr, forwards, now)
             for hop, out in forwards.items():
                 neighbour = snap.neighbours.get(hop)
                 if neighbour is not None:
@@ -338,7 +339,12 @@ class Forwarder:
             self._flush_reassembly(time.monotonic(), idle=False)
 
     def _from_udp(
-        self, snap: Snapshot, data: bytes, addr: Any, forwards: dict[int, list[bytes]]
+        self,
+        snap: Snapshot,
+        data: bytes,
+        addr: Any,
+        forwards: dict[int, list[bytes]],
+        now: float,
     ) -> None:
         try:
             # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
@@ -355,12 +361,12 @@ class Forwarder:
             self._on_control(header, body, addr)
             return
         if header.flags & wire.BROADCAST:
-            self._deliver(header, body, flooded=True)
+            self._deliver(header, body, now, flooded=True)
             for hop in snap.routes.broadcast_hops(header.origin):
                 if hop != header.hop:
                     self._relay(snap, header, body, hop, forwards)
         elif header.destination == snap.local:
-            self._deliver(header, body, flooded=False)
+            self._deliver(header, body, now, flooded=False)
         else:
             next_hop = snap.routes.next_hop(header.destination)
             if next_hop is None:
@@ -392,8 +398,9 @@ class Forwarder:
         )
         forwards.setdefault(hop, []).append(wire.encode_datagram(relayed, body, neighbour.send_key))
 
-    def _deliver(self, header: wire.DatagramHeader, body: bytes, *, flooded: bool) -> None:
-        now = time.monotonic()
+    def _deliver(
+        self, header: wire.DatagramHeader, body: bytes, now: float, *, flooded: bool
+    ) -> None:
         if header.kind == wire.Kind.FRAMES:
             try:
                 frames = wire.split_frames(body)
@@ -409,7 +416,8 @@ class Forwarder:
             except wire.DatagramError as e:
                 self._rx.drops[e.reason.value] += 1
                 return
-        self._write_frames(header.origin, frames, flooded, now)
+        if frames:
+            self._write_frames(header.origin, frames, flooded, now)
 
     def _write_frames(
         self, origin: int, frames: list[tuple[bytes, bytes]], flooded: bool, now: float
