@@ -77,7 +77,6 @@ class Snapshot:
     routes: Routes
     neighbours: Mapping[int, Neighbour]
     overlay_mtu: int
-    encrypted: bool
 
     def key_for(self, hop: int) -> bytes | None:
         neighbour = self.neighbours.get(hop)

@@ -164,7 +164,6 @@ class DataPlane:
             routes=self.router.mesh.routes,
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
-            encrypted=self.router.status()["encryption"],
         )
 
     async def _follow_router(self) -> None:

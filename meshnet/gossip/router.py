@@ -169,6 +169,10 @@ class Router:
 
     # --- public face (API) ---------------------------------------------------------------------
 
+    @property
+    def encrypted(self) -> bool:
+        return self._stretched_key is not None
+
     def nick(self, name: int) -> str:
         entry = self.mesh.topology.get(name)
         return entry.nickname if entry else format_peer_name(name)
@@ -192,7 +196,7 @@ class Router:
             "nickname": self.identity.nickname,
             "uid": self.identity.uid,
             "port": self.config.port,
-            "encryption": self._stretched_key is not None,
+            "encryption": self.encrypted,
             "peers": len(self.mesh.topology),
             "connections": dict(states),
             "targets": [t.address for t in self.maker.targets()],
