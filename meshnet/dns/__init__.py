@@ -1,0 +1,10 @@
+"""Embedded DNS: every container resolves every other container by name, on every host.
+
+``records`` is the record store, a CRDT gossiped on the ``dns`` channel (a ``Gossiper``): each
+peer states its own containers' names and addresses, removals travel as tombstones, and a
+departed peer's records are hidden until it returns. ``answer`` turns a query's bytes into a
+decision — an authoritative reply for the domain (A, AAAA, PTR, NXDOMAIN, NODATA, FORMERR), a
+query to forward upstream, or nothing — with the helpers the server needs (SERVFAIL, UDP
+truncation). Both are pure cores: no sockets, clocks or randomness of their own; the trio
+server shell passes in ``now`` and an ``rng`` and owns all I/O.
+"""

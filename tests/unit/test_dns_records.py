@@ -1,0 +1,531 @@
+"""The DNS record store: merge is a semilattice, tombstones expire, owners re-assert, departed
+peers are hidden and come back, and a peer's payload only ever raises RemoteProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshnet.dns.records import (
+    MAX_CONTAINER,
+    MAX_NAME,
+    MAX_RECORDS,
+    Record,
+    Records,
+    beats,
+    decode_records,
+    encode_records,
+    merge_encoded_records,
+    normalize_address,
+    normalize_name,
+)
+from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.gossip.channel import Gossiper
+from meshnet.gossip.framing import MAX_FRAME_SIZE
+
+TTL = 600.0
+NOW = 1_700_000_000.0
+OBSERVER = 1
+ORIGINS = [2, 3, 4]
+NAMES = ["a.meshnet.local.", "b.meshnet.local."]
+ADDRESSES = ["10.32.0.1", "10.32.0.2", "fd00::1"]
+CONTAINERS = ["c1", "c2"]
+
+
+@st.composite
+def records(draw: st.DrawFn, origins: list[int] = ORIGINS) -> Record:
+    return Record(
+        name=draw(st.sampled_from(NAMES)),
+        address=draw(st.sampled_from(ADDRESSES)),
+        container=draw(st.sampled_from(CONTAINERS)),
+        origin=draw(st.sampled_from(origins)),
+        version=draw(st.integers(1, 4)),
+        tombstone=draw(st.sampled_from([None, None, NOW - 10, NOW - 5])),
+    )
+
+
+def payload_of(batch: list[Record]) -> bytes:
+    """A well-formed payload: one record per key (the per-key winner of ``batch``)."""
+    best: dict[Any, Record] = {}
+    for r in batch:
+        if r.key not in best or beats(r, best[r.key]):
+            best[r.key] = r
+    return encode_records(best[k] for k in sorted(best))
+
+
+payloads = st.lists(records(), max_size=8).map(payload_of)
+
+
+def observer(now: float = NOW) -> Records:
+    return Records(peer=OBSERVER, now=now, tombstone_ttl=TTL)
+
+
+def state_after(*parts: bytes) -> list[Record]:
+    store = observer()
+    for part in parts:
+        store.on_gossip(part)
+    return store.records()
+
+
+def test_implements_gossiper() -> None:
+    store: Gossiper = observer()
+    assert store.full_state() is None
+
+
+# --- merge is a semilattice
+
+
+@given(payloads, payloads)
+def test_merge_is_commutative(a: bytes, b: bytes) -> None:
+    assert state_after(a, b) == state_after(b, a)
+
+
+@given(payloads, payloads, payloads)
+def test_merge_is_associative(a: bytes, b: bytes, c: bytes) -> None:
+    left = merge_encoded_records(merge_encoded_records(a, b), c)
+    right = merge_encoded_records(a, merge_encoded_records(b, c))
+    assert state_after(left) == state_after(right) == state_after(a, b, c)
+
+
+@given(payloads)
+def test_merge_is_idempotent(a: bytes) -> None:
+    store = observer()
+    store.on_gossip(a)
+    before = store.records()
+    assert store.on_gossip(a) is None
+    assert store.records() == before
+
+
+@given(payloads, payloads)
+def test_merge_payloads_equals_applying_both(a: bytes, b: bytes) -> None:
+    store = observer()
+    assert decode_records(store.merge_payloads(a, b)) == state_after(a, b)
+
+
+@given(payloads, payloads)
+def test_on_gossip_returns_exactly_the_news(a: bytes, b: bytes) -> None:
+    """Applying the returned delta to a copy of the old state gives the new state."""
+    store, copy = observer(), observer()
+    store.on_gossip(a)
+    copy.on_gossip(a)
+    delta = store.on_gossip(b)
+    if delta is None:
+        assert store.records() == copy.records()
+        return
+    assert copy.on_gossip(delta) is not None
+    assert copy.records() == store.records()
+    assert {r.key for r in decode_records(delta)} <= {r.key for r in decode_records(b)}
+
+
+@given(payloads)
+def test_full_state_round_trips(a: bytes) -> None:
+    store = observer()
+    store.on_gossip(a)
+    state = store.full_state()
+    if state is None:
+        assert len(store) == 0
+        return
+    assert decode_records(state) == store.records()
+    assert observer().on_gossip(state) is not None
+    assert store.on_gossip(state) is None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 3]),
+            st.sampled_from(["register", "remove"]),
+            st.sampled_from(NAMES),
+            st.sampled_from(ADDRESSES),
+            st.sampled_from(CONTAINERS),
+            st.lists(st.sampled_from([1, 2, 3]), max_size=3),
+        ),
+        max_size=20,
+    )
+)
+@settings(max_examples=200)
+def test_peers_converge_whatever_reaches_whom(ops: list[Any]) -> None:
+    """Local changes whose deltas reach arbitrary peers; one round of full states converges."""
+    peers = {n: Records(peer=n, now=NOW, tombstone_ttl=TTL) for n in (1, 2, 3)}
+    for step, (origin, op, name, address, container, receivers) in enumerate(ops):
+        now = NOW + step
+        if op == "register":
+            delta = peers[origin].register(name, address, container, now)
+        else:
+            delta = peers[origin].remove(container, now, name=name)
+        for n in receivers:
+            if delta is not None and n != origin:
+                peers[n].on_gossip(delta)
+    for _ in range(2):
+        for a in peers.values():
+            for b in peers.values():
+                state = a.full_state()
+                if state is not None and a is not b:
+                    b.on_gossip(state)
+    states = [p.records() for p in peers.values()]
+    assert states[0] == states[1] == states[2]
+    assert peers[1].visible() == peers[2].visible() == peers[3].visible()
+
+
+# --- local changes
+
+
+def test_register_and_remove_emit_deltas() -> None:
+    store = Records(peer=7, now=NOW)
+    delta = store.register("Web.Meshnet.Local", "10.32.0.5", "abc", NOW)
+    assert delta is not None
+    [record] = decode_records(delta)
+    assert record == Record("web.meshnet.local.", "10.32.0.5", "abc", 7, 1)
+    assert store.register("web.meshnet.local.", "10.32.0.5", "abc", NOW) is None
+    assert store.addresses("WEB.meshnet.local") == ["10.32.0.5"]
+
+    removal = store.remove("abc", NOW + 1)
+    assert removal is not None
+    [tomb] = decode_records(removal)
+    assert tomb.key == record.key and tomb.version == 2 and tomb.tombstone == NOW + 1
+    assert store.addresses("web.meshnet.local.") == []
+    assert store.remove("abc", NOW + 2) is None
+
+    again = store.register("web.meshnet.local.", "10.32.0.5", "abc", NOW + 3)
+    assert again is not None and decode_records(again)[0].version == 3
+
+
+def test_remove_by_name_or_address_only() -> None:
+    store = Records(peer=7, now=NOW)
+    store.register("a.meshnet.local.", "10.32.0.1", "c", NOW)
+    store.register("b.meshnet.local.", "10.32.0.1", "c", NOW)
+    store.register("a.meshnet.local.", "10.32.0.2", "c", NOW)
+    delta = store.remove("c", NOW, name="a.meshnet.local")
+    assert delta is not None and len(decode_records(delta)) == 2
+    assert store.addresses("b.meshnet.local.") == ["10.32.0.1"]
+    store.register("a.meshnet.local.", "10.32.0.1", "c", NOW)
+    delta = store.remove("c", NOW, address="10.32.0.1")
+    assert delta is not None and len(decode_records(delta)) == 2
+    assert store.visible() == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "container"),
+    [
+        ("", "10.0.0.1", "c"),
+        ("bad..name", "10.0.0.1", "c"),
+        ("-lead.meshnet.local", "10.0.0.1", "c"),
+        ("a" * 64 + ".local", "10.0.0.1", "c"),
+        ("a." * 130, "10.0.0.1", "c"),
+        ("sp ace.local", "10.0.0.1", "c"),
+        ("ok.local", "10.0.0.256", "c"),
+        ("ok.local", "not-an-ip", "c"),
+        ("ok.local", "10.0.0.1", ""),
+        ("ok.local", "10.0.0.1", "x" * (MAX_CONTAINER + 1)),
+        ("ok.local", "10.0.0.1", "tab\there"),
+    ],
+)
+def test_register_rejects_bad_input_as_user_error(name: str, address: str, container: str) -> None:
+    with pytest.raises(UserError):
+        Records(peer=7, now=NOW).register(name, address, container, NOW)
+
+
+def test_normalizers() -> None:
+    assert normalize_name("Foo_1.Meshnet.LOCAL") == "foo_1.meshnet.local."
+    assert normalize_address("FD00:0::1") == "fd00::1"
+    assert len(normalize_name("a." * 127)) == MAX_NAME
+
+
+def test_lookups() -> None:
+    store = Records(peer=7, now=NOW)
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    store.register("web.meshnet.local.", "10.32.0.1", "c2", NOW)
+    store.register("alias.meshnet.local.", "10.32.0.1", "c2", NOW)
+    store.register("db.eu.meshnet.local.", "fd00::1", "c3", NOW)
+    assert store.addresses("web.meshnet.local.") == ["10.32.0.1", "10.32.0.2"]
+    assert store.names("10.32.0.1") == ["alias.meshnet.local.", "web.meshnet.local."]
+    assert store.names("fd00:0::1") == ["db.eu.meshnet.local."]
+    assert store.names("garbage") == [] and store.addresses("bad..name") == []
+    assert store.exists("eu.meshnet.local.")  # an empty non-terminal
+    assert store.exists("meshnet.local.")
+    assert not store.exists("nope.meshnet.local.")
+    assert [len(v) for v in store.entries_by_peer().values()] == [4]
+    stats = store.statistics()
+    assert (stats.live, stats.tombstones, stats.hidden) == (4, 0, 0)
+
+
+def test_generation_moves_on_visible_changes() -> None:
+    store = Records(peer=7, now=NOW)
+    g0 = store.generation
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    g1 = store.generation
+    assert g1 > g0
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    assert store.generation == g1
+    store.peer_gone(9)
+    assert store.generation > g1
+
+
+def test_store_is_bounded_and_counts_what_it_drops() -> None:
+    store = observer()
+    batch = [
+        Record(f"n{i}.meshnet.local.", "10.32.0.1", "c", 2, 1) for i in range(MAX_RECORDS + 10)
+    ]
+    store.merge(batch)
+    assert len(store) == MAX_RECORDS
+    assert store.statistics().overflow == 10
+    with pytest.raises(UserError):
+        store.register("one.more.local", "10.0.0.1", "c", NOW)
+
+
+def test_worst_case_full_state_fits_a_control_frame() -> None:
+    long_name = ("a" * 63 + ".") * 3 + "b" * (MAX_NAME - 3 * 64 - 1) + "."
+    assert len(normalize_name(long_name)) == MAX_NAME
+    records = [
+        Record(
+            long_name,
+            f"ffff:ffff:ffff:ffff:ffff:ffff:{i >> 16:x}:{i & 0xFFFF:x}",
+            f"{i:0{MAX_CONTAINER}d}",
+            (1 << 48) - 1,
+            (1 << 63) - 1,
+            NOW,
+        )
+        for i in range(MAX_RECORDS)
+    ]
+    assert len(encode_records(records)) < MAX_FRAME_SIZE - 1024
+
+
+# --- tombstones expire
+
+
+def test_tombstones_expire_after_the_ttl() -> None:
+    store = Records(peer=7, now=NOW, tombstone_ttl=TTL)
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    store.remove("c1", NOW + 10)
+    assert store.expire(NOW + 10 + TTL - 1) == 0
+    assert len(store) == 1
+    assert store.expire(NOW + 10 + TTL) == 1
+    assert len(store) == 0 and store.full_state() is None
+    assert store.statistics().expired == 1
+
+
+def test_a_late_expired_tombstone_removes_but_is_not_kept() -> None:
+    live = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 1)
+    dead = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 2, NOW - TTL - 1)
+    store = observer()
+    store.merge([live])
+    assert store.merge([dead]) == [dead]  # news: relayed so others drop it too
+    assert len(store) == 0
+    assert store.merge([dead]) == []  # nothing held, nothing new
+
+
+def test_tombstones_of_hidden_peers_expire_too() -> None:
+    store = observer()
+    store.merge([Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 2, NOW)])
+    store.peer_gone(2)
+    assert store.expire(NOW + TTL) == 1
+
+
+# --- the owner re-asserts its own records
+
+
+def test_owner_bumps_past_a_stale_view_of_a_live_record() -> None:
+    owner, other = Records(peer=2, now=NOW), observer()
+    delta = owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    assert delta is not None
+    other.on_gossip(delta)
+    # A previous incarnation of the owner had removed it at a higher version.
+    stale = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 5, NOW - 1)
+    other.merge([stale])
+    assert other.addresses("web.meshnet.local.") == []
+    news = owner.on_gossip(encode_records([stale]))
+    assert news is not None
+    [mine] = decode_records(news)
+    assert mine.version == 6 and mine.live
+    assert owner.take_reassertions() == news
+    assert owner.take_reassertions() is None
+    other.on_gossip(news)
+    assert other.addresses("web.meshnet.local.") == ["10.32.0.2"]
+    assert owner.statistics().reassertions == 1
+
+
+def test_owner_tombstones_a_record_it_no_longer_holds() -> None:
+    """Removed and expired at the owner; a peer that was away brings the live record back."""
+    owner, away = Records(peer=2, now=NOW, tombstone_ttl=TTL), observer()
+    delta = owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    assert delta is not None
+    away.on_gossip(delta)
+    owner.remove("c1", NOW + 1)
+    owner.expire(NOW + 1 + TTL)
+    assert len(owner) == 0
+    news = owner.on_gossip(delta)
+    assert news is not None
+    [tomb] = decode_records(news)
+    assert tomb.version == 3 and tomb.tombstone == NOW + 1 + TTL
+    away.on_gossip(news)
+    assert away.visible() == frozenset()
+
+
+def test_owner_ignores_older_versions_and_agreeing_tombstones() -> None:
+    owner = Records(peer=2, now=NOW)
+    owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    owner.remove("c1", NOW)
+    owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    old = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 1)
+    assert owner.on_gossip(encode_records([old])) is None
+    gone = Record("other.meshnet.local.", "10.32.0.2", "c1", 2, 9, NOW)
+    assert owner.on_gossip(encode_records([gone])) is None
+    assert owner.take_reassertions() is None
+
+
+def test_owner_at_the_maximum_version_is_a_protocol_error() -> None:
+    owner = Records(peer=2, now=NOW)
+    owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    forged = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, (1 << 63) - 1, NOW)
+    with pytest.raises(RemoteProtocolError):
+        owner.on_gossip(encode_records([forged]))
+
+
+def test_restore_then_reassert() -> None:
+    before = Records(peer=2, now=NOW)
+    before.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    before.remove("c1", NOW)
+    before.register("db.meshnet.local.", "10.32.0.3", "c2", NOW)
+    saved = before.own_records()
+    after = Records(peer=2, now=NOW + 5)
+    after.restore(saved)
+    assert after.records() == saved
+    delta = after.register("x.meshnet.local.", "10.32.0.4", "c3", NOW + 5)
+    assert delta is not None and decode_records(delta)[0].version == 4
+    with pytest.raises(ValueError):
+        after.restore([Record("y.meshnet.local.", "10.32.0.4", "c3", 3, 1)])
+
+
+# --- departed peers
+
+
+def test_peer_gone_hides_and_return_restores() -> None:
+    store = observer()
+    store.merge(
+        [
+            Record("web.meshnet.local.", "10.32.0.2", "c1", 2, 1),
+            Record("web.meshnet.local.", "10.32.0.3", "c1", 3, 1),
+        ]
+    )
+    assert store.peer_gone(2)
+    assert not store.peer_gone(2)
+    assert store.addresses("web.meshnet.local.") == ["10.32.0.3"]
+    assert store.names("10.32.0.2") == []
+    assert list(store.entries_by_peer()) == [3]
+    assert store.statistics().hidden == 1 and store.hidden_peers == {2}
+    state = store.full_state()
+    assert state is not None and len(decode_records(state)) == 2  # still gossiped
+    # Changes from a hidden peer are still merged, just not answered.
+    store.merge([Record("new.meshnet.local.", "10.32.0.9", "c9", 2, 1)])
+    assert store.addresses("new.meshnet.local.") == []
+    assert store.peer_returned(2)
+    assert not store.peer_returned(2)
+    assert store.addresses("web.meshnet.local.") == ["10.32.0.2", "10.32.0.3"]
+    assert store.addresses("new.meshnet.local.") == ["10.32.0.9"]
+
+
+def test_we_never_hide_ourselves() -> None:
+    store = Records(peer=2, now=NOW)
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    assert not store.peer_gone(2)
+    assert store.addresses("web.meshnet.local.") == ["10.32.0.2"]
+
+
+# --- untrusted payloads
+
+GOOD = ["a.meshnet.local.", "10.32.0.1"]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        {},
+        [None],
+        [[2, "c", *GOOD, 1]],  # too short
+        [[2, "c", *GOOD, 1, None, 0]],  # too long
+        [[-1, "c", *GOOD, 1, None]],
+        [[1 << 48, "c", *GOOD, 1, None]],
+        [[True, "c", *GOOD, 1, None]],
+        [[2, "", *GOOD, 1, None]],
+        [[2, b"c", *GOOD, 1, None]],
+        [[2, "c", "A.meshnet.local.", "10.32.0.1", 1, None]],  # not canonical
+        [[2, "c", "a.meshnet.local", "10.32.0.1", 1, None]],
+        [[2, "c", "a..local.", "10.32.0.1", 1, None]],
+        [[2, "c", "a.meshnet.local.", "010.32.0.1", 1, None]],
+        [[2, "c", "a.meshnet.local.", "FD00::1", 1, None]],
+        [[2, "c", "a.meshnet.local.", "fd00:0::1", 1, None]],
+        [[2, "c", *GOOD, 0, None]],
+        [[2, "c", *GOOD, 1 << 63, None]],
+        [[2, "c", *GOOD, 1.0, None]],
+        [[2, "c", *GOOD, 1, math.nan]],
+        [[2, "c", *GOOD, 1, math.inf]],
+        [[2, "c", *GOOD, 1, -1.0]],
+        [[2, "c", *GOOD, 1, "yesterday"]],
+        [[2, "c", *GOOD, 1, None], [2, "c", *GOOD, 2, None]],  # a key twice
+    ],
+)
+def test_malformed_payloads_are_remote_protocol_errors(obj: Any) -> None:
+    with pytest.raises(RemoteProtocolError):
+        observer().on_gossip(msgpack.packb(obj))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"\x91",  # truncated
+        b"\x90\x00",  # trailing bytes
+        b"\xdd\xff\xff\xff\xff",  # a huge array header
+        b"\xdb\xff\xff\xff\xff",  # a huge string header
+        b"\x91" * 100_000,  # deep nesting
+        b"\x90" + b"\x00" * (5 << 20),  # oversized
+    ],
+)
+def test_garbage_bytes_are_remote_protocol_errors(data: bytes) -> None:
+    store = observer()
+    for receive in (store.on_gossip, lambda p: store.on_broadcast(2, p)):
+        with pytest.raises(RemoteProtocolError):
+            receive(data)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_raise_only_remote_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        observer().on_gossip(data)
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(),
+    lambda children: st.lists(children, max_size=6),
+    max_leaves=30,
+)
+
+
+@given(st.lists(msgpack_values, max_size=4))
+def test_random_structures_raise_only_remote_protocol_errors(obj: Any) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        observer().on_unicast(2, msgpack.packb(obj))
+
+
+@given(payloads, st.integers(0, 1000), st.integers(0, 255))
+def test_corrupted_payloads_raise_only_remote_protocol_errors(
+    payload: bytes, where: int, value: int
+) -> None:
+    data = bytearray(payload)
+    if data:
+        data[where % len(data)] = value
+    with contextlib.suppress(RemoteProtocolError):
+        observer().on_gossip(bytes(data))
