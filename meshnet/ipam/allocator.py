@@ -1,0 +1,817 @@
+"""One peer's allocator: the ring, its own allocations and the consensus, driven by events.
+
+Pure like the rest of meshnet's cores: the shell calls ``allocate``/``claim``/``release``/
+``reset``/``rmpeer``/``tick`` with ``now``, feeds it gossip and unicasts (it is the ``Gossiper``
+of the ``ipam`` channel), and after every call
+
+1. writes ``to_state()`` atomically if ``dirty`` — BEFORE sending anything, because peers act on
+   what we send (a donation we announced and then forgot would give one range two owners);
+2. sends what ``take_actions()`` returns (``GossipAction`` to every neighbour through
+   ``Mesh.gossip``, ``UnicastAction`` through ``Mesh.unicast``);
+3. retries allocations that returned ``NeedSpace`` when a message arrived or at ``next_wake()``.
+
+Nothing is allocated before the ring exists. How it comes to exist depends on the mode:
+``SEED`` peers divide the range among the configured names at once (deterministic, so every
+peer computes the same ring); ``CONSENSUS`` peers agree on the peer set with Paxos over gossip
+(``consensus.py``), started lazily by the first allocation anywhere; ``OBSERVER`` peers never
+take part and wait for the ring, then get space by donation like any later peer.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+import msgpack
+
+from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.ipam.consensus import Paxos, PaxosEntry, entries_from_obj, entries_obj
+from meshnet.ipam.ring import (
+    MAX_PEER_NAME,
+    MAX_SEED,
+    MAX_TOKENS,
+    Ring,
+    RingUpdate,
+    Token,
+    merge_updates,
+    update_from_obj,
+    update_obj,
+)
+from meshnet.ipam.space import Space, usable
+
+IPAM_CHANNEL = "ipam"
+DEFAULT_RANGE = IPv4Network("10.32.0.0/12")
+#: Seconds to wait for a donor's answer before asking another.
+REQUEST_TIMEOUT = 5.0
+#: Seconds between re-sends of a hand-over until it is acknowledged.
+HANDOVER_RESEND = 5.0
+#: Free counts are gossiped at most this long after they change (not on every allocation).
+FREE_REPORT_DELAY = 1.0
+MAX_CONTAINER_ID = 256
+MAX_ALLOCATIONS = 1 << 20
+MAX_PAYLOAD = 16 << 20
+
+
+class InitMode(enum.Enum):
+    CONSENSUS = "consensus"
+    SEED = "seed"
+    OBSERVER = "observer"
+
+
+class AddressInUse(UserError):
+    """A claimed address is held by another container (here or on another peer)."""
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    """``--ipalloc-range``, ``--ipalloc-default-subnet`` and ``--ipalloc-init``."""
+
+    name: int
+    range: IPv4Network = DEFAULT_RANGE
+    default_subnet: IPv4Network | None = None
+    mode: InitMode = InitMode.CONSENSUS
+    consensus_size: int = 1
+    seed: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.name <= MAX_PEER_NAME:
+            raise UserError(f"bad peer name {self.name!r}")
+        if self.range.num_addresses < 2:
+            raise UserError(f"allocation range {self.range} is too small")
+        if self.default_subnet is not None and not self.default_subnet.subnet_of(self.range):
+            raise UserError(f"default subnet {self.default_subnet} is not inside {self.range}")
+        if self.mode is InitMode.SEED:
+            if not self.seed or len(self.seed) > MAX_SEED:
+                raise UserError("--ipalloc-init seed needs between 1 and 1024 peer names")
+            if len(set(self.seed)) > self.range.num_addresses:
+                raise UserError("more seed peers than addresses")
+        if self.mode is InitMode.CONSENSUS and not 1 <= self.consensus_size <= MAX_SEED:
+            raise UserError(f"bad consensus size {self.consensus_size}")
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self.default_subnet or self.range
+
+
+@dataclass(frozen=True)
+class Address:
+    """An allocated address and the subnet the container's interface is configured with."""
+
+    ip: IPv4Address
+    subnet: IPv4Network
+
+    @property
+    def interface(self) -> IPv4Interface:
+        return IPv4Interface(f"{self.ip}/{self.subnet.prefixlen}")
+
+
+class Waiting(enum.Enum):
+    CONSENSUS = "consensus"  # the ring does not exist yet
+    DONATION = "donation"  # asked ``donor`` for space
+    EXHAUSTED = "exhausted"  # nobody reports free space in that subnet
+
+
+@dataclass(frozen=True)
+class NeedSpace:
+    """Not now: call again after the next message or ``next_wake()``."""
+
+    reason: Waiting
+    donor: int | None = None
+
+
+@dataclass(frozen=True)
+class GossipAction:
+    """``Mesh.gossip(IPAM_CHANNEL, payload, now)``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class UnicastAction:
+    """``Mesh.unicast(IPAM_CHANNEL, destination, payload)``."""
+
+    destination: int
+    payload: bytes
+
+
+Action = GossipAction | UnicastAction
+
+
+class Reply(enum.IntEnum):
+    GRANTED = 0
+    NOTHING = 1
+    IN_USE = 2
+    NOT_OWNER = 3
+
+
+class _Msg(enum.IntEnum):
+    DONATE_REQUEST = 1  # [1, request id, subnet address, prefix length, address | nil]
+    DONATE_REPLY = 2  # [2, request id, Reply, ring update | nil]
+    HANDOVER = 3  # [3, ring update]
+    HANDOVER_ACK = 4  # [4]
+
+
+@dataclass
+class _Request:
+    request_id: int
+    donor: int
+    subnet: IPv4Network
+    address: int | None
+    container: str | None
+    deadline: float
+
+
+@dataclass(frozen=True)
+class PeerShare:
+    peer: int
+    ranges: tuple[tuple[IPv4Address, IPv4Address], ...]  # inclusive
+    size: int
+    free: int  # as last reported by the peer
+
+
+@dataclass(frozen=True)
+class IpamStatus:
+    range: IPv4Network
+    default_subnet: IPv4Network
+    mode: InitMode
+    consensus: str  # "idle" (no allocation yet), "deciding", "ready"
+    seed: tuple[int, ...]
+    peers: tuple[PeerShare, ...]
+    allocated_here: int
+    leaving: bool
+    handed_over: bool
+
+
+@dataclass
+class _Counters:
+    donations_given: int = 0
+    donations_received: int = 0
+    requests_sent: int = 0
+    requests_timed_out: int = 0
+    reclaims: int = 0
+
+
+def _container(container_id: str) -> str:
+    if type(container_id) is not str or not 0 < len(container_id) <= MAX_CONTAINER_ID:
+        raise UserError(f"bad container id {container_id!r:.80}")
+    return container_id
+
+
+class Allocator:
+    """IPAM for one peer. See the module docstring for how a shell drives it."""
+
+    def __init__(self, config: IpamConfig, rng: random.Random) -> None:
+        self.config = config
+        self._rng = rng
+        lo = int(config.range.network_address)
+        self.ring = Ring(lo, lo + config.range.num_addresses, name=config.name)
+        self.space = Space()
+        self.paxos = Paxos(
+            config.name,
+            config.consensus_size // 2 + 1,
+            participant=config.mode is InitMode.CONSENSUS,
+        )
+        self.counters = _Counters()
+        self.dirty = False
+        self._actions: list[Action] = []
+        self._requests: dict[tuple[IPv4Network, int | None], _Request] = {}
+        self._next_request = 1
+        self._tried: dict[IPv4Network, set[int]] = {}
+        self._refused: dict[tuple[str, int], str] = {}
+        self._handover_to: int | None = None
+        self._handover_acked = False
+        self._handover_resend: float | None = None
+        self._free_due: float | None = None
+        self._now = 0.0
+
+    @property
+    def name(self) -> int:
+        return self.config.name
+
+    @property
+    def leaving(self) -> bool:
+        return self._handover_to is not None and not self._handover_acked
+
+    @property
+    def handed_over(self) -> bool:
+        """``reset`` finished: the peer that took our ranges acknowledged them."""
+        return self._handover_to is not None and self._handover_acked
+
+    def owned_ranges(self) -> list[tuple[int, int]]:
+        return self.ring.owned_ranges(self.name)
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    # --- the user's operations
+
+    def allocate(
+        self, container_id: str, subnet: IPv4Network | None, now: float
+    ) -> Address | NeedSpace:
+        """The container's address in ``subnet`` (default subnet if None); idempotent."""
+        self._now = now
+        container = _container(container_id)
+        self._check_active()
+        net = self._subnet(subnet)
+        lo, hi = usable(net)
+        for address in self.space.addresses(container):
+            if lo <= address < hi:
+                return Address(IPv4Address(address), net)
+        if not self._ensure_ring(now):
+            return NeedSpace(Waiting.CONSENSUS)
+        address_ = self.space.allocate(container, self.owned_ranges(), net)
+        if address_ is not None:
+            self._changed(now)
+            return Address(IPv4Address(address_), net)
+        return self._ask(net, None, None, now)
+
+    def claim(
+        self,
+        container_id: str,
+        address: IPv4Address,
+        now: float,
+        subnet: IPv4Network | None = None,
+    ) -> Address | NeedSpace:
+        """Give ``address`` to the container; AddressInUse if another container holds it.
+
+        If another peer owns it, that peer is asked to donate it (refused, later, if one of its
+        containers holds it: the next call raises AddressInUse).
+        """
+        self._now = now
+        container = _container(container_id)
+        self._check_active()
+        a = int(address)
+        if subnet is None:
+            subnet = self.config.subnet if address in self.config.subnet else self.config.range
+        net = self._subnet(subnet)
+        lo, hi = usable(net)
+        if not lo <= a < hi:
+            raise UserError(f"{address} is not a usable address of {net}")
+        refusal = self._refused.pop((container, a), None)
+        if refusal is not None:
+            raise AddressInUse(refusal)
+        holder = self.space.holder(a)
+        if holder == container:
+            return Address(address, net)
+        if holder is not None:
+            raise AddressInUse(f"{address} is held by container {holder}")
+        if not self._ensure_ring(now):
+            return NeedSpace(Waiting.CONSENSUS)
+        if self.ring.owner_of(a) == self.name:
+            self.space.take(container, a)
+            self._changed(now)
+            return Address(address, net)
+        return self._ask(net, a, container, now)
+
+    def release(self, container_id: str, now: float) -> list[IPv4Address]:
+        """Free every address the container holds (none: nothing happens)."""
+        self._now = now
+        released = self.space.release(_container(container_id))
+        if released:
+            self._changed(now)
+        return [IPv4Address(a) for a in released]
+
+    def addresses_of(self, container_id: str) -> list[Address]:
+        out = []
+        for a in self.space.addresses(container_id):
+            net = self.config.subnet if IPv4Address(a) in self.config.subnet else self.config.range
+            out.append(Address(IPv4Address(a), net))
+        return out
+
+    def reset(self, to_peer: int, now: float, *, force: bool = False) -> None:
+        """Hand every range to ``to_peer`` (``meshnet reset``); ``handed_over`` once it acks.
+
+        Refused while containers hold addresses here, unless ``force`` (they are forgotten).
+        """
+        self._now = now
+        if to_peer == self.name or not 0 <= to_peer <= MAX_PEER_NAME:
+            raise UserError("hand the ranges to another peer")
+        if self._handover_to is not None:
+            if self._handover_to != to_peer:
+                raise UserError(f"already handing over to {to_peer:012x}")
+            return
+        if len(self.space) and not force:
+            raise UserError(f"{len(self.space)} addresses are still in use here: detach first")
+        self.space.clear()
+        self._requests.clear()
+        self._handover_to = to_peer
+        self._handover_acked = True  # unless there is something to hand over
+        self.paxos.participant = False
+        self.dirty = True
+        self._continue_handover(now)
+
+    def rmpeer(self, dead: int, now: float) -> int | None:
+        """Reclaim a dead peer's ranges (the shell refuses while it is reachable).
+
+        The ranges go to ``Ring.heir_of(dead)``, whoever runs this: two peers doing it for the
+        same dead peer produce the same update. Returns the heir (None: it owned nothing).
+        """
+        self._now = now
+        if dead == self.name:
+            raise UserError("a peer cannot rmpeer itself: use reset")
+        if not self.ring.seeded:
+            raise UserError("there is no ring yet: nothing to reclaim")
+        try:
+            heir, tokens = self.ring.reclaim(dead, self.name)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        if tokens:
+            self.counters.reclaims += 1
+            self.dirty = True
+            self._gossip(tokens)
+            if heir == self.name:
+                self._changed(now)
+        return heir
+
+    def tick(self, now: float) -> None:
+        """Timers: consensus retries, unanswered requests, hand-over re-sends, free reports."""
+        self._now = now
+        if not self.ring.seeded and self.paxos.due(now):
+            self._propose(now)
+        for key, request in list(self._requests.items()):
+            if now >= request.deadline:
+                del self._requests[key]
+                self.counters.requests_timed_out += 1
+                if request.address is None:
+                    self._tried.setdefault(request.subnet, set()).add(request.donor)
+        if self._handover_resend is not None and now >= self._handover_resend:
+            self._send_handover(now)
+        if self._free_due is not None and now >= self._free_due:
+            self._free_due = None
+            tokens = self._refresh_free()
+            if tokens:
+                self._gossip(tokens)
+
+    def next_wake(self) -> float:
+        due = [self.paxos.retry_at, self._handover_resend, self._free_due]
+        due += [r.deadline for r in self._requests.values()]
+        return min((t for t in due if t is not None), default=float("inf"))
+
+    # --- status
+
+    def status(self) -> IpamStatus:
+        if self.ring.seeded:
+            consensus = "ready"
+        elif self.paxos.started:
+            consensus = "deciding"
+        else:
+            consensus = "idle"
+        shares: dict[int, list[tuple[int, int, int]]] = {}
+        for token, start, end in self.ring.extents():
+            shares.setdefault(token.owner, []).append((start, end, token.free))
+        peers = []
+        for peer in sorted(shares):
+            ranges = self.ring.owned_ranges(peer)
+            peers.append(
+                PeerShare(
+                    peer,
+                    tuple((IPv4Address(s), IPv4Address(e - 1)) for s, e in ranges),
+                    sum(e - s for s, e, _ in shares[peer]),
+                    sum(f for _, _, f in shares[peer]),
+                )
+            )
+        return IpamStatus(
+            self.config.range,
+            self.config.subnet,
+            self.config.mode,
+            consensus,
+            self.ring.seed,
+            tuple(peers),
+            len(self.space),
+            self.leaving,
+            self.handed_over,
+        )
+
+    # --- Gossiper
+
+    def full_state(self) -> bytes | None:
+        if self.ring.seeded:
+            return _encode_gossip(self.ring.update(), [])
+        if self.paxos.started:
+            return _encode_gossip(None, self.paxos.entries.values())
+        return None
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        update, entries = _decode_gossip(payload)
+        if self.ring.seeded:
+            entries = []  # the consensus is over here
+        else:
+            self.paxos.check(entries)
+        was_seeded = self.ring.seeded
+        new_tokens = [] if update is None else self.ring.merge(update)
+        new_entries: list[PaxosEntry] = []
+        if not self.ring.seeded:
+            new_entries = self.paxos.merge(entries)
+            if new_entries:
+                self.dirty = True
+                self._after_paxos()
+        elif new_tokens:
+            self.dirty = True
+            if not was_seeded:
+                self.paxos.clear()
+            self._after_ring_change(self._now)
+        if not new_tokens and not new_entries:
+            return None
+        relay: RingUpdate | None = None
+        if new_tokens:
+            relay = self.ring.update() if not was_seeded else self.ring.update(new_tokens)
+        return _encode_gossip(relay, new_entries)
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        ua, ea = _decode_gossip(a)
+        ub, eb = _decode_gossip(b)
+        update = merge_updates(ua, ub) if ua is not None and ub is not None else ua or ub
+        best: dict[int, PaxosEntry] = {}
+        for entry in (*ea, *eb):
+            current = best.get(entry.node)
+            if current is None or entry.key > current.key:
+                best[entry.node] = entry
+        return _encode_gossip(update, best.values())
+
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        """IPAM uses no broadcasts."""
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        obj = _unpack(payload, "ipam message")
+        if type(obj) is not list or not obj or type(obj[0]) is not int:
+            raise RemoteProtocolError(f"bad ipam message: {obj!r:.80}")
+        kind = obj[0]
+        if kind == _Msg.DONATE_REQUEST and len(obj) == 5:
+            request_id, subnet, address = _request_fields(obj, self.config.range)
+            self._on_donate_request(source, request_id, subnet, address)
+        elif kind == _Msg.DONATE_REPLY and len(obj) == 4:
+            if type(obj[1]) is not int or type(obj[2]) is not int or obj[2] not in set(Reply):
+                raise RemoteProtocolError(f"bad donation reply: {obj!r:.80}")
+            update = None if obj[3] is None else update_from_obj(obj[3])
+            self._on_donate_reply(source, obj[1], Reply(obj[2]), update)
+        elif kind == _Msg.HANDOVER and len(obj) == 2:
+            self.ring.merge(update_from_obj(obj[1]), accept_own=True)
+            self.dirty = True
+            self.paxos.clear()
+            self._after_ring_change(self._now)
+            self._actions.append(UnicastAction(source, _pack([_Msg.HANDOVER_ACK])))
+        elif kind == _Msg.HANDOVER_ACK and len(obj) == 1:
+            if source == self._handover_to and not self._handover_acked:
+                self._handover_acked = True
+                self._handover_resend = None
+                self.dirty = True
+        else:
+            raise RemoteProtocolError(f"bad ipam message: {obj!r:.80}")
+
+    # --- persistence
+
+    def to_state(self) -> bytes:
+        """Everything that must survive a restart; the shell writes it atomically."""
+        self.dirty = False
+        ring = update_obj(self.ring.update()) if self.ring.seeded else None
+        entries = entries_obj(self.paxos.entries.values())
+        allocations = [[a, c] for a, c in self.space.allocations()]
+        return _pack(
+            [
+                1,
+                self.name,
+                self.ring.start,
+                self.ring.end,
+                ring,
+                entries,
+                allocations,
+                self._handover_to,
+                self._handover_acked,
+            ]
+        )
+
+    @classmethod
+    def from_state(cls, config: IpamConfig, data: bytes, rng: random.Random) -> Allocator:
+        """Restore a peer from ``to_state()``; UserError if the file is corrupt or not ours.
+
+        The restored peer re-announces its ring at once (a ``GossipAction``).
+        """
+        self = cls(config, rng)
+        try:
+            obj = _unpack(data, "ipam state", max_str=MAX_CONTAINER_ID * 4)
+            if type(obj) is not list or len(obj) != 9 or obj[0] != 1:
+                raise RemoteProtocolError("unknown layout")
+            _, name, start, end, ring, entries, allocations, handover_to, acked = obj
+            if (name, start, end) != (config.name, self.ring.start, self.ring.end):
+                raise UserError(
+                    "the IPAM state belongs to another peer name or allocation range: "
+                    "reset this peer or restore its settings"
+                )
+            if ring is not None:
+                self.ring.merge(update_from_obj(ring), accept_own=True)
+            paxos_entries = entries_from_obj(entries)
+            self.paxos.check(paxos_entries)
+            self.paxos.merge(paxos_entries)
+            if type(allocations) is not list or len(allocations) > MAX_ALLOCATIONS:
+                raise RemoteProtocolError("bad allocations")
+            owned = self.owned_ranges()
+            for row in allocations:
+                if type(row) is not list or len(row) != 2 or type(row[0]) is not int:
+                    raise RemoteProtocolError(f"bad allocation {row!r:.80}")
+                if not any(s <= row[0] < e for s, e in owned):
+                    raise RemoteProtocolError("an allocation outside our ranges")
+                self.space.take(_container(row[1]), row[0])
+            if handover_to is not None:
+                if type(handover_to) is not int or type(acked) is not bool:
+                    raise RemoteProtocolError("bad hand-over")
+                self._handover_to, self._handover_acked = handover_to, acked
+                self.paxos.participant = False
+        except UserError:
+            raise
+        except (RemoteProtocolError, ValueError) as error:
+            raise UserError(f"corrupt IPAM state: {error}") from None
+        if self.ring.seeded:
+            self._gossip(None)
+        elif self.paxos.started:
+            self._actions.append(GossipAction(self.full_state() or b""))
+        if self.leaving:
+            self._handover_resend = 0.0  # re-sent at the first tick
+        return self
+
+    # --- internals
+
+    def _check_active(self) -> None:
+        if self._handover_to is not None:
+            raise UserError("this peer has handed its ranges over (reset): it allocates no more")
+
+    def _subnet(self, subnet: IPv4Network | None) -> IPv4Network:
+        net = self.config.subnet if subnet is None else subnet
+        if not net.subnet_of(self.config.range):
+            raise UserError(f"subnet {net} is not inside the allocation range {self.config.range}")
+        return net
+
+    def _changed(self, now: float) -> None:
+        self.dirty = True
+        if self._free_due is None:
+            self._free_due = now + FREE_REPORT_DELAY
+
+    def _gossip(self, tokens: list[Token] | None, entries: Iterable[PaxosEntry] = ()) -> None:
+        update = self.ring.update(tokens) if self.ring.seeded else None
+        self._actions.append(GossipAction(_encode_gossip(update, entries)))
+
+    def _ensure_ring(self, now: float) -> bool:
+        """Whether the ring exists; if not, start what makes it exist (lazily)."""
+        if self.ring.seeded:
+            return True
+        if self.config.mode is InitMode.SEED:
+            self.ring.claim_initial(self.config.seed)
+            self.dirty = True
+            self._gossip(None)
+            self._after_ring_change(now)
+        elif self.config.mode is InitMode.CONSENSUS and (
+            self.name not in self.paxos.entries or self.paxos.due(now)
+        ):
+            self._propose(now)
+        return self.ring.seeded
+
+    def _propose(self, now: float) -> None:
+        entry = self.paxos.propose(now, self._rng)
+        if entry is not None:
+            self.dirty = True
+            self._actions.append(GossipAction(_encode_gossip(None, [entry])))
+            self._check_decision()
+
+    def _after_paxos(self) -> None:
+        entry = self.paxos.step()
+        if entry is not None:
+            self.dirty = True
+            self._actions.append(GossipAction(_encode_gossip(None, [entry])))
+        self._check_decision()
+
+    def _check_decision(self) -> None:
+        value = self.paxos.decision()
+        if value is None or self.ring.seeded:
+            return
+        self.ring.claim_initial(value)
+        self.paxos.clear()
+        self.dirty = True
+        self._gossip(None)
+        self._after_ring_change(self._now)
+
+    def _after_ring_change(self, now: float) -> None:
+        if self._handover_to is not None:
+            self._continue_handover(now)
+        elif self.owned_ranges():
+            self._changed(now)
+
+    def _continue_handover(self, now: float) -> None:
+        if self._handover_to is None or not self.ring.seeded or not self.owned_ranges():
+            return
+        self._refresh_free()
+        tokens = self.ring.transfer_all(self._handover_to)
+        self._handover_acked = False
+        self.dirty = True
+        self._gossip(tokens)
+        self._send_handover(now)
+
+    def _send_handover(self, now: float) -> None:
+        if self._handover_to is None or self._handover_acked:
+            self._handover_resend = None
+            return
+        message = [_Msg.HANDOVER, update_obj(self.ring.update())]
+        self._actions.append(UnicastAction(self._handover_to, _pack(message)))
+        self._handover_resend = now + HANDOVER_RESEND
+
+    def _refresh_free(self) -> list[Token]:
+        changed = []
+        for token, start, end in self.ring.extents():
+            if token.owner == self.name:
+                free = (end - start) - self.space.used_between(start, end)
+                new = self.ring.set_free(start, free)
+                if new is not None:
+                    changed.append(new)
+        if changed:
+            self.dirty = True
+        return changed
+
+    def _choose_donor(self, subnet: IPv4Network) -> int | None:
+        """A peer reporting free space in ``subnet``, chosen with probability ∝ that space."""
+        lo, hi = usable(subnet)
+        tried = self._tried.get(subnet, set())
+        weights: dict[int, int] = {}
+        for token, start, end in self.ring.extents():
+            if token.owner == self.name or token.owner in tried or token.free == 0:
+                continue
+            overlap = min(end, hi) - max(start, lo)
+            if overlap > 0:
+                weights[token.owner] = weights.get(token.owner, 0) + min(token.free, overlap)
+        if not weights:
+            return None
+        peers = sorted(weights)
+        return self._rng.choices(peers, weights=[weights[p] for p in peers])[0]
+
+    def _ask(
+        self, subnet: IPv4Network, address: int | None, container: str | None, now: float
+    ) -> NeedSpace:
+        key = (subnet, address)
+        request = self._requests.get(key)
+        if request is not None:
+            return NeedSpace(Waiting.DONATION, request.donor)
+        donor = self._choose_donor(subnet) if address is None else self.ring.owner_of(address)
+        if donor is None:
+            self._tried.pop(subnet, None)  # free counts change: try everyone again next time
+            return NeedSpace(Waiting.EXHAUSTED)
+        request_id = self._next_request
+        self._next_request += 1
+        self._requests[key] = _Request(
+            request_id, donor, subnet, address, container, now + REQUEST_TIMEOUT
+        )
+        self.counters.requests_sent += 1
+        net = int(subnet.network_address)
+        message = [_Msg.DONATE_REQUEST, request_id, net, subnet.prefixlen, address]
+        self._actions.append(UnicastAction(donor, _pack(message)))
+        return NeedSpace(Waiting.DONATION, donor)
+
+    def _on_donate_request(
+        self, source: int, request_id: int, subnet: IPv4Network, address: int | None
+    ) -> None:
+        status, tokens = self._donate(source, subnet, address)
+        update = None if not tokens else update_obj(self.ring.update(tokens))
+        message = [_Msg.DONATE_REPLY, request_id, status, update]
+        self._actions.append(UnicastAction(source, _pack(message)))
+
+    def _donate(
+        self, to_peer: int, subnet: IPv4Network, address: int | None
+    ) -> tuple[Reply, list[Token]]:
+        if not self.ring.seeded or self._handover_to is not None or to_peer == self.name:
+            return Reply.NOTHING, []
+        if address is not None:
+            if self.ring.owner_of(address) != self.name:
+                return Reply.NOT_OWNER, []
+            if self.space.holder(address) is not None:
+                return Reply.IN_USE, []
+            lo, hi = address, address + 1
+        else:
+            run = self.space.largest_free_run(self.owned_ranges(), subnet)
+            if run is None:
+                return Reply.NOTHING, []
+            # Half of the largest free run: the donor keeps room to grow (as weave does).
+            start, end = run
+            lo, hi = end - max(1, (end - start) // 2), end
+        donated = self.ring.donate(lo, hi, to_peer)
+        refreshed = self._refresh_free()
+        self.counters.donations_given += 1
+        self.dirty = True
+        tokens = merge_updates(self.ring.update(donated), self.ring.update(refreshed)).tokens
+        self._gossip(list(tokens))
+        return Reply.GRANTED, list(tokens)
+
+    def _on_donate_reply(
+        self, source: int, request_id: int, status: Reply, update: RingUpdate | None
+    ) -> None:
+        if update is not None and self.ring.seeded and self.ring.merge(update, accept_own=True):
+            self.dirty = True
+            self._after_ring_change(self._now)
+        for key, request in list(self._requests.items()):
+            if request.request_id == request_id and request.donor == source:
+                del self._requests[key]
+                if status is Reply.GRANTED:
+                    self.counters.donations_received += 1
+                elif status is Reply.NOTHING and request.address is None:
+                    self._tried.setdefault(request.subnet, set()).add(source)
+                elif status is Reply.IN_USE and request.container is not None:
+                    assert request.address is not None
+                    self._refused[(request.container, request.address)] = (
+                        f"{IPv4Address(request.address)} is held by a container "
+                        f"on peer {source:012x}"
+                    )
+                break
+
+
+# --- wire helpers
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes, what: str, *, max_str: int = 0) -> Any:
+    if type(data) is not bytes or len(data) > MAX_PAYLOAD:
+        raise RemoteProtocolError(f"{what} is not bytes or is too large")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            max_array_len=max(MAX_TOKENS, MAX_ALLOCATIONS if max_str else 0),
+            max_map_len=0,
+            max_str_len=max_str,
+            max_bin_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types
+        raise RemoteProtocolError(f"undecodable {what}: {exc!r:.80}") from None
+
+
+def _encode_gossip(update: RingUpdate | None, entries: Iterable[PaxosEntry]) -> bytes:
+    ring = None if update is None else update_obj(update)
+    return _pack([1, ring, entries_obj(entries)])
+
+
+def _decode_gossip(payload: bytes) -> tuple[RingUpdate | None, list[PaxosEntry]]:
+    obj = _unpack(payload, "ipam gossip")
+    if type(obj) is not list or len(obj) != 3 or obj[0] != 1:
+        raise RemoteProtocolError(f"bad ipam gossip: {obj!r:.80}")
+    update = None if obj[1] is None else update_from_obj(obj[1])
+    return update, entries_from_obj(obj[2])
+
+
+def _request_fields(obj: list[Any], range_: IPv4Network) -> tuple[int, IPv4Network, int | None]:
+    _, request_id, net, prefix, address = obj
+    if type(request_id) is not int or not 0 <= request_id < 1 << 63:
+        raise RemoteProtocolError("bad donation request id")
+    if type(net) is not int or type(prefix) is not int or not 0 <= prefix <= 32:
+        raise RemoteProtocolError("bad donation subnet")
+    try:
+        subnet = IPv4Network((net, prefix))
+    except ValueError:
+        raise RemoteProtocolError("bad donation subnet") from None
+    if not subnet.subnet_of(range_):
+        raise RemoteProtocolError(f"donation subnet {subnet} outside {range_}")
+    if address is not None and (type(address) is not int or IPv4Address(address) not in subnet):
+        raise RemoteProtocolError("bad donation address")
+    return request_id, subnet, address

@@ -1,0 +1,575 @@
+"""Allocators of several peers joined by an in-memory gossip network — no sockets, no mocks."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.ipam.allocator import (
+    Address,
+    AddressInUse,
+    Allocator,
+    GossipAction,
+    InitMode,
+    IpamConfig,
+    NeedSpace,
+    UnicastAction,
+    Waiting,
+)
+from meshnet.ipam.consensus import Paxos, PaxosEntry
+from meshnet.ipam.ring import RingMergeError, Token
+
+RANGE = IPv4Network("10.0.0.0/26")
+SUBNETS = (None, IPv4Network("10.0.0.16/28"), IPv4Network("10.0.0.48/28"))
+
+
+class Net:
+    """Peers in a full mesh; gossip between two peers is coalesced into one pending payload
+    (as ``GossipOutbox`` does), unicasts queue. Partitions drop what crosses them."""
+
+    def __init__(self, configs: list[IpamConfig], seed: int = 0) -> None:
+        self.configs = {c.name: c for c in configs}
+        self.peers = {c.name: Allocator(c, random.Random(seed + c.name)) for c in configs}
+        self.gossip: dict[tuple[int, int], bytes] = {}
+        self.unicasts: list[tuple[int, int, bytes]] = []
+        self.group: dict[int, int] = dict.fromkeys(self.peers, 0)
+        self.dead: set[int] = set()
+        self.final: dict[int, Allocator] = {}  # dead peers, as they were when they died
+        self.now = 0.0
+
+    @property
+    def live(self) -> list[int]:
+        return [n for n in sorted(self.peers) if n not in self.dead]
+
+    def flush(self, name: int) -> None:
+        """What the shell does after every call: persist (see restart), then send."""
+        peer = self.peers[name]
+        for action in peer.take_actions():
+            if isinstance(action, GossipAction):
+                for other in self.peers:
+                    if other != name:
+                        self.put_gossip(name, other, action.payload)
+            else:
+                assert isinstance(action, UnicastAction)
+                self.unicasts.append((name, action.destination, action.payload))
+
+    def put_gossip(self, source: int, target: int, payload: bytes) -> None:
+        key = (source, target)
+        previous = self.gossip.get(key)
+        self.gossip[key] = (
+            payload if previous is None else self.peers[source].merge_payloads(previous, payload)
+        )
+
+    def reachable(self, a: int, b: int) -> bool:
+        return a not in self.dead and b not in self.dead and self.group[a] == self.group[b]
+
+    def deliver_gossip(self, key: tuple[int, int]) -> None:
+        payload = self.gossip.pop(key)
+        source, target = key
+        if not self.reachable(source, target):
+            return
+        delta = self.peers[target].on_gossip(payload)
+        if delta is not None:
+            for other in self.peers:
+                if other not in (source, target):
+                    self.put_gossip(target, other, delta)
+        self.flush(target)
+
+    def deliver_unicast(self, i: int) -> None:
+        source, target, payload = self.unicasts.pop(i)
+        if not self.reachable(source, target):
+            return
+        self.peers[target].on_unicast(source, payload)
+        self.flush(target)
+
+    def anti_entropy(self, source: int, target: int) -> None:
+        state = self.peers[source].full_state()
+        if state is not None and source != target:
+            self.put_gossip(source, target, state)
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for name in self.live:
+            self.peers[name].tick(self.now)
+            self.flush(name)
+
+    def settle(self) -> None:
+        """Heal, and let gossip, anti-entropy and timers run until nothing moves."""
+        self.group = dict.fromkeys(self.peers, 0)
+        for _ in range(8):
+            for a in self.live:
+                for b in self.live:
+                    self.anti_entropy(a, b)
+            for _ in range(200):
+                if self.gossip:
+                    self.deliver_gossip(next(iter(self.gossip)))
+                elif self.unicasts:
+                    self.deliver_unicast(0)
+                else:
+                    break
+            self.tick(6.0)
+
+    def restart(self, name: int) -> None:
+        peer = self.peers[name]
+        self.flush(name)
+        self.peers[name] = Allocator.from_state(
+            self.configs[name], peer.to_state(), random.Random(name)
+        )
+        self.flush(name)
+
+    def kill(self, name: int) -> None:
+        """Its connections close: what it had not yet delivered is lost with them."""
+        self.dead.add(name)
+        self.final[name] = self.peers[name]
+        self.gossip = {k: v for k, v in self.gossip.items() if name not in k}
+        self.unicasts = [u for u in self.unicasts if name not in u[:2]]
+
+
+def consensus_configs(n: int, observers: int = 0) -> list[IpamConfig]:
+    configs = [
+        IpamConfig(name=0x10 + i, range=RANGE, mode=InitMode.CONSENSUS, consensus_size=n)
+        for i in range(n)
+    ]
+    configs += [
+        IpamConfig(name=0x80 + i, range=RANGE, mode=InitMode.OBSERVER) for i in range(observers)
+    ]
+    return configs
+
+
+def allocate_settled(
+    net: Net, name: int, container: str, subnet: IPv4Network | None = None
+) -> Address:
+    for _ in range(20):
+        result = net.peers[name].allocate(container, subnet, net.now)
+        net.flush(name)
+        if isinstance(result, Address):
+            return result
+        net.settle()
+    raise AssertionError(f"no address for {container}: {result}")
+
+
+# --- plain scenarios
+
+
+def test_lazy_consensus_then_unique_addresses_and_idempotence() -> None:
+    net = Net(consensus_configs(3))
+    a, b, c = net.live
+    assert all(p.full_state() is None for p in net.peers.values())  # nothing until asked
+    first = net.peers[a].allocate("x", None, 0.0)
+    assert first == NeedSpace(Waiting.CONSENSUS)
+    net.flush(a)
+    got = {allocate_settled(net, p, f"c{p}") for p in (a, b, c)}
+    assert len({g.ip for g in got}) == 3
+    # A quorum (2 of 3) decided; a peer it had not heard of yet gets space by donation.
+    seed = net.peers[a].ring.seed
+    assert set(seed) <= {a, b, c} and len(seed) >= 2
+    assert all(net.peers[p].ring.seed == seed for p in (b, c))
+    again = allocate_settled(net, a, f"c{a}")
+    assert again in got
+    assert str(again.interface).endswith("/26")
+
+
+def test_donation_gives_a_late_peer_space() -> None:
+    configs = consensus_configs(2, observers=1)
+    net = Net(configs)
+    a, _b, obs = net.live
+    allocate_settled(net, a, "first")
+    net.settle()
+    assert net.peers[obs].ring.seeded and not net.peers[obs].owned_ranges()
+    result = net.peers[obs].allocate("late", None, net.now)
+    assert isinstance(result, NeedSpace) and result.reason is Waiting.DONATION
+    net.flush(obs)
+    address = allocate_settled(net, obs, "late")
+    assert net.peers[obs].ring.owner_of(int(address.ip)) == obs
+    assert net.peers[obs].counters.donations_received == 1
+
+
+def test_subnet_allocation_skips_network_and_broadcast() -> None:
+    net = Net([IpamConfig(name=1, range=RANGE, mode=InitMode.SEED, seed=(1,))])
+    subnet = IPv4Network("10.0.0.16/30")
+    got = [allocate_settled(net, 1, f"c{i}", subnet).ip for i in range(2)]
+    assert got == [IPv4Address("10.0.0.17"), IPv4Address("10.0.0.18")]
+    exhausted = net.peers[1].allocate("c3", subnet, 0.0)
+    assert exhausted == NeedSpace(Waiting.EXHAUSTED)
+    with pytest.raises(UserError):
+        net.peers[1].allocate("c4", IPv4Network("10.1.0.0/24"), 0.0)
+
+
+def test_claim_across_peers() -> None:
+    net = Net(consensus_configs(2))
+    a, b = net.live
+    allocate_settled(net, a, "boot")
+    net.settle()
+    theirs = IPv4Address(net.peers[b].owned_ranges()[0][0] + 3)
+    result = net.peers[b].claim("held", theirs, net.now)
+    assert isinstance(result, Address)
+    # A claims B's used address: asked, refused, then reported.
+    assert isinstance(net.peers[a].claim("thief", theirs, net.now), NeedSpace)
+    net.flush(a)
+    net.settle()
+    with pytest.raises(AddressInUse):
+        net.peers[a].claim("thief", theirs, net.now)
+    # ... and B's free address: donated to A.
+    free = IPv4Address(int(theirs) + 1)
+    assert isinstance(net.peers[a].claim("ok", free, net.now), NeedSpace)
+    net.flush(a)
+    net.settle()
+    assert net.peers[a].claim("ok", free, net.now) == Address(free, RANGE)
+    with pytest.raises(AddressInUse):
+        net.peers[a].claim("other", free, net.now)
+
+
+def test_restart_keeps_addresses_and_reannounces() -> None:
+    net = Net(consensus_configs(2))
+    a, b = net.live
+    got = allocate_settled(net, a, "keep")
+    state = net.peers[a].to_state()
+    again = Allocator.from_state(net.configs[a], state, random.Random(1))
+    assert again.allocate("keep", None, 9.0) == got
+    assert any(isinstance(x, GossipAction) for x in again.take_actions())
+    with pytest.raises(UserError, match="another peer"):
+        Allocator.from_state(net.configs[b], state, random.Random(1))
+    with pytest.raises(UserError, match="corrupt"):
+        Allocator.from_state(net.configs[a], state[:-3], random.Random(1))
+
+
+def test_reset_waits_for_the_ack() -> None:
+    net = Net(consensus_configs(3))
+    a, b, c = net.live
+    allocate_settled(net, a, "x")
+    net.settle()
+    with pytest.raises(UserError, match="detach"):
+        net.peers[a].reset(b, net.now)
+    net.peers[a].release("x", net.now)
+    net.peers[a].reset(b, net.now)
+    net.flush(a)
+    assert net.peers[a].leaving and not net.peers[a].owned_ranges()
+    net.unicasts.clear()  # the hand-over is lost: it is re-sent
+    net.gossip.clear()
+    net.tick(10.0)
+    net.settle()
+    assert net.peers[a].handed_over
+    assert net.peers[c].ring.owned_ranges(a) == []
+    with pytest.raises(UserError, match="reset"):
+        net.peers[a].allocate("y", None, net.now)
+
+
+def test_rmpeer_from_two_peers_gives_one_heir() -> None:
+    net = Net(consensus_configs(4))
+    a, b, c, d = net.live
+    allocate_settled(net, a, "x")
+    net.settle()
+    net.kill(a)
+    heirs = {net.peers[p].rmpeer(a, net.now) for p in (b, c)}
+    assert heirs == {b}
+    net.flush(b)
+    net.flush(c)
+    net.settle()
+    views = {tuple(net.peers[p].ring.tokens) for p in (b, c, d)}
+    assert len(views) == 1
+    assert net.peers[d].ring.owned_ranges(a) == []
+    with pytest.raises(UserError):
+        net.peers[b].rmpeer(b, net.now)
+
+
+def test_separately_seeded_meshes_refuse_to_merge() -> None:
+    one = Net([IpamConfig(name=n, range=RANGE, mode=InitMode.SEED, seed=(1, 2)) for n in (1, 2)])
+    two = Net([IpamConfig(name=n, range=RANGE, mode=InitMode.SEED, seed=(3, 4)) for n in (3, 4)])
+    allocate_settled(one, 1, "a")
+    allocate_settled(two, 3, "b")
+    one.settle()
+    two.settle()
+    p1, p3 = one.peers[1], two.peers[3]
+    before = (p1.to_state(), p3.to_state())
+    sizes = (len(p1.ring), len(p3.ring))
+    for _ in range(3):
+        for src, dst in ((p1, p3), (p3, p1)):
+            state = src.full_state()
+            assert state is not None
+            with pytest.raises(RingMergeError, match="seeded separately"):
+                dst.on_gossip(state)
+    assert (p1.to_state(), p3.to_state()) == before
+    assert (len(p1.ring), len(p3.ring)) == sizes  # never grows
+
+
+def test_garbage_from_peers_is_a_remote_protocol_error() -> None:
+    net = Net(consensus_configs(1))
+    peer = net.peers[0x10]
+    for payload in (
+        b"",
+        b"\x93\x01\xc0\x91\x01",
+        b"\xc1",
+        b"\x91\x05",
+        b"\x95\x01\x01\x00\x20\xc0",
+    ):
+        with pytest.raises(RemoteProtocolError):
+            peer.on_gossip(payload)
+        with pytest.raises(RemoteProtocolError):
+            peer.on_unicast(1, payload)
+
+
+def test_an_observer_never_decides_from_one_acceptor() -> None:
+    """Regression (found by the state machine): an observer's default quorum of 1 took a value
+    that a single acceptor had accepted for the decision, and seeded a second ring."""
+    proposer = Paxos(1, 2, participant=True)
+    observer = Paxos(9, 1, participant=False)
+    entry = proposer.propose(0.0, random.Random(0))
+    assert entry is not None
+    forced = PaxosEntry(1, entry.promise, entry.promise, (1, 2))
+    observer.check([forced])
+    observer.merge([forced])
+    assert observer.decision() is None
+
+
+# --- the state machine
+
+
+NAMES = (0x10, 0x11, 0x12, 0x80)  # three in the consensus, one observer
+
+
+class Mesh(RuleBasedStateMachine):
+    """Allocate, claim, release, restart, reset, rmpeer; gossip delayed, lost, partitioned.
+
+    After every step: no address is held by two containers, nobody holds an address outside
+    what it believes it owns, and no two peers believe they own one address. When the mesh
+    settles every view is the same and the owned ranges add up to the whole range.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Net(consensus_configs(3, observers=1))
+        self.retired: set[int] = set()
+        self.rmpeered: set[int] = set()
+
+    @initialize(start=st.sampled_from(["fresh", "ring", "busy"]))
+    def start(self, start: str) -> None:
+        """Half of the runs skip the consensus, so that the budget goes to what follows it."""
+        if start != "fresh":
+            allocate_settled(self.net, NAMES[0], f"c{NAMES[0]:x}-0")
+        if start == "busy":
+            for name in NAMES[1:]:
+                for k in range(3):
+                    self.net.peers[name].allocate(f"c{name:x}-{k}", SUBNETS[k], self.net.now)
+                    self.net.flush(name)
+            self.net.settle()
+
+    def active(self) -> list[int]:
+        return [n for n in self.net.live if n not in self.retired]
+
+    @rule(i=st.integers(0, 3), k=st.integers(0, 9), subnet=st.sampled_from(SUBNETS))
+    def allocate(self, i: int, k: int, subnet: IPv4Network | None) -> None:
+        name = NAMES[i]
+        if name not in self.active() or self.net.peers[name].leaving:
+            return
+        container = f"c{name:x}-{k}"
+        result = self.net.peers[name].allocate(container, subnet, self.net.now)
+        self.net.flush(name)
+        event(f"allocate: {result if isinstance(result, NeedSpace) else 'address'}")
+        if isinstance(result, Address):
+            again = self.net.peers[name].allocate(container, subnet, self.net.now)
+            assert again == result  # idempotent
+
+    @rule(i=st.integers(0, 3), k=st.integers(0, 9), offset=st.integers(1, 62))
+    def claim(self, i: int, k: int, offset: int) -> None:
+        name = NAMES[i]
+        if name not in self.active() or self.net.peers[name].leaving:
+            return
+        address = RANGE.network_address + offset
+        try:
+            result = self.net.peers[name].claim(f"c{name:x}-{k}", address, self.net.now)
+            event(f"claim: {result if isinstance(result, NeedSpace) else 'address'}")
+        except AddressInUse:
+            event("claim: in use")
+        self.net.flush(name)
+
+    @rule(i=st.integers(0, 3), k=st.integers(0, 9))
+    def release(self, i: int, k: int) -> None:
+        name = NAMES[i]
+        if name in self.active():
+            self.net.peers[name].release(f"c{name:x}-{k}", self.net.now)
+            self.net.flush(name)
+
+    @precondition(lambda self: self.net.gossip)
+    @rule(data=st.data())
+    def deliver_gossip(self, data: st.DataObject) -> None:
+        keys = sorted(self.net.gossip)
+        self.net.deliver_gossip(data.draw(st.sampled_from(keys)))
+
+    @precondition(lambda self: self.net.unicasts)
+    @rule(data=st.data(), drop=st.booleans())
+    def deliver_unicast(self, data: st.DataObject, drop: bool) -> None:
+        i = data.draw(st.integers(0, len(self.net.unicasts) - 1))
+        if drop:
+            self.net.unicasts.pop(i)
+        else:
+            self.net.deliver_unicast(i)
+
+    @precondition(lambda self: self.net.gossip)
+    @rule(data=st.data())
+    def drop_gossip(self, data: st.DataObject) -> None:
+        del self.net.gossip[data.draw(st.sampled_from(sorted(self.net.gossip)))]
+
+    @rule(a=st.integers(0, 3), b=st.integers(0, 3))
+    def anti_entropy(self, a: int, b: int) -> None:
+        self.net.anti_entropy(NAMES[a], NAMES[b])
+
+    @rule(dt=st.sampled_from([0.5, 2.0, 6.0]))
+    def tick(self, dt: float) -> None:
+        self.net.tick(dt)
+
+    @rule(groups=st.lists(st.integers(0, 1), min_size=4, max_size=4))
+    def partition(self, groups: list[int]) -> None:
+        self.net.group = dict(zip(NAMES, groups, strict=True))
+
+    @rule()
+    def deliver_all(self) -> None:
+        for _ in range(100):
+            if self.net.gossip:
+                self.net.deliver_gossip(next(iter(self.net.gossip)))
+            elif self.net.unicasts:
+                self.net.deliver_unicast(0)
+
+    @rule()
+    def settle(self) -> None:
+        self.net.settle()
+        self.check_settled()
+
+    @rule(i=st.integers(0, 3))
+    def restart(self, i: int) -> None:
+        if NAMES[i] in self.net.live:
+            self.net.restart(NAMES[i])
+
+    @rule(i=st.integers(0, 3), j=st.integers(0, 3))
+    def reset(self, i: int, j: int) -> None:
+        name, to = NAMES[i], NAMES[j]
+        active = self.active()
+        if name == to or name not in active or to not in active or len(active) < 3:
+            return
+        peer = self.net.peers[name]
+        if peer.leaving or self.net.peers[to].leaving or not self.net.peers[to].ring.seeded:
+            return
+        peer.reset(to, self.net.now, force=True)  # its containers are gone
+        self.net.flush(name)
+        self.retired.add(name)
+        event("reset")
+
+    @rule(i=st.integers(0, 3))
+    def kill(self, i: int) -> None:
+        name = NAMES[i]
+        if name in self.active() and len(self.active()) > 2:
+            self.net.kill(name)
+
+    def _up_to_date(self, runner: int) -> bool:
+        """rmpeer's precondition (the shell's job): the runner has the newest of every token
+        that a live peer knows. (What a dead peer did and never told anyone died with it: no
+        live peer can act on it.)"""
+        tokens = [t for n in self.net.live for t in self.net.peers[n].ring.tokens]
+        newest: dict[int, Token] = {}
+        for token in tokens:
+            if token.start not in newest or token.version > newest[token.start].version:
+                newest[token.start] = token
+        mine = {t.start: t for t in self.net.peers[runner].ring.tokens}
+        return mine == newest
+
+    @rule(d=st.integers(0, 3), r=st.integers(0, 3), twice=st.booleans())
+    def rmpeer(self, d: int, r: int, twice: bool) -> None:
+        dead, runner = NAMES[d], NAMES[r]
+        if dead not in self.net.dead or runner not in self.net.live:
+            return
+        if not self.net.peers[runner].ring.seeded or not self._up_to_date(runner):
+            return
+        runners = [runner]
+        if twice:
+            runners += [n for n in self.net.live if n != runner and self._up_to_date(n)][:1]
+        try:
+            heirs = {self.net.peers[n].rmpeer(dead, self.net.now) for n in runners}
+        except UserError as error:
+            assert "no peer left" in str(error)
+            event("rmpeer refused: no heir")
+            return
+        assert len(heirs) == 1
+        for n in runners:
+            self.net.flush(n)
+        self.rmpeered.add(dead)
+        event(f"rmpeer by {len(runners)}")
+
+    @invariant()
+    def no_address_twice_and_no_range_twice(self) -> None:
+        holders: dict[int, str] = {}
+        owned: list[tuple[int, int, int]] = []
+        for name in self.net.live:
+            peer = self.net.peers[name]
+            mine = peer.owned_ranges()
+            owned += [(s, e, name) for s, e in mine]
+            for address, container in peer.space.allocations():
+                assert address not in holders, (address, container, holders[address])
+                holders[address] = container
+                assert any(s <= address < e for s, e in mine), (name, address, mine)
+        owned.sort()
+        for (_, end, p), (start, _, q) in itertools.pairwise(owned):
+            assert end <= start, f"{p:x} and {q:x} both own {start}..{end}"
+
+    def check_settled(self) -> None:
+        live = [self.net.peers[n] for n in self.net.live]
+        seeded = [p for p in live if p.ring.seeded]
+        if not seeded:
+            return
+        assert len(seeded) == len(live)
+        views = {tuple(p.ring.tokens) for p in live}
+        assert len(views) == 1, "views differ after settling"
+        ring = live[0].ring
+        total = sum(e - s for t, s, e in ring.extents())
+        assert total == ring.end - ring.start  # tokens tile the range: nothing lost
+        for name in self.net.live:
+            for s, e in ring.owned_ranges(name):
+                assert any(s >= a and e <= b for a, b in self.net.peers[name].owned_ranges())
+        for name in self.retired:
+            if self.net.peers[name].handed_over:
+                assert ring.owned_ranges(name) == []
+
+    def teardown(self) -> None:
+        donations = sum(p.counters.donations_received for p in self.net.peers.values())
+        event(f"donations received: {min(donations, 3)}")
+        self.net.settle()
+        self.check_settled()
+        # Every dead peer's space goes to someone alive — unless no owner or seed peer is left
+        # to inherit it (then rmpeer refuses rather than risk two owners).
+        refused = False
+        for _ in range(4):
+            for dead in sorted(self.net.dead):
+                runner = next((n for n in self.net.live if self._up_to_date(n)), None)
+                if runner is not None and self.net.peers[runner].ring.seeded:
+                    try:
+                        self.net.peers[runner].rmpeer(dead, self.net.now)
+                    except UserError:
+                        refused = True
+                    self.net.flush(runner)
+                self.net.settle()
+        self.check_settled()
+        event(f"teardown: rmpeer refused={refused}")
+        ring = self.net.peers[self.net.live[0]].ring
+        if ring.seeded and not refused:
+            owners = {t.owner for t in ring.tokens}
+            assert owners <= set(self.active()), (owners, self.active())
+
+
+Mesh.TestCase.settings = settings(
+    max_examples=400,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMesh = Mesh.TestCase
