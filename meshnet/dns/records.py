@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.gossip.payload import decode_items
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_VERSION = (1 << 63) - 1
@@ -601,30 +602,16 @@ def decode_records(data: bytes, known: Mapping[bytes, Record] | None = None) -> 
     A record whose encoding is a key of ``known`` (records already validated, as
     ``Records`` holds them) is taken from there without decoding it again.
     """
-    if type(data) is not bytes or len(data) > MAX_PAYLOAD:
-        raise RemoteProtocolError("DNS payload is not bytes or is too large")
-    records = []
-    try:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), **_LIMITS)
-        unpacker.feed(data)
-        count = unpacker.read_array_header()
-        if count > _LIMITS["max_array_len"]:
-            raise _fail("record count", count)
-        for _ in range(count):
-            start = unpacker.tell()
-            unpacker.skip()
-            raw = data[start : unpacker.tell()]
-            record = None if known is None else known.get(raw)
-            if record is None:
-                record = _decode_record(msgpack.unpackb(raw, raw=False, **_LIMITS))
-            records.append(record)
-        if unpacker.tell() != len(data):
-            raise RemoteProtocolError("trailing bytes after DNS payload")
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises many types (ValueError, FormatError, StackError...)
-        raise RemoteProtocolError(f"undecodable DNS payload: {exc!r:.80}") from None
-    if len({r.key for r in records}) != len(records):
+    records = decode_items(
+        data,
+        _decode_record,
+        what="DNS",
+        max_size=MAX_PAYLOAD,
+        max_count=_LIMITS["max_array_len"],
+        limits=_LIMITS,
+        known=known,
+    )
+    if len({x.key for x in records}) != len(records):
         raise RemoteProtocolError("DNS payload lists a record twice")
     return records
 

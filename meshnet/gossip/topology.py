@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.payload import decode_items
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_UID = (1 << 64) - 1
@@ -273,32 +274,18 @@ def decode_entries(data: bytes, known: Mapping[bytes, PeerEntry] | None = None) 
     An entry whose encoding is a key of ``known`` (entries already validated, e.g.
     ``Topology.by_encoding``) is taken from there without decoding it again.
     """
-    if type(data) is not bytes or len(data) > MAX_PAYLOAD:
-        raise RemoteProtocolError("topology payload is not bytes or is too large")
-    entries = []
-    try:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), **_LIMITS)
-        unpacker.feed(data)
-        count = unpacker.read_array_header()
-        if count > MAX_ENTRIES:
-            raise _fail("entry count", count)
-        for _ in range(count):
-            start = unpacker.tell()
-            unpacker.skip()
-            raw = data[start : unpacker.tell()]
-            entry = None if known is None else known.get(raw)
-            if entry is None:
-                entry = _decode_entry(msgpack.unpackb(raw, raw=False, **_LIMITS))
-            entries.append(entry)
-        if unpacker.tell() != len(data):
-            raise RemoteProtocolError("trailing bytes after topology payload")
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises many types (ValueError, FormatError, StackError...)
-        raise RemoteProtocolError(f"undecodable topology payload: {exc!r:.80}") from None
-    if len({e.name for e in entries}) != len(entries):
+    entrys = decode_items(
+        data,
+        _decode_entry,
+        what="topology",
+        max_size=MAX_PAYLOAD,
+        max_count=MAX_ENTRIES,
+        limits=_LIMITS,
+        known=known,
+    )
+    if len({x.name for x in entrys}) != len(entrys):
         raise RemoteProtocolError("topology payload lists a peer twice")
-    return entries
+    return entrys
 
 
 def merge_encoded_entries(a: bytes, b: bytes) -> bytes:
