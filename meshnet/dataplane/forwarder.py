@@ -29,7 +29,13 @@ from meshnet.dataplane import sleeve_wire as wire
 from meshnet.dataplane.switch import Decision, Switch
 from meshnet.dataplane.tap import Tap
 from meshnet.dataplane.udp import MessageTooBig, UdpSendError, receive, send_segments
-from meshnet.dataplane.vnet import VNET_HEADER_SIZE, icmp_too_big, parse_vnet
+from meshnet.dataplane.vnet import (
+    VNET_HEADER_SIZE,
+    VnetHeader,
+    icmp_too_big,
+    parse_vnet,
+    plan_tcp_segments,
+)
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.routes import Routes
 
@@ -213,15 +219,10 @@ class Forwarder:
             return
         vnet_bytes = data[:VNET_HEADER_SIZE]
         if data[1] != 0:  # gso_type: a TCP super-frame
-            try:
-                bodies = wire.segment_bodies(
-                    next(self._superframe_ids), parse_vnet(vnet_bytes), frame
-                )
-            except (RemoteProtocolError, ValueError):
-                self._tx.drops["unsupported_superframe"] += 1  # e.g. VLAN-tagged: not carried
-                return
+            vnet = parse_vnet(vnet_bytes)
+            superframe_id = next(self._superframe_ids)
             for hop, destination, flags in targets:
-                self._send_bodies(snap, hop, destination, flags, wire.Kind.SEGMENT, bodies, frame)
+                self._send_superframe(snap, hop, destination, flags, superframe_id, vnet, frame)
             return
         for hop, destination, flags in targets:
             neighbour = snap.neighbours.get(hop)
@@ -239,14 +240,14 @@ class Forwarder:
                 batch = batches[key] = wire.FrameBatcher(budget)
             full = batch.add(vnet_bytes, frame)
             if full is not None:
-                self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [full], None)
+                self._send_frames(snap, hop, destination, flags, full)
 
     def _flush(self, batches: dict[tuple[int, int, int, int], wire.FrameBatcher]) -> None:
         snap = self._snapshot
         for (hop, destination, flags, _), batch in batches.items():
             body = batch.take()
             if body:
-                self._send_bodies(snap, hop, destination, flags, wire.Kind.FRAMES, [body], None)
+                self._send_frames(snap, hop, destination, flags, body)
 
     def _datagram_budget(self, neighbour: Neighbour) -> int:
         """Body bytes that fit one datagram on this path."""
@@ -265,39 +266,71 @@ class Forwarder:
         if reply is not None:
             self._tap.write(bytes(VNET_HEADER_SIZE), reply)
 
-    def _send_bodies(
+    def _send_superframe(
         self,
         snap: Snapshot,
         hop: int,
         destination: int,
         flags: int,
-        kind: wire.Kind,
-        bodies: list[bytes],
-        superframe: bytes | None,
+        superframe_id: int,
+        vnet: VnetHeader,
+        frame: bytes,
     ) -> None:
         neighbour = snap.neighbours.get(hop)
         if neighbour is None:
             self._tx.drops["no_path"] += 1
             return
+        try:
+            plan = plan_tcp_segments(vnet, frame)
+        except RemoteProtocolError:
+            self._tx.drops["unsupported_superframe"] += 1  # e.g. VLAN-tagged: not carried
+            return
         budget = self._datagram_budget(neighbour)
-        if superframe is not None and max(len(b) for b in bodies) > budget:
+        segment_body = wire.SEGMENT_OVERHEAD + plan.header_len + plan.gso_size
+        if segment_body > budget:
             # The segments' size comes from the sender's MSS: tell it the MTU that fits.
-            overhead = max(len(b) for b in bodies) - (self._snapshot.overlay_mtu)
-            self._too_big(superframe, max(576, budget - overhead))
+            overhead = segment_body - self._snapshot.overlay_mtu
+            self._too_big(frame, max(576, budget - overhead))
             return
         first = wire.DatagramHeader(
-            kind=kind,
+            kind=wire.Kind.SEGMENT,
             flags=flags,
             ttl=MAX_TTL,
             origin=snap.local,
             destination=destination,
             hop=snap.local,
-            sequence=neighbour.sequences.take(len(bodies)),
+            sequence=neighbour.sequences.take(plan.segments),
         )
-        datagrams = wire.encode_datagrams(first, bodies, neighbour.send_key)
+        try:
+            datagrams = wire.encode_superframe(
+                first, superframe_id, vnet, frame, neighbour.send_key
+            )
+        except (RemoteProtocolError, ValueError):
+            self._tx.drops["unsupported_superframe"] += 1
+            return
         self._send(neighbour, datagrams, self._tx)
 
-    def _send(self, neighbour: Neighbour, datagrams: list[bytes], counts: _Counts) -> None:
+    def _send_frames(
+        self, snap: Snapshot, hop: int, destination: int, flags: int, body: bytes
+    ) -> None:
+        neighbour = snap.neighbours.get(hop)
+        if neighbour is None:
+            self._tx.drops["no_path"] += 1
+            return
+        header = wire.DatagramHeader(
+            kind=wire.Kind.FRAMES,
+            flags=flags,
+            ttl=MAX_TTL,
+            origin=snap.local,
+            destination=destination,
+            hop=snap.local,
+            sequence=neighbour.sequences.take(),
+        )
+        self._send(neighbour, [wire.encode_datagram(header, body, neighbour.send_key)], self._tx)
+
+    def _send(
+        self, neighbour: Neighbour, datagrams: list[bytes | bytearray], counts: _Counts
+    ) -> None:
         try:
             send_segments(self._sock, datagrams, neighbour.address)
         except MessageTooBig as e:
@@ -326,11 +359,11 @@ class Forwarder:
             except OSError:
                 self._rx.drops["receive_error"] += 1
                 continue
-            forwards: dict[int, list[bytes]] = {}
+            forwards: dict[int, list[bytes | bytearray]] = {}
             snap = self._snapshot
             now = time.monotonic()
             for datagram in datagrams:
-                self._from_udp(snap, bytes(datagram), addr, forwards, now)
+                self._from_udp(snap, datagram, addr, forwards, now)
             for hop, out in forwards.items():
                 neighbour = snap.neighbours.get(hop)
                 if neighbour is not None:
@@ -340,9 +373,9 @@ class Forwarder:
     def _from_udp(
         self,
         snap: Snapshot,
-        data: bytes,
+        data: memoryview,
         addr: Any,
-        forwards: dict[int, list[bytes]],
+        forwards: dict[int, list[bytes | bytearray]],
         now: float,
     ) -> None:
         try:
@@ -357,7 +390,7 @@ class Forwarder:
             return
         self._rx.add(header.hop, 1, len(data))
         if header.kind in _CONTROL:
-            self._on_control(header, body, addr)
+            self._on_control(header, bytes(body), addr)
             return
         if header.flags & wire.BROADCAST:
             self._deliver(header, body, now, flooded=True)
@@ -377,9 +410,9 @@ class Forwarder:
         self,
         snap: Snapshot,
         header: wire.DatagramHeader,
-        body: bytes,
+        body: wire.Buffer,
         hop: int,
-        forwards: dict[int, list[bytes]],
+        forwards: dict[int, list[bytes | bytearray]],
     ) -> None:
         """Pass a datagram on toward its destination, sealed anew for the next pair."""
         neighbour = snap.neighbours.get(hop)
@@ -398,7 +431,7 @@ class Forwarder:
         forwards.setdefault(hop, []).append(wire.encode_datagram(relayed, body, neighbour.send_key))
 
     def _deliver(
-        self, header: wire.DatagramHeader, body: bytes, now: float, *, flooded: bool
+        self, header: wire.DatagramHeader, body: wire.Buffer, now: float, *, flooded: bool
     ) -> None:
         if header.kind == wire.Kind.FRAMES:
             try:
@@ -419,13 +452,14 @@ class Forwarder:
             self._write_frames(header.origin, frames, flooded, now)
 
     def _write_frames(
-        self, origin: int, frames: list[tuple[bytes, bytes]], flooded: bool, now: float
+        self, origin: int, frames: list[tuple[wire.Buffer, wire.Buffer]], flooded: bool, now: float
     ) -> None:
         for vnet, frame in frames:
             if len(frame) < 14:
                 self._rx.drops["runt"] += 1
                 continue
-            decision, _ = self._switch.from_peer(origin, frame[6:12], frame[0:6], now, flooded)
+            src, dst = bytes(frame[6:12]), bytes(frame[0:6])  # views would pin the buffer
+            decision, _ = self._switch.from_peer(origin, src, dst, now, flooded)
             if decision is Decision.DELIVER or decision is Decision.FLOOD:
                 self._tap.write(vnet, frame)
             else:

@@ -36,16 +36,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import nacl.bindings
-import nacl.exceptions
-
+from meshnet.dataplane import seal as aead
 from meshnet.dataplane import vnet as vn
 from meshnet.errors import RemoteProtocolError
 
 VERSION = 1
 HEADER_SIZE = 32
-TAG_SIZE = nacl.bindings.crypto_aead_chacha20poly1305_ietf_ABYTES
-KEY_SIZE = nacl.bindings.crypto_aead_chacha20poly1305_ietf_KEYBYTES
+TAG_SIZE = aead.TAG_SIZE
+KEY_SIZE = aead.KEY_SIZE
 MAX_DATAGRAM = 65507
 """Largest UDP payload over IPv4."""
 MAX_PEER = (1 << 48) - 1
@@ -67,9 +65,9 @@ REPLAY_WINDOW = 1024
 HEARTBEAT_I_HEAR_YOU = 1
 
 _HEADER = struct.Struct(">BBBBHIHIHIHQ")
-_NONCE = struct.Struct(">4xQ")  # IETF 96-bit nonce: 4 zero bytes + the 64-bit sequence
 _SEGMENT = struct.Struct(">IHHH")
 _U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
 _HEARTBEAT = struct.Struct(">QQB")
 _PROBE = struct.Struct(">I")
 _PROBE_ACK = struct.Struct(">IH")
@@ -77,9 +75,6 @@ _SERIAL_MASK = 0xFFFFFFFF
 _SERIAL_HALF = 1 << 31
 _RESTART_GAP = 1024
 """A super-frame id this far behind the newest finished one means the origin restarted."""
-
-_encrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_decrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
 
 
 class Kind(enum.IntEnum):
@@ -91,6 +86,8 @@ class Kind(enum.IntEnum):
 
 
 _KINDS = tuple(Kind)
+
+Buffer = bytes | bytearray | memoryview
 
 
 class DropReason(enum.Enum):
@@ -183,12 +180,7 @@ def _pack_header(h: DatagramHeader, flags: int, sequence: int) -> bytes:
         raise ValueError(f"datagram header out of range: {error}") from None
 
 
-def _check_key(key: bytes) -> None:
-    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
-        raise ValueError(f"a sleeve key must be {KEY_SIZE} bytes")
-
-
-def encode_datagram(header: DatagramHeader, body: bytes, key: bytes | None) -> bytes:
+def encode_datagram(header: DatagramHeader, body: Buffer, key: bytes | None) -> bytes | bytearray:
     """The datagram carrying ``body``: sealed with ``key`` (and flagged SEALED) when given.
 
     The SEALED flag of ``header`` is ignored: the key decides. Never seal two datagrams with
@@ -198,31 +190,72 @@ def encode_datagram(header: DatagramHeader, body: bytes, key: bytes | None) -> b
 
 
 def encode_datagrams(
-    header: DatagramHeader, bodies: Iterable[bytes], key: bytes | None
-) -> list[bytes]:
+    header: DatagramHeader, bodies: Iterable[Buffer], key: bytes | None
+) -> list[bytes | bytearray]:
     """One datagram per body, with sequence numbers ``header.sequence``, +1, +2, ...
 
     The per-super-frame path: it builds no header objects per datagram.
     """
-    flags = header.flags & ~SEALED
-    overhead = HEADER_SIZE
-    if key is not None:
-        _check_key(key)
-        flags |= SEALED
-        overhead += TAG_SIZE
-    pack_nonce = _NONCE.pack
+    bodies = list(bodies)
+    head = _header_head(header, key is not None, len(bodies))
+    limit = MAX_DATAGRAM - HEADER_SIZE - (TAG_SIZE if key is not None else 0)
     sequence = header.sequence
-    out: list[bytes] = []
+    pack_sequence = _U64.pack
+    out: list[bytes | bytearray] = []
     for body in bodies:
-        if len(body) + overhead > MAX_DATAGRAM:
-            raise ValueError(f"datagram of {len(body) + overhead} bytes is too large")
-        raw = _pack_header(header, flags, sequence)
-        if key is None:
-            out.append(raw + body)
-        else:
-            out.append(raw + _encrypt(body, raw, pack_nonce(sequence), key))
+        if len(body) > limit:
+            raise ValueError(f"datagram of {len(body) + MAX_DATAGRAM - limit} bytes is too large")
+        raw = head + pack_sequence(sequence)
+        out.append(b"".join((raw, body)) if key is None else aead.seal(raw, body, sequence, key))
         sequence += 1
     return out
+
+
+def encode_superframe(
+    header: DatagramHeader,
+    superframe_id: int,
+    vnet: vn.VnetHeader,
+    frame: bytes,
+    key: bytes | None,
+) -> list[bytes | bytearray]:
+    """The SEGMENT datagrams of a TCP super-frame, in one pass: what :func:`segment_bodies`
+    and :func:`encode_datagrams` give together, with one copy per datagram instead of two."""
+    header_len, size, count, _ = vn.plan_tcp_segments(vnet, frame)
+    if count > 0xFFFF or header_len > MAX_SEGMENT_HEADERS:
+        raise RemoteProtocolError(f"super-frame of {count} segments, {header_len} header bytes")
+    if SEGMENT_OVERHEAD + header_len + size > MAX_DATAGRAM - HEADER_SIZE - TAG_SIZE:
+        raise ValueError(f"segments of {size} bytes do not fit a datagram")
+    head = _header_head(header, key is not None, count)
+    superframe_id &= _SERIAL_MASK
+    common = vn.pack_vnet(vnet) + frame[:header_len]
+    view = memoryview(frame)
+    pack_sequence = _U64.pack
+    pack_segment = _SEGMENT.pack
+    sequence = header.sequence
+    out: list[bytes | bytearray] = []
+    start = header_len
+    for i in range(count):
+        raw = head + pack_sequence(sequence + i)
+        parts = (
+            pack_segment(superframe_id, i, count, header_len),
+            common,
+            view[start : start + size],
+        )
+        if key is None:
+            out.append(b"".join((raw, *parts)))
+        else:
+            out.append(aead.seal(raw, b"".join(parts), sequence + i, key))
+        start += size
+    return out
+
+
+def _header_head(header: DatagramHeader, sealed: bool, count: int) -> bytes:
+    """The first 24 header bytes, which all ``count`` datagrams of one call share (all but the
+    sequence); ValueError if the header does not fit or the sequences would pass 64 bits."""
+    flags = (header.flags & ~SEALED) | (SEALED if sealed else 0)
+    if header.sequence + count - 1 > MAX_SEQUENCE:
+        raise ValueError(f"sequence {header.sequence} + {count} passes 64 bits")
+    return _pack_header(header, flags, header.sequence)[:24]
 
 
 class ReplayWindow:
@@ -273,11 +306,13 @@ class ReplayWindow:
 
 
 def decode_datagram(
-    data: bytes,
+    data: Buffer,
     key_for: Callable[[int], bytes | None],
     window_for: Callable[[int], ReplayWindow | None],
-) -> tuple[DatagramHeader, bytes]:
+) -> tuple[DatagramHeader, Buffer]:
     """The header and plain body of a received datagram; DatagramError to drop it.
+
+    The body of a plain datagram is a view into ``data``: no copy.
 
     ``key_for(hop)`` is the key the hop sender seals with towards us, or None when that pair
     does not encrypt; ``window_for(hop)`` its replay window (replace the window whenever the
@@ -309,15 +344,15 @@ def decode_datagram(
             raise DatagramError(DropReason.SHORT, f"sealed datagram of {n} bytes")
         if not window.would_accept(seq):
             raise DatagramError(DropReason.REPLAYED, f"sequence {seq} from {hop:012x}")
-        try:
-            body: bytes = _decrypt(data[HEADER_SIZE:], data[:HEADER_SIZE], _NONCE.pack(seq), key)
-        except nacl.exceptions.CryptoError:
-            raise DatagramError(DropReason.BAD_TAG, f"from {hop:012x}") from None
+        opened = aead.open_sealed(data, HEADER_SIZE, seq, key)
+        if opened is None:
+            raise DatagramError(DropReason.BAD_TAG, f"from {hop:012x}")
         window.check_and_update(seq)
+        body: Buffer = opened
     else:
         if key is not None:
             raise DatagramError(DropReason.NOT_SEALED, f"plain from {hop:012x}")
-        body = data[HEADER_SIZE:]
+        body = memoryview(data)[HEADER_SIZE:]
     header = DatagramHeader(_KINDS[kind], flags, ttl, oh << 32 | ol, destination, hop, seq)
     return header, body
 
@@ -389,7 +424,7 @@ class FrameBatcher:
         return body
 
 
-def split_frames(body: bytes) -> list[tuple[bytes, bytes]]:
+def split_frames(body: Buffer) -> list[tuple[Buffer, Buffer]]:
     """The (virtio-net header, Ethernet frame) pairs of a FRAMES body."""
     n = len(body)
     if n == 0:
@@ -524,7 +559,7 @@ class Reassembler:
             self._inconsistent,
         )
 
-    def add(self, body: bytes, now: float) -> list[tuple[bytes, bytes]]:
+    def add(self, body: Buffer, now: float) -> list[tuple[Buffer, Buffer]]:
         """Take one SEGMENT body; returns the frames now ready (often none)."""
         n = len(body)
         if n < SEGMENT_OVERHEAD:
@@ -540,7 +575,7 @@ class Reassembler:
             raise DatagramError(
                 DropReason.BAD_BODY, f"segment {index}/{count}, L={header_len}, {n} bytes"
             )
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[Buffer, Buffer]] = []
         floor = self._floor
         if floor is not None and not _newer(sid, floor):
             if (floor - sid) & _SERIAL_MASK <= _RESTART_GAP:
@@ -583,7 +618,7 @@ class Reassembler:
             out += self._finalize(min(self._partials, key=_serial_key))
         return out
 
-    def flush(self, now: float, older_than: float) -> list[tuple[bytes, bytes]]:
+    def flush(self, now: float, older_than: float) -> list[tuple[Buffer, Buffer]]:
         """Deliver, as rebuilt runs, every pending super-frame whose first segment arrived
         before the time ``older_than`` (and any older id still pending).
 
@@ -596,15 +631,15 @@ class Reassembler:
             return []
         return self._finalize(max(stale, key=_serial_key))
 
-    def flush_all(self) -> list[tuple[bytes, bytes]]:
+    def flush_all(self) -> list[tuple[Buffer, Buffer]]:
         """Deliver everything pending (the origin went away, or shutdown)."""
         return self._finalize(None)
 
     def _start(
-        self, sid: int, body: bytes, count: int, header_len: int, now: float
+        self, sid: int, body: Buffer, count: int, header_len: int, now: float
     ) -> _Partial | None:
-        raw = body[SEGMENT_PREFIX_SIZE:SEGMENT_OVERHEAD]
-        headers = body[SEGMENT_OVERHEAD : SEGMENT_OVERHEAD + header_len]
+        raw = bytes(body[SEGMENT_PREFIX_SIZE:SEGMENT_OVERHEAD])
+        headers = bytes(body[SEGMENT_OVERHEAD : SEGMENT_OVERHEAD + header_len])
         vnet = vn.parse_vnet(raw)
         size = vnet.gso_size
         try:
@@ -627,10 +662,10 @@ class Reassembler:
         self._partials.pop(sid, None)
         self._inconsistent += 1
 
-    def _finalize(self, upto: int | None) -> list[tuple[bytes, bytes]]:
+    def _finalize(self, upto: int | None) -> list[tuple[Buffer, Buffer]]:
         """Flush every pending super-frame not newer than ``upto`` (all for None), oldest first;
         ``upto`` becomes the newest id handled."""
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[Buffer, Buffer]] = []
         if self._partials:
             ids = sorted(
                 (s for s in self._partials if upto is None or not _newer(s, upto)),
@@ -642,8 +677,8 @@ class Reassembler:
             self._floor = upto
         return out
 
-    def _runs(self, partial: _Partial) -> list[tuple[bytes, bytes]]:
-        out = []
+    def _runs(self, partial: _Partial) -> list[tuple[Buffer, Buffer]]:
+        out: list[tuple[Buffer, Buffer]] = []
         payloads = partial.payloads
         count = partial.count
         i = 0

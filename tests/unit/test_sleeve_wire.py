@@ -7,10 +7,12 @@ import os
 import random
 import struct
 
+import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshnet.dataplane import seal as aead
 from meshnet.dataplane import sleeve_wire as sw
 from meshnet.dataplane import vnet as vn
 from meshnet.errors import RemoteProtocolError
@@ -536,5 +538,46 @@ def test_control_bodies_round_trip() -> None:
 def test_flag_constants_match_the_spec() -> None:
     assert (sw.SEALED, sw.BROADCAST) == (1, 2)
     assert [k.value for k in sw.Kind] == [0, 1, 2, 3, 4]
-    assert sw.HEADER_SIZE == 32 and sw.TAG_SIZE == 16 and sw.SEGMENT_OVERHEAD == 20
+    assert sw.HEADER_SIZE == 32 and sw.TAG_SIZE == 32 and sw.SEGMENT_OVERHEAD == 20
     assert FIN | PSH | ACK | ECE | CWR == 0xD9
+
+
+# --- the AEAD binding ----------------------------------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=2000), st.binary(min_size=32, max_size=32), st.integers(0, 2**64 - 1))
+def test_seal_matches_pynacl_public_aegis256(body: bytes, key: bytes, sequence: int) -> None:
+    header = bytes(range(32))
+    nonce = sequence.to_bytes(8, "big") + bytes(24)
+    sealed = aead.seal(header, body, sequence, key)
+    expected = nacl.bindings.crypto_aead_aegis256_encrypt(body, header, nonce, key)
+    assert bytes(sealed) == header + expected
+    assert aead.open_sealed(memoryview(sealed), 32, sequence, key) == body
+
+
+def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
+    key = bytes(range(32))
+    sealed = bytes(aead.seal(b"h" * 32, b"body" * 100, 7, key))
+    assert aead.open_sealed(sealed, 32, 7, key) == b"body" * 100
+    assert aead.open_sealed(sealed, 32, 8, key) is None
+    assert aead.open_sealed(sealed, 32, 7, bytes(32)) is None
+    assert aead.open_sealed(sealed[:40], 32, 7, key) is None
+    for i in range(0, len(sealed), 37):
+        forged = bytearray(sealed)
+        forged[i] ^= 1
+        assert aead.open_sealed(forged, 32, 7, key) is None
+    for bad in (b"short", key + b"x", "k" * 32):
+        with pytest.raises(ValueError):
+            aead.seal(b"", b"", 0, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_encode_superframe_equals_segment_bodies_then_encode(sealed: bool) -> None:
+    v, frame, _ = build_superframe(4, os.urandom(1448 * 9 + 100), 1448)
+    key = os.urandom(32) if sealed else None
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, 1000)
+    bodies = sw.segment_bodies(77, v, frame)
+    assert sw.encode_superframe(header, 77, v, frame, key) == sw.encode_datagrams(
+        header, bodies, key
+    )
