@@ -28,7 +28,13 @@ from typing import Any
 from meshnet.dataplane import sleeve_wire as wire
 from meshnet.dataplane.switch import Decision, Switch
 from meshnet.dataplane.tap import Tap
-from meshnet.dataplane.udp import MessageTooBig, UdpSendError, receive, send_segments
+from meshnet.dataplane.udp import (
+    MessageTooBig,
+    UdpSendError,
+    receive_run,
+    send_run,
+    send_segments,
+)
 from meshnet.dataplane.vnet import (
     VNET_HEADER_SIZE,
     VnetHeader,
@@ -302,13 +308,16 @@ class Forwarder:
             sequence=neighbour.sequences.take(plan.segments),
         )
         try:
-            datagrams = wire.encode_superframe(
-                first, superframe_id, vnet, frame, neighbour.send_key
-            )
+            run = wire.encode_superframe(first, superframe_id, vnet, frame, neighbour.send_key)
         except (RemoteProtocolError, ValueError):
             self._tx.drops["unsupported_superframe"] += 1
             return
-        self._send(neighbour, datagrams, self._tx)
+        try:
+            send_run(self._sock, run.data, run.stride, neighbour.address)
+        except UdpSendError as e:
+            self._send_failed(neighbour, e, self._tx)
+            return
+        self._tx.add(neighbour.name, run.datagram_count, len(run.data))
 
     def _send_frames(
         self, snap: Snapshot, hop: int, destination: int, flags: int, body: bytes
@@ -333,14 +342,17 @@ class Forwarder:
     ) -> None:
         try:
             send_segments(self._sock, datagrams, neighbour.address)
-        except MessageTooBig as e:
-            counts.drops["send_too_big"] += 1
-            self._on_too_big(neighbour.name, e.size)  # the path shrank: search again
-            return
         except UdpSendError as e:
-            counts.drops[f"send_{e.reason}"] += 1
+            self._send_failed(neighbour, e, counts)
             return
         counts.add(neighbour.name, len(datagrams), sum(len(d) for d in datagrams))
+
+    def _send_failed(self, neighbour: Neighbour, error: UdpSendError, counts: _Counts) -> None:
+        if isinstance(error, MessageTooBig):
+            counts.drops["send_too_big"] += 1
+            self._on_too_big(neighbour.name, error.size)  # the path shrank: search again
+        else:
+            counts.drops[f"send_{error.reason}"] += 1
 
     # --- UDP -> TAP ----------------------------------------------------------------------------
 
@@ -349,12 +361,11 @@ class Forwarder:
         poller.register(self._sock.fileno(), select.POLLIN)
         self._sock.setblocking(False)
         while not self._stop.is_set():
-            if not poller.poll(POLL_MS if not self._reassemblers_pending() else 2):
-                self._flush_reassembly(time.monotonic(), idle=True)
-                continue
             try:
-                datagrams, addr = receive(self._sock)
+                data, stride, addr = receive_run(self._sock)
             except BlockingIOError:
+                if not poller.poll(2 if self._reassemblers_pending() else POLL_MS):
+                    self._flush_reassembly(time.monotonic(), idle=True)
                 continue
             except OSError:
                 self._rx.drops["receive_error"] += 1
@@ -362,33 +373,132 @@ class Forwarder:
             forwards: dict[int, list[bytes | bytearray]] = {}
             snap = self._snapshot
             now = time.monotonic()
-            for datagram in datagrams:
-                self._from_udp(snap, datagram, addr, forwards, now)
+            if not data:
+                self._rx.drops["short"] += 1
+            else:
+                run = wire.DatagramRun(data, stride)
+                if not self._receive_uniform(snap, run, addr, now):
+                    self._receive_batch(snap, run.datagrams(), addr, forwards, now)
             for hop, out in forwards.items():
                 neighbour = snap.neighbours.get(hop)
                 if neighbour is not None:
                     self._send(neighbour, out, self._relayed)
             self._flush_reassembly(time.monotonic(), idle=False)
 
-    def _from_udp(
+    def _receive_uniform(
+        self, snap: Snapshot, run: wire.DatagramRun, addr: Any, now: float
+    ) -> bool:
+        """The bulk case as a whole: a GRO run of plain SEGMENTs for us, all alike but for
+        their sequence and index (:func:`wire.uniform_segments`), so one header check and one
+        count cover them all. False: not that case, take the datagrams one by one."""
+        data, stride = run
+        if len(data) <= stride or data[1] != wire.Kind.SEGMENT or data[2] & wire.SEALED:
+            return False
+        if not wire.uniform_segments(run):
+            return False
+        try:
+            header, _ = wire.decode_datagram(data[:stride], snap.key_for, snap.window_for)
+        except wire.DatagramError:
+            return False  # the one-by-one path drops and counts each
+        neighbour = snap.neighbours.get(header.hop)
+        if header.destination != snap.local or neighbour is None or neighbour.address[0] != addr[0]:
+            return False
+        origin = header.origin
+        reassembler = self._reassemblers.get(origin)
+        if reassembler is None:
+            reassembler = self._reassemblers[origin] = wire.Reassembler()
+        offset = wire.HEADER_SIZE
+        bodies: list[wire.Buffer] = [
+            data[i + offset : i + stride] for i in range(0, len(data), stride)
+        ]
+        self._rx.add(header.hop, len(bodies), len(data))
+        try:
+            frames = reassembler.add_uniform(bodies, now)
+        except wire.DatagramError as e:
+            self._rx.drops[e.reason.value] += len(bodies)
+            return True
+        if frames:
+            self._write_frames(origin, frames, False, now)
+        return True
+
+    def _receive_batch(
         self,
         snap: Snapshot,
-        data: memoryview,
+        datagrams: list[memoryview],
         addr: Any,
         forwards: dict[int, list[bytes | bytearray]],
         now: float,
     ) -> None:
-        try:
-            # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
-            header, body = wire.decode_datagram(data, snap.key_for, snap.window_for)
-        except wire.DatagramError as e:
-            self._rx.drops[e.reason.value] += 1
-            return
-        neighbour = snap.neighbours.get(header.hop)
-        if neighbour is None or neighbour.address[0] != addr[0]:
-            self._rx.drops["unknown_sender"] += 1
-            return
-        self._rx.add(header.hop, 1, len(data))
+        """The datagrams of one receive (GRO glues a super-frame's together).
+
+        The bulk case, SEGMENTs for us from one hop and one origin, runs inline with the hop
+        checked and counted once per run; everything else goes through :meth:`_dispatch`.
+        Frames are written in arrival order.
+        """
+        local = snap.local
+        key_for, window_for = snap.key_for, snap.window_for
+        decode = wire.decode_datagram
+        segment = wire.Kind.SEGMENT
+        counts = self._rx
+        hop_seen = origin_seen = -1
+        received = size = 0
+        reassembler: wire.Reassembler | None = None
+        ready: list[tuple[wire.Buffer, wire.Buffer]] = []
+        for data in datagrams:
+            try:
+                # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
+                header, body = decode(data, key_for, window_for)
+            except wire.DatagramError as e:
+                counts.drops[e.reason.value] += 1
+                continue
+            hop = header.hop
+            if hop != hop_seen:
+                if received:
+                    counts.add(hop_seen, received, size)
+                    received = size = 0
+                neighbour = snap.neighbours.get(hop)
+                if neighbour is None or neighbour.address[0] != addr[0]:
+                    counts.drops["unknown_sender"] += 1
+                    hop_seen = -1
+                    continue
+                hop_seen = hop
+            received += 1
+            size += len(data)
+            if header.kind is segment and header.destination == local:  # never BROADCAST
+                origin = header.origin
+                if origin != origin_seen:
+                    if ready:
+                        self._write_frames(origin_seen, ready, False, now)
+                        ready = []
+                    reassembler = self._reassemblers.get(origin)
+                    if reassembler is None:
+                        reassembler = self._reassemblers[origin] = wire.Reassembler()
+                    origin_seen = origin
+                assert reassembler is not None
+                try:
+                    ready += reassembler.add(body, now)
+                except wire.DatagramError as e:
+                    counts.drops[e.reason.value] += 1
+                continue
+            if ready:
+                self._write_frames(origin_seen, ready, False, now)
+                ready = []
+            self._dispatch(snap, header, body, addr, forwards, now)
+        if ready:
+            self._write_frames(origin_seen, ready, False, now)
+        if received:
+            counts.add(hop_seen, received, size)
+
+    def _dispatch(
+        self,
+        snap: Snapshot,
+        header: wire.DatagramHeader,
+        body: wire.Buffer,
+        addr: Any,
+        forwards: dict[int, list[bytes | bytearray]],
+        now: float,
+    ) -> None:
+        """A checked datagram from a known neighbour: control, flood, delivery or relay."""
         if header.kind in _CONTROL:
             self._on_control(header, bytes(body), addr)
             return

@@ -22,6 +22,7 @@ NONCE_SIZE: int = lib.crypto_aead_aegis256_npubbytes()
 
 # The nonce is the datagram's 64-bit sequence number, zero-padded: unique per key by design.
 _NONCE = struct.Struct(f">Q{NONCE_SIZE - 8}x")
+_SEQUENCE = struct.Struct(">Q")
 _encrypt = lib.crypto_aead_aegis256_encrypt
 _decrypt = lib.crypto_aead_aegis256_decrypt
 _from_buffer = ffi.from_buffer
@@ -47,6 +48,52 @@ def seal(header: bytes, body: Buffer, sequence: int, key: bytes) -> bytearray:
     source = _from_buffer(body) if blen else _NULL
     _encrypt(target + hlen, _NULL, source, blen, header, hlen, _NULL, _NONCE.pack(sequence), key)
     return out
+
+
+def seal_run(
+    out: bytearray,
+    stride: int,
+    head: bytes,
+    bodies: Buffer,
+    body_size: int,
+    count: int,
+    sequence: int,
+    key: bytes,
+) -> None:
+    """Seal ``count`` bodies lying back to back in ``bodies``, every ``body_size`` bytes (the
+    last one takes what is left), into ``out`` every ``stride`` bytes: header (``head`` + the
+    64-bit sequence) then ciphertext and tag. A super-frame's datagrams, ready for one GSO send,
+    with no per-datagram allocation."""
+    check_key(key)
+    hlen = len(head) + 8
+    last_size = len(bodies) - (count - 1) * body_size
+    if (
+        count < 1
+        or not 0 <= last_size <= body_size
+        or hlen + body_size + TAG_SIZE > stride
+        or len(out) < (count - 1) * stride + hlen + last_size + TAG_SIZE
+    ):
+        raise ValueError("the sealed datagrams do not fit the buffer")
+    target = _from_buffer("unsigned char[]", out, require_writable=True)
+    source = _from_buffer(bodies)
+    pack_sequence = _SEQUENCE.pack
+    pack_nonce = _NONCE.pack
+    for i in range(count):
+        header = head + pack_sequence(sequence + i)
+        at = i * stride
+        out[at : at + hlen] = header
+        size = body_size if i < count - 1 else last_size
+        _encrypt(
+            target + at + hlen,
+            _NULL,
+            source + i * body_size,
+            size,
+            header,
+            hlen,
+            _NULL,
+            pack_nonce(sequence + i),
+            key,
+        )
 
 
 def open_sealed(datagram: Buffer, header_size: int, sequence: int, key: bytes) -> bytearray | None:

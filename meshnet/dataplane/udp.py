@@ -178,6 +178,53 @@ def send_segments(sock: socket.socket, payloads: Sequence[Payload], addr: Addres
             _raise_typed(e, payloads[start:end], segment)
 
 
+def send_run(sock: socket.socket, data: Payload, stride: int, addr: Address | None) -> None:
+    """Send datagrams laid back to back in ``data``, each ``stride`` bytes (the last may be
+    shorter), in as few GSO sendmsg calls as the kernel's limits allow. Errors as
+    :func:`send_segments`."""
+    view = memoryview(data)
+    total = len(view)
+    if stride <= 0 or total == 0:
+        raise ValueError("nothing to send")
+    step = stride * max(1, min(MAX_SEGMENTS, MAX_UDP_PAYLOAD // stride))
+    cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("@H", stride))]
+    for start in range(0, total, step):
+        chunk = view[start : start + step]
+        try:
+            if len(chunk) <= stride:
+                if addr is None:
+                    sock.send(chunk)
+                else:
+                    sock.sendto(chunk, addr)
+            elif addr is None:
+                sock.sendmsg([chunk], cmsg)
+            else:
+                sock.sendmsg([chunk], cmsg, 0, addr)
+        except OSError as e:
+            _raise_typed(e, [chunk[:stride]], stride if len(chunk) > stride else 0)
+
+
+def receive_run(
+    sock: socket.socket, bufsize: int = RECEIVE_SIZE
+) -> tuple[memoryview, int, Address]:
+    """One recvmsg: (the data, the datagram stride, the sender). With GRO the data holds
+    several datagrams of ``stride`` bytes, the last maybe shorter; otherwise the stride is the
+    length of the one datagram."""
+    raw, ancdata, flags, addr = sock.recvmsg(bufsize, _CMSG_SPACE)
+    return memoryview(raw), _stride(ancdata, flags, addr, len(raw)), addr
+
+
+def _stride(ancdata: list[tuple[int, int, bytes]], flags: int, addr: Address, nbytes: int) -> int:
+    """The size of the datagrams GRO glued together (``nbytes`` for a single one)."""
+    if flags & socket.MSG_TRUNC:
+        raise UdpError(f"datagram from {addr} truncated to {nbytes} bytes")
+    segment = 0
+    for level, kind, value in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(value) >= _INT.size:
+            segment = _INT.unpack_from(value)[0]
+    return segment if 0 < segment < nbytes else nbytes
+
+
 def _raise_typed(e: OSError, sent: Sequence[Payload], segment: int) -> NoReturn:
     if e.errno == errno.ECONNREFUSED:
         raise PeerUnreachable("peer refused the datagram (port closed)") from e
@@ -212,13 +259,8 @@ def receive(
         raw, ancdata, flags, addr = sock.recvmsg(bufsize, _CMSG_SPACE)
         data = memoryview(raw)
         nbytes = len(raw)
-    segment = 0
-    for level, kind, value in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(value) >= _INT.size:
-            segment = _INT.unpack_from(value)[0]
-    if flags & socket.MSG_TRUNC:
-        raise UdpError(f"datagram from {addr} truncated to {nbytes} bytes")
-    if segment <= 0 or segment >= nbytes:
+    segment = _stride(ancdata, flags, addr, nbytes)
+    if segment == nbytes:
         return [data], addr
     return [data[i : i + segment] for i in range(0, nbytes, segment)], addr
 

@@ -548,12 +548,15 @@ def test_flag_constants_match_the_spec() -> None:
 @settings(max_examples=50)
 @given(st.binary(max_size=2000), st.binary(min_size=32, max_size=32), st.integers(0, 2**64 - 1))
 def test_seal_matches_pynacl_public_aegis256(body: bytes, key: bytes, sequence: int) -> None:
-    header = bytes(range(32))
+    header = bytes(range(24)) + sequence.to_bytes(8, "big")  # as datagram headers end
     nonce = sequence.to_bytes(8, "big") + bytes(24)
     sealed = aead.seal(header, body, sequence, key)
     expected = nacl.bindings.crypto_aead_aegis256_encrypt(body, header, nonce, key)
     assert bytes(sealed) == header + expected
     assert aead.open_sealed(memoryview(sealed), 32, sequence, key) == body
+    run = bytearray(len(sealed) + 5)
+    aead.seal_run(run, len(sealed) + 5, header[:24], body, max(1, len(body)), 1, sequence, key)
+    assert run[: len(sealed)] == sealed
 
 
 def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
@@ -570,6 +573,8 @@ def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
     for bad in (b"short", key + b"x", "k" * 32):
         with pytest.raises(ValueError):
             aead.seal(b"", b"", 0, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):  # the buffer is a tag short
+        aead.seal_run(bytearray(32 + 10 + 31), 100, bytes(24), bytes(10), 10, 1, 0, key)
 
 
 @pytest.mark.parametrize("sealed", [False, True])
@@ -578,6 +583,74 @@ def test_encode_superframe_equals_segment_bodies_then_encode(sealed: bool) -> No
     key = os.urandom(32) if sealed else None
     header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, 1000)
     bodies = sw.segment_bodies(77, v, frame)
-    assert sw.encode_superframe(header, 77, v, frame, key) == sw.encode_datagrams(
-        header, bodies, key
-    )
+    run = sw.encode_superframe(header, 77, v, frame, key)
+    assert run.datagrams() == sw.encode_datagrams(header, bodies, key)
+    assert run.datagram_count == len(bodies) == 10
+
+
+# --- whole GRO runs ------------------------------------------------------------------------------
+
+
+def plain_run(sid: int = 5, segments: int = 12, gso: int = 1200) -> tuple[bytes, sw.DatagramRun]:
+    v, frame, _ = build_superframe(4, os.urandom(gso * (segments - 1) + gso // 2), gso)
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, 1000)
+    return vn.pack_vnet(v) + frame, sw.encode_superframe(header, sid, v, frame, None)
+
+
+def bodies_of(run: sw.DatagramRun) -> list[sw.Buffer]:
+    return [d[sw.HEADER_SIZE :] for d in run.datagrams()]
+
+
+def test_a_superframes_run_is_uniform_and_reassembles_whole_in_any_split() -> None:
+    whole, run = plain_run()
+    assert sw.uniform_segments(run)
+    bodies = bodies_of(run)
+    for cut_at in (1, 5, 11):
+        reassembler = sw.Reassembler()
+        got = reassembler.add_uniform(bodies[cut_at:], 0.0) + reassembler.add_uniform(
+            bodies[:cut_at], 0.0
+        )
+        assert [bytes(vnet) + bytes(frame) for vnet, frame in got] == [whole]
+        assert reassembler.statistics().completed == 1
+
+
+def test_uniform_runs_count_duplicates_and_late_segments() -> None:
+    whole, run = plain_run()
+    bodies = bodies_of(run)
+    reassembler = sw.Reassembler()
+    assert reassembler.add_uniform(bodies[:6], 0.0) == []
+    assert reassembler.add_uniform(bodies[3:9], 0.0) == []  # 3 duplicates
+    got = reassembler.add_uniform(bodies[9:], 0.0)
+    assert [bytes(v) + bytes(f) for v, f in got] == [whole]
+    assert reassembler.add_uniform(bodies[:4], 0.0) == []  # late: already delivered
+    stats = reassembler.statistics()
+    assert (stats.duplicates, stats.completed) == (3, 1) and stats.late >= 1
+
+
+def test_runs_that_are_not_one_superframe_in_order_are_not_uniform() -> None:
+    _, run = plain_run(sid=1)
+    _, other = plain_run(sid=2)
+    data, stride = bytes(run.data), run.stride
+    assert not sw.uniform_segments(sw.DatagramRun(memoryview(data[: 3 * stride]), stride // 2))
+    mixed = data[: 3 * stride] + bytes(other.data)[3 * stride : 6 * stride]
+    assert not sw.uniform_segments(sw.DatagramRun(memoryview(mixed), stride))
+    gap = data[:stride] + data[2 * stride : 4 * stride]
+    assert not sw.uniform_segments(sw.DatagramRun(memoryview(gap), stride))
+    swapped = data[stride : 2 * stride] + data[:stride]
+    assert not sw.uniform_segments(sw.DatagramRun(memoryview(swapped), stride))
+    for position in (0, 10, 30, 33, 40, 45, 60):  # header, sequence is free, prefix, headers
+        changed = bytearray(data[: 4 * stride])
+        changed[2 * stride + position] ^= 0x40
+        uniform = sw.uniform_segments(sw.DatagramRun(memoryview(changed), stride))
+        assert uniform == (24 <= position < 32), position
+    assert sw.uniform_segments(sw.DatagramRun(memoryview(data[: 2 * stride + 200]), stride))
+    assert not sw.uniform_segments(sw.DatagramRun(memoryview(data[:stride]), stride))
+
+
+def test_a_uniform_run_ending_in_a_short_middle_segment_is_refused() -> None:
+    _, run = plain_run(segments=4)
+    bodies = bodies_of(run)
+    reassembler = sw.Reassembler()
+    with pytest.raises(sw.DatagramError):
+        reassembler.add_uniform([bodies[0], bodies[1][:-10]], 0.0)
+    assert reassembler.pending() == 0 and reassembler.statistics().inconsistent == 1
