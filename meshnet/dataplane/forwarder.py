@@ -211,8 +211,12 @@ class Forwarder:
         if len(data) < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
             return
-        frame = data[VNET_HEADER_SIZE:]
-        decision, peer = self._switch.from_local(frame[6:12], frame[0:6], time.monotonic())
+        frame = memoryview(data)[VNET_HEADER_SIZE:]  # a super-frame is 64 KiB: no copy
+        decision, peer = self._switch.from_local(
+            data[VNET_HEADER_SIZE + 6 : VNET_HEADER_SIZE + 12],
+            data[VNET_HEADER_SIZE : VNET_HEADER_SIZE + 6],
+            time.monotonic(),
+        )
         if decision is Decision.UNICAST:
             hop = snap.routes.next_hop(peer)
             if hop is None:
@@ -265,7 +269,7 @@ class Forwarder:
         budget = self._datagram_budget(neighbour) - 2 - VNET_HEADER_SIZE - 14
         return min(budget, self._snapshot.overlay_mtu)
 
-    def _too_big(self, frame: bytes, mtu: int) -> None:
+    def _too_big(self, frame: wire.Buffer, mtu: int) -> None:
         """Answer like a router would, so the sender's path-MTU discovery shrinks its packets."""
         self._tx.drops["too_big"] += 1
         reply = icmp_too_big(frame, mtu)
@@ -280,7 +284,7 @@ class Forwarder:
         flags: int,
         superframe_id: int,
         vnet: VnetHeader,
-        frame: bytes,
+        frame: wire.Buffer,
     ) -> None:
         neighbour = snap.neighbours.get(hop)
         if neighbour is None:
@@ -388,35 +392,59 @@ class Forwarder:
     def _receive_uniform(
         self, snap: Snapshot, run: wire.DatagramRun, addr: Any, now: float
     ) -> bool:
-        """The bulk case as a whole: a GRO run of plain SEGMENTs for us, all alike but for
-        their sequence and index (:func:`wire.uniform_segments`), so one header check and one
-        count cover them all. False: not that case, take the datagrams one by one."""
+        """The bulk case as a whole: a GRO run of SEGMENTs for us from one hop, all alike but
+        for their sequence and index, so one header check, one count and one reassembly step
+        cover them all (sealed ones are opened in one pass). False: not that case, take the
+        datagrams one by one."""
         data, stride = run
-        if len(data) <= stride or data[1] != wire.Kind.SEGMENT or data[2] & wire.SEALED:
-            return False
-        if not wire.uniform_segments(run):
+        if len(data) <= stride or data[1] != wire.Kind.SEGMENT:
             return False
         try:
-            header, _ = wire.decode_datagram(data[:stride], snap.key_for, snap.window_for)
+            header = wire.parse_header(data)
         except wire.DatagramError:
             return False  # the one-by-one path drops and counts each
         neighbour = snap.neighbours.get(header.hop)
-        if header.destination != snap.local or neighbour is None or neighbour.address[0] != addr[0]:
+        if (
+            header.destination != snap.local
+            or neighbour is None
+            or neighbour.address[0] != addr[0]
+            or bool(header.flags & wire.SEALED) != (neighbour.receive_key is not None)
+        ):
             return False
+        bodies: list[wire.Buffer]
+        if neighbour.receive_key is None:
+            if not wire.uniform_segments(run):
+                return False
+            offset = wire.HEADER_SIZE
+            bodies = [data[i + offset : i + stride] for i in range(0, len(data), stride)]
+            uniform = True
+        else:
+            if not wire.same_heads(run):
+                return False
+            opened, indexes, drops = wire.open_run(run, neighbour.receive_key, neighbour.window)
+            for reason in drops:
+                self._rx.drops[reason.value] += 1
+            uniform = not drops and wire.uniform_segments(opened, offset=0)
+            bodies = opened.datagrams()
+            if drops:
+                bodies = [bodies[i] for i in indexes]
+        self._rx.add(header.hop, len(bodies), len(data))
         origin = header.origin
         reassembler = self._reassemblers.get(origin)
         if reassembler is None:
             reassembler = self._reassemblers[origin] = wire.Reassembler()
-        offset = wire.HEADER_SIZE
-        bodies: list[wire.Buffer] = [
-            data[i + offset : i + stride] for i in range(0, len(data), stride)
-        ]
-        self._rx.add(header.hop, len(bodies), len(data))
-        try:
-            frames = reassembler.add_uniform(bodies, now)
-        except wire.DatagramError as e:
-            self._rx.drops[e.reason.value] += len(bodies)
-            return True
+        frames: list[tuple[wire.Buffer, wire.Buffer]] = []
+        if uniform:
+            try:
+                frames = reassembler.add_uniform(bodies, now)
+            except wire.DatagramError as e:
+                self._rx.drops[e.reason.value] += len(bodies)
+        else:
+            for body in bodies:
+                try:
+                    frames += reassembler.add(body, now)
+                except wire.DatagramError as e:
+                    self._rx.drops[e.reason.value] += 1
         if frames:
             self._write_frames(origin, frames, False, now)
         return True
@@ -424,7 +452,7 @@ class Forwarder:
     def _receive_batch(
         self,
         snap: Snapshot,
-        datagrams: list[memoryview],
+        datagrams: list[wire.Buffer],
         addr: Any,
         forwards: dict[int, list[bytes | bytearray]],
         now: float,

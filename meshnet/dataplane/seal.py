@@ -96,6 +96,48 @@ def seal_run(
         )
 
 
+def open_run(
+    data: Buffer, stride: int, header_size: int, sequences: list[int], out: bytearray, key: bytes
+) -> list[int]:
+    """Open the sealed datagrams lying in ``data`` every ``stride`` bytes (the last may be
+    shorter), datagram i with nonce ``sequences[i]``, its body into ``out`` at
+    ``i * (stride - header_size - TAG_SIZE)``. Returns the indexes of those not authentic (their
+    part of ``out`` is garbage). One pair of buffer pointers for the whole run."""
+    check_key(key)
+    count = len(sequences)
+    body_stride = stride - header_size - TAG_SIZE
+    last_size = len(data) - (count - 1) * stride - header_size  # ciphertext and tag
+    if (
+        count < 1
+        or body_stride < 0
+        or not TAG_SIZE <= last_size <= stride - header_size
+        or len(out) < (count - 1) * body_stride + last_size - TAG_SIZE
+    ):
+        raise ValueError("the datagrams or their bodies lie outside the buffers")
+    source = _from_buffer(data)
+    target = _from_buffer("unsigned char[]", out, require_writable=True) if len(out) else _NULL
+    pack_nonce = _NONCE.pack
+    size = stride - header_size
+    failed = []
+    for i, sequence in enumerate(sequences):
+        at = source + i * stride
+        if i == count - 1:
+            size = last_size
+        if _decrypt(
+            target + i * body_stride if len(out) else _NULL,
+            _NULL,
+            _NULL,
+            at + header_size,
+            size,
+            at,
+            header_size,
+            pack_nonce(sequence),
+            key,
+        ):
+            failed.append(i)
+    return failed
+
+
 def open_sealed(datagram: Buffer, header_size: int, sequence: int, key: bytes) -> bytearray | None:
     """The plain body of a datagram sealed by :func:`seal`, or None if it is not authentic."""
     check_key(key)

@@ -225,7 +225,7 @@ class DatagramRun(NamedTuple):
     def datagram_count(self) -> int:
         return -(-len(self.data) // self.stride)
 
-    def datagrams(self) -> list[memoryview]:
+    def datagrams(self) -> list[Buffer]:
         data, stride = self.data, self.stride
         return [data[i : i + stride] for i in range(0, len(data), stride)]
 
@@ -234,7 +234,7 @@ def encode_superframe(
     header: DatagramHeader,
     superframe_id: int,
     vnet: vn.VnetHeader,
-    frame: bytes,
+    frame: Buffer,
     key: bytes | None,
 ) -> DatagramRun:
     """The SEGMENT datagrams of a TCP super-frame, built as one array: what
@@ -257,7 +257,9 @@ def encode_superframe(
     bodies = rows[:, offset:]
     bodies[:, 0:4] = np.frombuffer(_U32.pack(superframe_id & _SERIAL_MASK), np.uint8)
     bodies[:, 4:6] = np.arange(count, dtype=">u2").view(np.uint8).reshape(count, 2)
-    common = _U16.pack(count) + _U16.pack(header_len) + vn.pack_vnet(vnet) + frame[:header_len]
+    common = b"".join(
+        (_U16.pack(count), _U16.pack(header_len), vn.pack_vnet(vnet), frame[:header_len])
+    )
     bodies[:, 6:payload_at] = np.frombuffer(common, np.uint8)
     payload = np.frombuffer(frame, np.uint8)
     bodies[:last, payload_at:] = payload[header_len : header_len + last * size].reshape(last, size)
@@ -275,39 +277,96 @@ def encode_superframe(
     return DatagramRun(memoryview(out), stride)
 
 
-def uniform_segments(run: DatagramRun) -> bool:
+def uniform_segments(run: DatagramRun, offset: int = HEADER_SIZE) -> bool:
     """Whether every datagram of ``run`` repeats the first one's header (but the sequence) and
     segment prefix (but the index, which counts up by one): then checking the first datagram
     checks them all, and their bodies can go to :meth:`Reassembler.add_uniform`. One array
-    comparison per field instead of a Python step per datagram; False means "look at each"."""
+    comparison per field instead of a Python step per datagram; False means "look at each".
+
+    With ``offset`` 0 the run holds bodies alone (opened sealed datagrams): prefixes only.
+    """
     data, stride = run
     full = len(data) // stride
     tail = len(data) - full * stride
-    if full < 1 or stride < HEADER_SIZE + SEGMENT_OVERHEAD or full + (tail > 0) < 2:
+    if full < 1 or stride < offset + SEGMENT_OVERHEAD or full + (tail > 0) < 2:
         return False
-    same_to = HEADER_SIZE + SEGMENT_OVERHEAD + _U16.unpack_from(data, HEADER_SIZE + 8)[0]
+    same_to = offset + SEGMENT_OVERHEAD + _U16.unpack_from(data, offset + 8)[0]
     if same_to > stride or (tail and same_to > tail):
         return False
     grid = np.frombuffer(data, np.uint8, count=full * stride).reshape(full, stride)
     first = grid[0]
-    index0 = _U16.unpack_from(data, HEADER_SIZE + 4)[0]
-    indexes = grid[:, 36].astype(np.int64) << 8 | grid[:, 37]
+    sid, index0 = slice(offset, offset + 4), _U16.unpack_from(data, offset + 4)[0]
+    rest = slice(offset + 6, same_to)
+    indexes = grid[:, offset + 4].astype(np.int64) << 8 | grid[:, offset + 5]
+    head = slice(0, 24 if offset else 0)
     if not (
-        (grid[:, :24] == first[:24]).all()
-        and (grid[:, 32:36] == first[32:36]).all()
-        and (grid[:, 38:same_to] == first[38:same_to]).all()
+        (grid[:, head] == first[head]).all()
+        and (grid[:, sid] == first[sid]).all()
+        and (grid[:, rest] == first[rest]).all()
         and (indexes == np.arange(index0, index0 + full)).all()
     ):
         return False
     if tail:
         last = data[full * stride :]
         return (
-            last[:24] == data[:24]
-            and last[32:36] == data[32:36]
-            and last[38:same_to] == data[38:same_to]
-            and _U16.unpack_from(last, HEADER_SIZE + 4)[0] == index0 + full
+            last[head] == data[head]
+            and last[sid] == data[sid]
+            and last[rest] == data[rest]
+            and _U16.unpack_from(last, offset + 4)[0] == index0 + full
         )
     return True
+
+
+def same_heads(run: DatagramRun) -> bool:
+    """Whether every datagram of ``run`` has the first one's header but for the sequence: one
+    hop, origin, destination, kind and flags (so one key and one replay window)."""
+    data, stride = run
+    full = len(data) // stride
+    tail = len(data) - full * stride
+    if full < 1 or stride < HEADER_SIZE or 0 < tail < HEADER_SIZE:
+        return False
+    grid = np.frombuffer(data, np.uint8, count=full * stride).reshape(full, stride)
+    return bool((grid[:, :24] == grid[0, :24]).all()) and (
+        not tail or data[full * stride : full * stride + 24] == data[:24]
+    )
+
+
+def open_run(
+    run: DatagramRun, key: bytes, window: ReplayWindow
+) -> tuple[DatagramRun, list[int], list[DropReason]]:
+    """Open the sealed datagrams of ``run`` (one hop's, sharing one key and window: see
+    :func:`same_heads`) into one buffer of plain bodies, datagram i's at
+    ``i * (stride - HEADER_SIZE - TAG_SIZE)``, with the checks of :func:`decode_datagram` (the
+    header is the associated data: a changed one fails its tag). Returns the bodies, the
+    indexes of the datagrams opened, and why each other one was dropped."""
+    data, stride = run
+    count = run.datagram_count
+    body_stride = stride - HEADER_SIZE - TAG_SIZE
+    if len(data) - (count - 1) * stride < HEADER_SIZE + TAG_SIZE:
+        return DatagramRun(memoryview(b""), max(body_stride, 1)), [], [DropReason.SHORT] * count
+    sequences = [_U64.unpack_from(data, at + 24)[0] for at in range(0, len(data), stride)]
+    out = bytearray(len(data) - count * (HEADER_SIZE + TAG_SIZE))
+    failed = aead.open_run(data, stride, HEADER_SIZE, sequences, out, key)
+    first = sequences[0]
+    if (
+        not failed
+        and sequences == list(range(first, first + count))
+        and window.accept_run(first, count)
+    ):
+        return DatagramRun(memoryview(out), body_stride), list(range(count)), []
+    # The general case: each datagram on its own, as decode_datagram would take it.
+    opened: list[int] = []
+    drops: list[DropReason] = []
+    bad = set(failed)
+    for i, sequence in enumerate(sequences):
+        if not window.would_accept(sequence):
+            drops.append(DropReason.REPLAYED)
+        elif i in bad:
+            drops.append(DropReason.BAD_TAG)
+        else:
+            window.check_and_update(sequence)
+            opened.append(i)
+    return DatagramRun(memoryview(out), body_stride), opened, drops
 
 
 def _header_head(header: DatagramHeader, sealed: bool, count: int) -> bytes:
@@ -344,6 +403,21 @@ class ReplayWindow:
             return True
         offset = self._highest - seq
         return offset < REPLAY_WINDOW and not (self._bits >> offset) & 1
+
+    def accept_run(self, first: int, count: int) -> bool:
+        """Record ``first`` .. ``first + count - 1`` at once if all are newer than anything
+        seen (a super-frame's datagrams, in order); False, recording nothing, otherwise."""
+        if first <= self._highest or count < 1:
+            return False
+        last = first + count - 1
+        shift = last - self._highest
+        run = (1 << min(count, REPLAY_WINDOW)) - 1
+        if shift >= REPLAY_WINDOW:
+            self._bits = run
+        else:
+            self._bits = ((self._bits << shift) | run) & ((1 << REPLAY_WINDOW) - 1)
+        self._highest = last
+        return True
 
     def check_and_update(self, seq: int) -> bool:
         """Record ``seq`` if it is new; False for a replay or one too old to tell."""
@@ -383,19 +457,8 @@ def decode_datagram(
     without a key anyone on the path could forge them anyway.
     """
     n = len(data)
-    if n < HEADER_SIZE:
-        raise DatagramError(DropReason.SHORT, f"datagram of {n} bytes")
-    (version, kind, flags, ttl, oh, ol, dh, dl, hh, hl, reserved, seq) = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise DatagramError(DropReason.BAD_VERSION, f"version {version}")
-    if kind >= len(_KINDS):
-        raise DatagramError(DropReason.BAD_KIND, f"kind {kind}")
-    destination = dh << 32 | dl
-    if flags & ~_KNOWN_FLAGS or reserved or (flags & BROADCAST and destination):
-        raise DatagramError(DropReason.BAD_HEADER, f"flags {flags:#x}, reserved {reserved:#x}")
-    if ttl == 0:
-        raise DatagramError(DropReason.TTL_EXPIRED, "ttl 0")
-    hop = hh << 32 | hl
+    header = parse_header(data)
+    flags, hop, seq = header.flags, header.hop, header.sequence
     key = key_for(hop)
     if flags & SEALED:
         window = window_for(hop) if key is not None else None
@@ -414,8 +477,25 @@ def decode_datagram(
         if key is not None:
             raise DatagramError(DropReason.NOT_SEALED, f"plain from {hop:012x}")
         body = memoryview(data)[HEADER_SIZE:]
-    header = DatagramHeader(_KINDS[kind], flags, ttl, oh << 32 | ol, destination, hop, seq)
     return header, body
+
+
+def parse_header(data: Buffer) -> DatagramHeader:
+    """The header of a datagram, checked for everything but authenticity (the body's job)."""
+    n = len(data)
+    if n < HEADER_SIZE:
+        raise DatagramError(DropReason.SHORT, f"datagram of {n} bytes")
+    (version, kind, flags, ttl, oh, ol, dh, dl, hh, hl, reserved, seq) = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise DatagramError(DropReason.BAD_VERSION, f"version {version}")
+    if kind >= len(_KINDS):
+        raise DatagramError(DropReason.BAD_KIND, f"kind {kind}")
+    destination = dh << 32 | dl
+    if flags & ~_KNOWN_FLAGS or reserved or (flags & BROADCAST and destination):
+        raise DatagramError(DropReason.BAD_HEADER, f"flags {flags:#x}, reserved {reserved:#x}")
+    if ttl == 0:
+        raise DatagramError(DropReason.TTL_EXPIRED, "ttl 0")
+    return DatagramHeader(_KINDS[kind], flags, ttl, oh << 32 | ol, destination, hh << 32 | hl, seq)
 
 
 def max_segment_payload(max_datagram: int, header_len: int, sealed: bool) -> int:
@@ -442,7 +522,7 @@ class FrameBatcher:
         if not FRAME_OVERHEAD + vn.ETH_HEADER_SIZE <= max_body <= MAX_DATAGRAM - HEADER_SIZE:
             raise ValueError(f"a FRAMES body of {max_body} bytes cannot be sent")
         self.max_body = max_body
-        self._parts: list[bytes] = []
+        self._parts: list[Buffer] = []
         self._size = 0
         self._count = 0
 
@@ -456,7 +536,7 @@ class FrameBatcher:
         """Frames added and not yet returned in a body."""
         return self._count
 
-    def add(self, vnet: bytes, frame: bytes) -> bytes | None:
+    def add(self, vnet: Buffer, frame: Buffer) -> bytes | None:
         """Queue a frame; returns the full body it did not fit into, to send first, if any.
 
         ValueError for a frame over :attr:`max_frame`: check before, it is the caller's to

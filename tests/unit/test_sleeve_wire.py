@@ -654,3 +654,64 @@ def test_a_uniform_run_ending_in_a_short_middle_segment_is_refused() -> None:
     with pytest.raises(sw.DatagramError):
         reassembler.add_uniform([bodies[0], bodies[1][:-10]], 0.0)
     assert reassembler.pending() == 0 and reassembler.statistics().inconsistent == 1
+
+
+def sealed_run(key: bytes, sequence: int = 1000) -> tuple[bytes, sw.DatagramRun]:
+    v, frame, _ = build_superframe(4, os.urandom(1200 * 9 + 77), 1200)
+    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, sequence)
+    return vn.pack_vnet(v) + frame, sw.encode_superframe(header, 3, v, frame, key)
+
+
+def test_a_sealed_run_opens_in_one_pass_and_reassembles() -> None:
+    key = os.urandom(32)
+    whole, run = sealed_run(key)
+    assert sw.same_heads(run)
+    window = sw.ReplayWindow()
+    opened, indexes, drops = sw.open_run(run, key, window)
+    assert (indexes, drops) == (list(range(10)), [])
+    assert sw.uniform_segments(opened, offset=0)
+    got = sw.Reassembler().add_uniform(opened.datagrams(), 0.0)
+    assert [bytes(v) + bytes(f) for v, f in got] == [whole]
+    assert window.highest == 1009
+    _, indexes, drops = sw.open_run(run, key, window)  # the same run again: all replays
+    assert indexes == [] and drops == [sw.DropReason.REPLAYED] * 10
+
+
+def test_a_forged_datagram_in_a_sealed_run_costs_only_itself() -> None:
+    key = os.urandom(32)
+    _, run = sealed_run(key)
+    data = bytearray(run.data)
+    data[3 * run.stride + 100] ^= 1  # a body byte of datagram 3
+    data[5 * run.stride + 30] ^= 1  # the sequence of datagram 5: wrong nonce and AD
+    window = sw.ReplayWindow()
+    opened, indexes, drops = sw.open_run(sw.DatagramRun(memoryview(data), run.stride), key, window)
+    assert indexes == [0, 1, 2, 4, 6, 7, 8, 9]
+    assert drops == [sw.DropReason.BAD_TAG] * 2
+    assert not window.would_accept(1004) and window.would_accept(1003)
+    assert window.would_accept(1005)  # a forged sequence burns nothing
+    bodies = opened.datagrams()
+    with pytest.raises(sw.DatagramError):
+        sw.Reassembler().add_uniform([bodies[3]], 0.0)  # garbage where the forgery was
+
+
+def test_replay_window_accepts_runs_only_ahead_of_everything() -> None:
+    window = sw.ReplayWindow()
+    assert window.accept_run(10, 5)
+    assert window.highest == 14
+    assert [window.would_accept(s) for s in range(9, 16)] == [True] + [False] * 5 + [True]
+    assert not window.accept_run(14, 3)  # overlaps: nothing recorded
+    assert window.would_accept(15) and window.would_accept(16)
+    assert window.accept_run(10_000, 3000)
+    oldest_in_window = 12_999 - sw.REPLAY_WINDOW + 1
+    assert not window.would_accept(12_999) and not window.would_accept(oldest_in_window)
+    assert window.would_accept(13_000)
+
+
+def test_open_run_refuses_buffers_that_do_not_fit() -> None:
+    key = os.urandom(32)
+    _, run = sealed_run(key)
+    data = bytes(run.data)
+    count = run.datagram_count
+    for out_size, sequences in ((10, list(range(count))), (len(data), [1])):
+        with pytest.raises(ValueError):
+            aead.open_run(data, run.stride, 32, sequences, bytearray(out_size), key)
