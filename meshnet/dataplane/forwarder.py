@@ -261,7 +261,9 @@ class Forwarder:
 
     def _datagram_budget(self, neighbour: Neighbour) -> int:
         """Body bytes that fit one datagram on this path."""
-        mtu = neighbour.max_datagram or (self._snapshot.overlay_mtu + 82)
+        mtu = neighbour.max_datagram or (
+            self._snapshot.overlay_mtu + wire.ENCAPSULATION_OVERHEAD - wire.UNDERLAY_HEADERS
+        )
         return mtu - wire.HEADER_SIZE - (wire.TAG_SIZE if neighbour.send_key else 0)
 
     def _frame_limit(self, neighbour: Neighbour) -> int:

@@ -34,10 +34,7 @@ log = logging.getLogger("meshnet.dataplane")
 
 BRIDGE = "meshnet"
 TAP = "vethwe-sleeve"
-# Underlay bytes a container frame costs on the sleeve: IPv6 + UDP headers (48), the sleeve
-# header (32), the AEGIS-256 tag (32), and the segment header with the original vnet header and
-# the Ethernet header carried per chunk (10 + 10 + 14). IPv4 has 20 bytes of slack.
-ENCAPSULATION_OVERHEAD = 48 + 32 + 32 + 10 + 10 + 14
+ENCAPSULATION_OVERHEAD = wire.ENCAPSULATION_OVERHEAD
 MIN_OVERLAY_MTU = 576
 MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
 # Whatever waits in the socket is latency for every packet behind it (FACTS: ~175 ms at 16 MB),

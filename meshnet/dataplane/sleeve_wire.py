@@ -61,6 +61,11 @@ FRAME_OVERHEAD = 2 + vn.VNET_HEADER_SIZE
 SEGMENT_PREFIX_SIZE = 10
 SEGMENT_OVERHEAD = SEGMENT_PREFIX_SIZE + vn.VNET_HEADER_SIZE
 """Bytes a SEGMENT body spends besides the L header bytes and the payload."""
+UNDERLAY_HEADERS = 48
+"""IPv6 + UDP: the most an underlay packet spends on headers (IPv4 leaves 20 bytes of slack)."""
+ENCAPSULATION_OVERHEAD = UNDERLAY_HEADERS + HEADER_SIZE + TAG_SIZE + SEGMENT_OVERHEAD + 14
+"""Underlay bytes a container frame costs on the sleeve beyond its IP packet: the overlay MTU is
+the underlay's minus this (the Ethernet header travels inside every segment)."""
 MAX_SEGMENT_HEADERS = 512
 """Largest header length L a segment may declare (Ethernet + IPv6 with options + TCP fits)."""
 REPLAY_WINDOW = 1024
