@@ -1,0 +1,287 @@
+"""The IPAM trio shell over an in-memory mesh, on trio's autojump clock: no sockets, no mocks."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.gossip.channel import Gossiper
+from meshnet.ipam.allocator import AddressInUse, InitMode, IpamConfig
+from meshnet.ipam.ring import RingMergeError
+from meshnet.ipam.service import STATE_FILE, IpamService, parse_init
+from tests.conftest import run_meshnet
+
+RANGE = IPv4Network("10.32.0.0/24")
+
+
+class FakeNet:
+    """Every peer linked to every other unless cut; deliveries run in order on one task."""
+
+    def __init__(self) -> None:
+        self.transports: dict[int, FakeTransport] = {}
+        self.cut: set[int] = set()
+        self.send, self.receive = trio.open_memory_channel[Callable[[], None]](10_000)
+        self.errors: list[RemoteProtocolError] = []
+
+    def linked(self, a: int, b: int) -> bool:
+        return a in self.transports and b in self.transports and not {a, b} & self.cut
+
+    async def pump(self) -> None:
+        async for deliver in self.receive:
+            try:
+                deliver()
+            except RemoteProtocolError as e:  # the router would drop that connection
+                self.errors.append(e)
+            await trio.sleep(0.001)
+
+    def join(self, name: int) -> None:
+        """A new connection to everyone: full states both ways (as ``Mesh.connection_up``)."""
+        for other in self.transports.values():
+            if other.name != name and self.linked(name, other.name):
+                for a, b in ((name, other.name), (other.name, name)):
+                    state = self.transports[a].gossiper.full_state()
+                    if state is not None:
+                        self.send.send_nowait(lambda b=b, s=state: self.on_gossip(b, s))
+
+    def on_gossip(self, target: int, payload: bytes) -> None:
+        self.transports[target].gossiper.on_gossip(payload)
+
+
+class FakeTransport:
+    def __init__(self, net: FakeNet, name: int) -> None:
+        self.net = net
+        self.name = name
+        net.transports[name] = self
+        self.gossiper: Gossiper
+
+    def register_channel(self, name: str, gossiper: Gossiper) -> None:
+        assert name == "ipam"
+        self.gossiper = gossiper
+
+    def gossip(self, channel: str, delta: bytes) -> None:
+        for other in list(self.net.transports):
+            if other != self.name and self.net.linked(self.name, other):
+                self.net.send.send_nowait(lambda o=other: self.net.on_gossip(o, delta))
+
+    def unicast(self, channel: str, destination: int, payload: bytes) -> bool:
+        if not self.net.linked(self.name, destination):
+            return False
+        target = self.net.transports[destination]
+        self.net.send.send_nowait(lambda: target.gossiper.on_unicast(self.name, payload))
+        return True
+
+    def reachable(self, peer: int) -> bool:
+        return peer == self.name or self.net.linked(self.name, peer)
+
+    def nick(self, name: int) -> str:
+        return f"p{name}"
+
+    def known_peers(self) -> list[int]:
+        return sorted(self.net.transports)
+
+
+def config(name: int, mode: InitMode = InitMode.CONSENSUS, size: int = 3) -> IpamConfig:
+    seed = (1, 2) if mode is InitMode.SEED else ()
+    return IpamConfig(name=name, range=RANGE, mode=mode, consensus_size=size, seed=seed)
+
+
+async def start(
+    nursery: trio.Nursery, net: FakeNet, tmp: Path, name: int, cfg: IpamConfig | None = None
+) -> IpamService:
+    service = IpamService(
+        cfg or config(name), FakeTransport(net, name), tmp / str(name), rng=random.Random(name)
+    )
+    await nursery.start(service.serve)
+    net.join(name)
+    return service
+
+
+@pytest.mark.trio
+async def test_three_peers_agree_lazily_and_allocate_unique_addresses(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        peers = [await start(nursery, net, tmp_path, n) for n in (1, 2, 3)]
+        assert all(p.status()["consensus"] == "idle" for p in peers)
+        got: dict[str, IPv4Interface] = {}
+
+        async def allocate(service: IpamService, container: str) -> None:
+            got[container] = await service.allocate(container)
+
+        async with trio.open_nursery() as inner:
+            for i, service in enumerate(peers):
+                for k in range(5):
+                    inner.start_soon(allocate, service, f"c{i}-{k}")
+        assert len({a.ip for a in got.values()}) == 15
+        assert all(a.network == RANGE for a in got.values())
+        assert await peers[0].allocate("c0-0") == got["c0-0"]  # idempotent
+        views = [[(p["name"], p["ranges"]) for p in s.status()["peers"]] for s in peers]
+        assert views[0] == views[1] == views[2]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_state_survives_a_restart_and_is_reannounced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        only = await start(nursery, net, tmp_path, 1, config(1, size=1))
+        first = await only.allocate("a")
+        claimed = await only.claim("b", IPv4Interface("10.32.0.77/24"))
+        assert claimed == IPv4Interface("10.32.0.77/24")
+        assert sorted(p.name for p in (tmp_path / "1").iterdir()) == [STATE_FILE]  # no tmp left
+        nursery.cancel_scope.cancel()
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        observer = await start(nursery, net, tmp_path, 9, config(9, InitMode.OBSERVER))
+        again = await start(nursery, net, tmp_path, 1, config(1, size=1))
+        assert again.addresses_of("a") == [first]
+        assert await again.allocate("a") == first
+        with pytest.raises(AddressInUse):
+            await again.claim("c", IPv4Interface("10.32.0.77/24"))
+        # What it holds was announced: the observer learned the ring without asking.
+        await trio.sleep(1)
+        assert observer.status()["consensus"] == "ready"
+        assert [p["name"] for p in observer.status()["peers"]] == ["00:00:00:00:00:01"]
+        assert await again.release("b") == [IPv4Address("10.32.0.77")]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_no_quorum_is_a_clear_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        lonely = await start(nursery, net, tmp_path, 1)
+        started = trio.current_time()
+        with pytest.raises(UserError, match=r"no quorum \(2 of 3 initial peers"):
+            await lonely.allocate("a")
+        assert 29 <= trio.current_time() - started <= 40
+        assert lonely.status()["consensus"] == "deciding"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_late_observer_gets_a_donation_and_reset_hands_everything_over(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        seeded = [await start(nursery, net, tmp_path, n, config(n, InitMode.SEED)) for n in (1, 2)]
+        a = await seeded[0].allocate("a")
+        late = await start(nursery, net, tmp_path, 5, config(5, InitMode.OBSERVER))
+        b = await late.allocate("b")
+        assert a.ip != b.ip
+        await trio.sleep(1)  # the donor's gossip may have come before its reply
+        assert late.status()["counters"]["donations_received"] == 1
+        with pytest.raises(UserError, match="still in use"):
+            await late.reset()
+        await late.release("b")
+        await late.allocate("dns:00:00:00:00:00:05")  # the peer's own (its DNS server's)
+        result = await late.reset()
+        assert result["acknowledged"] and result["handed_to"] in (
+            "00:00:00:00:00:01",
+            "00:00:00:00:00:02",
+        )
+        owners = {p["name"] for p in seeded[0].status()["peers"]}
+        assert "00:00:00:00:00:05" not in owners
+        with pytest.raises(UserError, match="handed its ranges over"):
+            await late.allocate("c")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_rmpeer_is_refused_while_reachable_and_reclaims_once_gone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        one, two = [
+            await start(nursery, net, tmp_path, n, config(n, InitMode.SEED)) for n in (1, 2)
+        ]
+        await one.allocate("a")
+        await trio.sleep(1)
+        with pytest.raises(UserError, match="is reachable"):
+            one.rmpeer(2)
+        net.cut.add(2)
+        assert one.resolve_peer("p2") == 2
+        result = one.rmpeer(2)
+        assert result["heir"] == "00:00:00:00:00:01" and result["addresses"] > 0
+        assert [p["name"] for p in one.status()["peers"]] == ["00:00:00:00:00:01"]
+        assert two.status()["peers"][0]["reachable"] is False  # as two sees one
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_rings_seeded_apart_are_refused_logged_and_counted(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        a = await start(nursery, net, tmp_path, 1, config(1, size=1))
+        await a.allocate("x")
+        net.cut.add(2)  # b starts apart, and seeds its own ring
+        b = await start(nursery, net, tmp_path, 2, config(2, size=1))
+        await b.allocate("y")
+        before = a.status()["peers"]
+        net.cut.clear()
+        net.join(2)
+        await trio.sleep(1)
+        assert len(net.errors) == 2 and all(isinstance(e, RingMergeError) for e in net.errors)
+        assert a.status()["peers"] == before
+        assert a.status()["refused_merges"] and b.status()["refused_merges"]
+        assert caplog.text.count("refusing to merge a peer's IPAM ring") == 2
+        nursery.cancel_scope.cancel()
+
+
+def test_parse_init() -> None:
+    assert parse_init("", 2) == (InitMode.CONSENSUS, 3, ())
+    assert parse_init("consensus", 0) == (InitMode.CONSENSUS, 1, ())
+    assert parse_init("consensus=5", 0) == (InitMode.CONSENSUS, 5, ())
+    assert parse_init("observer", 3) == (InitMode.OBSERVER, 1, ())
+    assert parse_init("seed=00:00:00:00:00:02,00:00:00:00:00:01", 0) == (
+        InitMode.SEED,
+        1,
+        (1, 2),
+    )
+    for bad in ("consensus=0", "consensus=x", "seed=", "seed=h1", "observer=2", "paxos"):
+        with pytest.raises(UserError):
+            parse_init(bad, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--ipalloc-init", "consensus=zero"), "consensus=N"),
+        (("--ipalloc-init", "seed=nope"), "bad peer name"),
+        (("--ipalloc-init", "leader"), "expected consensus"),
+        (("--ipalloc-range", "10.32.0.0/33"), "bad --ipalloc-range"),
+        (("--ipalloc-default-subnet", "10.99.0.0/16"), "not inside --ipalloc-range"),
+    ],
+)
+def test_bad_ipalloc_flags_are_one_line(
+    tmp_path: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    env = {"MESHNET_STATE_DIR": str(tmp_path), "MESHNET_API_SOCKET": str(tmp_path / "s.sock")}
+    result = run_meshnet("launch", "--no-dataplane", *args, env={**os.environ, **env})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
