@@ -7,4 +7,9 @@ decision — an authoritative reply for the domain (A, AAAA, PTR, NXDOMAIN, NODA
 query to forward upstream, or nothing — with the helpers the server needs (SERVFAIL, UDP
 truncation). Both are pure cores: no sockets, clocks or randomness of their own; the trio
 server shell passes in ``now`` and an ``rng`` and owns all I/O.
+
+The shells: ``server`` (UDP and TCP sockets, upstream forwarding with dnspython on trio),
+``service`` (the daemon's DNS subsystem: records, persistence, the listen address, the API),
+``firewall`` (the nftables table that keeps the listen address for DNS from the overlay only).
+``settings`` and ``options`` hold the settings, their pure rules and the launch flags.
 """

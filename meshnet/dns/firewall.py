@@ -1,0 +1,69 @@
+"""The nftables table that keeps the DNS address for the overlay's DNS queries and nothing else.
+
+The server's address lives on the bridge, which gives the host a foot in the overlay. The table
+(``inet meshnet_dns``, in the daemon's namespace) closes that door again:
+
+* from the bridge, only TCP and UDP port 53 to the DNS address reach the host;
+* everything else arriving from the bridge for the host is dropped (ARP is not IP: unaffected);
+* the DNS address is unreachable from every other interface, so the server is never an open
+  resolver on the underlay, even for a neighbour that routes the overlay range towards us.
+
+Only the input hook is filtered: frames bridged between containers never reach it. The table is
+installed before the address is added and removed after it is gone, so there is no moment when
+the address answers unfiltered; a daemon killed hard leaves the table (failing closed).
+
+``ruleset`` is pure; ``install`` and ``remove`` run the ``nft`` binary (``nft -f -``, the script
+applied atomically), as the lab does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+
+from meshnet.errors import UserError
+
+TABLE = "meshnet_dns"
+
+
+def ruleset(bridge: str, address: str, port: int = 53, table: str = TABLE) -> str:
+    """An nft script that (re)creates the table atomically: any old version goes first."""
+    ip = ipaddress.ip_address(address)
+    family = "ip" if ip.version == 4 else "ip6"
+    return (
+        f"table inet {table} {{}}\n"
+        f"delete table inet {table}\n"
+        f"table inet {table} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter - 10; policy accept;\n"
+        f'    iifname "{bridge}" {family} daddr {ip} udp dport {port} accept\n'
+        f'    iifname "{bridge}" {family} daddr {ip} tcp dport {port} accept\n'
+        f'    iifname "{bridge}" counter drop\n'
+        f"    {family} daddr {ip} counter drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def removal(table: str = TABLE) -> str:
+    """An nft script that removes the table, whether or not it exists."""
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"
+
+
+def _nft(script: str) -> None:
+    if shutil.which("nft") is None:
+        raise UserError("nft not found: the DNS server needs nftables (apt-get install nftables)")
+    result = subprocess.run(
+        ["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False, timeout=30
+    )
+    if result.returncode != 0:
+        raise UserError(f"nft failed: {result.stderr.strip()}")
+
+
+def install(bridge: str, address: str, port: int = 53, table: str = TABLE) -> None:
+    _nft(ruleset(bridge, address, port, table))
+
+
+def remove(table: str = TABLE) -> None:
+    _nft(removal(table))

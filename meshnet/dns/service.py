@@ -1,0 +1,476 @@
+"""The DNS subsystem of the daemon: records on the ``dns`` gossip channel, and the server.
+
+``DnsService`` owns this peer's ``Records`` (registered with the router before it starts, so the
+first full state a neighbour gets includes them), persists our own records in the state
+directory after every local change and reloads them on start, hides the records of peers the
+router can no longer reach, re-asserts our records, expires tombstones, and runs the server.
+
+Where the server listens: one overlay address per host, used for nothing but DNS, on the bridge
+(``--dns-address CIDR``, or else an address IPAM allocates for ``dns:<peer name>``). Every local
+container reaches it over the bridge without any extra route, since it is inside the overlay
+subnet; containers on other hosts can reach it too, through the overlay. The table in
+``firewall`` keeps the host otherwise closed to the overlay and the address closed to the
+underlay.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from meshnet.config import Config
+from meshnet.dataplane import netlink
+from meshnet.dns import firewall
+from meshnet.dns.answer import Resolver
+from meshnet.dns.records import Records, decode_records, encode_records
+from meshnet.dns.server import DnsServer
+from meshnet.dns.settings import (
+    check_listen_address,
+    parse_resolv_conf,
+    parse_upstream,
+    qualify,
+)
+from meshnet.errors import MeshnetError, RemoteProtocolError, UserError
+from meshnet.gossip.identity import format_peer_name
+from meshnet.gossip.router import Router
+
+if TYPE_CHECKING:
+    from meshnet.dataplane.service import DataPlane
+
+log = logging.getLogger("meshnet.dns")
+
+CHANNEL = "dns"
+STATE_FILE = "dns-records.msgpack"
+BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
+#: How often the shell drives the core: hidden peers, re-assertions, persistence.
+TICK = 1.0
+EXPIRE_EVERY = 10.0
+ALLOCATE_RETRY = 5.0
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class AddressAllocator(Protocol):
+    """What the DNS service needs from IPAM (``meshnet.ipam.service.IpamService``)."""
+
+    async def allocate(
+        self, container_id: str, subnet: ipaddress.IPv4Network | None = None
+    ) -> ipaddress.IPv4Interface: ...
+
+    async def claim(
+        self, container_id: str, address: ipaddress.IPv4Interface
+    ) -> ipaddress.IPv4Interface: ...
+
+
+def host_upstreams(netns_dir: Path = netlink.NETNS_DIR, etc: Path = Path("/etc")) -> list[str]:
+    """The host's resolvers: /etc/netns/<our namespace>/resolv.conf if we run in a named
+    namespace that has one (what `ip netns exec` would show a program), else /etc/resolv.conf."""
+    candidates = []
+    try:
+        own = os.stat("/proc/self/ns/net")
+        for entry in sorted(os.listdir(netns_dir)):
+            st = os.stat(netns_dir / entry)
+            if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+                candidates.append(etc / "netns" / entry / "resolv.conf")
+    except OSError:
+        pass
+    candidates.append(etc / "resolv.conf")
+    for path in candidates:
+        try:
+            return parse_resolv_conf(path.read_text())
+        except OSError:
+            continue
+    return []
+
+
+class DnsService:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        ipam: AddressAllocator | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = config.dns
+        self.router = router
+        self.dataplane: DataPlane | None = None
+        self.ipam = ipam
+        self._nick = router.identity.nickname
+        self._path = config.state_dir / STATE_FILE
+        self._rng = rng or random.Random()
+        self.records = Records(peer=router.identity.name, now=time.time())
+        self._saved = self._load()
+        router.register_channel(CHANNEL, self.records)
+        router.add_listener(self._topology_changed)
+        self._changed = trio.Event()
+        self.listen: Interface | None = None
+        self.state = "starting"
+        self.upstreams = [parse_upstream(u) for u in (self.settings.upstreams or host_upstreams())]
+        self.resolver: Resolver | None = None
+        self.server: DnsServer | None = None
+
+    # --- lifecycle
+
+    async def serve(
+        self,
+        dataplane: DataPlane | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the records; serve them once the address is known (IPAM may take a while)."""
+        self.dataplane = dataplane
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._maintain)
+            task_status.started()
+            if self.dataplane is None:
+                self.state = "off (no data plane)"
+                return
+            self.state = "waiting for an address"
+            listen = await self._listen_address()
+            if listen is None:
+                self.state = "off (no address: give --dns-address)"
+                log.warning("%s: DNS server not started: no --dns-address and no IPAM", self._nick)
+                return
+            if self.settings.address is not None:
+                nursery.start_soon(self._claim, listen)
+            await self._run_server(listen)
+
+    async def _listen_address(self) -> Interface | None:
+        owner = "dns:" + format_peer_name(self.router.identity.name)
+        if self.settings.address is None:
+            if self.ipam is None:
+                return None
+            while True:  # IPAM may need its peers first (consensus, or a donation of space)
+                try:
+                    return await self.ipam.allocate(owner)
+                except UserError as e:
+                    log.warning("%s: no DNS address from IPAM yet: %s", self._nick, e)
+                    await trio.sleep(ALLOCATE_RETRY)
+        return check_listen_address(self.settings.address)
+
+    async def _claim(self, listen: Interface) -> None:
+        """Reserve a given address in IPAM, so that no container gets it (if in its range).
+
+        In the background: IPAM may wait for its peers to agree on the ring first.
+        """
+        if self.ipam is None or not isinstance(listen, ipaddress.IPv4Interface):
+            return
+        owner = "dns:" + format_peer_name(self.router.identity.name)
+        try:
+            await self.ipam.claim(owner, listen)
+        except UserError as e:
+            log.warning("%s: DNS address %s not reserved in IPAM: %s", self._nick, listen, e)
+
+    async def _run_server(self, listen: Interface) -> None:
+        address, cidr = str(listen.ip), str(listen)
+        self.resolver = Resolver(
+            self.records,
+            self.settings.domain,
+            self.settings.ttl,
+            reverse_networks=[str(listen.network)],
+        )
+        self.server = DnsServer(
+            self.resolver,
+            upstreams=self.upstreams,
+            timeout=self.settings.upstream_timeout,
+            nickname=self._nick,
+            rng=self._rng,
+        )
+        # The table first and the address last: the address is never reachable unfiltered.
+        # Without them the router runs on, without a DNS server (never an unprotected one).
+        try:
+            await trio.to_thread.run_sync(firewall.install, BRIDGE, address, self.settings.port)
+        except UserError as e:
+            self._off(f"no firewall for {cidr}: {e}")
+            return
+        try:
+            await trio.to_thread.run_sync(_add_address, cidr)
+            self.listen = listen
+            log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
+            await self.server.serve(address, self.settings.port)
+        except (MeshnetError, OSError) as e:
+            self._off(f"cannot serve DNS on {cidr}: {e}")
+        finally:
+            with trio.CancelScope(shield=True):
+                self.listen = None
+                try:
+                    await trio.to_thread.run_sync(_delete_address, cidr)
+                finally:
+                    try:
+                        await trio.to_thread.run_sync(firewall.remove)
+                    except UserError as e:
+                        log.error("%s: DNS firewall table left in place: %s", self._nick, e)
+
+    def _off(self, why: str) -> None:
+        self.state = f"off ({why})"
+        log.error("%s: DNS server not running: %s", self._nick, why)
+
+    async def _maintain(self) -> None:
+        last_expire = time.monotonic()
+        while True:
+            with trio.move_on_after(TICK):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            self._follow_topology()
+            reasserted = self.records.take_reassertions()
+            if reasserted is not None:
+                self.router.gossip(CHANNEL, reasserted)
+            if time.monotonic() - last_expire >= EXPIRE_EVERY:
+                last_expire = time.monotonic()
+                self.records.expire(time.time())
+            self._save()
+
+    def _topology_changed(self) -> None:
+        self._changed.set()
+
+    def _follow_topology(self) -> None:
+        """Hide the records of peers we cannot reach; show them again when they are back."""
+        reachable = self.router.mesh.routes.distance
+        origins = {r.origin for r in self.records.records()} - {self.records.peer}
+        for origin in origins:
+            if origin in reachable:
+                if self.records.peer_returned(origin):
+                    log.info("%s: DNS records of %s are back", self._nick, self.router.nick(origin))
+            elif self.records.peer_gone(origin):
+                log.info("%s: DNS records of %s hidden", self._nick, self.router.nick(origin))
+
+    # --- persistence
+
+    def _load(self) -> bytes:
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            raise UserError(f"cannot read DNS records {self._path}: {e.strerror}") from None
+        try:
+            self.records.restore(decode_records(data))
+        except (RemoteProtocolError, ValueError) as e:
+            # Not fatal: the mesh re-asserts nothing of ours it holds, we just start empty.
+            log.error("%s: ignoring unreadable %s: %s", self._nick, self._path, e)
+            return b""
+        return data
+
+    def _save(self) -> None:
+        data = encode_records(self.records.own_records())
+        if data == self._saved:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        self._saved = data
+
+    # --- registration (the API's handlers call these)
+
+    def _publish(self, delta: bytes | None) -> None:
+        if delta is not None:
+            self.router.gossip(CHANNEL, delta)
+
+    def name_for(self, name: Any) -> str | None:
+        """The FQDN of an attach request's ``name`` (None: none given); UserError if bad."""
+        if name is None:
+            return None
+        if not isinstance(name, str):
+            raise UserError("the DNS name must be a string")
+        return qualify(name, self.settings.domain)
+
+    def attached(self, result: dict[str, Any], fqdn: str | None) -> str | None:
+        """Register the name of a container the data plane just attached; the FQDN or None.
+
+        Without a name, a container in a named namespace is registered under that name.
+        """
+        container = result.get("namespace")
+        if not isinstance(container, str):
+            return None
+        if fqdn is None:
+            if container.startswith("/"):
+                return None  # a PID or a path: no name to give it
+            try:
+                fqdn = qualify(container, self.settings.domain)
+            except UserError as e:
+                log.info("%s: %s not registered in DNS: %s", self._nick, container, e)
+                return None
+        addresses = [_ip(a) for a in result.get("addresses", ()) if isinstance(a, str)]
+        self.add(container, fqdn, [a for a in addresses if _registrable(a)])
+        return fqdn
+
+    def detached(self, container: str, addresses: list[str]) -> None:
+        """Remove the records of a container (or of the given addresses) on detach."""
+        container = container_id(container)
+        now = time.time()
+        if not addresses:
+            self._publish(self.records.remove(container, now))
+        for a in addresses:
+            self._publish(self.records.remove(container, now, address=_ip(a)))
+        self._save()
+
+    def add(self, container: str, fqdn: str, addresses: list[str]) -> list[str]:
+        now = time.time()
+        for address in addresses:
+            self._publish(self.records.register(fqdn, address, container, now))
+        self._save()
+        return addresses
+
+    async def dns_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        container, addresses, name = _dns_request(body)
+        if name is None:
+            raise UserError("give the name to register (-h FQDN)")
+        fqdn = qualify(name, self.settings.domain)
+        cid = container_id(container)
+        if not addresses:
+            addresses = await self._attached_addresses(cid)
+            if not addresses:
+                raise UserError(f"{container} has no attached address: give the IP address(es)")
+        added = self.add(cid, fqdn, [_ip(a) for a in addresses])
+        return {"name": fqdn, "container": cid, "addresses": added}
+
+    def dns_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        container, addresses, name = _dns_request(body)
+        fqdn = None if name is None else qualify(name, self.settings.domain)
+        cid = container_id(container)
+        now = time.time()
+        removed = 0
+        targets: list[str | None] = [_ip(a) for a in addresses] or [None]
+        for address in targets:
+            delta = self.records.remove(cid, now, name=fqdn, address=address)
+            if delta is not None:
+                removed += len(decode_records(delta))
+            self._publish(delta)
+        self._save()
+        return {"container": cid, "removed": removed}
+
+    def dns_lookup(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise UserError('expected {"name": NAME}')
+        fqdn = qualify(name, self.settings.domain)
+        return {"name": fqdn, "addresses": self.records.addresses(fqdn)}
+
+    async def _attached_addresses(self, container: str) -> list[str]:
+        if self.dataplane is None:
+            return []
+        for c in await self.dataplane.containers():
+            if c.get("namespace") == container:
+                return [a for a in map(_ip, c.get("addresses", ())) if _registrable(a)]
+        return []
+
+    # --- status
+
+    def status(self) -> dict[str, Any]:
+        entries = []
+        for origin, records in self.records.entries_by_peer().items():
+            entries.append(
+                {
+                    "peer": format_peer_name(origin),
+                    "nickname": self.router.nick(origin),
+                    "local": origin == self.records.peer,
+                    "records": [
+                        {"name": r.name, "address": r.address, "container": r.container}
+                        for r in records
+                    ],
+                }
+            )
+        return {
+            "domain": self.settings.domain,
+            "ttl": self.settings.ttl,
+            "upstreams": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}" for a, p in self.upstreams],
+            "upstream_timeout": self.settings.upstream_timeout,
+            "listen": str(self.listen) if self.listen else None,
+            "port": self.settings.port,
+            "state": self.state if self.listen is None else "serving",
+            "entries": entries,
+            "records": asdict(self.records.statistics()),
+            "resolver": asdict(self.resolver.statistics()) if self.resolver else None,
+            "server": asdict(self.server.statistics()) if self.server else None,
+        }
+
+    def api_routes(self, attach: Handler, detach: Handler) -> dict[tuple[str, str], Handler]:
+        """Our routes, and ``attach``/``detach`` wrapped to keep the records in step."""
+
+        async def attach_and_register(body: dict[str, Any]) -> dict[str, Any]:
+            fqdn = self.name_for(body.get("name"))  # a bad name fails before anything is done
+            result: dict[str, Any] = await attach(body)
+            result["dns_name"] = self.attached(result, fqdn)
+            return result
+
+        async def detach_and_remove(body: dict[str, Any]) -> dict[str, Any]:
+            result: dict[str, Any] = await detach(body)
+            container, addresses = body.get("container"), body.get("addresses") or []
+            if isinstance(container, str) and all(isinstance(a, str) for a in addresses):
+                self.detached(container, addresses)
+            return result
+
+        return {
+            ("POST", "/attach"): attach_and_register,
+            ("POST", "/detach"): detach_and_remove,
+            ("GET", "/status/dns"): lambda _: self.status(),
+            ("POST", "/dns/add"): self.dns_add,
+            ("POST", "/dns/remove"): self.dns_remove,
+            ("POST", "/dns/lookup"): self.dns_lookup,
+        }
+
+
+def container_id(spec: str) -> str:
+    """How records name a container: its namespace as the data plane shows it (a netns name or
+    a path), so attach and detach agree; anything else (a runtime's id) as it is."""
+    from meshnet.dataplane import attach as attachment
+
+    try:
+        return attachment.resolve_namespace(spec).name
+    except UserError:
+        return spec.strip()
+
+
+def _dns_request(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
+    container = body.get("container")
+    addresses = body.get("addresses", [])
+    name = body.get("name")
+    if (
+        not isinstance(container, str)
+        or not container.strip()
+        or not isinstance(addresses, list)
+        or not all(isinstance(a, str) for a in addresses)
+        or not (name is None or isinstance(name, str))
+    ):
+        raise UserError('expected {"container": ID, "addresses": [IP...], "name": FQDN}')
+    return container, addresses, name
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_interface(text.strip()).ip)
+    except ValueError:
+        raise UserError(f"bad IP address {text!r}") from None
+
+
+def _registrable(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return not (ip.is_link_local or ip.is_loopback or ip.is_unspecified or ip.is_multicast)
+
+
+def _add_address(cidr: str) -> None:
+    with netlink.namespace(None) as ns:
+        ns.add_address(BRIDGE, cidr)
+
+
+def _delete_address(cidr: str) -> None:
+    try:
+        with netlink.namespace(None) as ns:
+            ns.delete_address(BRIDGE, cidr)
+    except netlink.NetlinkError as e:  # the bridge went away with the namespace: nothing left
+        log.debug("could not remove %s from %s: %s", cidr, BRIDGE, e)

@@ -1,0 +1,97 @@
+"""`meshnet dns-add | dns-remove | dns-lookup` and `meshnet status dns`: names in the mesh's DNS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from meshnet.api.client import ApiClient
+from meshnet.errors import UserError
+from meshnet.router_commands import _subcommand, api_socket_option, status
+
+# `-h` names the host here (as in Weave), so only --help asks for help.
+_HELP_LONG_ONLY = {"help_option_names": ["--help"]}
+
+
+def _split(args: tuple[str, ...]) -> tuple[list[str], str]:
+    """`[IP...] CONTAINER`: every argument but the last is an address."""
+    if not args:
+        raise click.UsageError("missing CONTAINER")
+    *addresses, container = args
+    return addresses, container
+
+
+@click.command("dns-add", context_settings=_HELP_LONG_ONLY)
+@click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
+@click.option("-h", "--hostname", "name", required=True, metavar="FQDN", help="Name to add.")
+@api_socket_option
+def dns_add(args: tuple[str, ...], name: str, api_socket: Path) -> None:
+    """Give a container a name (for its attached addresses, or only the IPs given)."""
+    addresses, container = _split(args)
+    result = ApiClient(api_socket).post(
+        "/dns/add", {"container": container, "addresses": addresses, "name": name}
+    )
+    click.echo(f"{result['name']} {' '.join(result['addresses'])}")
+
+
+@click.command("dns-remove", context_settings=_HELP_LONG_ONLY)
+@click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
+@click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Only this name.")
+@api_socket_option
+def dns_remove(args: tuple[str, ...], name: str | None, api_socket: Path) -> None:
+    """Remove a container's names (only for the IPs or the name given)."""
+    addresses, container = _split(args)
+    result = ApiClient(api_socket).post(
+        "/dns/remove", {"container": container, "addresses": addresses, "name": name}
+    )
+    if not result["removed"]:
+        raise UserError(f"no DNS record of {container} matched")
+
+
+@click.command("dns-lookup")
+@click.argument("name")
+@api_socket_option
+def dns_lookup(name: str, api_socket: Path) -> None:
+    """Print the addresses of NAME (exit status 1 if it has none)."""
+    result = ApiClient(api_socket).post("/dns/lookup", {"name": name})
+    if not result["addresses"]:
+        raise UserError(f"{result['name']} not found")
+    for address in result["addresses"]:
+        click.echo(address)
+
+
+COMMANDS = (dns_add, dns_remove, dns_lookup)
+
+
+def _dns_table(data: dict[str, Any]) -> Table:
+    listen = f"{data['listen'].split('/')[0]}:{data['port']}" if data["listen"] else data["state"]
+    table = Table(
+        "peer",
+        "name",
+        "address",
+        "container",
+        box=None,
+        title=(
+            f"domain {data['domain']}, TTL {data['ttl']}s, listening on {listen}, "
+            f"upstream {', '.join(data['upstreams']) or 'none'}"
+        ),
+    )
+    for entry in data["entries"]:
+        peer = entry["nickname"] + (" (this peer)" if entry["local"] else "")
+        for r in entry["records"]:
+            table.add_row(peer, r["name"], r["address"], r["container"])
+            peer = ""
+    counters = {**(data["resolver"] or {}), **(data["server"] or {})}
+    shown = {k: v for k, v in counters.items() if v}
+    table.caption = "queries: " + (
+        ", ".join(f"{k} {v}" for k, v in sorted(shown.items())) if shown else "none yet"
+    )
+    return table
+
+
+status.command("dns", help="The DNS server: domain, upstreams, names per peer, counters.")(
+    _subcommand("/status/dns", _dns_table)  # type: ignore[arg-type]
+)

@@ -1,0 +1,282 @@
+"""The DNS server's trio shell over real loopback sockets, and the service over two routers.
+
+The upstream is tests/net/dns_upstream.py run on 127.0.0.1 (it answers only from its own
+table, never asks anyone): forwarding, TCP retry on truncation, timeouts and dead servers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import dns.asyncquery
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+import trio
+
+from meshnet.config import Config
+from meshnet.dns import service as service_module
+from meshnet.dns.answer import Resolver
+from meshnet.dns.records import Records
+from meshnet.dns.server import DnsServer
+from meshnet.dns.service import STATE_FILE, DnsService
+from meshnet.dns.settings import DnsSettings
+from meshnet.errors import UserError
+from meshnet.gossip.identity import Identity, new_peer_name, new_uid
+from meshnet.gossip.router import Router
+
+FAKE_UPSTREAM = Path(__file__).parents[1] / "net" / "dns_upstream.py"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE_UPSTREAM), "127.0.0.1", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def make_records() -> Records:
+    records = Records(peer=1, now=time.time())
+    records.register("web.meshnet.local", "10.32.0.5", "c1", time.time())
+    records.register("web.meshnet.local", "10.32.0.6", "c2", time.time())
+    return records
+
+
+@pytest.fixture
+async def server(upstream: int) -> AsyncIterator[tuple[DnsServer, int]]:
+    port = free_port()
+    dead = free_port()  # nothing listens there: the first upstream is down
+    srv = DnsServer(
+        Resolver(make_records(), reverse_networks=["10.32.0.0/12"]),
+        upstreams=[("127.0.0.1", dead), ("127.0.0.1", upstream)],
+        timeout=1.0,
+        nickname="test",
+        rng=random.Random(1),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve, "127.0.0.1", port)
+        yield srv, port
+        nursery.cancel_scope.cancel()
+
+
+async def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype)
+    if tcp:
+        return await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=5)
+    return await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+
+
+def addresses(response: dns.message.Message) -> set[str]:
+    return {rd.to_text() for rrset in response.answer for rd in rrset}
+
+
+@pytest.mark.trio
+async def test_local_names_over_udp_and_tcp(server: tuple[DnsServer, int]) -> None:
+    srv, port = server
+    for tcp in (False, True):
+        response = await ask(port, "web.meshnet.local.", tcp=tcp)
+        assert addresses(response) == {"10.32.0.5", "10.32.0.6"}
+        assert response.flags & dns.flags.AA
+        assert (await ask(port, "nope.meshnet.local.", tcp=tcp)).rcode() == dns.rcode.NXDOMAIN
+        ptr = await ask(port, "5.0.32.10.in-addr.arpa.", "PTR", tcp=tcp)
+        assert addresses(ptr) == {"web.meshnet.local."}
+    stats = srv.statistics()
+    assert stats.udp_queries == 3 and stats.tcp_queries == 3 and stats.tcp_connections == 3
+
+
+@pytest.mark.trio
+async def test_foreign_names_are_forwarded_past_a_dead_upstream(
+    server: tuple[DnsServer, int],
+) -> None:
+    srv, port = server
+    response = await ask(port, "abcdef.example.")
+    assert addresses(response) == {"192.0.2.6"}
+    assert srv.statistics().upstream_failures >= 1  # the dead one, first in the list
+    assert srv.statistics().forwarded_ok == 1
+
+
+@pytest.mark.trio
+async def test_a_truncated_upstream_answer_is_fetched_again_over_tcp(
+    server: tuple[DnsServer, int],
+) -> None:
+    _, port = server
+    over_udp = await ask(port, "big.example.")
+    assert over_udp.flags & dns.flags.TC  # 60 records do not fit 512 bytes for the client
+    over_tcp = await ask(port, "big.example.", tcp=True)
+    assert len(addresses(over_tcp)) == 60
+
+
+@pytest.mark.trio
+async def test_a_silent_upstream_means_servfail_within_the_timeout(
+    server: tuple[DnsServer, int],
+) -> None:
+    _, port = server
+    started = trio.current_time()
+    response = await ask(port, "silent.example.")
+    assert response.rcode() == dns.rcode.SERVFAIL
+    assert trio.current_time() - started < 2.0  # timeout 1.0 over both upstreams
+    assert addresses(await ask(port, "web.meshnet.local.")) == {"10.32.0.5", "10.32.0.6"}
+
+
+@pytest.mark.trio
+async def test_no_upstream_means_servfail() -> None:
+    port = free_port()
+    srv = DnsServer(Resolver(make_records()), upstreams=[], timeout=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve, "127.0.0.1", port)
+        assert (await ask(port, "example.com.")).rcode() == dns.rcode.SERVFAIL
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_garbage_over_udp_and_tcp_never_stops_the_server(
+    server: tuple[DnsServer, int],
+) -> None:
+    srv, port = server
+    rng = random.Random(3)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.connect(("127.0.0.1", port))
+    for _ in range(500):
+        await sock.send(os.urandom(rng.randint(0, 300)))
+    header_only = struct.pack("!6H", 7, 0x0100, 1, 0, 0, 0)
+    await sock.send(header_only)
+    replies = []
+    with trio.move_on_after(1):
+        while True:
+            replies.append(await sock.recv(65535))
+    assert any(r[:2] == b"\x00\x07" and r[3] & 0x0F == dns.rcode.FORMERR for r in replies)
+    sock.close()
+    # TCP: a message cut short, then a connection that sends garbage and goes.
+    for garbage in (b"\x00\x30\x12\x34", b"\xff\xff" + os.urandom(100)):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(garbage)
+        await stream.aclose()
+    assert addresses(await ask(port, "web.meshnet.local.", tcp=True))
+    assert addresses(await ask(port, "web.meshnet.local."))
+    assert srv.statistics().internal_errors == 0
+
+
+# --- the service: records over two real routers, persistence
+
+
+def make_router(tmp_path: Path, nick: str, peers: tuple[str, ...] = ()) -> Router:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = Config(
+        peers=peers,
+        nickname=nick,
+        port=port,
+        state_dir=tmp_path / nick,
+        api_socket=tmp_path / nick / "api.sock",
+        heartbeat_interval=0.2,
+        dataplane=False,
+        dns=DnsSettings(upstreams=("127.0.0.1:9",)),
+    )
+    name = new_peer_name(os.urandom)
+    return Router(config, Identity(name, nick, new_uid(os.urandom)), None)
+
+
+async def wait_until(check: object, timeout: float = 10) -> None:
+    assert callable(check)
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+
+
+@pytest.mark.trio
+async def test_names_gossip_between_routers_and_hide_when_a_peer_leaves(tmp_path: Path) -> None:
+    a = make_router(tmp_path, "a")
+    dns_a = DnsService(a.config, a)
+    async with trio.open_nursery() as outer:
+        await outer.start(a.serve)
+        await outer.start(dns_a.serve, None)
+        b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",))
+        dns_b = DnsService(b.config, b)
+        async with trio.open_nursery() as inner:
+            await inner.start(b.serve)
+            await inner.start(dns_b.serve, None)
+            dns_a.add("c1", "web.meshnet.local.", ["10.32.0.5"])
+            await wait_until(lambda: dns_b.records.addresses("web.meshnet.local.") == ["10.32.0.5"])
+            lookup = dns_b.dns_lookup({"name": "web"})
+            assert lookup == {"name": "web.meshnet.local.", "addresses": ["10.32.0.5"]}
+            dns_a.detached("c1", [])
+            await wait_until(lambda: dns_b.records.addresses("web.meshnet.local.") == [])
+            dns_b.add("c2", "db.meshnet.local.", ["10.32.0.9"])
+            await wait_until(lambda: dns_a.records.addresses("db.meshnet.local.") == ["10.32.0.9"])
+            status = dns_a.status()
+            assert status["state"] == "off (no data plane)"
+            assert [e["nickname"] for e in status["entries"]] == ["b"]
+            inner.cancel_scope.cancel()
+        # b is gone: its records are hidden on a (kept, should it come back).
+        await wait_until(lambda: dns_a.records.addresses("db.meshnet.local.") == [])
+        assert dns_a.records.statistics().hidden == 1
+        outer.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_own_records_persist_across_a_restart(tmp_path: Path) -> None:
+    router = make_router(tmp_path, "a")
+    service = DnsService(router.config, router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        service.add("c1", "web.meshnet.local.", ["10.32.0.5", "10.32.0.6"])
+        service.dns_remove({"container": "c1", "addresses": ["10.32.0.6"]})
+        nursery.cancel_scope.cancel()
+    assert (router.config.state_dir / STATE_FILE).exists()
+    again = Router(router.config, router.identity, None)
+    restored = DnsService(again.config, again)
+    assert restored.records.addresses("web.meshnet.local.") == ["10.32.0.5"]
+    assert restored.records.statistics().tombstones == 1  # the removal is remembered too
+    # A damaged file is not fatal: the service starts empty and says so in the log.
+    (router.config.state_dir / STATE_FILE).write_bytes(b"\xc1garbage")
+    assert len(DnsService(again.config, Router(again.config, again.identity, None)).records) == 0
+
+
+@pytest.mark.trio
+async def test_without_its_firewall_the_server_stays_off_and_the_router_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_nft(*_: object) -> None:
+        raise UserError("nft not found")
+
+    def must_not_run(*_: object) -> None:
+        raise AssertionError("the address must never be added without the firewall")
+
+    monkeypatch.setattr(service_module.firewall, "install", no_nft)
+    monkeypatch.setattr(service_module, "_add_address", must_not_run)
+    router = make_router(tmp_path, "a")
+    config = replace(router.config, dns=DnsSettings(address="10.32.0.1/12", upstreams=()))
+    service = DnsService(config, router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve, object())  # any data plane: never reached
+        await wait_until(lambda: service.state.startswith("off (no firewall"))
+        assert service.status()["listen"] is None
+        service.add("c1", "web.meshnet.local.", ["10.32.0.5"])  # records still work
+        assert service.dns_lookup({"name": "web"})["addresses"] == ["10.32.0.5"]
+        nursery.cancel_scope.cancel()
