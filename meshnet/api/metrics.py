@@ -1,0 +1,199 @@
+"""Prometheus metrics, read from the live state at scrape time.
+
+Nothing here counts anything: the router, the data plane, IPAM and DNS already keep their
+statistics, and a collector turns them into metric families when Prometheus asks. So a metric
+can never drift from what `meshnet status` shows, and no code path has to remember to bump one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshnet.api.report import gossip_statistics
+
+if TYPE_CHECKING:
+    from meshnet.api.report import Sources
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DIRECTIONS = ("sent", "received", "relayed")
+_CONNECTION_STATES = ("connecting", "handshaking", "established", "failed")
+
+
+class MeshnetCollector(Collector):
+    """Every meshnet metric, from ``sources`` (the API app: router, data plane, IPAM, DNS)."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._router()
+        dataplane = self.sources.dataplane
+        if dataplane is not None and dataplane.forwarder is not None:
+            yield from dataplane_metrics(dataplane.status())
+        ipam = getattr(self.sources, "ipam", None)
+        if ipam is not None:
+            yield from ipam_metrics(ipam.status())
+        dns = getattr(self.sources, "dns", None)
+        if dns is not None:
+            yield from dns_metrics(dns.status())
+
+    def _router(self) -> Iterator[Metric]:
+        router = self.sources.router
+        status = router.status()
+        yield from router_metrics(status, router.connections(), gossip_statistics(router))
+
+
+def router_metrics(
+    status: dict[str, Any], connections: list[dict[str, Any]], gossip: dict[str, Any]
+) -> Iterator[Metric]:
+    info = GaugeMetricFamily(
+        "meshnet_router_info", "This router's identity.", labels=["name", "nickname"]
+    )
+    info.add_metric([status["name"], status["nickname"]], 1)
+    yield info
+    yield GaugeMetricFamily(
+        "meshnet_peers", "Peers in the topology, ourselves included.", value=status["peers"]
+    )
+    yield GaugeMetricFamily(
+        "meshnet_encryption_enabled",
+        "1 if control and data traffic are encrypted (a password is set).",
+        value=1 if status["encryption"] else 0,
+    )
+    states = GaugeMetricFamily(
+        "meshnet_connections", "Connections by state (failed: recent failures).", labels=["state"]
+    )
+    counts = dict.fromkeys(_CONNECTION_STATES, 0)
+    for c in connections:
+        counts[c["state"]] = counts.get(c["state"], 0) + 1
+    for state, n in sorted(counts.items()):
+        states.add_metric([state], n)
+    yield states
+    rtt = GaugeMetricFamily(
+        "meshnet_peer_rtt_seconds", "Round-trip time of the UDP path.", labels=["peer", "nickname"]
+    )
+    for c in connections:
+        path = c.get("data_path") or {}
+        if c["state"] == "established" and path.get("rtt_ms") is not None:
+            rtt.add_metric([c["peer"], c["nickname"]], path["rtt_ms"] / 1000)
+    yield rtt
+    events = CounterMetricFamily(
+        "meshnet_router_events", "Router events (dials failed, handshakes, ...).", labels=["event"]
+    )
+    for event, n in sorted(status.get("counters", {}).items()):
+        events.add_metric([event], n)
+    yield events
+    messages = CounterMetricFamily(
+        "meshnet_gossip_messages", "Gossip messages per channel.", labels=["channel", "direction"]
+    )
+    size = CounterMetricFamily(
+        "meshnet_gossip_bytes", "Gossip payload bytes per channel.", labels=["channel", "direction"]
+    )
+    for channel, c in sorted(gossip.get("channels", {}).items()):
+        messages.add_metric([channel, "sent"], c["messages_sent"])
+        messages.add_metric([channel, "received"], c["messages_received"])
+        size.add_metric([channel, "sent"], c["bytes_sent"])
+        size.add_metric([channel, "received"], c["bytes_received"])
+    yield messages
+    yield size
+
+
+def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    forwarding = status["forwarding"]
+    nicknames = {peer: p.get("nickname", peer) for peer, p in status.get("paths", {}).items()}
+    labels = ["peer", "nickname", "direction", "path"]
+    datagrams = CounterMetricFamily(
+        "meshnet_dataplane_datagrams", "Sleeve datagrams per peer and direction.", labels=labels
+    )
+    size = CounterMetricFamily(
+        "meshnet_dataplane_bytes", "Sleeve bytes per peer and direction.", labels=labels
+    )
+    for direction in _DIRECTIONS:
+        for peer, row in sorted(forwarding.get(direction, {}).items()):
+            key = [peer, nicknames.get(peer, peer), direction, "sleeve"]
+            datagrams.add_metric(key, row["datagrams"])
+            size.add_metric(key, row["bytes"])
+    yield datagrams
+    yield size
+    drops = CounterMetricFamily(
+        "meshnet_dataplane_drops", "Frames or datagrams dropped, by reason.", labels=["reason"]
+    )
+    for reason, n in sorted(forwarding.get("dropped", {}).items()):
+        drops.add_metric([reason], n)
+    yield drops
+    paths = GaugeMetricFamily(
+        "meshnet_dataplane_paths", "UDP paths to neighbours, by state.", labels=["state"]
+    )
+    by_state: dict[str, int] = {}
+    for p in status.get("paths", {}).values():
+        by_state[p["state"]] = by_state.get(p["state"], 0) + 1
+    for state, n in sorted(by_state.items()):
+        paths.add_metric([state], n)
+    yield paths
+    yield GaugeMetricFamily(
+        "meshnet_dataplane_macs",
+        "MAC addresses the switch has learned.",
+        value=len(status.get("macs", [])),
+    )
+
+
+def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    addresses = GaugeMetricFamily(
+        "meshnet_ipam_addresses",
+        "Addresses of the allocation range: in use and free here, and owned by unreachable peers.",
+        labels=["state"],
+    )
+    # .get throughout: IPAM's status is its own and may grow or change; a metric then reads 0.
+    peers = status.get("peers", [])
+    local = [p for p in peers if p.get("local")]
+    addresses.add_metric(["in_use"], sum(p.get("in_use", 0) for p in local))
+    addresses.add_metric(["free"], sum(p.get("free", 0) for p in local))
+    addresses.add_metric(
+        ["unreachable"], sum(p.get("size", 0) for p in peers if not p.get("reachable", True))
+    )
+    yield addresses
+    owned = GaugeMetricFamily(
+        "meshnet_ipam_owned_addresses",
+        "Addresses of the range each peer owns.",
+        labels=["peer", "nickname"],
+    )
+    for p in peers:
+        owned.add_metric([p.get("name", ""), p.get("nickname", "")], p.get("size", 0))
+    yield owned
+
+
+def dns_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "meshnet_dns_entries",
+        "DNS records known, from every peer.",
+        value=sum(len(e.get("records", [])) for e in status.get("entries", [])),
+    )
+    server = status.get("server")
+    queries = CounterMetricFamily(
+        "meshnet_dns_queries", "DNS queries received, by transport.", labels=["transport"]
+    )
+    outcomes = CounterMetricFamily(
+        "meshnet_dns_outcomes", "What became of DNS queries.", labels=["outcome"]
+    )
+    if server:
+        queries.add_metric(["udp"], server.get("udp_queries", 0))
+        queries.add_metric(["tcp"], server.get("tcp_queries", 0))
+        for key, n in sorted(server.items()):
+            if key not in ("udp_queries", "tcp_queries", "tcp_connections") and isinstance(n, int):
+                outcomes.add_metric([key], n)
+    yield queries
+    yield outcomes
+
+
+def registry_for(sources: Sources) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MeshnetCollector(sources))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

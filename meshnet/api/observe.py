@@ -1,0 +1,53 @@
+"""The API's read-only views of the whole router: `/report`, `/metrics`, `/stream`, `/events`.
+
+`/report` is an ordinary JSON route. The others answer with something other than one JSON
+document (Prometheus text, endless streams), so they are "raw" ASGI handlers the app calls
+directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from meshnet.api import metrics, report, stream
+
+if TYPE_CHECKING:
+    from meshnet.api.app import Receive, Scope, SendFn
+    from meshnet.api.report import Sources
+
+RawHandler = Callable[["Scope", "Receive", "SendFn"], Awaitable[None]]
+
+
+def json_routes(sources: Sources) -> dict[tuple[str, str], Callable[[dict[str, Any]], Any]]:
+    return {("GET", "/report"): lambda _: report.collect(sources)}
+
+
+def raw_routes(sources: Sources) -> dict[tuple[str, str], RawHandler]:
+    registry = metrics.registry_for(sources)
+
+    async def serve_metrics(scope: Scope, receive: Receive, send: SendFn) -> None:
+        body = metrics.render(registry)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", metrics.CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def serve_stream(scope: Scope, receive: Receive, send: SendFn) -> None:
+        await stream.snapshots(sources, scope, receive, send)
+
+    async def serve_events(scope: Scope, receive: Receive, send: SendFn) -> None:
+        await stream.event_lines(sources, scope, receive, send)
+
+    return {
+        ("GET", "/metrics"): serve_metrics,
+        ("GET", "/stream"): serve_stream,
+        ("GET", "/events"): serve_events,
+    }

@@ -1,0 +1,193 @@
+"""`meshnet report`, `meshnet tui` and `meshnet lab tui`: looking at a running router."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from meshnet.api.client import ApiClient
+from meshnet.config import default_api_socket
+from meshnet.errors import UserError
+from meshnet.lab.commands import lab
+from meshnet.output import console
+from meshnet.router_commands import api_socket_option
+
+
+@click.command()
+@api_socket_option
+@click.option("--json", "as_json", is_flag=True, help="The whole report as JSON.")
+@click.option(
+    "--format",
+    "template",
+    metavar="TEMPLATE",
+    default=None,
+    help="Print TEMPLATE filled from the report, Python format style, e.g. "
+    "'{router[nickname]} has {router[peers]} peers' (\\n and \\t are understood).",
+)
+def report(api_socket: Path, as_json: bool, template: str | None) -> None:
+    """Show everything the router knows: peers, connections, routes, traffic, IPAM, DNS."""
+    if as_json and template is not None:
+        raise click.UsageError("--json and --format exclude each other")
+    data = ApiClient(api_socket).get("/report")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    elif template is not None:
+        click.echo(fill_template(template, data))
+    else:
+        print_report(data)
+
+
+def fill_template(template: str, data: dict[str, Any]) -> str:
+    """``template`` with ``{key[sub]}`` fields filled from the report; a bad field: UserError."""
+    template = template.replace("\\n", "\n").replace("\\t", "\t")
+    try:
+        return template.format_map(data)
+    except (KeyError, IndexError) as e:
+        raise UserError(f"--format: the report has no {e}") from None
+    except (ValueError, AttributeError, TypeError) as e:
+        raise UserError(f"--format: {e}") from None
+
+
+def print_report(data: dict[str, Any]) -> None:
+    out = console()
+    router = data["router"]
+    connections = router["connections"]
+    rows = [
+        ("Version", data.get("version", "")),
+        ("Name", f"{router['name']} ({router['nickname']})"),
+        ("Encryption", "enabled" if router["encryption"] else "disabled"),
+        ("Peers", str(router["peers"])),
+        ("Connections", ", ".join(f"{n} {s}" for s, n in sorted(connections.items())) or "0"),
+        ("Uptime", _duration(router["uptime"])),
+        ("Port", str(router["port"])),
+    ]
+    for key, value in rows:
+        out.print(f"{key:>12}: {value}", highlight=False)
+
+    from meshnet.tui.model import PEER_COLUMNS, format_bytes, peer_rows
+
+    table = Table(title="Peers", title_justify="left")
+    for column in PEER_COLUMNS:
+        table.add_column(column)
+    for row in peer_rows(data):
+        table.add_row(*row.cells())
+    out.print(table)
+
+    dataplane = data.get("dataplane")
+    if dataplane:
+        fwd = dataplane["forwarding"]
+        nick = {p["name"]: p["nickname"] for p in data["peers"]}
+        table = Table(title="Traffic (sleeve)", title_justify="left")
+        for column in ("peer", "sent", "received", "relayed"):
+            table.add_column(column, justify="left" if column == "peer" else "right")
+        for peer in sorted({*fwd["sent"], *fwd["received"], *fwd["relayed"]}):
+            cells = [
+                f"{format_bytes(fwd[d][peer]['bytes'])} ({fwd[d][peer]['datagrams']})"
+                if peer in fwd[d]
+                else "-"
+                for d in ("sent", "received", "relayed")
+            ]
+            table.add_row(nick.get(peer, peer), *cells)
+        out.print(table)
+        drops = fwd.get("dropped") or {}
+        out.print(
+            "Drops: " + (", ".join(f"{r} {n}" for r, n in sorted(drops.items())) or "none"),
+            highlight=False,
+        )
+
+    if data.get("containers"):
+        table = Table(title="Containers", title_justify="left")
+        for column in ("container", "interface", "MAC", "addresses"):
+            table.add_column(column)
+        for c in data["containers"]:
+            table.add_row(c["namespace"], c["ifname"], c["mac"], " ".join(c["addresses"]))
+        out.print(table)
+
+    ipam = data.get("ipam")
+    if ipam:
+        table = Table(title=f"IPAM {ipam.get('range', '')}", title_justify="left")
+        for column in ("peer", "size", "in use", "free", "reachable"):
+            table.add_column(column)
+        for p in ipam.get("peers", []):
+            table.add_row(
+                p.get("nickname", "") + (" (here)" if p.get("local") else ""),
+                str(p.get("size", "")),
+                str(p.get("in_use", "")),
+                str(p.get("free", "")),
+                "yes" if p.get("reachable") else "no",
+            )
+        out.print(table)
+
+    dns = data.get("dns")
+    if dns:
+        records = [r for e in dns.get("entries", []) for r in e.get("records", [])]
+        out.print(
+            f"DNS: {dns.get('domain')} {dns.get('state')}, {len(records)} records",
+            highlight=False,
+        )
+
+
+def _duration(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) + (
+        f" (+{int(seconds // 86400)}d)" if seconds >= 86400 else ""
+    )
+
+
+def run_tui(socket_path: Path, interval: float) -> None:
+    from meshnet.tui.app import MeshnetTui
+    from meshnet.tui.source import ApiSource
+
+    if interval <= 0:
+        raise click.BadParameter("must be positive", param_hint="--interval")
+    MeshnetTui(ApiSource(socket_path, interval)).run()
+
+
+INTERVAL_OPTION = click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between updates."
+)
+
+
+@click.command()
+@click.option(
+    "--socket",
+    "--api-socket",
+    "api_socket",
+    type=click.Path(path_type=Path),
+    default=default_api_socket,
+    envvar="MESHNET_API_SOCKET",
+    show_default="/run/meshnet/meshnet.sock",
+    help="The daemon's API socket (env MESHNET_API_SOCKET).",
+)
+@INTERVAL_OPTION
+def tui(api_socket: Path, interval: float) -> None:
+    """The live view: peers, traffic with sparklines, events, IPAM and DNS (`?` for help)."""
+    run_tui(api_socket, interval)
+
+
+@lab.command("tui")
+@click.argument("host", required=False)
+@click.option(
+    "--name", "name", metavar="LAB", default=None, help="Which lab (default: the only one)."
+)
+@INTERVAL_OPTION
+def lab_tui(host: str | None, name: str | None, interval: float) -> None:
+    """Open `meshnet tui` on a lab host's router (default: the first host)."""
+    from meshnet.lab import lab as lablib
+
+    status = lablib.status(name)
+    hosts = status["hosts"]
+    if not hosts:
+        raise UserError(f"lab {status['name']} has no hosts")
+    chosen = hosts[0] if host is None else next((h for h in hosts if h["name"] == host), None)
+    if chosen is None:
+        known = ", ".join(h["name"] for h in hosts)
+        raise UserError(f"lab {status['name']} has no host {host!r} (hosts: {known})")
+    run_tui(Path(chosen["api_socket"]), interval)
+
+
+COMMANDS = (report, tui)
