@@ -14,6 +14,7 @@ import traceback
 import click
 
 from meshnet import __version__
+from meshnet.dns_commands import COMMANDS as DNS_COMMANDS  # also adds `status dns`
 from meshnet.errors import MeshnetError
 from meshnet.lab.commands import lab
 from meshnet.router_commands import (
@@ -23,9 +24,12 @@ from meshnet.router_commands import (
     forget,
     launch,
     ps,
+    reset,
+    rmpeer,
     status,
     stop,
 )
+from meshnet.tui_commands import COMMANDS as TUI_COMMANDS  # also adds `lab tui`
 
 
 class _Settings:
@@ -55,7 +59,11 @@ def cli(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for command in (launch, stop, status, connect, forget, attach, detach, ps, lab):
+for command in (launch, stop, status, connect, forget, attach, detach, ps, lab, reset, rmpeer):
+    cli.add_command(command)
+for command in DNS_COMMANDS:
+    cli.add_command(command)
+for command in TUI_COMMANDS:
     cli.add_command(command)
 
 

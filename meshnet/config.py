@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
+
+from meshnet.dns.settings import DnsSettings
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshnet")
 DEFAULT_API_SOCKET = Path("/run/meshnet/meshnet.sock")
 DEFAULT_PORT = 6783
+DEFAULT_IPALLOC_RANGE = IPv4Network("10.32.0.0/12")
 
 
 def default_state_dir() -> Path:
@@ -36,6 +40,13 @@ class Config:
     heartbeat_interval: float = 5.0
     handshake_timeout: float = 10.0
     gossip_interval: float = 30.0
+    # IPAM: the range peers divide among themselves, where `attach` allocates by default, and
+    # how the range is first divided: consensus[=N] (empty: over the launch peers and us),
+    # seed=NAME,... or observer.
+    ipalloc_range: IPv4Network = DEFAULT_IPALLOC_RANGE
+    ipalloc_default_subnet: IPv4Network | None = None
+    ipalloc_init: str = ""
+    dns: DnsSettings = field(default_factory=DnsSettings)  # domain, TTL, upstreams, address
 
     @property
     def heartbeat_timeout(self) -> float:

@@ -15,10 +15,12 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
+from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip.handshake import stretch_password
 from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
+from meshnet.ipam.service import IpamService, ipam_config
 
 log = logging.getLogger("meshnet.daemon")
 
@@ -34,6 +36,11 @@ async def run(
         # Argon2id is slow on purpose; keep the event loop free while it runs.
         stretched = await trio.to_thread.run_sync(stretch_password, config.password)
     router = Router(config, identity, stretched, data_path=config.dataplane)
+    # Before the router runs, so the first connections already carry our ring.
+    ipam = IpamService(
+        ipam_config(config, name), router, config.state_dir, nickname=config.nickname
+    )
+    dns = DnsService(config, router, ipam)  # registers its channel: before the router runs too
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
@@ -41,13 +48,17 @@ async def run(
             await nursery.start(router.serve)
         except OSError as e:
             raise UserError(f"cannot listen on TCP port {config.port}: {e.strerror}") from None
+        await nursery.start(ipam.serve)
         dataplane = None
         if config.dataplane:
             from meshnet.dataplane.service import DataPlane
 
             dataplane = DataPlane(config, router)
             await nursery.start(dataplane.serve)
-        await nursery.start(serve_api, ApiApp(router, stop.set, dataplane), config.api_socket)
+        await nursery.start(dns.serve, dataplane)
+        await nursery.start(
+            serve_api, ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns), config.api_socket
+        )
         log.info("%s ready; API on %s", identity, config.api_socket)
         task_status.started(identity)
         await stop.wait()

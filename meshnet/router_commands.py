@@ -1,4 +1,4 @@
-"""`meshnet launch | stop | status | connect | forget`: run the router and talk to it."""
+"""`meshnet launch | stop | status | connect | forget | attach | reset | rmpeer`: the router."""
 
 from __future__ import annotations
 
@@ -18,9 +18,18 @@ import trio
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.config import DEFAULT_PORT, Config, default_api_socket, default_state_dir
+from meshnet.api.ipam import parse_spec
+from meshnet.config import (
+    DEFAULT_IPALLOC_RANGE,
+    DEFAULT_PORT,
+    Config,
+    default_api_socket,
+    default_state_dir,
+)
+from meshnet.dns.options import dns_launch_args, dns_launch_options, dns_settings
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
+from meshnet.ipam.service import ALLOCATE_TIMEOUT, HANDOVER_TIMEOUT, parse_init
 from meshnet.output import console
 
 READY_TIMEOUT = 60.0
@@ -113,6 +122,26 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
     is_flag=True,
     help="Run only the control plane: no bridge, TAP or UDP (a pure router of gossip).",
 )
+@click.option(
+    "--ipalloc-range",
+    default=str(DEFAULT_IPALLOC_RANGE),
+    show_default=True,
+    metavar="CIDR",
+    help="The range container addresses are allocated from, divided among the peers.",
+)
+@click.option(
+    "--ipalloc-default-subnet",
+    default=None,
+    metavar="CIDR",
+    help="Where `attach` allocates by default  [default: the whole range]",
+)
+@click.option(
+    "--ipalloc-init",
+    default="",
+    metavar="consensus[=N]|seed=NAME,...|observer",
+    help="How the range is first divided  [default: consensus over the launch peers and us]",
+)
+@dns_launch_options
 def launch(
     peers: tuple[str, ...],
     foreground: bool,
@@ -126,6 +155,10 @@ def launch(
     no_discovery: bool,
     heartbeat_interval: float,
     no_dataplane: bool,
+    ipalloc_range: str,
+    ipalloc_default_subnet: str | None,
+    ipalloc_init: str,
+    **dns_options: Any,
 ) -> None:
     """Start the router and connect to PEERs.
 
@@ -143,6 +176,8 @@ def launch(
         discovery=not no_discovery,
         heartbeat_interval=heartbeat_interval,
         dataplane=not no_dataplane,
+        **_ipalloc_settings(ipalloc_range, ipalloc_default_subnet, ipalloc_init, len(peers)),
+        dns=dns_settings(dns_options),
     )
     client = ApiClient(api_socket)
     if client.is_ready():
@@ -156,6 +191,34 @@ def launch(
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _ipalloc_settings(
+    range_: str, default_subnet: str | None, init: str, peers: int
+) -> dict[str, Any]:
+    """The IPAM flags, checked now so a mistake is one line before anything starts."""
+
+    def network(flag: str, text: str) -> ipaddress.IPv4Network:
+        try:
+            return ipaddress.IPv4Network(text)
+        except ValueError as e:
+            raise UserError(f"bad {flag} {text!r}: {e}") from None
+
+    allocation_range = network("--ipalloc-range", range_)
+    subnet = network("--ipalloc-default-subnet", default_subnet) if default_subnet else None
+    if allocation_range.num_addresses < 4:
+        raise UserError(f"--ipalloc-range {allocation_range} is too small")
+    if subnet is not None and not subnet.subnet_of(allocation_range):
+        raise UserError(
+            f"--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {allocation_range}"
+        )
+    if init:
+        parse_init(init, peers)
+    return {
+        "ipalloc_range": allocation_range,
+        "ipalloc_default_subnet": subnet,
+        "ipalloc_init": init,
+    }
 
 
 def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
@@ -180,6 +243,12 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
         str(config.heartbeat_interval),
         *config.peers,
     ]
+    args += ["--ipalloc-range", str(config.ipalloc_range)]
+    args += dns_launch_args(config.dns)
+    if config.ipalloc_default_subnet is not None:
+        args += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]
+    if config.ipalloc_init:
+        args += ["--ipalloc-init", config.ipalloc_init]
     if not config.discovery:
         args.append("--no-discovery")
     if not config.dataplane:
@@ -432,16 +501,26 @@ def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
 
 
 @click.command()
-@click.argument("args", nargs=-1, metavar="[CIDR...] CONTAINER")
+@click.argument("args", nargs=-1, metavar="[ADDRESS...] CONTAINER")
 @click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
+@click.option("--name", default=None, help="DNS name to register  [default: the namespace's name]")
 @api_socket_option
-def attach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
-    """Join a container to the overlay: a namespace name, a PID, or /proc/PID/ns/net."""
-    addresses, container = _split_container_args(args)
-    if not addresses:
-        raise UserError("give the container's address(es) (CIDR): meshnet has no IPAM yet")
-    result = ApiClient(api_socket).post(
-        "/attach", {"container": container, "addresses": addresses, "ifname": ifname}
+def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Path) -> None:
+    """Join a container to the overlay: a namespace name, a PID, or /proc/PID/ns/net.
+
+    Without ADDRESS, IPAM gives it one in the default subnet. An ADDRESS is `net:CIDR` (one
+    from that subnet), `ip:ADDR[/LEN]` (exactly that one) or a CIDR; attaching again gives the
+    same addresses.
+    """
+    if not args:
+        raise click.UsageError("missing CONTAINER")
+    *addresses, container = args
+    for address in addresses:
+        parse_spec(address)
+    # Allocation may wait for the peers to agree on the ring, or for a donation.
+    result = ApiClient(api_socket, timeout=ALLOCATE_TIMEOUT + 15).post(
+        "/attach",
+        {"container": container, "addresses": addresses, "ifname": ifname, "name": name},
     )
     click.echo(" ".join(a.split("/")[0] for a in result["addresses"]))
 
@@ -471,3 +550,97 @@ def ps(api_socket: Path, as_json: bool) -> None:
         return
     for c in containers:
         click.echo(f"{c['namespace']} {c['mac']} {' '.join(c['addresses'])}")
+
+
+def _ipam_table(data: dict[str, Any]) -> Table:
+    consensus = data["consensus"]
+    if data["mode"] == "consensus" and consensus != "ready":
+        consensus += f" (consensus of {data['consensus_size']})"
+    elif data["mode"] == "seed":
+        consensus += f" (seeded among {len(data['seed'])})"
+    elif data["mode"] == "observer":
+        consensus += " (observer)"
+    table = Table(
+        "peer",
+        "nickname",
+        "ranges",
+        "addresses",
+        "in use",
+        "share",
+        "reachable",
+        box=None,
+        title=f"range {data['range']}, default subnet {data['default_subnet']}, ring {consensus}",
+    )
+    for p in data["peers"]:
+        ranges = p["ranges"]
+        shown = ", ".join(ranges[:3]) + (f" (+{len(ranges) - 3})" if len(ranges) > 3 else "")
+        table.add_row(
+            p["name"] + (" (this peer)" if p["local"] else ""),
+            p["nickname"],
+            shown or "-",
+            str(p["size"]),
+            str(p["in_use"]),
+            f"{p['share']:.1%}",
+            "yes" if p["reachable"] else "no (unreachable)",
+        )
+    notes = [f"{data['allocated_here']} addresses in use here"]
+    if data["leaving"]:
+        notes.append("handing its ranges over (reset)")
+    if data["refused_merges"]:
+        notes.append(f"refused ring merges: {sum(data['refused_merges'].values())}")
+    table.caption = "; ".join(notes)
+    return table
+
+
+status.command("ipam", help="The address ranges: who owns what, what is in use, consensus.")(
+    _subcommand("/status/ipam", _ipam_table)  # type: ignore[arg-type]
+)
+
+
+@click.command()
+@click.option(
+    "--force", is_flag=True, help="Even while containers here hold addresses (they are lost)."
+)
+@api_socket_option
+def reset(force: bool, api_socket: Path) -> None:
+    """Hand this peer's address ranges to a live peer, wait for its acknowledgement, and stop.
+
+    Use it before removing a host for good; a peer that died without it is cleaned up from
+    another host with `meshnet rmpeer`.
+    """
+    client = ApiClient(api_socket, timeout=HANDOVER_TIMEOUT + 15)
+    result = client.post("/ipam/reset", {"force": force})
+    if not result["acknowledged"]:
+        raise UserError(
+            f"{result.get('nickname') or result['handed_to']} did not acknowledge the "
+            f"hand-over within {HANDOVER_TIMEOUT:.0f}s; the router keeps running and re-sending "
+            "it: run `meshnet reset` again"
+        )
+    deadline = time.monotonic() + 15
+    while api_socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if result["handed_to"] is None:
+        click.echo("reset: this peer owned no addresses; stopped")
+    else:
+        click.echo(
+            f"reset: {result['addresses']} addresses handed over to {result['handed_to']} "
+            f"({result['nickname']}); stopped"
+        )
+
+
+@click.command()
+@click.argument("peer", metavar="NAME")
+@api_socket_option
+def rmpeer(peer: str, api_socket: Path) -> None:
+    """Reclaim the address ranges of a peer that is gone for good (NAME or nickname).
+
+    Refused while that peer is reachable. Running it for the same peer on several hosts is
+    safe: they all give its ranges to the same heir.
+    """
+    result = ApiClient(api_socket).post("/ipam/rmpeer", {"peer": peer})
+    if result["heir"] is None:
+        click.echo(f"{result['peer']}: owned no addresses")
+    else:
+        click.echo(
+            f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
+        )

@@ -8,12 +8,18 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
+from meshnet.api import observe
+from meshnet.api.ipam import addresses_for
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
 from meshnet.gossip.router import Router
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
+    from meshnet.dns.service import DnsService
+    from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.api")
 
@@ -35,10 +41,15 @@ class ApiApp:
         router: Router,
         request_stop: Callable[[], None],
         dataplane: DataPlane | None = None,
+        *,
+        ipam: IpamService | None = None,
+        dns: DnsService | None = None,
     ) -> None:
         self.router = router
         self.request_stop = request_stop
         self.dataplane = dataplane
+        self.ipam = ipam
+        self._stop_after_response = False
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
             ("GET", "/status"): lambda _: router.status(),
             ("GET", "/status/peers"): lambda _: router.peers(),
@@ -51,7 +62,16 @@ class ApiApp:
             ("GET", "/containers"): lambda _: self._dp().containers(),
             ("POST", "/attach"): self._attach,
             ("POST", "/detach"): self._detach,
+            ("GET", "/status/ipam"): lambda _: self._ipam().status(),
+            ("POST", "/ipam/reset"): self._ipam_reset,
+            ("POST", "/ipam/rmpeer"): self._ipam_rmpeer,
         }
+        if dns is not None:  # /status/dns, /dns/*; attach registers names, detach removes them
+            self.routes.update(dns.api_routes(self._attach, self._detach))
+        self.dns = dns
+        # /report; /metrics, /stream and /events answer with text or endless streams: raw ASGI.
+        self.routes.update(observe.json_routes(self))
+        self.raw_routes = observe.raw_routes(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendFn) -> None:
         if scope["type"] == "lifespan":
@@ -64,10 +84,14 @@ class ApiApp:
                     return
         if scope["type"] != "http":
             return
+        raw = self.raw_routes.get((scope["method"], scope["path"]))
+        if raw is not None:
+            await raw(scope, receive, send)
+            return
         try:
             handler = self.routes.get((scope["method"], scope["path"]))
             if handler is None:
-                known = {path for _, path in self.routes}
+                known = {path for _, path in [*self.routes, *self.raw_routes]}
                 if scope["path"] in known:
                     raise HttpError(405, f"{scope['method']} not allowed on {scope['path']}")
                 raise HttpError(404, f"no such endpoint: {scope['path']}")
@@ -92,7 +116,9 @@ class ApiApp:
             }
         )
         await send({"type": "http.response.body", "body": payload})
-        if (scope["method"], scope["path"], status) == ("POST", "/stop", 200):
+        if status == 200 and (
+            (scope["method"], scope["path"]) == ("POST", "/stop") or self._stop_after_response
+        ):
             # Only now: stopping cancels the server, which would cut this response short.
             self.request_stop()
 
@@ -116,11 +142,58 @@ class ApiApp:
 
     async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
         container, addresses, ifname = _container_request(body)
-        return await self._dp().attach(container, addresses, ifname)
+        if self.ipam is None:
+            return await self._dp().attach(container, addresses, ifname)
+        # IPAM: no address, net:CIDR, ip:ADDR or a CIDR inside the range (see api/ipam.py).
+        container_id = await self._ipam_id(container, ifname)
+        held = self.ipam.addresses_of(container_id)
+        addresses = await addresses_for(self.ipam, container_id, addresses)
+        try:
+            return await self._dp().attach(container, addresses, ifname)
+        except BaseException:
+            if not held:  # nothing of it is on the container: give it back
+                with trio.CancelScope(shield=True):
+                    await self.ipam.release(container_id)
+            raise
 
     async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
         container, addresses, ifname = _container_request(body)
-        return {"detached": await self._dp().detach(container, addresses, ifname)}
+        container_id = None
+        if self.ipam is not None and not addresses:
+            container_id = await self._ipam_id(container, ifname)
+        detached = await self._dp().detach(container, addresses, ifname)
+        if self.ipam is not None and container_id is not None:
+            await self.ipam.release(container_id)
+        return {"detached": detached}
+
+    async def _ipam_id(self, container: str, ifname: str) -> str:
+        """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
+        interface gets addresses of its own)."""
+        container_id = await self._dp().container_id(container)
+        return container_id if ifname == "ethwe" else f"{container_id}/{ifname}"
+
+    def _ipam(self) -> IpamService:
+        if self.ipam is None:
+            raise HttpError(409, "this router runs without IPAM")
+        return self.ipam
+
+    async def _ipam_reset(self, body: dict[str, Any]) -> dict[str, Any]:
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise HttpError(400, 'expected {"force": true|false}')
+        result = await self._ipam().reset(force=force)
+        if result["acknowledged"]:
+            self._ipam().forget_state()
+            log.info("reset: IPAM handed over; stopping")
+            self._stop_after_response = True
+        return result
+
+    def _ipam_rmpeer(self, body: dict[str, Any]) -> dict[str, Any]:
+        peer = body.get("peer")
+        if not isinstance(peer, str) or not peer:
+            raise HttpError(400, 'expected {"peer": NAME|NICKNAME}')
+        ipam = self._ipam()
+        return ipam.rmpeer(ipam.resolve_peer(peer))
 
 
 def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:

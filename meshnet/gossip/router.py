@@ -177,6 +177,19 @@ class Router:
         entry = self.mesh.topology.get(name)
         return entry.nickname if entry else format_peer_name(name)
 
+    def reachable(self, peer: int) -> bool:
+        """Whether ``peer`` is alive as far as we can tell: a route to it exists, or it is a
+        neighbour at all (its data path may not be proven yet: still alive, for `rmpeer`)."""
+        return (
+            peer == self.identity.name
+            or peer in self.mesh.neighbours
+            or self.mesh.routes.next_hop(peer) is not None
+        )
+
+    def known_peers(self) -> list[int]:
+        """Every peer the topology knows of, ourselves included."""
+        return sorted(self.mesh.topology)
+
     def connect(self, address: str) -> bool:
         added = self.maker.add(address, Source.CONNECT, trio.current_time())
         self._wake_maker.set()

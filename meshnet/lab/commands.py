@@ -68,6 +68,13 @@ def lab() -> None:
     help="Start every router with this password (env MESHNET_PASSWORD).",
 )
 @click.option("--no-daemons", is_flag=True, help="Build the hosts but start no routers.")
+@click.option(
+    "--dns-upstream",
+    "dns_upstreams",
+    multiple=True,
+    metavar="IP[:PORT]",
+    help="Every router's server for names outside its domain  [default: the machine's]",
+)
 def up(
     name: str,
     hosts: int,
@@ -76,6 +83,7 @@ def up(
     mtu: int,
     password: str | None,
     no_daemons: bool,
+    dns_upstreams: tuple[str, ...],
 ) -> None:
     """Build a lab: one namespace per host, the underlay, and containers.
 
@@ -88,7 +96,8 @@ def up(
         spec = topo.load_file(Path(shape), containers)
     steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
     containers_total = sum(len(h.containers) for h in spec.hosts)
-    steps += 0 if no_daemons else len(spec.hosts) + 1 + containers_total
+    # Routers, "finding each other", attachments, and the containers' resolv.conf.
+    steps += 0 if no_daemons else len(spec.hosts) + 1 + containers_total + bool(containers_total)
     err = console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -103,7 +112,15 @@ def up(
         def step(what: str) -> None:
             progress.update(task, description=f"lab {name}: {what}", advance=1)
 
-        lablib.up(name, spec, mtu=mtu, daemons=not no_daemons, password=password, progress=step)
+        lablib.up(
+            name,
+            spec,
+            mtu=mtu,
+            daemons=not no_daemons,
+            password=password,
+            dns_upstreams=dns_upstreams,
+            progress=step,
+        )
     _print_summary(lablib.status(name))
 
 

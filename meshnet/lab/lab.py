@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
+from meshnet.lab import dns as lab_dns
 from meshnet.lab.topology import (
     PlannedContainer,
     PlannedLink,
@@ -122,6 +123,7 @@ class LabRecord:
     created: float
     daemons: bool = True
     encrypted: bool = False
+    dns_upstreams: list[str] = field(default_factory=list)  # every router's --dns-upstream
 
     @classmethod
     def load(cls, directory: Path) -> LabRecord:
@@ -191,6 +193,7 @@ def up(
     mtu: int = 1500,
     daemons: bool = True,
     password: str | None = None,
+    dns_upstreams: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> LabRecord:
     """Build the lab and start a router in every host (unless `daemons` is False).
@@ -223,6 +226,7 @@ def up(
         created=time.time(),
         daemons=daemons,
         encrypted=password is not None,
+        dns_upstreams=list(dns_upstreams),
     )
     record.save(directory)
     journal = Journal(directory / "journal")
@@ -231,6 +235,7 @@ def up(
         if daemons:
             _start_routers(record, record.hosts, password, progress)
             _attach_containers(record, progress)
+            lab_dns.write_resolv_confs(record, journal, host_api_socket, progress)
             progress("routers finding each other")
             _wait_for_mesh(record)
     except BaseException:
@@ -345,6 +350,10 @@ def _start_routers(
             "launch",
             "--nickname",
             host["name"],
+            # IPAM: the hosts of the lab agree on the ring at the first allocation.
+            "--ipalloc-init",
+            f"consensus={len(record.hosts)}",
+            *lab_dns.launch_args(record),
             *_neighbour_addresses(record, host["name"]),
         ]
         launches.append(
@@ -374,14 +383,18 @@ def _start_routers(
 
 
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
-    """`meshnet attach ADDRESS CONTAINER` on each container's host, as a user would."""
+    """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
+    address (the planned one only stays for labs without routers)."""
     from meshnet.api.client import ApiClient
+    from meshnet.ipam.service import ALLOCATE_TIMEOUT
 
     hosts = {h["name"]: h for h in record.hosts}
     for c in record.containers:
-        client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]))
-        client.post("/attach", {"container": c["namespace"], "addresses": [c["address"]]})
-        progress(f"attached {c['name']}")
+        client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
+        body = {"container": c["namespace"], "addresses": [], "name": c["name"]}  # DNS name
+        result = client.post("/attach", body)
+        c["address"] = result["addresses"][0]
+        progress(f"attached {c['name']} {c['address']}")
 
 
 def _components(record: LabRecord) -> dict[str, int]:
@@ -570,10 +583,15 @@ def status(name: str | None) -> dict[str, Any]:
     containers = []
     for c in record.containers:
         mac = None
+        addresses = [c["address"]]
         if netlink.namespace_exists(c["namespace"]):
             try:
                 with netlink.namespace(c["namespace"]) as ns:
-                    mac = ns.link(CONTAINER_IFNAME).mac
+                    ethwe = ns.link(CONTAINER_IFNAME)
+                mac = ethwe.mac
+                # What the kernel says: IPAM may have given more (or other) addresses.
+                live = [a for a in ethwe.addresses if not a.lower().startswith("fe80:")]
+                addresses = live or addresses
             except netlink.NetlinkError:
                 mac = None
         containers.append(
@@ -583,7 +601,7 @@ def status(name: str | None) -> dict[str, Any]:
                 "namespace": c["namespace"],
                 "interface": CONTAINER_IFNAME,
                 "mac": mac,
-                "addresses": [c["address"]],
+                "addresses": addresses,
             }
         )
     links = [
