@@ -755,14 +755,7 @@ class Reassembler:
             return out
         payloads[index] = memoryview(body)[start:]
         partial.received += 1
-        if partial.received == count:
-            del self._partials[sid]
-            self._completed += 1
-            out += self._finalize(sid)
-            out.append((partial.vnet_raw, b"".join((partial.headers, *payloads))))  # type: ignore[arg-type]
-        elif len(self._partials) > self._max_partial:
-            out += self._finalize(min(self._partials, key=_serial_key))
-        return out
+        return out + self._progress(sid, partial)
 
     def add_uniform(self, bodies: list[Buffer], now: float) -> list[tuple[Buffer, Buffer]]:
         """Take the SEGMENT bodies of consecutive segments whose prefixes are known to agree
@@ -793,14 +786,19 @@ class Reassembler:
             else:
                 self._duplicates += 1
         partial.received = received
-        if received == count:
+        return out + self._progress(sid, partial)
+
+    def _progress(self, sid: int, partial: _Partial) -> list[tuple[Buffer, Buffer]]:
+        """After storing segments: the whole super-frame once complete (after anything older),
+        else room made when too many are pending."""
+        if partial.received == partial.count:
             del self._partials[sid]
             self._completed += 1
-            out += self._finalize(sid)
-            out.append((partial.vnet_raw, b"".join((partial.headers, *payloads))))  # type: ignore[arg-type]
-        elif len(self._partials) > self._max_partial:
-            out += self._finalize(min(self._partials, key=_serial_key))
-        return out
+            whole = b"".join((partial.headers, *partial.payloads))  # type: ignore[arg-type]
+            return [*self._finalize(sid), (partial.vnet_raw, whole)]
+        if len(self._partials) > self._max_partial:
+            return self._finalize(min(self._partials, key=_serial_key))
+        return []
 
     def flush(self, now: float, older_than: float) -> list[tuple[Buffer, Buffer]]:
         """Deliver, as rebuilt runs, every pending super-frame whose first segment arrived
