@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -159,11 +160,13 @@ class ApiApp:
     async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
         container, addresses, ifname = _container_request(body)
         container_id = None
-        if self.ipam is not None and not addresses:
+        if self.ipam is not None:
             container_id = await self._ipam_id(container, ifname)
         detached = await self._dp().detach(container, addresses, ifname)
         if self.ipam is not None and container_id is not None:
-            await self.ipam.release(container_id)
+            # Only the addresses named, if any: the rest stay the container's.
+            only = [IPv4Interface(a).ip for a in addresses if _is_ipv4(a)] if addresses else None
+            await self.ipam.release(container_id, only)
         return {"detached": detached}
 
     async def _ipam_id(self, container: str, ifname: str) -> str:
@@ -242,3 +245,11 @@ async def _read_body(receive: Receive) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise HttpError(400, "request body must be a JSON object")
     return body
+
+
+def _is_ipv4(cidr: str) -> bool:
+    try:
+        IPv4Interface(cidr)
+    except ValueError:
+        return False
+    return True

@@ -308,10 +308,14 @@ class Allocator:
             return Address(address, net)
         return self._ask(net, a, container, now)
 
-    def release(self, container_id: str, now: float) -> list[IPv4Address]:
-        """Free every address the container holds (none: nothing happens)."""
+    def release(
+        self, container_id: str, now: float, only: Iterable[IPv4Address] | None = None
+    ) -> list[IPv4Address]:
+        """Free every address the container holds, or those of ``only`` (none: nothing
+        happens)."""
         self._now = now
-        released = self.space.release(_container(container_id))
+        chosen = None if only is None else {int(a) for a in only}
+        released = self.space.release(_container(container_id), chosen)
         if released:
             self._changed(now)
         return [IPv4Address(a) for a in released]

@@ -269,10 +269,13 @@ class IpamService:
         )
         return result.interface
 
-    async def release(self, container_id: str) -> list[IPv4Address]:
-        """Free every address the container holds (none: nothing happens)."""
+    async def release(
+        self, container_id: str, only: list[IPv4Address] | None = None
+    ) -> list[IPv4Address]:
+        """Free every address the container holds, or those of ``only`` (none: nothing
+        happens)."""
         try:
-            return self.allocator.release(container_id, trio.current_time())
+            return self.allocator.release(container_id, trio.current_time(), only)
         finally:
             self._after()
 

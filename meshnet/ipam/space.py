@@ -7,7 +7,7 @@ disagree: ``Space`` only knows which address is held by which container. Address
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from ipaddress import IPv4Network
 
 Ranges = Sequence[tuple[int, int]]
@@ -102,9 +102,13 @@ class Space:
         bisect.insort(self._used, address)
         self._by_container.setdefault(container, []).append(address)
 
-    def release(self, container: str) -> list[int]:
-        """Free everything ``container`` holds; the addresses freed (none if it held none)."""
-        addresses = self._by_container.pop(container, [])
+    def release(self, container: str, only: Collection[int] | None = None) -> list[int]:
+        """Free what ``container`` holds (all of it, or those of ``only`` it holds); the
+        addresses freed (none if it held none)."""
+        held = self._by_container.pop(container, [])
+        addresses = held if only is None else [a for a in held if a in only]
+        if only is not None and len(addresses) < len(held):
+            self._by_container[container] = [a for a in held if a not in only]
         for address in addresses:
             del self._holder[address]
             del self._used[bisect.bisect_left(self._used, address)]

@@ -208,6 +208,19 @@ def test_subnet_allocation_skips_network_and_broadcast() -> None:
         net.peers[1].allocate("c4", IPv4Network("10.1.0.0/24"), 0.0)
 
 
+def test_release_of_some_addresses_keeps_the_others() -> None:
+    net = Net([IpamConfig(name=1, range=RANGE, mode=InitMode.SEED, seed=(1,))])
+    peer = net.peers[1]
+    first = allocate_settled(net, 1, "c").ip
+    second = peer.claim("c", first + 5, net.now).ip
+    assert peer.release("c", net.now, [second, first + 99]) == [second]
+    assert [a.ip for a in peer.addresses_of("c")] == [first]
+    assert peer.release("other", net.now, [first]) == []  # not its address: nothing
+    assert peer.release("c", net.now) == [first]
+    assert peer.addresses_of("c") == []
+    assert allocate_settled(net, 1, "d").ip == first  # free again
+
+
 def test_claim_across_peers() -> None:
     net = Net(consensus_configs(2))
     a, b = net.live
