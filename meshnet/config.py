@@ -47,6 +47,8 @@ class Config:
     ipalloc_default_subnet: IPv4Network | None = None
     ipalloc_init: str = ""
     dns: DnsSettings = field(default_factory=DnsSettings)  # domain, TTL, upstreams, address
+    # The API also over HTTP on this loopback address (for Prometheus), besides the socket.
+    http_addr: tuple[str, int] | None = None
 
     @property
     def heartbeat_timeout(self) -> float:

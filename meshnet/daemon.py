@@ -57,7 +57,10 @@ async def run(
             await nursery.start(dataplane.serve)
         await nursery.start(dns.serve, dataplane)
         await nursery.start(
-            serve_api, ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns), config.api_socket
+            serve_api,
+            ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns),
+            config.api_socket,
+            config.http_addr,
         )
         log.info("%s ready; API on %s", identity, config.api_socket)
         task_status.started(identity)

@@ -141,6 +141,12 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
     metavar="consensus[=N]|seed=NAME,...|observer",
     help="How the range is first divided  [default: consensus over the launch peers and us]",
 )
+@click.option(
+    "--http-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the API (and /metrics) over HTTP on this loopback address.",
+)
 @dns_launch_options
 def launch(
     peers: tuple[str, ...],
@@ -158,6 +164,7 @@ def launch(
     ipalloc_range: str,
     ipalloc_default_subnet: str | None,
     ipalloc_init: str,
+    http_addr: str | None,
     **dns_options: Any,
 ) -> None:
     """Start the router and connect to PEERs.
@@ -178,6 +185,7 @@ def launch(
         dataplane=not no_dataplane,
         **_ipalloc_settings(ipalloc_range, ipalloc_default_subnet, ipalloc_init, len(peers)),
         dns=dns_settings(dns_options),
+        http_addr=_loopback_address(http_addr) if http_addr else None,
     )
     client = ApiClient(api_socket)
     if client.is_ready():
@@ -191,6 +199,24 @@ def launch(
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _loopback_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [V6]:PORT) on loopback: the API has no authentication but the socket's
+    mode, so it is never served where another host could reach it."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--http-addr {text}: expected a loopback HOST:PORT, e.g. 127.0.0.1:6782"
+        ) from None
+    return host, number
 
 
 def _ipalloc_settings(
@@ -253,6 +279,9 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
         args.append("--no-discovery")
     if not config.dataplane:
         args.append("--no-dataplane")
+    if config.http_addr is not None:
+        host, port = config.http_addr
+        args += ["--http-addr", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
     if config.password is not None:
         env["MESHNET_PASSWORD"] = config.password.decode()  # never on the command line

@@ -1,4 +1,5 @@
-"""Serve the API on the daemon's unix socket (mode 0600: only root talks to the router)."""
+"""Serve the API on the daemon's unix socket (mode 0600: only root talks to the router), and
+optionally over HTTP on loopback for a local Prometheus."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ log = logging.getLogger("meshnet.api")
 async def serve_api(
     app: ApiApp,
     socket_path: Path,
+    http_addr: tuple[str, int] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve until cancelled; also over HTTP on ``http_addr`` (loopback, checked by the CLI)."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     config = HypercornConfig()
     config.bind = [f"unix:{socket_path}"]
+    if http_addr is not None:
+        host, port = http_addr
+        config.bind.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     config.umask = 0o177  # the socket is created 0600
     config.accesslog = None
     config.errorlog = logging.getLogger("meshnet.api.hypercorn")

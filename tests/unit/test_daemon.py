@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meshnet.api.client import ApiClient
@@ -136,6 +137,8 @@ def test_user_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
         "cannot read password file",
     )
     one_line(daemon.meshnet("launch", "--password", ""), "password is empty")
+    for bad in ("0.0.0.0:6782", "10.0.0.1:80", "127.0.0.1", "127.0.0.1:0", "localhost:80"):
+        one_line(daemon.meshnet("launch", "--http-addr", bad), "expected a loopback HOST:PORT")
     # A port someone else holds: the background launch reports the daemon's own error.
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -158,3 +161,19 @@ def test_api_rejects_unknown_and_malformed_requests(daemon: Daemon) -> None:
         client.post("/connect", {"addr": "x"})
     with pytest.raises(UserError, match="bad peer address"):
         client.post("/connect", {"address": "::::::"})
+
+
+def test_the_api_over_http_on_loopback(daemon: Daemon) -> None:
+    http_port = free_port()
+    launched = daemon.meshnet(
+        "launch", "--port", str(daemon.port), "--http-addr", f"127.0.0.1:{http_port}"
+    )
+    assert launched.returncode == 0, launched.stderr
+    base = f"http://127.0.0.1:{http_port}"
+    status = httpx.get(f"{base}/status", timeout=5).json()
+    assert status["name"] == launched.stdout.strip()
+    metrics = httpx.get(f"{base}/metrics", timeout=5)
+    assert metrics.status_code == 200 and "meshnet_" in metrics.text
+    assert daemon.meshnet("stop").returncode == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/status", timeout=5)
