@@ -229,10 +229,13 @@ def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
             f"udp dst port 6783 and src host {state['hosts'][0]['addresses'][0]} and greater 200",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
+    assert sniffer.stderr is not None
+    for line in sniffer.stderr:  # ping only once tcpdump listens (slow to start under load)
+        if "listening on" in line:
+            break
     ns_run(c["h1-c1"]["namespace"], "ping", "-c3", "-s", "300", "-i", "0.2", ip_of(c["h2-c1"]))
     dump, _ = sniffer.communicate(timeout=10)
     hexdata = "".join(
