@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -249,11 +250,30 @@ CASES: dict[str, Callable[[int], Result]] = {
 }
 
 
+def median_result(runs: list[Result]) -> Result:
+    """One case's runs as one row: the median of each figure (notes of every run kept)."""
+    pings = [r.ping_ms for r in runs if r.ping_ms is not None]
+    return Result(
+        runs[0].name,
+        statistics.median(r.gbits for r in runs),
+        int(statistics.median(r.retransmits for r in runs)),
+        statistics.median(pings) if pings else None,
+        "; ".join(sorted({r.note for r in runs if r.note})),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument(
         "--only", default=",".join(CASES), help="comma-separated: " + ",".join(CASES)
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every case this many times, interleaved, and show medians (this machine's "
+        "figures vary by 20%% from run to run)",
     )
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -262,9 +282,13 @@ def main() -> int:
     wanted = [c.strip() for c in args.only.split(",") if c.strip()]
     if "veth" not in wanted:
         wanted.insert(0, "veth")  # every ratio is against this run's routed veth
-    results = [CASES[case](args.seconds) for case in wanted]
+    rounds = [[CASES[case](args.seconds) for case in wanted] for _ in range(max(1, args.rounds))]
+    results = [median_result([r[i] for r in rounds]) for i in range(len(wanted))]
     base = results[0].gbits or 1.0
-    table = Table(title=f"single-stream iperf3 TCP, {args.seconds}s, ping under load")
+    title = f"single-stream iperf3 TCP, {args.seconds}s, ping under load"
+    if args.rounds > 1:
+        title += f", median of {args.rounds} interleaved rounds"
+    table = Table(title=title)
     for column in ("path", "Gbit/s", "x routed veth", "retransmits", "ping ms", "note"):
         table.add_column(column, justify="right" if column not in ("path", "note") else "left")
     for r in results:
