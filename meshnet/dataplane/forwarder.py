@@ -229,6 +229,9 @@ class Forwarder:
             return
         vnet_bytes = data[:VNET_HEADER_SIZE]
         if data[1] != 0:  # gso_type: a TCP super-frame
+            # Small frames queued before it go first: under load the TAP is never empty, and
+            # they must neither wait for it to drain nor be overtaken (reordering hurts TCP).
+            self._flush(batches)
             vnet = parse_vnet(vnet_bytes)
             superframe_id = next(self._superframe_ids)
             for hop, destination, flags in targets:

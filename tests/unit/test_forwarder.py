@@ -1,0 +1,68 @@
+"""The packet loops' per-frame decisions, with a fake TAP and socket (no threads, no kernel)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from meshnet.dataplane import forwarder as fw
+from meshnet.dataplane import sleeve_wire as sw
+from meshnet.dataplane import vnet as vn
+from meshnet.dataplane.switch import Switch
+from meshnet.gossip.routes import Routes
+from tests.unit.test_vnet import build_superframe
+
+LOCAL, PEER = 0x0A0000000001, 0x0B0000000002
+
+
+class FakeSocket:
+    """Records what a send would put on the wire, as (datagram kind, datagram count)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[sw.Kind, int]] = []
+
+    def sendto(self, data: Any, addr: Any) -> int:
+        self.sent.append((sw.Kind(bytes(data)[1]), 1))
+        return len(data)
+
+    def sendmsg(self, buffers: list[Any], cmsg: Any, flags: int, addr: Any) -> int:
+        data = b"".join(bytes(b) for b in buffers)
+        stride = int.from_bytes(cmsg[0][2], "little")
+        self.sent.append((sw.Kind(data[1]), -(-len(data) // stride)))
+        return len(data)
+
+
+def forwarder() -> tuple[fw.Forwarder, FakeSocket]:
+    snapshot = fw.Snapshot(
+        local=LOCAL,
+        routes=Routes(local=LOCAL, unicast={PEER: PEER}, broadcast={}, distance={PEER: 1}),
+        neighbours={
+            PEER: fw.Neighbour(
+                PEER, ("192.0.2.2", 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
+            )
+        },
+        overlay_mtu=1354,
+    )
+    sock = FakeSocket()
+    f = fw.Forwarder(
+        tap=None,  # type: ignore[arg-type]
+        sock=sock,  # type: ignore[arg-type]
+        switch=Switch(LOCAL),
+        snapshot=snapshot,
+        on_control=lambda *a: None,
+        on_too_big=lambda *a: None,
+    )
+    return f, sock
+
+
+def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_idle_tap() -> None:
+    f, sock = forwarder()
+    v, frame, _ = build_superframe(4, os.urandom(1200 * 8), 1200)
+    f._switch.from_peer(PEER, frame[0:6], frame[6:12], time.monotonic())  # the MAC is there
+    small = frame[:14] + bytes(50)  # e.g. an ACK or a ping of the same flow
+    batches: dict[Any, sw.FrameBatcher] = {}
+    f._from_tap(vn.VNET_NONE + small, batches)
+    assert sock.sent == []  # batched: more small frames may follow
+    f._from_tap(vn.pack_vnet(v) + frame, batches)
+    assert sock.sent == [(sw.Kind.FRAMES, 1), (sw.Kind.SEGMENT, 8)]
