@@ -35,9 +35,12 @@ from meshnet.output import console
 READY_TIMEOUT = 60.0
 
 
-def api_socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def api_socket_option(
+    f: Callable[..., Any], *, names: tuple[str, ...] = ("--api-socket",)
+) -> Callable[..., Any]:
     return click.option(
-        "--api-socket",
+        *names,
+        "api_socket",
         type=click.Path(path_type=Path),
         default=default_api_socket,
         envvar="MESHNET_API_SOCKET",

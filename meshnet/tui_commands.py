@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.config import default_api_socket
 from meshnet.errors import UserError
 from meshnet.lab.commands import lab
 from meshnet.output import console
@@ -153,16 +153,7 @@ INTERVAL_OPTION = click.option(
 
 
 @click.command()
-@click.option(
-    "--socket",
-    "--api-socket",
-    "api_socket",
-    type=click.Path(path_type=Path),
-    default=default_api_socket,
-    envvar="MESHNET_API_SOCKET",
-    show_default="/run/meshnet/meshnet.sock",
-    help="The daemon's API socket (env MESHNET_API_SOCKET).",
-)
+@functools.partial(api_socket_option, names=("--socket", "--api-socket"))
 @INTERVAL_OPTION
 def tui(api_socket: Path, interval: float) -> None:
     """The live view: peers, traffic with sparklines, events, IPAM and DNS (`?` for help)."""
