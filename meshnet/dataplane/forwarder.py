@@ -317,7 +317,9 @@ class Forwarder:
             sequence=neighbour.sequences.take(plan.segments),
         )
         try:
-            run = wire.encode_superframe(first, superframe_id, vnet, frame, neighbour.send_key)
+            run = wire.encode_superframe(
+                first, superframe_id, vnet, frame, neighbour.send_key, plan
+            )
         except (RemoteProtocolError, ValueError):
             self._tx.drops["unsupported_superframe"] += 1
             return

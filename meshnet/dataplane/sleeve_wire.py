@@ -241,11 +241,13 @@ def encode_superframe(
     vnet: vn.VnetHeader,
     frame: Buffer,
     key: bytes | None,
+    plan: vn.SegmentPlan | None = None,
 ) -> DatagramRun:
     """The SEGMENT datagrams of a TCP super-frame, built as one array: what
     :func:`segment_bodies` then :func:`encode_datagrams` give, without a Python step per
-    datagram when plain (and one seal call per datagram when sealed)."""
-    header_len, size, count, _ = vn.plan_tcp_segments(vnet, frame)
+    datagram when plain (and one seal call per datagram when sealed). ``plan``: the frame's
+    :func:`~meshnet.dataplane.vnet.plan_tcp_segments`, if the caller made it already."""
+    header_len, size, count, _ = plan or vn.plan_tcp_segments(vnet, frame)
     if count > 0xFFFF or header_len > MAX_SEGMENT_HEADERS:
         raise RemoteProtocolError(f"super-frame of {count} segments, {header_len} header bytes")
     body_size = SEGMENT_OVERHEAD + header_len + size
