@@ -2,11 +2,13 @@
 
 Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
   routed veth        container - host - host - container, plain kernel routing (the reference)
-  kernel vxlan       a bridge + VXLAN device per host, static FDB (what fastdp will be)
-  sleeve             a meshnet lab of two hosts (the userspace data plane)
+  kernel vxlan       a bridge + VXLAN device per host, static FDB (by hand, no meshnet)
+  fastdp             a meshnet lab of two hosts, on its kernel VXLAN path
+  sleeve             the same lab with --no-fastdp (the userspace data plane)
   sleeve encrypted   the same with a password
   sleeve 1% loss     the same with 1% loss injected on the underlay link
-and prints one table with each figure as a ratio of routed veth measured in the same run.
+and prints one table with each figure as a ratio of routed veth measured in the same run (and
+fastdp's also against kernel vxlan).
 Needs root, iperf3 and ping. Not a test: numbers depend on the machine; compare ratios.
 
     python bench/throughput.py [--seconds 5] [--only sleeve,vxlan]
@@ -26,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -217,12 +220,19 @@ def kernel_vxlan(seconds: int) -> Result:
 
 
 def sleeve(
-    seconds: int, *, password: str | None = None, loss: float = 0.0, name: str = "sleeve"
+    seconds: int,
+    *,
+    password: str | None = None,
+    loss: float = 0.0,
+    name: str = "sleeve",
+    fastdp: bool = False,
 ) -> Result:
     lab = f"b{uuid.uuid4().hex[:8]}"
-    lablib.up(lab, topology.builtin("line", 2, 1), password=password)
+    lablib.up(lab, topology.builtin("line", 2, 1), password=password, fastdp=fastdp)
     try:
         state = lablib.status(lab)
+        if fastdp and not _wait_for_fastdp(state):
+            return Result(name, 0.0, 0, None, note="fastdp never came up")
         if loss:
             lablib.set_link(lab, "h1", "h2", "loss", str(loss))
         c = {c["name"]: c for c in state["containers"]}
@@ -241,9 +251,28 @@ def sleeve(
         lablib.down(lab)
 
 
+def _wait_for_fastdp(state: dict[str, Any]) -> bool:
+    from meshnet.api.client import ApiClient
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        paths = [
+            p["kind"]
+            for h in state["hosts"]
+            for p in ApiClient(lablib.host_api_socket(h["dir"]))
+            .get("/status/dataplane")["paths"]
+            .values()
+        ]
+        if paths and all(kind == "fastdp" for kind in paths):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 CASES: dict[str, Callable[[int], Result]] = {
     "veth": routed_veth,
     "vxlan": kernel_vxlan,
+    "fastdp": lambda s: sleeve(s, fastdp=True, name="fastdp"),
     "sleeve": sleeve,
     "encrypted": lambda s: sleeve(s, password="bench password", name="sleeve encrypted"),
     "loss": lambda s: sleeve(s, loss=1.0, name="sleeve 1% loss"),
@@ -285,17 +314,20 @@ def main() -> int:
     rounds = [[CASES[case](args.seconds) for case in wanted] for _ in range(max(1, args.rounds))]
     results = [median_result([r[i] for r in rounds]) for i in range(len(wanted))]
     base = results[0].gbits or 1.0
+    vxlan = next((r for r in results if r.name == "kernel vxlan"), None)
     title = f"single-stream iperf3 TCP, {args.seconds}s, ping under load"
     if args.rounds > 1:
         title += f", median of {args.rounds} interleaved rounds"
     table = Table(title=title)
-    for column in ("path", "Gbit/s", "x routed veth", "retransmits", "ping ms", "note"):
+    columns = ("path", "Gbit/s", "x routed veth", "x kernel vxlan", "retransmits", "ping ms")
+    for column in (*columns, "note"):
         table.add_column(column, justify="right" if column not in ("path", "note") else "left")
     for r in results:
         table.add_row(
             r.name,
             f"{r.gbits:.2f}",
             f"{r.gbits / base:.3f}",
+            f"{r.gbits / vxlan.gbits:.3f}" if vxlan and vxlan.gbits and r is not results[0] else "",
             str(r.retransmits),
             f"{r.ping_ms:.2f}" if r.ping_ms is not None else "-",
             r.note,

@@ -16,7 +16,9 @@ import click
 from meshnet import __version__
 from meshnet.dns_commands import COMMANDS as DNS_COMMANDS  # also adds `status dns`
 from meshnet.errors import MeshnetError
+from meshnet.integrations.docker.commands import COMMANDS as DOCKER_COMMANDS  # `status docker`
 from meshnet.lab.commands import lab
+from meshnet.ramps_commands import COMMANDS as RAMPS_COMMANDS  # also adds `status ramps`
 from meshnet.router_commands import (
     attach,
     connect,
@@ -64,6 +66,10 @@ for command in (launch, stop, status, connect, forget, attach, detach, ps, lab, 
 for command in DNS_COMMANDS:
     cli.add_command(command)
 for command in TUI_COMMANDS:
+    cli.add_command(command)
+for command in DOCKER_COMMANDS:
+    cli.add_command(command)
+for command in RAMPS_COMMANDS:
     cli.add_command(command)
 
 

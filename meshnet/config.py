@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from meshnet.dns.settings import DnsSettings
+from meshnet.integrations.docker.settings import DockerSettings
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshnet")
 DEFAULT_API_SOCKET = Path("/run/meshnet/meshnet.sock")
@@ -35,6 +36,10 @@ class Config:
     conn_limit: int = 100
     discovery: bool = True
     dataplane: bool = True  # False: control plane only (no bridge, TAP or UDP)
+    # Kernel VXLAN to directly reachable peers; with a password only to peers in these subnets
+    # (VXLAN carries frames in the clear).
+    fastdp: bool = True
+    trusted_subnets: tuple[IPv4Network | IPv6Network, ...] = ()
     # Connection liveness: a heartbeat is sent after this much idle time; a connection that has
     # received nothing for three intervals (and a bit) is dead.
     heartbeat_interval: float = 5.0
@@ -49,6 +54,11 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)  # domain, TTL, upstreams, address
     # The API also over HTTP on this loopback address (for Prometheus), besides the socket.
     http_addr: tuple[str, int] | None = None
+    # Ramps: traffic from outside the overlay to this host's containers keeps its source
+    # address (else it is masqueraded to the exposed address, like that to other hosts').
+    no_masq_local: bool = False
+    # Docker: the Engine API to watch and attach by id, and the network/IPAM plugin's socket.
+    docker: DockerSettings = field(default_factory=DockerSettings)
 
     @property
     def heartbeat_timeout(self) -> float:

@@ -15,11 +15,13 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
+from meshnet.dataplane.ramps import Ramps
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip.handshake import stretch_password
 from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
+from meshnet.integrations.docker.service import DockerService
 from meshnet.ipam.service import IpamService, ipam_config
 
 log = logging.getLogger("meshnet.daemon")
@@ -41,6 +43,11 @@ async def run(
         ipam_config(config, name), router, config.state_dir, nickname=config.nickname
     )
     dns = DnsService(config, router, ipam)  # registers its channel: before the router runs too
+    dataplane = None
+    if config.dataplane:
+        from meshnet.dataplane.service import DataPlane
+
+        dataplane = DataPlane(config, router)  # registers the fastdp channel: before it runs too
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
@@ -49,16 +56,20 @@ async def run(
         except OSError as e:
             raise UserError(f"cannot listen on TCP port {config.port}: {e.strerror}") from None
         await nursery.start(ipam.serve)
-        dataplane = None
-        if config.dataplane:
-            from meshnet.dataplane.service import DataPlane
-
-            dataplane = DataPlane(config, router)
+        if dataplane is not None:
             await nursery.start(dataplane.serve)
         await nursery.start(dns.serve, dataplane)
+        ramps = Ramps(config, router, ipam, dns)  # expose/hide, masquerade, isolation
+        if dataplane is not None:
+            await nursery.start(ramps.serve, dataplane)
+        # Ready at once; connects (and serves the plugin) whenever Docker answers, if ever.
+        docker = DockerService(config.docker, ipam=ipam, dns=dns, nickname=config.nickname)
+        await nursery.start(docker.serve, dataplane)
+        app = ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns, docker=docker)
+        app.routes.update(ramps.api_routes(app.routes))  # /expose, /hide, /status/ramps
         await nursery.start(
             serve_api,
-            ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns),
+            app,
             config.api_socket,
             config.http_addr,
         )

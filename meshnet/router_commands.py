@@ -29,6 +29,11 @@ from meshnet.config import (
 from meshnet.dns.options import dns_launch_args, dns_launch_options, dns_settings
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
+from meshnet.integrations.docker.options import (
+    docker_launch_args,
+    docker_launch_options,
+    docker_settings,
+)
 from meshnet.ipam.service import ALLOCATE_TIMEOUT, HANDOVER_TIMEOUT, parse_init
 from meshnet.output import console
 
@@ -126,6 +131,24 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
     help="Run only the control plane: no bridge, TAP or UDP (a pure router of gossip).",
 )
 @click.option(
+    "--no-fastdp",
+    is_flag=True,
+    help="Send everything over the sleeve, never over kernel VXLAN.",
+)
+@click.option(
+    "--trusted-subnets",
+    default="",
+    envvar="MESHNET_TRUSTED_SUBNETS",
+    metavar="CIDR,...",
+    help="With a password, peers in these subnets may still use fastdp (unencrypted VXLAN; "
+    "env MESHNET_TRUSTED_SUBNETS).",
+)
+@click.option(
+    "--no-masq-local",
+    is_flag=True,
+    help="Traffic from outside the overlay to containers on this host keeps its source address.",
+)
+@click.option(
     "--ipalloc-range",
     default=str(DEFAULT_IPALLOC_RANGE),
     show_default=True,
@@ -151,6 +174,7 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
     help="Also serve the API (and /metrics) over HTTP on this loopback address.",
 )
 @dns_launch_options
+@docker_launch_options
 def launch(
     peers: tuple[str, ...],
     foreground: bool,
@@ -164,6 +188,9 @@ def launch(
     no_discovery: bool,
     heartbeat_interval: float,
     no_dataplane: bool,
+    no_fastdp: bool,
+    trusted_subnets: str,
+    no_masq_local: bool,
     ipalloc_range: str,
     ipalloc_default_subnet: str | None,
     ipalloc_init: str,
@@ -186,8 +213,12 @@ def launch(
         discovery=not no_discovery,
         heartbeat_interval=heartbeat_interval,
         dataplane=not no_dataplane,
+        fastdp=not no_fastdp,
+        trusted_subnets=_trusted_subnets(trusted_subnets),
+        no_masq_local=no_masq_local,
         **_ipalloc_settings(ipalloc_range, ipalloc_default_subnet, ipalloc_init, len(peers)),
         dns=dns_settings(dns_options),
+        docker=docker_settings(dns_options),  # the docker_* flags arrive there too
         http_addr=_loopback_address(http_addr) if http_addr else None,
     )
     client = ApiClient(api_socket)
@@ -202,6 +233,13 @@ def launch(
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _trusted_subnets(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(cidr.strip()) for cidr in text.split(",") if cidr.strip())
+    except ValueError as e:
+        raise UserError(f"bad --trusted-subnets {text!r}: {e}") from None
 
 
 def _loopback_address(text: str) -> tuple[str, int]:
@@ -274,6 +312,7 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
     ]
     args += ["--ipalloc-range", str(config.ipalloc_range)]
     args += dns_launch_args(config.dns)
+    args += docker_launch_args(config.docker)
     if config.ipalloc_default_subnet is not None:
         args += ["--ipalloc-default-subnet", str(config.ipalloc_default_subnet)]
     if config.ipalloc_init:
@@ -282,6 +321,12 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
         args.append("--no-discovery")
     if not config.dataplane:
         args.append("--no-dataplane")
+    if not config.fastdp:
+        args.append("--no-fastdp")
+    if config.trusted_subnets:
+        args += ["--trusted-subnets", ",".join(str(n) for n in config.trusted_subnets)]
+    if config.no_masq_local:
+        args.append("--no-masq-local")
     if config.http_addr is not None:
         host, port = config.http_addr
         args += ["--http-addr", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -385,6 +430,9 @@ def status(ctx: click.Context, api_socket: Path, as_json: bool) -> None:
         ("Targets", str(len(data["targets"]))),
         ("Port", str(data["port"])),
     ]
+    from meshnet.ramps_commands import status_rows  # here: that module imports this one
+
+    rows += status_rows(data)
     for key, value in rows:
         click.echo(f"{key:>12}: {value}")
 
@@ -433,7 +481,7 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
 
 def _connections_table(conns: list[dict[str, Any]]) -> Table:
     table = Table(
-        "", "address", "state", "udp", "pmtu", "encrypted", "peer", "last error", box=None
+        "", "address", "state", "udp", "path", "pmtu", "encrypted", "peer", "last error", box=None
     )
     for c in conns:
         peer = f"{c['peer']} ({c['nickname']})" if c["peer"] else "-"
@@ -443,6 +491,7 @@ def _connections_table(conns: list[dict[str, Any]]) -> Table:
             c["address"],
             c["state"],
             path.get("state", "-"),
+            path.get("kind", "-"),
             str(path["pmtu"]) if "pmtu" in path else "-",
             "yes" if c["encrypted"] else "no",
             peer,
@@ -481,6 +530,7 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
     table = Table(
         "peer",
         "udp path",
+        "path",
         "pmtu",
         "rtt ms",
         "sent",
@@ -499,6 +549,7 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
         table.add_row(
             f"{peer} ({path['nickname']})",
             path["state"],
+            path["kind"] if path["kind"] == "fastdp" else f"sleeve (fastdp {path['fastdp']})",
             str(path["pmtu"]),
             str(path["rtt_ms"]) if path["rtt_ms"] is not None else "-",
             traffic("sent", peer),
@@ -506,11 +557,15 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
             traffic("relayed", peer),
         )
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(forwarding["dropped"].items()))
-    table.caption = f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}"
+    fast = data["fastdp"]
+    fastdp = f"fastdp on UDP {fast['port']}" if fast["enabled"] else f"fastdp {fast['reason']}"
+    table.caption = f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}; {fastdp}"
     return table
 
 
-status.command("dataplane", help="The sleeve: UDP paths, traffic per peer, drops by reason.")(
+status.command(
+    "dataplane", help="Each peer's path (fastdp or sleeve), sleeve traffic, drops by reason."
+)(
     _subcommand("/status/dataplane", _dataplane_tables)  # type: ignore[arg-type]
 )
 

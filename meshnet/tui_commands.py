@@ -82,7 +82,7 @@ def print_report(data: dict[str, Any]) -> None:
     if dataplane:
         fwd = dataplane["forwarding"]
         nick = {p["name"]: p["nickname"] for p in data["peers"]}
-        table = Table(title="Traffic (sleeve)", title_justify="left")
+        table = Table(title="Traffic", title_justify="left")
         for column in ("peer", "sent", "received", "relayed"):
             table.add_column(column, justify="left" if column == "peer" else "right")
         for peer in sorted({*fwd["sent"], *fwd["received"], *fwd["relayed"]}):
@@ -92,7 +92,11 @@ def print_report(data: dict[str, Any]) -> None:
                 else "-"
                 for d in ("sent", "received", "relayed")
             ]
-            table.add_row(nick.get(peer, peer), *cells)
+            table.add_row(f"{nick.get(peer, peer)} (sleeve)", *cells)
+        vxlan = (dataplane.get("fastdp") or {}).get("traffic")
+        if vxlan:  # counted by the kernel's VXLAN device, for all fastdp peers together
+            sent, received = (format_bytes(vxlan[k]) for k in ("tx_bytes", "rx_bytes"))
+            table.add_row("fastdp (all peers)", sent, received, "-")
         out.print(table)
         drops = fwd.get("dropped") or {}
         out.print(

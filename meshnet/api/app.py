@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from meshnet.gossip.router import Router
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
     from meshnet.dns.service import DnsService
+    from meshnet.integrations.docker.service import DockerService
     from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.api")
@@ -45,6 +47,7 @@ class ApiApp:
         *,
         ipam: IpamService | None = None,
         dns: DnsService | None = None,
+        docker: DockerService | None = None,
     ) -> None:
         self.router = router
         self.request_stop = request_stop
@@ -66,10 +69,14 @@ class ApiApp:
             ("GET", "/status/ipam"): lambda _: self._ipam().status(),
             ("POST", "/ipam/reset"): self._ipam_reset,
             ("POST", "/ipam/rmpeer"): self._ipam_rmpeer,
+            ("POST", "/ipam/owners"): self._ipam_owners,
         }
         if dns is not None:  # /status/dns, /dns/*; attach registers names, detach removes them
             self.routes.update(dns.api_routes(self._attach, self._detach))
         self.dns = dns
+        if docker is not None:  # /status/docker; attach and detach take Docker ids and names too
+            attach, detach = self.routes[("POST", "/attach")], self.routes[("POST", "/detach")]
+            self.routes.update(docker.api_routes(attach, detach))
         # /report; /metrics, /stream and /events answer with text or endless streams: raw ASGI.
         self.routes.update(observe.json_routes(self))
         self.raw_routes = observe.raw_routes(self)
@@ -146,7 +153,7 @@ class ApiApp:
         if self.ipam is None:
             return await self._dp().attach(container, addresses, ifname)
         # IPAM: no address, net:CIDR, ip:ADDR or a CIDR inside the range (see api/ipam.py).
-        container_id = await self._ipam_id(container, ifname)
+        container_id = _owner(body) or await self._ipam_id(container, ifname)
         held = self.ipam.addresses_of(container_id)
         addresses = await addresses_for(self.ipam, container_id, addresses)
         try:
@@ -158,6 +165,9 @@ class ApiApp:
             raise
 
     async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
+        owner = _owner(body)
+        if owner is not None:
+            return await self._detach_owner(owner, body)
         container, addresses, ifname = _container_request(body)
         container_id = None
         if self.ipam is not None:
@@ -168,6 +178,22 @@ class ApiApp:
             only = [IPv4Interface(a).ip for a in addresses if _is_ipv4(a)] if addresses else None
             await self.ipam.release(container_id, only)
         return {"detached": detached}
+
+    async def _detach_owner(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Undo an attach made under a runtime's key (CNI DEL and GC): idempotent, and the
+        addresses are released even when the namespace (and with it the veth) is gone."""
+        container = body.get("container") or ""
+        ifname = body.get("ifname", "ethwe")
+        if not isinstance(container, str) or not isinstance(ifname, str):
+            raise HttpError(400, 'expected {"owner": ID, "container": NAME|PATH, "ifname": NAME}')
+        detached = False
+        if container and self.dataplane is not None:
+            try:
+                detached = await self.dataplane.detach(container, [], ifname)
+            except UserError as e:  # the namespace is gone, or that interface is not ours
+                log.info("detach %s: %s", owner, e)
+        released = await self.ipam.release(owner) if self.ipam is not None else []
+        return {"detached": detached, "released": [str(a) for a in released]}
 
     async def _ipam_id(self, container: str, ifname: str) -> str:
         """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
@@ -198,6 +224,12 @@ class ApiApp:
         ipam = self._ipam()
         return ipam.rmpeer(ipam.resolve_peer(peer))
 
+    def _ipam_owners(self, body: dict[str, Any]) -> dict[str, Any]:
+        prefix = body.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise HttpError(400, 'expected {"prefix": TEXT}')
+        return {"owners": self._ipam().holders(prefix)}
+
 
 def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
     container = body.get("container")
@@ -214,6 +246,26 @@ def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
             400, 'expected {"container": NAME|PID|PATH, "addresses": [CIDR...], "ifname": NAME}'
         )
     return container, addresses, ifname
+
+
+_OWNER = re.compile(r"[a-z][a-z0-9-]*:[!-~]{1,250}")  # SCHEME:ID, printable, no spaces
+_RESERVED_OWNERS = ("netns", "dns")  # IPAM's own keys: a namespace's identity, a DNS server
+
+
+def _owner(body: dict[str, Any]) -> str | None:
+    """An attach's optional ``owner``: a runtime's own key for its addresses (the CNI plugin
+    sends ``cni:NETWORK:CONTAINER:IFNAME``), used by IPAM instead of the namespace's identity
+    so that they can be released, listed and collected without the namespace."""
+    owner = body.get("owner")
+    if owner is None:
+        return None
+    if (
+        not isinstance(owner, str)
+        or not _OWNER.fullmatch(owner)
+        or owner.partition(":")[0] in _RESERVED_OWNERS
+    ):
+        raise HttpError(400, 'expected "owner": "SCHEME:ID", as in cni:NETWORK:CONTAINER:IFNAME')
+    return owner
 
 
 def _address(body: dict[str, Any]) -> str:

@@ -81,6 +81,16 @@ def router_metrics(
         if c["state"] == "established" and path.get("rtt_ms") is not None:
             rtt.add_metric([c["peer"], c["nickname"]], path["rtt_ms"] / 1000)
     yield rtt
+    fastdp = GaugeMetricFamily(
+        "meshnet_peer_fastdp",
+        "1 if this peer's traffic to a neighbour goes over kernel VXLAN, 0 over the sleeve.",
+        labels=["peer", "nickname"],
+    )
+    for c in connections:
+        path = c.get("data_path") or {}
+        if c["state"] == "established" and "kind" in path:
+            fastdp.add_metric([c["peer"], c["nickname"]], int(path["kind"] == "fastdp"))
+    yield fastdp
     events = CounterMetricFamily(
         "meshnet_router_events", "Router events (dials failed, handshakes, ...).", labels=["event"]
     )

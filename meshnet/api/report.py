@@ -54,9 +54,13 @@ async def collect(sources: Sources, *, now: float | None = None) -> dict[str, An
         "dns": _optional_status(getattr(sources, "dns", None)),
     }
     if dataplane is not None and dataplane.forwarder is not None:
-        report["dataplane"] = dataplane.status()
+        report["dataplane"] = status = dataplane.status()
         containers = await dataplane.containers()
-        report["containers"] = await trio.to_thread.run_sync(_with_counters, containers)
+        counters = await trio.to_thread.run_sync(_read_net_dev)
+        report["containers"] = _with_counters(containers, counters)
+        vxlan = counters.get(status["fastdp"]["device"])
+        if vxlan is not None:  # fastdp traffic never passes the router: the device counts it
+            status["fastdp"]["traffic"] = {"rx_bytes": vxlan[0], "tx_bytes": vxlan[1]}
     return report
 
 
@@ -73,15 +77,20 @@ def _optional_status(service: _Status | None) -> dict[str, Any] | None:
     return service.status()
 
 
-def _with_counters(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _read_net_dev() -> dict[str, tuple[int, int]]:
+    try:
+        return parse_net_dev(PROC_NET_DEV.read_text())
+    except OSError:
+        return {}
+
+
+def _with_counters(
+    containers: list[dict[str, Any]], counters: dict[str, tuple[int, int]]
+) -> list[dict[str, Any]]:
     """Each container with its traffic, read from the host end of its veth.
 
     The host end counts the other way round: what it receives the container sent.
     """
-    try:
-        counters = parse_net_dev(PROC_NET_DEV.read_text())
-    except OSError:
-        counters = {}
     out = []
     for c in containers:
         row = counters.get(str(c.get("host_ifname", "")))

@@ -89,6 +89,10 @@ class Snapshot:
     routes: Routes
     neighbours: Mapping[int, Neighbour]
     overlay_mtu: int
+    # Neighbours our own frames reach over the kernel's VXLAN, and the MACs the bridge sends to
+    # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp_service.py).
+    fastdp: frozenset[int] = frozenset()
+    fastdp_macs: frozenset[bytes] = frozenset()
 
     def key_for(self, hop: int) -> bytes | None:
         neighbour = self.neighbours.get(hop)
@@ -212,19 +216,21 @@ class Forwarder:
             self._tx.drops["runt"] += 1
             return
         frame = memoryview(data)[VNET_HEADER_SIZE:]  # a super-frame is 64 KiB: no copy
+        destination_mac = data[VNET_HEADER_SIZE : VNET_HEADER_SIZE + 6]
         decision, peer = self._switch.from_local(
-            data[VNET_HEADER_SIZE + 6 : VNET_HEADER_SIZE + 12],
-            data[VNET_HEADER_SIZE : VNET_HEADER_SIZE + 6],
-            time.monotonic(),
+            data[VNET_HEADER_SIZE + 6 : VNET_HEADER_SIZE + 12], destination_mac, time.monotonic()
         )
         if decision is Decision.UNICAST:
+            if destination_mac in snap.fastdp_macs:
+                self._tx.drops["on_fastdp"] += 1  # flooded by the bridge: VXLAN carried it
+                return
             hop = snap.routes.next_hop(peer)
             if hop is None:
                 self._tx.drops["unreachable"] += 1
                 return
             targets = [(hop, peer, 0)]
         elif decision is Decision.FLOOD:
-            targets = [(hop, 0, wire.BROADCAST) for hop in snap.routes.broadcast_hops(snap.local)]
+            targets = self._flood_targets(snap)
         else:
             return
         vnet_bytes = data[:VNET_HEADER_SIZE]
@@ -254,6 +260,22 @@ class Forwarder:
             full = batch.add(vnet_bytes, frame)
             if full is not None:
                 self._send_frames(snap, hop, destination, flags, full)
+
+    @staticmethod
+    def _flood_targets(snap: Snapshot) -> list[tuple[int, int, int]]:
+        """``(hop, destination, flags)`` for a frame from the bridge that goes everywhere.
+
+        Without fastdp: down our broadcast tree. With it, VXLAN already reached the fastdp
+        neighbours, so every other peer gets its own copy, relayed by destination; a tree would
+        pass through (and deliver at) the very neighbours VXLAN reached.
+        """
+        if not snap.fastdp:
+            return [(hop, 0, wire.BROADCAST) for hop in snap.routes.broadcast_hops(snap.local)]
+        return [
+            (hop, peer, 0)
+            for peer, hop in snap.routes.unicast.items()
+            if peer != snap.local and peer not in snap.fastdp
+        ]
 
     def _flush(self, batches: dict[tuple[int, int, int, int], wire.FrameBatcher]) -> None:
         snap = self._snapshot

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
+from pyroute2.netlink.rtnl import ndmsg
 
 from meshnet.errors import MeshnetError
 
@@ -27,6 +28,16 @@ NETNS_DIR = Path("/var/run/netns")
 _TC_ROOT = 0xFFFFFFFF
 _NSID_NOT_ASSIGNED = 0xFFFFFFFF
 _MAIN_TABLE = 254
+# Forwarding-database flags and states (linux/neighbour.h). On a bridge port, an entry without
+# NTF_SELF goes to the bridge ("master"); NTF_SELF goes to the port device itself (VXLAN's own
+# table of remote addresses). For the bridge, PERMANENT means "local: deliver to the host",
+# NOARP alone means static.
+_NTF_SELF = 0x02
+_NTF_MASTER = 0x04
+_NTF_STICKY = 0x40
+_NUD_PERMANENT = ndmsg.states["permanent"]
+_NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
+_NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
 _T = TypeVar("_T")
 
 
@@ -373,6 +384,25 @@ class Namespace:
         )
         return True
 
+    def replace_link_route(self, destination: str, ifname: str, *, source: str) -> None:
+        """Make the on-link route to `destination` (a CIDR) out of `ifname` prefer `source`.
+
+        It takes the place of the kernel's own route for that prefix (the same key: a replace,
+        not a second route), which prefers the subnet's first (primary) address.
+        """
+        net = ipaddress.ip_network(destination, strict=False)
+        self._call(
+            f"route {net} via {ifname} from {source}",
+            self._ipr.route,
+            "replace",
+            dst=str(net),
+            oif=self.index(ifname),
+            table=_MAIN_TABLE,
+            scope=253,  # link
+            proto=2,  # kernel: as the route the kernel made for the address
+            prefsrc=source,
+        )
+
     def delete_route(self, destination: str, ifname: str) -> bool:
         """Remove the route to `destination` out of `ifname`; False if it was not there."""
         net = ipaddress.ip_network(destination, strict=False)
@@ -405,6 +435,86 @@ class Namespace:
         self._call(
             f"create bridge {ifname}", self._ipr.link, "add", ifname=ifname, kind="bridge", **extra
         )
+
+    def create_vxlan(self, ifname: str, *, vni: int, port: int, mtu: int) -> None:
+        """A VXLAN device that learns nothing: every remote address comes from FDB entries."""
+        self._call(
+            f"create vxlan {ifname}",
+            self._ipr.link,
+            "add",
+            ifname=ifname,
+            kind="vxlan",
+            vxlan_id=vni,
+            vxlan_port=port,
+            vxlan_learning=0,
+            mtu=mtu,
+        )
+
+    def set_bridge_port(self, ifname: str, *, learning: bool, isolated: bool) -> None:
+        """Isolated ports never forward to each other; without learning, only static entries."""
+        self._call(
+            f"set bridge port options of {ifname}",
+            self._ipr.brport,
+            "set",
+            index=self.index(ifname),
+            learning=int(learning),
+            isolated=int(isolated),
+        )
+
+    def add_remote(self, ifname: str, mac: str, ip: str) -> None:
+        """A VXLAN device sends frames for `mac` (all zeros: floods) to `ip`; idempotent."""
+        self._fdb("append", ifname, mac, flags=_NTF_SELF, state=_NUD_PERMANENT, dst=ip)
+
+    def delete_remote(self, ifname: str, mac: str, ip: str) -> None:
+        self._fdb("del", ifname, mac, flags=_NTF_SELF, state=_NUD_PERMANENT, dst=ip)
+
+    def pin_mac(self, port: str, mac: str) -> None:
+        """The bridge sends frames for `mac` to `port`, and learning elsewhere cannot move it."""
+        self._fdb("replace", port, mac, flags=_NTF_MASTER | _NTF_STICKY, state=_NUD_STATIC)
+
+    def unpin_mac(self, port: str, mac: str) -> None:
+        self._fdb("del", port, mac, flags=_NTF_MASTER, state=_NUD_STATIC)
+
+    def add_local_mac(self, bridge: str, mac: str) -> None:
+        """Frames for `mac` arriving on any port of `bridge` are delivered to the host."""
+        self._fdb("replace", bridge, mac, flags=_NTF_SELF, state=_NUD_PERMANENT)
+
+    def remove_local_mac(self, bridge: str, mac: str) -> None:
+        self._fdb("del", bridge, mac, flags=_NTF_SELF, state=_NUD_PERMANENT)
+
+    def learned_macs(self, bridge: str, *, exclude: set[str]) -> set[str]:
+        """MACs the bridge learned on its ports, except on `exclude` (dynamic entries only)."""
+        master = self.index(bridge)
+        skip = {self.index(name) for name in exclude if self.has_link(name)}
+        found = set()
+        for entry in self._call(f"read the forwarding table of {bridge}", self._ipr.fdb, "dump"):
+            if (
+                entry.get_attr("NDA_MASTER") == master
+                and entry["ifindex"] not in skip
+                and entry["state"] & _NUD_DYNAMIC
+                and not entry["state"] & (_NUD_PERMANENT | ndmsg.states["noarp"])
+            ):
+                found.add(str(entry.get_attr("NDA_LLADDR")))
+        return found
+
+    def _fdb(self, command: str, ifname: str, mac: str, **kwargs: Any) -> None:
+        try:
+            self._call(
+                f"{command} forwarding entry {mac} on {ifname}",
+                self._ipr.fdb,
+                command,
+                ifindex=self.index(ifname),
+                lladdr=mac,
+                **kwargs,
+            )
+        except NetlinkError as e:
+            cause = e.__cause__
+            if isinstance(cause, _PyrouteNetlinkError) and (
+                (command == "del" and cause.code == errno.ENOENT)
+                or (command == "append" and cause.code == errno.EEXIST)
+            ):
+                return  # already as wanted
+            raise
 
     def delete_link(self, ifname: str) -> bool:
         """Delete a link; False if it was not there (deleting is idempotent)."""

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +22,7 @@ from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
 from meshnet.dataplane import sleeve_wire as wire
+from meshnet.dataplane.fastdp_service import FastDatapath
 from meshnet.dataplane.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.switch import Switch
@@ -42,6 +44,9 @@ MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
 # at 1 MiB, bursts cost ~0.2% of super-frames and TCP fell back to fast retransmits (~10k per
 # 10 s run, measured). 4 MiB is ~8 ms at 4 Gbit/s, and measured no drops.
 RECEIVE_BUFFER = 1 << 22
+
+#: (container, ifname, addresses given, attach's result or None for a detach)
+AttachmentListener = Callable[[str, str, list[str], dict[str, Any] | None], Awaitable[None]]
 
 
 def underlay_mtu(ignore: set[str]) -> int:
@@ -81,6 +86,17 @@ class DataPlane:
         self.forwarder: Forwarder | None = None
         self._sock: socket.socket | None = None
         self.counters: dict[str, int] = {}
+        # Told of each attach (with its result) and detach (None), after the kernel made it:
+        # the isolation rules (meshnet.dataplane.ramps) follow what each port was given.
+        self.attachment_listeners: list[AttachmentListener] = []
+        self.fastdp = FastDatapath(
+            config,
+            router,
+            bridge=BRIDGE,
+            tap=TAP,
+            netlink_limiter=self._netlink,
+            on_change=self._fastdp_changed,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -112,6 +128,7 @@ class DataPlane:
         )
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.fastdp.serve, self.overlay_mtu)
                 nursery.start_soon(self._follow_router)
                 nursery.start_soon(self._drive_paths)
                 nursery.start_soon(self._expire_macs)
@@ -138,6 +155,8 @@ class DataPlane:
         with netlink.namespace(None) as ns:
             ns.set_mtu(TAP, mtu)
             ns.set_master(TAP, BRIDGE)
+            # Isolated like the VXLAN port: nothing that arrived one way leaves the other.
+            ns.set_bridge_port(TAP, learning=True, isolated=True)
             ns.set_up(TAP)
         return tap
 
@@ -163,6 +182,8 @@ class DataPlane:
             routes=self.router.mesh.routes,
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
+            fastdp=self.fastdp.up,
+            fastdp_macs=frozenset(bytes.fromhex(m.replace(":", "")) for m in self.fastdp.pinned),
         )
 
     async def _follow_router(self) -> None:
@@ -204,7 +225,14 @@ class DataPlane:
                     max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
                 )
             else:  # the router's new connection must learn what we already know
-                self.router.set_data_path(peer, path.established, self._path_info(path))
+                self.router.set_data_path(peer, path.established, self._path_info(peer, path))
+
+    def _fastdp_changed(self) -> None:
+        """Neighbours joined or left fastdp: the sleeve's snapshot must follow at once."""
+        if self.forwarder is not None:
+            self.forwarder.update(self._snapshot())
+        for peer, path in self.paths.items():
+            self.router.set_data_path(peer, path.established, self._path_info(peer, path))
 
     def _mark_dirty(self) -> None:
         self._dirty.set()  # looked up on each call: the event is replaced after every rebuild
@@ -249,14 +277,15 @@ class DataPlane:
         nickname = self.router.nick(peer)
         if path.state != before[0]:
             log.info("UDP path to %s %s (PMTU %d)", nickname, path.state.value, path.payload_mtu)
-        self.router.set_data_path(peer, path.established, self._path_info(path))
+        self.router.set_data_path(peer, path.established, self._path_info(peer, path))
         self._dirty.set()
 
-    def _path_info(self, path: UdpPath) -> dict[str, Any]:
+    def _path_info(self, peer: int, path: UdpPath) -> dict[str, Any]:
         return {
             "state": path.state.value,
             "pmtu": path.payload_mtu,
             "rtt_ms": round(path.rtt * 1000, 3) if path.rtt is not None else None,
+            **self.fastdp.peer_info(peer),
         }
 
     def _send_control(self, peer: int, action: SendHeartbeat | SendProbe) -> None:
@@ -353,6 +382,8 @@ class DataPlane:
 
         result = await trio.to_thread.run_sync(run, limiter=self._netlink)
         log.info("attached %s (%s) %s", container, result["mac"], ", ".join(addresses))
+        for listener in self.attachment_listeners:
+            await listener(container, ifname, addresses, result)
         return result
 
     async def container_id(self, container: str) -> str:
@@ -368,6 +399,8 @@ class DataPlane:
         removed = await trio.to_thread.run_sync(run, limiter=self._netlink)
         if removed:
             log.info("detached %s %s", container, ", ".join(addresses) or "(all)")
+            for listener in self.attachment_listeners:
+                await listener(container, ifname, addresses, None)
         return removed
 
     async def containers(self) -> list[dict[str, Any]]:
@@ -384,7 +417,10 @@ class DataPlane:
             "overlay_mtu": self.overlay_mtu,
             "port": self.config.port,
             "paths": {
-                format_peer_name(peer): {"nickname": self.router.nick(peer), **self._path_info(p)}
+                format_peer_name(peer): {
+                    "nickname": self.router.nick(peer),
+                    **self._path_info(peer, p),
+                }
                 for peer, p in self.paths.items()
             },
             "forwarding": stats,
@@ -394,4 +430,5 @@ class DataPlane:
                 for e in self.switch.entries()
             ],
             "counters": dict(self.counters),
+            "fastdp": self.fastdp.status(),
         }

@@ -8,6 +8,9 @@ The server's address lives on the bridge, which gives the host a foot in the ove
 * the DNS address is unreachable from every other interface, so the server is never an open
   resolver on the underlay, even for a neighbour that routes the overlay range towards us.
 
+An address the host exposes on the overlay (``meshnet expose``, see meshnet.dataplane.ramps) is
+opened on purpose: ``open_addresses`` are accepted from the bridge before the drop.
+
 Only the input hook is filtered: frames bridged between containers never reach it. The table is
 installed before the address is added and removed after it is gone, so there is no moment when
 the address answers unfiltered; a daemon killed hard leaves the table (failing closed).
@@ -21,16 +24,27 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+from collections.abc import Sequence
 
 from meshnet.errors import UserError
 
 TABLE = "meshnet_dns"
 
 
-def ruleset(bridge: str, address: str, port: int = 53, table: str = TABLE) -> str:
+def ruleset(
+    bridge: str,
+    address: str,
+    port: int = 53,
+    table: str = TABLE,
+    open_addresses: Sequence[str] = (),
+) -> str:
     """An nft script that (re)creates the table atomically: any old version goes first."""
     ip = ipaddress.ip_address(address)
     family = "ip" if ip.version == 4 else "ip6"
+    opened = "".join(
+        f'    iifname "{bridge}" {"ip" if o.version == 4 else "ip6"} daddr {o} accept\n'
+        for o in sorted({ipaddress.ip_address(a) for a in open_addresses}, key=str)
+    )
     return (
         f"table inet {table} {{}}\n"
         f"delete table inet {table}\n"
@@ -39,6 +53,7 @@ def ruleset(bridge: str, address: str, port: int = 53, table: str = TABLE) -> st
         "    type filter hook input priority filter - 10; policy accept;\n"
         f'    iifname "{bridge}" {family} daddr {ip} udp dport {port} accept\n'
         f'    iifname "{bridge}" {family} daddr {ip} tcp dport {port} accept\n'
+        f"{opened}"
         f'    iifname "{bridge}" counter drop\n'
         f"    {family} daddr {ip} counter drop\n"
         "  }\n"
@@ -61,8 +76,14 @@ def _nft(script: str) -> None:
         raise UserError(f"nft failed: {result.stderr.strip()}")
 
 
-def install(bridge: str, address: str, port: int = 53, table: str = TABLE) -> None:
-    _nft(ruleset(bridge, address, port, table))
+def install(
+    bridge: str,
+    address: str,
+    port: int = 53,
+    table: str = TABLE,
+    open_addresses: Sequence[str] = (),
+) -> None:
+    _nft(ruleset(bridge, address, port, table, open_addresses))
 
 
 def remove(table: str = TABLE) -> None:

@@ -119,6 +119,11 @@ class DnsService:
         self.upstreams = [parse_upstream(u) for u in (self.settings.upstreams or host_upstreams())]
         self.resolver: Resolver | None = None
         self.server: DnsServer | None = None
+        # The firewall table: for which (address, port) it is installed, and the addresses the
+        # host exposes on the overlay, which it lets through (``open_addresses``).
+        self._firewall_for: tuple[str, int] | None = None
+        self._open: tuple[str, ...] = ()
+        self._firewall_lock = trio.Lock()
 
     # --- lifecycle
 
@@ -190,7 +195,7 @@ class DnsService:
         # The table first and the address last: the address is never reachable unfiltered.
         # Without them the router runs on, without a DNS server (never an unprotected one).
         try:
-            await trio.to_thread.run_sync(firewall.install, BRIDGE, address, self.settings.port)
+            await self._install_firewall((address, self.settings.port))
         except UserError as e:
             self._off(f"no firewall for {cidr}: {e}")
             return
@@ -208,9 +213,36 @@ class DnsService:
                     await trio.to_thread.run_sync(_delete_address, cidr)
                 finally:
                     try:
-                        await trio.to_thread.run_sync(firewall.remove)
+                        await self._remove_firewall()
                     except UserError as e:
                         log.error("%s: DNS firewall table left in place: %s", self._nick, e)
+
+    async def _install_firewall(self, target: tuple[str, int] | None = None) -> None:
+        """(Re)install the table with the current open addresses; the last call wins."""
+        async with self._firewall_lock:
+            if target is not None:
+                self._firewall_for = target
+            if self._firewall_for is None:
+                return
+            address, port = self._firewall_for
+            try:
+                await trio.to_thread.run_sync(
+                    firewall.install, BRIDGE, address, port, firewall.TABLE, self._open
+                )
+            except UserError:
+                if target is not None:  # never installed: nothing for a later call to renew
+                    self._firewall_for = None
+                raise
+
+    async def _remove_firewall(self) -> None:
+        async with self._firewall_lock:
+            self._firewall_for = None
+            await trio.to_thread.run_sync(firewall.remove)
+
+    async def open_addresses(self, addresses: list[str]) -> None:
+        """Let the bridge reach these host addresses (what ``meshnet expose`` put there)."""
+        self._open = tuple(sorted(set(addresses)))
+        await self._install_firewall()
 
     def _off(self, why: str) -> None:
         self.state = f"off ({why})"
@@ -405,12 +437,18 @@ class DnsService:
         async def attach_and_register(body: dict[str, Any]) -> dict[str, Any]:
             fqdn = self.name_for(body.get("name"))  # a bad name fails before anything is done
             result: dict[str, Any] = await attach(body)
-            result["dns_name"] = self.attached(result, fqdn)
+            owner = body.get("owner")  # a runtime's key (CNI): records go by it, name given only
+            if isinstance(owner, str):
+                result["dns_name"] = fqdn and self.attached({**result, "namespace": owner}, fqdn)
+            else:
+                result["dns_name"] = self.attached(result, fqdn)
             return result
 
         async def detach_and_remove(body: dict[str, Any]) -> dict[str, Any]:
             result: dict[str, Any] = await detach(body)
             container, addresses = body.get("container"), body.get("addresses") or []
+            if isinstance(body.get("owner"), str):
+                container, addresses = body["owner"], []
             if isinstance(container, str) and all(isinstance(a, str) for a in addresses):
                 self.detached(container, addresses)
             return result

@@ -282,6 +282,15 @@ class IpamService:
     def addresses_of(self, container_id: str) -> list[IPv4Interface]:
         return [a.interface for a in self.allocator.addresses_of(container_id)]
 
+    def holders(self, prefix: str = "") -> dict[str, list[str]]:
+        """Who holds addresses here (ids starting with ``prefix``) and which: what a runtime's
+        garbage collection compares with the attachments it still knows (CNI ``GC``)."""
+        out: dict[str, list[str]] = {}
+        for address, holder in self.allocator.space.allocations():
+            if holder.startswith(prefix):
+                out.setdefault(holder, []).append(str(IPv4Address(address)))
+        return out
+
     def in_range(self, address: IPv4Address) -> bool:
         return address in self.config.range
 

@@ -68,6 +68,12 @@ def lab() -> None:
     help="Start every router with this password (env MESHNET_PASSWORD).",
 )
 @click.option("--no-daemons", is_flag=True, help="Build the hosts but start no routers.")
+@click.option("--no-fastdp", is_flag=True, help="Start every router with --no-fastdp.")
+@click.option(
+    "--docker",
+    is_flag=True,
+    help="Run a dockerd in every host; the containers are Docker containers.",
+)
 @click.option(
     "--dns-upstream",
     "dns_upstreams",
@@ -83,6 +89,8 @@ def up(
     mtu: int,
     password: str | None,
     no_daemons: bool,
+    no_fastdp: bool,
+    docker: bool,
     dns_upstreams: tuple[str, ...],
 ) -> None:
     """Build a lab: one namespace per host, the underlay, and containers.
@@ -98,6 +106,7 @@ def up(
     containers_total = sum(len(h.containers) for h in spec.hosts)
     # Routers, "finding each other", attachments, and the containers' resolv.conf.
     steps += 0 if no_daemons else len(spec.hosts) + 1 + containers_total + bool(containers_total)
+    steps += len(spec.hosts) if docker else 0  # a dockerd per host (the image replaces DNS)
     err = console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -119,6 +128,8 @@ def up(
             daemons=not no_daemons,
             password=password,
             dns_upstreams=dns_upstreams,
+            fastdp=not no_fastdp,
+            docker=docker,
             progress=step,
         )
     _print_summary(lablib.status(name))
@@ -200,12 +211,12 @@ def exec(name: str | None, target: str, command: tuple[str, ...]) -> None:
 
     The command's exit status is meshnet's exit status.
     """
-    namespace, env = lablib.exec_target(name, target)
+    argv, env = lablib.exec_argv(name, target, command)  # `docker exec` in a Docker lab
     sys.stdout.flush()
     try:
-        os.execvpe("ip", ["ip", "netns", "exec", namespace, *command], {**os.environ, **env})
+        os.execvpe(argv[0], argv, {**os.environ, **env})
     except FileNotFoundError:
-        raise click.ClickException("`ip` not found: install iproute2") from None
+        raise click.ClickException(f"`{argv[0]}` not found") from None
 
 
 @lab.command()

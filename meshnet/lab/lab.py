@@ -24,6 +24,7 @@ from typing import Any
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
+from meshnet.lab import docker as lab_docker
 from meshnet.lab.topology import (
     PlannedContainer,
     PlannedLink,
@@ -124,6 +125,8 @@ class LabRecord:
     daemons: bool = True
     encrypted: bool = False
     dns_upstreams: list[str] = field(default_factory=list)  # every router's --dns-upstream
+    fastdp: bool = True  # False: every router runs with --no-fastdp
+    docker: bool = False  # a dockerd per host; the containers are Docker containers
 
     @classmethod
     def load(cls, directory: Path) -> LabRecord:
@@ -194,13 +197,20 @@ def up(
     daemons: bool = True,
     password: str | None = None,
     dns_upstreams: tuple[str, ...] = (),
+    fastdp: bool = True,
+    docker: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> LabRecord:
     """Build the lab and start a router in every host (unless `daemons` is False).
 
+    With `docker`, every host also runs a dockerd and the containers are Docker containers.
     On any failure, remove what was built and re-raise.
     """
     check_can_create(name, mtu)
+    if docker:
+        if not daemons:
+            raise UserError("--docker needs the routers: drop --no-daemons")
+        lab_docker.check_available()
     directory = lab_root() / name
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -227,15 +237,28 @@ def up(
         daemons=daemons,
         encrypted=password is not None,
         dns_upstreams=list(dns_upstreams),
+        fastdp=fastdp,
+        docker=docker,
     )
+    for entry in record.hosts + record.containers if docker else []:
+        entry["docker"] = True
     record.save(directory)
     journal = Journal(directory / "journal")
     try:
         _build(record, links, containers, journal, progress)
-        if daemons:
+        if daemons and docker:
+            _start_routers(record, record.hosts, password, progress)
+
+            def dns(host: dict[str, Any]) -> dict[str, Any] | None:
+                return lab_dns.host_dns(host_api_socket(host["dir"]))
+
+            lab_docker.start_engines(record, journal, dns, progress)
+            lab_docker.run_containers(record, host_api_socket, dns, progress)
+        elif daemons:
             _start_routers(record, record.hosts, password, progress)
             _attach_containers(record, progress)
             lab_dns.write_resolv_confs(record, journal, host_api_socket, progress)
+        if daemons:
             progress("routers finding each other")
             _wait_for_mesh(record)
     except BaseException:
@@ -289,6 +312,8 @@ def _build(
         _apply_faults(namespaces[link.b], b_if, link.loss, link.rate)
     for c in containers:
         progress(f"container {c.name}")
+        if record.docker:
+            continue  # a Docker container, run once the host's dockerd is up
         namespace = namespace_prefix(record.name) + c.name
         _create_namespace(journal, namespace)
         if record.daemons:
@@ -312,6 +337,7 @@ def host_environment(host: dict[str, Any]) -> dict[str, str]:
     return {
         "MESHNET_API_SOCKET": str(host_api_socket(host["dir"])),
         "MESHNET_STATE_DIR": str(host["dir"]),
+        **lab_docker.host_environment(host),  # its dockerd, or: ignore the machine's
     }
 
 
@@ -354,6 +380,7 @@ def _start_routers(
             "--ipalloc-init",
             f"consensus={len(record.hosts)}",
             *lab_dns.launch_args(record),
+            *([] if record.fastdp else ["--no-fastdp"]),
             *_neighbour_addresses(record, host["name"]),
         ]
         launches.append(
@@ -510,6 +537,11 @@ def _teardown(name: str, directory: Path) -> None:
     namespaces = [v for k, v in entries if k == "netns" and v not in foreign]
     prefix = namespace_prefix(name)
     owned = [n for n in namespaces if isinstance(n, str) and n.startswith(prefix)]
+    # dockerd first: its containers would outlive shims killed with the host's processes.
+    lab_docker.stop_engines(
+        [v for k, v in entries if k == "dockerd" and str(v).startswith(str(directory))],
+        [v for k, v in entries if k == "cgroup" and str(v).startswith(f"/{prefix}")],
+    )
     _stop_processes(owned, [v for k, v in entries if k == "pid" and isinstance(v, int)])
     for namespace in reversed(owned):  # containers before their hosts
         netlink.remove_namespace(namespace)
@@ -584,9 +616,13 @@ def status(name: str | None) -> dict[str, Any]:
     for c in record.containers:
         mac = None
         addresses = [c["address"]]
-        if netlink.namespace_exists(c["namespace"]):
+        namespace = c["namespace"]
+        if c.get("docker"):  # a Docker container: its PID's namespace, while it runs
+            pid = lab_docker.container_pid(record.find_host(c["host"])["dir"], c["name"])
+            namespace = f"/proc/{pid}/ns/net" if pid else ""
+        if namespace and netlink.namespace_exists(namespace):
             try:
-                with netlink.namespace(c["namespace"]) as ns:
+                with netlink.namespace(namespace) as ns:
                     ethwe = ns.link(CONTAINER_IFNAME)
                 mac = ethwe.mac
                 # What the kernel says: IPAM may have given more (or other) addresses.
@@ -598,7 +634,7 @@ def status(name: str | None) -> dict[str, Any]:
             {
                 "name": c["name"],
                 "host": c["host"],
-                "namespace": c["namespace"],
+                "namespace": namespace or c["namespace"],
                 "interface": CONTAINER_IFNAME,
                 "mac": mac,
                 "addresses": addresses,
@@ -699,3 +735,18 @@ def exec_target(name: str | None, target: str) -> tuple[str, dict[str, str]]:
         f"no host or container named {target!r} in lab {name} "
         f"(there are: {', '.join(known[:12])}{'...' if len(known) > 12 else ''})"
     )
+
+
+def exec_argv(
+    name: str | None, target: str, command: tuple[str, ...]
+) -> tuple[list[str], dict[str, str]]:
+    """The command line running `command` in a host or container, and its environment:
+    `ip netns exec` for namespaces, `docker exec` for the containers of a Docker lab."""
+    name = resolve_name(name)
+    record = LabRecord.load(lab_root() / name)
+    for container in record.containers:
+        if container["name"] == target and container.get("docker"):
+            host = record.find_host(container["host"])
+            return lab_docker.exec_command(host["dir"], target, command), {}
+    namespace, env = exec_target(name, target)
+    return ["ip", "netns", "exec", namespace, *command], env

@@ -150,6 +150,9 @@ def flow_counters(snapshot: dict[str, Any]) -> Iterable[tuple[str, tuple[str, st
         tx = int(sent.get(peer, {}).get("bytes", 0))
         rx = int(received.get(peer, {}).get("bytes", 0))
         yield f"peer:{peer}", ("peer", nicknames.get(peer, peer), tx, rx)
+    vxlan = (dataplane.get("fastdp") or {}).get("traffic")
+    if vxlan:  # the kernel counts per device, not per peer
+        yield "fastdp", ("peer", "fastdp (all peers)", vxlan["tx_bytes"], vxlan["rx_bytes"])
     for c in snapshot.get("containers", []):
         if "tx_bytes" not in c:
             continue

@@ -28,11 +28,16 @@ def make_lab() -> Iterator[Callable[..., dict[str, Any]]]:
     made: list[str] = []
 
     def make(
-        shape: str = "line", hosts: int = 3, containers: int = 1, **kwargs: Any
+        shape: str | topology.Topology = "line",
+        hosts: int = 3,
+        containers: int = 1,
+        **kwargs: Any,
     ) -> dict[str, Any]:
+        """A built-in shape, or a `Topology` as given."""
         name = unique_lab_name()
         made.append(name)
-        lablib.up(name, topology.builtin(shape, hosts, containers), **kwargs)
+        plan = shape if isinstance(shape, topology.Topology) else None
+        lablib.up(name, plan or topology.builtin(str(shape), hosts, containers), **kwargs)
         return lablib.status(name)
 
     yield make

@@ -107,7 +107,7 @@ def test_a_tcp_stream_crosses_intact(make_lab: Any) -> None:
 
 
 def test_path_mtu_too_big_is_answered_like_a_router(make_lab: Any) -> None:
-    state = make_lab("line", hosts=2, containers=1)
+    state = make_lab("line", hosts=2, containers=1, fastdp=False)  # the sleeve's own search
     c = containers(state)
     wait_ping(c["h1-c1"], c["h2-c1"])
     mtu = int(ns_run(c["h1-c1"]["namespace"], "cat", "/sys/class/net/ethwe/mtu").stdout)
@@ -165,7 +165,7 @@ def _sniff(namespace: str, ifname: str, seconds: float) -> subprocess.Popen[byte
             "-U",
             "-w",
             "-",
-            "udp port 6783",
+            "udp port 6783 or udp port 6784",  # the sleeve or, without a password, fastdp
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -45,15 +45,19 @@ def forwarder() -> tuple[fw.Forwarder, FakeSocket]:
         overlay_mtu=1354,
     )
     sock = FakeSocket()
-    f = fw.Forwarder(
+    return make_forwarder(snapshot, sock), sock
+
+
+def make_forwarder(snapshot: fw.Snapshot, sock: Any) -> fw.Forwarder:
+    """A forwarder whose loops never run: tests call its per-frame steps directly."""
+    return fw.Forwarder(
         tap=None,  # type: ignore[arg-type]
-        sock=sock,  # type: ignore[arg-type]
-        switch=Switch(LOCAL),
+        sock=sock,
+        switch=Switch(snapshot.local),
         snapshot=snapshot,
         on_control=lambda *a: None,
         on_too_big=lambda *a: None,
     )
-    return f, sock
 
 
 def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_idle_tap() -> None:

@@ -92,6 +92,17 @@ def test_history_is_bounded_and_gone_flows_disappear() -> None:
     assert "peer:bb" not in model.flows
 
 
+def test_fastdp_traffic_is_one_flow_counted_by_the_vxlan_device() -> None:
+    model = Model()
+    for t, total in ((1.0, 0), (2.0, 4000)):
+        snap = snapshot(t, 0, 0)
+        snap["dataplane"]["fastdp"] = {"traffic": {"tx_bytes": total, "rx_bytes": total // 2}}
+        model.update(snap)
+    flow = model.flows["fastdp"]
+    assert flow.kind == "peer" and "fastdp" in flow.label
+    assert (flow.tx_rate, flow.rx_rate) == (4000.0, 2000.0)
+
+
 def test_peer_rows_from_the_recording() -> None:
     rows = {r.nickname: r for r in peer_rows(recording()[-1])}
     assert rows["h1"].local and rows["h1"].state == "self"

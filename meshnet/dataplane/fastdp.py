@@ -1,0 +1,306 @@
+"""Fast datapath: kernel VXLAN to directly reachable peers, the sleeve for everyone else (pure).
+
+Frames between a local container and a fastdp neighbour never enter Python: the bridge sends
+them to the VXLAN device, whose forwarding table the daemon programs. This module decides *what*
+to program; ``fastdp_service.py`` programs it.
+
+**The sender decides.** Each peer chooses, per neighbour, whether what *it* sends goes over VXLAN
+or the sleeve; a receiver accepts both. So no frame is ever carried twice as long as each sender
+sends every frame one way only: VXLAN floods reach exactly the fastdp neighbours (one all-zero
+entry each), and the sleeve's floods skip them (the forwarder's snapshot lists them). Both bridge
+ports, VXLAN and the sleeve's TAP, are *isolated*: the kernel never forwards a frame from one to
+the other, so nothing arriving one way leaves the other way, and no loop forms.
+
+**A neighbour is on fastdp** only when both sides want it (each tells the other in an
+`Advertisement`, with the MACs behind it) and probes prove the VXLAN path both ways: a full-size
+frame to the neighbour's *probe MAC* (a local address on its bridge, so its daemon reads it on an
+AF_PACKET socket) is answered the same way. A full-size probe fails on MTU trouble too. Without
+an answer for ``down_after`` seconds the neighbour falls back to the sleeve, and is retried every
+``retry_interval``.
+
+**Programming.** For every candidate neighbour: its probe MAC, pinned on the VXLAN port and sent
+to its underlay address. For every neighbour that is up: a flood entry, and each MAC it
+advertised, pinned on the VXLAN port (the port learns nothing) and sent to its address. A MAC two
+neighbours claim (a container that moved) belongs to the one that claimed it last.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgpack
+
+from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.messages import MAX_PEER_NAME
+
+DEVICE = "vxlan-6784"
+PORT = 6784
+VNI = 6784
+CHANNEL = "fastdp"
+ETHERTYPE = 0x88B5  # IEEE 802 local experimental: never a container's protocol
+FLOOD_MAC = "00:00:00:00:00:00"
+MAX_ADVERTISED_MACS = 65536
+
+_PROBE_MAGIC = b"MNFP"
+_PROBE = struct.Struct("!4sBxHQI")  # magic, kind, pad, version, sender, probe id
+_ETHERNET = struct.Struct("!6s6sH")
+
+
+class ProbeKind(enum.IntEnum):
+    PROBE = 1
+    ACK = 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: ProbeKind
+    sender: int
+    probe_id: int
+
+
+def probe_mac(peer: int) -> str:
+    """The address a peer's bridge delivers to its daemon: unicast, locally administered."""
+    digest = bytearray(hashlib.sha256(b"meshnet fastdp probe" + peer.to_bytes(8, "big")).digest())
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return bytes(digest[:6]).hex(":")
+
+
+def encode_probe(probe: Probe, *, source: str, destination: str, size: int) -> bytes:
+    """An Ethernet frame of `size` bytes carrying `probe` (padding tests the path's MTU)."""
+    head = _ETHERNET.pack(bytes.fromhex(destination.replace(":", "")), _mac(source), ETHERTYPE)
+    body = _PROBE.pack(_PROBE_MAGIC, probe.kind, 1, probe.sender, probe.probe_id)
+    return (head + body).ljust(max(size, _ETHERNET.size + _PROBE.size), b"\0")
+
+
+def decode_probe(frame: bytes) -> tuple[str, Probe]:
+    """``(destination MAC, probe)``; RemoteProtocolError for anything else."""
+    if len(frame) < _ETHERNET.size + _PROBE.size:
+        raise RemoteProtocolError("probe frame too short")
+    destination, _, ethertype = _ETHERNET.unpack_from(frame)
+    magic, kind, version, sender, probe_id = _PROBE.unpack_from(frame, _ETHERNET.size)
+    if ethertype != ETHERTYPE or magic != _PROBE_MAGIC or version != 1:
+        raise RemoteProtocolError("not a fastdp probe")
+    if kind not in (ProbeKind.PROBE, ProbeKind.ACK) or not 0 < sender <= MAX_PEER_NAME:
+        raise RemoteProtocolError("malformed fastdp probe")
+    return destination.hex(":"), Probe(ProbeKind(kind), sender, probe_id)
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+# --- advertisements -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """What a peer tells one neighbour: whether it wants fastdp with it, and its local MACs."""
+
+    willing: bool
+    macs: frozenset[str] = frozenset()
+
+
+def encode_advertisement(ad: Advertisement) -> bytes:
+    return bytes(msgpack.packb({"w": ad.willing, "m": sorted(_mac(m) for m in ad.macs)}))
+
+
+def decode_advertisement(payload: bytes) -> Advertisement:
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise RemoteProtocolError(f"undecodable fastdp advertisement: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("w"), bool):
+        raise RemoteProtocolError("malformed fastdp advertisement")
+    macs = data.get("m", [])
+    if not isinstance(macs, list) or len(macs) > MAX_ADVERTISED_MACS:
+        raise RemoteProtocolError("malformed fastdp advertisement: MAC list")
+    for mac in macs:
+        if not isinstance(mac, bytes) or len(mac) != 6 or mac[0] & 1 or mac == bytes(6):
+            raise RemoteProtocolError("malformed fastdp advertisement: bad MAC")
+    return Advertisement(willing=data["w"], macs=frozenset(m.hex(":") for m in macs))
+
+
+def willing(
+    *,
+    enabled: bool,
+    encrypted: bool,
+    address: str,
+    trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
+    """Whether we want fastdp with a neighbour at `address`: VXLAN carries frames in the clear."""
+    if not enabled:
+        return False
+    if not encrypted:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+# --- probing ------------------------------------------------------------------------------------
+
+
+class FastState(enum.Enum):
+    PROBING = "probing"  # not yet answered: the sleeve carries the traffic meanwhile
+    UP = "up"
+    DOWN = "down"  # answers stopped (or never came): sleeve, retried every retry_interval
+
+
+@dataclass
+class ProbeStatistics:
+    state: str
+    sent: int
+    answered: int
+    rtt_ms: float | None
+    ups: int
+    downs: int
+
+
+@dataclass
+class PeerProbe:
+    """One neighbour's VXLAN liveness, driven by ``tick`` and ``on_ack``; times are seconds."""
+
+    started: float
+    interval: float = 0.5
+    down_after: float = 2.0
+    retry_interval: float = 5.0
+    state: FastState = FastState.PROBING
+    _next_id: int = 1
+    _next_send: float = 0.0
+    _last_answer: float | None = None
+    _outstanding: dict[int, float] = field(default_factory=dict)
+    _rtt: float | None = None
+    _sent: int = 0
+    _answered: int = 0
+    _ups: int = 0
+    _downs: int = 0
+
+    def __post_init__(self) -> None:
+        self._next_send = self.started
+
+    def tick(self, now: float) -> int | None:
+        """Advance; the id of a probe to send now, if one is due."""
+        heard = self._last_answer if self._last_answer is not None else self.started
+        if self.state is not FastState.DOWN and now - heard > self.down_after:
+            self.state = FastState.DOWN
+            self._downs += 1
+            self._next_send = now
+        for probe_id, sent in list(self._outstanding.items()):
+            if now - sent > self.down_after:
+                del self._outstanding[probe_id]
+        if now < self._next_send:
+            return None
+        probe_id = self._next_id
+        self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+        self._outstanding[probe_id] = now
+        self._sent += 1
+        step = self.retry_interval if self.state is FastState.DOWN else self.interval
+        self._next_send = now + step
+        return probe_id
+
+    def on_ack(self, now: float, probe_id: int) -> bool:
+        """An answer arrived; True if it changed the state. Unknown or stale ids are ignored."""
+        sent = self._outstanding.pop(probe_id, None)
+        if sent is None:
+            return False
+        self._answered += 1
+        self._rtt = now - sent
+        self._last_answer = now
+        if self.state is FastState.UP:
+            return False
+        self.state = FastState.UP
+        self._ups += 1
+        self._next_send = now + self.interval
+        return True
+
+    def next_wake(self) -> float:
+        heard = self._last_answer if self._last_answer is not None else self.started
+        deadline = heard + self.down_after if self.state is not FastState.DOWN else self._next_send
+        return min(self._next_send, deadline)
+
+    def statistics(self) -> ProbeStatistics:
+        return ProbeStatistics(
+            state=self.state.value,
+            sent=self._sent,
+            answered=self._answered,
+            rtt_ms=round(self._rtt * 1000, 3) if self._rtt is not None else None,
+            ups=self._ups,
+            downs=self._downs,
+        )
+
+
+# --- what the kernel should hold ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A neighbour both sides want fastdp with."""
+
+    address: str  # its underlay IP: where VXLAN packets for it go
+    up: bool  # probes answered: its MACs and a flood entry go to VXLAN
+
+
+@dataclass(frozen=True)
+class KernelEntries:
+    remotes: frozenset[tuple[str, str]]  # (MAC or FLOOD_MAC, underlay IP) in the VXLAN device
+    pinned: frozenset[str]  # MACs the bridge sends to the VXLAN port
+
+
+class MacOwners:
+    """Which neighbour each advertised MAC lives behind; the latest claim wins."""
+
+    def __init__(self) -> None:
+        self._claims: dict[int, dict[str, int]] = {}  # peer -> mac -> claim order
+        self._order = 0
+
+    def update(self, peer: int, macs: frozenset[str]) -> None:
+        old = self._claims.get(peer, {})
+        claims = {}
+        for mac in macs:
+            if mac in old:
+                claims[mac] = old[mac]
+            else:
+                self._order += 1
+                claims[mac] = self._order
+        self._claims[peer] = claims
+
+    def forget(self, peer: int) -> None:
+        self._claims.pop(peer, None)
+
+    def owned(self, peers: Iterable[int], local: frozenset[str]) -> dict[int, set[str]]:
+        """Each of `peers`' MACs that no later claim (among `peers`) or local MAC overrides."""
+        best: dict[str, tuple[int, int]] = {}
+        for peer in peers:
+            for mac, order in self._claims.get(peer, {}).items():
+                if mac not in local and (mac not in best or order > best[mac][0]):
+                    best[mac] = (order, peer)
+        owned: dict[int, set[str]] = {}
+        for mac, (_, peer) in best.items():
+            owned.setdefault(peer, set()).add(mac)
+        return owned
+
+
+def kernel_entries(
+    candidates: Mapping[int, Candidate], owners: MacOwners, local: frozenset[str]
+) -> KernelEntries:
+    remotes: set[tuple[str, str]] = set()
+    pinned: set[str] = set()
+    for peer, candidate in candidates.items():
+        mac = probe_mac(peer)
+        remotes.add((mac, candidate.address))
+        pinned.add(mac)
+    up = [peer for peer, c in candidates.items() if c.up]
+    for peer, macs in owners.owned(up, local).items():
+        address = candidates[peer].address
+        remotes.update((mac, address) for mac in macs)
+        pinned.update(macs)
+    for peer in up:
+        remotes.add((FLOOD_MAC, candidates[peer].address))
+    return KernelEntries(frozenset(remotes), frozenset(pinned))

@@ -1,0 +1,377 @@
+"""The fast datapath's trio shell: the VXLAN device, probes, advertisements, FDB programming.
+
+Decisions live in ``fastdp.py``; this shell feeds it (neighbours from the router, the bridge's
+learned MACs, probe answers from an AF_PACKET socket on the bridge, neighbours' advertisements
+from the ``fastdp`` gossip channel) and makes the kernel match what it wants. The data plane
+reads `up` (the neighbours the sleeve must skip) through the `on_change` callback, which is called
+between removing entries and adding them: a neighbour leaving fastdp loses its VXLAN entries
+before the sleeve takes it back, one joining leaves the sleeve before VXLAN carries it, so no
+frame is ever sent both ways.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from meshnet.config import Config
+from meshnet.dataplane import fastdp, netlink
+from meshnet.dataplane.fastdp import (
+    Advertisement,
+    Candidate,
+    KernelEntries,
+    PeerProbe,
+    Probe,
+    ProbeKind,
+)
+from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.identity import format_peer_name
+from meshnet.gossip.router import Router
+
+log = logging.getLogger("meshnet.fastdp")
+
+SCAN_INTERVAL = 1.0  # how often the bridge's learned MACs are read
+READVERTISE_INTERVAL = 30.0
+_PACKET_OUTGOING = 4  # sll_pkttype of our own transmissions, which packet sockets also see
+
+
+class FastDatapath:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        *,
+        bridge: str,
+        tap: str,
+        netlink_limiter: trio.CapacityLimiter,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.local = router.identity.name
+        self.bridge = bridge
+        self.tap = tap
+        self._limiter = netlink_limiter
+        self._on_change = on_change
+        self._probe_mac = fastdp.probe_mac(self.local)
+        self.unavailable = "" if config.fastdp else "turned off (--no-fastdp)"
+        self._ads: dict[int, Advertisement] = {}
+        self._sent_ads: dict[int, Advertisement] = {}
+        self._owners = fastdp.MacOwners()
+        self._probes: dict[int, PeerProbe] = {}
+        self._local_macs: frozenset[str] = frozenset()
+        self._installed = KernelEntries(frozenset(), frozenset())
+        self.up: frozenset[int] = frozenset()
+        self.pinned: frozenset[str] = frozenset()  # MACs the bridge sends to VXLAN (see _publish)
+        self._frame_size = 0
+        self._sock: trio.socket.SocketType | None = None
+        self._dirty = trio.Event()
+        self.counters: dict[str, int] = {}
+        router.register_channel(fastdp.CHANNEL, self)
+        router.add_listener(self._mark_dirty)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def serve(
+        self, overlay_mtu: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Runs until cancelled; without fastdp it only makes sure no VXLAN device is left."""
+        await self._run_netlink(self._remove_device)
+        if self.unavailable:
+            task_status.started()
+            return
+        try:
+            await self._run_netlink(self._create_device, overlay_mtu)
+            self._sock = trio.socket.socket(
+                socket.AF_PACKET, socket.SOCK_RAW, socket.htons(fastdp.ETHERTYPE)
+            )
+            await self._sock.bind((self.bridge, 0))
+        except (netlink.NetlinkError, OSError) as e:
+            self.unavailable = f"unavailable: {e}"
+            log.warning("fast datapath %s; every peer uses the sleeve", self.unavailable)
+            await self._run_netlink(self._remove_device)
+            task_status.started()
+            return
+        self._frame_size = overlay_mtu + 14
+        log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, fastdp.PORT)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_probes)
+                nursery.start_soon(self._watch_local_macs)
+                nursery.start_soon(self._drive)
+                task_status.started()
+        finally:
+            self._sock.close()
+            with trio.CancelScope(shield=True):
+                await self._run_netlink(self._remove_device)
+
+    async def _run_netlink(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _create_device(self, mtu: int) -> None:
+        with netlink.namespace(None) as ns:
+            ns.create_vxlan(fastdp.DEVICE, vni=fastdp.VNI, port=fastdp.PORT, mtu=mtu)
+            ns.set_master(fastdp.DEVICE, self.bridge)
+            ns.set_bridge_port(fastdp.DEVICE, learning=False, isolated=True)
+            ns.set_up(fastdp.DEVICE)
+            ns.add_local_mac(self.bridge, self._probe_mac)
+
+    def _remove_device(self) -> None:
+        """A fresh device on every start: no entry survives from an earlier daemon."""
+        with netlink.namespace(None) as ns:
+            ns.delete_link(fastdp.DEVICE)
+            if ns.has_link(self.bridge):
+                ns.remove_local_mac(self.bridge, self._probe_mac)
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
+
+    # --- the gossip channel: neighbours' advertisements -----------------------------------------
+
+    def full_state(self) -> bytes | None:
+        return None  # advertisements are per neighbour: unicast only
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        return None
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        return b
+
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        self._count("unexpected_broadcast")
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        try:
+            ad = fastdp.decode_advertisement(payload)
+        except RemoteProtocolError as e:
+            self._count("bad_advertisement")
+            log.warning("ignoring a fastdp advertisement from %s: %s", self.router.nick(source), e)
+            return
+        self._ads[source] = ad
+        self._owners.update(source, ad.macs)
+        self._dirty.set()
+
+    def _willing(self, address: str) -> bool:
+        return fastdp.willing(
+            enabled=not self.unavailable,
+            encrypted=self.router.encrypted,
+            address=address,
+            trusted=self.config.trusted_subnets,
+        )
+
+    def _advertise(self, refresh: bool) -> None:
+        """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL)."""
+        links = self.router.peer_links()
+        for peer in set(self._sent_ads) - set(links):
+            del self._sent_ads[peer]  # a returning neighbour hears from us again
+        for peer, link in links.items():
+            ad = Advertisement(self._willing(link.ip), self._local_macs)
+            if not refresh and self._sent_ads.get(peer) == ad:
+                continue
+            if self.router.unicast(fastdp.CHANNEL, peer, fastdp.encode_advertisement(ad)):
+                self._sent_ads[peer] = ad
+
+    # --- probing and programming ---------------------------------------------------------------
+
+    def _candidates(self) -> dict[int, str]:
+        """Neighbours both sides want fastdp with, and their underlay addresses."""
+        found = {}
+        for peer, link in self.router.peer_links().items():
+            ad = self._ads.get(peer)
+            if ad is not None and ad.willing and self._willing(link.ip):
+                found[peer] = link.ip
+        return found
+
+    async def _drive(self) -> None:
+        refresh_at = 0.0
+        while True:
+            now = trio.current_time()
+            refresh = now >= refresh_at
+            if refresh:
+                refresh_at = now + READVERTISE_INTERVAL
+            self._advertise(refresh)
+            candidates = self._candidates()
+            for peer in set(self._probes) - set(candidates):
+                del self._probes[peer]
+            wake = now + 1.0
+            for peer in candidates:
+                probe = self._probes.setdefault(peer, PeerProbe(started=now))
+                probe_id = probe.tick(now)
+                if probe_id is not None:
+                    await self._send_probe(Probe(ProbeKind.PROBE, self.local, probe_id), peer)
+                wake = min(wake, probe.next_wake())
+            await self._program(candidates)
+            with trio.move_on_at(max(wake, now + 0.05)):
+                await self._dirty.wait()
+            self._dirty = trio.Event()
+
+    async def _program(self, addresses: dict[int, str]) -> None:
+        candidates = {
+            peer: Candidate(address, self._probes[peer].state is fastdp.FastState.UP)
+            for peer, address in addresses.items()
+        }
+        want = fastdp.kernel_entries(candidates, self._owners, self._local_macs)
+        have = self._installed
+        up = frozenset(peer for peer, c in candidates.items() if c.up)
+        if want == have and up == self.up:
+            return
+        for peer in up - self.up:
+            log.info("fast datapath to %s up", self.router.nick(peer))
+        for peer in self.up - up:
+            log.info(
+                "fast datapath to %s down: the sleeve carries its traffic", self.router.nick(peer)
+            )
+
+        def remove() -> None:
+            with netlink.namespace(None) as ns:
+                for mac in have.pinned - want.pinned:
+                    ns.unpin_mac(fastdp.DEVICE, mac)
+                for mac, ip in have.remotes - want.remotes:
+                    ns.delete_remote(fastdp.DEVICE, mac, ip)
+
+        def add() -> None:
+            with netlink.namespace(None) as ns:
+                for mac, ip in want.remotes - have.remotes:
+                    ns.add_remote(fastdp.DEVICE, mac, ip)
+                for mac in want.pinned - have.pinned:
+                    ns.pin_mac(fastdp.DEVICE, mac)
+
+        try:
+            self._publish(have.pinned & want.pinned, self.up)  # the sleeve first, then the kernel
+            await self._run_netlink(remove)
+            self._installed = KernelEntries(have.remotes & want.remotes, have.pinned & want.pinned)
+            self._publish(self.pinned, up)
+            await self._run_netlink(add)
+            self._installed = want
+            self._publish(want.pinned, up)  # the kernel first, then the sleeve
+        except netlink.NetlinkError as e:
+            self._count("program_failed")
+            log.warning("fast datapath: %s (retrying)", e)
+
+    def _publish(self, pinned: frozenset[str], up: frozenset[int]) -> None:
+        """Tell the sleeve which neighbours and MACs the VXLAN port carries.
+
+        ``pinned`` is never more than the kernel holds: a frame for a pinned MAC can reach the
+        sleeve's TAP only in a flood that VXLAN also carried, so the sleeve drops it; any other
+        unicast frame at the TAP was sent there alone (the bridge learned its MAC on the TAP
+        while the sleeve carried that MAC's traffic) and the sleeve must deliver it.
+        """
+        if pinned == self.pinned and up == self.up:
+            return
+        self.pinned, self.up = pinned, up
+        self._on_change()
+
+    async def _send_probe(self, probe: Probe, peer: int) -> None:
+        assert self._sock is not None
+        frame = fastdp.encode_probe(
+            probe,
+            source=self._probe_mac,
+            destination=fastdp.probe_mac(peer),
+            size=self._frame_size,
+        )
+        try:
+            await self._sock.send(frame)
+        except OSError as e:
+            self._count(f"probe_send_{errno.errorcode.get(e.errno or 0, 'error').lower()}")
+            return
+        self._count("probes_sent" if probe.kind is ProbeKind.PROBE else "acks_sent")
+
+    async def _receive_probes(self) -> None:
+        assert self._sock is not None
+        while True:
+            frame, address = await self._sock.recvfrom(65536)
+            if address[2] == _PACKET_OUTGOING:
+                continue
+            try:
+                destination, probe = fastdp.decode_probe(frame)
+            except RemoteProtocolError:
+                self._count("probes_malformed")
+                continue
+            if destination != self._probe_mac:
+                self._count("probes_misaddressed")
+                continue
+            if probe.kind is ProbeKind.PROBE:
+                if probe.sender in self._candidates():
+                    await self._send_probe(
+                        Probe(ProbeKind.ACK, self.local, probe.probe_id), probe.sender
+                    )
+                else:
+                    self._count("probes_from_stranger")
+            else:
+                tracker = self._probes.get(probe.sender)
+                if tracker is not None and tracker.on_ack(trio.current_time(), probe.probe_id):
+                    self._dirty.set()
+
+    async def _watch_local_macs(self) -> None:
+        """The MACs behind our bridge (its own and what it learned on container ports)."""
+
+        def scan() -> frozenset[str]:
+            with netlink.namespace(None) as ns:
+                learned = ns.learned_macs(self.bridge, exclude={fastdp.DEVICE, self.tap})
+                return frozenset({*learned, ns.link(self.bridge).mac})
+
+        while True:
+            try:
+                macs = await self._run_netlink(scan)
+            except netlink.NetlinkError as e:
+                self._count("scan_failed")
+                log.warning("fast datapath: %s", e)
+            else:
+                if macs != self._local_macs:
+                    self._local_macs = macs
+                    self._dirty.set()
+            await trio.sleep(SCAN_INTERVAL)
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    # --- what status shows -----------------------------------------------------------------------
+
+    def peer_info(self, peer: int) -> dict[str, Any]:
+        """How we send to a neighbour, and why, for status and the TUI."""
+        if peer in self.up:
+            return {"kind": "fastdp", "fastdp": "up"}
+        return {"kind": "sleeve", "fastdp": self._reason(peer)}
+
+    def _reason(self, peer: int) -> str:
+        if self.unavailable:
+            return self.unavailable
+        link = self.router.peer_links().get(peer)
+        if link is not None and not self._willing(link.ip):
+            return "off: encrypted (VXLAN would carry frames in the clear)"
+        ad = self._ads.get(peer)
+        if ad is None:
+            return "waiting for the peer"
+        if not ad.willing:
+            return "off at the peer"
+        probe = self._probes.get(peer)
+        return probe.state.value if probe is not None else "waiting"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": not self.unavailable,
+            "reason": self.unavailable or None,
+            "device": fastdp.DEVICE,
+            "port": fastdp.PORT,
+            "encrypted": self.router.encrypted,
+            "trusted_subnets": [str(n) for n in self.config.trusted_subnets],
+            "local_macs": len(self._local_macs),
+            "peers": {
+                format_peer_name(peer): {
+                    "nickname": self.router.nick(peer),
+                    **self.peer_info(peer),
+                    **(vars(p.statistics()) if (p := self._probes.get(peer)) else {}),
+                }
+                for peer in self.router.peer_links()
+            },
+            "entries": {
+                "remotes": len(self._installed.remotes),
+                "pinned": len(self._installed.pinned),
+            },
+            "counters": dict(self.counters),
+        }

@@ -1,0 +1,289 @@
+"""meshnet's two nftables tables, as pure script builders, and the `nft` runner.
+
+* ``bridge meshnet`` — isolation, on the bridge itself (frames, not routes), keyed on the port a
+  frame comes in by or goes out of. Every container port may send only from the addresses
+  meshnet attached to it (anti-spoofing of IPv4 and ARP; IPv6 only for a container with an
+  IPv6 address, as link-local IPv6 would reach every container otherwise; VLAN-tagged frames
+  never: they could smuggle IP past the checks), only to its own subnets (or broadcast and
+  multicast), and is given only frames whose overlay source lies in one of its subnets. Other
+  ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
+  check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
+  sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
+  address outside the sender's subnets — so the host is never a router between subnets — and
+  the host's own frames to a container (``output``: routed packets too) obey the same rule.
+* ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
+  exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
+  from outside the overlay going into it (so replies return through this host; with
+  ``--no-masq-local`` not for containers on this host), and only containers of an exposed
+  address's subnet may reach that address (``input``).
+
+Nothing else is touched: every script names only these two tables. The bridge table's rules never
+change: updates flush and refill its sets, so its drop counters (``spoofed``, ``isolated``,
+``protocol``) count on. The scripts are applied with ``nft -f -`` (one atomic transaction).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+
+from meshnet.errors import UserError
+
+TABLE = "meshnet"
+COUNTERS = ("spoofed", "isolated", "protocol")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+
+Interface = IPv4Interface | IPv6Interface
+
+
+class NftError(UserError):
+    """nft refused a script (or is missing)."""
+
+
+@dataclass(frozen=True)
+class Port:
+    """A container's port on the bridge and the addresses meshnet attached to that container."""
+
+    name: str
+    addresses: tuple[Interface, ...]
+
+    def __post_init__(self) -> None:
+        check_ifname(self.name)
+
+    def sources(self, version: int) -> list[IPv4Address | ipaddress.IPv6Address]:
+        return sorted({a.ip for a in self.addresses if a.version == version})
+
+    def subnets(self, version: int) -> list[IPv4Network | IPv6Network]:
+        """Its subnets, with those inside another of its subnets left out (nft refuses
+        overlapping intervals in one set; the union is the same)."""
+        nets = [a.network for a in self.addresses if a.version == version]
+        return list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """An address of the host on the overlay (on the bridge)."""
+
+    address: IPv4Interface
+    masquerade: bool = True
+
+
+def check_ifname(name: str) -> str:
+    if not _IFNAME.match(name):
+        raise UserError(f"bad interface name {name!r}")
+    return name
+
+
+def overlay(
+    networks: Iterable[IPv4Network | IPv6Network],
+) -> tuple[list[IPv4Network], list[IPv6Network]]:
+    """The overlay's address space (the allocation range, exposed subnets, every local
+    container's subnets), merged: (IPv4, IPv6)."""
+    v4 = [n for n in networks if isinstance(n, IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, IPv6Network)]
+    return list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
+
+
+def _elements(items: Sequence[str]) -> str:
+    return f"; elements = {{ {', '.join(items)} }}" if items else ""
+
+
+def _set(name: str, kind: str, items: Sequence[str], *, interval: bool = False) -> str:
+    flags = "; flags interval" if interval else ""
+    return f"\tset {name} {{ type {kind}{flags}{_elements(items)}; }}\n"
+
+
+def _prelude(family: str, declarations: str, sets: Sequence[str], fresh: bool) -> str:
+    """Start from nothing (``fresh``), or keep the table (and its counters) and empty it."""
+    if fresh:
+        return f"table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\n"
+    flushes = "".join(f"flush set {family} {TABLE} {s}\n" for s in sets)
+    return f"table {family} {TABLE} {{\n{declarations}}}\nflush table {family} {TABLE}\n{flushes}"
+
+
+_BRIDGE_SETS = (
+    ("ports", "ifname", False),
+    ("ports6", "ifname", False),
+    ("sources", "ifname . ipv4_addr", False),
+    ("subnets", "ifname . ipv4_addr", True),
+    ("sources6", "ifname . ipv6_addr", False),
+    ("subnets6", "ifname . ipv6_addr", True),
+    ("overlay", "ipv4_addr", True),
+    ("overlay6", "ipv6_addr", True),
+)
+
+_BRIDGE_CHAINS = """\
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname @ports jump from_container
+\t\toifname @ports jump to_container
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname @ports jump to_host
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t\toifname @ports ip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
+\t\toifname @ports ip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 \
+counter name "isolated" drop
+\t}
+\tchain sender {
+\t\tether type { 8021q, 8021ad } counter name "protocol" drop
+\t\tether type ip6 iifname != @ports6 counter name "protocol" drop
+\t\tarp saddr ip != 0.0.0.0 iifname . arp saddr ip != @sources counter name "spoofed" drop
+\t\tiifname . ip saddr != @sources counter name "spoofed" drop
+\t\tip6 saddr != { ::, fe80::/10 } iifname . ip6 saddr != @sources6 counter name "spoofed" drop
+\t}
+\tchain from_container {
+\t\tjump sender
+\t\tip daddr != { 224.0.0.0/4, 255.255.255.255 } iifname . ip daddr != @subnets \
+counter name "isolated" drop
+\t\tip6 daddr != { fe80::/10, ff00::/8 } iifname . ip6 daddr != @subnets6 \
+counter name "isolated" drop
+\t}
+\tchain to_host {
+\t\tjump sender
+\t\tip daddr @overlay iifname . ip daddr != @subnets counter name "isolated" drop
+\t\tip6 daddr @overlay6 iifname . ip6 daddr != @subnets6 counter name "isolated" drop
+\t}
+\tchain to_container {
+\t\tether type { 8021q, 8021ad } counter name "protocol" drop
+\t\tether type ip6 oifname != @ports6 counter name "protocol" drop
+\t\tip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
+\t\tarp saddr ip @overlay oifname . arp saddr ip != @subnets counter name "isolated" drop
+\t\tip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 counter name "isolated" drop
+\t}
+"""
+
+
+def bridge_table(
+    ports: Sequence[Port],
+    overlay4: Sequence[IPv4Network],
+    overlay6: Sequence[IPv6Network] = (),
+    *,
+    fresh: bool,
+) -> str:
+    """The isolation table for these container ports (see the module docstring)."""
+    ports = sorted(ports, key=lambda p: p.name)
+    items: dict[str, list[str]] = {
+        "ports": [f'"{p.name}"' for p in ports],
+        "ports6": [f'"{p.name}"' for p in ports if p.sources(6)],
+        "sources": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources(4)],
+        "subnets": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(4)],
+        "sources6": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources(6)],
+        "subnets6": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(6)],
+        "overlay": [str(n) for n in ipaddress.collapse_addresses(overlay4)],
+        "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
+    }
+    counters = "".join(f"\tcounter {c} {{}}\n" for c in COUNTERS)
+    empty_sets = "".join(_set(name, kind, [], interval=i) for name, kind, i in _BRIDGE_SETS)
+    script = _prelude("bridge", counters + empty_sets, [s[0] for s in _BRIDGE_SETS], fresh)
+    script += f"table bridge {TABLE} {{\n{counters}"
+    for name, kind, interval in _BRIDGE_SETS:
+        script += _set(name, kind, items[name], interval=interval)
+    return script + _BRIDGE_CHAINS + "}\n"
+
+
+def inet_table(
+    bridge: str,
+    exposures: Sequence[Exposure],
+    overlay4: Sequence[IPv4Network],
+    *,
+    local: Sequence[IPv4Address] | None = None,
+    fresh: bool,
+) -> str:
+    """The ramps for these exposed addresses (see the module docstring).
+
+    ``local``: the addresses of this host's containers, left unmasqueraded on the way in
+    (``--no-masq-local``); None masquerades traffic into the overlay for every container.
+    Rules go from the most specific subnet to the least, so a subnet nested in another one
+    follows its own exposure.
+    """
+    check_ifname(bridge)
+    ordered = sorted(exposures, key=lambda e: (-e.address.network.prefixlen, e.address))
+    sets = [("overlay", "ipv4_addr", True), ("local", "ipv4_addr", False)]
+    items = {
+        "overlay": [str(n) for n in ipaddress.collapse_addresses(overlay4)],
+        "local": sorted({str(a) for a in local or ()}, key=ipaddress.IPv4Address),
+    }
+    declarations = "".join(_set(name, kind, [], interval=i) for name, kind, i in sets)
+    script = _prelude("inet", declarations, [s[0] for s in sets], fresh)
+    script += f"table inet {TABLE} {{\n"
+    for name, kind, interval in sets:
+        script += _set(name, kind, items[name], interval=interval)
+    script += "\tchain input {\n\t\ttype filter hook input priority filter - 5; policy accept;\n"
+    for e in ordered:
+        script += (
+            f'\t\tiifname "{bridge}" ip daddr {e.address.ip} '
+            f"ip saddr != {e.address.network} counter drop\n"
+        )
+    script += "\t}\n\tchain postrouting {\n"
+    script += "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+    for e in ordered:  # leaving the overlay: masqueraded to the outgoing interface's address
+        verdict = "masquerade" if e.masquerade else "accept"
+        script += (
+            f'\t\toifname != "{bridge}" ip saddr {e.address.network} ip daddr != @overlay '
+            f"ip daddr != 224.0.0.0/4 {verdict}\n"
+        )
+    keep_local = " ip daddr != @local" if local is not None else ""
+    for e in ordered:  # entering it from outside: from the exposed address
+        script += (
+            f'\t\toifname "{bridge}" ip saddr != @overlay ip daddr {e.address.network}'
+            f"{keep_local} snat ip to {e.address.ip}\n"
+        )
+    return script + "\t}\n}\n"
+
+
+def removal(families: Iterable[str] = ("bridge", "inet")) -> str:
+    """A script that removes our tables, whether or not they exist."""
+    return "".join(f"table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n" for f in families)
+
+
+def parse_counters(text: str) -> dict[str, int]:
+    """Packets per named counter of our bridge table, from ``nft -j list counters ...``."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    found: dict[str, int] = {}
+    for item in data.get("nftables", []) if isinstance(data, dict) else []:
+        counter = item.get("counter") if isinstance(item, dict) else None
+        if isinstance(counter, dict) and counter.get("table") == TABLE:
+            name, packets = counter.get("name"), counter.get("packets")
+            if isinstance(name, str) and isinstance(packets, int):
+                found[name] = packets
+    return found
+
+
+# --- the nft binary -----------------------------------------------------------------------------
+
+
+def _nft(*args: str, script: str | None = None) -> str:
+    if shutil.which("nft") is None:
+        raise NftError("nft not found: meshnet needs nftables (apt-get install nftables)")
+    result = subprocess.run(
+        ["nft", *args], input=script, capture_output=True, text=True, check=False, timeout=30
+    )
+    if result.returncode != 0:
+        raise NftError(f"nft failed: {' '.join(result.stderr.strip().split())}")
+    return result.stdout
+
+
+def apply(script: str) -> None:
+    """Run a script in one transaction: all of it happens, or none."""
+    _nft("-f", "-", script=script)
+
+
+def counters() -> dict[str, int]:
+    """The bridge table's drop counters ({} when it is not there)."""
+    try:
+        return parse_counters(_nft("-j", "list", "counters", "table", "bridge", TABLE))
+    except NftError:
+        return {}

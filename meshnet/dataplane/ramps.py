@@ -1,0 +1,769 @@
+"""On and off ramps between the overlay and the host's world, and isolation between subnets.
+
+**Expose** (``meshnet expose``) gives the host an address in a subnet of the overlay, on the
+bridge: from IPAM (owner ``expose:<subnet>:<peer name>``, so ``meshnet reset`` hands it over
+with the peer's other addresses) unless given. The subnet's on-link route then prefers that
+address, so the host's own traffic to the subnet comes from it (the DNS server's address may
+share the subnet: it is left to DNS). The DNS firewall lets the bridge reach the address, and
+only containers of its subnet may (``inet meshnet``). Every local container with an address in
+the subnet and no default route gets one via the exposed address — at ``expose`` for those
+attached already, at ``attach`` for later ones — so it reaches the world through its host,
+masqueraded to the host's address on the way out unless exposed ``--without-masquerade``.
+``hide`` undoes all of it (a default route is removed only if it still points at the hidden
+address). What is exposed is kept in the state directory and exposed again when the router
+starts; ``stop`` takes the addresses off the bridge and removes the tables.
+
+**Isolation** is on whenever the router runs: ``bridge meshnet`` (see ``nftables``) allows each
+container port only the addresses meshnet attached to it, and only its own subnets. What each
+port was given is recorded here, from the data plane's attach and detach (never from what the
+container shows: an address added by hand inside it is exactly what must not count), and kept in
+the state directory. A port found on the bridge without a record (attached while the router was
+down, or by another tool) is adopted with the addresses it has, once.
+
+The kernel work runs in worker threads; one lock orders the changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshnet.config import Config
+from meshnet.dataplane import attach as attachment
+from meshnet.dataplane import netlink, nftables
+from meshnet.dataplane.nftables import Exposure, Port
+from meshnet.errors import MeshnetError, UserError
+from meshnet.gossip.identity import format_peer_name
+from meshnet.gossip.router import Router
+
+if TYPE_CHECKING:
+    from meshnet.dataplane.service import DataPlane
+    from meshnet.dns.service import DnsService
+    from meshnet.ipam.service import IpamService
+
+log = logging.getLogger("meshnet.ramps")
+
+BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
+STATE_FILE = "ramps.json"
+#: How often the bridge's ports are compared with the records (ports that came or went).
+TICK = 5.0
+_PROC_SYS = Path("/proc/sys/net/ipv4")
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Handler = Callable[[dict[str, Any]], Any]
+
+
+# --- the pure part ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to expose or hide: a subnet (None: the default subnet) or an exact address."""
+
+    subnet: IPv4Network | None = None
+    address: IPv4Interface | None = None
+
+
+def parse_spec(text: str) -> Spec:
+    """``net:default``, ``net:CIDR``, ``CIDR`` or ``ip:ADDR/LEN``; UserError if malformed."""
+    text = text.strip()
+    if text in ("net:default", "default"):
+        return Spec()
+    if text.startswith("net:"):
+        try:
+            return Spec(subnet=IPv4Network(text[4:]))
+        except ValueError as e:
+            raise UserError(f"bad subnet in {text!r}: {e}") from None
+    value = text.removeprefix("ip:")
+    if "/" not in value:
+        raise UserError(
+            f"bad address {text!r}: give the subnet's prefix length, as in 10.32.1.1/24 "
+            "(or net:CIDR, or nothing for the default subnet)"
+        )
+    try:
+        address = IPv4Interface(value)
+    except ValueError as e:
+        raise UserError(f"bad address {text!r}: {e} (expose takes IPv4 addresses)") from None
+    net = address.network
+    if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
+        raise UserError(f"bad address {text!r}: not a host address of a subnet")
+    return Spec(address=address)
+
+
+def owner_id(network: IPv4Network, peer: str) -> str:
+    """IPAM's (and DNS's) holder of an exposed address: ends with the peer's name, as reset
+    expects of addresses a peer holds for itself."""
+    return f"expose:{network}:{peer}"
+
+
+def gateway_for(addresses: list[Interface], exposures: list[Exposure]) -> IPv4Address | None:
+    """The exposed address a container with ``addresses`` routes the world through, if any:
+    one in the same subnet as one of its addresses (in their order)."""
+    by_network = {e.address.network: e.address.ip for e in exposures}
+    for a in addresses:
+        if isinstance(a, IPv4Interface) and a.network in by_network:
+            return by_network[a.network]
+    return None
+
+
+@dataclass(frozen=True)
+class PortRecord:
+    """What meshnet attached through one bridge port."""
+
+    namespace: str
+    ifname: str
+    addresses: tuple[str, ...]
+
+    def interfaces(self) -> list[Interface]:
+        return [ipaddress.ip_interface(a) for a in self.addresses]
+
+
+@dataclass
+class Exposed:
+    address: IPv4Interface
+    masquerade: bool = True
+    names: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"address": str(self.address), "masquerade": self.masquerade, "names": self.names}
+
+
+@dataclass
+class RampsState:
+    exposed: dict[IPv4Network, Exposed] = field(default_factory=dict)
+    ports: dict[str, PortRecord] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        data = {
+            "version": 1,
+            "exposed": [e.as_json() for e in self.exposed.values()],
+            "ports": {
+                name: {"namespace": p.namespace, "ifname": p.ifname, "addresses": p.addresses}
+                for name, p in sorted(self.ports.items())
+            },
+        }
+        return json.dumps(data, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RampsState:
+        """The state from ``encode``; ValueError if it is not."""
+        try:
+            data = json.loads(raw)
+            state = cls()
+            for e in data.get("exposed", []):
+                address = IPv4Interface(e["address"])
+                names = tuple(str(n) for n in e.get("names", ()))
+                state.exposed[address.network] = Exposed(address, bool(e["masquerade"]), names)
+            for name, p in data.get("ports", {}).items():
+                addresses = tuple(str(ipaddress.ip_interface(a)) for a in p["addresses"])
+                state.ports[nftables.check_ifname(name)] = PortRecord(
+                    str(p["namespace"]), str(p["ifname"]), addresses
+                )
+        except (KeyError, TypeError, AttributeError, UserError) as e:
+            raise ValueError(f"malformed: {e!r}") from None
+        return state
+
+    def exposures(self) -> list[Exposure]:
+        return [Exposure(e.address, e.masquerade) for e in self.exposed.values()]
+
+    def nft_ports(self) -> list[Port]:
+        return [Port(name, tuple(p.interfaces())) for name, p in self.ports.items()]
+
+    def script(
+        self,
+        allocation_range: IPv4Network,
+        *,
+        no_masq_local: bool,
+        fresh_bridge: bool,
+        inet_installed: bool,
+    ) -> str:
+        """Both tables as they should be now: the inet one only while something is exposed."""
+        ports = self.nft_ports()
+        networks: list[IPv4Network | ipaddress.IPv6Network] = [allocation_range]
+        networks += [n for n in self.exposed]
+        networks += [a.network for p in ports for a in p.addresses]
+        overlay4, overlay6 = nftables.overlay(networks)
+        script = nftables.bridge_table(ports, overlay4, overlay6, fresh=fresh_bridge)
+        if self.exposed:
+            local = None
+            if no_masq_local:
+                local = [a.ip for p in ports for a in p.addresses if isinstance(a, IPv4Interface)]
+            script += nftables.inet_table(
+                BRIDGE, self.exposures(), overlay4, local=local, fresh=not inet_installed
+            )
+        elif inet_installed or fresh_bridge:
+            script += nftables.removal(["inet"])
+        return script
+
+
+# --- kernel helpers (run in worker threads) -----------------------------------------------------
+
+
+def _sysctl(path: Path, value: str) -> bool:
+    """Write a sysctl of our namespace if it differs; True if it was changed."""
+    if path.read_text().strip() == value:
+        return False
+    path.write_text(value)
+    return True
+
+
+def _add_to_bridge(address: IPv4Interface) -> bool:
+    """Put the address on the bridge and make its subnet's route prefer it; True if IP
+    forwarding had to be switched on."""
+    # Removing a subnet's first (primary) address would take the others with it (the DNS
+    # server's, say) unless the kernel promotes the next one.
+    _sysctl(_PROC_SYS / "conf" / BRIDGE / "promote_secondaries", "1")
+    with netlink.namespace(None) as ns:
+        ns.add_address(BRIDGE, str(address))
+        ns.replace_link_route(str(address.network), BRIDGE, source=str(address.ip))
+    return _sysctl(_PROC_SYS / "ip_forward", "1")
+
+
+def _remove_from_bridge(address: IPv4Interface) -> None:
+    try:
+        with netlink.namespace(None) as ns:
+            ns.delete_address(BRIDGE, str(address))
+            # The kernel drops every route that preferred the address: the subnet's route goes
+            # back to an address still in the subnet (the DNS server's), if there is one.
+            rest = [
+                ipaddress.ip_interface(a)
+                for a in ns.link(BRIDGE).addresses
+                if ipaddress.ip_interface(a).network == address.network
+            ]
+            routed = any(
+                ipaddress.ip_network(r.destination) == address.network
+                for r in ns.routes(BRIDGE, family=2)
+            )
+            if rest and not routed:
+                ns.replace_link_route(str(address.network), BRIDGE, source=str(rest[0].ip))
+    except netlink.NetlinkError as e:  # the bridge (or the address) is gone already
+        log.debug("could not remove %s from %s: %s", address, BRIDGE, e)
+
+
+def _has_default_route(ns: netlink.Namespace) -> IPv4Address | bool:
+    """The gateway of the container's IPv4 default route, True if it has one without, False if
+    it has none."""
+    for route in ns.routes(family=2):
+        if route.destination == "0.0.0.0/0":
+            return IPv4Address(route.gateway) if route.gateway else True
+    return False
+
+
+def _set_default_route(record: PortRecord, gateway: IPv4Address) -> bool:
+    """A default route via the gateway, unless the container has one; True if added."""
+    try:
+        with netlink.namespace(record.namespace) as ns:
+            if _has_default_route(ns) is not False:
+                return False
+            return ns.add_route("0.0.0.0/0", record.ifname, gateway=str(gateway))
+    except netlink.NetlinkError as e:
+        log.info("no default route for %s via %s: %s", record.namespace, gateway, e)
+        return False
+
+
+def _clear_default_route(record: PortRecord, gateway: IPv4Address) -> None:
+    """Remove the container's default route if it goes via the gateway (ours)."""
+    try:
+        with netlink.namespace(record.namespace) as ns:
+            if _has_default_route(ns) == gateway:
+                ns.delete_route("0.0.0.0/0", record.ifname)
+    except netlink.NetlinkError as e:
+        log.debug("default route of %s left: %s", record.namespace, e)
+
+
+def _scan_bridge(
+    known: set[str], unresolved: set[str]
+) -> tuple[set[str], list[attachment.Attachment] | None] | None:
+    """The bridge's container ports, and (only when some are new to us) every attachment the
+    kernel shows, to adopt them from; None if the bridge cannot be read."""
+    try:
+        present = _container_ports()
+    except netlink.NetlinkError as e:
+        log.debug("cannot list the ports of %s: %s", BRIDGE, e)
+        return None
+    unknown = present - known
+    if not unknown or unknown == unresolved:
+        return present, None
+    try:
+        return present, attachment.list_attachments(bridge=BRIDGE)
+    except (UserError, netlink.NetlinkError) as e:
+        log.debug("cannot list the containers on %s: %s", BRIDGE, e)
+        return present, None
+
+
+def _container_ports() -> set[str]:
+    """The bridge's veth ports whose other end is in another namespace: the containers'."""
+    with netlink.namespace(None) as ns:
+        if not ns.has_link(BRIDGE):
+            return set()
+        return {
+            p.name
+            for p in ns.bridge_ports(BRIDGE)
+            if p.kind == "veth" and p.peer_netnsid is not None
+        }
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+class Ramps:
+    """Expose/hide and isolation for the daemon. Construct (loads the state), then ``serve``."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        ipam: IpamService | None = None,
+        dns: DnsService | None = None,
+    ) -> None:
+        self.range = config.ipalloc_range
+        self.default_subnet = config.ipalloc_default_subnet or config.ipalloc_range
+        self.no_masq_local = config.no_masq_local
+        self.ipam = ipam
+        self.dns = dns
+        self._peer = format_peer_name(router.identity.name)
+        self._nick = router.identity.nickname
+        self._path = config.state_dir / STATE_FILE
+        self.state = self._load()
+        self._saved = self.state.encode()
+        self._forgotten = False
+        self._lock = trio.Lock()
+        self._dataplane: DataPlane | None = None
+        self._inet_installed = False
+        self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
+        self.isolation = "off (no data plane)"
+        self.forwarding_enabled = False
+
+    # --- lifecycle
+
+    async def serve(
+        self, dataplane: DataPlane, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._dataplane = dataplane
+        try:
+            async with self._lock:
+                await self._start()
+            dataplane.attachment_listeners.append(self._attachment_changed)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._claim_restored)
+                nursery.start_soon(self._follow_bridge)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop(dataplane)
+
+    async def _start(self) -> None:
+        await self._reconcile_ports()
+        try:
+            await self._apply(fresh=True)
+        except UserError as e:
+            self.isolation = f"off ({e})"
+            log.error("%s: no isolation between subnets: %s", self._nick, e)
+            return
+        self.isolation = "on"
+        if self.state.exposed:
+            try:
+                await self._open_dns()
+            except UserError as e:
+                log.error("%s: DNS firewall not opened for the host: %s", self._nick, e)
+            for exposed in list(self.state.exposed.values()):
+                try:
+                    await self._put_on_bridge(exposed.address)
+                except UserError as e:
+                    log.error("%s: %s", self._nick, e)
+                    continue
+                log.info("%s: exposed %s again", self._nick, exposed.address)
+
+    async def _stop(self, dataplane: DataPlane) -> None:
+        if self._attachment_changed in dataplane.attachment_listeners:
+            dataplane.attachment_listeners.remove(self._attachment_changed)
+        running, self.isolation = self.isolation, "off (stopped)"
+        async with self._lock:
+            for exposed in self.state.exposed.values():
+                await trio.to_thread.run_sync(_remove_from_bridge, exposed.address)
+            if running == "on":
+                try:
+                    await trio.to_thread.run_sync(nftables.apply, nftables.removal())
+                except UserError as e:
+                    log.error("%s: nftables tables left in place: %s", self._nick, e)
+        self._inet_installed = False
+
+    def _require_running(self) -> None:
+        if self._dataplane is None:
+            raise UserError("this router runs without a data plane (--no-dataplane)")
+        if self.isolation != "on":
+            raise UserError(f"the ramps are not running: isolation {self.isolation}")
+
+    async def _apply(self, *, fresh: bool = False) -> None:
+        """Make both tables what the state says (the caller holds the lock)."""
+        script = self.state.script(
+            self.range,
+            no_masq_local=self.no_masq_local,
+            fresh_bridge=fresh,
+            inet_installed=self._inet_installed and not fresh,
+        )
+        await trio.to_thread.run_sync(nftables.apply, script)
+        self._inet_installed = bool(self.state.exposed)
+
+    async def _open_dns(self) -> None:
+        if self.dns is not None:
+            await self.dns.open_addresses([str(e.address.ip) for e in self.state.exposed.values()])
+
+    async def _put_on_bridge(self, address: IPv4Interface) -> None:
+        try:
+            switched = await trio.to_thread.run_sync(_add_to_bridge, address)
+        except (MeshnetError, OSError) as e:
+            raise UserError(f"cannot put {address} on {BRIDGE}: {e}") from None
+        if switched:
+            self.forwarding_enabled = True
+            log.info("%s: IPv4 forwarding switched on (for the off-ramp)", self._nick)
+        await self._set_default_routes(address.network)
+
+    async def _claim_restored(self) -> None:
+        """Reserve exposed addresses of the range in IPAM again (idempotent; in the background,
+        as IPAM may wait for its peers)."""
+        if self.ipam is None:
+            return
+        for network, exposed in list(self.state.exposed.items()):
+            if exposed.address.ip not in self.range:
+                continue
+            try:
+                await self.ipam.claim(owner_id(network, self._peer), exposed.address)
+            except UserError as e:
+                log.warning("%s: exposed %s not reserved in IPAM: %s", self._nick, network, e)
+
+    async def _follow_bridge(self) -> None:
+        """Ports that came or went behind our back (a container deleted, another tool)."""
+        while True:
+            await trio.sleep(TICK)
+            async with self._lock:
+                if await self._reconcile_ports():
+                    await self._update()
+
+    async def _reconcile_ports(self) -> bool:
+        """Forget ports that left the bridge, adopt unknown ones; True if anything changed."""
+        known, unresolved = set(self.state.ports), set(self._unresolved)
+        scan = await trio.to_thread.run_sync(_scan_bridge, known, unresolved)
+        if scan is None:
+            return False
+        present, found = scan
+        changed = False
+        for gone in set(self.state.ports) - present:
+            del self.state.ports[gone]
+            changed = True
+        unknown = present - set(self.state.ports)
+        if found is None:
+            return changed
+        for a in found:
+            if a.host_ifname in unknown:
+                self.state.ports[a.host_ifname] = PortRecord(a.namespace, a.ifname, a.addresses)
+                log.info(
+                    "%s: isolation adopted %s (%s) with %s",
+                    self._nick,
+                    a.namespace,
+                    a.host_ifname,
+                    ", ".join(a.addresses) or "no address",
+                )
+                changed = True
+        self._unresolved = present - set(self.state.ports)
+        if self._unresolved:
+            log.warning(
+                "%s: no container found for bridge ports %s: not isolated",
+                self._nick,
+                ", ".join(sorted(self._unresolved)),
+            )
+        return changed
+
+    async def _update(self) -> None:
+        """Apply and persist the state (the caller holds the lock)."""
+        if self.isolation == "on":
+            await self._apply()
+        self._save()
+
+    # --- attachments (the data plane's listener)
+
+    async def _attachment_changed(
+        self, container: str, ifname: str, addresses: list[str], result: dict[str, Any] | None
+    ) -> None:
+        async with self._lock:
+            if result is None:
+                self._forget_addresses(container, ifname, addresses)
+                await self._reconcile_ports()
+                await self._update()
+                return
+            port = str(result["host_ifname"])
+            old = self.state.ports.get(port)
+            given = [str(ipaddress.ip_interface(a)) for a in addresses]
+            kept = [a for a in (old.addresses if old else ()) if a not in given]
+            record = PortRecord(str(result["namespace"]), ifname, tuple(kept + given))
+            self.state.ports[port] = record
+            await self._update()
+            gateway = gateway_for(record.interfaces(), self.state.exposures())
+            if gateway is not None:
+                await trio.to_thread.run_sync(_set_default_route, record, gateway)
+
+    def _forget_addresses(self, container: str, ifname: str, addresses: list[str]) -> None:
+        try:
+            namespace = attachment.resolve_namespace(container).name
+        except UserError:
+            return  # gone with its namespace: the bridge no longer has its port either
+        ips = {ipaddress.ip_interface(a).ip for a in addresses}
+        for port, record in list(self.state.ports.items()):
+            if record.namespace != namespace or record.ifname != ifname:
+                continue
+            if not addresses:
+                del self.state.ports[port]
+                continue
+            rest = tuple(a for a in record.addresses if ipaddress.ip_interface(a).ip not in ips)
+            self.state.ports[port] = PortRecord(record.namespace, record.ifname, rest)
+
+    async def _set_default_routes(self, network: IPv4Network) -> None:
+        """Local containers of the subnet that have no default route get one via the host."""
+        exposed = self.state.exposed.get(network)
+        if exposed is None:
+            return
+        for record in list(self.state.ports.values()):
+            if any(
+                isinstance(a, IPv4Interface) and a.network == network for a in record.interfaces()
+            ):
+                await trio.to_thread.run_sync(_set_default_route, record, exposed.address.ip)
+
+    async def _clear_default_routes(self, address: IPv4Interface) -> None:
+        for record in list(self.state.ports.values()):
+            if any(a.network == address.network for a in record.interfaces()):
+                await trio.to_thread.run_sync(_clear_default_route, record, address.ip)
+
+    # --- expose and hide (the API's handlers)
+
+    async def _resolve(self, spec: Spec) -> IPv4Interface:
+        """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
+        if spec.address is None:
+            network = spec.subnet or self.default_subnet
+            exposed = self.state.exposed.get(network)
+            if exposed is not None:
+                return exposed.address
+            if self.ipam is None:
+                raise UserError(f"no IPAM to give an address in {network}: give the address")
+            return await self.ipam.allocate(owner_id(network, self._peer), network)
+        address = spec.address
+        exposed = self.state.exposed.get(address.network)
+        if exposed is not None and exposed.address != address:
+            raise UserError(
+                f"{address.network} is exposed as {exposed.address} already: hide it first"
+            )
+        if self.ipam is not None and address.ip in self.range and exposed is None:
+            return await self.ipam.claim(owner_id(address.network, self._peer), address)
+        return address
+
+    async def expose(
+        self, specs: list[str], *, masquerade: bool = True, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        self._require_running()
+        parsed = [parse_spec(s) for s in specs] or [Spec()]
+        fqdn = self.dns.name_for(name) if self.dns is not None and name is not None else None
+        if name is not None and self.dns is None:
+            raise UserError("this router has no DNS to register a name in")
+        # IPAM first, outside the lock: it may wait for its peers.
+        addresses = [await self._resolve(spec) for spec in parsed]
+        out = []
+        async with self._lock:
+            self._require_running()
+            new = []
+            for address in addresses:
+                exposed = self.state.exposed.get(address.network)
+                if exposed is not None and exposed.address != address:
+                    raise UserError(f"{address.network} is exposed as {exposed.address} already")
+                if exposed is None:
+                    exposed = self.state.exposed[address.network] = Exposed(address)
+                    new.append(address)
+                exposed.masquerade = masquerade
+                if fqdn is not None and fqdn not in exposed.names:
+                    exposed.names += (fqdn,)
+                out.append(exposed.as_json())
+            try:
+                await self._open_dns()  # open first: the address never answers half-configured
+                await self._update()
+                for address in new:
+                    await self._put_on_bridge(address)
+            except BaseException:
+                for address in new:
+                    self.state.exposed.pop(address.network, None)
+                with trio.CancelScope(shield=True):
+                    for address in new:
+                        await trio.to_thread.run_sync(_remove_from_bridge, address)
+                    await self._update()
+                raise
+        for address in new:
+            log.info(
+                "%s: exposed %s%s",
+                self._nick,
+                address,
+                "" if masquerade else " (without masquerade)",
+            )
+        if fqdn is not None and self.dns is not None:
+            for address in addresses:
+                self.dns.add(owner_id(address.network, self._peer), fqdn, [str(address.ip)])
+        return out
+
+    def _hide_targets(self, specs: list[str]) -> list[IPv4Network]:
+        if not specs:
+            return list(self.state.exposed)
+        targets = []
+        for spec in map(parse_spec, specs):
+            if spec.address is not None:
+                exposed = self.state.exposed.get(spec.address.network)
+                if exposed is not None and exposed.address == spec.address:
+                    targets.append(spec.address.network)
+            else:
+                network = spec.subnet or self.default_subnet
+                if network in self.state.exposed:
+                    targets.append(network)
+        return targets
+
+    async def hide(self, specs: list[str]) -> list[dict[str, Any]]:
+        self._require_running()
+        async with self._lock:
+            hidden = [self.state.exposed.pop(n) for n in dict.fromkeys(self._hide_targets(specs))]
+            if not hidden:
+                return []
+            for exposed in hidden:
+                await self._clear_default_routes(exposed.address)
+                await trio.to_thread.run_sync(_remove_from_bridge, exposed.address)
+            await self._update()
+            try:
+                await self._open_dns()
+            except UserError as e:
+                log.error("%s: DNS firewall not updated after hide: %s", self._nick, e)
+        for exposed in hidden:
+            network = exposed.address.network
+            log.info("%s: hid %s", self._nick, exposed.address)
+            if self.dns is not None and exposed.names:
+                self.dns.detached(owner_id(network, self._peer), [])
+            if self.ipam is not None and exposed.address.ip in self.range:
+                await self.ipam.release(owner_id(network, self._peer), [exposed.address.ip])
+        return [e.as_json() for e in hidden]
+
+    # --- persistence
+
+    def _load(self) -> RampsState:
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return RampsState()
+        except OSError as e:
+            raise UserError(f"cannot read {self._path}: {e.strerror}") from None
+        try:
+            return RampsState.decode(raw)
+        except ValueError as e:
+            log.error("%s: ignoring unreadable %s: %s", self._nick, self._path, e)
+            return RampsState()
+
+    def _save(self) -> None:
+        data = self.state.encode()
+        if data == self._saved or self._forgotten:
+            return
+        from meshnet.ipam.service import write_atomically
+
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self._path, data)
+        self._saved = data
+
+    def forget_state(self) -> None:
+        """After ``meshnet reset``: the next start exposes nothing."""
+        self._forgotten = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+
+    # --- status and API
+
+    def summary(self) -> dict[str, Any]:
+        """What `meshnet status` shows."""
+        subnets = {str(n) for p in self.state.nft_ports() for n in p.subnets(4) + p.subnets(6)}
+        return {
+            "exposed": [e.as_json() for e in self.state.exposed.values()],
+            "isolation": {
+                "state": self.isolation,
+                "ports": len(self.state.ports),
+                "subnets": sorted(subnets),
+            },
+        }
+
+    async def status(self) -> dict[str, Any]:
+        dropped = await trio.to_thread.run_sync(nftables.counters)
+        return {
+            **self.summary(),
+            "masquerade_local": not self.no_masq_local,
+            "forwarding_enabled": self.forwarding_enabled,
+            "dropped": {c: dropped.get(c, 0) for c in nftables.COUNTERS},
+            "ports": [
+                {
+                    "port": name,
+                    "namespace": p.namespace,
+                    "ifname": p.ifname,
+                    "addresses": list(p.addresses),
+                }
+                for name, p in sorted(self.state.ports.items())
+            ],
+        }
+
+    async def _api_expose(self, body: dict[str, Any]) -> dict[str, Any]:
+        specs = body.get("addresses", [])
+        name, masquerade = body.get("name"), body.get("masquerade")
+        if (
+            not isinstance(specs, list)
+            or not all(isinstance(s, str) for s in specs)
+            or not (name is None or isinstance(name, str))
+            or not isinstance(masquerade, bool | None)
+        ):
+            raise UserError(
+                'expected {"addresses": [CIDR|net:CIDR...], "name": FQDN, "masquerade": BOOL}'
+            )
+        exposed = await self.expose(specs, masquerade=masquerade is not False, name=name)
+        return {"exposed": exposed}
+
+    async def _api_hide(self, body: dict[str, Any]) -> dict[str, Any]:
+        specs = body.get("addresses", [])
+        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise UserError('expected {"addresses": [CIDR|net:CIDR...]}')
+        return {"hidden": await self.hide(specs)}
+
+    def api_routes(self, routes: dict[tuple[str, str], Handler]) -> dict[tuple[str, str], Handler]:
+        """Our routes, `/status` with what is exposed, and reset that forgets it (given the
+        app's current routes, which are wrapped)."""
+        status = routes[("GET", "/status")]
+        reset = routes.get(("POST", "/ipam/reset"))
+
+        def status_with_ramps(body: dict[str, Any]) -> Any:
+            result = status(body)
+            if isinstance(result, dict):
+                result.update(self.summary())
+            return result
+
+        ours: dict[tuple[str, str], Handler] = {
+            ("GET", "/status"): status_with_ramps,
+            ("POST", "/expose"): self._api_expose,
+            ("POST", "/hide"): self._api_hide,
+            ("GET", "/status/ramps"): lambda _: self.status(),
+        }
+        if reset is not None:
+
+            async def reset_and_forget(body: dict[str, Any]) -> Any:
+                result = reset(body)
+                if hasattr(result, "__await__"):
+                    result = await result
+                if isinstance(result, dict) and result.get("acknowledged"):
+                    self.forget_state()
+                return result
+
+            ours[("POST", "/ipam/reset")] = reset_and_forget
+        return ours

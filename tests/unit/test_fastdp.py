@@ -1,0 +1,276 @@
+"""The fast datapath's pure core: probes, advertisements, liveness and what the kernel holds."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import time
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnet.dataplane import fastdp
+from meshnet.dataplane import forwarder as fw
+from meshnet.dataplane import sleeve_wire as sw
+from meshnet.dataplane import vnet as vn
+from meshnet.dataplane.fastdp import (
+    Advertisement,
+    Candidate,
+    FastState,
+    MacOwners,
+    PeerProbe,
+    Probe,
+    ProbeKind,
+)
+from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.routes import Routes
+from tests.unit.test_forwarder import make_forwarder
+
+A, B, C = 0x0A0000000001, 0x0B0000000002, 0x0C0000000003
+MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+def test_probe_mac_is_unicast_locally_administered_and_per_peer() -> None:
+    macs = {fastdp.probe_mac(p) for p in (A, B, C)}
+    assert len(macs) == 3
+    for mac in macs:
+        first = int(mac[:2], 16)
+        assert first & 1 == 0 and first & 2 == 2
+
+
+@given(
+    kind=st.sampled_from(ProbeKind),
+    sender=st.integers(1, 2**48 - 1),
+    probe_id=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 1500),
+)
+def test_probe_frames_round_trip_at_the_size_asked(
+    kind: ProbeKind, sender: int, probe_id: int, size: int
+) -> None:
+    frame = fastdp.encode_probe(
+        Probe(kind, sender, probe_id), source=MAC1, destination=MAC2, size=size
+    )
+    assert len(frame) == max(size, 34)
+    assert fastdp.decode_probe(frame) == (MAC2, Probe(kind, sender, probe_id))
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda f: f[:20],  # short
+        lambda f: f[:12] + b"\x08\x00" + f[14:],  # another ethertype
+        lambda f: f[:14] + b"XXXX" + f[18:],  # no magic
+        lambda f: f[:18] + b"\x09" + f[19:],  # unknown kind
+        lambda f: f[:20] + b"\x00\x02" + f[22:],  # unknown version
+        lambda f: f[:22] + bytes(8) + f[30:],  # sender 0
+    ],
+)
+def test_malformed_probes_are_refused(mangle: Any) -> None:
+    frame = fastdp.encode_probe(
+        Probe(ProbeKind.PROBE, A, 7), source=MAC1, destination=MAC2, size=64
+    )
+    with pytest.raises(RemoteProtocolError):
+        fastdp.decode_probe(mangle(frame))
+
+
+# --- advertisements -----------------------------------------------------------------------------
+
+
+def test_advertisements_round_trip() -> None:
+    ad = Advertisement(True, frozenset({MAC1, MAC2}))
+    assert fastdp.decode_advertisement(fastdp.encode_advertisement(ad)) == ad
+    assert fastdp.decode_advertisement(fastdp.encode_advertisement(Advertisement(False))) == (
+        Advertisement(False)
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xc1",  # not msgpack
+        msgpack.packb([1, 2]),
+        msgpack.packb({"m": []}),  # no willingness
+        msgpack.packb({"w": 1, "m": []}),
+        msgpack.packb({"w": True, "m": "x"}),
+        msgpack.packb({"w": True, "m": [b"\x02\x00"]}),  # short MAC
+        msgpack.packb({"w": True, "m": [b"\x01\x00\x5e\x00\x00\x01"]}),  # multicast
+        msgpack.packb({"w": True, "m": [bytes(6)]}),  # the flood address
+        msgpack.packb({"w": True, "m": [b"\x02\x00\x00\x00\x00\x01"] * 70000}),
+    ],
+)
+def test_malformed_advertisements_are_refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        fastdp.decode_advertisement(payload)
+
+
+def test_willingness_turned_off_encrypted_and_trusted() -> None:
+    trusted = [ipaddress.ip_network("172.31.0.0/16")]
+    assert fastdp.willing(enabled=True, encrypted=False, address="10.0.0.1", trusted=())
+    assert not fastdp.willing(enabled=False, encrypted=False, address="10.0.0.1", trusted=())
+    assert not fastdp.willing(enabled=True, encrypted=True, address="10.0.0.1", trusted=trusted)
+    assert fastdp.willing(enabled=True, encrypted=True, address="172.31.4.2", trusted=trusted)
+    assert not fastdp.willing(enabled=True, encrypted=True, address="bogus", trusted=trusted)
+
+
+# --- liveness -----------------------------------------------------------------------------------
+
+
+def test_a_neighbour_is_up_after_its_first_answer_and_down_when_answers_stop() -> None:
+    probe = PeerProbe(started=100.0)
+    first = probe.tick(100.0)
+    assert first is not None and probe.state is FastState.PROBING
+    assert probe.tick(100.1) is None  # not due yet
+    assert probe.on_ack(100.2, first) and probe.state is FastState.UP
+    assert not probe.on_ack(100.2, first)  # an answer counts once
+    for step in range(1, 20):  # probes go out every interval, and get no answer
+        probe.tick(100.2 + step / 10)
+    assert probe.state is FastState.UP
+    probe.tick(102.3)
+    assert probe.state is FastState.DOWN
+    assert probe.statistics().downs == 1
+
+
+def test_a_neighbour_that_never_answers_goes_down_and_is_retried_slowly() -> None:
+    probe = PeerProbe(started=0.0)
+    sent = [t / 10 for t in range(0, 200) if probe.tick(t / 10) is not None]
+    assert probe.state is FastState.DOWN
+    after_down = [t for t in sent if t > 2.0]
+    assert all(b - a >= 5.0 - 1e-9 for a, b in itertools.pairwise(after_down))
+    late = probe.tick(25.0)
+    assert late is not None and probe.on_ack(25.001, late)
+    assert probe.state is FastState.UP
+
+
+def test_stale_and_unknown_answers_are_ignored() -> None:
+    probe = PeerProbe(started=0.0)
+    old = probe.tick(0.0)
+    assert old is not None
+    probe.tick(3.0)  # the first probe is long lost
+    assert not probe.on_ack(3.0, old)
+    assert not probe.on_ack(3.0, 999)
+    assert probe.state is FastState.DOWN
+
+
+# --- programming --------------------------------------------------------------------------------
+
+
+def test_candidates_get_probe_entries_and_only_up_ones_get_floods_and_macs() -> None:
+    owners = MacOwners()
+    owners.update(B, frozenset({MAC1}))
+    owners.update(C, frozenset({MAC2}))
+    entries = fastdp.kernel_entries(
+        {B: Candidate("172.31.0.2", up=True), C: Candidate("172.31.1.2", up=False)},
+        owners,
+        local=frozenset(),
+    )
+    pb, pc = fastdp.probe_mac(B), fastdp.probe_mac(C)
+    assert entries.remotes == {
+        (pb, "172.31.0.2"),
+        (fastdp.FLOOD_MAC, "172.31.0.2"),
+        (MAC1, "172.31.0.2"),
+        (pc, "172.31.1.2"),
+    }
+    assert entries.pinned == {pb, pc, MAC1}
+
+
+def test_a_mac_claimed_twice_belongs_to_the_latest_claim_and_local_macs_stay_local() -> None:
+    owners = MacOwners()
+    owners.update(B, frozenset({MAC1, MAC2}))
+    owners.update(C, frozenset({MAC1}))  # the container moved to C
+    owners.update(B, frozenset({MAC1, MAC2}))  # B still lists it (its bridge forgets slowly)
+    assert owners.owned([B, C], local=frozenset()) == {B: {MAC2}, C: {MAC1}}
+    assert owners.owned([B], local=frozenset()) == {B: {MAC1, MAC2}}  # C is not up
+    assert owners.owned([B, C], local=frozenset({MAC2})) == {C: {MAC1}}
+    owners.forget(C)
+    assert owners.owned([B, C], local=frozenset()) == {B: {MAC1, MAC2}}
+
+
+# --- the sleeve's side: what it no longer sends ----------------------------------------------
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, int]] = []  # (address, destination, flags)
+
+    def sendto(self, data: Any, addr: Any) -> int:
+        header = sw.parse_header(bytes(data))
+        self.sent.append((addr[0], header.destination, header.flags))
+        return len(data)
+
+    def sendmsg(self, buffers: list[Any], cmsg: Any, flags: int, addr: Any) -> int:
+        return self.sendto(b"".join(bytes(b) for b in buffers), addr)
+
+
+def _forwarder(
+    fast: frozenset[int], pinned: frozenset[bytes] = frozenset()
+) -> tuple[fw.Forwarder, RecordingSocket]:
+    """A is us; B is a neighbour, C is reached through B."""
+
+    def neighbour(peer: int, ip: str) -> fw.Neighbour:
+        return fw.Neighbour(
+            peer, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
+        )
+
+    snapshot = fw.Snapshot(
+        local=A,
+        routes=Routes(local=A, unicast={B: B, C: B}, broadcast={A: (B,)}, distance={B: 1, C: 2}),
+        neighbours={B: neighbour(B, "172.31.0.2")},
+        overlay_mtu=1354,
+        fastdp=fast,
+        fastdp_macs=pinned,
+    )
+    sock = RecordingSocket()
+    return make_forwarder(snapshot, sock), sock
+
+
+BROADCAST_FRAME = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x08\x06" + bytes(28)
+
+
+def test_without_fastdp_a_broadcast_goes_down_our_tree() -> None:
+    f, sock = _forwarder(frozenset())
+    batches: dict[Any, sw.FrameBatcher] = {}
+    f._from_tap(vn.VNET_NONE + BROADCAST_FRAME, batches)
+    f._flush(batches)
+    assert sock.sent == [("172.31.0.2", 0, sw.BROADCAST)]
+
+
+def test_with_fastdp_a_broadcast_goes_only_to_the_peers_vxlan_does_not_reach() -> None:
+    f, sock = _forwarder(frozenset({B}))
+    batches: dict[Any, sw.FrameBatcher] = {}
+    f._from_tap(vn.VNET_NONE + BROADCAST_FRAME, batches)
+    f._flush(batches)
+    # C, through B, addressed to C: B relays it without delivering a second copy.
+    assert sock.sent == [("172.31.0.2", C, 0)]
+
+
+OWNER_MAC = bytes.fromhex("02000000000b")
+
+
+def _unicast_to_b(pinned: frozenset[bytes]) -> tuple[fw.Forwarder, RecordingSocket]:
+    f, sock = _forwarder(frozenset({B}), pinned)
+    f._switch.from_peer(B, OWNER_MAC, b"\xff" * 6, time.monotonic())
+    frame = OWNER_MAC + bytes.fromhex("020000000001") + b"\x08\x00" + bytes(40)
+    batches: dict[Any, sw.FrameBatcher] = {}
+    f._from_tap(vn.VNET_NONE + frame, batches)
+    f._flush(batches)
+    return f, sock
+
+
+def test_unicast_for_a_mac_pinned_on_vxlan_is_left_to_vxlan() -> None:
+    f, sock = _unicast_to_b(frozenset({OWNER_MAC}))
+    assert sock.sent == []
+    assert f.statistics()["dropped"] == {"on_fastdp": 1}
+
+
+def test_unicast_for_a_fastdp_peer_mac_not_yet_pinned_still_goes_over_the_sleeve() -> None:
+    # The bridge learned the MAC on the TAP while the sleeve carried it, so it sent the frame
+    # there alone: dropping it would lose it until the MAC is pinned on VXLAN.
+    f, sock = _unicast_to_b(frozenset())
+    assert sock.sent == [("172.31.0.2", B, 0)]
+    assert f.statistics()["dropped"] == {}

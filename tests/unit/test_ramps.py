@@ -1,0 +1,333 @@
+"""The ramps' pure parts: nftables scripts, address specs, gateways, state, status lines."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+
+from meshnet.config import Config
+from meshnet.dataplane import nftables
+from meshnet.dataplane.nftables import Exposure, Port
+from meshnet.dataplane.ramps import (
+    Exposed,
+    PortRecord,
+    Ramps,
+    RampsState,
+    Spec,
+    gateway_for,
+    owner_id,
+    parse_spec,
+)
+from meshnet.dns import firewall
+from meshnet.errors import UserError
+from meshnet.ramps_commands import _ramps_table, status_rows
+from tests.conftest import run_meshnet
+from tests.unit.test_cli import assert_one_line_error
+
+RANGE = IPv4Network("10.32.0.0/12")
+
+
+def iface(text: str) -> IPv4Interface | ipaddress.IPv6Interface:
+    return ipaddress.ip_interface(text)
+
+
+def port(name: str, *addresses: str) -> Port:
+    return Port(name, tuple(iface(a) for a in addresses))
+
+
+def rules(script: str) -> list[str]:
+    return [line.strip() for line in script.splitlines()]
+
+
+# --- nftables ---------------------------------------------------------------------------------
+
+
+def test_bridge_table_keys_every_check_on_the_port() -> None:
+    ports = [
+        port("vethwea", "10.32.1.5/24", "10.32.0.9/12"),
+        port("vethweb", "10.32.2.5/24", "fd00::5/64"),
+    ]
+    script = nftables.bridge_table(ports, [RANGE], [IPv6Network("fd00::/64")], fresh=True)
+    lines = rules(script)
+    assert lines[:2] == ["table bridge meshnet {}", "delete table bridge meshnet"]
+    assert 'set ports { type ifname; elements = { "vethwea", "vethweb" }; }' in lines
+    assert 'set ports6 { type ifname; elements = { "vethweb" }; }' in lines
+    sources = next(x for x in lines if x.startswith("set sources {"))
+    assert '"vethwea" . 10.32.0.9, "vethwea" . 10.32.1.5, "vethweb" . 10.32.2.5' in sources
+    # Nested subnets of one port collapse (nft refuses overlapping intervals in a set).
+    subnets = next(x for x in lines if x.startswith("set subnets {"))
+    assert '"vethwea" . 10.32.0.0/12, "vethweb" . 10.32.2.0/24' in subnets
+    assert "flags interval" in subnets
+    assert '"vethweb" . fd00::/64' in next(x for x in lines if x.startswith("set subnets6 {"))
+    # Anti-spoofing, then the sender's subnets; delivery checks the receiver's subnets.
+    assert 'iifname . ip saddr != @sources counter name "spoofed" drop' in lines
+    assert "arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @sources" in script
+    assert 'ether type { 8021q, 8021ad } counter name "protocol" drop' in lines
+    assert 'ether type ip6 iifname != @ports6 counter name "protocol" drop' in lines
+    assert "ip saddr @overlay oifname . ip saddr != @subnets" in script
+    assert "ip daddr @overlay iifname . ip daddr != @subnets" in script  # to the host
+    for hook in ("forward", "input", "output"):
+        assert f"type filter hook {hook} priority filter; policy accept;" in lines
+
+
+def test_bridge_table_update_keeps_the_table_and_its_counters() -> None:
+    script = nftables.bridge_table([], [RANGE], fresh=False)
+    lines = rules(script)
+    assert "delete table bridge meshnet" not in lines
+    flush = lines.index("flush table bridge meshnet")
+    # Declared (counters too, so they count on) before the flush, sets emptied after it.
+    assert "counter spoofed {}" in lines[:flush]
+    assert "flush set bridge meshnet sources" in lines[flush:]
+    assert "set ports { type ifname; }" in lines  # no elements: nft needs none, not "{ }"
+
+
+def test_inet_table_goes_from_the_most_specific_subnet() -> None:
+    exposures = [
+        Exposure(IPv4Interface("10.32.0.7/12")),
+        Exposure(IPv4Interface("10.32.1.1/24"), masquerade=False),
+    ]
+    lines = rules(nftables.inet_table("meshnet", exposures, [RANGE], fresh=True))
+    assert lines[:2] == ["table inet meshnet {}", "delete table inet meshnet"]
+    out = [x for x in lines if x.startswith('oifname != "meshnet"')]
+    assert out == [
+        'oifname != "meshnet" ip saddr 10.32.1.0/24 ip daddr != @overlay '
+        "ip daddr != 224.0.0.0/4 accept",
+        'oifname != "meshnet" ip saddr 10.32.0.0/12 ip daddr != @overlay '
+        "ip daddr != 224.0.0.0/4 masquerade",
+    ]
+    into = [x for x in lines if x.startswith('oifname "meshnet"')]
+    assert into == [
+        'oifname "meshnet" ip saddr != @overlay ip daddr 10.32.1.0/24 snat ip to 10.32.1.1',
+        'oifname "meshnet" ip saddr != @overlay ip daddr 10.32.0.0/12 snat ip to 10.32.0.7',
+    ]
+    assert 'iifname "meshnet" ip daddr 10.32.1.1 ip saddr != 10.32.1.0/24 counter drop' in lines
+
+
+def test_inet_table_without_masquerading_local_containers() -> None:
+    script = nftables.inet_table(
+        "meshnet",
+        [Exposure(IPv4Interface("10.32.0.7/12"))],
+        [RANGE],
+        local=[IPv4Address("10.32.0.9"), IPv4Address("10.32.0.10")],
+        fresh=False,
+    )
+    assert "set local { type ipv4_addr; elements = { 10.32.0.9, 10.32.0.10 }; }" in rules(script)
+    assert "ip daddr 10.32.0.0/12 ip daddr != @local snat ip to 10.32.0.7" in script
+    assert "flush set inet meshnet local" in rules(script)
+
+
+def test_removal_names_only_our_tables() -> None:
+    assert nftables.removal() == (
+        "table bridge meshnet {}\ndelete table bridge meshnet\n"
+        "table inet meshnet {}\ndelete table inet meshnet\n"
+    )
+
+
+def test_bad_interface_names_never_reach_a_script() -> None:
+    with pytest.raises(UserError):
+        port('veth"; flush ruleset', "10.32.0.1/12")
+    with pytest.raises(UserError):
+        nftables.inet_table("a b", [], [RANGE], fresh=True)
+
+
+def test_counters_from_nft_json() -> None:
+    text = (
+        '{"nftables": [{"metainfo": {"version": "1.0.6"}}, '
+        '{"counter": {"family": "bridge", "name": "spoofed", "table": "meshnet", "packets": 3}}, '
+        '{"counter": {"family": "bridge", "name": "x", "table": "other", "packets": 9}}]}'
+    )
+    assert nftables.parse_counters(text) == {"spoofed": 3}
+    assert nftables.parse_counters("not json") == {}
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
+def test_scripts_are_valid_nft() -> None:
+    state = RampsState(
+        exposed={
+            IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12")),
+            IPv4Network("10.32.1.0/24"): Exposed(IPv4Interface("10.32.1.1/24"), False),
+        },
+        ports={
+            "vethwea": PortRecord("c1", "ethwe", ("10.32.1.5/24", "fd00::1/64")),
+            "vethweb": PortRecord("c2", "ethwe", ("10.32.0.5/12",)),
+        },
+    )
+    scripts = [
+        state.script(RANGE, no_masq_local=True, fresh_bridge=True, inet_installed=False),
+        state.script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
+        RampsState().script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
+        firewall.ruleset("meshnet", "10.32.0.1", open_addresses=["10.32.0.7"]),
+    ]
+    for script in scripts:
+        # -c: check only, nothing is applied.
+        result = subprocess.run(
+            ["nft", "-c", "-f", "-"], input=script, capture_output=True, text=True, check=False
+        )
+        if "Operation not permitted" in result.stderr:
+            pytest.skip("nft -c needs CAP_NET_ADMIN")
+        assert result.returncode == 0, result.stderr
+
+
+def test_dns_firewall_opens_exposed_addresses_before_its_drop() -> None:
+    lines = rules(
+        firewall.ruleset("meshnet", "10.32.0.1", open_addresses=["10.32.1.1", "10.32.0.7"])
+    )
+    drop = lines.index('iifname "meshnet" counter drop')
+    assert lines[drop - 2 : drop] == [
+        'iifname "meshnet" ip daddr 10.32.0.7 accept',
+        'iifname "meshnet" ip daddr 10.32.1.1 accept',
+    ]
+
+
+# --- specs, gateways, state ---------------------------------------------------------------------
+
+
+def test_specs() -> None:
+    assert parse_spec("net:default") == Spec()
+    assert parse_spec("net:10.32.1.0/24") == Spec(subnet=IPv4Network("10.32.1.0/24"))
+    assert parse_spec("10.32.1.1/24") == Spec(address=IPv4Interface("10.32.1.1/24"))
+    assert parse_spec("ip:10.32.1.1/24") == Spec(address=IPv4Interface("10.32.1.1/24"))
+    for bad in ("10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "fd00::1/64", "10.32.1.0/24",
+                "10.32.1.1/32", "banana/7"):  # fmt: skip
+        with pytest.raises(UserError):
+            parse_spec(bad)
+
+
+def test_owner_ids_end_with_the_peer_name_as_reset_expects() -> None:
+    owner = owner_id(IPv4Network("10.32.1.0/24"), "aa:bb:cc:dd:ee:ff")
+    assert owner == "expose:10.32.1.0/24:aa:bb:cc:dd:ee:ff"
+    assert owner.endswith(":aa:bb:cc:dd:ee:ff")
+
+
+def test_a_container_routes_via_the_exposed_address_of_its_own_subnet() -> None:
+    exposures = [
+        Exposure(IPv4Interface("10.32.0.7/12")),
+        Exposure(IPv4Interface("10.32.1.1/24")),
+    ]
+    assert gateway_for([iface("10.32.1.5/24")], exposures) == IPv4Address("10.32.1.1")
+    assert gateway_for([iface("10.32.9.5/12")], exposures) == IPv4Address("10.32.0.7")
+    assert gateway_for([iface("fd00::1/64"), iface("10.32.2.5/24")], exposures) is None
+    assert gateway_for([iface("10.32.2.5/24"), iface("10.32.9.5/12")], exposures) == IPv4Address(
+        "10.32.0.7"
+    )
+
+
+def test_state_round_trips_and_rejects_garbage() -> None:
+    state = RampsState(
+        exposed={
+            IPv4Network("10.32.1.0/24"): Exposed(IPv4Interface("10.32.1.1/24"), False, ("gw.",))
+        },
+        ports={"vethwea": PortRecord("c1", "ethwe", ("10.32.1.5/24",))},
+    )
+    back = RampsState.decode(state.encode())
+    assert back.exposed == state.exposed and back.ports == state.ports
+    for garbage in (b"[]", b"{", b'{"exposed": [{"address": "x"}]}', b'{"ports": {"a b": {}}}'):
+        with pytest.raises(ValueError):
+            RampsState.decode(garbage)
+
+
+def test_the_inet_table_exists_only_while_something_is_exposed() -> None:
+    empty = RampsState()
+    assert "delete table inet meshnet" in empty.script(
+        RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True
+    )
+    assert "inet" not in empty.script(
+        RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=False
+    )
+    exposed = RampsState(
+        exposed={IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12"))},
+        ports={"vethwea": PortRecord("c1", "ethwe", ("192.168.5.5/24",))},
+    )
+    script = exposed.script(RANGE, no_masq_local=True, fresh_bridge=False, inet_installed=False)
+    assert "delete table inet meshnet" in script  # a fresh inet table the first time
+    assert "elements = { 192.168.5.5 }" in script  # local containers, kept unmasqueraded
+    assert "elements = { 10.32.0.0/12, 192.168.5.0/24 }" in script  # their subnets are overlay
+
+
+# --- the service without a kernel ---------------------------------------------------------------
+
+
+def fake_router() -> Any:
+    return SimpleNamespace(identity=SimpleNamespace(name=0xAABBCCDDEEFF, nickname="h1"))
+
+
+def test_without_a_data_plane_expose_is_one_clear_error(tmp_path: Path) -> None:
+    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
+
+    async def main() -> None:
+        with pytest.raises(UserError, match="without a data plane"):
+            await ramps.expose([])
+        with pytest.raises(UserError, match="expected"):
+            await ramps._api_expose({"addresses": "10.32.0.1/12"})
+
+    trio.run(main)
+
+
+def test_status_is_wrapped_and_reset_forgets_what_was_exposed(tmp_path: Path) -> None:
+    (tmp_path / "ramps.json").write_bytes(
+        RampsState(
+            exposed={IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12"))}
+        ).encode()
+    )
+    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
+    assert list(ramps.state.exposed) == [IPv4Network("10.32.0.0/12")]
+
+    async def reset(body: dict[str, Any]) -> dict[str, Any]:
+        return {"acknowledged": True}
+
+    routes = ramps.api_routes(
+        {("GET", "/status"): lambda _: {"name": "x"}, ("POST", "/ipam/reset"): reset}
+    )
+    status = routes[("GET", "/status")]({})
+    assert status["name"] == "x"
+    assert status["exposed"] == [{"address": "10.32.0.7/12", "masquerade": True, "names": ()}]
+    assert status["isolation"]["state"] == "off (no data plane)"
+    assert trio.run(routes[("POST", "/ipam/reset")], {}) == {"acknowledged": True}
+    assert not (tmp_path / "ramps.json").exists()
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_status_lines() -> None:
+    data = {
+        "exposed": [
+            {"address": "10.32.0.7/12", "masquerade": True, "names": ["gw.meshnet.local."]},
+            {"address": "10.32.1.1/24", "masquerade": False, "names": []},
+        ],
+        "isolation": {"state": "on", "ports": 3, "subnets": ["10.32.0.0/12", "10.32.1.0/24"]},
+    }
+    assert status_rows(data) == [
+        ("Exposed", "10.32.0.7/12 (gw.meshnet.local.), 10.32.1.1/24 (without masquerade)"),
+        ("Isolation", "on (3 container ports; subnets 10.32.0.0/12, 10.32.1.0/24)"),
+    ]
+    assert status_rows({"name": "x"}) == []
+    off = {"exposed": [], "isolation": {"state": "off (no data plane)", "ports": 0, "subnets": []}}
+    assert status_rows(off) == [("Exposed", "no"), ("Isolation", "off (no data plane)")]
+    table = _ramps_table(
+        {
+            **off,
+            "masquerade_local": False,
+            "dropped": {"spoofed": 2, "isolated": 0, "protocol": 0},
+            "ports": [
+                {"port": "vethwea", "namespace": "c1", "ifname": "ethwe", "addresses": ["a/1"]}
+            ],
+        }
+    )
+    assert table.caption is not None and "spoofed 2" in str(table.caption)
+    assert "--no-masq-local" in str(table.caption)
+
+
+def test_bad_specs_are_one_line_before_the_daemon_is_asked(tmp_path: Path) -> None:
+    env = {"MESHNET_API_SOCKET": str(tmp_path / "none.sock"), "PATH": "/usr/bin:/bin"}
+    assert_one_line_error(run_meshnet("expose", "10.32.1.1", env=env), "prefix length")
+    assert_one_line_error(run_meshnet("hide", "net:nope", env=env), "bad subnet")
+    assert_one_line_error(run_meshnet("expose", env=env), "meshnet is not running")
