@@ -33,6 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from meshnet.dataplane.sleeve_wire import ENCAPSULATION_OVERHEAD
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 
@@ -143,7 +144,7 @@ def routed_veth(seconds: int) -> Result:
         return measure(c1, c2, "10.201.3.2", seconds, "routed veth")
 
 
-def kernel_vxlan(seconds: int) -> Result:
+def kernel_vxlan(seconds: int, mtu: int = 1450, name: str = "kernel vxlan") -> Result:
     p = f"mnb{uuid.uuid4().hex[:4]}"
     c1, h1, h2, c2 = (f"{p}-{x}" for x in ("c1", "h1", "h2", "c2"))
     with namespaces(c1, h1, h2, c2):
@@ -164,7 +165,7 @@ def kernel_vxlan(seconds: int) -> Result:
                 "add",
                 "vx0",
                 "mtu",
-                "1450",
+                str(mtu),
                 "type",
                 "vxlan",
                 "id",
@@ -183,7 +184,7 @@ def kernel_vxlan(seconds: int) -> Result:
                 "add",
                 "vc",
                 "mtu",
-                "1450",
+                str(mtu),
                 "type",
                 "veth",
                 "peer",
@@ -196,7 +197,7 @@ def kernel_vxlan(seconds: int) -> Result:
                 sh("ip", "-n", host, "link", "set", dev, "master", "br0")
                 sh("ip", "-n", host, "link", "set", dev, "up")
             sh("ip", "-n", host, "link", "set", "br0", "up")
-            sh("ip", "-n", cont, "link", "set", "eth0", "mtu", "1450")
+            sh("ip", "-n", cont, "link", "set", "eth0", "mtu", str(mtu))
             sh("ip", "-n", cont, "addr", "add", f"{caddr}/24", "dev", "eth0")
             sh("ip", "-n", cont, "link", "set", "eth0", "up")
             macs[cont] = json.loads(sh("ip", "-n", cont, "-j", "link", "show", "eth0"))[0][
@@ -216,7 +217,7 @@ def kernel_vxlan(seconds: int) -> Result:
             )
         sh("bridge", "-n", h1, "fdb", "append", macs[c2], "dev", "vx0", "dst", "172.30.0.2")
         sh("bridge", "-n", h2, "fdb", "append", macs[c1], "dev", "vx0", "dst", "172.30.0.1")
-        return measure(c1, c2, "10.202.0.2", seconds, "kernel vxlan")
+        return measure(c1, c2, "10.202.0.2", seconds, name)
 
 
 def sleeve(
@@ -272,6 +273,11 @@ def _wait_for_fastdp(state: dict[str, Any]) -> bool:
 CASES: dict[str, Callable[[int], Result]] = {
     "veth": routed_veth,
     "vxlan": kernel_vxlan,
+    # The same bridge at meshnet's overlay MTU (which leaves room for the sleeve): fastdp
+    # against this one shows what the daemon adds to the path, apart from the MTU.
+    "vxlan-overlay-mtu": lambda s: kernel_vxlan(
+        s, 1500 - ENCAPSULATION_OVERHEAD, f"kernel vxlan, MTU {1500 - ENCAPSULATION_OVERHEAD}"
+    ),
     "fastdp": lambda s: sleeve(s, fastdp=True, name="fastdp"),
     "sleeve": sleeve,
     "encrypted": lambda s: sleeve(s, password="bench password", name="sleeve encrypted"),

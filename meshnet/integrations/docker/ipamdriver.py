@@ -141,7 +141,13 @@ class IpamDriver:
             self.ipam.config.range,
             self.ipam.config.subnet,
         )
-        return {"PoolID": str(subnet), "Pool": str(subnet), "Data": {}}
+        # Without a --subnet, libnetwork checks a local network's pool against the host's
+        # routes and asks again while it overlaps one, forever (requestPoolHelper in moby's
+        # libnetwork/network.go): the bridge's own route to the range (DNS, `meshnet expose`)
+        # always does. "0.0.0.0/0" is the pool it skips that check for; addresses still come
+        # from the subnet that the pool id names.
+        pool = str(subnet) if body.get("Pool") else "0.0.0.0/0"
+        return {"PoolID": str(subnet), "Pool": pool, "Data": {}}
 
     def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
         parse_pool_id(_text(body, "PoolID"), self.ipam.config.range)
