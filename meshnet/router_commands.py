@@ -146,7 +146,9 @@ def _read_password(password: str | None, password_file: Path | None) -> bytes | 
 @click.option(
     "--no-masq-local",
     is_flag=True,
-    help="Traffic from outside the overlay to containers on this host keeps its source address.",
+    envvar="MESHNET_NO_MASQ_LOCAL",
+    help="Traffic from outside the overlay to containers on this host keeps its source address "
+    "(env MESHNET_NO_MASQ_LOCAL).",
 )
 @click.option(
     "--ipalloc-range",

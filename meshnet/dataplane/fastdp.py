@@ -27,7 +27,6 @@ neighbours claim (a container that moved) belongs to the one that claimed it las
 from __future__ import annotations
 
 import enum
-import hashlib
 import ipaddress
 import struct
 from collections.abc import Iterable, Mapping
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from meshnet.dataplane.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
 
@@ -65,9 +65,7 @@ class Probe:
 
 def probe_mac(peer: int) -> str:
     """The address a peer's bridge delivers to its daemon: unicast, locally administered."""
-    digest = bytearray(hashlib.sha256(b"meshnet fastdp probe" + peer.to_bytes(8, "big")).digest())
-    digest[0] = (digest[0] & 0xFC) | 0x02
-    return bytes(digest[:6]).hex(":")
+    return derived_mac(b"meshnet fastdp probe", peer)
 
 
 def encode_probe(probe: Probe, *, source: str, destination: str, size: int) -> bytes:

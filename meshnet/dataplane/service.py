@@ -25,7 +25,7 @@ from meshnet.dataplane import sleeve_wire as wire
 from meshnet.dataplane.fastdp_service import FastDatapath
 from meshnet.dataplane.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
-from meshnet.dataplane.switch import Switch
+from meshnet.dataplane.switch import Switch, derived_mac
 from meshnet.dataplane.tap import open_tap
 from meshnet.dataplane.udp import open_udp
 from meshnet.errors import UserError
@@ -150,6 +150,10 @@ class DataPlane:
                 ns.create_bridge(BRIDGE, mtu=mtu)
             else:
                 ns.set_mtu(BRIDGE, mtu)
+            # A bridge without an address of its own takes its ports' lowest MAC, so it changed
+            # whenever a port came or went (the TAP at every start): containers' ARP entries for
+            # the host's addresses on it (DNS, `expose`) went stale for seconds each time.
+            ns.set_mac(BRIDGE, derived_mac(b"meshnet bridge", self.router.identity.name))
             ns.set_up(BRIDGE)
         tap = open_tap(TAP, vnet_hdr=True)
         with netlink.namespace(None) as ns:

@@ -40,7 +40,16 @@ learned again from the next frame).
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
+
+
+def derived_mac(purpose: bytes, peer: int) -> str:
+    """A MAC of this peer's for `purpose`: the same at every start, unicast, locally
+    administered, and unlike any other peer's or purpose's."""
+    octets = bytearray(hashlib.sha256(purpose + peer.to_bytes(8, "big")).digest()[:6])
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return bytes(octets).hex(":")
 
 
 class Decision(enum.Enum):

@@ -255,6 +255,49 @@ def test_subnets_are_isolated_on_the_bridge_even_with_hand_added_addresses(
                 remove_namespace(made[name])
 
 
+def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_no_masq_local(
+    lab: RampsLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client_ns = new_namespace(lab.state, "out")
+    servers = []
+    try:
+        with netlink.namespace(lab.ns("h1")) as ns:
+            ns.create_veth("to-out", "to-h1", client_ns, mtu=1500)
+            ns.add_address("to-out", "192.168.251.1/24")
+            ns.set_up("to-out")
+        with netlink.namespace(client_ns) as ns:
+            ns.add_address("to-h1", "192.168.251.2/24")
+            ns.set_up("to-h1")
+            ns.add_route("10.32.0.0/12", "to-h1", gateway="192.168.251.1")  # the overlay via h1
+        local, remote = lab.address("h1-c1"), lab.address("h2-c1")
+        servers = [start_echo_server(lab.ns(c), lab.address(c)) for c in ("h1-c1", "h2-c1")]
+        exposed = lab.meshnet("h1", "expose")
+        assert exposed.returncode == 0, exposed.stderr
+        gateway = exposed.stdout.strip().split("/")[0]
+        # Replies must come back through h1: both containers see h1's exposed address.
+        assert echo(client_ns, local) == gateway
+        assert echo(client_ns, remote) == gateway
+
+        assert lab.meshnet("h1", "stop").returncode == 0
+        monkeypatch.setenv("MESHNET_NO_MASQ_LOCAL", "1")
+        lablib.start_router(lab.name, "h1")  # exposes again what ramps.json holds
+        assert lab.client("h1").get("/status/ramps")["masquerade_local"] is False
+        # At once: the bridge kept its MAC, so h1-c1's ARP entry for its gateway still holds.
+        assert echo(client_ns, local) == "192.168.251.2"
+        assert wait_for(lambda: echo(client_ns, remote) == gateway, timeout=10,
+                        what="h2-c1 to still see h1's exposed address")  # fmt: skip
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        if lab.client("h1").get("/status")["exposed"]:
+            lab.client("h1").post("/hide", {"addresses": []})
+        remove_namespace(client_ns)
+    assert lab.meshnet("h1", "stop").returncode == 0
+    monkeypatch.delenv("MESHNET_NO_MASQ_LOCAL")
+    lablib.start_router(lab.name, "h1")
+
+
 def test_stop_and_reset_leave_nftables_as_they_were_before_launch(lab: RampsLab) -> None:
     """Last in this module: it stops both routers."""
     keep = f"{lab.name}_keep"
