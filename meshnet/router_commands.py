@@ -595,7 +595,8 @@ def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
 @click.option("--name", default=None, help="DNS name to register  [default: the namespace's name]")
 @api_socket_option
 def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Path) -> None:
-    """Join a container to the overlay: a namespace name, a PID, or /proc/PID/ns/net.
+    """Join a container to the overlay: a namespace name, a PID, /proc/PID/ns/net, or a Docker
+    container's name or id.
 
     Without ADDRESS, IPAM gives it one in the default subnet. An ADDRESS is `net:CIDR` (one
     from that subnet), `ip:ADDR[/LEN]` (exactly that one) or a CIDR; attaching again gives the
@@ -619,7 +620,8 @@ def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Pat
 @click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
 @api_socket_option
 def detach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
-    """Remove a container from the overlay (or only the given addresses)."""
+    """Remove a container from the overlay (or only the given addresses); CONTAINER as for
+    attach."""
     addresses, container = _split_container_args(args)
     result = ApiClient(api_socket).post(
         "/detach", {"container": container, "addresses": addresses, "ifname": ifname}
