@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import secrets
+import socket
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
+
+log = logging.getLogger("meshnet.dataplane")
 
 HOST_PREFIX = "vethwe"
 IFNAMSIZ = 16
@@ -116,6 +121,34 @@ def host_ifname_for(ref: NamespaceRef, ifname: str = "ethwe") -> str:
     """The host end's name: "vethwe" and 9 hex digits of a hash of the namespace and ifname."""
     digest = hashlib.blake2s(f"{ref.inode[0]}:{ref.inode[1]}/{ifname}".encode()).hexdigest()
     return (HOST_PREFIX + digest)[: IFNAMSIZ - 1]
+
+
+def gratuitous_arp(mac: str, ip: ipaddress.IPv4Address) -> bytes:
+    """An ARP request for our own address (sender and target alike), broadcast.
+
+    Neighbours that cached the address under another MAC (a container restarted, or attached
+    anew, keeps its address but not its MAC) update their entry at once instead of sending
+    into the void until it goes stale (~8 s).
+    """
+    own = bytes.fromhex(mac.replace(":", ""))
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + own + ip.packed + bytes(6) + ip.packed
+    return (b"\xff" * 6 + own + b"\x08\x06" + arp).ljust(60, b"\0")
+
+
+def _announce(namespace: str, ifname: str, frames: list[bytes]) -> None:
+    """Send `frames` out of `ifname` in `namespace`; best effort (nothing depends on them)."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((ifname, 0))
+            for frame in frames:
+                sock.send(frame)
+
+    if frames:
+        try:
+            netlink.run_in_namespace(namespace, send)
+        except OSError as e:
+            log.info("gratuitous ARP on %s in %s not sent: %s", ifname, namespace, e)
 
 
 def random_mac() -> str:
@@ -322,6 +355,9 @@ def attach(
             if iface.network.prefixlen < iface.max_prefixlen:
                 cns.add_route(str(iface.network), ifname)  # no-op when the kernel added it
         link = cns.link(ifname)
+    announced = [i.ip for i in wanted if isinstance(i.ip, ipaddress.IPv4Address)]
+    if port is None or any(i.ip not in have for i in wanted):
+        _announce(ref.path, ifname, [gratuitous_arp(link.mac, ip) for ip in announced])
 
     return Attachment(
         namespace=ref.name,

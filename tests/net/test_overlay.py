@@ -289,6 +289,27 @@ def test_a_killed_router_leaves_containers_and_traffic_returns_after_restart(
     ]
 
 
+def test_a_container_recreated_with_its_address_is_reachable_at_once(make_lab: Any) -> None:
+    """A new namespace with the old address (a restarted container) announces its new MAC, so
+    a peer that had the old one cached does not wait for its ARP entry to go stale."""
+    from tests.net.test_ipam import new_namespace
+
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    first = new_namespace(state, "again1")
+    address = api(state, "h2").post("/attach", {"container": first, "addresses": []})
+    ip = address["addresses"][0].split("/")[0]
+    wait_for(lambda: can_ping(c["h1-c1"]["namespace"], ip), timeout=30, what="the first one")
+    api(state, "h2").post("/detach", {"container": first, "addresses": []})
+    netlink.remove_namespace(first)
+    second = new_namespace(state, "again2")
+    again = api(state, "h2").post("/attach", {"container": second, "addresses": [f"ip:{ip}"]})
+    assert again["addresses"] == address["addresses"] and again["mac"] != address["mac"]
+    neighbours = ns_run(c["h1-c1"]["namespace"], "ip", "neigh", "show", ip).stdout
+    assert address["mac"] not in neighbours  # the announcement replaced the cached MAC
+    assert can_ping(c["h1-c1"]["namespace"], ip)  # one try, one second
+
+
 def test_attach_errors_are_one_line(make_lab: Any) -> None:
     state = make_lab("line", hosts=1, containers=1)
     host = state["hosts"][0]["name"]
