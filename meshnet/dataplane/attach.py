@@ -355,9 +355,9 @@ def attach(
             if iface.network.prefixlen < iface.max_prefixlen:
                 cns.add_route(str(iface.network), ifname)  # no-op when the kernel added it
         link = cns.link(ifname)
-    announced = [i.ip for i in wanted if isinstance(i.ip, ipaddress.IPv4Address)]
-    if port is None or any(i.ip not in have for i in wanted):
-        _announce(ref.path, ifname, [gratuitous_arp(link.mac, ip) for ip in announced])
+    if port is None:  # a new interface (not yet known to the isolation rules: let through)
+        ipv4 = [i.ip for i in wanted if isinstance(i.ip, ipaddress.IPv4Address)]
+        _announce(ref.path, ifname, [gratuitous_arp(link.mac, ip) for ip in ipv4])
 
     return Attachment(
         namespace=ref.name,
