@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -227,6 +227,9 @@ class Allocator:
         self._handover_resend: float | None = None
         self._free_due: float | None = None
         self._now = 0.0
+        # The shell's view of the mesh: a request to a peer we cannot reach is lost, and one
+        # lost at start (before the connections are up) used to cost a 5 s timeout per try.
+        self.reachable: Callable[[int], bool] = lambda peer: True
 
     @property
     def name(self) -> int:
@@ -681,6 +684,8 @@ class Allocator:
         for token, start, end in self.ring.extents():
             if token.owner == self.name or token.owner in tried or token.free == 0:
                 continue
+            if not self.reachable(token.owner):
+                continue
             overlap = min(end, hi) - max(start, lo)
             if overlap > 0:
                 weights[token.owner] = weights.get(token.owner, 0) + min(token.free, overlap)
@@ -697,6 +702,8 @@ class Allocator:
         if request is not None:
             return NeedSpace(Waiting.DONATION, request.donor)
         donor = self._choose_donor(subnet) if address is None else self.ring.owner_of(address)
+        if donor is not None and not self.reachable(donor):
+            return NeedSpace(Waiting.DONATION, donor)  # asked once it is reachable
         if donor is None:
             self._tried.pop(subnet, None)  # free counts change: try everyone again next time
             return NeedSpace(Waiting.EXHAUSTED)

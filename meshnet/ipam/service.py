@@ -69,6 +69,8 @@ class IpamTransport(Protocol):
 
     def known_peers(self) -> list[int]: ...
 
+    def add_listener(self, listener: Callable[[], None]) -> None: ...
+
 
 def parse_init(text: str, launch_peers: int) -> tuple[InitMode, int, tuple[int, ...]]:
     """``--ipalloc-init``: ``consensus[=N]``, ``seed=NAME,...`` or ``observer``.
@@ -142,7 +144,9 @@ class IpamService:
         self._refused: dict[str, int] = {}  # what a refused ring merge said, and how often
         rng = rng or random.Random()
         self.allocator = self._load(rng)
+        self.allocator.reachable = transport.reachable
         transport.register_channel(IPAM_CHANNEL, self)
+        transport.add_listener(self._mesh_changed)
 
     def _load(self, rng: random.Random) -> Allocator:
         try:
@@ -179,6 +183,11 @@ class IpamService:
                 self._after()
                 if self.allocator.next_wake() <= now:
                     await trio.sleep(0.05)  # never spin on a timer the core did not move
+
+    def _mesh_changed(self) -> None:
+        """A peer may have become reachable: waiters try again (a donor is asked only then)."""
+        self._wake.set()
+        self._wake = trio.Event()
 
     def _after(self, *, wake: bool = True) -> None:
         """Persist, then send, then wake the waiters — after every call into the allocator.

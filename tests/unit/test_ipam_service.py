@@ -30,6 +30,7 @@ class FakeNet:
         self.cut: set[int] = set()
         self.send, self.receive = trio.open_memory_channel[Callable[[], None]](10_000)
         self.errors: list[RemoteProtocolError] = []
+        self.listeners: list[Callable[[], None]] = []  # told when links change (as the router)
 
     def linked(self, a: int, b: int) -> bool:
         return a in self.transports and b in self.transports and not {a, b} & self.cut
@@ -44,6 +45,8 @@ class FakeNet:
 
     def join(self, name: int) -> None:
         """A new connection to everyone: full states both ways (as ``Mesh.connection_up``)."""
+        for listener in self.listeners:
+            listener()
         for other in self.transports.values():
             if other.name != name and self.linked(name, other.name):
                 for a, b in ((name, other.name), (other.name, name)):
@@ -86,6 +89,9 @@ class FakeTransport:
 
     def known_peers(self) -> list[int]:
         return sorted(self.net.transports)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self.net.listeners.append(listener)
 
 
 def config(name: int, mode: InitMode = InitMode.CONSENSUS, size: int = 3) -> IpamConfig:
@@ -203,6 +209,36 @@ async def test_a_late_observer_gets_a_donation_and_reset_hands_everything_over(
         assert "00:00:00:00:00:05" not in owners
         with pytest.raises(UserError, match="handed its ranges over"):
             await late.allocate("c")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_donor_out_of_reach_is_asked_the_moment_it_is_reachable(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A restarted peer asks before its connections are up: the request must not be lost."""
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        owner = await start(nursery, net, tmp_path, 1, config(1, size=1))
+        await owner.allocate("a")  # seeds the ring: all of it is peer 1's
+        late = await start(nursery, net, tmp_path, 5, config(5, InitMode.OBSERVER))
+        await trio.sleep(1)  # it knows the ring, and who has space
+        net.cut.add(5)
+        got: list[IPv4Interface] = []
+
+        async def allocate() -> None:
+            got.append(await late.allocate("b"))
+
+        nursery.start_soon(allocate)
+        await trio.sleep(12)  # several request timeouts' worth, unreachable all along
+        assert got == [] and late.status()["counters"]["requests_sent"] == 0
+        net.cut.clear()
+        joined = trio.current_time()
+        net.join(5)
+        while not got:
+            await trio.sleep(0.01)
+        assert trio.current_time() - joined < 1
         nursery.cancel_scope.cancel()
 
 
