@@ -6,14 +6,14 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from ipaddress import IPv4Interface
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from meshnet.api import observe
-from meshnet.api.ipam import addresses_for
+from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan
+from meshnet.api.ipam import addresses_for, release_only
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
 from meshnet.gossip.router import Router
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshnet.api")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-SendFn = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_BODY = 64 * 1024
 
 
@@ -81,15 +78,10 @@ class ApiApp:
         self.routes.update(observe.json_routes(self))
         self.raw_routes = observe.raw_routes(self)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: SendFn) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         raw = self.raw_routes.get((scope["method"], scope["path"]))
@@ -175,7 +167,7 @@ class ApiApp:
         detached = await self._dp().detach(container, addresses, ifname)
         if self.ipam is not None and container_id is not None:
             # Only the addresses named, if any: the rest stay the container's.
-            only = [IPv4Interface(a).ip for a in addresses if _is_ipv4(a)] if addresses else None
+            only = release_only(addresses)
             await self.ipam.release(container_id, only)
         return {"detached": detached}
 
@@ -297,11 +289,3 @@ async def _read_body(receive: Receive) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise HttpError(400, "request body must be a JSON object")
     return body
-
-
-def _is_ipv4(cidr: str) -> bool:
-    try:
-        IPv4Interface(cidr)
-    except ValueError:
-        return False
-    return True

@@ -87,3 +87,17 @@ async def addresses_for(ipam: IpamService, container_id: str, specs: list[str]) 
         else:
             out.append(spec.text)
     return out
+
+
+def is_ipv4(cidr: str) -> bool:
+    try:
+        IPv4Interface(cidr)
+    except ValueError:
+        return False
+    return True
+
+
+def release_only(addresses: list[str]) -> list[ipaddress.IPv4Address] | None:
+    """What a detach of these CIDRs gives back to IPAM: their IPv4 addresses (IPAM holds no
+    others), or None, everything, when none were named."""
+    return [IPv4Interface(a).ip for a in addresses if is_ipv4(a)] if addresses else None

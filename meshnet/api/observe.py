@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from meshnet.api import metrics, report, stream
 
 if TYPE_CHECKING:
-    from meshnet.api.app import Receive, Scope, SendFn
+    from meshnet.api.asgi import Receive, Scope, Send
     from meshnet.api.report import Sources
 
-RawHandler = Callable[["Scope", "Receive", "SendFn"], Awaitable[None]]
+RawHandler = Callable[["Scope", "Receive", "Send"], Awaitable[None]]
 
 
 def json_routes(sources: Sources) -> dict[tuple[str, str], Callable[[dict[str, Any]], Any]]:
@@ -26,7 +26,7 @@ def json_routes(sources: Sources) -> dict[tuple[str, str], Callable[[dict[str, A
 def raw_routes(sources: Sources) -> dict[tuple[str, str], RawHandler]:
     registry = metrics.registry_for(sources)
 
-    async def serve_metrics(scope: Scope, receive: Receive, send: SendFn) -> None:
+    async def serve_metrics(scope: Scope, receive: Receive, send: Send) -> None:
         body = metrics.render(registry)
         await send(
             {
@@ -40,10 +40,10 @@ def raw_routes(sources: Sources) -> dict[tuple[str, str], RawHandler]:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def serve_stream(scope: Scope, receive: Receive, send: SendFn) -> None:
+    async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await stream.snapshots(sources, scope, receive, send)
 
-    async def serve_events(scope: Scope, receive: Receive, send: SendFn) -> None:
+    async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
         await stream.event_lines(sources, scope, receive, send)
 
     return {

@@ -3,16 +3,12 @@ optionally over HTTP on loopback for a local Prometheus."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from meshnet.api.app import ApiApp
-
-log = logging.getLogger("meshnet.api")
+from meshnet.api.asgi import serve_on_socket
 
 
 async def serve_api(
@@ -23,17 +19,10 @@ async def serve_api(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; also over HTTP on ``http_addr`` (loopback, checked by the CLI)."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    config = HypercornConfig()
-    config.bind = [f"unix:{socket_path}"]
-    if http_addr is not None:
-        host, port = http_addr
-        config.bind.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    config.umask = 0o177  # the socket is created 0600
-    config.accesslog = None
-    config.errorlog = logging.getLogger("meshnet.api.hypercorn")
-    config.graceful_timeout = 1.0
-    try:
-        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
-    finally:
-        socket_path.unlink(missing_ok=True)
+    await serve_on_socket(
+        app,
+        socket_path,
+        logger="meshnet.api.hypercorn",
+        http_addr=http_addr,
+        task_status=task_status,
+    )

@@ -20,7 +20,7 @@ import trio
 from meshnet.api import events, report
 
 if TYPE_CHECKING:
-    from meshnet.api.app import Receive, Scope, SendFn
+    from meshnet.api.asgi import Receive, Scope, Send
     from meshnet.api.report import Sources
 
 CONTENT_TYPE = "application/vnd.meshnet.snapshots+msgpack"
@@ -80,7 +80,7 @@ def interval_of(scope: Scope) -> float:
 
 async def _stream(
     receive: Receive,
-    send: SendFn,
+    send: Send,
     content_type: str,
     produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
 ) -> None:
@@ -107,7 +107,7 @@ async def _stream(
         nursery.cancel_scope.cancel()
 
 
-async def snapshots(sources: Sources, scope: Scope, receive: Receive, send: SendFn) -> None:
+async def snapshots(sources: Sources, scope: Scope, receive: Receive, send: Send) -> None:
     interval = interval_of(scope)
 
     async def produce(chunk: Callable[[bytes], Awaitable[None]]) -> None:
@@ -118,7 +118,7 @@ async def snapshots(sources: Sources, scope: Scope, receive: Receive, send: Send
     await _stream(receive, send, CONTENT_TYPE, produce)
 
 
-async def event_lines(sources: Sources, scope: Scope, receive: Receive, send: SendFn) -> None:
+async def event_lines(sources: Sources, scope: Scope, receive: Receive, send: Send) -> None:
     """Changes as JSON lines; first a ``hello`` line, so a client knows it is subscribed."""
     interval = interval_of(scope)
 

@@ -13,22 +13,18 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
+from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan, serve_on_socket
 from meshnet.errors import MeshnetError
 
 log = logging.getLogger("meshnet.docker")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[dict[str, Any]], Any]
 
 CONTENT_TYPE = b"application/vnd.docker.plugins.v1+json"
@@ -63,13 +59,8 @@ class PluginApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         status, answer = await self.answer(scope["method"], scope["path"], receive)
@@ -147,14 +138,6 @@ async def serve_plugin(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve on ``socket_path`` (mode 0600: dockerd runs as root) until cancelled."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    config = HypercornConfig()
-    config.bind = [f"unix:{socket_path}"]
-    config.umask = 0o177
-    config.accesslog = None
-    config.errorlog = logging.getLogger("meshnet.docker.hypercorn")
-    config.graceful_timeout = 1.0
-    try:
-        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
-    finally:
-        socket_path.unlink(missing_ok=True)
+    await serve_on_socket(
+        app, socket_path, logger="meshnet.docker.hypercorn", task_status=task_status
+    )

@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.api.ipam import addresses_for, parse_spec
+from meshnet.api.ipam import addresses_for, is_ipv4, parse_spec, release_only
 from meshnet.dataplane import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
@@ -366,7 +365,7 @@ class DockerService:
                 with trio.CancelScope(shield=True):
                     await self.ipam.release(owner)
             raise
-        ips = [a.split("/")[0] for a in result["addresses"] if _is_ipv4(a)]
+        ips = [a.split("/")[0] for a in result["addresses"] if is_ipv4(a)]
         if fqdn is not None and self.dns is not None:
             self.dns.add(info.id, fqdn, ips)
         self._counters["attached"] += 1
@@ -379,7 +378,7 @@ class DockerService:
         detached = False
         if info.running:
             detached = await self.dataplane.detach(info.namespace, addresses, ifname)
-        only = [IPv4Interface(a).ip for a in addresses if _is_ipv4(a)] if addresses else None
+        only = release_only(addresses)
         released = await self.ipam.release(lifecycle.ipam_owner(info.id, ifname), only)
         if self.dns is not None:
             self.dns.detached(info.id, addresses)
@@ -481,11 +480,3 @@ def _request(body: dict[str, Any]) -> tuple[list[str], str, str | None]:
             'expected {"container": ID|NAME, "addresses": [CIDR...], "ifname": NAME, "name": NAME}'
         )
     return addresses, ifname, name
-
-
-def _is_ipv4(cidr: str) -> bool:
-    try:
-        IPv4Interface(cidr)
-    except ValueError:
-        return False
-    return True

@@ -1,0 +1,55 @@
+"""ASGI plumbing shared by the API and the Docker plugin: the lifespan protocol, and serving
+an app with hypercorn on a unix socket that only root may open."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge hypercorn's startup and shutdown: the apps have nothing to set up."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def serve_on_socket(
+    app: App,
+    socket_path: Path,
+    *,
+    logger: str,
+    http_addr: tuple[str, int] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled on ``socket_path`` (created 0600), and on ``http_addr`` if given
+    (loopback: the caller checks); the socket file goes with the server."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    config = HypercornConfig()
+    config.bind = [f"unix:{socket_path}"]
+    if http_addr is not None:
+        host, port = http_addr
+        config.bind.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    config.umask = 0o177
+    config.accesslog = None
+    config.errorlog = logging.getLogger(logger)
+    config.graceful_timeout = 1.0
+    try:
+        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+    finally:
+        socket_path.unlink(missing_ok=True)
