@@ -14,6 +14,7 @@ import pytest
 
 from meshnet.api.client import ApiClient
 from meshnet.dataplane import netlink
+from meshnet.ipam.service import ALLOCATE_TIMEOUT
 from meshnet.lab import lab as lablib
 from tests.conftest import run_meshnet
 from tests.net.conftest import can_ping, ns_run
@@ -82,7 +83,9 @@ def client_of(host: dict[str, Any]) -> ApiClient:
 
 
 def attach(client: ApiClient, namespace: str, *addresses: str) -> str:
-    result = client.post("/attach", {"container": namespace, "addresses": list(addresses)})
+    # As long as `meshnet attach` waits: an allocation may wait for the ring or a donation.
+    patient = ApiClient(client.socket_path, timeout=ALLOCATE_TIMEOUT + 15)
+    result = patient.post("/attach", {"container": namespace, "addresses": list(addresses)})
     return str(result["addresses"][0])
 
 
