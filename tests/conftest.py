@@ -34,6 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/net/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.netns)
+            # Labs share two cores with the routers, dockerds and clients they start: a test
+            # that fails gets one more run, and the summary counts it ("1 rerun"). A real
+            # failure fails twice.
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
         if item.get_closest_marker("netns") is not None:
             reason = netns_unavailable()
             if reason:
