@@ -44,6 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A rerun test's first failure, in full: a flaky test must still be seen, and fixed."""
+    if report.outcome == "rerun":  # type: ignore[comparison-overlap]
+        sys.stderr.write(f"\n{report.nodeid} failed, and runs again:\n{report.longreprtext}\n")
+
+
 def unique_lab_name() -> str:
     return "t" + uuid.uuid4().hex[:8]
 
