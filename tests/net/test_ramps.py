@@ -102,6 +102,19 @@ def remove_namespace(namespace: str) -> None:
     netlink.remove_namespace(namespace)
 
 
+def link_outside(lab: RampsLab, namespace: str, host_ifname: str, prefix: str) -> None:
+    """Join `namespace` (outside the overlay) to h1 by a veth: h1 is PREFIX.1, it is PREFIX.2,
+    and it routes the overlay via h1."""
+    with netlink.namespace(lab.ns("h1")) as ns:
+        ns.create_veth(host_ifname, "to-h1", namespace, mtu=1500)
+        ns.add_address(host_ifname, f"{prefix}.1/24")
+        ns.set_up(host_ifname)
+    with netlink.namespace(namespace) as ns:
+        ns.add_address("to-h1", f"{prefix}.2/24")
+        ns.set_up("to-h1")
+        ns.add_route("10.32.0.0/12", "to-h1", gateway=f"{prefix}.1")
+
+
 def routes(namespace: str) -> str:
     return ns_run(namespace, "ip", "-4", "route").stdout
 
@@ -166,15 +179,8 @@ def test_off_ramp_masquerades_to_the_underlay_address_unless_told_not_to(lab: Ra
     server = None
     inside = None
     try:
-        with netlink.namespace(lab.ns("h1")) as ns:
-            ns.create_veth("to-srv", "to-h1", server_ns, mtu=1500)
-            ns.add_address("to-srv", "192.168.250.1/24")
-            ns.set_up("to-srv")
-        with netlink.namespace(server_ns) as ns:
-            ns.add_address("to-h1", "192.168.250.2/24")
-            ns.set_up("to-h1")
-            # Only for --without-masquerade: the way back to containers' own addresses.
-            ns.add_route("10.32.0.0/12", "to-h1", gateway="192.168.250.1")
+        # The route back is only for --without-masquerade (to containers' own addresses).
+        link_outside(lab, server_ns, "to-srv", "192.168.250")
         server = start_echo_server(server_ns, "192.168.250.2")
         container, own = lab.ns("h1-c1"), lab.address("h1-c1")
         assert echo(container, "192.168.250.2") == ""  # no way out before expose
@@ -261,14 +267,7 @@ def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_n
     client_ns = new_namespace(lab.state, "out")
     servers = []
     try:
-        with netlink.namespace(lab.ns("h1")) as ns:
-            ns.create_veth("to-out", "to-h1", client_ns, mtu=1500)
-            ns.add_address("to-out", "192.168.251.1/24")
-            ns.set_up("to-out")
-        with netlink.namespace(client_ns) as ns:
-            ns.add_address("to-h1", "192.168.251.2/24")
-            ns.set_up("to-h1")
-            ns.add_route("10.32.0.0/12", "to-h1", gateway="192.168.251.1")  # the overlay via h1
+        link_outside(lab, client_ns, "to-out", "192.168.251")
         local, remote = lab.address("h1-c1"), lab.address("h2-c1")
         servers = [start_echo_server(lab.ns(c), lab.address(c)) for c in ("h1-c1", "h2-c1")]
         exposed = lab.meshnet("h1", "expose")
