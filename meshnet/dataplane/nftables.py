@@ -11,6 +11,11 @@
   sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
   address outside the sender's subnets — so the host is never a router between subnets — and
   the host's own frames to a container (``output``: routed packets too) obey the same rule.
+  The one exception is the host's DNS server address (``dns``): every container, whatever its
+  subnet, may reach it and be answered from it, so that every container resolves names. That
+  address serves nothing but DNS: ``meshnet.dns.firewall`` admits only DNS to it and is in place
+  before the address exists. (Replies are let through by address alone: a large UDP answer
+  leaves in fragments that carry no port.)
 * ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
   exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
   from outside the overlay going into it (so replies return through this host; with
@@ -31,7 +36,14 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 from meshnet.errors import UserError
 
@@ -56,7 +68,7 @@ class Port:
     def __post_init__(self) -> None:
         check_ifname(self.name)
 
-    def sources(self, version: int) -> list[IPv4Address | ipaddress.IPv6Address]:
+    def sources(self, version: int) -> list[IPv4Address | IPv6Address]:
         return sorted({a.ip for a in self.addresses if a.version == version})
 
     def subnets(self, version: int) -> list[IPv4Network | IPv6Network]:
@@ -116,6 +128,8 @@ _BRIDGE_SETS = (
     ("subnets6", "ifname . ipv6_addr", True),
     ("overlay", "ipv4_addr", True),
     ("overlay6", "ipv6_addr", True),
+    ("dns", "ipv4_addr", False),
+    ("dns6", "ipv6_addr", False),
 )
 
 _BRIDGE_CHAINS = """\
@@ -130,6 +144,8 @@ _BRIDGE_CHAINS = """\
 \t}
 \tchain output {
 \t\ttype filter hook output priority filter; policy accept;
+\t\toifname @ports ip saddr @dns accept
+\t\toifname @ports ip6 saddr @dns6 accept
 \t\toifname @ports ip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
 \t\toifname @ports ip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 \
 counter name "isolated" drop
@@ -150,6 +166,8 @@ counter name "isolated" drop
 \t}
 \tchain to_host {
 \t\tjump sender
+\t\tip daddr @dns accept
+\t\tip6 daddr @dns6 accept
 \t\tip daddr @overlay iifname . ip daddr != @subnets counter name "isolated" drop
 \t\tip6 daddr @overlay6 iifname . ip6 daddr != @subnets6 counter name "isolated" drop
 \t}
@@ -168,9 +186,11 @@ def bridge_table(
     overlay4: Sequence[IPv4Network],
     overlay6: Sequence[IPv6Network] = (),
     *,
+    dns: Sequence[IPv4Address | IPv6Address] = (),
     fresh: bool,
 ) -> str:
-    """The isolation table for these container ports (see the module docstring)."""
+    """The isolation table for these container ports and the host's DNS server addresses
+    (see the module docstring)."""
     ports = sorted(ports, key=lambda p: p.name)
     items: dict[str, list[str]] = {
         "ports": [f'"{p.name}"' for p in ports],
@@ -181,6 +201,8 @@ def bridge_table(
         "subnets6": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(6)],
         "overlay": [str(n) for n in ipaddress.collapse_addresses(overlay4)],
         "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
+        "dns": sorted({str(a) for a in dns if a.version == 4}),
+        "dns6": sorted({str(a) for a in dns if a.version == 6}),
     }
     counters = "".join(f"\tcounter {c} {{}}\n" for c in COUNTERS)
     empty_sets = "".join(_set(name, kind, [], interval=i) for name, kind, i in _BRIDGE_SETS)

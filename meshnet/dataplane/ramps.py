@@ -18,7 +18,9 @@ container port only the addresses meshnet attached to it, and only its own subne
 port was given is recorded here, from the data plane's attach and detach (never from what the
 container shows: an address added by hand inside it is exactly what must not count), and kept in
 the state directory. A port found on the bridge without a record (attached while the router was
-down, or by another tool) is adopted with the addresses it has, once.
+down, or by another tool) is adopted with the addresses it has, once. The host's DNS server
+address is the one address every container may reach whatever its subnet; a container none of
+whose subnets holds it gets a route to it (at attach, and when the server starts).
 
 The kernel work runs in worker threads; one lock orders the changes.
 """
@@ -30,7 +32,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -60,6 +62,7 @@ TICK = 5.0
 _PROC_SYS = Path("/proc/sys/net/ipv4")
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -186,6 +189,7 @@ class RampsState:
         no_masq_local: bool,
         fresh_bridge: bool,
         inet_installed: bool,
+        dns: Sequence[IPAddress] = (),
     ) -> str:
         """Both tables as they should be now: the inet one only while something is exposed."""
         ports = self.nft_ports()
@@ -193,7 +197,7 @@ class RampsState:
         networks += [n for n in self.exposed]
         networks += [a.network for p in ports for a in p.addresses]
         overlay4, overlay6 = nftables.overlay(networks)
-        script = nftables.bridge_table(ports, overlay4, overlay6, fresh=fresh_bridge)
+        script = nftables.bridge_table(ports, overlay4, overlay6, dns=dns, fresh=fresh_bridge)
         if self.exposed:
             local = None
             if no_masq_local:
@@ -281,6 +285,22 @@ def _clear_default_route(record: PortRecord, gateway: IPv4Address) -> None:
         log.debug("default route of %s left: %s", record.namespace, e)
 
 
+def needs_route_to(record: PortRecord, address: IPAddress) -> bool:
+    """Whether a container reaches the address only through a route of its own: it has an
+    address of that family, but none in a subnet that holds it."""
+    same_family = [a for a in record.interfaces() if a.version == address.version]
+    return bool(same_family) and not any(address in a.network for a in same_family)
+
+
+def _set_host_route(record: PortRecord, address: IPAddress) -> None:
+    """An on-link route from the container to the host's address (the DNS server's)."""
+    try:
+        with netlink.namespace(record.namespace) as ns:
+            ns.add_route(str(ipaddress.ip_network(address)), record.ifname)
+    except netlink.NetlinkError as e:
+        log.info("no route for %s to %s: %s", record.namespace, address, e)
+
+
 def _scan_bridge(
     known: set[str], unresolved: set[str]
 ) -> tuple[set[str], list[attachment.Attachment] | None] | None:
@@ -341,6 +361,7 @@ class Ramps:
         self._dataplane: DataPlane | None = None
         self._inet_installed = False
         self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
+        self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
         self.isolation = "off (no data plane)"
         self.forwarding_enabled = False
 
@@ -354,6 +375,9 @@ class Ramps:
             async with self._lock:
                 await self._start()
             dataplane.attachment_listeners.append(self._attachment_changed)
+            if self.dns is not None:
+                self.dns.listen_listeners.append(self._dns_moved)
+                await self._dns_moved(self.dns.listen)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._claim_restored)
                 nursery.start_soon(self._follow_bridge)
@@ -387,6 +411,8 @@ class Ramps:
     async def _stop(self, dataplane: DataPlane) -> None:
         if self._attachment_changed in dataplane.attachment_listeners:
             dataplane.attachment_listeners.remove(self._attachment_changed)
+        if self.dns is not None and self._dns_moved in self.dns.listen_listeners:
+            self.dns.listen_listeners.remove(self._dns_moved)
         running, self.isolation = self.isolation, "off (stopped)"
         async with self._lock:
             for exposed in self.state.exposed.values():
@@ -411,6 +437,7 @@ class Ramps:
             no_masq_local=self.no_masq_local,
             fresh_bridge=fresh,
             inet_installed=self._inet_installed and not fresh,
+            dns=self._dns,
         )
         await trio.to_thread.run_sync(nftables.apply, script)
         self._inet_installed = bool(self.state.exposed)
@@ -511,6 +538,22 @@ class Ramps:
             gateway = gateway_for(record.interfaces(), self.state.exposures())
             if gateway is not None:
                 await trio.to_thread.run_sync(_set_default_route, record, gateway)
+            await self._route_to_dns([record])
+
+    # --- the DNS server's address (the DNS service's listener)
+
+    async def _dns_moved(self, listen: Interface | None) -> None:
+        """The DNS server started (or stopped) listening: let every container reach it."""
+        async with self._lock:
+            self._dns = () if listen is None else (listen.ip,)
+            await self._update()
+            await self._route_to_dns(list(self.state.ports.values()))
+
+    async def _route_to_dns(self, records: list[PortRecord]) -> None:
+        for address in self._dns:
+            for record in records:
+                if needs_route_to(record, address):
+                    await trio.to_thread.run_sync(_set_host_route, record, address)
 
     def _forget_addresses(self, container: str, ifname: str, addresses: list[str]) -> None:
         try:

@@ -7,8 +7,10 @@ router can no longer reach, re-asserts our records, expires tombstones, and runs
 
 Where the server listens: one overlay address per host, used for nothing but DNS, on the bridge
 (``--dns-address CIDR``, or else an address IPAM allocates for ``dns:<peer name>``). Every local
-container reaches it over the bridge without any extra route, since it is inside the overlay
-subnet; containers on other hosts can reach it too, through the overlay. The table in
+container reaches it over the bridge: directly if the address is inside one of its subnets,
+else by a route the ramps give it (told through ``listen_listeners``), which also let DNS past
+the isolation between subnets; containers on other hosts can reach it too, through the overlay.
+The table in
 ``firewall`` keeps the host otherwise closed to the overlay and the address closed to the
 underlay.
 """
@@ -20,7 +22,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -115,6 +117,8 @@ class DnsService:
         router.add_listener(self._topology_changed)
         self._changed = trio.Event()
         self.listen: Interface | None = None
+        #: Told whenever ``listen`` changes (the ramps: every container may reach the server).
+        self.listen_listeners: list[Callable[[Interface | None], Awaitable[None]]] = []
         self.state = "starting"
         self.upstreams = [parse_upstream(u) for u in (self.settings.upstreams or host_upstreams())]
         self.resolver: Resolver | None = None
@@ -201,14 +205,14 @@ class DnsService:
             return
         try:
             await trio.to_thread.run_sync(_add_address, cidr)
-            self.listen = listen
+            await self._listening(listen)
             log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
             await self.server.serve(address, self.settings.port)
         except (MeshnetError, OSError) as e:
             self._off(f"cannot serve DNS on {cidr}: {e}")
         finally:
             with trio.CancelScope(shield=True):
-                self.listen = None
+                await self._listening(None)
                 try:
                     await trio.to_thread.run_sync(_delete_address, cidr)
                 finally:
@@ -216,6 +220,16 @@ class DnsService:
                         await self._remove_firewall()
                     except UserError as e:
                         log.error("%s: DNS firewall table left in place: %s", self._nick, e)
+
+    async def _listening(self, listen: Interface | None) -> None:
+        if listen == self.listen:
+            return
+        self.listen = listen
+        for listener in list(self.listen_listeners):
+            try:
+                await listener(listen)
+            except (MeshnetError, OSError) as e:
+                log.error("%s: a DNS address listener failed: %s", self._nick, e)
 
     async def _install_firewall(self, target: tuple[str, int] | None = None) -> None:
         """(Re)install the table with the current open addresses; the last call wins."""

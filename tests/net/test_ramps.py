@@ -261,6 +261,35 @@ def test_subnets_are_isolated_on_the_bridge_even_with_hand_added_addresses(
                 remove_namespace(made[name])
 
 
+def test_containers_of_every_subnet_resolve_names_through_their_hosts_dns(lab: RampsLab) -> None:
+    made = {}
+    try:
+        for name, host, subnet in (("d1", "h1", "10.32.3.0/24"), ("e2", "h2", "10.32.4.0/24")):
+            made[name] = new_namespace(lab.state, name)
+            body = {"container": made[name], "addresses": [f"net:{subnet}"], "name": name}
+            lab.client(host).post("/attach", body)
+        dns = {h: lab.client(h).get("/status/dns")["listen"].split("/")[0] for h in ("h1", "h2")}
+        for name, host in (("d1", "h1"), ("e2", "h2")):
+            # Outside its subnet: reached by a route of its own, through the bridge's exemption.
+            assert "dev ethwe" in routes(made[name]).split(dns[host])[1].splitlines()[0]
+            for other in ("h1-c1", "h2-c1", "d1", "e2"):
+                answer = ns_run(
+                    made[name], "dig", "+short", "+time=2", "+tries=2", f"@{dns[host]}",
+                    f"{other}.meshnet.local",
+                )  # fmt: skip
+                assert answer.returncode == 0 and answer.stdout.strip(), (name, other, answer)
+        # The exemption is for DNS alone: the subnets stay apart (a hand-added route does not
+        # help), and the DNS address answers nothing else.
+        e2_ip = ns_run(made["d1"], "dig", "+short", f"@{dns['h1']}", "e2.meshnet.local").stdout
+        added = ns_run(made["d1"], "ip", "route", "add", "10.32.4.0/24", "dev", "ethwe")
+        assert added.returncode == 0, added.stderr
+        assert not can_ping(made["d1"], e2_ip.strip())
+        assert not can_ping(made["d1"], dns["h1"])
+    finally:
+        for namespace in made.values():
+            remove_namespace(namespace)
+
+
 def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_no_masq_local(
     lab: RampsLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,6 +23,7 @@ from meshnet.dataplane.ramps import (
     RampsState,
     Spec,
     gateway_for,
+    needs_route_to,
     owner_id,
     parse_spec,
 )
@@ -87,6 +88,34 @@ def test_bridge_table_update_keeps_the_table_and_its_counters() -> None:
     assert "counter spoofed {}" in lines[:flush]
     assert "flush set bridge meshnet sources" in lines[flush:]
     assert "set ports { type ifname; }" in lines  # no elements: nft needs none, not "{ }"
+
+
+def test_every_container_may_reach_the_dns_address_and_be_answered_from_it() -> None:
+    dns = [IPv4Address("10.32.0.1"), ipaddress.IPv6Address("fd00::53")]
+    script = nftables.bridge_table([port("vethwea", "10.32.1.5/24")], [RANGE], dns=dns, fresh=True)
+    lines = rules(script)
+    assert "set dns { type ipv4_addr; elements = { 10.32.0.1 }; }" in lines
+    assert "set dns6 { type ipv6_addr; elements = { fd00::53 }; }" in lines
+    # Accepted ahead of the isolation drops (spoofing is still checked first for queries).
+    to_host = lines[lines.index("chain to_host {") :]
+    assert to_host[1:4] == ["jump sender", "ip daddr @dns accept", "ip6 daddr @dns6 accept"]
+    output = lines[lines.index("chain output {") :]
+    assert output[2:4] == [
+        "oifname @ports ip saddr @dns accept",
+        "oifname @ports ip6 saddr @dns6 accept",
+    ]
+    assert "set dns { type ipv4_addr; }" in rules(nftables.bridge_table([], [RANGE], fresh=False))
+
+
+def test_a_container_needs_a_route_to_the_dns_address_only_outside_its_subnets() -> None:
+    dns = IPv4Address("10.32.0.1")
+    assert needs_route_to(PortRecord("c", "ethwe", ("10.32.1.5/24",)), dns)
+    assert not needs_route_to(PortRecord("c", "ethwe", ("10.32.9.5/12",)), dns)
+    assert not needs_route_to(PortRecord("c", "ethwe", ("10.32.1.5/24", "10.32.0.9/12")), dns)
+    assert not needs_route_to(PortRecord("c", "ethwe", ("fd00::1/64",)), dns)  # no IPv4 at all
+    assert needs_route_to(
+        PortRecord("c", "ethwe", ("fd01::1/64",)), ipaddress.IPv6Address("fd00::53")
+    )
 
 
 def test_inet_table_goes_from_the_most_specific_subnet() -> None:
@@ -162,7 +191,13 @@ def test_scripts_are_valid_nft() -> None:
     )
     scripts = [
         state.script(RANGE, no_masq_local=True, fresh_bridge=True, inet_installed=False),
-        state.script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
+        state.script(
+            RANGE,
+            no_masq_local=False,
+            fresh_bridge=False,
+            inet_installed=True,
+            dns=[IPv4Address("10.32.0.1"), ipaddress.IPv6Address("fd00::53")],
+        ),
         RampsState().script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
         firewall.ruleset("meshnet", "10.32.0.1", open_addresses=["10.32.0.7"]),
     ]
