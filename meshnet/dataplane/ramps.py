@@ -491,9 +491,13 @@ class Ramps:
         unknown = present - set(self.state.ports)
         if found is None:
             return changed
+        adopted = []
         for a in found:
             if a.host_ifname in unknown:
-                self.state.ports[a.host_ifname] = PortRecord(a.namespace, a.ifname, a.addresses)
+                record = self.state.ports[a.host_ifname] = PortRecord(
+                    a.namespace, a.ifname, a.addresses
+                )
+                adopted.append(record)
                 log.info(
                     "%s: isolation adopted %s (%s) with %s",
                     self._nick,
@@ -502,6 +506,7 @@ class Ramps:
                     ", ".join(a.addresses) or "no address",
                 )
                 changed = True
+        await self._route_to_dns(adopted)  # joined by another tool (Docker's network plugin)
         self._unresolved = present - set(self.state.ports)
         if self._unresolved:
             log.warning(
