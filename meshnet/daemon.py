@@ -63,7 +63,13 @@ async def run(
         if dataplane is not None:
             await nursery.start(ramps.serve, dataplane)
         # Ready at once; connects (and serves the plugin) whenever Docker answers, if ever.
-        docker = DockerService(config.docker, ipam=ipam, dns=dns, nickname=config.nickname)
+        docker = DockerService(
+            config.docker,
+            ipam=ipam,
+            dns=dns,
+            nickname=config.nickname,
+            port_joined=ramps.adopt_soon,  # isolated at once, not at the next scan
+        )
         await nursery.start(docker.serve, dataplane)
         app = ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns, docker=docker)
         app.routes.update(ramps.api_routes(app.routes))  # /expose, /hide, /status/ramps

@@ -59,6 +59,10 @@ BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls i
 STATE_FILE = "ramps.json"
 #: How often the bridge's ports are compared with the records (ports that came or went).
 TICK = 5.0
+#: After another tool says it adds a port (``adopt_soon``): compare this often, for this long,
+#: so that its container is isolated (and finds DNS) within moments, not at the next tick.
+EAGER_TICK = 0.2
+EAGER_FOR = 3.0
 _PROC_SYS = Path("/proc/sys/net/ipv4")
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -362,6 +366,8 @@ class Ramps:
         self._inet_installed = False
         self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
         self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
+        self._wake = trio.Event()
+        self._eager_until = 0.0
         self.isolation = "off (no data plane)"
         self.forwarding_enabled = False
 
@@ -469,10 +475,20 @@ class Ramps:
             except UserError as e:
                 log.warning("%s: exposed %s not reserved in IPAM: %s", self._nick, network, e)
 
+    def adopt_soon(self) -> None:
+        """Another tool is putting a container's port on the bridge (Docker's network plugin,
+        whose port Docker moves into the container after the plugin answers): look for it at
+        once and often, for a while."""
+        self._eager_until = trio.current_time() + EAGER_FOR
+        self._wake.set()
+
     async def _follow_bridge(self) -> None:
         """Ports that came or went behind our back (a container deleted, another tool)."""
         while True:
-            await trio.sleep(TICK)
+            eager = trio.current_time() < self._eager_until
+            with trio.move_on_after(EAGER_TICK if eager else TICK):
+                await self._wake.wait()
+            self._wake = trio.Event()
             async with self._lock:
                 if await self._reconcile_ports():
                     await self._update()

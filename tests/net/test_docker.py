@@ -142,6 +142,11 @@ class Hosts:
         addresses: list[str] = api(self.lab, host).post("/dns/lookup", {"name": name})["addresses"]
         return addresses
 
+    def isolated(self, host: str) -> set[str]:
+        """The addresses the host's bridge lets its container ports send from."""
+        ports = api(self.lab, host).get("/status/ramps")["ports"]
+        return {a.split("/")[0] for p in ports for a in p["addresses"]}
+
     def allocation_range(self) -> IPv4Network:
         return IPv4Network(api(self.lab, "h1").get("/status/ipam")["range"])
 
@@ -179,6 +184,8 @@ def test_meshnet_run_and_a_meshnet_network_reach_each_other_and_the_lab(hosts: H
     assert IPv4Address(address) in hosts.allocation_range()
     assert [a.ip for a in hosts.ethwe("h1", "app")] == [IPv4Address(address)]
     assert address in hosts.held("h1")  # Docker got it from meshnet's IPAM, through the plugin
+    # Its port is isolated within moments of the join, not at the next 5 s scan of the bridge.
+    wait_for(lambda: address in hosts.isolated("h1"), timeout=3, what="app's port isolated")
     wait_for(lambda: hosts.lookup("h2", "app") == [address], timeout=SOON, what="app's name")
     web_ip = hosts.lookup("h2", "web")
     assert len(web_ip) == 1 and hosts.owners("h2", f"docker:{web}") == {f"docker:{web}": web_ip}

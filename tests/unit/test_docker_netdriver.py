@@ -172,7 +172,10 @@ def test_join_puts_a_veth_on_the_bridge_with_the_overlay_mtu_and_hands_docker_th
     host: FakeNamespace,
 ) -> None:
     mtu = [1354]
-    d = NetworkDriver(bridge="meshnet", mtu=lambda: mtu[0])
+    joined: list[str] = []
+    d = NetworkDriver(
+        bridge="meshnet", mtu=lambda: mtu[0], joined=lambda: joined.append(host.log[-1][1])
+    )
     mtu[0] = 1400  # read at each join, not at construction
     answer = run(d.join, {"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/x"})
     host_end, container_end = veth_names(ENDPOINT)
@@ -187,6 +190,7 @@ def test_join_puts_a_veth_on_the_bridge_with_the_overlay_mtu_and_hands_docker_th
         ("master", host_end, "meshnet"),
         ("up", host_end),
     ]
+    assert joined == [host_end]  # told once the port is up on the bridge (the ramps adopt it)
 
 
 def test_join_without_the_bridge_says_the_router_is_not_running(host: FakeNamespace) -> None:

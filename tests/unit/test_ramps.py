@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import shutil
 import subprocess
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from meshnet.config import Config
 from meshnet.dataplane import nftables
+from meshnet.dataplane import ramps as ramps_module
 from meshnet.dataplane.nftables import Exposure, Port
 from meshnet.dataplane.ramps import (
     Exposed,
@@ -366,3 +369,34 @@ def test_bad_specs_are_one_line_before_the_daemon_is_asked(tmp_path: Path) -> No
     assert_one_line_error(run_meshnet("expose", "10.32.1.1", env=env), "prefix length")
     assert_one_line_error(run_meshnet("hide", "net:nope", env=env), "bad subnet")
     assert_one_line_error(run_meshnet("expose", env=env), "meshnet is not running")
+
+
+def test_a_port_another_tool_adds_is_looked_for_at_once_and_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
+    scans: list[float] = []
+
+    async def reconcile() -> bool:
+        scans.append(trio.current_time())
+        return False
+
+    monkeypatch.setattr(ramps, "_reconcile_ports", reconcile)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ramps._follow_bridge)
+            await trio.sleep(ramps_module.TICK + 0.1)
+            assert scans == [ramps_module.TICK]  # on its own: every TICK
+            ramps.adopt_soon()  # Docker's plugin answered a Join
+            await trio.sleep(0.01)
+            assert len(scans) == 2  # at once
+            await trio.sleep(ramps_module.EAGER_FOR)
+            eager = [b - a for a, b in itertools.pairwise(scans[1:])]
+            assert eager and all(d == pytest.approx(ramps_module.EAGER_TICK) for d in eager)
+            before = len(scans)
+            await trio.sleep(ramps_module.TICK - 0.5)
+            assert len(scans) == before  # back to every TICK
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -65,12 +65,16 @@ def endpoint_mac(body: dict[str, Any]) -> str | None:
 class NetworkDriver:
     """The ``/NetworkDriver.*`` handlers; each takes the request's JSON and returns the answer's.
 
-    ``mtu`` reads the data plane's overlay MTU at each join (it is known once the bridge is up).
+    ``mtu`` reads the data plane's overlay MTU at each join (it is known once the bridge is up);
+    ``joined`` is told of each new port (the ramps adopt it for isolation).
     """
 
-    def __init__(self, *, bridge: str, mtu: Callable[[], int]) -> None:
+    def __init__(
+        self, *, bridge: str, mtu: Callable[[], int], joined: Callable[[], None] = lambda: None
+    ) -> None:
         self.bridge = bridge
         self._mtu = mtu
+        self._joined = joined
         self._netlink = trio.CapacityLimiter(1)
         self.networks: set[str] = set()
         self.endpoints: dict[str, str] = {}  # endpoint -> network
@@ -146,6 +150,7 @@ class NetworkDriver:
         except netlink.NetlinkError as e:
             raise PluginError(f"cannot create the container's interface: {e}") from None
         log.info("docker: endpoint %s joins through %s (MTU %d)", endpoint[:12], host, mtu)
+        self._joined()
         return {
             "InterfaceName": {"SrcName": src, "DstPrefix": CONTAINER_IFNAME_PREFIX},
             "DisableGatewayService": True,

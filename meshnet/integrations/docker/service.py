@@ -80,10 +80,12 @@ class DockerService:
         ipam: IpamService,
         dns: DnsService | None = None,
         nickname: str = "",
+        port_joined: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.ipam = ipam
         self.dns = dns
+        self._port_joined = port_joined  # the plugin put a container port on the bridge
         self._nick = nickname
         self.dataplane: DataPlane | None = None
         self.engine: DockerEngine | None = None  # while connected
@@ -155,7 +157,9 @@ class DockerService:
     async def _start_plugin(self, nursery: trio.Nursery) -> None:
         assert self.dataplane is not None
         dataplane = self.dataplane
-        network = NetworkDriver(bridge=BRIDGE, mtu=lambda: dataplane.overlay_mtu)
+        network = NetworkDriver(
+            bridge=BRIDGE, mtu=lambda: dataplane.overlay_mtu, joined=self._port_joined
+        )
         ipam_driver = IpamDriver(self.ipam)
         app = PluginApp(
             {**network.handlers(), **ipam_driver.handlers()},
