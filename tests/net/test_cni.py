@@ -269,6 +269,25 @@ def test_add_check_status_del_and_the_pod_reaches_another_host(
     runtime.delete(cid, netns)  # DEL is idempotent
 
 
+def test_a_pod_in_a_subnet_of_its_own_resolves_names_through_its_hosts_dns(
+    lab: dict[str, Any], new_netns: Callable[[], str]
+) -> None:
+    netns = new_netns()
+    runtime = meshnet_only(lab, "grouped")
+    runtime.conflist["plugins"][0]["subnet"] = "10.32.6.0/24"
+    cid = new_id()
+    result = runtime.add(cid, netns)
+    [server] = result["dns"]["nameservers"]
+    assert result["routes"] == [{"dst": "10.32.6.0/24"}, {"dst": f"{server}/32"}]
+    namespace = Path(netns).name
+    assert f"{server} dev eth0" in ns_run(namespace, "ip", "-4", "route").stdout
+    remote = container(lab, "h2")["name"]
+    answer = ns_run(namespace, "dig", "+short", "+time=2", "+tries=2", f"@{server}",
+                    f"{remote}.meshnet.local")  # fmt: skip
+    assert answer.stdout.strip() == container(lab, "h2")["addresses"][0].split("/")[0], answer
+    runtime.delete(cid, netns)
+
+
 def test_del_releases_the_address_when_the_namespace_is_gone(
     lab: dict[str, Any], new_netns: Callable[[], str]
 ) -> None:

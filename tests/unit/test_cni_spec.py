@@ -267,6 +267,18 @@ def test_add_result_in_every_format() -> None:
         assert spec.parse_result(result.encode(version)).encode(version) == result.encode(version)
 
 
+def test_a_route_to_the_routers_dns_server_outside_the_containers_subnet() -> None:
+    in_subnet = {**ATTACHED, "addresses": ["10.32.1.7/24"]}
+    dns = spec.Dns(("10.32.0.1",), "meshnet.local")
+    result = spec.add_result(in_subnet, NETNS, dns=dns, dns_on_overlay=True)
+    assert result.routes == (spec.Route("10.32.1.0/24"), spec.Route("10.32.0.1/32"))
+    # Inside the subnet, or a server the configuration named (not on the overlay): no route.
+    assert spec.add_result(ATTACHED, NETNS, dns=dns, dns_on_overlay=True).routes == (
+        spec.Route("10.32.0.0/12"),
+    )
+    assert spec.add_result(in_subnet, NETNS, dns=dns).routes == (spec.Route("10.32.1.0/24"),)
+
+
 def test_a_previous_result_keeps_its_indexes() -> None:
     previous = spec.Result(
         interfaces=(spec.Interface("lo", sandbox=NETNS),),

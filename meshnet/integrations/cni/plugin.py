@@ -97,11 +97,12 @@ def _add(env: Environment, conf: NetConf, client: DaemonClient) -> dict[str, Any
     if name:
         body["name"] = name
     attached = _call(client.post, "/attach", body)
-    dns = conf.dns
-    if not dns.encode():  # the configuration's own "dns" wins over the daemon's server
+    dns, ours = conf.dns, not conf.dns.encode()
+    if ours:  # the configuration's own "dns" wins over the daemon's server
         with contextlib.suppress(DaemonError, DaemonUnreachable):  # none there: say nothing
             dns = spec.daemon_dns(client.get("/status/dns"))
-    result = spec.add_result(attached, env.netns, dns=dns).after(conf.prev_result)
+    result = spec.add_result(attached, env.netns, dns=dns, dns_on_overlay=ours)
+    result = result.after(conf.prev_result)
     return result.encode(conf.version)
 
 

@@ -569,10 +569,13 @@ def add_result(
     netns: str,
     *,
     dns: Dns,
+    dns_on_overlay: bool = False,
 ) -> Result:
     """What ADD returns, from the daemon's answer to ``/attach``: the host end and the container
     interface, its addresses, and a route for each of their subnets (the overlay is one flat
-    Ethernet: no gateway)."""
+    Ethernet: no gateway), and, when the DNS servers are the router's own (``dns_on_overlay``),
+    for each that none of those subnets holds (the route the router gives such a container, see
+    ``meshnet.dataplane.ramps``)."""
     host = Interface(name=str(attachment["host_ifname"]))
     container = Interface(
         name=str(attachment["ifname"]),
@@ -591,6 +594,11 @@ def add_result(
             route = Route(dst=str(iface.network))
             if route not in routes:
                 routes.append(route)
+    networks = [ip_interface(ip.address).network for ip in ips]
+    for server in map(ip_address, dns.nameservers if dns_on_overlay else ()):
+        same_family = [n for n in networks if n.version == server.version]
+        if same_family and not any(server in n for n in same_family):
+            routes.append(Route(dst=str(ip_network(server))))
     return Result(interfaces=(host, container), ips=tuple(ips), routes=tuple(routes), dns=dns)
 
 
