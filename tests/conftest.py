@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -14,7 +15,18 @@ import pytest
 
 # Every test run keeps its labs under its own root, so a user's running labs are never touched
 # and "the only lab running" means the test's own.
-os.environ.setdefault("MESHNET_LAB_ROOT", tempfile.mkdtemp(prefix="meshnet-test-labs-"))
+if "MESHNET_LAB_ROOT" not in os.environ:
+    _OWN_LAB_ROOT: str | None = tempfile.mkdtemp(prefix="meshnet-test-labs-")
+    os.environ["MESHNET_LAB_ROOT"] = _OWN_LAB_ROOT
+else:
+    _OWN_LAB_ROOT = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run's lab root goes when its labs have (a lab left behind keeps it, to be seen)."""
+    if _OWN_LAB_ROOT is not None:
+        with contextlib.suppress(OSError):
+            os.rmdir(_OWN_LAB_ROOT)
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,9 +23,38 @@ def kernel_snapshot() -> tuple[list[str], list[str]]:
     )
 
 
+_FAILED = pytest.StashKey[bool]()
+LOG_TAIL = 40  # lines of each router's log shown when a test with a lab fails
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "setup":
+        item.stash[_FAILED] = False  # a rerun starts afresh
+    if report.outcome in ("failed", "rerun"):
+        item.stash[_FAILED] = True
+    return report
+
+
+def show_router_logs(request: pytest.FixtureRequest, labs: list[str]) -> None:
+    """The routers' warnings and the end of their logs, on the real stderr: a lab failure that
+    only happens under CI load must be explainable from CI's output alone."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        for name in labs:
+            for log in sorted((lablib.lab_root() / name / "hosts").glob("*/meshnet.log")):
+                lines = log.read_text(errors="replace").splitlines()
+                tail = lines[-LOG_TAIL:]
+                warned = [x for x in lines[:-LOG_TAIL] if " WARNING " in x or " ERROR " in x]
+                sys.stderr.write(f"\n--- {request.node.nodeid}: {log} ---\n")
+                sys.stderr.write("\n".join([*warned[-20:], "...", *tail]) + "\n")
+
+
 @pytest.fixture
-def make_lab() -> Iterator[Callable[..., dict[str, Any]]]:
-    """Build labs through meshnet.lab; every one is removed after the test, pass or fail."""
+def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Build labs through meshnet.lab; every one is removed after the test, pass or fail (a
+    failed test shows its routers' logs first)."""
     made: list[str] = []
 
     def make(
@@ -41,6 +71,8 @@ def make_lab() -> Iterator[Callable[..., dict[str, Any]]]:
         return lablib.status(name)
 
     yield make
+    if request.node.stash.get(_FAILED, False):
+        show_router_logs(request, made)
     for name in made:
         if (lablib.lab_root() / name).exists():
             lablib.down(name)
