@@ -17,7 +17,7 @@ from meshnet.dns.settings import render_resolv_conf
 from meshnet.errors import UserError
 
 if TYPE_CHECKING:
-    from meshnet.lab.lab import Journal, LabRecord
+    from meshnet.lab.record import Journal, LabRecord
 
 ETC_NETNS = Path("/etc/netns")
 #: How long a router may take to serve DNS (IPAM gives it its address once the ring is agreed).

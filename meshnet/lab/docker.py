@@ -44,7 +44,7 @@ from meshnet.errors import UserError
 from meshnet.integrations.docker.runargs import run_arguments
 
 if TYPE_CHECKING:
-    from meshnet.lab.lab import Journal, LabRecord
+    from meshnet.lab.record import Journal, LabRecord
 
 IMAGE = "meshnet-lab/busybox:latest"
 CONTAINER_COMMAND = ["sleep", "2147483647"]

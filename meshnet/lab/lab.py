@@ -8,7 +8,6 @@ namespace), so removing the namespaces removes every link; nothing is made in th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -16,8 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from meshnet.dataplane import netlink
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
+from meshnet.lab.record import Journal, LabRecord
 from meshnet.lab.topology import (
     PlannedContainer,
     PlannedLink,
@@ -84,77 +84,6 @@ def resolve_name(name: str | None) -> str:
     if len(labs) > 1:
         raise UserError(f"several labs are running ({', '.join(labs)}): choose one with --name")
     return labs[0]
-
-
-class Journal:
-    """Append-only record of what a lab created, written before each creation and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def record(self, kind: str, value: str | int) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({kind: value}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def entries(self) -> Iterator[tuple[str, Any]]:
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            return
-        for line in lines:
-            try:
-                ((kind, value),) = json.loads(line).items()
-            except (ValueError, AttributeError):
-                continue  # a line torn by a kill mid-write
-            yield kind, value
-
-
-@dataclass
-class LabRecord:
-    """What `up` planned and what `link` changed since: lab.json."""
-
-    name: str
-    state: str  # building | up | failed
-    mtu: int
-    hosts: list[dict[str, Any]]
-    links: list[dict[str, Any]]
-    containers: list[dict[str, Any]]
-    created: float
-    daemons: bool = True
-    encrypted: bool = False
-    dns_upstreams: list[str] = field(default_factory=list)  # every router's --dns-upstream
-    fastdp: bool = True  # False: every router runs with --no-fastdp
-    docker: bool = False  # a dockerd per host; the containers are Docker containers
-
-    @classmethod
-    def load(cls, directory: Path) -> LabRecord:
-        try:
-            return cls(**json.loads((directory / "lab.json").read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise UserError(f"lab record {directory / 'lab.json'} is unreadable: {e}") from None
-
-    def save(self, directory: Path) -> None:
-        tmp = directory / "lab.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, directory / "lab.json")
-
-    def find_host(self, name: str) -> dict[str, Any]:
-        for host in self.hosts:
-            if host["name"] == name:
-                return host
-        raise UserError(f"no host named {name!r} in lab {self.name}")
-
-    def find_link(self, a: str, b: str) -> dict[str, Any]:
-        for link in self.links:
-            if {link["a"], link["b"]} == {a, b}:
-                return link
-        hosts = {h["name"] for h in self.hosts}
-        for end in (a, b):
-            if end not in hosts:
-                raise UserError(f"no host named {end!r} in lab {self.name}")
-        raise UserError(f"hosts {a} and {b} are not linked in lab {self.name}")
 
 
 def _link_ifname(peer: str) -> str:
