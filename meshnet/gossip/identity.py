@@ -8,16 +8,14 @@ from a reconnect.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshnet.errors import UserError
 from meshnet.gossip.messages import MAX_PEER_NAME
+from meshnet.statefile import write_atomically
 
 MAX_UID = (1 << 64) - 1
 MAX_NICKNAME_LENGTH = 64
@@ -92,31 +90,10 @@ def load_or_create_peer_name(state_dir: Path, rng: Rng) -> int:
 
     name = new_peer_name(rng)
     try:
-        _write_atomically(path, format_peer_name(name) + "\n")
+        write_atomically(path, format_peer_name(name) + "\n")
     except OSError as error:
         raise UserError(f"cannot write peer name file {path}: {error.strerror}") from None
     return name
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    # The rename itself is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True)
