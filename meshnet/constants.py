@@ -1,0 +1,15 @@
+"""Names and numbers every part of meshnet agrees on: defined here once, imported everywhere.
+
+A leaf module (it imports nothing of meshnet), so the CLI, the lab, the daemon's services and the
+CNI/Docker integrations can share them without pulling in each other's code.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BRIDGE: Final = "meshnet"  # the per-host bridge joining containers, the sleeve TAP and VXLAN
+SLEEVE_TAP: Final = "vethwe-sleeve"  # the sleeve's TAP port on the bridge
+CONTAINER_IFNAME: Final = "ethwe"  # a container's interface on the overlay, by default
+CONTROL_PORT: Final = 6783  # TCP: connections; UDP: the sleeve
+FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between directly reachable peers
