@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
+from pyroute2 import config as _pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
@@ -39,6 +40,14 @@ _NUD_PERMANENT = ndmsg.states["permanent"]
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
 _T = TypeVar("_T")
+
+# `IPRoute(netns=...)` forks a helper from the calling (worker) thread, then stops it with
+# SIGTERM once it has sent its socket. The child inherits the daemon's Python handler for
+# SIGTERM: trio's, which takes the run loop's entry-queue lock. If another thread held that lock
+# at the fork, the child waits for it forever and the parent in `waitpid` with it, holding the
+# data plane's netlink limiter: every attach hangs (seen under load in the 60-container IPAM
+# lab). pyroute2 resets SIGINT and SIGTERM to their defaults first thing in the child with this.
+_pyroute2_config.disable_mp_signal = True
 
 
 class NetlinkError(MeshnetError):

@@ -62,6 +62,13 @@ def lab() -> Iterator[dict[str, Any]]:
                 lablib.down(name)
 
 
+ATTEMPT = 4  # seconds: one ping, its name lookup included (a lost query is tried again)
+
+
+def _bounded_ping(target: str) -> tuple[str, ...]:
+    return ("timeout", str(ATTEMPT), "ping", "-c1", "-W1", target)
+
+
 @dataclass
 class Hosts:
     """The lab's hosts as a user drives them: docker and meshnet commands, and the API."""
@@ -104,9 +111,16 @@ class Hosts:
         )
 
     def pings(self, host: str, container: str, target: str) -> bool:
+        """One ping, by name or address, within ATTEMPT seconds.
+
+        Bounded inside the container (busybox's ``timeout``): a name whose query goes
+        unanswered makes the container's resolver wait 5 s per try, twice, for the name with
+        the search domain and again without it (20 s measured), longer than a whole
+        ``wait_ping``, which would then never try again.
+        """
         sock = lab_docker.engine_socket(self.dir(host))
         done = subprocess.run(
-            [DOCKER, "-H", f"unix://{sock}", "exec", container, "ping", "-c1", "-W1", target],
+            [DOCKER, "-H", f"unix://{sock}", "exec", container, *_bounded_ping(target)],
             capture_output=True,
             timeout=30,
         )
