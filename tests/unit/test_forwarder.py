@@ -6,10 +6,10 @@ import os
 import time
 from typing import Any
 
-from meshnet.dataplane import forwarder as fw
-from meshnet.dataplane import sleeve_wire as sw
-from meshnet.dataplane import vnet as vn
-from meshnet.dataplane.switch import Switch
+from meshnet.dataplane.sleeve import forwarder as fw
+from meshnet.dataplane.sleeve import vnet as vn
+from meshnet.dataplane.sleeve import wire as sw
+from meshnet.dataplane.sleeve.switch import Switch
 from meshnet.gossip.routes import Routes
 from tests.unit.test_vnet import build_superframe
 

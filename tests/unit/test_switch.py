@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane.switch import Decision, MacEntry, Switch
+from meshnet.dataplane.sleeve.switch import Decision, MacEntry, Switch
 from meshnet.gossip.routes import Routes, compute_routes
 from meshnet.gossip.topology import Connection, PeerEntry
 

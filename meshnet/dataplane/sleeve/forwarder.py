@@ -25,8 +25,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshnet.dataplane import sleeve_wire as wire
-from meshnet.dataplane.switch import Decision, Switch
+from meshnet.dataplane.sleeve import wire as wire
+from meshnet.dataplane.sleeve.switch import Decision, Switch
+from meshnet.dataplane.sleeve.vnet import (
+    VNET_HEADER_SIZE,
+    VnetHeader,
+    icmp_too_big,
+    parse_vnet,
+    plan_tcp_segments,
+)
 from meshnet.dataplane.tap import Tap
 from meshnet.dataplane.udp import (
     MessageTooBig,
@@ -34,13 +41,6 @@ from meshnet.dataplane.udp import (
     receive_run,
     send_run,
     send_segments,
-)
-from meshnet.dataplane.vnet import (
-    VNET_HEADER_SIZE,
-    VnetHeader,
-    icmp_too_big,
-    parse_vnet,
-    plan_tcp_segments,
 )
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.routes import Routes

@@ -59,7 +59,7 @@ class Decision(enum.Enum):
     DROP = "drop"
 
 
-class DropReason(enum.Enum):
+class SwitchDrop(enum.Enum):
     LOCAL = "local"  # from the bridge, for a local MAC: the bridge already delivered it
     LOOP = "loop"  # a peer handed us a frame whose origin is ourselves
     MOVED = "moved"  # a unicast datagram for a MAC that lives elsewhere, not redirected again
@@ -83,7 +83,7 @@ class SwitchStatistics:
     flooded: int
     unicast: int
     delivered: int
-    dropped: dict[str, int]  # by DropReason value; a plain dict so dataclasses.asdict works
+    dropped: dict[str, int]  # by SwitchDrop value; a plain dict so dataclasses.asdict works
 
 
 def format_mac(mac: bytes) -> str:
@@ -113,7 +113,7 @@ class Switch:
         self._flooded = 0
         self._unicast = 0
         self._delivered = 0
-        self._dropped = dict.fromkeys(DropReason, 0)
+        self._dropped = dict.fromkeys(SwitchDrop, 0)
 
     @property
     def local(self) -> int:
@@ -126,7 +126,7 @@ class Switch:
     def from_local(self, src: bytes, dst: bytes, now: float) -> tuple[Decision, int]:
         """A frame the bridge handed to our TAP: ``(UNICAST, owner)``, FLOOD or DROP."""
         if src[0] & 1:
-            self._dropped[DropReason.BAD_SOURCE] += 1
+            self._dropped[SwitchDrop.BAD_SOURCE] += 1
             return _DROP
         entry = self._table.get(src)
         if entry is None or entry[0] != self._local or now - entry[1] > self._refresh:
@@ -140,7 +140,7 @@ class Switch:
             return _FLOOD
         peer = entry[0]
         if peer == self._local:
-            self._dropped[DropReason.LOCAL] += 1
+            self._dropped[SwitchDrop.LOCAL] += 1
             return _DROP
         self._unicast += 1
         return (Decision.UNICAST, peer)
@@ -162,10 +162,10 @@ class Switch:
         it once because the MAC had moved (see the module docstring).
         """
         if origin == self._local:
-            self._dropped[DropReason.LOOP] += 1
+            self._dropped[SwitchDrop.LOOP] += 1
             return _DROP
         if src[0] & 1:
-            self._dropped[DropReason.BAD_SOURCE] += 1
+            self._dropped[SwitchDrop.BAD_SOURCE] += 1
             return _DROP
         entry = self._table.get(src)
         if entry is None or entry[0] != origin or now - entry[1] > self._refresh:
@@ -191,7 +191,7 @@ class Switch:
             self._flooded += 1  # its owner is further down (or off) the tree: keep flooding
             return _FLOOD
         if redirected or peer == origin:
-            self._dropped[DropReason.MOVED] += 1
+            self._dropped[SwitchDrop.MOVED] += 1
             return _DROP
         self._unicast += 1
         return (Decision.UNICAST, peer)
