@@ -22,7 +22,7 @@ from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
 from meshnet.dataplane.fastdp_service import FastDatapath
-from meshnet.dataplane.sleeve import wire as wire
+from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
