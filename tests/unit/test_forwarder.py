@@ -10,6 +10,7 @@ from meshnet.dataplane.sleeve import forwarder as fw
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw
 from meshnet.dataplane.sleeve.switch import Switch
+from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.routes import Routes
 from tests.unit.test_vnet import build_superframe
 
@@ -70,3 +71,43 @@ def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_id
     assert sock.sent == []  # batched: more small frames may follow
     f._from_tap(vn.pack_vnet(v) + frame, batches)
     assert sock.sent == [(sw.Kind.FRAMES, 1), (sw.Kind.SEGMENT, 8)]
+
+
+def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> None:
+    far = 0x0C0000000003
+    snapshot = fw.Snapshot(
+        local=LOCAL,
+        routes=Routes(
+            local=LOCAL, unicast={PEER: PEER, far: far}, broadcast={}, distance={PEER: 1, far: 1}
+        ),
+        neighbours={
+            p: fw.Neighbour(
+                p, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
+            )
+            for p, ip in ((PEER, "192.0.2.2"), (far, "192.0.2.3"))
+        },
+        overlay_mtu=1354,
+    )
+    sent: list[bytes] = []
+
+    class Recording(FakeSocket):
+        def sendto(self, data: Any, addr: Any) -> int:
+            sent.append(bytes(data))
+            return len(data)
+
+    f = make_forwarder(snapshot, Recording())
+    body = (64).to_bytes(2, "big") + vn.VNET_NONE + bytes(64)
+    header = sw.DatagramHeader(sw.Kind.FRAMES, 0, 7, PEER, far, PEER, 1)
+    datagram = memoryview(bytes(sw.encode_datagram(header, body, None)))
+    f._receive(datagram, len(datagram), ("192.0.2.2", 6783))
+    assert len(sent) == 1
+    relayed = sw.parse_header(sent[0])
+    assert relayed == header._replace(ttl=6, hop=LOCAL, sequence=1)
+    assert sent[0][sw.HEADER_SIZE :] == body
+    assert f.statistics()["relayed"] == {
+        format_peer_name(far): {"datagrams": 1, "bytes": len(sent[0])}
+    }
+    # With one hop left, it is not relayed but counted.
+    last = memoryview(bytes(sw.encode_datagram(header._replace(ttl=1, sequence=2), body, None)))
+    f._receive(last, len(last), ("192.0.2.2", 6783))
+    assert len(sent) == 1 and f.statistics()["dropped"] == {"ttl": 1}

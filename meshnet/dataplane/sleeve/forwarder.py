@@ -57,6 +57,7 @@ from meshnet.dataplane.udp import (
     send_segments,
 )
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.identity import format_peer_name
 
 __all__ = ["Forwarder", "Neighbour", "Sequences", "Snapshot"]
 
@@ -129,7 +130,7 @@ class Forwarder:
 
         def rows(counts: _Counts) -> dict[str, dict[str, int]]:
             return {
-                _peer_text(peer): {"datagrams": row[0], "bytes": row[1]}
+                format_peer_name(peer): {"datagrams": row[0], "bytes": row[1]}
                 for peer, row in list(counts.per_peer.items())
             }
 
@@ -139,7 +140,8 @@ class Forwarder:
             "relayed": rows(self._relayed),
             "dropped": dict(self._tx.drops + self._rx.drops + self._relayed.drops),
             "routes": {
-                _peer_text(dest): _peer_text(hop) for dest, hop in snap.routes.unicast.items()
+                format_peer_name(dest): format_peer_name(hop)
+                for dest, hop in snap.routes.unicast.items()
             },
             "neighbours": len(snap.neighbours),
         }
@@ -536,9 +538,3 @@ class Forwarder:
             frames = reassembler.flush(now, older_than=now if idle else now - 0.005)
             if frames:
                 self._write_frames(origin, frames, False, now)
-
-
-def _peer_text(peer: int) -> str:
-    from meshnet.gossip.identity import format_peer_name
-
-    return format_peer_name(peer)
