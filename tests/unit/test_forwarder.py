@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from typing import Any
@@ -111,3 +112,20 @@ def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> Non
     last = memoryview(bytes(sw.encode_datagram(header._replace(ttl=1, sequence=2), body, None)))
     f._receive(last, len(last), ("192.0.2.2", 6783))
     assert len(sent) == 1 and f.statistics()["dropped"] == {"ttl": 1}
+
+
+class GrowingCounter(collections.Counter[str]):
+    """A packet thread's drop counter that gains a reason whenever Python code iterates it, as
+    the real thread may between two steps of another thread's loop."""
+
+    def items(self) -> Any:
+        for reason, n in super().items():  # live: the insertion below breaks the iteration
+            self[f"new-{len(self)}"] = 1
+            yield reason, n
+
+
+def test_statistics_never_iterate_a_packet_threads_live_counters() -> None:
+    f, _ = forwarder()
+    f._rx.drops = GrowingCounter({"replayed": 2})
+    f._tx.drops["runt"] = 1
+    assert f.statistics()["dropped"] == {"replayed": 2, "runt": 1}

@@ -138,7 +138,7 @@ class Forwarder:
             "sent": rows(self._tx),
             "received": rows(self._rx),
             "relayed": rows(self._relayed),
-            "dropped": dict(self._tx.drops + self._rx.drops + self._relayed.drops),
+            "dropped": _sum_drops(self._tx, self._rx, self._relayed),
             "routes": {
                 format_peer_name(dest): format_peer_name(hop)
                 for dest, hop in snap.routes.unicast.items()
@@ -538,3 +538,17 @@ class Forwarder:
             frames = reassembler.flush(now, older_than=now if idle else now - 0.005)
             if frames:
                 self._write_frames(origin, frames, False, now)
+
+
+def _sum_drops(*threads: _Counts) -> dict[str, int]:
+    """Drops by reason over the threads' counters, read from another thread.
+
+    Each Counter is copied in one step that runs no Python code (``dict(counter)``), so its
+    thread cannot add a key mid-copy. Adding the live Counters (``a + b``) iterates them in
+    Python: a packet thread counting a reason for the first time meanwhile made that raise
+    "dictionary changed size during iteration", and the status API answer an error.
+    """
+    total: collections.Counter[str] = collections.Counter()
+    for counts in threads:
+        total.update(dict(counts.drops))
+    return {reason: n for reason, n in total.items() if n > 0}
