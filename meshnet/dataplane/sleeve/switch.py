@@ -56,7 +56,7 @@ def derived_mac(purpose: bytes, peer: int) -> str:
 
 class Decision(enum.Enum):
     DELIVER = "deliver"  # into the local bridge only
-    UNICAST = "unicast"  # to the peer returned with it
+    UNICAST = "unicast"  # from the bridge: to the peer returned with it
     FLOOD = "flood"  # everywhere: from a peer, deliver locally AND forward down the origin's tree
     DROP = "drop"
 
