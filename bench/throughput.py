@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from meshnet.dataplane.sleeve_wire import ENCAPSULATION_OVERHEAD
+from meshnet.dataplane.sleeve.wire import ENCAPSULATION_OVERHEAD
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 

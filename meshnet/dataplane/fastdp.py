@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from meshnet.dataplane.switch import derived_mac
+from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
 

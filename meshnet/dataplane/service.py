@@ -21,11 +21,11 @@ import trio
 from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
-from meshnet.dataplane import sleeve_wire as wire
 from meshnet.dataplane.fastdp_service import FastDatapath
-from meshnet.dataplane.forwarder import Forwarder, Neighbour, Sequences, Snapshot
-from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
-from meshnet.dataplane.switch import Switch, derived_mac
+from meshnet.dataplane.sleeve import wire
+from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
+from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
+from meshnet.dataplane.sleeve.switch import Switch, derived_mac
 from meshnet.dataplane.tap import open_tap
 from meshnet.dataplane.udp import open_udp
 from meshnet.errors import UserError

@@ -17,7 +17,7 @@ import fcntl
 import os
 import struct
 
-from meshnet.dataplane.vnet import VNET_HEADER_SIZE, VnetHeader, pack_vnet
+from meshnet.dataplane.sleeve.vnet import VNET_HEADER_SIZE, VnetHeader, pack_vnet
 from meshnet.errors import MeshnetError, UserError
 
 TUN_DEVICE = "/dev/net/tun"

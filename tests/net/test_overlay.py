@@ -218,7 +218,7 @@ def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
             "exec",
             h1ns,
             "timeout",
-            "5",
+            "15",  # tcpdump and ping start slowly under load: the capture must outlive both
             "tcpdump",
             "-i",
             "to-h2",
@@ -237,7 +237,7 @@ def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
         if "listening on" in line:
             break
     ns_run(c["h1-c1"]["namespace"], "ping", "-c3", "-s", "300", "-i", "0.2", ip_of(c["h2-c1"]))
-    dump, _ = sniffer.communicate(timeout=10)
+    dump, errors = sniffer.communicate(timeout=20)
     hexdata = "".join(
         line.split(":", 1)[1].replace(" ", "")
         for line in dump.splitlines()
@@ -245,7 +245,7 @@ def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
     )
     packet = bytes.fromhex(hexdata)
     payload = packet[28:]  # IPv4 (20, no options on our links) + UDP (8)
-    assert len(payload) > 100
+    assert len(payload) > 100, f"no datagram captured: {dump!r} {errors!r}"
     h1_addr = state["hosts"][0]["addresses"][0]
     h2_addr = next(u["address"] for u in state["hosts"][1]["underlay"]).split("/")[0]
     h2 = api(state, "h2")
@@ -256,11 +256,17 @@ def test_a_replayed_datagram_is_dropped_and_counted(make_lab: Any) -> None:
     )
     assert ns_run(h1ns, sys.executable, "-c", script).returncode == 0
 
-    def replay_counted() -> bool:
+    # Kind, flags and sequence of what was replayed, for the failure message.
+    header = (payload[1], payload[2], int.from_bytes(payload[24:32], "big"))
+    deadline = time.monotonic() + 10
+    dropped = before
+    while dropped.get("replayed", 0) <= before.get("replayed", 0):
+        assert time.monotonic() < deadline, (
+            f"replay of (kind, flags, sequence) {header} not counted: "
+            f"h2 dropped {before} before, {dropped} now"
+        )
+        time.sleep(0.2)
         dropped = h2.get("/status/dataplane")["forwarding"]["dropped"]
-        return dropped.get("replayed", 0) > before.get("replayed", 0)
-
-    wait_for(replay_counted, timeout=10, what="the replay to be counted")
 
 
 def test_a_killed_router_leaves_containers_and_traffic_returns_after_restart(

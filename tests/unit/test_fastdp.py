@@ -13,9 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnet.dataplane import fastdp
-from meshnet.dataplane import forwarder as fw
-from meshnet.dataplane import sleeve_wire as sw
-from meshnet.dataplane import vnet as vn
 from meshnet.dataplane.fastdp import (
     Advertisement,
     Candidate,
@@ -25,6 +22,9 @@ from meshnet.dataplane.fastdp import (
     Probe,
     ProbeKind,
 )
+from meshnet.dataplane.sleeve import forwarder as fw
+from meshnet.dataplane.sleeve import vnet as vn
+from meshnet.dataplane.sleeve import wire as sw
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.routes import Routes
 from tests.unit.test_forwarder import make_forwarder

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from typing import Any
 
-from meshnet.dataplane import forwarder as fw
-from meshnet.dataplane import sleeve_wire as sw
-from meshnet.dataplane import vnet as vn
-from meshnet.dataplane.switch import Switch
+from meshnet.dataplane.sleeve import forwarder as fw
+from meshnet.dataplane.sleeve import vnet as vn
+from meshnet.dataplane.sleeve import wire as sw
+from meshnet.dataplane.sleeve.switch import Switch
+from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.routes import Routes
 from tests.unit.test_vnet import build_superframe
 
@@ -70,3 +72,60 @@ def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_id
     assert sock.sent == []  # batched: more small frames may follow
     f._from_tap(vn.pack_vnet(v) + frame, batches)
     assert sock.sent == [(sw.Kind.FRAMES, 1), (sw.Kind.SEGMENT, 8)]
+
+
+def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> None:
+    far = 0x0C0000000003
+    snapshot = fw.Snapshot(
+        local=LOCAL,
+        routes=Routes(
+            local=LOCAL, unicast={PEER: PEER, far: far}, broadcast={}, distance={PEER: 1, far: 1}
+        ),
+        neighbours={
+            p: fw.Neighbour(
+                p, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
+            )
+            for p, ip in ((PEER, "192.0.2.2"), (far, "192.0.2.3"))
+        },
+        overlay_mtu=1354,
+    )
+    sent: list[bytes] = []
+
+    class Recording(FakeSocket):
+        def sendto(self, data: Any, addr: Any) -> int:
+            sent.append(bytes(data))
+            return len(data)
+
+    f = make_forwarder(snapshot, Recording())
+    body = (64).to_bytes(2, "big") + vn.VNET_NONE + bytes(64)
+    header = sw.DatagramHeader(sw.Kind.FRAMES, 0, 7, PEER, far, PEER, 1)
+    datagram = memoryview(bytes(sw.encode_datagram(header, body, None)))
+    f._receive(datagram, len(datagram), ("192.0.2.2", 6783))
+    assert len(sent) == 1
+    relayed = sw.parse_header(sent[0])
+    assert relayed == header._replace(ttl=6, hop=LOCAL, sequence=1)
+    assert sent[0][sw.HEADER_SIZE :] == body
+    assert f.statistics()["relayed"] == {
+        format_peer_name(far): {"datagrams": 1, "bytes": len(sent[0])}
+    }
+    # With one hop left, it is not relayed but counted.
+    last = memoryview(bytes(sw.encode_datagram(header._replace(ttl=1, sequence=2), body, None)))
+    f._receive(last, len(last), ("192.0.2.2", 6783))
+    assert len(sent) == 1 and f.statistics()["dropped"] == {"ttl": 1}
+
+
+class GrowingCounter(collections.Counter[str]):
+    """A packet thread's drop counter that gains a reason whenever Python code iterates it, as
+    the real thread may between two steps of another thread's loop."""
+
+    def items(self) -> Any:
+        for reason, n in super().items():  # live: the insertion below breaks the iteration
+            self[f"new-{len(self)}"] = 1
+            yield reason, n
+
+
+def test_statistics_never_iterate_a_packet_threads_live_counters() -> None:
+    f, _ = forwarder()
+    f._rx.drops = GrowingCounter({"replayed": 2})
+    f._tx.drops["runt"] = 1
+    assert f.statistics()["dropped"] == {"replayed": 2, "runt": 1}

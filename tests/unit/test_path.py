@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
+from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
 
 MAX = 1472
 

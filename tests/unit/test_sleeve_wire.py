@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane import seal as aead
-from meshnet.dataplane import sleeve_wire as sw
-from meshnet.dataplane import vnet as vn
+from meshnet.dataplane.sleeve import seal as aead
+from meshnet.dataplane.sleeve import vnet as vn
+from meshnet.dataplane.sleeve import wire as sw
 from meshnet.errors import RemoteProtocolError
 from tests.unit.test_vnet import (
     ACK,
@@ -57,7 +57,7 @@ def decode(data: bytes, key: bytes | None) -> tuple[sw.DatagramHeader, bytes]:
     return sw.decode_datagram(data, key_for, window_for)  # type: ignore[arg-type]
 
 
-def reason(data: bytes, key: bytes | None) -> sw.DropReason:
+def reason(data: bytes, key: bytes | None) -> sw.DatagramDrop:
     with pytest.raises(sw.DatagramError) as info:
         decode(data, key)
     return info.value.reason
@@ -120,27 +120,27 @@ def test_truncated_datagrams_are_rejected() -> None:
             decode(data[:n], KEY)
     plain = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 5, A, B, C, 1), b"x", None)
     for n in range(sw.HEADER_SIZE):
-        assert reason(plain[:n], None) is sw.DropReason.SHORT
+        assert reason(plain[:n], None) is sw.DatagramDrop.SHORT
 
 
 def test_drop_reasons() -> None:
     data = sealed_sample()
-    assert reason(data, None) is sw.DropReason.NO_KEY
-    assert reason(data, OTHER_KEY) is sw.DropReason.BAD_TAG
+    assert reason(data, None) is sw.DatagramDrop.NO_KEY
+    assert reason(data, OTHER_KEY) is sw.DatagramDrop.BAD_TAG
     plain = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 5, A, B, C, 1), b"x", None)
-    assert reason(plain, KEY) is sw.DropReason.NOT_SEALED
-    assert reason(b"\x02" + plain[1:], None) is sw.DropReason.BAD_VERSION
-    assert reason(plain[:1] + b"\x05" + plain[2:], None) is sw.DropReason.BAD_KIND
-    assert reason(plain[:2] + b"\x04" + plain[3:], None) is sw.DropReason.BAD_HEADER
-    assert reason(plain[:2] + b"\x02" + plain[3:], None) is sw.DropReason.BAD_HEADER  # bcast+dst
-    assert reason(plain[:3] + b"\x00" + plain[4:], None) is sw.DropReason.TTL_EXPIRED
-    assert reason(plain[:22] + b"\x00\x01" + plain[24:], None) is sw.DropReason.BAD_HEADER
+    assert reason(plain, KEY) is sw.DatagramDrop.NOT_SEALED
+    assert reason(b"\x02" + plain[1:], None) is sw.DatagramDrop.BAD_VERSION
+    assert reason(plain[:1] + b"\x05" + plain[2:], None) is sw.DatagramDrop.BAD_KIND
+    assert reason(plain[:2] + b"\x04" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER
+    assert reason(plain[:2] + b"\x02" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER  # bcast+dst
+    assert reason(plain[:3] + b"\x00" + plain[4:], None) is sw.DatagramDrop.TTL_EXPIRED
+    assert reason(plain[:22] + b"\x00\x01" + plain[24:], None) is sw.DatagramDrop.BAD_HEADER
 
 
 def test_sealed_without_a_window_is_refused() -> None:
     with pytest.raises(sw.DatagramError) as info:
         sw.decode_datagram(sealed_sample(), lambda hop: KEY, lambda hop: None)
-    assert info.value.reason is sw.DropReason.NO_KEY
+    assert info.value.reason is sw.DatagramDrop.NO_KEY
 
 
 def test_replayed_datagram_is_rejected_and_forgery_does_not_move_the_window() -> None:
@@ -155,7 +155,7 @@ def test_replayed_datagram_is_rejected_and_forgery_does_not_move_the_window() ->
     receive(datagram(5))
     with pytest.raises(sw.DatagramError) as info:
         receive(datagram(5))
-    assert info.value.reason is sw.DropReason.REPLAYED
+    assert info.value.reason is sw.DatagramDrop.REPLAYED
     # A forgery with a far-ahead sequence fails the tag and leaves the window alone.
     with pytest.raises(sw.DatagramError):
         receive(datagram(10_000, OTHER_KEY))
@@ -345,7 +345,7 @@ def test_superframes_too_long_for_ip_lengths_are_refused() -> None:
     forged = struct.pack(">IHHH", 1, 0, 2, 54) + vn.pack_vnet(big) + frame[:54] + bytes(65500)
     with pytest.raises(sw.DatagramError) as info:
         sw.Reassembler().add(forged, 0)
-    assert info.value.reason is sw.DropReason.BAD_BODY
+    assert info.value.reason is sw.DatagramDrop.BAD_BODY
     with pytest.raises(RemoteProtocolError):
         vn.rebuild(v, frame[:54], 0, [frame[54:], b"x"], True, 2)
 
@@ -471,7 +471,7 @@ def test_inconsistent_segments_drop_the_superframe() -> None:
     bad_count = bodies[1][:6] + struct.pack(">H", 6) + bodies[1][8:]
     with pytest.raises(sw.DatagramError) as info:
         reassembler.add(bad_count, 0)
-    assert info.value.reason is sw.DropReason.INCONSISTENT
+    assert info.value.reason is sw.DatagramDrop.INCONSISTENT
     assert reassembler.pending() == 0
     reassembler.add(bodies[0], 0)
     with pytest.raises(sw.DatagramError):
@@ -674,7 +674,7 @@ def test_a_sealed_run_opens_in_one_pass_and_reassembles() -> None:
     assert [bytes(v) + bytes(f) for v, f in got] == [whole]
     assert window.highest == 1009
     _, indexes, drops = sw.open_run(run, key, window)  # the same run again: all replays
-    assert indexes == [] and drops == [sw.DropReason.REPLAYED] * 10
+    assert indexes == [] and drops == [sw.DatagramDrop.REPLAYED] * 10
 
 
 def test_a_forged_datagram_in_a_sealed_run_costs_only_itself() -> None:
@@ -686,7 +686,7 @@ def test_a_forged_datagram_in_a_sealed_run_costs_only_itself() -> None:
     window = sw.ReplayWindow()
     opened, indexes, drops = sw.open_run(sw.DatagramRun(memoryview(data), run.stride), key, window)
     assert indexes == [0, 1, 2, 4, 6, 7, 8, 9]
-    assert drops == [sw.DropReason.BAD_TAG] * 2
+    assert drops == [sw.DatagramDrop.BAD_TAG] * 2
     assert not window.would_accept(1004) and window.would_accept(1003)
     assert window.would_accept(1005)  # a forged sequence burns nothing
     bodies = opened.datagrams()

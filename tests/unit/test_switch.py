@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane.switch import Decision, MacEntry, Switch
+from meshnet.dataplane.sleeve.switch import Decision, MacEntry, Switch
 from meshnet.gossip.routes import Routes, compute_routes
 from meshnet.gossip.topology import Connection, PeerEntry
 
@@ -56,16 +56,15 @@ def test_from_peer_flooded_frames() -> None:
     assert sw.from_peer(P2, B, A, 1.0, True) == (Decision.DELIVER, 0)  # found its owner: here
 
 
-def test_from_peer_unicast_frames_and_the_one_redirect() -> None:
+def test_from_peer_unicast_frames_are_delivered_or_dropped_never_redirected() -> None:
     sw = Switch(LOCAL)
     sw.from_local(A, BROADCAST, 0.0)
     sw.from_peer(P3, C, BROADCAST, 0.0, True)
     assert sw.from_peer(P2, B, A, 1.0) == (Decision.DELIVER, 0)
     assert sw.from_peer(P2, B, D, 1.0) == (Decision.DELIVER, 0)  # P2 thinks D is here
     assert sw.from_peer(P2, B, BROADCAST, 1.0) == (Decision.DELIVER, 0)  # addressed to us alone
-    # C lives at P3 but P2 sent it to us: it moved; re-send once, never twice, never back.
-    assert sw.from_peer(P2, B, C, 1.0) == (Decision.UNICAST, P3)
-    assert sw.from_peer(P2, B, C, 1.0, redirected=True) == (Decision.DROP, 0)
+    # C lives at P3 but P2 sent it to us: P2's view is stale; and P3 sent us its own MAC.
+    assert sw.from_peer(P2, B, C, 1.0) == (Decision.DROP, 0)
     assert sw.from_peer(P3, D, C, 1.0) == (Decision.DROP, 0)
     assert sw.statistics().dropped["moved"] == 2
 
@@ -170,7 +169,7 @@ class Mesh:
 
     Floods go down the origin's broadcast tree and stop where the switch does not say FLOOD;
     unicast datagrams travel hop by hop along next hops, and only their destination asks its
-    switch (which may redirect once).
+    switch (which delivers or drops).
     """
 
     def __init__(self, links: set[tuple[int, int]], peers: list[int]) -> None:
@@ -197,18 +196,16 @@ class Mesh:
         origin = self.where[src]
         decision, target = self.switches[origin].from_local(src, dst, now)
         delivered: Counter[int] = Counter()
-        # (at, flooded, destination peer, redirected, hops so far)
-        queue: deque[tuple[int, bool, int, bool, int]] = deque()
+        # (at, flooded, destination peer, hops so far)
+        queue: deque[tuple[int, bool, int, int]] = deque()
         if decision is Decision.FLOOD:
-            queue.extend(
-                (hop, True, 0, False, 1) for hop in self.routes[origin].broadcast_hops(origin)
-            )
+            queue.extend((hop, True, 0, 1) for hop in self.routes[origin].broadcast_hops(origin))
         elif decision is Decision.UNICAST:
             assert target != origin
-            queue.append((origin, False, target, False, 0))
+            queue.append((origin, False, target, 0))
         datagrams = 0
         while queue:
-            at, flooded, destination, redirected, hops = queue.popleft()
+            at, flooded, destination, hops = queue.popleft()
             assert hops <= 2 * len(self.peers), "a frame is looping"
             if flooded:
                 datagrams += 1
@@ -217,24 +214,19 @@ class Mesh:
                     delivered[at] += 1
                 if verdict is Decision.FLOOD:
                     queue.extend(
-                        (hop, True, 0, False, hops + 1)
-                        for hop in self.routes[at].broadcast_hops(origin)
+                        (hop, True, 0, hops + 1) for hop in self.routes[at].broadcast_hops(origin)
                     )
                 continue
             if at != destination:
                 hop = self.routes[at].next_hop(destination)
                 assert hop is not None
                 datagrams += 1
-                queue.append((hop, False, destination, redirected, hops + 1))
+                queue.append((hop, False, destination, hops + 1))
                 continue
-            verdict, new_owner = self.switches[at].from_peer(
-                origin, src, dst, now, False, redirected=redirected
-            )
+            verdict, _ = self.switches[at].from_peer(origin, src, dst, now, False)
+            assert verdict in (Decision.DELIVER, Decision.DROP)
             if verdict is Decision.DELIVER:
                 delivered[at] += 1
-            elif verdict is Decision.UNICAST:
-                assert not redirected and new_owner not in (at, origin)
-                queue.append((at, False, new_owner, True, hops))
         assert max(delivered.values(), default=0) <= 1, f"delivered twice: {delivered}"
         assert origin not in delivered
         return Outcome(delivered, datagrams, decision)
@@ -343,14 +335,18 @@ def test_traffic_follows_a_mac_that_moved() -> None:
     assert (out.decision, out.delivered) == (Decision.UNICAST, Counter({6: 1}))
     assert mesh.send(roamer, friend, 3.5).delivered == Counter({1: 1})
     # It moves again, to 5, silently but for one frame to a container on 6: 1 still thinks it
-    # is at 6, so 6 redirects once to 5.
+    # is at 6, and 6 drops what 1 sends it (no redirect) ...
     mesh.send(hosted[6][0], BROADCAST, 3.8)
     mesh.where[roamer] = 5
     assert mesh.send(roamer, hosted[6][0], 4.0).delivered == Counter({6: 1})
     assert mesh.switches[1].lookup(roamer, 4.0) == 6
     out = mesh.send(friend, roamer, 5.0)
-    assert out.delivered == Counter({5: 1})
-    assert mesh.switches[6].statistics().unicast >= 1
+    assert out.delivered == Counter()
+    assert mesh.switches[6].statistics().dropped["moved"] == 1
+    # ... until it announces itself (the attach's gratuitous ARP): then 1 follows at once.
+    mesh.send(roamer, BROADCAST, 5.5)
+    out = mesh.send(friend, roamer, 6.0)
+    assert (out.decision, out.delivered) == (Decision.UNICAST, Counter({5: 1}))
 
 
 def test_stale_views_on_two_peers_never_bounce_a_frame() -> None:
@@ -363,8 +359,9 @@ def test_stale_views_on_two_peers_never_bounce_a_frame() -> None:
     mesh.switches[4].from_peer(3, ghost, BROADCAST, 0.0, True)
     mesh.where[ghost] = 2
     out = mesh.send(hosted[1][0], ghost, 1.0)
-    assert out.delivered == Counter()  # lost (3 redirects to 4, 4 must not send it back)
-    assert mesh.switches[4].statistics().dropped["moved"] == 1
+    assert out.delivered == Counter()  # lost at 3: no switch passes it on
+    assert mesh.switches[3].statistics().dropped["moved"] == 1
+    assert out.datagrams == 2  # 1 -> 2 -> 3, and no further
 
 
 def test_a_departed_peer_is_forgotten_and_its_macs_expire() -> None:

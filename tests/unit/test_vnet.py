@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane import vnet as vn
+from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.errors import RemoteProtocolError
 
 MAC_A = bytes.fromhex("02aabbccdd01")

@@ -3,7 +3,8 @@
 All hosts' containers share one virtual Ethernet. Each peer's switch learns a frame's source MAC
 at the frame's *origin* peer (ourselves for frames from the local bridge) and sends frames to a
 known destination straight to the peer that owns it; everything else is flooded. The caller turns
-``(UNICAST, peer)`` into ``routes.next_hop(peer)`` and FLOOD into ``routes.broadcast_hops(origin)``;
+``(UNICAST, peer)`` into ``routes.next_hop(peer)`` and FLOOD into ``routes.broadcast_hops(origin)``
+(see :mod:`meshnet.dataplane.sleeve.forwarding`);
 the per-source broadcast trees give every peer each flood exactly once, so the switch itself
 never needs to suppress duplicates.
 
@@ -21,10 +22,11 @@ Policies (tested in ``tests/unit/test_switch.py``):
 - **Unknown unicast is flooded** by its origin. A peer that owns the destination delivers it
   (DELIVER: the flood has found its owner); any other peer delivers it and lets the caller forward
   it down the origin's tree (FLOOD).
-- **A unicast datagram for a MAC that moved** (learned at a third peer) is redirected once
-  (``(UNICAST, new owner)``, to be re-sent with ``redirected=True`` and the original origin); a
-  redirected datagram is never redirected again (DROP "moved"), so stale views on two peers can
-  not bounce a frame between them. One learned back at its origin is dropped ("moved") too.
+- **A unicast datagram for a MAC that lives elsewhere** (learned at a third peer, or back at
+  its origin) is dropped ("moved"): the origin's view is stale. It is not re-sent to the new
+  owner: that would need a "redirected" mark on the wire so two stale views could not bounce a
+  frame between them, and a container that moves announces itself (the attach sends a
+  gratuitous ARP, a broadcast every switch learns from), so the next frame goes right.
 - **Entries expire** ``mac_ttl`` after their last refresh. Lookups ignore stale entries, so
   correctness does not depend on how often :meth:`Switch.expire` runs; it only frees memory. An
   entry is rewritten only when it moves or is older than ``mac_ttl / 4``, so the per-frame cost is
@@ -54,15 +56,15 @@ def derived_mac(purpose: bytes, peer: int) -> str:
 
 class Decision(enum.Enum):
     DELIVER = "deliver"  # into the local bridge only
-    UNICAST = "unicast"  # to the peer returned with it
+    UNICAST = "unicast"  # from the bridge: to the peer returned with it
     FLOOD = "flood"  # everywhere: from a peer, deliver locally AND forward down the origin's tree
     DROP = "drop"
 
 
-class DropReason(enum.Enum):
+class SwitchDrop(enum.Enum):
     LOCAL = "local"  # from the bridge, for a local MAC: the bridge already delivered it
     LOOP = "loop"  # a peer handed us a frame whose origin is ourselves
-    MOVED = "moved"  # a unicast datagram for a MAC that lives elsewhere, not redirected again
+    MOVED = "moved"  # a unicast datagram for a MAC that lives at another peer
     BAD_SOURCE = "bad_source"  # a multicast source MAC: invalid, never learned
 
 
@@ -83,7 +85,7 @@ class SwitchStatistics:
     flooded: int
     unicast: int
     delivered: int
-    dropped: dict[str, int]  # by DropReason value; a plain dict so dataclasses.asdict works
+    dropped: dict[str, int]  # by SwitchDrop value; a plain dict so dataclasses.asdict works
 
 
 def format_mac(mac: bytes) -> str:
@@ -113,7 +115,7 @@ class Switch:
         self._flooded = 0
         self._unicast = 0
         self._delivered = 0
-        self._dropped = dict.fromkeys(DropReason, 0)
+        self._dropped = dict.fromkeys(SwitchDrop, 0)
 
     @property
     def local(self) -> int:
@@ -126,7 +128,7 @@ class Switch:
     def from_local(self, src: bytes, dst: bytes, now: float) -> tuple[Decision, int]:
         """A frame the bridge handed to our TAP: ``(UNICAST, owner)``, FLOOD or DROP."""
         if src[0] & 1:
-            self._dropped[DropReason.BAD_SOURCE] += 1
+            self._dropped[SwitchDrop.BAD_SOURCE] += 1
             return _DROP
         entry = self._table.get(src)
         if entry is None or entry[0] != self._local or now - entry[1] > self._refresh:
@@ -140,7 +142,7 @@ class Switch:
             return _FLOOD
         peer = entry[0]
         if peer == self._local:
-            self._dropped[DropReason.LOCAL] += 1
+            self._dropped[SwitchDrop.LOCAL] += 1
             return _DROP
         self._unicast += 1
         return (Decision.UNICAST, peer)
@@ -152,20 +154,18 @@ class Switch:
         dst: bytes,
         now: float,
         flooded: bool = False,
-        *,
-        redirected: bool = False,
     ) -> tuple[Decision, int]:
         """A frame from the mesh that ``origin`` captured.
 
         ``flooded``: it came down ``origin``'s broadcast tree (FLOOD means: deliver, and forward
-        down that tree). Otherwise it was addressed to us; ``redirected``: a peer already re-sent
-        it once because the MAC had moved (see the module docstring).
+        down that tree). Otherwise it was addressed to us: DELIVER or DROP, never UNICAST (see
+        the module docstring on MACs that moved).
         """
         if origin == self._local:
-            self._dropped[DropReason.LOOP] += 1
+            self._dropped[SwitchDrop.LOOP] += 1
             return _DROP
         if src[0] & 1:
-            self._dropped[DropReason.BAD_SOURCE] += 1
+            self._dropped[SwitchDrop.BAD_SOURCE] += 1
             return _DROP
         entry = self._table.get(src)
         if entry is None or entry[0] != origin or now - entry[1] > self._refresh:
@@ -190,11 +190,8 @@ class Switch:
         if flooded:
             self._flooded += 1  # its owner is further down (or off) the tree: keep flooding
             return _FLOOD
-        if redirected or peer == origin:
-            self._dropped[DropReason.MOVED] += 1
-            return _DROP
-        self._unicast += 1
-        return (Decision.UNICAST, peer)
+        self._dropped[SwitchDrop.MOVED] += 1  # the origin's view is stale
+        return _DROP
 
     def _learn(self, mac: bytes, peer: int, old: tuple[int, float] | None, now: float) -> None:
         if old is None or now - old[1] > self._ttl:

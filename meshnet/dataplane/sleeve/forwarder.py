@@ -8,6 +8,10 @@ TCP super-frames (up to 64 KiB, from the TAP's GSO offload) travel as one datagr
 segment, sent in one `sendmsg` with UDP GSO and received coalesced with UDP GRO: a lost datagram
 costs only the segment it carried. Small frames are batched per next hop and flushed as soon as
 the TAP has nothing more to give, so they never wait.
+
+Where a frame or datagram goes is not decided here: :mod:`meshnet.dataplane.sleeve.forwarding`
+answers with operations (send, deliver, relay, control, drop) and the loops execute them,
+taking one decision per captured frame, per received datagram, or per uniform GRO run.
 """
 
 from __future__ import annotations
@@ -21,12 +25,29 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from meshnet.dataplane import sleeve_wire as wire
-from meshnet.dataplane.switch import Decision, Switch
+from meshnet.dataplane.sleeve import forwarding, wire
+from meshnet.dataplane.sleeve.forwarding import (
+    MAX_TTL,
+    Deliver,
+    Drop,
+    Neighbour,
+    Relay,
+    Send,
+    Sequences,
+    Snapshot,
+    Target,
+)
+from meshnet.dataplane.sleeve.switch import Decision, Switch
+from meshnet.dataplane.sleeve.vnet import (
+    VNET_HEADER_SIZE,
+    VnetHeader,
+    icmp_too_big,
+    parse_vnet,
+    plan_tcp_segments,
+)
 from meshnet.dataplane.tap import Tap
 from meshnet.dataplane.udp import (
     MessageTooBig,
@@ -35,72 +56,14 @@ from meshnet.dataplane.udp import (
     send_run,
     send_segments,
 )
-from meshnet.dataplane.vnet import (
-    VNET_HEADER_SIZE,
-    VnetHeader,
-    icmp_too_big,
-    parse_vnet,
-    plan_tcp_segments,
-)
 from meshnet.errors import RemoteProtocolError
-from meshnet.gossip.routes import Routes
+from meshnet.gossip.identity import format_peer_name
+
+__all__ = ["Forwarder", "Neighbour", "Sequences", "Snapshot"]
 
 log = logging.getLogger("meshnet.dataplane")
 
-MAX_TTL = 32
 POLL_MS = 200
-_CONTROL = frozenset({wire.Kind.HEARTBEAT, wire.Kind.PROBE, wire.Kind.PROBE_ACK})
-_DATA = frozenset({wire.Kind.FRAMES, wire.Kind.SEGMENT})
-
-
-class Sequences:
-    """A neighbour's datagram sequence numbers, handed out in blocks across threads.
-
-    A super-frame's datagrams take consecutive numbers in one call, so they can be sealed in
-    one pass; the lock is taken once per block, not per datagram.
-    """
-
-    def __init__(self, start: int = 1) -> None:
-        self._next = start
-        self._lock = threading.Lock()
-
-    def take(self, count: int = 1) -> int:
-        with self._lock:
-            first = self._next
-            self._next += count
-            return first
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    name: int
-    address: tuple[str, int]
-    send_key: bytes | None
-    receive_key: bytes | None
-    sequences: Sequences  # shared by both loops and the control plane
-    window: wire.ReplayWindow  # used by the receive thread only
-    max_datagram: int  # largest UDP payload the path is known to carry (0: unknown yet)
-    established: bool
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    local: int
-    routes: Routes
-    neighbours: Mapping[int, Neighbour]
-    overlay_mtu: int
-    # Neighbours our own frames reach over the kernel's VXLAN, and the MACs the bridge sends to
-    # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp_service.py).
-    fastdp: frozenset[int] = frozenset()
-    fastdp_macs: frozenset[bytes] = frozenset()
-
-    def key_for(self, hop: int) -> bytes | None:
-        neighbour = self.neighbours.get(hop)
-        return neighbour.receive_key if neighbour else None
-
-    def window_for(self, hop: int) -> wire.ReplayWindow | None:
-        neighbour = self.neighbours.get(hop)
-        return neighbour.window if neighbour else None
 
 
 class _Counts:
@@ -167,7 +130,7 @@ class Forwarder:
 
         def rows(counts: _Counts) -> dict[str, dict[str, int]]:
             return {
-                _peer_text(peer): {"datagrams": row[0], "bytes": row[1]}
+                format_peer_name(peer): {"datagrams": row[0], "bytes": row[1]}
                 for peer, row in list(counts.per_peer.items())
             }
 
@@ -175,9 +138,10 @@ class Forwarder:
             "sent": rows(self._tx),
             "received": rows(self._rx),
             "relayed": rows(self._relayed),
-            "dropped": dict(self._tx.drops + self._rx.drops + self._relayed.drops),
+            "dropped": _sum_drops(self._tx, self._rx, self._relayed),
             "routes": {
-                _peer_text(dest): _peer_text(hop) for dest, hop in snap.routes.unicast.items()
+                format_peer_name(dest): format_peer_name(hop)
+                for dest, hop in snap.routes.unicast.items()
             },
             "neighbours": len(snap.neighbours),
         }
@@ -215,24 +179,25 @@ class Forwarder:
         if len(data) < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
             return
-        frame = memoryview(data)[VNET_HEADER_SIZE:]  # a super-frame is 64 KiB: no copy
         destination_mac = data[VNET_HEADER_SIZE : VNET_HEADER_SIZE + 6]
-        decision, peer = self._switch.from_local(
+        decision, owner = self._switch.from_local(
             data[VNET_HEADER_SIZE + 6 : VNET_HEADER_SIZE + 12], destination_mac, time.monotonic()
         )
-        if decision is Decision.UNICAST:
-            if destination_mac in snap.fastdp_macs:
-                self._tx.drops["on_fastdp"] += 1  # flooded by the bridge: VXLAN carried it
-                return
-            hop = snap.routes.next_hop(peer)
-            if hop is None:
-                self._tx.drops["unreachable"] += 1
-                return
-            targets = [(hop, peer, 0)]
-        elif decision is Decision.FLOOD:
-            targets = self._flood_targets(snap)
-        else:
-            return
+        for op in forwarding.captured(snap, decision, owner, destination_mac):
+            if isinstance(op, Send):
+                self._send_captured(snap, data, op.targets, batches)
+            elif isinstance(op, Drop):
+                self._tx.drops[op.reason.value] += 1
+
+    def _send_captured(
+        self,
+        snap: Snapshot,
+        data: bytes,
+        targets: tuple[Target, ...],
+        batches: dict[tuple[int, int, int, int], wire.FrameBatcher],
+    ) -> None:
+        """Execute a Send: a super-frame as SEGMENTs now, a small frame into its batch."""
+        frame = memoryview(data)[VNET_HEADER_SIZE:]  # a super-frame is 64 KiB: no copy
         vnet_bytes = data[:VNET_HEADER_SIZE]
         if data[1] != 0:  # gso_type: a TCP super-frame
             # Small frames queued before it go first: under load the TAP is never empty, and
@@ -240,42 +205,22 @@ class Forwarder:
             self._flush(batches)
             vnet = parse_vnet(vnet_bytes)
             superframe_id = next(self._superframe_ids)
-            for hop, destination, flags in targets:
-                self._send_superframe(snap, hop, destination, flags, superframe_id, vnet, frame)
+            for target in targets:
+                self._send_superframe(snap, target, superframe_id, vnet, frame)
             return
-        for hop, destination, flags in targets:
-            neighbour = snap.neighbours.get(hop)
-            if neighbour is None:
-                self._tx.drops["no_path"] += 1
-                continue
+        for neighbour, destination, flags in targets:
             limit = self._frame_limit(neighbour)
             if len(frame) > limit + 14:
                 self._too_big(frame, limit)
                 continue
             budget = self._datagram_budget(neighbour)
-            key = (hop, destination, flags, budget)  # a new path MTU starts a new batcher
+            key = (neighbour.name, destination, flags, budget)  # a new path MTU: a new batcher
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = wire.FrameBatcher(budget)
             full = batch.add(vnet_bytes, frame)
             if full is not None:
-                self._send_frames(snap, hop, destination, flags, full)
-
-    @staticmethod
-    def _flood_targets(snap: Snapshot) -> list[tuple[int, int, int]]:
-        """``(hop, destination, flags)`` for a frame from the bridge that goes everywhere.
-
-        Without fastdp: down our broadcast tree. With it, VXLAN already reached the fastdp
-        neighbours, so every other peer gets its own copy, relayed by destination; a tree would
-        pass through (and deliver at) the very neighbours VXLAN reached.
-        """
-        if not snap.fastdp:
-            return [(hop, 0, wire.BROADCAST) for hop in snap.routes.broadcast_hops(snap.local)]
-        return [
-            (hop, peer, 0)
-            for peer, hop in snap.routes.unicast.items()
-            if peer != snap.local and peer not in snap.fastdp
-        ]
+                self._send_frames(snap, neighbour.name, destination, flags, full)
 
     def _flush(self, batches: dict[tuple[int, int, int, int], wire.FrameBatcher]) -> None:
         snap = self._snapshot
@@ -306,17 +251,12 @@ class Forwarder:
     def _send_superframe(
         self,
         snap: Snapshot,
-        hop: int,
-        destination: int,
-        flags: int,
+        target: Target,
         superframe_id: int,
         vnet: VnetHeader,
         frame: wire.Buffer,
     ) -> None:
-        neighbour = snap.neighbours.get(hop)
-        if neighbour is None:
-            self._tx.drops["no_path"] += 1
-            return
+        neighbour, destination, flags = target
         try:
             plan = plan_tcp_segments(vnet, frame)
         except RemoteProtocolError:
@@ -403,28 +343,30 @@ class Forwarder:
             except OSError:
                 self._rx.drops["receive_error"] += 1
                 continue
-            forwards: dict[int, list[bytes | bytearray]] = {}
-            snap = self._snapshot
+            self._receive(data, stride, addr)
+
+    def _receive(self, data: memoryview, stride: int, addr: Any) -> None:
+        """One receive's datagrams (GRO glues a super-frame's together)."""
+        snap = self._snapshot
+        if not data:
+            self._rx.drops["short"] += 1
+        else:
             now = time.monotonic()
-            if not data:
-                self._rx.drops["short"] += 1
-            else:
-                run = wire.DatagramRun(data, stride)
-                if not self._receive_uniform(snap, run, addr, now):
-                    self._receive_batch(snap, run.datagrams(), addr, forwards, now)
-            for hop, out in forwards.items():
-                neighbour = snap.neighbours.get(hop)
-                if neighbour is not None:
+            run = wire.DatagramRun(data, stride)
+            if not self._receive_uniform(snap, run, addr, now):
+                forwards: dict[int, tuple[Neighbour, list[bytes | bytearray]]] = {}
+                self._receive_each(snap, run.datagrams(), addr, forwards, now)
+                for neighbour, out in forwards.values():
                     self._send(neighbour, out, self._relayed)
-            self._flush_reassembly(time.monotonic(), idle=False)
+        self._flush_reassembly(time.monotonic(), idle=False)
 
     def _receive_uniform(
         self, snap: Snapshot, run: wire.DatagramRun, addr: Any, now: float
     ) -> bool:
         """The bulk case as a whole: a GRO run of SEGMENTs for us from one hop, all alike but
-        for their sequence and index, so one header check, one count and one reassembly step
-        cover them all (sealed ones are opened in one pass). False: not that case, take the
-        datagrams one by one."""
+        for their sequence and index, so one header check, one decision, one count and one
+        reassembly step cover them all (sealed ones are opened in one pass). False: not that
+        case, take the datagrams one by one."""
         data, stride = run
         if len(data) <= stride or data[1] != wire.Kind.SEGMENT:
             return False
@@ -434,10 +376,10 @@ class Forwarder:
             return False  # the one-by-one path drops and counts each
         neighbour = snap.neighbours.get(header.hop)
         if (
-            header.destination != snap.local
-            or neighbour is None
+            neighbour is None
             or neighbour.address[0] != addr[0]
             or bool(header.flags & wire.SEALED) != (neighbour.receive_key is not None)
+            or forwarding.received(snap, header) is not forwarding.DELIVER
         ):
             return False
         bodies: list[wire.Buffer]
@@ -458,49 +400,26 @@ class Forwarder:
             if drops:
                 bodies = [bodies[i] for i in indexes]
         self._rx.add(header.hop, len(bodies), len(data))
-        origin = header.origin
-        reassembler = self._reassemblers.get(origin)
-        if reassembler is None:
-            reassembler = self._reassemblers[origin] = wire.Reassembler()
-        frames: list[tuple[wire.Buffer, wire.Buffer]] = []
-        if uniform:
-            try:
-                frames = reassembler.add_uniform(bodies, now)
-            except wire.DatagramError as e:
-                self._rx.drops[e.reason.value] += len(bodies)
-        else:
-            for body in bodies:
-                try:
-                    frames += reassembler.add(body, now)
-                except wire.DatagramError as e:
-                    self._rx.drops[e.reason.value] += 1
-        if frames:
-            self._write_frames(origin, frames, False, now)
+        if bodies:
+            self._reassemble(header.origin, bodies, now, uniform=uniform, flooded=False)
         return True
 
-    def _receive_batch(
+    def _receive_each(
         self,
         snap: Snapshot,
         datagrams: list[wire.Buffer],
         addr: Any,
-        forwards: dict[int, list[bytes | bytearray]],
+        forwards: dict[int, tuple[Neighbour, list[bytes | bytearray]]],
         now: float,
     ) -> None:
-        """The datagrams of one receive (GRO glues a super-frame's together).
-
-        The bulk case, SEGMENTs for us from one hop and one origin, runs inline with the hop
-        checked and counted once per run; everything else goes through :meth:`_dispatch`.
-        Frames are written in arrival order.
-        """
-        local = snap.local
+        """The datagrams of one receive, one by one, in arrival order: checked, counted per hop
+        (once per run of one hop's), then the forwarding decision's operations executed."""
         key_for, window_for = snap.key_for, snap.window_for
         decode = wire.decode_datagram
-        segment = wire.Kind.SEGMENT
+        decide = forwarding.received
         counts = self._rx
-        hop_seen = origin_seen = -1
+        hop_seen = -1
         received = size = 0
-        reassembler: wire.Reassembler | None = None
-        ready: list[tuple[wire.Buffer, wire.Buffer]] = []
         for data in datagrams:
             try:
                 # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
@@ -521,102 +440,80 @@ class Forwarder:
                 hop_seen = hop
             received += 1
             size += len(data)
-            if header.kind is segment and header.destination == local:  # never BROADCAST
-                origin = header.origin
-                if origin != origin_seen:
-                    if ready:
-                        self._write_frames(origin_seen, ready, False, now)
-                        ready = []
-                    reassembler = self._reassemblers.get(origin)
-                    if reassembler is None:
-                        reassembler = self._reassemblers[origin] = wire.Reassembler()
-                    origin_seen = origin
-                assert reassembler is not None
-                try:
-                    ready += reassembler.add(body, now)
-                except wire.DatagramError as e:
-                    counts.drops[e.reason.value] += 1
-                continue
-            if ready:
-                self._write_frames(origin_seen, ready, False, now)
-                ready = []
-            self._dispatch(snap, header, body, addr, forwards, now)
-        if ready:
-            self._write_frames(origin_seen, ready, False, now)
+            for op in decide(snap, header):
+                if isinstance(op, Deliver):
+                    self._deliver(header, body, now, flooded=op.flooded)
+                elif isinstance(op, Relay):
+                    self._relay(snap, header, body, op.neighbour, forwards)
+                elif isinstance(op, Drop):
+                    counts.drops[op.reason.value] += 1
+                else:
+                    self._on_control(header, bytes(body), addr)
         if received:
             counts.add(hop_seen, received, size)
-
-    def _dispatch(
-        self,
-        snap: Snapshot,
-        header: wire.DatagramHeader,
-        body: wire.Buffer,
-        addr: Any,
-        forwards: dict[int, list[bytes | bytearray]],
-        now: float,
-    ) -> None:
-        """A checked datagram from a known neighbour: control, flood, delivery or relay."""
-        if header.kind in _CONTROL:
-            self._on_control(header, bytes(body), addr)
-            return
-        if header.flags & wire.BROADCAST:
-            self._deliver(header, body, now, flooded=True)
-            for hop in snap.routes.broadcast_hops(header.origin):
-                if hop != header.hop:
-                    self._relay(snap, header, body, hop, forwards)
-        elif header.destination == snap.local:
-            self._deliver(header, body, now, flooded=False)
-        else:
-            next_hop = snap.routes.next_hop(header.destination)
-            if next_hop is None:
-                self._rx.drops["unreachable"] += 1
-            else:
-                self._relay(snap, header, body, next_hop, forwards)
 
     def _relay(
         self,
         snap: Snapshot,
         header: wire.DatagramHeader,
         body: wire.Buffer,
-        hop: int,
-        forwards: dict[int, list[bytes | bytearray]],
+        neighbour: Neighbour,
+        forwards: dict[int, tuple[Neighbour, list[bytes | bytearray]]],
     ) -> None:
-        """Pass a datagram on toward its destination, sealed anew for the next pair."""
-        neighbour = snap.neighbours.get(hop)
-        if neighbour is None or header.ttl <= 1:
-            self._rx.drops["ttl" if header.ttl <= 1 else "no_path"] += 1
+        """Execute a Relay: the datagram sealed anew for the next pair, sent after the run."""
+        relayed = header.relayed(snap.local, neighbour.sequences.take())
+        if relayed is None:  # the decision checked the TTL already; this keeps it honest
+            self._rx.drops[forwarding.ForwardDrop.TTL.value] += 1
             return
-        relayed = wire.DatagramHeader(
-            kind=header.kind,
-            flags=header.flags & wire.BROADCAST,
-            ttl=header.ttl - 1,
-            origin=header.origin,
-            destination=header.destination,
-            hop=snap.local,
-            sequence=neighbour.sequences.take(),
-        )
-        forwards.setdefault(hop, []).append(wire.encode_datagram(relayed, body, neighbour.send_key))
+        datagram = wire.encode_datagram(relayed, body, neighbour.send_key)
+        queued = forwards.get(neighbour.name)
+        if queued is None:
+            forwards[neighbour.name] = (neighbour, [datagram])
+        else:
+            queued[1].append(datagram)
 
     def _deliver(
         self, header: wire.DatagramHeader, body: wire.Buffer, now: float, *, flooded: bool
     ) -> None:
-        if header.kind == wire.Kind.FRAMES:
+        """Execute a Deliver: the datagram's frames into the bridge, through the switch."""
+        if header.kind is wire.Kind.SEGMENT:
+            self._reassemble(header.origin, [body], now, uniform=False, flooded=flooded)
+            return
+        try:
+            frames = wire.split_frames(body)
+        except wire.DatagramError as e:
+            self._rx.drops[e.reason.value] += 1
+            return
+        self._write_frames(header.origin, frames, flooded, now)
+
+    def _reassemble(
+        self,
+        origin: int,
+        bodies: list[wire.Buffer],
+        now: float,
+        *,
+        uniform: bool,
+        flooded: bool,
+    ) -> None:
+        """The one way SEGMENT bodies reach the origin's reassembler, and what it completes the
+        bridge. ``uniform``: the bodies are consecutive segments known alike (one check)."""
+        reassembler = self._reassemblers.get(origin)
+        if reassembler is None:
+            reassembler = self._reassemblers[origin] = wire.Reassembler()
+        frames: list[tuple[wire.Buffer, wire.Buffer]] = []
+        if uniform:
             try:
-                frames = wire.split_frames(body)
+                frames = reassembler.add_uniform(bodies, now)
             except wire.DatagramError as e:
-                self._rx.drops[e.reason.value] += 1
-                return
+                self._rx.drops[e.reason.value] += len(bodies)
         else:
-            reassembler = self._reassemblers.get(header.origin)
-            if reassembler is None:
-                reassembler = self._reassemblers[header.origin] = wire.Reassembler()
-            try:
-                frames = reassembler.add(body, now)
-            except wire.DatagramError as e:
-                self._rx.drops[e.reason.value] += 1
-                return
+            for body in bodies:
+                try:
+                    frames += reassembler.add(body, now)
+                except wire.DatagramError as e:
+                    self._rx.drops[e.reason.value] += 1
         if frames:
-            self._write_frames(header.origin, frames, flooded, now)
+            self._write_frames(origin, frames, flooded, now)
 
     def _write_frames(
         self, origin: int, frames: list[tuple[wire.Buffer, wire.Buffer]], flooded: bool, now: float
@@ -643,7 +540,15 @@ class Forwarder:
                 self._write_frames(origin, frames, False, now)
 
 
-def _peer_text(peer: int) -> str:
-    from meshnet.gossip.identity import format_peer_name
+def _sum_drops(*threads: _Counts) -> dict[str, int]:
+    """Drops by reason over the threads' counters, read from another thread.
 
-    return format_peer_name(peer)
+    Each Counter is copied in one step that runs no Python code (``dict(counter)``), so its
+    thread cannot add a key mid-copy. Adding the live Counters (``a + b``) iterates them in
+    Python: a packet thread counting a reason for the first time meanwhile made that raise
+    "dictionary changed size during iteration", and the status API answer an error.
+    """
+    total: collections.Counter[str] = collections.Counter()
+    for counts in threads:
+        total.update(dict(counts.drops))
+    return {reason: n for reason, n in total.items() if n > 0}

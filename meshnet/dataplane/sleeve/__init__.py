@@ -1,0 +1,21 @@
+"""The sleeve: container frames carried over UDP 6783 between peers, relayed and sealed.
+
+Where things are, from the wire up:
+
+- ``header``      the 32-byte datagram header; sealing and opening one datagram or a GRO run
+- ``seal``        AEGIS-256 straight through libsodium (the per-datagram crypto)
+- ``replay``      the per-hop replay window over sequence numbers
+- ``batcher``     FRAMES bodies: small frames packed per datagram, and split again
+- ``segments``    SEGMENT bodies: a TCP super-frame cut at the kernel's segment boundaries
+- ``reassembly``  SEGMENT bodies back into super-frames (or the runs that did arrive)
+- ``control``     HEARTBEAT / PROBE / PROBE_ACK bodies
+- ``wire``        the public names of all the above, for the control plane and tools
+- ``vnet``        virtio-net headers, TCP segmentation plans, ICMP "too big"
+- ``switch``      the overlay's MAC-learning Ethernet switch (per frame, stateful, pure)
+- ``forwarding``  THE forwarding decision: (snapshot, captured frame or received header) ->
+                  operations (send, deliver, relay, control, drop); pure, property-tested
+- ``forwarder``   the two packet threads (TAP -> UDP, UDP -> TAP): they only execute operations
+- ``path``        UDP path liveness and path-MTU search per neighbour (pure)
+
+The kernel helpers (``meshnet.dataplane.tap``, ``meshnet.dataplane.udp``) are imported, not here.
+"""

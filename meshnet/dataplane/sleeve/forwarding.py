@@ -1,0 +1,286 @@
+"""The sleeve's forwarding decision: what to do with a captured frame or a received datagram.
+
+One pure function per direction, like weave's ``handleCapturedPacket`` returning a ``FlowOp``:
+
+- :func:`captured`: a frame the bridge handed to our TAP, as the switch classified it ->
+  :class:`Send` (new datagrams to these neighbours) or :class:`Drop`.
+- :func:`received`: the checked header of a datagram from a neighbour -> :class:`Control`, or
+  :class:`Deliver` (into our bridge, through the switch) and/or :class:`Relay` (pass it on to a
+  neighbour, re-sealed, with :meth:`DatagramHeader.relayed`), or :class:`Drop`.
+
+The packet threads (:mod:`meshnet.dataplane.sleeve.forwarder`) only execute the operations. The
+rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``:
+
+- **Unicast** goes to ``routes.next_hop(destination)``, hop by hop; each hop is one step closer
+  on every peer's identical BFS, so it arrives once and never goes back where it came from (a
+  datagram whose next hop is its previous one means two views disagree: dropped, "loop").
+- **Floods** from our bridge go down our broadcast tree; every peer relays a broadcast datagram
+  down the *origin's* tree (never to the hop it came from) and delivers it, so each peer
+  delivers each flood exactly once.
+- **fastdp** (the kernel's VXLAN) already carried a flood to the fastdp neighbours and a unicast
+  to a MAC pinned on the VXLAN port: the sleeve sends no flood down a tree (which would pass
+  through and deliver at those neighbours) but one copy addressed to each other peer, and drops
+  the unicast ("on_fastdp").
+- **TTL** leaves the origin at :data:`MAX_TTL` and a relay sends ``ttl - 1``; what would leave
+  with 0 is dropped ("ttl"), so a transient loop between disagreeing peers dies out.
+- A datagram carrying our own name as its origin has come back to us: dropped ("loop").
+
+Speed: the answers are precomputed when a :class:`Snapshot` is built (per destination) or on
+first use (per broadcast origin and incoming hop), so a decision is a dict lookup or two, and the
+threads take it once per frame, per super-frame or per GRO run, not per datagram of a run. The
+operations returned are shared tuples: never mutate them.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from meshnet.dataplane.sleeve.header import BROADCAST, MAX_TTL, DatagramHeader, Kind
+from meshnet.dataplane.sleeve.replay import ReplayWindow
+from meshnet.dataplane.sleeve.switch import Decision
+from meshnet.gossip.routes import Routes
+
+__all__ = [
+    "MAX_TTL",
+    "Control",
+    "Deliver",
+    "Drop",
+    "ForwardDrop",
+    "Neighbour",
+    "Operation",
+    "Relay",
+    "Send",
+    "Sequences",
+    "Snapshot",
+    "Target",
+    "captured",
+    "received",
+]
+
+
+class Sequences:
+    """A neighbour's datagram sequence numbers, handed out in blocks across threads.
+
+    A super-frame's datagrams take consecutive numbers in one call, so they can be sealed in
+    one pass; the lock is taken once per block, not per datagram.
+    """
+
+    def __init__(self, start: int = 1) -> None:
+        self._next = start
+        self._lock = threading.Lock()
+
+    def take(self, count: int = 1) -> int:
+        with self._lock:
+            first = self._next
+            self._next += count
+            return first
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    name: int
+    address: tuple[str, int]
+    send_key: bytes | None
+    receive_key: bytes | None
+    sequences: Sequences  # shared by both loops and the control plane
+    window: ReplayWindow  # used by the receive thread only
+    max_datagram: int  # largest UDP payload the path is known to carry (0: unknown yet)
+    established: bool
+
+
+class ForwardDrop(enum.Enum):
+    """Why the forwarding decision dropped a frame or datagram (the threads count by value)."""
+
+    UNREACHABLE = "unreachable"  # no route to the destination peer
+    NO_PATH = "no_path"  # the next hop has no UDP path (not a neighbour of the data plane)
+    TTL = "ttl"  # its hops are used up
+    ON_FASTDP = "on_fastdp"  # the kernel's VXLAN carried it already
+    LOOP = "loop"  # it came back to its origin, or would go back where it came from
+
+
+class Target(NamedTuple):
+    """Where a captured frame goes: to ``neighbour``, addressed to peer ``destination`` (0 and
+    BROADCAST in ``flags`` for a flood down our tree)."""
+
+    neighbour: Neighbour
+    destination: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send a captured frame in new datagrams, one copy per target."""
+
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Write the datagram's frames into our bridge (each through the switch). ``flooded``: it
+    came down the origin's broadcast tree."""
+
+    flooded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Pass the received datagram on to ``neighbour``, re-sealed for that pair, with the header
+    :meth:`DatagramHeader.relayed` gives."""
+
+    neighbour: Neighbour
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control datagram (heartbeat, probe) for the control plane."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: ForwardDrop
+
+
+Operation = Send | Deliver | Relay | Control | Drop
+Operations = tuple[Operation, ...]
+
+NOTHING: Operations = ()
+DELIVER: Operations = (Deliver(flooded=False),)
+CONTROL: Operations = (Control(),)
+_UNREACHABLE: Operations = (Drop(ForwardDrop.UNREACHABLE),)
+_NO_PATH: Operations = (Drop(ForwardDrop.NO_PATH),)
+_TTL: Operations = (Drop(ForwardDrop.TTL),)
+_ON_FASTDP: Operations = (Drop(ForwardDrop.ON_FASTDP),)
+_LOOP: Operations = (Drop(ForwardDrop.LOOP),)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the packet threads forward by: replaced by reference, never changed in place.
+
+    Building one precomputes every per-destination answer; per-origin broadcast answers are
+    memoised on first use (a function of the frozen fields, so sharing it is safe).
+    """
+
+    local: int
+    routes: Routes
+    neighbours: Mapping[int, Neighbour]
+    overlay_mtu: int
+    # Neighbours our own frames reach over the kernel's VXLAN, and the MACs the bridge sends to
+    # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp_service.py).
+    fastdp: frozenset[int] = frozenset()
+    fastdp_macs: frozenset[bytes] = frozenset()
+    _flood: Operations = field(init=False, repr=False, compare=False)
+    _to_owner: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
+    _relay: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
+    _broadcast: dict[tuple[int, int, bool], Operations] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        to_owner: dict[int, Operations] = {}
+        relay: dict[int, Operations] = {}
+        for peer, hop in self.routes.unicast.items():
+            if peer == self.local:
+                continue
+            neighbour = self.neighbours.get(hop)
+            to_owner[peer] = (
+                (Send((Target(neighbour, peer, 0),)),) if neighbour is not None else _NO_PATH
+            )
+            relay[peer] = (Relay(neighbour),) if neighbour is not None else _NO_PATH
+        object.__setattr__(self, "_to_owner", to_owner)
+        object.__setattr__(self, "_relay", relay)
+        object.__setattr__(self, "_flood", self._flood_operations())
+        object.__setattr__(self, "_broadcast", {})
+
+    def _flood_operations(self) -> Operations:
+        """A frame from the bridge that goes everywhere.
+
+        Without fastdp: down our broadcast tree. With it, VXLAN already reached the fastdp
+        neighbours, so every other peer gets its own copy, relayed by destination; a tree would
+        pass through (and deliver at) the very neighbours VXLAN reached.
+        """
+        if not self.fastdp:
+            wanted = [(hop, 0, BROADCAST) for hop in self.routes.broadcast_hops(self.local)]
+        else:
+            wanted = [
+                (hop, peer, 0)
+                for peer, hop in self.routes.unicast.items()
+                if peer != self.local and peer not in self.fastdp
+            ]
+        targets = tuple(
+            Target(self.neighbours[hop], destination, flags)
+            for hop, destination, flags in wanted
+            if hop in self.neighbours
+        )
+        missing = len(wanted) - len(targets)
+        sends: Operations = (Send(targets),) if targets else NOTHING
+        return sends + _NO_PATH * missing
+
+    def broadcast_operations(self, origin: int, came_from: int, ttl_left: bool) -> Operations:
+        """A broadcast datagram ``origin`` flooded, received from ``came_from``: deliver it, and
+        relay it down the origin's tree but back (unless its TTL is used up)."""
+        key = (origin, came_from, ttl_left)
+        ops = self._broadcast.get(key)
+        if ops is None:
+            ops = (Deliver(flooded=True),)
+            for hop in self.routes.broadcast_hops(origin):
+                if hop == came_from:
+                    continue
+                neighbour = self.neighbours.get(hop)
+                if not ttl_left:
+                    ops += _TTL
+                elif neighbour is None:
+                    ops += _NO_PATH
+                else:
+                    ops += (Relay(neighbour),)
+            self._broadcast[key] = ops  # one rx thread writes; a race only recomputes
+        return ops
+
+    def key_for(self, hop: int) -> bytes | None:
+        neighbour = self.neighbours.get(hop)
+        return neighbour.receive_key if neighbour else None
+
+    def window_for(self, hop: int) -> ReplayWindow | None:
+        neighbour = self.neighbours.get(hop)
+        return neighbour.window if neighbour else None
+
+
+def captured(snap: Snapshot, decision: Decision, owner: int, destination_mac: bytes) -> Operations:
+    """A frame from our bridge, as :meth:`Switch.from_local` decided (``(decision, owner)``).
+
+    The switch keeps the MAC table (state); this turns its answer into sends by routes,
+    neighbours and the fastdp split.
+    """
+    if decision is Decision.FLOOD:
+        return snap._flood
+    if decision is not Decision.UNICAST:
+        return NOTHING  # the switch dropped it and counted why
+    if destination_mac in snap.fastdp_macs:
+        return _ON_FASTDP  # flooded by the bridge to the VXLAN port too: VXLAN carried it
+    return snap._to_owner.get(owner, _UNREACHABLE)
+
+
+def received(snap: Snapshot, header: DatagramHeader) -> Operations:
+    """A datagram from neighbour ``header.hop`` whose header (and tag) checked out."""
+    kind = header.kind
+    if kind is not Kind.SEGMENT and kind is not Kind.FRAMES:
+        return CONTROL
+    if header.origin == snap.local:
+        return _LOOP
+    if header.flags & BROADCAST:
+        return snap.broadcast_operations(header.origin, header.hop, header.ttl > 1)
+    destination = header.destination
+    if destination == snap.local:
+        return DELIVER
+    ops = snap._relay.get(destination, _UNREACHABLE)
+    relay = ops[0]
+    if isinstance(relay, Relay):
+        if header.ttl <= 1:
+            return _TTL
+        if relay.neighbour.name == header.hop:
+            return _LOOP
+    return ops
