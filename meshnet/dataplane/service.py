@@ -22,7 +22,7 @@ from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
 from meshnet.dataplane import sleeve_wire as wire
-from meshnet.dataplane.fastdp_service import FastDatapath
+from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.switch import Switch, derived_mac

@@ -1,6 +1,6 @@
 """The fast datapath's trio shell: the VXLAN device, probes, advertisements, FDB programming.
 
-Decisions live in ``fastdp.py``; this shell feeds it (neighbours from the router, the bridge's
+Decisions live in ``core.py``; this shell feeds it (neighbours from the router, the bridge's
 learned MACs, probe answers from an AF_PACKET socket on the bridge, neighbours' advertisements
 from the ``fastdp`` gossip channel) and makes the kernel match what it wants. The data plane
 reads `up` (the neighbours the sleeve must skip) through the `on_change` callback, which is called
@@ -20,8 +20,9 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import fastdp, netlink
-from meshnet.dataplane.fastdp import (
+from meshnet.dataplane import netlink
+from meshnet.dataplane.fastdp import core as fastdp
+from meshnet.dataplane.fastdp.core import (
     Advertisement,
     Candidate,
     KernelEntries,
