@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane import forwarder as fw
 from meshnet.dataplane import sleeve_wire as sw
 from meshnet.dataplane import vnet as vn
+from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
     Candidate,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -31,6 +31,7 @@ from meshnet.dataplane.fastdp.core import (
     ProbeKind,
 )
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 
@@ -72,9 +73,9 @@ class FastDatapath:
         self._frame_size = 0
         self._sock: trio.socket.SocketType | None = None
         self._dirty = trio.Event()
+        self._live: LiveLinks = NO_LINKS  # the router's, as last published
         self.counters: dict[str, int] = {}
         router.register_channel(fastdp.CHANNEL, self)
-        router.add_listener(self._mark_dirty)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class FastDatapath:
         log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, fastdp.PORT)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_router)
                 nursery.start_soon(self._receive_probes)
                 nursery.start_soon(self._watch_local_macs)
                 nursery.start_soon(self._drive)
@@ -129,8 +131,29 @@ class FastDatapath:
             if ns.has_link(self.bridge):
                 ns.remove_local_mac(self.bridge, self._probe_mac)
 
-    def _mark_dirty(self) -> None:
-        self._dirty.set()
+    @property
+    def _links(self) -> Mapping[int, PeerLink]:
+        return self._live.links
+
+    async def _follow_router(self) -> None:
+        """Links decide the candidates; routes decide whether an advertisement can be sent (a
+        neighbour is routable only once its path is proven). Both are published only on a
+        real change, so an idle mesh leaves `_drive` to its own timers."""
+
+        async def links() -> None:
+            async for live in self.router.links.subscribe():
+                self._live = live
+                self._dirty.set()
+
+        async def views() -> None:
+            version = self.router.views.version
+            while True:
+                version, _ = await self.router.views.wait_newer(version)
+                self._dirty.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(links)
+            nursery.start_soon(views)
 
     # --- the gossip channel: neighbours' advertisements -----------------------------------------
 
@@ -167,7 +190,7 @@ class FastDatapath:
 
     def _advertise(self, refresh: bool) -> None:
         """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL)."""
-        links = self.router.peer_links()
+        links = self._links
         for peer in set(self._sent_ads) - set(links):
             del self._sent_ads[peer]  # a returning neighbour hears from us again
         for peer, link in links.items():
@@ -182,7 +205,7 @@ class FastDatapath:
     def _candidates(self) -> dict[int, str]:
         """Neighbours both sides want fastdp with, and their underlay addresses."""
         found = {}
-        for peer, link in self.router.peer_links().items():
+        for peer, link in self._links.items():
             ad = self._ads.get(peer)
             if ad is not None and ad.willing and self._willing(link.ip):
                 found[peer] = link.ip
@@ -342,7 +365,7 @@ class FastDatapath:
     def _reason(self, peer: int) -> str:
         if self.unavailable:
             return self.unavailable
-        link = self.router.peer_links().get(peer)
+        link = self._links.get(peer)
         if link is not None and not self._willing(link.ip):
             return "off: encrypted (VXLAN would carry frames in the clear)"
         ad = self._ads.get(peer)
@@ -368,7 +391,7 @@ class FastDatapath:
                     **self.peer_info(peer),
                     **(vars(p.statistics()) if (p := self._probes.get(peer)) else {}),
                 }
-                for peer in self.router.peer_links()
+                for peer in self._links
             },
             "entries": {
                 "remotes": len(self._installed.remotes),
