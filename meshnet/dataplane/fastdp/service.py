@@ -37,7 +37,12 @@ from meshnet.gossip.router import Router
 
 log = logging.getLogger("meshnet.fastdp")
 
-SCAN_INTERVAL = 1.0  # how often the bridge's learned MACs are read
+# The bridge's learned MACs are read again when the kernel reports a forwarding-table change
+# (after MAC_SETTLE, so that a burst becomes one read), and every RESCAN_INTERVAL in case a
+# notification was lost; every SCAN_INTERVAL where notifications cannot be had.
+SCAN_INTERVAL = 1.0
+RESCAN_INTERVAL = 30.0
+MAC_SETTLE = 0.05
 READVERTISE_INTERVAL = 30.0
 _PACKET_OUTGOING = 4  # sll_pkttype of our own transmissions, which packet sockets also see
 
@@ -339,17 +344,34 @@ class FastDatapath:
                 learned = ns.learned_macs(self.bridge, exclude={fastdp.DEVICE, self.tap})
                 return frozenset({*learned, ns.link(self.bridge).mac})
 
-        while True:
-            try:
-                macs = await self._run_netlink(scan)
-            except netlink.NetlinkError as e:
-                self._count("scan_failed")
-                log.warning("fast datapath: %s", e)
-            else:
-                if macs != self._local_macs:
-                    self._local_macs = macs
-                    self._dirty.set()
-            await trio.sleep(SCAN_INTERVAL)
+        try:
+            monitor: trio.socket.SocketType | None = trio.socket.from_stdlib_socket(
+                netlink.open_fdb_monitor()
+            )
+        except OSError as e:
+            monitor = None
+            log.warning("fast datapath: no forwarding-table notifications (%s): polling", e)
+        try:
+            while True:
+                try:
+                    macs = await self._run_netlink(scan)
+                except netlink.NetlinkError as e:
+                    self._count("scan_failed")
+                    log.warning("fast datapath: %s", e)
+                else:
+                    self._count("mac_scans")
+                    if macs != self._local_macs:
+                        self._local_macs = macs
+                        self._dirty.set()
+                if monitor is None:
+                    await trio.sleep(SCAN_INTERVAL)
+                    continue
+                with trio.move_on_after(RESCAN_INTERVAL):
+                    await _next_fdb_change(monitor)
+                await trio.sleep(MAC_SETTLE)
+        finally:
+            if monitor is not None:
+                monitor.close()
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -399,3 +421,15 @@ class FastDatapath:
             },
             "counters": dict(self.counters),
         }
+
+
+async def _next_fdb_change(monitor: trio.socket.SocketType) -> None:
+    """Until the kernel reports a change of a bridge's forwarding table (or lost some reports:
+    a full socket buffer fails the read with ENOBUFS, and the caller reads the table again)."""
+    while True:
+        try:
+            data = await monitor.recv(65536)
+        except OSError:
+            return
+        if netlink.fdb_changed(data):
+            return
