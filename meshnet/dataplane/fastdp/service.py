@@ -79,6 +79,9 @@ class FastDatapath:
         self._sock: trio.socket.SocketType | None = None
         self._dirty = trio.Event()
         self._live: LiveLinks = NO_LINKS  # the router's, as last published
+        # Derived from the links and the advertisements; None after either changed.
+        self._candidate_cache: dict[int, str] | None = None
+        self._probe_macs: dict[int, str] = {}
         self.counters: dict[str, int] = {}
         router.register_channel(fastdp.CHANNEL, self)
 
@@ -148,6 +151,7 @@ class FastDatapath:
         async def links() -> None:
             async for live in self.router.links.subscribe():
                 self._live = live
+                self._candidate_cache = None
                 self._dirty.set()
 
         async def views() -> None:
@@ -183,6 +187,7 @@ class FastDatapath:
             return
         self._ads[source] = ad
         self._owners.update(source, ad.macs)
+        self._candidate_cache = None
         self._dirty.set()
 
     def _willing(self, address: str) -> bool:
@@ -193,8 +198,12 @@ class FastDatapath:
             trusted=self.config.trusted_subnets,
         )
 
-    def _advertise(self, refresh: bool) -> None:
-        """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL)."""
+    def _advertise(self, refresh: bool) -> bool:
+        """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL).
+
+        False if one could not be sent (no route to the neighbour yet): try again soon.
+        """
+        sent_all = True
         links = self._links
         for peer in set(self._sent_ads) - set(links):
             del self._sent_ads[peer]  # a returning neighbour hears from us again
@@ -204,42 +213,66 @@ class FastDatapath:
                 continue
             if self.router.unicast(fastdp.CHANNEL, peer, fastdp.encode_advertisement(ad)):
                 self._sent_ads[peer] = ad
+            else:
+                sent_all = False
+        return sent_all
 
     # --- probing and programming ---------------------------------------------------------------
 
     def _candidates(self) -> dict[int, str]:
-        """Neighbours both sides want fastdp with, and their underlay addresses."""
-        found = {}
-        for peer, link in self._links.items():
-            ad = self._ads.get(peer)
-            if ad is not None and ad.willing and self._willing(link.ip):
-                found[peer] = link.ip
-        return found
+        """Neighbours both sides want fastdp with, and their underlay addresses (asked for
+        every probe received: cached until the links or an advertisement change)."""
+        if self._candidate_cache is None:
+            found = {}
+            for peer, link in self._links.items():
+                ad = self._ads.get(peer)
+                if ad is not None and ad.willing and self._willing(link.ip):
+                    found[peer] = link.ip
+            self._candidate_cache = found
+        return self._candidate_cache
 
     async def _drive(self) -> None:
+        """Advertise and program after a change; probe on the probes' own schedule.
+
+        A wake-up for a probe alone (twice a second per neighbour) only sends it: advertising
+        and programming follow changes (links, advertisements, local MACs, a probe's state),
+        and the periodic re-advertisement.
+        """
         refresh_at = 0.0
+        changed = True
         while True:
             now = trio.current_time()
             refresh = now >= refresh_at
             if refresh:
                 refresh_at = now + READVERTISE_INTERVAL
-            self._advertise(refresh)
+            retry = False
+            if changed or refresh:
+                retry = not self._advertise(refresh)
             candidates = self._candidates()
             for peer in set(self._probes) - set(candidates):
                 del self._probes[peer]
-            wake = now + 1.0
+                changed = True
+            wake = min(now + 1.0, refresh_at)
             for peer in candidates:
-                probe = self._probes.setdefault(peer, PeerProbe(started=now))
+                probe = self._probes.get(peer)
+                if probe is None:
+                    probe = self._probes[peer] = PeerProbe(started=now)
+                    changed = True
+                state = probe.state
                 probe_id = probe.tick(now)
+                changed = changed or probe.state is not state
                 if probe_id is not None:
                     await self._send_probe(Probe(ProbeKind.PROBE, self.local, probe_id), peer)
                 wake = min(wake, probe.next_wake())
-            await self._program(candidates)
+            if changed:
+                retry = not await self._program(candidates) or retry
             with trio.move_on_at(max(wake, now + 0.05)):
                 await self._dirty.wait()
+            changed = self._dirty.is_set() or retry
             self._dirty = trio.Event()
 
-    async def _program(self, addresses: dict[int, str]) -> None:
+    async def _program(self, addresses: dict[int, str]) -> bool:
+        """Make the kernel hold what the candidates need; False if it refused (retry)."""
         candidates = {
             peer: Candidate(address, self._probes[peer].state is fastdp.FastState.UP)
             for peer, address in addresses.items()
@@ -248,7 +281,7 @@ class FastDatapath:
         have = self._installed
         up = frozenset(peer for peer, c in candidates.items() if c.up)
         if want == have and up == self.up:
-            return
+            return True
         for peer in up - self.up:
             log.info("fast datapath to %s up", self.router.nick(peer))
         for peer in self.up - up:
@@ -281,6 +314,8 @@ class FastDatapath:
         except netlink.NetlinkError as e:
             self._count("program_failed")
             log.warning("fast datapath: %s (retrying)", e)
+            return False
+        return True
 
     def _publish(self, pinned: frozenset[str], up: frozenset[int]) -> None:
         """Tell the sleeve which neighbours and MACs the VXLAN port carries.
@@ -295,12 +330,20 @@ class FastDatapath:
         self.pinned, self.up = pinned, up
         self._on_change()
 
+    def _probe_mac_of(self, peer: int) -> str:
+        mac = self._probe_macs.get(peer)
+        if mac is None:
+            if len(self._probe_macs) > 4096:  # bounded: names come from the network
+                self._probe_macs.clear()
+            mac = self._probe_macs[peer] = fastdp.probe_mac(peer)
+        return mac
+
     async def _send_probe(self, probe: Probe, peer: int) -> None:
         assert self._sock is not None
         frame = fastdp.encode_probe(
             probe,
             source=self._probe_mac,
-            destination=fastdp.probe_mac(peer),
+            destination=self._probe_mac_of(peer),
             size=self._frame_size,
         )
         try:
