@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,13 @@ _NTF_STICKY = 0x40
 _NUD_PERMANENT = ndmsg.states["permanent"]
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
+# Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
+# of family AF_BRIDGE; ARP and NDP entries come on the same group with AF_INET/AF_INET6.
+_RTMGRP_NEIGH = 0x4
+_RTM_NEWNEIGH = 28
+_RTM_DELNEIGH = 29
+_AF_BRIDGE = 7
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _T = TypeVar("_T")
 
 # `IPRoute(netns=...)` forks a helper from the calling (worker) thread, then stops it with
@@ -627,3 +636,33 @@ class Namespace:
             peer_index=_attr(msg, "IFLA_LINK"),
             peer_netnsid=_attr(msg, "IFLA_LINK_NETNSID"),
         )
+
+
+def open_fdb_monitor() -> socket.socket:
+    """A non-blocking netlink socket told of every neighbour change in the caller's namespace.
+
+    The kernel notifies when a bridge learns a MAC, sees it move, or ages it out (not when a
+    known entry is merely refreshed by traffic), so reading this instead of dumping the table
+    every second costs nothing while nothing changes. Pass what it receives to `fdb_changed`.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
+    try:
+        sock.bind((0, _RTMGRP_NEIGH))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def fdb_changed(data: bytes) -> bool:
+    """Whether a datagram of neighbour notifications holds a bridge forwarding-table change
+    (ARP and NDP changes come on the same socket and are not)."""
+    offset = 0
+    while offset + _NLMSGHDR.size < len(data):
+        length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
+        if length < _NLMSGHDR.size:
+            return False
+        if kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and data[offset + _NLMSGHDR.size] == _AF_BRIDGE:
+            return True
+        offset += (length + 3) & ~3
+    return False

@@ -2,8 +2,10 @@
 threads, per-neighbour UDP path liveness, and container attachment.
 
 The packet loops run in OS threads (forwarder.py) and read an immutable `Snapshot` that this
-shell rebuilds and swaps by reference whenever the router reports a change. Control datagrams
-(heartbeats, path-MTU probes) come back from the receive thread through the trio token.
+shell rebuilds and swaps by reference whenever the router publishes new routes or links (its
+`Watch` values; a heartbeat publishes nothing). Path verdicts go back as `PathVerdict` values
+through `Router.report_path`, which never calls back. Control datagrams (heartbeats, path-MTU
+probes) come back from the receive thread through the trio token.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -21,7 +23,7 @@ import trio
 from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
-from meshnet.dataplane.fastdp_service import FastDatapath
+from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
@@ -29,8 +31,9 @@ from meshnet.dataplane.sleeve.switch import Switch, derived_mac
 from meshnet.dataplane.tap import open_tap
 from meshnet.dataplane.udp import open_udp
 from meshnet.errors import UserError
+from meshnet.gossip.events import PathVerdict, PeerLink
 from meshnet.gossip.identity import format_peer_name
-from meshnet.gossip.router import PeerLink, Router
+from meshnet.gossip.router import Router
 
 log = logging.getLogger("meshnet.dataplane")
 
@@ -119,7 +122,6 @@ class DataPlane:
             on_too_big=lambda peer, size: token.run_sync_soon(self._on_too_big, peer, size),
         )
         self.forwarder.start()
-        self.router.add_listener(self._mark_dirty)
         log.info(
             "data plane up: bridge %s, overlay MTU %d, sleeve on UDP %d",
             BRIDGE,
@@ -129,7 +131,9 @@ class DataPlane:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.fastdp.serve, self.overlay_mtu)
-                nursery.start_soon(self._follow_router)
+                nursery.start_soon(self._follow_links)
+                nursery.start_soon(self._follow_views)
+                nursery.start_soon(self._rebuild_snapshots)
                 nursery.start_soon(self._drive_paths)
                 nursery.start_soon(self._expire_macs)
                 task_status.started()
@@ -167,9 +171,8 @@ class DataPlane:
     # --- forwarding state ----------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
-        links = self.router.peer_links()
         neighbours = {}
-        for peer, link in links.items():
+        for peer, link in self._links.items():
             path = self.paths.get(peer)
             neighbours[peer] = Neighbour(
                 name=peer,
@@ -183,39 +186,49 @@ class DataPlane:
             )
         return Snapshot(
             local=self.local,
-            routes=self.router.mesh.routes,
+            routes=self.router.views.current.routes,
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
             fastdp=self.fastdp.up,
             fastdp_macs=frozenset(bytes.fromhex(m.replace(":", "")) for m in self.fastdp.pinned),
         )
 
-    async def _follow_router(self) -> None:
-        """Rebuild the snapshot after every change the router reports (coalesced)."""
+    async def _follow_links(self) -> None:
+        """Paths follow the router's live links (published only when one comes, goes or
+        changes)."""
+        async for live in self.router.links.subscribe():
+            self._reconcile_links(live.links)
+            self._dirty.set()
+
+    async def _follow_views(self) -> None:
+        """Routes and known peers (published only after a recalculation changed them)."""
+        async for view in self.router.views.subscribe():
+            for gone in self.switch_peers() - view.peers:
+                self.switch.forget_peer(gone)
+            self._dirty.set()
+
+    async def _rebuild_snapshots(self) -> None:
+        """Swap in a new snapshot after changes (links, routes, path states), coalesced."""
         assert self.forwarder is not None
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            links = self.router.peer_links()
-            self._reconcile_links(links)
-            for gone in set(self.switch_peers()) - set(self.router.mesh.topology):
-                self.switch.forget_peer(gone)
             self.forwarder.update(self._snapshot())
             await trio.sleep(0.01)  # let a burst of changes coalesce
 
-    def _reconcile_links(self, links: dict[int, PeerLink]) -> None:
+    def _reconcile_links(self, links: Mapping[int, PeerLink]) -> None:
         """Paths follow neighbours; a replaced connection keeps its path but is told its state.
 
         Sequence numbers keep counting for as long as the neighbour stays (a new key never sees
         an old nonce); a new receive key gets a fresh replay window, since the sender's
         sequences for it may start anywhere.
         """
-        for peer in list(self.paths):
+        for peer in list(self._links):
             if peer not in links:
-                del self.paths[peer]
+                self.paths.pop(peer, None)
                 self._sequences.pop(peer, None)
                 self._windows.pop(peer, None)
-                self._links.pop(peer, None)
+                del self._links[peer]
         for peer, link in links.items():
             old = self._links.get(peer)
             if old is link:
@@ -229,17 +242,14 @@ class DataPlane:
                     max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
                 )
             else:  # the router's new connection must learn what we already know
-                self.router.set_data_path(peer, path.established, self._path_info(peer, path))
+                self.router.report_path(self._verdict(peer, path))
 
     def _fastdp_changed(self) -> None:
         """Neighbours joined or left fastdp: the sleeve's snapshot must follow at once."""
         if self.forwarder is not None:
             self.forwarder.update(self._snapshot())
         for peer, path in self.paths.items():
-            self.router.set_data_path(peer, path.established, self._path_info(peer, path))
-
-    def _mark_dirty(self) -> None:
-        self._dirty.set()  # looked up on each call: the event is replaced after every rebuild
+            self.router.report_path(self._verdict(peer, path))
 
     def _usable_payload(self, path: UdpPath | None) -> int:
         """What the forwarder may send: the discovered path MTU once known.
@@ -281,8 +291,11 @@ class DataPlane:
         nickname = self.router.nick(peer)
         if path.state != before[0]:
             log.info("UDP path to %s %s (PMTU %d)", nickname, path.state.value, path.payload_mtu)
-        self.router.set_data_path(peer, path.established, self._path_info(peer, path))
+        self.router.report_path(self._verdict(peer, path))
         self._dirty.set()
+
+    def _verdict(self, peer: int, path: UdpPath) -> PathVerdict:
+        return PathVerdict(peer, path.established, self._path_info(peer, path))
 
     def _path_info(self, peer: int, path: UdpPath) -> dict[str, Any]:
         return {
@@ -293,7 +306,7 @@ class DataPlane:
         }
 
     def _send_control(self, peer: int, action: SendHeartbeat | SendProbe) -> None:
-        link = self.router.peer_links().get(peer)
+        link = self._links.get(peer)
         if link is None or self._sock is None:
             return
         if isinstance(action, SendHeartbeat):
@@ -337,7 +350,7 @@ class DataPlane:
         """A heartbeat or probe the receive thread authenticated; runs in trio."""
         peer = header.hop
         path = self.paths.get(peer)
-        link = self.router.peer_links().get(peer)
+        link = self._links.get(peer)
         if path is None or link is None:
             self._count("control_from_stranger")
             return

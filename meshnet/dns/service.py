@@ -114,7 +114,6 @@ class DnsService:
         self.records = Records(peer=router.identity.name, now=time.time())
         self._saved = self._load()
         router.register_channel(CHANNEL, self.records)
-        router.add_listener(self._topology_changed)
         self._changed = trio.Event()
         self.listen: Interface | None = None
         #: Told whenever ``listen`` changes (the ramps: every container may reach the server).
@@ -141,6 +140,7 @@ class DnsService:
         self.dataplane = dataplane
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._maintain)
+            nursery.start_soon(self._follow_mesh)
             task_status.started()
             if self.dataplane is None:
                 self.state = "off (no data plane)"
@@ -277,12 +277,16 @@ class DnsService:
                 self.records.expire(time.time())
             self._save()
 
-    def _topology_changed(self) -> None:
-        self._changed.set()
+    async def _follow_mesh(self) -> None:
+        """Woken only when the router publishes a changed view (never by a heartbeat)."""
+        version = self.router.views.version
+        while True:
+            version, _ = await self.router.views.wait_newer(version)
+            self._changed.set()
 
     def _follow_topology(self) -> None:
         """Hide the records of peers we cannot reach; show them again when they are back."""
-        reachable = self.router.mesh.routes.distance
+        reachable = self.router.views.current.reachable
         origins = {r.origin for r in self.records.records()} - {self.records.peer}
         for origin in origins:
             if origin in reachable:

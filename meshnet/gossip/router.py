@@ -3,6 +3,12 @@ everything into the pure `Mesh` and `ConnectionMaker` cores.
 
 One task per connection direction (reader, writer); what waits for a neighbour sits in one shared
 `GossipOutbox` (merged per channel, bounded), and a writer is woken by a one-slot doorbell.
+
+Subsystems hear about change through two `Watch` values (meshnet.gossip.events): ``views`` (routes
+and known peers, published after a recalculation that changed them, bursts coalesced) and
+``links`` (published when a neighbour's link comes, goes or is replaced). A heartbeat, or gossip
+that changes nothing, publishes nothing. The data plane answers with a `PathVerdict` through
+`report_path`, which never calls back into it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +32,7 @@ from meshnet.config import Config
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Gossiper, Send
 from meshnet.gossip.connection_maker import ConnectionMaker, Source
+from meshnet.gossip.events import NO_LINKS, LiveLinks, MeshView, PathVerdict, PeerLink, Watch
 from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
     Handshake,
@@ -36,7 +43,7 @@ from meshnet.gossip.handshake import (
 from meshnet.gossip.identity import Identity, format_peer_name
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Heartbeat, Message
-from meshnet.gossip.routes import shortest_path
+from meshnet.gossip.routes import Routes, shortest_path, symmetric_graph
 
 log = logging.getLogger("meshnet.router")
 
@@ -45,6 +52,9 @@ _SLEEVE_KEY_PERSON = b"meshnet-sleeve"
 READ_SIZE = 65536
 # How many failed or closed connections `status connections` remembers.
 RECENT_FAILURES = 32
+# After publishing a new MeshView, wait this long before looking again: a burst of topology
+# gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber.
+VIEW_COALESCE = 0.02
 
 
 class ConnectionState(enum.Enum):
@@ -66,7 +76,7 @@ class ConnectionRecord:
     encrypted: bool = False
     last_error: str | None = None
 
-    data_path: dict[str, Any] | None = None  # filled in by the data plane: state, pmtu, rtt
+    data_path: Mapping[str, Any] | None = None  # filled in by the data plane: state, pmtu, rtt
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +88,7 @@ class ConnectionRecord:
             "nickname": self.peer.nickname if self.peer else None,
             "encrypted": self.encrypted,
             "last_error": self.last_error,
-            "data_path": self.data_path,
+            "data_path": dict(self.data_path) if self.data_path is not None else None,
         }
 
 
@@ -107,18 +117,6 @@ class _Live:
     link: PeerLink
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     last_received: float = 0.0
-
-
-@dataclass(frozen=True)
-class PeerLink:
-    """What the data plane needs to reach a neighbour: its UDP endpoint and the pair's keys."""
-
-    name: int
-    nickname: str
-    ip: str
-    port: int
-    send_key: bytes | None  # sleeve keys, derived from (never equal to) the control keys
-    receive_key: bytes | None
 
 
 def _sleeve_key(control_key: bytes | None) -> bytes | None:
@@ -164,7 +162,10 @@ class Router:
         self._wake_ticker = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._data_path = data_path
-        self._listeners: list[Callable[[], None]] = []
+        self.links: Watch[LiveLinks] = Watch(NO_LINKS)
+        self.views: Watch[MeshView] = Watch(self._view(self.mesh.routes))
+        self._view_signature = self._signature(self.mesh.routes)
+        self._maybe_changed = trio.Event()
         self._features = {**PROTOCOL_FEATURES, "sleeve_port": config.port}
 
     # --- public face (API) ---------------------------------------------------------------------
@@ -291,26 +292,64 @@ class Router:
 
     # --- the data plane's view -----------------------------------------------------------------
 
-    def peer_links(self) -> dict[int, PeerLink]:
-        return {peer: live.link for peer, live in self._live.items()}
+    def peer_links(self) -> Mapping[int, PeerLink]:
+        return self.links.current.links
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Called (synchronously, cheaply) whenever connections or the topology may have changed."""
-        self._listeners.append(listener)
+    def report_path(self, verdict: PathVerdict) -> None:
+        """The data plane's verdict on a neighbour's UDP path, and what status should show.
 
-    def _notify(self) -> None:
-        for listener in self._listeners:
-            listener()
-
-    def set_data_path(self, peer: int, established: bool, info: dict[str, Any]) -> None:
-        """The data plane's verdict on a neighbour's UDP path, and what status should show."""
-        live = self._live.get(peer)
+        Never calls back: a changed verdict reaches subscribers as a newer `MeshView`, later,
+        from the router's own task.
+        """
+        live = self._live.get(verdict.peer)
         if live is None:
             return
-        live.record.data_path = info
+        live.record.data_path = verdict.info
         if self._data_path:
-            self._dispatch(self.mesh.set_established(peer, established, trio.current_time()))
-            self._notify()
+            now = trio.current_time()
+            self._dispatch(self.mesh.set_established(verdict.peer, verdict.established, now))
+            self._maybe_changed.set()
+
+    def _publish_links(self) -> None:
+        self.links.publish(LiveLinks.of({peer: live.link for peer, live in self._live.items()}))
+
+    def _view(self, routes: Routes) -> MeshView:
+        return MeshView(
+            routes=routes,
+            peers=frozenset(self.mesh.topology),
+            neighbours=frozenset(self.mesh.neighbours),
+        )
+
+    def _signature(self, routes: Routes) -> tuple[object, ...]:
+        """What subscribers act on: next hops, distances, the graph (broadcast trees follow
+        it), the known peers and the neighbours. Equal signatures: nothing to publish."""
+        return (
+            dict(routes.unicast),
+            dict(routes.distance),
+            symmetric_graph(self.mesh.topology),
+            frozenset(self.mesh.topology),
+            frozenset(self.mesh.neighbours),
+        )
+
+    async def _publish_views(self) -> None:
+        """Publish a `MeshView` after each recalculation that changed something.
+
+        The mesh recomputes routes only after its topology changed (a merge that brought news, a
+        connection or verdict change, a prune); the routes object is then a new one. Anything
+        else, heartbeats included, leaves it as it was and publishes nothing.
+        """
+        routes = self.views.current.routes
+        while True:
+            await self._maybe_changed.wait()
+            self._maybe_changed = trio.Event()
+            if self.mesh.routes is routes:
+                continue
+            routes = self.mesh.routes
+            signature = self._signature(routes)
+            if signature != self._view_signature:
+                self._view_signature = signature
+                self.views.publish(self._view(routes))
+            await trio.sleep(VIEW_COALESCE)
 
     # --- the service ---------------------------------------------------------------------------
 
@@ -324,6 +363,7 @@ class Router:
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             nursery.start_soon(self._make_connections)
             nursery.start_soon(self._tick)
+            nursery.start_soon(self._publish_views)
             log.info(
                 "peer %s (%s) listening on TCP %d, %s",
                 format_peer_name(self.identity.name),
@@ -350,7 +390,7 @@ class Router:
         while True:
             self._dispatch(self.mesh.tick(trio.current_time()))
             self._wake_maker.set()  # the topology may have told us of new peers
-            self._notify()
+            self._maybe_changed.set()  # a prune may have changed it
             wake = self.mesh.next_wake()
             self._wake_ticker = trio.Event()
             with trio.move_on_at(wake if math.isfinite(wake) else trio.current_time() + 60):
@@ -523,7 +563,8 @@ class Router:
             )
         )
         self._wake_ticker.set()
-        self._notify()
+        self._maybe_changed.set()
+        self._publish_links()
         return live
 
     def _keep_new(self, new_outbound: bool, peer: int) -> bool:
@@ -561,13 +602,16 @@ class Router:
                 return
             live.last_received = trio.current_time()
             decoder.receive_data(data)
+            news = False
             while (message := decoder.next_message()) is not None:
                 self.counters["messages_received"] += 1
                 if isinstance(message, Heartbeat):
-                    continue
+                    continue  # proves the connection alive (last_received), changes nothing
+                news = True
                 self._dispatch(self.mesh.receive(peer.name, message, trio.current_time()))
-            self._wake_ticker.set()
-            self._notify()
+            if news:
+                self._wake_ticker.set()  # a merge may have scheduled a prune
+                self._maybe_changed.set()
 
     async def _write_loop(self, live: _Live) -> None:
         peer = live.record.peer
@@ -617,7 +661,8 @@ class Router:
         self._dispatch(self.mesh.connection_down(peer, trio.current_time()))
         self._wake_maker.set()
         self._wake_ticker.set()
-        self._notify()
+        self._maybe_changed.set()
+        self._publish_links()
 
     def _end(
         self,

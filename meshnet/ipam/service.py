@@ -31,6 +31,7 @@ import trio
 from meshnet.config import Config
 from meshnet.errors import UserError
 from meshnet.gossip.channel import Gossiper
+from meshnet.gossip.events import MeshView, Watch
 from meshnet.gossip.identity import format_peer_name, parse_peer_name
 from meshnet.ipam.allocator import (
     IPAM_CHANNEL,
@@ -69,7 +70,10 @@ class IpamTransport(Protocol):
 
     def known_peers(self) -> list[int]: ...
 
-    def add_listener(self, listener: Callable[[], None]) -> None: ...
+    @property
+    def views(self) -> Watch[MeshView]:
+        """Published when routes, known peers or neighbours change (never on a heartbeat)."""
+        ...
 
 
 def parse_init(text: str, launch_peers: int) -> tuple[InitMode, int, tuple[int, ...]]:
@@ -146,7 +150,6 @@ class IpamService:
         self.allocator = self._load(rng)
         self.allocator.reachable = transport.reachable
         transport.register_channel(IPAM_CHANNEL, self)
-        transport.add_listener(self._mesh_changed)
 
     def _load(self, rng: random.Random) -> Allocator:
         try:
@@ -170,7 +173,18 @@ class IpamService:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Timers: consensus retries, unanswered requests, hand-over re-sends, free reports."""
         self._after()  # a restored peer re-announces what it holds
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_mesh)
+            task_status.started()
+            await self._run_timers()
+
+    async def _follow_mesh(self) -> None:
+        version = self._transport.views.version
+        while True:
+            version, _ = await self._transport.views.wait_newer(version)
+            self._mesh_changed()
+
+    async def _run_timers(self) -> None:
         while True:
             event = self._wake
             wake = self.allocator.next_wake()

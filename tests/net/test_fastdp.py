@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshnet.dataplane.fastdp import DEVICE
+from meshnet.dataplane.fastdp.core import DEVICE
 from meshnet.lab.topology import HostSpec, LinkSpec, Topology
 from tests.net.conftest import can_ping, ns_run
 from tests.net.test_mesh import api, wait_for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import struct
 import time
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.dataplane import fastdp
-from meshnet.dataplane.fastdp import (
+from meshnet.dataplane import netlink
+from meshnet.dataplane.fastdp import core as fastdp
+from meshnet.dataplane.fastdp.core import (
     Advertisement,
     Candidate,
     FastState,
@@ -274,3 +276,18 @@ def test_unicast_for_a_fastdp_peer_mac_not_yet_pinned_still_goes_over_the_sleeve
     f, sock = _unicast_to_b(frozenset())
     assert sock.sent == [("172.31.0.2", B, 0)]
     assert f.statistics()["dropped"] == {}
+
+
+def _neighbour_notification(kind: int, family: int) -> bytes:
+    body = struct.pack("=BxxxiHBB", family, 3, 0x02, 0, 0)  # ndmsg: family, ifindex, state...
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def test_only_bridge_forwarding_table_notifications_make_the_macs_be_read_again() -> None:
+    learned = _neighbour_notification(28, 7)  # RTM_NEWNEIGH, AF_BRIDGE
+    aged_out = _neighbour_notification(29, 7)  # RTM_DELNEIGH
+    arp = _neighbour_notification(28, 2)  # AF_INET: an ARP entry, not the bridge
+    assert netlink.fdb_changed(learned) and netlink.fdb_changed(aged_out)
+    assert not netlink.fdb_changed(arp)
+    assert netlink.fdb_changed(arp + learned)  # a batch: any bridge change counts
+    assert not netlink.fdb_changed(b"") and not netlink.fdb_changed(b"\0" * 20)

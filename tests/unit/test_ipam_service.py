@@ -14,6 +14,8 @@ import trio.testing
 
 from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.gossip.channel import Gossiper
+from meshnet.gossip.events import MeshView, Watch
+from meshnet.gossip.routes import compute_routes
 from meshnet.ipam.allocator import AddressInUse, InitMode, IpamConfig
 from meshnet.ipam.ring import RingMergeError
 from meshnet.ipam.service import STATE_FILE, IpamService, parse_init
@@ -30,7 +32,8 @@ class FakeNet:
         self.cut: set[int] = set()
         self.send, self.receive = trio.open_memory_channel[Callable[[], None]](10_000)
         self.errors: list[RemoteProtocolError] = []
-        self.listeners: list[Callable[[], None]] = []  # told when links change (as the router)
+        # Published when links change (as the router's): only its version matters here.
+        self.views = Watch(MeshView(compute_routes(0, {}), frozenset(), frozenset()))
 
     def linked(self, a: int, b: int) -> bool:
         return a in self.transports and b in self.transports and not {a, b} & self.cut
@@ -45,8 +48,7 @@ class FakeNet:
 
     def join(self, name: int) -> None:
         """A new connection to everyone: full states both ways (as ``Mesh.connection_up``)."""
-        for listener in self.listeners:
-            listener()
+        self.views.publish(self.views.current)
         for other in self.transports.values():
             if other.name != name and self.linked(name, other.name):
                 for a, b in ((name, other.name), (other.name, name)):
@@ -90,8 +92,9 @@ class FakeTransport:
     def known_peers(self) -> list[int]:
         return sorted(self.net.transports)
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        self.net.listeners.append(listener)
+    @property
+    def views(self) -> Watch[MeshView]:
+        return self.net.views
 
 
 def config(name: int, mode: InitMode = InitMode.CONSENSUS, size: int = 3) -> IpamConfig:

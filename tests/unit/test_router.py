@@ -6,12 +6,14 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import nacl.pwhash.argon2id as argon2id
 import pytest
 import trio
 
 from meshnet.config import Config
+from meshnet.gossip.events import PathVerdict, Watch
 from meshnet.gossip.handshake import Handshake, stretch_password
 from meshnet.gossip.identity import Identity, new_peer_name, new_uid
 from meshnet.gossip.router import Router
@@ -38,6 +40,8 @@ def make_router(
     key: bytes | None = None,
     port: int | None = None,
     discovery: bool = True,
+    heartbeat_interval: float = 0.2,
+    data_path: bool = False,
 ) -> Router:
     config = Config(
         peers=peers,
@@ -45,11 +49,11 @@ def make_router(
         port=port or free_port(),
         state_dir=tmp_path / nick,
         api_socket=tmp_path / nick / "api.sock",
-        heartbeat_interval=0.2,
+        heartbeat_interval=heartbeat_interval,
         discovery=discovery,
     )
     identity = Identity(new_peer_name(os.urandom), nick, new_uid(os.urandom))
-    return Router(config, identity, key)
+    return Router(config, identity, key, data_path=data_path)
 
 
 async def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
@@ -185,3 +189,93 @@ async def test_channels_gossip_broadcast_and_unicast_across_a_relay(
     assert recorders["c"].unicasts == [(a.identity.name, b"just c")]
     assert recorders["b"].unicasts == []
     assert not a.unicast("test", 12345, b"nobody")
+
+
+class Wakes:
+    """Counts how often a subscriber of a `Watch` is woken (each newer value it receives)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def follow(self, watch: Watch[Any]) -> None:
+        version = watch.version
+        while True:
+            version, _ = await watch.wait_newer(version)
+            self.count += 1
+
+
+async def test_an_idle_router_wakes_no_subscriber_on_heartbeats(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    a = make_router(tmp_path, "a", heartbeat_interval=0.05)
+    b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",), heartbeat_interval=0.05)
+    await nursery.start(a.serve)
+    await nursery.start(b.serve)
+    await wait_until(lambda: b.identity.name in a.views.current.reachable)
+    await wait_until(lambda: a.identity.name in b.views.current.reachable)
+    await trio.sleep(1.5)  # the batched prune after the last change comes and goes
+    wakes = {name: Wakes() for name in ("a views", "a links", "b views", "b links")}
+    for router, nick in ((a, "a"), (b, "b")):
+        nursery.start_soon(wakes[f"{nick} views"].follow, router.views)
+        nursery.start_soon(wakes[f"{nick} links"].follow, router.links)
+    versions = [w.version for r in (a, b) for w in (r.views, r.links)]
+    received = a.counters["messages_received"]
+
+    await trio.sleep(1.5)
+
+    assert a.counters["messages_received"] - received >= 10  # heartbeats did flow
+    assert [w.version for r in (a, b) for w in (r.views, r.links)] == versions
+    assert {name: w.count for name, w in wakes.items()} == dict.fromkeys(wakes, 0)
+
+
+async def test_links_and_views_are_published_when_a_neighbour_comes_and_goes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    a = make_router(tmp_path, "a")
+    views, links = Wakes(), Wakes()
+    nursery.start_soon(views.follow, a.views)
+    nursery.start_soon(links.follow, a.links)
+    await nursery.start(a.serve)
+    b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",))
+    async with trio.open_nursery() as inner:
+        await inner.start(b.serve)
+        await wait_until(lambda: b.identity.name in a.views.current.reachable)
+        assert set(a.links.current.links) == {b.identity.name}
+        link = a.links.current.links[b.identity.name]
+        assert link.nickname == "b" and link.port == b.config.port
+        assert a.views.current.neighbours == {b.identity.name}
+        assert links.count == 1 and views.count >= 1
+        came = views.count
+        inner.cancel_scope.cancel()
+    await wait_until(lambda: not a.links.current.links)
+    await wait_until(lambda: b.identity.name not in a.views.current.reachable)
+    assert links.count == 2 and views.count > came
+    assert a.peer_links() == {}
+
+
+async def test_path_verdicts_publish_a_view_only_when_they_change_the_routes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    a = make_router(tmp_path, "a", data_path=True)
+    b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",), data_path=True)
+    await nursery.start(a.serve)
+    await nursery.start(b.serve)
+    await wait_until(lambda: bool(a.links.current.links) and bool(b.links.current.links))
+    await wait_until(lambda: a.views.current.neighbours == {b.identity.name})
+    assert b.identity.name not in a.views.current.reachable  # the data path is not proven yet
+
+    a.report_path(PathVerdict(b.identity.name, True, {"state": "established"}))
+    b.report_path(PathVerdict(a.identity.name, True, {"state": "established"}))
+    await wait_until(lambda: b.identity.name in a.views.current.reachable)
+    await trio.sleep(1.5)  # the other side's entry, the batched prune
+    version = a.views.version
+    for n in range(5):  # status-only news (an RTT) changes no route
+        a.report_path(PathVerdict(b.identity.name, True, {"state": "established", "rtt": n}))
+    await trio.sleep(0.5)
+    assert a.views.version == version
+    record = next(c for c in a.connections() if c["state"] == "established")
+    assert record["data_path"] == {"state": "established", "rtt": 4}
+
+    a.report_path(PathVerdict(b.identity.name, False, {"state": "dead"}))
+    await wait_until(lambda: b.identity.name not in a.views.current.reachable)
+    assert a.views.version > version

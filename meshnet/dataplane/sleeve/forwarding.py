@@ -170,7 +170,7 @@ class Snapshot:
     neighbours: Mapping[int, Neighbour]
     overlay_mtu: int
     # Neighbours our own frames reach over the kernel's VXLAN, and the MACs the bridge sends to
-    # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp_service.py).
+    # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp/service.py).
     fastdp: frozenset[int] = frozenset()
     fastdp_macs: frozenset[bytes] = frozenset()
     _flood: Operations = field(init=False, repr=False, compare=False)

@@ -1,6 +1,6 @@
 """The fast datapath's trio shell: the VXLAN device, probes, advertisements, FDB programming.
 
-Decisions live in ``fastdp.py``; this shell feeds it (neighbours from the router, the bridge's
+Decisions live in ``core.py``; this shell feeds it (neighbours from the router, the bridge's
 learned MACs, probe answers from an AF_PACKET socket on the bridge, neighbours' advertisements
 from the ``fastdp`` gossip channel) and makes the kernel match what it wants. The data plane
 reads `up` (the neighbours the sleeve must skip) through the `on_change` callback, which is called
@@ -14,14 +14,15 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import fastdp, netlink
-from meshnet.dataplane.fastdp import (
+from meshnet.dataplane import netlink
+from meshnet.dataplane.fastdp import core as fastdp
+from meshnet.dataplane.fastdp.core import (
     Advertisement,
     Candidate,
     KernelEntries,
@@ -30,12 +31,18 @@ from meshnet.dataplane.fastdp import (
     ProbeKind,
 )
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 
 log = logging.getLogger("meshnet.fastdp")
 
-SCAN_INTERVAL = 1.0  # how often the bridge's learned MACs are read
+# The bridge's learned MACs are read again when the kernel reports a forwarding-table change
+# (after MAC_SETTLE, so that a burst becomes one read), and every RESCAN_INTERVAL in case a
+# notification was lost; every SCAN_INTERVAL where notifications cannot be had.
+SCAN_INTERVAL = 1.0
+RESCAN_INTERVAL = 30.0
+MAC_SETTLE = 0.05
 READVERTISE_INTERVAL = 30.0
 _PACKET_OUTGOING = 4  # sll_pkttype of our own transmissions, which packet sockets also see
 
@@ -71,9 +78,12 @@ class FastDatapath:
         self._frame_size = 0
         self._sock: trio.socket.SocketType | None = None
         self._dirty = trio.Event()
+        self._live: LiveLinks = NO_LINKS  # the router's, as last published
+        # Derived from the links and the advertisements; None after either changed.
+        self._candidate_cache: dict[int, str] | None = None
+        self._probe_macs: dict[int, str] = {}
         self.counters: dict[str, int] = {}
         router.register_channel(fastdp.CHANNEL, self)
-        router.add_listener(self._mark_dirty)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -101,6 +111,7 @@ class FastDatapath:
         log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, fastdp.PORT)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_router)
                 nursery.start_soon(self._receive_probes)
                 nursery.start_soon(self._watch_local_macs)
                 nursery.start_soon(self._drive)
@@ -128,8 +139,30 @@ class FastDatapath:
             if ns.has_link(self.bridge):
                 ns.remove_local_mac(self.bridge, self._probe_mac)
 
-    def _mark_dirty(self) -> None:
-        self._dirty.set()
+    @property
+    def _links(self) -> Mapping[int, PeerLink]:
+        return self._live.links
+
+    async def _follow_router(self) -> None:
+        """Links decide the candidates; routes decide whether an advertisement can be sent (a
+        neighbour is routable only once its path is proven). Both are published only on a
+        real change, so an idle mesh leaves `_drive` to its own timers."""
+
+        async def links() -> None:
+            async for live in self.router.links.subscribe():
+                self._live = live
+                self._candidate_cache = None
+                self._dirty.set()
+
+        async def views() -> None:
+            version = self.router.views.version
+            while True:
+                version, _ = await self.router.views.wait_newer(version)
+                self._dirty.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(links)
+            nursery.start_soon(views)
 
     # --- the gossip channel: neighbours' advertisements -----------------------------------------
 
@@ -154,6 +187,7 @@ class FastDatapath:
             return
         self._ads[source] = ad
         self._owners.update(source, ad.macs)
+        self._candidate_cache = None
         self._dirty.set()
 
     def _willing(self, address: str) -> bool:
@@ -164,9 +198,13 @@ class FastDatapath:
             trusted=self.config.trusted_subnets,
         )
 
-    def _advertise(self, refresh: bool) -> None:
-        """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL)."""
-        links = self.router.peer_links()
+    def _advertise(self, refresh: bool) -> bool:
+        """Tell each neighbour what changed for it (everything, every READVERTISE_INTERVAL).
+
+        False if one could not be sent (no route to the neighbour yet): try again soon.
+        """
+        sent_all = True
+        links = self._links
         for peer in set(self._sent_ads) - set(links):
             del self._sent_ads[peer]  # a returning neighbour hears from us again
         for peer, link in links.items():
@@ -175,42 +213,66 @@ class FastDatapath:
                 continue
             if self.router.unicast(fastdp.CHANNEL, peer, fastdp.encode_advertisement(ad)):
                 self._sent_ads[peer] = ad
+            else:
+                sent_all = False
+        return sent_all
 
     # --- probing and programming ---------------------------------------------------------------
 
     def _candidates(self) -> dict[int, str]:
-        """Neighbours both sides want fastdp with, and their underlay addresses."""
-        found = {}
-        for peer, link in self.router.peer_links().items():
-            ad = self._ads.get(peer)
-            if ad is not None and ad.willing and self._willing(link.ip):
-                found[peer] = link.ip
-        return found
+        """Neighbours both sides want fastdp with, and their underlay addresses (asked for
+        every probe received: cached until the links or an advertisement change)."""
+        if self._candidate_cache is None:
+            found = {}
+            for peer, link in self._links.items():
+                ad = self._ads.get(peer)
+                if ad is not None and ad.willing and self._willing(link.ip):
+                    found[peer] = link.ip
+            self._candidate_cache = found
+        return self._candidate_cache
 
     async def _drive(self) -> None:
+        """Advertise and program after a change; probe on the probes' own schedule.
+
+        A wake-up for a probe alone (twice a second per neighbour) only sends it: advertising
+        and programming follow changes (links, advertisements, local MACs, a probe's state),
+        and the periodic re-advertisement.
+        """
         refresh_at = 0.0
+        changed = True
         while True:
             now = trio.current_time()
             refresh = now >= refresh_at
             if refresh:
                 refresh_at = now + READVERTISE_INTERVAL
-            self._advertise(refresh)
+            retry = False
+            if changed or refresh:
+                retry = not self._advertise(refresh)
             candidates = self._candidates()
             for peer in set(self._probes) - set(candidates):
                 del self._probes[peer]
-            wake = now + 1.0
+                changed = True
+            wake = min(now + 1.0, refresh_at)
             for peer in candidates:
-                probe = self._probes.setdefault(peer, PeerProbe(started=now))
+                probe = self._probes.get(peer)
+                if probe is None:
+                    probe = self._probes[peer] = PeerProbe(started=now)
+                    changed = True
+                state = probe.state
                 probe_id = probe.tick(now)
+                changed = changed or probe.state is not state
                 if probe_id is not None:
                     await self._send_probe(Probe(ProbeKind.PROBE, self.local, probe_id), peer)
                 wake = min(wake, probe.next_wake())
-            await self._program(candidates)
+            if changed:
+                retry = not await self._program(candidates) or retry
             with trio.move_on_at(max(wake, now + 0.05)):
                 await self._dirty.wait()
+            changed = self._dirty.is_set() or retry
             self._dirty = trio.Event()
 
-    async def _program(self, addresses: dict[int, str]) -> None:
+    async def _program(self, addresses: dict[int, str]) -> bool:
+        """Make the kernel hold what the candidates need; False if it refused (retry)."""
         candidates = {
             peer: Candidate(address, self._probes[peer].state is fastdp.FastState.UP)
             for peer, address in addresses.items()
@@ -219,7 +281,7 @@ class FastDatapath:
         have = self._installed
         up = frozenset(peer for peer, c in candidates.items() if c.up)
         if want == have and up == self.up:
-            return
+            return True
         for peer in up - self.up:
             log.info("fast datapath to %s up", self.router.nick(peer))
         for peer in self.up - up:
@@ -252,6 +314,8 @@ class FastDatapath:
         except netlink.NetlinkError as e:
             self._count("program_failed")
             log.warning("fast datapath: %s (retrying)", e)
+            return False
+        return True
 
     def _publish(self, pinned: frozenset[str], up: frozenset[int]) -> None:
         """Tell the sleeve which neighbours and MACs the VXLAN port carries.
@@ -266,12 +330,20 @@ class FastDatapath:
         self.pinned, self.up = pinned, up
         self._on_change()
 
+    def _probe_mac_of(self, peer: int) -> str:
+        mac = self._probe_macs.get(peer)
+        if mac is None:
+            if len(self._probe_macs) > 4096:  # bounded: names come from the network
+                self._probe_macs.clear()
+            mac = self._probe_macs[peer] = fastdp.probe_mac(peer)
+        return mac
+
     async def _send_probe(self, probe: Probe, peer: int) -> None:
         assert self._sock is not None
         frame = fastdp.encode_probe(
             probe,
             source=self._probe_mac,
-            destination=fastdp.probe_mac(peer),
+            destination=self._probe_mac_of(peer),
             size=self._frame_size,
         )
         try:
@@ -315,17 +387,34 @@ class FastDatapath:
                 learned = ns.learned_macs(self.bridge, exclude={fastdp.DEVICE, self.tap})
                 return frozenset({*learned, ns.link(self.bridge).mac})
 
-        while True:
-            try:
-                macs = await self._run_netlink(scan)
-            except netlink.NetlinkError as e:
-                self._count("scan_failed")
-                log.warning("fast datapath: %s", e)
-            else:
-                if macs != self._local_macs:
-                    self._local_macs = macs
-                    self._dirty.set()
-            await trio.sleep(SCAN_INTERVAL)
+        try:
+            monitor: trio.socket.SocketType | None = trio.socket.from_stdlib_socket(
+                netlink.open_fdb_monitor()
+            )
+        except OSError as e:
+            monitor = None
+            log.warning("fast datapath: no forwarding-table notifications (%s): polling", e)
+        try:
+            while True:
+                try:
+                    macs = await self._run_netlink(scan)
+                except netlink.NetlinkError as e:
+                    self._count("scan_failed")
+                    log.warning("fast datapath: %s", e)
+                else:
+                    self._count("mac_scans")
+                    if macs != self._local_macs:
+                        self._local_macs = macs
+                        self._dirty.set()
+                if monitor is None:
+                    await trio.sleep(SCAN_INTERVAL)
+                    continue
+                with trio.move_on_after(RESCAN_INTERVAL):
+                    await _next_fdb_change(monitor)
+                await trio.sleep(MAC_SETTLE)
+        finally:
+            if monitor is not None:
+                monitor.close()
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -341,7 +430,7 @@ class FastDatapath:
     def _reason(self, peer: int) -> str:
         if self.unavailable:
             return self.unavailable
-        link = self.router.peer_links().get(peer)
+        link = self._links.get(peer)
         if link is not None and not self._willing(link.ip):
             return "off: encrypted (VXLAN would carry frames in the clear)"
         ad = self._ads.get(peer)
@@ -367,7 +456,7 @@ class FastDatapath:
                     **self.peer_info(peer),
                     **(vars(p.statistics()) if (p := self._probes.get(peer)) else {}),
                 }
-                for peer in self.router.peer_links()
+                for peer in self._links
             },
             "entries": {
                 "remotes": len(self._installed.remotes),
@@ -375,3 +464,15 @@ class FastDatapath:
             },
             "counters": dict(self.counters),
         }
+
+
+async def _next_fdb_change(monitor: trio.socket.SocketType) -> None:
+    """Until the kernel reports a change of a bridge's forwarding table (or lost some reports:
+    a full socket buffer fails the read with ENOBUFS, and the caller reads the table again)."""
+    while True:
+        try:
+            data = await monitor.recv(65536)
+        except OSError:
+            return
+        if netlink.fdb_changed(data):
+            return

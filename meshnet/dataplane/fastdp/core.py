@@ -2,7 +2,7 @@
 
 Frames between a local container and a fastdp neighbour never enter Python: the bridge sends
 them to the VXLAN device, whose forwarding table the daemon programs. This module decides *what*
-to program; ``fastdp_service.py`` programs it.
+to program; ``service.py`` programs it.
 
 **The sender decides.** Each peer chooses, per neighbour, whether what *it* sends goes over VXLAN
 or the sleeve; a receiver accepts both. So no frame is ever carried twice as long as each sender
