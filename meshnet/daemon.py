@@ -15,7 +15,7 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
-from meshnet.dataplane.ramps import Ramps
+from meshnet.node.ramps import Ramps
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip.handshake import stretch_password

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.dataplane.ramps import parse_spec
+from meshnet.node.ramps import parse_spec
 from meshnet.ipam.service import ALLOCATE_TIMEOUT
 from meshnet.router_commands import _subcommand, api_socket_option, status
 

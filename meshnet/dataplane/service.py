@@ -87,7 +87,7 @@ class DataPlane:
         self._sock: socket.socket | None = None
         self.counters: dict[str, int] = {}
         # Told of each attach (with its result) and detach (None), after the kernel made it:
-        # the isolation rules (meshnet.dataplane.ramps) follow what each port was given.
+        # the isolation rules (meshnet.node.ramps) follow what each port was given.
         self.attachment_listeners: list[AttachmentListener] = []
         self.fastdp = FastDatapath(
             config,

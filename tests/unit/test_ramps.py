@@ -17,9 +17,9 @@ import trio.testing
 
 from meshnet.config import Config
 from meshnet.dataplane import nftables
-from meshnet.dataplane import ramps as ramps_module
+from meshnet.node import ramps as ramps_module
 from meshnet.dataplane.nftables import Exposure, Port
-from meshnet.dataplane.ramps import (
+from meshnet.node.ramps import (
     Exposed,
     PortRecord,
     Ramps,
