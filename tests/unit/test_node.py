@@ -15,6 +15,9 @@ import trio.testing
 from meshnet.api.app import ApiApp
 from meshnet.config import Config
 from meshnet.errors import UserError
+from meshnet.integrations.docker.engine import ContainerInfo
+from meshnet.integrations.docker.service import DockerService
+from meshnet.integrations.docker.settings import DockerSettings
 from meshnet.node.node import Node, Target, Unavailable
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Exposed, Ramps, RampsState
@@ -129,6 +132,9 @@ class FakeIpam:
         self.held = held or {}
         self.config = SimpleNamespace(range=RANGE)
         self.next = 5
+
+    def holders(self, prefix: str = "") -> dict[str, list[str]]:
+        return {k: [str(a) for a in v] for k, v in self.held.items() if k.startswith(prefix)}
 
     def addresses_of(self, owner: str) -> list[IPv4Interface]:
         return list(self.held.get(owner, []))
@@ -261,6 +267,38 @@ def test_a_runtimes_attach_goes_by_its_keys() -> None:
     calls.clear()
     trio.run(node.attach, target, [], "ethwe", "web.meshnet.local.")
     assert calls[-1] == "name abc web.meshnet.local."
+
+
+def test_docker_attach_and_detach_are_the_nodes_by_the_containers_id() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    assert node.ipam is not None
+    docker = DockerService(DockerSettings(), node, ipam=node.ipam)  # type: ignore[arg-type]
+    info = ContainerInfo(id="abc123", name="web", running=True, pid=42)
+
+    async def main() -> None:
+        result = await docker.attach_container(info, [], name="web")
+        assert result["container"] == "abc123" and result["docker_name"] == "web"
+        assert result["dns_name"] == "web.meshnet.local."
+        assert calls == [
+            "allocate docker:abc123",
+            "attach /proc/42/ns/net 10.32.0.5/12",
+            "isolate /proc/42/ns/net 10.32.0.5/12",
+            "name abc123 web.meshnet.local.",
+        ]
+        assert docker.statistics().attached == 1
+        calls.clear()
+        stopped = ContainerInfo(id="abc123", name="web", running=False, pid=0)
+        with pytest.raises(UserError, match="not running"):
+            await docker.attach_container(stopped, [])
+        # Stopped: nothing to take off, but its address goes back and its names go.
+        assert await docker.detach_container(stopped, [], "ethwe") == {
+            "detached": True,
+            "container": "abc123",
+        }
+        assert calls == ["release docker:abc123", "unname abc123 "]
+
+    trio.run(main)
 
 
 def test_detach_takes_off_gives_back_and_unnames() -> None:
