@@ -264,12 +264,13 @@ class Node:
 
     async def hide(self, specs: list[str]) -> list[Exposed]:
         """Undo expose for what the specs name (everything, if none)."""
-        hidden = await self.require_ramps().hide(specs)
+        ramps = self.require_ramps()
+        hidden = await ramps.hide(specs)
         for exposed in hidden:
             network = exposed.address.network
             if self.dns is not None and exposed.names:
                 self.dns.detached(owner_id(network, self.peer), [])
-            if self.ipam is not None and exposed.address.ip in self.require_ramps().range:
+            if self.ipam is not None and exposed.address.ip in ramps.range:
                 await self.ipam.release(owner_id(network, self.peer), [exposed.address.ip])
         return hidden
 
