@@ -10,7 +10,7 @@ from rich.table import Table
 
 from meshnet.api.client import ApiClient
 from meshnet.ipam.service import ALLOCATE_TIMEOUT
-from meshnet.node.ramps import parse_spec
+from meshnet.node.ramps_state import parse_spec
 from meshnet.router_commands import _subcommand, api_socket_option, status
 
 # `-h` names the host here (as in Weave), so only --help asks for help.

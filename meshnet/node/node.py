@@ -26,7 +26,8 @@ from meshnet.errors import UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.node.pipeline import Pipeline
-from meshnet.node.ramps import Exposed, Ramps, Spec, owner_id, parse_spec
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import Exposed, Spec, owner_id, parse_spec
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane

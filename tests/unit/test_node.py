@@ -20,7 +20,8 @@ from meshnet.integrations.docker.service import DockerService
 from meshnet.integrations.docker.settings import DockerSettings
 from meshnet.node.node import Node, Target, Unavailable
 from meshnet.node.pipeline import Pipeline
-from meshnet.node.ramps import Exposed, Ramps, RampsState
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import Exposed, RampsState
 
 RANGE = IPv4Network("10.32.0.0/12")
 

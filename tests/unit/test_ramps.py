@@ -21,10 +21,10 @@ from meshnet.dataplane.nftables import Exposure, Port
 from meshnet.dns import firewall
 from meshnet.errors import UserError
 from meshnet.node import ramps as ramps_module
-from meshnet.node.ramps import (
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import (
     Exposed,
     PortRecord,
-    Ramps,
     RampsState,
     Spec,
     gateway_for,
