@@ -204,6 +204,17 @@ class Node:
             self.dns.detached(target.records or target.namespace, addresses)
         return Detached(detached, tuple(released))
 
+    async def forget(self, owners: list[str], records: str | None) -> tuple[IPv4Address, ...]:
+        """A runtime says a container is gone (its namespace with it): give back what IPAM
+        holds under its keys, and remove its names (``records``: their key, if it has any)."""
+        released: list[IPv4Address] = []
+        if self.ipam is not None:
+            for owner in owners:
+                released += await self.ipam.release(owner)
+        if self.dns is not None and records is not None:
+            self.dns.detached(records, [])
+        return tuple(released)
+
     async def _ipam_id(self, container: str, ifname: str) -> str:
         """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
         interface gets addresses of its own)."""

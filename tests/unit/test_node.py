@@ -24,6 +24,7 @@ from meshnet.node.ramps import Ramps
 from meshnet.node.ramps_state import Exposed, RampsState
 
 RANGE = IPv4Network("10.32.0.0/12")
+CID = "abc123" + "0" * 58  # a Docker container's full id
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -275,29 +276,43 @@ def test_docker_attach_and_detach_are_the_nodes_by_the_containers_id() -> None:
     node = node_with_fakes(calls)
     assert node.ipam is not None
     docker = DockerService(DockerSettings(), node, ipam=node.ipam)  # type: ignore[arg-type]
-    info = ContainerInfo(id="abc123", name="web", running=True, pid=42)
+    info = ContainerInfo(id=CID, name="web", running=True, pid=42)
 
     async def main() -> None:
         result = await docker.attach_container(info, [], name="web")
-        assert result["container"] == "abc123" and result["docker_name"] == "web"
+        assert result["container"] == CID and result["docker_name"] == "web"
         assert result["dns_name"] == "web.meshnet.local."
         assert calls == [
-            "allocate docker:abc123",
+            f"allocate docker:{CID}",
             "attach /proc/42/ns/net 10.32.0.5/12",
             "isolate /proc/42/ns/net 10.32.0.5/12",
-            "name abc123 web.meshnet.local.",
+            f"name {CID} web.meshnet.local.",
         ]
         assert docker.statistics().attached == 1
         calls.clear()
-        stopped = ContainerInfo(id="abc123", name="web", running=False, pid=0)
+        stopped = ContainerInfo(id=CID, name="web", running=False, pid=0)
         with pytest.raises(UserError, match="not running"):
             await docker.attach_container(stopped, [])
         # Stopped: nothing to take off, but its address goes back and its names go.
         assert await docker.detach_container(stopped, [], "ethwe") == {
             "detached": True,
-            "container": "abc123",
+            "container": CID,
         }
-        assert calls == ["release docker:abc123", "unname abc123 "]
+        assert calls == [f"release docker:{CID}", f"unname {CID} "]
+        calls.clear()
+        await docker.attach_container(info, [], name="web")
+        await docker.attach_container(info, [], ifname="eth1")
+        calls.clear()
+        docker.dns = SimpleNamespace(  # type: ignore[assignment]
+            records=SimpleNamespace(own_records=lambda: [SimpleNamespace(container=CID, live=True)])
+        )
+        await docker.forget(CID)  # gone: every interface's addresses, and its names
+        assert calls == [
+            f"release docker:{CID}",
+            f"release docker:{CID}/eth1",
+            f"unname {CID} ",
+        ]
+        assert docker.statistics().forgotten == 1
 
     trio.run(main)
 

@@ -327,13 +327,13 @@ class DockerService:
 
     async def forget(self, container: str) -> None:
         """A container is gone: release what IPAM holds for it and remove its names."""
-        released = []
-        for owner in self.ipam.holders(lifecycle.ipam_owner(container)):
-            if lifecycle.owner_container(owner) == container:
-                released += await self.ipam.release(owner)
+        owners = [
+            owner
+            for owner in self.ipam.holders(lifecycle.ipam_owner(container))
+            if lifecycle.owner_container(owner) == container
+        ]
         had_names = container in self._dns_containers()
-        if self.dns is not None and had_names:
-            self.dns.detached(container, [])
+        released = await self.node.forget(owners, container if had_names else None)
         self._registered.pop(container, None)
         if released or had_names:
             self._counters["forgotten"] += 1
