@@ -1,5 +1,8 @@
 """The router daemon: one trio nursery tree that starts and wires every subsystem.
 
+The services (router, IPAM, DNS, data plane, ramps) start first; the node (``meshnet.node``)
+holds them and owns the use cases; the API and the Docker integration are adapters over it.
+
 `run()` owns the root nursery; each service starts with `nursery.start` and reports readiness,
 and SIGTERM/SIGINT or `meshnet stop` cancel the tree, which shuts everything down in order.
 """
@@ -15,7 +18,6 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
-from meshnet.dataplane.ramps import Ramps
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip.handshake import stretch_password
@@ -23,6 +25,8 @@ from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
 from meshnet.integrations.docker.service import DockerService
 from meshnet.ipam.service import IpamService, ipam_config
+from meshnet.node.node import Node
+from meshnet.node.ramps import Ramps
 
 log = logging.getLogger("meshnet.daemon")
 
@@ -59,20 +63,20 @@ async def run(
         if dataplane is not None:
             await nursery.start(dataplane.serve)
         await nursery.start(dns.serve, dataplane)
-        ramps = Ramps(config, router, ipam, dns)  # expose/hide, masquerade, isolation
-        if dataplane is not None:
-            await nursery.start(ramps.serve, dataplane)
+        ramps = Ramps(config, router, dns)  # expose/hide, masquerade, isolation
+        node = Node(router, ipam=ipam, dns=dns, dataplane=dataplane, ramps=ramps)
+        await nursery.start(node.serve)
         # Ready at once; connects (and serves the plugin) whenever Docker answers, if ever.
         docker = DockerService(
             config.docker,
+            node,
             ipam=ipam,
             dns=dns,
             nickname=config.nickname,
             port_joined=ramps.adopt_soon,  # isolated at once, not at the next scan
         )
         await nursery.start(docker.serve, dataplane)
-        app = ApiApp(router, stop.set, dataplane, ipam=ipam, dns=dns, docker=docker)
-        app.routes.update(ramps.api_routes(app.routes))  # /expose, /hide, /status/ramps
+        app = ApiApp(router, stop.set, node, docker=docker)
         await nursery.start(
             serve_api,
             app,

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.dataplane.ramps import parse_spec
 from meshnet.ipam.service import ALLOCATE_TIMEOUT
+from meshnet.node.ramps_state import parse_spec
 from meshnet.router_commands import _subcommand, api_socket_option, status
 
 # `-h` names the host here (as in Weave), so only --help asks for help.

@@ -1,4 +1,9 @@
-"""A small ASGI app over the router: JSON in, JSON out, no framework needed for a dozen routes."""
+"""A small ASGI app over the node: JSON in, JSON out, no framework needed for a dozen routes.
+
+An adapter: each handler parses its request, calls one method of the node (``meshnet.node``;
+the router's for its own status) and formats the answer. A container that names no namespace
+but a Docker container is handed to the Docker adapter, which resolves it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from meshnet.api import observe
 from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan
-from meshnet.api.ipam import addresses_for, release_only
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
 from meshnet.gossip.router import Router
+from meshnet.node.node import Node, Target, Unavailable
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -36,44 +39,52 @@ class HttpError(Exception):
 
 
 class ApiApp:
+    """The API: an adapter that parses each request, asks the node (or the router, for its own
+    status) and answers JSON. The route table is built once, here."""
+
     def __init__(
         self,
         router: Router,
         request_stop: Callable[[], None],
-        dataplane: DataPlane | None = None,
+        node: Node | None = None,
         *,
-        ipam: IpamService | None = None,
-        dns: DnsService | None = None,
         docker: DockerService | None = None,
     ) -> None:
         self.router = router
         self.request_stop = request_stop
-        self.dataplane = dataplane
-        self.ipam = ipam
+        self.node = node = node if node is not None else Node(router)
+        self.docker = docker
+        # What the report, metrics and streams read (see report.Sources).
+        self.dataplane: DataPlane | None = node.dataplane
+        self.ipam: IpamService | None = node.ipam
+        self.dns: DnsService | None = node.dns
         self._stop_after_response = False
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
-            ("GET", "/status"): lambda _: router.status(),
+            ("GET", "/status"): lambda _: node.status(),
             ("GET", "/status/peers"): lambda _: router.peers(),
             ("GET", "/status/connections"): lambda _: router.connections(),
             ("GET", "/status/targets"): lambda _: router.targets(),
             ("POST", "/connect"): self._connect,
             ("POST", "/forget"): self._forget,
             ("POST", "/stop"): self._stop,
-            ("GET", "/status/dataplane"): lambda _: self._dp().status(),
-            ("GET", "/containers"): lambda _: self._dp().containers(),
+            ("GET", "/status/dataplane"): lambda _: node.require_dataplane().status(),
+            ("GET", "/containers"): lambda _: node.containers(),
             ("POST", "/attach"): self._attach,
             ("POST", "/detach"): self._detach,
-            ("GET", "/status/ipam"): lambda _: self._ipam().status(),
+            ("GET", "/status/ipam"): lambda _: node.require_ipam().status(),
             ("POST", "/ipam/reset"): self._ipam_reset,
             ("POST", "/ipam/rmpeer"): self._ipam_rmpeer,
             ("POST", "/ipam/owners"): self._ipam_owners,
         }
-        if dns is not None:  # /status/dns, /dns/*; attach registers names, detach removes them
-            self.routes.update(dns.api_routes(self._attach, self._detach))
-        self.dns = dns
-        if docker is not None:  # /status/docker; attach and detach take Docker ids and names too
-            attach, detach = self.routes[("POST", "/attach")], self.routes[("POST", "/detach")]
-            self.routes.update(docker.api_routes(attach, detach))
+        if node.dns is not None:  # /status/dns, /dns/*
+            self.routes.update(node.dns.api_routes())
+        if docker is not None:
+            self.routes[("GET", "/status/docker")] = lambda _: docker.status()
+        if node.ramps is not None:
+            ramps = node.ramps
+            self.routes[("POST", "/expose")] = self._expose
+            self.routes[("POST", "/hide")] = self._hide
+            self.routes[("GET", "/status/ramps")] = lambda _: ramps.status()
         # /report; /metrics, /stream and /events answer with text or endless streams: raw ASGI.
         self.routes.update(observe.json_routes(self))
         self.raw_routes = observe.raw_routes(self)
@@ -102,6 +113,8 @@ class ApiApp:
             status = 200
         except HttpError as e:
             status, result = e.status, {"error": str(e)}
+        except Unavailable as e:
+            status, result = 409, {"error": str(e)}
         except UserError as e:
             status, result = 400, {"error": str(e)}
         payload = json.dumps(result).encode()
@@ -135,41 +148,38 @@ class ApiApp:
         log.info("stop requested through the API")
         return {"stopping": True}
 
-    def _dp(self) -> DataPlane:
-        if self.dataplane is None:
-            raise HttpError(409, "this router runs without a data plane (--no-dataplane)")
-        return self.dataplane
-
     async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
-        container, addresses, ifname = _container_request(body)
-        if self.ipam is None:
-            return await self._dp().attach(container, addresses, ifname)
-        # IPAM: no address, net:CIDR, ip:ADDR or a CIDR inside the range (see api/ipam.py).
-        container_id = _owner(body) or await self._ipam_id(container, ifname)
-        held = self.ipam.addresses_of(container_id)
-        addresses = await addresses_for(self.ipam, container_id, addresses)
-        try:
-            return await self._dp().attach(container, addresses, ifname)
-        except BaseException:
-            if not held:  # nothing of it is on the container: give it back
-                with trio.CancelScope(shield=True):
-                    await self.ipam.release(container_id)
-            raise
+        """A namespace's name, a PID or a path; a Docker container's id or name; or, with an
+        ``owner``, a runtime's key (CNI) for IPAM and DNS."""
+        if self.docker is not None:
+            info = await self.docker.docker_container(body.get("container"))
+            if info is not None:
+                specs, ifname, name = _docker_request(body)
+                return await self.docker.attach_container(
+                    info, specs, ifname=ifname, name=name or info.name
+                )
+        fqdn = self.node.dns_name(body.get("name"))  # a bad name fails before anything is done
+        container, specs, ifname = _container_request(body)
+        owner = _owner(body)
+        target = Target(container, owner=owner, records=owner)
+        attached = await self.node.attach(target, specs, ifname, fqdn)
+        result = dict(attached.attachment)
+        if self.node.dns is not None:
+            result["dns_name"] = attached.dns_name
+        return result
 
     async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.docker is not None:
+            info = await self.docker.docker_container(body.get("container"))
+            if info is not None:
+                addresses, ifname, _ = _docker_request(body)
+                return await self.docker.detach_container(info, addresses, ifname)
         owner = _owner(body)
         if owner is not None:
             return await self._detach_owner(owner, body)
         container, addresses, ifname = _container_request(body)
-        container_id = None
-        if self.ipam is not None:
-            container_id = await self._ipam_id(container, ifname)
-        detached = await self._dp().detach(container, addresses, ifname)
-        if self.ipam is not None and container_id is not None:
-            # Only the addresses named, if any: the rest stay the container's.
-            only = release_only(addresses)
-            await self.ipam.release(container_id, only)
-        return {"detached": detached}
+        detached = await self.node.detach(Target(container), addresses, ifname)
+        return {"detached": detached.detached}
 
     async def _detach_owner(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
         """Undo an attach made under a runtime's key (CNI DEL and GC): idempotent, and the
@@ -178,34 +188,37 @@ class ApiApp:
         ifname = body.get("ifname", "ethwe")
         if not isinstance(container, str) or not isinstance(ifname, str):
             raise HttpError(400, 'expected {"owner": ID, "container": NAME|PATH, "ifname": NAME}')
-        detached = False
-        if container and self.dataplane is not None:
-            try:
-                detached = await self.dataplane.detach(container, [], ifname)
-            except UserError as e:  # the namespace is gone, or that interface is not ours
-                log.info("detach %s: %s", owner, e)
-        released = await self.ipam.release(owner) if self.ipam is not None else []
-        return {"detached": detached, "released": [str(a) for a in released]}
+        target = Target(container, owner=owner, records=owner)
+        detached = await self.node.detach(target, [], ifname, gone_ok=True)
+        return {"detached": detached.detached, "released": [str(a) for a in detached.released]}
 
-    async def _ipam_id(self, container: str, ifname: str) -> str:
-        """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
-        interface gets addresses of its own)."""
-        container_id = await self._dp().container_id(container)
-        return container_id if ifname == "ethwe" else f"{container_id}/{ifname}"
+    async def _expose(self, body: dict[str, Any]) -> dict[str, Any]:
+        specs = body.get("addresses", [])
+        name, masquerade = body.get("name"), body.get("masquerade")
+        if (
+            not isinstance(specs, list)
+            or not all(isinstance(s, str) for s in specs)
+            or not (name is None or isinstance(name, str))
+            or not isinstance(masquerade, bool | None)
+        ):
+            raise UserError(
+                'expected {"addresses": [CIDR|net:CIDR...], "name": FQDN, "masquerade": BOOL}'
+            )
+        exposed = await self.node.expose(specs, masquerade=masquerade is not False, name=name)
+        return {"exposed": exposed}
 
-    def _ipam(self) -> IpamService:
-        if self.ipam is None:
-            raise HttpError(409, "this router runs without IPAM")
-        return self.ipam
+    async def _hide(self, body: dict[str, Any]) -> dict[str, Any]:
+        specs = body.get("addresses", [])
+        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise UserError('expected {"addresses": [CIDR|net:CIDR...]}')
+        return {"hidden": [e.as_json() for e in await self.node.hide(specs)]}
 
     async def _ipam_reset(self, body: dict[str, Any]) -> dict[str, Any]:
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise HttpError(400, 'expected {"force": true|false}')
-        result = await self._ipam().reset(force=force)
+        result = await self.node.reset(force=force)
         if result["acknowledged"]:
-            self._ipam().forget_state()
-            log.info("reset: IPAM handed over; stopping")
             self._stop_after_response = True
         return result
 
@@ -213,14 +226,13 @@ class ApiApp:
         peer = body.get("peer")
         if not isinstance(peer, str) or not peer:
             raise HttpError(400, 'expected {"peer": NAME|NICKNAME}')
-        ipam = self._ipam()
-        return ipam.rmpeer(ipam.resolve_peer(peer))
+        return self.node.rmpeer(peer)
 
     def _ipam_owners(self, body: dict[str, Any]) -> dict[str, Any]:
         prefix = body.get("prefix", "")
         if not isinstance(prefix, str):
             raise HttpError(400, 'expected {"prefix": TEXT}')
-        return {"owners": self._ipam().holders(prefix)}
+        return {"owners": self.node.owners(prefix)}
 
 
 def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
@@ -258,6 +270,22 @@ def _owner(body: dict[str, Any]) -> str | None:
     ):
         raise HttpError(400, 'expected "owner": "SCHEME:ID", as in cni:NETWORK:CONTAINER:IFNAME')
     return owner
+
+
+def _docker_request(body: dict[str, Any]) -> tuple[list[str], str, str | None]:
+    addresses = body.get("addresses", [])
+    ifname = body.get("ifname", "ethwe")
+    name = body.get("name")
+    if (
+        not isinstance(addresses, list)
+        or not all(isinstance(a, str) for a in addresses)
+        or not isinstance(ifname, str)
+        or not (name is None or isinstance(name, str))
+    ):
+        raise UserError(
+            'expected {"container": ID|NAME, "addresses": [CIDR...], "ifname": NAME, "name": NAME}'
+        )
+    return addresses, ifname, name
 
 
 def _address(body: dict[str, Any]) -> str:

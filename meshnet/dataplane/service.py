@@ -14,7 +14,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -47,9 +47,6 @@ MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
 # at 1 MiB, bursts cost ~0.2% of super-frames and TCP fell back to fast retransmits (~10k per
 # 10 s run, measured). 4 MiB is ~8 ms at 4 Gbit/s, and measured no drops.
 RECEIVE_BUFFER = 1 << 22
-
-#: (container, ifname, addresses given, attach's result or None for a detach)
-AttachmentListener = Callable[[str, str, list[str], dict[str, Any] | None], Awaitable[None]]
 
 
 def underlay_mtu(ignore: set[str]) -> int:
@@ -89,9 +86,6 @@ class DataPlane:
         self.forwarder: Forwarder | None = None
         self._sock: socket.socket | None = None
         self.counters: dict[str, int] = {}
-        # Told of each attach (with its result) and detach (None), after the kernel made it:
-        # the isolation rules (meshnet.dataplane.ramps) follow what each port was given.
-        self.attachment_listeners: list[AttachmentListener] = []
         self.fastdp = FastDatapath(
             config,
             router,
@@ -399,8 +393,6 @@ class DataPlane:
 
         result = await trio.to_thread.run_sync(run, limiter=self._netlink)
         log.info("attached %s (%s) %s", container, result["mac"], ", ".join(addresses))
-        for listener in self.attachment_listeners:
-            await listener(container, ifname, addresses, result)
         return result
 
     async def container_id(self, container: str) -> str:
@@ -416,8 +408,6 @@ class DataPlane:
         removed = await trio.to_thread.run_sync(run, limiter=self._netlink)
         if removed:
             log.info("detached %s %s", container, ", ".join(addresses) or "(all)")
-            for listener in self.attachment_listeners:
-                await listener(container, ifname, addresses, None)
         return removed
 
     async def containers(self) -> list[dict[str, Any]]:

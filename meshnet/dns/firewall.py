@@ -8,7 +8,7 @@ The server's address lives on the bridge, which gives the host a foot in the ove
 * the DNS address is unreachable from every other interface, so the server is never an open
   resolver on the underlay, even for a neighbour that routes the overlay range towards us.
 
-An address the host exposes on the overlay (``meshnet expose``, see meshnet.dataplane.ramps) is
+An address the host exposes on the overlay (``meshnet expose``, see meshnet.node.ramps) is
 opened on purpose: ``open_addresses`` are accepted from the bridge before the drop.
 
 Only the input hook is filtered: frames bridged between containers never reach it. The table is

@@ -325,7 +325,7 @@ class DnsService:
         os.replace(tmp, self._path)
         self._saved = data
 
-    # --- registration (the API's handlers call these)
+    # --- registration (the node's attach and detach call these)
 
     def _publish(self, delta: bytes | None) -> None:
         if delta is not None:
@@ -449,31 +449,10 @@ class DnsService:
             "server": asdict(self.server.statistics()) if self.server else None,
         }
 
-    def api_routes(self, attach: Handler, detach: Handler) -> dict[tuple[str, str], Handler]:
-        """Our routes, and ``attach``/``detach`` wrapped to keep the records in step."""
-
-        async def attach_and_register(body: dict[str, Any]) -> dict[str, Any]:
-            fqdn = self.name_for(body.get("name"))  # a bad name fails before anything is done
-            result: dict[str, Any] = await attach(body)
-            owner = body.get("owner")  # a runtime's key (CNI): records go by it, name given only
-            if isinstance(owner, str):
-                result["dns_name"] = fqdn and self.attached({**result, "namespace": owner}, fqdn)
-            else:
-                result["dns_name"] = self.attached(result, fqdn)
-            return result
-
-        async def detach_and_remove(body: dict[str, Any]) -> dict[str, Any]:
-            result: dict[str, Any] = await detach(body)
-            container, addresses = body.get("container"), body.get("addresses") or []
-            if isinstance(body.get("owner"), str):
-                container, addresses = body["owner"], []
-            if isinstance(container, str) and all(isinstance(a, str) for a in addresses):
-                self.detached(container, addresses)
-            return result
-
+    def api_routes(self) -> dict[tuple[str, str], Handler]:
+        """Our routes (the node's attach and detach register and remove names through
+        ``attached`` and ``detached``)."""
         return {
-            ("POST", "/attach"): attach_and_register,
-            ("POST", "/detach"): detach_and_remove,
             ("GET", "/status/dns"): lambda _: self.status(),
             ("POST", "/dns/add"): self.dns_add,
             ("POST", "/dns/remove"): self.dns_remove,

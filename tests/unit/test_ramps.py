@@ -17,12 +17,14 @@ import trio.testing
 
 from meshnet.config import Config
 from meshnet.dataplane import nftables
-from meshnet.dataplane import ramps as ramps_module
 from meshnet.dataplane.nftables import Exposure, Port
-from meshnet.dataplane.ramps import (
+from meshnet.dns import firewall
+from meshnet.errors import UserError
+from meshnet.node import ramps as ramps_module
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import (
     Exposed,
     PortRecord,
-    Ramps,
     RampsState,
     Spec,
     gateway_for,
@@ -30,8 +32,6 @@ from meshnet.dataplane.ramps import (
     owner_id,
     parse_spec,
 )
-from meshnet.dns import firewall
-from meshnet.errors import UserError
 from meshnet.ramps_commands import _ramps_table, status_rows
 from tests.conftest import run_meshnet
 from tests.unit.test_cli import assert_one_line_error
@@ -295,41 +295,6 @@ def test_the_inet_table_exists_only_while_something_is_exposed() -> None:
 
 def fake_router() -> Any:
     return SimpleNamespace(identity=SimpleNamespace(name=0xAABBCCDDEEFF, nickname="h1"))
-
-
-def test_without_a_data_plane_expose_is_one_clear_error(tmp_path: Path) -> None:
-    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
-
-    async def main() -> None:
-        with pytest.raises(UserError, match="without a data plane"):
-            await ramps.expose([])
-        with pytest.raises(UserError, match="expected"):
-            await ramps._api_expose({"addresses": "10.32.0.1/12"})
-
-    trio.run(main)
-
-
-def test_status_is_wrapped_and_reset_forgets_what_was_exposed(tmp_path: Path) -> None:
-    (tmp_path / "ramps.json").write_bytes(
-        RampsState(
-            exposed={IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12"))}
-        ).encode()
-    )
-    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
-    assert list(ramps.state.exposed) == [IPv4Network("10.32.0.0/12")]
-
-    async def reset(body: dict[str, Any]) -> dict[str, Any]:
-        return {"acknowledged": True}
-
-    routes = ramps.api_routes(
-        {("GET", "/status"): lambda _: {"name": "x"}, ("POST", "/ipam/reset"): reset}
-    )
-    status = routes[("GET", "/status")]({})
-    assert status["name"] == "x"
-    assert status["exposed"] == [{"address": "10.32.0.7/12", "masquerade": True, "names": ()}]
-    assert status["isolation"]["state"] == "off (no data plane)"
-    assert trio.run(routes[("POST", "/ipam/reset")], {}) == {"acknowledged": True}
-    assert not (tmp_path / "ramps.json").exists()
 
 
 # --- the command line ---------------------------------------------------------------------------

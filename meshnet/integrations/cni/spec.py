@@ -575,7 +575,7 @@ def add_result(
     interface, its addresses, and a route for each of their subnets (the overlay is one flat
     Ethernet: no gateway), and, when the DNS servers are the router's own (``dns_on_overlay``),
     for each that none of those subnets holds (the route the router gives such a container, see
-    ``meshnet.dataplane.ramps``)."""
+    ``meshnet.node.ramps``)."""
     host = Interface(name=str(attachment["host_ifname"]))
     container = Interface(
         name=str(attachment["ifname"]),

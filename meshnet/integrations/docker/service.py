@@ -7,9 +7,10 @@ answers, reconciles with the running containers (releasing what containers that 
 held), then follows the event stream; when the stream breaks it starts over. Every error is
 logged and counted, never raised into the daemon.
 
-The API's ``/attach`` and ``/detach`` are wrapped (``api_routes``): a container that is not a
-namespace name, a PID or a path, but a Docker container's id or name, is attached through its
-PID's namespace, with IPAM and DNS keyed by its id (see ``lifecycle``).
+An adapter over the node: a container attached because of its labels, or through the API's
+``/attach`` by a Docker id or name (the API asks ``docker_container`` first), is the node's one
+attach, through its PID's namespace, with IPAM and DNS keyed by its Docker id (see
+``lifecycle``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.api.ipam import addresses_for, is_ipv4, parse_spec, release_only
+from meshnet.api.ipam import parse_spec
 from meshnet.dataplane import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
@@ -39,6 +40,7 @@ from meshnet.integrations.docker.ipamdriver import IpamDriver
 from meshnet.integrations.docker.netdriver import NetworkDriver
 from meshnet.integrations.docker.plugin import PluginApp, serve_plugin
 from meshnet.integrations.docker.settings import PLUGIN_NAME, DockerSettings
+from meshnet.node.node import Node, Target
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshnet.docker")
 
-Handler = Callable[[dict[str, Any]], Any]
 BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
 RETRY_MIN = 0.5
 RETRY_MAX = 2.0  # a ping on a local socket: cheap, and Docker is back sooner
@@ -71,11 +72,12 @@ class DockerStatistics:
 
 
 class DockerService:
-    """Construct with the daemon's IPAM and DNS; ``serve`` with its data plane."""
+    """Construct with the daemon's node and IPAM; ``serve`` with its data plane."""
 
     def __init__(
         self,
         settings: DockerSettings,
+        node: Node,
         *,
         ipam: IpamService,
         dns: DnsService | None = None,
@@ -83,6 +85,7 @@ class DockerService:
         port_joined: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self.node = node
         self.ipam = ipam
         self.dns = dns
         self._port_joined = port_joined  # the plugin put a container port on the bridge
@@ -324,13 +327,13 @@ class DockerService:
 
     async def forget(self, container: str) -> None:
         """A container is gone: release what IPAM holds for it and remove its names."""
-        released = []
-        for owner in self.ipam.holders(lifecycle.ipam_owner(container)):
-            if lifecycle.owner_container(owner) == container:
-                released += await self.ipam.release(owner)
+        owners = [
+            owner
+            for owner in self.ipam.holders(lifecycle.ipam_owner(container))
+            if lifecycle.owner_container(owner) == container
+        ]
         had_names = container in self._dns_containers()
-        if self.dns is not None and had_names:
-            self.dns.detached(container, [])
+        released = await self.node.forget(owners, container if had_names else None)
         self._registered.pop(container, None)
         if released or had_names:
             self._counters["forgotten"] += 1
@@ -353,40 +356,31 @@ class DockerService:
         name: str | None = None,
     ) -> dict[str, Any]:
         """Attach a running container through its PID's namespace; IPAM and DNS by its id."""
-        assert self.dataplane is not None
         if not info.running:
             raise UserError(f"Docker container {info.name} is not running")
         for spec in specs:
             parse_spec(spec)
-        fqdn = self.dns.name_for(name) if self.dns is not None and name is not None else None
-        owner = lifecycle.ipam_owner(info.id, ifname)
-        held = self.ipam.addresses_of(owner)
-        addresses = await addresses_for(self.ipam, owner, specs)
-        try:
-            result = await self.dataplane.attach(info.namespace, addresses, ifname)
-        except BaseException:
-            if not held:  # nothing of it is on the container: give it back
-                with trio.CancelScope(shield=True):
-                    await self.ipam.release(owner)
-            raise
-        ips = [a.split("/")[0] for a in result["addresses"] if is_ipv4(a)]
-        if fqdn is not None and self.dns is not None:
-            self.dns.add(info.id, fqdn, ips)
+        fqdn = self.node.dns_name(name)
+        target = Target(
+            info.namespace, owner=lifecycle.ipam_owner(info.id, ifname), records=info.id
+        )
+        attached = await self.node.attach(target, specs, ifname, fqdn)
         self._counters["attached"] += 1
-        return {**result, "container": info.id, "docker_name": info.name, "dns_name": fqdn}
+        return {
+            **attached.attachment,
+            "container": info.id,
+            "docker_name": info.name,
+            "dns_name": attached.dns_name,
+        }
 
     async def detach_container(
         self, info: ContainerInfo, addresses: list[str], ifname: str
     ) -> dict[str, Any]:
-        assert self.dataplane is not None
-        detached = False
-        if info.running:
-            detached = await self.dataplane.detach(info.namespace, addresses, ifname)
-        only = release_only(addresses)
-        released = await self.ipam.release(lifecycle.ipam_owner(info.id, ifname), only)
-        if self.dns is not None:
-            self.dns.detached(info.id, addresses)
-        return {"detached": detached or bool(released), "container": info.id}
+        """Detach (if it still runs) and release what IPAM holds for it by its id."""
+        namespace = info.namespace if info.running else ""
+        target = Target(namespace, owner=lifecycle.ipam_owner(info.id, ifname), records=info.id)
+        detached = await self.node.detach(target, addresses, ifname)
+        return {"detached": detached.detached or bool(detached.released), "container": info.id}
 
     async def docker_container(self, spec: Any) -> ContainerInfo | None:
         """The Docker container ``spec`` names, if it names no namespace and Docker knows it.
@@ -408,29 +402,6 @@ class DockerService:
             raise UserError(f"no such container namespace or Docker container: {spec}") from None
         except DockerError as e:
             raise UserError(f"cannot ask Docker about {spec}: {e}") from None
-
-    def api_routes(self, attach: Handler, detach: Handler) -> dict[tuple[str, str], Handler]:
-        """``attach`` and ``detach`` taking Docker ids and names too, and ``/status/docker``."""
-
-        async def attach_docker(body: dict[str, Any]) -> Any:
-            info = await self.docker_container(body.get("container"))
-            if info is None:
-                return await _call(attach, body)
-            specs, ifname, name = _request(body)
-            return await self.attach_container(info, specs, ifname=ifname, name=name or info.name)
-
-        async def detach_docker(body: dict[str, Any]) -> Any:
-            info = await self.docker_container(body.get("container"))
-            if info is None:
-                return await _call(detach, body)
-            addresses, ifname, _ = _request(body)
-            return await self.detach_container(info, addresses, ifname)
-
-        return {
-            ("POST", "/attach"): attach_docker,
-            ("POST", "/detach"): detach_docker,
-            ("GET", "/status/docker"): lambda _: self.status(),
-        }
 
     # --- status --------------------------------------------------------------------------------
 
@@ -461,26 +432,3 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for e in error.exceptions for leaf in _leaves(e)]
     return [error]
-
-
-async def _call(handler: Handler, body: dict[str, Any]) -> Any:
-    result = handler(body)
-    if hasattr(result, "__await__"):
-        result = await result
-    return result
-
-
-def _request(body: dict[str, Any]) -> tuple[list[str], str, str | None]:
-    addresses = body.get("addresses", [])
-    ifname = body.get("ifname", lifecycle.DEFAULT_IFNAME)
-    name = body.get("name")
-    if (
-        not isinstance(addresses, list)
-        or not all(isinstance(a, str) for a in addresses)
-        or not isinstance(ifname, str)
-        or not (name is None or isinstance(name, str))
-    ):
-        raise UserError(
-            'expected {"container": ID|NAME, "addresses": [CIDR...], "ifname": NAME, "name": NAME}'
-        )
-    return addresses, ifname, name

@@ -2,7 +2,8 @@
 
 **Expose** (``meshnet expose``) gives the host an address in a subnet of the overlay, on the
 bridge: from IPAM (owner ``expose:<subnet>:<peer name>``, so ``meshnet reset`` hands it over
-with the peer's other addresses) unless given. The subnet's on-link route then prefers that
+with the peer's other addresses) unless given; the node's ``expose`` use case asks IPAM and DNS,
+this service does the kernel's part. The subnet's on-link route then prefers that
 address, so the host's own traffic to the subnet comes from it (the DNS server's address may
 share the subnet: it is left to DNS). The DNS firewall lets the bridge reach the address, and
 only containers of its subnet may (``inet meshnet``). Every local container with an address in
@@ -15,25 +16,23 @@ starts; ``stop`` takes the addresses off the bridge and removes the tables.
 
 **Isolation** is on whenever the router runs: ``bridge meshnet`` (see ``nftables``) allows each
 container port only the addresses meshnet attached to it, and only its own subnets. What each
-port was given is recorded here, from the data plane's attach and detach (never from what the
+port was given is recorded here, from the node's attach and detach (never from what the
 container shows: an address added by hand inside it is exactly what must not count), and kept in
 the state directory. A port found on the bridge without a record (attached while the router was
 down, or by another tool) is adopted with the addresses it has, once. The host's DNS server
 address is the one address every container may reach whatever its subnet; a container none of
 whose subnets holds it gets a route to it (at attach, and when the server starts).
 
-The kernel work runs in worker threads; one lock orders the changes.
+The kernel work runs in worker threads; one lock orders the changes. What is recorded, and the
+tables that asks for, are computed without I/O in ``ramps_state``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,19 +42,27 @@ import trio
 from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink, nftables
-from meshnet.dataplane.nftables import Exposure, Port
 from meshnet.errors import MeshnetError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.node.ramps_state import (
+    BRIDGE,
+    Exposed,
+    Interface,
+    IPAddress,
+    PortRecord,
+    RampsState,
+    gateway_for,
+    needs_route_to,
+    parse_spec,
+)
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
     from meshnet.dns.service import DnsService
-    from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.ramps")
 
-BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
 STATE_FILE = "ramps.json"
 #: How often the bridge's ports are compared with the records (ports that came or went).
 TICK = 5.0
@@ -64,155 +71,6 @@ TICK = 5.0
 EAGER_TICK = 0.2
 EAGER_FOR = 3.0
 _PROC_SYS = Path("/proc/sys/net/ipv4")
-
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Handler = Callable[[dict[str, Any]], Any]
-
-
-# --- the pure part ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What to expose or hide: a subnet (None: the default subnet) or an exact address."""
-
-    subnet: IPv4Network | None = None
-    address: IPv4Interface | None = None
-
-
-def parse_spec(text: str) -> Spec:
-    """``net:default``, ``net:CIDR``, ``CIDR`` or ``ip:ADDR/LEN``; UserError if malformed."""
-    text = text.strip()
-    if text in ("net:default", "default"):
-        return Spec()
-    if text.startswith("net:"):
-        try:
-            return Spec(subnet=IPv4Network(text[4:]))
-        except ValueError as e:
-            raise UserError(f"bad subnet in {text!r}: {e}") from None
-    value = text.removeprefix("ip:")
-    if "/" not in value:
-        raise UserError(
-            f"bad address {text!r}: give the subnet's prefix length, as in 10.32.1.1/24 "
-            "(or net:CIDR, or nothing for the default subnet)"
-        )
-    try:
-        address = IPv4Interface(value)
-    except ValueError as e:
-        raise UserError(f"bad address {text!r}: {e} (expose takes IPv4 addresses)") from None
-    net = address.network
-    if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
-        raise UserError(f"bad address {text!r}: not a host address of a subnet")
-    return Spec(address=address)
-
-
-def owner_id(network: IPv4Network, peer: str) -> str:
-    """IPAM's (and DNS's) holder of an exposed address: ends with the peer's name, as reset
-    expects of addresses a peer holds for itself."""
-    return f"expose:{network}:{peer}"
-
-
-def gateway_for(addresses: list[Interface], exposures: list[Exposure]) -> IPv4Address | None:
-    """The exposed address a container with ``addresses`` routes the world through, if any:
-    one in the same subnet as one of its addresses (in their order)."""
-    by_network = {e.address.network: e.address.ip for e in exposures}
-    for a in addresses:
-        if isinstance(a, IPv4Interface) and a.network in by_network:
-            return by_network[a.network]
-    return None
-
-
-@dataclass(frozen=True)
-class PortRecord:
-    """What meshnet attached through one bridge port."""
-
-    namespace: str
-    ifname: str
-    addresses: tuple[str, ...]
-
-    def interfaces(self) -> list[Interface]:
-        return [ipaddress.ip_interface(a) for a in self.addresses]
-
-
-@dataclass
-class Exposed:
-    address: IPv4Interface
-    masquerade: bool = True
-    names: tuple[str, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {"address": str(self.address), "masquerade": self.masquerade, "names": self.names}
-
-
-@dataclass
-class RampsState:
-    exposed: dict[IPv4Network, Exposed] = field(default_factory=dict)
-    ports: dict[str, PortRecord] = field(default_factory=dict)
-
-    def encode(self) -> bytes:
-        data = {
-            "version": 1,
-            "exposed": [e.as_json() for e in self.exposed.values()],
-            "ports": {
-                name: {"namespace": p.namespace, "ifname": p.ifname, "addresses": p.addresses}
-                for name, p in sorted(self.ports.items())
-            },
-        }
-        return json.dumps(data, indent=1, sort_keys=True).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> RampsState:
-        """The state from ``encode``; ValueError if it is not."""
-        try:
-            data = json.loads(raw)
-            state = cls()
-            for e in data.get("exposed", []):
-                address = IPv4Interface(e["address"])
-                names = tuple(str(n) for n in e.get("names", ()))
-                state.exposed[address.network] = Exposed(address, bool(e["masquerade"]), names)
-            for name, p in data.get("ports", {}).items():
-                addresses = tuple(str(ipaddress.ip_interface(a)) for a in p["addresses"])
-                state.ports[nftables.check_ifname(name)] = PortRecord(
-                    str(p["namespace"]), str(p["ifname"]), addresses
-                )
-        except (KeyError, TypeError, AttributeError, UserError) as e:
-            raise ValueError(f"malformed: {e!r}") from None
-        return state
-
-    def exposures(self) -> list[Exposure]:
-        return [Exposure(e.address, e.masquerade) for e in self.exposed.values()]
-
-    def nft_ports(self) -> list[Port]:
-        return [Port(name, tuple(p.interfaces())) for name, p in self.ports.items()]
-
-    def script(
-        self,
-        allocation_range: IPv4Network,
-        *,
-        no_masq_local: bool,
-        fresh_bridge: bool,
-        inet_installed: bool,
-        dns: Sequence[IPAddress] = (),
-    ) -> str:
-        """Both tables as they should be now: the inet one only while something is exposed."""
-        ports = self.nft_ports()
-        networks: list[IPv4Network | ipaddress.IPv6Network] = [allocation_range]
-        networks += [n for n in self.exposed]
-        networks += [a.network for p in ports for a in p.addresses]
-        overlay4, overlay6 = nftables.overlay(networks)
-        script = nftables.bridge_table(ports, overlay4, overlay6, dns=dns, fresh=fresh_bridge)
-        if self.exposed:
-            local = None
-            if no_masq_local:
-                local = [a.ip for p in ports for a in p.addresses if isinstance(a, IPv4Interface)]
-            script += nftables.inet_table(
-                BRIDGE, self.exposures(), overlay4, local=local, fresh=not inet_installed
-            )
-        elif inet_installed or fresh_bridge:
-            script += nftables.removal(["inet"])
-        return script
-
 
 # --- kernel helpers (run in worker threads) -----------------------------------------------------
 
@@ -289,13 +147,6 @@ def _clear_default_route(record: PortRecord, gateway: IPv4Address) -> None:
         log.debug("default route of %s left: %s", record.namespace, e)
 
 
-def needs_route_to(record: PortRecord, address: IPAddress) -> bool:
-    """Whether a container reaches the address only through a route of its own: it has an
-    address of that family, but none in a subnet that holds it."""
-    same_family = [a for a in record.interfaces() if a.version == address.version]
-    return bool(same_family) and not any(address in a.network for a in same_family)
-
-
 def _set_host_route(record: PortRecord, address: IPAddress) -> None:
     """An on-link route from the container to the host's address (the DNS server's)."""
     try:
@@ -347,15 +198,13 @@ class Ramps:
         self,
         config: Config,
         router: Router,
-        ipam: IpamService | None = None,
         dns: DnsService | None = None,
     ) -> None:
         self.range = config.ipalloc_range
         self.default_subnet = config.ipalloc_default_subnet or config.ipalloc_range
         self.no_masq_local = config.no_masq_local
-        self.ipam = ipam
         self.dns = dns
-        self._peer = format_peer_name(router.identity.name)
+        self.peer = format_peer_name(router.identity.name)
         self._nick = router.identity.nickname
         self._path = config.state_dir / STATE_FILE
         self.state = self._load()
@@ -363,6 +212,7 @@ class Ramps:
         self._forgotten = False
         self._lock = trio.Lock()
         self._dataplane: DataPlane | None = None
+        self._following = False  # between start and stop: attaches and detaches are recorded
         self._inet_installed = False
         self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
         self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
@@ -380,12 +230,11 @@ class Ramps:
         try:
             async with self._lock:
                 await self._start()
-            dataplane.attachment_listeners.append(self._attachment_changed)
+            self._following = True
             if self.dns is not None:
                 self.dns.listen_listeners.append(self._dns_moved)
                 await self._dns_moved(self.dns.listen)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._claim_restored)
                 nursery.start_soon(self._follow_bridge)
                 task_status.started()
         finally:
@@ -415,8 +264,7 @@ class Ramps:
                 log.info("%s: exposed %s again", self._nick, exposed.address)
 
     async def _stop(self, dataplane: DataPlane) -> None:
-        if self._attachment_changed in dataplane.attachment_listeners:
-            dataplane.attachment_listeners.remove(self._attachment_changed)
+        self._following = False
         if self.dns is not None and self._dns_moved in self.dns.listen_listeners:
             self.dns.listen_listeners.remove(self._dns_moved)
         running, self.isolation = self.isolation, "off (stopped)"
@@ -430,7 +278,8 @@ class Ramps:
                     log.error("%s: nftables tables left in place: %s", self._nick, e)
         self._inet_installed = False
 
-    def _require_running(self) -> None:
+    def require_running(self) -> None:
+        """UserError unless expose and hide can work now."""
         if self._dataplane is None:
             raise UserError("this router runs without a data plane (--no-dataplane)")
         if self.isolation != "on":
@@ -461,19 +310,6 @@ class Ramps:
             self.forwarding_enabled = True
             log.info("%s: IPv4 forwarding switched on (for the off-ramp)", self._nick)
         await self._set_default_routes(address.network)
-
-    async def _claim_restored(self) -> None:
-        """Reserve exposed addresses of the range in IPAM again (idempotent; in the background,
-        as IPAM may wait for its peers)."""
-        if self.ipam is None:
-            return
-        for network, exposed in list(self.state.exposed.items()):
-            if exposed.address.ip not in self.range:
-                continue
-            try:
-                await self.ipam.claim(owner_id(network, self._peer), exposed.address)
-            except UserError as e:
-                log.warning("%s: exposed %s not reserved in IPAM: %s", self._nick, network, e)
 
     def adopt_soon(self) -> None:
         """Another tool is putting a container's port on the bridge (Docker's network plugin,
@@ -538,17 +374,17 @@ class Ramps:
             await self._apply()
         self._save()
 
-    # --- attachments (the data plane's listener)
+    # --- attachments (the node's isolation step)
 
-    async def _attachment_changed(
-        self, container: str, ifname: str, addresses: list[str], result: dict[str, Any] | None
+    async def attached(
+        self, container: str, ifname: str, addresses: list[str], result: dict[str, Any]
     ) -> None:
+        """Isolate a port the data plane just attached (``result`` is its attachment): only
+        the addresses meshnet gave it, and a default route via an exposed address of its
+        subnet and a route to the DNS server if it needs them."""
+        if not self._following:
+            return
         async with self._lock:
-            if result is None:
-                self._forget_addresses(container, ifname, addresses)
-                await self._reconcile_ports()
-                await self._update()
-                return
             port = str(result["host_ifname"])
             old = self.state.ports.get(port)
             given = [str(ipaddress.ip_interface(a)) for a in addresses]
@@ -560,6 +396,15 @@ class Ramps:
             if gateway is not None:
                 await trio.to_thread.run_sync(_set_default_route, record, gateway)
             await self._route_to_dns([record])
+
+    async def detached(self, container: str, ifname: str, addresses: list[str]) -> None:
+        """The data plane took ``addresses`` (all, if none are named) off a port."""
+        if not self._following:
+            return
+        async with self._lock:
+            self._forget_addresses(container, ifname, addresses)
+            await self._reconcile_ports()
+            await self._update()
 
     # --- the DNS server's address (the DNS service's listener)
 
@@ -607,41 +452,24 @@ class Ramps:
             if any(a.network == address.network for a in record.interfaces()):
                 await trio.to_thread.run_sync(_clear_default_route, record, address.ip)
 
-    # --- expose and hide (the API's handlers)
+    # --- expose and hide (the kernel's part of the node's use cases)
 
-    async def _resolve(self, spec: Spec) -> IPv4Interface:
-        """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
-        if spec.address is None:
-            network = spec.subnet or self.default_subnet
-            exposed = self.state.exposed.get(network)
-            if exposed is not None:
-                return exposed.address
-            if self.ipam is None:
-                raise UserError(f"no IPAM to give an address in {network}: give the address")
-            return await self.ipam.allocate(owner_id(network, self._peer), network)
-        address = spec.address
-        exposed = self.state.exposed.get(address.network)
-        if exposed is not None and exposed.address != address:
-            raise UserError(
-                f"{address.network} is exposed as {exposed.address} already: hide it first"
-            )
-        if self.ipam is not None and address.ip in self.range and exposed is None:
-            return await self.ipam.claim(owner_id(address.network, self._peer), address)
-        return address
+    def exposed_as(self, network: IPv4Network) -> IPv4Interface | None:
+        """The address the subnet is exposed as, if it is."""
+        exposed = self.state.exposed.get(network)
+        return None if exposed is None else exposed.address
+
+    def exposed_addresses(self) -> list[IPv4Interface]:
+        return [e.address for e in self.state.exposed.values()]
 
     async def expose(
-        self, specs: list[str], *, masquerade: bool = True, name: str | None = None
+        self, addresses: list[IPv4Interface], *, masquerade: bool = True, fqdn: str | None = None
     ) -> list[dict[str, Any]]:
-        self._require_running()
-        parsed = [parse_spec(s) for s in specs] or [Spec()]
-        fqdn = self.dns.name_for(name) if self.dns is not None and name is not None else None
-        if name is not None and self.dns is None:
-            raise UserError("this router has no DNS to register a name in")
-        # IPAM first, outside the lock: it may wait for its peers.
-        addresses = [await self._resolve(spec) for spec in parsed]
+        """Put the addresses on the bridge and open the tables for them, all or nothing (their
+        IPAM reservation is the caller's); what each subnet is exposed as now."""
         out = []
         async with self._lock:
-            self._require_running()
+            self.require_running()
             new = []
             for address in addresses:
                 exposed = self.state.exposed.get(address.network)
@@ -674,9 +502,6 @@ class Ramps:
                 address,
                 "" if masquerade else " (without masquerade)",
             )
-        if fqdn is not None and self.dns is not None:
-            for address in addresses:
-                self.dns.add(owner_id(address.network, self._peer), fqdn, [str(address.ip)])
         return out
 
     def _hide_targets(self, specs: list[str]) -> list[IPv4Network]:
@@ -694,8 +519,10 @@ class Ramps:
                     targets.append(network)
         return targets
 
-    async def hide(self, specs: list[str]) -> list[dict[str, Any]]:
-        self._require_running()
+    async def hide(self, specs: list[str]) -> list[Exposed]:
+        """Take what the specs name (everything, if none) off the bridge and out of the tables;
+        what was hidden (giving its addresses and names back is the caller's)."""
+        self.require_running()
         async with self._lock:
             hidden = [self.state.exposed.pop(n) for n in dict.fromkeys(self._hide_targets(specs))]
             if not hidden:
@@ -709,13 +536,8 @@ class Ramps:
             except UserError as e:
                 log.error("%s: DNS firewall not updated after hide: %s", self._nick, e)
         for exposed in hidden:
-            network = exposed.address.network
             log.info("%s: hid %s", self._nick, exposed.address)
-            if self.dns is not None and exposed.names:
-                self.dns.detached(owner_id(network, self._peer), [])
-            if self.ipam is not None and exposed.address.ip in self.range:
-                await self.ipam.release(owner_id(network, self._peer), [exposed.address.ip])
-        return [e.as_json() for e in hidden]
+        return hidden
 
     # --- persistence
 
@@ -779,55 +601,3 @@ class Ramps:
                 for name, p in sorted(self.state.ports.items())
             ],
         }
-
-    async def _api_expose(self, body: dict[str, Any]) -> dict[str, Any]:
-        specs = body.get("addresses", [])
-        name, masquerade = body.get("name"), body.get("masquerade")
-        if (
-            not isinstance(specs, list)
-            or not all(isinstance(s, str) for s in specs)
-            or not (name is None or isinstance(name, str))
-            or not isinstance(masquerade, bool | None)
-        ):
-            raise UserError(
-                'expected {"addresses": [CIDR|net:CIDR...], "name": FQDN, "masquerade": BOOL}'
-            )
-        exposed = await self.expose(specs, masquerade=masquerade is not False, name=name)
-        return {"exposed": exposed}
-
-    async def _api_hide(self, body: dict[str, Any]) -> dict[str, Any]:
-        specs = body.get("addresses", [])
-        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
-            raise UserError('expected {"addresses": [CIDR|net:CIDR...]}')
-        return {"hidden": await self.hide(specs)}
-
-    def api_routes(self, routes: dict[tuple[str, str], Handler]) -> dict[tuple[str, str], Handler]:
-        """Our routes, `/status` with what is exposed, and reset that forgets it (given the
-        app's current routes, which are wrapped)."""
-        status = routes[("GET", "/status")]
-        reset = routes.get(("POST", "/ipam/reset"))
-
-        def status_with_ramps(body: dict[str, Any]) -> Any:
-            result = status(body)
-            if isinstance(result, dict):
-                result.update(self.summary())
-            return result
-
-        ours: dict[tuple[str, str], Handler] = {
-            ("GET", "/status"): status_with_ramps,
-            ("POST", "/expose"): self._api_expose,
-            ("POST", "/hide"): self._api_hide,
-            ("GET", "/status/ramps"): lambda _: self.status(),
-        }
-        if reset is not None:
-
-            async def reset_and_forget(body: dict[str, Any]) -> Any:
-                result = reset(body)
-                if hasattr(result, "__await__"):
-                    result = await result
-                if isinstance(result, dict) and result.get("acknowledged"):
-                    self.forget_state()
-                return result
-
-            ours[("POST", "/ipam/reset")] = reset_and_forget
-        return ours

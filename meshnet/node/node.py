@@ -1,0 +1,332 @@
+"""The node: what this router does for its users, each use case one pipeline over the services.
+
+Attach is IPAM (allocate; undo: release) → data plane (veth and addresses; undo: take the new
+addresses off, the veth with the last) → isolation (the ramps record the port; undo: forget it)
+→ DNS (name the addresses; the last step, so nothing after it can fail). Detach, hide and reset
+run their steps in the same order without undo: each step is idempotent and what one of them
+cannot remove (a namespace that is gone) must not keep the others from giving back theirs.
+Expose is IPAM → the ramps (bridge address and tables, all or nothing inside) → DNS.
+
+The Docker and CNI joins are the same attach and detach with a ``Target`` that names their keys:
+IPAM and DNS go by the runtime's id instead of the namespace's identity.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshnet.api.ipam import addresses_for, release_only
+from meshnet.errors import UserError
+from meshnet.gossip.identity import format_peer_name
+from meshnet.gossip.router import Router
+from meshnet.node.pipeline import Pipeline
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import Exposed, Spec, owner_id, parse_spec
+
+if TYPE_CHECKING:
+    from meshnet.dataplane.service import DataPlane
+    from meshnet.dns.service import DnsService
+    from meshnet.ipam.service import IpamService
+
+log = logging.getLogger("meshnet.node")
+
+DEFAULT_IFNAME = "ethwe"
+
+
+class Unavailable(UserError):
+    """The use case needs a service this router runs without (the API answers 409)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whom an attach or detach is for, and under which keys.
+
+    ``namespace`` is what the data plane resolves (a namespace's name, a PID or a path; empty
+    when there is none any more). ``owner`` is IPAM's key, None for the namespace's identity (per
+    interface beyond ``ethwe``). ``records`` is DNS's key, None for the namespace itself, which
+    is then also named after itself when no name is given; with a key of its own a target is
+    named only when a name is given.
+    """
+
+    namespace: str
+    owner: str | None = None
+    records: str | None = None
+
+
+@dataclass(frozen=True)
+class Attached:
+    attachment: dict[str, Any]  # the data plane's attachment, as JSON
+    dns_name: str | None
+
+
+@dataclass(frozen=True)
+class Detached:
+    detached: bool  # an interface or address was taken off
+    released: tuple[IPv4Address, ...]  # what IPAM took back
+
+
+class Node:
+    """The use cases over the daemon's services; any but the router may be absent."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        ipam: IpamService | None = None,
+        dns: DnsService | None = None,
+        dataplane: DataPlane | None = None,
+        ramps: Ramps | None = None,
+    ) -> None:
+        self.router = router
+        self.ipam = ipam
+        self.dns = dns
+        self.dataplane = dataplane
+        self.ramps = ramps
+        self.peer = format_peer_name(router.identity.name)
+        self._nick = router.identity.nickname
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The ramps (with a data plane), and IPAM reserving what they expose again."""
+        async with trio.open_nursery() as nursery:
+            if self.ramps is not None and self.dataplane is not None:
+                await nursery.start(self.ramps.serve, self.dataplane)
+                nursery.start_soon(self._reclaim_exposed, self.ramps)
+            task_status.started()
+
+    # --- the services a use case needs
+
+    def require_dataplane(self) -> DataPlane:
+        if self.dataplane is None:
+            raise Unavailable("this router runs without a data plane (--no-dataplane)")
+        return self.dataplane
+
+    def require_ipam(self) -> IpamService:
+        if self.ipam is None:
+            raise Unavailable("this router runs without IPAM")
+        return self.ipam
+
+    def require_ramps(self) -> Ramps:
+        if self.ramps is None:
+            raise Unavailable("this router runs without the ramps")
+        return self.ramps
+
+    def dns_name(self, name: Any) -> str | None:
+        """The FQDN for a request's ``name`` (None: none given, or no DNS); UserError if bad."""
+        return self.dns.name_for(name) if self.dns is not None and name is not None else None
+
+    # --- attach and detach
+
+    async def attach(
+        self,
+        target: Target,
+        specs: list[str],
+        ifname: str = DEFAULT_IFNAME,
+        fqdn: str | None = None,
+    ) -> Attached:
+        """Attach the target with addresses from IPAM (see ``api.ipam`` for the specs), isolate
+        its port and name it; on failure nothing of it stays but what it had before."""
+        dataplane = self.require_dataplane()
+        async with Pipeline(self._nick) as steps:
+            fresh: list[str] = []  # addresses the data plane step adds: its undo takes them off
+            if self.ipam is None:
+                addresses = list(specs)
+            else:
+                ipam = self.ipam
+                owner = target.owner or await self._ipam_id(target.namespace, ifname)
+                held = {a.ip for a in ipam.addresses_of(owner)}
+                addresses = await addresses_for(ipam, owner, specs)
+                if not held:  # nothing of it is on the container: give it back
+                    steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
+                fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]
+            result = await dataplane.attach(target.namespace, addresses, ifname)
+            if fresh:
+                steps.undo_with(
+                    f"attach of {target.namespace}",
+                    lambda: dataplane.detach(target.namespace, fresh, ifname),
+                )
+            if self.ramps is not None:
+                ramps = self.ramps
+                await ramps.attached(target.namespace, ifname, addresses, result)
+                if fresh:  # (none named would forget the whole port)
+                    steps.undo_with(
+                        f"isolation of {target.namespace}",
+                        lambda: ramps.detached(target.namespace, ifname, fresh),
+                    )
+            dns_name = self._register(target, result, fqdn)
+        return Attached(result, dns_name)
+
+    def _register(self, target: Target, result: dict[str, Any], fqdn: str | None) -> str | None:
+        if self.dns is None:
+            return None
+        if target.records is None:
+            return self.dns.attached(result, fqdn)
+        if fqdn is None:
+            return None
+        return self.dns.attached({**result, "namespace": target.records}, fqdn)
+
+    async def detach(
+        self,
+        target: Target,
+        addresses: list[str],
+        ifname: str = DEFAULT_IFNAME,
+        *,
+        gone_ok: bool = False,
+    ) -> Detached:
+        """Take the addresses (all, if none are named) off the target, give them back to IPAM
+        and remove their names. With ``gone_ok`` (a runtime cleaning up after a container that
+        may be gone), what the data plane cannot find is not an error: the rest is still done.
+        """
+        owner = target.owner
+        if owner is None and self.ipam is not None:
+            owner = await self._ipam_id(target.namespace, ifname)
+        detached = False
+        if target.namespace and (self.dataplane is not None or not gone_ok):
+            dataplane = self.require_dataplane()
+            try:
+                detached = await dataplane.detach(target.namespace, addresses, ifname)
+            except UserError as e:  # the namespace is gone, or that interface is not ours
+                if not gone_ok:
+                    raise
+                log.info("%s: detach %s: %s", self._nick, owner, e)
+            if detached and self.ramps is not None:
+                await self.ramps.detached(target.namespace, ifname, addresses)
+        released: list[IPv4Address] = []
+        if self.ipam is not None and owner is not None:
+            # Only the addresses named, if any: the rest stay the container's.
+            released = await self.ipam.release(owner, release_only(addresses))
+        if self.dns is not None:
+            self.dns.detached(target.records or target.namespace, addresses)
+        return Detached(detached, tuple(released))
+
+    async def forget(self, owners: list[str], records: str | None) -> tuple[IPv4Address, ...]:
+        """A runtime says a container is gone (its namespace with it): give back what IPAM
+        holds under its keys, and remove its names (``records``: their key, if it has any)."""
+        released: list[IPv4Address] = []
+        if self.ipam is not None:
+            for owner in owners:
+                released += await self.ipam.release(owner)
+        if self.dns is not None and records is not None:
+            self.dns.detached(records, [])
+        return tuple(released)
+
+    async def _ipam_id(self, container: str, ifname: str) -> str:
+        """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
+        interface gets addresses of its own)."""
+        container_id = await self.require_dataplane().container_id(container)
+        return container_id if ifname == DEFAULT_IFNAME else f"{container_id}/{ifname}"
+
+    async def containers(self) -> list[dict[str, Any]]:
+        return await self.require_dataplane().containers()
+
+    # --- expose and hide
+
+    async def expose(
+        self, specs: list[str], *, masquerade: bool = True, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Give the host an address in each subnet the specs name (the default one if none),
+        through IPAM unless given, and a DNS name if asked; what each is exposed as."""
+        ramps = self.require_ramps()
+        ramps.require_running()
+        parsed = [parse_spec(s) for s in specs] or [Spec()]
+        fqdn = self.dns_name(name)
+        if name is not None and self.dns is None:
+            raise UserError("this router has no DNS to register a name in")
+        async with Pipeline(self._nick) as steps:
+            # IPAM first, outside the ramps' lock: it may wait for its peers.
+            addresses = [await self._expose_address(ramps, spec, steps) for spec in parsed]
+            out = await ramps.expose(addresses, masquerade=masquerade, fqdn=fqdn)
+        if fqdn is not None and self.dns is not None:
+            for address in addresses:
+                self.dns.add(owner_id(address.network, self.peer), fqdn, [str(address.ip)])
+        return out
+
+    async def _expose_address(self, ramps: Ramps, spec: Spec, steps: Pipeline) -> IPv4Interface:
+        """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
+        ipam = self.ipam
+        if spec.address is None:
+            network = spec.subnet or ramps.default_subnet
+            exposed = ramps.exposed_as(network)
+            if exposed is not None:
+                return exposed
+            if ipam is None:
+                raise UserError(f"no IPAM to give an address in {network}: give the address")
+            owner = owner_id(network, self.peer)
+            held = ipam.addresses_of(owner)
+            address = await ipam.allocate(owner, network)
+        else:
+            address = spec.address
+            exposed = ramps.exposed_as(address.network)
+            if exposed is not None and exposed != address:
+                raise UserError(f"{address.network} is exposed as {exposed} already: hide it first")
+            if ipam is None or address.ip not in ramps.range or exposed is not None:
+                return address
+            owner = owner_id(address.network, self.peer)
+            held = ipam.addresses_of(owner)
+            address = await ipam.claim(owner, address)
+        if not held:
+            ip = address.ip
+            steps.undo_with(f"reservation of {address}", lambda: ipam.release(owner, [ip]))
+        return address
+
+    async def hide(self, specs: list[str]) -> list[Exposed]:
+        """Undo expose for what the specs name (everything, if none)."""
+        ramps = self.require_ramps()
+        hidden = await ramps.hide(specs)
+        for exposed in hidden:
+            network = exposed.address.network
+            if self.dns is not None and exposed.names:
+                self.dns.detached(owner_id(network, self.peer), [])
+            if self.ipam is not None and exposed.address.ip in ramps.range:
+                await self.ipam.release(owner_id(network, self.peer), [exposed.address.ip])
+        return hidden
+
+    async def _reclaim_exposed(self, ramps: Ramps) -> None:
+        """Reserve exposed addresses of the range in IPAM again (idempotent; in the background,
+        as IPAM may wait for its peers)."""
+        if self.ipam is None:
+            return
+        for address in ramps.exposed_addresses():
+            if address.ip not in ramps.range:
+                continue
+            try:
+                await self.ipam.claim(owner_id(address.network, self.peer), address)
+            except UserError as e:
+                log.warning(
+                    "%s: exposed %s not reserved in IPAM: %s", self._nick, address.network, e
+                )
+
+    # --- IPAM's peers
+
+    async def reset(self, *, force: bool) -> dict[str, Any]:
+        """Hand this peer's addresses over and forget what it exposed; the caller stops the
+        router once ``acknowledged`` is answered."""
+        ipam = self.require_ipam()
+        result = await ipam.reset(force=force)
+        if result["acknowledged"]:
+            ipam.forget_state()
+            if self.ramps is not None:
+                self.ramps.forget_state()
+            log.info("reset: IPAM handed over; stopping")
+        return result
+
+    def rmpeer(self, peer: str) -> dict[str, Any]:
+        ipam = self.require_ipam()
+        return ipam.rmpeer(ipam.resolve_peer(peer))
+
+    def owners(self, prefix: str) -> dict[str, list[str]]:
+        return self.require_ipam().holders(prefix)
+
+    # --- status
+
+    def status(self) -> dict[str, Any]:
+        """The router's status, with what is exposed and isolated."""
+        result = self.router.status()
+        if self.ramps is not None:
+            result.update(self.ramps.summary())
+        return result

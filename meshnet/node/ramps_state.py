@@ -1,0 +1,170 @@
+"""What the ramps record and decide, without I/O: expose specs, the state kept in the state
+directory (what is exposed, what each container port was given), and the nftables script that
+state asks for. The service that applies it is ``meshnet.node.ramps``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from meshnet.dataplane import nftables
+from meshnet.dataplane.nftables import Exposure, Port
+from meshnet.errors import UserError
+
+BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to expose or hide: a subnet (None: the default subnet) or an exact address."""
+
+    subnet: IPv4Network | None = None
+    address: IPv4Interface | None = None
+
+
+def parse_spec(text: str) -> Spec:
+    """``net:default``, ``net:CIDR``, ``CIDR`` or ``ip:ADDR/LEN``; UserError if malformed."""
+    text = text.strip()
+    if text in ("net:default", "default"):
+        return Spec()
+    if text.startswith("net:"):
+        try:
+            return Spec(subnet=IPv4Network(text[4:]))
+        except ValueError as e:
+            raise UserError(f"bad subnet in {text!r}: {e}") from None
+    value = text.removeprefix("ip:")
+    if "/" not in value:
+        raise UserError(
+            f"bad address {text!r}: give the subnet's prefix length, as in 10.32.1.1/24 "
+            "(or net:CIDR, or nothing for the default subnet)"
+        )
+    try:
+        address = IPv4Interface(value)
+    except ValueError as e:
+        raise UserError(f"bad address {text!r}: {e} (expose takes IPv4 addresses)") from None
+    net = address.network
+    if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
+        raise UserError(f"bad address {text!r}: not a host address of a subnet")
+    return Spec(address=address)
+
+
+def owner_id(network: IPv4Network, peer: str) -> str:
+    """IPAM's (and DNS's) holder of an exposed address: ends with the peer's name, as reset
+    expects of addresses a peer holds for itself."""
+    return f"expose:{network}:{peer}"
+
+
+def gateway_for(addresses: list[Interface], exposures: list[Exposure]) -> IPv4Address | None:
+    """The exposed address a container with ``addresses`` routes the world through, if any:
+    one in the same subnet as one of its addresses (in their order)."""
+    by_network = {e.address.network: e.address.ip for e in exposures}
+    for a in addresses:
+        if isinstance(a, IPv4Interface) and a.network in by_network:
+            return by_network[a.network]
+    return None
+
+
+@dataclass(frozen=True)
+class PortRecord:
+    """What meshnet attached through one bridge port."""
+
+    namespace: str
+    ifname: str
+    addresses: tuple[str, ...]
+
+    def interfaces(self) -> list[Interface]:
+        return [ipaddress.ip_interface(a) for a in self.addresses]
+
+
+@dataclass
+class Exposed:
+    address: IPv4Interface
+    masquerade: bool = True
+    names: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"address": str(self.address), "masquerade": self.masquerade, "names": self.names}
+
+
+@dataclass
+class RampsState:
+    exposed: dict[IPv4Network, Exposed] = field(default_factory=dict)
+    ports: dict[str, PortRecord] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        data = {
+            "version": 1,
+            "exposed": [e.as_json() for e in self.exposed.values()],
+            "ports": {
+                name: {"namespace": p.namespace, "ifname": p.ifname, "addresses": p.addresses}
+                for name, p in sorted(self.ports.items())
+            },
+        }
+        return json.dumps(data, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RampsState:
+        """The state from ``encode``; ValueError if it is not."""
+        try:
+            data = json.loads(raw)
+            state = cls()
+            for e in data.get("exposed", []):
+                address = IPv4Interface(e["address"])
+                names = tuple(str(n) for n in e.get("names", ()))
+                state.exposed[address.network] = Exposed(address, bool(e["masquerade"]), names)
+            for name, p in data.get("ports", {}).items():
+                addresses = tuple(str(ipaddress.ip_interface(a)) for a in p["addresses"])
+                state.ports[nftables.check_ifname(name)] = PortRecord(
+                    str(p["namespace"]), str(p["ifname"]), addresses
+                )
+        except (KeyError, TypeError, AttributeError, UserError) as e:
+            raise ValueError(f"malformed: {e!r}") from None
+        return state
+
+    def exposures(self) -> list[Exposure]:
+        return [Exposure(e.address, e.masquerade) for e in self.exposed.values()]
+
+    def nft_ports(self) -> list[Port]:
+        return [Port(name, tuple(p.interfaces())) for name, p in self.ports.items()]
+
+    def script(
+        self,
+        allocation_range: IPv4Network,
+        *,
+        no_masq_local: bool,
+        fresh_bridge: bool,
+        inet_installed: bool,
+        dns: Sequence[IPAddress] = (),
+    ) -> str:
+        """Both tables as they should be now: the inet one only while something is exposed."""
+        ports = self.nft_ports()
+        networks: list[IPv4Network | ipaddress.IPv6Network] = [allocation_range]
+        networks += [n for n in self.exposed]
+        networks += [a.network for p in ports for a in p.addresses]
+        overlay4, overlay6 = nftables.overlay(networks)
+        script = nftables.bridge_table(ports, overlay4, overlay6, dns=dns, fresh=fresh_bridge)
+        if self.exposed:
+            local = None
+            if no_masq_local:
+                local = [a.ip for p in ports for a in p.addresses if isinstance(a, IPv4Interface)]
+            script += nftables.inet_table(
+                BRIDGE, self.exposures(), overlay4, local=local, fresh=not inet_installed
+            )
+        elif inet_installed or fresh_bridge:
+            script += nftables.removal(["inet"])
+        return script
+
+
+def needs_route_to(record: PortRecord, address: IPAddress) -> bool:
+    """Whether a container reaches the address only through a route of its own: it has an
+    address of that family, but none in a subnet that holds it."""
+    same_family = [a for a in record.interfaces() if a.version == address.version]
+    return bool(same_family) and not any(address in a.network for a in same_family)

@@ -1,0 +1,427 @@
+"""The application layer: each use case one pipeline, undone in reverse on failure."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from meshnet.api.app import ApiApp
+from meshnet.config import Config
+from meshnet.errors import UserError
+from meshnet.integrations.docker.engine import ContainerInfo
+from meshnet.integrations.docker.service import DockerService
+from meshnet.integrations.docker.settings import DockerSettings
+from meshnet.node.node import Node, Target, Unavailable
+from meshnet.node.pipeline import Pipeline
+from meshnet.node.ramps import Ramps
+from meshnet.node.ramps_state import Exposed, RampsState
+
+RANGE = IPv4Network("10.32.0.0/12")
+CID = "abc123" + "0" * 58  # a Docker container's full id
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def steps_failing_at(k: int, n: int, log: list[str]) -> Any:
+    """A use case of n steps whose step k (1-based) fails; every step and undo is logged."""
+
+    async def use_case() -> None:
+        async with Pipeline() as steps:
+            for i in range(1, n + 1):
+                log.append(f"do {i}")
+                if i == k:
+                    raise Boom(f"step {i}")
+
+                async def undo(i: int = i) -> None:
+                    log.append(f"undo {i}")
+
+                steps.undo_with(f"step {i}", undo)
+
+    return use_case
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_a_failed_step_undoes_the_completed_ones_in_reverse_exactly_once(k: int) -> None:
+    log: list[str] = []
+    with pytest.raises(Boom, match=f"step {k}"):
+        trio.run(steps_failing_at(k, 4, log))
+    assert log == [f"do {i}" for i in range(1, k + 1)] + [f"undo {i}" for i in range(k - 1, 0, -1)]
+
+
+def test_a_pipeline_that_succeeds_undoes_nothing() -> None:
+    log: list[str] = []
+    trio.run(steps_failing_at(0, 3, log))
+    assert log == ["do 1", "do 2", "do 3"]
+
+
+def test_an_undo_that_fails_is_logged_and_the_rest_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+
+    async def main() -> None:
+        async with Pipeline("h1") as steps:
+
+            async def first() -> None:
+                log.append("undo 1")
+
+            async def broken() -> None:
+                raise OSError("gone")
+
+            steps.undo_with("step 1", first)
+            steps.undo_with("step 2", broken)
+            raise Boom("step 3")
+
+    with pytest.raises(Boom):  # the original error, not the undo's
+        trio.run(main)
+    assert log == ["undo 1"]
+    assert "h1: could not undo step 2: gone" in caplog.text
+
+
+def test_cancellation_undoes_too_and_the_undo_is_shielded() -> None:
+    log: list[str] = []
+
+    async def main() -> None:
+        with trio.move_on_after(1):
+            async with Pipeline() as steps:
+
+                async def undo() -> None:
+                    await trio.sleep(5)  # shielded: runs to the end although cancelled
+                    log.append("undone")
+
+                steps.undo_with("step 1", undo)
+                await trio.sleep(10)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert log == ["undone"]
+
+
+# --- fakes for the services ---------------------------------------------------------------------
+
+
+def fake_router() -> Any:
+    return SimpleNamespace(
+        identity=SimpleNamespace(name=0xAABBCCDDEEFF, nickname="h1"),
+        status=lambda: {"name": "x"},
+    )
+
+
+class Calls(list[str]):
+    def fail_at(self, what: str) -> None:
+        self.failing = what
+
+    def log(self, what: str) -> None:
+        self.append(what)
+        if getattr(self, "failing", None) == what.split(" ")[0]:
+            raise UserError(f"{what} failed")
+
+
+class FakeIpam:
+    def __init__(self, calls: Calls, held: dict[str, list[IPv4Interface]] | None = None) -> None:
+        self.calls = calls
+        self.held = held or {}
+        self.config = SimpleNamespace(range=RANGE)
+        self.next = 5
+
+    def holders(self, prefix: str = "") -> dict[str, list[str]]:
+        return {k: [str(a) for a in v] for k, v in self.held.items() if k.startswith(prefix)}
+
+    def addresses_of(self, owner: str) -> list[IPv4Interface]:
+        return list(self.held.get(owner, []))
+
+    def in_range(self, ip: IPv4Address) -> bool:
+        return ip in RANGE
+
+    async def allocate(self, owner: str, subnet: IPv4Network | None = None) -> IPv4Interface:
+        self.calls.log(f"allocate {owner}")
+        net = subnet or RANGE
+        address = IPv4Interface(f"{net.network_address + self.next}/{net.prefixlen}")
+        self.next += 1
+        self.held.setdefault(owner, []).append(address)
+        return address
+
+    async def claim(self, owner: str, address: IPv4Interface) -> IPv4Interface:
+        self.calls.log(f"claim {owner} {address}")
+        return address
+
+    async def release(self, owner: str, only: list[IPv4Address] | None = None) -> list[Any]:
+        self.calls.log(f"release {owner}{'' if only is None else ' ' + ','.join(map(str, only))}")
+        return [a.ip for a in self.held.pop(owner, [])]
+
+
+class FakeDataPlane:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    async def container_id(self, container: str) -> str:
+        return f"netns:{container}"
+
+    async def attach(self, container: str, addresses: list[str], ifname: str) -> dict[str, Any]:
+        self.calls.log(f"attach {container} {','.join(addresses)}")
+        return {"namespace": container, "addresses": addresses, "host_ifname": "vethwe1"}
+
+    async def detach(self, container: str, addresses: list[str], ifname: str) -> bool:
+        self.calls.log(f"detach {container} {','.join(addresses)}")
+        return True
+
+
+class FakeRamps:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    async def attached(self, container: str, ifname: str, addresses: list[str], _: Any) -> None:
+        self.calls.log(f"isolate {container} {','.join(addresses)}")
+
+    async def detached(self, container: str, ifname: str, addresses: list[str]) -> None:
+        self.calls.log(f"unisolate {container} {','.join(addresses)}")
+
+
+class FakeDns:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def name_for(self, name: str) -> str:
+        return f"{name}.meshnet.local."
+
+    def attached(self, result: dict[str, Any], fqdn: str | None) -> str | None:
+        self.calls.log(f"name {result['namespace']} {fqdn}")
+        return fqdn
+
+    def detached(self, container: str, addresses: list[str]) -> None:
+        self.calls.log(f"unname {container} {','.join(addresses)}")
+
+
+def node_with_fakes(calls: Calls, **held: list[IPv4Interface]) -> Node:
+    return Node(
+        fake_router(),
+        ipam=FakeIpam(calls, dict(held)),  # type: ignore[arg-type]
+        dns=FakeDns(calls),  # type: ignore[arg-type]
+        dataplane=FakeDataPlane(calls),  # type: ignore[arg-type]
+        ramps=FakeRamps(calls),  # type: ignore[arg-type]
+    )
+
+
+# --- attach and detach --------------------------------------------------------------------------
+
+
+def test_attach_is_ipam_then_data_plane_then_isolation_then_dns() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    attached = trio.run(node.attach, Target("c1"), [], "ethwe", "web.meshnet.local.")
+    assert calls == [
+        "allocate netns:c1",
+        "attach c1 10.32.0.5/12",
+        "isolate c1 10.32.0.5/12",
+        "name c1 web.meshnet.local.",
+    ]
+    assert attached.dns_name == "web.meshnet.local."
+    assert attached.attachment["addresses"] == ["10.32.0.5/12"]
+
+
+@pytest.mark.parametrize(
+    ("failing", "undone"),
+    [
+        ("allocate", []),
+        ("attach", ["release netns:c1"]),
+        ("isolate", ["detach c1 10.32.0.5/12", "release netns:c1"]),
+        ("name", ["unisolate c1 10.32.0.5/12", "detach c1 10.32.0.5/12", "release netns:c1"]),
+    ],
+)
+def test_a_failed_attach_undoes_its_steps_in_reverse_once(failing: str, undone: list[str]) -> None:
+    calls = Calls()
+    calls.fail_at(failing)
+    node = node_with_fakes(calls)
+    with pytest.raises(UserError, match=f"^{failing} .* failed"):
+        trio.run(node.attach, Target("c1"), [], "ethwe", "web.meshnet.local.")
+    done = next(i for i, c in enumerate(calls) if c.startswith(failing)) + 1
+    assert calls[done:] == undone
+
+
+def test_a_failed_attach_again_keeps_what_the_container_had() -> None:
+    calls = Calls()
+    calls.fail_at("isolate")
+    had = IPv4Interface("10.32.0.9/12")
+    node = node_with_fakes(calls, **{"netns:c1": [had]})
+    with pytest.raises(UserError):
+        trio.run(node.attach, Target("c1"), ["10.32.0.9/12", "net:10.32.1.0/24"], "ethwe", None)
+    # Its old address stays on it and in IPAM; only the new one comes off.
+    assert [c for c in calls if c.startswith(("detach", "release"))] == ["detach c1 10.32.1.5/24"]
+
+
+def test_a_runtimes_attach_goes_by_its_keys() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    target = Target("/proc/7/ns/net", owner="docker:abc", records="abc")
+    assert trio.run(node.attach, target, [], "ethwe", None).dns_name is None  # no name: none
+    assert calls[0] == "allocate docker:abc" and not any(c.startswith("name") for c in calls)
+    calls.clear()
+    trio.run(node.attach, target, [], "ethwe", "web.meshnet.local.")
+    assert calls[-1] == "name abc web.meshnet.local."
+
+
+def test_docker_attach_and_detach_are_the_nodes_by_the_containers_id() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    assert node.ipam is not None
+    docker = DockerService(DockerSettings(), node, ipam=node.ipam)  # type: ignore[arg-type]
+    info = ContainerInfo(id=CID, name="web", running=True, pid=42)
+
+    async def main() -> None:
+        result = await docker.attach_container(info, [], name="web")
+        assert result["container"] == CID and result["docker_name"] == "web"
+        assert result["dns_name"] == "web.meshnet.local."
+        assert calls == [
+            f"allocate docker:{CID}",
+            "attach /proc/42/ns/net 10.32.0.5/12",
+            "isolate /proc/42/ns/net 10.32.0.5/12",
+            f"name {CID} web.meshnet.local.",
+        ]
+        assert docker.statistics().attached == 1
+        calls.clear()
+        stopped = ContainerInfo(id=CID, name="web", running=False, pid=0)
+        with pytest.raises(UserError, match="not running"):
+            await docker.attach_container(stopped, [])
+        # Stopped: nothing to take off, but its address goes back and its names go.
+        assert await docker.detach_container(stopped, [], "ethwe") == {
+            "detached": True,
+            "container": CID,
+        }
+        assert calls == [f"release docker:{CID}", f"unname {CID} "]
+        calls.clear()
+        await docker.attach_container(info, [], name="web")
+        await docker.attach_container(info, [], ifname="eth1")
+        calls.clear()
+        docker.dns = SimpleNamespace(  # type: ignore[assignment]
+            records=SimpleNamespace(own_records=lambda: [SimpleNamespace(container=CID, live=True)])
+        )
+        await docker.forget(CID)  # gone: every interface's addresses, and its names
+        assert calls == [
+            f"release docker:{CID}",
+            f"release docker:{CID}/eth1",
+            f"unname {CID} ",
+        ]
+        assert docker.statistics().forgotten == 1
+
+    trio.run(main)
+
+
+def test_detach_takes_off_gives_back_and_unnames() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    detached = trio.run(node.detach, Target("c1"), ["10.32.0.5/12"])
+    assert detached.detached
+    assert calls == [
+        "detach c1 10.32.0.5/12",
+        "unisolate c1 10.32.0.5/12",
+        "release netns:c1 10.32.0.5",
+        "unname c1 10.32.0.5/12",
+    ]
+
+
+def test_a_runtimes_detach_of_a_gone_namespace_still_releases_and_unnames() -> None:
+    calls = Calls()
+    calls.fail_at("detach")
+    node = node_with_fakes(calls)
+    target = Target("/gone", owner="cni:net:c:eth0", records="cni:net:c:eth0")
+    detached = trio.run(lambda: node.detach(target, [], "eth0", gone_ok=True))
+    assert not detached.detached
+    assert calls[1:] == ["release cni:net:c:eth0", "unname cni:net:c:eth0 "]
+    with pytest.raises(UserError):  # without gone_ok the error is the caller's
+        trio.run(node.detach, Target("/gone"), [])
+
+
+def test_without_a_data_plane_attach_is_unavailable() -> None:
+    node = Node(fake_router(), ipam=FakeIpam(Calls()))  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="without a data plane"):
+        trio.run(node.attach, Target("c1"), [])
+
+
+# --- expose, hide, reset, status ----------------------------------------------------------------
+
+
+def test_without_a_data_plane_expose_is_one_clear_error(tmp_path: Path) -> None:
+    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
+    node = Node(fake_router(), ramps=ramps)
+    app = ApiApp(fake_router(), lambda: None, node)
+
+    async def main() -> None:
+        with pytest.raises(UserError, match="without a data plane"):
+            await node.expose([])
+        with pytest.raises(UserError, match="expected"):
+            await app.routes[("POST", "/expose")]({"addresses": "10.32.0.1/12"})
+
+    trio.run(main)
+
+
+def test_a_failed_expose_gives_its_address_back(tmp_path: Path) -> None:
+    calls = Calls()
+    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
+    ramps.require_running = lambda: None  # type: ignore[method-assign]
+
+    async def refuse(*_: Any, **__: Any) -> Any:
+        calls.append("expose")
+        raise UserError("nft failed")
+
+    ramps.expose = refuse  # type: ignore[method-assign]
+    node = Node(fake_router(), ipam=FakeIpam(calls), ramps=ramps)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="nft failed"):
+        trio.run(node.expose, ["net:10.32.1.0/24"])
+    owner = "expose:10.32.1.0/24:aa:bb:cc:dd:ee:ff"
+    assert calls == [f"allocate {owner}", "expose", f"release {owner} 10.32.1.5"]
+
+
+def test_status_shows_what_is_exposed_and_reset_forgets_it(tmp_path: Path) -> None:
+    (tmp_path / "ramps.json").write_bytes(
+        RampsState(
+            exposed={IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12"))}
+        ).encode()
+    )
+    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
+    assert list(ramps.state.exposed) == [IPv4Network("10.32.0.0/12")]
+    forgotten: list[str] = []
+
+    async def reset(*, force: bool) -> dict[str, Any]:
+        return {"acknowledged": True}
+
+    ipam = SimpleNamespace(reset=reset, forget_state=lambda: forgotten.append("ipam"))
+    node = Node(fake_router(), ipam=ipam, ramps=ramps)  # type: ignore[arg-type]
+    status = node.status()
+    assert status["name"] == "x"
+    assert status["exposed"] == [{"address": "10.32.0.7/12", "masquerade": True, "names": ()}]
+    assert status["isolation"]["state"] == "off (no data plane)"
+    assert trio.run(lambda: node.reset(force=False)) == {"acknowledged": True}
+    assert forgotten == ["ipam"]
+    assert not (tmp_path / "ramps.json").exists()
+
+
+def test_the_api_answers_409_for_a_service_the_router_runs_without() -> None:
+    app = ApiApp(fake_router(), lambda: None)
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b'{"container": "c1"}'}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/attach"}
+        await app(scope, receive, send)
+
+    trio.run(main)
+    assert sent[0]["status"] == 409
+    assert json.loads(sent[1]["body"]) == {
+        "error": "this router runs without a data plane (--no-dataplane)"
+    }
