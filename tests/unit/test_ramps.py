@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
 from meshnet.dataplane import nftables
 from meshnet.dataplane import ramps as ramps_module
@@ -32,7 +33,6 @@ from meshnet.dataplane.ramps import (
 )
 from meshnet.dns import firewall
 from meshnet.errors import UserError
-from meshnet.ramps_commands import _ramps_table, status_rows
 from tests.conftest import run_meshnet
 from tests.unit.test_cli import assert_one_line_error
 
@@ -350,7 +350,7 @@ def test_status_lines() -> None:
     assert status_rows({"name": "x"}) == []
     off = {"exposed": [], "isolation": {"state": "off (no data plane)", "ports": 0, "subnets": []}}
     assert status_rows(off) == [("Exposed", "no"), ("Isolation", "off (no data plane)")]
-    table = _ramps_table(
+    table = ramps_table(
         {
             **off,
             "masquerade_local": False,

@@ -17,12 +17,9 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.api.ipam import parse_spec
+from meshnet.cli.common import api_socket_option, status_command
 from meshnet.errors import UserError
-from meshnet.integrations.docker.runargs import run_arguments, split_run_args
 from meshnet.integrations.docker.settings import default_docker_host
-from meshnet.ipam.service import ALLOCATE_TIMEOUT
-from meshnet.router_commands import _subcommand, api_socket_option, status
 
 
 def default_docker_cli() -> str:
@@ -63,6 +60,12 @@ def run(
     server, its hostname NAME.DOMAIN (from --name), and its name is registered. Prints the
     container's id.
     """
+    # Imported here: these modules pull in trio and the Docker integration's daemon side,
+    # which other commands' start-up must not pay for.
+    from meshnet.api.ipam import parse_spec
+    from meshnet.integrations.docker.runargs import run_arguments, split_run_args
+    from meshnet.ipam.service import ALLOCATE_TIMEOUT
+
     specs, docker_args = split_run_args(args)
     for spec in specs:
         parse_spec(spec)
@@ -109,9 +112,6 @@ def dns_args(api_socket: Path) -> None:
     click.echo(f"--dns={address} --dns-search={str(status['domain']).rstrip('.')}")
 
 
-COMMANDS = (run, dns_args)
-
-
 def _docker_table(data: dict[str, Any]) -> Table:
     table = Table("", "", box=None, show_header=False, title=f"Docker at {data['host']}")
     rows = [
@@ -138,6 +138,6 @@ def _docker_table(data: dict[str, Any]) -> Table:
     return table
 
 
-status.command("docker", help="Docker: connection, plugin, events, attached containers.")(
-    _subcommand("/status/docker", _docker_table)  # type: ignore[arg-type]
+status_docker = status_command(
+    "/status/docker", _docker_table, "Docker: connection, plugin, events, attached containers."
 )

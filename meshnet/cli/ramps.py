@@ -9,16 +9,12 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.dataplane.ramps import parse_spec
-from meshnet.ipam.service import ALLOCATE_TIMEOUT
-from meshnet.router_commands import _subcommand, api_socket_option, status
+from meshnet.cli.common import HELP_LONG_ONLY, api_socket_option, status_command
 
-# `-h` names the host here (as in Weave), so only --help asks for help.
-_HELP_LONG_ONLY = {"help_option_names": ["--help"]}
 _SPECS = "[CIDR | net:CIDR | net:default]..."
 
 
-@click.command(context_settings=_HELP_LONG_ONLY)
+@click.command(context_settings=HELP_LONG_ONLY)
 @click.argument("addresses", nargs=-1, metavar=_SPECS)
 @click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Name it in DNS.")
 @click.option(
@@ -36,6 +32,11 @@ def expose(
     (masqueraded). A CIDR is used as given; net:CIDR gets one from IPAM. Prints the addresses.
     Exposing again changes nothing but the masquerading.
     """
+    # Imported here: the ramps' and IPAM's modules pull in trio and pyroute2, which other
+    # commands' start-up must not pay for.
+    from meshnet.dataplane.ramps import parse_spec
+    from meshnet.ipam.service import ALLOCATE_TIMEOUT
+
     for address in addresses:
         parse_spec(address)  # a mistake is one line before anything is asked
     result = ApiClient(api_socket, timeout=ALLOCATE_TIMEOUT + 15).post(
@@ -50,14 +51,14 @@ def expose(
 @api_socket_option
 def hide(addresses: tuple[str, ...], api_socket: Path) -> None:
     """Take the host's exposed addresses off the overlay (all of them, unless given)."""
+    # Imported here: the ramps' module pulls in trio and pyroute2 (see expose).
+    from meshnet.dataplane.ramps import parse_spec
+
     for address in addresses:
         parse_spec(address)
     result = ApiClient(api_socket).post("/hide", {"addresses": list(addresses)})
     for e in result["hidden"]:
         click.echo(e["address"])
-
-
-COMMANDS = (expose, hide)
 
 
 def _exposed(data: dict[str, Any]) -> str:
@@ -87,7 +88,7 @@ def status_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Exposed", _exposed(data)), ("Isolation", _isolation(data))]
 
 
-def _ramps_table(data: dict[str, Any]) -> Table:
+def ramps_table(data: dict[str, Any]) -> Table:
     table = Table(
         "port",
         "container",
@@ -105,6 +106,8 @@ def _ramps_table(data: dict[str, Any]) -> Table:
     return table
 
 
-status.command("ramps", help="Exposed addresses, masquerading, and isolation per container port.")(
-    _subcommand("/status/ramps", _ramps_table)  # type: ignore[arg-type]
+status_ramps = status_command(
+    "/status/ramps",
+    ramps_table,
+    "Exposed addresses, masquerading, and isolation per container port.",
 )
