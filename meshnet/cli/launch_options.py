@@ -83,9 +83,13 @@ class LaunchOption:
             default, shown = self.text(static), True
         if self.switch is not None:
             return click.option(
-                self.flag, self.param, is_flag=True, envvar=self.envvar, help=self.help,
+                self.flag,
+                self.param,
+                is_flag=True,
+                envvar=self.envvar,
                 show_envvar=True,
-            )  # fmt: skip
+                help=self.help,
+            )
         return click.option(
             self.flag,
             self.param,
