@@ -79,7 +79,7 @@ class LaunchOption:
         default: Any = self.default
         shown: bool | str = self.show_default or False
         static = _field_default(self.field)
-        if default is None and not self.multiple and static not in (dataclasses.MISSING, None, ()):
+        if default is None and not self.multiple and static not in _NO_DEFAULT:
             default, shown = self.text(static), True
         if self.switch is not None:
             return click.option(
@@ -103,6 +103,9 @@ class LaunchOption:
             help=self.help,
         )
 
+
+#: Config defaults that are not shown, and not passed to click: "nothing" (or made at run time).
+_NO_DEFAULT: tuple[Any, ...] = (dataclasses.MISSING, None, (), "")
 
 #: Where a dotted field lives: ``dns.ttl`` is ``DnsSettings.ttl``, held in ``Config.dns``.
 SECTIONS: dict[str, type[Any]] = {"": Config, "dns": DnsSettings, "docker": DockerSettings}
