@@ -1,4 +1,4 @@
-"""The daemon's settings: one frozen dataclass, filled from flags and MESHNET_* variables."""
+"""The daemon's settings: one frozen dataclass; its flags and variables: cli/launch_options."""
 
 from __future__ import annotations
 

@@ -13,3 +13,6 @@ SLEEVE_TAP: Final = "vethwe-sleeve"  # the sleeve's TAP port on the bridge
 CONTAINER_IFNAME: Final = "ethwe"  # a container's interface on the overlay, by default
 CONTROL_PORT: Final = 6783  # TCP: connections; UDP: the sleeve
 FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between directly reachable peers
+# How long the router waits for IPAM to give an address (a ring still forming, a donor asked);
+# clients of an allocating request wait this long plus a margin for the rest of the work.
+ALLOCATE_TIMEOUT: Final = 30.0

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import trio
 
 from meshnet.config import Config
+from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.errors import UserError
 from meshnet.gossip.channel import Gossiper
 from meshnet.gossip.events import MeshView, Watch
@@ -49,8 +50,6 @@ from meshnet.ipam.ring import RingMergeError
 log = logging.getLogger("meshnet.ipam")
 
 STATE_FILE = "ipam.state"
-#: How long an allocation waits for the ring, a donation or free space before it gives up.
-ALLOCATE_TIMEOUT = 30.0
 #: How long ``reset`` waits for the peer taking our ranges to acknowledge them.
 HANDOVER_TIMEOUT = 30.0
 

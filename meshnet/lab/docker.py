@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
 from meshnet.integrations.docker.runargs import run_arguments
@@ -271,7 +272,6 @@ def run_containers(
     """Each container as `meshnet run` starts one: `docker run -d` with the meshnet label, DNS
     and hostname, then attached by id (IPAM gives its address, DNS its name)."""
     from meshnet.api.client import ApiClient
-    from meshnet.ipam.service import ALLOCATE_TIMEOUT
 
     hosts = {h["name"]: h for h in record.hosts}
     for host in record.hosts:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
@@ -342,7 +343,6 @@ def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> No
     """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
     address (the planned one only stays for labs without routers)."""
     from meshnet.api.client import ApiClient
-    from meshnet.ipam.service import ALLOCATE_TIMEOUT
 
     hosts = {h["name"]: h for h in record.hosts}
     for c in record.containers:

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.api.ipam import addresses_for, release_only
 from meshnet.errors import UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.node.addresses import addresses_for, release_only
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
-from meshnet.node.ramps_state import Exposed, Spec, owner_id, parse_spec
+from meshnet.node.ramps_state import Exposed, owner_id
+from meshnet.node.specs import DEFAULT_SUBNET, AddressSpec, parse_exposure
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -129,7 +130,7 @@ class Node:
         ifname: str = DEFAULT_IFNAME,
         fqdn: str | None = None,
     ) -> Attached:
-        """Attach the target with addresses from IPAM (see ``api.ipam`` for the specs), isolate
+        """Attach the target with addresses from IPAM (see ``specs`` for the grammar), isolate
         its port and name it; on failure nothing of it stays but what it had before."""
         dataplane = self.require_dataplane()
         async with Pipeline(self._nick) as steps:
@@ -233,7 +234,7 @@ class Node:
         through IPAM unless given, and a DNS name if asked; what each is exposed as."""
         ramps = self.require_ramps()
         ramps.require_running()
-        parsed = [parse_spec(s) for s in specs] or [Spec()]
+        parsed = [parse_exposure(s) for s in specs] or [DEFAULT_SUBNET]
         fqdn = self.dns_name(name)
         if name is not None and self.dns is None:
             raise UserError("this router has no DNS to register a name in")
@@ -246,7 +247,9 @@ class Node:
                 self.dns.add(owner_id(address.network, self.peer), fqdn, [str(address.ip)])
         return out
 
-    async def _expose_address(self, ramps: Ramps, spec: Spec, steps: Pipeline) -> IPv4Interface:
+    async def _expose_address(
+        self, ramps: Ramps, spec: AddressSpec, steps: Pipeline
+    ) -> IPv4Interface:
         """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
         ipam = self.ipam
         if spec.address is None:

@@ -54,8 +54,8 @@ from meshnet.node.ramps_state import (
     RampsState,
     gateway_for,
     needs_route_to,
-    parse_spec,
 )
+from meshnet.node.specs import parse_exposure
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -508,7 +508,7 @@ class Ramps:
         if not specs:
             return list(self.state.exposed)
         targets = []
-        for spec in map(parse_spec, specs):
+        for spec in map(parse_exposure, specs):
             if spec.address is not None:
                 exposed = self.state.exposed.get(spec.address.network)
                 if exposed is not None and exposed.address == spec.address:

@@ -22,40 +22,6 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What to expose or hide: a subnet (None: the default subnet) or an exact address."""
-
-    subnet: IPv4Network | None = None
-    address: IPv4Interface | None = None
-
-
-def parse_spec(text: str) -> Spec:
-    """``net:default``, ``net:CIDR``, ``CIDR`` or ``ip:ADDR/LEN``; UserError if malformed."""
-    text = text.strip()
-    if text in ("net:default", "default"):
-        return Spec()
-    if text.startswith("net:"):
-        try:
-            return Spec(subnet=IPv4Network(text[4:]))
-        except ValueError as e:
-            raise UserError(f"bad subnet in {text!r}: {e}") from None
-    value = text.removeprefix("ip:")
-    if "/" not in value:
-        raise UserError(
-            f"bad address {text!r}: give the subnet's prefix length, as in 10.32.1.1/24 "
-            "(or net:CIDR, or nothing for the default subnet)"
-        )
-    try:
-        address = IPv4Interface(value)
-    except ValueError as e:
-        raise UserError(f"bad address {text!r}: {e} (expose takes IPv4 addresses)") from None
-    net = address.network
-    if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
-        raise UserError(f"bad address {text!r}: not a host address of a subnet")
-    return Spec(address=address)
-
-
 def owner_id(network: IPv4Network, peer: str) -> str:
     """IPAM's (and DNS's) holder of an exposed address: ends with the peer's name, as reset
     expects of addresses a peer holds for itself."""

@@ -85,3 +85,32 @@ def test_debug_shows_the_traceback() -> None:
     result = run_meshnet("--debug", "lab", "status", "--name", "nosuchlab")
     if os.geteuid() == 0:
         assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+#: What only the daemon (and the commands that start or look inside it) may load.
+DAEMON_MODULES = ("trio", "pyroute2", "nacl", "textual", "meshnet.daemon", "meshnet.dataplane")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--api-socket", "/nonexistent/sock"]])
+def test_the_cli_starts_without_the_daemons_modules(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from meshnet.cli import main\n"
+        f"main({args!r})\n"
+        f"loaded = [m for m in sys.modules if m.startswith({DAEMON_MODULES!r})]\n"
+        "print(loaded, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        ["launch"], ["stop"], ["connect"], ["forget"], ["attach"], ["detach"], ["ps"],
+        ["reset"], ["rmpeer"], ["dns-add"], ["dns-remove"], ["dns-lookup"], ["expose"], ["hide"],
+        ["report"], ["tui"], ["run"], ["dns-args"], ["lab", "tui"], ["lab", "up"],
+        ["status"], ["status", "peers"], ["status", "ipam"], ["status", "dns"],
+        ["status", "ramps"], ["status", "docker"], ["status", "dataplane"],
+    ):  # fmt: skip
+        result = run_meshnet(*args, "--help")
+        assert result.returncode == 0 and "Usage: meshnet" in result.stdout, args

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
 from meshnet.dataplane import nftables
 from meshnet.dataplane.nftables import Exposure, Port
@@ -26,13 +27,10 @@ from meshnet.node.ramps_state import (
     Exposed,
     PortRecord,
     RampsState,
-    Spec,
     gateway_for,
     needs_route_to,
     owner_id,
-    parse_spec,
 )
-from meshnet.ramps_commands import _ramps_table, status_rows
 from tests.conftest import run_meshnet
 from tests.unit.test_cli import assert_one_line_error
 
@@ -228,17 +226,6 @@ def test_dns_firewall_opens_exposed_addresses_before_its_drop() -> None:
 # --- specs, gateways, state ---------------------------------------------------------------------
 
 
-def test_specs() -> None:
-    assert parse_spec("net:default") == Spec()
-    assert parse_spec("net:10.32.1.0/24") == Spec(subnet=IPv4Network("10.32.1.0/24"))
-    assert parse_spec("10.32.1.1/24") == Spec(address=IPv4Interface("10.32.1.1/24"))
-    assert parse_spec("ip:10.32.1.1/24") == Spec(address=IPv4Interface("10.32.1.1/24"))
-    for bad in ("10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "fd00::1/64", "10.32.1.0/24",
-                "10.32.1.1/32", "banana/7"):  # fmt: skip
-        with pytest.raises(UserError):
-            parse_spec(bad)
-
-
 def test_owner_ids_end_with_the_peer_name_as_reset_expects() -> None:
     owner = owner_id(IPv4Network("10.32.1.0/24"), "aa:bb:cc:dd:ee:ff")
     assert owner == "expose:10.32.1.0/24:aa:bb:cc:dd:ee:ff"
@@ -315,7 +302,7 @@ def test_status_lines() -> None:
     assert status_rows({"name": "x"}) == []
     off = {"exposed": [], "isolation": {"state": "off (no data plane)", "ports": 0, "subnets": []}}
     assert status_rows(off) == [("Exposed", "no"), ("Isolation", "off (no data plane)")]
-    table = _ramps_table(
+    table = ramps_table(
         {
             **off,
             "masquerade_local": False,

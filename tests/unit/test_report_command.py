@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from meshnet.cli.report import fill_template
 from meshnet.errors import UserError
-from meshnet.tui_commands import fill_template
 from tests.conftest import run_meshnet
 from tests.unit.test_cli import assert_one_line_error
 from tests.unit.test_tui import recording

@@ -11,6 +11,7 @@ from typing import Any
 import nacl.pwhash.argon2id as argon2id
 import pytest
 import trio
+import trio.testing
 
 from meshnet.config import Config
 from meshnet.gossip.events import PathVerdict, Watch
@@ -244,11 +245,13 @@ async def test_links_and_views_are_published_when_a_neighbour_comes_and_goes(
         link = a.links.current.links[b.identity.name]
         assert link.nickname == "b" and link.port == b.config.port
         assert a.views.current.neighbours == {b.identity.name}
+        await trio.testing.wait_all_tasks_blocked()  # the subscribers ran
         assert links.count == 1 and views.count >= 1
         came = views.count
         inner.cancel_scope.cancel()
     await wait_until(lambda: not a.links.current.links)
     await wait_until(lambda: b.identity.name not in a.views.current.reachable)
+    await trio.testing.wait_all_tasks_blocked()
     assert links.count == 2 and views.count > came
     assert a.peer_links() == {}
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.api.ipam import parse_spec
 from meshnet.dataplane import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
@@ -41,6 +40,7 @@ from meshnet.integrations.docker.netdriver import NetworkDriver
 from meshnet.integrations.docker.plugin import PluginApp, serve_plugin
 from meshnet.integrations.docker.settings import PLUGIN_NAME, DockerSettings
 from meshnet.node.node import Node, Target
+from meshnet.node.specs import parse_spec
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane

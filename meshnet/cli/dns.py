@@ -9,11 +9,8 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
+from meshnet.cli.common import HELP_LONG_ONLY, api_socket_option, status_command
 from meshnet.errors import UserError
-from meshnet.router_commands import _subcommand, api_socket_option, status
-
-# `-h` names the host here (as in Weave), so only --help asks for help.
-_HELP_LONG_ONLY = {"help_option_names": ["--help"]}
 
 
 def _split(args: tuple[str, ...]) -> tuple[list[str], str]:
@@ -24,7 +21,7 @@ def _split(args: tuple[str, ...]) -> tuple[list[str], str]:
     return addresses, container
 
 
-@click.command("dns-add", context_settings=_HELP_LONG_ONLY)
+@click.command("dns-add", context_settings=HELP_LONG_ONLY)
 @click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
 @click.option("-h", "--hostname", "name", required=True, metavar="FQDN", help="Name to add.")
 @api_socket_option
@@ -37,7 +34,7 @@ def dns_add(args: tuple[str, ...], name: str, api_socket: Path) -> None:
     click.echo(f"{result['name']} {' '.join(result['addresses'])}")
 
 
-@click.command("dns-remove", context_settings=_HELP_LONG_ONLY)
+@click.command("dns-remove", context_settings=HELP_LONG_ONLY)
 @click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
 @click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Only this name.")
 @api_socket_option
@@ -61,9 +58,6 @@ def dns_lookup(name: str, api_socket: Path) -> None:
         raise UserError(f"{result['name']} not found")
     for address in result["addresses"]:
         click.echo(address)
-
-
-COMMANDS = (dns_add, dns_remove, dns_lookup)
 
 
 def _dns_table(data: dict[str, Any]) -> Table:
@@ -92,6 +86,6 @@ def _dns_table(data: dict[str, Any]) -> Table:
     return table
 
 
-status.command("dns", help="The DNS server: domain, upstreams, names per peer, counters.")(
-    _subcommand("/status/dns", _dns_table)  # type: ignore[arg-type]
+status_dns = status_command(
+    "/status/dns", _dns_table, "The DNS server: domain, upstreams, names per peer, counters."
 )

@@ -1,8 +1,7 @@
-"""`meshnet report`, `meshnet tui` and `meshnet lab tui`: looking at a running router."""
+"""`meshnet report`: everything a running router knows, as tables, JSON or a template."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -12,10 +11,10 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
+from meshnet.cli.common import api_socket_option
+from meshnet.cli.output import console
 from meshnet.errors import UserError
-from meshnet.lab.commands import lab
-from meshnet.output import console
-from meshnet.router_commands import api_socket_option
+from meshnet.tui.model import PEER_COLUMNS, format_bytes, peer_rows
 
 
 @click.command()
@@ -68,8 +67,6 @@ def print_report(data: dict[str, Any]) -> None:
     ]
     for key, value in rows:
         out.print(f"{key:>12}: {value}", highlight=False)
-
-    from meshnet.tui.model import PEER_COLUMNS, format_bytes, peer_rows
 
     table = Table(title="Peers", title_justify="left")
     for column in PEER_COLUMNS:
@@ -140,49 +137,3 @@ def _duration(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) + (
         f" (+{int(seconds // 86400)}d)" if seconds >= 86400 else ""
     )
-
-
-def run_tui(socket_path: Path, interval: float) -> None:
-    from meshnet.tui.app import MeshnetTui
-    from meshnet.tui.source import ApiSource
-
-    if interval <= 0:
-        raise click.BadParameter("must be positive", param_hint="--interval")
-    MeshnetTui(ApiSource(socket_path, interval)).run()
-
-
-INTERVAL_OPTION = click.option(
-    "--interval", type=float, default=1.0, show_default=True, help="Seconds between updates."
-)
-
-
-@click.command()
-@functools.partial(api_socket_option, names=("--socket", "--api-socket"))
-@INTERVAL_OPTION
-def tui(api_socket: Path, interval: float) -> None:
-    """The live view: peers, traffic with sparklines, events, IPAM and DNS (`?` for help)."""
-    run_tui(api_socket, interval)
-
-
-@lab.command("tui")
-@click.argument("host", required=False)
-@click.option(
-    "--name", "name", metavar="LAB", default=None, help="Which lab (default: the only one)."
-)
-@INTERVAL_OPTION
-def lab_tui(host: str | None, name: str | None, interval: float) -> None:
-    """Open `meshnet tui` on a lab host's router (default: the first host)."""
-    from meshnet.lab import lab as lablib
-
-    status = lablib.status(name)
-    hosts = status["hosts"]
-    if not hosts:
-        raise UserError(f"lab {status['name']} has no hosts")
-    chosen = hosts[0] if host is None else next((h for h in hosts if h["name"] == host), None)
-    if chosen is None:
-        known = ", ".join(h["name"] for h in hosts)
-        raise UserError(f"lab {status['name']} has no host {host!r} (hosts: {known})")
-    run_tui(Path(chosen["api_socket"]), interval)
-
-
-COMMANDS = (report, tui)

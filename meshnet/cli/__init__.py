@@ -1,4 +1,12 @@
-"""The `meshnet` command.
+"""The `meshnet` command: the root group, every command group assembled in one place, and
+``main``, which turns every failure into one line and an exit code.
+
+One module per command group: ``launch`` (launch, stop, connect, forget; its flags are declared
+in ``launch_options``), ``status``, ``containers``, ``ipam``, ``dns``, ``ramps``, ``docker``,
+``report``, ``tui`` and ``lab``; ``common`` holds what they share. Nothing registers itself with
+another module's group on import: this module adds every command, and every `status` and `lab`
+subcommand that lives elsewhere. Start-up stays fast: no command module imports the daemon's
+modules (trio, pyroute2, textual) before it runs.
 
 A user's mistake prints one readable line on stderr and exits non-zero; `--debug` (or
 MESHNET_DEBUG=1) shows the traceback instead.
@@ -14,24 +22,8 @@ import traceback
 import click
 
 from meshnet import __version__
-from meshnet.dns_commands import COMMANDS as DNS_COMMANDS  # also adds `status dns`
+from meshnet.cli import containers, dns, docker, ipam, lab, launch, ramps, report, status, tui
 from meshnet.errors import MeshnetError
-from meshnet.integrations.docker.commands import COMMANDS as DOCKER_COMMANDS  # `status docker`
-from meshnet.lab.commands import lab
-from meshnet.ramps_commands import COMMANDS as RAMPS_COMMANDS  # also adds `status ramps`
-from meshnet.router_commands import (
-    attach,
-    connect,
-    detach,
-    forget,
-    launch,
-    ps,
-    reset,
-    rmpeer,
-    status,
-    stop,
-)
-from meshnet.tui_commands import COMMANDS as TUI_COMMANDS  # also adds `lab tui`
 
 
 class _Settings:
@@ -61,16 +53,34 @@ def cli(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for command in (launch, stop, status, connect, forget, attach, detach, ps, lab, reset, rmpeer):
+for command in (
+    launch.launch,
+    launch.stop,
+    status.status,
+    launch.connect,
+    launch.forget,
+    containers.attach,
+    containers.detach,
+    containers.ps,
+    lab.lab,
+    ipam.reset,
+    ipam.rmpeer,
+    dns.dns_add,
+    dns.dns_remove,
+    dns.dns_lookup,
+    report.report,
+    tui.tui,
+    docker.run,
+    docker.dns_args,
+    ramps.expose,
+    ramps.hide,
+):
     cli.add_command(command)
-for command in DNS_COMMANDS:
-    cli.add_command(command)
-for command in TUI_COMMANDS:
-    cli.add_command(command)
-for command in DOCKER_COMMANDS:
-    cli.add_command(command)
-for command in RAMPS_COMMANDS:
-    cli.add_command(command)
+status.status.add_command(ipam.status_ipam, "ipam")
+status.status.add_command(dns.status_dns, "dns")
+status.status.add_command(ramps.status_ramps, "ramps")
+status.status.add_command(docker.status_docker, "docker")
+lab.lab.add_command(tui.lab_tui, "tui")
 
 
 def _fail(message: str, code: int = 1) -> int:

@@ -9,16 +9,14 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.ipam.service import ALLOCATE_TIMEOUT
-from meshnet.node.ramps_state import parse_spec
-from meshnet.router_commands import _subcommand, api_socket_option, status
+from meshnet.cli.common import HELP_LONG_ONLY, api_socket_option, status_command
+from meshnet.constants import ALLOCATE_TIMEOUT
+from meshnet.node.specs import parse_exposure
 
-# `-h` names the host here (as in Weave), so only --help asks for help.
-_HELP_LONG_ONLY = {"help_option_names": ["--help"]}
 _SPECS = "[CIDR | net:CIDR | net:default]..."
 
 
-@click.command(context_settings=_HELP_LONG_ONLY)
+@click.command(context_settings=HELP_LONG_ONLY)
 @click.argument("addresses", nargs=-1, metavar=_SPECS)
 @click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Name it in DNS.")
 @click.option(
@@ -37,7 +35,7 @@ def expose(
     Exposing again changes nothing but the masquerading.
     """
     for address in addresses:
-        parse_spec(address)  # a mistake is one line before anything is asked
+        parse_exposure(address)  # a mistake is one line before anything is asked
     result = ApiClient(api_socket, timeout=ALLOCATE_TIMEOUT + 15).post(
         "/expose",
         {"addresses": list(addresses), "name": name, "masquerade": not without_masquerade},
@@ -51,13 +49,10 @@ def expose(
 def hide(addresses: tuple[str, ...], api_socket: Path) -> None:
     """Take the host's exposed addresses off the overlay (all of them, unless given)."""
     for address in addresses:
-        parse_spec(address)
+        parse_exposure(address)
     result = ApiClient(api_socket).post("/hide", {"addresses": list(addresses)})
     for e in result["hidden"]:
         click.echo(e["address"])
-
-
-COMMANDS = (expose, hide)
 
 
 def _exposed(data: dict[str, Any]) -> str:
@@ -87,7 +82,7 @@ def status_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Exposed", _exposed(data)), ("Isolation", _isolation(data))]
 
 
-def _ramps_table(data: dict[str, Any]) -> Table:
+def ramps_table(data: dict[str, Any]) -> Table:
     table = Table(
         "port",
         "container",
@@ -105,6 +100,8 @@ def _ramps_table(data: dict[str, Any]) -> Table:
     return table
 
 
-status.command("ramps", help="Exposed addresses, masquerading, and isolation per container port.")(
-    _subcommand("/status/ramps", _ramps_table)  # type: ignore[arg-type]
+status_ramps = status_command(
+    "/status/ramps",
+    ramps_table,
+    "Exposed addresses, masquerading, and isolation per container port.",
 )

@@ -17,12 +17,12 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.api.ipam import parse_spec
+from meshnet.cli.common import api_socket_option, status_command
+from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.errors import UserError
 from meshnet.integrations.docker.runargs import run_arguments, split_run_args
 from meshnet.integrations.docker.settings import default_docker_host
-from meshnet.ipam.service import ALLOCATE_TIMEOUT
-from meshnet.router_commands import _subcommand, api_socket_option, status
+from meshnet.node.specs import parse_spec
 
 
 def default_docker_cli() -> str:
@@ -109,9 +109,6 @@ def dns_args(api_socket: Path) -> None:
     click.echo(f"--dns={address} --dns-search={str(status['domain']).rstrip('.')}")
 
 
-COMMANDS = (run, dns_args)
-
-
 def _docker_table(data: dict[str, Any]) -> Table:
     table = Table("", "", box=None, show_header=False, title=f"Docker at {data['host']}")
     rows = [
@@ -138,6 +135,6 @@ def _docker_table(data: dict[str, Any]) -> Table:
     return table
 
 
-status.command("docker", help="Docker: connection, plugin, events, attached containers.")(
-    _subcommand("/status/docker", _docker_table)  # type: ignore[arg-type]
+status_docker = status_command(
+    "/status/docker", _docker_table, "Docker: connection, plugin, events, attached containers."
 )

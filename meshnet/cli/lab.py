@@ -1,4 +1,8 @@
-"""`meshnet lab ...`: the command-line face of meshnet.lab."""
+"""`meshnet lab ...`: the command-line face of meshnet.lab.
+
+Each command imports ``meshnet.lab.lab`` when it runs: it pulls in pyroute2 and the Docker
+integration, which the start-up of every other command must not pay for.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,8 @@ import click
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from meshnet.lab import lab as lablib
+from meshnet.cli.output import console
 from meshnet.lab import topology as topo
-from meshnet.output import console
 
 NAME_OPTION = click.option(
     "--name",
@@ -97,6 +100,8 @@ def up(
 
     In a `line`, h1 reaches h2 and h2 reaches h3, but h1 cannot reach h3 at all.
     """
+    from meshnet.lab import lab as lablib  # imported here: see the module's docstring
+
     lablib.check_can_create(name, mtu)
     if shape in topo.BUILTIN_TOPOLOGIES or not (shape.endswith(".toml") or os.path.exists(shape)):
         spec = topo.builtin(shape, hosts, 1 if containers is None else containers)
@@ -195,6 +200,8 @@ def _print_summary(state: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(name: str | None, as_json: bool) -> None:
     """Show a lab's hosts, underlay addresses, containers and links."""
+    from meshnet.lab import lab as lablib  # imported here: see the module's docstring
+
     state = lablib.status(name)
     if as_json:
         click.echo(json.dumps(state, indent=2))
@@ -211,6 +218,8 @@ def exec(name: str | None, target: str, command: tuple[str, ...]) -> None:
 
     The command's exit status is meshnet's exit status.
     """
+    from meshnet.lab import lab as lablib  # imported here: see the module's docstring
+
     argv, env = lablib.exec_argv(name, target, command)  # `docker exec` in a Docker lab
     sys.stdout.flush()
     try:
@@ -234,6 +243,8 @@ def link(name: str | None, a: str, b: str, action: str, value: str | None) -> No
     meshnet lab link h1 h2 loss 20       (percent, 0 clears)
     meshnet lab link h1 h2 rate 10mbit   (none clears)
     """
+    from meshnet.lab import lab as lablib  # imported here: see the module's docstring
+
     click.echo(lablib.set_link(name, a, b, action, value))
 
 
@@ -241,5 +252,7 @@ def link(name: str | None, a: str, b: str, action: str, value: str | None) -> No
 @NAME_OPTION
 def down(name: str | None) -> None:
     """Remove every namespace, link, process and file the lab made."""
+    from meshnet.lab import lab as lablib  # imported here: see the module's docstring
+
     removed = lablib.down(name)
     click.echo(f"lab {removed} removed")

@@ -1,0 +1,150 @@
+"""`meshnet launch | stop | connect | forget`: starting and stopping the router, and its peers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshnet.api.client import ApiClient
+from meshnet.cli.common import api_socket_option
+from meshnet.cli.launch_options import (
+    config_from_options,
+    envvar,
+    launch_options,
+    relaunch_args,
+    relaunch_environment,
+)
+from meshnet.config import Config
+from meshnet.errors import UserError
+
+READY_TIMEOUT = 60.0
+
+
+def _read_password_file(path: Path) -> bytes:
+    try:
+        text = path.read_text().rstrip("\n")
+    except OSError as e:
+        raise UserError(f"cannot read password file {path}: {e.strerror}") from None
+    if not text:
+        raise UserError(f"password file {path} is empty")
+    return text.encode()
+
+
+@click.command()
+@click.argument("peers", nargs=-1, metavar="[PEER[:PORT]]...")
+@click.option(
+    "--foreground",
+    is_flag=True,
+    envvar=envvar("--foreground"),
+    show_envvar=True,
+    help="Run in the foreground (for systemd).",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar=envvar("--password-file"),
+    show_envvar=True,
+    help="Read the password from a file.",
+)
+@launch_options
+def launch(
+    peers: tuple[str, ...], foreground: bool, password_file: Path | None, **options: Any
+) -> None:
+    """Start the router and connect to PEERs.
+
+    Returns once the router is ready and prints its peer name; `--foreground` runs it here.
+    """
+    password = _read_password_file(password_file) if password_file is not None else None
+    config = config_from_options(peers, options, password=password)
+    client = ApiClient(config.api_socket)
+    if client.is_ready():
+        status = client.get("/status")
+        raise UserError(
+            f"meshnet is already running as {status['name']} ({status['nickname']}) "
+            f"on {config.api_socket}"
+        )
+    if foreground:
+        # Imported here: the daemon pulls in trio, pyroute2 and every service, which no other
+        # command (nor a background launch) needs.
+        import trio
+
+        from meshnet import daemon
+
+        trio.run(daemon.run, config)
+        return
+    click.echo(_launch_background(config, client)["name"])
+
+
+def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
+    """Start `launch --foreground` detached, logging to the state directory; wait until ready."""
+    args = [sys.executable, "-m", "meshnet", "launch", "--foreground", *relaunch_args(config)]
+    env = relaunch_environment(config, os.environ)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.log_file, "ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(
+                _last_error(config.log_file, start)
+                or f"meshnet exited with status {proc.returncode}; see {config.log_file}"
+            )
+        if client.is_ready():
+            status: dict[str, Any] = client.get("/status")
+            return status
+        time.sleep(0.05)
+    proc.terminate()
+    raise UserError(f"meshnet did not become ready in {READY_TIMEOUT:.0f}s; see {config.log_file}")
+
+
+def _last_error(log_file: Path, start: int) -> str | None:
+    with open(log_file, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("meshnet: "):
+            return line.removeprefix("meshnet: ")
+    return None
+
+
+@click.command()
+@api_socket_option
+def stop(api_socket: Path) -> None:
+    """Stop the router gracefully."""
+    client = ApiClient(api_socket)
+    client.post("/stop")
+    deadline = time.monotonic() + 15
+    while api_socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if api_socket.exists():
+        raise UserError("meshnet did not stop within 15s")
+
+
+@click.command()
+@click.argument("address", metavar="HOST[:PORT]")
+@api_socket_option
+def connect(address: str, api_socket: Path) -> None:
+    """Add a peer to connect to (and keep reconnecting to)."""
+    result = ApiClient(api_socket).post("/connect", {"address": address})
+    click.echo(f"{result['address']}: " + ("added" if result["added"] else "already a target"))
+
+
+@click.command()
+@click.argument("address", metavar="HOST[:PORT]")
+@api_socket_option
+def forget(address: str, api_socket: Path) -> None:
+    """Stop connecting to a peer added by launch or connect."""
+    result = ApiClient(api_socket).post("/forget", {"address": address})
+    if not result["forgotten"]:
+        raise UserError(f"{result['address']} is not a target")
+    click.echo(f"{result['address']}: forgotten")

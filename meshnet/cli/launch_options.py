@@ -1,0 +1,433 @@
+"""The settings of `meshnet launch`, declared once.
+
+Each ``LaunchOption`` names a flag and the ``Config`` field it fills; from that one list come the
+click options of `meshnet launch`, the ``Config`` they build, and the arguments a background
+launch hands to its `launch --foreground` child. Defaults live in ``Config`` only: a flag's click
+default is the ``Config`` default as text (shown by `--help`), or, where ``Config`` makes it at
+run time (the host name, paths from the environment), none: ``Config`` fills it in.
+
+Every flag can also be set by an environment variable named after it: ``--dns-ttl`` is
+``MESHNET_DNS_TTL``, ``--no-fastdp`` is ``MESHNET_NO_FASTDP`` (a switch: ``1`` or ``true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshnet.config import DEFAULT_API_SOCKET, DEFAULT_STATE_DIR, Config
+from meshnet.dns.settings import DnsSettings
+from meshnet.errors import UserError
+from meshnet.gossip.connection_maker import normalize_address
+from meshnet.integrations.docker.settings import DockerSettings, default_docker_host
+
+
+def envvar(flag: str) -> str:
+    """The naming rule: ``--dns-ttl`` -> ``MESHNET_DNS_TTL``."""
+    return "MESHNET_" + flag.removeprefix("--").upper().replace("-", "_")
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class LaunchOption:
+    """One flag of `meshnet launch` and the ``Config`` field it sets.
+
+    ``field`` is a ``Config`` attribute, dotted inside a nested settings value (``dns.ttl``).
+    ``switch``: None for a flag taking a value; else the flag takes none and sets the field to
+    this value (``--no-fastdp`` sets ``fastdp`` to False). ``parse`` turns what click read into
+    the field's value (UserError, one line, on a mistake); ``text`` is its inverse, for the
+    background child's arguments. ``secret`` values go to the child by environment, never argv.
+    """
+
+    flag: str
+    field: str
+    help: str
+    type: click.ParamType[Any, Any] | None = None
+    metavar: str | None = None
+    switch: bool | None = None
+    multiple: bool = False
+    parse: Callable[[Any], Any] = _keep
+    text: Callable[[Any], str] = _text
+    secret: bool = False
+    default: Callable[[], Any] | None = None  # only where the CLI's default is not Config's
+    show_default: str | None = None  # for a Config default made at run time (or overridden)
+
+    @property
+    def envvar(self) -> str:
+        return envvar(self.flag)
+
+    @property
+    def param(self) -> str:
+        """The keyword argument click passes it as."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def click_option(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """The click option; its default is Config's (as text), or none (Config fills it in)."""
+        default: Any = self.default
+        shown: bool | str = self.show_default or False
+        static = _field_default(self.field)
+        if default is None and not self.multiple and static not in _NO_DEFAULT:
+            default, shown = self.text(static), True
+        if self.switch is not None:
+            return click.option(
+                self.flag,
+                self.param,
+                is_flag=True,
+                envvar=self.envvar,
+                show_envvar=True,
+                help=self.help,
+            )
+        return click.option(
+            self.flag,
+            self.param,
+            type=self.type,
+            metavar=self.metavar,
+            multiple=self.multiple,
+            default=default,
+            show_default=shown,
+            envvar=self.envvar,
+            show_envvar=True,
+            help=self.help,
+        )
+
+
+#: Config defaults that are not shown, and not passed to click: "nothing" (or made at run time).
+_NO_DEFAULT: tuple[Any, ...] = (dataclasses.MISSING, None, (), "")
+
+#: Where a dotted field lives: ``dns.ttl`` is ``DnsSettings.ttl``, held in ``Config.dns``.
+SECTIONS: dict[str, type[Any]] = {"": Config, "dns": DnsSettings, "docker": DockerSettings}
+
+
+def _field_default(path: str) -> Any:
+    """The field's static default in ``Config`` (or its section), or MISSING."""
+    section, _, name = path.rpartition(".")
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name].default
+
+
+def _network(flag: str) -> Callable[[str], ipaddress.IPv4Network]:
+    def parse(text: str) -> ipaddress.IPv4Network:
+        try:
+            return ipaddress.IPv4Network(text)
+        except ValueError as e:
+            raise UserError(f"bad {flag} {text!r}: {e}") from None
+
+    return parse
+
+
+def _trusted_subnets(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(cidr.strip()) for cidr in text.split(",") if cidr.strip())
+    except ValueError as e:
+        raise UserError(f"bad --trusted-subnets {text!r}: {e}") from None
+
+
+def _loopback_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [V6]:PORT) on loopback: the API has no authentication but the socket's
+    mode, so it is never served where another host could reach it."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--http-addr {text}: expected a loopback HOST:PORT, e.g. 127.0.0.1:6782"
+        ) from None
+    return host, number
+
+
+def _host_port(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _password(text: str) -> bytes:
+    if not text:
+        raise UserError("the password is empty; leave it unset to run without encryption")
+    return text.encode()
+
+
+_PATH = click.Path(path_type=Path)
+
+LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
+    # The router.
+    LaunchOption(
+        "--password",
+        "password",
+        "Encrypt and authenticate everything on the wire.",
+        parse=_password,
+        text=bytes.decode,
+        secret=True,
+    ),
+    LaunchOption(
+        "--nickname", "nickname", "Name shown for this peer.", show_default="the host name"
+    ),
+    LaunchOption(
+        "--port", "port", "TCP (control) and UDP (data) port.", type=click.IntRange(1, 65535)
+    ),
+    LaunchOption(
+        "--state-dir",
+        "state_dir",
+        "Where identity and state persist.",
+        type=_PATH,
+        show_default=str(DEFAULT_STATE_DIR),
+    ),
+    LaunchOption(
+        "--api-socket",
+        "api_socket",
+        "The daemon's API socket.",
+        type=_PATH,
+        show_default=str(DEFAULT_API_SOCKET),
+    ),
+    LaunchOption(
+        "--conn-limit", "conn_limit", "Most connections to keep at once.", click.IntRange(1, 10000)
+    ),
+    LaunchOption(
+        "--no-discovery",
+        "discovery",
+        "Connect only to the given peers, not to peers learned from others.",
+        switch=False,
+    ),
+    LaunchOption(
+        "--heartbeat-interval",
+        "heartbeat_interval",
+        "Idle time before a heartbeat; three missed ones mean a dead connection.",
+        click.FloatRange(0.1, 300),
+        metavar="SECONDS",
+    ),
+    LaunchOption(
+        "--no-dataplane",
+        "dataplane",
+        "Run only the control plane: no bridge, TAP or UDP (a pure router of gossip).",
+        switch=False,
+    ),
+    LaunchOption(
+        "--no-fastdp",
+        "fastdp",
+        "Send everything over the sleeve, never over kernel VXLAN.",
+        switch=False,
+    ),
+    LaunchOption(
+        "--trusted-subnets",
+        "trusted_subnets",
+        "With a password, peers in these subnets may still use fastdp (unencrypted VXLAN).",
+        metavar="CIDR,...",
+        parse=_trusted_subnets,
+        text=lambda subnets: ",".join(str(n) for n in subnets),
+    ),
+    LaunchOption(
+        "--no-masq-local",
+        "no_masq_local",
+        "Traffic from outside the overlay to containers on this host keeps its source address.",
+        switch=True,
+    ),
+    LaunchOption(
+        "--http-addr",
+        "http_addr",
+        "Also serve the API (and /metrics) over HTTP on this loopback address.",
+        metavar="HOST:PORT",
+        parse=_loopback_address,
+        text=_host_port,
+    ),
+    # IPAM (checked together with the peers in ``config_from_options``).
+    LaunchOption(
+        "--ipalloc-range",
+        "ipalloc_range",
+        "The range container addresses are allocated from, divided among the peers.",
+        metavar="CIDR",
+        parse=_network("--ipalloc-range"),
+    ),
+    LaunchOption(
+        "--ipalloc-default-subnet",
+        "ipalloc_default_subnet",
+        "Where `attach` allocates by default  [default: the whole range]",
+        metavar="CIDR",
+        parse=_network("--ipalloc-default-subnet"),
+    ),
+    LaunchOption(
+        "--ipalloc-init",
+        "ipalloc_init",
+        "How the range is first divided  [default: consensus over the launch peers and us]",
+        metavar="consensus[=N]|seed=NAME,...|observer",
+    ),
+    # DNS.
+    LaunchOption(
+        "--dns-domain", "dns.domain", "The domain containers' names live in.", metavar="DOMAIN"
+    ),
+    LaunchOption(
+        "--dns-ttl",
+        "dns.ttl",
+        "TTL of the answers for container names.",
+        click.IntRange(0, 0x7FFFFFFF),
+        metavar="SECONDS",
+    ),
+    LaunchOption(
+        "--dns-upstream",
+        "dns.upstreams",
+        "Server for names outside the domain (repeatable; the variable: separated by spaces)  "
+        "[default: the host's resolv.conf]",
+        metavar="IP[:PORT]",
+        multiple=True,
+        parse=tuple,
+    ),
+    LaunchOption(
+        "--dns-address",
+        "dns.address",
+        "The DNS server's overlay address on the bridge, e.g. 10.32.1.250/12 "
+        "[default: one from IPAM]",
+        metavar="CIDR",
+    ),
+    LaunchOption(
+        "--dns-port", "dns.port", "The DNS server's UDP and TCP port.", click.IntRange(1, 65535)
+    ),
+    LaunchOption(
+        "--dns-upstream-timeout",
+        "dns.upstream_timeout",
+        "How long upstream servers may take before the client gets SERVFAIL.",
+        click.FloatRange(0.1, 60),
+        metavar="SECONDS",
+    ),
+    # Docker.
+    LaunchOption(
+        "--docker-host",
+        "docker.host",
+        "The Docker Engine API: attach by container id, watch events, serve the plugin.",
+        metavar="URL",
+        default=default_docker_host,  # the CLI follows $DOCKER_HOST, as docker's client does
+        show_default="$DOCKER_HOST or unix:///var/run/docker.sock",
+    ),
+    LaunchOption(
+        "--no-docker",
+        "docker.enabled",
+        "Ignore Docker: no event watcher, no network or IPAM plugin.",
+        switch=False,
+    ),
+    LaunchOption(
+        "--docker-plugin-dir",
+        "docker.plugin_dir",
+        "Where to put the plugin socket meshnet.sock for dockerd to find.",
+        type=_PATH,
+    ),
+    LaunchOption(
+        "--no-docker-plugin",
+        "docker.plugin",
+        "Watch Docker, but serve no network or IPAM plugin.",
+        switch=False,
+    ),
+)
+
+
+def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds every launch option to a click command, in the order above."""
+    for option in reversed(LAUNCH_OPTIONS):
+        f = option.click_option()(f)
+    return f
+
+
+def _given(option: LaunchOption, value: Any) -> bool:
+    if option.switch is not None:
+        return bool(value)
+    if option.multiple:
+        return bool(value)
+    return value is not None
+
+
+def config_from_options(
+    peers: Iterable[str], options: Mapping[str, Any], *, password: bytes | None = None
+) -> Config:
+    """The Config of a launch: ``options`` as click passed them (by ``LaunchOption.param``).
+
+    Flags not given keep the Config default. ``password`` (read from --password-file) stands
+    for --password. A mistake is one line (UserError) before anything starts.
+    """
+    fields: dict[str, dict[str, Any]] = {"": {}, "dns": {}, "docker": {}}
+    for option in LAUNCH_OPTIONS:
+        value = options.get(option.param)
+        if not _given(option, value):
+            continue
+        section, _, name = option.field.rpartition(".")
+        fields[section][name] = option.switch if option.switch is not None else option.parse(value)
+    top = fields[""]
+    if password is not None:
+        if "password" in top:
+            raise UserError("give --password or --password-file, not both")
+        top["password"] = password
+    peer_list = list(peers)
+    port = top.get("port", _field_default("port"))
+    config = Config(
+        peers=tuple(normalize_address(p, port) for p in peer_list),
+        dns=DnsSettings(**fields["dns"]),
+        docker=DockerSettings(**fields["docker"]),
+        **top,
+    )
+    _check_ipalloc(config, len(peer_list))
+    return config
+
+
+def _check_ipalloc(config: Config, peers: int) -> None:
+    """The IPAM settings together, so that a mistake is one line before anything starts."""
+    # Imported here: it pulls in trio, which the other commands' start-up must not pay for.
+    from meshnet.ipam.service import parse_init
+
+    allocation_range, subnet = config.ipalloc_range, config.ipalloc_default_subnet
+    if allocation_range.num_addresses < 4:
+        raise UserError(f"--ipalloc-range {allocation_range} is too small")
+    if subnet is not None and not subnet.subnet_of(allocation_range):
+        raise UserError(
+            f"--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {allocation_range}"
+        )
+    if config.ipalloc_init:
+        parse_init(config.ipalloc_init, peers)
+
+
+def _value(config: Config, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def relaunch_args(config: Config) -> list[str]:
+    """``config`` as `meshnet launch` arguments (peers last): what a background launch runs
+    `launch --foreground` with. Secrets are left out (see ``relaunch_environment``)."""
+    args: list[str] = []
+    for option in LAUNCH_OPTIONS:
+        value = _value(config, option.field)
+        if option.secret or value is None:
+            continue
+        if option.switch is not None:
+            args += [option.flag] if value == option.switch else []
+        elif option.multiple:
+            for item in value:
+                args += [option.flag, option.text(item)]
+        elif option.text(value):
+            args += [option.flag, option.text(value)]
+    return [*args, "--", *config.peers]
+
+
+def relaunch_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The background child's environment: ``environ`` without the launch variables (its
+    arguments say everything), and the password, which never goes on a command line."""
+    launch_variables = {o.envvar for o in LAUNCH_OPTIONS} | {envvar("--password-file")}
+    env = {k: v for k, v in environ.items() if k not in launch_variables}
+    for option in LAUNCH_OPTIONS:
+        value = _value(config, option.field)
+        if option.secret and value is not None:
+            env[option.envvar] = option.text(value)
+    return env

@@ -1,0 +1,150 @@
+"""`meshnet launch`'s options, declared once: flags, Config fields, variables and the relaunch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from ipaddress import IPv4Network
+
+import pytest
+
+from meshnet.cli.launch import launch
+from meshnet.cli.launch_options import (
+    LAUNCH_OPTIONS,
+    SECTIONS,
+    config_from_options,
+    envvar,
+    relaunch_args,
+    relaunch_environment,
+)
+from meshnet.config import Config
+from meshnet.errors import UserError
+
+#: Config fields no flag sets: the peers are arguments; the rest are tuned in code and tests.
+NOT_FLAGS = {"peers", "handshake_timeout", "gossip_interval", "dns", "docker"}
+
+
+def parse(argv: Sequence[str]) -> Config:
+    """What `meshnet launch ARGV` would run with (without running anything)."""
+    ctx = launch.make_context("launch", list(argv))
+    params = dict(ctx.params)
+    peers = params.pop("peers")
+    params.pop("foreground")
+    params.pop("password_file")
+    return config_from_options(peers, params)
+
+
+def test_every_option_names_a_field_and_every_field_has_an_option() -> None:
+    covered = set()
+    for option in LAUNCH_OPTIONS:
+        section, _, name = option.field.rpartition(".")
+        assert name in {f.name for f in dataclasses.fields(SECTIONS[section])}, option.flag
+        covered.add(option.field)
+    fields = {
+        (f"{section}.{f.name}" if section else f.name)
+        for section, owner in SECTIONS.items()
+        for f in dataclasses.fields(owner)
+    }
+    assert fields - covered == NOT_FLAGS
+    assert len({o.param for o in LAUNCH_OPTIONS}) == len(LAUNCH_OPTIONS)
+
+
+def test_every_option_has_a_variable_named_after_it() -> None:
+    assert envvar("--dns-upstream-timeout") == "MESHNET_DNS_UPSTREAM_TIMEOUT"
+    by_flag = {o.flag: o.envvar for o in LAUNCH_OPTIONS}
+    # The variables meshnet had before they were derived keep their names.
+    assert by_flag["--password"] == "MESHNET_PASSWORD"
+    assert by_flag["--state-dir"] == "MESHNET_STATE_DIR"
+    assert by_flag["--api-socket"] == "MESHNET_API_SOCKET"
+    assert by_flag["--no-docker"] == "MESHNET_NO_DOCKER"
+    assert by_flag["--docker-plugin-dir"] == "MESHNET_DOCKER_PLUGIN_DIR"
+    assert by_flag["--trusted-subnets"] == "MESHNET_TRUSTED_SUBNETS"
+    assert by_flag["--heartbeat-interval"] == "MESHNET_HEARTBEAT_INTERVAL"
+    assert by_flag["--no-masq-local"] == "MESHNET_NO_MASQ_LOCAL"
+
+
+def test_a_switch_sets_the_opposite_of_the_default() -> None:
+    for option in LAUNCH_OPTIONS:
+        if option.switch is not None:
+            section, _, name = option.field.rpartition(".")
+            default = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[name]
+            assert default is (not option.switch), option.flag
+
+
+def test_no_flags_give_configs_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    for option in LAUNCH_OPTIONS:
+        monkeypatch.delenv(option.envvar, raising=False)
+    assert parse([]) == Config()
+
+
+EVERY_FLAG = [
+    "--nickname", "h1", "--port", "7000", "--state-dir", "/tmp/s", "--api-socket", "/tmp/a.sock",
+    "--conn-limit", "7", "--no-discovery", "--heartbeat-interval", "0.5", "--no-dataplane",
+    "--no-fastdp", "--trusted-subnets", "10.0.0.0/8,fd00::/8", "--no-masq-local",
+    "--http-addr", "[::1]:6782", "--ipalloc-range", "10.40.0.0/16",
+    "--ipalloc-default-subnet", "10.40.1.0/24", "--ipalloc-init", "seed=aa:bb:cc:dd:ee:01",
+    "--dns-domain", "lab.test.", "--dns-ttl", "5", "--dns-upstream", "192.0.2.1",
+    "--dns-upstream", "[fd00::1]:5353", "--dns-address", "10.40.1.250/16", "--dns-port", "5353",
+    "--dns-upstream-timeout", "1.5", "--docker-host", "tcp://127.0.0.1:2375", "--no-docker",
+    "--docker-plugin-dir", "/tmp/plugins", "--no-docker-plugin",
+    "192.0.2.7", "192.0.2.8:7001",
+]  # fmt: skip
+
+
+def test_every_flag_reaches_the_config() -> None:
+    config = parse(EVERY_FLAG)
+    assert config.peers == ("192.0.2.7:7000", "192.0.2.8:7001")
+    assert (config.nickname, config.port, config.conn_limit) == ("h1", 7000, 7)
+    assert not config.discovery and not config.dataplane and not config.fastdp
+    assert config.no_masq_local and config.http_addr == ("::1", 6782)
+    assert [str(n) for n in config.trusted_subnets] == ["10.0.0.0/8", "fd00::/8"]
+    assert config.ipalloc_default_subnet == IPv4Network("10.40.1.0/24")
+    assert config.dns.upstreams == ("192.0.2.1", "[fd00::1]:5353")
+    assert (config.dns.domain, config.dns.ttl, config.dns.port) == ("lab.test.", 5, 5353)
+    assert not config.docker.enabled and not config.docker.plugin
+    assert config.docker.host == "tcp://127.0.0.1:2375"
+
+
+@pytest.mark.parametrize("argv", [[], EVERY_FLAG, ["--password", "secret", "192.0.2.7"]])
+def test_the_background_child_runs_with_the_same_config(argv: list[str]) -> None:
+    config = parse(argv)
+    args = relaunch_args(config)
+    assert "secret" not in args
+    child = parse(args)
+    assert child == dataclasses.replace(config, password=child.password)
+    env = relaunch_environment(config, {"MESHNET_PASSWORD_FILE": "/x", "PATH": "/bin"})
+    assert env.get("MESHNET_PASSWORD") == (None if config.password is None else "secret")
+    assert env["PATH"] == "/bin" and "MESHNET_PASSWORD_FILE" not in env
+
+
+def test_variables_set_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHNET_NO_FASTDP", "1")
+    monkeypatch.setenv("MESHNET_DNS_TTL", "9")
+    monkeypatch.setenv("MESHNET_DNS_UPSTREAM", "192.0.2.1 192.0.2.2")
+    monkeypatch.setenv("MESHNET_NICKNAME", "from-env")
+    config = parse(["--dns-ttl", "11"])  # a flag wins over its variable
+    assert not config.fastdp and config.nickname == "from-env" and config.dns.ttl == 11
+    assert config.dns.upstreams == ("192.0.2.1", "192.0.2.2")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ipalloc-default-subnet", "10.99.0.0/24"], "is not inside --ipalloc-range"),
+        (["--ipalloc-range", "10.0.0.0/31"], "too small"),
+        (["--ipalloc-range", "nonsense"], "bad --ipalloc-range"),
+        (["--http-addr", "192.0.2.1:80"], "expected a loopback HOST:PORT"),
+        (["--trusted-subnets", "10.0.0.0/33"], "bad --trusted-subnets"),
+        (["--password", ""], "the password is empty"),
+        (["--dns-upstream", "nope"], "bad DNS upstream"),
+    ],
+)
+def test_mistakes_are_user_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse(argv)
+
+
+def test_password_and_password_file_exclude_each_other() -> None:
+    with pytest.raises(UserError, match="not both"):
+        config_from_options([], {"password": "a"}, password=b"b")
