@@ -73,6 +73,15 @@ def normalize_address(text: str, default_port: int = DEFAULT_PORT) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
+def listen_address(ip: str, port: int) -> str:
+    """Where a peer connected from ``ip`` listens, spelled as targets are (an IPv4 peer reaching
+    a dual-stack socket shows up as ::ffff:a.b.c.d)."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return normalize_address(f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")
+
+
 def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise UserError(f"bad port in peer address {whole!r}")
@@ -172,6 +181,18 @@ class ConnectionMaker:
         target.peer = peer
         target.delay = INITIAL_DELAY
         target.last_error = None
+
+    def reached_by(self, address: str, peer: int) -> None:
+        """``peer``, listening at ``address``, dialled us: a target there is that peer, so it is
+        not dialled while that connection lasts. Dialling it anyway would make a duplicate
+        that the tie-break may keep, replacing a working connection (new keys, a moment in
+        which the peer looks gone)."""
+        target = self._targets.get(address)
+        if target is None or target.state is TargetState.CONNECTING:
+            return
+        target.state = TargetState.CONNECTED
+        target.peer = peer
+        target.delay = INITIAL_DELAY
 
     def is_ourselves(self, address: str) -> None:
         """The address leads back to us: never dial it again."""

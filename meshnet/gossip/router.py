@@ -31,7 +31,7 @@ import trio
 from meshnet.config import Config
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Gossiper, Send
-from meshnet.gossip.connection_maker import ConnectionMaker, Source
+from meshnet.gossip.connection_maker import ConnectionMaker, Source, listen_address
 from meshnet.gossip.events import NO_LINKS, LiveLinks, MeshView, PathVerdict, PeerLink, Watch
 from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
@@ -544,6 +544,8 @@ class Router:
         self._live[peer] = live
         if record.outbound:
             self.maker.attempt_succeeded(record.address, peer)
+        else:  # a peer's TCP and sleeve ports are the one config.port
+            self.maker.reached_by(listen_address(link.ip, link.port), peer)
         self.counters["connections_established"] += 1
         log.info(
             "connection %s %s (%s, %s) established%s",

@@ -12,6 +12,7 @@ from meshnet.gossip.connection_maker import (
     ConnectionMaker,
     Source,
     TargetState,
+    listen_address,
     normalize_address,
 )
 
@@ -67,6 +68,32 @@ def test_a_lost_connection_is_dialled_again_and_a_connected_peer_is_not() -> Non
     dial, wake = m.plan(set(), 10, now=2)  # peer 42 went away
     assert dial == [] and wake <= 3
     assert m.plan(set(), 10, now=wake)[0] == ["b:1"]
+
+
+def test_a_target_that_dialled_us_is_not_dialled_while_connected() -> None:
+    m = maker()
+    m.add("10.0.0.2:6783", Source.LAUNCH, now=0)
+    assert m.plan(set(), 10, now=0)[0] == ["10.0.0.2:6783"]
+    m.attempt_failed("10.0.0.2:6783", "refused", now=0)  # it was not up yet
+    m.reached_by(listen_address("::ffff:10.0.0.2", 6783), peer=42)  # then it dialled us
+    assert m.plan({42}, 10, now=100)[0] == []
+    assert m.targets()[0].state is TargetState.CONNECTED
+    _, wake = m.plan(set(), 10, now=101)  # that connection went away: dial again
+    assert m.plan(set(), 10, now=wake)[0] == ["10.0.0.2:6783"]
+
+
+def test_a_dial_in_flight_is_left_to_the_tie_break() -> None:
+    m = maker()
+    m.add("10.0.0.2:6783", Source.LAUNCH, now=0)
+    m.plan(set(), 10, now=0)
+    m.reached_by("10.0.0.2:6783", peer=42)
+    assert m.targets()[0].state is TargetState.CONNECTING
+
+
+def test_listen_addresses_are_spelled_as_targets() -> None:
+    assert listen_address("10.0.0.2", 6783) == normalize_address("10.0.0.2")
+    assert listen_address("::ffff:10.0.0.2", 7000) == "10.0.0.2:7000"
+    assert listen_address("fd00::0002", 6783) == normalize_address("[fd00::2]")
 
 
 def test_discovered_targets_follow_gossip_and_respect_no_discovery() -> None:

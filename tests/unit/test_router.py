@@ -103,6 +103,24 @@ async def test_simultaneous_dials_collapse_to_one_connection(
     assert b.maker.targets()[0].state.value == "connected"
 
 
+async def test_a_peer_that_dialled_us_first_is_not_dialled_again(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """a's first dial finds b not listening; b then dials a. a's retry must not replace that
+    working connection with a duplicate (new keys; DNS and routes saw b gone for a moment)."""
+    pa, pb = free_port(), free_port()
+    a = make_router(tmp_path, "a", peers=(f"127.0.0.1:{pb}",), port=pa)
+    b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{pa}",), port=pb)
+    await nursery.start(a.serve)
+    await wait_until(lambda: a.counters["dial_failures"] >= 1)
+    await nursery.start(b.serve)
+    await wait_until(lambda: established(a) == ["b"] and established(b) == ["a"])
+    await trio.sleep(2.5)  # a's retry (1 s, jittered) is due long before
+    assert a.counters["connections_established"] == 1
+    assert a.counters["duplicates_replaced"] + a.counters["duplicates_dropped"] == 0
+    assert a.maker.targets()[0].state.value == "connected"
+
+
 async def test_garbage_is_dropped_and_counted(tmp_path: Path, nursery: trio.Nursery) -> None:
     a = make_router(tmp_path, "a")
     await nursery.start(a.serve)
