@@ -18,6 +18,7 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
+from meshnet.dataplane.service import DataPlane
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip.handshake import stretch_password
@@ -49,8 +50,6 @@ async def run(
     dns = DnsService(config, router, ipam)  # registers its channel: before the router runs too
     dataplane = None
     if config.dataplane:
-        from meshnet.dataplane.service import DataPlane
-
         dataplane = DataPlane(config, router)  # registers the fastdp channel: before it runs too
     stop = trio.Event()
     async with trio.open_nursery() as nursery:

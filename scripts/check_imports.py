@@ -2,8 +2,8 @@
 
 Every import between meshnet modules is an edge, wherever it is written: a cycle hidden behind a
 function-local import is still a cycle. Imports under `if TYPE_CHECKING:` are left out (they do
-not run). A function-local import is allowed only with a comment on its line or the line above
-saying why (keeping start-up fast is the usual reason).
+not run). A function-local import is allowed only with a comment on its line or heading its group of
+imports saying why (keeping start-up fast is the usual reason).
 
 Usage: python scripts/check_imports.py [PACKAGE_DIR]   (exit 1 and one line per problem)
 """
@@ -23,7 +23,7 @@ class Import:
     target: str  # the imported meshnet module
     line: int
     local: bool  # inside a function
-    explained: bool  # a comment on the line or just above
+    explained: bool  # a comment on the line or heading its group of imports
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -33,12 +33,33 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``: what is under it never runs."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
 def _walk(node: ast.AST, in_function: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
     for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            yield from _walk(ast.Module(body=child.orelse, type_ignores=[]), in_function)
+            continue
         if isinstance(child, ast.Import | ast.ImportFrom):
             yield child, in_function
         function = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         yield from _walk(child, in_function or function)
+
+
+def _comment_above(lines: list[str], index: int) -> bool:
+    """Whether a comment heads the group of imports (blank lines allowed) line ``index`` is in."""
+    for line in reversed(lines[:index]):
+        text = line.strip()
+        if text.startswith("#"):
+            return True
+        if text and not text.startswith(("import ", "from ")):
+            return False
+    return False
 
 
 def imports_of(root: Path, path: Path, modules: set[str]) -> Iterator[Import]:
@@ -59,9 +80,7 @@ def imports_of(root: Path, path: Path, modules: set[str]) -> Iterator[Import]:
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
                 targets.append(candidate if candidate in modules else base)
-        here = lines[node.lineno - 1]
-        above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
-        explained = "#" in here or above.startswith("#")
+        explained = "#" in lines[node.lineno - 1] or _comment_above(lines, node.lineno - 1)
         for target in targets:
             if target in modules and target != source:
                 yield Import(source, target, node.lineno, local, explained)

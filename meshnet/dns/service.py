@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from meshnet.config import Config
+from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
 from meshnet.dns import firewall
 from meshnet.dns.answer import Resolver
@@ -44,6 +45,7 @@ from meshnet.dns.settings import (
 from meshnet.errors import MeshnetError, RemoteProtocolError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.statefile import write_atomically
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -316,13 +318,7 @@ class DnsService:
         data = encode_records(self.records.own_records())
         if data == self._saved:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        write_atomically(self._path, data)
         self._saved = data
 
     # --- registration (the node's attach and detach call these)
@@ -463,8 +459,6 @@ class DnsService:
 def container_id(spec: str) -> str:
     """How records name a container: its namespace as the data plane shows it (a netns name or
     a path), so attach and detach agree; anything else (a runtime's id) as it is."""
-    from meshnet.dataplane import attach as attachment
-
     try:
         return attachment.resolve_namespace(spec).name
     except UserError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict
@@ -46,6 +45,7 @@ from meshnet.ipam.allocator import (
     Waiting,
 )
 from meshnet.ipam.ring import RingMergeError
+from meshnet.statefile import write_atomically
 
 log = logging.getLogger("meshnet.ipam")
 
@@ -104,25 +104,6 @@ def parse_init(text: str, launch_peers: int) -> tuple[InitMode, int, tuple[int, 
     raise UserError(
         f"bad --ipalloc-init {text!r}: expected consensus[=N], seed=NAME,... or observer"
     )
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class IpamService:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshnet.api.client import ApiClient
 from meshnet.dns.settings import render_resolv_conf
 from meshnet.errors import UserError
 
@@ -38,8 +39,6 @@ def resolv_conf_path(namespace: str) -> Path:
 
 def host_dns(socket: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any] | None:
     """A router's `status dns` once it serves (None if it does not within ``timeout``)."""
-    from meshnet.api.client import ApiClient
-
     client = ApiClient(socket, timeout=5)
     deadline = time.monotonic() + timeout
     while True:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
@@ -271,8 +272,6 @@ def run_containers(
 ) -> None:
     """Each container as `meshnet run` starts one: `docker run -d` with the meshnet label, DNS
     and hostname, then attached by id (IPAM gives its address, DNS its name)."""
-    from meshnet.api.client import ApiClient
-
     hosts = {h["name"]: h for h in record.hosts}
     for host in record.hosts:
         wait_connected(api_socket(host["dir"]), host["name"])
@@ -289,8 +288,6 @@ def run_containers(
 
 def wait_connected(api_socket: Path, host: str, timeout: float = READY_TIMEOUT) -> None:
     """Until the host's router is connected to its dockerd and serves the plugin."""
-    from meshnet.api.client import ApiClient
-
     client = ApiClient(api_socket, timeout=5)
     deadline = time.monotonic() + timeout
     while True:

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.dataplane import netlink
 from meshnet.errors import UserError
@@ -342,8 +343,6 @@ def _start_routers(
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
     """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
     address (the planned one only stays for labs without routers)."""
-    from meshnet.api.client import ApiClient
-
     hosts = {h["name"]: h for h in record.hosts}
     for c in record.containers:
         client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
@@ -375,8 +374,6 @@ def _wait_for_mesh(record: LabRecord, timeout: float = 20.0) -> bool:
 
     Not converging in time is not an error: the lab is built, and status shows the truth.
     """
-    from meshnet.api.client import ApiClient
-
     expected = _components(record)
     deadline = time.monotonic() + timeout
     pending = list(record.hosts)
@@ -594,8 +591,6 @@ def status(name: str | None) -> dict[str, Any]:
 
 def _router_status(host: dict[str, Any]) -> dict[str, Any] | None:
     """The host's router as its API reports it, or None if it is not running."""
-    from meshnet.api.client import ApiClient
-
     try:
         status: dict[str, Any] = ApiClient(host_api_socket(host["dir"]), timeout=2).get("/status")
     except UserError:

@@ -56,6 +56,7 @@ from meshnet.node.ramps_state import (
     needs_route_to,
 )
 from meshnet.node.specs import parse_exposure
+from meshnet.statefile import write_atomically
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -558,9 +559,6 @@ class Ramps:
         data = self.state.encode()
         if data == self._saved or self._forgotten:
             return
-        from meshnet.ipam.service import write_atomically
-
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self._path, data)
         self._saved = data
 

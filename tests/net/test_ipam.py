@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from meshnet.api.client import ApiClient
+from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.dataplane import netlink
-from meshnet.ipam.service import ALLOCATE_TIMEOUT
 from meshnet.lab import lab as lablib
 from tests.conftest import run_meshnet
 from tests.net.conftest import can_ping, ns_run
