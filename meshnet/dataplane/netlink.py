@@ -43,7 +43,10 @@ _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
 # Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
 # of family AF_BRIDGE; ARP and NDP entries come on the same group with AF_INET/AF_INET6.
+_RTMGRP_LINK = 0x1
 _RTMGRP_NEIGH = 0x4
+_RTM_NEWLINK = 16
+_RTM_DELLINK = 17
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _AF_BRIDGE = 7
@@ -638,31 +641,56 @@ class Namespace:
         )
 
 
-def open_fdb_monitor() -> socket.socket:
-    """A non-blocking netlink socket told of every neighbour change in the caller's namespace.
-
-    The kernel notifies when a bridge learns a MAC, sees it move, or ages it out (not when a
-    known entry is merely refreshed by traffic), so reading this instead of dumping the table
-    every second costs nothing while nothing changes. Pass what it receives to `fdb_changed`.
-    """
+def _open_monitor(groups: int) -> socket.socket:
+    """A non-blocking netlink socket subscribed to rtnetlink multicast ``groups`` in the
+    caller's namespace. A full receive buffer fails a read with ENOBUFS: some notifications
+    were lost, and the reader must look at the kernel's state again."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
     try:
-        sock.bind((0, _RTMGRP_NEIGH))
+        sock.bind((0, groups))
     except OSError:
         sock.close()
         raise
     return sock
 
 
-def fdb_changed(data: bytes) -> bool:
-    """Whether a datagram of neighbour notifications holds a bridge forwarding-table change
-    (ARP and NDP changes come on the same socket and are not)."""
+def open_fdb_monitor() -> socket.socket:
+    """A socket told of every neighbour change in the caller's namespace.
+
+    The kernel notifies when a bridge learns a MAC, sees it move, or ages it out (not when a
+    known entry is merely refreshed by traffic), so reading this instead of dumping the table
+    every second costs nothing while nothing changes. Pass what it receives to `fdb_changed`.
+    """
+    return _open_monitor(_RTMGRP_NEIGH)
+
+
+def open_link_monitor() -> socket.socket:
+    """A socket told of every link change in the caller's namespace: created, deleted, put on
+    or taken off a bridge, moved to another namespace, up or down. Pass what it receives to
+    `links_changed`."""
+    return _open_monitor(_RTMGRP_LINK)
+
+
+def _message_kinds(data: bytes) -> Iterator[tuple[int, int]]:
+    """Each netlink message's type and the offset of its body."""
     offset = 0
     while offset + _NLMSGHDR.size < len(data):
         length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
         if length < _NLMSGHDR.size:
-            return False
-        if kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and data[offset + _NLMSGHDR.size] == _AF_BRIDGE:
-            return True
+            return
+        yield kind, offset + _NLMSGHDR.size
         offset += (length + 3) & ~3
-    return False
+
+
+def links_changed(data: bytes) -> bool:
+    """Whether a datagram of link notifications reports a link created, changed or deleted."""
+    return any(kind in (_RTM_NEWLINK, _RTM_DELLINK) for kind, _ in _message_kinds(data))
+
+
+def fdb_changed(data: bytes) -> bool:
+    """Whether a datagram of neighbour notifications holds a bridge forwarding-table change
+    (ARP and NDP changes come on the same socket and are not)."""
+    return any(
+        kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and data[body] == _AF_BRIDGE
+        for kind, body in _message_kinds(data)
+    )

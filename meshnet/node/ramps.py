@@ -65,8 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshnet.ramps")
 
 STATE_FILE = "ramps.json"
-#: How often the bridge's ports are compared with the records (ports that came or went).
-TICK = 5.0
+#: How often the bridge's ports are compared with the records (ports that came or went) when
+#: the kernel reports no link change: a safety net, as notifications can be lost.
+TICK = 30.0
 #: After another tool says it adds a port (``adopt_soon``): compare this often, for this long,
 #: so that its container is isolated (and finds DNS) within moments, not at the next tick.
 EAGER_TICK = 0.2
@@ -237,6 +238,7 @@ class Ramps:
                 await self._dns_moved(self.dns.listen)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_bridge)
+                nursery.start_soon(self._watch_links)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -329,6 +331,25 @@ class Ramps:
             async with self._lock:
                 if await self._reconcile_ports():
                     await self._update()
+
+    async def _watch_links(self) -> None:
+        """Wake `_follow_bridge` when the kernel reports a link change (a port put on the bridge
+        or gone with its container), so that an idle host need not scan its bridge often."""
+        try:
+            monitor = trio.socket.from_stdlib_socket(netlink.open_link_monitor())
+        except OSError as e:
+            log.warning("%s: no link notifications (%s): the bridge is scanned every %.0f s",
+                        self._nick, e, TICK)  # fmt: skip
+            return
+        with monitor:
+            while True:
+                try:
+                    data = await monitor.recv(65536)
+                except OSError:  # ENOBUFS: notifications were lost; look at the bridge
+                    self._wake.set()
+                    continue
+                if netlink.links_changed(data):
+                    self._wake.set()
 
     async def _reconcile_ports(self) -> bool:
         """Forget ports that left the bridge, adopt unknown ones; True if anything changed."""

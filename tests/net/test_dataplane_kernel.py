@@ -637,3 +637,35 @@ def test_netlink_namespace_accepts_paths(
     )
     with pytest.raises(netlink.NamespaceNotFound):
         netlink.run_in_namespace(f"mnt-nope-{_suffix()}", lambda: None)
+
+
+def test_the_link_monitor_reports_a_port_joining_and_leaving_a_bridge(
+    make_ns: Callable[[str], str],
+) -> None:
+    """What lets the ramps scan their bridge only when something changed: a veth put on the
+    bridge and deleted each arrive as notifications; silence while nothing changes."""
+    ns = make_ns("links")
+    with netlink.namespace(ns) as host:
+        host.create_bridge("mntbr0")
+        host.set_up("mntbr0")
+    monitor = netlink.run_in_namespace(ns, netlink.open_link_monitor)
+    monitor.settimeout(0)
+    with monitor:
+
+        def changed_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([monitor], [], [], left)[0] and netlink.links_changed(
+                    monitor.recv(65536)
+                ):
+                    return True
+            return False
+
+        assert not changed_within(0.3)
+        ns_run(ns, "ip", "link", "add", "mntp0", "type", "veth", "peer", "name", "mntp1")
+        ns_run(ns, "ip", "link", "set", "mntp0", "master", "mntbr0")
+        assert changed_within(2)
+        while changed_within(0.3):
+            pass  # the rest of that burst
+        ns_run(ns, "ip", "link", "del", "mntp0")
+        assert changed_within(2)

@@ -124,7 +124,7 @@ def test_willingness_turned_off_encrypted_and_trusted() -> None:
 
 
 def test_a_neighbour_is_up_after_its_first_answer_and_down_when_answers_stop() -> None:
-    probe = PeerProbe(started=100.0)
+    probe = PeerProbe(started=100.0, interval=0.5, down_after=2.0)
     first = probe.tick(100.0)
     assert first is not None and probe.state is FastState.PROBING
     assert probe.tick(100.1) is None  # not due yet
@@ -139,7 +139,7 @@ def test_a_neighbour_is_up_after_its_first_answer_and_down_when_answers_stop() -
 
 
 def test_a_neighbour_that_never_answers_goes_down_and_is_retried_slowly() -> None:
-    probe = PeerProbe(started=0.0)
+    probe = PeerProbe(started=0.0, interval=0.5, down_after=2.0)
     sent = [t / 10 for t in range(0, 200) if probe.tick(t / 10) is not None]
     assert probe.state is FastState.DOWN
     after_down = [t for t in sent if t > 2.0]
@@ -150,7 +150,7 @@ def test_a_neighbour_that_never_answers_goes_down_and_is_retried_slowly() -> Non
 
 
 def test_stale_and_unknown_answers_are_ignored() -> None:
-    probe = PeerProbe(started=0.0)
+    probe = PeerProbe(started=0.0, interval=0.5, down_after=2.0)
     old = probe.tick(0.0)
     assert old is not None
     probe.tick(3.0)  # the first probe is long lost
@@ -291,3 +291,11 @@ def test_only_bridge_forwarding_table_notifications_make_the_macs_be_read_again(
     assert not netlink.fdb_changed(arp)
     assert netlink.fdb_changed(arp + learned)  # a batch: any bridge change counts
     assert not netlink.fdb_changed(b"") and not netlink.fdb_changed(b"\0" * 20)
+
+
+def test_link_notifications_are_new_and_deleted_links() -> None:
+    new, deleted = _neighbour_notification(16, 0), _neighbour_notification(17, 0)
+    assert netlink.links_changed(new) and netlink.links_changed(deleted)
+    assert netlink.links_changed(_neighbour_notification(28, 7) + deleted)
+    assert not netlink.links_changed(_neighbour_notification(28, 7))
+    assert not netlink.links_changed(b"") and not netlink.links_changed(b"\0" * 20)

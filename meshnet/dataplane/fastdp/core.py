@@ -166,8 +166,10 @@ class PeerProbe:
     """One neighbour's VXLAN liveness, driven by ``tick`` and ``on_ack``; times are seconds."""
 
     started: float
-    interval: float = 0.5
-    down_after: float = 2.0
+    # Each probe wakes both routers: once a second keeps an idle pair's cost low, and three
+    # silent seconds (three lost probes) move the traffic to the sleeve.
+    interval: float = 1.0
+    down_after: float = 3.0
     retry_interval: float = 5.0
     state: FastState = FastState.PROBING
     _next_id: int = 1

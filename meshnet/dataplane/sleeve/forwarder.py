@@ -63,7 +63,8 @@ __all__ = ["Forwarder", "Neighbour", "Sequences", "Snapshot"]
 
 log = logging.getLogger("meshnet.dataplane")
 
-POLL_MS = 200
+#: How long a receive waits while a super-frame misses segments: then what arrived is delivered.
+REASSEMBLY_POLL_MS = 2
 
 
 class _Counts:
@@ -103,6 +104,7 @@ class Forwarder:
         self._on_control = on_control
         self._on_too_big = on_too_big
         self._stop = threading.Event()
+        self._wake_read = self._wake_write = -1  # a pipe while the threads run (see start)
         self._threads: list[threading.Thread] = []
         self._tx = _Counts()
         self._rx = _Counts()
@@ -112,15 +114,26 @@ class Forwarder:
         self._reassemblers: dict[int, wire.Reassembler] = {}
 
     def start(self) -> None:
+        # stop() writes to this pipe: an idle loop blocks in poll() with no timeout (nothing
+        # wakes an idle router's packet threads), and wakes for this.
+        self._wake_read, self._wake_write = os.pipe()
         for name, loop in (("sleeve-tx", self._tx_loop), ("sleeve-rx", self._rx_loop)):
             thread = threading.Thread(target=self._guard, args=(loop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
+        if self._wake_write < 0:
+            return  # never started
+        os.write(self._wake_write, b"x")
         for thread in self._threads:
             thread.join(timeout=2)
+        if not any(thread.is_alive() for thread in self._threads):
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def update(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot  # one reference store: the loops see old or new, never half
@@ -162,13 +175,14 @@ class Forwarder:
         os.set_blocking(fd, False)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         batches: dict[tuple[int, int, int, int], wire.FrameBatcher] = {}
         while not self._stop.is_set():
             try:
                 data = os.read(fd, 65536 + VNET_HEADER_SIZE)
             except BlockingIOError:
                 self._flush(batches)
-                poller.poll(POLL_MS)
+                poller.poll()
                 continue
             self._from_tap(data, batches)
 
@@ -332,12 +346,13 @@ class Forwarder:
     def _rx_loop(self) -> None:
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         self._sock.setblocking(False)
         while not self._stop.is_set():
             try:
                 data, stride, addr = receive_run(self._sock)
             except BlockingIOError:
-                if not poller.poll(2 if self._reassemblers_pending() else POLL_MS):
+                if not poller.poll(REASSEMBLY_POLL_MS if self._reassemblers_pending() else None):
                     self._flush_reassembly(time.monotonic(), idle=True)
                 continue
             except OSError:
