@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from meshnet.beats import next_beat
 from meshnet.config import Config
 from meshnet.dataplane import attach as attachment
 from meshnet.dataplane import netlink
@@ -267,7 +268,7 @@ class DnsService:
     async def _maintain(self) -> None:
         last_expire = time.monotonic()
         while True:
-            with trio.move_on_after(TICK):
+            with trio.move_on_at(next_beat(trio.current_time(), TICK)):  # with the others
                 await self._changed.wait()
             self._changed = trio.Event()
             self._follow_topology()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from meshnet.beats import next_beat
 from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
@@ -201,8 +202,11 @@ class PeerProbe:
         self._next_id = (self._next_id % 0xFFFFFFFF) + 1
         self._outstanding[probe_id] = now
         self._sent += 1
-        step = self.retry_interval if self.state is FastState.DOWN else self.interval
-        self._next_send = now + step
+        # Retries of a DOWN neighbour keep their full interval; the rest goes on the beat.
+        if self.state is FastState.DOWN:
+            self._next_send = now + self.retry_interval
+        else:
+            self._next_send = next_beat(now, self.interval)
         return probe_id
 
     def on_ack(self, now: float, probe_id: int) -> bool:
@@ -217,7 +221,7 @@ class PeerProbe:
             return False
         self.state = FastState.UP
         self._ups += 1
-        self._next_send = now + self.interval
+        self._next_send = next_beat(now, self.interval)
         return True
 
     def next_wake(self) -> float:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from meshnet.beats import next_beat
+
 PROBE_TIMEOUT_FLOOR = 0.05
 PROBE_TIMEOUT_NO_RTT = 1.0
 _RTT_GAIN = 1 / 8  # RFC 6298's alpha for the smoothed RTT
@@ -263,7 +265,7 @@ class UdpPath:
 
     def _heartbeat(self, now: float) -> SendHeartbeat:
         self._tell_now = False
-        self._next_heartbeat = now + self._interval
+        self._next_heartbeat = next_beat(now, self._interval)
         self._heartbeats_sent += 1
         echo = 0
         if self._last_heard is not None and self._their_ts > 0:
