@@ -1,1 +1,1 @@
-"""The data plane: netlink (the only pyroute2 importer), bridge, attach, switch, sleeve, fastdp."""
+"""The data plane: kernel plumbing, bridge, attach, switch, sleeve, fastdp."""

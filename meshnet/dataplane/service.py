@@ -21,15 +21,15 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import attach as attachment
-from meshnet.dataplane import netlink
 from meshnet.dataplane.fastdp.service import FastDatapath
+from meshnet.dataplane.kernel import attach as attachment
+from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel.tap import open_tap
+from meshnet.dataplane.kernel.udp import open_udp
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
-from meshnet.dataplane.tap import open_tap
-from meshnet.dataplane.udp import open_udp
 from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink
 from meshnet.gossip.identity import format_peer_name

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import attach as attachment
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import attach as attachment
+from meshnet.dataplane.kernel import netlink
 from meshnet.dns import firewall
 from meshnet.dns.answer import Resolver
 from meshnet.dns.records import Records, decode_records, encode_records

@@ -22,7 +22,7 @@ from typing import Any
 
 from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from meshnet.dataplane import nftables
-from meshnet.dataplane.nftables import Exposure, Port
+from meshnet.dataplane.kernel import nftables
+from meshnet.dataplane.kernel.nftables import Exposure, Port
 from meshnet.errors import UserError
 
 BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)

@@ -20,7 +20,6 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import netlink
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
@@ -30,6 +29,7 @@ from meshnet.dataplane.fastdp.core import (
     Probe,
     ProbeKind,
 )
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name

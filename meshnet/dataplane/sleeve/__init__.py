@@ -17,5 +17,6 @@ Where things are, from the wire up:
 - ``forwarder``   the two packet threads (TAP -> UDP, UDP -> TAP): they only execute operations
 - ``path``        UDP path liveness and path-MTU search per neighbour (pure)
 
-The kernel helpers (``meshnet.dataplane.tap``, ``meshnet.dataplane.udp``) are imported, not here.
+The kernel helpers (``meshnet.dataplane.kernel.tap``, ``meshnet.dataplane.kernel.udp``) are
+imported, not here.
 """

@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
-from meshnet.dataplane import netlink
-from meshnet.dataplane.attach import random_mac
+from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel.attach import random_mac
 from meshnet.integrations.docker.ipamdriver import PluginError
 
 log = logging.getLogger("meshnet.docker")

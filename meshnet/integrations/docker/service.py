@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.dataplane import attach as attachment
+from meshnet.dataplane.kernel import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
 from meshnet.integrations.docker.engine import (

@@ -1,0 +1,13 @@
+"""Kernel plumbing: the only code that talks to the kernel's netlink, nftables, TAP devices, UDP
+sockets and container namespaces.
+
+- ``netlink``   namespaces, links, addresses, routes, qdiscs, FDB; the one module importing pyroute2
+- ``nftables``  meshnet's two nftables tables (bridge isolation, the ramps) as scripts, applied
+- ``tap``       the sleeve's TAP device, with virtio-net headers (TCP super-frames)
+- ``udp``       the sleeve's UDP socket: segmented sends, GRO receives, path MTU
+- ``attach``    containers on the bridge: a veth per container, its addresses inside
+
+These are small synchronous typed functions that decide nothing; the services above them
+(``meshnet.dataplane.service``, ``sleeve``, ``fastdp``, ``meshnet.node``, ``meshnet.dns``, the lab
+and the Docker integration) run them in worker threads.
+"""
