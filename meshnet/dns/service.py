@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from meshnet.config import Config
+from meshnet.constants import BRIDGE
 from meshnet.dataplane.kernel import attach as attachment
 from meshnet.dataplane.kernel import netlink
 from meshnet.dns import firewall
@@ -54,7 +55,6 @@ log = logging.getLogger("meshnet.dns")
 
 CHANNEL = "dns"
 STATE_FILE = "dns-records.msgpack"
-BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
 #: How often the shell drives the core: hidden peers, re-assertions, persistence.
 TICK = 1.0
 EXPIRE_EVERY = 10.0

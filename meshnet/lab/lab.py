@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnet.api.client import ApiClient
-from meshnet.constants import ALLOCATE_TIMEOUT
+from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.errors import UserError
@@ -39,8 +39,6 @@ from meshnet.lab.topology import (
 )
 
 DEFAULT_ROOT = Path("/run/meshnet/lab")
-BRIDGE = "meshnet"
-CONTAINER_IFNAME = "ethwe"
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
