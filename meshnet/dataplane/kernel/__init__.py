@@ -8,7 +8,8 @@ sockets and container namespaces.
 - ``udp``       the sleeve's UDP socket: segmented sends, GRO receives, path MTU
 - ``attach``    containers on the bridge: a veth per container, its addresses inside
 
-These are small synchronous typed functions that decide nothing; the services above them
-(``meshnet.dataplane.service``, ``sleeve``, ``fastdp``, ``meshnet.node``, ``meshnet.dns``, the lab
-and the Docker integration) run them in worker threads.
+Small synchronous typed functions: what to ask the kernel for is decided above them, by the
+services that call them in worker threads (``meshnet.dataplane.service``, ``fastdp``,
+``meshnet.node``, ``meshnet.dns``, the Docker integration, the lab) or, for the TAP and the UDP
+socket, in the sleeve's packet threads.
 """
