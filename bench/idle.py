@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+from meshnet.constants import CONTROL_PORT
 from meshnet.dns.settings import DnsSettings
 from meshnet.integrations.docker.settings import DockerSettings
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshnet")
 DEFAULT_API_SOCKET = Path("/run/meshnet/meshnet.sock")
-DEFAULT_PORT = 6783
 DEFAULT_IPALLOC_RANGE = IPv4Network("10.32.0.0/12")
 
 
@@ -29,7 +29,7 @@ def default_api_socket() -> Path:
 class Config:
     peers: tuple[str, ...] = ()
     nickname: str = field(default_factory=socket.gethostname)
-    port: int = DEFAULT_PORT
+    port: int = CONTROL_PORT
     password: bytes | None = field(default=None, repr=False)
     state_dir: Path = field(default_factory=default_state_dir)
     api_socket: Path = field(default_factory=default_api_socket)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnet.api import observe
 from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan
+from meshnet.constants import CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
 from meshnet.gossip.router import Router
@@ -185,7 +186,7 @@ class ApiApp:
         """Undo an attach made under a runtime's key (CNI DEL and GC): idempotent, and the
         addresses are released even when the namespace (and with it the veth) is gone."""
         container = body.get("container") or ""
-        ifname = body.get("ifname", "ethwe")
+        ifname = body.get("ifname", CONTAINER_IFNAME)
         if not isinstance(container, str) or not isinstance(ifname, str):
             raise HttpError(400, 'expected {"owner": ID, "container": NAME|PATH, "ifname": NAME}')
         target = Target(container, owner=owner, records=owner)
@@ -238,7 +239,7 @@ class ApiApp:
 def _container_request(body: dict[str, Any]) -> tuple[str, list[str], str]:
     container = body.get("container")
     addresses = body.get("addresses", [])
-    ifname = body.get("ifname", "ethwe")
+    ifname = body.get("ifname", CONTAINER_IFNAME)
     if (
         not isinstance(container, str)
         or not container
@@ -274,7 +275,7 @@ def _owner(body: dict[str, Any]) -> str | None:
 
 def _docker_request(body: dict[str, Any]) -> tuple[list[str], str, str | None]:
     addresses = body.get("addresses", [])
-    ifname = body.get("ifname", "ethwe")
+    ifname = body.get("ifname", CONTAINER_IFNAME)
     name = body.get("name")
     if (
         not isinstance(addresses, list)

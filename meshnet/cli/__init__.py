@@ -1,11 +1,25 @@
 """The `meshnet` command: the root group, every command group assembled in one place, and
 ``main``, which turns every failure into one line and an exit code.
 
-One module per command group: ``launch`` (launch, stop, connect, forget; its flags are declared
-in ``launch_options``), ``status``, ``containers``, ``ipam``, ``dns``, ``ramps``, ``docker``,
-``report``, ``tui`` and ``lab``; ``common`` holds what they share. Nothing registers itself with
-another module's group on import: this module adds every command, and every `status` and `lab`
-subcommand that lives elsewhere. Start-up stays fast: no command module imports the daemon's
+One module per command group:
+
+- ``launch``          launch, stop, connect, forget: the router and its peers
+- ``launch_options``  the flags of `meshnet launch`, declared once
+- ``status``          `meshnet status` and its subcommands about the router itself
+- ``containers``      attach, detach, ps
+- ``ipam``            reset, rmpeer, `status ipam`
+- ``dns``             dns-add, dns-remove, dns-lookup, `status dns`
+- ``ramps``           expose, hide, `status ramps`
+- ``docker``          run, dns-args, `status docker`
+- ``report``          everything a router knows, as tables, JSON or a template
+- ``tui``             `meshnet tui` and `meshnet lab tui`
+- ``lab``             `meshnet lab ...` over ``meshnet.lab``
+- ``common``          what they share: --api-socket, --json, the shape of a status subcommand
+- ``output``          tables fitted to a terminal, or unwrapped when piped
+
+Nothing registers itself with another module's group on import: this module adds every command,
+and every `status` and `lab` subcommand that lives elsewhere. The commands talk to the daemon
+through ``meshnet.api.client``. Start-up stays fast: no command module imports the daemon's
 modules (trio, pyroute2, textual) before it runs.
 
 A user's mistake prints one readable line on stderr and exits non-zero; `--debug` (or

@@ -10,7 +10,7 @@ import click
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import JSON_OPTION, api_socket_option
-from meshnet.constants import ALLOCATE_TIMEOUT
+from meshnet.constants import ALLOCATE_TIMEOUT, CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.node.specs import parse_spec
 
@@ -34,7 +34,9 @@ def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
 
 @click.command()
 @click.argument("args", nargs=-1, metavar="[ADDRESS...] CONTAINER")
-@click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
+@click.option(
+    "--ifname", default=CONTAINER_IFNAME, show_default=True, help="Interface name inside."
+)
 @click.option("--name", default=None, help="DNS name to register  [default: the namespace's name]")
 @api_socket_option
 def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Path) -> None:
@@ -60,7 +62,9 @@ def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Pat
 
 @click.command()
 @click.argument("args", nargs=-1, metavar="[CIDR...] CONTAINER")
-@click.option("--ifname", default="ethwe", show_default=True, help="Interface name inside.")
+@click.option(
+    "--ifname", default=CONTAINER_IFNAME, show_default=True, help="Interface name inside."
+)
 @api_socket_option
 def detach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
     """Remove a container from the overlay (or only the given addresses); CONTAINER as for

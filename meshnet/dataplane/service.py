@@ -21,15 +21,16 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import attach as attachment
-from meshnet.dataplane import netlink
+from meshnet.constants import BRIDGE, SLEEVE_TAP
 from meshnet.dataplane.fastdp.service import FastDatapath
+from meshnet.dataplane.kernel import attach as attachment
+from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel.tap import open_tap
+from meshnet.dataplane.kernel.udp import open_udp
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
-from meshnet.dataplane.tap import open_tap
-from meshnet.dataplane.udp import open_udp
 from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink
 from meshnet.gossip.identity import format_peer_name
@@ -37,8 +38,6 @@ from meshnet.gossip.router import Router
 
 log = logging.getLogger("meshnet.dataplane")
 
-BRIDGE = "meshnet"
-TAP = "vethwe-sleeve"
 ENCAPSULATION_OVERHEAD = wire.ENCAPSULATION_OVERHEAD
 MIN_OVERLAY_MTU = 576
 MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
@@ -90,7 +89,7 @@ class DataPlane:
             config,
             router,
             bridge=BRIDGE,
-            tap=TAP,
+            tap=SLEEVE_TAP,
             netlink_limiter=self._netlink,
             on_change=self._fastdp_changed,
         )
@@ -139,7 +138,7 @@ class DataPlane:
 
     def _set_up_bridge(self) -> Any:
         """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
-        mtu = underlay_mtu(ignore={BRIDGE, TAP}) - ENCAPSULATION_OVERHEAD
+        mtu = underlay_mtu(ignore={BRIDGE, SLEEVE_TAP}) - ENCAPSULATION_OVERHEAD
         if mtu < MIN_OVERLAY_MTU:
             raise UserError(f"the underlay MTU leaves only {mtu} bytes for containers")
         self.overlay_mtu = mtu
@@ -153,13 +152,13 @@ class DataPlane:
             # the host's addresses on it (DNS, `expose`) went stale for seconds each time.
             ns.set_mac(BRIDGE, derived_mac(b"meshnet bridge", self.router.identity.name))
             ns.set_up(BRIDGE)
-        tap = open_tap(TAP, vnet_hdr=True)
+        tap = open_tap(SLEEVE_TAP, vnet_hdr=True)
         with netlink.namespace(None) as ns:
-            ns.set_mtu(TAP, mtu)
-            ns.set_master(TAP, BRIDGE)
+            ns.set_mtu(SLEEVE_TAP, mtu)
+            ns.set_master(SLEEVE_TAP, BRIDGE)
             # Isolated like the VXLAN port: nothing that arrived one way leaves the other.
-            ns.set_bridge_port(TAP, learning=True, isolated=True)
-            ns.set_up(TAP)
+            ns.set_bridge_port(SLEEVE_TAP, learning=True, isolated=True)
+            ns.set_up(SLEEVE_TAP)
         return tap
 
     # --- forwarding state ----------------------------------------------------------------------

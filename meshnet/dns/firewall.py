@@ -15,18 +15,16 @@ Only the input hook is filtered: frames bridged between containers never reach i
 installed before the address is added and removed after it is gone, so there is no moment when
 the address answers unfiltered; a daemon killed hard leaves the table (failing closed).
 
-``ruleset`` is pure; ``install`` and ``remove`` run the ``nft`` binary (``nft -f -``, the script
-applied atomically), as the lab does.
+``ruleset`` is pure; ``install`` and ``remove`` apply it with ``nft -f -`` (atomically) through
+``meshnet.dataplane.kernel.nft``, as meshnet's other tables and the lab do.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 from collections.abc import Sequence
 
-from meshnet.errors import UserError
+from meshnet.dataplane.kernel.nft import run_nft
 
 TABLE = "meshnet_dns"
 
@@ -66,14 +64,8 @@ def removal(table: str = TABLE) -> str:
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
 
 
-def _nft(script: str) -> None:
-    if shutil.which("nft") is None:
-        raise UserError("nft not found: the DNS server needs nftables (apt-get install nftables)")
-    result = subprocess.run(
-        ["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False, timeout=30
-    )
-    if result.returncode != 0:
-        raise UserError(f"nft failed: {result.stderr.strip()}")
+def _apply(script: str) -> None:
+    run_nft("-f", "-", script=script, needed_by="the DNS server")
 
 
 def install(
@@ -83,8 +75,8 @@ def install(
     table: str = TABLE,
     open_addresses: Sequence[str] = (),
 ) -> None:
-    _nft(ruleset(bridge, address, port, table, open_addresses))
+    _apply(ruleset(bridge, address, port, table, open_addresses))
 
 
 def remove(table: str = TABLE) -> None:
-    _nft(removal(table))
+    _apply(removal(table))

@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError, UserError
-from meshnet.gossip.payload import decode_items
+from meshnet.gossip.payload import decode_items, pack_array
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_VERSION = (1 << 63) - 1
@@ -527,18 +527,9 @@ def _record_obj(r: Record) -> list[Any]:
     return [r.origin, r.container, r.name, r.address, r.version, r.tombstone]
 
 
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
 def encode_records(records: Iterable[Record]) -> bytes:
     """A msgpack array of records, assembled from each record's cached encoding."""
-    packed = [r.packed for r in records]
-    return _array_header(len(packed)) + b"".join(packed)
+    return pack_array([r.packed for r in records])
 
 
 def _fail(what: str, value: Any) -> RemoteProtocolError:

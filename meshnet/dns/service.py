@@ -31,8 +31,9 @@ import trio
 
 from meshnet.beats import next_beat
 from meshnet.config import Config
-from meshnet.dataplane import attach as attachment
-from meshnet.dataplane import netlink
+from meshnet.constants import BRIDGE
+from meshnet.dataplane.kernel import attach as attachment
+from meshnet.dataplane.kernel import netlink
 from meshnet.dns import firewall
 from meshnet.dns.answer import Resolver
 from meshnet.dns.records import Records, decode_records, encode_records
@@ -55,7 +56,6 @@ log = logging.getLogger("meshnet.dns")
 
 CHANNEL = "dns"
 STATE_FILE = "dns-records.msgpack"
-BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
 #: How often the shell drives the core: hidden peers, re-assertions, persistence.
 TICK = 1.0
 EXPIRE_EVERY = 10.0

@@ -12,9 +12,9 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
+from meshnet.constants import CONTROL_PORT
 from meshnet.errors import UserError
 
-DEFAULT_PORT = 6783
 INITIAL_DELAY = 1.0
 MAX_DELAY = 60.0
 BACKOFF = 1.5
@@ -44,7 +44,7 @@ class TargetView:
     peer: int | None
 
 
-def normalize_address(text: str, default_port: int = DEFAULT_PORT) -> str:
+def normalize_address(text: str, default_port: int = CONTROL_PORT) -> str:
     """'10.0.0.1' -> '10.0.0.1:6783'; '[fe80::1]:7000' stays; bad text is a UserError."""
     text = text.strip()
     host, port = text, default_port

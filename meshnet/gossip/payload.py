@@ -1,7 +1,9 @@
-"""Decoding a gossip payload: a msgpack array of items, each validated once.
+"""A gossip payload: a msgpack array of items, each encoded once and validated once.
 
-Topology and DNS both gossip arrays of items whose encodings they keep; an item seen before is
-taken from ``known`` by its raw bytes instead of being decoded and validated again.
+Topology and DNS both gossip arrays of items whose encodings they keep: `pack_array` joins those
+cached encodings under an array header instead of encoding every item again, and `decode_items`
+takes an item seen before from ``known`` by its raw bytes instead of decoding and validating it
+again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ import msgpack
 from meshnet.errors import RemoteProtocolError
 
 T = TypeVar("T")
+
+
+def pack_array(parts: list[bytes]) -> bytes:
+    """The msgpack array of items already encoded (``parts``), as msgpack itself would write it."""
+    n = len(parts)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 1 << 16:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return header + b"".join(parts)
 
 
 def decode_items(

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
+from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Gossiper, Send
 from meshnet.gossip.connection_maker import ConnectionMaker, Source, listen_address
@@ -524,11 +525,13 @@ class Router:
         self.recent_failures.pop((record.address, record.outbound), None)
         doorbell_send, doorbell_receive = trio.open_memory_channel[None](1)
         sleeve_port = result.features.get("sleeve_port")
+        if type(sleeve_port) is not int or not 0 < sleeve_port < 65536:
+            sleeve_port = CONTROL_PORT
         link = PeerLink(
             name=peer,
             nickname=result.remote.nickname,
             ip=str(stream.socket.getpeername()[0]),
-            port=sleeve_port if type(sleeve_port) is int and 0 < sleeve_port < 65536 else 6783,
+            port=sleeve_port,
             send_key=_sleeve_key(result.send_key),
             receive_key=_sleeve_key(result.receive_key),
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from meshnet.constants import CONTROL_PORT
 from meshnet.gossip.channel import GossipOutbox, Send
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Gossip, decode_message, encode_message
@@ -64,7 +65,8 @@ class Simulation:
         self.last_activity = 0.0
         self.names = sorted(self.rng.sample(range(1, 1 << 48), n))
         self.address = {
-            name: f"10.{i >> 8 & 255}.{i & 255}.1:6783" for i, name in enumerate(self.names)
+            name: f"10.{i >> 8 & 255}.{i & 255}.1:{CONTROL_PORT}"
+            for i, name in enumerate(self.names)
         }
         self.meshes: dict[int, Mesh] = {}
         self.outboxes: dict[int, GossipOutbox] = {}
@@ -83,7 +85,9 @@ class Simulation:
         """A (new or restarted) peer process: a fresh uid, no connections yet."""
         if name not in self.address:
             self.names.append(name)
-            self.address[name] = f"10.200.{len(self.names) >> 8 & 255}.{len(self.names) & 255}:6783"
+            self.address[name] = (
+                f"10.200.{len(self.names) >> 8 & 255}.{len(self.names) & 255}:{CONTROL_PORT}"
+            )
         mesh = Mesh(
             name=name,
             nickname=f"h{self.names.index(name)}",

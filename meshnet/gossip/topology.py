@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError
-from meshnet.gossip.payload import decode_items
+from meshnet.gossip.payload import decode_items, pack_array
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_UID = (1 << 64) - 1
@@ -196,18 +196,9 @@ def _entry_obj(e: PeerEntry) -> list[Any]:
     return [e.name, e.nickname, e.uid, e.version, conns]
 
 
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
 def encode_entries(entries: Iterable[PeerEntry]) -> bytes:
     """A msgpack array of entries, assembled from each entry's cached encoding."""
-    packed = [e.packed for e in entries]
-    return _array_header(len(packed)) + b"".join(packed)
+    return pack_array([e.packed for e in entries])
 
 
 def _fail(what: str, value: Any) -> RemoteProtocolError:

@@ -41,7 +41,7 @@ import httpx
 
 from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.integrations.docker.runargs import run_arguments
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from meshnet.api.client import ApiClient
-from meshnet.constants import ALLOCATE_TIMEOUT
-from meshnet.dataplane import netlink
+from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
+from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
@@ -38,8 +39,6 @@ from meshnet.lab.topology import (
 )
 
 DEFAULT_ROOT = Path("/run/meshnet/lab")
-BRIDGE = "meshnet"
-CONTAINER_IFNAME = "ethwe"
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -398,20 +397,6 @@ def start_router(name: str | None, host: str, *, password: str | None = None) ->
     return _start_routers(record, [entry], password)[host]
 
 
-def _nft(namespace: str, script: str) -> None:
-    if shutil.which("nft") is None:
-        raise UserError("nft not found: link loss needs nftables (apt-get install nftables)")
-    result = subprocess.run(
-        ["nsenter", f"--net={netlink.NETNS_DIR / namespace}", "nft", "-f", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise UserError(f"nft failed in {namespace}: {result.stderr.strip()}")
-
-
 def _apply_faults(namespace: str, ifname: str, loss: float, rate: int | None) -> None:
     """Loss is dropped on arrival (netdev ingress), so each end's rule shapes one direction."""
     if loss or _has_loss_table(namespace, ifname):
@@ -430,22 +415,18 @@ def _apply_faults(namespace: str, ifname: str, loss: float, rate: int | None) ->
                 f'  type filter hook ingress device "{ifname}" priority 0;\n'
                 f"  {verdict}\n }}\n}}\n"
             )
-        _nft(namespace, script)
+        run_nft("-f", "-", script=script, namespace=namespace, needed_by="link loss")
     with netlink.namespace(namespace) as ns:
         ns.set_rate(ifname, rate)
 
 
 def _has_loss_table(namespace: str, ifname: str) -> bool:
-    # Only consulted when clearing loss; a missing nft means no table was ever made.
-    if shutil.which("nft") is None:
+    # Only consulted when clearing loss; without a working nft no table was ever made.
+    try:
+        tables = run_nft("list", "tables", namespace=namespace)
+    except NftError:
         return False
-    result = subprocess.run(
-        ["nsenter", f"--net={netlink.NETNS_DIR / namespace}", "nft", "list", "tables"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return f"meshnet_lab_{ifname.replace('-', '_')}" in result.stdout
+    return f"meshnet_lab_{ifname.replace('-', '_')}" in tables
 
 
 def down(name: str | None) -> str:

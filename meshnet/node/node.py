@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from meshnet.constants import CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.node")
-
-DEFAULT_IFNAME = "ethwe"
 
 
 class Unavailable(UserError):
@@ -127,7 +126,7 @@ class Node:
         self,
         target: Target,
         specs: list[str],
-        ifname: str = DEFAULT_IFNAME,
+        ifname: str = CONTAINER_IFNAME,
         fqdn: str | None = None,
     ) -> Attached:
         """Attach the target with addresses from IPAM (see ``specs`` for the grammar), isolate
@@ -175,7 +174,7 @@ class Node:
         self,
         target: Target,
         addresses: list[str],
-        ifname: str = DEFAULT_IFNAME,
+        ifname: str = CONTAINER_IFNAME,
         *,
         gone_ok: bool = False,
     ) -> Detached:
@@ -220,7 +219,7 @@ class Node:
         """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
         interface gets addresses of its own)."""
         container_id = await self.require_dataplane().container_id(container)
-        return container_id if ifname == DEFAULT_IFNAME else f"{container_id}/{ifname}"
+        return container_id if ifname == CONTAINER_IFNAME else f"{container_id}/{ifname}"
 
     async def containers(self) -> list[dict[str, Any]]:
         return await self.require_dataplane().containers()

@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import attach as attachment
-from meshnet.dataplane import netlink, nftables
+from meshnet.constants import BRIDGE
+from meshnet.dataplane.kernel import attach as attachment
+from meshnet.dataplane.kernel import netlink, nftables
 from meshnet.errors import MeshnetError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.node.ramps_state import (
-    BRIDGE,
     Exposed,
     Interface,
     IPAddress,

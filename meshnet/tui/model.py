@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.api import events
+from meshnet.constants import CONTAINER_IFNAME
 
 HISTORY = 40
 SPARK = "▁▂▃▄▅▆▇█"
@@ -158,7 +159,7 @@ def flow_counters(snapshot: dict[str, Any]) -> Iterable[tuple[str, tuple[str, st
             continue
         label = (
             c["namespace"]
-            if c.get("ifname") in (None, "ethwe")
+            if c.get("ifname") in (None, CONTAINER_IFNAME)
             else (f"{c['namespace']}/{c['ifname']}")
         )
         key = f"container:{c['namespace']}/{c.get('ifname')}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 from tests.conftest import unique_lab_name

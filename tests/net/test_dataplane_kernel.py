@@ -25,8 +25,8 @@ from typing import cast
 
 import pytest
 
-from meshnet.dataplane import attach as attachlib
-from meshnet.dataplane import netlink, tap, udp
+from meshnet.dataplane.kernel import attach as attachlib
+from meshnet.dataplane.kernel import netlink, tap, udp
 from meshnet.dataplane.sleeve import vnet
 from meshnet.errors import UserError
 from tests.net.conftest import can_ping, ns_run

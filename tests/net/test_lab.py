@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.lab import lab as lablib
 from tests.conftest import run_meshnet, unique_lab_name
 from tests.net.conftest import can_ping, kernel_snapshot, ns_run

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from meshnet.api.client import ApiClient
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.lab import lab as lablib
 from tests.conftest import run_meshnet

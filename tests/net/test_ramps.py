@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from meshnet.api.client import ApiClient
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 from tests.conftest import run_meshnet, unique_lab_name

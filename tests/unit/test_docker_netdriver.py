@@ -13,7 +13,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.integrations.docker.ipamdriver import PluginError
 from meshnet.integrations.docker.netdriver import NetworkDriver, endpoint_mac, veth_names
 

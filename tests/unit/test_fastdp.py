@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.dataplane import netlink
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
@@ -24,6 +23,7 @@ from meshnet.dataplane.fastdp.core import (
     Probe,
     ProbeKind,
 )
+from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.sleeve import forwarder as fw
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.dataplane.attach import gratuitous_arp
+from meshnet.dataplane.kernel.attach import gratuitous_arp
 
 
 @given(st.binary(min_size=6, max_size=6), st.integers(0, 2**32 - 1))

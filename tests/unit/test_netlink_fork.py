@@ -14,7 +14,7 @@ from types import FrameType
 import pytest
 from pyroute2.process import ChildProcess
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 
 
 def _dispositions() -> bytes:
@@ -44,7 +44,7 @@ def daemon_handlers() -> Iterator[None]:
 
 
 def test_the_forked_netns_helper_has_default_sigterm_and_sigint(daemon_handlers: None) -> None:
-    assert netlink.NETNS_DIR  # importing meshnet.dataplane.netlink configures pyroute2
+    assert netlink.NETNS_DIR  # importing meshnet.dataplane.kernel.netlink configures pyroute2
     with ChildProcess(target=_dispositions, args=[]) as child:
         assert child.mode == "fork"
         assert child.get_data(timeout=30) == b"1 1"

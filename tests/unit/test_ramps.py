@@ -17,8 +17,8 @@ import trio.testing
 
 from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
-from meshnet.dataplane import nftables
-from meshnet.dataplane.nftables import Exposure, Port
+from meshnet.dataplane.kernel import nftables
+from meshnet.dataplane.kernel.nftables import Exposure, Port
 from meshnet.dns import firewall
 from meshnet.errors import UserError
 from meshnet.node import ramps as ramps_module

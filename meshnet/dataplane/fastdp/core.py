@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 import msgpack
 
 from meshnet.beats import next_beat
+from meshnet.constants import FASTDP_PORT
 from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
 
-DEVICE = "vxlan-6784"
-PORT = 6784
+DEVICE = f"vxlan-{FASTDP_PORT}"
 VNI = 6784
 CHANNEL = "fastdp"
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental: never a container's protocol

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.dataplane import netlink
+from meshnet.constants import FASTDP_PORT
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
@@ -30,6 +30,7 @@ from meshnet.dataplane.fastdp.core import (
     Probe,
     ProbeKind,
 )
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name
@@ -108,7 +109,7 @@ class FastDatapath:
             task_status.started()
             return
         self._frame_size = overlay_mtu + 14
-        log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, fastdp.PORT)
+        log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, FASTDP_PORT)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_router)
@@ -126,7 +127,7 @@ class FastDatapath:
 
     def _create_device(self, mtu: int) -> None:
         with netlink.namespace(None) as ns:
-            ns.create_vxlan(fastdp.DEVICE, vni=fastdp.VNI, port=fastdp.PORT, mtu=mtu)
+            ns.create_vxlan(fastdp.DEVICE, vni=fastdp.VNI, port=FASTDP_PORT, mtu=mtu)
             ns.set_master(fastdp.DEVICE, self.bridge)
             ns.set_bridge_port(fastdp.DEVICE, learning=False, isolated=True)
             ns.set_up(fastdp.DEVICE)
@@ -446,7 +447,7 @@ class FastDatapath:
             "enabled": not self.unavailable,
             "reason": self.unavailable or None,
             "device": fastdp.DEVICE,
-            "port": fastdp.PORT,
+            "port": FASTDP_PORT,
             "encrypted": self.router.encrypted,
             "trusted_subnets": [str(n) for n in self.config.trusted_subnets],
             "local_macs": len(self._local_macs),

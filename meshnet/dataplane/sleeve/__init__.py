@@ -17,5 +17,6 @@ Where things are, from the wire up:
 - ``forwarder``   the two packet threads (TAP -> UDP, UDP -> TAP): they only execute operations
 - ``path``        UDP path liveness and path-MTU search per neighbour (pure)
 
-The kernel helpers (``meshnet.dataplane.tap``, ``meshnet.dataplane.udp``) are imported, not here.
+``meshnet.dataplane.service`` starts the forwarder and hands it snapshots built from the router's
+routes and links; the TAP and the UDP socket themselves are in ``meshnet.dataplane.kernel``.
 """

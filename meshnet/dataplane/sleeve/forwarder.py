@@ -28,6 +28,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from meshnet.dataplane.kernel.tap import Tap
+from meshnet.dataplane.kernel.udp import (
+    MessageTooBig,
+    UdpSendError,
+    receive_run,
+    send_run,
+    send_segments,
+)
 from meshnet.dataplane.sleeve import forwarding, wire
 from meshnet.dataplane.sleeve.forwarding import (
     MAX_TTL,
@@ -47,14 +55,6 @@ from meshnet.dataplane.sleeve.vnet import (
     icmp_too_big,
     parse_vnet,
     plan_tcp_segments,
-)
-from meshnet.dataplane.tap import Tap
-from meshnet.dataplane.udp import (
-    MessageTooBig,
-    UdpSendError,
-    receive_run,
-    send_run,
-    send_segments,
 )
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.identity import format_peer_name

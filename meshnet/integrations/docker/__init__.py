@@ -1,5 +1,13 @@
-"""Docker containers on the overlay: the Engine API client (``engine``), what a container's life
-means for meshnet (``lifecycle``), the daemon's service that attaches by id or name and watches
-events (``service``), the libnetwork network and IPAM drivers (``netdriver``, ``ipamdriver``)
-served as the ``meshnet`` plugin (``plugin``), its settings (``settings``) and what `meshnet run`
-passes to `docker run` (``runargs``); the commands themselves are in ``meshnet.cli.docker``."""
+"""Docker containers on the overlay.
+
+- ``engine``      the Docker Engine API client: containers, networks and events
+- ``lifecycle``   what a container's life means for meshnet: pure decisions
+- ``service``     the daemon's trio shell: attach by id or name, the event watcher, the plugin
+- ``netdriver``   libnetwork's remote network driver (``meshnet``)
+- ``ipamdriver``  libnetwork's remote IPAM driver, over meshnet's IPAM
+- ``plugin``      the plugin endpoint serving both drivers on ``<plugin dir>/meshnet.sock``
+- ``settings``    the integration's settings, and where the Engine API is
+- ``runargs``     what `meshnet run` passes to `docker run` (pure)
+
+An adapter over ``meshnet.node``; the commands themselves are in ``meshnet.cli.docker``.
+"""

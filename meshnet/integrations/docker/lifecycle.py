@@ -20,13 +20,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from meshnet.constants import CONTAINER_IFNAME
 from meshnet.integrations.docker.engine import ContainerInfo, Event, NetworkInfo, is_full_id
 from meshnet.integrations.docker.settings import PLUGIN_NAME
 
 CIDR_LABEL = "meshnet.cidr"
 CIDR_ENV = "MESHNET_CIDR"
 OWNER_PREFIX = "docker:"
-DEFAULT_IFNAME = "ethwe"
 #: Events after which a container is gone (``destroy`` too, in case ``die`` was missed).
 GONE = frozenset({"die", "destroy"})
 
@@ -67,9 +67,9 @@ class Forget:
 Action = Attach | Register | Unregister | Forget
 
 
-def ipam_owner(container_id: str, ifname: str = DEFAULT_IFNAME) -> str:
+def ipam_owner(container_id: str, ifname: str = CONTAINER_IFNAME) -> str:
     """IPAM's key for a container attached by meshnet (per interface beyond ``ethwe``)."""
-    return OWNER_PREFIX + container_id + ("" if ifname == DEFAULT_IFNAME else f"/{ifname}")
+    return OWNER_PREFIX + container_id + ("" if ifname == CONTAINER_IFNAME else f"/{ifname}")
 
 
 def owner_container(owner: str) -> str | None:

@@ -24,13 +24,13 @@ from typing import Any
 
 import trio
 
-from meshnet.dataplane import netlink
-from meshnet.dataplane.attach import random_mac
+from meshnet.constants import CONTAINER_IFNAME
+from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel.attach import random_mac
 from meshnet.integrations.docker.ipamdriver import PluginError
 
 log = logging.getLogger("meshnet.docker")
 
-CONTAINER_IFNAME_PREFIX = "ethwe"
 HOST_END_PREFIX = "vethwl"  # on the bridge
 CONTAINER_END_PREFIX = "vethwg"  # until Docker moves it into the container and renames it
 _ID = re.compile(r"^[0-9a-zA-Z]{12,128}$")
@@ -152,7 +152,8 @@ class NetworkDriver:
         log.info("docker: endpoint %s joins through %s (MTU %d)", endpoint[:12], host, mtu)
         self._joined()
         return {
-            "InterfaceName": {"SrcName": src, "DstPrefix": CONTAINER_IFNAME_PREFIX},
+            # Docker moves it into the container, named CONTAINER_IFNAME and a number (ethwe0...).
+            "InterfaceName": {"SrcName": src, "DstPrefix": CONTAINER_IFNAME},
             "DisableGatewayService": True,
         }
 

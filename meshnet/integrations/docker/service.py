@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshnet.dataplane import attach as attachment
+from meshnet.constants import BRIDGE, CONTAINER_IFNAME
+from meshnet.dataplane.kernel import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
 from meshnet.integrations.docker.engine import (
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshnet.docker")
 
-BRIDGE = "meshnet"  # meshnet.dataplane.service.BRIDGE (not imported: it pulls in the TAP code)
 RETRY_MIN = 0.5
 RETRY_MAX = 2.0  # a ping on a local socket: cheap, and Docker is back sooner
 EVENT_BUFFER = 256
@@ -352,7 +352,7 @@ class DockerService:
         info: ContainerInfo,
         specs: list[str],
         *,
-        ifname: str = lifecycle.DEFAULT_IFNAME,
+        ifname: str = CONTAINER_IFNAME,
         name: str | None = None,
     ) -> dict[str, Any]:
         """Attach a running container through its PID's namespace; IPAM and DNS by its id."""

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from meshnet.dataplane import netlink
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import MeshnetError, UserError
 
 SOL_UDP = 17

@@ -1,4 +1,4 @@
-"""meshnet's two nftables tables, as pure script builders, and the `nft` runner.
+"""meshnet's two nftables tables, as pure script builders; `apply` and `counters` run nft.
 
 * ``bridge meshnet`` — isolation, on the bridge itself (frames, not routes), keyed on the port a
   frame comes in by or goes out of. Every container port may send only from the addresses
@@ -24,7 +24,8 @@
 
 Nothing else is touched: every script names only these two tables. The bridge table's rules never
 change: updates flush and refill its sets, so its drop counters (``spoofed``, ``isolated``,
-``protocol``) count on. The scripts are applied with ``nft -f -`` (one atomic transaction).
+``protocol``) count on. The scripts are applied with ``nft -f -`` (one atomic transaction), through
+``meshnet.dataplane.kernel.nft``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import (
@@ -45,6 +44,7 @@ from ipaddress import (
     IPv6Network,
 )
 
+from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.errors import UserError
 
 TABLE = "meshnet"
@@ -52,10 +52,6 @@ COUNTERS = ("spoofed", "isolated", "protocol")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 
 Interface = IPv4Interface | IPv6Interface
-
-
-class NftError(UserError):
-    """nft refused a script (or is missing)."""
 
 
 @dataclass(frozen=True)
@@ -284,28 +280,17 @@ def parse_counters(text: str) -> dict[str, int]:
     return found
 
 
-# --- the nft binary -----------------------------------------------------------------------------
-
-
-def _nft(*args: str, script: str | None = None) -> str:
-    if shutil.which("nft") is None:
-        raise NftError("nft not found: meshnet needs nftables (apt-get install nftables)")
-    result = subprocess.run(
-        ["nft", *args], input=script, capture_output=True, text=True, check=False, timeout=30
-    )
-    if result.returncode != 0:
-        raise NftError(f"nft failed: {' '.join(result.stderr.strip().split())}")
-    return result.stdout
+# --- applying them ------------------------------------------------------------------------------
 
 
 def apply(script: str) -> None:
     """Run a script in one transaction: all of it happens, or none."""
-    _nft("-f", "-", script=script)
+    run_nft("-f", "-", script=script)
 
 
 def counters() -> dict[str, int]:
     """The bridge table's drop counters ({} when it is not there)."""
     try:
-        return parse_counters(_nft("-j", "list", "counters", "table", "bridge", TABLE))
+        return parse_counters(run_nft("-j", "list", "counters", "table", "bridge", TABLE))
     except NftError:
         return {}

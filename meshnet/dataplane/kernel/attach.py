@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnet.dataplane import netlink
+from meshnet.constants import BRIDGE, CONTAINER_IFNAME
+from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 
 log = logging.getLogger("meshnet.dataplane")
@@ -117,7 +118,7 @@ def _candidate_namespaces() -> Iterator[str]:
         yield f"/proc/{pid}/ns/net"
 
 
-def host_ifname_for(ref: NamespaceRef, ifname: str = "ethwe") -> str:
+def host_ifname_for(ref: NamespaceRef, ifname: str = CONTAINER_IFNAME) -> str:
     """The host end's name: "vethwe" and 9 hex digits of a hash of the namespace and ifname."""
     digest = hashlib.blake2s(f"{ref.inode[0]}:{ref.inode[1]}/{ifname}".encode()).hexdigest()
     return (HOST_PREFIX + digest)[: IFNAMSIZ - 1]
@@ -254,7 +255,7 @@ def _attachment(port: _Port) -> Attachment:
     )
 
 
-def list_attachments(bridge: str = "meshnet", *, host: str | None = None) -> list[Attachment]:
+def list_attachments(bridge: str = BRIDGE, *, host: str | None = None) -> list[Attachment]:
     """Every container attached to `bridge` (in namespace `host`; None: ours), from the kernel."""
     attachments = [_attachment(p) for p in _ports(bridge, host)]
     return sorted(attachments, key=lambda a: (a.namespace, a.ifname))
@@ -278,8 +279,8 @@ def _our_port(
 def attach(
     ref: NamespaceRef,
     *,
-    bridge: str = "meshnet",
-    ifname: str = "ethwe",
+    bridge: str = BRIDGE,
+    ifname: str = CONTAINER_IFNAME,
     addresses: list[str],
     mtu: int,
     mac: str | None = None,
@@ -403,9 +404,9 @@ def _check_conflicts(
 def detach(
     ref: NamespaceRef,
     *,
-    ifname: str = "ethwe",
+    ifname: str = CONTAINER_IFNAME,
     addresses: list[str] | None = None,
-    bridge: str = "meshnet",
+    bridge: str = BRIDGE,
     host: str | None = None,
 ) -> bool:
     """Remove `addresses` from the container (the veth too once none remain), or the veth.
