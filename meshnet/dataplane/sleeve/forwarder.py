@@ -283,14 +283,8 @@ class Forwarder:
             overhead = segment_body - self._snapshot.overlay_mtu
             self._too_big(frame, max(576, budget - overhead))
             return
-        first = wire.DatagramHeader(
-            kind=wire.Kind.SEGMENT,
-            flags=flags,
-            ttl=MAX_TTL,
-            origin=snap.local,
-            destination=destination,
-            hop=snap.local,
-            sequence=neighbour.sequences.take(plan.segments),
+        first = _originated(
+            snap, wire.Kind.SEGMENT, flags, destination, neighbour.sequences.take(plan.segments)
         )
         try:
             run = wire.encode_superframe(
@@ -313,15 +307,7 @@ class Forwarder:
         if neighbour is None:
             self._tx.drops["no_path"] += 1
             return
-        header = wire.DatagramHeader(
-            kind=wire.Kind.FRAMES,
-            flags=flags,
-            ttl=MAX_TTL,
-            origin=snap.local,
-            destination=destination,
-            hop=snap.local,
-            sequence=neighbour.sequences.take(),
-        )
+        header = _originated(snap, wire.Kind.FRAMES, flags, destination, neighbour.sequences.take())
         self._send(neighbour, [wire.encode_datagram(header, body, neighbour.send_key)], self._tx)
 
     def _send(
@@ -553,6 +539,21 @@ class Forwarder:
             frames = reassembler.flush(now, older_than=now if idle else now - 0.005)
             if frames:
                 self._write_frames(origin, frames, False, now)
+
+
+def _originated(
+    snap: Snapshot, kind: wire.Kind, flags: int, destination: int, sequence: int
+) -> wire.DatagramHeader:
+    """The header of a datagram we send first: we are its origin and its hop, its TTL full."""
+    return wire.DatagramHeader(
+        kind=kind,
+        flags=flags,
+        ttl=MAX_TTL,
+        origin=snap.local,
+        destination=destination,
+        hop=snap.local,
+        sequence=sequence,
+    )
 
 
 def _sum_drops(*threads: _Counts) -> dict[str, int]:
