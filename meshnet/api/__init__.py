@@ -1,7 +1,8 @@
 """The daemon's HTTP/JSON API on a unix socket (hypercorn + a small ASGI app), and its client.
 
 - ``server``   serves the app on the daemon's unix socket (and optionally on loopback HTTP)
-- ``asgi``     ASGI plumbing shared with the Docker plugin: lifespan, serving on a unix socket
+- ``http_gate`` what HTTP clients may do: GET of metrics, status and report, for our Host only
+- ``asgi``     ASGI plumbing shared with the Docker plugin: lifespan, serving on a socket or TCP
 - ``app``      the routes: each parses a request, calls one method of the node, formats the answer
 - ``observe``  the read-only views: `/report`, `/metrics`, `/stream`, `/events`
 - ``report``   the whole state of one router as one JSON-ready value

@@ -29,27 +29,39 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+def _hypercorn(bind: str, logger: str) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [bind]
+    config.umask = 0o177
+    config.accesslog = None
+    config.errorlog = logging.getLogger(logger)
+    config.graceful_timeout = 1.0
+    return config
+
+
 async def serve_on_socket(
     app: App,
     socket_path: Path,
     *,
     logger: str,
-    http_addr: tuple[str, int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled on ``socket_path`` (created 0600), and on ``http_addr`` if given
-    (loopback: the caller checks); the socket file goes with the server."""
+    """Serve until cancelled on ``socket_path`` (created 0600); the file goes with the server."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
-    config = HypercornConfig()
-    config.bind = [f"unix:{socket_path}"]
-    if http_addr is not None:
-        host, port = http_addr
-        config.bind.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    config.umask = 0o177
-    config.accesslog = None
-    config.errorlog = logging.getLogger(logger)
-    config.graceful_timeout = 1.0
     try:
-        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+        await serve(app, _hypercorn(f"unix:{socket_path}", logger), task_status=task_status)  # type: ignore[arg-type]
     finally:
         socket_path.unlink(missing_ok=True)
+
+
+async def serve_on_tcp(
+    app: App,
+    host: str,
+    port: int,
+    *,
+    logger: str,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled on ``host``:``port`` (the caller keeps it to loopback)."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    await serve(app, _hypercorn(bind, logger), task_status=task_status)  # type: ignore[arg-type]

@@ -1,14 +1,18 @@
 """Serve the API on the daemon's unix socket (mode 0600: only root talks to the router), and
-optionally over HTTP on loopback for a local Prometheus."""
+optionally over HTTP on loopback for a local Prometheus, read-only (see http_gate)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from meshnet.api.app import ApiApp
-from meshnet.api.asgi import serve_on_socket
+from meshnet.api.asgi import serve_on_socket, serve_on_tcp
+from meshnet.api.http_gate import ReadOnlyGate
+
+LOGGER = "meshnet.api.hypercorn"
 
 
 async def serve_api(
@@ -19,10 +23,10 @@ async def serve_api(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; also over HTTP on ``http_addr`` (loopback, checked by the CLI)."""
-    await serve_on_socket(
-        app,
-        socket_path,
-        logger="meshnet.api.hypercorn",
-        http_addr=http_addr,
-        task_status=task_status,
-    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_on_socket, app, socket_path, logger=LOGGER))
+        if http_addr is not None:
+            host, port = http_addr
+            gate = ReadOnlyGate(app, host, port)
+            await nursery.start(partial(serve_on_tcp, gate, host, port, logger=LOGGER))
+        task_status.started()

@@ -177,3 +177,34 @@ def test_the_api_over_http_on_loopback(daemon: Daemon) -> None:
     assert daemon.meshnet("stop").returncode == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/status", timeout=5)
+
+
+def test_over_http_nothing_changes_state_and_only_our_address_is_served(daemon: Daemon) -> None:
+    """A local user, or a web page in a local browser (a cross-site POST, or DNS rebinding: a
+    name of the attacker's that resolves to 127.0.0.1), attacks the HTTP API of a real router:
+    nothing that changes state is done, and nothing is shown to a request for another host."""
+    http_port = free_port()
+    launched = daemon.meshnet(
+        "launch", "--port", str(daemon.port), "--http-addr", f"127.0.0.1:{http_port}"
+    )
+    assert launched.returncode == 0, launched.stderr
+    base = f"http://127.0.0.1:{http_port}"
+    ours, rebound = f"127.0.0.1:{http_port}", f"evil.example:{http_port}"
+    for method, path, body in (
+        ("POST", "/stop", {}),
+        ("POST", "/connect", {"address": "127.0.0.1:1"}),
+        ("POST", "/attach", {"container": "1"}),
+        ("POST", "/expose", {"addresses": []}),
+        ("POST", "/ipam/reset", {}),
+    ):
+        for host in (ours, rebound):
+            answer = httpx.request(method, f"{base}{path}", json=body, headers={"Host": host})
+            assert answer.status_code in (403, 404, 405), (method, path, host, answer.text)
+    for path in ("/status", "/metrics", "/report", "/status/peers"):
+        refused = httpx.get(f"{base}{path}", headers={"Host": rebound}, timeout=5)
+        assert refused.status_code == 403 and "meshnet_" not in refused.text
+        assert httpx.get(f"{base}{path}", headers={"Host": f"localhost:{http_port}"}).is_success
+    assert httpx.get(f"{base}/containers", timeout=5).status_code == 404  # not read-only enough
+    status = ApiClient(daemon.socket).get("/status")  # still running, nothing connected
+    assert status["name"] == launched.stdout.strip()
+    assert ApiClient(daemon.socket).get("/status/targets") == []
