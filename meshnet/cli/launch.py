@@ -17,6 +17,7 @@ from meshnet.cli.launch_options import (
     config_from_options,
     envvar,
     launch_options,
+    launch_warnings,
     relaunch_args,
     relaunch_environment,
 )
@@ -63,6 +64,8 @@ def launch(
     """
     password = _read_password_file(password_file) if password_file is not None else None
     config = config_from_options(peers, options, password=password)
+    for warning in launch_warnings(config):  # in a background launch, the child logs them too
+        click.echo(f"warning: {warning}", err=True)
     client = ApiClient(config.api_socket)
     if client.is_ready():
         status = client.get("/status")

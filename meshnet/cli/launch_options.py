@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,14 +118,46 @@ def _field_default(path: str) -> Any:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name].default
 
 
+class Seconds(click.FloatRange):
+    """A finite number of seconds in a range (click's FloatRange lets ``nan`` through: every
+    comparison with it is false)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return converted
+
+
 def _network(flag: str) -> Callable[[str], ipaddress.IPv4Network]:
     def parse(text: str) -> ipaddress.IPv4Network:
         try:
-            return ipaddress.IPv4Network(text)
+            network = ipaddress.IPv4Network(text)
         except ValueError as e:
             raise UserError(f"bad {flag} {text!r}: {e}") from None
+        return _container_range(flag, network)
 
     return parse
+
+
+def _container_range(flag: str, network: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """Container addresses must be unicast ones that routes can reach: not the whole address
+    space (it would swallow the underlay's routes), nor loopback, multicast, link-local,
+    "this network" or reserved space."""
+    if network.prefixlen == 0:
+        raise UserError(f"bad {flag} {network}: the whole address space; give a private range")
+    for what, special in (
+        ("loopback", ipaddress.IPv4Network("127.0.0.0/8")),
+        ("multicast", ipaddress.IPv4Network("224.0.0.0/4")),
+        ("link-local", ipaddress.IPv4Network("169.254.0.0/16")),
+        ('"this network"', ipaddress.IPv4Network("0.0.0.0/8")),
+        ("reserved", ipaddress.IPv4Network("240.0.0.0/4")),
+    ):
+        if network.overlaps(special):
+            raise UserError(f"bad {flag} {network}: it overlaps {what} addresses ({special})")
+    return network
 
 
 def _trusted_subnets(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -208,7 +241,7 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         "--heartbeat-interval",
         "heartbeat_interval",
         "Idle time before a heartbeat; three missed ones mean a dead connection.",
-        click.FloatRange(0.1, 300),
+        Seconds(0.1, 300),
         metavar="SECONDS",
     ),
     LaunchOption(
@@ -300,7 +333,7 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         "--dns-upstream-timeout",
         "dns.upstream_timeout",
         "How long upstream servers may take before the client gets SERVFAIL.",
-        click.FloatRange(0.1, 60),
+        Seconds(0.1, 60),
         metavar="SECONDS",
     ),
     # Docker.
@@ -394,6 +427,18 @@ def _check_ipalloc(config: Config, peers: int) -> None:
         )
     if config.ipalloc_init:
         parse_init(config.ipalloc_init, peers)
+
+
+def launch_warnings(config: Config) -> list[str]:
+    """What a launch allows but a user should hear about loudly: each one line."""
+    warnings = []
+    for network in config.trusted_subnets:
+        if not network.is_private:
+            warnings.append(
+                f"--trusted-subnets {network} is not a private network: with a password, fastdp "
+                "still carries frames in the clear (unencrypted VXLAN) to every peer in it"
+            )
+    return warnings
 
 
 def _value(config: Config, path: str) -> Any:

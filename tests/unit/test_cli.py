@@ -114,3 +114,11 @@ def test_every_command_has_help() -> None:
     ):  # fmt: skip
         result = run_meshnet(*args, "--help")
         assert result.returncode == 0 and "Usage: meshnet" in result.stdout, args
+
+
+def test_bad_launch_options_get_one_line(tmp_path: Path) -> None:
+    common = ("--state-dir", str(tmp_path), "--api-socket", str(tmp_path / "api.sock"))
+    nan = run_meshnet("launch", "--foreground", "--heartbeat-interval", "nan", *common)
+    assert_one_line_error(nan, "--heartbeat-interval", "not a number of seconds")
+    loopback = run_meshnet("launch", "--ipalloc-range", "127.0.0.0/8", *common)
+    assert_one_line_error(loopback, "--ipalloc-range", "loopback")

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from ipaddress import IPv4Network
 
+import click
 import pytest
 
 from meshnet.cli.launch import launch
@@ -14,6 +15,7 @@ from meshnet.cli.launch_options import (
     SECTIONS,
     config_from_options,
     envvar,
+    launch_warnings,
     relaunch_args,
     relaunch_environment,
 )
@@ -138,11 +140,31 @@ def test_variables_set_options(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--trusted-subnets", "10.0.0.0/33"], "bad --trusted-subnets"),
         (["--password", ""], "the password is empty"),
         (["--dns-upstream", "nope"], "bad DNS upstream"),
+        (["--ipalloc-range", "0.0.0.0/0"], "the whole address space"),
+        (["--ipalloc-range", "127.0.0.0/8"], "overlaps loopback"),
+        (["--ipalloc-range", "224.0.0.0/4"], "overlaps multicast"),
+        (["--ipalloc-range", "169.254.0.0/16"], "overlaps link-local"),
+        (["--ipalloc-range", "0.0.0.0/8"], 'overlaps "this network"'),
+        (["--ipalloc-range", "240.0.0.0/4"], "overlaps reserved"),
+        (["--ipalloc-range", "10.0.0.0/8", "--ipalloc-default-subnet", "127.0.0.0/24"], "loopback"),
     ],
 )
 def test_mistakes_are_user_errors(argv: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         parse(argv)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("flag", ["--heartbeat-interval", "--dns-upstream-timeout"])
+def test_seconds_must_be_finite(flag: str, value: str) -> None:
+    with pytest.raises(click.BadParameter, match=r"not a number of seconds|not in the range"):
+        parse([flag, value])
+
+
+def test_trusting_public_networks_is_allowed_with_a_warning() -> None:
+    assert launch_warnings(parse(["--trusted-subnets", "10.0.0.0/8,fd00::/8"])) == []
+    (warning,) = launch_warnings(parse(["--trusted-subnets", "10.0.0.0/8,0.0.0.0/0"]))
+    assert "0.0.0.0/0 is not a private network" in warning
 
 
 def test_password_and_password_file_exclude_each_other() -> None:
