@@ -3,6 +3,10 @@
 A crash leaves either the old file or the new one, never a torn one: the data goes to a temporary
 file in the same directory, is fsynced, renamed over the target, and the directory is fsynced so
 the rename itself is on disk. Files are created 0600 (keys, identities and ownership live here).
+
+A file that cannot be decoded is never silently replaced: ``set_aside`` renames it next to where
+it was, so the owner can rebuild its state from what the mesh and the kernel still hold and a
+human can look at what went wrong.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -38,3 +43,16 @@ def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o600) -> Non
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def set_aside(path: Path, *, now: float | None = None) -> Path:
+    """Rename an unreadable ``path`` to ``<name>.corrupt-<UTC time>`` (never over an earlier
+    one) and return the new path; the caller logs why and rebuilds."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{suffix}")
+    os.replace(path, aside)
+    return aside

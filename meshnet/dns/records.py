@@ -144,6 +144,8 @@ class RecordsStatistics:
     expired: int
     #: Records dropped because the store was full (``MAX_RECORDS``).
     overflow: int
+    #: Our own records taken back from the mesh after our state file was lost (``recover``).
+    recovered: int = 0
 
 
 class Records:
@@ -171,6 +173,8 @@ class Records:
         self._reassertions = 0
         self._expired = 0
         self._overflow = 0
+        self._recover_until = -math.inf
+        self._recovered = 0
         self._generation = 0
         self._index: NameIndex | None = None
         self._full: bytes | None = None
@@ -258,6 +262,7 @@ class Records:
             reassertions=self._reassertions,
             expired=self._expired,
             overflow=self._overflow,
+            recovered=self._recovered,
         )
 
     # --- local changes
@@ -331,6 +336,13 @@ class Records:
             if current is None or beats(r, current):
                 self._store(r)
             self._counter = max(self._counter, r.version)
+
+    def recover(self, until: float) -> None:
+        """Our persisted records are lost (an unreadable state file): until ``until``, a live
+        record of ours that the mesh still holds is taken back as ours instead of being
+        tombstoned as forgotten, so a damaged file costs no names mesh-wide. Bounded by the
+        tombstone TTL in practice: anything older could be a removal the mesh has forgotten."""
+        self._recover_until = until
 
     def expire(self, now: float) -> int:
         """Forget tombstones older than the TTL; how many were dropped."""
@@ -437,6 +449,11 @@ class Records:
             return None
         if ours is None and theirs.tombstone is not None:
             return None  # they agree it is gone; we need not remember it
+        if ours is None and self._now < self._recover_until:
+            self._counter = max(self._counter, theirs.version)
+            self._store(theirs)
+            self._recovered += 1
+            return theirs
         if theirs.version >= MAX_VERSION:
             raise RemoteProtocolError("one of our DNS records at the maximum version")
         self._counter = max(self._counter, theirs.version)

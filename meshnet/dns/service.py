@@ -47,7 +47,7 @@ from meshnet.dns.settings import (
 from meshnet.errors import MeshnetError, RemoteProtocolError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
-from meshnet.statefile import write_atomically
+from meshnet.statefile import set_aside, write_atomically
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -310,8 +310,18 @@ class DnsService:
         try:
             self.records.restore(decode_records(data))
         except (RemoteProtocolError, ValueError) as e:
-            # Not fatal: the mesh re-asserts nothing of ours it holds, we just start empty.
-            log.error("%s: ignoring unreadable %s: %s", self._nick, self._path, e)
+            # Not fatal, and not a reset: the mesh still holds our names, which we take back.
+            aside = set_aside(self._path)
+            self.records.recover(until=time.time() + self.records.tombstone_ttl)
+            log.error(
+                "%s: unreadable DNS records %s (%s): moved aside to %s; taking our names back "
+                "from the mesh for %.0f s",
+                self._nick,
+                self._path,
+                e,
+                aside.name,
+                self.records.tombstone_ttl,
+            )
             return b""
         return data
 

@@ -96,6 +96,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             if self.ramps is not None and self.dataplane is not None:
                 await nursery.start(self.ramps.serve, self.dataplane)
+                if self.ramps.rebuilding:
+                    await self._rebuild_exposed(self.ramps)
                 nursery.start_soon(self._reclaim_exposed, self.ramps)
             task_status.started()
 
@@ -302,6 +304,35 @@ class Node:
                 log.warning(
                     "%s: exposed %s not reserved in IPAM: %s", self._nick, address.network, e
                 )
+
+    async def _rebuild_exposed(self, ramps: Ramps) -> None:
+        """The ramps lost their state file: expose again every address IPAM holds for this
+        peer's exposures, under the names DNS holds for them (masquerade, the default, since
+        the choice was in the lost file). Addresses given outside the range are not in IPAM and
+        stay lost; the log says so."""
+        if self.ipam is None:
+            log.error("%s: without IPAM, what was exposed cannot be rebuilt", self._nick)
+            return
+        names: dict[str, list[str]] = {}
+        if self.dns is not None:
+            for r in self.dns.records.own_records():
+                if r.live:
+                    names.setdefault(r.container, []).append(r.name)
+        for owner, held in sorted(self.ipam.holders("expose:").items()):
+            _, subnet, peer = owner.split(":", 2)
+            if peer != self.peer:
+                continue
+            network = ipaddress.IPv4Network(subnet)
+            for text in held:
+                address = IPv4Interface(f"{text}/{network.prefixlen}")
+                fqdns: list[str | None] = [*names.get(owner, [])] or [None]
+                try:
+                    for fqdn in fqdns:
+                        await ramps.expose([address], fqdn=fqdn)
+                except UserError as e:
+                    log.error("%s: %s not exposed again: %s", self._nick, address, e)
+                    continue
+                log.warning("%s: exposed %s again (rebuilt, with masquerade)", self._nick, address)
 
     # --- IPAM's peers
 

@@ -56,7 +56,7 @@ from meshnet.node.ramps_state import (
     needs_route_to,
 )
 from meshnet.node.specs import parse_exposure
-from meshnet.statefile import write_atomically
+from meshnet.statefile import set_aside, write_atomically
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -209,6 +209,9 @@ class Ramps:
         self.peer = format_peer_name(router.identity.name)
         self._nick = router.identity.nickname
         self._path = config.state_dir / STATE_FILE
+        #: The state file was unreadable: the node rebuilds what was exposed from IPAM and DNS
+        #: (ports are adopted from the bridge as always).
+        self.rebuilding = False
         self.state = self._load()
         self._saved = self.state.encode()
         self._forgotten = False
@@ -573,7 +576,16 @@ class Ramps:
         try:
             return RampsState.decode(raw)
         except ValueError as e:
-            log.error("%s: ignoring unreadable %s: %s", self._nick, self._path, e)
+            aside = set_aside(self._path)
+            self.rebuilding = True
+            log.error(
+                "%s: unreadable %s (%s): moved aside to %s; rebuilding what is exposed from "
+                "IPAM and DNS, and container ports from the bridge",
+                self._nick,
+                self._path,
+                e,
+                aside.name,
+            )
             return RampsState()
 
     def _save(self) -> None:

@@ -367,6 +367,28 @@ def test_owner_tombstones_a_record_it_no_longer_holds() -> None:
     assert away.visible() == frozenset()
 
 
+def test_an_owner_that_lost_its_file_takes_its_records_back_within_the_window() -> None:
+    """A corrupt state file: what the mesh holds of ours comes back as ours, not tombstoned;
+    after the window, the usual rule (a record we do not hold was removed) applies again."""
+    before = Records(peer=2, now=NOW, tombstone_ttl=TTL)
+    web = before.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    db = before.register("db.meshnet.local.", "10.32.0.3", "c2", NOW)
+    assert web is not None and db is not None
+    restarted = Records(peer=2, now=NOW + 5, tombstone_ttl=TTL)
+    restarted.recover(until=NOW + 5 + TTL)
+    assert restarted.on_gossip(web) is not None
+    assert restarted.take_reassertions() is None  # nothing to tell the mesh: it is right
+    assert restarted.addresses("web.meshnet.local") == ["10.32.0.2"]
+    assert restarted.statistics().recovered == 1
+    assert [r.name for r in restarted.own_records()] == ["web.meshnet.local."]  # persisted
+    later = restarted.register("new.meshnet.local.", "10.32.0.4", "c3", NOW + 6)
+    [taken] = decode_records(web)
+    assert later is not None and decode_records(later)[0].version > taken.version
+    restarted.expire(NOW + 5 + TTL)
+    news = restarted.on_gossip(db)
+    assert news is not None and decode_records(news)[0].tombstone is not None
+
+
 def test_owner_ignores_older_versions_and_agreeing_tombstones() -> None:
     owner = Records(peer=2, now=NOW)
     owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)

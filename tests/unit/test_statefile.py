@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from meshnet.statefile import write_atomically
+from meshnet.statefile import set_aside, write_atomically
 
 
 def test_writes_bytes_and_text_creating_the_directory(tmp_path: Path) -> None:
@@ -32,3 +32,15 @@ def test_a_failed_rename_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pa
         write_atomically(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["state"]
+
+
+def test_a_corrupt_file_is_set_aside_never_over_an_earlier_one(tmp_path: Path) -> None:
+    target = tmp_path / "dns-records.msgpack"
+    target.write_bytes(b"first")
+    first = set_aside(target, now=0)
+    assert first.name == "dns-records.msgpack.corrupt-19700101T000000Z"
+    target.write_bytes(b"second")
+    second = set_aside(target, now=0)
+    assert second.name == "dns-records.msgpack.corrupt-19700101T000000Z-2"
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+    assert not target.exists()
