@@ -66,6 +66,7 @@ from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire
 from meshnet.gossip import handshake as hs
+from meshnet.gossip.framing import KEY_SIZE
 from meshnet.gossip.identity import Identity, parse_peer_name
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
@@ -101,7 +102,7 @@ def _ipv4_checksum(header: bytes) -> int:
     total = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def _ipv4(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
@@ -218,7 +219,7 @@ def client_handshake() -> Any | None:
         "local": Identity(int.from_bytes(os.urandom(6)), "stranger", int.from_bytes(os.urandom(7))),
         "features": {},
         "rng": os.urandom,
-        "stretched_key": os.urandom(hs.KEY_SIZE),  # a wrong password's key looks like this
+        "stretched_key": os.urandom(KEY_SIZE),  # a wrong password's key looks like this
         "password": b"not the password",
     }
     kwargs = {}
@@ -454,7 +455,7 @@ def counter_deltas(before: dict[str, float], after: dict[str, float]) -> str:
         if COUNTER_WORDS.search(k.rsplit(".", 1)[-1]) and after[k] != before.get(k, 0)
     ]
     moved.sort(reverse=True)
-    return ", ".join(f"{'.'.join(k.split('.')[-2:])} +{d:.0f}" for d, k in moved[:3]) or "-"
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} +{d:.0f}" for d, k in moved[:3]) or "-"
 
 
 def _wait_for_fastdp(lab_name: str) -> bool:
@@ -551,7 +552,7 @@ def mesh_lab(kind: str, console: Console) -> Iterator[Lab]:
         lab = Lab(
             kind,
             name,
-            {"fastdp": "fastdp", "sleeve": "sleeve", "encrypted": "sleeve, sealed"}[kind],
+            {"fastdp": "fastdp", "sleeve": "sleeve", "encrypted": "sleeve, password"}[kind],
             hosts["h1"],
             hosts["h2"],
             conts["h1"],
@@ -577,14 +578,16 @@ def _wait_for_ping(lab: Lab) -> None:
             raise RuntimeError(f"{lab.kind}: no connectivity between the containers")
 
 
-def measure_traffic(lab: Lab, seconds: int) -> tuple[float | None, float | None]:
-    """Ping loss (%) and single-stream iperf3 Gbit/s between the containers, at once."""
+def measure_traffic(lab: Lab, seconds: int) -> tuple[float | None, float | None, str]:
+    """Ping loss (%) and single-stream iperf3 Gbit/s between the containers, at once, and a
+    note when iperf3 could not finish (0 Gbit/s then: its connection stalled)."""
     target = lab.ip(lab.c2)
     server = subprocess.Popen(
         in_ns(lab.c2["namespace"], "iperf3", "-s", "-1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    note = ""
     try:
         time.sleep(0.3)
         ping = subprocess.Popen(
@@ -593,24 +596,34 @@ def measure_traffic(lab: Lab, seconds: int) -> tuple[float | None, float | None]
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        out = subprocess.run(
-            in_ns(lab.c1["namespace"], "iperf3", "-c", target, "-t", str(seconds), "-J"),
-            capture_output=True,
+        client = subprocess.Popen(
+            in_ns(
+                lab.c1["namespace"],
+                *("iperf3", "-c", target, "-t", str(seconds), "-J", "--connect-timeout", "3000"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=seconds + 30,
-            check=False,
         )
+        try:
+            out, _ = client.communicate(timeout=seconds + 10)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            out, _ = client.communicate()
+            out, note = "", "iperf3 stalled"
         ping_out, _ = ping.communicate(timeout=seconds + 10)
     finally:
         server.kill()
         server.wait()
     m = re.search(r"([\d.]+)% packet loss", ping_out)
     loss = float(m.group(1)) if m else None
+    gbits: float | None = 0.0 if note else None
     try:
-        gbits = json.loads(out.stdout)["end"]["sum_sent"]["bits_per_second"] / 1e9
+        gbits = json.loads(out)["end"]["sum_sent"]["bits_per_second"] / 1e9
     except (ValueError, KeyError):
-        gbits = None
-    return loss, gbits
+        with suppress(ValueError, KeyError):
+            note = "iperf3: " + str(json.loads(out)["error"]).removeprefix("error - ")[:40]
+    return loss, gbits, note
 
 
 @contextmanager
@@ -736,7 +749,9 @@ def run_row(
         else _nothing() as reached,
         attack_workers(lab, worker, specs) if worker else _nothing() as totals,
     ):
-        loss, gbits = measure_traffic(lab, seconds)
+        loss, gbits, traffic_note = measure_traffic(lab, seconds)
+        if traffic_note:
+            notes.append(traffic_note)
         if join:
             notes.append(f"join {join_third_router(lab)}")
         rss_after = rss_mib(lab.h1_pid) if Path(f"/proc/{lab.h1_pid}").exists() else float("nan")
@@ -863,7 +878,7 @@ def main() -> int:
     unknown = [a for a in wanted if a not in PLANS]
     if unknown:
         parser.error(f"unknown attack {', '.join(unknown)}: use {', '.join(PLANS)}")
-    console = Console(width=max(Console().width, 160))
+    console = Console(width=max(Console().width, 200))
     rows: list[Row] = []
     for kind in LAB_ORDER:
         plans = [p for a in wanted for p in PLANS[a] if p[0] == kind]
@@ -892,29 +907,13 @@ def main() -> int:
         title=f"Attacks on h1 ({args.seconds} s each; UDP floods paced to {args.rate:.0f}/s; "
         f"{os.cpu_count()} cores)"
     )
-    for column in (
-        "attack",
-        "lab (data path)",
-        "ping loss %",
-        "iperf3 Gbit/s",
-        "x baseline",
-        "h1 RSS MiB before -> after",
-        "sent",
-        "h1 drop/refusal counters (delta)",
-        "note",
-    ):
-        table.add_column(
-            column,
-            justify="left"
-            if column
-            in ("attack", "lab (data path)", "sent", "h1 drop/refusal counters (delta)", "note")
-            else "right",
-            overflow="fold",
-        )
+    numeric = ("ping loss %", "iperf3 Gbit/s", "x baseline", "h1 RSS MiB before -> after", "sent")
+    for column in ("attack", "data path", *numeric, "h1 drop/refusal counters, delta", "note"):
+        table.add_column(column, justify="right" if column in numeric else "left", overflow="fold")
     for r in rows:
         table.add_row(
             r.attack,
-            f"{r.lab.kind} ({r.lab.path})",
+            r.lab.path,
             f"{r.loss:.1f}" if r.loss is not None else "-",
             f"{r.gbits:.2f}" if r.gbits is not None else "-",
             f"{r.gbits / r.baseline:.2f}" if r.gbits is not None and r.baseline else "",
