@@ -430,6 +430,13 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def udp_receive_drops(pid: int) -> int:
+    """UDP datagrams h1's kernel dropped for a full socket buffer (the router fell behind)."""
+    lines = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()]
+    udp = [fields for fields in lines if fields[0] == "Udp:"]
+    return int(dict(zip(udp[0], udp[1], strict=True)).get("RcvbufErrors", 0))
+
+
 def counters(lab: Lab) -> dict[str, float]:
     """Every numeric leaf of h1's status and data plane status, by dotted path."""
     out: dict[str, float] = {}
@@ -623,6 +630,7 @@ def measure_traffic(lab: Lab, seconds: int) -> tuple[float | None, float | None,
     except (ValueError, KeyError):
         with suppress(ValueError, KeyError):
             note = "iperf3: " + str(json.loads(out)["error"]).removeprefix("error - ")[:40]
+            gbits = 0.0  # it could not even connect
     return loss, gbits, note
 
 
@@ -742,6 +750,7 @@ def run_row(
     join: bool = False,
 ) -> Row:
     rss_before, before = rss_mib(lab.h1_pid), counters(lab)
+    udp_drops = udp_receive_drops(lab.h1_pid)
     notes: list[str] = []
     with (
         capture_count(lab.c1["namespace"], lab.c1["interface"])
@@ -756,6 +765,9 @@ def run_row(
             notes.append(f"join {join_third_router(lab)}")
         rss_after = rss_mib(lab.h1_pid) if Path(f"/proc/{lab.h1_pid}").exists() else float("nan")
         after = counters(lab)
+        udp_drops = udp_receive_drops(lab.h1_pid) - udp_drops
+        if udp_drops:
+            notes.append(f"h1 UDP rcvbuf drops {udp_drops}")
         if worker == "preauth":
             with suppress(Exception):
                 held = lab.api.get("/status")["connections"]
