@@ -26,7 +26,7 @@ from meshnet.dataplane.kernel import vxlan_filter
 from meshnet.lab import lab as lablib
 from tests.net.conftest import ns_run
 from tests.net.test_fastdp import host_ns, vxlan_packets, wait_paths
-from tests.net.test_mesh import api, cli_json, daemon_pid
+from tests.net.test_mesh import api, cli_json, daemon_pid, wait_for
 from tests.net.test_overlay import containers, dataplane, ip_of, wait_ping
 from tests.net.test_tui import metrics
 
@@ -193,6 +193,13 @@ def test_vxlan_from_a_stranger_never_reaches_a_container_and_is_counted(make_lab
     samples = metrics(api(state, "h1"))
     assert samples[("meshnet_fastdp_foreign_dropped_total", ())] >= dropped
     assert _rss_kib(pid) - rss_before < 10 * 1024  # dropped in the kernel: nothing grows
+
+    # A router that stops takes its device and then its filter with it.
+    api(state, "h1").post("/stop")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=20, what="h1's router to stop")
+    namespace = host_ns(state, "h1")
+    assert ns_run(namespace, "ip", "link", "show", DEVICE).returncode != 0
+    assert vxlan_filter.TABLE not in ns_run(namespace, "nft", "list", "tables").stdout
 
 
 def test_with_a_password_and_no_trusted_subnets_there_is_no_vxlan_device(make_lab: Any) -> None:
