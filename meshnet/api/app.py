@@ -68,7 +68,7 @@ class ApiApp:
             ("POST", "/connect"): self._connect,
             ("POST", "/forget"): self._forget,
             ("POST", "/stop"): self._stop,
-            ("GET", "/status/dataplane"): lambda _: node.require_dataplane().status(),
+            ("GET", "/status/dataplane"): self._dataplane_status,
             ("GET", "/containers"): lambda _: node.containers(),
             ("POST", "/attach"): self._attach,
             ("POST", "/detach"): self._detach,
@@ -135,6 +135,11 @@ class ApiApp:
         ):
             # Only now: stopping cancels the server, which would cut this response short.
             self.request_stop()
+
+    async def _dataplane_status(self, _: dict[str, Any]) -> dict[str, Any]:
+        dataplane = self.node.require_dataplane()
+        await dataplane.refresh()
+        return dataplane.status()
 
     def _connect(self, body: dict[str, Any]) -> dict[str, Any]:
         address = normalize_address(_address(body))

@@ -144,6 +144,12 @@ def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
     for state, n in sorted(by_state.items()):
         paths.add_metric([state], n)
     yield paths
+    fastdp_filter = (status.get("fastdp") or {}).get("filter") or {}
+    yield CounterMetricFamily(
+        "meshnet_fastdp_foreign_dropped",
+        "VXLAN datagrams dropped because they came from no peer that fastdp uses.",
+        value=fastdp_filter.get("foreign_dropped") or 0,
+    )
     yield GaugeMetricFamily(
         "meshnet_dataplane_macs",
         "MAC addresses the switch has learned.",

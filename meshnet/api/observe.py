@@ -27,6 +27,8 @@ def raw_routes(sources: Sources) -> dict[tuple[str, str], RawHandler]:
     registry = metrics.registry_for(sources)
 
     async def serve_metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        if sources.dataplane is not None and sources.dataplane.forwarder is not None:
+            await sources.dataplane.refresh()  # what the kernel counts, read before rendering
         body = metrics.render(registry)
         await send(
             {

@@ -54,6 +54,7 @@ async def collect(sources: Sources, *, now: float | None = None) -> dict[str, An
         "dns": _optional_status(getattr(sources, "dns", None)),
     }
     if dataplane is not None and dataplane.forwarder is not None:
+        await dataplane.refresh()
         report["dataplane"] = status = dataplane.status()
         containers = await dataplane.containers()
         counters = await trio.to_thread.run_sync(_read_net_dev)

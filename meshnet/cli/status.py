@@ -141,6 +141,9 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(forwarding["dropped"].items()))
     fast = data["fastdp"]
     fastdp = f"fastdp on UDP {fast['port']}" if fast["enabled"] else f"fastdp {fast['reason']}"
+    foreign = (fast.get("filter") or {}).get("foreign_dropped")
+    if foreign is not None:
+        fastdp += f" (from strangers: {foreign} dropped)"
     table.caption = f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}; {fastdp}"
     return table
 

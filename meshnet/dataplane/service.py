@@ -415,6 +415,10 @@ class DataPlane:
         )
         return [asdict(a) for a in found]
 
+    async def refresh(self) -> None:
+        """Read what only the kernel counts (fastdp's VXLAN source filter), for `status`."""
+        await self.fastdp.refresh()
+
     def status(self) -> dict[str, Any]:
         assert self.forwarder is not None
         stats = self.forwarder.statistics()

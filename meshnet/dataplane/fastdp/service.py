@@ -30,7 +30,8 @@ from meshnet.dataplane.fastdp.core import (
     Probe,
     ProbeKind,
 )
-from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel import netlink, vxlan_filter
+from meshnet.dataplane.kernel.nft import NftError
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name
@@ -84,6 +85,10 @@ class FastDatapath:
         self._candidate_cache: dict[int, str] | None = None
         self._probe_macs: dict[int, str] = {}
         self.counters: dict[str, int] = {}
+        # The source filter's allowed addresses as installed (None: no filter table), and its
+        # drop counter as last read (``refresh``).
+        self._allowed: frozenset[str] | None = None
+        self.foreign_dropped: int | None = None
         router.register_channel(fastdp.CHANNEL, self)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -91,11 +96,33 @@ class FastDatapath:
     async def serve(
         self, overlay_mtu: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Runs until cancelled; without fastdp it only makes sure no VXLAN device is left."""
+        """Runs until cancelled; without fastdp it only makes sure no VXLAN device is left.
+
+        The source filter comes first and goes last: the device never takes datagrams without
+        it. A filter that cannot be installed means no device (fail closed, the sleeve).
+        """
         await self._run_netlink(self._remove_device)
+        await self._remove_filter()
+        if not self.unavailable and self.router.encrypted and not self.config.trusted_subnets:
+            # No neighbour could ever be willing (VXLAN carries frames in the clear): a device
+            # would only be a door on the underlay.
+            self.unavailable = "off: encrypted, no --trusted-subnets (VXLAN is not encrypted)"
         if self.unavailable:
             task_status.started()
             return
+        try:
+            await trio.to_thread.run_sync(vxlan_filter.apply, vxlan_filter.table(FASTDP_PORT))
+        except NftError as e:
+            self.unavailable = f"off: no VXLAN source filter ({e})"
+            log.error(
+                "fast datapath off: the filter that admits VXLAN only from peers could not be "
+                "installed (%s); every peer uses the sleeve",
+                e,
+            )
+            await self._remove_filter()
+            task_status.started()
+            return
+        self._allowed = frozenset()
         try:
             await self._run_netlink(self._create_device, overlay_mtu)
             self._sock = trio.socket.socket(
@@ -106,6 +133,7 @@ class FastDatapath:
             self.unavailable = f"unavailable: {e}"
             log.warning("fast datapath %s; every peer uses the sleeve", self.unavailable)
             await self._run_netlink(self._remove_device)
+            await self._remove_filter()
             task_status.started()
             return
         self._frame_size = overlay_mtu + 14
@@ -121,6 +149,21 @@ class FastDatapath:
             self._sock.close()
             with trio.CancelScope(shield=True):
                 await self._run_netlink(self._remove_device)
+                await self._remove_filter()
+
+    async def _remove_filter(self) -> None:
+        """Gone with the device (the device first): a stale table only drops datagrams."""
+        installed, self._allowed = self._allowed is not None, None
+        try:
+            await trio.to_thread.run_sync(vxlan_filter.apply, vxlan_filter.removal())
+        except NftError as e:
+            if installed:  # otherwise nft is missing or broken: there is no table of ours
+                log.warning("fast datapath: VXLAN source filter left in place: %s", e)
+
+    async def refresh(self) -> None:
+        """Read the filter's drop counter (a subprocess: on request, for status and metrics)."""
+        if self._allowed is not None:
+            self.foreign_dropped = await trio.to_thread.run_sync(vxlan_filter.dropped)
 
     async def _run_netlink(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -305,6 +348,12 @@ class FastDatapath:
                     ns.pin_mac(fastdp.DEVICE, mac)
 
         try:
+            await self._filter(vxlan_filter.sources(ip for _, ip in want.remotes))
+        except NftError as e:
+            self._count("filter_failed")
+            log.warning("fast datapath: VXLAN source filter: %s (retrying)", e)
+            return False
+        try:
             self._publish(have.pinned & want.pinned, self.up)  # the sleeve first, then the kernel
             await self._run_netlink(remove)
             self._installed = KernelEntries(have.remotes & want.remotes, have.pinned & want.pinned)
@@ -317,6 +366,18 @@ class FastDatapath:
             log.warning("fast datapath: %s (retrying)", e)
             return False
         return True
+
+    async def _filter(self, want: frozenset[str]) -> None:
+        """Admit VXLAN from exactly `want`, before the FDB sends anything there.
+
+        Every address the FDB sends to is admitted first, so probes can be answered; one no
+        longer wanted is dropped at once (its peer, no longer a candidate, gets the sleeve).
+        """
+        have = self._allowed if self._allowed is not None else frozenset()
+        if want == have:
+            return
+        await trio.to_thread.run_sync(vxlan_filter.apply, vxlan_filter.changes(have, want))
+        self._allowed = want
 
     def _publish(self, pinned: frozenset[str], up: frozenset[int]) -> None:
         """Tell the sleeve which neighbours and MACs the VXLAN port carries.
@@ -458,6 +519,12 @@ class FastDatapath:
                     **(vars(p.statistics()) if (p := self._probes.get(peer)) else {}),
                 }
                 for peer in self._links
+            },
+            "filter": {
+                "table": f"inet {vxlan_filter.TABLE}",
+                "installed": self._allowed is not None,
+                "allowed": sorted(self._allowed or ()),
+                "foreign_dropped": self.foreign_dropped,
             },
             "entries": {
                 "remotes": len(self._installed.remotes),

@@ -3,6 +3,7 @@ sockets and container namespaces.
 
 - ``netlink``   namespaces, links, addresses, routes, qdiscs, FDB; the one module importing pyroute2
 - ``nftables``  meshnet's two nftables tables (bridge isolation, the ramps) as scripts, applied
+- ``vxlan_filter`` the table letting VXLAN in only from fastdp's peers (a counter of the rest)
 - ``nft``       the one runner of the nft binary (also for ``meshnet.dns.firewall`` and the lab)
 - ``tap``       the sleeve's TAP device, with virtio-net headers (TCP super-frames)
 - ``udp``       the sleeve's UDP socket: segmented sends, GRO receives, path MTU
