@@ -38,7 +38,13 @@ class FakeSocket:
 def forwarder() -> tuple[fw.Forwarder, FakeSocket]:
     snapshot = fw.Snapshot(
         local=LOCAL,
-        routes=Routes(local=LOCAL, unicast={PEER: PEER}, broadcast={}, distance={PEER: 1}),
+        routes=Routes(
+            local=LOCAL,
+            unicast={PEER: PEER},
+            broadcast={},
+            distance={LOCAL: 0, PEER: 1},
+            graph={LOCAL: (PEER,), PEER: (LOCAL,)},
+        ),
         neighbours={
             PEER: fw.Neighbour(
                 PEER, ("192.0.2.2", 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
@@ -79,7 +85,11 @@ def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> Non
     snapshot = fw.Snapshot(
         local=LOCAL,
         routes=Routes(
-            local=LOCAL, unicast={PEER: PEER, far: far}, broadcast={}, distance={PEER: 1, far: 1}
+            local=LOCAL,
+            unicast={PEER: PEER, far: far},
+            broadcast={},
+            distance={LOCAL: 0, PEER: 1, far: 1},
+            graph={LOCAL: (PEER, far), PEER: (LOCAL,), far: (LOCAL,)},
         ),
         neighbours={
             p: fw.Neighbour(
