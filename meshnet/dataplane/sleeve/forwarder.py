@@ -418,18 +418,18 @@ class Forwarder:
         forwards: dict[int, tuple[Neighbour, list[bytes | bytearray]]],
         now: float,
     ) -> None:
-        """The datagrams of one receive, one by one, in arrival order: checked, counted per hop
-        (once per run of one hop's), then the forwarding decision's operations executed."""
+        """The datagrams of one receive, one by one, in arrival order: checked, decided, opened
+        (unless the decision is to drop), counted per hop (once per run of one hop's), then the
+        decision's operations executed."""
         key_for, window_for = snap.key_for, snap.window_for
-        decode = wire.decode_datagram
+        parse, decode = wire.parse_header, wire.decode_datagram
         decide = forwarding.received
         counts = self._rx
         hop_seen = -1
         received = size = 0
         for data in datagrams:
             try:
-                # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
-                header, body = decode(data, key_for, window_for)
+                header = parse(data)
             except wire.DatagramError as e:
                 counts.drops[e.reason.value] += 1
                 continue
@@ -438,15 +438,28 @@ class Forwarder:
                 if received:
                     counts.add(hop_seen, received, size)
                     received = size = 0
-                neighbour = snap.neighbours.get(hop)
-                if not _sent_by(neighbour, addr):
+                if not _sent_by(snap.neighbours.get(hop), addr):
                     counts.drops["unknown_sender"] += 1
                     hop_seen = -1
                     continue
                 hop_seen = hop
+            ops = decide(snap, header)
+            first = ops[0] if ops else None
+            if len(ops) == 1 and isinstance(first, Drop):
+                # Decided on the header alone, before the costly opening: dropping is right
+                # whether or not the header is authentic (a flood of made-up origins costs
+                # no decryption).
+                counts.drops[first.reason.value] += 1
+                continue
+            try:
+                # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
+                header, body = decode(data, key_for, window_for, header)
+            except wire.DatagramError as e:
+                counts.drops[e.reason.value] += 1
+                continue
             received += 1
             size += len(data)
-            for op in decide(snap, header):
+            for op in ops:
                 if isinstance(op, Deliver):
                     self._deliver(header, body, now, flooded=op.flooded)
                 elif isinstance(op, Relay):
