@@ -172,7 +172,7 @@ def _entries_towards(graph: Graph, destination: int, local: int) -> Mapping[int,
             closer[node] = closer[parent[node]] + 1
     entries: dict[int, int] = {}
     for node in parent:
-        if node == destination or node == local:
+        if node in (destination, local):
             continue
         step = closer[node] - 1
         nxt = next(n for n in graph[node] if closer.get(n) == step)

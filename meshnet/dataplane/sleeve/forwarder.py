@@ -383,7 +383,8 @@ class Forwarder:
             return False  # the one-by-one path drops and counts each
         neighbour = snap.neighbours.get(header.hop)
         if (
-            not _sent_by(neighbour, addr)
+            neighbour is None
+            or not _sent_by(neighbour, addr)
             or bool(header.flags & wire.SEALED) != (neighbour.receive_key is not None)
             or forwarding.received(snap, header) is not forwarding.DELIVER
         ):
