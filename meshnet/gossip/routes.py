@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshnet.gossip.topology import PeerEntry
 
@@ -95,12 +95,41 @@ class Routes:
     """source → the neighbours we forward that source's broadcasts to."""
     distance: Mapping[int, int]
     """hops to every reachable peer (0 for ourselves)."""
+    graph: Graph = field(default_factory=dict)
+    """The symmetric graph the routes came from (what :meth:`entry_hop` replays)."""
+    _entries: dict[int, Mapping[int, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def next_hop(self, destination: int) -> int | None:
         return self.unicast.get(destination)
 
     def broadcast_hops(self, source: int) -> tuple[int, ...]:
         return self.broadcast.get(source, ())
+
+    def entry_hop(self, origin: int, destination: int) -> int | None:
+        """The neighbour a datagram from ``origin`` to ``destination`` reaches us from, by these
+        routes: ``origin`` itself when adjacent; None when its path does not pass through us
+        (an unknown origin or destination, or we are the origin).
+
+        Computed once per destination (one BFS), on first use; the answers are a function of
+        the frozen graph, so sharing them with reader threads is safe.
+        """
+        entries = self._entries.get(destination)
+        if entries is None:
+            if destination not in self.distance:
+                return None
+            entries = self._entries[destination] = _entries_towards(
+                self.graph, destination, self.local
+            )
+        return entries.get(origin)
+
+    def flood_parent(self, source: int) -> int | None:
+        """The neighbour ``source``'s broadcasts reach us from: our parent in its BFS tree
+        (None: ``source`` is unknown, unreachable, or us)."""
+        if source == self.local or source not in self.distance:
+            return None
+        return _bfs(self.graph, source, stop_after=self.local).get(self.local)
 
 
 def compute_routes(local: int, entries: Mapping[int, PeerEntry]) -> Routes:
@@ -124,7 +153,34 @@ def compute_routes(local: int, entries: Mapping[int, PeerEntry]) -> Routes:
         unicast=types.MappingProxyType(first_hop),
         broadcast=BroadcastTrees(local, graph, frozen_distance),
         distance=frozen_distance,
+        graph=graph,
     )
+
+
+def _entries_towards(graph: Graph, destination: int, local: int) -> Mapping[int, int]:
+    """origin → the neighbour of ``local`` a unicast from origin to ``destination`` comes
+    through, for every origin whose hop-by-hop path passes through ``local``.
+
+    Each peer's next hop is its smallest neighbour one step closer to ``destination`` (what its
+    own BFS picks, see :func:`shortest_path`), so these next hops form a tree towards
+    ``destination``; an origin's entry is inherited from its next hop, nearest first.
+    """
+    parent = _bfs(graph, destination)
+    closer = {destination: 0}
+    for node in parent:  # BFS order: nearest first
+        if node != destination:
+            closer[node] = closer[parent[node]] + 1
+    entries: dict[int, int] = {}
+    for node in parent:
+        if node in (destination, local):
+            continue
+        step = closer[node] - 1
+        nxt = next(n for n in graph[node] if closer.get(n) == step)
+        if nxt == local:
+            entries[node] = node
+        elif nxt in entries:
+            entries[node] = entries[nxt]
+    return types.MappingProxyType(entries)
 
 
 def shortest_path(entries: Mapping[int, PeerEntry], src: int, dst: int) -> list[int] | None:

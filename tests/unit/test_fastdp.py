@@ -221,7 +221,13 @@ def _forwarder(
 
     snapshot = fw.Snapshot(
         local=A,
-        routes=Routes(local=A, unicast={B: B, C: B}, broadcast={A: (B,)}, distance={B: 1, C: 2}),
+        routes=Routes(
+            local=A,
+            unicast={B: B, C: B},
+            broadcast={A: (B,)},
+            distance={A: 0, B: 1, C: 2},
+            graph={A: (B,), B: (A, C), C: (B,)},
+        ),
         neighbours={B: neighbour(B, "172.31.0.2")},
         overlay_mtu=1354,
         fastdp=fast,

@@ -38,7 +38,13 @@ class FakeSocket:
 def forwarder() -> tuple[fw.Forwarder, FakeSocket]:
     snapshot = fw.Snapshot(
         local=LOCAL,
-        routes=Routes(local=LOCAL, unicast={PEER: PEER}, broadcast={}, distance={PEER: 1}),
+        routes=Routes(
+            local=LOCAL,
+            unicast={PEER: PEER},
+            broadcast={},
+            distance={LOCAL: 0, PEER: 1},
+            graph={LOCAL: (PEER,), PEER: (LOCAL,)},
+        ),
         neighbours={
             PEER: fw.Neighbour(
                 PEER, ("192.0.2.2", 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
@@ -79,7 +85,11 @@ def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> Non
     snapshot = fw.Snapshot(
         local=LOCAL,
         routes=Routes(
-            local=LOCAL, unicast={PEER: PEER, far: far}, broadcast={}, distance={PEER: 1, far: 1}
+            local=LOCAL,
+            unicast={PEER: PEER, far: far},
+            broadcast={},
+            distance={LOCAL: 0, PEER: 1, far: 1},
+            graph={LOCAL: (PEER, far), PEER: (LOCAL,), far: (LOCAL,)},
         ),
         neighbours={
             p: fw.Neighbour(
@@ -129,3 +139,33 @@ def test_statistics_never_iterate_a_packet_threads_live_counters() -> None:
     f._rx.drops = GrowingCounter({"replayed": 2})
     f._tx.drops["runt"] = 1
     assert f.statistics()["dropped"] == {"replayed": 2, "runt": 1}
+
+
+def segments_from(origin: int, sid: int = 1) -> list[bytes]:
+    v, frame, _ = build_superframe(4, os.urandom(1200 * 4), 1200)
+    return [
+        bytes(
+            sw.encode_datagram(
+                sw.DatagramHeader(sw.Kind.SEGMENT, 0, 7, origin, LOCAL, PEER, i), b, None
+            )
+        )
+        for i, b in enumerate(sw.segment_bodies(sid, v, frame), 1)
+    ]
+
+
+def test_datagrams_from_a_udp_endpoint_no_neighbour_has_are_dropped_unread() -> None:
+    f, _ = forwarder()
+    for source in (("192.0.2.9", 6783), ("192.0.2.2", 40000)):  # a stranger; the right IP only
+        for datagram in segments_from(PEER):
+            f._receive(memoryview(datagram), len(datagram), source)
+    assert f.statistics()["dropped"] == {"stranger": 8}
+    assert len(f._reassemblers) == 0
+
+
+def test_made_up_origins_leave_no_reassembler() -> None:
+    f, _ = forwarder()
+    for origin in range(1000, 1100):
+        for datagram in segments_from(origin)[:1]:
+            f._receive(memoryview(datagram), len(datagram), ("192.0.2.2", 6783))
+    assert f.statistics()["dropped"] == {"unknown_origin": 100}
+    assert len(f._reassemblers) == 0

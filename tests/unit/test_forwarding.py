@@ -202,10 +202,11 @@ def test_ttl_ends_every_datagram_even_when_views_disagree(
         assert trace.longest <= MAX_TTL
 
 
-def test_a_loop_between_peers_dies_by_ttl() -> None:
+def test_a_loop_between_peers_is_cut_by_the_origin_check() -> None:
     """Three peers that each route D through the next (made-up, inconsistent views): no one
-    sends the datagram back where it came from, so it circles until its TTL ends; and when the
-    loop leads back to the origin, the origin drops it at once."""
+    sends the datagram back where it came from, and the first peer whose view does not bring
+    the origin's datagrams through the sender drops it ("wrong_hop") rather than letting it
+    circle until its TTL ends (the TTL still bounds what the check lets through)."""
     o, a, b, c, d = 1, 2, 3, 4, 5
     peers = [o, a, b, c, d]
     ring = {(a, b), (b, c), (a, c), (o, a)}
@@ -218,11 +219,10 @@ def test_a_loop_between_peers_dies_by_ttl() -> None:
     snaps = {p: snapshot_of(p, views[p]) for p in views}
     assert [snaps[p].routes.next_hop(d) for p in (o, a, b, c)] == [a, b, c, a]
     trace = run(snaps, o, fwd.captured(snaps[o], Decision.UNICAST, d, SOME_MAC))
-    assert trace.longest == MAX_TTL
-    assert trace.drops == Counter({fwd.ForwardDrop.TTL: 1})
+    assert (trace.longest, trace.drops) == (2, Counter({fwd.ForwardDrop.WRONG_HOP: 1}))
     assert not trace.delivered
     trace = run(snaps, a, fwd.captured(snaps[a], Decision.UNICAST, d, SOME_MAC))
-    assert (trace.longest, trace.drops) == (3, Counter({fwd.ForwardDrop.LOOP: 1}))
+    assert (trace.longest, trace.drops) == (1, Counter({fwd.ForwardDrop.WRONG_HOP: 1}))
 
 
 def two_peers() -> dict[int, fwd.Snapshot]:
@@ -299,10 +299,73 @@ def test_answers_are_computed_once_per_snapshot() -> None:
     assert unicast is fwd.captured(snap, Decision.UNICAST, 3, SOME_MAC)
 
 
-def test_a_broadcast_is_never_relayed_back_to_the_hop_it_came_from() -> None:
-    """Even when our view says that hop is below us in the origin's tree (views disagree)."""
+def test_a_broadcast_from_below_us_in_the_origins_tree_is_dropped() -> None:
+    """Our view says that hop is below us in the origin's tree (views disagree, or a neighbour
+    speaks for an origin whose floods never come through it): neither delivered nor relayed."""
     entries = entries_for({(1, 2), (2, 3)}, [1, 2, 3])
     snap = snapshot_of(2, entries)
     assert snap.routes.broadcast_hops(1) == (3,)
     odd = header(flags=BROADCAST, destination=0, origin=1, hop=3)
-    assert fwd.received(snap, odd) == (fwd.Deliver(flooded=True),)
+    assert fwd.received(snap, odd) == (fwd.Drop(fwd.ForwardDrop.WRONG_HOP),)
+
+
+def test_made_up_origins_are_dropped_and_leave_no_state() -> None:
+    snap = two_peers()[1]
+    unknown = (fwd.Drop(fwd.ForwardDrop.UNKNOWN_ORIGIN),)
+    for origin in range(100, 1100):
+        assert fwd.received(snap, header(origin=origin)) == unknown
+        assert fwd.received(snap, header(origin=origin, flags=BROADCAST, destination=0)) == unknown
+    assert snap._broadcast == {}
+    entries = entries_for({(1, 2), (2, 3)}, [1, 2, 3])
+    relay = snapshot_of(2, entries)
+    assert fwd.received(relay, header(origin=77, hop=1, destination=3)) == unknown
+
+
+def test_a_neighbour_cannot_speak_for_an_origin_whose_traffic_never_passes_through_it() -> None:
+    """1 - 2 - 3, and 2 - 4: at 2, datagrams from 1 come through 1, never through 4."""
+    entries = entries_for({(1, 2), (2, 3), (2, 4)}, [1, 2, 3, 4])
+    snap = snapshot_of(2, entries)
+    wrong = (fwd.Drop(fwd.ForwardDrop.WRONG_HOP),)
+    assert fwd.received(snap, header(origin=1, hop=4, destination=2)) == wrong  # for us
+    assert fwd.received(snap, header(origin=1, hop=4, destination=3)) == wrong  # to relay
+    assert fwd.received(snap, header(origin=1, hop=1, destination=3)) == (
+        fwd.Relay(snap.neighbours[3]),
+    )
+    assert fwd.received(snap, header(origin=1, hop=1, destination=2)) == fwd.DELIVER
+
+
+@settings(max_examples=150, deadline=None)
+@given(meshes(), st.data())
+def test_only_the_hop_on_the_origins_path_is_accepted(
+    mesh: tuple[list[int], set[tuple[int, int]]], data: st.DataObject
+) -> None:
+    """Every peer accepts a datagram from exactly the neighbour that really hands it on along
+    the origin's route (unicast) or tree (broadcast), and from no other neighbour."""
+    peers, links = mesh
+    entries = entries_for(links, peers)
+    snaps = {p: snapshot_of(p, entries) for p in peers}
+    origin = data.draw(st.sampled_from(peers))
+    owner = data.draw(st.sampled_from(peers))
+    flood = data.draw(st.booleans())
+    edges: set[tuple[int, int]] = set()  # (hop, at) the real datagram took
+    queue = deque([origin])
+    while queue:  # replay the route or tree hop by hop, from each peer's own view
+        at = queue.popleft()
+        hops = snaps[at].routes.broadcast_hops(origin) if flood else ()
+        if not flood and at != owner:
+            hops = (snaps[at].routes.next_hop(owner),)  # type: ignore[assignment]
+        for hop in hops:
+            edges.add((at, hop))
+            queue.append(hop)
+    for at in peers:
+        for hop in snaps[at].neighbours:
+            h = header(
+                origin=origin,
+                hop=hop,
+                destination=0 if flood else owner,
+                flags=BROADCAST if flood else 0,
+            )
+            accepted = not any(isinstance(op, fwd.Drop) for op in fwd.received(snaps[at], h))
+            if at == origin or (not flood and at == owner == hop):
+                continue  # "loop" rules
+            assert accepted == ((hop, at) in edges), (at, hop, edges)

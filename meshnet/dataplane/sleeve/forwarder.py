@@ -65,6 +65,8 @@ log = logging.getLogger("meshnet.dataplane")
 
 #: How long a receive waits while a super-frame misses segments: then what arrived is delivered.
 REASSEMBLY_POLL_MS = 2
+#: Seconds between sweeps of idle reassemblers (and those of origins the routes lost).
+REASSEMBLY_SWEEP = 5.0
 
 
 class _Counts:
@@ -111,7 +113,8 @@ class Forwarder:
         self._relayed = _Counts()  # written by the receive thread, like _rx
         # A random start, so a restarted sender is not mistaken for stale or duplicate data.
         self._superframe_ids = itertools.count(random.getrandbits(31))
-        self._reassemblers: dict[int, wire.Reassembler] = {}
+        self._reassemblers = wire.ReassemblyTable()  # the receive thread's only
+        self._next_sweep = 0.0
 
     def start(self) -> None:
         # stop() writes to this pipe: an idle loop blocks in poll() with no timeout (nothing
@@ -338,7 +341,7 @@ class Forwarder:
             try:
                 data, stride, addr = receive_run(self._sock)
             except BlockingIOError:
-                if not poller.poll(REASSEMBLY_POLL_MS if self._reassemblers_pending() else None):
+                if not poller.poll(REASSEMBLY_POLL_MS if self._reassemblers.pending() else None):
                     self._flush_reassembly(time.monotonic(), idle=True)
                 continue
             except OSError:
@@ -351,6 +354,9 @@ class Forwarder:
         snap = self._snapshot
         if not data:
             self._rx.drops["short"] += 1
+        elif snap.from_stranger(addr):
+            # Before any parsing: a flood from outside costs one set lookup per receive.
+            self._rx.drops[forwarding.ForwardDrop.STRANGER.value] += -(-len(data) // stride)
         else:
             now = time.monotonic()
             run = wire.DatagramRun(data, stride)
@@ -378,7 +384,7 @@ class Forwarder:
         neighbour = snap.neighbours.get(header.hop)
         if (
             neighbour is None
-            or neighbour.address[0] != addr[0]
+            or not _sent_by(neighbour, addr)
             or bool(header.flags & wire.SEALED) != (neighbour.receive_key is not None)
             or forwarding.received(snap, header) is not forwarding.DELIVER
         ):
@@ -413,18 +419,18 @@ class Forwarder:
         forwards: dict[int, tuple[Neighbour, list[bytes | bytearray]]],
         now: float,
     ) -> None:
-        """The datagrams of one receive, one by one, in arrival order: checked, counted per hop
-        (once per run of one hop's), then the forwarding decision's operations executed."""
+        """The datagrams of one receive, one by one, in arrival order: checked, decided, opened
+        (unless the decision is to drop), counted per hop (once per run of one hop's), then the
+        decision's operations executed."""
         key_for, window_for = snap.key_for, snap.window_for
-        decode = wire.decode_datagram
+        parse, decode = wire.parse_header, wire.decode_datagram
         decide = forwarding.received
         counts = self._rx
         hop_seen = -1
         received = size = 0
         for data in datagrams:
             try:
-                # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
-                header, body = decode(data, key_for, window_for)
+                header = parse(data)
             except wire.DatagramError as e:
                 counts.drops[e.reason.value] += 1
                 continue
@@ -433,15 +439,28 @@ class Forwarder:
                 if received:
                     counts.add(hop_seen, received, size)
                     received = size = 0
-                neighbour = snap.neighbours.get(hop)
-                if neighbour is None or neighbour.address[0] != addr[0]:
+                if not _sent_by(snap.neighbours.get(hop), addr):
                     counts.drops["unknown_sender"] += 1
                     hop_seen = -1
                     continue
                 hop_seen = hop
+            ops = decide(snap, header)
+            first = ops[0] if ops else None
+            if len(ops) == 1 and isinstance(first, Drop):
+                # Decided on the header alone, before the costly opening: dropping is right
+                # whether or not the header is authentic (a flood of made-up origins costs
+                # no decryption).
+                counts.drops[first.reason.value] += 1
+                continue
+            try:
+                # Unknown senders get no key: in an encrypted mesh their datagrams cannot pass.
+                header, body = decode(data, key_for, window_for, header)
+            except wire.DatagramError as e:
+                counts.drops[e.reason.value] += 1
+                continue
             received += 1
             size += len(data)
-            for op in decide(snap, header):
+            for op in ops:
                 if isinstance(op, Deliver):
                     self._deliver(header, body, now, flooded=op.flooded)
                 elif isinstance(op, Relay):
@@ -498,9 +517,10 @@ class Forwarder:
     ) -> None:
         """The one way SEGMENT bodies reach the origin's reassembler, and what it completes the
         bridge. ``uniform``: the bodies are consecutive segments known alike (one check)."""
-        reassembler = self._reassemblers.get(origin)
+        reassembler = self._reassemblers.get(origin, now)
         if reassembler is None:
-            reassembler = self._reassemblers[origin] = wire.Reassembler()
+            self._rx.drops["reassembly_full"] += len(bodies)
+            return
         frames: list[tuple[wire.Buffer, wire.Buffer]] = []
         if uniform:
             try:
@@ -513,6 +533,7 @@ class Forwarder:
                     frames += reassembler.add(body, now)
                 except wire.DatagramError as e:
                     self._rx.drops[e.reason.value] += 1
+        self._reassemblers.touched(origin)
         if frames:
             self._write_frames(origin, frames, flooded, now)
 
@@ -530,15 +551,24 @@ class Forwarder:
             else:
                 self._rx.drops["switch"] += 1
 
-    def _reassemblers_pending(self) -> bool:
-        return any(r.pending() for r in self._reassemblers.values())
-
     def _flush_reassembly(self, now: float, *, idle: bool) -> None:
-        """Deliver what is left of super-frames that lost a segment: only the lost part is lost."""
-        for origin, reassembler in self._reassemblers.items():
-            frames = reassembler.flush(now, older_than=now if idle else now - 0.005)
-            if frames:
-                self._write_frames(origin, frames, False, now)
+        """Deliver what is left of super-frames that lost a segment: only the lost part is lost.
+        Now and then, forget the reassemblers of origins gone quiet or gone from the routes."""
+        table = self._reassemblers
+        flushed = table.flush(now, older_than=now if idle else now - 0.005)
+        if now >= self._next_sweep:
+            self._next_sweep = now + REASSEMBLY_SWEEP
+            flushed += table.expire(now, self._snapshot.routes.distance)
+        for origin, frames in flushed:
+            self._write_frames(origin, frames, False, now)
+
+
+def _sent_by(neighbour: Neighbour | None, addr: Any) -> bool:
+    """Whether a datagram from UDP source ``addr`` may be ``neighbour``'s (claimed as its hop):
+    its address; and without a password (nothing else vouches for it), its port too."""
+    if neighbour is None or neighbour.address[0] != addr[0]:
+        return False
+    return neighbour.receive_key is not None or neighbour.address[1] == addr[1]
 
 
 def _originated(

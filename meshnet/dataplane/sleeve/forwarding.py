@@ -24,6 +24,13 @@ rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``
 - **TTL** leaves the origin at :data:`MAX_TTL` and a relay sends ``ttl - 1``; what would leave
   with 0 is dropped ("ttl"), so a transient loop between disagreeing peers dies out.
 - A datagram carrying our own name as its origin has come back to us: dropped ("loop").
+- **Origins are checked**: a data datagram must claim an origin the routes know
+  ("unknown_origin") and come from the neighbour the routes bring that origin's datagrams to
+  us through: for unicast the previous hop on the origin's path to the destination, for a
+  flood our parent in the origin's tree ("wrong_hop"). A neighbour (even one holding the
+  password) cannot make us keep state for origins that do not exist, or speak for peers whose
+  traffic would never pass through it. While views disagree this drops what a route change left
+  in flight, as the loop and TTL rules already do.
 
 Speed: the answers are precomputed when a :class:`Snapshot` is built (per destination) or on
 first use (per broadcast origin and incoming hop), so a decision is a dict lookup or two, and the
@@ -100,6 +107,9 @@ class ForwardDrop(enum.Enum):
     TTL = "ttl"  # its hops are used up
     ON_FASTDP = "on_fastdp"  # the kernel's VXLAN carried it already
     LOOP = "loop"  # it came back to its origin, or would go back where it came from
+    UNKNOWN_ORIGIN = "unknown_origin"  # the routes know no such origin peer
+    WRONG_HOP = "wrong_hop"  # its origin's datagrams never reach us through that neighbour
+    STRANGER = "stranger"  # without a password: not from a neighbour's UDP endpoint
 
 
 class Target(NamedTuple):
@@ -155,6 +165,8 @@ _NO_PATH: Operations = (Drop(ForwardDrop.NO_PATH),)
 _TTL: Operations = (Drop(ForwardDrop.TTL),)
 _ON_FASTDP: Operations = (Drop(ForwardDrop.ON_FASTDP),)
 _LOOP: Operations = (Drop(ForwardDrop.LOOP),)
+_UNKNOWN_ORIGIN: Operations = (Drop(ForwardDrop.UNKNOWN_ORIGIN),)
+_WRONG_HOP: Operations = (Drop(ForwardDrop.WRONG_HOP),)
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,9 @@ class Snapshot:
     _broadcast: dict[tuple[int, int, bool], Operations] = field(
         init=False, repr=False, compare=False
     )
+    _deliver: Mapping[int, int] = field(init=False, repr=False, compare=False)
+    _sealed_ips: frozenset[str] = field(init=False, repr=False, compare=False)
+    _open_endpoints: frozenset[tuple[str, int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         to_owner: dict[int, Operations] = {}
@@ -195,6 +210,13 @@ class Snapshot:
         object.__setattr__(self, "_relay", relay)
         object.__setattr__(self, "_flood", self._flood_operations())
         object.__setattr__(self, "_broadcast", {})
+        # Every known origin's datagrams for us come through one neighbour: precomputed, as
+        # delivering is the bulk case.
+        object.__setattr__(self, "_deliver", _entries_to_us(self.routes))
+        sealed = frozenset(n.address[0] for n in self.neighbours.values() if n.receive_key)
+        open_ = frozenset(n.address for n in self.neighbours.values() if not n.receive_key)
+        object.__setattr__(self, "_sealed_ips", sealed)
+        object.__setattr__(self, "_open_endpoints", open_)
 
     def _flood_operations(self) -> Operations:
         """A frame from the bridge that goes everywhere.
@@ -226,6 +248,13 @@ class Snapshot:
         key = (origin, came_from, ttl_left)
         ops = self._broadcast.get(key)
         if ops is None:
+            # Checked before memoising: the keys stay within known origins and neighbours.
+            parent = self.routes.flood_parent(origin)
+            if parent is None:
+                return _UNKNOWN_ORIGIN
+            if parent != came_from:
+                self._broadcast[key] = _WRONG_HOP
+                return _WRONG_HOP
             ops = (Deliver(flooded=True),)
             for hop in self.routes.broadcast_hops(origin):
                 if hop == came_from:
@@ -239,6 +268,13 @@ class Snapshot:
                     ops += (Relay(neighbour),)
             self._broadcast[key] = ops  # one rx thread writes; a race only recomputes
         return ops
+
+    def from_stranger(self, address: tuple[str, int]) -> bool:
+        """Whether a datagram from this UDP source comes from no neighbour we could take it
+        from. Without a password only a neighbour's own endpoint counts (nothing else vouches
+        for the sender); with one, the seal authenticates the neighbour, and its address
+        only has to be the neighbour's (a NAT may remap the port)."""
+        return address[:2] not in self._open_endpoints and address[0] not in self._sealed_ips
 
     def key_for(self, hop: int) -> bytes | None:
         neighbour = self.neighbours.get(hop)
@@ -275,7 +311,10 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
         return snap.broadcast_operations(header.origin, header.hop, header.ttl > 1)
     destination = header.destination
     if destination == snap.local:
-        return DELIVER
+        entry = snap._deliver.get(header.origin)
+        if entry == header.hop:
+            return DELIVER
+        return _WRONG_HOP if entry is not None else _UNKNOWN_ORIGIN
     ops = snap._relay.get(destination, _UNREACHABLE)
     relay = ops[0]
     if isinstance(relay, Relay):
@@ -283,4 +322,16 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
             return _TTL
         if relay.neighbour.name == header.hop:
             return _LOOP
+        entry = snap.routes.entry_hop(header.origin, destination)
+        if entry != header.hop:
+            return _WRONG_HOP if header.origin in snap.routes.distance else _UNKNOWN_ORIGIN
     return ops
+
+
+def _entries_to_us(routes: Routes) -> Mapping[int, int]:
+    """origin → the neighbour its unicasts for us arrive through."""
+    return {
+        origin: hop
+        for origin in routes.distance
+        if (hop := routes.entry_hop(origin, routes.local)) is not None
+    }

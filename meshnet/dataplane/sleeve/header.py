@@ -260,8 +260,11 @@ def decode_datagram(
     data: Buffer,
     key_for: Callable[[int], bytes | None],
     window_for: Callable[[int], ReplayWindow | None],
+    header: DatagramHeader | None = None,
 ) -> tuple[DatagramHeader, Buffer]:
     """The header and plain body of a received datagram; DatagramError to drop it.
+
+    ``header``: what :func:`parse_header` already gave for ``data`` (not parsed again).
 
     The body of a plain datagram is a view into ``data``: no copy.
 
@@ -273,7 +276,8 @@ def decode_datagram(
     without a key anyone on the path could forge them anyway.
     """
     n = len(data)
-    header = parse_header(data)
+    if header is None:
+        header = parse_header(data)
     flags, hop, seq = header.flags, header.hop, header.sequence
     key = key_for(hop)
     if flags & SEALED:

@@ -8,6 +8,7 @@ one segment, not 64 KiB. Pure: ``now`` is passed in.
 from __future__ import annotations
 
 import functools
+from collections.abc import Container
 from dataclasses import dataclass
 
 from meshnet.dataplane.sleeve import vnet as vn
@@ -288,3 +289,100 @@ class Reassembler:
         self._run_count += len(out)
         self._lost += count - partial.received
         return out
+
+
+MAX_REASSEMBLERS = 1024
+"""Origins with a reassembler at once: a backstop, as only origins the routes know (and that
+come from the right neighbour) get one; each holds at most ``max_partial`` super-frames."""
+
+IDLE_AFTER = 60.0
+"""Seconds without a segment after which an origin's reassembler is forgotten."""
+
+
+class ReassemblyTable:
+    """One :class:`Reassembler` per origin peer, capped and expiring; pure (``now`` passed in).
+
+    Remembers which ones hold pending super-frames, so the receive loop's frequent flush looks
+    only at those, however many origins there are.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = MAX_REASSEMBLERS,
+        idle_after: float = IDLE_AFTER,
+        max_partial: int = 4,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._limit = limit
+        self._idle_after = idle_after
+        self._max_partial = max_partial
+        self._entries: dict[int, Reassembler] = {}
+        self._used: dict[int, float] = {}
+        self._pending: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, origin: int, now: float) -> Reassembler | None:
+        """``origin``'s reassembler, made if there is room (None: every one in the full table
+        is mid-super-frame). Call :meth:`touched` after adding to it."""
+        reassembler = self._entries.get(origin)
+        if reassembler is None:
+            if len(self._entries) >= self._limit and not self._evict():
+                return None
+            reassembler = self._entries[origin] = Reassembler(max_partial=self._max_partial)
+        self._used[origin] = now
+        return reassembler
+
+    def touched(self, origin: int) -> None:
+        """Segments were added to ``origin``'s reassembler: note whether it waits for more."""
+        reassembler = self._entries.get(origin)
+        if reassembler is not None and reassembler.pending():
+            self._pending.add(origin)
+
+    def pending(self) -> bool:
+        """Whether any super-frame waits for segments; while one does, call :meth:`flush`."""
+        return bool(self._pending)
+
+    def flush(self, now: float, older_than: float) -> list[tuple[int, list[tuple[Buffer, Buffer]]]]:
+        """:meth:`Reassembler.flush` on the reassemblers with pending super-frames only:
+        (origin, frames) for each that delivered something."""
+        out: list[tuple[int, list[tuple[Buffer, Buffer]]]] = []
+        for origin in list(self._pending):
+            reassembler = self._entries[origin]
+            frames = reassembler.flush(now, older_than)
+            if not reassembler.pending():
+                self._pending.discard(origin)
+            if frames:
+                out.append((origin, frames))
+        return out
+
+    def expire(
+        self, now: float, known: Container[int]
+    ) -> list[tuple[int, list[tuple[Buffer, Buffer]]]]:
+        """Forget the reassemblers of origins that are no longer ``known`` or idle for
+        ``idle_after``; what they still held comes back, as (origin, frames), for a known
+        origin only."""
+        cutoff = now - self._idle_after
+        out: list[tuple[int, list[tuple[Buffer, Buffer]]]] = []
+        for origin in [o for o, used in self._used.items() if used < cutoff or o not in known]:
+            frames = self._remove(origin).flush_all()
+            if frames and origin in known:
+                out.append((origin, frames))
+        return out
+
+    def _evict(self) -> bool:
+        """Room for one more: the least recently used reassembler with nothing pending goes
+        (it loses only its memory of which super-frames were late)."""
+        idle = [(used, o) for o, used in self._used.items() if o not in self._pending]
+        if not idle:
+            return False
+        self._remove(min(idle)[1])
+        return True
+
+    def _remove(self, origin: int) -> Reassembler:
+        del self._used[origin]
+        self._pending.discard(origin)
+        return self._entries.pop(origin)

@@ -59,7 +59,11 @@ from meshnet.dataplane.sleeve.header import (
     parse_header,
     same_heads,
 )
-from meshnet.dataplane.sleeve.reassembly import Reassembler, ReassemblerStatistics
+from meshnet.dataplane.sleeve.reassembly import (
+    Reassembler,
+    ReassemblerStatistics,
+    ReassemblyTable,
+)
 from meshnet.dataplane.sleeve.replay import REPLAY_WINDOW, ReplayWindow
 from meshnet.dataplane.sleeve.segments import (
     ENCAPSULATION_OVERHEAD,
@@ -102,6 +106,7 @@ __all__ = [
     "PathHeartbeat",
     "Reassembler",
     "ReassemblerStatistics",
+    "ReassemblyTable",
     "ReplayWindow",
     "decode_datagram",
     "decode_heartbeat",
