@@ -57,6 +57,10 @@ class Config:
     # Ramps: traffic from outside the overlay to this host's containers keeps its source
     # address (else it is masqueraded to the exposed address, like that to other hosts').
     no_masq_local: bool = False
+    # Isolation between subnets and anti-spoofing on the bridge (nftables): without it
+    # (``--no-isolation``) any container may reach any subnet and send from any address, so a
+    # launch without working nftables refuses to start unless told so.
+    isolation: bool = True
     # Docker: the Engine API to watch and attach by id, and the network/IPAM plugin's socket.
     docker: DockerSettings = field(default_factory=DockerSettings)
 

@@ -265,6 +265,12 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         text=lambda subnets: ",".join(str(n) for n in subnets),
     ),
     LaunchOption(
+        "--no-isolation",
+        "isolation",
+        "Run without nftables: containers of every subnet reach each other, from any address.",
+        switch=False,
+    ),
+    LaunchOption(
         "--no-masq-local",
         "no_masq_local",
         "Traffic from outside the overlay to containers on this host keeps its source address.",
@@ -432,6 +438,11 @@ def _check_ipalloc(config: Config, peers: int) -> None:
 def launch_warnings(config: Config) -> list[str]:
     """What a launch allows but a user should hear about loudly: each one line."""
     warnings = []
+    if not config.isolation and config.dataplane:
+        warnings.append(
+            "--no-isolation: containers are not kept to their subnets nor to their own "
+            "addresses; any of them may reach every subnet and spoof any address"
+        )
     for network in config.trusted_subnets:
         if not network.is_private:
             warnings.append(

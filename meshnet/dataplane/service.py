@@ -22,6 +22,7 @@ import trio
 
 from meshnet.config import Config
 from meshnet.constants import BRIDGE, SLEEVE_TAP
+from meshnet.dataplane.fastdp import core as fastdp_core
 from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.kernel import attach as attachment
 from meshnet.dataplane.kernel import netlink
@@ -135,6 +136,12 @@ class DataPlane:
                 await trio.to_thread.run_sync(self.forwarder.stop)
                 self._sock.close()
                 tap.close()  # a non-persistent TAP disappears; the bridge stays for containers
+
+    @property
+    def own_ports(self) -> tuple[str, ...]:
+        """The router's own ports on the bridge (isolation keeps every other port but the
+        containers' shut)."""
+        return (SLEEVE_TAP, fastdp_core.DEVICE)
 
     def _set_up_bridge(self) -> Any:
         """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
@@ -393,6 +400,22 @@ class DataPlane:
         result = await trio.to_thread.run_sync(run, limiter=self._netlink)
         log.info("attached %s (%s) %s", container, result["mac"], ", ".join(addresses))
         return result
+
+    async def announce(self, container: str, attached: dict[str, Any]) -> None:
+        """A gratuitous ARP from the attached container for its IPv4 addresses (best effort).
+
+        Separate from `attach`: the isolation rules drop what a port sends until they know it,
+        so the node announces once its isolation step is done.
+        """
+
+        def run() -> None:
+            try:
+                ref = attachment.resolve_namespace(container)
+            except UserError:
+                return  # gone already: nobody to announce
+            attachment.announce(ref, attached["ifname"], attached["mac"], attached["addresses"])
+
+        await trio.to_thread.run_sync(run, limiter=self._netlink)
 
     async def container_id(self, container: str) -> str:
         """A container's identity for IPAM: its namespace's inode, however it was named."""

@@ -1,10 +1,12 @@
 """The node: what this router does for its users, each use case one pipeline over the services.
 
 Attach is IPAM (allocate; undo: release) → data plane (veth and addresses; undo: take the new
-addresses off, the veth with the last) → isolation (the ramps record the port; undo: forget it)
-→ DNS (name the addresses; the last step, so nothing after it can fail). Detach, hide and reset
-run their steps in the same order without undo: each step is idempotent and what one of them
-cannot remove (a namespace that is gone) must not keep the others from giving back theirs.
+addresses off, the veth with the last) → isolation (the ramps record the port; undo: forget it;
+a failure fails the attach: a container is never attached unisolated) → the data plane's
+gratuitous ARP (only now: the bridge drops what an unknown port sends) → DNS (name the
+addresses; the last step, so nothing after it can fail). Detach, hide and reset run their steps
+in the same order without undo: each step is idempotent and what one of them cannot remove (a
+namespace that is gone) must not keep the others from giving back theirs.
 Expose is IPAM → the ramps (bridge address and tables, all or nothing inside) → DNS.
 
 The Docker and CNI joins are the same attach and detach with a ``Target`` that names their keys:
@@ -160,6 +162,8 @@ class Node:
                         f"isolation of {target.namespace}",
                         lambda: ramps.detached(target.namespace, ifname, fresh),
                     )
+            # Only now: until its port is isolated, the bridge drops what the container sends.
+            await dataplane.announce(target.namespace, result)
             dns_name = self._register(target, result, fqdn)
         return Attached(result, dns_name)
 

@@ -15,13 +15,19 @@ address). What is exposed is kept in the state directory and exposed again when 
 starts; ``stop`` takes the addresses off the bridge and removes the tables.
 
 **Isolation** is on whenever the router runs: ``bridge meshnet`` (see ``nftables``) allows each
-container port only the addresses meshnet attached to it, and only its own subnets. What each
+container port only the addresses meshnet attached to it, and only its own subnets. It fails
+closed: the router does not start without it (unless launched ``--no-isolation``), an attach
+whose rules cannot be installed fails (and is undone), and a bridge port that is neither a known
+container's nor the router's own is shut by the table itself, whatever the records say. What each
 port was given is recorded here, from the node's attach and detach (never from what the
 container shows: an address added by hand inside it is exactly what must not count), and kept in
 the state directory. A port found on the bridge without a record (attached while the router was
-down, or by another tool) is adopted with the addresses it has, once. The host's DNS server
-address is the one address every container may reach whatever its subnet; a container none of
-whose subnets holds it gets a route to it (at attach, and when the server starts).
+down, or by another tool) is adopted with the addresses it has, once; one whose container cannot
+be found stays shut. A table update that fails in the background (after such a scan) is retried
+at the next one: until then the table keeps what it had, and a new port stays shut. The host's
+DNS server address is the one address every container may reach whatever its subnet; a
+container none of whose subnets holds it gets a route to it (at attach, and when the server
+starts).
 
 The kernel work runs in worker threads; one lock orders the changes. What is recorded, and the
 tables that asks for, are computed without I/O in ``ramps_state``.
@@ -224,6 +230,8 @@ class Ramps:
         self._wake = trio.Event()
         self._eager_until = 0.0
         self.isolation = "off (no data plane)"
+        self.required = config.isolation  # False: --no-isolation
+        self._stale = False  # the table lags the records: a background update failed
         self.forwarding_enabled = False
 
     # --- lifecycle
@@ -248,13 +256,26 @@ class Ramps:
                 await self._stop(dataplane)
 
     async def _start(self) -> None:
+        """Install the tables, or refuse to run (UserError, one line) unless --no-isolation."""
         await self._reconcile_ports()
+        if not self.required:
+            self.isolation = "off (--no-isolation)"
+            log.warning(
+                "%s: --no-isolation: containers are neither kept to their subnets nor to their "
+                "own addresses (any of them may reach, and spoof, every subnet)",
+                self._nick,
+            )
+            try:  # a table an earlier run left would keep every new port shut
+                await trio.to_thread.run_sync(nftables.apply, nftables.removal())
+            except UserError as e:
+                log.debug("no nftables tables removed: %s", e)
+            return
         try:
             await self._apply(fresh=True)
         except UserError as e:
-            self.isolation = f"off ({e})"
-            log.error("%s: no isolation between subnets: %s", self._nick, e)
-            return
+            raise UserError(
+                f"cannot isolate containers: {e} (launch with --no-isolation to run without it)"
+            ) from None
         self.isolation = "on"
         if self.state.exposed:
             try:
@@ -299,9 +320,11 @@ class Ramps:
             fresh_bridge=fresh,
             inet_installed=self._inet_installed and not fresh,
             dns=self._dns,
+            own=self._dataplane.own_ports if self._dataplane is not None else (),
         )
         await trio.to_thread.run_sync(nftables.apply, script)
         self._inet_installed = bool(self.state.exposed)
+        self._stale = False
 
     async def _open_dns(self) -> None:
         if self.dns is not None:
@@ -332,8 +355,23 @@ class Ramps:
                 await self._wake.wait()
             self._wake = trio.Event()
             async with self._lock:
-                if await self._reconcile_ports():
-                    await self._update()
+                if await self._reconcile_ports() or self._stale:
+                    await self._update_in_background()
+
+    async def _update_in_background(self) -> None:
+        """`_update` where no one waits for it: a failure is logged (once until it works again)
+        and retried at the next scan, never the end of the router. Meanwhile the table keeps
+        what it had, which fails closed: a port it does not know stays shut."""
+        stale = self._stale
+        try:
+            await self._update()
+        except UserError as e:
+            if not stale:
+                log.error("%s: isolation not updated (retried at the next scan): %s", self._nick, e)
+            self._stale = True
+            return
+        if stale:
+            log.info("%s: isolation updated again", self._nick)
 
     async def _watch_links(self) -> None:
         """Wake `_follow_bridge` when the kernel reports a link change (a port put on the bridge
@@ -387,7 +425,7 @@ class Ramps:
         self._unresolved = present - set(self.state.ports)
         if self._unresolved:
             log.warning(
-                "%s: no container found for bridge ports %s: not isolated",
+                "%s: no container found for bridge ports %s: they stay shut",
                 self._nick,
                 ", ".join(sorted(self._unresolved)),
             )
@@ -407,8 +445,8 @@ class Ramps:
         """Isolate a port the data plane just attached (``result`` is its attachment): only
         the addresses meshnet gave it, and a default route via an exposed address of its
         subnet and a route to the DNS server if it needs them."""
-        if not self._following:
-            return
+        if not self._following:  # starting or stopping: no table to put it in
+            raise UserError(f"{container} not attached: isolation is not running")
         async with self._lock:
             port = str(result["host_ifname"])
             old = self.state.ports.get(port)
@@ -416,7 +454,18 @@ class Ramps:
             kept = [a for a in (old.addresses if old else ()) if a not in given]
             record = PortRecord(str(result["namespace"]), ifname, tuple(kept + given))
             self.state.ports[port] = record
-            await self._update()
+            try:
+                await self._update()
+            except BaseException as e:  # the node undoes the attach: forget what it gave
+                if old is None:
+                    self.state.ports.pop(port, None)
+                else:
+                    self.state.ports[port] = old
+                if isinstance(e, UserError):
+                    raise UserError(
+                        f"{container} not attached: its isolation rules failed: {e}"
+                    ) from None
+                raise
             gateway = gateway_for(record.interfaces(), self.state.exposures())
             if gateway is not None:
                 await trio.to_thread.run_sync(_set_default_route, record, gateway)

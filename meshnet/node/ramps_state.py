@@ -108,14 +108,18 @@ class RampsState:
         fresh_bridge: bool,
         inet_installed: bool,
         dns: Sequence[IPAddress] = (),
+        own: Sequence[str] = (),
     ) -> str:
-        """Both tables as they should be now: the inet one only while something is exposed."""
+        """Both tables as they should be now: the inet one only while something is exposed.
+        ``own``: the router's own ports on the bridge (the rest but the containers' are shut)."""
         ports = self.nft_ports()
         networks: list[IPv4Network | ipaddress.IPv6Network] = [allocation_range]
         networks += [n for n in self.exposed]
         networks += [a.network for p in ports for a in p.addresses]
         overlay4, overlay6 = nftables.overlay(networks)
-        script = nftables.bridge_table(ports, overlay4, overlay6, dns=dns, fresh=fresh_bridge)
+        script = nftables.bridge_table(
+            ports, overlay4, overlay6, dns=dns, own=own, fresh=fresh_bridge
+        )
         if self.exposed:
             local = None
             if no_masq_local:

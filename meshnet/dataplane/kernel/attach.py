@@ -136,6 +136,13 @@ def gratuitous_arp(mac: str, ip: ipaddress.IPv4Address) -> bytes:
     return (b"\xff" * 6 + own + b"\x08\x06" + arp).ljust(60, b"\0")
 
 
+def announce(ref: NamespaceRef, ifname: str, mac: str, addresses: Iterable[str]) -> None:
+    """A gratuitous ARP for each IPv4 address (CIDRs) of `ifname` in the container, sent once
+    its port is isolated (the rules drop what an unknown port sends); best effort."""
+    ipv4 = [i.ip for i in _parse_addresses(addresses) if isinstance(i.ip, ipaddress.IPv4Address)]
+    _announce(ref.path, ifname, [gratuitous_arp(mac, ip) for ip in ipv4])
+
+
 def _announce(namespace: str, ifname: str, frames: list[bytes]) -> None:
     """Send `frames` out of `ifname` in `namespace`; best effort (nothing depends on them)."""
 
@@ -148,7 +155,7 @@ def _announce(namespace: str, ifname: str, frames: list[bytes]) -> None:
     if frames:
         try:
             netlink.run_in_namespace(namespace, send)
-        except OSError as e:
+        except (OSError, netlink.NetlinkError) as e:  # the container went away meanwhile
             log.info("gratuitous ARP on %s in %s not sent: %s", ifname, namespace, e)
 
 
@@ -356,10 +363,6 @@ def attach(
             if iface.network.prefixlen < iface.max_prefixlen:
                 cns.add_route(str(iface.network), ifname)  # no-op when the kernel added it
         link = cns.link(ifname)
-    if port is None:  # a new interface (not yet known to the isolation rules: let through)
-        ipv4 = [i.ip for i in wanted if isinstance(i.ip, ipaddress.IPv4Address)]
-        _announce(ref.path, ifname, [gratuitous_arp(link.mac, ip) for ip in ipv4])
-
     return Attachment(
         namespace=ref.name,
         ifname=ifname,

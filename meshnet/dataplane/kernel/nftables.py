@@ -15,7 +15,10 @@
   subnet, may reach it and be answered from it, so that every container resolves names. That
   address serves nothing but DNS: ``meshnet.dns.firewall`` admits only DNS to it and is in place
   before the address exists. (Replies are let through by address alone: a large UDP answer
-  leaves in fragments that carry no port.)
+  leaves in fragments that carry no port.) A port that is neither a container's nor one of the
+  router's own (``own``: the sleeve TAP, the VXLAN port) neither sends nor receives anything
+  (counter ``unknown``): a veth plugged in by hand, or one whose container was not found, stays
+  shut until meshnet knows it, rather than open without any check.
 * ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
   exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
   from outside the overlay going into it (so replies return through this host; with
@@ -48,7 +51,7 @@ from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.errors import UserError
 
 TABLE = "meshnet"
-COUNTERS = ("spoofed", "isolated", "protocol")
+COUNTERS = ("spoofed", "isolated", "protocol", "unknown")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 
 Interface = IPv4Interface | IPv6Interface
@@ -117,6 +120,7 @@ def _prelude(family: str, declarations: str, sets: Sequence[str], fresh: bool) -
 
 _BRIDGE_SETS = (
     ("ports", "ifname", False),
+    ("own", "ifname", False),
     ("ports6", "ifname", False),
     ("sources", "ifname . ipv4_addr", False),
     ("subnets", "ifname . ipv4_addr", True),
@@ -133,10 +137,13 @@ _BRIDGE_CHAINS = """\
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname @ports jump from_container
 \t\toifname @ports jump to_container
+\t\tiifname != @ports iifname != @own counter name "unknown" drop
+\t\toifname != @ports oifname != @own counter name "unknown" drop
 \t}
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
 \t\tiifname @ports jump to_host
+\t\tiifname != @ports iifname != @own counter name "unknown" drop
 \t}
 \tchain output {
 \t\ttype filter hook output priority filter; policy accept;
@@ -145,6 +152,7 @@ _BRIDGE_CHAINS = """\
 \t\toifname @ports ip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
 \t\toifname @ports ip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 \
 counter name "isolated" drop
+\t\toifname != @ports oifname != @own counter name "unknown" drop
 \t}
 \tchain sender {
 \t\tether type { 8021q, 8021ad } counter name "protocol" drop
@@ -183,13 +191,15 @@ def bridge_table(
     overlay6: Sequence[IPv6Network] = (),
     *,
     dns: Sequence[IPv4Address | IPv6Address] = (),
+    own: Sequence[str] = (),
     fresh: bool,
 ) -> str:
-    """The isolation table for these container ports and the host's DNS server addresses
-    (see the module docstring)."""
+    """The isolation table for these container ports, the router's `own` ports and the host's
+    DNS server addresses (see the module docstring)."""
     ports = sorted(ports, key=lambda p: p.name)
     items: dict[str, list[str]] = {
         "ports": [f'"{p.name}"' for p in ports],
+        "own": [f'"{check_ifname(name)}"' for name in sorted(set(own))],
         "ports6": [f'"{p.name}"' for p in ports if p.sources(6)],
         "sources": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources(4)],
         "subnets": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(4)],
