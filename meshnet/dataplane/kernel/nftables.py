@@ -2,9 +2,10 @@
 
 * ``bridge meshnet`` — isolation, on the bridge itself (frames, not routes), keyed on the port a
   frame comes in by or goes out of. Every container port may send only from the addresses
-  meshnet attached to it (anti-spoofing of IPv4 and ARP; IPv6 only for a container with an
-  IPv6 address, as link-local IPv6 would reach every container otherwise; VLAN-tagged frames
-  never: they could smuggle IP past the checks), only to its own subnets (or broadcast and
+  meshnet attached to it and only from its own MAC (anti-spoofing of Ethernet, so that no
+  container sprays source MACs into every switch's MAC table, and of IPv4 and ARP; IPv6 only
+  for a container with an IPv6 address, as link-local IPv6 would reach every container
+  otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own subnets (or broadcast and
   multicast), and is given only frames whose overlay source lies in one of its subnets. Other
   ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
   check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
@@ -50,19 +51,24 @@ from meshnet.errors import UserError
 TABLE = "meshnet"
 COUNTERS = ("spoofed", "isolated", "protocol")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 Interface = IPv4Interface | IPv6Interface
 
 
 @dataclass(frozen=True)
 class Port:
-    """A container's port on the bridge and the addresses meshnet attached to that container."""
+    """A container's port on the bridge, the addresses meshnet attached to that container and
+    the MAC of its interface (None: unknown, and then the port may send nothing at all)."""
 
     name: str
     addresses: tuple[Interface, ...]
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         check_ifname(self.name)
+        if self.mac is not None:
+            check_mac(self.mac)
 
     def sources(self, version: int) -> list[IPv4Address | IPv6Address]:
         return sorted({a.ip for a in self.addresses if a.version == version})
@@ -86,6 +92,12 @@ def check_ifname(name: str) -> str:
     if not _IFNAME.match(name):
         raise UserError(f"bad interface name {name!r}")
     return name
+
+
+def check_mac(mac: str) -> str:
+    if not _MAC.match(mac):
+        raise UserError(f"bad MAC address {mac!r}")
+    return mac
 
 
 def overlay(
@@ -126,6 +138,7 @@ _BRIDGE_SETS = (
     ("overlay6", "ipv6_addr", True),
     ("dns", "ipv4_addr", False),
     ("dns6", "ipv6_addr", False),
+    ("macs", "ifname . ether_addr", False),
 )
 
 _BRIDGE_CHAINS = """\
@@ -147,6 +160,7 @@ _BRIDGE_CHAINS = """\
 counter name "isolated" drop
 \t}
 \tchain sender {
+\t\tiifname . ether saddr != @macs counter name "spoofed" drop
 \t\tether type { 8021q, 8021ad } counter name "protocol" drop
 \t\tether type ip6 iifname != @ports6 counter name "protocol" drop
 \t\tarp saddr ip != 0.0.0.0 iifname . arp saddr ip != @sources counter name "spoofed" drop
@@ -199,6 +213,7 @@ def bridge_table(
         "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
         "dns": sorted({str(a) for a in dns if a.version == 4}),
         "dns6": sorted({str(a) for a in dns if a.version == 6}),
+        "macs": [f'"{p.name}" . {p.mac}' for p in ports if p.mac is not None],
     }
     counters = "".join(f"\tcounter {c} {{}}\n" for c in COUNTERS)
     empty_sets = "".join(_set(name, kind, [], interval=i) for name, kind, i in _BRIDGE_SETS)
