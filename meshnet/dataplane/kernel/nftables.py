@@ -5,9 +5,10 @@
   meshnet attached to it and only from its own MAC (anti-spoofing of Ethernet, so that no
   container sprays source MACs into every switch's MAC table, and of IPv4 and ARP; IPv6 only
   for a container with an IPv6 address, as link-local IPv6 would reach every container
-  otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own subnets (or broadcast and
-  multicast), and is given only frames whose overlay source lies in one of its subnets. Other
-  ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
+  otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own
+  subnets (or broadcast and multicast), and is given only frames whose overlay source lies in
+  one of its subnets. Other ethertypes pass: no IP stack answers them (the lab's tests count
+  raw broadcasts). That last
   check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
   sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
   address outside the sender's subnets — so the host is never a router between subnets — and

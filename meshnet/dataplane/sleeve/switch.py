@@ -52,7 +52,6 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
-
 #: MAC entries one switch holds at most (a few hundred bytes each: about 2 MB when full).
 MAX_MACS = 8192
 
