@@ -90,8 +90,10 @@ def test_each_port_may_send_only_from_its_own_mac() -> None:
         'set macs { type ifname . ether_addr; elements = { "vethwea" . 02:42:0a:20:01:05 }; }'
         in lines
     )
-    sender = lines[lines.index("chain sender {") :]
-    assert sender[1] == 'iifname . ether saddr != @macs counter name "spoofed" drop'
+    # Before the bridge learns the source MAC (it does so ahead of the forward hook).
+    pre = lines[lines.index("chain prerouting {") :]
+    assert pre[1] == "type filter hook prerouting priority filter; policy accept;"
+    assert pre[2] == 'iifname @ports iifname . ether saddr != @macs counter name "spoofed" drop'
     with pytest.raises(UserError):
         Port("vethwea", (), "02:42:0a:20:01:05; drop")
     assert "set macs { type ifname . ether_addr; }" in rules(

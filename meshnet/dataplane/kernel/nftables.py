@@ -7,8 +7,8 @@
   for a container with an IPv6 address, as link-local IPv6 would reach every container
   otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own
   subnets (or broadcast and multicast), and is given only frames whose overlay source lies in
-  one of its subnets. Other ethertypes pass: no IP stack answers them (the lab's tests count
-  raw broadcasts). That last
+  one of its subnets. Other
+  ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
   check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
   sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
   address outside the sender's subnets — so the host is never a router between subnets — and
@@ -17,7 +17,10 @@
   subnet, may reach it and be answered from it, so that every container resolves names. That
   address serves nothing but DNS: ``meshnet.dns.firewall`` admits only DNS to it and is in place
   before the address exists. (Replies are let through by address alone: a large UDP answer
-  leaves in fragments that carry no port.)
+  leaves in fragments that carry no port.) The MAC check comes first, in ``prerouting``: the
+  bridge learns a frame's source MAC into its forwarding table (which fastdp advertises to
+  every neighbour) before the ``forward`` hook, so a drop there would still let a container
+  fill that table.
 * ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
   exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
   from outside the overlay going into it (so replies return through this host; with
@@ -143,6 +146,10 @@ _BRIDGE_SETS = (
 )
 
 _BRIDGE_CHAINS = """\
+\tchain prerouting {
+\t\ttype filter hook prerouting priority filter; policy accept;
+\t\tiifname @ports iifname . ether saddr != @macs counter name "spoofed" drop
+\t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname @ports jump from_container
@@ -161,7 +168,6 @@ _BRIDGE_CHAINS = """\
 counter name "isolated" drop
 \t}
 \tchain sender {
-\t\tiifname . ether saddr != @macs counter name "spoofed" drop
 \t\tether type { 8021q, 8021ad } counter name "protocol" drop
 \t\tether type ip6 iifname != @ports6 counter name "protocol" drop
 \t\tarp saddr ip != 0.0.0.0 iifname . arp saddr ip != @sources counter name "spoofed" drop

@@ -1,0 +1,177 @@
+"""Issue 17, point 7: tables keyed by what peers and containers send stay bounded.
+
+Each test attacks real routers in a lab and checks that legitimate traffic (or names) keep
+working and that the router's memory stays bounded:
+
+- a container sprays frames with made-up source MACs: the bridge drops every one whose source
+  is not the port's own MAC, the switch's MAC table stays small, ping keeps working;
+- a host registers names past its quota (the API's ``/dns/add``, as any password holder's
+  router could): the other host's own names still register and resolve; a departed peer's
+  records go on ``rmpeer``;
+- the discovered dial targets stay bounded whatever a peer advertises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from meshnet.api.client import ApiClient
+from meshnet.dataplane.kernel import netlink
+from meshnet.errors import UserError
+from meshnet.lab import lab as lablib
+from tests.net.conftest import can_ping, ns_run
+
+pytestmark = pytest.mark.netns
+
+#: An ethertype for local experiments (IEEE 802): no stack answers it, isolation passes it.
+ETHERTYPE = 0x88B5
+
+
+@pytest.fixture(autouse=True)
+def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Routers started by the lab inherit this: a dead link is noticed in ~4 s instead of ~16 s.
+    monkeypatch.setenv("MESHNET_HEARTBEAT_INTERVAL", "1")
+
+
+def api(state: dict[str, Any], host: str) -> ApiClient:
+    entry = next(h for h in state["hosts"] if h["name"] == host)
+    return ApiClient(lablib.host_api_socket(entry["dir"]))
+
+
+def container(state: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in state["containers"] if c["name"] == name)
+
+
+def address(state: dict[str, Any], name: str) -> str:
+    return str(container(state, name)["addresses"][0]).split("/")[0]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except UserError as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def router_rss_kib(state: dict[str, Any], host: str) -> int:
+    entry = next(h for h in state["hosts"] if h["name"] == host)
+    for pid in netlink.namespace_pids(entry["namespace"]):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"--foreground" not in f.read():
+                continue
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    raise AssertionError(f"no router running in {host}")
+
+
+def python_in(namespace: str, code: str, *args: str, timeout: float = 60) -> Any:
+    """Run ``code`` (which prints JSON; ``args`` in sys.argv) inside ``namespace``."""
+    result = ns_run(namespace, sys.executable, "-c", textwrap.dedent(code), *args, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --- (c) source MACs ------------------------------------------------------------------------------
+
+SPRAY = """
+    import json, os, socket, sys
+    count, ethertype, own = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "own"
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("ethwe", 0))
+    mine = s.getsockname()[4]
+    sent = 0
+    for i in range(count):
+        src = mine if own else bytes([0x02, 0x5A]) + i.to_bytes(4, "big")
+        frame = b"\\xff" * 6 + src + ethertype.to_bytes(2, "big") + b"spray" + bytes(41)
+        try:
+            s.send(frame)
+            sent += 1
+        except OSError:  # ENOBUFS under the burst: the queue is full, go on
+            pass
+    print(json.dumps({"sent": sent, "mac": mine.hex(":")}))
+"""
+
+LISTEN = """
+    import json, socket, sys, time
+    ethertype, seconds = int(sys.argv[1]), float(sys.argv[2])
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    s.bind(("ethwe", 0))
+    s.settimeout(0.2)
+    print(json.dumps({"ready": True}), flush=True)
+    sources = set()
+    frames = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = s.recv(2048)
+        except TimeoutError:
+            continue
+        frames += 1
+        sources.add(frame[6:12].hex(":"))
+    print(json.dumps({"frames": frames, "sources": sorted(sources)}))
+"""
+
+
+def test_a_container_spraying_source_macs_is_dropped_at_the_bridge_and_tables_stay_capped(
+    make_lab: Any,
+) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c1, c2 = container(state, "h1-c1"), container(state, "h2-c1")
+    assert wait_for(lambda: can_ping(c1["namespace"], address(state, "h2-c1")), what="ping")
+    rss_before = router_rss_kib(state, "h1")
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", c2["namespace"], sys.executable, "-c", textwrap.dedent(LISTEN),
+         str(ETHERTYPE), "20"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert listener.stdout is not None and "ready" in listener.stdout.readline()
+        # A positive control: frames from the container's own MAC do cross the mesh.
+        own = python_in(c1["namespace"], SPRAY, "20", str(ETHERTYPE), "own")
+        # The attack: 20,000 broadcasts, each from another made-up MAC, with pings meanwhile.
+        spray = subprocess.Popen(
+            ["ip", "netns", "exec", c1["namespace"], sys.executable, "-c",
+             textwrap.dedent(SPRAY), "20000", str(ETHERTYPE), "spoof"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        pings = [can_ping(c1["namespace"], address(state, "h2-c1")) for _ in range(3)]
+        out, _ = spray.communicate(timeout=120)
+        assert json.loads(out)["sent"] > 10_000
+        assert any(pings) and can_ping(c1["namespace"], address(state, "h2-c1"))
+        out, _ = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    seen = json.loads(out)
+    assert own["mac"] in seen["sources"]  # the listener works and own frames pass
+    assert seen["sources"] == [own["mac"]], f"{len(seen['sources'])} foreign sources got through"
+    # Counted where they were dropped, and neither router learned them.
+    ramps = api(state, "h1").get("/status/ramps")
+    assert ramps["dropped"]["spoofed"] >= 10_000
+    for host in ("h1", "h2"):
+        switch = api(state, host).get("/status/dataplane")["switch"]
+        assert switch["entries"] <= 64, (host, switch)
+    # Nor did the kernel bridge (whose learned MACs fastdp advertises to its neighbours).
+    h1 = next(h for h in state["hosts"] if h["name"] == "h1")
+    fdb = ns_run(h1["namespace"], "bridge", "fdb", "show", "br", "meshnet").stdout
+    assert len(fdb.splitlines()) < 100
+    assert api(state, "h1").get("/status/dataplane")["fastdp"].get("local_macs", 0) < 64
+    assert router_rss_kib(state, "h1") - rss_before < 10 * 1024
