@@ -175,3 +175,71 @@ def test_a_container_spraying_source_macs_is_dropped_at_the_bridge_and_tables_st
     assert len(fdb.splitlines()) < 100
     assert api(state, "h1").get("/status/dataplane")["fastdp"].get("local_macs", 0) < 64
     assert router_rss_kib(state, "h1") - rss_before < 10 * 1024
+
+
+# --- (a) the DNS store ----------------------------------------------------------------------------
+
+
+def dig(namespace: str, *args: str) -> str:
+    return ns_run(namespace, "dig", "+time=3", "+tries=1", *args, timeout=15).stdout
+
+
+def records_of(state: dict[str, Any], host: str) -> dict[str, Any]:
+    result: dict[str, Any] = api(state, host).get("/status/dns")["records"]
+    return result
+
+
+def own_entries(state: dict[str, Any], host: str, origin: str) -> list[dict[str, Any]]:
+    """The records of ``origin`` (a host's nickname) that ``host`` answers."""
+    for entry in api(state, host).get("/status/dns")["entries"]:
+        if entry["nickname"] == origin:
+            return list(entry["records"])
+    return []
+
+
+def test_one_host_flooding_names_leaves_room_for_others_and_rmpeer_purges_its_records(
+    make_lab: Any,
+) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c2 = container(state, "h2-c1")
+    attacker, victim = api(state, "h1"), api(state, "h2")
+    assert wait_for(lambda: dig(c2["namespace"], "+short", "h1-c1.meshnet.local").split())
+    rss_before = router_rss_kib(state, "h2")
+    # The attack: h1 registers 9,000 records (a name with 1,000 addresses, nine times), as a
+    # router of a password holder whose containers had that many names could.
+    refused = 0
+    for n in range(9):
+        addresses = [f"10.{40 + n}.{i >> 8}.{i & 0xFF}" for i in range(1000)]
+        try:
+            attacker.post(
+                "/dns/add",
+                {"container": "flood", "name": f"flood{n}", "addresses": addresses},
+            )
+        except UserError:
+            refused += 1
+    sent = len(own_entries(state, "h1", "h1"))
+    assert sent >= 1000
+    wait_for(lambda: len(own_entries(state, "h2", "h1")) == sent, what="h2 to hold h1's records")
+    held = records_of(state, "h2")
+    # The victim's own names still register and resolve.
+    victim.post(
+        "/dns/add",
+        {"container": c2["namespace"], "name": "legit", "addresses": [address(state, "h2-c1")]},
+    )
+    assert dig(c2["namespace"], "+short", "legit.meshnet.local").split() == [
+        address(state, "h2-c1")
+    ]
+    assert dig(c2["namespace"], "+short", "h1-c1.meshnet.local").split()
+    assert held["live"] <= 1100, held
+    assert refused >= 8  # h1's own quota: at most 1,024 records of its own
+    assert router_rss_kib(state, "h2") - rss_before < 10 * 1024
+    # h1 leaves for good: its records are hidden, then purged by rmpeer.
+    h1_name = next(p["name"] for p in victim.get("/status/peers") if p["nickname"] == "h1")
+    attacker.post("/stop")
+    wait_for(lambda: records_of(state, "h2")["hidden"] >= 1000, what="h1's records hidden")
+    victim.post("/ipam/rmpeer", {"peer": h1_name})
+    after = records_of(state, "h2")
+    assert after["hidden"] == 0 and after["tombstones"] == 0, after
+    assert dig(c2["namespace"], "+short", "legit.meshnet.local").split() == [
+        address(state, "h2-c1")
+    ]
