@@ -243,3 +243,84 @@ def test_one_host_flooding_names_leaves_room_for_others_and_rmpeer_purges_its_re
     assert dig(c2["namespace"], "+short", "legit.meshnet.local").split() == [
         address(state, "h2-c1")
     ]
+
+
+# --- (b) discovered dial targets ------------------------------------------------------------------
+
+#: Run as a router: the real one, except that its topology entry also lists 999 made-up outbound
+#: connections, half at the mesh's port and half at others, in 198.18.0.0/15 (benchmarking
+#: space, routed nowhere in the lab: a dial fails at once and no packet leaves the namespace).
+LIAR = """
+    import random, runpy, sys
+    from meshnet.gossip import topology
+    real = topology.Topology.set_local_connections
+    fakes = [
+        topology.Connection(
+            0x0200_0000_0000 + i,
+            f"198.18.{i >> 8}.{i & 0xFF}:{6783 if i % 2 else 1000 + i}",
+            True,
+            True,
+        )
+        for i in range(999)
+    ]
+    def lying(self, connections):
+        return real(self, [*connections, *fakes])
+    topology.Topology.set_local_connections = lying
+    sys.argv = ["meshnet", *sys.argv[1:]]
+    runpy.run_module("meshnet", run_name="__main__", alter_sys=True)
+"""
+
+
+def router_process(state: dict[str, Any], host: str) -> tuple[int, list[str], dict[str, str]]:
+    """The pid, arguments (after ``-m meshnet``) and environment of a host's router."""
+    entry = next(h for h in state["hosts"] if h["name"] == host)
+    for pid in netlink.namespace_pids(entry["namespace"]):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+        if "--foreground" in argv:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(
+                    item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item
+                )
+            return pid, argv[argv.index("meshnet") + 1 :], env
+    raise AssertionError(f"no router running in {host}")
+
+
+def test_a_peer_advertising_made_up_connections_gets_few_dialled(make_lab: Any) -> None:
+    state = make_lab("line", hosts=2, containers=1)
+    c1 = container(state, "h1-c1")
+    h1 = next(h for h in state["hosts"] if h["name"] == "h1")
+    _, args, env = router_process(state, "h1")
+    api(state, "h1").post("/stop")
+    wait_for(lambda: not lablib.host_api_socket(h1["dir"]).exists(), what="h1 to stop")
+    with open(f"{h1['dir']}/liar.log", "w") as log:
+        liar = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{h1['namespace']}", sys.executable, "-c",
+             textwrap.dedent(LIAR), *args],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        victim = api(state, "h2")
+        wait_for(
+            lambda: any(
+                p["nickname"] == "h1" and len(p["connections"]) > 900
+                for p in victim.get("/status/peers")
+            ),
+            what="h2 to hear of h1's made-up connections",
+        )
+        rss_before = router_rss_kib(state, "h2")
+        time.sleep(5)  # the connection maker runs, dials, backs off
+        status = victim.get("/status")
+        targets = status["targets"]
+        assert len(targets) <= 1 + 16, f"{len(targets)} targets"
+        assert all(t.endswith(":6783") for t in targets), targets
+        assert status["discovery_refused"] >= 999 - 16
+        assert router_rss_kib(state, "h2") - rss_before < 10 * 1024
+        assert wait_for(lambda: can_ping(c1["namespace"], address(state, "h2-c1")), what="ping")
+    finally:
+        liar.terminate()
+        try:
+            liar.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            liar.kill()
+            liar.wait()
