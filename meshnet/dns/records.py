@@ -16,7 +16,14 @@ of its records that is not the one it holds (a previous incarnation's, or one it
 bumps past it and re-asserts its own (weaveworks/mesh does the same for peer entries).
 
 Records of a peer that left the mesh are hidden, not forgotten: if it comes back they are
-answered again at once, without waiting for it to re-send them.
+answered again at once, without waiting for it to re-send them. Not for ever, though: once it
+has been gone ``departed_ttl`` seconds (10 minutes, like Weave's tombstones) its records are
+purged, and at once on ``rmpeer`` (``forget_peer``); if it returns it re-sends them.
+
+The store is bounded by what others send: each origin holds at most ``MAX_PER_ORIGIN`` records
+(live, tombstoned and hidden alike), and other origins together at most ``MAX_RECORDS -
+MAX_PER_ORIGIN``, so one origin cannot fill the table and our own names always fit. Records
+beyond a quota are dropped and counted (``overflow``); a peer that sends them is not cut off.
 
 Time is passed in (``now``: wall-clock seconds, as ``time.time()``, because tombstone times are
 compared across hosts). The ``Gossiper`` methods take no time: they use the latest ``now`` the
@@ -30,7 +37,7 @@ import ipaddress
 import math
 import re
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,8 +53,12 @@ MAX_NAME = 254
 MAX_CONTAINER = 128
 MAX_ADDRESS_TEXT = 39
 #: Records held (live, tombstoned and hidden alike). Bounded so that a full state fits in one
-#: control frame (``meshnet.gossip.framing.MAX_FRAME_SIZE``, 4 MiB) even with maximal fields.
-MAX_RECORDS = 8192
+#: control frame (``meshnet.gossip.framing.MAX_FRAME_SIZE``, 4 MiB) even with maximal fields
+#: (at most 454 bytes each): 8192 of other origins and our own quota.
+MAX_RECORDS = 9216
+#: Records held per origin, ours included: a thousand containers' names on one host (and the
+#: tombstones of names removed in the last ``tombstone_ttl``).
+MAX_PER_ORIGIN = 1024
 MAX_PAYLOAD = 4 << 20
 #: Tombstone times are wall-clock seconds; anything outside this range is not a time.
 MAX_TIME = float(1 << 40)
@@ -142,10 +153,12 @@ class RecordsStatistics:
     hidden_peers: tuple[int, ...]
     reassertions: int
     expired: int
-    #: Records dropped because the store was full (``MAX_RECORDS``).
+    #: Records dropped because the store or their origin's quota was full.
     overflow: int
     #: Our own records taken back from the mesh after our state file was lost (``recover``).
     recovered: int = 0
+    #: Records of departed peers forgotten (``departed_ttl`` after they left, or ``rmpeer``).
+    purged: int = 0
 
 
 class Records:
@@ -155,19 +168,30 @@ class Records:
     return a delta for the shell to gossip at once (``Mesh.gossip``).
     """
 
-    def __init__(self, *, peer: int, now: float, tombstone_ttl: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        peer: int,
+        now: float,
+        tombstone_ttl: float = 600.0,
+        departed_ttl: float = 600.0,
+    ) -> None:
         if not 0 <= peer <= MAX_PEER_NAME:
             raise ValueError(f"bad peer name {peer!r}")
         if not tombstone_ttl > 0:
             raise ValueError(f"bad tombstone TTL {tombstone_ttl!r}")
+        if not departed_ttl > 0:
+            raise ValueError(f"bad departed TTL {departed_ttl!r}")
         self._peer = peer
         self._ttl = float(tombstone_ttl)
+        self._departed_ttl = float(departed_ttl)
         self._now = float(now)
         self._records: dict[Key, Record] = {}
         # What we hold, by encoding: most of a neighbour's full state is records we already
         # hold byte for byte, which need no decoding and validating again (decode_records).
         self._by_encoding: dict[bytes, Record] = {}
-        self._hidden: set[int] = set()
+        self._hidden: dict[int, float] = {}  # origin -> when it was seen gone
+        self._per_origin: dict[int, int] = {}  # records held per origin
         self._counter = 0  # the highest version of our own records we have seen
         self._reasserted: dict[Key, Record] = {}
         self._reassertions = 0
@@ -175,6 +199,7 @@ class Records:
         self._overflow = 0
         self._recover_until = -math.inf
         self._recovered = 0
+        self._purged = 0
         self._generation = 0
         self._index: NameIndex | None = None
         self._full: bytes | None = None
@@ -263,6 +288,7 @@ class Records:
             expired=self._expired,
             overflow=self._overflow,
             recovered=self._recovered,
+            purged=self._purged,
         )
 
     # --- local changes
@@ -285,8 +311,8 @@ class Records:
         current = self._records.get(key)
         if current is not None and current.live:
             return None
-        if current is None and len(self._records) >= MAX_RECORDS:
-            raise UserError(f"too many DNS records (at most {MAX_RECORDS})")
+        if current is None and self._per_origin.get(self._peer, 0) >= MAX_PER_ORIGIN:
+            raise UserError(f"too many DNS records on this host (at most {MAX_PER_ORIGIN})")
         record = Record(key[2], key[3], key[1], self._peer, self._next_version())
         self._store(record)
         return encode_records([record])
@@ -345,7 +371,8 @@ class Records:
         self._recover_until = until
 
     def expire(self, now: float) -> int:
-        """Forget tombstones older than the TTL; how many were dropped."""
+        """Forget tombstones older than the TTL, and the records of peers gone for longer than
+        ``departed_ttl``; how many tombstones were dropped."""
         self._advance(now)
         old = [k for k, r in self._records.items() if self._expired_tombstone(r)]
         for key in old:
@@ -354,13 +381,23 @@ class Records:
         if old:
             self._expired += len(old)
             self._changed()
+        now = self._now
+        departed = {p for p, since in self._hidden.items() if since + self._departed_ttl <= now}
+        if departed:
+            self._purge(departed)
+        # The marks of departed peers outlive their records by another departed_ttl, so that a
+        # neighbour's late copy of them is purged again rather than answered.
+        for p, since in list(self._hidden.items()):
+            if p not in self._per_origin and since + 2 * self._departed_ttl <= now:
+                del self._hidden[p]
         return len(old)
 
     def peer_gone(self, peer: int) -> bool:
-        """``peer`` left the mesh: hide its records, kept in case it returns; whether it changed."""
+        """``peer`` left the mesh: hide its records, kept in case it returns (for
+        ``departed_ttl``); whether it changed."""
         if peer == self._peer or peer in self._hidden:
             return False
-        self._hidden.add(peer)
+        self._hidden[peer] = self._now
         self._changed()
         return True
 
@@ -368,9 +405,31 @@ class Records:
         """``peer`` is back: answer its records again. Whether it changed."""
         if peer not in self._hidden:
             return False
-        self._hidden.discard(peer)
+        del self._hidden[peer]
         self._changed()
         return True
+
+    def forget_peer(self, peer: int) -> int:
+        """``peer`` is gone for good (``rmpeer``): purge its records now; how many went.
+
+        It stays hidden as if gone for ``departed_ttl`` already, so a neighbour's copy of its
+        records is purged at the next ``expire`` instead of being answered.
+        """
+        if peer == self._peer:
+            raise ValueError("cannot forget our own records")
+        self._hidden[peer] = min(self._hidden.get(peer, self._now), self._now - self._departed_ttl)
+        before = self._purged
+        self._purge({peer})
+        self._changed()
+        return self._purged - before
+
+    def _purge(self, origins: set[int]) -> None:
+        gone = [k for k, r in self._records.items() if r.origin in origins]
+        for key in gone:
+            self._drop(key)
+        if gone:
+            self._purged += len(gone)
+            self._changed()
 
     def take_reassertions(self) -> bytes | None:
         """Our records re-asserted since the last call, as a delta, or None.
@@ -429,7 +488,7 @@ class Records:
             current = self._records.get(r.key)
             if current is not None and not beats(r, current):
                 continue
-            if current is None and len(self._records) >= MAX_RECORDS:
+            if current is None and not self._room_for(r.origin):
                 self._overflow += 1
                 continue
             if self._expired_tombstone(r):
@@ -481,10 +540,20 @@ class Records:
     def _expired_tombstone(self, r: Record) -> bool:
         return r.tombstone is not None and r.tombstone + self._ttl <= self._now
 
+    def _room_for(self, origin: int) -> bool:
+        """Whether a new record of another origin fits its quota and the others' share."""
+        others = len(self._records) - self._per_origin.get(self._peer, 0)
+        return (
+            self._per_origin.get(origin, 0) < MAX_PER_ORIGIN
+            and others < MAX_RECORDS - MAX_PER_ORIGIN
+        )
+
     def _store(self, r: Record) -> None:
         old = self._records.get(r.key)
         if old is not None:
             self._by_encoding.pop(old.packed, None)
+        else:
+            self._per_origin[r.origin] = self._per_origin.get(r.origin, 0) + 1
         self._records[r.key] = r
         self._by_encoding[r.packed] = r
         if r.origin == self._peer:
@@ -492,7 +561,13 @@ class Records:
         self._changed()
 
     def _drop(self, key: Key) -> None:
-        self._by_encoding.pop(self._records.pop(key).packed, None)
+        r = self._records.pop(key)
+        self._by_encoding.pop(r.packed, None)
+        left = self._per_origin[r.origin] - 1
+        if left:
+            self._per_origin[r.origin] = left
+        else:
+            del self._per_origin[r.origin]
 
     def _changed(self) -> None:
         self._generation += 1
@@ -518,7 +593,7 @@ class NameIndex:
     existing: frozenset[str]
 
     @classmethod
-    def build(cls, records: Iterable[Record], hidden: set[int]) -> NameIndex:
+    def build(cls, records: Iterable[Record], hidden: Container[int]) -> NameIndex:
         by_name: dict[str, set[str]] = {}
         by_address: dict[str, set[str]] = {}
         for r in records:

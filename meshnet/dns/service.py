@@ -298,6 +298,12 @@ class DnsService:
             elif self.records.peer_gone(origin):
                 log.info("%s: DNS records of %s hidden", self._nick, self.router.nick(origin))
 
+    def forget_peer(self, peer: int) -> None:
+        """``rmpeer``: the peer is gone for good; its records go now, not when they expire."""
+        purged = self.records.forget_peer(peer)
+        if purged:
+            log.info("%s: %d DNS records of %s purged", self._nick, purged, format_peer_name(peer))
+
     # --- persistence
 
     def _load(self) -> bytes:

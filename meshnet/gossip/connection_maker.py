@@ -3,6 +3,14 @@
 Pure: the shell reports attempts and connections, then asks `plan(now)` what to dial and how long
 to sleep. Retries back off exponentially (x1.5, with jitter, capped) so a dead peer costs little
 and a mesh of restarting peers does not dial in lock-step.
+
+Discovered targets are what other peers *say* they are connected to, so `select_discovered`
+bounds them before the maker sees them: an IP address (never a name to resolve) at the mesh's
+own port, at most `MAX_DISCOVERED_PER_PEER` from each advertising peer and `MAX_DISCOVERED` in
+all. Otherwise one peer advertising made-up connections would have every router dial whatever
+hosts and ports it chose. A legitimate peer advertises only the peers it dialled that we are
+not connected to; with many such peers, each of them is advertised by others too, and every
+connection we make takes one off the list, so discovery still converges.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from meshnet.constants import CONTROL_PORT
@@ -18,6 +27,9 @@ from meshnet.errors import UserError
 INITIAL_DELAY = 1.0
 MAX_DELAY = 60.0
 BACKOFF = 1.5
+#: Discovered targets taken from one advertising peer, and from all of them.
+MAX_DISCOVERED_PER_PEER = 16
+MAX_DISCOVERED = 256
 
 
 class Source(enum.Enum):
@@ -80,6 +92,52 @@ def listen_address(ip: str, port: int) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return normalize_address(f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    addresses: frozenset[str]
+    refused: int  # advertised addresses left out: another port, not an IP, or beyond a cap
+
+
+def select_discovered(advertised: Mapping[int, Iterable[str]], port: int) -> Discovery:
+    """The targets worth dialling among what each peer advertises (see the module docstring).
+
+    Deterministic: each peer's addresses in sorted order, and the overall cap filled a turn
+    per peer (in the order of their names), so no peer can crowd out the others.
+    """
+    per_peer: list[list[str]] = []
+    refused = 0
+    for peer in sorted(advertised):
+        wanted = sorted(set(advertised[peer]))
+        ok = [a for a in wanted if _dialable(a, port)]
+        refused += len(wanted) - len(ok)
+        if len(ok) > MAX_DISCOVERED_PER_PEER:
+            refused += len(ok) - MAX_DISCOVERED_PER_PEER
+            ok = ok[:MAX_DISCOVERED_PER_PEER]
+        per_peer.append(ok)
+    chosen: set[str] = set()
+    offered = len({a for ok in per_peer for a in ok})
+    for turn in range(MAX_DISCOVERED_PER_PEER):
+        for ok in per_peer:
+            if turn < len(ok) and len(chosen) < MAX_DISCOVERED:
+                chosen.add(ok[turn])
+    return Discovery(frozenset(chosen), refused + offered - len(chosen))
+
+
+def _dialable(address: str, port: int) -> bool:
+    """An IP address (not multicast, unspecified or broadcast) at ``port``, spelled as we
+    spell targets."""
+    host, _, port_text = address.rpartition(":")
+    if port_text != str(port):
+        return False
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return False
+    return listen_address(str(ip), port) == address
 
 
 def _port(text: str, whole: str) -> int:

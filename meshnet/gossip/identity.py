@@ -96,6 +96,21 @@ def load_or_create_peer_name(state_dir: Path, rng: Rng) -> int:
     return name
 
 
+def printable(text: str, limit: int = MAX_NICKNAME_LENGTH) -> str:
+    """Text a peer sent, made safe to print in logs, status and the TUI: at most ``limit``
+    characters, each non-printable one (control characters, terminal escapes, bidi overrides,
+    line breaks) replaced by U+FFFD.
+
+    Applied where such text is decoded from the wire and kept (topology's nicknames, which any
+    peer relays for any other): replacing rather than refusing, because refusing would close
+    the connection to an honest neighbour that only relayed it.
+    """
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
 @dataclass(frozen=True)
 class Identity:
     """A peer as others see it; validates itself so a bad nickname fails at startup, not later."""

@@ -155,13 +155,18 @@ class Mesh:
 
     def discovered_addresses(self) -> set[str]:
         """Listening addresses of peers we are not connected to, from others' outbound links."""
-        found = set()
+        return {a for found in self.advertised_addresses().values() for a in found}
+
+    def advertised_addresses(self) -> dict[int, set[str]]:
+        """``discovered_addresses`` by the peer that advertises them (to be capped per peer:
+        ``meshnet.gossip.connection_maker.select_discovered``)."""
+        found: dict[int, set[str]] = {}
         for name, entry in self._topology.entries.items():
             if name == self._name:
                 continue
             for conn in entry.connections:
                 if conn.outbound and conn.peer != self._name and conn.peer not in self._neighbours:
-                    found.add(conn.address)
+                    found.setdefault(name, set()).add(conn.address)
         return found
 
     def statistics(self) -> MeshStatistics:

@@ -32,7 +32,13 @@ from meshnet.config import Config
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Gossiper, Send
-from meshnet.gossip.connection_maker import ConnectionMaker, Source, listen_address
+from meshnet.gossip.connection_maker import (
+    MAX_DISCOVERED_PER_PEER,
+    ConnectionMaker,
+    Source,
+    listen_address,
+    select_discovered,
+)
 from meshnet.gossip.events import NO_LINKS, LiveLinks, MeshView, PathVerdict, PeerLink, Watch
 from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
@@ -152,6 +158,8 @@ class Router:
         )
         self.outbox = self.mesh.new_outbox()
         self.maker = ConnectionMaker(self._rng, discovery=config.discovery)
+        self._discovery_refused = 0  # advertised targets left out now (select_discovered)
+        self._discovery_warned = -math.inf
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
         # The latest failure per (address, direction), oldest first, bounded.
@@ -217,6 +225,7 @@ class Router:
             "targets": [t.address for t in self.maker.targets()],
             "conn_limit": self.config.conn_limit,
             "discovery": self.config.discovery,
+            "discovery_refused": self._discovery_refused,
             "uptime": time.time() - self.started,
             "counters": dict(self.counters),
         }
@@ -378,7 +387,7 @@ class Router:
         assert self._nursery is not None
         while True:
             now = trio.current_time()
-            self.maker.set_discovered(self.mesh.discovered_addresses(), now)
+            self._discover(now)
             free = self.config.conn_limit - len(self._live) - len(self._attempts)
             dial, wake = self.maker.plan(set(self._live), max(0, free), now)
             for address in dial:
@@ -386,6 +395,21 @@ class Router:
             self._wake_maker = trio.Event()
             with trio.move_on_at(wake):
                 await self._wake_maker.wait()
+
+    def _discover(self, now: float) -> None:
+        discovery = select_discovered(self.mesh.advertised_addresses(), self.config.port)
+        self.maker.set_discovered(set(discovery.addresses), now)
+        if discovery.refused > self._discovery_refused and now - self._discovery_warned >= 60:
+            self._discovery_warned = now
+            log.warning(
+                "%s: %d advertised connections not dialled (another port than %d, or beyond "
+                "%d per peer)",
+                self.identity.nickname,
+                discovery.refused,
+                self.config.port,
+                MAX_DISCOVERED_PER_PEER,
+            )
+        self._discovery_refused = discovery.refused
 
     async def _tick(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.identity import printable
 from meshnet.gossip.payload import decode_items, pack_array
 
 MAX_PEER_NAME = (1 << 48) - 1
@@ -225,7 +226,7 @@ def _decode_entry(obj: Any) -> PeerEntry:
         raise _fail("entry", obj)
     name_, nickname, uid, version, conns_ = obj
     name = _int(name_, 0, MAX_PEER_NAME, "peer name")
-    if type(nickname) is not str or not 0 < len(nickname) <= MAX_NICKNAME:
+    if type(nickname) is not str or not nickname:  # a long one is cut (the decoder bounds it)
         raise _fail("nickname", nickname)
     if type(conns_) is not list or len(conns_) > MAX_CONNECTIONS:
         raise _fail("connection list", conns_)
@@ -243,7 +244,7 @@ def _decode_entry(obj: Any) -> PeerEntry:
         conns.append(Connection(peer, _address(c[1]), c[2], c[3]))
     return PeerEntry(
         name,
-        nickname,
+        printable(nickname, MAX_NICKNAME),  # printed by every peer: see ``printable``
         _int(uid, 0, MAX_UID, "uid"),
         _int(version, 1, MAX_VERSION, "version"),
         tuple(conns),

@@ -353,8 +353,13 @@ class Node:
         return result
 
     def rmpeer(self, peer: str) -> dict[str, Any]:
+        """Reclaim a dead peer's addresses and purge its DNS records (hidden since it left)."""
         ipam = self.require_ipam()
-        return ipam.rmpeer(ipam.resolve_peer(peer))
+        name = ipam.resolve_peer(peer)
+        result = ipam.rmpeer(name)
+        if self.dns is not None and name != self.router.identity.name:
+            self.dns.forget_peer(name)
+        return result
 
     def owners(self, prefix: str) -> dict[str, list[str]]:
         return self.require_ipam().holders(prefix)

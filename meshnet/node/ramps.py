@@ -394,7 +394,9 @@ class Ramps:
 
     async def _reconcile_ports(self) -> bool:
         """Forget ports that left the bridge, adopt unknown ones; True if anything changed."""
-        known, unresolved = set(self.state.ports), set(self._unresolved)
+        # A record without a MAC (from an older state file) is adopted again to learn it.
+        known = {port for port, record in self.state.ports.items() if record.mac}
+        unresolved = set(self._unresolved)
         scan = await trio.to_thread.run_sync(_scan_bridge, known, unresolved)
         if scan is None:
             return False
@@ -403,14 +405,14 @@ class Ramps:
         for gone in set(self.state.ports) - present:
             del self.state.ports[gone]
             changed = True
-        unknown = present - set(self.state.ports)
+        unknown = present - known
         if found is None:
             return changed
         adopted = []
         for a in found:
             if a.host_ifname in unknown:
                 record = self.state.ports[a.host_ifname] = PortRecord(
-                    a.namespace, a.ifname, a.addresses
+                    a.namespace, a.ifname, a.addresses, a.mac
                 )
                 adopted.append(record)
                 log.info(
@@ -452,7 +454,9 @@ class Ramps:
             old = self.state.ports.get(port)
             given = [str(ipaddress.ip_interface(a)) for a in addresses]
             kept = [a for a in (old.addresses if old else ()) if a not in given]
-            record = PortRecord(str(result["namespace"]), ifname, tuple(kept + given))
+            record = PortRecord(
+                str(result["namespace"]), ifname, tuple(kept + given), str(result["mac"])
+            )
             self.state.ports[port] = record
             try:
                 await self._update()
@@ -508,7 +512,7 @@ class Ramps:
                 del self.state.ports[port]
                 continue
             rest = tuple(a for a in record.addresses if ipaddress.ip_interface(a).ip not in ips)
-            self.state.ports[port] = PortRecord(record.namespace, record.ifname, rest)
+            self.state.ports[port] = PortRecord(record.namespace, record.ifname, rest, record.mac)
 
     async def _set_default_routes(self, network: IPv4Network) -> None:
         """Local containers of the subnet that have no default route get one via the host."""

@@ -44,6 +44,9 @@ class PortRecord:
     namespace: str
     ifname: str
     addresses: tuple[str, ...]
+    #: The container interface's MAC, the only source MAC its port may send from ("": not
+    #: known yet, as in a state file written before MACs were recorded: adopted again).
+    mac: str = ""
 
     def interfaces(self) -> list[Interface]:
         return [ipaddress.ip_interface(a) for a in self.addresses]
@@ -69,7 +72,12 @@ class RampsState:
             "version": 1,
             "exposed": [e.as_json() for e in self.exposed.values()],
             "ports": {
-                name: {"namespace": p.namespace, "ifname": p.ifname, "addresses": p.addresses}
+                name: {
+                    "namespace": p.namespace,
+                    "ifname": p.ifname,
+                    "addresses": p.addresses,
+                    "mac": p.mac,
+                }
                 for name, p in sorted(self.ports.items())
             },
         }
@@ -88,7 +96,7 @@ class RampsState:
             for name, p in data.get("ports", {}).items():
                 addresses = tuple(str(ipaddress.ip_interface(a)) for a in p["addresses"])
                 state.ports[nftables.check_ifname(name)] = PortRecord(
-                    str(p["namespace"]), str(p["ifname"]), addresses
+                    str(p["namespace"]), str(p["ifname"]), addresses, _mac(p.get("mac", ""))
                 )
         except (KeyError, TypeError, AttributeError, UserError) as e:
             raise ValueError(f"malformed: {e!r}") from None
@@ -98,7 +106,7 @@ class RampsState:
         return [Exposure(e.address, e.masquerade) for e in self.exposed.values()]
 
     def nft_ports(self) -> list[Port]:
-        return [Port(name, tuple(p.interfaces())) for name, p in self.ports.items()]
+        return [Port(name, tuple(p.interfaces()), p.mac or None) for name, p in self.ports.items()]
 
     def script(
         self,
@@ -130,6 +138,10 @@ class RampsState:
         elif inet_installed or fresh_bridge:
             script += nftables.removal(["inet"])
         return script
+
+
+def _mac(value: Any) -> str:
+    return "" if value == "" else nftables.check_mac(str(value))
 
 
 def needs_route_to(record: PortRecord, address: IPAddress) -> bool:

@@ -9,11 +9,14 @@ import pytest
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import (
     MAX_DELAY,
+    MAX_DISCOVERED,
+    MAX_DISCOVERED_PER_PEER,
     ConnectionMaker,
     Source,
     TargetState,
     listen_address,
     normalize_address,
+    select_discovered,
 )
 
 
@@ -153,3 +156,49 @@ def test_normalize_address(text: str, expected: str) -> None:
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(UserError):
         normalize_address(text)
+
+
+# --- what other peers advertise -----------------------------------------------------------------
+
+
+def fake(n: int, port: int = 6783) -> str:
+    return f"10.{n >> 16 & 0xFF}.{n >> 8 & 0xFF}.{n & 0xFF}:{port}"
+
+
+def test_one_peer_advertising_many_connections_gets_its_quota_only() -> None:
+    honest = {2: {"10.9.0.1:6783", "10.9.0.2:6783"}}
+    liar = {3: {fake(n) for n in range(999)}}
+    found = select_discovered({**honest, **liar}, 6783)
+    assert honest[2] <= found.addresses
+    assert len(found.addresses) == 2 + MAX_DISCOVERED_PER_PEER
+    assert found.refused == 999 - MAX_DISCOVERED_PER_PEER
+    assert select_discovered({**honest, **liar}, 6783) == found  # deterministic
+
+
+def test_only_ip_addresses_at_the_mesh_port_are_dialled() -> None:
+    advertised = {
+        2: {
+            "10.0.0.1:6783",
+            "[fd00::1]:6783",
+            "10.0.0.2:22",
+            "[fd00::2]:7000",
+            "example.com:6783",
+            "224.0.0.1:6783",
+            "0.0.0.0:6783",
+            "255.255.255.255:6783",
+            "[::ffff:10.0.0.3]:6783",  # not spelled as targets are
+        }
+    }
+    found = select_discovered(advertised, 6783)
+    assert found.addresses == {"10.0.0.1:6783", "[fd00::1]:6783"}
+    assert found.refused == 7
+    assert select_discovered({2: {"10.0.0.1:7000"}}, 7000).addresses == {"10.0.0.1:7000"}
+
+
+def test_many_advertising_peers_share_the_overall_cap_in_turns() -> None:
+    advertised = {peer: {fake(peer * 100 + i) for i in range(10)} for peer in range(1, 101)}
+    found = select_discovered(advertised, 6783)
+    assert len(found.addresses) == MAX_DISCOVERED
+    assert found.refused == 1000 - MAX_DISCOVERED
+    # Every peer got its first turns before anyone got a later one.
+    assert all(len(advertised[peer] & found.addresses) >= 2 for peer in advertised)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from meshnet.dns.records import (
     MAX_CONTAINER,
     MAX_NAME,
+    MAX_PER_ORIGIN,
     MAX_RECORDS,
     Record,
     Records,
@@ -267,16 +268,58 @@ def test_generation_moves_on_visible_changes() -> None:
     assert store.generation > g1
 
 
-def test_store_is_bounded_and_counts_what_it_drops() -> None:
-    store = observer()
-    batch = [
-        Record(f"n{i}.meshnet.local.", "10.32.0.1", "c", 2, 1) for i in range(MAX_RECORDS + 10)
+def names(origin: int, count: int, start: int = 0) -> list[Record]:
+    return [
+        Record(f"n{i}.meshnet.local.", "10.32.0.1", "c", origin, 1)
+        for i in range(start, start + count)
     ]
-    store.merge(batch)
-    assert len(store) == MAX_RECORDS
+
+
+def test_one_origin_fills_only_its_quota_and_local_names_always_fit() -> None:
+    store = Records(peer=OBSERVER, now=NOW, tombstone_ttl=TTL)
+    store.merge(names(2, MAX_PER_ORIGIN + 10))
+    assert len(store) == MAX_PER_ORIGIN
     assert store.statistics().overflow == 10
+    for n in range(2, 2 + (MAX_RECORDS - MAX_PER_ORIGIN) // MAX_PER_ORIGIN + 3):
+        store.merge(names(n, MAX_PER_ORIGIN))  # many origins: the others' share fills up
+    assert len(store) == MAX_RECORDS - MAX_PER_ORIGIN
+    # Our own names still fit, up to our own quota, whatever the others hold.
+    for i in range(MAX_PER_ORIGIN):
+        assert store.register(f"own{i}.meshnet.local", "10.32.0.9", "c", NOW) is not None
+    assert store.addresses("own0.meshnet.local") == ["10.32.0.9"]
     with pytest.raises(UserError):
         store.register("one.more.local", "10.0.0.1", "c", NOW)
+    assert len(store) == MAX_RECORDS
+
+
+def test_a_departed_origins_records_are_purged_after_the_ttl_and_on_rmpeer() -> None:
+    store = Records(peer=OBSERVER, now=NOW, tombstone_ttl=TTL, departed_ttl=TTL)
+    store.merge(names(2, 5) + names(3, 5))
+    store.peer_gone(2)
+    store.expire(NOW + TTL - 1)
+    assert len(store) == 10 and store.statistics().hidden == 5  # kept in case it returns
+    store.expire(NOW + TTL)
+    assert len(store) == 5 and store.statistics().purged == 5
+    # A neighbour's late copy is purged again at the next expire, never answered.
+    store.merge(names(2, 5))
+    assert store.addresses("n0.meshnet.local") == ["10.32.0.1"]  # origin 3's
+    assert store.statistics().hidden == 5
+    store.expire(NOW + TTL + 10)
+    assert len(store) == 5
+    # rmpeer: at once.
+    assert store.forget_peer(3) == 5
+    assert len(store) == 0 and store.full_state() is None
+    store.merge(names(3, 2))
+    assert store.statistics().live == 0
+    store.expire(NOW + TTL + 20)
+    assert len(store) == 0
+    # The marks go too, once the records are long gone; a returning peer is answered again.
+    store.expire(NOW + 4 * TTL)
+    assert store.hidden_peers == frozenset()
+    store.merge(names(3, 1))
+    assert store.addresses("n0.meshnet.local") == ["10.32.0.1"]
+    with pytest.raises(ValueError):
+        store.forget_peer(OBSERVER)
 
 
 def test_worst_case_full_state_fits_a_control_frame() -> None:

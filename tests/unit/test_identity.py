@@ -20,6 +20,7 @@ from meshnet.gossip.identity import (
     new_peer_name,
     new_uid,
     parse_peer_name,
+    printable,
 )
 from meshnet.gossip.messages import MAX_PEER_NAME
 
@@ -167,3 +168,13 @@ def test_identity_is_a_frozen_value() -> None:
     assert hash(Identity(1, "a", 2)) == hash(Identity(1, "a", 2))
     with pytest.raises(AttributeError):
         Identity(1, "a", 2).name = 3  # type: ignore[misc]
+
+
+def test_printable_replaces_what_a_terminal_would_act_on_and_caps_the_length() -> None:
+    assert printable("h1") == "h1"
+    assert (
+        printable("caf\u00e9 \u6771\u4eac") == "caf\u00e9 \u6771\u4eac"
+    )  # printable unicode stays
+    assert printable("a\x1b[2Jb\r\nc\u202ed\x00") == "a\ufffd[2Jb\ufffd\ufffdc\ufffdd\ufffd"
+    assert printable("y" * 500) == "y" * 64
+    assert printable("\x07" * 10, limit=3) == "\ufffd" * 3

@@ -156,7 +156,7 @@ def test_an_attach_whose_rules_fail_is_refused_and_forgotten(
 ) -> None:
     nft: list[str] = []
     ramps = ramps_with(tmp_path, monkeypatch, nft)
-    result = {"host_ifname": "vethwea", "namespace": "c1"}
+    result = {"host_ifname": "vethwea", "namespace": "c1", "mac": "02:00:00:00:00:01"}
 
     async def main() -> None:
         await ramps._start()
@@ -181,7 +181,7 @@ def test_an_attach_while_isolation_is_not_running_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ramps = ramps_with(tmp_path, monkeypatch, [])
-    result = {"host_ifname": "vethwea", "namespace": "c1"}
+    result = {"host_ifname": "vethwea", "namespace": "c1", "mac": "02:00:00:00:00:01"}
     with pytest.raises(UserError, match="isolation is not running"):
         trio.run(ramps.attached, "c1", "ethwe", ["10.32.1.5/24"], result)
 

@@ -80,6 +80,41 @@ def test_bridge_table_keys_every_check_on_the_port() -> None:
         assert f"type filter hook {hook} priority filter; policy accept;" in lines
 
 
+def test_each_port_may_send_only_from_its_own_mac() -> None:
+    ports = [
+        Port("vethwea", (iface("10.32.1.5/24"),), "02:42:0a:20:01:05"),
+        Port("vethweb", (iface("10.32.2.5/24"),)),  # MAC unknown: sends nothing at all
+    ]
+    lines = rules(nftables.bridge_table(ports, [RANGE], fresh=True))
+    assert (
+        'set macs { type ifname . ether_addr; elements = { "vethwea" . 02:42:0a:20:01:05 }; }'
+        in lines
+    )
+    # Before the bridge learns the source MAC (it does so ahead of the forward hook).
+    pre = lines[lines.index("chain prerouting {") :]
+    assert pre[1] == "type filter hook prerouting priority filter; policy accept;"
+    assert pre[2] == 'iifname @ports iifname . ether saddr != @macs counter name "spoofed" drop'
+    with pytest.raises(UserError):
+        Port("vethwea", (), "02:42:0a:20:01:05; drop")
+    assert "set macs { type ifname . ether_addr; }" in rules(
+        nftables.bridge_table([], [RANGE], fresh=False)
+    )
+
+
+def test_port_records_keep_their_mac_and_older_state_reads_without_one() -> None:
+    state = RampsState(
+        ports={"vethwea": PortRecord("c1", "ethwe", ("10.32.1.5/24",), "02:aa:bb:cc:dd:ee")}
+    )
+    again = RampsState.decode(state.encode())
+    assert again.ports["vethwea"].mac == "02:aa:bb:cc:dd:ee"
+    assert again.nft_ports()[0].mac == "02:aa:bb:cc:dd:ee"
+    old = b'{"ports": {"vethwea": {"namespace": "c1", "ifname": "ethwe", "addresses": []}}}'
+    assert RampsState.decode(old).ports["vethwea"].mac == ""
+    assert RampsState.decode(old).nft_ports()[0].mac is None
+    with pytest.raises(ValueError):
+        RampsState.decode(old.replace(b'"addresses"', b'"mac": "nope", "addresses"'))
+
+
 def test_bridge_table_update_keeps_the_table_and_its_counters() -> None:
     script = nftables.bridge_table([], [RANGE], fresh=False)
     lines = rules(script)
@@ -186,7 +221,9 @@ def test_scripts_are_valid_nft() -> None:
             IPv4Network("10.32.1.0/24"): Exposed(IPv4Interface("10.32.1.1/24"), False),
         },
         ports={
-            "vethwea": PortRecord("c1", "ethwe", ("10.32.1.5/24", "fd00::1/64")),
+            "vethwea": PortRecord(
+                "c1", "ethwe", ("10.32.1.5/24", "fd00::1/64"), "02:42:0a:20:01:05"
+            ),
             "vethweb": PortRecord("c2", "ethwe", ("10.32.0.5/12",)),
         },
     )

@@ -436,3 +436,29 @@ def test_random_meshes_deliver_at_most_once_and_correctly_when_views_are_true(
                     assert out.delivered == Counter({owner: 1})
             if true and owner == origin and known:
                 assert out.datagrams == 0
+
+
+# --- a capped table ------------------------------------------------------------------------------
+
+
+def test_the_table_is_capped_and_evicts_the_entry_refreshed_longest_ago() -> None:
+    sw = Switch(LOCAL, mac_ttl=100.0, max_entries=3)
+    sw.from_local(A, BROADCAST, 0.0)
+    sw.from_peer(P2, B, BROADCAST, 1.0, flooded=True)
+    sw.from_peer(P2, C, BROADCAST, 2.0, flooded=True)
+    sw.from_local(A, BROADCAST, 30.0)  # refreshed (older than ttl / 4): now the newest
+    sw.from_peer(P3, D, BROADCAST, 31.0, flooded=True)
+    assert [e.mac for e in sw.entries()] == ["02:00:00:00:00:01", "02:00:00:00:00:03",
+                                             "02:00:00:00:00:04"]  # fmt: skip
+    assert sw.lookup(B, 31.0) is None
+    assert sw.statistics().evicted == 1 and sw.statistics().entries == 3
+
+
+def test_a_flood_of_source_macs_stays_within_the_cap_and_frames_still_go() -> None:
+    sw = Switch(LOCAL, max_entries=64)
+    for n in range(10_000):
+        assert sw.from_peer(P2, mac(n + 16), BROADCAST, 1.0, flooded=True)[0] is Decision.FLOOD
+    assert sw.statistics().entries == 64
+    assert sw.statistics().evicted == 10_000 - 64
+    sw.from_local(A, BROADCAST, 2.0)  # a local container is still learned
+    assert sw.lookup(A, 2.0) == LOCAL

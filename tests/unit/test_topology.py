@@ -310,3 +310,13 @@ def test_decode_digest_rejects_garbage_with_remote_protocol_error_only(value: An
     ):
         with contextlib.suppress(RemoteProtocolError):
             decode_digest(data)
+
+
+def test_nicknames_from_the_wire_are_made_printable() -> None:
+    hostile = "\x1b]0;pwned\x07evil\nINFO fake line\u202e" + "x" * 100
+    data = msgpack.packb([[5, hostile, 1, 1, []]])
+    (entry,) = decode_entries(data)
+    assert entry.nickname.isprintable() and len(entry.nickname) == 64
+    assert entry.nickname.startswith("\ufffd]0;pwned\ufffdevil\ufffdINFO fake line\ufffdxx")
+    (plain,) = decode_entries(msgpack.packb([[5, "host-1.example", 1, 1, []]]))
+    assert plain.nickname == "host-1.example"

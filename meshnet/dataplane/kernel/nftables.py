@@ -2,10 +2,12 @@
 
 * ``bridge meshnet`` — isolation, on the bridge itself (frames, not routes), keyed on the port a
   frame comes in by or goes out of. Every container port may send only from the addresses
-  meshnet attached to it (anti-spoofing of IPv4 and ARP; IPv6 only for a container with an
-  IPv6 address, as link-local IPv6 would reach every container otherwise; VLAN-tagged frames
-  never: they could smuggle IP past the checks), only to its own subnets (or broadcast and
-  multicast), and is given only frames whose overlay source lies in one of its subnets. Other
+  meshnet attached to it and only from its own MAC (anti-spoofing of Ethernet, so that no
+  container sprays source MACs into every switch's MAC table, and of IPv4 and ARP; IPv6 only
+  for a container with an IPv6 address, as link-local IPv6 would reach every container
+  otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own
+  subnets (or broadcast and multicast), and is given only frames whose overlay source lies in
+  one of its subnets. Other
   ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
   check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
   sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
@@ -18,7 +20,10 @@
   leaves in fragments that carry no port.) A port that is neither a container's nor one of the
   router's own (``own``: the sleeve TAP, the VXLAN port) neither sends nor receives anything
   (counter ``unknown``): a veth plugged in by hand, or one whose container was not found, stays
-  shut until meshnet knows it, rather than open without any check.
+  shut until meshnet knows it, rather than open without any check. The MAC check comes first, in
+  ``prerouting``: the bridge learns a frame's source MAC into its forwarding table (which fastdp
+  advertises to every neighbour) before the ``forward`` hook, so a drop there would still let a
+  container fill that table.
 * ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
   exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
   from outside the overlay going into it (so replies return through this host; with
@@ -53,19 +58,24 @@ from meshnet.errors import UserError
 TABLE = "meshnet"
 COUNTERS = ("spoofed", "isolated", "protocol", "unknown")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 Interface = IPv4Interface | IPv6Interface
 
 
 @dataclass(frozen=True)
 class Port:
-    """A container's port on the bridge and the addresses meshnet attached to that container."""
+    """A container's port on the bridge, the addresses meshnet attached to that container and
+    the MAC of its interface (None: unknown, and then the port may send nothing at all)."""
 
     name: str
     addresses: tuple[Interface, ...]
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         check_ifname(self.name)
+        if self.mac is not None:
+            check_mac(self.mac)
 
     def sources(self, version: int) -> list[IPv4Address | IPv6Address]:
         return sorted({a.ip for a in self.addresses if a.version == version})
@@ -89,6 +99,12 @@ def check_ifname(name: str) -> str:
     if not _IFNAME.match(name):
         raise UserError(f"bad interface name {name!r}")
     return name
+
+
+def check_mac(mac: str) -> str:
+    if not _MAC.match(mac):
+        raise UserError(f"bad MAC address {mac!r}")
+    return mac
 
 
 def overlay(
@@ -130,9 +146,15 @@ _BRIDGE_SETS = (
     ("overlay6", "ipv6_addr", True),
     ("dns", "ipv4_addr", False),
     ("dns6", "ipv6_addr", False),
+    ("macs", "ifname . ether_addr", False),
 )
 
 _BRIDGE_CHAINS = """\
+\tchain prerouting {
+\t\ttype filter hook prerouting priority filter; policy accept;
+\t\tiifname @ports iifname . ether saddr != @macs counter name "spoofed" drop
+\t\tiifname != @ports iifname != @own counter name "unknown" drop
+\t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname @ports jump from_container
@@ -209,6 +231,7 @@ def bridge_table(
         "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
         "dns": sorted({str(a) for a in dns if a.version == 4}),
         "dns6": sorted({str(a) for a in dns if a.version == 6}),
+        "macs": [f'"{p.name}" . {p.mac}' for p in ports if p.mac is not None],
     }
     counters = "".join(f"\tcounter {c} {{}}\n" for c in COUNTERS)
     empty_sets = "".join(_set(name, kind, [], interval=i) for name, kind, i in _BRIDGE_SETS)

@@ -32,6 +32,13 @@ Policies (tested in ``tests/unit/test_switch.py``):
   entry is rewritten only when it moves or is older than ``mac_ttl / 4``, so the per-frame cost is
   a dict lookup and two comparisons; an active MAC therefore never expires, an idle one goes
   between ``3/4 mac_ttl`` and ``mac_ttl`` after its last frame.
+- **The table is capped** at ``max_entries`` (``MAX_MACS``): source MACs are what others send
+  (a peer's containers, or a peer itself), so learning one more beyond the cap evicts the entry
+  refreshed longest ago (counted as ``evicted``). Refreshing moves an entry to the end of the
+  dict, so its first key is always the oldest: eviction costs O(1). A frame is still forwarded
+  when the table is full; at worst replies to an evicted MAC are flooded until it is seen again.
+  (Local containers cannot spray source MACs: the bridge drops a frame whose source is not its
+  port's MAC, see ``meshnet.dataplane.kernel.nftables``.)
 
 Runs per packet in the data plane's threads: MACs are the 6 raw bytes; each entry is one
 immutable tuple replaced atomically, so :meth:`Switch.expire` and :meth:`Switch.forget_peer`
@@ -44,6 +51,9 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+
+#: MAC entries one switch holds at most (a few hundred bytes each: about 2 MB when full).
+MAX_MACS = 8192
 
 
 def derived_mac(purpose: bytes, peer: int) -> str:
@@ -82,6 +92,7 @@ class SwitchStatistics:
     moved: int
     expired: int
     forgotten: int
+    evicted: int  # learned beyond the cap: the oldest entry went
     flooded: int
     unicast: int
     delivered: int
@@ -100,9 +111,12 @@ _DROP = (Decision.DROP, 0)
 class Switch:
     """MAC learning and the forwarding decision for one peer; pure: ``now`` is passed in."""
 
-    def __init__(self, local: int, *, mac_ttl: float = 300.0) -> None:
+    def __init__(self, local: int, *, mac_ttl: float = 300.0, max_entries: int = MAX_MACS) -> None:
         if mac_ttl <= 0:
             raise ValueError("mac_ttl must be positive")
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self._max = max_entries
         self._local = local
         self._ttl = mac_ttl
         self._refresh = mac_ttl / 4
@@ -112,6 +126,7 @@ class Switch:
         self._moved = 0
         self._expired = 0
         self._forgotten = 0
+        self._evicted = 0
         self._flooded = 0
         self._unicast = 0
         self._delivered = 0
@@ -198,7 +213,15 @@ class Switch:
             self._learned += 1
         elif old[0] != peer:
             self._moved += 1
+        if old is not None:
+            self._table.pop(mac, None)  # re-inserted last: the dict stays in refresh order
         self._table[mac] = (peer, now)
+        if len(self._table) > self._max:
+            try:
+                self._table.pop(next(iter(self._table)), None)
+                self._evicted += 1
+            except (StopIteration, RuntimeError):  # emptied or changed by another thread
+                pass
         if now > self._clock:
             self._clock = now
 
@@ -243,6 +266,7 @@ class Switch:
             moved=self._moved,
             expired=self._expired,
             forgotten=self._forgotten,
+            evicted=self._evicted,
             flooded=self._flooded,
             unicast=self._unicast,
             delivered=self._delivered,
