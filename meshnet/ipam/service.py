@@ -480,6 +480,7 @@ class IpamService:
 
     def on_unicast(self, source: int, payload: bytes) -> None:
         try:
+            self.allocator.advance(trio.current_time())
             self.allocator.on_unicast(source, payload)
         finally:
             self._after()
