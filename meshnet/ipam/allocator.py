@@ -463,7 +463,14 @@ class Allocator:
         else:
             self.paxos.check(entries)
         was_seeded = self.ring.seeded
-        new_tokens = [] if update is None else self.ring.merge(update)
+        donors = {r.donor for r in self._requests.values()}
+        new_tokens = [] if update is None else self.ring.merge(update, gifts_from=donors)
+        reasserted = self.ring.take_reassertions()
+        if reasserted:
+            # Someone else's version of our tokens: ours, bumped past it, to every neighbour
+            # (the sender included), persisted first like every ring change.
+            self.dirty = True
+            self._gossip(reasserted)
         new_entries: list[PaxosEntry] = []
         if not self.ring.seeded:
             new_entries = self.paxos.merge(entries)

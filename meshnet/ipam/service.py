@@ -446,6 +446,11 @@ class IpamService:
             "handed_over": status.handed_over,
             "refused_merges": dict(self._refused),
             "counters": asdict(self.allocator.counters),
+            "forgeries": {
+                "implausible_tokens": self.allocator.ring.implausible,
+                "unasked_gifts": self.allocator.ring.unasked_gifts,
+                "reasserted_tokens": self.allocator.ring.reassertions,
+            },
         }
 
     # --- Gossiper (the ``ipam`` channel)

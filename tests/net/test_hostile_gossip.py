@@ -25,6 +25,8 @@ from meshnet.constants import CONTROL_PORT
 from meshnet.dns.records import Record, encode_records
 from meshnet.gossip.identity import parse_peer_name
 from meshnet.gossip.topology import MAX_VERSION, PeerEntry, encode_entries
+from meshnet.gossip.versions import PLAUSIBLE_VERSION
+from meshnet.ipam.ring import RingUpdate, Token, update_obj
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
 from tests.conftest import unique_lab_name
@@ -140,11 +142,32 @@ def test_forged_entries_at_the_maximum_version_do_not_cut_a_peer_off(
     tombstone = Record(
         record["name"], address, record["container"], victim, MAX_VERSION, time.time()
     )
+    ipam = h1.get("/status/ipam")
+    ranges = {p["nickname"]: p["ranges"] for p in ipam["peers"]}
+    first = int(ipaddress.IPv4Address(ranges["h2"][0].split("-")[0]))
+    net = ipaddress.IPv4Network(ipam["range"])
+    seed = tuple(parse_peer_name(p) for p in ipam["seed"])
+
+    def ring_gossip(version: int) -> str:
+        """h2's first token, given to a peer that does not exist."""
+        token = Token(first, first + 1, 0x0E0000000001, version, 0)
+        lo = int(net.network_address)
+        update = RingUpdate(lo, lo + net.num_addresses, seed, (token,), False)
+        return bytes(msgpack.packb([1, update_obj(update), []])).hex()
+
     spec = [
         ["gossip", "topology", encode_entries([entry]).hex()],
         ["gossip", "dns", encode_records([tombstone]).hex()],
+        ["gossip", "ipam", ring_gossip(MAX_VERSION)],
+        # Plausible: h1 believes it, h2 bumps its token past it and wins it back.
+        ["gossip", "ipam", ring_gossip(PLAUSIBLE_VERSION)],
     ]
     attack(lab, spec, seconds=6.0)
+    for client in (h1, h2, h3):
+        shares = {p["nickname"]: p["ranges"] for p in client.get("/status/ipam")["peers"]}
+        assert shares["h2"] == ranges["h2"]
+    assert h1.get("/status/ipam")["forgeries"]["implausible_tokens"] >= 1
+    assert h2.get("/status/ipam")["forgeries"]["reasserted_tokens"] >= 1
     # h2 is still reached from both sides, its name still resolves everywhere.
     for client in (h1, h3):
         assert reaches(client, "h2")

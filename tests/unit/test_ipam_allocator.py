@@ -31,6 +31,7 @@ from meshnet.ipam.allocator import (
     Reply,
     UnicastAction,
     Waiting,
+    _encode_gossip,
 )
 from meshnet.ipam.consensus import Paxos, PaxosEntry
 from meshnet.ipam.ring import RingMergeError, Token
@@ -664,3 +665,23 @@ def test_requests_never_get_more_than_one_donation_per_interval(times: list[floa
         if replies(net, donor) == [Reply.GRANTED]:
             granted.append(at)
     assert all(b - a >= DONATION_INTERVAL for a, b in itertools.pairwise(granted))
+
+
+def test_a_forged_change_of_our_token_is_reasserted_and_wins_back_everywhere() -> None:
+    net, donor, _obs = seeded_donor()
+    others = [n for n in net.live if n != donor.name]
+    token = next(t for t in donor.ring.tokens if t.owner == donor.name)
+    forged = Token(token.start, token.end, 0xDEAD, token.version + 100, 0)
+    payload = _encode_gossip(donor.ring.update([forged]), [])
+    for name in others:  # bystanders believe it
+        net.peers[name].on_gossip(payload)
+    assert all(net.peers[n].ring.owner_of(token.start) == 0xDEAD for n in others)
+    assert donor.on_gossip(payload) is None
+    net.flush(donor.name)  # the owner gossips its token, bumped past the forgery, to everyone
+    net.settle()
+    assert all(p.ring.owner_of(token.start) == donor.name for p in net.peers.values())
+    # A forgery at the maximum version is dropped by everyone.
+    top = Token(token.start, token.end, 0xDEAD, (1 << 63) - 1, 0)
+    for name in net.live:
+        assert net.peers[name].on_gossip(_encode_gossip(donor.ring.update([top]), [])) is None
+        assert net.peers[name].ring.owner_of(token.start) == donor.name
