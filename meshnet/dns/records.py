@@ -251,6 +251,11 @@ class Records:
         return found
 
     @property
+    def implausible(self) -> int:
+        """Records dropped because their version jumped implausibly far (forgeries)."""
+        return self._implausible
+
+    @property
     def hidden_peers(self) -> frozenset[int]:
         return frozenset(self._hidden)
 
