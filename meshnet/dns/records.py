@@ -45,6 +45,7 @@ import msgpack
 
 from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.gossip.payload import decode_items, pack_array
+from meshnet.gossip.versions import plausible_version
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_VERSION = (1 << 63) - 1
@@ -159,6 +160,8 @@ class RecordsStatistics:
     recovered: int = 0
     #: Records of departed peers forgotten (``departed_ttl`` after they left, or ``rmpeer``).
     purged: int = 0
+    #: Records dropped because their version jumped implausibly far (forgeries).
+    implausible: int = 0
 
 
 class Records:
@@ -200,6 +203,10 @@ class Records:
         self._recover_until = -math.inf
         self._recovered = 0
         self._purged = 0
+        self._implausible = 0
+        # The highest version held per origin: what a record of it we do not hold yet is
+        # judged against (an origin numbers all its records from one counter).
+        self._origin_top: dict[int, int] = {}
         self._generation = 0
         self._index: NameIndex | None = None
         self._full: bytes | None = None
@@ -273,6 +280,11 @@ class Records:
         return found
 
     @property
+    def implausible(self) -> int:
+        """Records dropped because their version jumped implausibly far (forgeries)."""
+        return self._implausible
+
+    @property
     def hidden_peers(self) -> frozenset[int]:
         return frozenset(self._hidden)
 
@@ -289,6 +301,7 @@ class Records:
             overflow=self._overflow,
             recovered=self._recovered,
             purged=self._purged,
+            implausible=self._implausible,
         )
 
     # --- local changes
@@ -390,6 +403,9 @@ class Records:
         for p, since in list(self._hidden.items()):
             if p not in self._per_origin and since + 2 * self._departed_ttl <= now:
                 del self._hidden[p]
+        held = {r.origin for r in self._records.values()}
+        for origin in [o for o in self._origin_top if o not in held]:
+            del self._origin_top[origin]
         return len(old)
 
     def peer_gone(self, peer: int) -> bool:
@@ -474,18 +490,31 @@ class Records:
 
         Our own records are never taken from others: a version of one that differs from ours
         and is not older is a stale view of us, which we bump past and re-assert (also kept
-        for ``take_reassertions``). A record with a new key beyond ``MAX_RECORDS`` is dropped
-        and counted: the store does not grow without bound, and the mesh keeps working.
+        for ``take_reassertions``). A record whose version jumps implausibly far above what we
+        hold (``plausible_version``) is a forgery: dropped and counted, so that no record gets
+        where its origin could not bump past it. A record with a new key beyond ``MAX_RECORDS``
+        is dropped and counted: the store does not grow without bound, and the mesh keeps working.
         """
         batch = list(records)
         new: dict[Key, Record] = {}
         for r in batch:
+            current = self._records.get(r.key)
+            if r.origin == self._peer:
+                held: int | None = self._counter
+            elif current is not None:
+                held = current.version
+            else:
+                held = self._origin_top.get(r.origin)
+            if not plausible_version(r.version, held):
+                # A forgery (an honest peer drops it too, so never relays it): a record of ours
+                # or of another peer pushed to where its origin could not bump past it.
+                self._implausible += 1
+                continue
             if r.origin == self._peer:
                 mine = self._reassert(r)
                 if mine is not None:
                     new[r.key] = mine
                 continue
-            current = self._records.get(r.key)
             if current is not None and not beats(r, current):
                 continue
             if current is None and not self._room_for(r.origin):
@@ -513,8 +542,9 @@ class Records:
             self._store(theirs)
             self._recovered += 1
             return theirs
-        if theirs.version >= MAX_VERSION:
-            raise RemoteProtocolError("one of our DNS records at the maximum version")
+        if theirs.version >= MAX_VERSION:  # unreachable through plausible jumps
+            self._implausible += 1
+            return None
         self._counter = max(self._counter, theirs.version)
         if ours is None:
             # Removed here long ago (or by a previous incarnation): say so, with a new time.
@@ -558,6 +588,7 @@ class Records:
         self._by_encoding[r.packed] = r
         if r.origin == self._peer:
             self._counter = max(self._counter, r.version)
+        self._origin_top[r.origin] = max(self._origin_top.get(r.origin, 0), r.version)
         self._changed()
 
     def _drop(self, key: Key) -> None:

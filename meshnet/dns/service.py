@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import random
 import time
@@ -267,11 +268,19 @@ class DnsService:
 
     async def _maintain(self) -> None:
         last_expire = time.monotonic()
+        forged, next_log = 0, -math.inf  # forged records logged: one line per 10 s at most
         while True:
             with trio.move_on_at(next_beat(trio.current_time(), TICK)):  # with the others
                 await self._changed.wait()
             self._changed = trio.Event()
             self._follow_topology()
+            if self.records.implausible != forged and trio.current_time() >= next_log:
+                forged, next_log = self.records.implausible, trio.current_time() + 10.0
+                log.warning(
+                    "%s: dropped DNS records at implausible versions (forged): %d so far",
+                    self._nick,
+                    forged,
+                )
             reasserted = self.records.take_reassertions()
             if reasserted is not None:
                 self.router.gossip(CHANNEL, reasserted)

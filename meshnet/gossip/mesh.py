@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from meshnet.gossip.channel import Gossiper, GossipOutbox, Send
 from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Message, Unicast
-from meshnet.gossip.routes import Routes, compute_routes
+from meshnet.gossip.routes import Routes, compute_routes, symmetric_graph
 from meshnet.gossip.topology import (
     Connection,
     PeerEntry,
@@ -79,6 +79,10 @@ class MeshStatistics:
     route_recomputations: int
     pruned_peers: int
     anti_entropy_rounds: int
+    #: Unicasts dropped because their claimed source could not have sent them our way.
+    spoofed_unicasts: int = 0
+    #: Topology entries dropped because their version jumped implausibly far (forgeries).
+    implausible_versions: int = 0
 
 
 @dataclass
@@ -91,6 +95,7 @@ class _Counters:
     recomputations: int = 0
     pruned: int = 0
     anti_entropy: int = 0
+    spoofed: int = 0
 
     @staticmethod
     def tally(table: dict[str, list[int]], channel: str, messages: int, size: int) -> None:
@@ -129,6 +134,12 @@ class Mesh:
         # sends (merge_gossip) need not decode our own bytes again. Bounded; a miss only costs
         # a decode.
         self._recent_payloads: OrderedDict[bytes, list[PeerEntry]] = OrderedDict()
+        # Per claimed unicast source, the neighbours its unicasts may arrive from; valid for
+        # one routes snapshot (at most one row per reachable peer).
+        self._arrivals: dict[int, frozenset[int]] = {}
+        self._arrivals_routes: Routes | None = None
+        #: What the latest dropped forgery was, for the shell's (rate-limited) log line.
+        self.last_rejection: str | None = None
 
     # --- read side
 
@@ -187,6 +198,8 @@ class Mesh:
             route_recomputations=c.recomputations,
             pruned_peers=c.pruned,
             anti_entropy_rounds=c.anti_entropy,
+            spoofed_unicasts=c.spoofed,
+            implausible_versions=self._topology.implausible,
         )
 
     def next_wake(self) -> float:
@@ -305,6 +318,13 @@ class Mesh:
                 return sends
             case Unicast(channel, source, destination, payload):
                 self._counters.tally(self._counters.received, channel, 1, len(payload))
+                if not self._may_arrive_from(source, from_peer):
+                    self._counters.spoofed += 1
+                    self.last_rejection = (
+                        f"unicast on {channel!r} claiming source {source:012x} "
+                        f"arrived from neighbour {from_peer:012x}"
+                    )
+                    return []
                 if destination != self._name:
                     return self._forward_unicast(message)
                 gossiper = self._channels.get(channel)
@@ -360,6 +380,42 @@ class Mesh:
         if gossiper is None:
             raise ValueError(f"gossip channel {channel!r} is not registered")
         return gossiper
+
+    def _may_arrive_from(self, source: int, neighbour: int) -> bool:
+        """Whether a unicast from ``source`` can reach us through ``neighbour``.
+
+        The neighbour is authenticated by its connection; the source it claims is only a field.
+        Either the neighbour is the source, or the source is a peer the routes reach and the
+        neighbour is one hop closer to it than we are (on a shortest path from the source to us,
+        which is where hop-by-hop forwarding brings it). Anything else is a forgery, such as an
+        IPAM donation request in the name of a peer that does not exist.
+        """
+        if source == neighbour:
+            return True
+        if source == self._name:
+            return False
+        routes = self.routes
+        if source not in routes.distance:
+            return False
+        if self._arrivals_routes is not routes:
+            self._arrivals_routes = routes
+            self._arrivals = {}
+        hops = self._arrivals.get(source)
+        if hops is None:
+            graph = symmetric_graph(self._topology.entries)
+            distance = {source: 0}
+            queue = [source]
+            for node in queue:  # BFS from the source (the list grows as we go)
+                for nbr in graph.get(node, ()):
+                    if nbr not in distance:
+                        distance[nbr] = distance[node] + 1
+                        queue.append(nbr)
+            ours = distance.get(self._name)
+            hops = frozenset(
+                n for n in graph.get(self._name, ()) if ours is not None and distance[n] == ours - 1
+            )
+            self._arrivals[source] = hops
+        return neighbour in hops
 
     def _forward_unicast(self, message: Unicast) -> list[Send]:
         hop = self.routes.next_hop(message.destination)
@@ -425,7 +481,13 @@ class Mesh:
 
     def _receive_topology(self, from_peer: int, payload: bytes, now: float) -> list[Send]:
         received = decode_entries(payload, self._topology.by_encoding)
+        implausible = self._topology.implausible
         new = self._topology.merge(received)
+        if self._topology.implausible != implausible:
+            self.last_rejection = (
+                f"{self._topology.implausible - implausible} topology entries from neighbour "
+                f"{from_peer:012x} with an implausible version jump"
+            )
         sends: list[Send] = []
         back: list[PeerEntry] = [e for e in new if e.name == self._name]
         if new:

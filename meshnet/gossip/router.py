@@ -62,6 +62,8 @@ RECENT_FAILURES = 32
 # After publishing a new MeshView, wait this long before looking again: a burst of topology
 # gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber.
 VIEW_COALESCE = 0.02
+# At most one log line per this many seconds about forged gossip (each one is counted).
+FORGERY_LOG_INTERVAL = 10.0
 
 
 class ConnectionState(enum.Enum):
@@ -176,6 +178,7 @@ class Router:
         self._view_signature = self._signature(self.mesh.routes)
         self._maybe_changed = trio.Event()
         self._features = {**PROTOCOL_FEATURES, "sleeve_port": config.port}
+        self._next_forgery_log = -math.inf
 
     # --- public face (API) ---------------------------------------------------------------------
 
@@ -638,9 +641,25 @@ class Router:
                     continue  # proves the connection alive (last_received), changes nothing
                 news = True
                 self._dispatch(self.mesh.receive(peer.name, message, trio.current_time()))
+                if self.mesh.last_rejection is not None:
+                    self._log_forgery(peer.nickname)
             if news:
                 self._wake_ticker.set()  # a merge may have scheduled a prune
                 self._maybe_changed.set()
+
+    def _log_forgery(self, nickname: str) -> None:
+        """A neighbour sent a forgery the mesh dropped (counted there): one line per 10 s."""
+        what, self.mesh.last_rejection = self.mesh.last_rejection, None
+        self.counters["forgeries_dropped"] += 1
+        now = trio.current_time()
+        if now >= self._next_forgery_log:
+            self._next_forgery_log = now + FORGERY_LOG_INTERVAL
+            log.warning(
+                "dropped a forgery from %s: %s (%d so far)",
+                nickname,
+                what,
+                self.counters["forgeries_dropped"],
+            )
 
     async def _write_loop(self, live: _Live) -> None:
         peer = live.record.peer

@@ -22,6 +22,7 @@ import msgpack
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.identity import printable
 from meshnet.gossip.payload import decode_items, pack_array
+from meshnet.gossip.versions import plausible_version
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_UID = (1 << 64) - 1
@@ -84,6 +85,8 @@ class Topology:
         # Most of what gossip brings is an entry we already hold, byte for byte: recognising
         # its encoding spares decoding and validating it again (see decode_entries).
         self._by_encoding: dict[bytes, PeerEntry] = {self._local.packed: self._local}
+        #: Entries dropped by ``merge`` because their version jumped implausibly far.
+        self.implausible = 0
 
     @property
     def name(self) -> int:
@@ -134,18 +137,30 @@ class Topology:
         An entry under our own name that we did not produce and that is not older than ours is a
         stale view of us (a previous incarnation, or a forgery): we bump past it and return our
         own entry so that it is relayed and overrides that view everywhere.
+
+        An entry whose version is implausibly far above the one we hold (``plausible_version``)
+        is the sender's protocol error: it is dropped and counted in ``implausible``. So no
+        forged entry ever gets near ``MAX_VERSION``, and a peer can always reclaim its own.
         """
         new: dict[int, PeerEntry] = {}
         for entry in entries:
-            if entry.name == self._name:
-                if entry != self._local and entry.version >= self._local.version:
-                    if entry.version >= MAX_VERSION:
-                        raise RemoteProtocolError("our own entry at the maximum version")
-                    self._set_local(replace(self._local, version=entry.version + 1))
-                    new[self._name] = self._local
-                continue
             current = self._entries.get(entry.name)
             if current is entry:
+                continue
+            if not plausible_version(entry.version, None if current is None else current.version):
+                # A forgery (no honest peer relays one: it would have dropped it too). Only this
+                # entry is dropped: the rest of the update may be news we need.
+                self.implausible += 1
+                continue
+            if entry.name == self._name:
+                if entry.version >= MAX_VERSION:
+                    self.implausible += 1  # unreachable through plausible jumps; never bumpable
+                    continue
+                if entry != self._local and entry.version >= self._local.version:
+                    # Within MAX_VERSION_JUMP of ours, so far below MAX_VERSION: we can always
+                    # bump past it.
+                    self._set_local(replace(self._local, version=entry.version + 1))
+                    new[self._name] = self._local
                 continue
             if current is None or beats(entry, current):
                 self._store(entry)

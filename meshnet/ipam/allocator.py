@@ -51,6 +51,11 @@ REQUEST_TIMEOUT = 5.0
 HANDOVER_RESEND = 5.0
 #: Free counts are gossiped at most this long after they change (not on every allocation).
 FREE_REPORT_DELAY = 1.0
+#: A peer gets at most one range donation from us per this many seconds: even a peer whose
+#: requests pass every check cannot drain us faster (each donation is half a free run).
+DONATION_INTERVAL = 5.0
+#: Requesting peers remembered for that limit (they must be reachable, so few in practice).
+MAX_DONATION_TIMES = 4096
 MAX_CONTAINER_ID = 256
 MAX_ALLOCATIONS = 1 << 20
 MAX_PAYLOAD = 16 << 20
@@ -189,6 +194,9 @@ class IpamStatus:
 @dataclass
 class _Counters:
     donations_given: int = 0
+    #: Range donation requests refused: from a peer we cannot reach (a forged source), from a
+    #: peer the ring shows with free space of its own, or too soon after the last one.
+    donations_refused: int = 0
     donations_received: int = 0
     requests_sent: int = 0
     requests_timed_out: int = 0
@@ -227,6 +235,7 @@ class Allocator:
         self._handover_resend: float | None = None
         self._free_due: float | None = None
         self._now = 0.0
+        self._donated_at: dict[int, float] = {}
         # The shell's view of the mesh: a request to a peer we cannot reach is lost, and one
         # lost at start (before the connections are up) used to cost a 5 s timeout per try.
         self.reachable: Callable[[int], bool] = lambda peer: True
@@ -246,6 +255,10 @@ class Allocator:
 
     def owned_ranges(self) -> list[tuple[int, int]]:
         return self.ring.owned_ranges(self.name)
+
+    def advance(self, now: float) -> None:
+        """The time, for messages (the ``Gossiper`` methods take none)."""
+        self._now = max(self._now, now)
 
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
@@ -450,7 +463,14 @@ class Allocator:
         else:
             self.paxos.check(entries)
         was_seeded = self.ring.seeded
-        new_tokens = [] if update is None else self.ring.merge(update)
+        donors = {r.donor for r in self._requests.values()}
+        new_tokens = [] if update is None else self.ring.merge(update, gifts_from=donors)
+        reasserted = self.ring.take_reassertions()
+        if reasserted:
+            # Someone else's version of our tokens: ours, bumped past it, to every neighbour
+            # (the sender included), persisted first like every ring change.
+            self.dirty = True
+            self._gossip(reasserted)
         new_entries: list[PaxosEntry] = []
         if not self.ring.seeded:
             new_entries = self.paxos.merge(entries)
@@ -707,6 +727,13 @@ class Allocator:
         if donor is None:
             self._tried.pop(subnet, None)  # free counts change: try everyone again next time
             return NeedSpace(Waiting.EXHAUSTED)
+        if address is None:
+            # The donor gives only to a peer the ring shows without free space: report ours now
+            # (gossip reaches it before this request, which follows on the same paths).
+            self._free_due = None
+            refreshed = self._refresh_free()
+            if refreshed:
+                self._gossip(refreshed)
         request_id = self._next_request
         self._next_request += 1
         self._requests[key] = _Request(
@@ -731,6 +758,11 @@ class Allocator:
     ) -> tuple[Reply, list[Token]]:
         if not self.ring.seeded or self._handover_to is not None or to_peer == self.name:
             return Reply.NOTHING, []
+        if not self.reachable(to_peer):
+            # The mesh checks a unicast's source; this is the IPAM's own guard: space given to
+            # a peer nobody can reach would be lost until someone runs rmpeer.
+            self.counters.donations_refused += 1
+            return Reply.NOTHING, []
         if address is not None:
             if self.ring.owner_of(address) != self.name:
                 return Reply.NOT_OWNER, []
@@ -738,6 +770,9 @@ class Allocator:
                 return Reply.IN_USE, []
             lo, hi = address, address + 1
         else:
+            if not self._may_donate_range(to_peer, subnet):
+                self.counters.donations_refused += 1
+                return Reply.NOTHING, []
             run = self.space.largest_free_run(self.owned_ranges(), subnet)
             if run is None:
                 return Reply.NOTHING, []
@@ -745,12 +780,36 @@ class Allocator:
             start, end = run
             lo, hi = end - max(1, (end - start) // 2), end
         donated = self.ring.donate(lo, hi, to_peer)
+        if address is None:
+            self._donated_at[to_peer] = self._now
         refreshed = self._refresh_free()
         self.counters.donations_given += 1
         self.dirty = True
         tokens = merge_updates(self.ring.update(donated), self.ring.update(refreshed)).tokens
         self._gossip(list(tokens))
         return Reply.GRANTED, list(tokens)
+
+    def _may_donate_range(self, to_peer: int, subnet: IPv4Network) -> bool:
+        """Whether ``to_peer`` may have part of our range in ``subnet`` now.
+
+        Only a peer without free space of its own in the subnet (as the ring shows it: tokens
+        wholly inside the subnet, whose free counts it reports before asking), and at most once
+        per ``DONATION_INTERVAL``: so no stream of requests drains us.
+        """
+        lo, hi = usable(subnet)
+        for token, start, end in self.ring.extents():
+            if token.owner == to_peer and lo <= start and end <= hi and token.free > 0:
+                return False
+        last = self._donated_at.get(to_peer)
+        if last is not None and self._now - last < DONATION_INTERVAL:
+            return False
+        if len(self._donated_at) >= MAX_DONATION_TIMES:
+            old = [p for p, t in self._donated_at.items() if self._now - t >= DONATION_INTERVAL]
+            for peer in old:
+                del self._donated_at[peer]
+            if len(self._donated_at) >= MAX_DONATION_TIMES:
+                return False
+        return True
 
     def _on_donate_reply(
         self, source: int, request_id: int, status: Reply, update: RingUpdate | None

@@ -25,13 +25,14 @@ other inconsistent update (see ``Ring.merge``).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.versions import plausible_version
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_VERSION = (1 << 63) - 1
@@ -99,6 +100,14 @@ class Ring:
         # Grow-only: peers that handed everything over (reset) or were reclaimed (rmpeer).
         # They never inherit space again.
         self._departed: set[int] = set()
+        #: Tokens dropped by ``merge`` because their version jumped implausibly far.
+        self.implausible = 0
+        #: Tokens dropped by ``merge`` that gave us a live peer's space unasked.
+        self.unasked_gifts = 0
+        #: Our tokens bumped past someone else's version of them.
+        self.reassertions = 0
+        # Our tokens bumped past someone else's version of them, not yet gossiped.
+        self._reasserted: dict[int, Token] = {}
 
     # --- reading
 
@@ -323,15 +332,23 @@ class Ring:
             return RingUpdate(self.start, self.end, self._seed, tuple(self.tokens), True, departed)
         return RingUpdate(self.start, self.end, self._seed, tuple(tokens), False, departed)
 
-    def merge(self, update: RingUpdate, *, accept_own: bool = False) -> list[Token]:
+    def merge(
+        self,
+        update: RingUpdate,
+        *,
+        accept_own: bool = False,
+        gifts_from: Collection[int] | None = None,
+    ) -> list[Token]:
         """Apply a peer's update; return the tokens that were new to us (to relay).
 
         Raises RingMergeError, applying nothing, when the update
 
         * describes another range, or a ring seeded among other peers;
         * has a token at the same version as ours but with another end, owner or free count;
-        * changes a token we own (only we do that; a higher version means a previous
-          incarnation of us that lost its state, or an ``rmpeer`` of us while we were alive);
+        * changes a token we own while saying that we departed (an ``rmpeer`` of us while we
+          were alive). Without that, a higher version of a token we own is a forgery (or a
+          previous incarnation's): we bump past it and re-assert ours (``take_reassertions``),
+          so that no peer can take our range by gossip;
         * puts a new token inside a range we own (only we split our ranges). A token's
           ``end`` may overlap ours legitimately: an old version from before a split;
         * would make us adopt, without any state of our own, a ring that says we changed our
@@ -339,6 +356,17 @@ class Ring:
           ``accept_own`` (a hand-over or donation we are expecting).
 
         A peer without a ring adopts only a full ring; deltas wait for the full state.
+
+        A token whose version jumps implausibly far above the one we hold (``plausible_version``)
+        is dropped and counted in ``implausible``: so no forged token gets where its owner could
+        not bump past it. The rest of the update applies (tokens describe themselves).
+
+        With ``gifts_from`` (None: any gift is taken), a token that makes us the owner of space a
+        live peer owns (a gift) is taken only from a peer we asked (``gifts_from``: our open
+        donation requests; or ``accept_own``, the donor's or leaver's own message), or when its
+        owner departed (``reset``, ``rmpeer``).
+        Otherwise it is dropped and counted in ``unasked_gifts``: a forger could else make two
+        live peers each believe a range is theirs, and both would re-assert it forever.
         """
         if (update.start, update.end) != (self.start, self.end):
             raise RingMergeError(
@@ -366,9 +394,26 @@ class Ring:
                         "no ring: our IPAM state was lost; restore it, or rmpeer this peer first"
                     )
         new: list[Token] = []
+        reasserted: list[Token] = []
         for token in update.tokens:
             ours = self._tokens.get(token.start)
+            if not plausible_version(token.version, None if ours is None else ours.version):
+                self.implausible += 1
+                continue
             if ours is not None and token.version < ours.version:
+                continue
+            giver = ours if ours is not None else self._containing(token.start)
+            if (
+                gifts_from is not None
+                and token.owner == self.name
+                and giver is not None
+                and giver.owner != self.name
+                and not accept_own
+                and giver.owner not in gifts_from
+                and giver.owner not in self._departed
+                and giver.owner not in update.departed
+            ):
+                self.unasked_gifts += 1
                 continue
             if ours is not None and token.version == ours.version:
                 if token != ours:
@@ -376,6 +421,10 @@ class Ring:
                         f"token {_fmt(token.start)} version {token.version} differs: owner "
                         f"{token.owner:012x} vs {ours.owner:012x} (two owners at one version)"
                     )
+                continue
+            if ours is not None and ours.owner == self.name and self.name not in update.departed:
+                if token.version < MAX_VERSION:  # unreachable through plausible jumps
+                    reasserted.append(replace(ours, version=token.version + 1))
                 continue
             if ours is not None and ours.owner == self.name:
                 raise RingMergeError(
@@ -398,7 +447,17 @@ class Ring:
         self._departed |= update.departed
         for token in new:
             self._put(token)
+        for token in reasserted:
+            self._put(token)
+            self._reasserted[token.start] = token
+            self.reassertions += 1
         return new
+
+    def take_reassertions(self) -> list[Token]:
+        """Our tokens bumped past others' versions since the last call: gossip them to all."""
+        tokens = [self._reasserted[s] for s in sorted(self._reasserted)]
+        self._reasserted.clear()
+        return tokens
 
 
 def _seed_text(seed: tuple[int, ...]) -> str:

@@ -52,6 +52,8 @@ log = logging.getLogger("meshnet.ipam")
 STATE_FILE = "ipam.state"
 #: How long ``reset`` waits for the peer taking our ranges to acknowledge them.
 HANDOVER_TIMEOUT = 30.0
+#: At most one log line per this many seconds about forged ring tokens (each one is counted).
+FORGERY_LOG_INTERVAL = 10.0
 
 
 class IpamTransport(Protocol):
@@ -126,6 +128,7 @@ class IpamService:
         self._timeout = allocate_timeout
         self._wake = trio.Event()
         self._refused: dict[str, int] = {}  # what a refused ring merge said, and how often
+        self._next_forgery_log = -math.inf
         rng = rng or random.Random()
         self.allocator = self._load(rng)
         self.allocator.reachable = transport.reachable
@@ -446,6 +449,11 @@ class IpamService:
             "handed_over": status.handed_over,
             "refused_merges": dict(self._refused),
             "counters": asdict(self.allocator.counters),
+            "forgeries": {
+                "implausible_tokens": self.allocator.ring.implausible,
+                "unasked_gifts": self.allocator.ring.unasked_gifts,
+                "reasserted_tokens": self.allocator.ring.reassertions,
+            },
         }
 
     # --- Gossiper (the ``ipam`` channel)
@@ -454,6 +462,8 @@ class IpamService:
         return self.allocator.full_state()
 
     def on_gossip(self, payload: bytes) -> bytes | None:
+        ring = self.allocator.ring
+        forged = ring.implausible + ring.unasked_gifts
         try:
             return self.allocator.on_gossip(payload)
         except RingMergeError as e:
@@ -471,6 +481,23 @@ class IpamService:
             raise
         finally:
             self._after()
+            if ring.implausible + ring.unasked_gifts != forged:
+                self._log_forgery()
+
+    def _log_forgery(self) -> None:
+        """Forged ring tokens were dropped (counted in the ring): one line per 10 s."""
+        now = trio.current_time()
+        if now < self._next_forgery_log:
+            return
+        self._next_forgery_log = now + FORGERY_LOG_INTERVAL
+        ring = self.allocator.ring
+        log.warning(
+            "%s: dropped forged IPAM ring tokens: %d at implausible versions, %d giving us a "
+            "live peer's space unasked (so far)",
+            self._nickname,
+            ring.implausible,
+            ring.unasked_gifts,
+        )
 
     def merge_payloads(self, a: bytes, b: bytes) -> bytes:
         return self.allocator.merge_payloads(a, b)
@@ -480,6 +507,7 @@ class IpamService:
 
     def on_unicast(self, source: int, payload: bytes) -> None:
         try:
+            self.allocator.advance(trio.current_time())
             self.allocator.on_unicast(source, payload)
         finally:
             self._after()

@@ -29,6 +29,7 @@ from meshnet.dns.records import (
 from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.gossip.channel import Gossiper
 from meshnet.gossip.framing import MAX_FRAME_SIZE
+from meshnet.gossip.versions import MAX_VERSION_JUMP, PLAUSIBLE_VERSION
 
 TTL = 600.0
 NOW = 1_700_000_000.0
@@ -444,12 +445,40 @@ def test_owner_ignores_older_versions_and_agreeing_tombstones() -> None:
     assert owner.take_reassertions() is None
 
 
-def test_owner_at_the_maximum_version_is_a_protocol_error() -> None:
+def test_a_forged_record_at_the_maximum_version_is_dropped_and_its_owner_keeps_it() -> None:
     owner = Records(peer=2, now=NOW)
     owner.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    other = Records(peer=3, now=NOW)
+    other.on_gossip(owner.full_state() or b"")
     forged = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, (1 << 63) - 1, NOW)
-    with pytest.raises(RemoteProtocolError):
-        owner.on_gossip(encode_records([forged]))
+    new_key = Record("evil.meshnet.local.", "10.32.0.9", "c1", 2, (1 << 63) - 1)
+    for store in (owner, other):
+        assert store.on_gossip(encode_records([forged, new_key])) is None
+        assert store.addresses("web.meshnet.local") == ["10.32.0.2"]
+        assert store.addresses("evil.meshnet.local") == []
+        assert store.statistics().implausible == 2
+    # A plausible forgery (a tombstone) spreads, but the owner bumps past it and wins back.
+    version = owner.own_records()[0].version
+    tomb = Record("web.meshnet.local.", "10.32.0.2", "c1", 2, version + MAX_VERSION_JUMP, NOW)
+    assert other.on_gossip(encode_records([tomb])) is not None
+    assert other.addresses("web.meshnet.local") == []
+    back = owner.on_gossip(encode_records([tomb]))
+    assert back is not None and other.on_gossip(back) is not None
+    assert other.addresses("web.meshnet.local") == ["10.32.0.2"]
+
+
+@given(st.lists(st.tuples(st.sampled_from([2, 3]), st.integers(1, (1 << 63) - 1)), max_size=10))
+def test_no_update_moves_a_record_beyond_its_owners_reach(updates: list[tuple[int, int]]) -> None:
+    store = Records(peer=2, now=NOW)
+    store.register("web.meshnet.local.", "10.32.0.2", "c1", NOW)
+    for origin, version in updates:
+        before = {r.key: r.version for r in store.records()}
+        top = max((v for (o, *_), v in before.items() if o == origin), default=0)
+        store.merge([Record("web.meshnet.local.", "10.32.0.2", "c1", origin, version)])
+        for r in store.records():
+            if before.get(r.key) != r.version:
+                assert r.version <= max(PLAUSIBLE_VERSION, top + MAX_VERSION_JUMP) + 1
+    assert all(r.version < (1 << 63) - 1 for r in store.records())
 
 
 def test_restore_then_reassert() -> None:

@@ -6,8 +6,9 @@ import itertools
 import random
 from ipaddress import IPv4Address, IPv4Network
 
+import msgpack
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -19,6 +20,7 @@ from hypothesis.stateful import (
 
 from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.ipam.allocator import (
+    DONATION_INTERVAL,
     Address,
     AddressInUse,
     Allocator,
@@ -26,8 +28,10 @@ from meshnet.ipam.allocator import (
     InitMode,
     IpamConfig,
     NeedSpace,
+    Reply,
     UnicastAction,
     Waiting,
+    _encode_gossip,
 )
 from meshnet.ipam.consensus import Paxos, PaxosEntry
 from meshnet.ipam.ring import RingMergeError, Token
@@ -586,3 +590,98 @@ Mesh.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestMesh = Mesh.TestCase
+
+
+# --- hostile requests (issue 17 point 5)
+
+
+def donation_request(request_id: int, subnet: IPv4Network = RANGE) -> bytes:
+    return msgpack.packb([1, request_id, int(subnet.network_address), subnet.prefixlen, None])
+
+
+def seeded_donor() -> tuple[Net, Allocator, int]:
+    net = Net(consensus_configs(2, observers=1))
+    a, _b, obs = net.live
+    allocate_settled(net, a, "first")
+    net.settle()
+    return net, net.peers[a], obs
+
+
+def replies(net: Net, donor: Allocator) -> list[int]:
+    """The reply codes the donor sends, in order."""
+    codes = []
+    for action in donor.take_actions():
+        if isinstance(action, UnicastAction):
+            codes.append(msgpack.unpackb(action.payload)[2])
+    return codes
+
+
+def test_no_donation_to_a_peer_nobody_can_reach() -> None:
+    net, donor, obs = seeded_donor()
+    donor.reachable = lambda peer: peer in net.peers
+    before = donor.owned_ranges()
+    for fake in range(0x1000, 0x1000 + 50):
+        donor.on_unicast(fake, donation_request(fake))
+    assert set(replies(net, donor)) == {Reply.NOTHING}
+    assert donor.owned_ranges() == before
+    assert donor.counters.donations_refused == 50 and donor.counters.donations_given == 0
+    donor.on_unicast(obs, donation_request(1))  # a real peer still gets its share
+    assert replies(net, donor) == [Reply.GRANTED]
+
+
+def test_no_donation_to_a_peer_with_free_space_and_at_most_one_per_interval() -> None:
+    net, donor, obs = seeded_donor()
+    donor.advance(net.now)
+    donor.on_unicast(obs, donation_request(1))
+    assert replies(net, donor) == [Reply.GRANTED]
+    net.flush(donor.name)  # nothing left: replies() took the actions
+    # The donor's ring now shows the requester with the free space just given.
+    donor.on_unicast(obs, donation_request(2))
+    assert replies(net, donor) == [Reply.NOTHING]
+    # A requester that reports no free space still waits out the interval.
+    (token,) = [t for t in donor.ring.tokens if t.owner == obs]
+    full = Token(token.start, token.end, obs, token.version + 1, 0)
+    donor.ring.merge(donor.ring.update([full]))
+    donor.on_unicast(obs, donation_request(3))
+    assert replies(net, donor) == [Reply.NOTHING]
+    donor.advance(net.now + DONATION_INTERVAL)
+    donor.on_unicast(obs, donation_request(4))
+    assert replies(net, donor) == [Reply.GRANTED]
+    assert donor.counters.donations_refused == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 60), min_size=1, max_size=40))
+def test_requests_never_get_more_than_one_donation_per_interval(times: list[float]) -> None:
+    net, donor, obs = seeded_donor()
+    granted = []
+    for i, at in enumerate(sorted(times)):
+        for token in [t for t in donor.ring.tokens if t.owner == obs and t.free]:
+            donor.ring.merge(
+                donor.ring.update([Token(token.start, token.end, obs, token.version + 1, 0)])
+            )
+        donor.advance(net.now + at)
+        donor.on_unicast(obs, donation_request(i))
+        if replies(net, donor) == [Reply.GRANTED]:
+            granted.append(at)
+    assert all(b - a >= DONATION_INTERVAL for a, b in itertools.pairwise(granted))
+
+
+def test_a_forged_change_of_our_token_is_reasserted_and_wins_back_everywhere() -> None:
+    net, donor, _obs = seeded_donor()
+    others = [n for n in net.live if n != donor.name]
+    token = next(t for t in donor.ring.tokens if t.owner == donor.name)
+    forged = Token(token.start, token.end, 0xDEAD, token.version + 100, 0)
+    payload = _encode_gossip(donor.ring.update([forged]), [])
+    for name in others:  # bystanders believe it
+        net.peers[name].on_gossip(payload)
+    assert all(net.peers[n].ring.owner_of(token.start) == 0xDEAD for n in others)
+    assert donor.on_gossip(payload) is None
+    net.flush(donor.name)  # the owner gossips its token, bumped past the forgery, to everyone
+    net.settle()
+    assert all(p.ring.owner_of(token.start) == donor.name for p in net.peers.values())
+    # A forgery at the maximum version is dropped by everyone.
+    top = Token(token.start, token.end, 0xDEAD, (1 << 63) - 1, 0)
+    for name in net.live:
+        assert net.peers[name].on_gossip(_encode_gossip(donor.ring.update([top]), [])) is None
+        assert net.peers[name].ring.owner_of(token.start) == donor.name

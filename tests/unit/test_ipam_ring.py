@@ -91,12 +91,81 @@ def test_two_owners_at_one_version_is_refused_and_changes_nothing() -> None:
     assert c.tokens == before
 
 
-def test_a_peer_changing_our_token_is_refused() -> None:
+def test_a_peer_changing_our_token_is_bumped_past_and_reasserted() -> None:
+    a, b = ring(A), ring(B)
+    forged = RingUpdate(LO, HI, a.seed, (Token(1000, 1085, D, 5, 85),), False)
+    assert b.merge(forged) == [forged.tokens[0]]  # a bystander believes it...
+    assert a.merge(forged) == []  # ...the owner does not,
+    assert a.owned_ranges(A) == [(1000, 1085)]
+    (mine,) = a.take_reassertions()
+    assert (mine.owner, mine.version, mine.end) == (A, 6, 1085)
+    assert a.take_reassertions() == []
+    assert b.merge(a.update([mine])) == [mine]  # and gets its range back everywhere
+    assert b.owned_ranges(A) == [(1000, 1085)]
+
+
+def test_a_live_peers_space_given_to_us_unasked_is_refused() -> None:
+    """A forger gives A's token to B: B must not believe it, or A and B re-assert forever."""
+    a, b = ring(A), ring(B)
+    gift = Token(1000, 1085, B, 5, 85)
+    inside = Token(1050, 1085, B, 2, 35)  # a new token cut out of A's range
+    forged = RingUpdate(LO, HI, a.seed, (gift,), False)
+    assert b.merge(forged, gifts_from=()) == []
+    assert b.merge(RingUpdate(LO, HI, a.seed, (inside,), False), gifts_from=()) == []
+    assert b.unasked_gifts == 2 and b.owned_ranges(B) == [(1085, 1170)]
+    # Asked for (an open donation request to A), or from a peer that left: taken.
+    assert b.merge(forged, gifts_from={A}) == [gift]
+    c = ring(C)
+    gone = RingUpdate(LO, HI, a.seed, (gift,), False, departed=frozenset({A}))
+    assert ring(B).merge(gone, gifts_from=()) == [gift]
+    assert c.merge(gone, gifts_from=()) == [gift]  # not ours: no gift involved
+
+
+def test_an_rmpeer_of_us_while_we_are_alive_is_still_refused() -> None:
     a = ring(A)
-    forged = RingUpdate(LO, HI, a.seed, (Token(1000, 1085, B, 5, 85),), False)
+    forged = RingUpdate(
+        LO, HI, a.seed, (Token(1000, 1085, B, 5, 85),), False, departed=frozenset({A})
+    )
     with pytest.raises(RingMergeError, match="changed our token"):
         a.merge(forged)
-    assert a.owned_ranges(A) == [(1000, 1085)]
+    assert a.owned_ranges(A) == [(1000, 1085)] and a.take_reassertions() == []
+
+
+def test_a_token_at_an_implausible_version_is_dropped_and_counted() -> None:
+    a, b = ring(A), ring(B)
+    top = (1 << 63) - 1
+    forged = RingUpdate(
+        LO, HI, a.seed, (Token(1000, 1085, B, top, 85), Token(1170, 1256, C, 2, 80)), False
+    )
+    assert b.merge(forged) == [forged.tokens[1]]  # the plausible rest applies
+    assert b.owned_ranges(A) == [(1000, 1085)] and b.implausible == 1
+    assert a.merge(forged) == [forged.tokens[1]]
+    assert a.take_reassertions() == [] and a.implausible == 1
+
+
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1000, 1085, 1170]), st.integers(1, (1 << 63) - 1)),
+        max_size=10,
+    )
+)
+def test_no_forged_tokens_take_an_owners_range_for_good(forged: list[tuple[int, int]]) -> None:
+    """A forger sends B tokens under any owner and version; A sees what B relays."""
+    a, b = ring(A), ring(B)
+    for start, version in forged:
+        end = {1000: 1085, 1085: 1170, 1170: 1256}[start]
+        token = Token(start, end, D, version, 0)
+        relayed = []
+        with contextlib.suppress(RingMergeError):  # the forger's own error: nothing applied
+            relayed = b.merge(RingUpdate(LO, HI, b.seed, (token,), False))
+        if relayed:
+            a.merge(b.update(relayed))
+        back = a.take_reassertions()
+        if back:
+            b.merge(a.update(back))
+        assert all(t.version < (1 << 63) - 1 for t in a.tokens + b.tokens)
+        assert b.owned_ranges(A) == a.owned_ranges(A) == [(1000, 1085)]
 
 
 def test_a_token_inside_our_range_is_refused() -> None:

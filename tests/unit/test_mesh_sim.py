@@ -16,7 +16,7 @@ import pytest
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Send
 from meshnet.gossip.mesh import Mesh
-from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, encode_message
+from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Unicast, encode_message
 from meshnet.gossip.simulation import Simulation, converge
 from meshnet.gossip.topology import Connection, PeerEntry, encode_entries
 
@@ -307,3 +307,86 @@ def test_a_digest_exchange_repairs_both_sides() -> None:
     assert set(a.topology) == {10, 20, 30, 40}
     assert a.statistics().channels["topology-digest"].messages_sent >= 1
     assert b.statistics().channels["topology-digest"].messages_sent == 1  # its reply
+
+
+class Inbox(MaxRegister):
+    """Records the unicasts delivered to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unicasts: list[tuple[int, bytes]] = []
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        self.unicasts.append((source, payload))
+
+
+def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() -> None:
+    """B - A - C - D, and E hangs off A: E forges unicasts for A in others' names."""
+    A, B, C, D, E = 10, 20, 30, 40, 50
+    meshes = {
+        n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (A, B, C, D, E)
+    }
+    for x, y in ((A, B), (A, C), (C, D), (A, E)):
+        pump(meshes, link(meshes, x, y))
+    inbox = Inbox()
+    meshes[A].register_channel("ipam", inbox)
+    forged = [
+        Unicast("ipam", 99, A, b"nobody"),  # a peer that does not exist
+        Unicast("ipam", D, A, b"far"),  # D is reached through C, not E
+        Unicast("ipam", B, A, b"other"),  # a neighbour's own messages come from it
+        Unicast("ipam", A, A, b"us"),  # nor do we send ourselves anything through others
+    ]
+    for message in forged:
+        assert meshes[A].receive(E, message, 0.0) == []
+    assert inbox.unicasts == []
+    assert meshes[A].statistics().spoofed_unicasts == len(forged)
+    assert meshes[A].last_rejection is not None
+    # Relayed forgeries are dropped too (E asks A to forward to C in D's name).
+    assert meshes[A].receive(E, Unicast("ipam", D, C, b"relay"), 0.0) == []
+    # The real ones arrive.
+    assert meshes[A].receive(E, Unicast("ipam", E, A, b"e"), 0.0) == []
+    assert meshes[A].receive(C, Unicast("ipam", D, A, b"d"), 0.0) == []
+    assert inbox.unicasts == [(E, b"e"), (D, b"d")]
+    assert meshes[A].statistics().spoofed_unicasts == len(forged) + 1
+
+
+def test_hop_by_hop_unicasts_always_pass_the_source_check() -> None:
+    sim = Simulation(30, seed=7)
+    inboxes = {}
+    for name, mesh in sim.meshes.items():
+        inboxes[name] = Inbox()
+        mesh.register_channel("kv", inboxes[name])
+    converge(sim)
+    for src in sim.names[:6]:
+        for dst in sim.names:
+            if dst != src:
+                sim._dispatch(src, sim.meshes[src].unicast("kv", dst, b"%d" % src))
+    sim.run()
+    for dst in sim.names:
+        assert sorted(s for s, _ in inboxes[dst].unicasts) == sorted(
+            s for s in sim.names[:6] if s != dst
+        )
+    assert all(m.statistics().spoofed_unicasts == 0 for m in sim.meshes.values())
+
+
+def test_a_forged_topology_entry_at_the_maximum_version_does_not_cut_its_peer_off() -> None:
+    """A - B - C with an attacker E on A: E sends B's entry at the maximum version."""
+    A, B, C, E = 1, 2, 3, 5
+    meshes = {n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (A, B, C, E)}
+    for x, y in ((A, B), (B, C), (A, E)):
+        pump(meshes, link(meshes, x, y))
+    real = meshes[A].topology[B]
+    forged = PeerEntry(B, "h2", 666, (1 << 63) - 1, ())
+    sends = meshes[A].receive(E, Gossip("topology", encode_entries([forged])), 0.0)
+    pump(meshes, [(A, s) for s in sends])
+    assert meshes[A].topology[B] == real
+    assert meshes[A].statistics().implausible_versions == 1
+    assert meshes[A].routes.next_hop(C) == B
+    # A plausible forgery gets through, but B bumps past it and wins everywhere again.
+    plausible = PeerEntry(B, "h2", 666, real.version + 1000, ())
+    sends = meshes[A].receive(E, Gossip("topology", encode_entries([plausible])), 0.0)
+    pump(meshes, [(A, s) for s in sends])
+    for name in (A, C):
+        entry = meshes[name].topology[B]
+        assert entry.uid == B and entry.version == real.version + 1001, name
+    assert meshes[A].routes.next_hop(C) == B

@@ -4,6 +4,7 @@ raises RemoteProtocolError."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.topology import (
+    MAX_VERSION,
     Connection,
     PeerEntry,
     Topology,
@@ -26,6 +28,7 @@ from meshnet.gossip.topology import (
     merge_entry_sets,
     newer_than,
 )
+from meshnet.gossip.versions import MAX_VERSION_JUMP, PLAUSIBLE_VERSION, plausible_version
 
 LOCAL = 1
 NAMES = [1, 2, 3, 4, 5, 6]
@@ -320,3 +323,62 @@ def test_nicknames_from_the_wire_are_made_printable() -> None:
     assert entry.nickname.startswith("\ufffd]0;pwned\ufffdevil\ufffdINFO fake line\ufffdxx")
     (plain,) = decode_entries(msgpack.packb([[5, "host-1.example", 1, 1, []]]))
     assert plain.nickname == "host-1.example"
+
+
+# --- forged versions (issue 17 point 6)
+
+
+def test_plausible_versions_allow_first_sightings_and_bounded_jumps() -> None:
+    assert plausible_version(PLAUSIBLE_VERSION, None)
+    assert plausible_version(PLAUSIBLE_VERSION, 1)  # a restarted peer sees its old self
+    assert not plausible_version(PLAUSIBLE_VERSION + 1, None)
+    assert plausible_version(PLAUSIBLE_VERSION + 5 + MAX_VERSION_JUMP, PLAUSIBLE_VERSION + 5)
+    assert not plausible_version(PLAUSIBLE_VERSION + 6 + MAX_VERSION_JUMP, PLAUSIBLE_VERSION + 5)
+    assert not plausible_version(MAX_VERSION, 7)
+
+
+def test_a_forged_entry_at_the_maximum_version_is_dropped_and_counted() -> None:
+    topo = fresh()
+    real = PeerEntry(2, "h2", 5, 3, (Connection(LOCAL, "10.0.0.1:6783", False, True),))
+    assert topo.merge([real]) == [real]
+    forged = PeerEntry(2, "h2", 5, MAX_VERSION, ())
+    other = PeerEntry(3, "h3", 9, 1, ())
+    assert topo.merge([forged, other]) == [other]  # the rest of the update still counts
+    assert topo.entries[2] == real
+    assert topo.implausible == 1
+    # The owner goes on bumping its real entry, which keeps winning.
+    newer = replace(real, version=4)
+    assert topo.merge([newer]) == [newer]
+
+
+def test_our_own_entry_forged_at_the_maximum_cannot_stop_us_reclaiming_it() -> None:
+    topo = fresh()
+    mine = topo.local
+    assert topo.merge([replace(mine, version=MAX_VERSION, connections=())]) == []
+    assert topo.local == mine and topo.implausible == 1
+    # A plausible forgery is bumped past, and so is the next, however many follow.
+    version = PLAUSIBLE_VERSION
+    for _ in range(3):
+        news = topo.merge([replace(mine, version=version, connections=())])
+        assert news == [topo.local] and topo.local.version == version + 1
+        assert topo.local.connections == mine.connections
+        version = topo.local.version + MAX_VERSION_JUMP
+    assert not topo.merge([replace(mine, version=version + 1, connections=())])
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([LOCAL, 2, 3]), st.integers(1, MAX_VERSION)), max_size=12)
+)
+def test_no_sequence_of_updates_moves_an_entry_further_than_the_bound(
+    updates: list[tuple[int, int]],
+) -> None:
+    """Whatever arrives, every held version stays within reach of its owner's bumps."""
+    topo = fresh()
+    for name, version in updates:
+        before = topo.entries.get(name)
+        held = None if before is None else before.version
+        topo.merge([PeerEntry(name, "x", 1, version, ())])
+        after = topo.entries.get(name)
+        if after is not None and after is not before:
+            assert after.version <= max(PLAUSIBLE_VERSION, (held or 0) + MAX_VERSION_JUMP) + 1
+    assert all(e.version < MAX_VERSION for e in topo.entries.values())
