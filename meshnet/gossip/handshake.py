@@ -262,18 +262,24 @@ def derive_keys(
     pake_key: bytes,
     shared: bytes,
     public_keys: tuple[bytes, bytes],
-    transcript: bytes,
+    names: tuple[int, int],
     version: int,
 ) -> tuple[bytes, bytes]:
     """Keys for (lower public key → higher, higher → lower); both sides compute the same pair.
 
     Inputs are sorted so neither side needs a role. The SPAKE2 key is BLAKE2b's MAC key: without
     it (so without the password and this connection's SPAKE2 secrets) the keys cannot be
-    computed, even with the X25519 secret; the X25519 secret and the transcript (both Hellos,
-    names, versions, features) go in as the message.
+    computed, even with the X25519 secret. The Hellos are bound by the Confirm, not here, so a
+    tampered Hello is told apart from a different password.
     """
     low, high = sorted(public_keys)
-    material = shared + low + high + transcript + version.to_bytes(4, "big")
+    material = (
+        shared
+        + low
+        + high
+        + b"".join(n.to_bytes(6, "big") for n in sorted(names))
+        + version.to_bytes(4, "big")
+    )
     digest = hashlib.blake2b(
         material, digest_size=2 * KEY_SIZE, key=pake_key, person=_KDF_PERSON
     ).digest()
@@ -446,12 +452,16 @@ class Handshake:
             raise RemoteProtocolError(
                 f"peer {peer.identity} sent an unusable SPAKE2 message"
             ) from None
-        transcript = transcript_hash(self._hello_bytes, self._peer_hello_bytes)
         forward, backward = derive_keys(
-            pake_key, shared, (ours, peer_public), transcript, self._version
+            pake_key,
+            shared,
+            (ours, peer_public),
+            (self._local.name, peer.identity.name),
+            self._version,
         )
         self._keys = (forward, backward) if ours < peer_public else (backward, forward)
         self._state = HandshakeState.AWAIT_CONFIRM
+        transcript = transcript_hash(self._hello_bytes, self._peer_hello_bytes)
         return seal_frame(self._keys[0], CONFIRM_COUNTER, transcript)
 
     def _receive_confirm(self) -> None:
