@@ -46,7 +46,7 @@ class TokenBuckets:
         else:
             elapsed = max(0.0, now - bucket.at)
             bucket.tokens = min(float(self._burst), bucket.tokens + elapsed / self._refill_every)
-            bucket.at = now
+            bucket.at = max(bucket.at, now)
         self._buckets[key] = bucket  # most recently used last
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

@@ -195,9 +195,7 @@ async def test_failed_password_guesses_are_rate_limited_per_source(
     assert a.counters["auth_rate_limited"] == 4
 
 
-async def test_successful_handshakes_cost_no_tokens(
-    tmp_path: Path, nursery: trio.Nursery
-) -> None:
+async def test_successful_handshakes_cost_no_tokens(tmp_path: Path, nursery: trio.Nursery) -> None:
     a = make_router(tmp_path, "a", key=b"right")
     await nursery.start(a.serve)
     for _ in range(8):
