@@ -21,7 +21,6 @@ from meshnet.config import Config
 from meshnet.dataplane.service import DataPlane
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
-from meshnet.gossip.handshake import stretch_password
 from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
 from meshnet.integrations.docker.service import DockerService
@@ -38,11 +37,7 @@ async def run(
     """Run the router until a signal or an API stop request; returns after a clean shutdown."""
     name = load_or_create_peer_name(config.state_dir, os.urandom)
     identity = Identity(name=name, nickname=config.nickname, uid=new_uid(os.urandom))
-    stretched = None
-    if config.password is not None:
-        # Argon2id is slow on purpose; keep the event loop free while it runs.
-        stretched = await trio.to_thread.run_sync(stretch_password, config.password)
-    router = Router(config, identity, stretched, data_path=config.dataplane)
+    router = Router(config, identity, config.password, data_path=config.dataplane)
     # Before the router runs, so the first connections already carry our ring.
     ipam = IpamService(
         ipam_config(config, name), router, config.state_dir, nickname=config.nickname

@@ -32,6 +32,11 @@ def _read_password_file(path: Path) -> bytes:
         text = path.read_text().rstrip("\n")
     except OSError as e:
         raise UserError(f"cannot read password file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"password file {path} is not text: make one with"
+            f" head -c 32 /dev/urandom | base64 > {path}"
+        ) from None
     if not text:
         raise UserError(f"password file {path} is empty")
     return text.encode()
@@ -64,7 +69,12 @@ def launch(
     """
     password = _read_password_file(password_file) if password_file is not None else None
     config = config_from_options(peers, options, password=password)
-    for warning in launch_warnings(config):  # in a background launch, the child logs them too
+    on_command_line = (
+        click.get_current_context().get_parameter_source("password")
+        is click.core.ParameterSource.COMMANDLINE
+    )
+    # In a background launch, the child logs them too (its password is in its environment).
+    for warning in launch_warnings(config, password_on_command_line=on_command_line):
         click.echo(f"warning: {warning}", err=True)
     client = ApiClient(config.api_socket)
     if client.is_ready():

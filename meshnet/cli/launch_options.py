@@ -435,13 +435,31 @@ def _check_ipalloc(config: Config, peers: int) -> None:
         parse_init(config.ipalloc_init, peers)
 
 
-def launch_warnings(config: Config) -> list[str]:
-    """What a launch allows but a user should hear about loudly: each one line."""
+MIN_PASSWORD_BYTES = 16
+"""Below this a password is worth a warning: anyone reaching the port may guess it online."""
+
+
+def launch_warnings(config: Config, *, password_on_command_line: bool = False) -> list[str]:
+    """What a launch allows but a user should hear about loudly: each one line.
+
+    ``password_on_command_line``: --password was given as a flag (not MESHNET_PASSWORD).
+    """
     warnings = []
     if not config.isolation and config.dataplane:
         warnings.append(
             "--no-isolation: containers are not kept to their subnets nor to their own "
             "addresses; any of them may reach every subnet and spoof any address"
+        )
+    if config.password is not None and len(config.password) < MIN_PASSWORD_BYTES:
+        warnings.append(
+            f"the password has only {len(config.password)} bytes: anyone who reaches port"
+            f" {config.port} may guess it online (5 tries per address, then one every 10 s);"
+            " use --password-file with a random secret (head -c 32 /dev/urandom | base64)"
+        )
+    if password_on_command_line:
+        warnings.append(
+            "--password on the command line is visible to every local user (ps, /proc);"
+            " use --password-file or MESHNET_PASSWORD"
         )
     for network in config.trusted_subnets:
         if not network.is_private:

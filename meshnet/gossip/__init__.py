@@ -1,7 +1,9 @@
 """The mesh: peer identity, handshake, framing, topology gossip, routes and gossip channels.
 
 - ``identity``          who a peer is: its persistent 48-bit name, nickname and per-start uid
-- ``handshake``         the control connection's handshake: version, who the peer is, keys
+- ``handshake``         the control connection's handshake: version, who the peer is, SPAKE2
+                        and X25519 keys
+- ``throttle``          per-source token buckets and log throttles (failed password handshakes)
 - ``framing``           length-prefixed frames on the TCP control connection
 - ``messages``          the messages peers exchange over an established connection
 - ``topology``          the topology store: one versioned entry per peer, its connections

@@ -1,16 +1,27 @@
 """The control connection's handshake: agree on a version, learn who the peer is, derive keys.
 
 Both sides send a Hello at once, so no side needs an initiator role. Without a password that is
-all. With one, the Hellos carry ephemeral X25519 keys and each side then sends a Confirm: a
-frame sealed with its new send key (frame counter 0) over the hash of both Hellos. The Confirm
-proves the peer knows the password and saw the same Hellos (so a downgraded version range or
-altered features are caught). A passive capture gives no offline guesses (the X25519 secret is
-missing from it) and an active attacker tests one guess per connection, each costing the
-password's Argon2id stretch.
+all. With one, the Hellos also carry an ephemeral X25519 key and a SPAKE2 message (the symmetric
+variant, so both sides are equal peers), and each side then sends a Confirm: a frame sealed with
+its new send key (frame counter 0) over the hash of both Hellos. The keys come from the SPAKE2 key,
+the X25519 secret and that hash, so the Confirm proves the peer knows the password and saw the
+same Hellos (a downgraded version range or altered features are caught).
+
+Why SPAKE2 (protocol version 2): version 1 keyed the Confirm with the password alone (Argon2id at
+a salt fixed for every mesh), so anyone who connected once, even without the password, could test
+guesses against the Confirm offline. A SPAKE2 key depends on both sides' secret scalars, and a side
+that used a wrong password cannot compute the key for any other password from what it received (a
+Diffie-Hellman problem). So a passive capture gives nothing to test, and an active attacker tests
+exactly one guess per connection, online (and the router rate-limits failed attempts per source).
+No password stretching is needed for that, so there is none: a strong secret is what protects a
+mesh (``--password-file`` with 32 random bytes). The X25519 exchange stays, computed by libsodium,
+so confidentiality against a passive listener never rests on the pure-Python SPAKE2 alone; both
+exchanges are ephemeral, so a later leak of the password does not open past connections.
 
 Wire form of a Hello: ``MAGIC`` (8 bytes), a 4-byte big-endian length, then a msgpack map. The
 Hello's format does not depend on the protocol version (that is what it negotiates); unknown keys
-are ignored so newer versions can add fields.
+are ignored so newer versions can add fields. A peer speaking only an older or newer version is
+refused with a message naming both ranges and which side to upgrade.
 """
 
 from __future__ import annotations
@@ -25,9 +36,10 @@ from typing import Any
 import msgpack
 import nacl.bindings
 import nacl.exceptions
-import nacl.pwhash.argon2id
+import spake2  # type: ignore[import-untyped]
+import spake2.ed25519_basic  # type: ignore[import-untyped]
 
-from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.framing import (
     HEADER,
     KEY_SIZE,
@@ -48,44 +60,30 @@ from meshnet.gossip.identity import (
 from meshnet.gossip.messages import MAX_PEER_NAME
 
 MAGIC = b"MESHNET\x00"
-SUPPORTED_VERSIONS = (1, 1)
+SUPPORTED_VERSIONS = (2, 2)
+"""1 was the password check open to offline guessing (see the module docstring); never again."""
 MAX_VERSION = (1 << 32) - 1
 MAX_HELLO_SIZE = 64 * 1024
 MAX_FEATURES = 32
 MAX_FEATURE_KEY_LENGTH = 64
 MAX_FEATURE_STR_LENGTH = 1024
 PUBLIC_KEY_SIZE = nacl.bindings.crypto_scalarmult_BYTES
+PAKE_MESSAGE_SIZE = 33
+"""A SPAKE2_Symmetric message: the side byte ``S`` and an Ed25519 element."""
 CONFIRM_COUNTER = 0
 FIRST_FRAME_COUNTER = CONFIRM_COUNTER + 1
 """Sealed message frames continue each direction's counter after the Confirm."""
 
 _TRANSCRIPT_SIZE = 32
 _CONFIRM_BODY_SIZE = _TRANSCRIPT_SIZE + TAG_SIZE
-_KDF_PERSON = b"meshnet-kdf-v1"
+_KDF_PERSON = b"meshnet-kdf-v2"
 _TRANSCRIPT_PERSON = b"meshnet-hello-v1"
-# Argon2id needs a salt; one fixed per protocol (not per peer) because both sides must derive the
-# same key from the password alone. Distinct from other uses of Argon2id on the same password.
-PASSWORD_SALT = hashlib.blake2b(b"meshnet control connection password", digest_size=16).digest()
+_PAKE_ID = b"meshnet control connection v2"
+"""SPAKE2's identity for both sides: binds its key to this use of the password."""
+_PAKE_ERRORS = (spake2.spake2.SPAKEError, spake2.ed25519_basic.NotOnCurve, ValueError)
+"""What SPAKE2 raises for a message that is no usable group element (or our own, reflected)."""
 
 FeatureValue = str | int | bool
-
-
-def stretch_password(
-    password: bytes,
-    *,
-    opslimit: int = nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
-    memlimit: int = nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
-) -> bytes:
-    """The 32-byte key a password stands for; slow on purpose, so call it once per start.
-
-    Its cost is what each guess costs an attacker; tests lower ``opslimit``/``memlimit``.
-    """
-    if not password:
-        raise UserError("the password is empty; leave it unset to run without encryption")
-    key: bytes = nacl.pwhash.argon2id.kdf(
-        KEY_SIZE, password, PASSWORD_SALT, opslimit=opslimit, memlimit=memlimit
-    )
-    return key
 
 
 class MismatchReason(enum.Enum):
@@ -102,6 +100,10 @@ class PasswordMismatch(RemoteProtocolError):
     def __init__(self, message: str, reason: MismatchReason) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class VersionMismatch(RemoteProtocolError):
+    """The peer speaks no protocol version we do: one side must upgrade meshnet."""
 
 
 class SelfConnection(RemoteProtocolError):
@@ -123,6 +125,7 @@ class Hello:
     identity: Identity
     features: dict[str, FeatureValue]
     public_key: bytes | None  # present exactly when the peer has a password
+    pake: bytes | None = None  # its SPAKE2 message; present with a password since version 2
 
     def encode(self) -> bytes:
         """The wire form: magic, length, msgpack map."""
@@ -136,6 +139,8 @@ class Hello:
         }
         if self.public_key is not None:
             fields["public_key"] = self.public_key
+        if self.pake is not None:
+            fields["pake"] = self.pake
         body: bytes = msgpack.packb(fields, use_bin_type=True)
         if len(body) > MAX_HELLO_SIZE:
             raise LocalProtocolError(f"hello of {len(body)} bytes exceeds {MAX_HELLO_SIZE}")
@@ -221,31 +226,40 @@ def decode_hello(body: bytes) -> Hello:
     if type(encrypted) is not bool:
         raise _malformed("encrypted must be a bool")
     public_key = None
+    pake = None
     if encrypted:
         public_key = fields.get("public_key")
         if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
             raise _malformed(f"public_key must be {PUBLIC_KEY_SIZE} bytes")
+        # Optional here: a version 1 Hello has none, and must reach the version check.
+        pake = fields.get("pake")
+        if pake is not None and (
+            not isinstance(pake, bytes) or len(pake) != PAKE_MESSAGE_SIZE or pake[:1] != b"S"
+        ):
+            raise _malformed(f"pake must be a {PAKE_MESSAGE_SIZE}-byte symmetric SPAKE2 message")
     return Hello(
         versions=(versions[0], versions[1]),
         identity=Identity(name, nickname, uid),
         features=features,
         public_key=public_key,
+        pake=pake,
     )
 
 
 def negotiate_version(ours: tuple[int, int], theirs: tuple[int, int]) -> int:
-    """The highest version both speak."""
+    """The highest version both speak; VersionMismatch saying who must upgrade otherwise."""
     best = min(ours[1], theirs[1])
     if best < max(ours[0], theirs[0]):
-        raise RemoteProtocolError(
+        who = "the peer" if theirs[1] < ours[0] else "this router"
+        raise VersionMismatch(
             f"no common protocol version: we speak {ours[0]}..{ours[1]},"
-            f" peer speaks {theirs[0]}..{theirs[1]}"
+            f" peer speaks {theirs[0]}..{theirs[1]}: upgrade meshnet on {who}"
         )
     return best
 
 
 def derive_keys(
-    stretched_key: bytes,
+    pake_key: bytes,
     shared: bytes,
     public_keys: tuple[bytes, bytes],
     names: tuple[int, int],
@@ -253,8 +267,10 @@ def derive_keys(
 ) -> tuple[bytes, bytes]:
     """Keys for (lower public key → higher, higher → lower); both sides compute the same pair.
 
-    Inputs are sorted so neither side needs a role; the password key is BLAKE2b's MAC key, so
-    without the password the keys cannot be computed even with the X25519 secret.
+    Inputs are sorted so neither side needs a role. The SPAKE2 key is BLAKE2b's MAC key: without
+    it (so without the password and this connection's SPAKE2 secrets) the keys cannot be
+    computed, even with the X25519 secret. The Hellos are bound by the Confirm, not here, so a
+    tampered Hello is told apart from a different password.
     """
     low, high = sorted(public_keys)
     material = (
@@ -265,7 +281,7 @@ def derive_keys(
         + version.to_bytes(4, "big")
     )
     digest = hashlib.blake2b(
-        material, digest_size=2 * KEY_SIZE, key=stretched_key, person=_KDF_PERSON
+        material, digest_size=2 * KEY_SIZE, key=pake_key, person=_KDF_PERSON
     ).digest()
     return digest[:KEY_SIZE], digest[KEY_SIZE:]
 
@@ -291,25 +307,28 @@ class Handshake:
         *,
         local: Identity,
         features: Mapping[str, FeatureValue],
-        stretched_key: bytes | None,
+        password: bytes | None,
         rng: Rng,
         versions: tuple[int, int] = SUPPORTED_VERSIONS,
     ) -> None:
-        if stretched_key is not None and len(stretched_key) != KEY_SIZE:
-            raise ValueError(f"the stretched password key must be {KEY_SIZE} bytes")
+        if password is not None and not password:
+            raise ValueError("the password is empty; use None to run without encryption")
         if not 1 <= versions[0] <= versions[1] <= MAX_VERSION:
             raise ValueError(f"bad version range {versions!r}")
         self._local = local
         self._versions = versions
-        self._stretched_key = stretched_key
         self._secret: bytes | None = None
+        self._pake: spake2.SPAKE2_Symmetric | None = None
         public_key: bytes | None = None
-        if stretched_key is not None:
+        pake_message: bytes | None = None
+        if password is not None:
             self._secret = rng(nacl.bindings.crypto_scalarmult_SCALARBYTES)
             if len(self._secret) != nacl.bindings.crypto_scalarmult_SCALARBYTES:
                 raise ValueError("rng returned the wrong number of bytes")
             public_key = nacl.bindings.crypto_scalarmult_base(self._secret)
-        hello = Hello(versions, local, dict(features), public_key)
+            self._pake = spake2.SPAKE2_Symmetric(password, idSymmetric=_PAKE_ID, entropy_f=rng)
+            pake_message = self._pake.start()
+        hello = Hello(versions, local, dict(features), public_key, pake_message)
         # Validate our own features by the rules we apply to the peer's, so we never send a
         # Hello the peer must refuse.
         try:
@@ -355,6 +374,7 @@ class Handshake:
             self._unsent = bytes(out)
             self._buffer = bytearray()
             self._secret = None
+            self._pake = None
             raise
         return bytes(out)
 
@@ -402,25 +422,38 @@ class Handshake:
                 f"we use a password but peer {peer.identity} does not",
                 MismatchReason.PEER_HAS_NO_PASSWORD,
             )
-        if peer.public_key is None or self._secret is None or self._stretched_key is None:
+        if peer.public_key is None or self._secret is None or self._pake is None:
             self._finish()
             return b""
-        return self._start_confirm(peer, peer.public_key, self._secret, self._stretched_key)
+        if peer.pake is None:
+            raise _malformed("a password but no pake message")
+        return self._start_confirm(peer, peer.public_key, peer.pake, self._secret, self._pake)
 
     def _start_confirm(
-        self, peer: Hello, peer_public: bytes, secret: bytes, stretched_key: bytes
+        self,
+        peer: Hello,
+        peer_public: bytes,
+        peer_pake: bytes,
+        secret: bytes,
+        pake: spake2.SPAKE2_Symmetric,
     ) -> bytes:
         ours = self._hello.public_key
         assert ours is not None
-        if peer_public == ours:
+        if peer_public == ours or peer_pake == self._hello.pake:
             raise RemoteProtocolError("peer echoed our ephemeral key")
         try:
             shared = nacl.bindings.crypto_scalarmult(secret, peer_public)
         except nacl.exceptions.CryptoError:
             # libsodium refuses low-order points, which would make the secret predictable.
             raise RemoteProtocolError(f"peer {peer.identity} sent an unusable X25519 key") from None
+        try:
+            pake_key: bytes = pake.finish(peer_pake)
+        except _PAKE_ERRORS:
+            raise RemoteProtocolError(
+                f"peer {peer.identity} sent an unusable SPAKE2 message"
+            ) from None
         forward, backward = derive_keys(
-            stretched_key,
+            pake_key,
             shared,
             (ours, peer_public),
             (self._local.name, peer.identity.name),
@@ -474,5 +507,6 @@ class Handshake:
             leftover=bytes(self._buffer),
         )
         self._buffer = bytearray()
-        self._secret = None  # forward secrecy: the ephemeral secret is not needed any more
+        self._secret = None  # forward secrecy: the ephemeral secrets are not needed any more
+        self._pake = None
         self._state = HandshakeState.DONE

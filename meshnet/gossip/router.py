@@ -46,11 +46,13 @@ from meshnet.gossip.handshake import (
     HandshakeResult,
     PasswordMismatch,
     SelfConnection,
+    VersionMismatch,
 )
 from meshnet.gossip.identity import Identity, format_peer_name
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Heartbeat, Message
 from meshnet.gossip.routes import Routes, shortest_path, symmetric_graph
+from meshnet.gossip.throttle import LogThrottle, TokenBuckets
 
 log = logging.getLogger("meshnet.router")
 
@@ -139,7 +141,7 @@ class Router:
         self,
         config: Config,
         identity: Identity,
-        stretched_key: bytes | None,
+        password: bytes | None,
         *,
         rng: random.Random | None = None,
         data_path: bool = False,
@@ -148,7 +150,10 @@ class Router:
         the UDP path both ways (`set_data_path`); without it, as soon as the handshake is done."""
         self.config = config
         self.identity = identity
-        self._stretched_key = stretched_key
+        self._password = password
+        # Inbound handshakes with a password cost their source address a token; see throttle.
+        self._auth_buckets = TokenBuckets()
+        self._auth_logs = LogThrottle()
         self._rng = rng or random.Random()
         self.started = time.time()
         self.mesh = Mesh(
@@ -184,7 +189,7 @@ class Router:
 
     @property
     def encrypted(self) -> bool:
-        return self._stretched_key is not None
+        return self._password is not None
 
     def nick(self, name: int) -> str:
         entry = self.mesh.topology.get(name)
@@ -382,7 +387,7 @@ class Router:
                 format_peer_name(self.identity.name),
                 self.identity.nickname,
                 self.config.port,
-                "encrypted" if self._stretched_key else "unencrypted",
+                "encrypted" if self._password else "unencrypted",
             )
             task_status.started()
 
@@ -457,9 +462,46 @@ class Router:
             )
             await stream.aclose()
             return
+        if not self._may_try_password(address):
+            await stream.aclose()
+            return
         record = ConnectionRecord(address, False, ConnectionState.HANDSHAKING, time.time())
         self._attempts.append(record)
         await self._run_connection(stream, record)
+
+    def _may_try_password(self, address: str) -> bool:
+        """Whether an inbound connection may start a handshake: with a password, one token of
+        its source address's bucket (given back once it proves the password), so failed guesses
+        are rate-limited per source and cost nothing once its bucket is empty."""
+        if self._password is None:
+            return True
+        source = address.rpartition(":")[0]
+        if self._auth_buckets.take(source, trio.current_time()):
+            return True
+        self.counters["auth_rate_limited"] += 1
+        suppressed = self._auth_logs.allow(source, trio.current_time())
+        if suppressed is not None:
+            log.warning(
+                "refusing connection from %s: too many failed password handshakes from %s"
+                " (%d more failures and refusals from it not logged)",
+                address,
+                source,
+                suppressed,
+            )
+        return False
+
+    def _auth_failure_level(self, record: ConnectionRecord) -> int:
+        """The level for a failure line about an inbound handshake: WARNING at most once per
+        source every 10 s (saying how many were not logged), DEBUG otherwise."""
+        if record.outbound:
+            return logging.WARNING
+        source = record.address.rpartition(":")[0]
+        suppressed = self._auth_logs.allow(source, trio.current_time())
+        if suppressed is None:
+            return logging.DEBUG
+        if suppressed:
+            log.warning("%d failures and refusals from %s not logged", suppressed, source)
+        return logging.WARNING
 
     async def _run_connection(self, stream: trio.SocketStream, record: ConnectionRecord) -> None:
         """Handshake, then run the connection until it ends; always leaves a clean state."""
@@ -467,6 +509,9 @@ class Router:
         try:
             record.state = ConnectionState.HANDSHAKING
             result = await self._handshake(stream, record)
+            if self._password is not None and not record.outbound:
+                source = record.address.rpartition(":")[0]
+                self._auth_buckets.give_back(source, trio.current_time())
             live = self._establish(stream, record, result)
             if live is None:
                 return
@@ -479,7 +524,11 @@ class Router:
             self._end(record, live, "connected to ourselves", level=logging.DEBUG)
         except PasswordMismatch as e:
             self.counters[f"password_mismatch_{e.reason.value}"] += 1
-            self._end(record, live, f"refused: {e}")
+            self.counters["auth_failures"] += 1
+            self._end(record, live, f"refused: {e}", self._auth_failure_level(record))
+        except VersionMismatch as e:
+            self.counters["version_mismatch"] += 1
+            self._end(record, live, f"refused: {e}", self._auth_failure_level(record))
         except RemoteProtocolError as e:
             self.counters["protocol_errors"] += 1
             self._end(record, live, f"protocol error: {e}")
@@ -504,7 +553,7 @@ class Router:
         handshake = Handshake(
             local=self.identity,
             features=self._features,
-            stretched_key=self._stretched_key,
+            password=self._password,
             rng=os.urandom,
         )
         with trio.fail_after(self.config.handshake_timeout):

@@ -208,3 +208,26 @@ def test_over_http_nothing_changes_state_and_only_our_address_is_served(daemon: 
     status = ApiClient(daemon.socket).get("/status")  # still running, nothing connected
     assert status["name"] == launched.stdout.strip()
     assert ApiClient(daemon.socket).get("/status/targets") == []
+
+
+def test_launch_warns_about_a_short_or_visible_password(daemon: Daemon, tmp_path: Path) -> None:
+    """Warnings come before anything starts; a busy port then ends the launch quickly."""
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("0.0.0.0", daemon.port))
+        busy.listen()
+        flag = daemon.meshnet("launch", "--port", str(daemon.port), "--password", "hunter2")
+        assert "only 7 bytes" in flag.stderr and "visible to every local user" in flag.stderr
+        daemon.env["MESHNET_PASSWORD"] = "hunter2"
+        env = daemon.meshnet("launch", "--port", str(daemon.port))
+        assert "only 7 bytes" in env.stderr and "visible" not in env.stderr
+        del daemon.env["MESHNET_PASSWORD"]
+        secret = tmp_path / "secret"
+        secret.write_bytes(bytes(range(200, 232)))
+        binary = daemon.meshnet("launch", "--password-file", str(secret))
+        assert binary.returncode != 0 and "is not text" in binary.stderr
+        secret.write_text("x" * 44 + "\n")
+        strong = daemon.meshnet(
+            "launch", "--port", str(daemon.port), "--password-file", str(secret)
+        )
+        assert "warning" not in strong.stderr and "cannot listen" in strong.stderr

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import nacl.pwhash.argon2id
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.errors import RemoteProtocolError, UserError
+from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.framing import LocalProtocolError
 from meshnet.gossip.handshake import (
     MAGIC,
@@ -25,15 +24,15 @@ from meshnet.gossip.handshake import (
     HandshakeState,
     MismatchReason,
     PasswordMismatch,
-    stretch_password,
+    VersionMismatch,
 )
 from meshnet.gossip.identity import Identity
 from meshnet.gossip.messages import Gossip, Heartbeat
 
 ALICE = Identity(0x0A0000000001, "alice", 111)
 BOB = Identity(0x0A0000000002, "bob", 222)
-KEY_1 = bytes(range(32))
-KEY_2 = bytes(range(100, 132))
+KEY_1 = b"correct horse battery staple"  # passwords; KEY_ for the old names' sake
+KEY_2 = b"correct horse battery stapler"
 
 
 def rng(seed: int) -> Callable[[int], bytes]:
@@ -45,13 +44,13 @@ def handshake(
     key: bytes | None = None,
     *,
     seed: int = 0,
-    versions: tuple[int, int] = (1, 1),
+    versions: tuple[int, int] = (2, 2),
     features: dict[str, FeatureValue] | None = None,
 ) -> Handshake:
     return Handshake(
         local=local,
         features=features or {},
-        stretched_key=key,
+        password=key,
         rng=rng(seed),
         versions=versions,
     )
@@ -127,7 +126,7 @@ def test_no_password_on_both_sides(chunk: int) -> None:
     assert ra.remote == BOB and rb.remote == ALICE
     assert ra.features == {"role": "edge"}
     assert rb.features == {"fastdp": True, "mtu": 1376}
-    assert ra.version == rb.version == 1
+    assert ra.version == rb.version == 2
     assert ra.send_key is ra.receive_key is rb.send_key is rb.receive_key is None
     assert ra.leftover == rb.leftover == b""
     assert a.core.state is HandshakeState.DONE
@@ -218,14 +217,17 @@ def test_version_negotiation(ours: tuple[int, int], theirs: tuple[int, int], sea
         assert ra.version == rb.version == best
     else:
         assert a.error is not None and b.error is not None
-        assert not isinstance(a.error, PasswordMismatch)
+        assert isinstance(a.error, VersionMismatch) and isinstance(b.error, VersionMismatch)
+        # The side whose range is lower must upgrade.
+        a_upgrades = ours[1] < theirs[0]
+        a_says, b_says = ("this router", "the peer") if a_upgrades else ("the peer", "this router")
         assert str(a.error) == (
             f"no common protocol version: we speak {ours[0]}..{ours[1]},"
-            f" peer speaks {theirs[0]}..{theirs[1]}"
+            f" peer speaks {theirs[0]}..{theirs[1]}: upgrade meshnet on {a_says}"
         )
         assert str(b.error) == (
             f"no common protocol version: we speak {theirs[0]}..{theirs[1]},"
-            f" peer speaks {ours[0]}..{ours[1]}"
+            f" peer speaks {ours[0]}..{ours[1]}: upgrade meshnet on {b_says}"
         )
 
 
@@ -314,7 +316,7 @@ def hello_from_fields(fields: Any) -> bytes:
 
 def good_fields(**overrides: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "versions": [1, 1],
+        "versions": [2, 2],
         "name": BOB.name,
         "nickname": "bob",
         "uid": 5,
@@ -364,6 +366,9 @@ def test_hand_built_hello_is_accepted_and_unknown_keys_ignored() -> None:
         good_fields(encrypted=True),
         good_fields(encrypted=True, public_key=b"x" * 31),
         good_fields(encrypted=True, public_key="x" * 32),
+        good_fields(encrypted=True, public_key=b"x" * 32, pake=b"S" + bytes(31)),
+        good_fields(encrypted=True, public_key=b"x" * 32, pake=b"A" + bytes(32)),
+        good_fields(encrypted=True, public_key=b"x" * 32, pake="S" * 33),
         {k: v for k, v in good_fields().items() if k != "name"},
         [1, 2, 3],
         "hello",
@@ -377,17 +382,58 @@ def test_malformed_hello_fields(fields: Any, key: bytes | None) -> None:
     assert core.state is HandshakeState.FAILED
 
 
+def sealed_fields(core: Handshake, **overrides: Any) -> dict[str, Any]:
+    """Bob's Hello fields with a password, its keys taken from ``core``'s Hello."""
+    hello = msgpack.unpackb(core.initial_bytes()[len(MAGIC) + 4 :])
+    keys = {"public_key": hello["public_key"], "pake": hello["pake"]}
+    return good_fields(encrypted=True, **{**keys, **overrides})
+
+
+def test_password_but_no_pake_message_is_refused() -> None:
+    fields = sealed_fields(handshake(BOB, KEY_1, seed=2))
+    del fields["pake"]
+    with pytest.raises(RemoteProtocolError, match="no pake message"):
+        handshake(ALICE, KEY_1).receive_data(hello_from_fields(fields))
+
+
 @pytest.mark.parametrize("public_key", [bytes(32), b"\x01" + bytes(31)])
 def test_low_order_public_key_is_refused(public_key: bytes) -> None:
     core = handshake(ALICE, KEY_1)
+    fields = sealed_fields(handshake(BOB, KEY_1, seed=2), public_key=public_key)
     with pytest.raises(RemoteProtocolError, match="unusable X25519 key"):
-        core.receive_data(hello_from_fields(good_fields(encrypted=True, public_key=public_key)))
+        core.receive_data(hello_from_fields(fields))
+
+
+@pytest.mark.parametrize("pake", [b"S" + b"\xff" * 32, b"S" + bytes(32), b"S\x01" + bytes(31)])
+def test_unusable_pake_message_is_refused(pake: bytes) -> None:
+    core = handshake(ALICE, KEY_1)
+    fields = sealed_fields(handshake(BOB, KEY_1, seed=2), pake=pake)
+    with pytest.raises(RemoteProtocolError, match="unusable SPAKE2 message"):
+        core.receive_data(hello_from_fields(fields))
 
 
 def test_echoed_hello_is_refused() -> None:
     core = handshake(ALICE, KEY_1)
     with pytest.raises(RemoteProtocolError, match="ourselves"):
         core.receive_data(core.initial_bytes())
+
+
+def test_echoed_pake_message_is_refused() -> None:
+    """Our own SPAKE2 message reflected (with another X25519 key) never makes a key."""
+    core = handshake(ALICE, KEY_1)
+    fields = sealed_fields(handshake(BOB, KEY_1, seed=2), pake=sealed_fields(core)["pake"])
+    with pytest.raises(RemoteProtocolError, match="echoed"):
+        core.receive_data(hello_from_fields(fields))
+
+
+def test_a_version_1_peer_is_told_to_upgrade() -> None:
+    """A Hello as protocol 1 sent it (a password, no SPAKE2 message) is refused for its version,
+    before anything about its keys."""
+    fields = sealed_fields(handshake(BOB, KEY_1, seed=2), versions=[1, 1])
+    del fields["pake"]
+    core = handshake(ALICE, KEY_1)
+    with pytest.raises(VersionMismatch, match=r"peer speaks 1\.\.1: upgrade meshnet on the peer"):
+        core.receive_data(hello_from_fields(fields))
 
 
 @pytest.mark.parametrize("first", [b"G", b"GET / HTTP/1.1\r\n", b"MESHNET\x01", b"\x00"])
@@ -425,9 +471,9 @@ hello_values = st.recursive(
 @given(
     st.dictionaries(
         st.sampled_from(
-            ["versions", "name", "nickname", "uid", "features", "encrypted", "public_key"]
+            ["versions", "name", "nickname", "uid", "features", "encrypted", "public_key", "pake"]
         ),
-        hello_values | st.binary(min_size=32, max_size=32),
+        hello_values | st.binary(min_size=32, max_size=33),
     ),
     st.sampled_from([None, KEY_1]),
 )
@@ -462,19 +508,9 @@ def test_local_features_are_validated() -> None:
         handshake(ALICE, features={f"k{i}": i for i in range(33)})
 
 
-def test_stretch_password() -> None:
-    low = {
-        "opslimit": nacl.pwhash.argon2id.OPSLIMIT_MIN,
-        "memlimit": nacl.pwhash.argon2id.MEMLIMIT_MIN,
-    }
-    key = stretch_password(b"correct horse", **low)
-    assert len(key) == 32
-    assert stretch_password(b"correct horse", **low) == key
-    assert stretch_password(b"correct horsf", **low) != key
-    with pytest.raises(UserError):
-        stretch_password(b"", **low)
-    a, b = connect(handshake(ALICE, key, seed=1), handshake(BOB, key, seed=2))
-    results(a, b)
+def test_empty_password_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        handshake(ALICE, b"")
 
 
 def test_confirm_owed_to_the_peer_survives_a_failure() -> None:

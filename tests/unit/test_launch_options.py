@@ -167,6 +167,16 @@ def test_trusting_public_networks_is_allowed_with_a_warning() -> None:
     assert "0.0.0.0/0 is not a private network" in warning
 
 
+def test_short_or_visible_passwords_are_allowed_with_a_warning() -> None:
+    assert launch_warnings(parse(["--password", "x" * 16])) == []
+    (short,) = launch_warnings(parse(["--password", "hunter2"]))
+    assert "only 7 bytes" in short and "head -c 32 /dev/urandom" in short
+    config = parse(["--password", "y" * 44])
+    (visible,) = launch_warnings(config, password_on_command_line=True)
+    assert "visible to every local user" in visible
+    assert launch_warnings(parse([])) == []
+
+
 def test_password_and_password_file_exclude_each_other() -> None:
     with pytest.raises(UserError, match="not both"):
         config_from_options([], {"password": "a"}, password=b"b")

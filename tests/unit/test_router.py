@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import nacl.pwhash.argon2id as argon2id
 import pytest
 import trio
 import trio.testing
 
 from meshnet.config import Config
 from meshnet.gossip.events import PathVerdict, Watch
-from meshnet.gossip.handshake import Handshake, stretch_password
+from meshnet.gossip.handshake import Handshake, PasswordMismatch
 from meshnet.gossip.identity import Identity, new_peer_name, new_uid
 from meshnet.gossip.router import Router
 
@@ -26,12 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cheap_key(password: bytes) -> bytes:
-    return stretch_password(
-        password, opslimit=argon2id.OPSLIMIT_MIN, memlimit=argon2id.MEMLIMIT_MIN
-    )
 
 
 def make_router(
@@ -77,7 +70,7 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
 async def test_two_routers_connect_and_share_topology(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    key = cheap_key(b"pw")
+    key = b"pw"
     a = make_router(tmp_path, "a", key=key)
     b = make_router(tmp_path, "b", peers=(f"127.0.0.1:{a.config.port}",), key=key)
     await nursery.start(a.serve)
@@ -144,7 +137,7 @@ async def test_a_silent_peer_is_dropped_after_missed_heartbeats(
     mute = Handshake(
         local=Identity(new_peer_name(os.urandom), "mute", 1),
         features={},
-        stretched_key=None,
+        password=None,
         rng=os.urandom,
     )
     await stream.send_all(mute.initial_bytes())
@@ -156,6 +149,58 @@ async def test_a_silent_peer_is_dropped_after_missed_heartbeats(
     assert a.counters["heartbeat_timeouts"] == 1
     assert [p["nickname"] for p in a.peers()] == ["a"]
     await stream.aclose()
+
+
+async def guess(port: int, password: bytes) -> bool:
+    """One connection to a router with ``password``: True if the handshake succeeded, False if
+    refused as a password mismatch or closed before the router said anything."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    guesser = Handshake(
+        local=Identity(new_peer_name(os.urandom), "guesser", 1),
+        features={},
+        password=password,
+        rng=os.urandom,
+    )
+    try:
+        await stream.send_all(guesser.initial_bytes())
+        with trio.fail_after(5):
+            while guesser.result is None:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return False
+                try:
+                    await stream.send_all(guesser.receive_data(data))
+                except PasswordMismatch:
+                    await stream.send_all(guesser.unsent_bytes())  # as the router's shell does
+                    return False
+        return True
+    except trio.BrokenResourceError:
+        return False
+    finally:
+        await stream.aclose()
+
+
+async def test_failed_password_guesses_are_rate_limited_per_source(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    a = make_router(tmp_path, "a", key=b"right")
+    await nursery.start(a.serve)
+    assert [await guess(a.config.port, b"wrong") for _ in range(8)] == [False] * 8
+    # The burst, then refused before any handshake work.
+    await wait_until(lambda: a.counters["auth_failures"] == 5)
+    assert a.counters["auth_rate_limited"] == 3
+    assert a.counters["password_mismatch_different_password"] == 5
+    # The same source with the right password is refused too until a token comes back.
+    assert not await guess(a.config.port, b"right")
+    assert a.counters["auth_rate_limited"] == 4
+
+
+async def test_successful_handshakes_cost_no_tokens(tmp_path: Path, nursery: trio.Nursery) -> None:
+    a = make_router(tmp_path, "a", key=b"right")
+    await nursery.start(a.serve)
+    for _ in range(8):
+        assert await guess(a.config.port, b"right")
+    assert a.counters["auth_rate_limited"] == 0 and a.counters["auth_failures"] == 0
 
 
 class Recorder:
