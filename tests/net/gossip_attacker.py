@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from meshnet.gossip.handshake import Handshake, stretch_password
+from meshnet.gossip.handshake import Handshake
 from meshnet.gossip.identity import Identity
 from meshnet.gossip.messages import Gossip, Heartbeat, Message, Unicast
 from meshnet.gossip.router import PROTOCOL_FEATURES
@@ -39,9 +39,8 @@ def main() -> None:
     host, _, port = address.rpartition(":")
     rng = random.Random()
     me = Identity(rng.getrandbits(47) | 2, "mallory", rng.getrandbits(64))
-    key = stretch_password(os.environ["MESHNET_PASSWORD"].encode())
     handshake = Handshake(
-        local=me, features={**PROTOCOL_FEATURES, "sleeve_port": 6783}, stretched_key=key,
+        local=me, features={**PROTOCOL_FEATURES, "sleeve_port": 6783}, password=os.environ["MESHNET_PASSWORD"].encode(),
         rng=os.urandom,
     )  # fmt: skip
     sock = socket.create_connection((host, int(port)), timeout=10)

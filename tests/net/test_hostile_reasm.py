@@ -182,7 +182,6 @@ PASSWORD_HOLDER = (
 import pathlib, tempfile, trio
 from meshnet.config import Config
 from meshnet.dataplane.service import DataPlane
-from meshnet.gossip.handshake import stretch_password
 from meshnet.gossip.identity import Identity, new_peer_name, new_uid
 from meshnet.gossip.router import Router
 
@@ -194,10 +193,9 @@ async def main():
                     api_socket=state / "api.sock", discovery=False, fastdp=False,
                     heartbeat_interval=1.0)  # as the lab's routers: they drop a quiet peer
     me = Identity(new_peer_name(os.urandom), "mallory", new_uid(os.urandom))
-    key = await trio.to_thread.run_sync(stretch_password, password)
     # A real router with its data plane, so h1 keeps it as a neighbour: the real handshake
     # gives it the keys, its heartbeats prove the path.
-    router = Router(config, me, key, data_path=True)
+    router = Router(config, me, password, data_path=True)
     dataplane = DataPlane(config, router)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
