@@ -50,7 +50,9 @@ from meshnet.gossip.messages import MAX_PEER_NAME
 MAGIC = b"MESHNET\x00"
 SUPPORTED_VERSIONS = (1, 1)
 MAX_VERSION = (1 << 32) - 1
-MAX_HELLO_SIZE = 64 * 1024
+MAX_HELLO_SIZE = 4 * 1024
+"""A Hello arrives before the peer has proven anything, so what it may make us buffer is small;
+ours is a few hundred bytes."""
 MAX_FEATURES = 32
 MAX_FEATURE_KEY_LENGTH = 64
 MAX_FEATURE_STR_LENGTH = 1024

@@ -31,6 +31,13 @@ import trio
 from meshnet.config import Config
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.admission import (
+    HELLO_TIMEOUT,
+    LogGate,
+    PendingBudget,
+    Refuse,
+    admit_authenticated,
+)
 from meshnet.gossip.channel import Gossiper, Send
 from meshnet.gossip.connection_maker import ConnectionMaker, Source, listen_address
 from meshnet.gossip.events import NO_LINKS, LiveLinks, MeshView, PathVerdict, PeerLink, Watch
@@ -38,6 +45,7 @@ from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
     Handshake,
     HandshakeResult,
+    HandshakeState,
     PasswordMismatch,
     SelfConnection,
 )
@@ -51,6 +59,9 @@ log = logging.getLogger("meshnet.router")
 PROTOCOL_FEATURES: dict[str, str | int | bool] = {"gossip": 1}
 _SLEEVE_KEY_PERSON = b"meshnet-sleeve"
 READ_SIZE = 65536
+# Reads before authentication are small: what a stranger makes us buffer stays a few KiB per
+# pending connection (a Hello is far smaller; the handshake refuses a larger one unread).
+PREAUTH_READ_SIZE = 4096
 # How many failed or closed connections `status connections` remembers.
 RECENT_FAILURES = 32
 # After publishing a new MeshView, wait this long before looking again: a burst of topology
@@ -95,6 +106,15 @@ class ConnectionRecord:
 
 class _Closed(Exception):
     """The connection ended; the message says why (for logs and status)."""
+
+
+class _PreauthCut(_Closed):
+    """An inbound connection closed before its Hello: no Hello in time, or its slot went to a
+    newcomer. Counted and logged rate-limited, not one warning each (anyone can cause these)."""
+
+    def __init__(self, reason: str, counter: str | None) -> None:
+        super().__init__(reason)
+        self.counter = counter
 
 
 _CONNECTION_ERRORS = (
@@ -154,6 +174,10 @@ class Router:
         self.maker = ConnectionMaker(self._rng, discovery=config.discovery)
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
+        # Inbound connections not yet authenticated: their own budget, not --conn-limit's.
+        self._pending = PendingBudget()
+        self._pending_scopes: dict[int, trio.CancelScope] = {}  # ticket -> its handshake
+        self._preauth_log = LogGate()
         # The latest failure per (address, direction), oldest first, bounded.
         self.recent_failures: collections.OrderedDict[tuple[str, bool], ConnectionRecord] = (
             collections.OrderedDict()
@@ -379,7 +403,10 @@ class Router:
         while True:
             now = trio.current_time()
             self.maker.set_discovered(self.mesh.discovered_addresses(), now)
-            free = self.config.conn_limit - len(self._live) - len(self._attempts)
+            # Inbound connections still in the handshake are not counted: strangers holding
+            # sockets open must never stop us dialling the peers we were told to reach.
+            dialling = sum(1 for a in self._attempts if a.outbound)
+            free = self.config.conn_limit - len(self._live) - dialling
             dial, wake = self.maker.plan(set(self._live), max(0, free), now)
             for address in dial:
                 self._nursery.start_soon(self._dial, address)
@@ -421,29 +448,56 @@ class Router:
             await stream.aclose()
             return
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if len(self._live) + len(self._attempts) >= self.config.conn_limit:
-            self.counters["refused_conn_limit"] += 1
-            log.warning(
-                "refusing connection from %s: connection limit %d reached",
-                address,
-                self.config.conn_limit,
-            )
+        decision = self._pending.offer(host, trio.current_time())
+        if isinstance(decision, Refuse):
+            self._preauth_cut(address, decision.reason.value, decision.reason.value)
             await stream.aclose()
             return
+        if decision.evict is not None and decision.why is not None:
+            self._preauth_cut(address, f"evicted for a newer: {decision.why.value}", None)
+            self.counters[decision.why.value] += 1
+            evicted = self._pending_scopes.pop(decision.evict, None)
+            if evicted is not None:
+                evicted.cancel()
         record = ConnectionRecord(address, False, ConnectionState.HANDSHAKING, time.time())
         self._attempts.append(record)
-        await self._run_connection(stream, record)
+        await self._run_connection(stream, record, decision.ticket)
 
-    async def _run_connection(self, stream: trio.SocketStream, record: ConnectionRecord) -> None:
-        """Handshake, then run the connection until it ends; always leaves a clean state."""
+    def _preauth_cut(self, address: str, reason: str, counter: str | None) -> None:
+        """Count a connection closed before authentication; log rate-limited."""
+        if counter is not None:
+            self.counters[counter] += 1
+        if count := self._preauth_log.event(trio.current_time()):
+            stats = self._pending.statistics()
+            log.warning(
+                "closed %d unauthenticated connection(s) lately, the latest from %s: %s"
+                " (%d pending from %d addresses)",
+                count,
+                address,
+                reason,
+                stats.pending,
+                stats.sources,
+            )
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, record: ConnectionRecord, ticket: int | None = None
+    ) -> None:
+        """Handshake, then run the connection until it ends; always leaves a clean state.
+
+        ``ticket``: an inbound connection's place in the pending budget, given back once it
+        authenticated or ended.
+        """
         live: _Live | None = None
         try:
             record.state = ConnectionState.HANDSHAKING
-            result = await self._handshake(stream, record)
+            result = await self._handshake(stream, record, ticket)
+            self._release_pending(ticket)
             live = self._establish(stream, record, result)
             if live is None:
                 return
             await self._serve_established(live, result.frame_decoder())
+        except _PreauthCut as e:
+            self._preauth_cut(record.address, str(e), e.counter)
         except _Closed as e:
             self._end(record, live, str(e))
         except SelfConnection:
@@ -466,35 +520,59 @@ class Router:
             log.exception("internal error on connection %s", record.address)
             self._end(record, live, f"internal error: {type(e).__name__}")
         finally:
+            self._release_pending(ticket)
             if record in self._attempts:
                 self._attempts.remove(record)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def _release_pending(self, ticket: int | None) -> None:
+        if ticket is not None:
+            self._pending.release(ticket)
+            self._pending_scopes.pop(ticket, None)
+
     async def _handshake(
-        self, stream: trio.SocketStream, record: ConnectionRecord
+        self, stream: trio.SocketStream, record: ConnectionRecord, ticket: int | None
     ) -> HandshakeResult:
+        """Run the handshake; an inbound one (``ticket``) must deliver its whole Hello within
+        HELLO_TIMEOUT of accept and can be evicted until then. All of it within
+        ``handshake_timeout``."""
         handshake = Handshake(
             local=self.identity,
             features=self._features,
             stretched_key=self._stretched_key,
             rng=os.urandom,
         )
-        with trio.fail_after(self.config.handshake_timeout):
-            await stream.send_all(handshake.initial_bytes())
-            while handshake.result is None:
-                data = await stream.receive_some(READ_SIZE)
-                if not data:
-                    raise _Closed("closed by the peer during the handshake")
-                try:
-                    reply = handshake.receive_data(data)
-                except PasswordMismatch:
-                    # Our Confirm (if owed) lets the peer see the same clear failure.
-                    await _send_best_effort(stream, handshake.unsent_bytes())
-                    raise
-                if reply:
-                    await stream.send_all(reply)
-        return handshake.result
+        with trio.CancelScope() as evictable:
+            if ticket is not None:
+                self._pending_scopes[ticket] = evictable
+            with trio.fail_after(self.config.handshake_timeout):
+                with trio.move_on_after(HELLO_TIMEOUT if ticket is not None else math.inf) as hello:
+                    await stream.send_all(handshake.initial_bytes())
+                    while handshake.state is HandshakeState.AWAIT_HELLO:
+                        await self._handshake_step(stream, handshake)
+                if hello.cancelled_caught:
+                    raise _PreauthCut(f"no hello within {HELLO_TIMEOUT:g} s", "hello_timeouts")
+                if ticket is not None:
+                    self._pending.hello_received(ticket)
+                while handshake.result is None:
+                    await self._handshake_step(stream, handshake)
+                return handshake.result
+        raise _PreauthCut("evicted for a newer connection", None)  # counted when evicted
+
+    @staticmethod
+    async def _handshake_step(stream: trio.SocketStream, handshake: Handshake) -> None:
+        data = await stream.receive_some(PREAUTH_READ_SIZE)
+        if not data:
+            raise _Closed("closed by the peer during the handshake")
+        try:
+            reply = handshake.receive_data(data)
+        except PasswordMismatch:
+            # Our Confirm (if owed) lets the peer see the same clear failure.
+            await _send_best_effort(stream, handshake.unsent_bytes())
+            raise
+        if reply:
+            await stream.send_all(reply)
 
     def _establish(
         self, stream: trio.SocketStream, record: ConnectionRecord, result: HandshakeResult
@@ -504,6 +582,22 @@ class Router:
         record.peer = result.remote
         record.encrypted = result.send_key is not None
         existing = self._live.get(peer)
+        if not admit_authenticated(
+            outbound=record.outbound,
+            live=len(self._live),
+            conn_limit=self.config.conn_limit,
+            replaces=existing is not None,
+            configured=self._is_configured(peer, stream),
+        ):
+            self.counters["refused_conn_limit"] += 1
+            if self._preauth_log.event(trio.current_time()):
+                log.warning(
+                    "refusing connection from %s (%s): connection limit %d reached",
+                    result.remote.nickname,
+                    record.address,
+                    self.config.conn_limit,
+                )
+            return None
         if existing is not None:
             if existing.record.outbound == record.outbound or self._keep_new(record.outbound, peer):
                 # Same direction means the old one is a stale leftover of a restart; otherwise
@@ -571,6 +665,19 @@ class Router:
         self._maybe_changed.set()
         self._publish_links()
         return live
+
+    def _is_configured(self, peer: int, stream: trio.SocketStream) -> bool:
+        """Whether ``peer`` is one we were told to connect to (launch or `connect`), known by
+        its name from an earlier connection or by the address it listens at."""
+        try:
+            ip = str(stream.socket.getpeername()[0])
+        except OSError:
+            return False
+        listens = listen_address(ip, self.config.port)
+        return any(
+            t.source is not Source.DISCOVERED and (t.peer == peer or t.address == listens)
+            for t in self.maker.targets()
+        )
 
     def _keep_new(self, new_outbound: bool, peer: int) -> bool:
         # The connection to keep is the one dialled by the lower-named peer.
