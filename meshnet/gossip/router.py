@@ -587,7 +587,7 @@ class Router:
             live=len(self._live),
             conn_limit=self.config.conn_limit,
             replaces=existing is not None,
-            configured=self._is_configured(peer, stream),
+            configured=self._is_configured(peer, stream, _listen_port(result)),
         ):
             self.counters["refused_conn_limit"] += 1
             if self._preauth_log.event(trio.current_time()):
@@ -618,9 +618,7 @@ class Router:
         record.last_error = None
         self.recent_failures.pop((record.address, record.outbound), None)
         doorbell_send, doorbell_receive = trio.open_memory_channel[None](1)
-        sleeve_port = result.features.get("sleeve_port")
-        if type(sleeve_port) is not int or not 0 < sleeve_port < 65536:
-            sleeve_port = CONTROL_PORT
+        sleeve_port = _listen_port(result)
         link = PeerLink(
             name=peer,
             nickname=result.remote.nickname,
@@ -666,14 +664,14 @@ class Router:
         self._publish_links()
         return live
 
-    def _is_configured(self, peer: int, stream: trio.SocketStream) -> bool:
+    def _is_configured(self, peer: int, stream: trio.SocketStream, port: int) -> bool:
         """Whether ``peer`` is one we were told to connect to (launch or `connect`), known by
-        its name from an earlier connection or by the address it listens at."""
+        its name from an earlier connection or by the address it listens at (``port``)."""
         try:
             ip = str(stream.socket.getpeername()[0])
         except OSError:
             return False
-        listens = listen_address(ip, self.config.port)
+        listens = listen_address(ip, port)
         return any(
             t.source is not Source.DISCOVERED and (t.peer == peer or t.address == listens)
             for t in self.maker.targets()
@@ -812,6 +810,14 @@ class Router:
         log.log(
             level, "connection %s %s failed: %s", "to" if record.outbound else "from", who, reason
         )
+
+
+def _listen_port(result: HandshakeResult) -> int:
+    """Where the peer listens: its sleeve port, which is its TCP port too."""
+    port = result.features.get("sleeve_port")
+    if type(port) is not int or not 0 < port < 65536:
+        return CONTROL_PORT
+    return port
 
 
 def _opt_name(name: int | None) -> str | None:
