@@ -229,7 +229,10 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         show_default=str(DEFAULT_API_SOCKET),
     ),
     LaunchOption(
-        "--conn-limit", "conn_limit", "Most connections to keep at once.", click.IntRange(1, 10000)
+        "--conn-limit",
+        "conn_limit",
+        "Most authenticated connections to keep at once.",
+        click.IntRange(1, 10000),
     ),
     LaunchOption(
         "--no-discovery",

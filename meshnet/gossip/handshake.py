@@ -63,7 +63,9 @@ MAGIC = b"MESHNET\x00"
 SUPPORTED_VERSIONS = (2, 2)
 """1 was the password check open to offline guessing (see the module docstring); never again."""
 MAX_VERSION = (1 << 32) - 1
-MAX_HELLO_SIZE = 64 * 1024
+MAX_HELLO_SIZE = 4 * 1024
+"""A Hello arrives before the peer has proven anything, so what it may make us buffer is small;
+ours is a few hundred bytes."""
 MAX_FEATURES = 32
 MAX_FEATURE_KEY_LENGTH = 64
 MAX_FEATURE_STR_LENGTH = 1024

@@ -31,6 +31,13 @@ import trio
 from meshnet.config import Config
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.admission import (
+    HELLO_TIMEOUT,
+    LogGate,
+    PendingBudget,
+    Refuse,
+    admit_authenticated,
+)
 from meshnet.gossip.channel import Gossiper, Send
 from meshnet.gossip.connection_maker import (
     MAX_DISCOVERED_PER_PEER,
@@ -44,6 +51,7 @@ from meshnet.gossip.framing import FrameDecoder, FrameEncoder
 from meshnet.gossip.handshake import (
     Handshake,
     HandshakeResult,
+    HandshakeState,
     PasswordMismatch,
     SelfConnection,
     VersionMismatch,
@@ -59,6 +67,9 @@ log = logging.getLogger("meshnet.router")
 PROTOCOL_FEATURES: dict[str, str | int | bool] = {"gossip": 1}
 _SLEEVE_KEY_PERSON = b"meshnet-sleeve"
 READ_SIZE = 65536
+# Reads before authentication are small: what a stranger makes us buffer stays a few KiB per
+# pending connection (a Hello is far smaller; the handshake refuses a larger one unread).
+PREAUTH_READ_SIZE = 4096
 # How many failed or closed connections `status connections` remembers.
 RECENT_FAILURES = 32
 # After publishing a new MeshView, wait this long before looking again: a burst of topology
@@ -105,6 +116,15 @@ class ConnectionRecord:
 
 class _Closed(Exception):
     """The connection ended; the message says why (for logs and status)."""
+
+
+class _PreauthCut(_Closed):
+    """An inbound connection closed before its Hello: no Hello in time, or its slot went to a
+    newcomer. Counted and logged rate-limited, not one warning each (anyone can cause these)."""
+
+    def __init__(self, reason: str, counter: str | None) -> None:
+        super().__init__(reason)
+        self.counter = counter
 
 
 _CONNECTION_ERRORS = (
@@ -169,6 +189,10 @@ class Router:
         self._discovery_warned = -math.inf
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
+        # Inbound connections not yet authenticated: their own budget, not --conn-limit's.
+        self._pending = PendingBudget()
+        self._pending_scopes: dict[int, trio.CancelScope] = {}  # ticket -> its handshake
+        self._preauth_log = LogGate()
         # The latest failure per (address, direction), oldest first, bounded.
         self.recent_failures: collections.OrderedDict[tuple[str, bool], ConnectionRecord] = (
             collections.OrderedDict()
@@ -396,7 +420,10 @@ class Router:
         while True:
             now = trio.current_time()
             self._discover(now)
-            free = self.config.conn_limit - len(self._live) - len(self._attempts)
+            # Inbound connections still in the handshake are not counted: strangers holding
+            # sockets open must never stop us dialling the peers we were told to reach.
+            dialling = sum(1 for a in self._attempts if a.outbound)
+            free = self.config.conn_limit - len(self._live) - dialling
             dial, wake = self.maker.plan(set(self._live), max(0, free), now)
             for address in dial:
                 self._nursery.start_soon(self._dial, address)
@@ -453,21 +480,23 @@ class Router:
             await stream.aclose()
             return
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if len(self._live) + len(self._attempts) >= self.config.conn_limit:
-            self.counters["refused_conn_limit"] += 1
-            log.warning(
-                "refusing connection from %s: connection limit %d reached",
-                address,
-                self.config.conn_limit,
-            )
+        if not self._may_try_password(address):  # before any budget is taken
             await stream.aclose()
             return
-        if not self._may_try_password(address):
+        decision = self._pending.offer(host, trio.current_time())
+        if isinstance(decision, Refuse):
+            self._preauth_cut(address, decision.reason.value, decision.reason.value)
             await stream.aclose()
             return
+        if decision.evict is not None and decision.why is not None:
+            self._preauth_cut(address, f"evicted for a newer: {decision.why.value}", None)
+            self.counters[decision.why.value] += 1
+            evicted = self._pending_scopes.pop(decision.evict, None)
+            if evicted is not None:
+                evicted.cancel()
         record = ConnectionRecord(address, False, ConnectionState.HANDSHAKING, time.time())
         self._attempts.append(record)
-        await self._run_connection(stream, record)
+        await self._run_connection(stream, record, decision.ticket)
 
     def _may_try_password(self, address: str) -> bool:
         """Whether an inbound connection may start a handshake: with a password, one token of
@@ -503,12 +532,35 @@ class Router:
             log.warning("%d failures and refusals from %s not logged", suppressed, source)
         return logging.WARNING
 
-    async def _run_connection(self, stream: trio.SocketStream, record: ConnectionRecord) -> None:
-        """Handshake, then run the connection until it ends; always leaves a clean state."""
+    def _preauth_cut(self, address: str, reason: str, counter: str | None) -> None:
+        """Count a connection closed before authentication; log rate-limited."""
+        if counter is not None:
+            self.counters[counter] += 1
+        if count := self._preauth_log.event(trio.current_time()):
+            stats = self._pending.statistics()
+            log.warning(
+                "closed %d unauthenticated connection(s) lately, the latest from %s: %s"
+                " (%d pending from %d addresses)",
+                count,
+                address,
+                reason,
+                stats.pending,
+                stats.sources,
+            )
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, record: ConnectionRecord, ticket: int | None = None
+    ) -> None:
+        """Handshake, then run the connection until it ends; always leaves a clean state.
+
+        ``ticket``: an inbound connection's place in the pending budget, given back once it
+        authenticated or ended.
+        """
         live: _Live | None = None
         try:
             record.state = ConnectionState.HANDSHAKING
-            result = await self._handshake(stream, record)
+            result = await self._handshake(stream, record, ticket)
+            self._release_pending(ticket)
             if self._password is not None and not record.outbound:
                 source = record.address.rpartition(":")[0]
                 self._auth_buckets.give_back(source, trio.current_time())
@@ -516,6 +568,8 @@ class Router:
             if live is None:
                 return
             await self._serve_established(live, result.frame_decoder())
+        except _PreauthCut as e:
+            self._preauth_cut(record.address, str(e), e.counter)
         except _Closed as e:
             self._end(record, live, str(e))
         except SelfConnection:
@@ -542,35 +596,59 @@ class Router:
             log.exception("internal error on connection %s", record.address)
             self._end(record, live, f"internal error: {type(e).__name__}")
         finally:
+            self._release_pending(ticket)
             if record in self._attempts:
                 self._attempts.remove(record)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def _release_pending(self, ticket: int | None) -> None:
+        if ticket is not None:
+            self._pending.release(ticket)
+            self._pending_scopes.pop(ticket, None)
+
     async def _handshake(
-        self, stream: trio.SocketStream, record: ConnectionRecord
+        self, stream: trio.SocketStream, record: ConnectionRecord, ticket: int | None
     ) -> HandshakeResult:
+        """Run the handshake; an inbound one (``ticket``) must deliver its whole Hello within
+        HELLO_TIMEOUT of accept and can be evicted until then. All of it within
+        ``handshake_timeout``."""
         handshake = Handshake(
             local=self.identity,
             features=self._features,
             password=self._password,
             rng=os.urandom,
         )
-        with trio.fail_after(self.config.handshake_timeout):
-            await stream.send_all(handshake.initial_bytes())
-            while handshake.result is None:
-                data = await stream.receive_some(READ_SIZE)
-                if not data:
-                    raise _Closed("closed by the peer during the handshake")
-                try:
-                    reply = handshake.receive_data(data)
-                except PasswordMismatch:
-                    # Our Confirm (if owed) lets the peer see the same clear failure.
-                    await _send_best_effort(stream, handshake.unsent_bytes())
-                    raise
-                if reply:
-                    await stream.send_all(reply)
-        return handshake.result
+        with trio.CancelScope() as evictable:
+            if ticket is not None:
+                self._pending_scopes[ticket] = evictable
+            with trio.fail_after(self.config.handshake_timeout):
+                with trio.move_on_after(HELLO_TIMEOUT if ticket is not None else math.inf) as hello:
+                    await stream.send_all(handshake.initial_bytes())
+                    while handshake.state is HandshakeState.AWAIT_HELLO:
+                        await self._handshake_step(stream, handshake)
+                if hello.cancelled_caught:
+                    raise _PreauthCut(f"no hello within {HELLO_TIMEOUT:g} s", "hello_timeouts")
+                if ticket is not None:
+                    self._pending.hello_received(ticket)
+                while handshake.result is None:
+                    await self._handshake_step(stream, handshake)
+                return handshake.result
+        raise _PreauthCut("evicted for a newer connection", None)  # counted when evicted
+
+    @staticmethod
+    async def _handshake_step(stream: trio.SocketStream, handshake: Handshake) -> None:
+        data = await stream.receive_some(PREAUTH_READ_SIZE)
+        if not data:
+            raise _Closed("closed by the peer during the handshake")
+        try:
+            reply = handshake.receive_data(data)
+        except PasswordMismatch:
+            # Our Confirm (if owed) lets the peer see the same clear failure.
+            await _send_best_effort(stream, handshake.unsent_bytes())
+            raise
+        if reply:
+            await stream.send_all(reply)
 
     def _establish(
         self, stream: trio.SocketStream, record: ConnectionRecord, result: HandshakeResult
@@ -580,6 +658,22 @@ class Router:
         record.peer = result.remote
         record.encrypted = result.send_key is not None
         existing = self._live.get(peer)
+        if not admit_authenticated(
+            outbound=record.outbound,
+            live=len(self._live),
+            conn_limit=self.config.conn_limit,
+            replaces=existing is not None,
+            configured=self._is_configured(peer, stream, _listen_port(result)),
+        ):
+            self.counters["refused_conn_limit"] += 1
+            if self._preauth_log.event(trio.current_time()):
+                log.warning(
+                    "refusing connection from %s (%s): connection limit %d reached",
+                    result.remote.nickname,
+                    record.address,
+                    self.config.conn_limit,
+                )
+            return None
         if existing is not None:
             if existing.record.outbound == record.outbound or self._keep_new(record.outbound, peer):
                 # Same direction means the old one is a stale leftover of a restart; otherwise
@@ -600,9 +694,7 @@ class Router:
         record.last_error = None
         self.recent_failures.pop((record.address, record.outbound), None)
         doorbell_send, doorbell_receive = trio.open_memory_channel[None](1)
-        sleeve_port = result.features.get("sleeve_port")
-        if type(sleeve_port) is not int or not 0 < sleeve_port < 65536:
-            sleeve_port = CONTROL_PORT
+        sleeve_port = _listen_port(result)
         link = PeerLink(
             name=peer,
             nickname=result.remote.nickname,
@@ -647,6 +739,19 @@ class Router:
         self._maybe_changed.set()
         self._publish_links()
         return live
+
+    def _is_configured(self, peer: int, stream: trio.SocketStream, port: int) -> bool:
+        """Whether ``peer`` is one we were told to connect to (launch or `connect`), known by
+        its name from an earlier connection or by the address it listens at (``port``)."""
+        try:
+            ip = str(stream.socket.getpeername()[0])
+        except OSError:
+            return False
+        listens = listen_address(ip, port)
+        return any(
+            t.source is not Source.DISCOVERED and (t.peer == peer or t.address == listens)
+            for t in self.maker.targets()
+        )
 
     def _keep_new(self, new_outbound: bool, peer: int) -> bool:
         # The connection to keep is the one dialled by the lower-named peer.
@@ -797,6 +902,14 @@ class Router:
         log.log(
             level, "connection %s %s failed: %s", "to" if record.outbound else "from", who, reason
         )
+
+
+def _listen_port(result: HandshakeResult) -> int:
+    """Where the peer listens: its sleeve port, which is its TCP port too."""
+    port = result.features.get("sleeve_port")
+    if type(port) is not int or not 0 < port < 65536:
+        return CONTROL_PORT
+    return port
 
 
 def _opt_name(name: int | None) -> str | None:

@@ -40,9 +40,11 @@ def main() -> None:
     rng = random.Random()
     me = Identity(rng.getrandbits(47) | 2, "mallory", rng.getrandbits(64))
     handshake = Handshake(
-        local=me, features={**PROTOCOL_FEATURES, "sleeve_port": 6783}, password=os.environ["MESHNET_PASSWORD"].encode(),
+        local=me,
+        features={**PROTOCOL_FEATURES, "sleeve_port": 6783},
+        password=os.environ["MESHNET_PASSWORD"].encode(),
         rng=os.urandom,
-    )  # fmt: skip
+    )
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(handshake.initial_bytes())
     while handshake.result is None:
