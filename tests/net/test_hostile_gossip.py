@@ -106,6 +106,7 @@ def test_forged_donation_requests_do_not_drain_a_peers_range(lab: dict[str, Any]
     wait_for(lambda: local_share(h1) > 0, what="h1 owns part of the IPAM range")
     before = local_share(h1)
     status = h1.get("/status/ipam")
+    given = status["counters"]["donations_given"]  # to h2 or h3 while the lab came up, maybe
     subnet = ipaddress.IPv4Network(status["default_subnet"])
     target = peer_name(h1)
     spec = []
@@ -117,7 +118,7 @@ def test_forged_donation_requests_do_not_drain_a_peers_range(lab: dict[str, Any]
     assert report["sent"] == 200
     time.sleep(1.0)
     assert local_share(h1) == before, "forged requests took part of h1's range"
-    assert h1.get("/status/ipam")["counters"]["donations_given"] == 0
+    assert h1.get("/status/ipam")["counters"]["donations_given"] == given
     assert h1.get("/status")["counters"].get("forgeries_dropped", 0) > 0
     # A legitimate attach on h1 still gets an address of its own range.
     namespace = new_namespace(lab, "late")
