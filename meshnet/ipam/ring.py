@@ -349,13 +349,16 @@ class Ring:
           were alive). Without that, a higher version of a token we own is a forgery (or a
           previous incarnation's): we bump past it and re-assert ours (``take_reassertions``),
           so that no peer can take our range by gossip;
-        * puts a new token inside a range we own (only we split our ranges). A token's
-          ``end`` may overlap ours legitimately: an old version from before a split;
         * would make us adopt, without any state of our own, a ring that says we changed our
           own tokens (we lost our state: using that space could duplicate addresses) — unless
           ``accept_own`` (a hand-over or donation we are expecting).
 
         A peer without a ring adopts only a full ring; deltas wait for the full state.
+
+        A new token inside a range we own is a forgery (only we split our ranges), but the
+        neighbour that relays it may be honest: we split there ourselves, both pieces ours, the
+        new one above the forgery's version, and re-assert them (``take_reassertions``). A
+        token's ``end`` may overlap ours legitimately: an old version from before a split.
 
         A token whose version jumps implausibly far above the one we hold (``plausible_version``)
         is dropped and counted in ``implausible``: so no forged token gets where its owner could
@@ -435,11 +438,14 @@ class Ring:
             if ours is None:
                 container = self._containing(token.start)
                 if container is not None and container.owner == self.name:
-                    raise RingMergeError(
-                        f"a peer put a token at {_fmt(token.start)} inside our range"
-                    )
+                    # Only we split our ranges: a forgery, relayed in good faith. Split there
+                    # ourselves, above its version, so every view ends up with the space ours.
+                    if token.version < MAX_VERSION:  # unreachable through plausible jumps
+                        reasserted += self._reclaim_split(container, token)
+                    continue
             new.append(token)
-        if len(self._starts) + sum(1 for t in new if t.start not in self._tokens) > MAX_TOKENS:
+        added = {t.start for t in (*new, *reasserted) if t.start not in self._tokens}
+        if len(self._starts) + len(added) > MAX_TOKENS:
             raise RingMergeError("ring update would exceed the token limit")
         if len(self._departed | update.departed) > MAX_DEPARTED:
             raise RingMergeError("ring update would exceed the departed-peer limit")
@@ -452,6 +458,21 @@ class Ring:
             self._reasserted[token.start] = token
             self.reassertions += 1
         return new
+
+    def _reclaim_split(self, container: Token, forged: Token) -> list[Token]:
+        """Our token ``container`` cut at ``forged.start`` (a split we did not make): both
+        pieces ours, the new one at a version above the forgery's."""
+        at, end = forged.start, self.extent(container)[1]
+        free = container.free
+        return [
+            replace(
+                container,
+                end=at,
+                version=container.version + 1,
+                free=min(free, at - container.start),
+            ),
+            Token(at, end, self.name, forged.version + 1, min(free, end - at)),
+        ]
 
     def take_reassertions(self) -> list[Token]:
         """Our tokens bumped past others' versions since the last call: gossip them to all."""

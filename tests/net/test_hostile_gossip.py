@@ -149,9 +149,10 @@ def test_forged_entries_at_the_maximum_version_do_not_cut_a_peer_off(
     net = ipaddress.IPv4Network(ipam["range"])
     seed = tuple(parse_peer_name(p) for p in ipam["seed"])
 
-    def ring_gossip(version: int) -> str:
-        """h2's first token, given to a peer that does not exist."""
-        token = Token(first, first + 1, 0x0E0000000001, version, 0)
+    def ring_gossip(version: int, start: int = first) -> str:
+        """h2's token at ``start`` (its first, or a new one inside its range), given to a peer
+        that does not exist."""
+        token = Token(start, start + 1, 0x0E0000000001, version, 0)
         lo = int(net.network_address)
         update = RingUpdate(lo, lo + net.num_addresses, seed, (token,), False)
         return bytes(msgpack.packb([1, update_obj(update), []])).hex()
@@ -162,6 +163,9 @@ def test_forged_entries_at_the_maximum_version_do_not_cut_a_peer_off(
         ["gossip", "ipam", ring_gossip(MAX_VERSION)],
         # Plausible: h1 believes it, h2 bumps its token past it and wins it back.
         ["gossip", "ipam", ring_gossip(PLAUSIBLE_VERSION)],
+        # A split of h2's range that h2 never made: h1 relays it in good faith, and h2 keeps
+        # both the space and its connection to h1.
+        ["gossip", "ipam", ring_gossip(5, start=first + 10)],
     ]
     attack(lab, spec, seconds=6.0)
     for client in (h1, h2, h3):

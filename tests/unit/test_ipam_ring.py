@@ -168,12 +168,20 @@ def test_no_forged_tokens_take_an_owners_range_for_good(forged: list[tuple[int, 
         assert b.owned_ranges(A) == a.owned_ranges(A) == [(1000, 1085)]
 
 
-def test_a_token_inside_our_range_is_refused() -> None:
-    a = ring(A)
-    forged = RingUpdate(LO, HI, a.seed, (Token(1050, 1085, B, 1, 35),), False)
-    with pytest.raises(RingMergeError, match="inside our range"):
-        a.merge(forged)
-    assert len(a) == 3
+def test_a_token_inside_our_range_is_split_off_by_us_and_stays_ours_everywhere() -> None:
+    """A forger puts a token inside A's range; B takes it in good faith and relays it: A
+    neither closes the connection to B nor loses the space, and B's view follows A's."""
+    a, b = ring(A), ring(B)
+    forged = RingUpdate(LO, HI, a.seed, (Token(1050, 1085, D, 7, 35),), False)
+    relayed = b.merge(forged)
+    assert b.owner_of(1060) == D
+    assert a.merge(b.update(relayed)) == []  # no error: B did nothing wrong
+    assert a.owned_ranges(A) == [(1000, 1085)] and len(a) == 4
+    back = a.take_reassertions()
+    assert [(t.start, t.end, t.owner) for t in back] == [(1000, 1050, A), (1050, 1085, A)]
+    assert back[1].version == 8
+    b.merge(a.update(back))
+    assert b.owned_ranges(A) == [(1000, 1085)] and b.owner_of(1060) == A
 
 
 def test_separately_seeded_rings_refuse_to_merge_and_never_grow() -> None:
