@@ -397,7 +397,14 @@ class Ring:
                         "no ring: our IPAM state was lost; restore it, or rmpeer this peer first"
                     )
         new: list[Token] = []
-        reasserted: list[Token] = []
+        # Ours bumped in this update, by start: a later token may bump the same one again.
+        reasserted: dict[int, Token] = {}
+
+        def reassert(token: Token) -> None:
+            held = reasserted.get(token.start)
+            if held is None or token.version > held.version:
+                reasserted[token.start] = token
+
         for token in update.tokens:
             ours = self._tokens.get(token.start)
             if not plausible_version(token.version, None if ours is None else ours.version):
@@ -427,7 +434,7 @@ class Ring:
                 continue
             if ours is not None and ours.owner == self.name and self.name not in update.departed:
                 if token.version < MAX_VERSION:  # unreachable through plausible jumps
-                    reasserted.append(replace(ours, version=token.version + 1))
+                    reassert(replace(ours, version=token.version + 1))
                 continue
             if ours is not None and ours.owner == self.name:
                 raise RingMergeError(
@@ -441,10 +448,12 @@ class Ring:
                     # Only we split our ranges: a forgery, relayed in good faith. Split there
                     # ourselves, above its version, so every view ends up with the space ours.
                     if token.version < MAX_VERSION:  # unreachable through plausible jumps
-                        reasserted += self._reclaim_split(container, token)
+                        base = reasserted.get(container.start, container)
+                        for piece in self._reclaim_split(base, token):
+                            reassert(piece)
                     continue
             new.append(token)
-        added = {t.start for t in (*new, *reasserted) if t.start not in self._tokens}
+        added = {t.start for t in (*new, *reasserted.values()) if t.start not in self._tokens}
         if len(self._starts) + len(added) > MAX_TOKENS:
             raise RingMergeError("ring update would exceed the token limit")
         if len(self._departed | update.departed) > MAX_DEPARTED:
@@ -453,7 +462,7 @@ class Ring:
         self._departed |= update.departed
         for token in new:
             self._put(token)
-        for token in reasserted:
+        for token in reasserted.values():
             self._put(token)
             self._reasserted[token.start] = token
             self.reassertions += 1

@@ -184,6 +184,19 @@ def test_a_token_inside_our_range_is_split_off_by_us_and_stays_ours_everywhere()
     assert b.owned_ranges(A) == [(1000, 1085)] and b.owner_of(1060) == A
 
 
+def test_a_forged_token_and_a_forged_split_in_one_update_are_both_won_back() -> None:
+    """Both bumps of A's first token in one merge: the higher version must be the one kept."""
+    a, b = ring(A), ring(B)
+    forged = RingUpdate(
+        LO, HI, a.seed, (Token(1000, 1001, D, 1 << 30, 0), Token(1050, 1051, D, 5, 0)), False
+    )
+    a.merge(b.update(b.merge(forged)))
+    back = a.take_reassertions()
+    assert [t.start for t in back] == [1000, 1050] and back[0].version > 1 << 30
+    b.merge(a.update(back))
+    assert a.owned_ranges(A) == b.owned_ranges(A) == [(1000, 1085)]
+
+
 def test_separately_seeded_rings_refuse_to_merge_and_never_grow() -> None:
     one, two = ring(A, (A, B)), ring(C, (C, D))
     one.donate(1000, 1050, B)
