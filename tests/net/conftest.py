@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +87,11 @@ def ns_run(namespace: str, *cmd: str, timeout: float = 30) -> subprocess.Complet
 
 def can_ping(namespace: str, address: str) -> bool:
     return ns_run(namespace, "ping", "-c", "1", "-W", "1", address).returncode == 0
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), KiB: what attack tests keep bounded."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -33,7 +33,7 @@ from meshnet.errors import RemoteProtocolError
 from meshnet.gossip import handshake as hs
 from meshnet.gossip.identity import Identity
 from meshnet.lab import lab as lablib
-from tests.net.conftest import ns_run
+from tests.net.conftest import ns_run, rss_kib
 from tests.net.test_mesh import api, daemon_pid, wait_for
 
 pytestmark = pytest.mark.netns
@@ -166,14 +166,6 @@ def connected(client: ApiClient, nickname: str) -> bool:
 
 def counter(client: ApiClient, name: str) -> int:
     return int(client.get("/status")["counters"].get(name, 0))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @pytest.fixture

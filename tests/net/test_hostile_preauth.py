@@ -21,7 +21,7 @@ import pytest
 from meshnet.api.client import ApiClient
 from meshnet.errors import UserError
 from meshnet.lab import lab as lablib
-from tests.net.conftest import ns_run
+from tests.net.conftest import ns_run, rss_kib
 from tests.net.test_mesh import api, daemon_pid, wait_for
 
 pytestmark = pytest.mark.netns
@@ -106,14 +106,6 @@ while time.monotonic() - start < duration:
 print(json.dumps({"opened": opened, "closed_by_router": closed, "connect_failed": failed,
                   "open_at_end": len(socks), "drip_cut_after": drip_cut, "drip_bytes": sent}))
 """
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def host(state: dict[str, Any], name: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import pytest
 
 from meshnet.gossip.identity import parse_peer_name
 from meshnet.lab import lab as lablib
-from tests.net.conftest import ns_run
+from tests.net.conftest import ns_run, rss_kib
 from tests.net.test_mesh import api, daemon_pid, wait_for
 from tests.net.test_overlay import containers, dataplane, ip_of, wait_ping
 
@@ -52,13 +52,6 @@ def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def host(state: dict[str, Any], name: str) -> dict[str, Any]:
     return next(h for h in state["hosts"] if h["name"] == name)
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def attack_drops(state: dict[str, Any]) -> dict[str, int]:
@@ -241,7 +234,7 @@ def attack(
     h2_ip = host(state, "h2")["addresses"][0]
     undisturbed = iperf(state, IPERF_SECONDS)
     pid = daemon_pid(state, "h1")
-    before_rss, before = rss(pid), attack_drops(state)
+    before_rss, before = rss_kib(pid) * 1024, attack_drops(state)
     with outsider(state, h2_ip) as namespace:
         attacker = run_in(namespace, code, *args(names, h2_ip))
         try:
@@ -267,7 +260,7 @@ def attack(
         assert attacker.returncode == 0, err
         assert "sent" in out, (out, err)
         time.sleep(1)  # the last datagrams handled, flushed
-        grown = rss(pid) - before_rss
+        grown = rss_kib(pid) * 1024 - before_rss
         after = attack_drops(state)
     return undisturbed, during, grown, before, after
 

@@ -17,16 +17,7 @@ from typing import Any
 from meshnet.api.client import ApiClient
 from meshnet.lab import lab as lablib
 from tests.conftest import run_meshnet
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out waiting for {what}"
-            return value
-        time.sleep(0.3)
+from tests.net.test_mesh import wait_for
 
 
 def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
@@ -49,8 +40,8 @@ def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
     exposed = meshnet("h1", "expose", "-h", "gateway1")
     assert exposed.returncode == 0, exposed.stderr
     gateway = exposed.stdout.strip()
-    h1_name = eventually(lambda: addresses("h2", "h1-c1"), 20, "h1-c1's name on h2")
-    eventually(lambda: addresses("h2", "gateway1"), 20, "gateway1 on h2")
+    h1_name = wait_for(lambda: addresses("h2", "h1-c1"), 20, "h1-c1's name on h2")
+    wait_for(lambda: addresses("h2", "gateway1"), 20, "gateway1 on h2")
 
     assert meshnet("h1", "stop").returncode == 0
     (h1_dir / "dns-records.msgpack").write_bytes(b"\xc1 not msgpack")
@@ -64,13 +55,13 @@ def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
     assert "unreadable" in log and "moved aside to ramps.json.corrupt-" in log
 
     # The mesh gives h1 its names back; nobody is told they are gone.
-    eventually(lambda: client("h1").get("/status/dns")["records"]["recovered"] >= 2, 20,
-               "h1 to take its records back")  # fmt: skip
+    recovered = lambda: client("h1").get("/status/dns")["records"]["recovered"] >= 2  # noqa: E731
+    wait_for(recovered, 20, "h1 to take its records back")
     time.sleep(2)  # a tombstone, had h1 made one, would have reached h2 by now
     assert addresses("h2", "h1-c1") == h1_name
     assert addresses("h1", "h1-c1") == h1_name
     # What h1 exposed is exposed again, with its name.
-    exposed_now = eventually(lambda: client("h1").get("/status")["exposed"], 20, "h1's exposure")
+    exposed_now = wait_for(lambda: client("h1").get("/status")["exposed"], 20, "h1's exposure")
     assert [e["address"] for e in exposed_now] == [gateway]
     assert addresses("h2", "gateway1") == [gateway.split("/")[0]]
     # The rebuilt state is written again: a second restart reads it without complaint.

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,7 +26,8 @@ from meshnet.api.client import ApiClient
 from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.lab import lab as lablib
-from tests.net.conftest import can_ping, ns_run
+from tests.net.conftest import can_ping, ns_run, rss_kib
+from tests.net.test_mesh import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -54,30 +54,13 @@ def address(state: dict[str, Any], name: str) -> str:
     return str(container(state, name)["addresses"][0]).split("/")[0]
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except UserError as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 def router_rss_kib(state: dict[str, Any], host: str) -> int:
     entry = next(h for h in state["hosts"] if h["name"] == host)
     for pid in netlink.namespace_pids(entry["namespace"]):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if b"--foreground" not in f.read():
                 continue
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        return rss_kib(pid)
     raise AssertionError(f"no router running in {host}")
 
 

@@ -24,7 +24,7 @@ from meshnet.constants import FASTDP_PORT
 from meshnet.dataplane.fastdp.core import DEVICE, VNI
 from meshnet.dataplane.kernel import vxlan_filter
 from meshnet.lab import lab as lablib
-from tests.net.conftest import ns_run
+from tests.net.conftest import ns_run, rss_kib
 from tests.net.test_fastdp import host_ns, vxlan_packets, wait_paths
 from tests.net.test_mesh import api, cli_json, daemon_pid, wait_for
 from tests.net.test_overlay import containers, dataplane, ip_of, wait_ping
@@ -136,7 +136,7 @@ def test_vxlan_from_a_stranger_never_reaches_a_container_and_is_counted(make_lab
     wait_paths(state, "h2", {"h1": "fastdp"})
     wait_ping(victim, friend)
     pid = daemon_pid(state, "h1")
-    rss_before = _rss_kib(pid)
+    rss_before = rss_kib(pid)
     dropped_before = _foreign_dropped(state, "h1")
     vxlan_rx_before = vxlan_packets(state, "h1")[1]
 
@@ -192,7 +192,7 @@ def test_vxlan_from_a_stranger_never_reaches_a_container_and_is_counted(make_lab
     # ... and in /metrics.
     samples = metrics(api(state, "h1"))
     assert samples[("meshnet_fastdp_foreign_dropped_total", ())] >= dropped
-    assert _rss_kib(pid) - rss_before < 10 * 1024  # dropped in the kernel: nothing grows
+    assert rss_kib(pid) - rss_before < 10 * 1024  # dropped in the kernel: nothing grows
 
     # A router that stops takes its device and then its filter with it.
     api(state, "h1").post("/stop")
@@ -244,10 +244,3 @@ def test_a_filter_that_cannot_be_installed_means_no_vxlan_device(
     log = Path(next(h["dir"] for h in state["hosts"] if h["name"] == "h1")) / "meshnet.log"
     assert "could not be installed" in log.read_text()
     assert vxlan_filter.TABLE not in ns_run(host_ns(state, "h1"), "nft", "list", "tables").stdout
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
