@@ -81,6 +81,8 @@ class MeshStatistics:
     anti_entropy_rounds: int
     #: Unicasts dropped because their claimed source could not have sent them our way.
     spoofed_unicasts: int = 0
+    #: Broadcasts dropped for the same reason (not relayed, not delivered).
+    spoofed_broadcasts: int = 0
     #: Topology entries dropped because their version jumped implausibly far (forgeries).
     implausible_versions: int = 0
 
@@ -96,6 +98,7 @@ class _Counters:
     pruned: int = 0
     anti_entropy: int = 0
     spoofed: int = 0
+    spoofed_broadcasts: int = 0
 
     @staticmethod
     def tally(table: dict[str, list[int]], channel: str, messages: int, size: int) -> None:
@@ -199,6 +202,7 @@ class Mesh:
             pruned_peers=c.pruned,
             anti_entropy_rounds=c.anti_entropy,
             spoofed_unicasts=c.spoofed,
+            spoofed_broadcasts=c.spoofed_broadcasts,
             implausible_versions=self._topology.implausible,
         )
 
@@ -308,6 +312,13 @@ class Mesh:
                 if source == self._name:
                     self._counters.stray += 1
                     return []
+                if not self._may_arrive_from(source, from_peer):
+                    self._counters.spoofed_broadcasts += 1
+                    self.last_rejection = (
+                        f"broadcast on {channel!r} claiming source {source:012x} "
+                        f"arrived from neighbour {from_peer:012x}"
+                    )
+                    return []
                 hops = [p for p in self.routes.broadcast_hops(source) if p != from_peer]
                 sends = self._emit(hops, message)
                 gossiper = self._channels.get(channel)
@@ -382,7 +393,7 @@ class Mesh:
         return gossiper
 
     def _may_arrive_from(self, source: int, neighbour: int) -> bool:
-        """Whether a unicast from ``source`` can reach us through ``neighbour``.
+        """Whether a unicast or broadcast from ``source`` can reach us through ``neighbour``.
 
         The neighbour is authenticated by its connection; the source it claims is only a field.
         Either the neighbour is the source, or the source is a peer the routes reach and the

@@ -319,6 +319,9 @@ class Inbox(MaxRegister):
     def on_unicast(self, source: int, payload: bytes) -> None:
         self.unicasts.append((source, payload))
 
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        self.unicasts.append((source, payload))
+
 
 def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() -> None:
     """B - A - C - D, and E hangs off A: E forges unicasts for A in others' names."""
@@ -348,6 +351,23 @@ def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() 
     assert meshes[A].receive(C, Unicast("ipam", D, A, b"d"), 0.0) == []
     assert inbox.unicasts == [(E, b"e"), (D, b"d")]
     assert meshes[A].statistics().spoofed_unicasts == len(forged) + 1
+
+
+def test_a_broadcast_is_relayed_and_delivered_only_from_where_its_source_can_send_it() -> None:
+    """B - A - C - D, and E hangs off A: E floods broadcasts in others' names."""
+    A, B, C, D, E = 10, 20, 30, 40, 50
+    meshes = {
+        n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (A, B, C, D, E)
+    }
+    for x, y in ((A, B), (A, C), (C, D), (A, E)):
+        pump(meshes, link(meshes, x, y))
+    inbox = Inbox()
+    meshes[A].register_channel("kv", inbox)
+    for source in (99, D, B):  # nobody; reached through C; a neighbour of its own
+        assert meshes[A].receive(E, Broadcast("kv", source, b"forged"), 0.0) == []
+    assert inbox.unicasts == [] and meshes[A].statistics().spoofed_broadcasts == 3
+    relayed = meshes[A].receive(C, Broadcast("kv", D, b"real"), 0.0)
+    assert inbox.unicasts == [(D, b"real")] and {s.peer for s in relayed} == {B, E}
 
 
 def test_hop_by_hop_unicasts_always_pass_the_source_check() -> None:
