@@ -32,10 +32,6 @@ HELLO_TIMEOUT = 2.0
 this only has to cover a round trip and a busy moment; an idle or one-byte-a-second client is
 cut here instead of at the (longer) handshake deadline."""
 
-LOG_EVERY = 10.0
-"""Seconds between two log lines about refused or cut pre-auth connections (a flood must not
-become a log flood)."""
-
 
 class Refusal(enum.Enum):
     """Why a pending connection was refused or evicted; the value names its counter."""
@@ -159,21 +155,3 @@ def admit_authenticated(
     (``configured``: refusing it would only make us dial it ourselves).
     """
     return outbound or replaces or configured or live < conn_limit
-
-
-class LogGate:
-    """At most one log line per ``every`` seconds; says how many events that line stands for."""
-
-    def __init__(self, every: float = LOG_EVERY) -> None:
-        self._every = every
-        self._last: float | None = None
-        self._unlogged = 0
-
-    def event(self, now: float) -> int:
-        """Record one event; returns how many to report now (0: stay quiet)."""
-        self._unlogged += 1
-        if self._last is not None and now - self._last < self._every:
-            return 0
-        self._last = now
-        count, self._unlogged = self._unlogged, 0
-        return count

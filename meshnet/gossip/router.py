@@ -33,7 +33,6 @@ from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.admission import (
     HELLO_TIMEOUT,
-    LogGate,
     PendingBudget,
     Refuse,
     admit_authenticated,
@@ -76,7 +75,6 @@ RECENT_FAILURES = 32
 # gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber.
 VIEW_COALESCE = 0.02
 # At most one log line per this many seconds about forged gossip (each one is counted).
-FORGERY_LOG_INTERVAL = 10.0
 
 
 class ConnectionState(enum.Enum):
@@ -192,7 +190,7 @@ class Router:
         # Inbound connections not yet authenticated: their own budget, not --conn-limit's.
         self._pending = PendingBudget()
         self._pending_scopes: dict[int, trio.CancelScope] = {}  # ticket -> its handshake
-        self._preauth_log = LogGate()
+        self._log_limits = LogThrottle()  # one warning per kind every 10 s
         # The latest failure per (address, direction), oldest first, bounded.
         self.recent_failures: collections.OrderedDict[tuple[str, bool], ConnectionRecord] = (
             collections.OrderedDict()
@@ -207,7 +205,6 @@ class Router:
         self._view_signature = self._signature(self.mesh.routes)
         self._maybe_changed = trio.Event()
         self._features = {**PROTOCOL_FEATURES, "sleeve_port": config.port}
-        self._next_forgery_log = -math.inf
 
     # --- public face (API) ---------------------------------------------------------------------
 
@@ -536,12 +533,13 @@ class Router:
         """Count a connection closed before authentication; log rate-limited."""
         if counter is not None:
             self.counters[counter] += 1
-        if count := self._preauth_log.event(trio.current_time()):
+        suppressed = self._log_limits.allow("preauth", trio.current_time())
+        if suppressed is not None:
             stats = self._pending.statistics()
             log.warning(
                 "closed %d unauthenticated connection(s) lately, the latest from %s: %s"
                 " (%d pending from %d addresses)",
-                count,
+                suppressed + 1,
                 address,
                 reason,
                 stats.pending,
@@ -666,7 +664,7 @@ class Router:
             configured=self._is_configured(peer, stream, _listen_port(result)),
         ):
             self.counters["refused_conn_limit"] += 1
-            if self._preauth_log.event(trio.current_time()):
+            if self._log_limits.allow("conn_limit", trio.current_time()) is not None:
                 log.warning(
                     "refusing connection from %s (%s): connection limit %d reached",
                     result.remote.nickname,
@@ -805,9 +803,7 @@ class Router:
         """A neighbour sent a forgery the mesh dropped (counted there): one line per 10 s."""
         what, self.mesh.last_rejection = self.mesh.last_rejection, None
         self.counters["forgeries_dropped"] += 1
-        now = trio.current_time()
-        if now >= self._next_forgery_log:
-            self._next_forgery_log = now + FORGERY_LOG_INTERVAL
+        if self._log_limits.allow("forgery", trio.current_time()) is not None:
             log.warning(
                 "dropped a forgery from %s: %s (%d so far)",
                 nickname,

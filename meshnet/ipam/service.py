@@ -33,6 +33,7 @@ from meshnet.errors import UserError
 from meshnet.gossip.channel import Gossiper
 from meshnet.gossip.events import MeshView, Watch
 from meshnet.gossip.identity import format_peer_name, parse_peer_name
+from meshnet.gossip.throttle import LogThrottle
 from meshnet.ipam.allocator import (
     IPAM_CHANNEL,
     Address,
@@ -53,7 +54,6 @@ STATE_FILE = "ipam.state"
 #: How long ``reset`` waits for the peer taking our ranges to acknowledge them.
 HANDOVER_TIMEOUT = 30.0
 #: At most one log line per this many seconds about forged ring tokens (each one is counted).
-FORGERY_LOG_INTERVAL = 10.0
 
 
 class IpamTransport(Protocol):
@@ -128,7 +128,7 @@ class IpamService:
         self._timeout = allocate_timeout
         self._wake = trio.Event()
         self._refused: dict[str, int] = {}  # what a refused ring merge said, and how often
-        self._next_forgery_log = -math.inf
+        self._forgery_log = LogThrottle()  # one line per 10 s
         rng = rng or random.Random()
         self.allocator = self._load(rng)
         self.allocator.reachable = transport.reachable
@@ -486,10 +486,8 @@ class IpamService:
 
     def _log_forgery(self) -> None:
         """Forged ring tokens were dropped (counted in the ring): one line per 10 s."""
-        now = trio.current_time()
-        if now < self._next_forgery_log:
+        if self._forgery_log.allow("ring", trio.current_time()) is None:
             return
-        self._next_forgery_log = now + FORGERY_LOG_INTERVAL
         ring = self.allocator.ring
         log.warning(
             "%s: dropped forged IPAM ring tokens: %d at implausible versions, %d giving us a "

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from meshnet.gossip.admission import (
     Admit,
-    LogGate,
     PendingBudget,
     PendingStatistics,
     Refusal,
@@ -132,11 +131,3 @@ def test_authenticated_connections_and_the_conn_limit(
         )
         is admitted
     )
-
-
-def test_log_gate_speaks_once_per_period_and_counts_the_silent_ones() -> None:
-    gate = LogGate(every=10.0)
-    assert gate.event(0.0) == 1
-    assert [gate.event(t) for t in (1.0, 2.0, 9.9)] == [0, 0, 0]
-    assert gate.event(10.0) == 4
-    assert gate.event(10.5) == 0
