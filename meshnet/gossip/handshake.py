@@ -31,13 +31,11 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import nacl.bindings
 import nacl.exceptions
-import spake2  # type: ignore[import-untyped]
-import spake2.ed25519_basic  # type: ignore[import-untyped]
 
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.framing import (
@@ -82,8 +80,25 @@ _KDF_PERSON = b"meshnet-kdf-v2"
 _TRANSCRIPT_PERSON = b"meshnet-hello-v1"
 _PAKE_ID = b"meshnet control connection v2"
 """SPAKE2's identity for both sides: binds its key to this use of the password."""
-_PAKE_ERRORS = (spake2.spake2.SPAKEError, spake2.ed25519_basic.NotOnCurve, ValueError)
-"""What SPAKE2 raises for a message that is no usable group element (or our own, reflected)."""
+
+if TYPE_CHECKING:
+    import spake2  # type: ignore[import-untyped]
+
+
+def _spake2() -> Any:  # an untyped library
+    """The SPAKE2 library, imported on the first handshake with a password: it brings in
+    ``cryptography`` (about 11 MiB resident), which a router without a password never needs."""
+    import spake2  # lazily: the memory above
+    import spake2.ed25519_basic  # type: ignore[import-untyped]  # lazily: as above
+
+    return spake2
+
+
+def _pake_errors() -> tuple[type[Exception], ...]:
+    """What SPAKE2 raises for a message that is no usable group element (or our own, reflected)."""
+    module = _spake2()
+    return (module.spake2.SPAKEError, module.ed25519_basic.NotOnCurve, ValueError)
+
 
 FeatureValue = str | int | bool
 
@@ -328,7 +343,7 @@ class Handshake:
             if len(self._secret) != nacl.bindings.crypto_scalarmult_SCALARBYTES:
                 raise ValueError("rng returned the wrong number of bytes")
             public_key = nacl.bindings.crypto_scalarmult_base(self._secret)
-            self._pake = spake2.SPAKE2_Symmetric(password, idSymmetric=_PAKE_ID, entropy_f=rng)
+            self._pake = _spake2().SPAKE2_Symmetric(password, idSymmetric=_PAKE_ID, entropy_f=rng)
             pake_message = self._pake.start()
         hello = Hello(versions, local, dict(features), public_key, pake_message)
         # Validate our own features by the rules we apply to the peer's, so we never send a
@@ -450,7 +465,7 @@ class Handshake:
             raise RemoteProtocolError(f"peer {peer.identity} sent an unusable X25519 key") from None
         try:
             pake_key: bytes = pake.finish(peer_pake)
-        except _PAKE_ERRORS:
+        except _pake_errors():
             raise RemoteProtocolError(
                 f"peer {peer.identity} sent an unusable SPAKE2 message"
             ) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -524,3 +526,18 @@ def test_confirm_owed_to_the_peer_survives_a_failure() -> None:
     with pytest.raises(PasswordMismatch) as info:
         bob.receive_data(owed)
     assert info.value.reason is MismatchReason.DIFFERENT_PASSWORD
+
+
+def test_a_router_without_a_password_never_loads_spake2() -> None:
+    """SPAKE2 brings in ``cryptography`` (~11 MiB resident): only the first handshake with a
+    password pays for it."""
+    code = (
+        "import sys, os\n"
+        "from meshnet import daemon\n"
+        "from meshnet.gossip.handshake import Handshake\n"
+        "from meshnet.gossip.identity import Identity\n"
+        "Handshake(local=Identity(2, 'a', 1), features={}, password=None, rng=os.urandom)\n"
+        "print('spake2' in sys.modules, 'cryptography' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
