@@ -38,6 +38,7 @@ from tests.conftest import run_meshnet, unique_lab_name
 from tests.net.conftest import can_ping, ns_run
 from tests.net.test_ipam import new_namespace
 from tests.net.test_mesh import wait_for
+from tests.net.test_ramps import RampsLab
 
 REAL_NFT = shutil.which("nft")
 NSENTER = shutil.which("nsenter") or "nsenter"
@@ -146,25 +147,11 @@ def test_launch_refuses_without_nftables_unless_told(make_lab: Any, tmp_path: Pa
 # --- (b) and (c): a lab whose routers run an nft we can break -----------------------------------
 
 
-class Lab:
+class Lab(RampsLab):
     def __init__(self, status: dict[str, Any], flag: Path) -> None:
-        self.state = status
-        self.name = status["name"]
+        super().__init__(status)
         self.dir = lablib.lab_root() / self.name
         self.flag = flag
-        self.hosts = {h["name"]: h for h in status["hosts"]}
-        self.containers = {c["name"]: c for c in status["containers"]}
-
-    def client(self, host: str) -> ApiClient:
-        return client(self.hosts[host])
-
-    def ns(self, name: str) -> str:
-        if name in self.hosts:
-            return str(self.hosts[name]["namespace"])
-        return str(self.containers[name]["namespace"])
-
-    def address(self, container: str) -> str:
-        return str(self.containers[container]["addresses"][0]).split("/")[0]
 
     def interface(self, container: str) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(self.containers[container]["addresses"][0])

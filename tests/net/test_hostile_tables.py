@@ -22,28 +22,16 @@ from typing import Any
 
 import pytest
 
-from meshnet.api.client import ApiClient
 from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.lab import lab as lablib
 from tests.net.conftest import can_ping, ns_run, rss_kib
-from tests.net.test_mesh import wait_for
+from tests.net.test_mesh import api, fast_heartbeats, wait_for  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.netns
 
 #: An ethertype for local experiments (IEEE 802): no stack answers it, isolation passes it.
 ETHERTYPE = 0x88B5
-
-
-@pytest.fixture(autouse=True)
-def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Routers started by the lab inherit this: a dead link is noticed in ~4 s instead of ~16 s.
-    monkeypatch.setenv("MESHNET_HEARTBEAT_INTERVAL", "1")
-
-
-def api(state: dict[str, Any], host: str) -> ApiClient:
-    entry = next(h for h in state["hosts"] if h["name"] == host)
-    return ApiClient(lablib.host_api_socket(entry["dir"]))
 
 
 def container(state: dict[str, Any], name: str) -> dict[str, Any]:

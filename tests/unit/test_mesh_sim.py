@@ -310,17 +310,17 @@ def test_a_digest_exchange_repairs_both_sides() -> None:
 
 
 class Inbox(MaxRegister):
-    """Records the unicasts delivered to it."""
+    """Records the unicasts and broadcasts delivered to it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.unicasts: list[tuple[int, bytes]] = []
+        self.delivered: list[tuple[int, bytes]] = []
 
     def on_unicast(self, source: int, payload: bytes) -> None:
-        self.unicasts.append((source, payload))
+        self.delivered.append((source, payload))
 
     def on_broadcast(self, source: int, payload: bytes) -> None:
-        self.unicasts.append((source, payload))
+        self.delivered.append((source, payload))
 
 
 def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() -> None:
@@ -341,7 +341,7 @@ def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() 
     ]
     for message in forged:
         assert meshes[A].receive(E, message, 0.0) == []
-    assert inbox.unicasts == []
+    assert inbox.delivered == []
     assert meshes[A].statistics().spoofed_unicasts == len(forged)
     assert meshes[A].last_rejection is not None
     # Relayed forgeries are dropped too (E asks A to forward to C in D's name).
@@ -349,7 +349,7 @@ def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() 
     # The real ones arrive.
     assert meshes[A].receive(E, Unicast("ipam", E, A, b"e"), 0.0) == []
     assert meshes[A].receive(C, Unicast("ipam", D, A, b"d"), 0.0) == []
-    assert inbox.unicasts == [(E, b"e"), (D, b"d")]
+    assert inbox.delivered == [(E, b"e"), (D, b"d")]
     assert meshes[A].statistics().spoofed_unicasts == len(forged) + 1
 
 
@@ -365,9 +365,9 @@ def test_a_broadcast_is_relayed_and_delivered_only_from_where_its_source_can_sen
     meshes[A].register_channel("kv", inbox)
     for source in (99, D, B):  # nobody; reached through C; a neighbour of its own
         assert meshes[A].receive(E, Broadcast("kv", source, b"forged"), 0.0) == []
-    assert inbox.unicasts == [] and meshes[A].statistics().spoofed_broadcasts == 3
+    assert inbox.delivered == [] and meshes[A].statistics().spoofed_broadcasts == 3
     relayed = meshes[A].receive(C, Broadcast("kv", D, b"real"), 0.0)
-    assert inbox.unicasts == [(D, b"real")] and {s.peer for s in relayed} == {B, E}
+    assert inbox.delivered == [(D, b"real")] and {s.peer for s in relayed} == {B, E}
 
 
 def test_hop_by_hop_unicasts_always_pass_the_source_check() -> None:
@@ -383,7 +383,7 @@ def test_hop_by_hop_unicasts_always_pass_the_source_check() -> None:
                 sim._dispatch(src, sim.meshes[src].unicast("kv", dst, b"%d" % src))
     sim.run()
     for dst in sim.names:
-        assert sorted(s for s, _ in inboxes[dst].unicasts) == sorted(
+        assert sorted(s for s, _ in inboxes[dst].delivered) == sorted(
             s for s in sim.names[:6] if s != dst
         )
     assert all(m.statistics().spoofed_unicasts == 0 for m in sim.meshes.values())
