@@ -9,6 +9,13 @@ Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
   sleeve 1% loss     the same with 1% loss injected on the underlay link
 and prints one table with each figure as a ratio of routed veth measured in the same run (and
 fastdp's also against kernel vxlan).
+
+Beside each row: CPU seconds spent per Gbit transferred (which is also cores kept busy per Gbit/s),
+user/system, of each router daemon (h1 sends, h2 receives; "-" where no router runs) and of the
+whole machine (all CPUs, /proc/stat: iperf3, the kernel's packet work and the routers together),
+read from /proc just before and just after the iperf3 run. A regression shows where it comes from:
+the sender or the receiver, Python (user) or the kernel (system).
+
 Needs root, iperf3 and ping. Not a test: numbers depend on the machine; compare ratios.
 
     python bench/throughput.py [--seconds 5] [--only sleeve,vxlan]
@@ -30,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from cputime import CpuTime, Snapshot, router_pid
 from rich.console import Console
 from rich.table import Table
 
@@ -45,6 +53,10 @@ class Result:
     retransmits: int
     ping_ms: float | None
     note: str = ""
+    # CPU seconds per Gbit transferred during the iperf3 run (None: no router, or no figure)
+    h1: CpuTime | None = None
+    h2: CpuTime | None = None
+    machine: CpuTime | None = None
 
 
 def sh(*args: str, check: bool = True) -> str:
@@ -58,7 +70,16 @@ def in_ns(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *args]
 
 
-def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, name: str) -> Result:
+def measure(
+    client_ns: str,
+    server_ns: str,
+    server_ip: str,
+    seconds: int,
+    name: str,
+    routers: dict[str, int] | None = None,
+) -> Result:
+    """iperf3 from client_ns to server_ns, ping under load, and the CPU time of the machine and
+    of `routers` (label -> PID: "h1" the sender's, "h2" the receiver's) during the run."""
     server = subprocess.Popen(
         in_ns(server_ns, "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -70,6 +91,7 @@ def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, name: 
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        before = Snapshot.take(routers or {})
         out = subprocess.run(
             in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J"),
             capture_output=True,
@@ -77,6 +99,7 @@ def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, name: 
             timeout=seconds + 30,
             check=False,
         )
+        cpu = Snapshot.take(routers or {}) - before
         ping_out, _ = ping.communicate(timeout=seconds + 10)
     finally:
         server.kill()
@@ -85,10 +108,20 @@ def measure(client_ns: str, server_ns: str, server_ip: str, seconds: int, name: 
         data = json.loads(out.stdout)
         end = data["end"]["sum_sent"]
         gbits, retransmits = end["bits_per_second"] / 1e9, int(end.get("retransmits", 0))
+        transferred = end["bytes"] * 8 / 1e9  # Gbit: the same as gbits x iperf3's seconds
     except (ValueError, KeyError):
         return Result(name, 0.0, 0, None, note=(out.stderr or out.stdout).strip()[:60])
     m = re.search(r"= [\d.]+/([\d.]+)/", ping_out)
-    return Result(name, gbits, retransmits, float(m.group(1)) if m else None)
+    per_gbit = {k: v.per(transferred) for k, v in cpu.processes.items()} if transferred else {}
+    return Result(
+        name,
+        gbits,
+        retransmits,
+        float(m.group(1)) if m else None,
+        h1=per_gbit.get("h1"),
+        h2=per_gbit.get("h2"),
+        machine=cpu.machine.per(transferred) if transferred else None,
+    )
 
 
 @contextmanager
@@ -237,6 +270,8 @@ def sleeve(
         if loss:
             lablib.set_link(lab, "h1", "h2", "loss", str(loss))
         c = {c["name"]: c for c in state["containers"]}
+        # h1-c1 sends to h2-c1: h1's router is the sending one.
+        routers = {h["name"]: router_pid(h["api_socket"]) for h in state["hosts"]}
         target = c["h2-c1"]["addresses"][0].split("/")[0]
         deadline = time.monotonic() + 20
         while (
@@ -247,7 +282,9 @@ def sleeve(
         ):
             if time.monotonic() > deadline:
                 return Result(name, 0.0, 0, None, note="no connectivity")
-        return measure(c["h1-c1"]["namespace"], c["h2-c1"]["namespace"], target, seconds, name)
+        return measure(
+            c["h1-c1"]["namespace"], c["h2-c1"]["namespace"], target, seconds, name, routers
+        )
     finally:
         lablib.down(lab)
 
@@ -294,6 +331,19 @@ def median_result(runs: list[Result]) -> Result:
         int(statistics.median(r.retransmits for r in runs)),
         statistics.median(pings) if pings else None,
         "; ".join(sorted({r.note for r in runs if r.note})),
+        h1=median_cpu([r.h1 for r in runs]),
+        h2=median_cpu([r.h2 for r in runs]),
+        machine=median_cpu([r.machine for r in runs]),
+    )
+
+
+def median_cpu(figures: list[CpuTime | None]) -> CpuTime | None:
+    """User and system medians, each on its own, of the runs that have the figure."""
+    known = [f for f in figures if f is not None]
+    if not known:
+        return None
+    return CpuTime(
+        statistics.median(f.user for f in known), statistics.median(f.system for f in known)
     )
 
 
@@ -324,8 +374,23 @@ def main() -> int:
     title = f"single-stream iperf3 TCP, {args.seconds}s, ping under load"
     if args.rounds > 1:
         title += f", median of {args.rounds} interleaved rounds"
-    table = Table(title=title)
-    columns = ("path", "Gbit/s", "x routed veth", "x kernel vxlan", "retransmits", "ping ms")
+    table = Table(
+        title=title,
+        caption="CPU s/Gbit: CPU seconds per Gbit transferred (= cores busy per Gbit/s), "
+        "user/system; h1 = sending router, h2 = receiving router, machine = all CPUs "
+        "(system includes irq and softirq)",
+    )
+    columns = (
+        "path",
+        "Gbit/s",
+        "x routed veth",
+        "x kernel vxlan",
+        "retr",
+        "ping ms",
+        "h1 CPU s/Gbit usr/sys",
+        "h2 CPU s/Gbit usr/sys",
+        "machine CPU s/Gbit usr/sys",
+    )
     for column in (*columns, "note"):
         table.add_column(column, justify="right" if column not in ("path", "note") else "left")
     for r in results:
@@ -336,9 +401,15 @@ def main() -> int:
             f"{r.gbits / vxlan.gbits:.3f}" if vxlan and vxlan.gbits and r is not results[0] else "",
             str(r.retransmits),
             f"{r.ping_ms:.2f}" if r.ping_ms is not None else "-",
+            str(r.h1) if r.h1 else "-",
+            str(r.h2) if r.h2 else "-",
+            str(r.machine) if r.machine else "-",
             r.note,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a file or a pipe: keep each row on one line
+    console.print(table)
     return 0
 
 
