@@ -376,39 +376,33 @@ def main() -> int:
         title += f", median of {args.rounds} interleaved rounds"
     table = Table(
         title=title,
-        caption="CPU s/Gbit: CPU seconds per Gbit transferred (= cores busy per Gbit/s), "
-        "user/system; h1 = sending router, h2 = receiving router, machine = all CPUs "
+        caption="s/Gbit: CPU seconds per Gbit transferred (= cores busy per Gbit/s), "
+        "user/system; h1 = sending router, h2 = receiving router, all CPUs = the machine "
         "(system includes irq and softirq)",
     )
-    columns = (
-        "path",
-        "Gbit/s",
-        "x routed veth",
-        "x kernel vxlan",
-        "retr",
-        "ping ms",
-        "h1 CPU s/Gbit usr/sys",
-        "h2 CPU s/Gbit usr/sys",
-        "machine CPU s/Gbit usr/sys",
-    )
-    for column in (*columns, "note"):
-        table.add_column(column, justify="right" if column not in ("path", "note") else "left")
-    for r in results:
-        table.add_row(
-            r.name,
-            f"{r.gbits:.2f}",
-            f"{r.gbits / base:.3f}",
-            f"{r.gbits / vxlan.gbits:.3f}" if vxlan and vxlan.gbits and r is not results[0] else "",
-            str(r.retransmits),
-            f"{r.ping_ms:.2f}" if r.ping_ms is not None else "-",
-            str(r.h1) if r.h1 else "-",
-            str(r.h2) if r.h2 else "-",
-            str(r.machine) if r.machine else "-",
-            r.note,
-        )
+    columns: dict[str, list[str]] = {
+        "path": [r.name for r in results],
+        "Gbit/s": [f"{r.gbits:.2f}" for r in results],
+        "x routed veth": [f"{r.gbits / base:.3f}" for r in results],
+        "x kernel vxlan": [
+            f"{r.gbits / vxlan.gbits:.3f}" if vxlan and vxlan.gbits and r is not results[0] else ""
+            for r in results
+        ],
+        "retr": [str(r.retransmits) for r in results],
+        "ping ms": [f"{r.ping_ms:.2f}" if r.ping_ms is not None else "-" for r in results],
+        "h1 usr/sys s/Gbit": [str(r.h1) if r.h1 else "-" for r in results],
+        "h2 usr/sys s/Gbit": [str(r.h2) if r.h2 else "-" for r in results],
+        "all CPUs usr/sys s/Gbit": [str(r.machine) if r.machine else "-" for r in results],
+        "note": [r.note for r in results],
+    }
+    columns = {k: v for k, v in columns.items() if any(v)}  # no empty vxlan or note column
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("path", "note") else "right")
+    for row in zip(*columns.values(), strict=True):
+        table.add_row(*row)
     console = Console()
     if not console.is_terminal:
-        console.width = max(console.width, 160)  # a file or a pipe: keep each row on one line
+        console.width = max(console.width, 140)  # a file or a pipe: keep each row on one line
     console.print(table)
     return 0
 
