@@ -31,6 +31,7 @@ from meshnet.dataplane.kernel.udp import open_udp
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
+from meshnet.dataplane.sleeve.superframes import segments_per_send
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
 from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink
@@ -393,7 +394,12 @@ class DataPlane:
         def run() -> dict[str, Any]:
             ref = attachment.resolve_namespace(container)
             result = attachment.attach(
-                ref, bridge=BRIDGE, ifname=ifname, addresses=addresses, mtu=self.overlay_mtu
+                ref,
+                bridge=BRIDGE,
+                ifname=ifname,
+                addresses=addresses,
+                mtu=self.overlay_mtu,
+                gso_max_segs=segments_per_send(self.overlay_mtu),
             )
             return asdict(result)
 

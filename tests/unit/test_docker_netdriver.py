@@ -47,8 +47,16 @@ class FakeNamespace:
         self.links.discard(ifname)
         return True
 
-    def create_veth_into(self, ifname: str, peer: str, *, mtu: int | None = None) -> None:
+    def create_veth_into(
+        self,
+        ifname: str,
+        peer: str,
+        *,
+        mtu: int | None = None,
+        peer_gso_max_segs: int | None = None,
+    ) -> None:
         self._maybe_fail("create")
+        assert peer_gso_max_segs is not None  # the container's super-frames fit one GSO send
         self.log.append(("veth", ifname, peer, mtu))
         self.links |= {ifname, peer}
 

@@ -29,7 +29,7 @@ from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.routes import Routes
-from tests.unit.test_forwarder import make_forwarder
+from tests.unit.test_forwarder import capture, make_forwarder
 
 A, B, C = 0x0A0000000001, 0x0B0000000002, 0x0C0000000003
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -242,17 +242,15 @@ BROADCAST_FRAME = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x08\x06" + by
 
 def test_without_fastdp_a_broadcast_goes_down_our_tree() -> None:
     f, sock = _forwarder(frozenset())
-    batches: dict[Any, sw.FrameBatcher] = {}
-    f._from_tap(vn.VNET_NONE + BROADCAST_FRAME, batches)
-    f._flush(batches)
+    capture(f, vn.VNET_NONE + BROADCAST_FRAME)
+    f.flush()
     assert sock.sent == [("172.31.0.2", 0, sw.BROADCAST)]
 
 
 def test_with_fastdp_a_broadcast_goes_only_to_the_peers_vxlan_does_not_reach() -> None:
     f, sock = _forwarder(frozenset({B}))
-    batches: dict[Any, sw.FrameBatcher] = {}
-    f._from_tap(vn.VNET_NONE + BROADCAST_FRAME, batches)
-    f._flush(batches)
+    capture(f, vn.VNET_NONE + BROADCAST_FRAME)
+    f.flush()
     # C, through B, addressed to C: B relays it without delivering a second copy.
     assert sock.sent == [("172.31.0.2", C, 0)]
 
@@ -264,9 +262,8 @@ def _unicast_to_b(pinned: frozenset[bytes]) -> tuple[fw.Forwarder, RecordingSock
     f, sock = _forwarder(frozenset({B}), pinned)
     f._switch.from_peer(B, OWNER_MAC, b"\xff" * 6, time.monotonic())
     frame = OWNER_MAC + bytes.fromhex("020000000001") + b"\x08\x00" + bytes(40)
-    batches: dict[Any, sw.FrameBatcher] = {}
-    f._from_tap(vn.VNET_NONE + frame, batches)
-    f._flush(batches)
+    capture(f, vn.VNET_NONE + frame)
+    f.flush()
     return f, sock
 
 

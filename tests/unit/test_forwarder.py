@@ -30,9 +30,21 @@ class FakeSocket:
 
     def sendmsg(self, buffers: list[Any], cmsg: Any, flags: int, addr: Any) -> int:
         data = b"".join(bytes(b) for b in buffers)
-        stride = int.from_bytes(cmsg[0][2], "little")
+        stride = int.from_bytes(cmsg[0][2], "little") if cmsg else len(data)
         self.sent.append((sw.Kind(data[1]), -(-len(data) // stride)))
         return len(data)
+
+
+def capture(f: fw.Forwarder, data: bytes) -> None:
+    """``data`` (virtio-net header and frame) as if just read from the TAP."""
+    f._tap_buffer[: len(data)] = data
+    f.captured(len(data))
+
+
+def receive(f: fw.Forwarder, data: bytes | memoryview, stride: int, addr: Any) -> None:
+    """``data`` as if just received from ``addr``, in datagrams of ``stride`` bytes."""
+    f._udp_buffer[: len(data)] = data
+    f.received(len(data), stride, addr)
 
 
 def forwarder() -> tuple[fw.Forwarder, FakeSocket]:
@@ -73,10 +85,9 @@ def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_id
     v, frame, _ = build_superframe(4, os.urandom(1200 * 8), 1200)
     f._switch.from_peer(PEER, frame[0:6], frame[6:12], time.monotonic())  # the MAC is there
     small = frame[:14] + bytes(50)  # e.g. an ACK or a ping of the same flow
-    batches: dict[Any, sw.FrameBatcher] = {}
-    f._from_tap(vn.VNET_NONE + small, batches)
+    capture(f, vn.VNET_NONE + small)
     assert sock.sent == []  # batched: more small frames may follow
-    f._from_tap(vn.pack_vnet(v) + frame, batches)
+    capture(f, vn.pack_vnet(v) + frame)
     assert sock.sent == [(sw.Kind.FRAMES, 1), (sw.Kind.SEGMENT, 8)]
 
 
@@ -110,7 +121,7 @@ def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> Non
     body = (64).to_bytes(2, "big") + vn.VNET_NONE + bytes(64)
     header = sw.DatagramHeader(sw.Kind.FRAMES, 0, 7, PEER, far, PEER, 1)
     datagram = memoryview(bytes(sw.encode_datagram(header, body, None)))
-    f._receive(datagram, len(datagram), ("192.0.2.2", 6783))
+    receive(f, datagram, len(datagram), ("192.0.2.2", 6783))
     assert len(sent) == 1
     relayed = sw.parse_header(sent[0])
     assert relayed == header._replace(ttl=6, hop=LOCAL, sequence=1)
@@ -120,7 +131,7 @@ def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> Non
     }
     # With one hop left, it is not relayed but counted.
     last = memoryview(bytes(sw.encode_datagram(header._replace(ttl=1, sequence=2), body, None)))
-    f._receive(last, len(last), ("192.0.2.2", 6783))
+    receive(f, last, len(last), ("192.0.2.2", 6783))
     assert len(sent) == 1 and f.statistics()["dropped"] == {"ttl": 1}
 
 
@@ -157,7 +168,7 @@ def test_datagrams_from_a_udp_endpoint_no_neighbour_has_are_dropped_unread() -> 
     f, _ = forwarder()
     for source in (("192.0.2.9", 6783), ("192.0.2.2", 40000)):  # a stranger; the right IP only
         for datagram in segments_from(PEER):
-            f._receive(memoryview(datagram), len(datagram), source)
+            receive(f, memoryview(datagram), len(datagram), source)
     assert f.statistics()["dropped"] == {"stranger": 8}
     assert len(f._reassemblers) == 0
 
@@ -166,6 +177,6 @@ def test_made_up_origins_leave_no_reassembler() -> None:
     f, _ = forwarder()
     for origin in range(1000, 1100):
         for datagram in segments_from(origin)[:1]:
-            f._receive(memoryview(datagram), len(datagram), ("192.0.2.2", 6783))
+            receive(f, memoryview(datagram), len(datagram), ("192.0.2.2", 6783))
     assert f.statistics()["dropped"] == {"unknown_origin": 100}
     assert len(f._reassemblers) == 0

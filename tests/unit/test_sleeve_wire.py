@@ -554,9 +554,19 @@ def test_seal_matches_pynacl_public_aegis256(body: bytes, key: bytes, sequence: 
     expected = nacl.bindings.crypto_aead_aegis256_encrypt(body, header, nonce, key)
     assert bytes(sealed) == header + expected
     assert aead.open_sealed(memoryview(sealed), 32, sequence, key) == body
-    run = bytearray(len(sealed) + 5)
-    aead.seal_run(run, len(sealed) + 5, header[:24], body, max(1, len(body)), 1, sequence, key)
-    assert run[: len(sealed)] == sealed
+    if sequence < 2**63:  # a run's sequences must not pass 64 bits
+        # In place, as the bulk path seals: three datagrams of this body, one buffer.
+        stride = len(sealed) + 5
+        buffer = bytearray(3 * stride)
+        for i in range(3):
+            buffer[i * stride : i * stride + 32] = header[:24] + (sequence + i).to_bytes(8, "big")
+            buffer[i * stride + 32 : i * stride + 32 + len(body)] = body
+        aead.RunCipher(buffer, 4, 32).seal(stride, 3, len(sealed), sequence, key)
+        assert buffer[2 * stride : 2 * stride + len(sealed)] == aead.seal(
+            header[:24] + (sequence + 2).to_bytes(8, "big"), body, sequence + 2, key
+        )
+        assert aead.RunCipher(buffer, 4, 32).open(stride, 3, len(sealed), sequence, key) == []
+        assert buffer[32 : 32 + len(body)] == body
 
 
 def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
@@ -574,37 +584,21 @@ def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
         with pytest.raises(ValueError):
             aead.seal(b"", b"", 0, bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):  # the buffer is a tag short
-        aead.seal_run(bytearray(32 + 10 + 31), 100, bytes(24), bytes(10), 10, 1, 0, key)
+        aead.RunCipher(bytearray(32 + 10 + 31), 4, 32).seal(100, 1, 32 + 10 + 32, 0, key)
+    with pytest.raises(ValueError):  # more datagrams than nonces
+        aead.RunCipher(bytearray(1000), 4, 32).seal(100, 5, 100, 0, key)
 
 
-@pytest.mark.parametrize("sealed", [False, True])
-def test_encode_superframe_equals_segment_bodies_then_encode(sealed: bool) -> None:
-    v, frame, _ = build_superframe(4, os.urandom(1448 * 9 + 100), 1448)
-    key = os.urandom(32) if sealed else None
-    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, 1000)
-    bodies = sw.segment_bodies(77, v, frame)
-    run = sw.encode_superframe(header, 77, v, frame, key)
-    assert run.datagrams() == sw.encode_datagrams(header, bodies, key)
-    assert run.datagram_count == len(bodies) == 10
+# --- consecutive segments at once ---------------------------------------------------------------
 
 
-# --- whole GRO runs ------------------------------------------------------------------------------
-
-
-def plain_run(sid: int = 5, segments: int = 12, gso: int = 1200) -> tuple[bytes, sw.DatagramRun]:
+def plain_bodies(sid: int = 5, segments: int = 12, gso: int = 1200) -> tuple[bytes, list[bytes]]:
     v, frame, _ = build_superframe(4, os.urandom(gso * (segments - 1) + gso // 2), gso)
-    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, 1000)
-    return vn.pack_vnet(v) + frame, sw.encode_superframe(header, sid, v, frame, None)
+    return vn.pack_vnet(v) + frame, sw.segment_bodies(sid, v, frame)
 
 
-def bodies_of(run: sw.DatagramRun) -> list[sw.Buffer]:
-    return [d[sw.HEADER_SIZE :] for d in run.datagrams()]
-
-
-def test_a_superframes_run_is_uniform_and_reassembles_whole_in_any_split() -> None:
-    whole, run = plain_run()
-    assert sw.uniform_segments(run)
-    bodies = bodies_of(run)
+def test_consecutive_segments_reassemble_whole_in_any_split() -> None:
+    whole, bodies = plain_bodies()
     for cut_at in (1, 5, 11):
         reassembler = sw.Reassembler()
         got = reassembler.add_uniform(bodies[cut_at:], 0.0) + reassembler.add_uniform(
@@ -614,9 +608,8 @@ def test_a_superframes_run_is_uniform_and_reassembles_whole_in_any_split() -> No
         assert reassembler.statistics().completed == 1
 
 
-def test_uniform_runs_count_duplicates_and_late_segments() -> None:
-    whole, run = plain_run()
-    bodies = bodies_of(run)
+def test_consecutive_segments_count_duplicates_and_late_segments() -> None:
+    whole, bodies = plain_bodies()
     reassembler = sw.Reassembler()
     assert reassembler.add_uniform(bodies[:6], 0.0) == []
     assert reassembler.add_uniform(bodies[3:9], 0.0) == []  # 3 duplicates
@@ -627,71 +620,23 @@ def test_uniform_runs_count_duplicates_and_late_segments() -> None:
     assert (stats.duplicates, stats.completed) == (3, 1) and stats.late >= 1
 
 
-def test_runs_that_are_not_one_superframe_in_order_are_not_uniform() -> None:
-    _, run = plain_run(sid=1)
-    _, other = plain_run(sid=2)
-    data, stride = bytes(run.data), run.stride
-    assert not sw.uniform_segments(sw.DatagramRun(memoryview(data[: 3 * stride]), stride // 2))
-    mixed = data[: 3 * stride] + bytes(other.data)[3 * stride : 6 * stride]
-    assert not sw.uniform_segments(sw.DatagramRun(memoryview(mixed), stride))
-    gap = data[:stride] + data[2 * stride : 4 * stride]
-    assert not sw.uniform_segments(sw.DatagramRun(memoryview(gap), stride))
-    swapped = data[stride : 2 * stride] + data[:stride]
-    assert not sw.uniform_segments(sw.DatagramRun(memoryview(swapped), stride))
-    for position in (0, 10, 30, 33, 40, 45, 60):  # header, sequence is free, prefix, headers
-        changed = bytearray(data[: 4 * stride])
-        changed[2 * stride + position] ^= 0x40
-        uniform = sw.uniform_segments(sw.DatagramRun(memoryview(changed), stride))
-        assert uniform == (24 <= position < 32), position
-    assert sw.uniform_segments(sw.DatagramRun(memoryview(data[: 2 * stride + 200]), stride))
-    assert not sw.uniform_segments(sw.DatagramRun(memoryview(data[:stride]), stride))
-
-
-def test_a_uniform_run_ending_in_a_short_middle_segment_is_refused() -> None:
-    _, run = plain_run(segments=4)
-    bodies = bodies_of(run)
+def test_consecutive_segments_ending_in_a_short_middle_segment_are_refused() -> None:
+    _, bodies = plain_bodies(segments=4)
     reassembler = sw.Reassembler()
     with pytest.raises(sw.DatagramError):
         reassembler.add_uniform([bodies[0], bodies[1][:-10]], 0.0)
     assert reassembler.pending() == 0 and reassembler.statistics().inconsistent == 1
 
 
-def sealed_run(key: bytes, sequence: int = 1000) -> tuple[bytes, sw.DatagramRun]:
-    v, frame, _ = build_superframe(4, os.urandom(1200 * 9 + 77), 1200)
-    header = sw.DatagramHeader(sw.Kind.SEGMENT, 0, 9, 5, 6, 5, sequence)
-    return vn.pack_vnet(v) + frame, sw.encode_superframe(header, 3, v, frame, key)
-
-
-def test_a_sealed_run_opens_in_one_pass_and_reassembles() -> None:
-    key = os.urandom(32)
-    whole, run = sealed_run(key)
-    assert sw.same_heads(run)
-    window = sw.ReplayWindow()
-    opened, indexes, drops = sw.open_run(run, key, window)
-    assert (indexes, drops) == (list(range(10)), [])
-    assert sw.uniform_segments(opened, offset=0)
-    got = sw.Reassembler().add_uniform(opened.datagrams(), 0.0)
-    assert [bytes(v) + bytes(f) for v, f in got] == [whole]
-    assert window.highest == 1009
-    _, indexes, drops = sw.open_run(run, key, window)  # the same run again: all replays
-    assert indexes == [] and drops == [sw.DatagramDrop.REPLAYED] * 10
-
-
-def test_a_forged_datagram_in_a_sealed_run_costs_only_itself() -> None:
-    key = os.urandom(32)
-    _, run = sealed_run(key)
-    data = bytearray(run.data)
-    data[3 * run.stride + 100] ^= 1  # a body byte of datagram 3
-    data[5 * run.stride + 30] ^= 1  # the sequence of datagram 5: wrong nonce and AD
-    window = sw.ReplayWindow()
-    opened, indexes, drops = sw.open_run(sw.DatagramRun(memoryview(data), run.stride), key, window)
-    assert indexes == [0, 1, 2, 4, 6, 7, 8, 9]
-    assert drops == [sw.DatagramDrop.BAD_TAG] * 2
-    assert not window.would_accept(1004) and window.would_accept(1003)
-    assert window.would_accept(1005)  # a forged sequence burns nothing
-    bodies = opened.datagrams()
-    with pytest.raises(sw.DatagramError):
-        sw.Reassembler().add_uniform([bodies[3]], 0.0)  # garbage where the forgery was
+def test_a_superframe_that_came_whole_flushes_older_ones_and_refuses_late_copies() -> None:
+    _, bodies = plain_bodies(sid=5)
+    reassembler = sw.Reassembler()
+    assert reassembler.add_uniform(bodies[:3], 0.0) == []  # super-frame 5 waits for the rest
+    flushed = reassembler.complete(6)  # 6 came whole: 5 will not complete
+    assert flushed is not None and len(flushed) == 1 and reassembler.pending() == 0
+    assert reassembler.complete(6) is None  # a copy of 6 is late
+    assert reassembler.complete(6 + 5000) == []  # far ahead is just newer
+    assert reassembler.complete(6) == []  # far behind: the origin restarted
 
 
 def test_replay_window_accepts_runs_only_ahead_of_everything() -> None:
@@ -705,13 +650,3 @@ def test_replay_window_accepts_runs_only_ahead_of_everything() -> None:
     oldest_in_window = 12_999 - sw.REPLAY_WINDOW + 1
     assert not window.would_accept(12_999) and not window.would_accept(oldest_in_window)
     assert window.would_accept(13_000)
-
-
-def test_open_run_refuses_buffers_that_do_not_fit() -> None:
-    key = os.urandom(32)
-    _, run = sealed_run(key)
-    data = bytes(run.data)
-    count = run.datagram_count
-    for out_size, sequences in ((10, list(range(count))), (len(data), [1])):
-        with pytest.raises(ValueError):
-            aead.open_run(data, run.stride, 32, sequences, bytearray(out_size), key)

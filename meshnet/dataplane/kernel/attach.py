@@ -293,11 +293,14 @@ def attach(
     mac: str | None = None,
     host_ifname: str | None = None,
     host: str | None = None,
+    gso_max_segs: int | None = None,
 ) -> Attachment:
     """Put the container on the bridge with `addresses` on `ifname`; idempotent.
 
     Attaching again adds missing addresses (never removes any) and fixes MTU and a given MAC.
-    `host` is the namespace holding the bridge (None: the caller's own).
+    `host` is the namespace holding the bridge (None: the caller's own). `gso_max_segs`: the
+    most TCP segments the container's super-frames may hold (so the sleeve sends each in one
+    GSO send).
     """
     wanted = _parse_addresses(addresses)
     if not 68 <= mtu <= 65535:
@@ -333,7 +336,12 @@ def attach(
                 hns.delete_link(host_name)
             try:
                 hns.create_veth_into(
-                    host_name, ifname, peer_path=ref.path, mtu=mtu, peer_mac=mac or random_mac()
+                    host_name,
+                    ifname,
+                    peer_path=ref.path,
+                    mtu=mtu,
+                    peer_mac=mac or random_mac(),
+                    peer_gso_max_segs=gso_max_segs,
                 )
             except netlink.InterfaceExists:
                 raise UserError(f"interface {host_name} already exists on the host") from None
@@ -352,6 +360,8 @@ def attach(
             cns.set_mtu(ifname, mtu)
         if mac is not None and link.mac.lower() != mac:
             cns.set_mac(ifname, mac)
+        if gso_max_segs is not None and port is not None:
+            cns.set_gso_max_segs(ifname, gso_max_segs)
         if not link.up:
             cns.set_up(ifname)
         cns.set_up("lo")

@@ -262,11 +262,13 @@ class Namespace:
         peer_pid: int | None = None,
         mtu: int | None = None,
         peer_mac: str | None = None,
+        peer_gso_max_segs: int | None = None,
     ) -> None:
         """A veth pair: `ifname` here, `peer_ifname` created directly in another namespace.
 
         That namespace is a namespace file (`peer_path`: a name under /var/run/netns or an
         absolute path such as /proc/PID/ns/net) or a process (`peer_pid`); neither: here.
+        `peer_gso_max_segs` caps the TCP segments per super-frame sent from the peer's side.
         """
         peer: dict[str, Any] = {"ifname": peer_ifname}
         fd = None
@@ -282,6 +284,8 @@ class Namespace:
             peer["mtu"] = mtu
         if peer_mac is not None:
             peer["address"] = peer_mac
+        if peer_gso_max_segs is not None:
+            peer["gso_max_segs"] = peer_gso_max_segs
         extra = {"mtu": mtu} if mtu is not None else {}
         try:
             self._call(
@@ -555,6 +559,16 @@ class Namespace:
 
     def set_mtu(self, ifname: str, mtu: int) -> None:
         self._call(f"set mtu of {ifname}", self._ipr.link, "set", index=self.index(ifname), mtu=mtu)
+
+    def set_gso_max_segs(self, ifname: str, segments: int) -> None:
+        """Cap the TCP segments per super-frame the stack sends through ``ifname``."""
+        self._call(
+            f"set gso_max_segs of {ifname}",
+            self._ipr.link,
+            "set",
+            index=self.index(ifname),
+            gso_max_segs=segments,
+        )
 
     def set_up(self, ifname: str) -> None:
         self.set_state(ifname, up=True)

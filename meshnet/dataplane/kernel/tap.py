@@ -81,6 +81,18 @@ class Tap:
         """Like `read`, into a caller's buffer (no allocation per frame); returns the length."""
         return os.readv(self.fileno(), [buffer])
 
+    def write_parts(self, parts: list[bytes | bytearray | memoryview]) -> int:
+        """Hand one frame to the kernel gathered from ``parts`` (its virtio-net header first),
+        in a single writev: a super-frame goes in as its pieces, uncopied."""
+        try:
+            return os.writev(self.fileno(), parts)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                raise TapError(f"TAP {self.name} rejected a frame (bad virtio-net header)") from e
+            if e.errno == errno.EIO:
+                raise TapError(f"TAP {self.name} is down or detached") from e
+            raise
+
     def write(
         self, vnet: bytes | bytearray | memoryview, frame: bytes | bytearray | memoryview
     ) -> int:

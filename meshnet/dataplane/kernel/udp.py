@@ -178,40 +178,38 @@ def send_segments(sock: socket.socket, payloads: Sequence[Payload], addr: Addres
             _raise_typed(e, payloads[start:end], segment)
 
 
-def send_run(sock: socket.socket, data: Payload, stride: int, addr: Address | None) -> None:
-    """Send datagrams laid back to back in ``data``, each ``stride`` bytes (the last may be
-    shorter), in as few GSO sendmsg calls as the kernel's limits allow. Errors as
-    :func:`send_segments`."""
-    view = memoryview(data)
-    total = len(view)
-    if stride <= 0 or total == 0:
-        raise ValueError("nothing to send")
-    step = stride * max(1, min(MAX_SEGMENTS, MAX_UDP_PAYLOAD // stride))
-    cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("@H", stride))]
-    for start in range(0, total, step):
-        chunk = view[start : start + step]
-        try:
-            if len(chunk) <= stride:
-                if addr is None:
-                    sock.send(chunk)
-                else:
-                    sock.sendto(chunk, addr)
-            elif addr is None:
-                sock.sendmsg([chunk], cmsg)
-            else:
-                sock.sendmsg([chunk], cmsg, 0, addr)
-        except OSError as e:
-            _raise_typed(e, [chunk[:stride]], stride if len(chunk) > stride else 0)
+def send_gathered(
+    sock: socket.socket, buffers: Sequence[Payload], stride: int, total: int, addr: Address
+) -> None:
+    """Send the datagrams the kernel gathers from ``buffers`` (``total`` bytes, cut every
+    ``stride`` bytes) in one sendmsg: the kernel's copy is the only one. At most
+    ``MAX_SEGMENTS`` datagrams and ``MAX_UDP_PAYLOAD`` bytes. Errors as :func:`send_segments`."""
+    try:
+        if total > stride:
+            sock.sendmsg(buffers, _segment_cmsg(stride), 0, addr)
+        else:
+            sock.sendmsg(buffers, (), 0, addr)
+    except OSError as e:
+        _raise_typed(e, [b"\0" * min(total, stride)], stride if total > stride else 0)
 
 
-def receive_run(
-    sock: socket.socket, bufsize: int = RECEIVE_SIZE
-) -> tuple[memoryview, int, Address]:
-    """One recvmsg: (the data, the datagram stride, the sender). With GRO the data holds
-    several datagrams of ``stride`` bytes, the last maybe shorter; otherwise the stride is the
-    length of the one datagram."""
-    raw, ancdata, flags, addr = sock.recvmsg(bufsize, _CMSG_SPACE)
-    return memoryview(raw), _stride(ancdata, flags, addr, len(raw)), addr
+_CMSGS: dict[int, list[tuple[int, int, bytes]]] = {}
+
+
+def _segment_cmsg(stride: int) -> list[tuple[int, int, bytes]]:
+    cmsg = _CMSGS.get(stride)
+    if cmsg is None:
+        cmsg = _CMSGS[stride] = [(SOL_UDP, UDP_SEGMENT, struct.pack("@H", stride))]
+    return cmsg
+
+
+def receive_into(sock: socket.socket, buffer: bytearray) -> tuple[int, int, Address]:
+    """One recvmsg into ``buffer`` (no allocation): (bytes, datagram stride, sender), as
+    :func:`receive_run`. 0 bytes with no sender: the socket was shut down for reading."""
+    nbytes, ancdata, flags, addr = sock.recvmsg_into([buffer], _CMSG_SPACE)
+    if not nbytes:
+        return 0, 1, addr
+    return nbytes, _stride(ancdata, flags, addr, nbytes), addr
 
 
 def _stride(ancdata: list[tuple[int, int, bytes]], flags: int, addr: Address, nbytes: int) -> int:

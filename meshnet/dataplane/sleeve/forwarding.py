@@ -46,7 +46,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from meshnet.dataplane.sleeve.header import BROADCAST, MAX_TTL, DatagramHeader, Kind
+from meshnet.dataplane.sleeve.header import (
+    BROADCAST,
+    MAX_TTL,
+    SEALED,
+    DatagramHeader,
+    Kind,
+    pack_head,
+)
 from meshnet.dataplane.sleeve.replay import ReplayWindow
 from meshnet.dataplane.sleeve.switch import Decision
 from meshnet.gossip.routes import Routes
@@ -194,6 +201,8 @@ class Snapshot:
     _deliver: Mapping[int, int] = field(init=False, repr=False, compare=False)
     _sealed_ips: frozenset[str] = field(init=False, repr=False, compare=False)
     _open_endpoints: frozenset[tuple[str, int]] = field(init=False, repr=False, compare=False)
+    _arrivals: Mapping[bytes, tuple[Neighbour, int]] = field(init=False, repr=False, compare=False)
+    _heads: dict[tuple[Kind, int, int, bool], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         to_owner: dict[int, Operations] = {}
@@ -213,6 +222,8 @@ class Snapshot:
         # Every known origin's datagrams for us come through one neighbour: precomputed, as
         # delivering is the bulk case.
         object.__setattr__(self, "_deliver", _entries_to_us(self.routes))
+        object.__setattr__(self, "_arrivals", _arrivals(self))
+        object.__setattr__(self, "_heads", {})
         sealed = frozenset(n.address[0] for n in self.neighbours.values() if n.receive_key)
         open_ = frozenset(n.address for n in self.neighbours.values() if not n.receive_key)
         object.__setattr__(self, "_sealed_ips", sealed)
@@ -276,6 +287,23 @@ class Snapshot:
         only has to be the neighbour's (a NAT may remap the port)."""
         return address[:2] not in self._open_endpoints and address[0] not in self._sealed_ips
 
+    def arrival(self, head: bytes) -> tuple[Neighbour, int] | None:
+        """(the neighbour, the origin) when a datagram's first 24 header bytes say it is data
+        for us that the routes bring through that neighbour: the bulk case, decided by one
+        lookup (:func:`received` would answer DELIVER). ``head`` with its TTL byte zeroed (any
+        TTL left will do); None: decide with :func:`received`."""
+        return self._arrivals.get(head)
+
+    def head_for(self, kind: Kind, destination: int, flags: int, sealed: bool) -> bytes:
+        """The first 24 header bytes of a datagram we originate (memoised)."""
+        key = (kind, destination, flags, sealed)
+        head = self._heads.get(key)
+        if head is None:
+            flags = (flags & ~SEALED) | (SEALED if sealed else 0)
+            head = pack_head(kind, flags, MAX_TTL, self.local, destination, self.local)
+            self._heads[key] = head  # one tx thread writes; a race only recomputes
+        return head
+
     def key_for(self, hop: int) -> bytes | None:
         neighbour = self.neighbours.get(hop)
         return neighbour.receive_key if neighbour else None
@@ -326,6 +354,19 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
         if entry != header.hop:
             return _WRONG_HOP if header.origin in snap.routes.distance else _UNKNOWN_ORIGIN
     return ops
+
+
+def _arrivals(snap: Snapshot) -> Mapping[bytes, tuple[Neighbour, int]]:
+    """The TTL-less heads of the data datagrams for us, by where the routes bring them from."""
+    out: dict[bytes, tuple[Neighbour, int]] = {}
+    for origin, hop in snap._deliver.items():
+        neighbour = snap.neighbours.get(hop)
+        if neighbour is None or origin == snap.local:
+            continue
+        flags = SEALED if neighbour.receive_key else 0
+        for kind in (Kind.FRAMES, Kind.SEGMENT):
+            out[pack_head(kind, flags, 0, origin, snap.local, hop)] = (neighbour, origin)
+    return out
 
 
 def _entries_to_us(routes: Routes) -> Mapping[int, int]:

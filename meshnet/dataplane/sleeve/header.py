@@ -19,8 +19,6 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-import numpy as np
-
 from meshnet.dataplane.sleeve import seal as aead
 from meshnet.dataplane.sleeve.replay import ReplayWindow
 from meshnet.errors import RemoteProtocolError
@@ -42,6 +40,7 @@ BROADCAST = 2
 _KNOWN_FLAGS = SEALED | BROADCAST
 
 _HEADER = struct.Struct(">BBBBHIHIHIHQ")
+_HEAD = struct.Struct(">BBBBHIHIHIH")
 _U64 = struct.Struct(">Q")
 
 
@@ -148,6 +147,24 @@ def _pack_header(h: DatagramHeader, flags: int, sequence: int) -> bytes:
         raise ValueError(f"datagram header out of range: {error}") from None
 
 
+def pack_head(kind: Kind, flags: int, ttl: int, origin: int, destination: int, hop: int) -> bytes:
+    """The first 24 header bytes (all but the sequence), unchecked: for tables of the heads a
+    peer expects, built from names it knows."""
+    return _HEAD.pack(
+        VERSION,
+        kind,
+        flags,
+        ttl,
+        origin >> 32,
+        origin & 0xFFFFFFFF,
+        destination >> 32,
+        destination & 0xFFFFFFFF,
+        hop >> 32,
+        hop & 0xFFFFFFFF,
+        0,
+    )
+
+
 def header_head(header: DatagramHeader, sealed: bool, count: int) -> bytes:
     """The first 24 header bytes, which all ``count`` datagrams of one call share (all but the
     sequence); ValueError if the header does not fit or the sequences would pass 64 bits."""
@@ -186,74 +203,6 @@ def encode_datagrams(
         out.append(b"".join((raw, body)) if key is None else aead.seal(raw, body, sequence, key))
         sequence += 1
     return out
-
-
-class DatagramRun(NamedTuple):
-    """Datagrams back to back in one buffer, every ``stride`` bytes (the last may be shorter):
-    what one UDP GSO send takes and one GRO receive gives."""
-
-    data: memoryview
-    stride: int
-
-    @property
-    def datagram_count(self) -> int:
-        return -(-len(self.data) // self.stride)
-
-    def datagrams(self) -> list[Buffer]:
-        data, stride = self.data, self.stride
-        return [data[i : i + stride] for i in range(0, len(data), stride)]
-
-
-def same_heads(run: DatagramRun) -> bool:
-    """Whether every datagram of ``run`` has the first one's header but for the sequence: one
-    hop, origin, destination, kind and flags (so one key and one replay window)."""
-    data, stride = run
-    full = len(data) // stride
-    tail = len(data) - full * stride
-    if full < 1 or stride < HEADER_SIZE or 0 < tail < HEADER_SIZE:
-        return False
-    grid = np.frombuffer(data, np.uint8, count=full * stride).reshape(full, stride)
-    return bool((grid[:, :24] == grid[0, :24]).all()) and (
-        not tail or data[full * stride : full * stride + 24] == data[:24]
-    )
-
-
-def open_run(
-    run: DatagramRun, key: bytes, window: ReplayWindow
-) -> tuple[DatagramRun, list[int], list[DatagramDrop]]:
-    """Open the sealed datagrams of ``run`` (one hop's, sharing one key and window: see
-    :func:`same_heads`) into one buffer of plain bodies, datagram i's at
-    ``i * (stride - HEADER_SIZE - TAG_SIZE)``, with the checks of :func:`decode_datagram` (the
-    header is the associated data: a changed one fails its tag). Returns the bodies, the
-    indexes of the datagrams opened, and why each other one was dropped."""
-    data, stride = run
-    count = run.datagram_count
-    body_stride = stride - HEADER_SIZE - TAG_SIZE
-    if len(data) - (count - 1) * stride < HEADER_SIZE + TAG_SIZE:
-        return DatagramRun(memoryview(b""), max(body_stride, 1)), [], [DatagramDrop.SHORT] * count
-    sequences = [_U64.unpack_from(data, at + 24)[0] for at in range(0, len(data), stride)]
-    out = bytearray(len(data) - count * (HEADER_SIZE + TAG_SIZE))
-    failed = aead.open_run(data, stride, HEADER_SIZE, sequences, out, key)
-    first = sequences[0]
-    if (
-        not failed
-        and sequences == list(range(first, first + count))
-        and window.accept_run(first, count)
-    ):
-        return DatagramRun(memoryview(out), body_stride), list(range(count)), []
-    # The general case: each datagram on its own, as decode_datagram would take it.
-    opened: list[int] = []
-    drops: list[DatagramDrop] = []
-    bad = set(failed)
-    for i, sequence in enumerate(sequences):
-        if not window.would_accept(sequence):
-            drops.append(DatagramDrop.REPLAYED)
-        elif i in bad:
-            drops.append(DatagramDrop.BAD_TAG)
-        else:
-            window.check_and_update(sequence)
-            opened.append(i)
-    return DatagramRun(memoryview(out), body_stride), opened, drops
 
 
 def decode_datagram(

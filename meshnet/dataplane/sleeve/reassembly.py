@@ -199,6 +199,22 @@ class Reassembler:
         partial.received = received
         return out + self._progress(sid, partial)
 
+    def complete(self, sid: int) -> list[tuple[Buffer, Buffer]] | None:
+        """Super-frame ``sid`` arrived whole in one run, so the caller delivers it itself: what
+        older pending super-frames this flushes (to deliver first), or None if ``sid`` is late
+        (a duplicate: drop it)."""
+        floor = self._floor
+        if floor is not None and not _newer(sid, floor):
+            if (floor - sid) & SERIAL_MASK <= _RESTART_GAP:
+                self._late += 1
+                return None
+            out = self._finalize(None)  # the origin restarted: deliver what is held, forget
+            self._floor = sid
+            self._completed += 1
+            return out
+        self._completed += 1
+        return self._finalize(sid)
+
     def _progress(self, sid: int, partial: _Partial) -> list[tuple[Buffer, Buffer]]:
         """After storing segments: the whole super-frame once complete (after anything older),
         else room made when too many are pending."""
@@ -335,6 +351,17 @@ class ReassemblyTable:
             reassembler = self._entries[origin] = Reassembler(max_partial=self._max_partial)
         self._used[origin] = now
         return reassembler
+
+    def complete(self, origin: int, sid: int, now: float) -> list[tuple[Buffer, Buffer]] | None:
+        """:meth:`Reassembler.complete` for ``origin``'s (made if need be; None also when the
+        table is full of reassemblers mid-super-frame)."""
+        reassembler = self.get(origin, now)
+        if reassembler is None:
+            return None
+        out = reassembler.complete(sid)
+        if out and not reassembler.pending():
+            self._pending.discard(origin)
+        return out
 
     def touched(self, origin: int) -> None:
         """Segments were added to ``origin``'s reassembler: note whether it waits for more."""

@@ -12,8 +12,10 @@ calls against pynacl's public ``crypto_aead_aegis256_*`` so a pynacl change cann
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import nacl.bindings  # noqa: F401  (imported for sodium_init: it picks the AES-NI code path)
+import numpy as np
 from nacl._sodium import ffi, lib
 
 KEY_SIZE: int = lib.crypto_aead_aegis256_keybytes()
@@ -50,94 +52,6 @@ def seal(header: bytes, body: Buffer, sequence: int, key: bytes) -> bytearray:
     return out
 
 
-def seal_run(
-    out: bytearray,
-    stride: int,
-    head: bytes,
-    bodies: Buffer,
-    body_size: int,
-    count: int,
-    sequence: int,
-    key: bytes,
-) -> None:
-    """Seal ``count`` bodies lying back to back in ``bodies``, every ``body_size`` bytes (the
-    last one takes what is left), into ``out`` every ``stride`` bytes: header (``head`` + the
-    64-bit sequence) then ciphertext and tag. A super-frame's datagrams, ready for one GSO send,
-    with no per-datagram allocation."""
-    check_key(key)
-    hlen = len(head) + 8
-    last_size = len(bodies) - (count - 1) * body_size
-    if (
-        count < 1
-        or not 0 <= last_size <= body_size
-        or hlen + body_size + TAG_SIZE > stride
-        or len(out) < (count - 1) * stride + hlen + last_size + TAG_SIZE
-    ):
-        raise ValueError("the sealed datagrams do not fit the buffer")
-    target = _from_buffer("unsigned char[]", out, require_writable=True)
-    source = _from_buffer(bodies)
-    pack_sequence = _SEQUENCE.pack
-    pack_nonce = _NONCE.pack
-    for i in range(count):
-        header = head + pack_sequence(sequence + i)
-        at = i * stride
-        out[at : at + hlen] = header
-        size = body_size if i < count - 1 else last_size
-        _encrypt(
-            target + at + hlen,
-            _NULL,
-            source + i * body_size,
-            size,
-            header,
-            hlen,
-            _NULL,
-            pack_nonce(sequence + i),
-            key,
-        )
-
-
-def open_run(
-    data: Buffer, stride: int, header_size: int, sequences: list[int], out: bytearray, key: bytes
-) -> list[int]:
-    """Open the sealed datagrams lying in ``data`` every ``stride`` bytes (the last may be
-    shorter), datagram i with nonce ``sequences[i]``, its body into ``out`` at
-    ``i * (stride - header_size - TAG_SIZE)``. Returns the indexes of those not authentic (their
-    part of ``out`` is garbage). One pair of buffer pointers for the whole run."""
-    check_key(key)
-    count = len(sequences)
-    body_stride = stride - header_size - TAG_SIZE
-    last_size = len(data) - (count - 1) * stride - header_size  # ciphertext and tag
-    if (
-        count < 1
-        or body_stride < 0
-        or not TAG_SIZE <= last_size <= stride - header_size
-        or len(out) < (count - 1) * body_stride + last_size - TAG_SIZE
-    ):
-        raise ValueError("the datagrams or their bodies lie outside the buffers")
-    source = _from_buffer(data)
-    target = _from_buffer("unsigned char[]", out, require_writable=True) if len(out) else _NULL
-    pack_nonce = _NONCE.pack
-    size = stride - header_size
-    failed = []
-    for i, sequence in enumerate(sequences):
-        at = source + i * stride
-        if i == count - 1:
-            size = last_size
-        if _decrypt(
-            target + i * body_stride if len(out) else _NULL,
-            _NULL,
-            _NULL,
-            at + header_size,
-            size,
-            at,
-            header_size,
-            pack_nonce(sequence),
-            key,
-        ):
-            failed.append(i)
-    return failed
-
-
 def open_sealed(datagram: Buffer, header_size: int, sequence: int, key: bytes) -> bytearray | None:
     """The plain body of a datagram sealed by :func:`seal`, or None if it is not authentic."""
     check_key(key)
@@ -159,3 +73,120 @@ def open_sealed(datagram: Buffer, header_size: int, sequence: int, key: bytes) -
         key,
     )
     return out if status == 0 else None
+
+
+class RunCipher:
+    """Seal or open, in place, datagrams lying every ``stride`` bytes in one fixed buffer.
+
+    The packet loops' bulk path: a super-frame's datagrams are sealed (or a GRO run's opened)
+    with one libsodium call each and nothing allocated. The argument tuples of those calls depend
+    only on the run's shape, so they are made once per shape and kept; the key is copied into a
+    fixed C buffer and the nonces into a fixed table before each run. Datagram i's nonce is
+    ``first_sequence + i``: opening a datagram whose header says otherwise fails its tag, as the
+    header (sequence included) is the associated data.
+    """
+
+    MAX_SHAPES = 64
+
+    def __init__(self, buffer: bytearray, max_datagrams: int, header_size: int) -> None:
+        self._buffer = buffer  # fixed size: the C pointers below point into it
+        self._base = _from_buffer("unsigned char[]", buffer, require_writable=True)
+        self._header_size = header_size
+        self._nonces = np.zeros((max_datagrams, NONCE_SIZE), np.uint8)
+        self._nonce_sequences = self._nonces[:, :8].view(">u8")[:, 0]
+        self._counting = np.arange(max_datagrams, dtype=np.uint64)
+        self._nonce_base = _from_buffer("unsigned char[]", self._nonces, require_writable=True)
+        self._key = ffi.new("unsigned char[]", KEY_SIZE)
+        self._sealing: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+        self._opening: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+
+    @property
+    def max_datagrams(self) -> int:
+        return len(self._nonces)
+
+    def seal(
+        self, stride: int, count: int, last_size: int, first_sequence: int, key: bytes
+    ) -> None:
+        """Seal ``count`` datagrams of ``stride`` bytes (the last ``last_size``) at the buffer's
+        start: each is its header (the associated data), then its plain body, then room for
+        the tag, which the body becomes ciphertext before."""
+        self._prepare(stride, count, last_size, first_sequence, key)
+        calls = self._sealing.get((stride, count))
+        if calls is None:
+            calls = self._calls(self._sealing, stride, count, _encrypt_args)
+        for args in calls:
+            _encrypt(*args)
+        _encrypt(*self._last(stride, count, last_size, _encrypt_args))
+
+    def open(
+        self, stride: int, count: int, last_size: int, first_sequence: int, key: bytes
+    ) -> list[int]:
+        """Open the sealed datagrams at the buffer's start in place (datagram i's body then
+        lies after its header); returns the indexes of those not authentic."""
+        self._prepare(stride, count, last_size, first_sequence, key)
+        calls = self._opening.get((stride, count))
+        if calls is None:
+            calls = self._calls(self._opening, stride, count, _decrypt_args)
+        failed = [i for i, args in enumerate(calls) if _decrypt(*args)]
+        if _decrypt(*self._last(stride, count, last_size, _decrypt_args)):
+            failed.append(count - 1)
+        return failed
+
+    def open_one(self, offset: int, size: int, sequence: int, key: bytes) -> bool:
+        """Open the one datagram of ``size`` bytes at ``offset`` in place; False: not authentic."""
+        check_key(key)
+        hlen = self._header_size
+        if offset < 0 or not hlen + TAG_SIZE <= size <= len(self._buffer) - offset:
+            return False
+        at = self._base + offset
+        body = at + hlen
+        nonce = _NONCE.pack(sequence)
+        return not _decrypt(body, _NULL, _NULL, body, size - hlen, at, hlen, nonce, key)
+
+    def _prepare(
+        self, stride: int, count: int, last_size: int, first_sequence: int, key: bytes
+    ) -> None:
+        check_key(key)
+        if not 1 <= count <= len(self._nonces):
+            raise ValueError(f"a run of {count} datagrams does not fit the nonce table")
+        if not self._header_size + TAG_SIZE <= last_size <= stride or (
+            count - 1
+        ) * stride + last_size > len(self._buffer):
+            raise ValueError("the datagrams do not fit the buffer")
+        self._nonce_sequences[:count] = self._counting[:count] + np.uint64(first_sequence)
+        ffi.memmove(self._key, key, KEY_SIZE)
+
+    def _calls(
+        self,
+        cache: dict[tuple[int, int], list[tuple[Any, ...]]],
+        stride: int,
+        count: int,
+        make: Any,
+    ) -> list[tuple[Any, ...]]:
+        """The calls for all datagrams but the last (whose size varies): made once per shape."""
+        if len(cache) >= self.MAX_SHAPES:
+            cache.clear()
+        size = stride - self._header_size - TAG_SIZE
+        calls = [
+            make(self._base + i * stride, self._header_size, size, self._nonce(i), self._key)
+            for i in range(count - 1)
+        ]
+        cache[(stride, count)] = calls
+        return calls
+
+    def _last(self, stride: int, count: int, last_size: int, make: Any) -> tuple[Any, ...]:
+        at = self._base + (count - 1) * stride
+        size = last_size - self._header_size - TAG_SIZE
+        last: tuple[Any, ...] = make(at, self._header_size, size, self._nonce(count - 1), self._key)
+        return last
+
+    def _nonce(self, i: int) -> Any:
+        return self._nonce_base + i * NONCE_SIZE
+
+
+def _encrypt_args(at: Any, hlen: int, size: int, nonce: Any, key: Any) -> tuple[Any, ...]:
+    return (at + hlen, _NULL, at + hlen, size, at, hlen, _NULL, nonce, key)
+
+
+def _decrypt_args(at: Any, hlen: int, size: int, nonce: Any, key: Any) -> tuple[Any, ...]:
+    return (at + hlen, _NULL, _NULL, at + hlen, size + TAG_SIZE, at, hlen, nonce, key)

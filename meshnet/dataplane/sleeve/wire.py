@@ -50,14 +50,11 @@ from meshnet.dataplane.sleeve.header import (
     DatagramDrop,
     DatagramError,
     DatagramHeader,
-    DatagramRun,
     Kind,
     decode_datagram,
     encode_datagram,
     encode_datagrams,
-    open_run,
     parse_header,
-    same_heads,
 )
 from meshnet.dataplane.sleeve.reassembly import (
     Reassembler,
@@ -71,10 +68,8 @@ from meshnet.dataplane.sleeve.segments import (
     SEGMENT_OVERHEAD,
     SEGMENT_PREFIX_SIZE,
     UNDERLAY_HEADERS,
-    encode_superframe,
     max_segment_payload,
     segment_bodies,
-    uniform_segments,
 )
 
 __all__ = [
@@ -100,7 +95,6 @@ __all__ = [
     "DatagramDrop",
     "DatagramError",
     "DatagramHeader",
-    "DatagramRun",
     "FrameBatcher",
     "Kind",
     "PathHeartbeat",
@@ -117,13 +111,9 @@ __all__ = [
     "encode_heartbeat",
     "encode_probe",
     "encode_probe_ack",
-    "encode_superframe",
     "max_frames_body",
     "max_segment_payload",
-    "open_run",
     "parse_header",
-    "same_heads",
     "segment_bodies",
     "split_frames",
-    "uniform_segments",
 ]

@@ -27,6 +27,7 @@ import trio
 from meshnet.constants import CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.attach import random_mac
+from meshnet.dataplane.sleeve.superframes import segments_per_send
 from meshnet.integrations.docker.ipamdriver import PluginError
 
 log = logging.getLogger("meshnet.docker")
@@ -141,7 +142,7 @@ class NetworkDriver:
                     raise PluginError(f"no bridge {self.bridge}: is the meshnet router running?")
                 ns.delete_link(host)  # left over from a join that failed halfway
                 ns.delete_link(src)
-                ns.create_veth_into(host, src, mtu=mtu)
+                ns.create_veth_into(host, src, mtu=mtu, peer_gso_max_segs=segments_per_send(mtu))
                 ns.set_master(host, self.bridge)
                 ns.set_up(host)
 

@@ -1,0 +1,356 @@
+"""The bulk path: a TCP super-frame out as GSO sends, and a GRO run back in, without copies.
+
+A super-frame read from the TAP leaves as SEGMENT datagrams (see :mod:`segments`). Plain, each
+datagram is gathered by the kernel from three pieces: its own 42 bytes (header and segment
+prefix, one row of a table filled by two array operations per super-frame), the shared
+virtio-net header and packet headers, and its slice of the payload, all still in the TAP read
+buffer; the kernel's copy into the socket is the only one. Sealed, the datagrams are laid out
+in one buffer by four array operations and sealed there in place (:class:`seal.RunCipher`).
+
+A GRO run from one hop is checked by its first and last datagram: one GSO send arrives as one
+run, and the datagrams between were sent together (the same flow, the same size, sequence
+numbers counting up by one; sealed, each one's tag vouches for its header). Its payloads are
+then written to the TAP as slices of the receive buffer, the kernel's copy again the only one.
+
+Everything here works on caller-owned fixed buffers and keeps per-shape tables of slices and
+call arguments, so a super-frame of a shape seen before costs no per-datagram Python work
+beyond the crypto calls. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+from meshnet.dataplane.sleeve import vnet as vn
+from meshnet.dataplane.sleeve.header import HEADER_SIZE, TAG_SIZE, Buffer
+from meshnet.dataplane.sleeve.replay import ReplayWindow
+from meshnet.dataplane.sleeve.seal import RunCipher
+from meshnet.dataplane.sleeve.segments import (
+    MAX_SEGMENT_HEADERS,
+    SEGMENT_OVERHEAD,
+    SEGMENT_PREFIX,
+    SERIAL_MASK,
+)
+
+MAX_SEGMENTS = 1024
+"""Most SEGMENT datagrams a super-frame may need here (a 64 KiB one cut at an MSS of 64)."""
+MAX_GSO_SEGMENTS = 64
+"""Datagrams per GSO send: the kernel's UDP_MAX_SEGMENTS (128 on the newest kernels)."""
+MAX_GSO_BYTES = 65507
+"""Bytes per GSO send: what one IPv4 UDP datagram could hold."""
+ROW_SIZE = HEADER_SIZE + 10
+"""A datagram's own bytes: the header and the segment prefix (id, index, count, L)."""
+_ROW = np.dtype(
+    [
+        ("head", "V24"),
+        ("sequence", ">u8"),
+        ("superframe", ">u4"),
+        ("index", ">u2"),
+        ("count", ">u2"),
+        ("header_len", ">u2"),
+    ]
+)
+_SEQUENCE = struct.Struct(">Q")
+_SHAPES = 64
+"""Shapes (header length, segment size, frame length) whose slices are kept."""
+
+
+def segments_per_send(overlay_mtu: int) -> int:
+    """The most full-sized segments of a container's super-frame that one GSO send carries,
+    sealed, at this overlay MTU: capping the containers' super-frames there (their interface's
+    gso_max_segs) makes each one GSO send and one GRO run, the fast path both ways."""
+    stride = ROW_SIZE + vn.VNET_HEADER_SIZE + vn.ETH_HEADER_SIZE + overlay_mtu + TAG_SIZE
+    return max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
+
+
+def sends_for(stride: int, count: int) -> list[tuple[int, int]]:
+    """The datagrams ``[start, end)`` of each GSO send for ``count`` datagrams of ``stride``."""
+    per_send = max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
+    return [(start, min(start + per_send, count)) for start in range(0, count, per_send)]
+
+
+class Layout(NamedTuple):
+    """How one super-frame goes out: each GSO send's buffers and byte count, and the
+    datagrams' stride."""
+
+    sends: list[tuple[list[Buffer], int]]
+    stride: int
+    datagrams: int
+    size: int
+    """Bytes on the wire (UDP payloads), for the counters."""
+
+
+class SuperframeSender:
+    """Lays out super-frames read into ``source`` (virtio-net header, then the frame) as
+    SEGMENT datagrams; one per sending thread, as it reuses its tables."""
+
+    def __init__(self, source: bytearray) -> None:
+        self._source = memoryview(source)
+        self._rows = np.zeros(MAX_SEGMENTS, _ROW)
+        self._rows["index"] = np.arange(MAX_SEGMENTS)
+        self._row_bytes = self._rows.view(np.uint8).reshape(MAX_SEGMENTS, ROW_SIZE)
+        self._counting = np.arange(MAX_SEGMENTS, dtype=np.uint64)
+        self._row_views: list[memoryview] | None = None
+        self._head = b""
+        self._shape_of_rows = (-1, -1)
+        self._plain: dict[tuple[int, int, int], Layout] = {}
+        self._sealed: dict[tuple[int, int], tuple[Layout, int]] = {}
+        self._out: bytearray | None = None  # the sealed datagrams, made on first use
+        self._cipher: RunCipher | None = None
+
+    def layout(
+        self,
+        plan: vn.SegmentPlan,
+        frame_len: int,
+        head: bytes,
+        first_sequence: int,
+        superframe_id: int,
+        key: bytes | None,
+    ) -> Layout:
+        """The datagrams of the super-frame in the source buffer (``frame_len`` bytes after its
+        virtio-net header), cut as ``plan`` says; ``head`` is their header's first 24 bytes
+        (:func:`header_head`). Valid until the next call. ValueError if it cannot be laid out
+        here (more than :data:`MAX_SEGMENTS` segments, or headers over the limit)."""
+        header_len, size, count, _ = plan
+        if count > MAX_SEGMENTS or header_len > MAX_SEGMENT_HEADERS:
+            raise ValueError(f"super-frame of {count} segments, {header_len} header bytes")
+        rows = self._rows
+        if head != self._head:
+            rows["head"] = np.void(head)
+            self._head = head
+        if (count, header_len) != self._shape_of_rows:
+            rows["count"] = count
+            rows["header_len"] = header_len
+            self._shape_of_rows = (count, header_len)
+        rows["sequence"][:count] = self._counting[:count] + np.uint64(first_sequence)
+        rows["superframe"][:count] = superframe_id & SERIAL_MASK
+        if key is None:
+            return self._plain_layout(header_len, size, frame_len, count)
+        return self._sealed_layout(header_len, size, frame_len, count, first_sequence, key)
+
+    def _plain_layout(self, header_len: int, size: int, frame_len: int, count: int) -> Layout:
+        """Kept per (header length, segment size, count); only the last payload's slice and
+        the last send's byte count change with the frame's length."""
+        shape = (header_len, size, count)
+        layout = self._plain.get(shape)
+        if layout is None:
+            layout = self._plain[shape] = self._new_plain_layout(header_len, size, count)
+            if len(self._plain) > _SHAPES:
+                self._plain.clear()
+                self._plain[shape] = layout
+        start = vn.VNET_HEADER_SIZE + header_len + (count - 1) * size
+        end = vn.VNET_HEADER_SIZE + frame_len
+        buffers, nbytes = layout.sends[-1]
+        nbytes += end - start - len(buffers[-1])
+        buffers[-1] = self._source[start:end]
+        layout.sends[-1] = (buffers, nbytes)
+        overhead = count * (ROW_SIZE + vn.VNET_HEADER_SIZE + header_len)
+        return layout._replace(size=overhead + frame_len - header_len)
+
+    def _new_plain_layout(self, header_len: int, size: int, count: int) -> Layout:
+        if self._row_views is None:
+            self._row_views = [row.data for row in self._row_bytes]
+        rows, source = self._row_views, self._source
+        common = source[: vn.VNET_HEADER_SIZE + header_len]
+        start = vn.VNET_HEADER_SIZE + header_len
+        stride = ROW_SIZE + len(common) + size
+        sends = []
+        for first, last in sends_for(stride, count):
+            buffers: list[Buffer] = []
+            for i in range(first, last):
+                at = start + i * size
+                buffers += (rows[i], common, source[at : at + size])
+            sends.append((buffers, sum(len(b) for b in buffers)))
+        return Layout(sends, stride, count, 0)
+
+    def _sealed_layout(
+        self, header_len: int, size: int, frame_len: int, count: int, sequence: int, key: bytes
+    ) -> Layout:
+        if self._out is None:
+            self._out = bytearray(MAX_SEGMENTS * (ROW_SIZE + TAG_SIZE) + 2 * 65536)
+            self._cipher = RunCipher(self._out, MAX_SEGMENTS, HEADER_SIZE)
+        assert self._cipher is not None
+        out = self._out
+        common_len = vn.VNET_HEADER_SIZE + header_len
+        body_at = ROW_SIZE + common_len
+        stride = body_at + size + TAG_SIZE
+        payload = frame_len - header_len
+        last_payload = payload - (count - 1) * size
+        if count * stride > len(out):
+            raise ValueError(f"super-frame of {count} segments of {size} bytes")
+        grid = np.frombuffer(out, np.uint8, count=count * stride).reshape(count, stride)
+        source = np.frombuffer(self._source, np.uint8)
+        grid[:, :ROW_SIZE] = self._row_bytes[:count]
+        grid[:, ROW_SIZE:body_at] = source[:common_len]
+        start = common_len
+        grid[: count - 1, body_at : body_at + size] = source[
+            start : start + (count - 1) * size
+        ].reshape(count - 1, size)
+        last_at = (count - 1) * stride + body_at
+        out[last_at : last_at + last_payload] = self._source[
+            start + (count - 1) * size : start + payload
+        ]
+        last_size = body_at + last_payload + TAG_SIZE
+        self._cipher.seal(stride, count, last_size, sequence, key)
+        total = (count - 1) * stride + last_size
+        shape = (stride, count)
+        cached = self._sealed.get(shape)
+        if cached is None:
+            view = memoryview(out)
+            sends: list[tuple[list[Buffer], int]] = []
+            for first, last in sends_for(stride, count):
+                piece = view[first * stride : last * stride]
+                sends.append(([piece], len(piece)))
+            cached = (Layout(sends, stride, count, 0), sends_for(stride, count)[-1][0] * stride)
+            if len(self._sealed) >= _SHAPES:
+                self._sealed.clear()
+            self._sealed[shape] = cached
+        layout, last_send = cached
+        layout.sends[-1] = ([memoryview(out)[last_send:total]], total - last_send)
+        return layout._replace(size=total)
+
+
+class SegmentRun(NamedTuple):
+    """Consecutive segments of one super-frame, received in one run and checked."""
+
+    superframe: int
+    first_index: int
+    total: int
+    """Segments in the whole super-frame."""
+    vnet: Buffer
+    headers: Buffer
+    payloads: list[Buffer]
+    """Each segment's payload, in order (views into the receive buffer)."""
+
+
+class RunCheck(NamedTuple):
+    """What :meth:`RunReader.read` found.
+
+    ``run``: the run as one super-frame's consecutive segments. Otherwise, when ``opened``
+    (sealed datagrams are opened in place, so they cannot be read again), ``bodies`` are those
+    that were authentic and new, to take one by one, and ``rejected``/``replayed`` count the
+    others; when not, nothing was touched: take the datagrams one by one from the start.
+    """
+
+    run: SegmentRun | None
+    opened: bool
+    bodies: list[Buffer]
+    rejected: int
+    replayed: int
+
+
+class RunReader:
+    """Checks GRO runs of SEGMENT datagrams received into ``buffer`` (at its start), opening
+    sealed ones in place; one per receiving thread."""
+
+    def __init__(self, buffer: bytearray) -> None:
+        self._view = memoryview(buffer)
+        self._cipher = RunCipher(buffer, MAX_GSO_SEGMENTS * 2, HEADER_SIZE)
+        self._slices: dict[tuple[int, int, int], list[Buffer]] = {}
+        self._last_shape = (1, 1, 0, 0)  # the last run read: (stride, count, bytes, tag)
+
+    def read(
+        self, nbytes: int, stride: int, key: bytes | None, window: ReplayWindow | None
+    ) -> RunCheck:
+        """The run of ``nbytes`` at the buffer's start, in datagrams of ``stride`` bytes, all
+        from one hop whose first 24 header bytes the caller checked on the first datagram."""
+        view = self._view
+        count = -(-nbytes // stride)
+        last_at = (count - 1) * stride
+        last_len = nbytes - last_at
+        tag = 0 if key is None else TAG_SIZE
+        self._last_shape = (stride, count, last_len, tag)
+        if (
+            count > self._cipher.max_datagrams
+            or last_len < HEADER_SIZE + SEGMENT_OVERHEAD + tag
+            or bytes(view[last_at : last_at + 24]) != bytes(view[:24])
+        ):
+            return _NOT_A_RUN
+        first_sequence = _SEQUENCE.unpack_from(view, 24)[0]
+        if _SEQUENCE.unpack_from(view, last_at + 24)[0] != first_sequence + count - 1:
+            return _NOT_A_RUN
+        if key is not None:
+            assert window is not None
+            failed = self._cipher.open(stride, count, last_len, first_sequence, key)
+            if failed or not window.accept_run(first_sequence, count):
+                return self._one_by_one(stride, count, last_len, first_sequence, failed, window)
+        run = self._segments(stride, count, last_len, tag)
+        if run is None and key is not None:
+            return RunCheck(None, True, self._bodies(stride, count, last_len, tag), 0, 0)
+        return RunCheck(run, key is not None, [], 0, 0)
+
+    def _segments(self, stride: int, count: int, last_len: int, tag: int) -> SegmentRun | None:
+        view = self._view
+        last_at = (count - 1) * stride
+        sid, index, total, header_len = SEGMENT_PREFIX.unpack_from(view, HEADER_SIZE)
+        start = HEADER_SIZE + SEGMENT_OVERHEAD + header_len
+        size = stride - start - tag
+        last_size = last_len - start - tag
+        if (
+            header_len > MAX_SEGMENT_HEADERS
+            or size <= 0
+            or last_size <= 0
+            or last_size > size
+            or index + count > total
+            or (last_size < size and index + count < total)
+            or SEGMENT_PREFIX.unpack_from(view, last_at + HEADER_SIZE)
+            != (sid, index + count - 1, total, header_len)
+            or bytes(view[last_at + ROW_SIZE : last_at + start]) != bytes(view[ROW_SIZE:start])
+        ):
+            return None
+        shape = (stride, count, start)
+        payloads = self._slices.get(shape)
+        if payloads is None:
+            payloads = [view[at + start : at + stride - tag] for at in range(0, last_at, stride)]
+            payloads.append(view[:0])
+            if len(self._slices) >= _SHAPES:
+                self._slices.clear()
+            self._slices[shape] = payloads
+        payloads[-1] = view[last_at + start : last_at + last_len - tag]
+        common = ROW_SIZE + vn.VNET_HEADER_SIZE
+        return SegmentRun(sid, index, total, view[ROW_SIZE:common], view[common:start], payloads)
+
+    def bodies(self) -> list[Buffer]:
+        """The SEGMENT bodies of the run last read (views: copy what is kept)."""
+        return self._bodies(*self._last_shape)
+
+    def open_one(self, offset: int, size: int, sequence: int, key: bytes) -> bool:
+        """Open one sealed datagram in the buffer in place (False: not authentic)."""
+        return self._cipher.open_one(offset, size, sequence, key)
+
+    def _bodies(self, stride: int, count: int, last_len: int, tag: int) -> list[Buffer]:
+        view = self._view
+        return [
+            view[at + HEADER_SIZE : at + (stride if i < count - 1 else last_len) - tag]
+            for i, at in enumerate(range(0, count * stride, stride))
+        ]
+
+    def _one_by_one(
+        self,
+        stride: int,
+        count: int,
+        last_len: int,
+        first_sequence: int,
+        failed: list[int],
+        window: ReplayWindow,
+    ) -> RunCheck:
+        """Some datagram failed its tag, or the run is not all newer than the window: each
+        one is taken or refused on its own, as :func:`header.decode_datagram` would."""
+        bad = set(failed)
+        bodies = self._bodies(stride, count, last_len, TAG_SIZE)
+        kept: list[Buffer] = []
+        replayed = 0
+        for i, body in enumerate(bodies):
+            if i in bad:
+                continue
+            if window.check_and_update(first_sequence + i):
+                kept.append(body)
+            else:
+                replayed += 1
+        return RunCheck(None, True, kept, len(bad), replayed)
+
+
+_NOT_A_RUN = RunCheck(None, False, [], 0, 0)
