@@ -14,7 +14,8 @@ Where things are, from the wire up:
 - ``switch``      the overlay's MAC-learning Ethernet switch (per frame, stateful, pure)
 - ``forwarding``  THE forwarding decision: (snapshot, captured frame or received header) ->
                   operations (send, deliver, relay, control, drop); pure, property-tested
-- ``forwarder``   the two packet threads (TAP -> UDP, UDP -> TAP): they only execute operations
+- ``superframes`` the bulk path: a super-frame as gathered GSO sends, a GRO run back, no copies
+- ``forwarder``   the packet thread (TAP -> UDP and UDP -> TAP): it only executes operations
 - ``path``        UDP path liveness and path-MTU search per neighbour (pure)
 
 ``meshnet.dataplane.service`` starts the forwarder and hands it snapshots built from the router's

@@ -8,7 +8,7 @@ One pure function per direction, like weave's ``handleCapturedPacket`` returning
   :class:`Deliver` (into our bridge, through the switch) and/or :class:`Relay` (pass it on to a
   neighbour, re-sealed, with :meth:`DatagramHeader.relayed`), or :class:`Drop`.
 
-The packet threads (:mod:`meshnet.dataplane.sleeve.forwarder`) only execute the operations. The
+The packet thread (:mod:`meshnet.dataplane.sleeve.forwarder`) only executes the operations. The
 rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``:
 
 - **Unicast** goes to ``routes.next_hop(destination)``, hop by hop; each hop is one step closer
@@ -34,7 +34,7 @@ rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``
 
 Speed: the answers are precomputed when a :class:`Snapshot` is built (per destination) or on
 first use (per broadcast origin and incoming hop), so a decision is a dict lookup or two, and the
-threads take it once per frame, per super-frame or per GRO run, not per datagram of a run. The
+thread takes it once per frame, per super-frame or per GRO run, not per datagram of a run. The
 operations returned are shared tuples: never mutate them.
 """
 
@@ -107,7 +107,7 @@ class Neighbour:
 
 
 class ForwardDrop(enum.Enum):
-    """Why the forwarding decision dropped a frame or datagram (the threads count by value)."""
+    """Why the forwarding decision dropped a frame or datagram (counted by value)."""
 
     UNREACHABLE = "unreachable"  # no route to the destination peer
     NO_PATH = "no_path"  # the next hop has no UDP path (not a neighbour of the data plane)
