@@ -18,7 +18,10 @@ the sender or the receiver, Python (user) or the kernel (system).
 
 Needs root, iperf3 and ping. Not a test: numbers depend on the machine; compare ratios.
 
-    python bench/throughput.py [--seconds 5] [--only sleeve,vxlan]
+    python bench/throughput.py [--seconds 5] [--only sleeve,vxlan] [--rounds 3] [--compare REV]
+
+``--compare main~3`` adds each meshnet row again with the routers of that revision, measured
+in the same run: the before-and-after table of a change.
 """
 
 from __future__ import annotations
@@ -322,6 +325,44 @@ CASES: dict[str, Callable[[int], Result]] = {
 }
 
 
+ROUTER_CASES = ("fastdp", "sleeve", "encrypted", "loss")
+
+
+@contextmanager
+def revision_tree(revision: str | None) -> Iterator[str | None]:
+    """A checkout of ``revision`` for the routers to run from (removed afterwards)."""
+    if revision is None:
+        yield None
+        return
+    path = f"/tmp/meshnet-bench-{uuid.uuid4().hex[:8]}"
+    sh("git", "worktree", "add", "--detach", path, revision)
+    try:
+        yield path
+    finally:
+        sh("git", "worktree", "remove", "--force", path, check=False)
+
+
+def run_case(case: str, seconds: int, tree: str | None, revision: str | None) -> Result:
+    """One case; with ``tree``, its routers import meshnet from there: the lab passes the
+    environment and working directory on to ``python -m meshnet launch``, whose first import
+    path is the working directory."""
+    if tree is None:
+        return CASES[case](seconds)
+    saved = os.environ.get("PYTHONPATH"), os.getcwd()
+    os.environ["PYTHONPATH"] = tree
+    os.chdir(tree)
+    try:
+        result = CASES[case](seconds)
+    finally:
+        os.chdir(saved[1])
+        if saved[0] is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved[0]
+    result.name += f" @{revision}"
+    return result
+
+
 def median_result(runs: list[Result]) -> Result:
     """One case's runs as one row: the median of each figure (notes of every run kept)."""
     pings = [r.ping_ms for r in runs if r.ping_ms is not None]
@@ -354,6 +395,12 @@ def main() -> int:
         "--only", default=",".join(CASES), help="comma-separated: " + ",".join(CASES)
     )
     parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run every meshnet case with the routers of this git revision (a temporary "
+        "worktree), in the same rounds: before and after a change, from one run",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -367,8 +414,15 @@ def main() -> int:
     wanted = [c.strip() for c in args.only.split(",") if c.strip()]
     if "veth" not in wanted:
         wanted.insert(0, "veth")  # every ratio is against this run's routed veth
-    rounds = [[CASES[case](args.seconds) for case in wanted] for _ in range(max(1, args.rounds))]
-    results = [median_result([r[i] for r in rounds]) for i in range(len(wanted))]
+    with revision_tree(args.compare) as old:
+        cases = [(case, None) for case in wanted]
+        if old is not None:
+            cases += [(case, old) for case in wanted if case in ROUTER_CASES]
+        rounds = [
+            [run_case(case, args.seconds, tree, args.compare) for case, tree in cases]
+            for _ in range(max(1, args.rounds))
+        ]
+    results = [median_result([r[i] for r in rounds]) for i in range(len(cases))]
     base = results[0].gbits or 1.0
     vxlan = next((r for r in results if r.name == "kernel vxlan"), None)
     title = f"single-stream iperf3 TCP, {args.seconds}s, ping under load"
