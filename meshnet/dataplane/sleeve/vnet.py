@@ -64,9 +64,11 @@ _ICMPV4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _IPV6_SKIPPABLE = frozenset({0, 60})
 
 
-@dataclass(frozen=True, slots=True)
-class VnetHeader:
-    """struct virtio_net_hdr (without num_buffers): what the kernel knows about a TAP frame."""
+class VnetHeader(NamedTuple):
+    """struct virtio_net_hdr (without num_buffers): what the kernel knows about a TAP frame.
+
+    A NamedTuple: one is parsed per super-frame, and a tuple is made in a third of the time
+    a frozen dataclass takes."""
 
     flags: int = 0
     gso_type: int = GSO_NONE
@@ -80,7 +82,7 @@ def parse_vnet(buf: bytes | bytearray | memoryview) -> VnetHeader:
     """The header at the start of ``buf`` (a TAP read or the header alone)."""
     if len(buf) < VNET_HEADER_SIZE:
         raise RemoteProtocolError(f"virtio-net header needs 10 bytes, got {len(buf)}")
-    return VnetHeader(*_VNET.unpack_from(buf))
+    return VnetHeader._make(_VNET.unpack_from(buf))
 
 
 def pack_vnet(h: VnetHeader) -> bytes:
