@@ -112,6 +112,8 @@ def up(
     # Routers, "finding each other", attachments, and the containers' resolv.conf.
     steps += 0 if no_daemons else len(spec.hosts) + 1 + containers_total + bool(containers_total)
     steps += len(spec.hosts) if docker else 0  # a dockerd per host (the image replaces DNS)
+    natted = sum(h.nat is not None for h in spec.hosts)
+    steps += 1 + natted if natted else 0  # the internet router and a NAT router per NATed host
     err = console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -162,6 +164,19 @@ def _print_summary(state: dict[str, Any]) -> None:
             ", ".join(h["containers"]) or "-",
         )
     out.print(hosts)
+    if state.get("nats"):
+        nats = Table(title="NATs (behind each, a host; beyond them, the internet router)")
+        for column in ("host", "kind", "private address", "NAT router", "public address"):
+            nats.add_column(column)
+        for nat in state["nats"]:
+            nats.add_row(
+                nat["host"],
+                nat["kind"],
+                f"{nat['host_address']} (gateway {nat['gateway']})",
+                nat["namespace"] + ("" if nat["running"] else " (gone)"),
+                nat["public_address"],
+            )
+        out.print(nats)
     if state["containers"]:
         table = Table()
         for column in ("container", "host", "namespace", "interface", "address", "mac"):

@@ -1,6 +1,7 @@
 """Build, inspect, change and tear down a lab of simulated hosts in network namespaces.
 
-Every namespace a lab makes is named `mn-<lab>-<host or container>` and written to the lab's
+Every namespace a lab makes is named `mn-<lab>-<host or container>` (and, in a lab with NAT hosts,
+`mn-<lab>-<host>-nat` for each NAT router and `mn-<lab>-internet`) and written to the lab's
 journal *before* it is created, so `down` removes everything even after `up` crashed or was killed
 halfway. Links live inside the lab's namespaces (veth ends are created directly in their
 namespace), so removing the namespaces removes every link; nothing is made in the root namespace.
@@ -29,16 +30,28 @@ from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
 from meshnet.lab.record import Journal, LabRecord
 from meshnet.lab.topology import (
+    INTERNET,
+    InternetPlan,
     PlannedContainer,
     PlannedLink,
+    PlannedUplink,
     Topology,
     check_loss,
     format_rate,
+    nat_router_name,
     parse_rate,
     plan_addresses,
+    plan_internet,
 )
 
 DEFAULT_ROOT = Path("/run/meshnet/lab")
+# Interface names of the internet and the NATs (hosts' own links are "to-<peer>").
+UPLINK_IFNAME = "to-internet"  # a public host's link to the internet router
+NAT_HOST_IFNAME = "to-nat"  # a NATed host's link to its NAT router
+NAT_LAN_IFNAME = "lan"  # the NAT router's end of that link
+NAT_WAN_IFNAME = "wan"  # the NAT router's link to the internet router
+NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
+INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -149,6 +162,7 @@ def up(
         raise _name_taken(name) from None
     prefix = namespace_prefix(name)
     links, containers = plan_addresses(topology)
+    internet = plan_internet(topology, links)
     record = LabRecord(
         name=name,
         state="building",
@@ -158,6 +172,7 @@ def up(
                 "name": h.name,
                 "namespace": prefix + h.name,
                 "dir": str(directory / "hosts" / h.name),
+                **({"nat": h.nat} if h.nat else {}),
             }
             for h in topology.hosts
         ],
@@ -169,6 +184,7 @@ def up(
         dns_upstreams=list(dns_upstreams),
         fastdp=fastdp,
         docker=docker,
+        internet=_internet_record(prefix, internet),
     )
     for entry in record.hosts + record.containers if docker else []:
         entry["docker"] = True
@@ -176,6 +192,8 @@ def up(
     journal = Journal(directory / "journal")
     try:
         _build(record, links, containers, journal, progress)
+        if internet is not None:
+            _build_internet(record, internet, journal, progress)
         if daemons and docker:
             _start_routers(record, record.hosts, password, progress)
 
@@ -258,6 +276,118 @@ def _build(
             ns.set_up(CONTAINER_IFNAME)
 
 
+def _internet_record(prefix: str, plan: InternetPlan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return {
+        "namespace": prefix + INTERNET,
+        "public": [asdict(u) for u in plan.public],
+        "nats": [{**asdict(n), "namespace": prefix + nat_router_name(n.host)} for n in plan.nats],
+    }
+
+
+def nat_ruleset(kind: str) -> str:
+    """A home router's nftables (or a CGNAT's, with `random`): what leaves by the WAN takes the
+    router's address; from outside only replies come in, so nothing reaches the LAN unasked."""
+    random = " random" if kind == "random" else ""
+    return (
+        f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n"
+        f"table ip {NAT_TABLE} {{\n"
+        " chain postrouting {\n"
+        "  type nat hook postrouting priority srcnat; policy accept;\n"
+        f'  oifname "{NAT_WAN_IFNAME}" masquerade{random}\n'
+        " }\n"
+        # ("fwd" is an nft keyword: not a chain name.)
+        " chain forward {\n"
+        "  type filter hook forward priority filter; policy drop;\n"
+        "  ct state established,related accept\n"
+        f'  iifname "{NAT_LAN_IFNAME}" accept\n'
+        " }\n"
+        "}\n"
+    )
+
+
+def internet_ruleset(public_hosts: list[str]) -> str:
+    """The internet router joins NATs to public hosts and NATs to NATs, never two public hosts:
+    between those only the topology's [[links]] count, as in a lab without NAT."""
+    names = ", ".join(f'"{_link_ifname(h)}"' for h in public_hosts)
+    return (
+        f"table ip {INTERNET_TABLE} {{}}\ndelete table ip {INTERNET_TABLE}\n"
+        f"table ip {INTERNET_TABLE} {{\n"
+        " chain forward {\n"
+        "  type filter hook forward priority filter; policy accept;\n"
+        f"  iifname {{ {names} }} oifname {{ {names} }} reject with icmp type admin-prohibited\n"
+        " }\n"
+        "}\n"
+    )
+
+
+def _build_internet(
+    record: LabRecord,
+    plan: InternetPlan,
+    journal: Journal,
+    progress: Callable[[str], None],
+) -> None:
+    """The internet router, linked to every public host and to a NAT router per NATed host.
+
+    Public hosts and NAT routers route everything they have no link for to the internet; the
+    internet router knows every public address, and no private one, so a NATed host is reached
+    only through what its NAT lets back in.
+    """
+    prefix = namespace_prefix(record.name)
+    router = prefix + INTERNET
+    namespaces = {h["name"]: h["namespace"] for h in record.hosts}
+    progress(INTERNET)
+    _create_namespace(journal, router)
+    netlink.set_ipv4_forwarding(router)
+    for uplink in plan.public:
+        _link_to_internet(router, namespaces[uplink.host], UPLINK_IFNAME, uplink, record.mtu)
+    for nat in plan.nats:
+        progress(f"NAT of {nat.host} ({nat.kind})")
+        nat_namespace = prefix + nat_router_name(nat.host)
+        _create_namespace(journal, nat_namespace)
+        netlink.set_ipv4_forwarding(nat_namespace)
+        with netlink.namespace(nat_namespace) as ns:
+            ns.create_veth(NAT_LAN_IFNAME, NAT_HOST_IFNAME, namespaces[nat.host], mtu=record.mtu)
+            ns.add_address(NAT_LAN_IFNAME, nat.lan_address)
+            ns.set_up(NAT_LAN_IFNAME)
+        with netlink.namespace(namespaces[nat.host]) as ns:
+            ns.add_address(NAT_HOST_IFNAME, nat.host_address)
+            ns.set_up(NAT_HOST_IFNAME)
+            ns.add_route("0.0.0.0/0", NAT_HOST_IFNAME, gateway=_ip(nat.lan_address))
+        _link_to_internet(router, nat_namespace, NAT_WAN_IFNAME, nat.uplink, record.mtu)
+        run_nft(
+            "-f", "-", script=nat_ruleset(nat.kind), namespace=nat_namespace, needed_by="lab NAT"
+        )
+    if len(plan.public) > 1:
+        script = internet_ruleset([u.host for u in plan.public])
+        run_nft("-f", "-", script=script, namespace=router, needed_by="lab NAT")
+
+
+def _link_to_internet(
+    router: str, namespace: str, ifname: str, uplink: PlannedUplink, mtu: int
+) -> None:
+    """One link from the internet router to a public host or NAT router, whose default route
+    it becomes; the router reaches the host's other underlay addresses through it too."""
+    router_ifname = _link_ifname(uplink.host)
+    with netlink.namespace(router) as ns:
+        ns.create_veth(router_ifname, ifname, namespace, mtu=mtu)
+        ns.add_address(router_ifname, uplink.router_address)
+        ns.set_up(router_ifname)
+    with netlink.namespace(namespace) as ns:
+        ns.add_address(ifname, uplink.address)
+        ns.set_up(ifname)
+        ns.add_route("0.0.0.0/0", ifname, gateway=_ip(uplink.router_address))
+    if uplink.routed:
+        with netlink.namespace(router) as ns:
+            for destination in uplink.routed:
+                ns.add_route(destination, router_ifname, gateway=_ip(uplink.address))
+
+
+def _ip(cidr: str) -> str:
+    return cidr.split("/")[0]
+
+
 def host_api_socket(host_dir: str | Path) -> Path:
     return Path(host_dir) / "meshnet.sock"
 
@@ -272,7 +402,13 @@ def host_environment(host: dict[str, Any]) -> dict[str, str]:
 
 
 def _neighbour_addresses(record: LabRecord, host: str) -> list[str]:
-    """The underlay addresses `host` reaches its topology neighbours at."""
+    """The underlay addresses `host` reaches its topology neighbours at.
+
+    A NATed host's neighbours are the public hosts, at their internet addresses; nobody is told
+    a NATed host's private address (only its own NAT router could reach it).
+    """
+    if record.internet is not None and record.find_host(host).get("nat"):
+        return [_ip(u["address"]) for u in record.internet["public"]]
     out = []
     for link in record.links:
         if link["a"] == host:
@@ -357,6 +493,11 @@ def _components(record: LabRecord) -> dict[str, int]:
     for link in record.links:
         adjacent[link["a"]].add(link["b"])
         adjacent[link["b"]].add(link["a"])
+    if record.internet is not None:  # a NATed host dials every public host
+        for nat in record.internet["nats"]:
+            for uplink in record.internet["public"]:
+                adjacent[nat["host"]].add(uplink["host"])
+                adjacent[uplink["host"]].add(nat["host"])
     sizes = {}
     for host in adjacent:
         seen, todo = {host}, [host]
@@ -504,6 +645,19 @@ def status(name: str | None) -> dict[str, Any]:
         by_host[link["b"]].append(
             {"peer": link["a"], "interface": _link_ifname(link["a"]), "address": link["b_address"]}
         )
+    internet = record.internet
+    for uplink in internet["public"] if internet else []:
+        by_host[uplink["host"]].append(
+            {"peer": INTERNET, "interface": UPLINK_IFNAME, "address": uplink["address"]}
+        )
+    for nat in internet["nats"] if internet else []:
+        by_host[nat["host"]].append(
+            {
+                "peer": nat_router_name(nat["host"]),
+                "interface": NAT_HOST_IFNAME,
+                "address": nat["host_address"],
+            }
+        )
     hosts = []
     for h in record.hosts:
         hosts.append(
@@ -517,6 +671,7 @@ def status(name: str | None) -> dict[str, Any]:
                 "containers": [c["name"] for c in record.containers if c["host"] == h["name"]],
                 "api_socket": str(host_api_socket(h["dir"])),
                 "router": _router_status(h) if record.daemons else None,
+                "nat": h.get("nat"),  # the kind of NAT the host sits behind, or None
             }
         )
     containers = []
@@ -567,6 +722,28 @@ def status(name: str | None) -> dict[str, Any]:
         "hosts": hosts,
         "containers": containers,
         "links": links,
+        "nats": [
+            {
+                "host": nat["host"],
+                "kind": nat["kind"],
+                "namespace": nat["namespace"],
+                "running": netlink.namespace_exists(nat["namespace"]),
+                "host_address": _ip(nat["host_address"]),  # private, behind the NAT
+                "gateway": _ip(nat["lan_address"]),
+                # What others see a NATed host's packets come from.
+                "public_address": _ip(nat["uplink"]["address"]),
+            }
+            for nat in (internet["nats"] if internet else [])
+        ],
+        "internet": None
+        if internet is None
+        else {
+            "namespace": internet["namespace"],
+            "running": netlink.namespace_exists(internet["namespace"]),
+            "public": [
+                {"host": u["host"], "address": _ip(u["address"])} for u in internet["public"]
+            ],
+        },
     }
 
 
@@ -635,7 +812,14 @@ def exec_target(name: str | None, target: str) -> tuple[str, dict[str, str]]:
     for container in record.containers:
         if container["name"] == target:
             return str(container["namespace"]), {}
-    known = [e["name"] for e in record.hosts + record.containers]
+    routers = {}  # the NAT routers and the internet router, for `lab exec n1-nat conntrack -L`
+    if record.internet is not None:
+        routers[INTERNET] = record.internet["namespace"]
+        for nat in record.internet["nats"]:
+            routers[nat_router_name(nat["host"])] = nat["namespace"]
+    if target in routers:
+        return str(routers[target]), {}
+    known = [e["name"] for e in record.hosts + record.containers] + list(routers)
     raise UserError(
         f"no host or container named {target!r} in lab {name} "
         f"(there are: {', '.join(known[:12])}{'...' if len(known) > 12 else ''})"

@@ -1,6 +1,10 @@
 """What a lab looks like before it is built: hosts, links, containers and their addresses.
 
 Pure: built-in shapes and topology files become a validated `LabPlan`; nothing touches the kernel.
+
+A host may sit behind its own NAT router (`nat = "masquerade"` or `"random"`). A topology with any
+such host also gets an "internet": one router that every public host and every NAT router is
+linked to (`plan_internet`). Without NAT hosts there is no internet and nothing else changes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ UNDERLAY_RANGE = ipaddress.IPv4Network("172.31.0.0/16")
 CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 MAX_HOSTS = 250
 MAX_CONTAINERS_PER_HOST = 250
+# The internet of a lab with NAT hosts: one /24 per host (its own link to the internet router, or
+# its NAT router's), numbered by the host's position. 198.18.0.0/15 is set aside for benchmark
+# networks (RFC 2544): it looks nothing like the private ranges, as a real public address would
+# not, and no real host is ever reached through it.
+INTERNET_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+# Behind a NAT: one /24 per NATed host, the home-router range, numbered like the internet.
+PRIVATE_RANGE = ipaddress.IPv4Network("192.168.0.0/16")
+# nftables `masquerade` keeps the source port when it is free (a home router); `masquerade random`
+# picks a fresh port for every mapping (a symmetric NAT, as carrier-grade and cloud NAT gateways).
+NAT_KINDS = ("masquerade", "random")
+INTERNET = "internet"  # the internet router's name (its namespace is <prefix>internet)
 # Interface names hold 15 bytes: "to-" + host and "ve-" + container must fit.
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 
@@ -43,6 +58,12 @@ class LinkSpec:
 class HostSpec:
     name: str
     containers: tuple[str, ...]
+    nat: str | None = None  # one of NAT_KINDS: the host sits behind its own NAT router
+
+
+def nat_router_name(host: str) -> str:
+    """The NAT router of a NATed host: its namespace is the lab's prefix plus this."""
+    return f"{host}-nat"
 
 
 @dataclass(frozen=True)
@@ -150,9 +171,15 @@ def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> To
         _check_name(name, "host")
         if not isinstance(spec, dict):
             raise UserError(f"host {name}: expected a table")
-        extra = set(spec) - {"containers"}
+        extra = set(spec) - {"containers", "nat"}
         if extra:
             raise UserError(f"host {name}: unknown keys {sorted(extra)}")
+        nat = spec.get("nat")
+        if nat is not None and nat not in NAT_KINDS:
+            raise UserError(
+                f"host {name}: nat must be one of {', '.join(repr(k) for k in NAT_KINDS)}, "
+                f"not {nat!r}"
+            )
         containers = spec.get("containers", default_containers or 0)
         if isinstance(containers, bool):
             raise UserError(f"host {name}: containers must be a count or a list of names")
@@ -164,7 +191,7 @@ def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> To
             names = containers
         else:
             raise UserError(f"host {name}: containers must be a count or a list of names")
-        hosts.append(HostSpec(name, tuple(_check_name(c, "container") for c in names)))
+        hosts.append(HostSpec(name, tuple(_check_name(c, "container") for c in names), nat))
     links_data = data.get("links", [])
     if not isinstance(links_data, list):
         raise UserError("links must be an array of tables: [[links]]")
@@ -215,7 +242,34 @@ def validate(topology: Topology) -> Topology:
         pairs.add(link.key)
     if len(topology.links) > UNDERLAY_RANGE.num_addresses // 256:
         raise UserError(f"too many links ({len(topology.links)}): the lab has room for 256")
+    _validate_nat(topology, seen)
     return topology
+
+
+def _validate_nat(topology: Topology, names: set[str]) -> None:
+    """A NATed host reaches others only through its NAT: a direct link would bypass it.
+
+    The NAT routers and the internet router are namespaces named like hosts, so those names are
+    taken once the topology has any NAT host.
+    """
+    natted = [h for h in topology.hosts if h.nat is not None]
+    for host in natted:
+        if host.nat not in NAT_KINDS:
+            raise UserError(f"host {host.name}: unknown nat {host.nat!r}")
+    if not natted:
+        return
+    for link in topology.links:
+        for end in (link.a, link.b):
+            if any(h.name == end for h in natted):
+                raise UserError(
+                    f"link {link.a}-{link.b}: host {end} is behind NAT, so it has no links of its "
+                    "own (it reaches the public hosts through its NAT router and the internet)"
+                )
+    for reserved in [INTERNET, *(nat_router_name(h.name) for h in natted)]:
+        if reserved in names:
+            raise UserError(
+                f"name {reserved!r} is taken by a router of the lab's NAT (choose another name)"
+            )
 
 
 @dataclass(frozen=True)
@@ -252,3 +306,72 @@ def plan_addresses(topology: Topology) -> tuple[list[PlannedLink], list[PlannedC
                 PlannedContainer(name, host.name, f"{address}/{CONTAINER_RANGE.prefixlen}")
             )
     return links, containers
+
+
+@dataclass(frozen=True)
+class PlannedUplink:
+    """A link to the internet router: from a public host, or from a NATed host's NAT router."""
+
+    host: str  # the public host, or the NATed host whose NAT router owns this link
+    address: str  # "198.18.N.2/24" at the host's (or NAT router's) end: its public address
+    router_address: str  # "198.18.N.1/24" at the internet router's end
+    # The host's other underlay addresses (on its [[links]]), which the internet router routes
+    # to it so that a NATed host reaches every address of a public host.
+    routed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedNat:
+    """A NATed host, the link to its own NAT router, and that router's uplink."""
+
+    host: str
+    kind: str  # one of NAT_KINDS
+    host_address: str  # "192.168.N.2/24": the host's private address
+    lan_address: str  # "192.168.N.1/24": the NAT router's end, the host's default gateway
+    uplink: PlannedUplink
+
+
+@dataclass(frozen=True)
+class InternetPlan:
+    public: tuple[PlannedUplink, ...]  # one per public host, in host order
+    nats: tuple[PlannedNat, ...]  # one per NATed host, in host order
+
+
+def plan_internet(topology: Topology, links: Sequence[PlannedLink]) -> InternetPlan | None:
+    """The internet and the NATs of a topology with NAT hosts (None without any).
+
+    Host number i (from 0, in file order) gets 198.18.i.0/24 for its uplink and, behind NAT,
+    192.168.i.0/24 for its private link: addresses depend only on the host's position.
+    """
+    if not any(h.nat for h in topology.hosts):
+        return None
+    internet = INTERNET_RANGE.subnets(new_prefix=24)
+    private = PRIVATE_RANGE.subnets(new_prefix=24)
+    public: list[PlannedUplink] = []
+    nats: list[PlannedNat] = []
+    for host, uplink_net, private_net in zip(topology.hosts, internet, private, strict=False):
+        own = [
+            address
+            for link in links
+            for end, address in ((link.a, link.a_address), (link.b, link.b_address))
+            if end == host.name
+        ]
+        uplink = PlannedUplink(
+            host.name,
+            f"{uplink_net.network_address + 2}/24",
+            f"{uplink_net.network_address + 1}/24",
+            routed=tuple(f"{a.split('/')[0]}/32" for a in own),
+        )
+        if host.nat is None:
+            public.append(uplink)
+        else:
+            nats.append(
+                PlannedNat(
+                    host.name,
+                    host.nat,
+                    f"{private_net.network_address + 2}/24",
+                    f"{private_net.network_address + 1}/24",
+                    uplink,
+                )
+            )
+    return InternetPlan(tuple(public), tuple(nats))

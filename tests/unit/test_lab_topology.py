@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,100 @@ def test_parse_rate_rejects() -> None:
     for text in ("fast", "10 mb", "1bit", ""):
         with pytest.raises(UserError):
             topo.parse_rate(text)
+
+
+NAT_FILE = (
+    '[hosts.p]\n[hosts.q]\n[hosts.n1]\nnat = "masquerade"\n[hosts.n2]\nnat = "random"\n'
+    '[[links]]\nhosts = ["p", "q"]\n'
+)
+
+
+def load_text(tmp_path: Path, text: str) -> topo.Topology:
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return topo.load_file(path, default_containers=None)
+
+
+def test_nat_hosts_parse(tmp_path: Path) -> None:
+    t = load_text(tmp_path, NAT_FILE)
+    assert [(h.name, h.nat) for h in t.hosts] == [
+        ("p", None),
+        ("q", None),
+        ("n1", "masquerade"),
+        ("n2", "random"),
+    ]
+
+
+def test_the_shipped_nat_example_loads() -> None:
+    example = Path(__file__).parents[2] / "examples" / "nat.toml"
+    t = topo.load_file(example, default_containers=None)
+    assert {h.name: h.nat for h in t.hosts} == {"p": None, "n1": "masquerade", "n2": "random"}
+    assert all(len(h.containers) == 1 for h in t.hosts) and not t.links
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[hosts.a]\nnat = "full-cone"\n', "nat must be one of 'masquerade', 'random'"),
+        ("[hosts.a]\nnat = true\n", "nat must be one of"),
+        (
+            '[hosts.a]\n[hosts.b]\nnat = "random"\n[[links]]\nhosts = ["a", "b"]\n',
+            "host b is behind NAT, so it has no links",
+        ),
+        ('[hosts.a]\nnat = "masquerade"\n[hosts.internet]\n', "name 'internet' is taken"),
+        ('[hosts.a]\nnat = "masquerade"\n[hosts.b]\ncontainers = ["a-nat"]\n', "'a-nat' is taken"),
+    ],
+)
+def test_bad_nat(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_text(tmp_path, text)
+
+
+def test_without_nat_the_names_are_free_and_there_is_no_internet(tmp_path: Path) -> None:
+    t = load_text(
+        tmp_path, '[hosts.internet]\n[hosts.a-nat]\n[[links]]\nhosts = ["internet", "a-nat"]\n'
+    )
+    links, _ = topo.plan_addresses(t)
+    assert topo.plan_internet(t, links) is None
+    assert topo.plan_internet(topo.builtin("full", 4, 1), links) is None
+
+
+def test_the_internet_plan(tmp_path: Path) -> None:
+    t = load_text(tmp_path, NAT_FILE)
+    links, _ = topo.plan_addresses(t)
+    plan = topo.plan_internet(t, links)
+    assert plan is not None
+    assert [u.host for u in plan.public] == ["p", "q"]
+    assert [(n.host, n.kind) for n in plan.nats] == [("n1", "masquerade"), ("n2", "random")]
+    # By position in the file: p is host 0, n2 host 3.
+    assert plan.public[0] == topo.PlannedUplink(
+        "p", "198.18.0.2/24", "198.18.0.1/24", routed=("172.31.0.1/32",)
+    )
+    n2 = plan.nats[1]
+    assert (n2.host_address, n2.lan_address) == ("192.168.3.2/24", "192.168.3.1/24")
+    assert (n2.uplink.address, n2.uplink.router_address) == ("198.18.3.2/24", "198.18.3.1/24")
+    assert n2.uplink.routed == ()
+
+
+@given(st.lists(st.sampled_from([None, "masquerade", "random"]), min_size=1, max_size=40))
+def test_nat_plans_never_reuse_an_address(kinds: list[str | None]) -> None:
+    hosts = tuple(topo.HostSpec(f"h{i}", (f"c{i}",), nat) for i, nat in enumerate(kinds))
+    public = [h.name for h in hosts if h.nat is None]
+    t = topo.validate(
+        topo.Topology(hosts, tuple(topo.LinkSpec(a, b) for a, b in itertools.pairwise(public)))
+    )
+    links, containers = topo.plan_addresses(t)
+    plan = topo.plan_internet(t, links)
+    addresses = [a for link in links for a in (link.a_address, link.b_address)]
+    addresses += [c.address for c in containers]
+    if plan is None:
+        assert all(k is None for k in kinds)
+        return
+    uplinks = [*plan.public, *(n.uplink for n in plan.nats)]
+    addresses += [a for u in uplinks for a in (u.address, u.router_address)]
+    addresses += [a for n in plan.nats for a in (n.host_address, n.lan_address)]
+    assert len(addresses) == len(set(a.split("/")[0] for a in addresses))
+    assert len(uplinks) == len(hosts)
+    for nat in plan.nats:
+        assert ipaddress.ip_interface(nat.host_address) in topo.PRIVATE_RANGE
+        assert ipaddress.ip_interface(nat.uplink.address) in topo.INTERNET_RANGE

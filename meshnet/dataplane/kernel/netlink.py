@@ -206,6 +206,19 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     return result[0]
 
 
+def set_ipv4_forwarding(name: str, enabled: bool = True) -> None:
+    """Make namespace `name` route IPv4 between its interfaces (or stop), as a router does.
+
+    /proc/sys/net shows the namespace of the thread that opens it, so the write happens in a
+    thread inside `name` (netlink has no sysctl message).
+    """
+
+    def write() -> None:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1" if enabled else "0")
+
+    run_in_namespace(name, write)
+
+
 @contextmanager
 def namespace(name: str | None) -> Iterator[Namespace]:
     """Operations on one namespace through one netlink socket.
