@@ -109,6 +109,12 @@ def test_two_hosts_behind_nats_reach_each_other_through_the_public_one(make_lab:
     assert ping_loss(state, "n1-c1", "n2-c1") == 0
     peers = {p["nickname"]: p for p in api(state, "n1").get("/status/peers")}
     assert peers["n2"]["reachable"] and peers["n2"]["via"] == ["p"]
+    # Nobody is told to dial an address behind a NAT: the NATed hosts dial p only (p's
+    # advertised connections are inbound ones), and p dials nobody.
+    for host in ("n1", "n2"):
+        targets = api(state, host).get("/status/targets")
+        assert [t["state"] for t in targets] == ["connected"], targets
+    assert api(state, "p").get("/status/targets") == []
 
 
 def test_a_nat_that_forgets_its_mappings_mid_stream_is_followed_within_seconds(
