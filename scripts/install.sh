@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(iproute2 nftables iputils-ping iperf3 bind9-dnsutils util-linux procps tmux tcpdump netcat-openbsd
-          docker.io busybox-static containernetworking-plugins)
+          docker.io busybox-static containernetworking-plugins conntrack)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

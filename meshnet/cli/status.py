@@ -112,6 +112,7 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
     table = Table(
         "peer",
         "udp path",
+        "endpoint",
         "path",
         "pmtu",
         "rtt ms",
@@ -131,6 +132,7 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
         table.add_row(
             f"{peer} ({path['nickname']})",
             path["state"],
+            (path.get("endpoint") or "-") + (" (NAT)" if path.get("nat_moved") else ""),
             path["kind"] if path["kind"] == "fastdp" else f"sleeve (fastdp {path['fastdp']})",
             str(path["pmtu"]),
             str(path["rtt_ms"]) if path["rtt_ms"] is not None else "-",

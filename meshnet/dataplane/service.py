@@ -79,6 +79,9 @@ class DataPlane:
         self.paths: dict[int, UdpPath] = {}
         # Per neighbour: sequences count on across reconnects, windows follow the receive key.
         self._sequences: dict[int, Sequences] = {}
+        # Where a neighbour's heartbeats really come from, when not its advertised endpoint (a
+        # NAT in front of it maps its port elsewhere): its path goes there.
+        self._moved: dict[int, tuple[str, int]] = {}
         self._windows: dict[int, wire.ReplayWindow] = {}
         self._links: dict[int, PeerLink] = {}
         self._dirty = trio.Event()
@@ -177,7 +180,7 @@ class DataPlane:
             path = self.paths.get(peer)
             neighbours[peer] = Neighbour(
                 name=peer,
-                address=(link.ip, link.port),
+                address=self._endpoint(peer, link),
                 send_key=link.send_key,
                 receive_key=link.receive_key,
                 sequences=self._sequences.setdefault(peer, Sequences()),
@@ -193,6 +196,35 @@ class DataPlane:
             fastdp=self.fastdp.up,
             fastdp_macs=frozenset(bytes.fromhex(m.replace(":", "")) for m in self.fastdp.pinned),
         )
+
+    def _endpoint(self, peer: int, link: PeerLink) -> tuple[str, int]:
+        """The UDP endpoint the path to ``peer`` uses: where its heartbeats come from, once
+        they came from elsewhere than its control connection's address and advertised port."""
+        return self._moved.get(peer) or (link.ip, link.port)
+
+    def _follow_heartbeats(self, peer: int, link: PeerLink, addr: Any) -> None:
+        """A heartbeat came from ``addr``: if that is not where the path goes, the neighbour's
+        NAT maps it there now, and the path follows (heartbeats every second keep that
+        mapping alive, well inside a NAT's usual 30 s UDP timeout). With a password the
+        heartbeat was authenticated; without one only its port may differ (the receive thread
+        passes nothing else)."""
+        endpoint = (str(addr[0]), int(addr[1]))
+        if endpoint == self._endpoint(peer, link):
+            return
+        if link.receive_key is None and endpoint[0] != link.ip:
+            self._count("heartbeat_from_another_host")
+            return
+        log.info(
+            "UDP path to %s follows its heartbeats to %s:%d (NAT)",
+            self.router.nick(peer),
+            *endpoint,
+        )
+        self._count("udp_endpoint_moved")
+        if endpoint == (link.ip, link.port):
+            self._moved.pop(peer, None)
+        else:
+            self._moved[peer] = endpoint
+        self._dirty.set()
 
     async def _follow_links(self) -> None:
         """Paths follow the router's live links (published only when one comes, goes or
@@ -229,12 +261,16 @@ class DataPlane:
                 self.paths.pop(peer, None)
                 self._sequences.pop(peer, None)
                 self._windows.pop(peer, None)
+                self._moved.pop(peer, None)
                 del self._links[peer]
         for peer, link in links.items():
             old = self._links.get(peer)
             if old is link:
                 continue
             self._links[peer] = link
+            moved = self._moved.get(peer)
+            if moved is not None and moved[0] != link.ip:
+                del self._moved[peer]  # a new connection from elsewhere: start from its address
             if old is None or old.receive_key != link.receive_key:
                 self._windows[peer] = wire.ReplayWindow()
             path = self.paths.get(peer)
@@ -299,8 +335,12 @@ class DataPlane:
         return PathVerdict(peer, path.established, self._path_info(peer, path))
 
     def _path_info(self, peer: int, path: UdpPath) -> dict[str, Any]:
+        link = self._links.get(peer)
+        endpoint = self._endpoint(peer, link) if link is not None else None
         return {
             "state": path.state.value,
+            "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
+            "nat_moved": peer in self._moved,
             "pmtu": path.payload_mtu,
             "rtt_ms": round(path.rtt * 1000, 3) if path.rtt is not None else None,
             **self.fastdp.peer_info(peer),
@@ -339,7 +379,7 @@ class DataPlane:
         )
         data = wire.encode_datagram(header, body, link.send_key)
         try:
-            self._sock.sendto(data, (link.ip, link.port))
+            self._sock.sendto(data, self._endpoint(peer, link))
         except OSError as e:
             if e.errno == errno.EMSGSIZE and kind == wire.Kind.PROBE:
                 path = self.paths.get(peer)
@@ -357,6 +397,8 @@ class DataPlane:
             return
         now = trio.current_time()
         before = (path.state, path.payload_mtu)
+        if header.kind == wire.Kind.HEARTBEAT:
+            self._follow_heartbeats(peer, link, addr)
         try:
             if header.kind == wire.Kind.HEARTBEAT:
                 ts, echo, hears = wire.decode_heartbeat(body)

@@ -166,13 +166,41 @@ def segments_from(origin: int, sid: int = 1) -> list[bytes]:
     ]
 
 
-def test_datagrams_from_a_udp_endpoint_no_neighbour_has_are_dropped_unread() -> None:
+def test_datagrams_from_a_host_no_neighbour_is_on_are_dropped_unread() -> None:
     f, _ = forwarder()
-    for source in (("192.0.2.9", 6783), ("192.0.2.2", 40000)):  # a stranger; the right IP only
-        for datagram in segments_from(PEER):
-            receive(f, memoryview(datagram), len(datagram), source)
-    assert f.statistics()["dropped"] == {"stranger": 8}
+    for datagram in segments_from(PEER):
+        receive(f, memoryview(datagram), len(datagram), ("192.0.2.9", 6783))
+    assert f.statistics()["dropped"] == {"stranger": 4}
     assert len(f._reassemblers) == 0
+
+
+def test_without_a_password_only_a_heartbeat_comes_from_another_port_of_the_neighbour() -> None:
+    heard: list[tuple[sw.DatagramHeader, Any]] = []
+    f, _ = forwarder()
+    f._on_control = lambda header, body, addr: heard.append((header, addr))
+    moved = ("192.0.2.2", 40000)  # the neighbour's NAT maps its port here now
+    for datagram in segments_from(PEER):
+        receive(f, memoryview(datagram), len(datagram), moved)
+    assert f.statistics()["dropped"] == {"unknown_sender": 4}
+    assert len(f._reassemblers) == 0
+    beat = sw.DatagramHeader(sw.Kind.HEARTBEAT, 0, 1, PEER, LOCAL, PEER, 9)
+    datagram = bytes(sw.encode_datagram(beat, sw.encode_heartbeat(5, 0, False), None))
+    receive(f, datagram, len(datagram), moved)
+    assert heard == [(beat, moved)]  # the control plane decides whether the path follows
+
+
+def test_with_a_password_a_forged_heartbeat_from_another_port_reaches_nobody() -> None:
+    key = bytes(range(32))
+    heard: list[Any] = []
+    f, _ = keyed_forwarder(key)
+    f._on_control = lambda *a: heard.append(a)
+    beat = sw.DatagramHeader(sw.Kind.HEARTBEAT, 0, 1, PEER, LOCAL, PEER, 9)
+    forged = bytes(sw.encode_datagram(beat, sw.encode_heartbeat(5, 0, False), bytes(32)))
+    receive(f, forged, len(forged), ("192.0.2.2", 40000))
+    assert heard == [] and f.statistics()["dropped"] == {"bad_tag": 1}
+    real = bytes(sw.encode_datagram(beat, sw.encode_heartbeat(5, 0, False), key))
+    receive(f, real, len(real), ("192.0.2.2", 40000))
+    assert len(heard) == 1
 
 
 def test_made_up_origins_leave_no_reassembler() -> None:

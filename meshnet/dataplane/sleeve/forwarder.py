@@ -401,7 +401,7 @@ class Forwarder:
                 head = bytearray(view[:24])
                 head[3] = 0
                 arrival = snap.arrival(bytes(head))
-            if arrival is None or not _sent_by(arrival[0], addr):
+            if arrival is None or not forwarding.sent_by(arrival[0], addr):
                 self._receive_each(snap, view[:nbytes], stride, addr, now)
             elif view[1] == wire.Kind.SEGMENT and nbytes > stride:
                 self._receive_run(snap, arrival, nbytes, stride, addr, now)
@@ -527,9 +527,13 @@ class Forwarder:
                 if received:
                     counts.add(hop_seen, received, size)
                     received = size = 0
-                if not _sent_by(snap.neighbours.get(hop), addr):
-                    counts.drops["unknown_sender"] += 1
+                neighbour = snap.neighbours.get(hop)
+                if not forwarding.sent_by(neighbour, addr):
                     hop_seen = -1
+                    if forwarding.may_move_path(neighbour, header, addr):
+                        self._moved_heartbeat(datagram, header, addr, snap)
+                    else:
+                        counts.drops["unknown_sender"] += 1
                     continue
                 hop_seen = hop
             ops = decide(snap, header)
@@ -561,6 +565,18 @@ class Forwarder:
             counts.add(hop_seen, received, size)
         for neighbour, out in forwards.values():
             self._send(neighbour, out, self._relayed)
+
+    def _moved_heartbeat(
+        self, datagram: memoryview, header: wire.DatagramHeader, addr: Any, snap: Snapshot
+    ) -> None:
+        """A heartbeat from a neighbour's host at another port: opened (without a password,
+        checked) like any, and handed to the control plane, which moves the path."""
+        try:
+            header, body = wire.decode_datagram(datagram, snap.key_for, snap.window_for, header)
+        except wire.DatagramError as e:
+            self._rx.drops[e.reason.value] += 1
+            return
+        self._on_control(header, bytes(body), addr)
 
     def _relay(
         self,
@@ -660,14 +676,6 @@ class Forwarder:
             flushed += table.expire(now, self._snapshot.routes.distance)
         for origin, frames in flushed:
             self._write_frames(origin, frames, False, now)
-
-
-def _sent_by(neighbour: Neighbour | None, addr: Any) -> bool:
-    """Whether a datagram from UDP source ``addr`` may be ``neighbour``'s (claimed as its hop):
-    its address; and without a password (nothing else vouches for it), its port too."""
-    if neighbour is None or neighbour.address[0] != addr[0]:
-        return False
-    return neighbour.receive_key is not None or neighbour.address[1] == addr[1]
 
 
 def _originated(

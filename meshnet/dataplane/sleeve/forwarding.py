@@ -44,7 +44,7 @@ import enum
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from meshnet.dataplane.sleeve.header import (
     BROADCAST,
@@ -72,7 +72,9 @@ __all__ = [
     "Snapshot",
     "Target",
     "captured",
+    "may_move_path",
     "received",
+    "sent_by",
 ]
 
 
@@ -199,8 +201,7 @@ class Snapshot:
         init=False, repr=False, compare=False
     )
     _deliver: Mapping[int, int] = field(init=False, repr=False, compare=False)
-    _sealed_ips: frozenset[str] = field(init=False, repr=False, compare=False)
-    _open_endpoints: frozenset[tuple[str, int]] = field(init=False, repr=False, compare=False)
+    _neighbour_ips: frozenset[str] = field(init=False, repr=False, compare=False)
     _arrivals: Mapping[bytes, tuple[Neighbour, int]] = field(init=False, repr=False, compare=False)
     _heads: dict[tuple[Kind, int, int, bool], bytes] = field(init=False, repr=False, compare=False)
 
@@ -224,10 +225,8 @@ class Snapshot:
         object.__setattr__(self, "_deliver", _entries_to_us(self.routes))
         object.__setattr__(self, "_arrivals", _arrivals(self))
         object.__setattr__(self, "_heads", {})
-        sealed = frozenset(n.address[0] for n in self.neighbours.values() if n.receive_key)
-        open_ = frozenset(n.address for n in self.neighbours.values() if not n.receive_key)
-        object.__setattr__(self, "_sealed_ips", sealed)
-        object.__setattr__(self, "_open_endpoints", open_)
+        ips = frozenset(n.address[0] for n in self.neighbours.values())
+        object.__setattr__(self, "_neighbour_ips", ips)
 
     def _flood_operations(self) -> Operations:
         """A frame from the bridge that goes everywhere.
@@ -281,11 +280,10 @@ class Snapshot:
         return ops
 
     def from_stranger(self, address: tuple[str, int]) -> bool:
-        """Whether a datagram from this UDP source comes from no neighbour we could take it
-        from. Without a password only a neighbour's own endpoint counts (nothing else vouches
-        for the sender); with one, the seal authenticates the neighbour, and its address
-        only has to be the neighbour's (a NAT may remap the port)."""
-        return address[:2] not in self._open_endpoints and address[0] not in self._sealed_ips
+        """Whether a datagram from this UDP source comes from no neighbour's host: dropped
+        before any parsing. Which port may send what is the forwarder's check (:func:`sent_by`,
+        and heartbeats, which may move a neighbour's path to the port its NAT now uses)."""
+        return address[0] not in self._neighbour_ips
 
     def arrival(self, head: bytes) -> tuple[Neighbour, int] | None:
         """(the neighbour, the origin) when a datagram's first 24 header bytes say it is data
@@ -311,6 +309,27 @@ class Snapshot:
     def window_for(self, hop: int) -> ReplayWindow | None:
         neighbour = self.neighbours.get(hop)
         return neighbour.window if neighbour else None
+
+
+def sent_by(neighbour: Neighbour | None, address: tuple[str, int]) -> bool:
+    """Whether a datagram from UDP source ``address`` may be ``neighbour``'s (claimed as its
+    hop): from its host; and without a password (nothing else vouches for it), from the very
+    endpoint its path uses. With one, the seal vouches, and a NAT may have moved the port."""
+    if neighbour is None or neighbour.address[0] != address[0]:
+        return False
+    return neighbour.receive_key is not None or neighbour.address[1] == address[1]
+
+
+def may_move_path(neighbour: Neighbour | None, header: DatagramHeader, address: Any) -> bool:
+    """Whether a datagram that is not :func:`sent_by` its claimed hop may still go to the
+    control plane: a heartbeat from the neighbour's host at another port, which is how a NAT
+    in front of the neighbour shows that it maps the neighbour's port elsewhere now. (Without
+    a password that is all that may move a path: another host never can.)"""
+    return (
+        header.kind is Kind.HEARTBEAT
+        and neighbour is not None
+        and neighbour.address[0] == address[0]
+    )
 
 
 def captured(snap: Snapshot, decision: Decision, owner: int, destination_mac: bytes) -> Operations:

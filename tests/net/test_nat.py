@@ -1,0 +1,190 @@
+"""Routers behind NAT (issue 19): a host behind a home router or a cloud NAT gateway joins the
+mesh, whatever port its NAT picks, through real nftables NAT in the lab."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from meshnet.dataplane.sleeve import wire
+from meshnet.lab import topology as topo
+from tests.net.conftest import ns_run
+from tests.net.test_mesh import api, wait_for
+
+pytestmark = pytest.mark.netns
+
+PASSWORD = "correct horse battery staple, behind a NAT"
+
+
+def nat_mesh(*nats: str) -> topo.Topology:
+    """A public host p and one host n<i> behind a NAT of each kind given; a container each."""
+    hosts = [topo.HostSpec("p", ("p-c1",))]
+    hosts += [topo.HostSpec(f"n{i}", (f"n{i}-c1",), kind) for i, kind in enumerate(nats, 1)]
+    return topo.validate(topo.Topology(hosts=tuple(hosts), links=()))
+
+
+def container(state: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in state["containers"] if c["name"] == name)
+
+
+def address(state: dict[str, Any], name: str) -> str:
+    return str(container(state, name)["addresses"][0].split("/")[0])
+
+
+def ping_loss(state: dict[str, Any], source: str, target: str, count: int = 20) -> float:
+    """Percent lost of ``count`` pings from container ``source`` to container ``target``."""
+    out = ns_run(
+        container(state, source)["namespace"],
+        "ping",
+        "-q",
+        "-c",
+        str(count),
+        "-i",
+        "0.1",
+        "-W",
+        "1",
+        address(state, target),
+    ).stdout
+    for part in out.split(","):
+        if "packet loss" in part:
+            return float(part.split("%")[0])
+    raise AssertionError(f"no ping summary in {out!r}")
+
+
+def path_to(state: dict[str, Any], host: str, peer_nickname: str) -> dict[str, Any]:
+    paths = api(state, host).get("/status/dataplane")["paths"]
+    return next(p for p in paths.values() if p["nickname"] == peer_nickname)
+
+
+def nat_of(state: dict[str, Any], host: str) -> dict[str, Any]:
+    return next(n for n in state["nats"] if n["host"] == host)
+
+
+def mapped_port(nat: dict[str, Any], port: int) -> int:
+    """The public port the NAT maps its host's UDP ``port`` to: the reply direction's
+    destination port of that flow in the NAT's connection table."""
+    table = ns_run(
+        nat["namespace"],
+        "conntrack",
+        "-L",
+        "-p",
+        "udp",
+        "-s",
+        nat["host_address"],
+        "--sport",
+        str(port),
+    ).stdout
+    for line in table.splitlines():
+        ports = [int(f.split("=")[1]) for f in line.split() if f.startswith("dport=")]
+        if len(ports) == 2:
+            return ports[1]
+    raise AssertionError(f"no mapping of {nat['host_address']}:{port} in {table!r}")
+
+
+@pytest.mark.parametrize("kind", ["masquerade", "random"])
+@pytest.mark.parametrize("password", [None, PASSWORD])
+def test_a_host_behind_nat_joins_whatever_port_its_nat_picks(
+    make_lab: Any, kind: str, password: str | None
+) -> None:
+    started = time.monotonic()
+    state = make_lab(nat_mesh(kind), password=password, fastdp=False)
+    # The lab attached n1's container through its router: IPAM needed p's space, so the UDP
+    # path through the NAT was up.
+    assert time.monotonic() - started < 30
+    assert ping_loss(state, "n1-c1", "p-c1") == 0
+    path = path_to(state, "p", "n1")
+    assert path["state"] == "established"
+    # p's path goes where the NAT really maps n1's UDP port (a random one behind `random`; 6783
+    # kept or another behind `masquerade`, whichever datagram made the mapping first).
+    nat = nat_of(state, "n1")
+    assert path["endpoint"] == f"{nat['public_address']}:{mapped_port(nat, 6783)}"
+    assert path["nat_moved"] == (mapped_port(nat, 6783) != 6783)
+
+
+def test_two_hosts_behind_nats_reach_each_other_through_the_public_one(make_lab: Any) -> None:
+    state = make_lab(nat_mesh("masquerade", "random"), fastdp=False)
+    assert ping_loss(state, "n1-c1", "n2-c1") == 0
+    peers = {p["nickname"]: p for p in api(state, "n1").get("/status/peers")}
+    assert peers["n2"]["reachable"] and peers["n2"]["via"] == ["p"]
+    # Nobody is told to dial an address behind a NAT: the NATed hosts dial p only (p's
+    # advertised connections are inbound ones), and p dials nobody.
+    for host in ("n1", "n2"):
+        targets = api(state, host).get("/status/targets")
+        assert [t["state"] for t in targets] == ["connected"], targets
+    assert api(state, "p").get("/status/targets") == []
+
+
+def test_a_nat_that_forgets_its_mappings_mid_stream_is_followed_within_seconds(
+    make_lab: Any,
+) -> None:
+    state = make_lab(nat_mesh("masquerade"), password=PASSWORD, fastdp=False)
+    assert ping_loss(state, "n1-c1", "p-c1") == 0
+    pinging = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            container(state, "n1-c1")["namespace"],
+            "ping",
+            "-q",
+            "-i",
+            "0.1",
+            "-c",
+            "150",
+            "-W",
+            "1",
+            address(state, "p-c1"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        # Every mapping gone; p's next heartbeat to the old port creates a conflicting entry,
+        # so n1's traffic comes out of another port, which p must follow.
+        flushed = ns_run(nat_of(state, "n1")["namespace"], "conntrack", "-F")
+        assert flushed.returncode == 0, flushed.stderr
+        flushed_at = time.monotonic()
+        wait_for(
+            lambda: ping_loss(state, "n1-c1", "p-c1", count=5) == 0,
+            timeout=10,
+            what="traffic through the NAT again",
+        )
+        assert time.monotonic() - flushed_at < 10
+    finally:
+        pinging.kill()
+        pinging.wait()
+    assert path_to(state, "p", "n1")["state"] == "established"
+
+
+def test_with_a_password_no_stranger_moves_a_path(make_lab: Any) -> None:
+    state = make_lab(nat_mesh("masquerade"), password=PASSWORD, fastdp=False)
+    assert ping_loss(state, "n1-c1", "p-c1") == 0
+    endpoint = path_to(state, "p", "n1")["endpoint"]
+    n1 = next(h for h in api(state, "p").get("/status/peers") if h["nickname"] == "n1")
+    n1_name = int(n1["name"].replace(":", ""), 16)
+    p_name = int(api(state, "p").get("/status")["name"].replace(":", ""), 16)
+    beat = wire.DatagramHeader(wire.Kind.HEARTBEAT, 0, 1, n1_name, p_name, n1_name, 1 << 40)
+    forged = bytes(wire.encode_datagram(beat, wire.encode_heartbeat(1, 0, False), bytes(32)))
+    internet = state["internet"]["namespace"]
+    target = next(u["address"] for u in state["internet"]["public"] if u["host"] == "p")
+    # From another host on the internet, and from the NAT's own address at another port.
+    for namespace, source_port in ((internet, 6783), (nat_of(state, "n1")["namespace"], 40999)):
+        sent = ns_run(
+            namespace,
+            "python3",
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f"s.bind(('0.0.0.0', {source_port})); "
+            f"[s.sendto(bytes.fromhex(sys.argv[1]), ('{target}', 6783)) for _ in range(20)]",
+            forged.hex(),
+        )
+        assert sent.returncode == 0, sent.stderr
+    time.sleep(2)
+    assert path_to(state, "p", "n1")["endpoint"] == endpoint
+    assert path_to(state, "p", "n1")["state"] == "established"
+    dropped = api(state, "p").get("/status/dataplane")["forwarding"]["dropped"]
+    assert dropped.get("stranger", 0) >= 20 and dropped.get("bad_tag", 0) >= 20
