@@ -132,14 +132,9 @@ class Reassembler:
             raise DatagramError(
                 DatagramDrop.BAD_BODY, f"segment {index}/{count}, L={header_len}, {n} bytes"
             )
-        out: list[tuple[Buffer, Buffer]] = []
-        floor = self._floor
-        if floor is not None and not _newer(sid, floor):
-            if (floor - sid) & SERIAL_MASK <= _RESTART_GAP:
-                self._late += 1
-                return out
-            out = self._finalize(None)  # the origin restarted: deliver what is held, forget
-            self._floor = None
+        out = self._behind_floor(sid)
+        if out is None:
+            return []
         partial = self._partials.get(sid)
         if partial is None:
             partial = self._start(sid, body, count, header_len, now)
@@ -203,17 +198,24 @@ class Reassembler:
         """Super-frame ``sid`` arrived whole in one run, so the caller delivers it itself: what
         older pending super-frames this flushes (to deliver first), or None if ``sid`` is late
         (a duplicate: drop it)."""
-        floor = self._floor
-        if floor is not None and not _newer(sid, floor):
-            if (floor - sid) & SERIAL_MASK <= _RESTART_GAP:
-                self._late += 1
-                return None
-            out = self._finalize(None)  # the origin restarted: deliver what is held, forget
-            self._floor = sid
-            self._completed += 1
-            return out
+        out = self._behind_floor(sid)
+        if out is None:
+            return None
         self._completed += 1
-        return self._finalize(sid)
+        return out + self._finalize(sid)
+
+    def _behind_floor(self, sid: int) -> list[tuple[Buffer, Buffer]] | None:
+        """For a segment or a whole super-frame ``sid``: None if it is late (counted); else
+        what it flushes because it shows the origin restarted (the floor is then forgotten)."""
+        floor = self._floor
+        if floor is None or _newer(sid, floor):
+            return []
+        if (floor - sid) & SERIAL_MASK <= _RESTART_GAP:
+            self._late += 1
+            return None
+        out = self._finalize(None)  # the origin restarted: deliver what is held, forget
+        self._floor = None
+        return out
 
     def _progress(self, sid: int, partial: _Partial) -> list[tuple[Buffer, Buffer]]:
         """After storing segments: the whole super-frame once complete (after anything older),
