@@ -83,7 +83,7 @@ _SEQUENCE = struct.Struct(">Q")
 
 
 class _Counts:
-    """One thread's counters: per peer [frames, bytes], and drops by reason; super-frames
+    """One direction's counters: per peer [datagrams, bytes], and drops by reason; super-frames
     that went whole in one GSO send or came whole in one GRO run (the bulk path)."""
 
     def __init__(self) -> None:
@@ -125,12 +125,12 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._tx = _Counts()
         self._rx = _Counts()
-        self._relayed = _Counts()  # written by the receive thread, like _rx
+        self._relayed = _Counts()
         # A random start, so a restarted sender is not mistaken for stale or duplicate data.
         self._superframe_ids = itertools.count(random.getrandbits(31))
-        self._reassemblers = wire.ReassemblyTable()  # the receive thread's only
+        self._reassemblers = wire.ReassemblyTable()
         self._next_sweep = 0.0
-        # Each thread's own buffers, reused for every frame and datagram.
+        # The packet thread's buffers, reused for every frame and datagram.
         self._tap_buffer = bytearray(TAP_READ_SIZE)
         self._tap_view = memoryview(self._tap_buffer)
         self._superframes = SuperframeSender(self._tap_buffer)
@@ -693,15 +693,15 @@ def _originated(
     )
 
 
-def _sum_drops(*threads: _Counts) -> dict[str, int]:
-    """Drops by reason over the threads' counters, read from another thread.
+def _sum_drops(*directions: _Counts) -> dict[str, int]:
+    """Drops by reason over the directions' counters, read from another thread.
 
-    Each Counter is copied in one step that runs no Python code (``dict(counter)``), so its
-    thread cannot add a key mid-copy. Adding the live Counters (``a + b``) iterates them in
-    Python: a packet thread counting a reason for the first time meanwhile made that raise
+    Each Counter is copied in one step that runs no Python code (``dict(counter)``), so the
+    packet thread cannot add a key mid-copy. Adding the live Counters (``a + b``) iterates them
+    in Python: the packet thread counting a reason for the first time meanwhile made that raise
     "dictionary changed size during iteration", and the status API answer an error.
     """
     total: collections.Counter[str] = collections.Counter()
-    for counts in threads:
+    for counts in directions:
         total.update(dict(counts.drops))
     return {reason: n for reason, n in total.items() if n > 0}
