@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from meshnet.dataplane.kernel.udp import MAX_SEGMENTS as MAX_GSO_SEGMENTS
+from meshnet.dataplane.kernel.udp import MAX_UDP_PAYLOAD as MAX_GSO_BYTES
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve.header import HEADER_SIZE, TAG_SIZE, Buffer
 from meshnet.dataplane.sleeve.replay import ReplayWindow
@@ -37,10 +39,6 @@ from meshnet.dataplane.sleeve.segments import (
 
 MAX_SEGMENTS = 1024
 """Most SEGMENT datagrams a super-frame may need here (a 64 KiB one cut at an MSS of 64)."""
-MAX_GSO_SEGMENTS = 64
-"""Datagrams per GSO send: the kernel's UDP_MAX_SEGMENTS (128 on the newest kernels)."""
-MAX_GSO_BYTES = 65507
-"""Bytes per GSO send: what one IPv4 UDP datagram could hold."""
 ROW_SIZE = HEADER_SIZE + 10
 """A datagram's own bytes: the header and the segment prefix (id, index, count, L)."""
 _ROW = np.dtype(
@@ -55,21 +53,26 @@ _ROW = np.dtype(
 )
 _SEQUENCE = struct.Struct(">Q")
 _SHAPES = 64
-"""Shapes (header length, segment size, frame length) whose slices are kept."""
+"""Shapes (segment size, count, ...) whose slices and call arguments are kept, per table."""
 
 
 def segments_per_send(overlay_mtu: int) -> int:
     """The most full-sized segments of a container's super-frame that one GSO send carries,
     sealed, at this overlay MTU: capping the containers' super-frames there (their interface's
     gso_max_segs) makes each one GSO send and one GRO run, the fast path both ways."""
-    stride = ROW_SIZE + vn.VNET_HEADER_SIZE + vn.ETH_HEADER_SIZE + overlay_mtu + TAG_SIZE
-    return max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
+    return _per_send(ROW_SIZE + vn.VNET_HEADER_SIZE + vn.ETH_HEADER_SIZE + overlay_mtu + TAG_SIZE)
 
 
 def sends_for(stride: int, count: int) -> list[tuple[int, int]]:
     """The datagrams ``[start, end)`` of each GSO send for ``count`` datagrams of ``stride``."""
-    per_send = max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
+    per_send = _per_send(stride)
     return [(start, min(start + per_send, count)) for start in range(0, count, per_send)]
+
+
+def _per_send(stride: int) -> int:
+    """Datagrams of ``stride`` bytes one GSO send takes: the kernel's limits on segments and
+    on bytes (what one IPv4 UDP datagram could hold)."""
+    return max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
 
 
 class Layout(NamedTuple):
