@@ -88,7 +88,7 @@ class Layout(NamedTuple):
 
 class SuperframeSender:
     """Lays out super-frames read into ``source`` (virtio-net header, then the frame) as
-    SEGMENT datagrams; one per sending thread, as it reuses its tables."""
+    SEGMENT datagrams; one per packet thread, as it reuses its tables."""
 
     def __init__(self, source: bytearray) -> None:
         self._source = memoryview(source)
@@ -172,18 +172,19 @@ class SuperframeSender:
     def _sealed_layout(
         self, header_len: int, size: int, frame_len: int, count: int, sequence: int, key: bytes
     ) -> Layout:
-        if self._out is None:
-            self._out = bytearray(MAX_SEGMENTS * (ROW_SIZE + TAG_SIZE) + 2 * 65536)
-            self._cipher = RunCipher(self._out, MAX_SEGMENTS, HEADER_SIZE)
-        assert self._cipher is not None
-        out = self._out
         common_len = vn.VNET_HEADER_SIZE + header_len
         body_at = ROW_SIZE + common_len
         stride = body_at + size + TAG_SIZE
         payload = frame_len - header_len
         last_payload = payload - (count - 1) * size
-        if count * stride > len(out):
-            raise ValueError(f"super-frame of {count} segments of {size} bytes")
+        if self._out is None or count * stride > len(self._out):
+            # Made on first use, grown for a super-frame of more, smaller segments (a buffer
+            # the cipher's call arguments point into is never resized: replaced).
+            self._out = bytearray(max(count * stride, 96 * 1024))
+            self._cipher = RunCipher(self._out, MAX_SEGMENTS, HEADER_SIZE)
+            self._sealed.clear()
+        assert self._cipher is not None
+        out = self._out
         grid = np.frombuffer(out, np.uint8, count=count * stride).reshape(count, stride)
         source = np.frombuffer(self._source, np.uint8)
         grid[:, :ROW_SIZE] = self._row_bytes[:count]
