@@ -7,6 +7,8 @@ Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
   sleeve             the same lab with --no-fastdp (the userspace data plane)
   sleeve encrypted   the same with a password
   sleeve 1% loss     the same with 1% loss injected on the underlay link
+  sleeve behind NAT  the sleeve with the sending host behind a NAT (nftables masquerade), reaching
+                     the other through it and the lab's internet router
 and prints one table with each figure as a ratio of routed veth measured in the same run (and
 fastdp's also against kernel vxlan).
 
@@ -263,9 +265,24 @@ def sleeve(
     loss: float = 0.0,
     name: str = "sleeve",
     fastdp: bool = False,
+    nat: str | None = None,
 ) -> Result:
+    """Two hosts, a container each; h1's sends to h2's. With ``nat``, h1 sits behind a NAT of
+    that kind and reaches h2 through it and the lab's internet router (two forwarding hops
+    more than the direct link of the other rows)."""
     lab = f"b{uuid.uuid4().hex[:8]}"
-    lablib.up(lab, topology.builtin("line", 2, 1), password=password, fastdp=fastdp)
+    plan = topology.builtin("line", 2, 1)
+    if nat is not None:
+        plan = topology.validate(
+            topology.Topology(
+                hosts=(
+                    topology.HostSpec("h1", ("h1-c1",), nat),
+                    topology.HostSpec("h2", ("h2-c1",)),
+                ),
+                links=(),
+            )
+        )
+    lablib.up(lab, plan, password=password, fastdp=fastdp)
     try:
         state = lablib.status(lab)
         if fastdp and not _wait_for_fastdp(state):
@@ -322,10 +339,11 @@ CASES: dict[str, Callable[[int], Result]] = {
     "sleeve": sleeve,
     "encrypted": lambda s: sleeve(s, password="bench password", name="sleeve encrypted"),
     "loss": lambda s: sleeve(s, loss=1.0, name="sleeve 1% loss"),
+    "nat": lambda s: sleeve(s, nat="masquerade", name="sleeve behind NAT"),
 }
 
 
-ROUTER_CASES = ("fastdp", "sleeve", "encrypted", "loss")
+ROUTER_CASES = ("fastdp", "sleeve", "encrypted", "loss", "nat")
 
 
 @contextmanager
