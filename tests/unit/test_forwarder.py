@@ -285,3 +285,13 @@ def test_a_lost_datagram_costs_only_its_segment(key: bytes | None) -> None:
     assert len(tap.frames) == 2  # the runs before and after the lost segment
     headers = vn.VNET_HEADER_SIZE + vn.tcp_header_length(whole[vn.VNET_HEADER_SIZE :])
     assert sum(len(frame) - headers for frame in tap.frames) == len(whole) - headers - 1302
+
+
+def test_the_sleeve_never_carries_a_fastdp_probe() -> None:
+    """A probe flooded to the sleeve before its MAC is pinned on VXLAN would, answered, prove a
+    VXLAN path that does not work (through a NAT: seconds of loss after a start)."""
+    f, sock = forwarder()
+    probe = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5" + bytes(46)
+    capture(f, vn.VNET_NONE + probe)
+    f.flush()
+    assert sock.sent == [] and f.statistics()["dropped"] == {"fastdp_probe": 1}

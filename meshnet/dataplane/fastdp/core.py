@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from meshnet.beats import next_beat
-from meshnet.constants import FASTDP_PORT
+from meshnet.constants import FASTDP_PORT, FASTDP_PROBE_ETHERTYPE
 from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
@@ -43,7 +43,7 @@ from meshnet.gossip.messages import MAX_PEER_NAME
 DEVICE = f"vxlan-{FASTDP_PORT}"
 VNI = 6784
 CHANNEL = "fastdp"
-ETHERTYPE = 0x88B5  # IEEE 802 local experimental: never a container's protocol
+ETHERTYPE = FASTDP_PROBE_ETHERTYPE
 FLOOD_MAC = "00:00:00:00:00:00"
 MAX_ADVERTISED_MACS = 65536
 

@@ -475,7 +475,12 @@ class Namespace:
         )
 
     def create_vxlan(self, ifname: str, *, vni: int, port: int, mtu: int) -> None:
-        """A VXLAN device that learns nothing: every remote address comes from FDB entries."""
+        """A VXLAN device that learns nothing: every remote address comes from FDB entries.
+
+        It sends from ``port`` too, not from a port hashed per inner flow: then every frame to a
+        neighbour is one UDP flow, which a port-preserving NAT in front of either side maps
+        once, both ways, and which the fastdp probes test as it is (with hashed ports the probes'
+        flow passed a NAT while the containers' flows were dropped)."""
         self._call(
             f"create vxlan {ifname}",
             self._ipr.link,
@@ -484,6 +489,7 @@ class Namespace:
             kind="vxlan",
             vxlan_id=vni,
             vxlan_port=port,
+            vxlan_port_range={"low": port, "high": port + 1},
             vxlan_learning=0,
             mtu=mtu,
         )

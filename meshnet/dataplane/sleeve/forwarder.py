@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from meshnet.constants import FASTDP_PROBE_ETHERTYPE
 from meshnet.dataplane.kernel.tap import READ_SIZE as TAP_READ_SIZE
 from meshnet.dataplane.kernel.tap import Tap, TapError
 from meshnet.dataplane.kernel.udp import (
@@ -80,6 +81,7 @@ REASSEMBLY_SWEEP = 5.0
 #: it; 4 to 64 moved the same, the ping under load growing with the turn.
 TURN = 16
 _SEQUENCE = struct.Struct(">Q")
+_PROBE_ETHERTYPE = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big")
 
 
 class _Counts:
@@ -251,6 +253,11 @@ class Forwarder:
         view = self._tap_view
         if size < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
+            return
+        if view[VNET_HEADER_SIZE + 12 : VNET_HEADER_SIZE + 14] == _PROBE_ETHERTYPE:
+            # A fastdp probe flooded to us before its MAC was pinned on the VXLAN port: carried
+            # here, its answer would prove a VXLAN path that may not work (through a NAT).
+            self._tx.drops["fastdp_probe"] += 1
             return
         snap = self._snapshot
         destination_mac = bytes(view[VNET_HEADER_SIZE : VNET_HEADER_SIZE + 6])
