@@ -451,3 +451,11 @@ def test_detach_takes_the_specs_attach_takes() -> None:
     with pytest.raises(UserError, match=r"net:10.40.0.0/16: the container has no address in"):
         trio.run(node.detach, Target("c1"), ["net:10.40.0.0/16"])
     assert calls == []
+
+
+def test_attach_net_default_is_an_address_from_the_default_subnet() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    attached = trio.run(node.attach, Target("c1"), ["net:default"], "ethwe", None)
+    assert calls[:2] == ["allocate netns:c1", "attach c1 10.32.0.5/12"]
+    assert attached.attachment["addresses"] == ["10.32.0.5/12"]
