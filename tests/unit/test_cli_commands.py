@@ -4,6 +4,7 @@ prints, and one line for each mistake (issue 20's rough edges). No root, no daem
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,6 @@ def test_readme_links_resolve_inside_the_repository() -> None:
     root = Path(__file__).parents[2]
     readme = (root / "README.md").read_text()
     assert "DESIGN.md" not in readme and "../shared" not in readme
-    import re
-
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if "://" not in target:
             assert (root / target).exists(), target
