@@ -15,9 +15,6 @@ from meshnet.api.client import ApiClient
 from meshnet.cli.output import console
 from meshnet.config import DEFAULT_API_SOCKET, default_api_socket
 
-#: For commands where `-h` names the host (as in Weave), so only --help asks for help.
-HELP_LONG_ONLY = {"help_option_names": ["--help"]}
-
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -42,16 +39,19 @@ def status_command(
     """A `meshnet status NAME` subcommand: GET ``path`` and print ``render(data)`` (or JSON).
 
     It runs under the `status` group, whose context object is the ApiClient; its own hidden
-    --api-socket lets the socket also be given after the subcommand's name.
+    --api-socket lets the socket also be given after the subcommand's name, and --json may be
+    given on either side of it (`status --json peers` or `status peers --json`).
     """
 
     @click.command(help=help)
     @JSON_OPTION
     @click.option("--api-socket", type=click.Path(path_type=Path), default=None, hidden=True)
-    @click.pass_obj
-    def command(client: ApiClient, as_json: bool, api_socket: Path | None) -> None:
+    @click.pass_context
+    def command(ctx: click.Context, as_json: bool, api_socket: Path | None) -> None:
+        client: ApiClient = ctx.obj
         if api_socket is not None:
             client = ApiClient(api_socket)
+        as_json = as_json or bool(ctx.parent is not None and ctx.parent.params.get("as_json"))
         data = client.get(path)
         if as_json:
             click.echo(json.dumps(data, indent=2))

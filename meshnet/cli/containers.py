@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 
@@ -12,23 +11,20 @@ from meshnet.api.client import ApiClient
 from meshnet.cli.common import JSON_OPTION, api_socket_option
 from meshnet.constants import ALLOCATE_TIMEOUT, CONTAINER_IFNAME
 from meshnet.errors import UserError
-from meshnet.node.specs import parse_spec
+from meshnet.node.specs import looks_like_spec, parse_spec
 
 
 def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
-    """`[CIDR...] CONTAINER`: every argument but the last is an address."""
+    """`[ADDRESS...] CONTAINER`, for attach and detach alike: every argument but the last is an
+    address spec (see ``meshnet.node.specs``), checked here so a mistake is one line before the
+    router is asked anything."""
     if not args:
         raise click.UsageError("missing CONTAINER")
     *addresses, container = args
+    if looks_like_spec(container):
+        raise click.UsageError(f"missing CONTAINER after the address {container}")
     for address in addresses:
-        try:
-            ipaddress.ip_interface(address)
-        except ValueError:
-            raise UserError(
-                f"bad address {address!r}: expected CIDR such as 10.32.1.5/12"
-            ) from None
-        if "/" not in address:
-            raise UserError(f"bad address {address!r}: give the prefix length, e.g. {address}/12")
+        parse_spec(address)
     return addresses, container
 
 
@@ -47,11 +43,7 @@ def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Pat
     from that subnet), `ip:ADDR[/LEN]` (exactly that one) or a CIDR; attaching again gives the
     same addresses.
     """
-    if not args:
-        raise click.UsageError("missing CONTAINER")
-    *addresses, container = args
-    for address in addresses:
-        parse_spec(address)
+    addresses, container = _split_container_args(args)
     # Allocation may wait for the peers to agree on the ring, or for a donation.
     result = ApiClient(api_socket, timeout=ALLOCATE_TIMEOUT + 15).post(
         "/attach",
@@ -61,14 +53,18 @@ def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Pat
 
 
 @click.command()
-@click.argument("args", nargs=-1, metavar="[CIDR...] CONTAINER")
+@click.argument("args", nargs=-1, metavar="[ADDRESS...] CONTAINER")
 @click.option(
     "--ifname", default=CONTAINER_IFNAME, show_default=True, help="Interface name inside."
 )
 @api_socket_option
 def detach(args: tuple[str, ...], ifname: str, api_socket: Path) -> None:
     """Remove a container from the overlay (or only the given addresses); CONTAINER as for
-    attach."""
+    attach.
+
+    An ADDRESS is as for attach: a CIDR or `ip:ADDR` takes that address off, `net:CIDR` (or
+    `net:default`) every address the container has in that subnet.
+    """
     addresses, container = _split_container_args(args)
     result = ApiClient(api_socket).post(
         "/detach", {"container": container, "addresses": addresses, "ifname": ifname}
@@ -86,5 +82,7 @@ def ps(api_socket: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(containers, indent=2))
         return
+    if not containers:
+        click.echo("no container is attached on this host")
     for c in containers:
         click.echo(f"{c['namespace']} {c['mac']} {' '.join(c['addresses'])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -9,24 +10,44 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.cli.common import HELP_LONG_ONLY, api_socket_option, status_command
+from meshnet.cli.common import api_socket_option, status_command
 from meshnet.errors import UserError
+from meshnet.node.specs import bad_address
 
 
-def _split(args: tuple[str, ...]) -> tuple[list[str], str]:
-    """`[IP...] CONTAINER`: every argument but the last is an address."""
+def _split(args: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """`[IP...] [CONTAINER]`: every argument but the last is an address; so is the last one if
+    it is an IP address, and then the names are no container's (None)."""
     if not args:
-        raise click.UsageError("missing CONTAINER")
-    *addresses, container = args
+        raise click.UsageError("missing IP or CONTAINER")
+    *addresses, last = args
+    container: str | None = last
+    if _is_ip(last):
+        addresses, container = [*addresses, last], None
+    for address in addresses:
+        if not _is_ip(address):
+            raise bad_address(address, "not an IP address")
     return addresses, container
 
 
-@click.command("dns-add", context_settings=HELP_LONG_ONLY)
-@click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
-@click.option("-h", "--hostname", "name", required=True, metavar="FQDN", help="Name to add.")
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+@click.command("dns-add")
+@click.argument("args", nargs=-1, metavar="[IP...] [CONTAINER]")
+@click.option("--hostname", "name", required=True, metavar="FQDN", help="Name to add.")
 @api_socket_option
 def dns_add(args: tuple[str, ...], name: str, api_socket: Path) -> None:
-    """Give a container a name (for its attached addresses, or only the IPs given)."""
+    """Give a container a name (for its attached addresses, or only the IPs given).
+
+    Without a CONTAINER the IPs may be any addresses (a host outside the overlay, say): the
+    records are this router's own, shown as (external), and gossiped like the others.
+    """
     addresses, container = _split(args)
     result = ApiClient(api_socket).post(
         "/dns/add", {"container": container, "addresses": addresses, "name": name}
@@ -34,18 +55,20 @@ def dns_add(args: tuple[str, ...], name: str, api_socket: Path) -> None:
     click.echo(f"{result['name']} {' '.join(result['addresses'])}")
 
 
-@click.command("dns-remove", context_settings=HELP_LONG_ONLY)
-@click.argument("args", nargs=-1, metavar="[IP...] CONTAINER")
-@click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Only this name.")
+@click.command("dns-remove")
+@click.argument("args", nargs=-1, metavar="[IP...] [CONTAINER]")
+@click.option("--hostname", "name", default=None, metavar="FQDN", help="Only this name.")
 @api_socket_option
 def dns_remove(args: tuple[str, ...], name: str | None, api_socket: Path) -> None:
-    """Remove a container's names (only for the IPs or the name given)."""
+    """Remove a container's names (only for the IPs or the name given); without a CONTAINER,
+    the names `dns-add` gave to the IPs."""
     addresses, container = _split(args)
     result = ApiClient(api_socket).post(
         "/dns/remove", {"container": container, "addresses": addresses, "name": name}
     )
     if not result["removed"]:
-        raise UserError(f"no DNS record of {container} matched")
+        whose = container if container is not None else " ".join(addresses)
+        raise UserError(f"no DNS record of {whose} matched")
 
 
 @click.command("dns-lookup")

@@ -23,6 +23,8 @@ from meshnet.cli.launch_options import (
 )
 from meshnet.config import Config
 from meshnet.errors import UserError
+from meshnet.gossip.identity import PEER_NAME_FILE, format_peer_name, parse_peer_name
+from meshnet.statefile import write_atomically
 
 READY_TIMEOUT = 60.0
 
@@ -59,9 +61,24 @@ def _read_password_file(path: Path) -> bytes:
     show_envvar=True,
     help="Read the password from a file.",
 )
+@click.option(
+    "--name",
+    "peer_name",
+    default=None,
+    metavar="aa:bb:cc:dd:ee:ff",
+    envvar=envvar("--name"),
+    show_envvar=True,
+    help="This router's peer name, its identity in the mesh (as Weave's --name); kept in the "
+    "state directory, so only a first launch may choose it (--nickname is the name shown)  "
+    "[default: random on the first launch]",
+)
 @launch_options
 def launch(
-    peers: tuple[str, ...], foreground: bool, password_file: Path | None, **options: Any
+    peers: tuple[str, ...],
+    foreground: bool,
+    password_file: Path | None,
+    peer_name: str | None,
+    **options: Any,
 ) -> None:
     """Start the router and connect to PEERs.
 
@@ -83,6 +100,8 @@ def launch(
             f"meshnet is already running as {status['name']} ({status['nickname']}) "
             f"on {config.api_socket}"
         )
+    if peer_name is not None:
+        _keep_peer_name(config.state_dir, peer_name)
     if foreground:
         # Imported here: the daemon pulls in trio, pyroute2 and every service, which no other
         # command (nor a background launch) needs.
@@ -93,6 +112,29 @@ def launch(
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _keep_peer_name(state_dir: Path, text: str) -> None:
+    """`--name`: the router loads its peer name from the state directory (and creates one there
+    on its first launch), so the name given is written there first, or must be the one there:
+    IPAM's ring and the peers know this host by it, and it cannot change under them."""
+    name = parse_peer_name(text)
+    path = state_dir / PEER_NAME_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        try:
+            write_atomically(path, format_peer_name(name) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write peer name file {path}: {e.strerror}") from None
+        return
+    except (OSError, UnicodeDecodeError):
+        kept = ""
+    if kept.lower() != format_peer_name(name):
+        raise UserError(
+            f"--name {format_peer_name(name)}: this host is peer {kept or '(unreadable)'}, kept "
+            f"in {path}; to become another peer, `meshnet reset` and delete that file first"
+        )
 
 
 def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:

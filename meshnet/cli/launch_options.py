@@ -136,6 +136,11 @@ def _network(flag: str) -> Callable[[str], ipaddress.IPv4Network]:
         try:
             network = ipaddress.IPv4Network(text)
         except ValueError as e:
+            if ":" in text:  # IPv6 (containers get IPv4 addresses from IPAM only, for now)
+                raise UserError(
+                    f"bad {flag} {text!r}: IPv6 ranges are not supported yet; "
+                    "give an IPv4 range such as 10.32.0.0/12"
+                ) from None
             raise UserError(f"bad {flag} {text!r}: {e}") from None
         return _container_range(flag, network)
 

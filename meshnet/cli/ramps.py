@@ -9,16 +9,16 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.cli.common import HELP_LONG_ONLY, api_socket_option, status_command
+from meshnet.cli.common import api_socket_option, status_command
 from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.node.specs import parse_exposure
 
 _SPECS = "[CIDR | net:CIDR | net:default]..."
 
 
-@click.command(context_settings=HELP_LONG_ONLY)
+@click.command()
 @click.argument("addresses", nargs=-1, metavar=_SPECS)
-@click.option("-h", "--hostname", "name", default=None, metavar="FQDN", help="Name it in DNS.")
+@click.option("--hostname", "name", default=None, metavar="FQDN", help="Name it in DNS.")
 @click.option(
     "--without-masquerade",
     is_flag=True,

@@ -48,6 +48,7 @@ from meshnet.dns.settings import (
 from meshnet.errors import MeshnetError, RemoteProtocolError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.node.specs import bad_address
 from meshnet.statefile import set_aside, write_atomically
 
 if TYPE_CHECKING:
@@ -399,11 +400,16 @@ class DnsService:
         return addresses
 
     async def dns_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Name a container's addresses (its attached ones if none are given), or, without a
+        container, any addresses: records of this router's own (``EXTERNAL``), gossiped like
+        the others and removed by `dns-remove` without a container."""
         container, addresses, name = _dns_request(body)
         if name is None:
-            raise UserError("give the name to register (-h FQDN)")
+            raise UserError("give the name to register (--hostname FQDN)")
         fqdn = qualify(name, self.settings.domain)
-        cid = container_id(container)
+        if container is None and not addresses:
+            raise UserError("give the IP address(es) to name, or a container")
+        cid = EXTERNAL if container is None else container_id(container)
         if not addresses:
             addresses = await self._attached_addresses(cid)
             if not addresses:
@@ -414,7 +420,11 @@ class DnsService:
     def dns_remove(self, body: dict[str, Any]) -> dict[str, Any]:
         container, addresses, name = _dns_request(body)
         fqdn = None if name is None else qualify(name, self.settings.domain)
-        cid = container_id(container)
+        if container is None and not addresses and fqdn is None:
+            raise UserError(
+                "give the IP address(es), the name or a container whose names to remove"
+            )
+        cid = EXTERNAL if container is None else container_id(container)
         now = time.time()
         removed = 0
         targets: list[str | None] = [_ip(a) for a in addresses] or [None]
@@ -482,6 +492,12 @@ class DnsService:
         }
 
 
+#: The container of the records `dns-add` makes for addresses outside any container: owned by
+#: this router (their origin), like Weave's "weave:extern". No namespace, runtime id or CNI key
+#: looks like it.
+EXTERNAL = "(external)"
+
+
 def container_id(spec: str) -> str:
     """How records name a container: its namespace as the data plane shows it (a netns name or
     a path), so attach and detach agree; anything else (a runtime's id) as it is."""
@@ -491,18 +507,18 @@ def container_id(spec: str) -> str:
         return spec.strip()
 
 
-def _dns_request(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
+def _dns_request(body: dict[str, Any]) -> tuple[str | None, list[str], str | None]:
+    """The container (None: the addresses are no container's), the addresses and the name."""
     container = body.get("container")
     addresses = body.get("addresses", [])
     name = body.get("name")
     if (
-        not isinstance(container, str)
-        or not container.strip()
+        not (container is None or (isinstance(container, str) and container.strip()))
         or not isinstance(addresses, list)
         or not all(isinstance(a, str) for a in addresses)
         or not (name is None or isinstance(name, str))
     ):
-        raise UserError('expected {"container": ID, "addresses": [IP...], "name": FQDN}')
+        raise UserError('expected {"container": ID|null, "addresses": [IP...], "name": FQDN}')
     return container, addresses, name
 
 
@@ -510,7 +526,7 @@ def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_interface(text.strip()).ip)
     except ValueError:
-        raise UserError(f"bad IP address {text!r}") from None
+        raise bad_address(text, "not an IP address") from None
 
 
 def _registrable(address: str) -> bool:

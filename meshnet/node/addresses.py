@@ -1,11 +1,11 @@
 """What attach asks of IPAM: turn the user's address specs (see specs.py) into addresses for the
 kernel, keyed by the container's identity (its network namespace), so attaching again returns the
-same addresses."""
+same addresses; and which addresses a detach of such specs takes off."""
 
 from __future__ import annotations
 
 import ipaddress
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 
 from meshnet.errors import UserError
 from meshnet.ipam.allocator import AddressInUse
@@ -34,6 +34,32 @@ async def addresses_for(ipam: IpamService, container_id: str, specs: list[str]) 
                 out.append(str(await ipam.claim(container_id, spec.address)))
             except AddressInUse as e:
                 raise UserError(f"address {spec.address.ip} is already in use: {e}") from None
+        else:
+            out.append(spec.text)
+    return out
+
+
+def detach_addresses(
+    specs: list[str], held: list[IPv4Interface], default_subnet: IPv4Network | None
+) -> list[str]:
+    """The CIDRs a detach of these specs takes off: the address of a CIDR or ``ip:ADDR``, and
+    every address the container holds (``held``, as IPAM knows them) in a ``net:`` subnet.
+
+    UserError for a subnet it has none in: detaching nothing there must not become detaching
+    everything (which is what no address at all means). ``default_subnet``: None without IPAM.
+    """
+    out: list[str] = []
+    for spec in map(parse_spec, specs):
+        if spec.kind is SpecKind.ALLOCATE:
+            subnet = spec.subnet or default_subnet
+            if subnet is None:
+                raise UserError(f"{spec.text}: no IPAM here to know the container's addresses")
+            found = [str(a) for a in held if a.ip in subnet]
+            if not found:
+                raise UserError(f"{spec.text}: the container has no address in {subnet}")
+            out += [a for a in found if a not in out]
+        elif spec.address is not None:
+            out.append(str(spec.address))
         else:
             out.append(spec.text)
     return out

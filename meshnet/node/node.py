@@ -27,7 +27,7 @@ from meshnet.constants import CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
-from meshnet.node.addresses import addresses_for, release_only
+from meshnet.node.addresses import addresses_for, detach_addresses, release_only
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
 from meshnet.node.ramps_state import Exposed, owner_id
@@ -184,13 +184,18 @@ class Node:
         *,
         gone_ok: bool = False,
     ) -> Detached:
-        """Take the addresses (all, if none are named) off the target, give them back to IPAM
-        and remove their names. With ``gone_ok`` (a runtime cleaning up after a container that
-        may be gone), what the data plane cannot find is not an error: the rest is still done.
+        """Take the addresses (all, if none are named; specs as attach takes them) off the
+        target, give them back to IPAM and remove their names. With ``gone_ok`` (a runtime
+        cleaning up after a container that may be gone), what the data plane cannot find is not
+        an error: the rest is still done.
         """
         owner = target.owner
         if owner is None and self.ipam is not None:
             owner = await self._ipam_id(target.namespace, ifname)
+        if addresses:  # the specs attach takes: net:CIDR is the container's addresses there
+            held = self.ipam.addresses_of(owner) if self.ipam and owner else []
+            subnet = self.ipam.config.subnet if self.ipam is not None else None
+            addresses = detach_addresses(addresses, held, subnet)
         detached = False
         if target.namespace and (self.dataplane is not None or not gone_ok):
             dataplane = self.require_dataplane()

@@ -10,13 +10,18 @@ A spec is one of
   never be handed to another container. Outside it (or IPv6) it is used as given.
 
 Expose and hide take the same grammar, but an exact address must be an IPv4 host address of a
-subnet: it becomes the host's gateway there. Pure (no trio, no kernel), so the CLI checks a
-user's mistake before it asks the router anything.
+subnet: it becomes the host's gateway there. Detach takes it too (``net:`` naming the
+container's addresses in that subnet). Pure (no trio, no kernel), so the CLI checks a user's
+mistake before it asks the router anything.
+
+Every malformed address a user gives, here or in DNS, is told by ``bad_address`` in one shape:
+``bad address 'TEXT': REASON``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Interface, IPv4Network
@@ -45,6 +50,26 @@ class AddressSpec:
 
 DEFAULT_SUBNET = AddressSpec()
 
+#: What an address argument may be: the hint of a message about one that is none of them.
+FORMS = "give a CIDR such as 10.32.1.5/12, ip:ADDR[/LEN], net:CIDR or net:default"
+
+
+def bad_address(text: str, reason: str) -> UserError:
+    """The one shape of every message about a malformed address: ``bad address 'TEXT': REASON``
+    (attach, detach, run, expose, hide, dns-add, dns-remove, and the API's answers)."""
+    return UserError(f"bad address {text.strip()!r}: {reason}")
+
+
+def why(value: str, error: ValueError) -> str:
+    """``ipaddress``'s complaint about ``value`` as a reason for ``bad_address``: without the
+    repeated text, and saying so when an IPv6 address is given where only IPv4 is taken."""
+    if ":" in value:
+        return "IPv6 is not supported here yet; give an IPv4 address"
+    message = re.sub(r" in '[^']*'$", "", str(error))
+    if message.startswith(("Expected 4 octets", "'")):  # "... does not appear to be ..."
+        return "not an IP address"
+    return message
+
 
 def parse_spec(text: str) -> AddressSpec:
     """One of the user's address arguments; UserError (one line) if it is malformed."""
@@ -56,27 +81,45 @@ def parse_spec(text: str) -> AddressSpec:
         try:
             subnet = IPv4Network(value)
         except ValueError as e:
-            raise UserError(f"bad subnet {value!r} in {text!r}: {e}") from None
+            raise bad_address(text, why(value, e)) from None
         return AddressSpec(subnet=subnet, text=text)
     if text.startswith("ip:"):
         value = text[3:]
         try:
             address = IPv4Interface(value if "/" in value else f"{value}/32")
         except ValueError as e:
-            raise UserError(f"bad address {value!r} in {text!r}: {e}") from None
+            raise bad_address(text, why(value, e)) from None
         return AddressSpec(SpecKind.CLAIM, address=address, text=text)
     if "/" not in text:
-        raise UserError(
-            f"bad address {text}: needs a prefix length, as in 10.32.0.5/12 "
-            "(or use ip:ADDR, net:CIDR, or nothing to let IPAM choose)"
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise bad_address(text, FORMS) from None
+        raise bad_address(
+            text,
+            f"give the prefix length, as in {text}/12 (or ip:{text}, or nothing to let IPAM "
+            "choose)",
         )
     try:
         iface = ipaddress.ip_interface(text)
-    except ValueError as e:
-        raise UserError(f"bad address {text}: {e}") from None
+    except ValueError:
+        raise bad_address(text, FORMS) from None
     if isinstance(iface, IPv4Interface):
         return AddressSpec(SpecKind.CLAIM, address=iface, text=text)
     return AddressSpec(SpecKind.STATIC, text=text)
+
+
+def looks_like_spec(text: str) -> bool:
+    """Whether an argument is an address spec rather than a container (a namespace name, a PID,
+    a path, a Docker name or id): what `attach net:default` alone is missing."""
+    text = text.strip()
+    if text.startswith(("net:", "ip:")):
+        return True
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return "/" in text
 
 
 def parse_exposure(text: str) -> AddressSpec:
@@ -84,16 +127,17 @@ def parse_exposure(text: str) -> AddressSpec:
     length; UserError (one line) otherwise."""
     spec = parse_spec(text)
     if spec.kind is SpecKind.STATIC:
-        raise UserError(f"bad address {text!r}: expose takes IPv4 addresses")
+        raise bad_address(text, "IPv6 is not supported here yet; give an IPv4 address")
     address = spec.address
     if address is None:
         return spec
     if "/" not in text:
-        raise UserError(
-            f"bad address {text!r}: give the subnet's prefix length, as in 10.32.1.1/24 "
-            "(or net:CIDR, or nothing for the default subnet)"
+        raise bad_address(
+            text,
+            "give the subnet's prefix length, as in 10.32.1.1/24 "
+            "(or net:CIDR, or nothing for the default subnet)",
         )
     net = address.network
     if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
-        raise UserError(f"bad address {text!r}: not a host address of a subnet")
+        raise bad_address(text, "not a host address of a subnet")
     return spec

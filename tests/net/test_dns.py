@@ -315,10 +315,12 @@ def test_status_dns_and_the_cli(dns_lab: DnsLab) -> None:
     assert meshnet("dns-lookup", "h1-c1").stdout.split() == [dns_lab.address("h1-c1")]
     missing = meshnet("dns-lookup", "nobody")
     assert missing.returncode == 1 and "not found" in missing.stderr
-    added = meshnet("dns-add", "10.32.99.99", dns_lab.ns("h1-c1"), "-h", "extra.meshnet.local")
+    added = meshnet(
+        "dns-add", "10.32.99.99", dns_lab.ns("h1-c1"), "--hostname", "extra.meshnet.local"
+    )
     assert added.returncode == 0, added.stderr
     assert meshnet("dns-lookup", "extra").stdout.split() == ["10.32.99.99"]
-    removed = meshnet("dns-remove", dns_lab.ns("h1-c1"), "-h", "extra")
+    removed = meshnet("dns-remove", dns_lab.ns("h1-c1"), "--hostname", "extra")
     assert removed.returncode == 0, removed.stderr
     assert meshnet("dns-lookup", "extra").returncode == 1
     # attach --name: the container (already attached: nothing changes) gets one more name.

@@ -37,7 +37,7 @@ def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
         found: list[str] = client(host).post("/dns/lookup", {"name": name})["addresses"]
         return found
 
-    exposed = meshnet("h1", "expose", "-h", "gateway1")
+    exposed = meshnet("h1", "expose", "--hostname", "gateway1")
     assert exposed.returncode == 0, exposed.stderr
     gateway = exposed.stdout.strip()
     h1_name = wait_for(lambda: addresses("h2", "h1-c1"), 20, "h1-c1's name on h2")

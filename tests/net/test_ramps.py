@@ -143,13 +143,13 @@ def test_expose_lets_the_host_reach_a_container_on_another_host_until_hide(lab: 
     dns_address = lab.client("h1").get("/status/dns")["listen"].split("/")[0]
     assert not can_ping(h1, target)  # the DNS address is on the bridge, but closed to replies
 
-    exposed = lab.meshnet("h1", "expose", "-h", "gateway1")
+    exposed = lab.meshnet("h1", "expose", "--hostname", "gateway1")
     assert exposed.returncode == 0, exposed.stderr
     address = exposed.stdout.strip()
     gateway = address.split("/")[0]
     assert address.endswith("/12")
     assert wait_for(lambda: can_ping(h1, target), timeout=10, what="h1 to reach h2-c1")
-    again = lab.meshnet("h1", "expose", "-h", "gateway1")  # harmless: the same address
+    again = lab.meshnet("h1", "expose", "--hostname", "gateway1")  # harmless: the same address
     assert (again.returncode, again.stdout.strip()) == (0, address)
     assert f"default via {gateway} dev ethwe" in routes(lab.ns("h1-c1"))
     status = lab.meshnet("h1", "status").stdout

@@ -29,7 +29,7 @@ from meshnet.dns import service as service_module
 from meshnet.dns.answer import Resolver
 from meshnet.dns.records import Records
 from meshnet.dns.server import DnsServer
-from meshnet.dns.service import STATE_FILE, DnsService
+from meshnet.dns.service import EXTERNAL, STATE_FILE, DnsService
 from meshnet.dns.settings import DnsSettings
 from meshnet.errors import UserError
 from meshnet.gossip.identity import Identity, new_peer_name, new_uid
@@ -261,6 +261,37 @@ async def test_own_records_persist_across_a_restart(tmp_path: Path) -> None:
     # A damaged file is not fatal: the service starts empty and says so in the log.
     (router.config.state_dir / STATE_FILE).write_bytes(b"\xc1garbage")
     assert len(DnsService(again.config, Router(again.config, again.identity, None)).records) == 0
+
+
+@pytest.mark.trio
+async def test_a_name_for_an_address_outside_any_container(tmp_path: Path) -> None:
+    router = make_router(tmp_path, "a")
+    service = DnsService(router.config, router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        added = await service.dns_add({"container": None, "addresses": ["192.0.2.7"], "name": "db"})
+        assert added == {
+            "name": "db.meshnet.local.",
+            "container": EXTERNAL,
+            "addresses": ["192.0.2.7"],
+        }
+        assert service.dns_lookup({"name": "db"})["addresses"] == ["192.0.2.7"]
+        [entry] = service.status()["entries"]
+        assert entry["records"] == [
+            {"name": "db.meshnet.local.", "address": "192.0.2.7", "container": EXTERNAL}
+        ]
+        with pytest.raises(UserError, match="give the IP address"):
+            await service.dns_add({"name": "db"})
+        with pytest.raises(UserError, match=r"^bad address 'x': not an IP address$"):
+            await service.dns_add({"addresses": ["x"], "name": "db"})
+        # A container's records are not the external ones: removing one leaves the other.
+        service.add("c1", "db.meshnet.local.", ["10.32.0.5"])
+        assert service.dns_remove({"addresses": ["192.0.2.7"]}) == {
+            "container": EXTERNAL,
+            "removed": 1,
+        }
+        assert service.dns_lookup({"name": "db"})["addresses"] == ["10.32.0.5"]
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio

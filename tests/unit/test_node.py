@@ -132,7 +132,7 @@ class FakeIpam:
     def __init__(self, calls: Calls, held: dict[str, list[IPv4Interface]] | None = None) -> None:
         self.calls = calls
         self.held = held or {}
-        self.config = SimpleNamespace(range=RANGE)
+        self.config = SimpleNamespace(range=RANGE, subnet=RANGE)
         self.next = 5
 
     def holders(self, prefix: str = "") -> dict[str, list[str]]:
@@ -430,3 +430,32 @@ def test_the_api_answers_409_for_a_service_the_router_runs_without() -> None:
     assert json.loads(sent[1]["body"]) == {
         "error": "this router runs without a data plane (--no-dataplane)"
     }
+
+
+def test_detach_takes_the_specs_attach_takes() -> None:
+    calls = Calls()
+    held = [IPv4Interface("10.32.0.5/12"), IPv4Interface("10.32.1.5/24")]
+    node = node_with_fakes(calls, **{"netns:c1": held})
+    trio.run(node.detach, Target("c1"), ["net:10.32.1.0/24", "ip:10.32.0.5"])
+    assert calls[:2] == [
+        "detach c1 10.32.1.5/24,10.32.0.5/32",
+        "unisolate c1 10.32.1.5/24,10.32.0.5/32",
+    ]
+    assert calls[2] == "release netns:c1 10.32.1.5,10.32.0.5"
+    calls.clear()
+    node = node_with_fakes(calls, **{"netns:c1": held})
+    trio.run(node.detach, Target("c1"), ["net:default"])  # the default subnet: here the range
+    assert calls[0] == "detach c1 10.32.0.5/12,10.32.1.5/24"
+    # A subnet it has nothing in detaches nothing (not everything, as no address would).
+    calls.clear()
+    with pytest.raises(UserError, match=r"net:10.40.0.0/16: the container has no address in"):
+        trio.run(node.detach, Target("c1"), ["net:10.40.0.0/16"])
+    assert calls == []
+
+
+def test_attach_net_default_is_an_address_from_the_default_subnet() -> None:
+    calls = Calls()
+    node = node_with_fakes(calls)
+    attached = trio.run(node.attach, Target("c1"), ["net:default"], "ethwe", None)
+    assert calls[:2] == ["allocate netns:c1", "attach c1 10.32.0.5/12"]
+    assert attached.attachment["addresses"] == ["10.32.0.5/12"]

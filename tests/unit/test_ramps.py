@@ -356,7 +356,7 @@ def test_status_lines() -> None:
 def test_bad_specs_are_one_line_before_the_daemon_is_asked(tmp_path: Path) -> None:
     env = {"MESHNET_API_SOCKET": str(tmp_path / "none.sock"), "PATH": "/usr/bin:/bin"}
     assert_one_line_error(run_meshnet("expose", "10.32.1.1", env=env), "prefix length")
-    assert_one_line_error(run_meshnet("hide", "net:nope", env=env), "bad subnet")
+    assert_one_line_error(run_meshnet("hide", "net:nope", env=env), "bad address 'net:nope'")
     assert_one_line_error(run_meshnet("expose", env=env), "meshnet is not running")
 
 

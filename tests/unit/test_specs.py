@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnet.errors import UserError
-from meshnet.node.specs import DEFAULT_SUBNET, AddressSpec, SpecKind, parse_exposure, parse_spec
+from meshnet.node.specs import (
+    DEFAULT_SUBNET,
+    AddressSpec,
+    SpecKind,
+    looks_like_spec,
+    parse_exposure,
+    parse_spec,
+)
 
 SUBNET = IPv4Network("10.32.1.0/24")
 HOST = IPv4Interface("10.32.1.1/24")
@@ -24,8 +31,17 @@ def test_attach_specs() -> None:
     assert parse_spec("fd00::1/64").kind is SpecKind.STATIC
     assert parse_spec("ip:10.32.1.1").exact and not parse_spec("10.32.1.1/24").exact
     for bad in ("10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "ip:banana", "banana/7"):
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match=f"^bad address '{bad}': "):
             parse_spec(bad)
+    with pytest.raises(UserError, match="IPv6 is not supported here yet"):
+        parse_spec("net:fd00::/64")
+
+
+def test_a_spec_is_told_from_a_container() -> None:
+    for spec in ("net:default", "net:10.32.1.0/24", "ip:10.32.1.1", "10.32.1.1/24", "fd00::1/64"):
+        assert looks_like_spec(spec)
+    for container in ("c1", "4242", "/proc/4242/ns/net", "default", "10.32.1.1", "web_1"):
+        assert not looks_like_spec(container)
 
 
 def test_exposure_specs_are_subnets_or_ipv4_host_addresses_with_their_prefix() -> None:
