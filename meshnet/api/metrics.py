@@ -144,6 +144,24 @@ def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
     for state, n in sorted(by_state.items()):
         paths.add_metric([state], n)
     yield paths
+    yield GaugeMetricFamily(
+        "meshnet_dataplane_paths_behind_nat",
+        "UDP paths that follow a neighbour's NAT to another port than it advertised.",
+        value=sum(1 for p in status.get("paths", {}).values() if p.get("nat_moved")),
+    )
+    yield CounterMetricFamily(
+        "meshnet_dataplane_nat_moves",
+        "Times a UDP path followed a neighbour's heartbeats to another address or port.",
+        value=status.get("counters", {}).get("udp_endpoint_moved", 0),
+    )
+    superframes = CounterMetricFamily(
+        "meshnet_dataplane_superframes",
+        "TCP super-frames sent whole in one GSO send or received whole in one GRO run.",
+        labels=["direction"],
+    )
+    for direction, n in sorted(forwarding.get("superframes", {}).items()):
+        superframes.add_metric([direction], n)
+    yield superframes
     fastdp_filter = (status.get("fastdp") or {}).get("filter") or {}
     yield CounterMetricFamily(
         "meshnet_fastdp_foreign_dropped",

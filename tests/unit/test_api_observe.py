@@ -215,14 +215,18 @@ def test_interval_is_bounded() -> None:
 
 def test_subsystem_metrics_from_status() -> None:
     dataplane = {
-        "paths": {"aa:00:00:00:00:01": {"nickname": "h2", "state": "established"}},
+        "paths": {
+            "aa:00:00:00:00:01": {"nickname": "h2", "state": "established", "nat_moved": True}
+        },
         "forwarding": {
             "sent": {"aa:00:00:00:00:01": {"datagrams": 3, "bytes": 300}},
             "received": {},
             "relayed": {"aa:00:00:00:00:02": {"datagrams": 1, "bytes": 50}},
             "dropped": {"no_route": 2},
+            "superframes": {"sent": 7, "received": 5},
         },
         "macs": [{}, {}],
+        "counters": {"udp_endpoint_moved": 2},
     }
     ipam = {
         "peers": [
@@ -263,6 +267,9 @@ def test_subsystem_metrics_from_status() -> None:
     assert samples[("meshnet_dataplane_bytes_total", sent)] == 300
     assert samples[("meshnet_dataplane_drops_total", (("reason", "no_route"),))] == 2
     assert samples[("meshnet_dataplane_macs", ())] == 2
+    assert samples[("meshnet_dataplane_paths_behind_nat", ())] == 1
+    assert samples[("meshnet_dataplane_nat_moves_total", ())] == 2
+    assert samples[("meshnet_dataplane_superframes_total", (("direction", "sent"),))] == 7
     assert samples[("meshnet_ipam_addresses", (("state", "in_use"),))] == 3
     assert samples[("meshnet_ipam_addresses", (("state", "unreachable"),))] == 6
     assert samples[("meshnet_dns_entries", ())] == 2
