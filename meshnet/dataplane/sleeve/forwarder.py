@@ -463,7 +463,6 @@ class Forwarder:
         if decision is Decision.DELIVER or decision is Decision.FLOOD:
             self._write_tap([run.vnet, headers, *run.payloads], self._rx)
             self._rx.superframes += 1
-
         else:
             drops["switch"] += 1
 
