@@ -312,12 +312,8 @@ class Mesh:
                 if source == self._name:
                     self._counters.stray += 1
                     return []
-                if not self._may_arrive_from(source, from_peer):
+                if self._spoofed("broadcast", channel, source, from_peer):
                     self._counters.spoofed_broadcasts += 1
-                    self.last_rejection = (
-                        f"broadcast on {channel!r} claiming source {source:012x} "
-                        f"arrived from neighbour {from_peer:012x}"
-                    )
                     return []
                 hops = [p for p in self.routes.broadcast_hops(source) if p != from_peer]
                 sends = self._emit(hops, message)
@@ -329,12 +325,8 @@ class Mesh:
                 return sends
             case Unicast(channel, source, destination, payload):
                 self._counters.tally(self._counters.received, channel, 1, len(payload))
-                if not self._may_arrive_from(source, from_peer):
+                if self._spoofed("unicast", channel, source, from_peer):
                     self._counters.spoofed += 1
-                    self.last_rejection = (
-                        f"unicast on {channel!r} claiming source {source:012x} "
-                        f"arrived from neighbour {from_peer:012x}"
-                    )
                     return []
                 if destination != self._name:
                     return self._forward_unicast(message)
@@ -391,6 +383,17 @@ class Mesh:
         if gossiper is None:
             raise ValueError(f"gossip channel {channel!r} is not registered")
         return gossiper
+
+    def _spoofed(self, kind: str, channel: str, source: int, from_peer: int) -> bool:
+        """Whether a message claiming ``source`` cannot have come from ``from_peer`` (noted in
+        ``last_rejection``)."""
+        if self._may_arrive_from(source, from_peer):
+            return False
+        self.last_rejection = (
+            f"{kind} on {channel!r} claiming source {source:012x} "
+            f"arrived from neighbour {from_peer:012x}"
+        )
+        return True
 
     def _may_arrive_from(self, source: int, neighbour: int) -> bool:
         """Whether a unicast or broadcast from ``source`` can reach us through ``neighbour``.

@@ -323,14 +323,22 @@ class Inbox(MaxRegister):
         self.delivered.append((source, payload))
 
 
-def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() -> None:
-    """B - A - C - D, and E hangs off A: E forges unicasts for A in others' names."""
-    A, B, C, D, E = 10, 20, 30, 40, 50
+A, B, C, D, E = 10, 20, 30, 40, 50
+
+
+def spoofing_mesh() -> dict[int, Mesh]:
+    """B - A - C - D, and E hangs off A, all connected and converged."""
     meshes = {
         n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (A, B, C, D, E)
     }
     for x, y in ((A, B), (A, C), (C, D), (A, E)):
         pump(meshes, link(meshes, x, y))
+    return meshes
+
+
+def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() -> None:
+    """B - A - C - D, and E hangs off A: E forges unicasts for A in others' names."""
+    meshes = spoofing_mesh()
     inbox = Inbox()
     meshes[A].register_channel("ipam", inbox)
     forged = [
@@ -355,12 +363,7 @@ def test_a_unicast_is_accepted_only_from_where_its_claimed_source_can_send_it() 
 
 def test_a_broadcast_is_relayed_and_delivered_only_from_where_its_source_can_send_it() -> None:
     """B - A - C - D, and E hangs off A: E floods broadcasts in others' names."""
-    A, B, C, D, E = 10, 20, 30, 40, 50
-    meshes = {
-        n: Mesh(name=n, nickname=f"h{n}", uid=n, rng=random.Random(n)) for n in (A, B, C, D, E)
-    }
-    for x, y in ((A, B), (A, C), (C, D), (A, E)):
-        pump(meshes, link(meshes, x, y))
+    meshes = spoofing_mesh()
     inbox = Inbox()
     meshes[A].register_channel("kv", inbox)
     for source in (99, D, B):  # nobody; reached through C; a neighbour of its own
