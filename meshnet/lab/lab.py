@@ -249,13 +249,11 @@ def _build(
     for link in links:
         progress(f"link {link.a} - {link.b}")
         a_if, b_if = _link_ifname(link.b), _link_ifname(link.a)
-        with netlink.namespace(namespaces[link.a]) as ns:
-            ns.create_veth(a_if, b_if, namespaces[link.b], mtu=record.mtu)
-            ns.add_address(a_if, link.a_address)
-            ns.set_up(a_if)
-        with netlink.namespace(namespaces[link.b]) as ns:
-            ns.add_address(b_if, link.b_address)
-            ns.set_up(b_if)
+        _addressed_veth(
+            (namespaces[link.a], a_if, link.a_address),
+            (namespaces[link.b], b_if, link.b_address),
+            record.mtu,
+        )
         _apply_faults(namespaces[link.a], a_if, link.loss, link.rate)
         _apply_faults(namespaces[link.b], b_if, link.loss, link.rate)
     for c in containers:
@@ -347,14 +345,12 @@ def _build_internet(
         nat_namespace = prefix + nat_router_name(nat.host)
         _create_namespace(journal, nat_namespace)
         netlink.set_ipv4_forwarding(nat_namespace)
-        with netlink.namespace(nat_namespace) as ns:
-            ns.create_veth(NAT_LAN_IFNAME, NAT_HOST_IFNAME, namespaces[nat.host], mtu=record.mtu)
-            ns.add_address(NAT_LAN_IFNAME, nat.lan_address)
-            ns.set_up(NAT_LAN_IFNAME)
-        with netlink.namespace(namespaces[nat.host]) as ns:
-            ns.add_address(NAT_HOST_IFNAME, nat.host_address)
-            ns.set_up(NAT_HOST_IFNAME)
-            ns.add_route("0.0.0.0/0", NAT_HOST_IFNAME, gateway=_ip(nat.lan_address))
+        _addressed_veth(
+            (nat_namespace, NAT_LAN_IFNAME, nat.lan_address),
+            (namespaces[nat.host], NAT_HOST_IFNAME, nat.host_address),
+            record.mtu,
+            default_route=True,
+        )
         _link_to_internet(router, nat_namespace, NAT_WAN_IFNAME, nat.uplink, record.mtu)
         run_nft(
             "-f", "-", script=nat_ruleset(nat.kind), namespace=nat_namespace, needed_by="lab NAT"
@@ -370,18 +366,33 @@ def _link_to_internet(
     """One link from the internet router to a public host or NAT router, whose default route
     it becomes; the router reaches the host's other underlay addresses through it too."""
     router_ifname = _link_ifname(uplink.host)
-    with netlink.namespace(router) as ns:
-        ns.create_veth(router_ifname, ifname, namespace, mtu=mtu)
-        ns.add_address(router_ifname, uplink.router_address)
-        ns.set_up(router_ifname)
-    with netlink.namespace(namespace) as ns:
-        ns.add_address(ifname, uplink.address)
-        ns.set_up(ifname)
-        ns.add_route("0.0.0.0/0", ifname, gateway=_ip(uplink.router_address))
+    _addressed_veth(
+        (router, router_ifname, uplink.router_address),
+        (namespace, ifname, uplink.address),
+        mtu,
+        default_route=True,
+    )
     if uplink.routed:
         with netlink.namespace(router) as ns:
             for destination in uplink.routed:
                 ns.add_route(destination, router_ifname, gateway=_ip(uplink.address))
+
+
+def _addressed_veth(
+    a: tuple[str, str, str], b: tuple[str, str, str], mtu: int, *, default_route: bool = False
+) -> None:
+    """A veth pair between two namespaces, each end (namespace, interface, address/prefix)
+    addressed and up; with ``default_route``, b's default route goes via a."""
+    (a_ns, a_if, a_address), (b_ns, b_if, b_address) = a, b
+    with netlink.namespace(a_ns) as ns:
+        ns.create_veth(a_if, b_if, b_ns, mtu=mtu)
+        ns.add_address(a_if, a_address)
+        ns.set_up(a_if)
+    with netlink.namespace(b_ns) as ns:
+        ns.add_address(b_if, b_address)
+        ns.set_up(b_if)
+        if default_route:
+            ns.add_route("0.0.0.0/0", b_if, gateway=_ip(a_address))
 
 
 def _ip(cidr: str) -> str:
