@@ -13,9 +13,11 @@ SLEEVE_TAP: Final = "vethwe-sleeve"  # the sleeve's TAP port on the bridge
 CONTAINER_IFNAME: Final = "ethwe"  # a container's interface on the overlay, by default
 CONTROL_PORT: Final = 6783  # TCP: connections; UDP: the sleeve
 FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between directly reachable peers
-# fastdp's probes: IEEE 802 local experimental, never a container's protocol. Only VXLAN may
-# carry them (the sleeve drops them), or they would prove a VXLAN path that does not work.
+# fastdp's probes: IEEE 802 local experimental ethertype (containers may use it too), then a
+# magic. Only VXLAN may carry them (the sleeve drops them), or they would prove a VXLAN path that
+# does not work; a container's frame of that ethertype without the magic is carried as any other.
 FASTDP_PROBE_ETHERTYPE: Final = 0x88B5
+FASTDP_PROBE_MAGIC: Final = b"MNFP"
 # How long the router waits for IPAM to give an address (a ring still forming, a donor asked);
 # clients of an allocating request wait this long plus a margin for the rest of the work.
 ALLOCATE_TIMEOUT: Final = 30.0

@@ -291,7 +291,19 @@ def test_the_sleeve_never_carries_a_fastdp_probe() -> None:
     """A probe flooded to the sleeve before its MAC is pinned on VXLAN would, answered, prove a
     VXLAN path that does not work (through a NAT: seconds of loss after a start)."""
     f, sock = forwarder()
-    probe = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5" + bytes(46)
+    probe = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5MNFP" + bytes(42)
     capture(f, vn.VNET_NONE + probe)
     f.flush()
     assert sock.sent == [] and f.statistics()["dropped"] == {"fastdp_probe": 1}
+
+
+def test_a_containers_frame_of_the_probe_ethertype_is_carried() -> None:
+    """IEEE 802's local experimental ethertype is anyone's: only fastdp's own probes stay off
+    the sleeve (a container's broadcasts of it were lost while fastdp was coming up)."""
+    f, sock = forwarder()
+    remote = bytes.fromhex("020000000002")
+    f._switch.from_peer(PEER, remote, remote, time.monotonic())  # its MAC is behind PEER
+    frame = remote + bytes.fromhex("020000000001") + b"\x88\xb5spray" + bytes(41)
+    capture(f, vn.VNET_NONE + frame)
+    f.flush()
+    assert len(sock.sent) == 1 and f.statistics()["dropped"] == {}

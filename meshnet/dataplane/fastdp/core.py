@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from meshnet.beats import next_beat
-from meshnet.constants import FASTDP_PORT, FASTDP_PROBE_ETHERTYPE
+from meshnet.constants import FASTDP_PORT, FASTDP_PROBE_ETHERTYPE, FASTDP_PROBE_MAGIC
 from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
@@ -47,7 +47,8 @@ ETHERTYPE = FASTDP_PROBE_ETHERTYPE
 FLOOD_MAC = "00:00:00:00:00:00"
 MAX_ADVERTISED_MACS = 65536
 
-_PROBE_MAGIC = b"MNFP"
+_PROBE_MAGIC = FASTDP_PROBE_MAGIC
+_PROBE_PREFIX = ETHERTYPE.to_bytes(2, "big") + _PROBE_MAGIC
 _PROBE = struct.Struct("!4sBxHQI")  # magic, kind, pad, version, sender, probe id
 _ETHERNET = struct.Struct("!6s6sH")
 
@@ -74,6 +75,13 @@ def encode_probe(probe: Probe, *, source: str, destination: str, size: int) -> b
     head = _ETHERNET.pack(bytes.fromhex(destination.replace(":", "")), _mac(source), ETHERTYPE)
     body = _PROBE.pack(_PROBE_MAGIC, probe.kind, 1, probe.sender, probe.probe_id)
     return (head + body).ljust(max(size, _ETHERNET.size + _PROBE.size), b"\0")
+
+
+def is_probe(frame: bytes) -> bool:
+    """Whether `frame` claims to be a probe (its ethertype and magic); containers may send
+    frames of the same ethertype, which are theirs and not probes."""
+    offset = _ETHERNET.size - 2
+    return frame[offset : offset + 2 + len(_PROBE_MAGIC)] == _PROBE_PREFIX
 
 
 def decode_probe(frame: bytes) -> tuple[str, Probe]:

@@ -421,6 +421,8 @@ class FastDatapath:
             frame, address = await self._sock.recvfrom(65536)
             if address[2] == _PACKET_OUTGOING:
                 continue
+            if not fastdp.is_probe(frame):
+                continue  # a container's frame of the same ethertype: not ours to read
             try:
                 destination, probe = fastdp.decode_probe(frame)
             except RemoteProtocolError:

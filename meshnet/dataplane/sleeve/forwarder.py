@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshnet.constants import FASTDP_PROBE_ETHERTYPE
+from meshnet.constants import FASTDP_PROBE_ETHERTYPE, FASTDP_PROBE_MAGIC
 from meshnet.dataplane.kernel.tap import READ_SIZE as TAP_READ_SIZE
 from meshnet.dataplane.kernel.tap import Tap, TapError
 from meshnet.dataplane.kernel.udp import (
@@ -81,7 +81,7 @@ REASSEMBLY_SWEEP = 5.0
 #: it; 4 to 64 moved the same, the ping under load growing with the turn.
 TURN = 16
 _SEQUENCE = struct.Struct(">Q")
-_PROBE_ETHERTYPE = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big")
+_PROBE_PREFIX = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big") + FASTDP_PROBE_MAGIC
 
 
 class _Counts:
@@ -254,7 +254,7 @@ class Forwarder:
         if size < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
             return
-        if view[VNET_HEADER_SIZE + 12 : VNET_HEADER_SIZE + 14] == _PROBE_ETHERTYPE:
+        if view[VNET_HEADER_SIZE + 12 : VNET_HEADER_SIZE + 18] == _PROBE_PREFIX:
             # A fastdp probe flooded to us before its MAC was pinned on the VXLAN port: carried
             # here, its answer would prove a VXLAN path that may not work (through a NAT).
             self._tx.drops["fastdp_probe"] += 1
