@@ -154,6 +154,26 @@ def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "Times a UDP path followed a neighbour's heartbeats to another address or port.",
         value=status.get("counters", {}).get("udp_endpoint_moved", 0),
     )
+    punch = status.get("punch") or {}
+    yield CounterMetricFamily(
+        "meshnet_punch_attempts",
+        "Attempts to punch a direct UDP path through NATs to a peer without a connection.",
+        value=punch.get("counters", {}).get("attempts", 0),
+    )
+    yield CounterMetricFamily(
+        "meshnet_punch_successes",
+        "Punched paths established (heartbeats both ways).",
+        value=punch.get("counters", {}).get("successes", 0),
+    )
+    yield GaugeMetricFamily(
+        "meshnet_dataplane_paths_punched",
+        "Established UDP paths punched through NATs.",
+        value=sum(
+            1
+            for p in status.get("paths", {}).values()
+            if p.get("punched") and p["state"] == "established"
+        ),
+    )
     superframes = CounterMetricFamily(
         "meshnet_dataplane_superframes",
         "TCP super-frames sent whole in one GSO send or received whole in one GRO run.",

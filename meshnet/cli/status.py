@@ -60,7 +60,9 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
         elif not p["reachable"]:
             route = "-"
         elif p["via"]:
-            route = "via " + ", ".join(p["via"])
+            route = "relayed via " + ", ".join(p["via"])
+        elif any(c.get("punched") for c in local_connections(peers, p["name"])):
+            route = "direct (punched)"
         else:
             route = "direct"
         conns = ", ".join(
@@ -70,6 +72,12 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
             p["name"], p["nickname"], "yes" if p["reachable"] else "no", route, conns or "-"
         )
     return table
+
+
+def local_connections(peers: list[dict[str, Any]], peer: str) -> list[dict[str, Any]]:
+    """Our own entry's connections to ``peer`` (a punched path is listed there)."""
+    local = next((p for p in peers if p["local"]), None)
+    return [c for c in (local or {}).get("connections", []) if c["peer"] == peer]
 
 
 def _connections_table(conns: list[dict[str, Any]]) -> Table:
@@ -132,7 +140,9 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
         table.add_row(
             f"{peer} ({path['nickname']})",
             path["state"],
-            (path.get("endpoint") or "-") + (" (NAT)" if path.get("nat_moved") else ""),
+            (path.get("endpoint") or "-")
+            + (" (NAT)" if path.get("nat_moved") else "")
+            + (" (punched)" if path.get("punched") else ""),
             path["kind"] if path["kind"] == "fastdp" else f"sleeve (fastdp {path['fastdp']})",
             str(path["pmtu"]),
             str(path["rtt_ms"]) if path["rtt_ms"] is not None else "-",
@@ -146,8 +156,25 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
     foreign = (fast.get("filter") or {}).get("foreign_dropped")
     if foreign is not None:
         fastdp += f" (from strangers: {foreign} dropped)"
-    table.caption = f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}; {fastdp}"
+    table.caption = (
+        f"dropped: {dropped or 'none'}; MACs learned: {len(data['macs'])}; {fastdp}"
+        + punch_summary(data.get("punch"))
+    )
     return table
+
+
+def punch_summary(punch: dict[str, Any] | None) -> str:
+    """The NAT in front of us as our neighbours see it, and each peer we tried to punch to."""
+    if not punch or punch.get("nat") in (None, "none"):
+        return ""
+    out = f"\nNAT: {punch['nat']}, seen as {', '.join(punch['candidates']) or '-'}"
+    if punch.get("unpunchable"):
+        out += f" ({punch['unpunchable']})"
+    for peer, record in sorted(punch.get("peers", {}).items()):
+        out += f"\n  {peer}: {record['state']}"
+        if record["state"] == "relayed" and record.get("reason"):
+            out += f": {record['reason']}; again in {record['retry_in']} s"
+    return out
 
 
 status.add_command(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from meshnet.dataplane.kernel import attach as attachment
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.tap import open_tap
 from meshnet.dataplane.kernel.udp import open_udp
+from meshnet.dataplane.punch.core import Endpoint
+from meshnet.dataplane.punch.service import PunchService
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
@@ -84,6 +87,11 @@ class DataPlane:
         self._moved: dict[int, tuple[str, int]] = {}
         self._windows: dict[int, wire.ReplayWindow] = {}
         self._links: dict[int, PeerLink] = {}
+        # Paths punched through NATs to peers we have no control connection with (punch/), and
+        # until we hear from the peer, every endpoint their heartbeats go to and the TTL they
+        # leave with (see punch/core.py).
+        self._punched: dict[int, PeerLink] = {}
+        self._punching: dict[int, tuple[tuple[Endpoint, ...], int | None]] = {}
         self._dirty = trio.Event()
         self._netlink = trio.CapacityLimiter(1)
         self.overlay_mtu = 0
@@ -97,6 +105,14 @@ class DataPlane:
             tap=SLEEVE_TAP,
             netlink_limiter=self._netlink,
             on_change=self._fastdp_changed,
+        )
+        self.punch = PunchService(
+            router,
+            self.switch,
+            port=config.port,
+            local_ips=frozenset(),  # read with the bridge's setup
+            start=self._start_punched,
+            stop=self._stop_punched,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -134,6 +150,7 @@ class DataPlane:
                 nursery.start_soon(self._rebuild_snapshots)
                 nursery.start_soon(self._drive_paths)
                 nursery.start_soon(self._expire_macs)
+                nursery.start_soon(self.punch.serve)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -154,6 +171,7 @@ class DataPlane:
             raise UserError(f"the underlay MTU leaves only {mtu} bytes for containers")
         self.overlay_mtu = mtu
         with netlink.namespace(None) as ns:
+            self.punch.core.local_ips = frozenset(ns.addresses())
             if not ns.has_link(BRIDGE):
                 ns.create_bridge(BRIDGE, mtu=mtu)
             else:
@@ -176,7 +194,7 @@ class DataPlane:
 
     def _snapshot(self) -> Snapshot:
         neighbours = {}
-        for peer, link in self._links.items():
+        for peer, link in {**self._punched, **self._links}.items():
             path = self.paths.get(peer)
             neighbours[peer] = Neighbour(
                 name=peer,
@@ -190,12 +208,54 @@ class DataPlane:
             )
         return Snapshot(
             local=self.local,
-            routes=self.router.views.current.routes,
+            routes=self.router.views.current.data_routes,
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
             fastdp=self.fastdp.up,
             fastdp_macs=frozenset(bytes.fromhex(m.replace(":", "")) for m in self.fastdp.pinned),
         )
+
+    def _link(self, peer: int) -> PeerLink | None:
+        """A neighbour's control connection's link, else a punched path's."""
+        return self._links.get(peer) or self._punched.get(peer)
+
+    def _start_punched(
+        self,
+        peer: int,
+        candidates: tuple[Endpoint, ...],
+        keys: tuple[bytes, bytes] | None,
+        ttl: int | None,
+    ) -> None:
+        """Run a UDP path to ``peer``, punched through NATs: heartbeats go to every candidate
+        until one answers (the path then follows the answers), with ``ttl`` if given; the
+        first leaves now (it opens our NAT for the peer's); the verdicts go to the punch
+        service."""
+        send_key, receive_key = keys if keys is not None else (None, None)
+        ip, port = candidates[0]
+        self._punched[peer] = PeerLink(
+            peer, self.router.nick(peer), ip, port, send_key, receive_key
+        )
+        self._windows[peer] = wire.ReplayWindow()  # a new key: sequences may start anywhere
+        self._moved.pop(peer, None)
+        self._punching[peer] = (candidates, ttl)
+        path = self.paths.get(peer)
+        if path is None:
+            path = self.paths[peer] = UdpPath(
+                max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
+            )
+            for action in path.tick(trio.current_time()):
+                self._send_control(peer, action)
+        self._dirty.set()
+
+    def _stop_punched(self, peer: int) -> None:
+        self._punching.pop(peer, None)
+        if self._punched.pop(peer, None) is None:
+            return
+        if peer not in self._links:
+            self.paths.pop(peer, None)
+            self._windows.pop(peer, None)
+            self._moved.pop(peer, None)
+        self._dirty.set()
 
     def _endpoint(self, peer: int, link: PeerLink) -> tuple[str, int]:
         """The UDP endpoint the path to ``peer`` uses: where its heartbeats come from, once
@@ -258,11 +318,13 @@ class DataPlane:
         """
         for peer in list(self._links):
             if peer not in links:
+                del self._links[peer]
+                if peer in self._punched:
+                    continue  # its punched path goes on (the punch service decides)
                 self.paths.pop(peer, None)
                 self._sequences.pop(peer, None)
                 self._windows.pop(peer, None)
                 self._moved.pop(peer, None)
-                del self._links[peer]
         for peer, link in links.items():
             old = self._links.get(peer)
             if old is link:
@@ -328,26 +390,31 @@ class DataPlane:
         nickname = self.router.nick(peer)
         if path.state != before[0]:
             log.info("UDP path to %s %s (PMTU %d)", nickname, path.state.value, path.payload_mtu)
-        self.router.report_path(self._verdict(peer, path))
+        link = self._punched.get(peer)
+        if link is not None and peer not in self._links:
+            self.punch.path_changed(peer, path.established, self._endpoint(peer, link))
+        else:
+            self.router.report_path(self._verdict(peer, path))
         self._dirty.set()
 
     def _verdict(self, peer: int, path: UdpPath) -> PathVerdict:
         return PathVerdict(peer, path.established, self._path_info(peer, path))
 
     def _path_info(self, peer: int, path: UdpPath) -> dict[str, Any]:
-        link = self._links.get(peer)
+        link = self._link(peer)
         endpoint = self._endpoint(peer, link) if link is not None else None
         return {
             "state": path.state.value,
             "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
             "nat_moved": peer in self._moved,
+            "punched": peer not in self._links,
             "pmtu": path.payload_mtu,
             "rtt_ms": round(path.rtt * 1000, 3) if path.rtt is not None else None,
             **self.fastdp.peer_info(peer),
         }
 
     def _send_control(self, peer: int, action: SendHeartbeat | SendProbe) -> None:
-        link = self._links.get(peer)
+        link = self._link(peer)
         if link is None or self._sock is None:
             return
         if isinstance(action, SendHeartbeat):
@@ -378,8 +445,19 @@ class DataPlane:
             sequence=self._sequences.setdefault(peer, Sequences()).take(),
         )
         data = wire.encode_datagram(header, body, link.send_key)
+        punching = self._punching.get(peer)
         try:
-            self._sock.sendto(data, self._endpoint(peer, link))
+            if punching is None:
+                self._sock.sendto(data, self._endpoint(peer, link))
+            else:
+                candidates, ttl = punching
+                ancillary = (
+                    [(socket.IPPROTO_IP, socket.IP_TTL, ttl.to_bytes(4, sys.byteorder))]
+                    if ttl is not None
+                    else []
+                )
+                for endpoint in candidates:
+                    self._sock.sendmsg([data], ancillary, 0, endpoint)
         except OSError as e:
             if e.errno == errno.EMSGSIZE and kind == wire.Kind.PROBE:
                 path = self.paths.get(peer)
@@ -391,7 +469,7 @@ class DataPlane:
         """A heartbeat or probe the receive thread authenticated; runs in trio."""
         peer = header.hop
         path = self.paths.get(peer)
-        link = self._links.get(peer)
+        link = self._link(peer)
         if path is None or link is None:
             self._count("control_from_stranger")
             return
@@ -399,6 +477,10 @@ class DataPlane:
         before = (path.state, path.payload_mtu)
         if header.kind == wire.Kind.HEARTBEAT:
             self._follow_heartbeats(peer, link, addr)
+            if peer in self._links:  # tell it where it is seen from (its reflexive address)
+                self.punch.heard(peer, (str(addr[0]), int(addr[1])))
+            else:  # a punched path: both NATs are open, heartbeats go where these come from
+                self._punching.pop(peer, None)
         try:
             if header.kind == wire.Kind.HEARTBEAT:
                 ts, echo, hears = wire.decode_heartbeat(body)
@@ -512,4 +594,5 @@ class DataPlane:
             ],
             "counters": dict(self.counters),
             "fastdp": self.fastdp.status(),
+            "punch": self.punch.status(),
         }

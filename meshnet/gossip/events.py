@@ -116,6 +116,7 @@ class MeshView:
     routes: Routes
     peers: frozenset[int]
     neighbours: frozenset[int]
+    data_routes: Routes  # over punched paths too: what the sleeve forwards by
 
     @property
     def reachable(self) -> Mapping[int, int]:

@@ -128,8 +128,12 @@ class Mesh:
         self._batch_delay = batch_delay
         self._topology = Topology(name=name, nickname=nickname, uid=uid)
         self._neighbours: dict[int, Connection] = {}
+        # UDP paths punched through NATs to peers we have no control connection with (listed
+        # in our entry so that every peer's data routes include them; gossip never uses them).
+        self._punched: dict[int, Connection] = {}
         self._channels: dict[str, Gossiper] = {}
         self._routes: Routes | None = None
+        self._data_routes: Routes | None = None
         self._next_gossip: float | None = None
         self._prune_due: float | None = None
         self._counters = _Counters()
@@ -166,6 +170,23 @@ class Mesh:
             self._routes = compute_routes(self._name, self._topology.entries)
             self._counters.recomputations += 1
         return self._routes
+
+    @property
+    def data_routes(self) -> Routes:
+        """The data plane's routes: over punched paths too (the same object as ``routes``
+        while no peer lists one)."""
+        if self._data_routes is None:
+            entries = self._topology.entries
+            if any(c.punched for e in entries.values() for c in e.connections):
+                self._data_routes = compute_routes(self._name, entries, punched=True)
+                self._counters.recomputations += 1
+            else:
+                self._data_routes = self.routes
+        return self._data_routes
+
+    @property
+    def punched(self) -> Mapping[int, Connection]:
+        return types.MappingProxyType(self._punched)
 
     def discovered_addresses(self) -> set[str]:
         """Listening addresses of peers we are not connected to, from others' outbound links."""
@@ -249,7 +270,7 @@ class Mesh:
             raise ValueError("a connection to ourselves")
         self._neighbours[peer] = Connection(peer, address, outbound, established)
         sends: list[Send] = []
-        entry = self._topology.set_local_connections(self._neighbours.values())
+        entry = self._topology.set_local_connections(self._local_connections())
         if entry is not None:
             self._topology_changed(now)
             others = [p for p in self._neighbours if p != peer]
@@ -265,7 +286,7 @@ class Mesh:
         if conn is None or conn.established == established:
             return []
         self._neighbours[peer] = replace(conn, established=established)
-        entry = self._topology.set_local_connections(self._neighbours.values())
+        entry = self._topology.set_local_connections(self._local_connections())
         if entry is None:
             return []
         self._topology_changed(now)
@@ -273,10 +294,34 @@ class Mesh:
             list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
         )
 
+    def set_punched(self, peer: int, address: str | None, now: float) -> list[Send]:
+        """A punched UDP path to ``peer`` is proven (``address``: where it goes) or gone
+        (None): announce it; routes over it are the data plane's only."""
+        if peer == self._name:
+            raise ValueError("a punched path to ourselves")
+        if address is None:
+            changed = self._punched.pop(peer, None) is not None
+        else:
+            conn = Connection(peer, address, outbound=False, established=True, punched=True)
+            changed = self._punched.get(peer) != conn
+            self._punched[peer] = conn
+        entry = self._topology.set_local_connections(self._local_connections())
+        if not changed or entry is None:
+            return []
+        self._topology_changed(now)
+        return self._emit(
+            list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
+        )
+
+    def _local_connections(self) -> list[Connection]:
+        """What our entry lists: control connections, and punched paths to other peers."""
+        punched = [c for p, c in self._punched.items() if p not in self._neighbours]
+        return [*self._neighbours.values(), *punched]
+
     def connection_down(self, peer: int, now: float) -> list[Send]:
         if self._neighbours.pop(peer, None) is None:
             return []
-        entry = self._topology.set_local_connections(self._neighbours.values())
+        entry = self._topology.set_local_connections(self._local_connections())
         if entry is None:
             return []
         self._topology_changed(now)
@@ -345,7 +390,7 @@ class Mesh:
             gone = self._topology.prune_unreachable()
             if gone:
                 self._counters.pruned += len(gone)
-                self._routes = None
+                self._routes = self._data_routes = None
         sends: list[Send] = []
         if self._next_gossip is not None and now >= self._next_gossip:
             self._next_gossip = now + self._jittered_interval()
@@ -477,6 +522,7 @@ class Mesh:
 
     def _topology_changed(self, now: float) -> None:
         self._routes = None
+        self._data_routes = None
         if self._prune_due is None:
             self._prune_due = now + self._batch_delay
 

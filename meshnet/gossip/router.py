@@ -260,11 +260,11 @@ class Router:
         }
 
     def peers(self) -> list[dict[str, Any]]:
-        routes = self.mesh.routes
+        routes = self.mesh.data_routes
         topology = self.mesh.topology
         out = []
         for name, entry in sorted(topology.items()):
-            path = shortest_path(topology, self.identity.name, name)
+            path = shortest_path(topology, self.identity.name, name, punched=True)
             out.append(
                 {
                     "name": format_peer_name(name),
@@ -283,6 +283,7 @@ class Router:
                             "address": c.address,
                             "outbound": c.outbound,
                             "established": c.established,
+                            "punched": c.punched,
                         }
                         for c in entry.connections
                     ],
@@ -349,6 +350,12 @@ class Router:
             self._dispatch(self.mesh.set_established(verdict.peer, verdict.established, now))
             self._maybe_changed.set()
 
+    def report_punched(self, peer: int, address: str | None) -> None:
+        """The data plane proved a UDP path punched to ``peer`` (at ``address``), or lost it
+        (None): listed in our topology entry, so that every peer's data routes use it."""
+        self._dispatch(self.mesh.set_punched(peer, address, trio.current_time()))
+        self._maybe_changed.set()
+
     def _publish_links(self) -> None:
         self.links.publish(LiveLinks.of({peer: live.link for peer, live in self._live.items()}))
 
@@ -357,6 +364,7 @@ class Router:
             routes=routes,
             peers=frozenset(self.mesh.topology),
             neighbours=frozenset(self.mesh.neighbours),
+            data_routes=self.mesh.data_routes,
         )
 
     def _signature(self, routes: Routes) -> tuple[object, ...]:
@@ -368,6 +376,8 @@ class Router:
             symmetric_graph(self.mesh.topology),
             frozenset(self.mesh.topology),
             frozenset(self.mesh.neighbours),
+            dict(self.mesh.data_routes.unicast),
+            symmetric_graph(self.mesh.topology, punched=True),
         )
 
     async def _publish_views(self) -> None:

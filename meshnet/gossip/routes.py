@@ -1,9 +1,11 @@
 """Routes: a cache derived from the topology, never gossiped.
 
 Only connections that both ends list as established count (a half-open or one-sided connection
-must not attract traffic). Every BFS walks neighbours in sorted order, so every peer that holds the
-same topology computes the same trees: hop-by-hop unicast then never loops (each hop is one step
-closer), and each broadcast tree delivers to every reachable peer exactly once.
+must not attract traffic). Punched UDP paths (no control connection) count only for the data
+plane's routes (``punched=True``): gossip cannot travel them. Every BFS walks neighbours in
+sorted order, so every peer that holds the same topology computes the same trees: hop-by-hop
+unicast then never loops (each hop is one step closer), and each broadcast tree delivers to every
+reachable peer exactly once.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from meshnet.gossip.topology import PeerEntry
 Graph = Mapping[int, tuple[int, ...]]
 
 
-def symmetric_graph(entries: Mapping[int, PeerEntry]) -> dict[int, tuple[int, ...]]:
-    """Adjacency (sorted) over connections both ends list as established."""
-    listed = {name: {c.peer for c in e.connections if c.established} for name, e in entries.items()}
+def symmetric_graph(
+    entries: Mapping[int, PeerEntry], *, punched: bool = False
+) -> dict[int, tuple[int, ...]]:
+    """Adjacency (sorted) over connections both ends list as established (and, with
+    ``punched``, punched paths both ends list)."""
+    listed = {
+        name: {c.peer for c in e.connections if c.established and (punched or not c.punched)}
+        for name, e in entries.items()
+    }
     empty: set[int] = set()
     return {
         name: tuple(sorted(p for p in peers if name in listed.get(p, empty)))
@@ -132,9 +140,12 @@ class Routes:
         return _bfs(self.graph, source, stop_after=self.local).get(self.local)
 
 
-def compute_routes(local: int, entries: Mapping[int, PeerEntry]) -> Routes:
-    """Unicast next hops by BFS from us; broadcast trees by BFS from each source (lazily)."""
-    graph = symmetric_graph(entries)
+def compute_routes(
+    local: int, entries: Mapping[int, PeerEntry], *, punched: bool = False
+) -> Routes:
+    """Unicast next hops by BFS from us; broadcast trees by BFS from each source (lazily).
+    ``punched``: the data plane's routes, over punched paths too."""
+    graph = symmetric_graph(entries, punched=punched)
     graph.setdefault(local, ())
     distance = {local: 0}
     first_hop: dict[int, int] = {}
@@ -183,13 +194,15 @@ def _entries_towards(graph: Graph, destination: int, local: int) -> Mapping[int,
     return types.MappingProxyType(entries)
 
 
-def shortest_path(entries: Mapping[int, PeerEntry], src: int, dst: int) -> list[int] | None:
+def shortest_path(
+    entries: Mapping[int, PeerEntry], src: int, dst: int, *, punched: bool = False
+) -> list[int] | None:
     """``[src, ..., dst]``: the path unicast actually takes hop by hop (status: "h4 via h2, h3").
 
     BFS over sorted neighbours makes each peer's first hop towards ``dst`` its smallest
     neighbour that is one step closer to ``dst``; so one BFS from ``dst`` replays every hop.
     """
-    graph = symmetric_graph(entries)
+    graph = symmetric_graph(entries, punched=punched)
     parent = _bfs(graph, dst)
     if src not in parent:
         return None

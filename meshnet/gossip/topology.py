@@ -40,13 +40,16 @@ class Connection:
     """One side's view of a control connection; ``address`` is the remote's ``ip:port``.
 
     For an outbound connection that is the remote's listening address, which is what peer
-    discovery hands to the connection maker.
+    discovery hands to the connection maker. ``punched``: no control connection at all but a
+    UDP path punched through NATs (``address`` is where it goes): it carries data, never
+    gossip, and is never a dial target.
     """
 
     peer: int
     address: str
     outbound: bool
     established: bool
+    punched: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,14 @@ def merge_entry_sets(a: Iterable[PeerEntry], b: Iterable[PeerEntry]) -> list[Pee
 
 
 # --- wire form: [[name, nickname, uid, version, [[peer, address, outbound, established]...]]...]
+# (a punched connection has a fifth element, True)
 
 
 def _entry_obj(e: PeerEntry) -> list[Any]:
-    conns = [[c.peer, c.address, c.outbound, c.established] for c in e.connections]
+    conns = [
+        [c.peer, c.address, c.outbound, c.established, *((True,) if c.punched else ())]
+        for c in e.connections
+    ]
     return [e.name, e.nickname, e.uid, e.version, conns]
 
 
@@ -248,7 +255,7 @@ def _decode_entry(obj: Any) -> PeerEntry:
     conns = []
     previous = -1
     for c in conns_:
-        if type(c) is not list or len(c) != 4:
+        if type(c) is not list or len(c) not in (4, 5) or (len(c) == 5 and c[4] is not True):
             raise _fail("connection", c)
         peer = _int(c[0], 0, MAX_PEER_NAME, "connection peer")
         if peer <= previous or peer == name:
@@ -256,7 +263,7 @@ def _decode_entry(obj: Any) -> PeerEntry:
         previous = peer
         if type(c[2]) is not bool or type(c[3]) is not bool:
             raise _fail("connection flags", c)
-        conns.append(Connection(peer, _address(c[1]), c[2], c[3]))
+        conns.append(Connection(peer, _address(c[1]), c[2], c[3], len(c) == 5))
     return PeerEntry(
         name,
         printable(nickname, MAX_NICKNAME),  # printed by every peer: see ``printable``

@@ -264,7 +264,7 @@ def describe_path(peer: dict[str, Any], path: dict[str, Any] | None) -> str:
     if path is None:
         return "direct"
     state = path.get("state", "")
-    kind = path.get("kind", "sleeve")
+    kind = path.get("kind", "sleeve") + (", punched" if path.get("punched") else "")
     return kind if state == "established" else f"{kind} ({state})"
 
 

@@ -204,3 +204,91 @@ def test_fastdp_is_used_through_a_nat_only_where_it_works(make_lab: Any, kind: s
         assert kinds == {"sleeve"}
     else:
         assert len(kinds) == 1  # both sides agree on what works
+
+
+# --- hole punching (point 2) ----------------------------------------------------------------------
+
+
+def relayed_datagrams(state: dict[str, Any], host: str) -> int:
+    relayed = api(state, host).get("/status/dataplane")["forwarding"]["relayed"]
+    return sum(int(row["datagrams"]) for row in relayed.values())
+
+
+def via(state: dict[str, Any], host: str, peer: str) -> list[str]:
+    peers = {p["nickname"]: p for p in api(state, host).get("/status/peers")}
+    return list(peers[peer]["via"])
+
+
+def direct_punched(state: dict[str, Any], host: str, peer: str) -> bool:
+    """``host`` reaches ``peer`` directly, over a punched path that is established."""
+    peers = {p["nickname"]: p for p in api(state, host).get("/status/peers")}
+    paths = api(state, host).get("/status/dataplane")["paths"]
+    path = next((p for p in paths.values() if p["nickname"] == peer), None)
+    return (
+        peers[peer]["reachable"]
+        and peers[peer]["via"] == []
+        and path is not None
+        and path["punched"]
+        and path["state"] == "established"
+    )
+
+
+@pytest.mark.parametrize("password", [None, PASSWORD])
+def test_two_hosts_behind_port_keeping_nats_punch_a_direct_path_and_fall_back_when_it_dies(
+    make_lab: Any, password: str | None
+) -> None:
+    state = make_lab(nat_mesh("masquerade", "masquerade"), password=password, fastdp=False)
+    assert ping_loss(state, "n1-c1", "n2-c1", count=5) == 0  # relayed by p at first
+    started = time.monotonic()
+    wait_for(lambda: direct_punched(state, "n1", "n2"), timeout=10, what="a punched path")
+    wait_for(lambda: direct_punched(state, "n2", "n1"), timeout=3, what="both sides")
+    print(f"punched after {time.monotonic() - started:.1f} s")
+    time.sleep(0.5)  # what was in flight on the relay
+    before = relayed_datagrams(state, "p")
+    assert ping_loss(state, "n1-c1", "n2-c1") == 0
+    assert relayed_datagrams(state, "p") == before  # p carries none of it any more
+    punch = api(state, "n1").get("/status/dataplane")["punch"]
+    assert punch["nat"] in ("port-preserving", "port-changing"), punch
+    # n1's NAT now drops everything from n2's: the punched path dies, traffic is relayed again.
+    n2_public = nat_of(state, "n2")["public_address"]
+    nat_ns = nat_of(state, "n1")["namespace"]
+    for command in (
+        "add table ip mnblock",
+        "add chain ip mnblock in { type filter hook prerouting priority -300; }",
+        f"add rule ip mnblock in ip saddr {n2_public} meta l4proto udp drop",
+    ):
+        result = ns_run(nat_ns, "nft", *command.split())
+        assert result.returncode == 0, result.stderr
+    cut = time.monotonic()
+    wait_for(lambda: via(state, "n1", "n2") == ["p"], timeout=10, what="the relay again")
+    print(f"relayed again after {time.monotonic() - cut:.1f} s")
+    assert ping_loss(state, "n1-c1", "n2-c1", count=10) == 0
+    assert relayed_datagrams(state, "p") > before
+
+
+def test_hosts_behind_random_port_nats_stay_relayed_and_say_why(make_lab: Any) -> None:
+    state = make_lab(nat_mesh("random", "random"), fastdp=False)
+    assert ping_loss(state, "n1-c1", "n2-c1") == 0
+    assert via(state, "n1", "n2") == ["p"]
+
+    def reason() -> str | None:
+        for host, peer in (("n1", "n2"), ("n2", "n1")):
+            record = api(state, host).get("/status/dataplane")["punch"]["peers"].get(peer)
+            if record and record["reason"]:
+                return str(record["reason"])
+        return None
+
+    # Keep traffic flowing so the attempt is made; it fails, and status says why.
+    pinging = subprocess.Popen(
+        ["ip", "netns", "exec", container(state, "n1-c1")["namespace"],
+         "ping", "-q", "-i", "0.2", "-w", "25", address(state, "n2-c1")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        why = wait_for(reason, timeout=25, what="a reason")
+    finally:
+        pinging.kill()
+        pinging.wait()
+    assert "NAT" in why or "heartbeat" in why, why
+    assert via(state, "n1", "n2") == ["p"]
+    assert ping_loss(state, "n1-c1", "n2-c1", count=10) == 0

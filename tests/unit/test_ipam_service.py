@@ -33,7 +33,9 @@ class FakeNet:
         self.send, self.receive = trio.open_memory_channel[Callable[[], None]](10_000)
         self.errors: list[RemoteProtocolError] = []
         # Published when links change (as the router's): only its version matters here.
-        self.views = Watch(MeshView(compute_routes(0, {}), frozenset(), frozenset()))
+        self.views = Watch(
+            MeshView(compute_routes(0, {}), frozenset(), frozenset(), compute_routes(0, {}))
+        )
 
     def linked(self, a: int, b: int) -> bool:
         return a in self.transports and b in self.transports and not {a, b} & self.cut

@@ -40,7 +40,13 @@ def entries(draw: st.DrawFn, name: int | None = None) -> PeerEntry:
     name = draw(st.sampled_from(NAMES)) if name is None else name
     peers = draw(st.sets(st.sampled_from([n for n in NAMES if n != name]), max_size=4))
     conns = tuple(
-        Connection(p, draw(st.sampled_from(ADDRESSES)), draw(st.booleans()), draw(st.booleans()))
+        Connection(
+            p,
+            draw(st.sampled_from(ADDRESSES)),
+            draw(st.booleans()),
+            draw(st.booleans()),
+            draw(st.booleans()),
+        )
         for p in sorted(peers)
     )
     return PeerEntry(

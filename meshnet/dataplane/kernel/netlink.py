@@ -378,6 +378,14 @@ class Namespace:
         )
         return True
 
+    def addresses(self) -> set[str]:
+        """Every IP address on this namespace's links."""
+        return {
+            str(_attr(a, "IFA_ADDRESS"))
+            for a in self._call("list addresses", self._ipr.get_addr)
+            if _attr(a, "IFA_ADDRESS") is not None
+        }
+
     def routes(self, ifname: str | None = None, *, family: int = 0) -> list[RouteInfo]:
         """Unicast routes of the main table (only those out of `ifname`, if given)."""
         kwargs: dict[str, Any] = {"table": _MAIN_TABLE}
