@@ -206,9 +206,10 @@ class MeshnetTui(App[None]):
         shown = f" · filter: {self.filter_text}" if self.filter_text else ""
         if self.connected:
             s = self.model.summary
+            nat = f" · behind a {s.nat} NAT" if s.nat not in (None, "none") else ""
             status.update(
                 f"● live · {s.peers} peers · {s.connections} connections · "
-                f"encryption {'on' if s.encryption else 'off'}{shown}"
+                f"encryption {'on' if s.encryption else 'off'}{nat}{shown}"
             )
             status.remove_class("down")
         else:

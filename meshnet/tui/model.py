@@ -69,6 +69,7 @@ class Summary:
     connections: int = 0
     encryption: bool = False
     version: str = ""
+    nat: str | None = None  # the NAT in front of us as neighbours see it (None: not known)
 
 
 class Model:
@@ -96,6 +97,7 @@ class Model:
             connections=router.get("connections", {}).get("established", 0),
             encryption=bool(router.get("encryption")),
             version=str(snapshot.get("version", "")),
+            nat=((snapshot.get("dataplane") or {}).get("punch") or {}).get("nat"),
         )
         self.peers = peer_rows(snapshot)
         self._update_flows(snapshot)

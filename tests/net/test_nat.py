@@ -214,6 +214,13 @@ def relayed_datagrams(state: dict[str, Any], host: str) -> int:
     return sum(int(row["datagrams"]) for row in relayed.values())
 
 
+def punch_record(state: dict[str, Any], host: str, peer: str) -> dict[str, Any]:
+    record: dict[str, Any] = (
+        api(state, host).get("/status/dataplane")["punch"]["peers"].get(peer, {})
+    )
+    return record
+
+
 def via(state: dict[str, Any], host: str, peer: str) -> list[str]:
     peers = {p["nickname"]: p for p in api(state, host).get("/status/peers")}
     return list(peers[peer]["via"])
@@ -264,17 +271,28 @@ def test_two_hosts_behind_port_keeping_nats_punch_a_direct_path_and_fall_back_wh
     print(f"relayed again after {time.monotonic() - cut:.1f} s")
     assert ping_loss(state, "n1-c1", "n2-c1", count=10) == 0
     assert relayed_datagrams(state, "p") > before
+    # The NAT lets it through again: punching is retried after its back-off, and succeeds.
+    assert ns_run(nat_ns, "nft", "delete", "table", "ip", "mnblock").returncode == 0
+    retry = (
+        punch_record(state, "n1", "n2")["retry_in"] or punch_record(state, "n2", "n1")["retry_in"]
+    )
+    assert 0 < retry <= 20
+    wait_for(lambda: direct_punched(state, "n1", "n2"), timeout=retry + 8, what="a new punch")
+    assert ping_loss(state, "n1-c1", "n2-c1", count=5) == 0
 
 
-def test_hosts_behind_random_port_nats_stay_relayed_and_say_why(make_lab: Any) -> None:
-    state = make_lab(nat_mesh("random", "random"), fastdp=False)
+@pytest.mark.parametrize("password", [None, PASSWORD])
+def test_hosts_behind_random_port_nats_stay_relayed_and_say_why(
+    make_lab: Any, password: str | None
+) -> None:
+    state = make_lab(nat_mesh("random", "random"), password=password, fastdp=False)
     assert ping_loss(state, "n1-c1", "n2-c1") == 0
     assert via(state, "n1", "n2") == ["p"]
 
     def reason() -> str | None:
         for host, peer in (("n1", "n2"), ("n2", "n1")):
-            record = api(state, host).get("/status/dataplane")["punch"]["peers"].get(peer)
-            if record and record["reason"]:
+            record = punch_record(state, host, peer)
+            if record.get("reason"):
                 return str(record["reason"])
         return None
 

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from meshnet.cli.status import punch_summary
 from meshnet.dataplane.punch import core
 from meshnet.dataplane.punch.core import NatKind, Offer, Punching, Seen
 from meshnet.errors import RemoteProtocolError
@@ -165,3 +166,13 @@ def test_punched_connections_survive_the_wire_and_count_for_data_routes_only() -
     assert meshes[1].discovered_addresses() == set()  # never a dial target
     meshes[1].set_punched(2, None, 0)
     assert meshes[1].data_routes.next_hop(2) == 3
+
+
+def test_status_dataplane_says_what_the_nat_is_and_why_a_peer_is_relayed() -> None:
+    low = punching(LOW, "198.18.0.2")
+    low.offers(0.0, {HIGH})
+    low.failed(HIGH, 10.0, "no heartbeat got through (their NAT or ours filters it)")
+    text = punch_summary(low.status(11.0, {HIGH: "n2"}))
+    assert "NAT: port-changing, seen as 198.18.0.2:40000, 198.18.0.2:6783" in text
+    assert "n2: relayed: no heartbeat got through" in text and "again in" in text
+    assert punch_summary({"nat": "none", "candidates": [], "peers": {}}) == ""

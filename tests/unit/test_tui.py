@@ -119,6 +119,8 @@ def test_describe_path() -> None:
     assert describe_path({"reachable": True, "via": []}, {"state": "probing"}) == "sleeve (probing)"
     established = {"state": "established", "kind": "fastdp"}
     assert describe_path({"reachable": True, "via": []}, established) == "fastdp"
+    punched = {"state": "established", "kind": "sleeve", "punched": True}
+    assert describe_path({"reachable": True, "via": []}, punched) == "sleeve, punched"
 
 
 def test_sparkline_and_units() -> None:
