@@ -22,6 +22,7 @@ from meshnet.cli.launch_options import (
     relaunch_environment,
 )
 from meshnet.config import Config
+from meshnet.constants import BRIDGE
 from meshnet.errors import UserError
 from meshnet.gossip.identity import PEER_NAME_FILE, format_peer_name, parse_peer_name
 from meshnet.statefile import write_atomically
@@ -100,6 +101,8 @@ def launch(
             f"meshnet is already running as {status['name']} ({status['nickname']}) "
             f"on {config.api_socket}"
         )
+    if not config.ipalloc_range_overlap_ok:
+        _check_range_against_routes(config)
     if peer_name is not None:
         _keep_peer_name(config.state_dir, peer_name)
     if foreground:
@@ -112,6 +115,20 @@ def launch(
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _check_range_against_routes(config: Config) -> None:
+    """Weave's netcheck: refuse a range the host already routes elsewhere, naming the route."""
+    # Imported here: netlink pulls in pyroute2, which only `launch` needs.
+    from meshnet.ipam import netcheck
+
+    clash = netcheck.overlapping_route(
+        config.ipalloc_range, netcheck.host_routes(), own_devices={BRIDGE}
+    )
+    if clash is not None:
+        raise UserError(
+            netcheck.overlap_message("--ipalloc-range-overlap-ok", config.ipalloc_range, clash)
+        )
 
 
 def _keep_peer_name(state_dir: Path, text: str) -> None:

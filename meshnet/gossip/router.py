@@ -248,6 +248,10 @@ class Router:
             "nickname": self.identity.nickname,
             "uid": self.identity.uid,
             "port": self.config.port,
+            # VXLAN's port, where a data plane may use fastdp (status dataplane: whether it does)
+            "fastdp_port": (
+                self.config.vxlan_port if self._data_path and self.config.fastdp else None
+            ),
             "encryption": self.encrypted,
             "peers": len(self.mesh.topology),
             "connections": dict(states),
