@@ -472,7 +472,8 @@ def _check_ports(config: Config) -> None:
         )
     if config.vxlan_port == config.port:
         raise UserError(
-            f"--fastdp-port {config.vxlan_port} is --port: the sleeve and VXLAN need a UDP port each"
+            f"--fastdp-port {config.vxlan_port} is --port: the sleeve and VXLAN need a UDP "
+            "port each"
         )
 
 
