@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from meshnet import logfile
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option
 from meshnet.cli.launch_options import (
@@ -73,12 +76,20 @@ def _read_password_file(path: Path) -> bytes:
     "state directory, so only a first launch may choose it (--nickname is the name shown)  "
     "[default: random on the first launch]",
 )
+@click.option(
+    "--log-to-state-dir",
+    is_flag=True,
+    hidden=True,  # what a background launch runs its child with
+    envvar=envvar("--log-to-state-dir"),
+    help="With --foreground: log to STATE_DIR/meshnet.log (rotated), not stderr.",
+)
 @launch_options
 def launch(
     peers: tuple[str, ...],
     foreground: bool,
     password_file: Path | None,
     peer_name: str | None,
+    log_to_state_dir: bool,
     **options: Any,
 ) -> None:
     """Start the router and connect to PEERs.
@@ -87,10 +98,10 @@ def launch(
     """
     password = _read_password_file(password_file) if password_file is not None else None
     config = config_from_options(peers, options, password=password)
-    on_command_line = (
-        click.get_current_context().get_parameter_source("password")
-        is click.core.ParameterSource.COMMANDLINE
-    )
+    ctx = click.get_current_context()
+    if _debugging(ctx) and ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
+        config = dataclasses.replace(config, log_level="debug")  # `meshnet --debug launch`
+    on_command_line = ctx.get_parameter_source("password") is ParameterSource.COMMANDLINE
     # In a background launch, the child logs them too (its password is in its environment).
     for warning in launch_warnings(config, password_on_command_line=on_command_line):
         click.echo(f"warning: {warning}", err=True)
@@ -112,6 +123,10 @@ def launch(
 
         from meshnet import daemon
 
+        if log_to_state_dir:
+            logfile.log_to_file(config.log_file, config.log_level)
+        else:
+            logfile.set_level(config.log_level)
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
@@ -129,6 +144,11 @@ def _check_range_against_routes(config: Config) -> None:
         raise UserError(
             netcheck.overlap_message("--ipalloc-range-overlap-ok", config.ipalloc_range, clash)
         )
+
+
+def _debugging(ctx: click.Context) -> bool:
+    """`meshnet --debug` (or MESHNET_DEBUG): the router logs at debug level too."""
+    return bool(ctx.find_root().params.get("debug") or os.environ.get("MESHNET_DEBUG"))
 
 
 def _keep_peer_name(state_dir: Path, text: str) -> None:
@@ -156,9 +176,11 @@ def _keep_peer_name(state_dir: Path, text: str) -> None:
 
 def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
     """Start `launch --foreground` detached, logging to the state directory; wait until ready."""
-    args = [sys.executable, "-m", "meshnet", "launch", "--foreground", *relaunch_args(config)]
+    args = [sys.executable, "-m", "meshnet", "launch", "--foreground", "--log-to-state-dir"]
+    args += relaunch_args(config)
     env = relaunch_environment(config, os.environ)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    logfile.rotate_if_full(config.log_file)
     with open(config.log_file, "ab") as log:
         start = log.tell()
         proc = subprocess.Popen(

@@ -3,17 +3,26 @@ peers per command, the knobs of `launch`. Against a fake API; no root, no daemon
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import ports_text
+from meshnet.cli.launch import launch
+from meshnet.cli.launch_options import LAUNCH_OPTIONS, envvar, relaunch_args
+from meshnet.dataplane.service import ENCAPSULATION_OVERHEAD, overlay_mtu
+from meshnet.errors import UserError
 from meshnet.ipam import netcheck
 from meshnet.ipam.netcheck import HostRoute
+from meshnet.logfile import BACKUPS, StateDirLog, rotate_if_full
 from tests.unit.test_cli_commands import FakeApi, Run, api, meshnet, one_line_error
 
 __all__ = ["api", "meshnet"]  # fixtures
@@ -94,3 +103,102 @@ def test_fastdp_follows_the_port(
 def test_status_and_report_name_every_port_to_open() -> None:
     assert ports_text({"port": 7000, "fastdp_port": 7001}) == "TCP+UDP 7000, UDP 7001 (fastdp)"
     assert ports_text({"port": 6783, "fastdp_port": None}) == "TCP+UDP 6783"  # --no-fastdp
+
+
+# --- 5. every option has a variable; --mtu; --log-level; the log rotated ---------------------------
+
+
+def test_every_launch_option_has_a_variable_listed_by_help() -> None:
+    """Those of LAUNCH_OPTIONS and those declared on the command itself (--foreground, --name,
+    --password-file...): a container or a DaemonSet sets each one by environment."""
+    result = CliRunner().invoke(launch, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())
+    options = [p for p in launch.params if isinstance(p, click.Option)]
+    assert len(options) > len(LAUNCH_OPTIONS)  # the command's own ones are checked too
+    for option in options:
+        flag = max(option.opts, key=len)
+        assert option.envvar == envvar(flag), flag
+        if not option.hidden and flag != "--help":
+            assert f"env var: {option.envvar}" in help_text, flag
+    for flag in ("--mtu", "--log-level", "--fastdp-port", "--no-resume", "--foreground"):
+        assert flag in help_text and envvar(flag) in help_text
+
+
+def test_mtu_is_checked_and_reaches_the_router(
+    meshnet: Callable[..., Run],
+    launched: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(netcheck, "host_routes", list)
+    assert meshnet("launch", "--mtu", "1400", *common(tmp_path)).code == 0
+    assert launched[-1].mtu == 1400 and "--mtu" in relaunch_args(launched[-1])
+    for bad in ("100", "70000", "big"):
+        one_line_error(meshnet("launch", "--mtu", bad, *common(tmp_path)), "--mtu")
+    # Against the underlay: what the sleeve's headers leave of it, or the whole launch fails.
+    assert overlay_mtu(1500, None) == 1500 - ENCAPSULATION_OVERHEAD
+    assert overlay_mtu(9001, 8000) == 8000
+    with pytest.raises(UserError, match=r"--mtu 1500: the underlay's MTU 1500 leaves at most"):
+        overlay_mtu(1500, 1500)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "level"),
+    [
+        ([], {}, "info"),
+        (["launch", "--log-level", "WARNING"], {}, "warning"),
+        (["--debug", "launch"], {}, "debug"),
+        (["launch"], {"MESHNET_LOG_LEVEL": "error"}, "error"),
+        (["--debug", "launch", "--log-level", "info"], {}, "info"),  # said explicitly: wins
+    ],
+)
+def test_the_log_level_reaches_the_background_router(
+    meshnet: Callable[..., Run],
+    launched: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    level: str,
+) -> None:
+    monkeypatch.setattr(netcheck, "host_routes", list)
+    monkeypatch.delenv("MESHNET_DEBUG", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert meshnet(*(args or ["launch"]), *common(tmp_path)).code == 0
+    child = relaunch_args(launched[-1])
+    assert child[child.index("--log-level") + 1] == level
+    one_line_error(meshnet("launch", "--log-level", "loud", *common(tmp_path)), "--log-level")
+
+
+def test_the_log_file_is_rotated_and_capped(tmp_path: Path) -> None:
+    path = tmp_path / "meshnet.log"
+    stray = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # as the child's stderr
+    handler = StateDirLog(path, max_bytes=1000, follow_fds=(stray,))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.rotation")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        for i in range(200):
+            log.warning("line %03d %s", i, "x" * 40)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["meshnet.log"] + [f"meshnet.log.{n}" for n in range(1, BACKUPS + 1)]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    assert path.read_text().splitlines()[-1].startswith("line 199")
+    os.write(stray, b"meshnet: a traceback's last line\n")  # follows the rotation
+    os.close(stray)
+    assert path.read_text().splitlines()[-1] == "meshnet: a traceback's last line"
+
+
+def test_a_full_log_is_rotated_before_a_background_start(tmp_path: Path) -> None:
+    path = tmp_path / "meshnet.log"
+    path.write_text("old\n" * 100)
+    rotate_if_full(path, max_bytes=1000)
+    assert path.read_text() == "old\n" * 100  # not full yet
+    rotate_if_full(path, max_bytes=100)
+    assert path.read_text() == "" and (tmp_path / "meshnet.log.1").read_text() == "old\n" * 100
