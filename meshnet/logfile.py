@@ -29,7 +29,7 @@ class StateDirLog(RotatingFileHandler):
         super().__init__(path, maxBytes=max_bytes, backupCount=BACKUPS, encoding="utf-8")
         self._follow_fds = follow_fds  # pointed at the new file after each rotation
 
-    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+    def doRollover(self) -> None:  # logging's name
         super().doRollover()
         if self.stream is not None and self._follow_fds:
             sys.stdout.flush()

@@ -105,7 +105,7 @@ def test_status_and_report_name_every_port_to_open() -> None:
     assert ports_text({"port": 6783, "fastdp_port": None}) == "TCP+UDP 6783"  # --no-fastdp
 
 
-# --- 5. every option has a variable; --mtu; --log-level; the log rotated ---------------------------
+# --- 5. every option has a variable; --mtu; --log-level; the log rotated -------------------------
 
 
 def test_every_launch_option_has_a_variable_listed_by_help() -> None:
