@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option, status_command
+from meshnet.config import DEFAULT_STATE_DIR, default_state_dir
 from meshnet.errors import UserError
 
 
@@ -61,15 +63,35 @@ status_ipam = status_command(
 
 @click.command()
 @click.option(
-    "--force", is_flag=True, help="Even while containers here hold addresses (they are lost)."
+    "--force",
+    is_flag=True,
+    help="Even while containers here hold addresses (they are lost); and if the router is "
+    "dead, remove what it left: bridge, VXLAN and TAP devices, nftables tables, its state.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="MESHNET_STATE_DIR",
+    show_envvar=True,
+    help=f"The dead router's state directory (for --force)  [default: {DEFAULT_STATE_DIR}]",
 )
 @api_socket_option
-def reset(force: bool, api_socket: Path) -> None:
+def reset(force: bool, state_dir: Path | None, api_socket: Path) -> None:
     """Hand this peer's address ranges to a live peer, wait for its acknowledgement, and stop.
 
     Use it before removing a host for good; a peer that died without it is cleaned up from
-    another host with `meshnet rmpeer`.
+    another host with `meshnet rmpeer`. With --force and no router answering on the API
+    socket, clean this host up after it instead.
     """
+    if not _router_alive(api_socket):
+        if not force:
+            raise UserError(
+                f"meshnet is not running (no router answers on {api_socket}); "
+                "`meshnet reset --force` removes what a dead router left behind"
+            )
+        _clean_up_after_dead_router(state_dir or default_state_dir(), api_socket)
+        return
     # Imported here: it pulls in trio, which other commands' start-up must not pay for.
     from meshnet.ipam.service import HANDOVER_TIMEOUT
 
@@ -93,19 +115,69 @@ def reset(force: bool, api_socket: Path) -> None:
         )
 
 
-@click.command()
-@click.argument("peer", metavar="NAME")
-@api_socket_option
-def rmpeer(peer: str, api_socket: Path) -> None:
-    """Reclaim the address ranges of a peer that is gone for good (NAME or nickname).
+def _router_alive(api_socket: Path) -> bool:
+    """Whether a process listens on the API socket (a router that is up, or hung: not dead).
+    A socket file nobody listens on refuses the connection: its router died."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(str(api_socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except PermissionError:
+            raise UserError(f"permission denied on {api_socket} (run as root?)") from None
+        except OSError:
+            return True  # a timeout: something holds it; never tear down under it
+    return True
 
-    Refused while that peer is reachable. Running it for the same peer on several hosts is
+
+def _clean_up_after_dead_router(state_dir: Path, api_socket: Path) -> None:
+    # Imported here: it pulls in pyroute2 and every owner's module, for this one case.
+    from meshnet.gossip.identity import PEER_NAME_FILE
+    from meshnet.node.cleanup import clean_up
+
+    try:
+        name = (state_dir / PEER_NAME_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    cleaned = clean_up(state_dir, api_socket)
+    click.echo(f"reset --force: no router answers on {api_socket}; cleaned up after it")
+    click.echo(f"  links removed: {', '.join(cleaned.links) or 'none left'}")
+    click.echo(f"  nftables tables removed: {', '.join(cleaned.tables) or 'none'}")
+    click.echo(f"  state removed from {state_dir}: {', '.join(cleaned.files) or 'none left'}")
+    if name:
+        click.echo(
+            f"  this host launches as a new peer; its addresses as {name} are reclaimed with "
+            f"`meshnet rmpeer {name}` on another host"
+        )
+    if cleaned.failures:
+        raise UserError("reset --force left: " + "; ".join(cleaned.failures))
+
+
+@click.command()
+@click.argument("peers", nargs=-1, required=True, metavar="NAME...")
+@api_socket_option
+def rmpeer(peers: tuple[str, ...], api_socket: Path) -> None:
+    """Reclaim the address ranges of peers that are gone for good (NAME or nickname).
+
+    Refused while a peer is reachable. Running it for the same peer on several hosts is
     safe: they all give its ranges to the same heir.
     """
-    result = ApiClient(api_socket).post("/ipam/rmpeer", {"peer": peer})
-    if result["heir"] is None:
-        click.echo(f"{result['peer']}: owned no addresses")
-    else:
-        click.echo(
-            f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
-        )
+    client = ApiClient(api_socket)
+    failed = []
+    for peer in peers:
+        try:
+            result = client.post("/ipam/rmpeer", {"peer": peer})
+        except UserError as e:
+            if len(peers) == 1:
+                raise
+            failed.append(f"{peer}: {e}")
+            continue
+        if result["heir"] is None:
+            click.echo(f"{result['peer']}: owned no addresses")
+        else:
+            click.echo(
+                f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
+            )
+    if failed:
+        raise UserError("; ".join(failed))

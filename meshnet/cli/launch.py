@@ -225,20 +225,37 @@ def stop(api_socket: Path) -> None:
 
 
 @click.command()
-@click.argument("address", metavar="HOST[:PORT]")
+@click.argument("addresses", nargs=-1, metavar="HOST[:PORT]...")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Make these the only peers to connect to: the others given before are forgotten.",
+)
 @api_socket_option
-def connect(address: str, api_socket: Path) -> None:
-    """Add a peer to connect to (and keep reconnecting to)."""
-    result = ApiClient(api_socket).post("/connect", {"address": address})
-    click.echo(f"{result['address']}: " + ("added" if result["added"] else "already a target"))
+def connect(addresses: tuple[str, ...], replace: bool, api_socket: Path) -> None:
+    """Add peers to connect to (and keep reconnecting to), kept across restarts."""
+    if not addresses and not replace:
+        raise click.UsageError("give at least one HOST[:PORT] (or --replace to drop them all)")
+    result = ApiClient(api_socket).post(
+        "/connect", {"addresses": list(addresses), "replace": replace}
+    )
+    for address in result["removed"]:
+        click.echo(f"{address}: forgotten")
+    for target in result["targets"]:
+        click.echo(f"{target['address']}: " + ("added" if target["added"] else "already a target"))
 
 
 @click.command()
-@click.argument("address", metavar="HOST[:PORT]")
+@click.argument("addresses", nargs=-1, required=True, metavar="HOST[:PORT]...")
 @api_socket_option
-def forget(address: str, api_socket: Path) -> None:
-    """Stop connecting to a peer added by launch or connect."""
-    result = ApiClient(api_socket).post("/forget", {"address": address})
-    if not result["forgotten"]:
-        raise UserError(f"{result['address']} is not a target")
-    click.echo(f"{result['address']}: forgotten")
+def forget(addresses: tuple[str, ...], api_socket: Path) -> None:
+    """Stop connecting to peers added by launch or connect (also after a restart)."""
+    result = ApiClient(api_socket).post("/forget", {"addresses": list(addresses)})
+    missing = []
+    for target in result["targets"]:
+        if target["forgotten"]:
+            click.echo(f"{target['address']}: forgotten")
+        else:
+            missing.append(target["address"])
+    if missing:
+        raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a target")

@@ -3,8 +3,10 @@ peers per command, the knobs of `launch`. Against a fake API; no root, no daemon
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -14,8 +16,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from meshnet import cli
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import ports_text
+from meshnet.cli.ipam import _router_alive
 from meshnet.cli.launch import launch
 from meshnet.cli.launch_options import LAUNCH_OPTIONS, envvar, relaunch_args
 from meshnet.dataplane.service import ENCAPSULATION_OVERHEAD, overlay_mtu
@@ -23,9 +27,12 @@ from meshnet.errors import UserError
 from meshnet.ipam import netcheck
 from meshnet.ipam.netcheck import HostRoute
 from meshnet.logfile import BACKUPS, StateDirLog, rotate_if_full
+from meshnet.node import cleanup
+from meshnet.node.cleanup import Cleaned
 from tests.unit.test_cli_commands import FakeApi, Run, api, meshnet, one_line_error
+from tests.unit.test_daemon import Daemon, daemon
 
-__all__ = ["api", "meshnet"]  # fixtures
+__all__ = ["api", "daemon", "meshnet"]  # fixtures
 
 
 @pytest.fixture
@@ -164,6 +171,7 @@ def test_the_log_level_reaches_the_background_router(
 ) -> None:
     monkeypatch.setattr(netcheck, "host_routes", list)
     monkeypatch.delenv("MESHNET_DEBUG", raising=False)
+    monkeypatch.setattr(cli._Settings, "debug", False)  # `--debug` sets it for the process
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert meshnet(*(args or ["launch"]), *common(tmp_path)).code == 0
@@ -202,3 +210,145 @@ def test_a_full_log_is_rotated_before_a_background_start(tmp_path: Path) -> None
     assert path.read_text() == "old\n" * 100  # not full yet
     rotate_if_full(path, max_bytes=100)
     assert path.read_text() == "" and (tmp_path / "meshnet.log.1").read_text() == "old\n" * 100
+
+
+# --- 4. several peers per command; connect --replace; reset --force after a dead router -----------
+
+
+def test_connect_and_forget_take_several_peers(api: FakeApi, meshnet: Callable[..., Run]) -> None:
+    api.answers["/connect"] = lambda body: {
+        "targets": [{"address": f"{a}:6783", "added": a != "h2"} for a in body["addresses"]],
+        "removed": ["h9:6783"] if body["replace"] else [],
+    }
+    assert meshnet("connect", "h1", "h2").out == "h1:6783: added\nh2:6783: already a target\n"
+    assert meshnet("connect", "--replace", "h1").out == "h9:6783: forgotten\nh1:6783: added\n"
+    assert meshnet("connect", "--replace").code == 0  # drops them all
+    one_line_error(meshnet("connect"), "give at least one HOST[:PORT]")
+    assert api.bodies == [
+        {"addresses": ["h1", "h2"], "replace": False},
+        {"addresses": ["h1"], "replace": True},
+        {"addresses": [], "replace": True},
+    ]
+    api.answers["/forget"] = lambda body: {
+        "targets": [{"address": f"{a}:6783", "forgotten": a != "h3"} for a in body["addresses"]]
+    }
+    run = meshnet("forget", "h1", "h3", "h2")
+    assert run.out == "h1:6783: forgotten\nh2:6783: forgotten\n"
+    one_line_error(run, "h3:6783 is not a target")
+
+
+def test_rmpeer_takes_several_peers(api: FakeApi, meshnet: Callable[..., Run]) -> None:
+    def rmpeer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["peer"] == "alive":
+            raise UserError("peer alive (aa:bb:cc:dd:ee:02) is reachable: rmpeer is only ...")
+        return {"peer": body["peer"], "heir": "aa:bb:cc:dd:ee:01", "addresses": 1024}
+
+    api.answers["/ipam/rmpeer"] = rmpeer
+    run = meshnet("rmpeer", "h3", "alive", "h4")
+    assert run.out.splitlines() == [
+        "h3: 1024 addresses reclaimed by aa:bb:cc:dd:ee:01",
+        "h4: 1024 addresses reclaimed by aa:bb:cc:dd:ee:01",
+    ]
+    one_line_error(run, "alive: peer alive (aa:bb:cc:dd:ee:02) is reachable")
+    assert [b["peer"] for b in api.bodies if b] == ["h3", "alive", "h4"]
+
+
+def dead_socket(path: Path) -> Path:
+    """An API socket file its router left behind: nobody listens on it."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    return path
+
+
+def test_reset_force_cleans_up_after_a_dead_router(
+    meshnet: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "peer-name").write_text("aa:bb:cc:dd:ee:07\n")
+    api_socket = dead_socket(tmp_path / "api.sock")
+    calls: list[tuple[Path, Path]] = []
+
+    def clean_up(state_dir: Path, socket_path: Path) -> Cleaned:
+        calls.append((state_dir, socket_path))
+        return Cleaned(("vxlan-6784", "meshnet"), ("inet meshnet_dns",), ("peer-name",), ())
+
+    monkeypatch.setattr(cleanup, "clean_up", clean_up)
+    common = ("--state-dir", str(state), "--api-socket", str(api_socket))
+    refused = meshnet("reset", *common)
+    one_line_error(refused, "meshnet is not running", "reset --force")
+    assert not calls
+    run = meshnet("reset", "--force", *common)
+    assert run.code == 0 and calls == [(state, api_socket)]
+    assert "links removed: vxlan-6784, meshnet" in run.out
+    assert "meshnet rmpeer aa:bb:cc:dd:ee:07" in run.out
+
+
+def test_reset_force_says_what_it_could_not_remove(
+    meshnet: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = Cleaned((), (), (), ("table inet meshnet_dns: nft not found", "links: denied"))
+    monkeypatch.setattr(cleanup, "clean_up", lambda *_: failed)
+    run = meshnet("reset", "--force", "--state-dir", str(tmp_path), "--api-socket",
+                  str(tmp_path / "none.sock"))  # fmt: skip
+    one_line_error(run, "reset --force left: table inet meshnet_dns: nft not found; links")
+
+
+def test_a_live_router_is_never_torn_down(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "api.sock"))
+        listening.listen()
+        assert _router_alive(tmp_path / "api.sock")
+    assert not _router_alive(tmp_path / "api.sock")  # closed: refused
+    assert not _router_alive(tmp_path / "missing.sock")
+
+
+def test_a_restarted_router_keeps_what_connect_and_forget_said(daemon: Daemon) -> None:
+    """A real router (control plane only, in this namespace), stopped and launched again with
+    the same command line, as systemd would."""
+    launch_args = ("launch", "--port", str(daemon.port), "127.0.0.1:1", "127.0.0.1:2")
+
+    def targets() -> set[str]:
+        status = json.loads(daemon.meshnet("status", "--json").stdout)
+        return set(status["targets"])
+
+    assert daemon.meshnet(*launch_args).returncode == 0
+    assert daemon.meshnet("connect", "127.0.0.1:3", "127.0.0.1:4").returncode == 0
+    assert daemon.meshnet("forget", "127.0.0.1:1", "127.0.0.1:4").returncode == 0
+    assert targets() == {"127.0.0.1:2", "127.0.0.1:3"}
+    assert daemon.meshnet("stop").returncode == 0
+    assert daemon.meshnet(*launch_args).returncode == 0
+    assert targets() == {"127.0.0.1:2", "127.0.0.1:3"}  # not 1 again, 3 still
+
+    replaced = daemon.meshnet("connect", "--replace", "127.0.0.1:5")
+    assert replaced.stdout.splitlines() == [
+        "127.0.0.1:2: forgotten",
+        "127.0.0.1:3: forgotten",
+        "127.0.0.1:5: added",
+    ]
+    assert daemon.meshnet("stop").returncode == 0
+    assert daemon.meshnet(*launch_args).returncode == 0
+    assert targets() == {"127.0.0.1:5"}
+
+    assert daemon.meshnet("stop").returncode == 0
+    assert daemon.meshnet(*launch_args, "--no-resume").returncode == 0
+    assert targets() == {"127.0.0.1:1", "127.0.0.1:2"}  # clean: the launch peers only
+    assert daemon.meshnet("stop").returncode == 0
+    assert daemon.meshnet(*launch_args).returncode == 0
+    assert targets() == {"127.0.0.1:1", "127.0.0.1:2"}  # and the saved ones are gone for good
+
+
+def test_the_background_router_logs_at_the_level_given(daemon: Daemon, tmp_path: Path) -> None:
+    log_file = tmp_path / "state" / "meshnet.log"
+    assert (
+        daemon.meshnet("launch", "--port", str(daemon.port), "--log-level", "warning").returncode
+        == 0
+    )
+    assert daemon.meshnet("stop").returncode == 0
+    assert " INFO " not in log_file.read_text()
+    # (Daemon adds --no-dataplane only after a leading "launch": never a bridge in this namespace)
+    debug = ("--debug", "launch", "--port", str(daemon.port), "--no-dataplane")
+    assert daemon.meshnet(*debug).returncode == 0
+    assert daemon.meshnet("stop").returncode == 0
+    text = log_file.read_text()
+    assert " DEBUG meshnet.daemon: settings: Config(" in text and " INFO " in text
