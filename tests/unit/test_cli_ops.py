@@ -22,8 +22,12 @@ from meshnet.cli.common import ports_text
 from meshnet.cli.ipam import _router_alive
 from meshnet.cli.launch import launch
 from meshnet.cli.launch_options import LAUNCH_OPTIONS, envvar, relaunch_args
+from meshnet.dataplane.kernel import attach as attach_kernel
 from meshnet.dataplane.service import ENCAPSULATION_OVERHEAD, overlay_mtu
 from meshnet.errors import UserError
+from meshnet.integrations.cni import spec as cni_spec
+from meshnet.integrations.cni.spec import CniError
+from meshnet.integrations.docker.ipamdriver import PluginError, parse_address, parse_pool
 from meshnet.ipam import netcheck
 from meshnet.ipam.netcheck import HostRoute
 from meshnet.logfile import BACKUPS, StateDirLog, rotate_if_full
@@ -352,3 +356,30 @@ def test_the_background_router_logs_at_the_level_given(daemon: Daemon, tmp_path:
     assert daemon.meshnet("stop").returncode == 0
     text = log_file.read_text()
     assert " DEBUG meshnet.daemon: settings: Config(" in text and " INFO " in text
+
+
+# --- 8. one shape for a bad address, in the kernel attach and the plugins too ---------------------
+
+SHAPE = r"^bad address '[^']*': \S"
+
+
+@pytest.mark.parametrize("text", ["10.32.0.5", "10.32.0.5/33", "nonsense/12", "224.0.0.1/4"])
+def test_the_kernel_attach_words_a_bad_address_as_everywhere(text: str) -> None:
+    with pytest.raises(UserError, match=SHAPE) as raised:
+        attach_kernel._parse_addresses([text])
+    assert str(raised.value).startswith(f"bad address '{text}': ")
+
+
+@pytest.mark.parametrize("text", ["10.32.0", "fd00::1", "x"])
+def test_the_docker_plugin_words_a_bad_address_as_everywhere(text: str) -> None:
+    with pytest.raises(PluginError, match=SHAPE):
+        parse_address(text)
+    with pytest.raises(PluginError, match=SHAPE):
+        parse_pool(text, "", IPv4Network("10.32.0.0/12"), IPv4Network("10.32.0.0/12"))
+
+
+@pytest.mark.parametrize("subnet", ["10.33.0.0/33", "nonsense", "fd00::/64"])
+def test_the_cni_plugin_words_a_bad_address_as_everywhere(subnet: str) -> None:
+    with pytest.raises(CniError) as raised:
+        cni_spec._subnet(subnet)
+    assert raised.value.msg.startswith(f"subnet: bad address '{subnet}': ")
