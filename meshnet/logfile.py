@@ -51,9 +51,16 @@ def rotate_if_full(path: Path, *, max_bytes: int = MAX_BYTES) -> None:
         handler.close()
 
 
+#: Libraries whose debug logs are every netlink message or HTTP frame: warnings only, or a
+#: debug log would fill its 60 MiB in minutes with them.
+QUIET = ("pyroute2", "httpx", "httpcore", "hpack")
+
+
 def set_level(level: str) -> None:
     """The root logger's level by name (debug, info, warning, error)."""
     logging.getLogger().setLevel(level.upper())
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def log_to_file(path: Path, level: str) -> None:

@@ -16,7 +16,7 @@ from tests.conftest import run_meshnet
 from tests.net.conftest import ns_run
 from tests.net.test_fastdp import host_ns, paths, wait_paths
 from tests.net.test_mesh import MESHNET, api, daemon_pid, wait_for
-from tests.net.test_overlay import containers, dataplane, wait_ping
+from tests.net.test_overlay import containers, dataplane, ip_of, wait_ping
 
 pytestmark = pytest.mark.netns
 
@@ -40,13 +40,25 @@ def tables(namespace: str) -> str:
     return ns_run(namespace, "nft", "list", "tables").stdout
 
 
-def test_fastdp_follows_the_port(make_lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every router on TCP+UDP 7000: VXLAN on 7001, and containers' traffic takes it."""
-    monkeypatch.setenv("MESHNET_PORT", "7000")  # the lab's routers inherit it
+def test_fastdp_follows_the_port_and_everyone_takes_the_mtu(
+    make_lab: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every router on TCP+UDP 7000 with --mtu 1300: VXLAN on 7001, and containers' traffic
+    takes it, at that MTU."""
+    monkeypatch.setenv("MESHNET_PORT", "7000")  # the lab's routers inherit them
+    monkeypatch.setenv("MESHNET_MTU", "1300")
     state = make_lab("line", hosts=2, containers=1)
     c = containers(state)
     wait_paths(state, "h1", {"h2": "fastdp"})
     wait_ping(c["h1-c1"], c["h2-c1"])
+    assert dataplane(state, "h1")["overlay_mtu"] == 1300
+    for namespace, ifname in ((c["h1-c1"]["namespace"], "ethwe"), (host_ns(state, "h1"),
+                              "meshnet"), (host_ns(state, "h1"), "vxlan-7001")):  # fmt: skip
+        shown = json.loads(ns_run(namespace, "ip", "-j", "link", "show", ifname).stdout)
+        assert shown[0]["mtu"] == 1300, (namespace, ifname)
+    full = ns_run(c["h1-c1"]["namespace"], "ping", "-c", "3", "-M", "do", "-s", "1272",
+                  ip_of(c["h2-c1"]))  # fmt: skip
+    assert full.returncode == 0, full.stdout
     fastdp = dataplane(state, "h1")["fastdp"]
     assert (fastdp["device"], fastdp["port"]) == ("vxlan-7001", 7001)
     assert "vxlan-7001" in links(host_ns(state, "h1"))
@@ -71,6 +83,14 @@ def test_launch_refuses_a_range_the_host_routes(make_lab: Any) -> None:
         f"{uplink}: choose another range, or --ipalloc-range-overlap-ok if that is intended"
     ]
     assert not lablib.host_api_socket(h1["dir"]).exists()  # nothing was started
+    # An --mtu the underlay (1500) cannot carry with the sleeve's 146 bytes: one line, from the
+    # background router's log.
+    too_big = in_host(state, "h1", "launch", "--ipalloc-range-overlap-ok", "--mtu", "1400")
+    assert too_big.returncode == 1
+    assert too_big.stderr.strip().splitlines() == [
+        "meshnet: --mtu 1400: the underlay's MTU 1500 leaves at most 1354 for the overlay "
+        "(146 bytes go to encapsulation)"
+    ]
     started = in_host(state, "h1", "launch", "--ipalloc-range", "10.32.0.0/11",
                       "--ipalloc-range-overlap-ok")  # fmt: skip
     assert started.returncode == 0, started.stderr
