@@ -145,7 +145,8 @@ class ApiApp:
         """``{"addresses": [...], "replace": bool}`` (or one ``"address"``): each checked
         before any is added; ``replace`` makes them the only targets the user gave."""
         replace = bool(body.get("replace"))
-        addresses = [normalize_address(a) for a in _addresses(body, empty_ok=replace)]
+        port = self.router.config.port  # a peer without a port listens where we do
+        addresses = [normalize_address(a, port) for a in _addresses(body, empty_ok=replace)]
         removed: list[str] = []
         if replace:
             before = {t.address for t in self.router.maker.targets()}
@@ -156,7 +157,7 @@ class ApiApp:
         return {"targets": added, "removed": removed}
 
     def _forget(self, body: dict[str, Any]) -> dict[str, Any]:
-        addresses = [normalize_address(a) for a in _addresses(body)]
+        addresses = [normalize_address(a, self.router.config.port) for a in _addresses(body)]
         return {"targets": [{"address": a, "forgotten": self.router.forget(a)} for a in addresses]}
 
     def _stop(self, _: dict[str, Any]) -> dict[str, Any]:

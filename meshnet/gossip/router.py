@@ -257,8 +257,11 @@ class Router:
         return dropped
 
     def forget(self, address: str) -> bool:
+        given = any(
+            t.address == address and t.source is not Source.DISCOVERED for t in self.maker.targets()
+        )
         forgotten = self.maker.forget(address)
-        if forgotten:
+        if given:  # one gossip brought is not the user's to keep forgotten
             self._remember(self._saved.forgot([address]))
         return forgotten
 

@@ -334,6 +334,11 @@ def test_a_restarted_router_keeps_what_connect_and_forget_said(daemon: Daemon) -
     assert daemon.meshnet(*launch_args).returncode == 0
     assert targets() == {"127.0.0.1:5"}
 
+    # A peer without a port listens where we do (--port), as the launch peers.
+    no_port = daemon.meshnet("connect", "192.0.2.9")
+    assert no_port.stdout == f"192.0.2.9:{daemon.port}: added\n"
+    assert daemon.meshnet("forget", "192.0.2.9").returncode == 0
+
     assert daemon.meshnet("stop").returncode == 0
     assert daemon.meshnet(*launch_args, "--no-resume").returncode == 0
     assert targets() == {"127.0.0.1:1", "127.0.0.1:2"}  # clean: the launch peers only
