@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option, status_command
 from meshnet.config import DEFAULT_STATE_DIR, default_state_dir
 from meshnet.errors import UserError
+from meshnet.integrations.docker.settings import DEFAULT_PLUGIN_DIR, PLUGIN_NAME
 
 
 def _ipam_table(data: dict[str, Any]) -> Table:
@@ -76,21 +76,45 @@ status_ipam = status_command(
     show_envvar=True,
     help=f"The dead router's state directory (for --force)  [default: {DEFAULT_STATE_DIR}]",
 )
+@click.option(
+    "--docker-plugin-dir",
+    "plugin_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="MESHNET_DOCKER_PLUGIN_DIR",
+    show_envvar=True,
+    help=f"Where its Docker plugin socket was (for --force)  [default: {DEFAULT_PLUGIN_DIR}]",
+)
+@click.option(
+    "--no-docker",
+    is_flag=True,
+    envvar="MESHNET_NO_DOCKER",
+    show_envvar=True,
+    help="It ran with --no-docker: leave the Docker plugin directory alone (for --force).",
+)
 @api_socket_option
-def reset(force: bool, state_dir: Path | None, api_socket: Path) -> None:
+def reset(
+    force: bool, state_dir: Path | None, plugin_dir: Path | None, no_docker: bool, api_socket: Path
+) -> None:
     """Hand this peer's address ranges to a live peer, wait for its acknowledgement, and stop.
 
     Use it before removing a host for good; a peer that died without it is cleaned up from
     another host with `meshnet rmpeer`. With --force and no router answering on the API
     socket, clean this host up after it instead.
     """
-    if not _router_alive(api_socket):
+    # Imported here: it pulls in pyroute2 and every owner's module (see below).
+    from meshnet.node.cleanup import listening
+
+    if not listening(api_socket):
         if not force:
             raise UserError(
                 f"meshnet is not running (no router answers on {api_socket}); "
                 "`meshnet reset --force` removes what a dead router left behind"
             )
-        _clean_up_after_dead_router(state_dir or default_state_dir(), api_socket)
+        plugin_socket = (plugin_dir or DEFAULT_PLUGIN_DIR) / f"{PLUGIN_NAME}.sock"
+        _clean_up_after_dead_router(
+            state_dir or default_state_dir(), api_socket, None if no_docker else plugin_socket
+        )
         return
     # Imported here: it pulls in trio, which other commands' start-up must not pay for.
     from meshnet.ipam.service import HANDOVER_TIMEOUT
@@ -115,23 +139,9 @@ def reset(force: bool, state_dir: Path | None, api_socket: Path) -> None:
         )
 
 
-def _router_alive(api_socket: Path) -> bool:
-    """Whether a process listens on the API socket (a router that is up, or hung: not dead).
-    A socket file nobody listens on refuses the connection: its router died."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(str(api_socket))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        except PermissionError:
-            raise UserError(f"permission denied on {api_socket} (run as root?)") from None
-        except OSError:
-            return True  # a timeout: something holds it; never tear down under it
-    return True
-
-
-def _clean_up_after_dead_router(state_dir: Path, api_socket: Path) -> None:
+def _clean_up_after_dead_router(
+    state_dir: Path, api_socket: Path, plugin_socket: Path | None
+) -> None:
     # Imported here: it pulls in pyroute2 and every owner's module, for this one case.
     from meshnet.gossip.identity import PEER_NAME_FILE
     from meshnet.node.cleanup import clean_up
@@ -140,7 +150,7 @@ def _clean_up_after_dead_router(state_dir: Path, api_socket: Path) -> None:
         name = (state_dir / PEER_NAME_FILE).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         name = ""
-    cleaned = clean_up(state_dir, api_socket)
+    cleaned = clean_up(state_dir, api_socket, plugin_socket)
     click.echo(f"reset --force: no router answers on {api_socket}; cleaned up after it")
     click.echo(f"  links removed: {', '.join(cleaned.links) or 'none left'}")
     click.echo(f"  nftables tables removed: {', '.join(cleaned.tables) or 'none'}")

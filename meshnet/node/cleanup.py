@@ -3,10 +3,10 @@
 A router killed hard (kill -9, the OOM killer, a crash) cannot stop cleanly, and what it owns
 stays: the bridge and its ports (VXLAN devices, containers' host-side veths; the sleeve's TAP
 goes with the process unless something kept it open), the nftables tables (which fail closed:
-isolation, the fastdp source filter and the DNS firewall keep dropping), and its state
-directory. Each table goes through the same removal its owner runs when it stops; the state
-files are named by their owners' own constants, so nothing here is a second list to keep in
-step. The logs stay (they say why it died).
+isolation, the fastdp source filter and the DNS firewall keep dropping), its state directory,
+its API socket and its Docker plugin socket. Each table goes through the same removal its owner
+runs when it stops; the state files are named by their owners' own constants, so nothing here is
+a second list to keep in step. The logs stay (they say why it died).
 
 ``leftover_links`` is the pure decision of which links are ours; ``clean_up`` does it all.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from meshnet.dataplane.kernel import netlink, nftables, vxlan_filter
 from meshnet.dataplane.kernel.netlink import LinkInfo
 from meshnet.dns import firewall
 from meshnet.dns import service as dns_service
-from meshnet.errors import MeshnetError
+from meshnet.errors import MeshnetError, UserError
 from meshnet.gossip import saved_targets
 from meshnet.gossip.identity import PEER_NAME_FILE
 from meshnet.ipam import service as ipam_service
@@ -74,8 +75,25 @@ class Cleaned:
     failures: tuple[str, ...]  # what could not be removed, each one line
 
 
-def clean_up(state_dir: Path, api_socket: Path) -> Cleaned:
-    """Remove the dead router's links, tables and state; every step is tried."""
+def listening(path: Path) -> bool:
+    """Whether a process listens on the unix socket ``path`` (up, or hung: not dead). A
+    socket file nobody listens on refuses the connection: its owner died."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except PermissionError:
+            raise UserError(f"permission denied on {path} (run as root?)") from None
+        except OSError:
+            return True  # a timeout: something holds it; never tear down under it
+    return True
+
+
+def clean_up(state_dir: Path, api_socket: Path, plugin_socket: Path | None) -> Cleaned:
+    """Remove the dead router's links, tables, state and sockets (the API's, and the Docker
+    plugin's if it had one and no other process serves it); every step is tried."""
     links: list[str] = []
     tables: list[str] = []
     files: list[str] = []
@@ -103,12 +121,15 @@ def clean_up(state_dir: Path, api_socket: Path) -> Cleaned:
             failures.append(f"{state_dir / name}: {e.strerror}")
         else:
             files.append(name)
-    try:
-        api_socket.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        failures.append(f"{api_socket}: {e.strerror}")
-    else:
-        files.append(str(api_socket))
+    for path in (api_socket, *([plugin_socket] if plugin_socket is not None else [])):
+        try:
+            if listening(path):
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except (OSError, UserError) as e:
+            failures.append(f"{path}: {getattr(e, 'strerror', None) or e}")
+        else:
+            files.append(str(path))
     return Cleaned(tuple(links), tuple(tables), tuple(files), tuple(failures))

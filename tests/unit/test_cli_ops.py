@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from meshnet import cli
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import ports_text
-from meshnet.cli.ipam import _router_alive
 from meshnet.cli.launch import launch
 from meshnet.cli.launch_options import LAUNCH_OPTIONS, envvar, relaunch_args
 from meshnet.dataplane.kernel import attach as attach_kernel
@@ -271,10 +270,12 @@ def test_reset_force_cleans_up_after_a_dead_router(
     state.mkdir()
     (state / "peer-name").write_text("aa:bb:cc:dd:ee:07\n")
     api_socket = dead_socket(tmp_path / "api.sock")
-    calls: list[tuple[Path, Path]] = []
+    calls: list[tuple[Path, Path, Path | None]] = []
+    monkeypatch.delenv("MESHNET_DOCKER_PLUGIN_DIR", raising=False)
+    monkeypatch.delenv("MESHNET_NO_DOCKER", raising=False)
 
-    def clean_up(state_dir: Path, socket_path: Path) -> Cleaned:
-        calls.append((state_dir, socket_path))
+    def clean_up(state_dir: Path, socket_path: Path, plugin_socket: Path | None) -> Cleaned:
+        calls.append((state_dir, socket_path, plugin_socket))
         return Cleaned(("vxlan-6784", "meshnet"), ("inet meshnet_dns",), ("peer-name",), ())
 
     monkeypatch.setattr(cleanup, "clean_up", clean_up)
@@ -283,9 +284,14 @@ def test_reset_force_cleans_up_after_a_dead_router(
     one_line_error(refused, "meshnet is not running", "reset --force")
     assert not calls
     run = meshnet("reset", "--force", *common)
-    assert run.code == 0 and calls == [(state, api_socket)]
+    assert run.code == 0 and calls == [
+        (state, api_socket, Path("/run/docker/plugins/meshnet.sock"))
+    ]
     assert "links removed: vxlan-6784, meshnet" in run.out
     assert "meshnet rmpeer aa:bb:cc:dd:ee:07" in run.out
+    monkeypatch.setenv("MESHNET_NO_DOCKER", "1")  # it ran without Docker: no plugin socket
+    assert meshnet("reset", "--force", *common).code == 0
+    assert calls[-1] == (state, api_socket, None)
 
 
 def test_reset_force_says_what_it_could_not_remove(
@@ -302,9 +308,9 @@ def test_a_live_router_is_never_torn_down(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as listening:
         listening.bind(str(tmp_path / "api.sock"))
         listening.listen()
-        assert _router_alive(tmp_path / "api.sock")
-    assert not _router_alive(tmp_path / "api.sock")  # closed: refused
-    assert not _router_alive(tmp_path / "missing.sock")
+        assert cleanup.listening(tmp_path / "api.sock")
+    assert not cleanup.listening(tmp_path / "api.sock")  # closed: refused
+    assert not cleanup.listening(tmp_path / "missing.sock")
 
 
 def test_a_restarted_router_keeps_what_connect_and_forget_said(daemon: Daemon) -> None:
