@@ -20,6 +20,7 @@ Modules:
 - ``constants``     names and numbers everyone agrees on (bridge, interface names, ports)
 - ``errors``        errors that say whose fault they are: the user's or a remote peer's
 - ``statefile``     state files replaced atomically and durably
+- ``logfile``       the background router's log in the state directory, rotated and capped
 - ``beats``         one clock beat for periodic work, so an idle router wakes once per beat
 - ``__main__``      `python -m meshnet`: the CLI
 

@@ -39,6 +39,8 @@ class Config:
     # Kernel VXLAN to directly reachable peers; with a password only to peers in these subnets
     # (VXLAN carries frames in the clear).
     fastdp: bool = True
+    # VXLAN's UDP port; None: the control port + 1 (6784 by default), as Weave's.
+    fastdp_port: int | None = None
     trusted_subnets: tuple[IPv4Network | IPv6Network, ...] = ()
     # Connection liveness: a heartbeat is sent after this much idle time; a connection that has
     # received nothing for three intervals (and a bit) is dead.
@@ -51,6 +53,14 @@ class Config:
     ipalloc_range: IPv4Network = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: IPv4Network | None = None
     ipalloc_init: str = ""
+    # Launch anyway when the range overlaps a route the host already has (Weave's netcheck).
+    ipalloc_range_overlap_ok: bool = False
+    # Dial again the targets `connect`/`forget` left in the state directory (Weave's --resume).
+    resume: bool = True
+    # The overlay's MTU (containers, the bridge, the sleeve, VXLAN); None: the underlay's minus
+    # the encapsulation.
+    mtu: int | None = None
+    log_level: str = "info"  # debug, info, warning or error
     dns: DnsSettings = field(default_factory=DnsSettings)  # domain, TTL, upstreams, address
     # The API also over HTTP on this loopback address (for Prometheus), besides the socket.
     http_addr: tuple[str, int] | None = None
@@ -67,6 +77,11 @@ class Config:
     @property
     def heartbeat_timeout(self) -> float:
         return 3 * self.heartbeat_interval + 1.0
+
+    @property
+    def vxlan_port(self) -> int:
+        """The UDP port fastdp's VXLAN device uses."""
+        return self.fastdp_port if self.fastdp_port is not None else self.port + 1
 
     @property
     def log_file(self) -> Path:

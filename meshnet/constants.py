@@ -12,7 +12,10 @@ BRIDGE: Final = "meshnet"  # the per-host bridge joining containers, the sleeve 
 SLEEVE_TAP: Final = "vethwe-sleeve"  # the sleeve's TAP port on the bridge
 CONTAINER_IFNAME: Final = "ethwe"  # a container's interface on the overlay, by default
 CONTROL_PORT: Final = 6783  # TCP: connections; UDP: the sleeve
-FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between directly reachable peers
+FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between neighbours (by default CONTROL_PORT + 1)
+# The overlay MTU a user may give (--mtu): IPv4's minimum, up to jumbo frames.
+MIN_OVERLAY_MTU: Final = 576
+MAX_OVERLAY_MTU: Final = 9216
 # fastdp's probes: IEEE 802 local experimental ethertype (containers may use it too), then a
 # magic. Only VXLAN may carry them (the sleeve drops them), or they would prove a VXLAN path that
 # does not work; a container's frame of that ethertype without the magic is carried as any other.

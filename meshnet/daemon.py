@@ -9,6 +9,7 @@ and SIGTERM/SIGINT or `meshnet stop` cancel the tree, which shuts everything dow
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,8 +22,10 @@ from meshnet.config import Config
 from meshnet.dataplane.service import DataPlane
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
+from meshnet.gossip import saved_targets
 from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
+from meshnet.gossip.saved_targets import SavedTargets
 from meshnet.integrations.docker.service import DockerService
 from meshnet.ipam.service import IpamService, ipam_config
 from meshnet.node.node import Node
@@ -35,9 +38,19 @@ async def run(
     config: Config, *, task_status: trio.TaskStatus[Identity] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the router until a signal or an API stop request; returns after a clean shutdown."""
+    log.debug("settings: %s", config)  # the password is left out (repr=False)
     name = load_or_create_peer_name(config.state_dir, os.urandom)
     identity = Identity(name=name, nickname=config.nickname, uid=new_uid(os.urandom))
-    router = Router(config, identity, config.password, data_path=config.dataplane)
+    if not config.resume:
+        saved_targets.save(config.state_dir, SavedTargets())  # --no-resume: start clean
+    router = Router(
+        config,
+        identity,
+        config.password,
+        data_path=config.dataplane,
+        saved_targets=saved_targets.load(config.state_dir),
+        save_targets=functools.partial(saved_targets.save, config.state_dir),
+    )
     # Before the router runs, so the first connections already carry our ring.
     ipam = IpamService(
         ipam_config(config, name), router, config.state_dir, nickname=config.nickname

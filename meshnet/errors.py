@@ -1,5 +1,7 @@
 """Errors that say whose fault they are: the user's, or a remote peer's."""
 
+import re
+
 
 class MeshnetError(Exception):
     """Base of every error meshnet raises on purpose."""
@@ -17,3 +19,21 @@ class RemoteProtocolError(MeshnetError):
 
     The shell that owns the connection drops it (or the datagram), logs one line and counts it.
     """
+
+
+def bad_address(text: str, reason: str) -> UserError:
+    """The one shape of every message about a malformed address: ``bad address 'TEXT': REASON``
+    (attach, detach, run, expose, hide, dns-add, dns-remove, the API's answers, the kernel
+    attach, and the Docker and CNI plugins)."""
+    return UserError(f"bad address {text.strip()!r}: {reason}")
+
+
+def why(value: str, error: ValueError) -> str:
+    """``ipaddress``'s complaint about ``value`` as a reason for ``bad_address``: without the
+    repeated text, and saying so when an IPv6 address is given where only IPv4 is taken."""
+    if ":" in value:
+        return "IPv6 is not supported here yet; give an IPv4 address"
+    message = re.sub(r" in '[^']*'$", "", str(error))
+    if message.startswith(("Expected 4 octets", "'")):  # "... does not appear to be ..."
+        return "not an IP address"
+    return message

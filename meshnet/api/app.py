@@ -142,13 +142,23 @@ class ApiApp:
         return dataplane.status()
 
     def _connect(self, body: dict[str, Any]) -> dict[str, Any]:
-        address = normalize_address(_address(body))
-        added = self.router.connect(address)
-        return {"address": address, "added": added}
+        """``{"addresses": [...], "replace": bool}`` (or one ``"address"``): each checked
+        before any is added; ``replace`` makes them the only targets the user gave."""
+        replace = bool(body.get("replace"))
+        port = self.router.config.port  # a peer without a port listens where we do
+        addresses = [normalize_address(a, port) for a in _addresses(body, empty_ok=replace)]
+        removed: list[str] = []
+        if replace:
+            before = {t.address for t in self.router.maker.targets()}
+            removed = self.router.replace_targets(addresses)
+            added = [{"address": a, "added": a not in before} for a in addresses]
+        else:
+            added = [{"address": a, "added": self.router.connect(a)} for a in addresses]
+        return {"targets": added, "removed": removed}
 
     def _forget(self, body: dict[str, Any]) -> dict[str, Any]:
-        address = normalize_address(_address(body))
-        return {"address": address, "forgotten": self.router.forget(address)}
+        addresses = [normalize_address(a, self.router.config.port) for a in _addresses(body)]
+        return {"targets": [{"address": a, "forgotten": self.router.forget(a)} for a in addresses]}
 
     def _stop(self, _: dict[str, Any]) -> dict[str, Any]:
         log.info("stop requested through the API")
@@ -294,11 +304,15 @@ def _docker_request(body: dict[str, Any]) -> tuple[list[str], str, str | None]:
     return addresses, ifname, name
 
 
-def _address(body: dict[str, Any]) -> str:
-    address = body.get("address")
-    if not isinstance(address, str):
-        raise HttpError(400, 'expected a JSON body {"address": "HOST[:PORT]"}')
-    return address
+def _addresses(body: dict[str, Any], *, empty_ok: bool = False) -> list[str]:
+    addresses = body.get("addresses", [body["address"]] if "address" in body else None)
+    if (
+        not isinstance(addresses, list)
+        or not (addresses or empty_ok)
+        or not all(isinstance(a, str) for a in addresses)
+    ):
+        raise HttpError(400, 'expected a JSON body {"addresses": ["HOST[:PORT]", ...]}')
+    return addresses
 
 
 async def _read_body(receive: Receive) -> dict[str, Any]:

@@ -59,3 +59,11 @@ def status_command(
             console().print(render(data))
 
     return command
+
+
+def ports_text(router: dict[str, Any]) -> str:
+    """What a firewall must open for this router (its status's ports), for status and report."""
+    text = f"TCP+UDP {router['port']}"
+    if router.get("fastdp_port") is not None:
+        text += f", UDP {router['fastdp_port']} (fastdp)"
+    return text

@@ -11,8 +11,7 @@ from rich.table import Table
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option, status_command
-from meshnet.errors import UserError
-from meshnet.node.specs import bad_address
+from meshnet.errors import UserError, bad_address
 
 
 def _split(args: tuple[str, ...]) -> tuple[list[str], str | None]:

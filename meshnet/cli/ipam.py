@@ -11,7 +11,9 @@ from rich.table import Table
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option, status_command
+from meshnet.config import DEFAULT_STATE_DIR, default_state_dir
 from meshnet.errors import UserError
+from meshnet.integrations.docker.settings import DEFAULT_PLUGIN_DIR, PLUGIN_NAME
 
 
 def _ipam_table(data: dict[str, Any]) -> Table:
@@ -61,15 +63,59 @@ status_ipam = status_command(
 
 @click.command()
 @click.option(
-    "--force", is_flag=True, help="Even while containers here hold addresses (they are lost)."
+    "--force",
+    is_flag=True,
+    help="Even while containers here hold addresses (they are lost); and if the router is "
+    "dead, remove what it left: bridge, VXLAN and TAP devices, nftables tables, its state.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="MESHNET_STATE_DIR",
+    show_envvar=True,
+    help=f"The dead router's state directory (for --force)  [default: {DEFAULT_STATE_DIR}]",
+)
+@click.option(
+    "--docker-plugin-dir",
+    "plugin_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="MESHNET_DOCKER_PLUGIN_DIR",
+    show_envvar=True,
+    help=f"Where its Docker plugin socket was (for --force)  [default: {DEFAULT_PLUGIN_DIR}]",
+)
+@click.option(
+    "--no-docker",
+    is_flag=True,
+    envvar="MESHNET_NO_DOCKER",
+    show_envvar=True,
+    help="It ran with --no-docker: leave the Docker plugin directory alone (for --force).",
 )
 @api_socket_option
-def reset(force: bool, api_socket: Path) -> None:
+def reset(
+    force: bool, state_dir: Path | None, plugin_dir: Path | None, no_docker: bool, api_socket: Path
+) -> None:
     """Hand this peer's address ranges to a live peer, wait for its acknowledgement, and stop.
 
     Use it before removing a host for good; a peer that died without it is cleaned up from
-    another host with `meshnet rmpeer`.
+    another host with `meshnet rmpeer`. With --force and no router answering on the API
+    socket, clean this host up after it instead.
     """
+    # Imported here: it pulls in pyroute2 and every owner's module (see below).
+    from meshnet.node.cleanup import listening
+
+    if not listening(api_socket):
+        if not force:
+            raise UserError(
+                f"meshnet is not running (no router answers on {api_socket}); "
+                "`meshnet reset --force` removes what a dead router left behind"
+            )
+        plugin_socket = (plugin_dir or DEFAULT_PLUGIN_DIR) / f"{PLUGIN_NAME}.sock"
+        _clean_up_after_dead_router(
+            state_dir or default_state_dir(), api_socket, None if no_docker else plugin_socket
+        )
+        return
     # Imported here: it pulls in trio, which other commands' start-up must not pay for.
     from meshnet.ipam.service import HANDOVER_TIMEOUT
 
@@ -93,19 +139,55 @@ def reset(force: bool, api_socket: Path) -> None:
         )
 
 
-@click.command()
-@click.argument("peer", metavar="NAME")
-@api_socket_option
-def rmpeer(peer: str, api_socket: Path) -> None:
-    """Reclaim the address ranges of a peer that is gone for good (NAME or nickname).
+def _clean_up_after_dead_router(
+    state_dir: Path, api_socket: Path, plugin_socket: Path | None
+) -> None:
+    # Imported here: it pulls in pyroute2 and every owner's module, for this one case.
+    from meshnet.gossip.identity import PEER_NAME_FILE
+    from meshnet.node.cleanup import clean_up
 
-    Refused while that peer is reachable. Running it for the same peer on several hosts is
+    try:
+        name = (state_dir / PEER_NAME_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    cleaned = clean_up(state_dir, api_socket, plugin_socket)
+    click.echo(f"reset --force: no router answers on {api_socket}; cleaned up after it")
+    click.echo(f"  links removed: {', '.join(cleaned.links) or 'none left'}")
+    click.echo(f"  nftables tables removed: {', '.join(cleaned.tables) or 'none'}")
+    click.echo(f"  state removed from {state_dir}: {', '.join(cleaned.files) or 'none left'}")
+    if name:
+        click.echo(
+            f"  this host launches as a new peer; its addresses as {name} are reclaimed with "
+            f"`meshnet rmpeer {name}` on another host"
+        )
+    if cleaned.failures:
+        raise UserError("reset --force left: " + "; ".join(cleaned.failures))
+
+
+@click.command()
+@click.argument("peers", nargs=-1, required=True, metavar="NAME...")
+@api_socket_option
+def rmpeer(peers: tuple[str, ...], api_socket: Path) -> None:
+    """Reclaim the address ranges of peers that are gone for good (NAME or nickname).
+
+    Refused while a peer is reachable. Running it for the same peer on several hosts is
     safe: they all give its ranges to the same heir.
     """
-    result = ApiClient(api_socket).post("/ipam/rmpeer", {"peer": peer})
-    if result["heir"] is None:
-        click.echo(f"{result['peer']}: owned no addresses")
-    else:
-        click.echo(
-            f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
-        )
+    client = ApiClient(api_socket)
+    failed = []
+    for peer in peers:
+        try:
+            result = client.post("/ipam/rmpeer", {"peer": peer})
+        except UserError as e:
+            if len(peers) == 1:
+                raise
+            failed.append(f"{peer}: {e}")
+            continue
+        if result["heir"] is None:
+            click.echo(f"{result['peer']}: owned no addresses")
+        else:
+            click.echo(
+                f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
+            )
+    if failed:
+        raise UserError("; ".join(failed))

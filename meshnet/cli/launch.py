@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
+from meshnet import logfile
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option
 from meshnet.cli.launch_options import (
@@ -22,6 +25,7 @@ from meshnet.cli.launch_options import (
     relaunch_environment,
 )
 from meshnet.config import Config
+from meshnet.constants import BRIDGE
 from meshnet.errors import UserError
 from meshnet.gossip.identity import PEER_NAME_FILE, format_peer_name, parse_peer_name
 from meshnet.statefile import write_atomically
@@ -72,12 +76,20 @@ def _read_password_file(path: Path) -> bytes:
     "state directory, so only a first launch may choose it (--nickname is the name shown)  "
     "[default: random on the first launch]",
 )
+@click.option(
+    "--log-to-state-dir",
+    is_flag=True,
+    hidden=True,  # what a background launch runs its child with
+    envvar=envvar("--log-to-state-dir"),
+    help="With --foreground: log to STATE_DIR/meshnet.log (rotated), not stderr.",
+)
 @launch_options
 def launch(
     peers: tuple[str, ...],
     foreground: bool,
     password_file: Path | None,
     peer_name: str | None,
+    log_to_state_dir: bool,
     **options: Any,
 ) -> None:
     """Start the router and connect to PEERs.
@@ -86,10 +98,10 @@ def launch(
     """
     password = _read_password_file(password_file) if password_file is not None else None
     config = config_from_options(peers, options, password=password)
-    on_command_line = (
-        click.get_current_context().get_parameter_source("password")
-        is click.core.ParameterSource.COMMANDLINE
-    )
+    ctx = click.get_current_context()
+    if _debugging(ctx) and ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
+        config = dataclasses.replace(config, log_level="debug")  # `meshnet --debug launch`
+    on_command_line = ctx.get_parameter_source("password") is ParameterSource.COMMANDLINE
     # In a background launch, the child logs them too (its password is in its environment).
     for warning in launch_warnings(config, password_on_command_line=on_command_line):
         click.echo(f"warning: {warning}", err=True)
@@ -100,6 +112,8 @@ def launch(
             f"meshnet is already running as {status['name']} ({status['nickname']}) "
             f"on {config.api_socket}"
         )
+    if not config.ipalloc_range_overlap_ok:
+        _check_range_against_routes(config)
     if peer_name is not None:
         _keep_peer_name(config.state_dir, peer_name)
     if foreground:
@@ -109,9 +123,32 @@ def launch(
 
         from meshnet import daemon
 
+        if log_to_state_dir:
+            logfile.log_to_file(config.log_file, config.log_level)
+        else:
+            logfile.set_level(config.log_level)
         trio.run(daemon.run, config)
         return
     click.echo(_launch_background(config, client)["name"])
+
+
+def _check_range_against_routes(config: Config) -> None:
+    """Weave's netcheck: refuse a range the host already routes elsewhere, naming the route."""
+    # Imported here: netlink pulls in pyroute2, which only `launch` needs.
+    from meshnet.ipam import netcheck
+
+    clash = netcheck.overlapping_route(
+        config.ipalloc_range, netcheck.host_routes(), own_devices={BRIDGE}
+    )
+    if clash is not None:
+        raise UserError(
+            netcheck.overlap_message("--ipalloc-range-overlap-ok", config.ipalloc_range, clash)
+        )
+
+
+def _debugging(ctx: click.Context) -> bool:
+    """`meshnet --debug` (or MESHNET_DEBUG): the router logs at debug level too."""
+    return bool(ctx.find_root().params.get("debug") or os.environ.get("MESHNET_DEBUG"))
 
 
 def _keep_peer_name(state_dir: Path, text: str) -> None:
@@ -139,9 +176,11 @@ def _keep_peer_name(state_dir: Path, text: str) -> None:
 
 def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
     """Start `launch --foreground` detached, logging to the state directory; wait until ready."""
-    args = [sys.executable, "-m", "meshnet", "launch", "--foreground", *relaunch_args(config)]
+    args = [sys.executable, "-m", "meshnet", "launch", "--foreground", "--log-to-state-dir"]
+    args += relaunch_args(config)
     env = relaunch_environment(config, os.environ)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    logfile.rotate_if_full(config.log_file)
     with open(config.log_file, "ab") as log:
         start = log.tell()
         proc = subprocess.Popen(
@@ -186,20 +225,37 @@ def stop(api_socket: Path) -> None:
 
 
 @click.command()
-@click.argument("address", metavar="HOST[:PORT]")
+@click.argument("addresses", nargs=-1, metavar="HOST[:PORT]...")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Make these the only peers to connect to: the others given before are forgotten.",
+)
 @api_socket_option
-def connect(address: str, api_socket: Path) -> None:
-    """Add a peer to connect to (and keep reconnecting to)."""
-    result = ApiClient(api_socket).post("/connect", {"address": address})
-    click.echo(f"{result['address']}: " + ("added" if result["added"] else "already a target"))
+def connect(addresses: tuple[str, ...], replace: bool, api_socket: Path) -> None:
+    """Add peers to connect to (and keep reconnecting to), kept across restarts."""
+    if not addresses and not replace:
+        raise click.UsageError("give at least one HOST[:PORT] (or --replace to drop them all)")
+    result = ApiClient(api_socket).post(
+        "/connect", {"addresses": list(addresses), "replace": replace}
+    )
+    for address in result["removed"]:
+        click.echo(f"{address}: forgotten")
+    for target in result["targets"]:
+        click.echo(f"{target['address']}: " + ("added" if target["added"] else "already a target"))
 
 
 @click.command()
-@click.argument("address", metavar="HOST[:PORT]")
+@click.argument("addresses", nargs=-1, required=True, metavar="HOST[:PORT]...")
 @api_socket_option
-def forget(address: str, api_socket: Path) -> None:
-    """Stop connecting to a peer added by launch or connect."""
-    result = ApiClient(api_socket).post("/forget", {"address": address})
-    if not result["forgotten"]:
-        raise UserError(f"{result['address']} is not a target")
-    click.echo(f"{result['address']}: forgotten")
+def forget(addresses: tuple[str, ...], api_socket: Path) -> None:
+    """Stop connecting to peers added by launch or connect (also after a restart)."""
+    result = ApiClient(api_socket).post("/forget", {"addresses": list(addresses)})
+    missing = []
+    for target in result["targets"]:
+        if target["forgotten"]:
+            click.echo(f"{target['address']}: forgotten")
+        else:
+            missing.append(target["address"])
+    if missing:
+        raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a target")

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from meshnet.config import DEFAULT_API_SOCKET, DEFAULT_STATE_DIR, Config
+from meshnet.constants import MAX_OVERLAY_MTU, MIN_OVERLAY_MTU
 from meshnet.dns.settings import DnsSettings
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
@@ -203,6 +204,8 @@ def _password(text: str) -> bytes:
 
 _PATH = click.Path(path_type=Path)
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
     # The router.
     LaunchOption(
@@ -212,6 +215,26 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         parse=_password,
         text=bytes.decode,
         secret=True,
+    ),
+    LaunchOption(
+        "--no-resume",
+        "resume",
+        "Forget the peers that `connect` and `forget` saved in the state directory.",
+        switch=False,
+    ),
+    LaunchOption(
+        "--mtu",
+        "mtu",
+        "The overlay's MTU (containers, bridge, sleeve, VXLAN); at most the underlay's MTU "
+        "minus 146  [default: that]",
+        click.IntRange(MIN_OVERLAY_MTU, MAX_OVERLAY_MTU),
+    ),
+    LaunchOption(
+        "--log-level",
+        "log_level",
+        "How much the router logs (also in the background, to STATE_DIR/meshnet.log).",
+        click.Choice(LOG_LEVELS, case_sensitive=False),
+        parse=str.lower,
     ),
     LaunchOption(
         "--nickname", "nickname", "Name shown for this peer.", show_default="the host name"
@@ -265,6 +288,13 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         switch=False,
     ),
     LaunchOption(
+        "--fastdp-port",
+        "fastdp_port",
+        "UDP port of kernel VXLAN (fastdp); every peer must use the same one.",
+        click.IntRange(1, 65535),
+        show_default="--port + 1",
+    ),
+    LaunchOption(
         "--trusted-subnets",
         "trusted_subnets",
         "With a password, peers in these subnets may still use fastdp (unencrypted VXLAN).",
@@ -312,6 +342,12 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         "ipalloc_init",
         "How the range is first divided  [default: consensus over the launch peers and us]",
         metavar="consensus[=N]|seed=NAME,...|observer",
+    ),
+    LaunchOption(
+        "--ipalloc-range-overlap-ok",
+        "ipalloc_range_overlap_ok",
+        "Launch even if --ipalloc-range overlaps a route this host already has.",
+        switch=True,
     ),
     # DNS.
     LaunchOption(
@@ -424,7 +460,21 @@ def config_from_options(
         **top,
     )
     _check_ipalloc(config, len(peer_list))
+    _check_ports(config)
     return config
+
+
+def _check_ports(config: Config) -> None:
+    """The sleeve (UDP --port) and VXLAN cannot share a port; port + 1 must exist."""
+    if config.vxlan_port > 65535:
+        raise UserError(
+            f"--port {config.port}: fastdp would use {config.vxlan_port}; give --fastdp-port"
+        )
+    if config.vxlan_port == config.port:
+        raise UserError(
+            f"--fastdp-port {config.vxlan_port} is --port: the sleeve and VXLAN need a UDP "
+            "port each"
+        )
 
 
 def _check_ipalloc(config: Config, peers: int) -> None:

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
-from meshnet.cli.common import api_socket_option
+from meshnet.cli.common import api_socket_option, ports_text
 from meshnet.cli.output import console
 from meshnet.errors import UserError
 from meshnet.tui.model import PEER_COLUMNS, format_bytes, peer_rows
@@ -63,7 +63,7 @@ def print_report(data: dict[str, Any]) -> None:
         ("Peers", str(router["peers"])),
         ("Connections", ", ".join(f"{n} {s}" for s, n in sorted(connections.items())) or "0"),
         ("Uptime", _duration(router["uptime"])),
-        ("Port", str(router["port"])),
+        ("Ports", ports_text(router)),
     ]
     for key, value in rows:
         out.print(f"{key:>12}: {value}", highlight=False)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from meshnet import __version__
 from meshnet.api.client import ApiClient
-from meshnet.cli.common import JSON_OPTION, api_socket_option, status_command
+from meshnet.cli.common import JSON_OPTION, api_socket_option, ports_text, status_command
 from meshnet.cli.ramps import status_rows
 
 
@@ -45,7 +45,7 @@ def status(ctx: click.Context, api_socket: Path, as_json: bool) -> None:
             else "0",
         ),
         ("Targets", str(len(data["targets"]))),
-        ("Port", str(data["port"])),
+        ("Ports", ports_text(data)),
     ]
     rows += status_rows(data)  # what the host exposes, and isolation
     for key, value in rows:

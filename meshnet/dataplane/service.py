@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.constants import BRIDGE, SLEEVE_TAP
+from meshnet.constants import BRIDGE, MIN_OVERLAY_MTU, SLEEVE_TAP
 from meshnet.dataplane.fastdp import core as fastdp_core
 from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.kernel import attach as attachment
@@ -44,7 +44,6 @@ from meshnet.gossip.router import Router
 log = logging.getLogger("meshnet.dataplane")
 
 ENCAPSULATION_OVERHEAD = wire.ENCAPSULATION_OVERHEAD
-MIN_OVERLAY_MTU = 576
 MIN_PROBE_PAYLOAD = 548  # UdpPath's safe starting point
 # Whatever waits in the socket is latency for every packet behind it (FACTS: ~175 ms at 16 MB),
 # but GRO queues a whole GSO send as ONE buffer, so a full socket drops ~45 datagrams at once:
@@ -67,6 +66,20 @@ def underlay_mtu(ignore: set[str]) -> int:
         and link.kind not in ("bridge", "tun")
     ]
     return min(candidates, default=1500)
+
+
+def overlay_mtu(underlay: int, wanted: int | None) -> int:
+    """The containers' MTU: ``wanted`` (--mtu) if the underlay carries it with the sleeve's
+    headers (fragments would cost every packet twice), else the most it carries."""
+    most = underlay - ENCAPSULATION_OVERHEAD
+    if wanted is not None and wanted > most:
+        raise UserError(
+            f"--mtu {wanted}: the underlay's MTU {underlay} leaves at most {most} for the overlay "
+            f"({ENCAPSULATION_OVERHEAD} bytes go to encapsulation)"
+        )
+    if most < MIN_OVERLAY_MTU:
+        raise UserError(f"the underlay MTU leaves only {most} bytes for containers")
+    return most if wanted is None else wanted
 
 
 def _datagram_overhead(sealed: bool) -> int:
@@ -162,13 +175,12 @@ class DataPlane:
     def own_ports(self) -> tuple[str, ...]:
         """The router's own ports on the bridge (isolation keeps every other port but the
         containers' shut)."""
-        return (SLEEVE_TAP, fastdp_core.DEVICE)
+        return (SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port))
 
     def _set_up_bridge(self) -> Any:
         """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
-        mtu = underlay_mtu(ignore={BRIDGE, SLEEVE_TAP}) - ENCAPSULATION_OVERHEAD
-        if mtu < MIN_OVERLAY_MTU:
-            raise UserError(f"the underlay MTU leaves only {mtu} bytes for containers")
+        own = {BRIDGE, SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port)}
+        mtu = overlay_mtu(underlay_mtu(ignore=own), self.config.mtu)
         self.overlay_mtu = mtu
         with netlink.namespace(None) as ns:
             self.punch.core.local_ips = frozenset(ns.addresses())

@@ -45,10 +45,9 @@ from meshnet.dns.settings import (
     parse_upstream,
     qualify,
 )
-from meshnet.errors import MeshnetError, RemoteProtocolError, UserError
+from meshnet.errors import MeshnetError, RemoteProtocolError, UserError, bad_address
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
-from meshnet.node.specs import bad_address
 from meshnet.statefile import set_aside, write_atomically
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@
                         fastdp plug their mergeable state into the mesh
 - ``mesh``              the router core: topology gossip, routes and channels, no I/O
 - ``connection_maker``  which peers to dial, and when: a reconciler with backoff
+- ``saved_targets``     what `connect` and `forget` said, kept for the next start (``--resume``)
 - ``events``            what the router publishes (routes, live links) and hears back (paths)
 - ``router``            the trio shell: listens, dials, runs connections, feeds the cores
 - ``simulation``        a whole mesh of cores in memory on a fake clock (tests, benchmarks)

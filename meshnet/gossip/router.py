@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ from meshnet.gossip.identity import Identity, format_peer_name
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Heartbeat, Message
 from meshnet.gossip.routes import Routes, shortest_path, symmetric_graph
+from meshnet.gossip.saved_targets import SavedTargets
 from meshnet.gossip.throttle import LogThrottle, TokenBuckets
 
 log = logging.getLogger("meshnet.router")
@@ -163,9 +164,15 @@ class Router:
         *,
         rng: random.Random | None = None,
         data_path: bool = False,
+        saved_targets: SavedTargets | None = None,
+        save_targets: Callable[[SavedTargets], None] | None = None,
     ) -> None:
         """``data_path``: connections count as established only once the data plane proves
-        the UDP path both ways (`set_data_path`); without it, as soon as the handshake is done."""
+        the UDP path both ways (`set_data_path`); without it, as soon as the handshake is done.
+        ``saved_targets``: what `connect`/`forget` said before a restart (dialled along with
+        the launch peers); ``save_targets`` keeps each change of it."""
+        self._saved = saved_targets or SavedTargets()
+        self._save_targets = save_targets
         self.config = config
         self.identity = identity
         self._password = password
@@ -232,10 +239,43 @@ class Router:
     def connect(self, address: str) -> bool:
         added = self.maker.add(address, Source.CONNECT, trio.current_time())
         self._wake_maker.set()
+        self._remember(self._saved.connected([address]))
         return added
 
+    def replace_targets(self, addresses: Sequence[str]) -> list[str]:
+        """`connect --replace`: the user's targets become ``addresses``; returns those dropped
+        (targets learned from other peers stay: gossip would bring them back anyway)."""
+        current = [t.address for t in self.maker.targets() if t.source is not Source.DISCOVERED]
+        dropped = [a for a in current if a not in addresses]
+        for address in dropped:
+            self.maker.forget(address)
+        now = trio.current_time()
+        for address in addresses:
+            self.maker.add(address, Source.CONNECT, now)
+        self._wake_maker.set()
+        self._remember(self._saved.replaced(current, addresses))
+        return dropped
+
     def forget(self, address: str) -> bool:
-        return self.maker.forget(address)
+        given = any(
+            t.address == address and t.source is not Source.DISCOVERED for t in self.maker.targets()
+        )
+        forgotten = self.maker.forget(address)
+        if given:  # one gossip brought is not the user's to keep forgotten
+            self._remember(self._saved.forgot([address]))
+        return forgotten
+
+    def _remember(self, saved: SavedTargets) -> None:
+        """Keep what the user said about targets for the next start (a failed write is
+        logged: the running router has them anyway)."""
+        if saved == self._saved:
+            return
+        self._saved = saved
+        if self._save_targets is not None:
+            try:
+                self._save_targets(saved)
+            except OSError as e:
+                log.warning("targets not saved for the next start: %s", e)
 
     def connection_records(self) -> list[ConnectionRecord]:
         live = [c.record for c in self._live.values()]
@@ -248,6 +288,10 @@ class Router:
             "nickname": self.identity.nickname,
             "uid": self.identity.uid,
             "port": self.config.port,
+            # VXLAN's port, where a data plane may use fastdp (status dataplane: whether it does)
+            "fastdp_port": (
+                self.config.vxlan_port if self._data_path and self.config.fastdp else None
+            ),
             "encryption": self.encrypted,
             "peers": len(self.mesh.topology),
             "connections": dict(states),
@@ -404,8 +448,13 @@ class Router:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         now = trio.current_time()
-        for peer in self.config.peers:
-            self.maker.add(peer, Source.LAUNCH, now)
+        for peer in self._saved.resumed(self.config.peers):
+            launched = peer in self.config.peers
+            if not launched:
+                log.info("dialling %s again: added by `meshnet connect` before a restart", peer)
+            self.maker.add(peer, Source.LAUNCH if launched else Source.CONNECT, now)
+        for peer in sorted(self._saved.forgotten & set(self.config.peers)):
+            log.info("not dialling %s: dropped by `meshnet forget` before a restart", peer)
         listeners = await trio.open_tcp_listeners(self.config.port)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

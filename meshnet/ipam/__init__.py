@@ -7,6 +7,7 @@
 - ``allocator``  ties these together as the ``ipam`` gossip channel's ``Gossiper``: events and
                  bytes in, actions and bytes out, ``now`` and randomness passed in
 - ``service``    the trio shell: persists ``to_state()``, moves the messages, runs the timers
+- ``netcheck``     a range that overlaps the host's routes is refused at launch (Weave's)
 
 It rides on ``meshnet.gossip``; the node (``meshnet.node``) and the Docker IPAM driver ask it
 for addresses.

@@ -21,12 +21,11 @@ Every malformed address a user gives, here or in DNS, is told by ``bad_address``
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Interface, IPv4Network
 
-from meshnet.errors import UserError
+from meshnet.errors import bad_address, why
 
 
 class SpecKind(Enum):
@@ -52,23 +51,6 @@ DEFAULT_SUBNET = AddressSpec()
 
 #: What an address argument may be: the hint of a message about one that is none of them.
 FORMS = "give a CIDR such as 10.32.1.5/12, ip:ADDR[/LEN], net:CIDR or net:default"
-
-
-def bad_address(text: str, reason: str) -> UserError:
-    """The one shape of every message about a malformed address: ``bad address 'TEXT': REASON``
-    (attach, detach, run, expose, hide, dns-add, dns-remove, and the API's answers)."""
-    return UserError(f"bad address {text.strip()!r}: {reason}")
-
-
-def why(value: str, error: ValueError) -> str:
-    """``ipaddress``'s complaint about ``value`` as a reason for ``bad_address``: without the
-    repeated text, and saying so when an IPv6 address is given where only IPv4 is taken."""
-    if ":" in value:
-        return "IPv6 is not supported here yet; give an IPv4 address"
-    message = re.sub(r" in '[^']*'$", "", str(error))
-    if message.startswith(("Expected 4 octets", "'")):  # "... does not appear to be ..."
-        return "not an IP address"
-    return message
 
 
 def parse_spec(text: str) -> AddressSpec:

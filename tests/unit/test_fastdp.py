@@ -90,6 +90,19 @@ def test_advertisements_round_trip() -> None:
     assert fastdp.decode_advertisement(fastdp.encode_advertisement(Advertisement(False))) == (
         Advertisement(False)
     )
+    moved = Advertisement(True, frozenset({MAC1}), port=7001)
+    assert fastdp.decode_advertisement(fastdp.encode_advertisement(moved)).port == 7001
+
+
+def test_an_advertisement_without_a_port_means_the_default() -> None:
+    """Peers from before --fastdp-port send none: their VXLAN is on 6784."""
+    old = msgpack.packb({"w": True, "m": []})
+    assert fastdp.decode_advertisement(old).port == 6784
+
+
+def test_the_device_is_named_after_its_port() -> None:
+    assert fastdp.device_name(6784) == fastdp.DEVICE == "vxlan-6784"
+    assert fastdp.device_name(7001) == "vxlan-7001"
 
 
 @pytest.mark.parametrize(
@@ -104,6 +117,10 @@ def test_advertisements_round_trip() -> None:
         msgpack.packb({"w": True, "m": [b"\x01\x00\x5e\x00\x00\x01"]}),  # multicast
         msgpack.packb({"w": True, "m": [bytes(6)]}),  # the flood address
         msgpack.packb({"w": True, "m": [b"\x02\x00\x00\x00\x00\x01"] * 70000}),
+        msgpack.packb({"w": True, "m": [], "p": 0}),  # no such port
+        msgpack.packb({"w": True, "m": [], "p": 70000}),
+        msgpack.packb({"w": True, "m": [], "p": True}),
+        msgpack.packb({"w": True, "m": [], "p": "6784"}),
     ],
 )
 def test_malformed_advertisements_are_refused(payload: bytes) -> None:

@@ -40,7 +40,14 @@ from meshnet.dataplane.sleeve.switch import derived_mac
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.messages import MAX_PEER_NAME
 
-DEVICE = f"vxlan-{FASTDP_PORT}"
+DEVICE = f"vxlan-{FASTDP_PORT}"  # with the default port
+
+
+def device_name(port: int) -> str:
+    """The VXLAN device is named after its UDP port, as Weave's (``vxlan-6784``)."""
+    return f"vxlan-{port}"
+
+
 VNI = 6784
 CHANNEL = "fastdp"
 ETHERTYPE = FASTDP_PROBE_ETHERTYPE
@@ -106,14 +113,17 @@ def _mac(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Advertisement:
-    """What a peer tells one neighbour: whether it wants fastdp with it, and its local MACs."""
+    """What a peer tells one neighbour: whether it wants fastdp with it, its local MACs, and
+    its VXLAN port (a device sends to the port it listens on: both sides need the same one)."""
 
     willing: bool
     macs: frozenset[str] = frozenset()
+    port: int = FASTDP_PORT  # peers from before --fastdp-port did not say: the default
 
 
 def encode_advertisement(ad: Advertisement) -> bytes:
-    return bytes(msgpack.packb({"w": ad.willing, "m": sorted(_mac(m) for m in ad.macs)}))
+    macs = sorted(_mac(m) for m in ad.macs)
+    return bytes(msgpack.packb({"w": ad.willing, "m": macs, "p": ad.port}))
 
 
 def decode_advertisement(payload: bytes) -> Advertisement:
@@ -129,7 +139,10 @@ def decode_advertisement(payload: bytes) -> Advertisement:
     for mac in macs:
         if not isinstance(mac, bytes) or len(mac) != 6 or mac[0] & 1 or mac == bytes(6):
             raise RemoteProtocolError("malformed fastdp advertisement: bad MAC")
-    return Advertisement(willing=data["w"], macs=frozenset(m.hex(":") for m in macs))
+    port = data.get("p", FASTDP_PORT)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise RemoteProtocolError("malformed fastdp advertisement: port")
+    return Advertisement(willing=data["w"], macs=frozenset(m.hex(":") for m in macs), port=port)
 
 
 def willing(

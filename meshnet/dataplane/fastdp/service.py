@@ -20,7 +20,6 @@ from typing import Any
 import trio
 
 from meshnet.config import Config
-from meshnet.constants import FASTDP_PORT
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
@@ -68,6 +67,8 @@ class FastDatapath:
         self._limiter = netlink_limiter
         self._on_change = on_change
         self._probe_mac = fastdp.probe_mac(self.local)
+        self.port = config.vxlan_port  # every neighbour's must be the same (advertised)
+        self.device = fastdp.device_name(self.port)
         self.unavailable = "" if config.fastdp else "turned off (--no-fastdp)"
         self._ads: dict[int, Advertisement] = {}
         self._sent_ads: dict[int, Advertisement] = {}
@@ -111,7 +112,7 @@ class FastDatapath:
             task_status.started()
             return
         try:
-            await trio.to_thread.run_sync(vxlan_filter.apply, vxlan_filter.table(FASTDP_PORT))
+            await trio.to_thread.run_sync(vxlan_filter.apply, vxlan_filter.table(self.port))
         except NftError as e:
             self.unavailable = f"off: no VXLAN source filter ({e})"
             log.error(
@@ -137,7 +138,7 @@ class FastDatapath:
             task_status.started()
             return
         self._frame_size = overlay_mtu + 14
-        log.info("fast datapath up: %s on UDP %d", fastdp.DEVICE, FASTDP_PORT)
+        log.info("fast datapath up: %s on UDP %d", self.device, self.port)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_router)
@@ -170,16 +171,16 @@ class FastDatapath:
 
     def _create_device(self, mtu: int) -> None:
         with netlink.namespace(None) as ns:
-            ns.create_vxlan(fastdp.DEVICE, vni=fastdp.VNI, port=FASTDP_PORT, mtu=mtu)
-            ns.set_master(fastdp.DEVICE, self.bridge)
-            ns.set_bridge_port(fastdp.DEVICE, learning=False, isolated=True)
-            ns.set_up(fastdp.DEVICE)
+            ns.create_vxlan(self.device, vni=fastdp.VNI, port=self.port, mtu=mtu)
+            ns.set_master(self.device, self.bridge)
+            ns.set_bridge_port(self.device, learning=False, isolated=True)
+            ns.set_up(self.device)
             ns.add_local_mac(self.bridge, self._probe_mac)
 
     def _remove_device(self) -> None:
         """A fresh device on every start: no entry survives from an earlier daemon."""
         with netlink.namespace(None) as ns:
-            ns.delete_link(fastdp.DEVICE)
+            ns.delete_link(self.device)
             if ns.has_link(self.bridge):
                 ns.remove_local_mac(self.bridge, self._probe_mac)
 
@@ -252,7 +253,7 @@ class FastDatapath:
         for peer in set(self._sent_ads) - set(links):
             del self._sent_ads[peer]  # a returning neighbour hears from us again
         for peer, link in links.items():
-            ad = Advertisement(self._willing(link.ip), self._local_macs)
+            ad = Advertisement(self._willing(link.ip), self._local_macs, self.port)
             if not refresh and self._sent_ads.get(peer) == ad:
                 continue
             if self.router.unicast(fastdp.CHANNEL, peer, fastdp.encode_advertisement(ad)):
@@ -270,7 +271,12 @@ class FastDatapath:
             found = {}
             for peer, link in self._links.items():
                 ad = self._ads.get(peer)
-                if ad is not None and ad.willing and self._willing(link.ip):
+                if (
+                    ad is not None
+                    and ad.willing
+                    and ad.port == self.port
+                    and self._willing(link.ip)
+                ):
                     found[peer] = link.ip
             self._candidate_cache = found
         return self._candidate_cache
@@ -336,16 +342,16 @@ class FastDatapath:
         def remove() -> None:
             with netlink.namespace(None) as ns:
                 for mac in have.pinned - want.pinned:
-                    ns.unpin_mac(fastdp.DEVICE, mac)
+                    ns.unpin_mac(self.device, mac)
                 for mac, ip in have.remotes - want.remotes:
-                    ns.delete_remote(fastdp.DEVICE, mac, ip)
+                    ns.delete_remote(self.device, mac, ip)
 
         def add() -> None:
             with netlink.namespace(None) as ns:
                 for mac, ip in want.remotes - have.remotes:
-                    ns.add_remote(fastdp.DEVICE, mac, ip)
+                    ns.add_remote(self.device, mac, ip)
                 for mac in want.pinned - have.pinned:
-                    ns.pin_mac(fastdp.DEVICE, mac)
+                    ns.pin_mac(self.device, mac)
 
         try:
             await self._filter(vxlan_filter.sources(ip for _, ip in want.remotes))
@@ -448,7 +454,7 @@ class FastDatapath:
 
         def scan() -> frozenset[str]:
             with netlink.namespace(None) as ns:
-                learned = ns.learned_macs(self.bridge, exclude={fastdp.DEVICE, self.tap})
+                learned = ns.learned_macs(self.bridge, exclude={self.device, self.tap})
                 return frozenset({*learned, ns.link(self.bridge).mac})
 
         try:
@@ -502,6 +508,8 @@ class FastDatapath:
             return "waiting for the peer"
         if not ad.willing:
             return "off at the peer"
+        if ad.port != self.port:
+            return f"off: the peer's VXLAN port is {ad.port}, ours {self.port} (--fastdp-port)"
         probe = self._probes.get(peer)
         return probe.state.value if probe is not None else "waiting"
 
@@ -509,8 +517,8 @@ class FastDatapath:
         return {
             "enabled": not self.unavailable,
             "reason": self.unavailable or None,
-            "device": fastdp.DEVICE,
-            "port": FASTDP_PORT,
+            "device": self.device,
+            "port": self.port,
             "encrypted": self.router.encrypted,
             "trusted_subnets": [str(n) for n in self.config.trusted_subnets],
             "local_macs": len(self._local_macs),

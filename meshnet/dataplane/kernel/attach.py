@@ -24,7 +24,7 @@ from pathlib import Path
 
 from meshnet.constants import BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
-from meshnet.errors import UserError
+from meshnet.errors import UserError, bad_address
 
 log = logging.getLogger("meshnet.dataplane")
 
@@ -170,13 +170,13 @@ def _parse_addresses(addresses: Iterable[str]) -> list[Interface]:
     parsed: list[Interface] = []
     for text in addresses:
         if "/" not in text:
-            raise UserError(f"bad address {text}: needs a prefix length, as in 10.32.0.5/12")
+            raise bad_address(text, "needs a prefix length, as in 10.32.0.5/12")
         try:
             iface = ipaddress.ip_interface(text.strip())
-        except ValueError as e:
-            raise UserError(f"bad address {text}: {e}") from None
+        except ValueError:
+            raise bad_address(text, "not an address with a prefix length") from None
         if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
-            raise UserError(f"bad address {text}: not a unicast host address")
+            raise bad_address(text, "not a unicast host address")
         if iface not in parsed:
             parsed.append(iface)
     return parsed

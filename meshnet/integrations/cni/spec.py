@@ -29,6 +29,8 @@ from ipaddress import IPv4Network, IPv6Interface, ip_address, ip_interface, ip_n
 from pathlib import Path
 from typing import Any
 
+from meshnet.errors import bad_address, why
+
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
 #: The daemon's API socket unless the network configuration says otherwise
@@ -517,9 +519,11 @@ def _subnet(value: Any) -> IPv4Network | None:
     try:
         network = ip_network(value)
     except ValueError as e:
-        raise CniError(Code.INVALID_NETWORK_CONFIG, f"bad subnet {value!r}", str(e)) from None
+        message = str(bad_address(value, why(value, e)))
+        raise CniError(Code.INVALID_NETWORK_CONFIG, f"subnet: {message}", str(e)) from None
     if not isinstance(network, IPv4Network):
-        raise CniError(Code.INVALID_NETWORK_CONFIG, f"bad subnet {value!r}", "IPv4 only")
+        message = str(bad_address(value, "IPv6 is not supported here yet; give an IPv4 subnet"))
+        raise CniError(Code.INVALID_NETWORK_CONFIG, f"subnet: {message}", "IPv4 only")
     return network
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Protocol
 
-from meshnet.errors import UserError
+from meshnet.errors import UserError, bad_address, why
 
 log = logging.getLogger("meshnet.docker")
 
@@ -79,7 +79,7 @@ def parse_pool(
     try:
         subnet = IPv4Network(pool)
     except ValueError as e:
-        raise PluginError(f"bad subnet {pool!r}: {e}") from None
+        raise PluginError(str(bad_address(pool, why(pool, e)))) from None
     if not subnet.subnet_of(allocation_range):
         raise PluginError(
             f"subnet {subnet} is outside meshnet's allocation range {allocation_range}"
@@ -102,8 +102,8 @@ def parse_pool_id(pool_id: str, allocation_range: IPv4Network) -> IPv4Network:
 def parse_address(address: str) -> IPv4Address:
     try:
         return IPv4Interface(address).ip  # Docker sends "10.32.0.5", sometimes with a length
-    except ValueError:
-        raise PluginError(f"bad address {address!r}") from None
+    except ValueError as e:
+        raise PluginError(str(bad_address(address, why(address, e)))) from None
 
 
 class IpamDriver:
