@@ -45,6 +45,21 @@ class Gossiper(Protocol):
         ...
 
 
+class UnicastChannel:
+    """A ``Gossiper`` for a subsystem that only ever sends unicasts (per-peer messages, no
+    replicated state): the methods it never needs. It implements ``on_unicast`` and
+    ``on_broadcast`` (a broadcast on such a channel is a peer's mistake: count it)."""
+
+    def full_state(self) -> bytes | None:
+        return None
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        return None
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        return b
+
+
 @dataclass(frozen=True)
 class Send:
     """An action: hand ``message`` to the connection to neighbour ``peer``."""

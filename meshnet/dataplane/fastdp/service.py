@@ -32,6 +32,7 @@ from meshnet.dataplane.fastdp.core import (
 from meshnet.dataplane.kernel import netlink, vxlan_filter
 from meshnet.dataplane.kernel.nft import NftError
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.channel import UnicastChannel
 from meshnet.gossip.events import NO_LINKS, LiveLinks, PeerLink
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
@@ -48,7 +49,7 @@ READVERTISE_INTERVAL = 30.0
 _PACKET_OUTGOING = 4  # sll_pkttype of our own transmissions, which packet sockets also see
 
 
-class FastDatapath:
+class FastDatapath(UnicastChannel):
     def __init__(
         self,
         config: Config,
@@ -209,16 +210,7 @@ class FastDatapath:
             nursery.start_soon(links)
             nursery.start_soon(views)
 
-    # --- the gossip channel: neighbours' advertisements -----------------------------------------
-
-    def full_state(self) -> bytes | None:
-        return None  # advertisements are per neighbour: unicast only
-
-    def on_gossip(self, payload: bytes) -> bytes | None:
-        return None
-
-    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
-        return b
+    # --- the gossip channel: neighbours' advertisements (unicasts) ------------------------------
 
     def on_broadcast(self, source: int, payload: bytes) -> None:
         self._count("unexpected_broadcast")

@@ -18,6 +18,7 @@ from meshnet.dataplane.punch import core
 from meshnet.dataplane.punch.core import Attempt, Endpoint, Offer, Punching, Seen
 from meshnet.dataplane.sleeve.switch import Switch
 from meshnet.errors import RemoteProtocolError
+from meshnet.gossip.channel import UnicastChannel
 from meshnet.gossip.router import Router
 from meshnet.gossip.throttle import LogThrottle
 
@@ -32,7 +33,7 @@ StartPath = Callable[
 ]
 
 
-class PunchService:
+class PunchService(UnicastChannel):
     def __init__(
         self,
         router: Router,
@@ -84,15 +85,6 @@ class PunchService:
         return attempt is not None and attempt.up
 
     # --- the gossip channel (unicasts only)
-
-    def full_state(self) -> bytes | None:
-        return None
-
-    def on_gossip(self, payload: bytes) -> bytes | None:
-        return None
-
-    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
-        return b
 
     def on_broadcast(self, source: int, payload: bytes) -> None:
         self.core.counters["unexpected_broadcast"] += 1
