@@ -31,21 +31,18 @@ class MeshnetCollector(Collector):
         self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._router()
+        router = self.sources.router
+        status = router.status()
+        yield from router_metrics(status, router.connections(), gossip_statistics(router))
         dataplane = self.sources.dataplane
         if dataplane is not None and dataplane.forwarder is not None:
-            yield from dataplane_metrics(dataplane.status())
+            yield from dataplane_metrics(dataplane.status(), ourselves=status["name"])
         ipam = getattr(self.sources, "ipam", None)
         if ipam is not None:
             yield from ipam_metrics(ipam.status())
         dns = getattr(self.sources, "dns", None)
         if dns is not None:
             yield from dns_metrics(dns.status())
-
-    def _router(self) -> Iterator[Metric]:
-        router = self.sources.router
-        status = router.status()
-        yield from router_metrics(status, router.connections(), gossip_statistics(router))
 
 
 def router_metrics(
@@ -91,6 +88,11 @@ def router_metrics(
         if c["state"] == "established" and "kind" in path:
             fastdp.add_metric([c["peer"], c["nickname"]], int(path["kind"] == "fastdp"))
     yield fastdp
+    yield CounterMetricFamily(
+        "meshnet_connection_terminations",
+        "Established connections that ended (failed, timed out, replaced or closed).",
+        value=status.get("counters", {}).get("connections_terminated", 0),
+    )
     events = CounterMetricFamily(
         "meshnet_router_events", "Router events (dials failed, handshakes, ...).", labels=["event"]
     )
@@ -112,7 +114,8 @@ def router_metrics(
     yield size
 
 
-def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+def dataplane_metrics(status: dict[str, Any], ourselves: str = "") -> Iterator[Metric]:
+    """``ourselves``: this peer's name, whose MACs are local (not flows to another host)."""
     forwarding = status["forwarding"]
     nicknames = {peer: p.get("nickname", peer) for peer, p in status.get("paths", {}).items()}
     labels = ["peer", "nickname", "direction", "path"]
@@ -173,6 +176,19 @@ def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "MAC addresses the switch has learned.",
         value=len(status.get("macs", [])),
     )
+    # Weave's weave_flows counts its kernel datapath's flows; our forwarding is by destination
+    # MAC, so a flow here is a remote MAC the kernel (VXLAN) or the sleeve's switch sends to.
+    flows = GaugeMetricFamily(
+        "meshnet_flows",
+        "Remote MACs forwarded to: VXLAN forwarding entries (fastdp), MACs learned (sleeve).",
+        labels=["path"],
+    )
+    entries = (status.get("fastdp") or {}).get("entries") or {}
+    flows.add_metric(["fastdp"], entries.get("remotes", 0))
+    flows.add_metric(
+        ["sleeve"], sum(1 for m in status.get("macs", []) if m.get("peer") != ourselves)
+    )
+    yield flows
 
 
 def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
@@ -190,6 +206,26 @@ def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         ["unreachable"], sum(p.get("size", 0) for p in peers if not p.get("reachable", True))
     )
     yield addresses
+    unreachable = [p for p in peers if not p.get("reachable", True)]
+    yield GaugeMetricFamily(
+        "meshnet_ipam_unreachable_peers",
+        "Peers that own part of the range but cannot be reached (rmpeer reclaims a dead one's).",
+        value=len(unreachable),
+    )
+    total = sum(p.get("size", 0) for p in peers)
+    yield GaugeMetricFamily(
+        "meshnet_ipam_unreachable_percentage",
+        "Percentage of the range owned by unreachable peers (as Weave's, 0-100).",
+        value=100 * sum(p.get("size", 0) for p in unreachable) / total if total else 0,
+    )
+    pending = GaugeMetricFamily(
+        "meshnet_ipam_pending",
+        "Allocations and claims waiting for address space (consensus or a donation).",
+        labels=["operation"],
+    )
+    for operation, n in sorted(status.get("pending", {}).items()):
+        pending.add_metric([operation], n)
+    yield pending
     owned = GaugeMetricFamily(
         "meshnet_ipam_owned_addresses",
         "Addresses of the range each peer owns.",
