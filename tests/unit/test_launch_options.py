@@ -200,5 +200,5 @@ def test_metrics_addr_takes_any_address_and_goes_to_the_background_child(
 
 @pytest.mark.parametrize("bad", ["6782", "localhost:6782", "0.0.0.0:0", "0.0.0.0:70000", "x:1"])
 def test_a_bad_metrics_addr_is_one_line(bad: str) -> None:
-    with pytest.raises(UserError, match="--metrics-addr .*: expected an IP address and port"):
+    with pytest.raises(UserError, match=r"--metrics-addr .*: expected an IP address and port"):
         parse(["--metrics-addr", bad])
