@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from meshnet.api.app import ApiApp
-from meshnet.api.asgi import serve_on_socket, serve_on_tcp
+from meshnet.api.asgi import App, serve_on_socket, serve_on_tcp
 from meshnet.api.http_gate import MetricsOnlyGate, ReadOnlyGate
 from meshnet.errors import UserError
 
@@ -32,13 +32,20 @@ async def serve_api(
         if http_addr is not None:
             host, port = http_addr
             gate = ReadOnlyGate(app, host, port)
-            await nursery.start(partial(serve_on_tcp, gate, host, port, logger=LOGGER))
+            await _listen(nursery, gate, http_addr, "--http-addr")
         if metrics_addr is not None:
-            host, port = metrics_addr
-            try:
-                await nursery.start(
-                    partial(serve_on_tcp, MetricsOnlyGate(app), host, port, logger=LOGGER)
-                )
-            except OSError as e:
-                raise UserError(f"cannot serve metrics on {host}:{port}: {e.strerror}") from None
+            await _listen(nursery, MetricsOnlyGate(app), metrics_addr, "--metrics-addr")
         task_status.started()
+
+
+async def _listen(nursery: trio.Nursery, app: App, address: tuple[str, int], flag: str) -> None:
+    """Serve ``app`` over HTTP; an address we cannot listen on is the user's one-line error."""
+    host, port = address
+    try:
+        await nursery.start(partial(serve_on_tcp, app, host, port, logger=LOGGER))
+    except* OSError as group:  # raised inside hypercorn's nurseries
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        why = getattr(error, "strerror", None) or str(error)
+        raise UserError(f"cannot listen on {flag} {host}:{port}: {why}") from None
