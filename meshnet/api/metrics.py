@@ -8,6 +8,7 @@ can never drift from what `meshnet status` shows, and no code path has to rememb
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -212,7 +213,11 @@ def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "Peers that own part of the range but cannot be reached (rmpeer reclaims a dead one's).",
         value=len(unreachable),
     )
-    total = sum(p.get("size", 0) for p in peers)
+    # The whole range (Weave's weave_max_ips); before the ring exists, what peers own is 0.
+    total = ip_network(status["range"]).num_addresses if status.get("range") else 0
+    yield GaugeMetricFamily(
+        "meshnet_ipam_range_addresses", "Addresses in the allocation range.", value=total
+    )
     yield GaugeMetricFamily(
         "meshnet_ipam_unreachable_percentage",
         "Percentage of the range owned by unreachable peers (as Weave's, 0-100).",
@@ -241,6 +246,11 @@ def dns_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "meshnet_dns_entries",
         "DNS records known, from every peer.",
         value=sum(len(e.get("records", [])) for e in status.get("entries", [])),
+    )
+    yield GaugeMetricFamily(
+        "meshnet_dns_local_entries",
+        "DNS records of this peer's containers (what Weave's weave_dns_entries counts).",
+        value=sum(len(e.get("records", [])) for e in status.get("entries", []) if e.get("local")),
     )
     server = status.get("server")
     queries = CounterMetricFamily(

@@ -280,9 +280,10 @@ def test_subsystem_metrics_from_status() -> None:
             {"name": "c", "nickname": "h3", "local": False, "size": 4, "reachable": True},
         ],
         "pending": {"allocate": 2, "claim": 1},
+        "range": "10.32.0.0/27",
     }
     dns = {
-        "entries": [{"records": [{}, {}]}],
+        "entries": [{"local": True, "records": [{}, {}]}, {"local": False, "records": [{}]}],
         "server": {"udp_queries": 4, "tcp_queries": 1, "replies": 5},
     }
     samples = {}
@@ -310,10 +311,12 @@ def test_subsystem_metrics_from_status() -> None:
     assert samples[("meshnet_ipam_addresses", (("state", "in_use"),))] == 3
     assert samples[("meshnet_ipam_addresses", (("state", "unreachable"),))] == 6
     assert samples[("meshnet_ipam_unreachable_peers", ())] == 1
-    assert samples[("meshnet_ipam_unreachable_percentage", ())] == 30  # 6 of 20
+    assert samples[("meshnet_ipam_range_addresses", ())] == 32
+    assert samples[("meshnet_ipam_unreachable_percentage", ())] == 100 * 6 / 32
     assert samples[("meshnet_ipam_pending", (("operation", "allocate"),))] == 2
     assert samples[("meshnet_ipam_pending", (("operation", "claim"),))] == 1
-    assert samples[("meshnet_dns_entries", ())] == 2
+    assert samples[("meshnet_dns_entries", ())] == 3
+    assert samples[("meshnet_dns_local_entries", ())] == 2
     assert samples[("meshnet_dns_queries_total", (("transport", "udp"),))] == 4
     assert samples[("meshnet_dns_outcomes_total", (("outcome", "replies"),))] == 5
 
