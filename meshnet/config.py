@@ -64,6 +64,8 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)  # domain, TTL, upstreams, address
     # The API also over HTTP on this loopback address (for Prometheus), besides the socket.
     http_addr: tuple[str, int] | None = None
+    # Only GET /metrics over HTTP on this address (any: a Prometheus on another host).
+    metrics_addr: tuple[str, int] | None = None
     # Ramps: traffic from outside the overlay to this host's containers keeps its source
     # address (else it is masqueraded to the exposed address, like that to other hosts').
     no_masq_local: bool = False

@@ -89,6 +89,7 @@ async def run(
             app,
             config.api_socket,
             config.http_addr,
+            config.metrics_addr,
         )
         log.info("%s ready; API on %s", identity, config.api_socket)
         task_status.started(identity)

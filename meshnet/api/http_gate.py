@@ -8,6 +8,10 @@ browser visits, can send requests. So over HTTP:
   changes state (stop, attach, expose, connect...) answers 405 and is done only on the socket;
 * the ``Host`` header must name the address we listen on (or ``localhost``): a page on a name
   that the attacker re-binds to 127.0.0.1 (DNS rebinding) sends its own name and is refused.
+
+`--metrics-addr` may listen on any address, where anyone on the network can send requests, so
+it serves one thing only: ``GET /metrics`` (what Weave's status address serves to Prometheus).
+Any Host header is fine there: Prometheus scrapes by whatever name or address it was given.
 """
 
 from __future__ import annotations
@@ -30,6 +34,46 @@ def allowed_hosts(host: str, port: int) -> frozenset[bytes]:
     literal = f"[{host}]" if ":" in host else host
     names = {literal, "localhost"}
     return frozenset(n.encode() for name in names for n in (name, f"{name}:{port}"))
+
+
+METRICS = "/metrics"
+
+
+async def _refuse(send: Send, status: int, why: str) -> None:
+    payload = json.dumps({"error": why}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class MetricsOnlyGate:
+    """An ASGI app in front of the API for `--metrics-addr`: ``GET /metrics`` and nothing else."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if path == METRICS and method == "GET":
+            await self._app(scope, receive, send)
+            return
+        self.refused += 1
+        if path != METRICS:
+            await _refuse(send, 404, f"only {METRICS} is served on this address")
+        else:
+            await _refuse(send, 405, f"{method} {METRICS}: only GET")
 
 
 class ReadOnlyGate:
@@ -55,18 +99,7 @@ class ReadOnlyGate:
         if now - self._logged_at >= _LOG_EVERY:
             self._logged_at = now
             log.warning("HTTP API: refused %s (%d refused so far)", why, self.refused)
-        payload = json.dumps({"error": why}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _refuse(send, status, why)
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         hosts = [value for name, value in scope.get("headers", ()) if name.lower() == b"host"]

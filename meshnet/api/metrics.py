@@ -8,6 +8,7 @@ can never drift from what `meshnet status` shows, and no code path has to rememb
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -31,21 +32,18 @@ class MeshnetCollector(Collector):
         self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._router()
+        router = self.sources.router
+        status = router.status()
+        yield from router_metrics(status, router.connections(), gossip_statistics(router))
         dataplane = self.sources.dataplane
         if dataplane is not None and dataplane.forwarder is not None:
-            yield from dataplane_metrics(dataplane.status())
+            yield from dataplane_metrics(dataplane.status(), ourselves=status["name"])
         ipam = getattr(self.sources, "ipam", None)
         if ipam is not None:
             yield from ipam_metrics(ipam.status())
         dns = getattr(self.sources, "dns", None)
         if dns is not None:
             yield from dns_metrics(dns.status())
-
-    def _router(self) -> Iterator[Metric]:
-        router = self.sources.router
-        status = router.status()
-        yield from router_metrics(status, router.connections(), gossip_statistics(router))
 
 
 def router_metrics(
@@ -91,6 +89,11 @@ def router_metrics(
         if c["state"] == "established" and "kind" in path:
             fastdp.add_metric([c["peer"], c["nickname"]], int(path["kind"] == "fastdp"))
     yield fastdp
+    yield CounterMetricFamily(
+        "meshnet_connection_terminations",
+        "Established connections that ended (failed, timed out, replaced or closed).",
+        value=status.get("counters", {}).get("connections_terminated", 0),
+    )
     events = CounterMetricFamily(
         "meshnet_router_events", "Router events (dials failed, handshakes, ...).", labels=["event"]
     )
@@ -112,7 +115,8 @@ def router_metrics(
     yield size
 
 
-def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+def dataplane_metrics(status: dict[str, Any], ourselves: str = "") -> Iterator[Metric]:
+    """``ourselves``: this peer's name, whose MACs are local (not flows to another host)."""
     forwarding = status["forwarding"]
     nicknames = {peer: p.get("nickname", peer) for peer, p in status.get("paths", {}).items()}
     labels = ["peer", "nickname", "direction", "path"]
@@ -193,6 +197,19 @@ def dataplane_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "MAC addresses the switch has learned.",
         value=len(status.get("macs", [])),
     )
+    # Weave's weave_flows counts its kernel datapath's flows; our forwarding is by destination
+    # MAC, so a flow here is a remote MAC the kernel (VXLAN) or the sleeve's switch sends to.
+    flows = GaugeMetricFamily(
+        "meshnet_flows",
+        "Remote MACs forwarded to: VXLAN forwarding entries (fastdp), MACs learned (sleeve).",
+        labels=["path"],
+    )
+    entries = (status.get("fastdp") or {}).get("entries") or {}
+    flows.add_metric(["fastdp"], entries.get("remotes", 0))
+    flows.add_metric(
+        ["sleeve"], sum(1 for m in status.get("macs", []) if m.get("peer") != ourselves)
+    )
+    yield flows
 
 
 def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
@@ -210,6 +227,30 @@ def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         ["unreachable"], sum(p.get("size", 0) for p in peers if not p.get("reachable", True))
     )
     yield addresses
+    unreachable = [p for p in peers if not p.get("reachable", True)]
+    yield GaugeMetricFamily(
+        "meshnet_ipam_unreachable_peers",
+        "Peers that own part of the range but cannot be reached (rmpeer reclaims a dead one's).",
+        value=len(unreachable),
+    )
+    # The whole range (Weave's weave_max_ips); before the ring exists, what peers own is 0.
+    total = ip_network(status["range"]).num_addresses if status.get("range") else 0
+    yield GaugeMetricFamily(
+        "meshnet_ipam_range_addresses", "Addresses in the allocation range.", value=total
+    )
+    yield GaugeMetricFamily(
+        "meshnet_ipam_unreachable_percentage",
+        "Percentage of the range owned by unreachable peers (as Weave's, 0-100).",
+        value=100 * sum(p.get("size", 0) for p in unreachable) / total if total else 0,
+    )
+    pending = GaugeMetricFamily(
+        "meshnet_ipam_pending",
+        "Allocations and claims waiting for address space (consensus or a donation).",
+        labels=["operation"],
+    )
+    for operation, n in sorted(status.get("pending", {}).items()):
+        pending.add_metric([operation], n)
+    yield pending
     owned = GaugeMetricFamily(
         "meshnet_ipam_owned_addresses",
         "Addresses of the range each peer owns.",
@@ -225,6 +266,11 @@ def dns_metrics(status: dict[str, Any]) -> Iterator[Metric]:
         "meshnet_dns_entries",
         "DNS records known, from every peer.",
         value=sum(len(e.get("records", [])) for e in status.get("entries", [])),
+    )
+    yield GaugeMetricFamily(
+        "meshnet_dns_local_entries",
+        "DNS records of this peer's containers (what Weave's weave_dns_entries counts).",
+        value=sum(len(e.get("records", [])) for e in status.get("entries", []) if e.get("local")),
     )
     server = status.get("server")
     queries = CounterMetricFamily(

@@ -191,6 +191,24 @@ def _loopback_address(text: str) -> tuple[str, int]:
     return host, number
 
 
+def _any_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [V6]:PORT) on any address: what is served there is only /metrics."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep:
+            raise ValueError
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--metrics-addr {text}: expected an IP address and port, e.g. 0.0.0.0:6782"
+        ) from None
+    return host, number
+
+
 def _host_port(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -320,6 +338,15 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         "Also serve the API (and /metrics) over HTTP on this loopback address.",
         metavar="HOST:PORT",
         parse=_loopback_address,
+        text=_host_port,
+    ),
+    LaunchOption(
+        "--metrics-addr",
+        "metrics_addr",
+        "Serve only GET /metrics over HTTP on this address (any, e.g. 0.0.0.0:6782 for a "
+        "Prometheus elsewhere); the rest of the API stays on the socket.",
+        metavar="HOST:PORT",
+        parse=_any_address,
         text=_host_port,
     ),
     # IPAM (checked together with the peers in ``config_from_options``).

@@ -902,6 +902,7 @@ class Router:
         live = self._live.pop(peer, None)
         if live is None:
             return
+        self.counters["connections_terminated"] += 1  # Weave's weave_connection_terminations
         self.outbox.discard(peer)
         live.record.state = ConnectionState.FAILED
         live.record.last_error = reason

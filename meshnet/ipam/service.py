@@ -16,6 +16,7 @@ message changed is persisted and acted upon at once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
@@ -128,6 +129,9 @@ class IpamService:
         self._timeout = allocate_timeout
         self._wake = trio.Event()
         self._refused: dict[str, int] = {}  # what a refused ring merge said, and how often
+        #: Allocations and claims waiting for space (consensus, a donation): Weave's
+        #: weave_ipam_pending_allocates and _claims.
+        self.pending: collections.Counter[str] = collections.Counter(allocate=0, claim=0)
         self._forgery_log = LogThrottle()  # one line per 10 s
         rng = rng or random.Random()
         self.allocator = self._load(rng)
@@ -212,21 +216,32 @@ class IpamService:
             self._wake.set()
             self._wake = trio.Event()
 
-    async def _until(self, what: str, attempt: Callable[[float], Address | NeedSpace]) -> Address:
+    async def _until(
+        self, operation: str, what: str, attempt: Callable[[float], Address | NeedSpace]
+    ) -> Address:
+        """``attempt`` until it gives an address; meanwhile the operation counts as pending."""
         deadline = trio.current_time() + self._timeout
-        while True:
-            now = trio.current_time()
-            try:
-                result = attempt(now)
-            finally:
-                self._after(wake=False)
-            if isinstance(result, Address):
-                return result
-            if now >= deadline:
-                raise UserError(self._timeout_message(what, result))
-            event = self._wake  # set by the next message, timer or change
-            with trio.move_on_at(deadline):
-                await event.wait()
+        waiting = False
+        try:
+            while True:
+                now = trio.current_time()
+                try:
+                    result = attempt(now)
+                finally:
+                    self._after(wake=False)
+                if isinstance(result, Address):
+                    return result
+                if now >= deadline:
+                    raise UserError(self._timeout_message(what, result))
+                if not waiting:
+                    waiting = True
+                    self.pending[operation] += 1
+                event = self._wake  # set by the next message, timer or change
+                with trio.move_on_at(deadline):
+                    await event.wait()
+        finally:
+            if waiting:
+                self.pending[operation] -= 1
 
     def _timeout_message(self, what: str, need: NeedSpace) -> str:
         if need.reason is Waiting.CONSENSUS:
@@ -256,6 +271,7 @@ class IpamService:
         """The container's address in ``subnet`` (the default subnet if None); idempotent."""
         where = subnet or self.config.subnet
         address = await self._until(
+            "allocate",
             f"allocate an address in {where}",
             lambda now: self.allocator.allocate(container_id, subnet, now),
         )
@@ -270,6 +286,7 @@ class IpamService:
         net = address.network
         subnet = net if net.subnet_of(self.config.range) and net.prefixlen < 32 else None
         result = await self._until(
+            "claim",
             f"claim {address.ip}",
             lambda now: self.allocator.claim(container_id, address.ip, now, subnet),
         )
@@ -447,6 +464,7 @@ class IpamService:
             "allocated_here": status.allocated_here,
             "leaving": status.leaving,
             "handed_over": status.handed_over,
+            "pending": dict(self.pending),
             "refused_merges": dict(self._refused),
             "counters": asdict(self.allocator.counters),
             "forgeries": {

@@ -131,6 +131,34 @@ async def test_metrics_parse_and_show_the_mesh(pair: tuple[Router, Router]) -> N
     assert sent_before >= 1
 
 
+def scrape(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+@pytest.mark.trio
+async def test_a_connection_that_ends_is_counted_as_a_termination(tmp_path: Path) -> None:
+    """Weave's weave_connection_terminations_total: ours moves when a peer goes away."""
+    a = make_router(tmp_path, "alpha")
+    app = ApiApp(a, lambda: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        async with trio.open_nursery() as inner:
+            b = make_router(tmp_path, "beta", peers=(f"127.0.0.1:{a.config.port}",))
+            await inner.start(b.serve)
+            await wait_until(lambda: established(a) == ["beta"])
+            before = scrape((await get(app, "/metrics")).body)
+            assert before[("meshnet_connection_terminations_total", ())] == 0
+            inner.cancel_scope.cancel()  # beta stops: its connection ends
+        await wait_until(lambda: established(a) == [])
+        after = scrape((await get(app, "/metrics")).body)
+        assert after[("meshnet_connection_terminations_total", ())] == 1
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.trio
 async def test_stream_sends_snapshots_until_the_client_hangs_up(
     pair: tuple[Router, Router],
@@ -225,8 +253,9 @@ def test_subsystem_metrics_from_status() -> None:
             "dropped": {"no_route": 2},
             "superframes": {"sent": 7, "received": 5},
         },
-        "macs": [{}, {}],
+        "macs": [{"peer": "us"}, {"peer": "aa:00:00:00:00:01"}, {"peer": "aa:00:00:00:00:01"}],
         "counters": {"udp_endpoint_moved": 2},
+        "fastdp": {"entries": {"remotes": 4, "pinned": 1}},
     }
     ipam = {
         "peers": [
@@ -248,14 +277,21 @@ def test_subsystem_metrics_from_status() -> None:
                 "free": 5,
                 "reachable": False,
             },
-        ]
+            {"name": "c", "nickname": "h3", "local": False, "size": 4, "reachable": True},
+        ],
+        "pending": {"allocate": 2, "claim": 1},
+        "range": "10.32.0.0/27",
     }
     dns = {
-        "entries": [{"records": [{}, {}]}],
+        "entries": [{"local": True, "records": [{}, {}]}, {"local": False, "records": [{}]}],
         "server": {"udp_queries": 4, "tcp_queries": 1, "replies": 5},
     }
     samples = {}
-    for family in [*dataplane_metrics(dataplane), *ipam_metrics(ipam), *dns_metrics(dns)]:
+    for family in [
+        *dataplane_metrics(dataplane, ourselves="us"),
+        *ipam_metrics(ipam),
+        *dns_metrics(dns),
+    ]:
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
     sent = (
@@ -266,13 +302,21 @@ def test_subsystem_metrics_from_status() -> None:
     )
     assert samples[("meshnet_dataplane_bytes_total", sent)] == 300
     assert samples[("meshnet_dataplane_drops_total", (("reason", "no_route"),))] == 2
-    assert samples[("meshnet_dataplane_macs", ())] == 2
+    assert samples[("meshnet_dataplane_macs", ())] == 3
+    assert samples[("meshnet_flows", (("path", "fastdp"),))] == 4
+    assert samples[("meshnet_flows", (("path", "sleeve"),))] == 2  # ours are not flows
     assert samples[("meshnet_dataplane_paths_behind_nat", ())] == 1
     assert samples[("meshnet_dataplane_nat_moves_total", ())] == 2
     assert samples[("meshnet_dataplane_superframes_total", (("direction", "sent"),))] == 7
     assert samples[("meshnet_ipam_addresses", (("state", "in_use"),))] == 3
     assert samples[("meshnet_ipam_addresses", (("state", "unreachable"),))] == 6
-    assert samples[("meshnet_dns_entries", ())] == 2
+    assert samples[("meshnet_ipam_unreachable_peers", ())] == 1
+    assert samples[("meshnet_ipam_range_addresses", ())] == 32
+    assert samples[("meshnet_ipam_unreachable_percentage", ())] == 100 * 6 / 32
+    assert samples[("meshnet_ipam_pending", (("operation", "allocate"),))] == 2
+    assert samples[("meshnet_ipam_pending", (("operation", "claim"),))] == 1
+    assert samples[("meshnet_dns_entries", ())] == 3
+    assert samples[("meshnet_dns_local_entries", ())] == 2
     assert samples[("meshnet_dns_queries_total", (("transport", "udp"),))] == 4
     assert samples[("meshnet_dns_outcomes_total", (("outcome", "replies"),))] == 5
 

@@ -231,3 +231,31 @@ def test_launch_warns_about_a_short_or_visible_password(daemon: Daemon, tmp_path
             "launch", "--port", str(daemon.port), "--password-file", str(secret)
         )
         assert "warning" not in strong.stderr and "cannot listen" in strong.stderr
+
+
+def test_metrics_addr_serves_only_metrics_and_an_address_not_ours_is_one_line(
+    daemon: Daemon,
+) -> None:
+    """Any address may be given; there only GET /metrics is served (the API stays on the
+    socket). Tested on another host's address in tests/net/test_real_hosts.py."""
+    metrics_port = free_port()
+    launched = daemon.meshnet(
+        "launch", "--port", str(daemon.port), "--metrics-addr", f"127.0.0.1:{metrics_port}"
+    )
+    assert launched.returncode == 0, launched.stderr
+    base = f"http://127.0.0.1:{metrics_port}"
+    metrics = httpx.get(f"{base}/metrics", headers={"Host": "prometheus.example"}, timeout=5)
+    assert metrics.status_code == 200 and "meshnet_connection_terminations_total" in metrics.text
+    assert httpx.get(f"{base}/status", timeout=5).status_code == 404
+    assert httpx.post(f"{base}/stop", timeout=5).status_code == 404
+    assert ApiClient(daemon.socket).get("/status")["name"] == launched.stdout.strip()
+    assert daemon.meshnet("stop").returncode == 0
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the launch says so in one line.
+    refused = daemon.meshnet(
+        "launch", "--port", str(daemon.port), "--metrics-addr", f"192.0.2.1:{metrics_port}"
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        f"meshnet: cannot listen on --metrics-addr 192.0.2.1:{metrics_port}: "
+        "Cannot assign requested address"
+    ]

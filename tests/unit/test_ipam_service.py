@@ -326,3 +326,41 @@ def test_bad_ipalloc_flags_are_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.mark.trio
+async def test_allocations_and_claims_waiting_for_space_count_as_pending(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """What Weave shows as weave_ipam_pending_allocates/_claims: up while waiting, then down."""
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        first = await start(nursery, net, tmp_path, 1)
+        assert first.status()["pending"] == {"allocate": 0, "claim": 0}
+        got: list[IPv4Interface] = []
+
+        async def allocate(container: str) -> None:
+            got.append(await first.allocate(container))
+
+        async def claim() -> None:
+            got.append(await first.claim("c", IPv4Interface("10.32.0.9/24")))
+
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(allocate, "a")
+            waiting.start_soon(allocate, "b")
+            waiting.start_soon(claim)
+            await trio.sleep(1)  # no quorum yet (2 of 3): all three wait
+            assert first.status()["pending"] == {"allocate": 2, "claim": 1}
+            await start(nursery, net, tmp_path, 2)  # a quorum: the ring, and the addresses
+        assert len(got) == 3
+        assert first.status()["pending"] == {"allocate": 0, "claim": 0}
+        nursery.cancel_scope.cancel()
+    alone = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(alone.pump)
+        lonely = await start(nursery, alone, tmp_path, 5)
+        with trio.move_on_after(5):  # given up while waiting (a client gone): not pending
+            await lonely.allocate("e")
+        assert lonely.status()["pending"] == {"allocate": 0, "claim": 0}
+        nursery.cancel_scope.cancel()

@@ -180,3 +180,25 @@ def test_short_or_visible_passwords_are_allowed_with_a_warning() -> None:
 def test_password_and_password_file_exclude_each_other() -> None:
     with pytest.raises(UserError, match="not both"):
         config_from_options([], {"password": "a"}, password=b"b")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:6782", ("0.0.0.0", 6782)),
+        ("[::]:9100", ("::", 9100)),
+        ("10.0.0.5:1", ("10.0.0.5", 1)),
+    ],
+)
+def test_metrics_addr_takes_any_address_and_goes_to_the_background_child(
+    text: str, expected: tuple[str, int]
+) -> None:
+    config = parse(["--metrics-addr", text])
+    assert config.metrics_addr == expected
+    assert parse(relaunch_args(config)) == config
+
+
+@pytest.mark.parametrize("bad", ["6782", "localhost:6782", "0.0.0.0:0", "0.0.0.0:70000", "x:1"])
+def test_a_bad_metrics_addr_is_one_line(bad: str) -> None:
+    with pytest.raises(UserError, match=r"--metrics-addr .*: expected an IP address and port"):
+        parse(["--metrics-addr", bad])
