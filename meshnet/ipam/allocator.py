@@ -20,6 +20,7 @@ take part and wait for the ring, then get space by donation like any later peer.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ FREE_REPORT_DELAY = 1.0
 DONATION_INTERVAL = 5.0
 #: Requesting peers remembered for that limit (they must be reachable, so few in practice).
 MAX_DONATION_TIMES = 4096
+#: A donor we asked may still give (its reply lost, or our request timed out or died with a
+#: restart, while the gift reaches us by gossip) for this long; kept across restarts.
+GIFT_MEMORY = 600.0
+MAX_ASKED = 64
 MAX_CONTAINER_ID = 256
 MAX_ALLOCATIONS = 1 << 20
 MAX_PAYLOAD = 16 << 20
@@ -227,6 +232,11 @@ class Allocator:
         self.dirty = False
         self._actions: list[Action] = []
         self._requests: dict[tuple[IPv4Network, int | None], _Request] = {}
+        # Donors asked lately -> until when their gift by gossip is taken (inf: restored from
+        # the state file, for GIFT_MEMORY from the first tick). Without this, a gift whose
+        # reply was lost after our request ended was dropped as unasked: that space was then
+        # ours in every view but our own, forever (found by TestMesh).
+        self._asked: dict[int, float] = {}
         self._next_request = 1
         self._tried: dict[IPv4Network, set[int]] = {}
         self._refused: dict[tuple[str, int], str] = {}
@@ -393,6 +403,11 @@ class Allocator:
         self._now = now
         if not self.ring.seeded and self.paxos.due(now):
             self._propose(now)
+        for donor, until in list(self._asked.items()):
+            if until == math.inf:
+                self._asked[donor] = now + GIFT_MEMORY
+            elif now >= until:
+                del self._asked[donor]
         for key, request in list(self._requests.items()):
             if now >= request.deadline:
                 del self._requests[key]
@@ -410,6 +425,7 @@ class Allocator:
     def next_wake(self) -> float:
         due = [self.paxos.retry_at, self._handover_resend, self._free_due]
         due += [r.deadline for r in self._requests.values()]
+        due += [self._now if until == math.inf else until for until in self._asked.values()]
         return min((t for t in due if t is not None), default=float("inf"))
 
     # --- status
@@ -463,7 +479,7 @@ class Allocator:
         else:
             self.paxos.check(entries)
         was_seeded = self.ring.seeded
-        donors = {r.donor for r in self._requests.values()}
+        donors = {r.donor for r in self._requests.values()} | self._asked.keys()
         new_tokens = [] if update is None else self.ring.merge(update, gifts_from=donors)
         reasserted = self.ring.take_reassertions()
         if reasserted:
@@ -549,6 +565,7 @@ class Allocator:
                 allocations,
                 self._handover_to,
                 self._handover_acked,
+                sorted(self._asked),
             ]
         )
 
@@ -561,9 +578,16 @@ class Allocator:
         self = cls(config, rng)
         try:
             obj = _unpack(data, "ipam state", max_str=MAX_CONTAINER_ID * 4)
-            if type(obj) is not list or len(obj) != 9 or obj[0] != 1:
+            if type(obj) is not list or len(obj) not in (9, 10) or obj[0] != 1:
                 raise RemoteProtocolError("unknown layout")
-            _, name, start, end, ring, entries, allocations, handover_to, acked = obj
+            _, name, start, end, ring, entries, allocations, handover_to, acked = obj[:9]
+            asked = obj[9] if len(obj) == 10 else []  # older files had no asked donors
+            if type(asked) is not list or len(asked) > MAX_ASKED:
+                raise RemoteProtocolError("bad asked donors")
+            for donor in asked:
+                if type(donor) is not int or not 0 <= donor <= MAX_PEER_NAME:
+                    raise RemoteProtocolError("bad asked donor")
+                self._asked[donor] = math.inf
             if (name, start, end) != (config.name, self.ring.start, self.ring.end):
                 raise UserError(
                     "the IPAM state belongs to another peer name or allocation range: "
@@ -739,6 +763,10 @@ class Allocator:
         self._requests[key] = _Request(
             request_id, donor, subnet, address, container, now + REQUEST_TIMEOUT
         )
+        self._asked.pop(donor, None)
+        self._asked[donor] = now + GIFT_MEMORY
+        while len(self._asked) > MAX_ASKED:
+            del self._asked[next(iter(self._asked))]  # the one asked longest ago
         self.counters.requests_sent += 1
         net = int(subnet.network_address)
         message = [_Msg.DONATE_REQUEST, request_id, net, subnet.prefixlen, address]

@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.ipam.allocator import (
     DONATION_INTERVAL,
+    REQUEST_TIMEOUT,
     Address,
     AddressInUse,
     Allocator,
@@ -685,3 +686,37 @@ def test_a_forged_change_of_our_token_is_reasserted_and_wins_back_everywhere() -
     for name in net.live:
         assert net.peers[name].on_gossip(_encode_gossip(donor.ring.update([top]), [])) is None
         assert net.peers[name].ring.owner_of(token.start) == donor.name
+
+
+@pytest.mark.parametrize("lost_by", ["restart", "timeout"])
+def test_a_gift_whose_reply_was_lost_is_taken_from_gossip_after_the_request_ended(
+    lost_by: str,
+) -> None:
+    """The donor's reply is lost, and our request ended first (a restart lost it, or it timed
+    out): the gift still reaches us by gossip, from a donor we asked. Dropped as unasked, that
+    space was ours in every view but our own, forever (found by TestMesh)."""
+    net = Net(consensus_configs(3, observers=1))
+    allocate_settled(net, NAMES[0], "c10-0")
+    for name in NAMES[1:]:
+        for k in range(3):
+            net.peers[name].allocate(f"c{name:x}-{k}", SUBNETS[k], net.now)
+            net.flush(name)
+    net.settle()
+    asker = NAMES[0]
+    address = RANGE.network_address + 57
+    owner = net.peers[asker].ring.owner_of(int(address))
+    assert owner not in (None, asker)
+    assert isinstance(net.peers[asker].claim("c10-x", address, net.now), NeedSpace)
+    net.flush(asker)
+    if lost_by == "restart":
+        net.restart(asker)
+    [(_, donor, _)] = net.unicasts
+    assert donor == owner
+    net.deliver_unicast(0)  # the donor gives...
+    net.unicasts = [u for u in net.unicasts if u[1] != asker]  # ...and its reply is lost
+    if lost_by == "timeout":
+        net.tick(REQUEST_TIMEOUT + 1)
+    net.settle()
+    views = {tuple(net.peers[n].ring.tokens) for n in net.live}
+    assert len(views) == 1
+    assert net.peers[asker].ring.owner_of(int(address)) == asker
