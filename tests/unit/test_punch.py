@@ -176,3 +176,10 @@ def test_status_dataplane_says_what_the_nat_is_and_why_a_peer_is_relayed() -> No
     assert "NAT: port-changing, seen as 198.18.0.2:40000, 198.18.0.2:6783" in text
     assert "n2: relayed: no heartbeat got through" in text and "again in" in text
     assert punch_summary({"nat": "none", "candidates": [], "peers": {}}) == ""
+
+
+def test_a_router_not_behind_a_nat_never_offers() -> None:
+    """Whoever can reach it dials it: a peer it has no connection to cannot reach it."""
+    p = Punching(local=LOW, local_port=6783, encrypted=False, local_ips=frozenset({"10.0.0.5"}))
+    p.seen_by(RELAY, ("10.0.0.5", 6783))
+    assert p.offers(0.0, {HIGH}) == []

@@ -263,8 +263,9 @@ class Punching:
 
     def offers(self, now: float, wanted: Iterable[int]) -> list[tuple[int, Offer]]:
         """Offers to send now: to each wanted peer above us in name order that has no attempt
-        and whose back-off is over."""
-        if self.can_punch() is not None:
+        and whose back-off is over. Only from behind a NAT: a host that is not behind one is
+        dialled by whoever can reach it (discovery), so a peer it is not connected to cannot."""
+        if self.can_punch() is not None or self.nat_kind() == NatKind.NONE:
             return []
         out = []
         for peer in sorted(wanted):
