@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from meshnet.cli.kube import run as kube_run
 from meshnet.errors import UserError
 from meshnet.integrations.kubernetes import cni_files
 from meshnet.integrations.kubernetes.apiserver import ApiServer
@@ -252,3 +254,12 @@ def test_kube_run_mistakes_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run(MESHNET_CNI_BIN_DIR=str(tmp_path / "no")), "no CNI directory")
     assert_one_line_error(run(MESHNET_PEERS="10.0.0.2:http"), "peer address")
     assert "MESHNET_KUBE_PEERS" in run_meshnet("kube", "run", "--help").stdout
+
+
+def test_the_manifest_sets_only_variables_kube_run_reads() -> None:
+    """examples/kubernetes/meshnet.yaml: a misspelt variable would silently do nothing."""
+    manifest = Path(__file__).parents[2] / "examples" / "kubernetes" / "meshnet.yaml"
+    names = set(re.findall(r"- name: (MESHNET_\w+)", manifest.read_text()))
+    known = {p.envvar for p in kube_run.params if isinstance(p.envvar, str)}
+    assert {"MESHNET_NODE_NAME", "MESHNET_KUBE_PEERS", "MESHNET_CNI_BIN_DIR"} <= names
+    assert names <= known, names - known
