@@ -14,6 +14,7 @@ One module per command group:
 - ``report``          everything a router knows, as tables, JSON or a template
 - ``tui``             `meshnet tui` and `meshnet lab tui`
 - ``lab``             `meshnet lab ...` over ``meshnet.lab``
+- ``kube``            `meshnet kube run`: the Kubernetes DaemonSet's entrypoint
 - ``common``          what they share: --api-socket, --json, the shape of a status subcommand
 - ``output``          tables fitted to a terminal, or unwrapped when piped
 
@@ -36,7 +37,19 @@ import traceback
 import click
 
 from meshnet import __version__
-from meshnet.cli import containers, dns, docker, ipam, lab, launch, ramps, report, status, tui
+from meshnet.cli import (
+    containers,
+    dns,
+    docker,
+    ipam,
+    kube,
+    lab,
+    launch,
+    ramps,
+    report,
+    status,
+    tui,
+)
 from meshnet.errors import MeshnetError
 
 
@@ -88,6 +101,7 @@ for command in (
     docker.dns_args,
     ramps.expose,
     ramps.hide,
+    kube.kube,
 ):
     cli.add_command(command)
 status.status.add_command(ipam.status_ipam, "ipam")
