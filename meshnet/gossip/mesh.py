@@ -19,12 +19,12 @@ import math
 import random
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 
 from meshnet.gossip.channel import Gossiper, GossipOutbox, Send
 from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Message, Unicast
-from meshnet.gossip.routes import Routes, compute_routes, symmetric_graph
+from meshnet.gossip.routes import Routes, compute_routes
 from meshnet.gossip.topology import (
     Connection,
     PeerEntry,
@@ -231,6 +231,16 @@ class Mesh:
         """When ``tick`` next has work (``inf``: not until some other event)."""
         due = [t for t in (self._next_gossip, self._prune_due) if t is not None]
         return min(due, default=math.inf)
+
+    def adopt_topology(
+        self,
+        entries: MutableMapping[int, PeerEntry],
+        by_encoding: MutableMapping[bytes, PeerEntry],
+    ) -> None:
+        """Hold a converged topology validated elsewhere (see ``Topology.adopt``): how a
+        simulation installs 10,000 peers' state without gossiping it."""
+        self._topology.adopt(entries, by_encoding)
+        self._routes = self._data_routes = None
 
     # --- channels
 
@@ -461,7 +471,7 @@ class Mesh:
             self._arrivals = {}
         hops = self._arrivals.get(source)
         if hops is None:
-            graph = symmetric_graph(self._topology.entries)
+            graph = routes.graph  # the same graph; rebuilding it per source was O(N·E)
             distance = {source: 0}
             queue = [source]
             for node in queue:  # BFS from the source (the list grows as we go)

@@ -11,11 +11,10 @@ its own version above it and re-emits its entry, which then wins everywhere.
 
 from __future__ import annotations
 
-import functools
 import types
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -23,6 +22,8 @@ from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.identity import printable
 from meshnet.gossip.payload import decode_items, pack_array
 from meshnet.gossip.versions import plausible_version
+
+_T = TypeVar("_T")
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_UID = (1 << 64) - 1
@@ -35,9 +36,11 @@ MAX_ADDRESS = 64
 MAX_PAYLOAD = 16 << 20
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Connection:
     """One side's view of a control connection; ``address`` is the remote's ``ip:port``.
+
+    Slotted: a router holds one per connection of every peer (40,000 at 10,000 peers).
 
     For an outbound connection that is the remote's listening address, which is what peer
     discovery hands to the connection maker. ``punched``: no control connection at all but a
@@ -52,20 +55,25 @@ class Connection:
     punched: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerEntry:
-    """What a peer says about itself; the only thing topology gossip carries."""
+    """What a peer says about itself; the only thing topology gossip carries.
+
+    Slotted, like ``Connection``: every peer holds one entry per peer of the mesh, so at 10,000
+    peers each byte per entry is 10 kB of every router's memory.
+    """
 
     name: int
     nickname: str
     uid: int
     version: int
     connections: tuple[Connection, ...]
+    #: The msgpack encoding, computed once: an entry is relayed to many neighbours many times,
+    #: and it is the key under which ``Topology.by_encoding`` recognises the entry.
+    packed: bytes = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def packed(self) -> bytes:
-        """The msgpack encoding, cached: one entry is relayed to many neighbours many times."""
-        return msgpack.packb(_entry_obj(self), use_bin_type=True)  # type: ignore[no-any-return]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed", msgpack.packb(_entry_obj(self), use_bin_type=True))
 
 
 def beats(a: PeerEntry, b: PeerEntry) -> bool:
@@ -83,11 +91,15 @@ class Topology:
     def __init__(self, *, name: int, nickname: str, uid: int) -> None:
         self._name = name
         self._local = PeerEntry(name, nickname, uid, 1, ())
-        self._entries: dict[int, PeerEntry] = {name: self._local}
+        self._entries: MutableMapping[int, PeerEntry] = {name: self._local}
         self._view = types.MappingProxyType(self._entries)
         # Most of what gossip brings is an entry we already hold, byte for byte: recognising
         # its encoding spares decoding and validating it again (see decode_entries).
-        self._by_encoding: dict[bytes, PeerEntry] = {self._local.packed: self._local}
+        self._by_encoding: MutableMapping[bytes, PeerEntry] = {self._local.packed: self._local}
+        # Whether a peer may have become unreachable since the last prune: only a new name or
+        # a connection that an entry stopped listing can do that (connections that only get
+        # added keep every path), so most changes spare the O(peers + connections) walk.
+        self._prune_wanted = False
         #: Entries dropped by ``merge`` because their version jumped implausibly far.
         self.implausible = 0
 
@@ -114,10 +126,33 @@ class Topology:
 
     def _store(self, entry: PeerEntry) -> None:
         old = self._entries.get(entry.name)
-        if old is not None:
+        if old is None:
+            self._prune_wanted = True
+        else:
             self._by_encoding.pop(old.packed, None)
+            if old.connections != entry.connections and not _still_listed(old, entry):
+                self._prune_wanted = True
         self._entries[entry.name] = entry
         self._by_encoding[entry.packed] = entry
+
+    def adopt(
+        self,
+        entries: MutableMapping[int, PeerEntry],
+        by_encoding: MutableMapping[bytes, PeerEntry],
+    ) -> None:
+        """Hold ``entries`` from now on (``by_encoding``: the same entries by encoding), a state
+        validated elsewhere that lists our current local entry and reaches every peer it holds.
+
+        For simulations: installing a converged 10,000-peer mesh directly, as one copy-on-write
+        view of the same immutable entries per peer, instead of gossiping 10^8 entries into 10^4
+        dictionaries (see ``meshnet.gossip.simulation.Simulation.install_converged``).
+        """
+        if entries.get(self._name) is not self._local:
+            raise ValueError("an adopted topology must hold our own current entry")
+        self._entries = entries
+        self._by_encoding = by_encoding
+        self._view = types.MappingProxyType(entries)
+        self._prune_wanted = False
 
     def _set_local(self, entry: PeerEntry) -> None:
         self._local = entry
@@ -180,7 +215,12 @@ class Topology:
         Reachability follows the connections each reached peer *lists itself* (established or
         not, symmetric or not), as weaveworks/mesh's garbage collection does. Accepting either
         direction would keep a departed peer forever: its own last entry still lists us.
+
+        Free when no entry was added and no listed connection dropped since the last call.
         """
+        if not self._prune_wanted:
+            return []
+        self._prune_wanted = False
         seen = {self._name}
         stack = [self._name]
         while stack:
@@ -195,6 +235,12 @@ class Topology:
         for name in gone:
             self._by_encoding.pop(self._entries.pop(name).packed, None)
         return gone
+
+
+def _still_listed(old: PeerEntry, new: PeerEntry) -> bool:
+    """Whether ``new`` lists every peer ``old`` listed (so no path through it was lost)."""
+    listed = {c.peer for c in new.connections}
+    return all(c.peer in listed for c in old.connections)
 
 
 def merge_entry_sets(a: Iterable[PeerEntry], b: Iterable[PeerEntry]) -> list[PeerEntry]:
@@ -243,11 +289,22 @@ def _address(value: Any) -> str:
     return value
 
 
-def _decode_entry(obj: Any) -> PeerEntry:
+def _intern(shared: dict[Any, Any], value: _T) -> _T:
+    """The first object equal to ``value`` seen in this payload."""
+    return shared.setdefault(value, value)  # type: ignore[no-any-return]
+
+
+def _decode_entry(obj: Any, shared: dict[Any, Any]) -> PeerEntry:
+    """One validated entry; ``shared`` interns the names and addresses of one payload.
+
+    A full state lists every peer's name about five times (its own entry, and the entries of
+    the peers connected to it) and each listening address about twice: interning them keeps
+    one object each, which is most of a 10,000-peer topology's memory otherwise.
+    """
     if type(obj) is not list or len(obj) != 5:
         raise _fail("entry", obj)
     name_, nickname, uid, version, conns_ = obj
-    name = _int(name_, 0, MAX_PEER_NAME, "peer name")
+    name = _intern(shared, _int(name_, 0, MAX_PEER_NAME, "peer name"))
     if type(nickname) is not str or not nickname:  # a long one is cut (the decoder bounds it)
         raise _fail("nickname", nickname)
     if type(conns_) is not list or len(conns_) > MAX_CONNECTIONS:
@@ -257,13 +314,14 @@ def _decode_entry(obj: Any) -> PeerEntry:
     for c in conns_:
         if type(c) is not list or len(c) not in (4, 5) or (len(c) == 5 and c[4] is not True):
             raise _fail("connection", c)
-        peer = _int(c[0], 0, MAX_PEER_NAME, "connection peer")
+        peer = _intern(shared, _int(c[0], 0, MAX_PEER_NAME, "connection peer"))
         if peer <= previous or peer == name:
             raise _fail("connection order", conns_)
         previous = peer
         if type(c[2]) is not bool or type(c[3]) is not bool:
             raise _fail("connection flags", c)
-        conns.append(Connection(peer, _address(c[1]), c[2], c[3], len(c) == 5))
+        address = _intern(shared, _address(c[1]))
+        conns.append(Connection(peer, address, c[2], c[3], len(c) == 5))
     return PeerEntry(
         name,
         printable(nickname, MAX_NICKNAME),  # printed by every peer: see ``printable``
@@ -288,9 +346,10 @@ def decode_entries(data: bytes, known: Mapping[bytes, PeerEntry] | None = None) 
     An entry whose encoding is a key of ``known`` (entries already validated, e.g.
     ``Topology.by_encoding``) is taken from there without decoding it again.
     """
+    shared: dict[Any, Any] = {}  # ints and strs: never equal to one another
     entrys = decode_items(
         data,
-        _decode_entry,
+        lambda obj: _decode_entry(obj, shared),
         what="topology",
         max_size=MAX_PAYLOAD,
         max_count=MAX_ENTRIES,
