@@ -17,7 +17,7 @@ Anti-entropy is off, so the numbers are the deltas alone.
   full state a new neighbour receives into a fresh ``Topology`` and computing its routes.
 - Full map / digest KB: what one anti-entropy exchange would carry, full map versus digest.
 
-    .venv/bin/python bench/gossip_scale.py [--peers 100,1000,10000] [--seed 1]
+    .venv/bin/python bench/gossip_scale.py [--peers 100,1000,10000] [--seed 1] [--degree 4]
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def state_per_peer(sim: Simulation) -> tuple[float, float]:
     return held / 1e6, (with_routes - held) / 1e6
 
 
-def measure(n: int, seed: int, gossip_upto: int) -> dict[str, str]:
-    sim = Simulation(n, seed=seed)
+def measure(n: int, seed: int, gossip_upto: int, degree: float) -> dict[str, str]:
+    sim = Simulation(n, seed=seed, degree=degree)
     gossiped = n <= gossip_upto
     started = time.perf_counter()
     if gossiped:
@@ -97,6 +97,7 @@ def measure(n: int, seed: int, gossip_upto: int) -> dict[str, str]:
     return {
         "peers": str(n),
         "links": str(len(sim.links) // 2),
+        "degree": f"{len(sim.links) / n:.1f}",
         "converge (sim s)": f"{simulated:.3f}" if gossiped else "installed",
         "converge (wall s)": f"{wall:.1f}",
         "KB/peer initial": f"{initial.bytes / n / 1024:.1f}" if gossiped else "installed",
@@ -122,14 +123,20 @@ def main() -> None:
         default=2000,
         help="largest size whose initial convergence is gossiped (beyond: installed)",
     )
+    parser.add_argument(
+        "--degree",
+        type=float,
+        default=4.0,
+        help="average connections per peer (flat networks: up to --conn-limit, 100)",
+    )
     args = parser.parse_args()
     console = Console(width=200)
     rows = []
     started = time.perf_counter()
     for n in (int(x) for x in args.peers.split(",")):
         with console.status(f"simulating {n} peers..."):
-            rows.append(measure(n, args.seed, args.gossip_upto))
-    table = Table(title="topology gossip, simulated mesh (average degree ~4)")
+            rows.append(measure(n, args.seed, args.gossip_upto, args.degree))
+    table = Table(title=f"topology gossip, simulated mesh (average degree ~{args.degree:g})")
     for column in rows[0]:
         table.add_column(column, justify="right")
     for row in rows:

@@ -192,6 +192,10 @@ class Simulation:
         for a, b in self.edges if edges is None else edges:
             self.connect(a, b)
 
+    def set_established(self, a: int, b: int, *, established: bool) -> None:
+        """``a`` found its data path to ``b`` proven (or lost); the control connection stays."""
+        self._dispatch(a, self.meshes[a].set_established(b, established, self.now))
+
     def disconnect(self, a: int, b: int) -> None:
         self.links.difference_update({(a, b), (b, a)})
         for x, y in ((a, b), (b, a)):
