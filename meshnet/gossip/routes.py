@@ -63,17 +63,20 @@ def update_graph(
         entry = entries.get(name)
         if entry is not None:
             touched.update(c.peer for c in entry.connections)
+    listed: dict[int, set[int]] = {}  # each peer's listed set, built once (dense meshes)
+
+    def listed_by(name: int) -> set[int]:
+        found = listed.get(name)
+        if found is None:
+            entry = entries.get(name)
+            found = listed[name] = set() if entry is None else _listed(entry, punched)
+        return found
+
     for name in touched:
-        entry = entries.get(name)
-        if entry is None:
+        if name not in entries:
             rows.pop(name, None)
             continue
-        row = []
-        for peer in _listed(entry, punched):
-            other = entries.get(peer)
-            if other is not None and name in _listed(other, punched):
-                row.append(peer)
-        rows[name] = tuple(sorted(row))
+        rows[name] = tuple(sorted(p for p in listed_by(name) if name in listed_by(p)))
     return rows
 
 
