@@ -13,8 +13,8 @@ Anti-entropy is off, so the numbers are the deltas alone.
   are the shell's).
 - Routes ms/peer/change: mean wall time of one peer's route recomputation after that change
   (a sample of peers whose routes were current before it).
-- Topology / routes MB/peer: what ONE peer holds, measured with tracemalloc by decoding the
-  full state a new neighbour receives into a fresh ``Topology`` and computing its routes.
+- Topology / routes MB/peer: what ONE peer holds after decoding the full state a new neighbour
+  receives into a fresh ``Topology`` and computing its routes (every object reachable, once).
 - Full map / digest KB: what one anti-entropy exchange would carry, full map versus digest.
 
     .venv/bin/python bench/gossip_scale.py [--peers 100,1000,10000] [--seed 1] [--degree 4]
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
-import tracemalloc
 
 from rich.console import Console
 from rich.table import Table
@@ -37,22 +37,47 @@ from meshnet.gossip.topology import Topology, decode_entries, encode_digest, enc
 ROUTE_SAMPLE = 20
 
 
+def deep_size(*roots: object) -> int:
+    """Bytes of every object reachable from ``roots`` through containers and slots, each
+    counted once (``sys.getsizeof``: with GC headers, without the allocator's rounding).
+
+    Deterministic, unlike tracemalloc, which misses objects taken from free lists."""
+    seen: set[int] = set()
+    total = 0
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, tuple | list | set | frozenset):
+            stack.extend(obj)
+        elif hasattr(type(obj), "__slots__"):
+            stack.extend(getattr(obj, slot) for slot in type(obj).__slots__)
+    return total
+
+
 def state_per_peer(sim: Simulation) -> tuple[float, float]:
     """MB of (topology, routes) of one peer that got the full state from a new neighbour."""
     some = sim.meshes[sim.names[0]]
     local = some.topology[some.name]
     payload = encode_entries([some.topology[n] for n in sorted(some.topology)])
-    tracemalloc.start()
-    try:
-        topology = Topology(name=local.name, nickname=local.nickname, uid=local.uid)
-        topology.set_local_connections(local.connections)
-        topology.merge(decode_entries(payload, topology.by_encoding))
-        held = tracemalloc.get_traced_memory()[0]
-        routes = compute_routes(local.name, topology.entries)
-        with_routes = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    topology = Topology(name=local.name, nickname=local.nickname, uid=local.uid)
+    topology.set_local_connections(local.connections)
+    topology.merge(decode_entries(payload, topology.by_encoding))
+    held = deep_size(topology._entries)
+    routes = compute_routes(local.name, topology.entries)
     assert len(routes.distance) == len(sim.meshes)
+    with_routes = deep_size(
+        topology._entries,
+        routes.graph,
+        dict(routes.unicast),  # the proxies' dicts (same sizes: built by insertions only)
+        dict(routes.distance),
+    )
     return held / 1e6, (with_routes - held) / 1e6
 
 

@@ -244,14 +244,10 @@ class Mesh:
         due = [t for t in (self._next_gossip, self._prune_due) if t is not None]
         return min(due, default=math.inf)
 
-    def adopt_topology(
-        self,
-        entries: MutableMapping[int, PeerEntry],
-        by_encoding: MutableMapping[bytes, PeerEntry],
-    ) -> None:
+    def adopt_topology(self, entries: MutableMapping[int, PeerEntry]) -> None:
         """Hold a converged topology validated elsewhere (see ``Topology.adopt``): how a
         simulation installs 10,000 peers' state without gossiping it."""
-        self._topology.adopt(entries, by_encoding)
+        self._topology.adopt(entries)
         self._routes = self._data_routes = None
         self._changed_since_routes = None
 

@@ -182,10 +182,9 @@ class Simulation:
         for a, b in self.edges:
             self.connect(a, b, gossip=False)
         base = {name: mesh.topology[name] for name, mesh in self.meshes.items()}
-        by_encoding = {entry.packed: entry for entry in base.values()}
         for name, mesh in self.meshes.items():
             view: CopyOnWrite[int, PeerEntry] = CopyOnWrite(base)
-            mesh.adopt_topology(view, CopyOnWrite(by_encoding))
+            mesh.adopt_topology(view)
             self.installed[name] = view
 
     def connect_all(self, edges: Iterable[tuple[int, int]] | None = None) -> None:

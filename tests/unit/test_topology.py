@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.topology import (
+    MAX_PEER_NAME,
     MAX_VERSION,
     Connection,
     PeerEntry,
@@ -388,3 +389,34 @@ def test_no_sequence_of_updates_moves_an_entry_further_than_the_bound(
         if after is not None and after is not before:
             assert after.version <= max(PLAUSIBLE_VERSION, (held or 0) + MAX_VERSION_JUMP) + 1
     assert all(e.version < MAX_VERSION for e in topo.entries.values())
+
+
+@settings(max_examples=60)
+@given(st.lists(entries(), min_size=1, max_size=6, unique_by=lambda e: e.name))
+def test_held_entries_are_recognised_by_their_encoding_and_others_are_not(
+    batch: list[PeerEntry],
+) -> None:
+    """``by_encoding`` finds an entry by the name its encoding starts with, then compares the
+    whole encoding: only the very bytes of an entry we hold are recognised."""
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    topo.merge(batch)
+    known = topo.by_encoding
+    for entry in topo.entries.values():
+        assert known.get(entry.packed) is entry
+        assert known[entry.packed] is entry
+        assert known.get(entry.packed[:-1]) is None
+        other = replace(entry, version=entry.version + 1)
+        assert known.get(other.packed) is None
+        assert other.packed not in known
+    assert sorted(known) == sorted(e.packed for e in topo.entries.values())
+    assert len(known) == len(topo.entries)
+    assert known.get(b"") is None and known.get(b"\x95\xcf") is None
+
+
+@pytest.mark.parametrize("name", [0, 127, 128, 255, 256, 65535, 65536, 1 << 32, MAX_PEER_NAME - 1])
+def test_entries_are_recognised_by_encoding_whatever_the_width_of_their_name(name: int) -> None:
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    entry = PeerEntry(name, "n", 7, 3, (Connection(MAX_PEER_NAME, "10.0.0.1:6783", True, True),))
+    topo.merge([entry])
+    assert topo.by_encoding.get(entry.packed) is entry
+    assert decode_entries(encode_entries([entry]), topo.by_encoding)[0] is entry
