@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import msgpack
@@ -328,8 +328,9 @@ def _intern(shared: dict[Any, Any], value: _T) -> _T:
     return shared.setdefault(value, value)  # type: ignore[no-any-return]
 
 
-def _decode_entry(obj: Any, shared: dict[Any, Any]) -> PeerEntry:
-    """One validated entry; ``shared`` interns the names and addresses of one payload.
+def _decode_entry(obj: Any, encoding: bytes, shared: dict[Any, Any]) -> PeerEntry:
+    """One validated entry (``obj``, unpacked from ``encoding``); ``shared`` interns the names
+    and addresses of one payload.
 
     A full state lists every peer's name about five times (its own entry, and the entries of
     the peers connected to it) and each listening address about twice: interning them keeps
@@ -356,13 +357,24 @@ def _decode_entry(obj: Any, shared: dict[Any, Any]) -> PeerEntry:
             raise _fail("connection flags", c)
         address = _intern(shared, _address(c[1]))
         conns.append(Connection(peer, address, c[2], c[3], len(c) == 5))
-    return PeerEntry(
+    values = (
         name,
         printable(nickname, MAX_NICKNAME),  # printed by every peer: see ``printable``
         _int(uid, 0, MAX_UID, "uid"),
         _int(version, 1, MAX_VERSION, "version"),
         tuple(conns),
     )
+    if values[1] != nickname:
+        return PeerEntry(*values)  # its encoding is no longer the one it came in
+    # The entry it came in as, byte for byte: keep that encoding rather than packing the entry
+    # again (a sixth of gossip's CPU). Relaying it verbatim is safe: it is what we validated.
+    entry = object.__new__(PeerEntry)
+    for slot, value in zip(_ENTRY_SLOTS, (*values, encoding), strict=True):
+        object.__setattr__(entry, slot, value)
+    return entry
+
+
+_ENTRY_SLOTS = tuple(f.name for f in fields(PeerEntry))  # the encoding ("packed") last
 
 
 _LIMITS: dict[str, int] = {
@@ -383,7 +395,7 @@ def decode_entries(data: bytes, known: Mapping[bytes, PeerEntry] | None = None) 
     shared: dict[Any, Any] = {}  # ints and strs: never equal to one another
     entrys = decode_items(
         data,
-        lambda obj: _decode_entry(obj, shared),
+        lambda obj, encoding: _decode_entry(obj, encoding, shared),
         what="topology",
         max_size=MAX_PAYLOAD,
         max_count=MAX_ENTRIES,

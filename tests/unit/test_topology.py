@@ -420,3 +420,33 @@ def test_entries_are_recognised_by_encoding_whatever_the_width_of_their_name(nam
     topo.merge([entry])
     assert topo.by_encoding.get(entry.packed) is entry
     assert decode_entries(encode_entries([entry]), topo.by_encoding)[0] is entry
+
+
+@settings(max_examples=60)
+@given(st.lists(entries(), min_size=1, max_size=6, unique_by=lambda e: e.name))
+def test_a_decoded_entry_keeps_the_encoding_it_came_in(batch: list[PeerEntry]) -> None:
+    for original, decoded in zip(batch, decode_entries(encode_entries(batch)), strict=True):
+        assert decoded == original
+        assert decoded.packed == original.packed
+        assert replace(decoded, version=decoded.version + 1).packed != decoded.packed
+
+
+def test_an_entry_whose_nickname_was_cleaned_is_encoded_again() -> None:
+    conns = (Connection(2, "10.0.0.2:6783", True, True),)
+    dirty = msgpack.packb([[1, "h\x1b[2J1", 5, 3, [[2, "10.0.0.2:6783", True, True]]]])
+    (entry,) = decode_entries(dirty)
+    assert entry.nickname != "h\x1b[2J1"
+    assert entry.packed == PeerEntry(1, entry.nickname, 5, 3, conns).packed
+    assert decode_entries(encode_entries([entry])) == [entry]
+
+
+def test_a_valid_but_unusual_encoding_is_relayed_as_it_came() -> None:
+    """Another implementation may pack integers wider than needed: still valid, kept verbatim
+    (and recognised again by those very bytes)."""
+    wide = b"\x91\x95\xcf" + (1).to_bytes(8, "big") + b"\xa2h1\x05\x03\x90"
+    (entry,) = decode_entries(wide)
+    assert entry == PeerEntry(1, "h1", 5, 3, ())
+    assert entry.packed == wide[1:]
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    topo.merge([entry])
+    assert decode_entries(wide, topo.by_encoding)[0] is entry
