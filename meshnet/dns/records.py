@@ -718,7 +718,7 @@ def decode_records(data: bytes, known: Mapping[bytes, Record] | None = None) -> 
     """
     records = decode_items(
         data,
-        _decode_record,
+        lambda obj, _encoding: _decode_record(obj),
         what="DNS",
         max_size=MAX_PAYLOAD,
         max_count=_LIMITS["max_array_len"],

@@ -19,12 +19,12 @@ import math
 import random
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 
 from meshnet.gossip.channel import Gossiper, GossipOutbox, Send
 from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Message, Unicast
-from meshnet.gossip.routes import Routes, compute_routes, symmetric_graph
+from meshnet.gossip.routes import Routes, compute_routes
 from meshnet.gossip.topology import (
     Connection,
     PeerEntry,
@@ -133,6 +133,10 @@ class Mesh:
         self._punched: dict[int, Connection] = {}
         self._channels: dict[str, Gossiper] = {}
         self._routes: Routes | None = None
+        # The routes last computed, and the names whose entries changed since (None: unknown),
+        # so that the next computation updates their graph instead of rebuilding it.
+        self._routes_before: Routes | None = None
+        self._changed_since_routes: set[int] | None = set()
         self._data_routes: Routes | None = None
         self._next_gossip: float | None = None
         self._prune_due: float | None = None
@@ -167,7 +171,15 @@ class Mesh:
     def routes(self) -> Routes:
         """The current snapshot; recomputed on first use after a topology change."""
         if self._routes is None:
-            self._routes = compute_routes(self._name, self._topology.entries)
+            changed = self._changed_since_routes
+            self._routes = compute_routes(
+                self._name,
+                self._topology.entries,
+                previous=None if changed is None else self._routes_before,
+                changed=changed or (),
+            )
+            self._routes_before = self._routes
+            self._changed_since_routes = set()
             self._counters.recomputations += 1
         return self._routes
 
@@ -232,6 +244,13 @@ class Mesh:
         due = [t for t in (self._next_gossip, self._prune_due) if t is not None]
         return min(due, default=math.inf)
 
+    def adopt_topology(self, entries: MutableMapping[int, PeerEntry]) -> None:
+        """Hold a converged topology validated elsewhere (see ``Topology.adopt``): how a
+        simulation installs 10,000 peers' state without gossiping it."""
+        self._topology.adopt(entries)
+        self._routes = self._data_routes = None
+        self._changed_since_routes = None
+
     # --- channels
 
     def register_channel(self, name: str, gossiper: Gossiper) -> None:
@@ -272,7 +291,7 @@ class Mesh:
         sends: list[Send] = []
         entry = self._topology.set_local_connections(self._local_connections())
         if entry is not None:
-            self._topology_changed(now)
+            self._topology_changed(now, [self._name])
             others = [p for p in self._neighbours if p != peer]
             sends += self._emit(others, Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry])))
         sends += self._full_state_to([peer])
@@ -289,7 +308,7 @@ class Mesh:
         entry = self._topology.set_local_connections(self._local_connections())
         if entry is None:
             return []
-        self._topology_changed(now)
+        self._topology_changed(now, [self._name])
         return self._emit(
             list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
         )
@@ -308,7 +327,7 @@ class Mesh:
         entry = self._topology.set_local_connections(self._local_connections())
         if not changed or entry is None:
             return []
-        self._topology_changed(now)
+        self._topology_changed(now, [self._name])
         return self._emit(
             list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
         )
@@ -324,7 +343,7 @@ class Mesh:
         entry = self._topology.set_local_connections(self._local_connections())
         if entry is None:
             return []
-        self._topology_changed(now)
+        self._topology_changed(now, [self._name])
         return self._emit(
             list(self._neighbours), Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry]))
         )
@@ -390,7 +409,7 @@ class Mesh:
             gone = self._topology.prune_unreachable()
             if gone:
                 self._counters.pruned += len(gone)
-                self._routes = self._data_routes = None
+                self._forget_routes(gone)
         sends: list[Send] = []
         if self._next_gossip is not None and now >= self._next_gossip:
             self._next_gossip = now + self._jittered_interval()
@@ -461,7 +480,7 @@ class Mesh:
             self._arrivals = {}
         hops = self._arrivals.get(source)
         if hops is None:
-            graph = symmetric_graph(self._topology.entries)
+            graph = routes.graph  # the same graph; rebuilding it per source was O(N·E)
             distance = {source: 0}
             queue = [source]
             for node in queue:  # BFS from the source (the list grows as we go)
@@ -520,11 +539,24 @@ class Mesh:
         # Jitter keeps peers that started together from gossiping in lockstep.
         return self._interval * self._rng.uniform(0.8, 1.2)
 
-    def _topology_changed(self, now: float) -> None:
-        self._routes = None
-        self._data_routes = None
+    def _topology_changed(self, now: float, names: Iterable[int] | None = None) -> None:
+        """The entries of ``names`` (None: of unknown peers) changed: prune later."""
+        self._forget_routes(names)
         if self._prune_due is None:
             self._prune_due = now + self._batch_delay
+
+    def _forget_routes(self, names: Iterable[int] | None) -> None:
+        """The entries of ``names`` changed (added, replaced or removed; None: unknown
+        ones): routes are stale."""
+        self._routes = None
+        self._data_routes = None
+        changed = self._changed_since_routes
+        if names is None:
+            self._changed_since_routes = None  # the next routes are rebuilt
+        elif changed is not None:
+            changed.update(names)
+            if len(changed) > len(self._topology) // 4:
+                self._changed_since_routes = None  # rebuilding is as cheap by now
 
     def _receive_digest(self, from_peer: int, payload: bytes) -> list[Send]:
         reply, digest = decode_digest(payload)
@@ -551,7 +583,7 @@ class Mesh:
         sends: list[Send] = []
         back: list[PeerEntry] = [e for e in new if e.name == self._name]
         if new:
-            self._topology_changed(now)
+            self._topology_changed(now, (e.name for e in new))
             others = [p for p in self._neighbours if p != from_peer]
             sends += self._emit(others, Gossip(TOPOLOGY_CHANNEL, self._encode_topology(new)))
         # A different incarnation that lost here would otherwise sit in the sender's view

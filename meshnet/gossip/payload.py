@@ -32,7 +32,7 @@ def pack_array(parts: list[bytes]) -> bytes:
 
 def decode_items(
     data: bytes,
-    decode_one: Callable[[Any], T],
+    decode_one: Callable[[Any, bytes], T],
     *,
     what: str,
     max_size: int,
@@ -40,7 +40,10 @@ def decode_items(
     limits: Mapping[str, int],
     known: Mapping[bytes, T] | None = None,
 ) -> list[T]:
-    """The items of a peer's payload; RemoteProtocolError (naming ``what``) if anything is off."""
+    """The items of a peer's payload; RemoteProtocolError (naming ``what``) if anything is off.
+
+    ``decode_one`` gets each item's unpacked form and its encoding (which an item may keep as
+    its own instead of encoding itself again)."""
     if type(data) is not bytes or len(data) > max_size:
         raise RemoteProtocolError(f"{what} payload is not bytes or is too large")
     items: list[T] = []
@@ -56,7 +59,7 @@ def decode_items(
             raw = data[start : unpacker.tell()]
             item = None if known is None else known.get(raw)
             if item is None:
-                item = decode_one(msgpack.unpackb(raw, raw=False, **limits))
+                item = decode_one(msgpack.unpackb(raw, raw=False, **limits), raw)
             items.append(item)
         if unpacker.tell() != len(data):
             raise RemoteProtocolError(f"trailing bytes after {what} payload")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from meshnet.gossip.topology import PeerEntry
@@ -34,6 +34,50 @@ def symmetric_graph(
         name: tuple(sorted(p for p in peers if name in listed.get(p, empty)))
         for name, peers in listed.items()
     }
+
+
+def _listed(entry: PeerEntry, punched: bool) -> set[int]:
+    return {c.peer for c in entry.connections if c.established and (punched or not c.punched)}
+
+
+def update_graph(
+    graph: Graph,
+    entries: Mapping[int, PeerEntry],
+    changed: Iterable[int],
+    *,
+    punched: bool = False,
+) -> dict[int, tuple[int, ...]]:
+    """``symmetric_graph(entries)``, given ``graph`` (that of the entries before) and the names
+    whose entries changed since (added, replaced or removed).
+
+    One O(N) dictionary copy (``graph`` may be shared with readers, so it is not touched) plus
+    O(degree) per changed entry, instead of rebuilding every peer's row: at 10,000 peers that
+    is most of a route recomputation. Only the rows of changed peers and of the peers they list
+    (before or now) can differ.
+    """
+    rows = dict(graph)
+    touched: set[int] = set()
+    for name in changed:
+        touched.add(name)
+        touched.update(graph.get(name, ()))
+        entry = entries.get(name)
+        if entry is not None:
+            touched.update(c.peer for c in entry.connections)
+    listed: dict[int, set[int]] = {}  # each peer's listed set, built once (dense meshes)
+
+    def listed_by(name: int) -> set[int]:
+        found = listed.get(name)
+        if found is None:
+            entry = entries.get(name)
+            found = listed[name] = set() if entry is None else _listed(entry, punched)
+        return found
+
+    for name in touched:
+        if name not in entries:
+            rows.pop(name, None)
+            continue
+        rows[name] = tuple(sorted(p for p in listed_by(name) if name in listed_by(p)))
+    return rows
 
 
 def _bfs(graph: Graph, source: int, stop_after: int | None = None) -> dict[int, int]:
@@ -141,11 +185,24 @@ class Routes:
 
 
 def compute_routes(
-    local: int, entries: Mapping[int, PeerEntry], *, punched: bool = False
+    local: int,
+    entries: Mapping[int, PeerEntry],
+    *,
+    punched: bool = False,
+    previous: Routes | None = None,
+    changed: Iterable[int] = (),
 ) -> Routes:
     """Unicast next hops by BFS from us; broadcast trees by BFS from each source (lazily).
-    ``punched``: the data plane's routes, over punched paths too."""
-    graph = symmetric_graph(entries, punched=punched)
+    ``punched``: the data plane's routes, over punched paths too.
+
+    With ``previous`` (routes of the same kind from the entries before ``changed`` changed),
+    the graph is updated rather than rebuilt (``update_graph``): then only the BFS from us is
+    O(peers + connections), never anything per source.
+    """
+    if previous is None:
+        graph = symmetric_graph(entries, punched=punched)
+    else:
+        graph = update_graph(previous.graph, entries, changed, punched=punched)
     graph.setdefault(local, ())
     distance = {local: 0}
     first_hop: dict[int, int] = {}

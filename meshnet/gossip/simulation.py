@@ -3,6 +3,11 @@
 Each directed link has a ``GossipOutbox`` (pending gossip merged) and a latency; a flush event
 delivers everything pending on the link, round-tripped through msgpack so that the byte counts
 are honest. Pure: no sockets and no real clock, so 1,000 peers fit in one process.
+
+10,000 peers do not, if each gossips its way to its own full topology (10^8 entries). So
+``install_converged`` can install the converged state directly: every peer holds a
+copy-on-write view of one shared set of immutable entries, and what later changes are written
+to that peer's own layer, by the real ``Mesh`` code, from real gossip.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgpack
 
@@ -23,6 +29,53 @@ from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Gossip, decode_message, encode_message
 from meshnet.gossip.routes import compute_routes
 from meshnet.gossip.topology import PeerEntry
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class CopyOnWrite(MutableMapping[K, V]):
+    """A private writable view of a mapping shared by many simulated peers: what one writes or
+    deletes stays in its own layer, the shared ``base`` never changes."""
+
+    def __init__(self, base: Mapping[K, V]) -> None:
+        self.base = base
+        self.own: dict[K, V] = {}
+        self.gone: set[K] = set()  # keys of ``base`` deleted here (never also in ``own``)
+
+    def __getitem__(self, key: K) -> V:
+        if key in self.own:
+            return self.own[key]
+        if key in self.gone:
+            raise KeyError(key)
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or (key in self.base and key not in self.gone)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.own[key] = value
+        self.gone.discard(key)
+
+    def __delitem__(self, key: K) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.own.pop(key, None)
+        if key in self.base:
+            self.gone.add(key)
+
+    def __iter__(self) -> Iterator[K]:
+        yield from self.own
+        for key in self.base:
+            if key not in self.own and key not in self.gone:
+                yield key
+
+    def __len__(self) -> int:
+        return len(self.base) - len(self.gone) + sum(1 for k in self.own if k not in self.base)
+
+    def changed(self) -> set[K]:
+        """Keys whose value here may differ from ``base``'s."""
+        return {*self.own, *self.gone}
 
 
 def random_graph(n: int, degree: float, rng: random.Random) -> list[tuple[int, int]]:
@@ -68,6 +121,8 @@ class Simulation:
             name: f"10.{i >> 8 & 255}.{i & 255}.1:{CONTROL_PORT}"
             for i, name in enumerate(self.names)
         }
+        self.inbound_ports = 0
+        self.installed: dict[int, CopyOnWrite[int, PeerEntry]] = {}
         self.meshes: dict[int, Mesh] = {}
         self.outboxes: dict[int, GossipOutbox] = {}
         for name in self.names:
@@ -96,28 +151,49 @@ class Simulation:
             gossip_interval=self.gossip_interval,
         )
         self.meshes[name] = mesh
+        self.installed.pop(name, None)
         self.outboxes[name] = mesh.new_outbox()
         return mesh
 
     # --- topology changes
 
-    def connect(self, a: int, b: int) -> None:
-        """``a`` dialled ``b``: both handshakes completed now."""
+    def connect(self, a: int, b: int, *, gossip: bool = True) -> None:
+        """``a`` dialled ``b``: both handshakes completed now. ``gossip`` False: what the two
+        cores send about it is dropped (``install_converged`` delivers the outcome instead)."""
         self.links.update({(a, b), (b, a)})
         lat = self.rng.uniform(*self.latency_range)
         self.latency[a, b] = self.latency[b, a] = lat
         ip_a = self.address[a].rpartition(":")[0]
-        self._dispatch(
-            a, self.meshes[a].connection_up(b, address=self.address[b], outbound=True, now=self.now)
-        )
-        self._dispatch(
-            b,
-            self.meshes[b].connection_up(a, address=f"{ip_a}:40000", outbound=False, now=self.now),
-        )
+        # Each inbound connection comes from its own ephemeral port, as on a real host.
+        self.inbound_ports += 1
+        inbound = f"{ip_a}:{32768 + self.inbound_ports % 28000}"
+        up_a = self.meshes[a].connection_up(b, address=self.address[b], outbound=True, now=self.now)
+        up_b = self.meshes[b].connection_up(a, address=inbound, outbound=False, now=self.now)
+        self._dispatch(a, up_a if gossip else [])
+        self._dispatch(b, up_b if gossip else [])
+
+    def install_converged(self) -> None:
+        """Connect every edge and install the converged topology directly, without gossip.
+
+        Gossiping 10,000 peers' state to each other is 10^8 entry merges; instead every peer
+        adopts a copy-on-write view of the same final entries (the ones the peers produced
+        themselves while connecting). What any peer learns afterwards is gossiped as usual.
+        """
+        for a, b in self.edges:
+            self.connect(a, b, gossip=False)
+        base = {name: mesh.topology[name] for name, mesh in self.meshes.items()}
+        for name, mesh in self.meshes.items():
+            view: CopyOnWrite[int, PeerEntry] = CopyOnWrite(base)
+            mesh.adopt_topology(view)
+            self.installed[name] = view
 
     def connect_all(self, edges: Iterable[tuple[int, int]] | None = None) -> None:
         for a, b in self.edges if edges is None else edges:
             self.connect(a, b)
+
+    def set_established(self, a: int, b: int, *, established: bool) -> None:
+        """``a`` found its data path to ``b`` proven (or lost); the control connection stays."""
+        self._dispatch(a, self.meshes[a].set_established(b, established, self.now))
 
     def disconnect(self, a: int, b: int) -> None:
         self.links.difference_update({(a, b), (b, a)})
@@ -130,6 +206,7 @@ class Simulation:
         """The peer vanishes: its neighbours see their connections drop."""
         neighbours = sorted(self.meshes[name].neighbours)
         del self.meshes[name]
+        self.installed.pop(name, None)
         for peer in neighbours:
             self.disconnect(peer, name)
         return neighbours
@@ -205,16 +282,38 @@ class Simulation:
 
     def common_topology(self) -> dict[int, PeerEntry] | None:
         """The topology every live peer holds, if they all hold the same one."""
+        if self.installed and set(self.installed) == set(self.meshes):
+            return self._common_installed()
         views = [dict(m.topology) for m in self.meshes.values()]
         first = views[0]
         return first if all(v == first for v in views) else None
 
-    def assert_consistent(self, broadcast_sources: int = 5) -> dict[int, PeerEntry]:
+    def _common_installed(self) -> dict[int, PeerEntry] | None:
+        """``common_topology`` for installed views, comparing only what differs from the shared
+        base (O(changes) per peer rather than O(peers))."""
+        views = list(self.installed.values())
+        first = views[0]
+        first_changed = first.changed()
+        for view in views[1:]:
+            for key in first_changed | view.changed():
+                if view.get(key) != first.get(key):
+                    return None
+        return dict(first)
+
+    def assert_consistent(
+        self, broadcast_sources: int = 5, route_sample: int | None = None
+    ) -> dict[int, PeerEntry]:
+        """Every peer holds the same topology, and (all, or ``route_sample`` random) peers'
+        routes are what that topology gives."""
         common = self.common_topology()
         assert common is not None, "topology did not converge"
         assert set(common) == set(self.meshes)
         sources = self.rng.sample(sorted(self.meshes), min(broadcast_sources, len(self.meshes)))
-        for name, mesh in self.meshes.items():
+        checked = sorted(self.meshes)
+        if route_sample is not None and route_sample < len(checked):
+            checked = self.rng.sample(checked, route_sample)
+        for name in checked:
+            mesh = self.meshes[name]
             expected = compute_routes(name, common)
             routes = mesh.routes
             assert routes.unicast == expected.unicast

@@ -12,12 +12,14 @@ from collections import deque
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.channel import Send
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Broadcast, Gossip, Heartbeat, Unicast, encode_message
-from meshnet.gossip.simulation import Simulation, converge
+from meshnet.gossip.simulation import CopyOnWrite, Simulation, converge
 from meshnet.gossip.topology import Connection, PeerEntry, encode_entries
 
 
@@ -413,3 +415,97 @@ def test_a_forged_topology_entry_at_the_maximum_version_does_not_cut_its_peer_of
         entry = meshes[name].topology[B]
         assert entry.uid == B and entry.version == real.version + 1001, name
     assert meshes[A].routes.next_hop(C) == B
+
+
+def test_an_installed_converged_state_is_what_gossip_converges_to() -> None:
+    """``install_converged`` (how the bench reaches 10,000 peers) installs the very state that
+    gossip reaches, and later changes gossip through the installed views as usual."""
+    gossiped = Simulation(60, seed=9)
+    converge(gossiped)
+    installed = Simulation(60, seed=9)
+    installed.install_converged()
+    installed.run()
+    assert installed.total().messages == 0
+    assert installed.assert_consistent() == gossiped.assert_consistent()
+
+    for sim in (gossiped, installed):
+        a, b = next((a, b) for a in sim.names for b in sim.names[::-1] if (a, b) not in sim.links)
+        sim.connect(a, b)
+        sim.run()
+        x, y = sorted(sim.links)[7]
+        sim.disconnect(x, y)
+        sim.run()
+        sim.stop(sim.names[5])
+        sim.run()
+    after = installed.assert_consistent()
+    assert after == gossiped.assert_consistent()
+    assert sim.names[5] not in after
+
+
+def test_routes_follow_every_change_incrementally() -> None:
+    """Routes computed between changes are the previous routes updated (not rebuilt): after
+    connections come, go, half-open and peers leave, they still equal fresh computations."""
+    sim = Simulation(40, seed=12)
+    converge(sim)
+    sim.assert_consistent()  # every peer's routes are current: the next ones are updates
+    rng = random.Random(3)
+    before = sum(m.statistics().route_recomputations for m in sim.meshes.values())
+    for step in range(12):
+        live = sorted(sim.meshes)
+        if step % 3 == 0:
+            a, b = rng.sample(live, 2)
+            if (a, b) not in sim.links:
+                sim.connect(a, b)
+        elif step % 3 == 1:
+            a, b = rng.choice(sorted(link for link in sim.links if link[0] in sim.meshes))
+            sim.set_established(a, b, established=False)
+        else:
+            a, b = rng.choice(sorted(link for link in sim.links if link[0] in sim.meshes))
+            sim.disconnect(a, b)
+        sim.run()
+        if step == 6:
+            sim.stop(live[0])
+            sim.run(until=sim.now + 2.0)  # pruned
+        sim.assert_consistent()
+    assert sum(m.statistics().route_recomputations for m in sim.meshes.values()) > before
+
+
+def test_a_prune_walks_only_when_a_path_may_have_been_lost() -> None:
+    sim = Simulation(30, seed=4)
+    converge(sim)
+    sim.run(until=sim.now + 2.0)
+    a, b = next((a, b) for a in sim.names for b in sim.names[::-1] if (a, b) not in sim.links)
+    sim.connect(a, b)
+    sim.run(until=sim.now + 2.0)
+    # Only connections were added: nothing can have become unreachable, nothing to walk.
+    assert not any(m._topology._prune_wanted for m in sim.meshes.values())
+    gone = sim.names[3]
+    sim.stop(gone)
+    sim.run(until=sim.now + 2.0)
+    assert all(gone not in m.topology for m in sim.meshes.values())
+
+
+@settings(max_examples=100)
+@given(
+    st.dictionaries(st.integers(0, 9), st.integers()),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 12), st.integers()), max_size=30),
+)
+def test_a_copy_on_write_view_behaves_like_a_private_copy(
+    base: dict[int, int], operations: list[tuple[bool, int, int]]
+) -> None:
+    shared = dict(base)
+    view: CopyOnWrite[int, int] = CopyOnWrite(shared)
+    model = dict(base)
+    for write, key, value in operations:
+        if write:
+            view[key] = model[key] = value
+        elif key in model:
+            del view[key], model[key]
+        else:
+            with pytest.raises(KeyError):
+                del view[key]
+        assert dict(view) == model
+        assert len(view) == len(model)
+        assert all((k in view) == (k in model) for k in range(13))
+        assert {k for k in range(13) if view.get(k) != base.get(k)} <= view.changed()
+    assert shared == base

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.gossip.routes import compute_routes, shortest_path, symmetric_graph
+from meshnet.gossip.routes import compute_routes, shortest_path, symmetric_graph, update_graph
 from meshnet.gossip.topology import Connection, PeerEntry
 
 
@@ -135,3 +135,26 @@ def test_ties_are_broken_by_the_smaller_name_everywhere() -> None:
     assert shortest_path(entries, 1, 4) == [1, 2, 4]
     assert compute_routes(2, entries).broadcast_hops(1) == (4,)
     assert compute_routes(3, entries).broadcast_hops(1) == ()
+
+
+@settings(max_examples=150)
+@given(topologies(), topologies(), st.booleans())
+def test_an_updated_graph_is_the_graph_rebuilt(
+    before: dict[int, PeerEntry], after: dict[int, PeerEntry], punched: bool
+) -> None:
+    """Whatever changed between two topologies (peers added, gone, connections made, lost or
+    half-made), updating the old graph with the changed names gives the new graph, and routes
+    computed from the previous routes are the routes computed afresh."""
+    changed = {n for n in {*before, *after} if before.get(n) != after.get(n)}
+    old = symmetric_graph(before, punched=punched)
+    assert update_graph(old, after, changed, punched=punched) == symmetric_graph(
+        after, punched=punched
+    )
+    assert old == symmetric_graph(before, punched=punched)  # the old graph is left alone
+    for local in after:
+        previous = compute_routes(local, before, punched=punched)
+        fresh = compute_routes(local, after, punched=punched)
+        updated = compute_routes(local, after, punched=punched, previous=previous, changed=changed)
+        assert updated.unicast == fresh.unicast
+        assert updated.distance == fresh.distance
+        assert updated.graph == fresh.graph

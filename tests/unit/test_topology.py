@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.topology import (
+    MAX_PEER_NAME,
     MAX_VERSION,
     Connection,
     PeerEntry,
@@ -388,3 +389,64 @@ def test_no_sequence_of_updates_moves_an_entry_further_than_the_bound(
         if after is not None and after is not before:
             assert after.version <= max(PLAUSIBLE_VERSION, (held or 0) + MAX_VERSION_JUMP) + 1
     assert all(e.version < MAX_VERSION for e in topo.entries.values())
+
+
+@settings(max_examples=60)
+@given(st.lists(entries(), min_size=1, max_size=6, unique_by=lambda e: e.name))
+def test_held_entries_are_recognised_by_their_encoding_and_others_are_not(
+    batch: list[PeerEntry],
+) -> None:
+    """``by_encoding`` finds an entry by the name its encoding starts with, then compares the
+    whole encoding: only the very bytes of an entry we hold are recognised."""
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    topo.merge(batch)
+    known = topo.by_encoding
+    for entry in topo.entries.values():
+        assert known.get(entry.packed) is entry
+        assert known[entry.packed] is entry
+        assert known.get(entry.packed[:-1]) is None
+        other = replace(entry, version=entry.version + 1)
+        assert known.get(other.packed) is None
+        assert other.packed not in known
+    assert sorted(known) == sorted(e.packed for e in topo.entries.values())
+    assert len(known) == len(topo.entries)
+    assert known.get(b"") is None and known.get(b"\x95\xcf") is None
+
+
+@pytest.mark.parametrize("name", [0, 127, 128, 255, 256, 65535, 65536, 1 << 32, MAX_PEER_NAME - 1])
+def test_entries_are_recognised_by_encoding_whatever_the_width_of_their_name(name: int) -> None:
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    entry = PeerEntry(name, "n", 7, 3, (Connection(MAX_PEER_NAME, "10.0.0.1:6783", True, True),))
+    topo.merge([entry])
+    assert topo.by_encoding.get(entry.packed) is entry
+    assert decode_entries(encode_entries([entry]), topo.by_encoding)[0] is entry
+
+
+@settings(max_examples=60)
+@given(st.lists(entries(), min_size=1, max_size=6, unique_by=lambda e: e.name))
+def test_a_decoded_entry_keeps_the_encoding_it_came_in(batch: list[PeerEntry]) -> None:
+    for original, decoded in zip(batch, decode_entries(encode_entries(batch)), strict=True):
+        assert decoded == original
+        assert decoded.packed == original.packed
+        assert replace(decoded, version=decoded.version + 1).packed != decoded.packed
+
+
+def test_an_entry_whose_nickname_was_cleaned_is_encoded_again() -> None:
+    conns = (Connection(2, "10.0.0.2:6783", True, True),)
+    dirty = msgpack.packb([[1, "h\x1b[2J1", 5, 3, [[2, "10.0.0.2:6783", True, True]]]])
+    (entry,) = decode_entries(dirty)
+    assert entry.nickname != "h\x1b[2J1"
+    assert entry.packed == PeerEntry(1, entry.nickname, 5, 3, conns).packed
+    assert decode_entries(encode_entries([entry])) == [entry]
+
+
+def test_a_valid_but_unusual_encoding_is_relayed_as_it_came() -> None:
+    """Another implementation may pack integers wider than needed: still valid, kept verbatim
+    (and recognised again by those very bytes)."""
+    wide = b"\x91\x95\xcf" + (1).to_bytes(8, "big") + b"\xa2h1\x05\x03\x90"
+    (entry,) = decode_entries(wide)
+    assert entry == PeerEntry(1, "h1", 5, 3, ())
+    assert entry.packed == wide[1:]
+    topo = Topology(name=MAX_PEER_NAME, nickname="us", uid=1)
+    topo.merge([entry])
+    assert decode_entries(wide, topo.by_encoding)[0] is entry
