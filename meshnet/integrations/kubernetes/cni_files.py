@@ -54,6 +54,8 @@ def plugin_zipapp() -> bytes:
     package = Path(cni.__file__).parent
     sources = {
         "meshnet/__init__.py": Path(meshnet.__file__),
+        # The plugin's error wording is shared with the router (stdlib-only, like the rest).
+        "meshnet/errors.py": Path(meshnet.__file__).parent / "errors.py",
         "meshnet/integrations/__init__.py": package.parent / "__init__.py",
         **{f"meshnet/integrations/cni/{p.name}": p for p in sorted(package.glob("*.py"))},
     }
