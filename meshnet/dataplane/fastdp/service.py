@@ -355,7 +355,9 @@ class FastDatapath(UnicastChannel):
             self._publish(have.pinned & want.pinned, self.up)  # the sleeve first, then the kernel
             await self._run_netlink(remove)
             self._installed = KernelEntries(have.remotes & want.remotes, have.pinned & want.pinned)
-            self._publish(self.pinned, up)
+            # A neighbour that came up is skipped by the sleeve's floods only once the kernel
+            # holds its flood entry: told before, a broadcast (an ARP) in between went nowhere.
+            self._publish(self.pinned, self.up & up)
             await self._run_netlink(add)
             self._installed = want
             self._publish(want.pinned, up)  # the kernel first, then the sleeve
