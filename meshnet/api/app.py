@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshnet.api import observe
-from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan
+from meshnet.api.asgi import Receive, Scope, Send, answer_lifespan, send_json
 from meshnet.constants import CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import normalize_address
@@ -118,18 +118,7 @@ class ApiApp:
             status, result = 409, {"error": str(e)}
         except UserError as e:
             status, result = 400, {"error": str(e)}
-        payload = json.dumps(result).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, result)
         if status == 200 and (
             (scope["method"], scope["path"]) == ("POST", "/stop") or self._stop_after_response
         ):

@@ -16,11 +16,10 @@ Any Host header is fine there: Prometheus scrapes by whatever name or address it
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-from meshnet.api.asgi import App, Receive, Scope, Send
+from meshnet.api.asgi import App, Receive, Scope, Send, send_json
 
 log = logging.getLogger("meshnet.api")
 
@@ -40,18 +39,7 @@ METRICS = "/metrics"
 
 
 async def _refuse(send: Send, status: int, why: str) -> None:
-    payload = json.dumps({"error": why}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, status, {"error": why})
 
 
 class MetricsOnlyGate:
