@@ -46,7 +46,7 @@ def exec_router(launch: Launch) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     # The launch's own arguments follow (unused): `ps` still shows `meshnet launch --foreground`.
-    os.execv(sys.executable, [sys.executable, "-P", "-c", bootstrap, *sys.argv])
+    os.execv(sys.executable, [sys.executable, "-P", "-c", bootstrap, "meshnet", *sys.argv[1:]])
 
 
 def main(fd: int) -> int:

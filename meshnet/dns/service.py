@@ -46,6 +46,7 @@ from meshnet.dns.settings import (
     qualify,
 )
 from meshnet.errors import MeshnetError, RemoteProtocolError, UserError, bad_address
+from meshnet.gossip.channel import Watched
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.statefile import set_aside, write_atomically
@@ -57,8 +58,8 @@ log = logging.getLogger("meshnet.dns")
 
 CHANNEL = "dns"
 STATE_FILE = "dns-records.msgpack"
-#: How often the shell drives the core: hidden peers, re-assertions, persistence.
-TICK = 1.0
+#: How often old tombstones and departed peers' records are dropped; everything else the
+#: records need (hiding unreachable peers, re-assertions, persistence) happens on news.
 EXPIRE_EVERY = 10.0
 ALLOCATE_RETRY = 5.0
 
@@ -117,8 +118,8 @@ class DnsService:
         self._rng = rng or random.Random()
         self.records = Records(peer=router.identity.name, now=time.time())
         self._saved = self._load()
-        router.register_channel(CHANNEL, self.records)
-        self._changed = trio.Event()
+        self._changed = trio.Event()  # news for _maintain: a merge, a local change, a new view
+        router.register_channel(CHANNEL, Watched(self.records, lambda: self._changed.set()))
         self.listen: Interface | None = None
         #: Told whenever ``listen`` changes (the ramps: every container may reach the server).
         self.listen_listeners: list[Callable[[Interface | None], Awaitable[None]]] = []
@@ -267,13 +268,17 @@ class DnsService:
         log.error("%s: DNS server not running: %s", self._nick, why)
 
     async def _maintain(self) -> None:
+        """Woken by news (see ``_changed``), else only to expire old records."""
         last_expire = time.monotonic()
         forged, next_log = 0, -math.inf  # forged records logged: one line per 10 s at most
+        followed = -1  # the view version whose reachability the records follow
         while True:
-            with trio.move_on_at(next_beat(trio.current_time(), TICK)):  # with the others
+            with trio.move_on_at(next_beat(trio.current_time(), EXPIRE_EVERY)):  # with the others
                 await self._changed.wait()
             self._changed = trio.Event()
-            self._follow_topology()
+            if self.router.views.version != followed:
+                followed = self.router.views.version
+                self._follow_topology()
             if self.records.implausible != forged and trio.current_time() >= next_log:
                 forged, next_log = self.records.implausible, trio.current_time() + 10.0
                 log.warning(
@@ -352,6 +357,7 @@ class DnsService:
     def _publish(self, delta: bytes | None) -> None:
         if delta is not None:
             self.router.gossip(CHANNEL, delta)
+            self._changed.set()  # saved by _maintain
 
     def name_for(self, name: Any) -> str | None:
         """The FQDN of an attach request's ``name`` (None: none given); UserError if bad."""
