@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from meshnet.dns.records import normalize_name
 from meshnet.errors import UserError
 
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
 DEFAULT_DOMAIN = "meshnet.local."
 DEFAULT_TTL = 30
 DEFAULT_PORT = 53
@@ -21,7 +23,8 @@ DEFAULT_UPSTREAM_TIMEOUT = 2.0
 
 @dataclass(frozen=True)
 class DnsSettings:
-    """``address``: the server's CIDR on the bridge (None: ask IPAM for one).
+    """``addresses``: the server's CIDRs on the bridge, at most one per family (empty: ask IPAM
+    for an IPv4 one). The node may add more while it runs (``DnsService.listen_on``).
 
     ``upstreams``: "IP" or "IP:PORT" ("[IPv6]:PORT"); empty means the host's resolv.conf.
     """
@@ -29,7 +32,7 @@ class DnsSettings:
     domain: str = DEFAULT_DOMAIN
     ttl: int = DEFAULT_TTL
     upstreams: tuple[str, ...] = ()
-    address: str | None = None
+    addresses: tuple[str, ...] = ()
     port: int = DEFAULT_PORT
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
 
@@ -39,8 +42,7 @@ class DnsSettings:
             raise UserError(f"bad DNS TTL {self.ttl}: 0 to 2147483647 seconds")
         for upstream in self.upstreams:
             parse_upstream(upstream)
-        if self.address is not None:
-            check_listen_address(self.address)
+        check_listen_addresses(self.addresses)
         if not 1 <= self.port <= 65535:
             raise UserError(f"bad DNS port {self.port}")
         if not 0 < self.upstream_timeout <= 60:
@@ -54,17 +56,29 @@ def check_domain(domain: str) -> str:
         raise UserError(f"bad DNS domain {domain!r}") from None
 
 
-def check_listen_address(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+def check_listen_address(cidr: str) -> Interface:
     """A CIDR with a prefix length (the overlay's, so that the host can answer containers)."""
     if "/" not in cidr:
         raise UserError(f"bad DNS address {cidr!r}: give the overlay prefix, e.g. {cidr}/12")
     try:
         iface = ipaddress.ip_interface(cidr)
     except ValueError:
-        raise UserError(f"bad DNS address {cidr!r}: expected CIDR such as 10.32.1.250/12") from None
+        raise UserError(
+            f"bad DNS address {cidr!r}: expected CIDR such as 10.32.1.250/12 or fd00::53/64"
+        ) from None
     if iface.network.num_addresses == 1:
         raise UserError(f"bad DNS address {cidr!r}: a host prefix leaves no route to containers")
     return iface
+
+
+def check_listen_addresses(cidrs: tuple[str, ...]) -> list[Interface]:
+    """Every given listen address (``check_listen_address``), at most one per family."""
+    found = [check_listen_address(c) for c in cidrs]
+    for version in (4, 6):
+        same = [str(i) for i in found if i.version == version]
+        if len(same) > 1:
+            raise UserError(f"more than one IPv{version} DNS address: {', '.join(same)}")
+    return found
 
 
 def parse_upstream(text: str, default_port: int = 53) -> tuple[str, int]:

@@ -307,7 +307,7 @@ async def test_without_its_firewall_the_server_stays_off_and_the_router_runs_on(
     monkeypatch.setattr(service_module.firewall, "install", no_nft)
     monkeypatch.setattr(service_module, "_add_address", must_not_run)
     router = make_router(tmp_path, "a")
-    config = replace(router.config, dns=DnsSettings(address="10.32.0.1/12", upstreams=()))
+    config = replace(router.config, dns=DnsSettings(addresses=("10.32.0.1/12",), upstreams=()))
     service = DnsService(config, router)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.serve, object())  # any data plane: never reached
