@@ -621,7 +621,7 @@ def _registrable(address: str) -> bool:
 
 def _add_address(cidr: str) -> None:
     with netlink.namespace(None) as ns:
-        ns.add_address(BRIDGE, cidr)
+        ns.add_address(BRIDGE, cidr, nodad=True)  # IPv6: answering at once, not in seconds
 
 
 def _delete_address(cidr: str) -> None:
