@@ -7,6 +7,7 @@ that decide which names are registered and which servers are asked are unit-test
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshnet.dns.records import normalize_name
@@ -148,12 +149,16 @@ def parse_resolv_conf(text: str) -> list[str]:
     return found[:3]
 
 
-def render_resolv_conf(nameserver: str, domain: str) -> str:
-    """What a container's resolv.conf says: our server, and the domain as search list."""
+def render_resolv_conf(nameservers: Sequence[str], domain: str) -> str:
+    """What a container's resolv.conf says: our server's addresses (IPv4 and IPv6: the C
+    library tries them in order, so a single-stack container reaches one), and the domain as
+    search list."""
+    if isinstance(nameservers, str) or not 1 <= len(nameservers) <= 3:
+        raise ValueError(f"one to three nameservers (resolv.conf(5)), not {nameservers!r}")
     search = check_domain(domain).rstrip(".")
     return (
         "# written by meshnet: this host's DNS server for the overlay\n"
-        f"nameserver {ipaddress.ip_address(nameserver)}\n"
-        f"search {search}\n"
+        + "".join(f"nameserver {ipaddress.ip_address(n)}\n" for n in nameservers)
+        + f"search {search}\n"
         "options ndots:1\n"
     )

@@ -88,9 +88,14 @@ def test_parse_resolv_conf() -> None:
 
 
 def test_render_resolv_conf_round_trips() -> None:
-    text = render_resolv_conf("10.32.0.1", "meshnet.local.")
+    text = render_resolv_conf(["10.32.0.1"], "meshnet.local.")
     assert parse_resolv_conf(text) == ["10.32.0.1"]
     assert "search meshnet.local\n" in text
+    both = render_resolv_conf(["10.32.0.1", "FD00::53"], "meshnet.local.")
+    assert parse_resolv_conf(both) == ["10.32.0.1", "fd00::53"]
+    for bad in ("10.32.0.1", [], ["10.32.0.1"] * 4):
+        with pytest.raises(ValueError):
+            render_resolv_conf(bad, "meshnet.local.")  # type: ignore[arg-type]
 
 
 def test_settings_are_checked() -> None:
