@@ -196,6 +196,7 @@ class DnsService:
 
     def stop_listening_on(self, listen: Interface) -> None:
         """No longer serve on ``listen`` (a no-op if we did not)."""
+        self._failed.pop(listen, None)
         if self._wanted.pop(listen, None) is not None:
             self._wanted_changed.set()
 

@@ -449,3 +449,36 @@ async def test_listen_addresses_of_both_families_come_and_go_behind_the_firewall
         *told[4:],
     ]
     assert told[-1] == ()
+
+
+@pytest.mark.trio
+async def test_an_address_that_fails_leaves_the_other_family_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def add(cidr: str) -> None:
+        if ":" in cidr:
+            raise OSError(99, "Cannot assign requested address")
+
+    monkeypatch.setattr(service_module.firewall, "install", lambda *_: None)
+    monkeypatch.setattr(service_module.firewall, "remove", lambda: None)
+    monkeypatch.setattr(service_module, "_add_address", add)
+    monkeypatch.setattr(service_module, "_delete_address", lambda _: None)
+    router = make_router(tmp_path, "a")
+    settings = DnsSettings(
+        addresses=("fd00::53/64", "10.32.0.1/12"), port=free_port(), upstreams=()
+    )
+    service = DnsService(replace(router.config, dns=settings), router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve, object())
+        await wait_until(lambda: service.status()["listen_errors"] and service.listen)
+        status = service.status()
+        assert status["state"] == "serving" and status["listen_addresses"] == ["10.32.0.1/12"]
+        assert status["listen_errors"] == [
+            "cannot serve DNS on fd00::53/64: [Errno 99] Cannot assign requested address"
+        ]
+        service.stop_listening_on(ipaddress.ip_interface("10.32.0.1/12"))
+        await wait_until(lambda: not service.listen)
+        assert service.status()["state"].startswith("off (cannot serve DNS on fd00::53/64")
+        service.stop_listening_on(ipaddress.ip_interface("fd00::53/64"))
+        assert service.status()["listen_errors"] == []
+        nursery.cancel_scope.cancel()
