@@ -246,12 +246,11 @@ class DnsService:
         entry = self._serving[listen]
         address, cidr = str(listen.ip), str(listen)
         added = False
+        failing = "no firewall for"
         try:
             with entry.scope:
-                try:
-                    await self._install_firewall()
-                except UserError as e:
-                    raise UserError(f"no firewall for {cidr}: {e}") from None
+                await self._install_firewall()
+                failing = "cannot serve DNS on"
                 if add_address:
                     added = True
                     await trio.to_thread.run_sync(_add_address, cidr)
@@ -261,7 +260,7 @@ class DnsService:
                     await self._listening()
                     log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
         except (MeshnetError, OSError) as e:
-            why = str(e) if str(e).startswith("no firewall") else f"cannot serve DNS on {cidr}: {e}"
+            why = f"{failing} {cidr}: {e}"
             self._failed[listen] = why
             log.error("%s: DNS server not running: %s", self._nick, why)
         finally:
