@@ -24,6 +24,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2 import config as _pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 from pyroute2.netlink.rtnl import ndmsg
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD as _IFA_F_NODAD
 
 from meshnet.errors import MeshnetError
 
@@ -609,8 +610,11 @@ class Namespace:
             state="up" if up else "down",
         )
 
-    def add_address(self, ifname: str, cidr: str) -> None:
+    def add_address(self, ifname: str, cidr: str, *, nodad: bool = False) -> None:
+        """Add an address (idempotent). ``nodad``: an IPv6 address usable at once, without
+        duplicate address detection (a second or more of "tentative": unusable as a source)."""
         iface = ipaddress.ip_interface(cidr)
+        flags = {"flags": _IFA_F_NODAD} if nodad and iface.version == 6 else {}
         try:
             self._call(
                 f"add {cidr} to {ifname}",
@@ -619,6 +623,7 @@ class Namespace:
                 index=self.index(ifname),
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
+                **flags,
             )
         except NetlinkError as e:
             cause = e.__cause__
