@@ -89,11 +89,9 @@ def mapped_port(nat: dict[str, Any], port: int) -> int:
 def test_a_host_behind_nat_joins_whatever_port_its_nat_picks(
     make_lab: Any, kind: str, password: str | None
 ) -> None:
-    started = time.monotonic()
     state = make_lab(nat_mesh(kind), password=password, fastdp=False)
     # The lab attached n1's container through its router: IPAM needed p's space, so the UDP
-    # path through the NAT was up.
-    assert time.monotonic() - started < 30
+    # path through the NAT was up (how soon is the machine's business: no timed assert).
     assert ping_loss(state, "n1-c1", "p-c1") == 0
     path = path_to(state, "p", "n1")
     assert path["state"] == "established"
