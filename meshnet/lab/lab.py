@@ -9,7 +9,6 @@ namespace), so removing the namespaces removes every link; nothing is made in th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -448,23 +447,25 @@ def _start_routers(
     each host's peer name once every one of them answers on its API socket.
 
     Each router is the daemon itself (`meshnet launch --foreground`, logging to its state
-    directory, in a session of its own), forked by one starter process that imported the daemon
-    once (meshnet.lab.starter): a separate `meshnet launch` per host cost two Python start-ups
-    per router, which was most of a large lab's `up`. `down` finds each router by its namespace
-    (the child enters it before anything else), so no pid is journaled: a recorded pid could
-    belong to another process by the time `down` runs.
+    directory, in a session of its own), not a background `meshnet launch` that starts it and
+    waits: that launcher was a second Python process per host, as costly as the router's start.
+    `down` finds each router by its namespace (nsenter enters it before Python starts), so no pid
+    is journaled: a recorded pid could belong to another process by the time `down` runs.
     """
     env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
     if password is not None:
         env["MESHNET_PASSWORD"] = password
-    lines = []
-    logs = []  # each host's log, and where this start's output begins in it
+    starting: dict[str, tuple[dict[str, Any], subprocess.Popen[bytes], int]] = {}
     for host in hosts:
         log_file = Path(host["dir"]) / "meshnet.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         logfile.rotate_if_full(log_file)
-        logs.append((log_file, log_file.stat().st_size if log_file.exists() else 0))
-        argv = [
+        command = [
+            "nsenter",
+            f"--net={netlink.NETNS_DIR / host['namespace']}",
+            sys.executable,
+            "-m",
+            "meshnet",
             "launch",
             "--foreground",
             "--log-to-state-dir",
@@ -478,58 +479,50 @@ def _start_routers(
             "--",
             *_neighbour_addresses(record, host["name"]),
         ]
-        request = {
-            "namespace": host["namespace"],
-            "argv": argv,
-            "env": {**env, **host_environment(host)},
-            "log": str(log_file),
-        }
-        lines.append(json.dumps(request) + "\n")
-    # The blank argument and variable are room for each router's own command line and
-    # environment (see the starter); a request holds both, and more.
-    room = " " * max(len(line) for line in lines)
-    starter = subprocess.run(
-        [sys.executable, "-m", "meshnet.lab.starter", room],
-        input="".join(lines),
-        capture_output=True,
-        text=True,
-        env={**env, "MESHNET_LAB_STARTER_ROOM": room},
-    )
-    pids = [int(x) for x in starter.stdout.split()]
-    if starter.returncode != 0 or len(pids) != len(hosts):
-        raise UserError(f"the lab's router starter failed: {starter.stderr.strip()[-500:]}")
-    starting = {
-        host["name"]: (host, pid, log_file, offset)
-        for host, pid, (log_file, offset) in zip(hosts, pids, logs, strict=True)
-    }
+        with open(log_file, "ab") as log:
+            offset = log.tell()
+            proc = subprocess.Popen(
+                command,
+                env={**env, **host_environment(host)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C of `lab up` reaches it only through `down`
+            )
+        starting[host["name"]] = (host, proc, offset)
     names: dict[str, str] = {}
     deadline = time.monotonic() + ROUTER_READY_TIMEOUT
     while starting:
-        for host_name, (host, pid, log_file, offset) in list(starting.items()):
+        for host_name, (host, proc, offset) in list(starting.items()):
+            log_file = Path(host["dir"]) / "meshnet.log"
+            if proc.poll() is not None:
+                why = logfile.last_error(log_file, offset)
+                raise UserError(
+                    f"router on {host_name} did not start: "
+                    + (why or f"exit {proc.returncode}; see {log_file}")
+                )
             peer_name = _peer_name(host)
             if peer_name is not None:
                 names[host_name] = peer_name
                 del starting[host_name]
                 progress(f"router {host_name} is {peer_name}")
-            elif not _alive(pid):
-                why = logfile.last_error(log_file, offset)
-                raise UserError(
-                    f"router on {host_name} did not start: " + (why or f"see {log_file}")
-                )
         if starting and time.monotonic() > deadline:
             raise UserError(
                 f"routers on {', '.join(sorted(starting))} did not become ready in "
                 f"{ROUTER_READY_TIMEOUT:.0f}s; see meshnet.log in their host directories"
             )
-        time.sleep(0.05)
+        time.sleep(0.2)  # asking 100 routers costs CPU that those still starting need
     return names
 
 
 def _peer_name(host: dict[str, Any]) -> str | None:
     """The router's peer name once it answers `/status` (None before: a router still starting
     may accept a connection and drop it, with 100 others starting beside it on 2 cores)."""
+    socket = host_api_socket(host["dir"])
+    if not socket.exists():  # not listening yet: no need for an HTTP client to learn that
+        return None
     try:
-        status = ApiClient(host_api_socket(host["dir"]), timeout=5).get("/status")
+        status = ApiClient(socket, timeout=5).get("/status")
     except UserError:
         return None
     name: str = status["name"]

@@ -217,15 +217,6 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     return result[0]
 
 
-def enter_namespace(name: str) -> None:
-    """Move the calling thread into namespace `name` (or a path) for good: in a process with one
-    thread, such as a freshly forked child, the whole process (what `nsenter --net` does)."""
-    path = str(namespace_path(name))
-    if not is_namespace_file(path):
-        raise NamespaceNotFound(f"network namespace {name} does not exist")
-    netns.setns(path, flags=0, fork=False)
-
-
 def set_ipv4_forwarding(name: str, enabled: bool = True) -> None:
     """Make namespace `name` route IPv4 between its interfaces (or stop), as a router does.
 
