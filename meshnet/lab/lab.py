@@ -57,7 +57,7 @@ NAT_WAN_IFNAME = "wan"  # the NAT router's link to the internet router
 NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
 INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
 # 100 routers starting at once on 2 cores take a while: each imports the daemon and sets up.
-ROUTER_READY_TIMEOUT = 180.0
+ROUTER_READY_TIMEOUT = 300.0
 ATTACH_WORKERS = 16  # attaches in flight at once (each is an API call that mostly waits)
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
