@@ -448,7 +448,7 @@ def _start_routers(
 
     Each router is the daemon itself (`meshnet launch --foreground`, logging to its state
     directory, in a session of its own), not a background `meshnet launch` that starts it and
-    waits: that launcher was a second Python process per host, as costly as the router's start.
+    waits: that launcher was one more Python start-up per host, on a large lab's critical path.
     `down` finds each router by its namespace (nsenter enters it before Python starts), so no pid
     is journaled: a recorded pid could belong to another process by the time `down` runs.
     """
@@ -690,7 +690,8 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
         for number in dict.fromkeys(held):
             signal.raise_signal(number)
 
