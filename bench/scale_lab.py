@@ -71,13 +71,21 @@ class Rows:
 
 
 def wait_for(what: str, condition: Callable[[], bool], deadline: float = DEADLINE) -> float:
-    """Seconds until `condition()` holds (checked again and again); fails after `deadline`."""
+    """Seconds until `condition()` holds (checked again and again; a router that does not
+    answer counts as not yet); fails after `deadline`."""
     started = time.monotonic()
-    while not condition():
+    while not _holds(condition):
         if time.monotonic() - started > deadline:
             raise RuntimeError(f"{what}: not within {deadline:.0f} s")
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+def _holds(condition: Callable[[], bool]) -> bool:
+    try:
+        return condition()
+    except UserError:
+        return False
 
 
 def ask(host: dict[str, Any], path: str) -> Any:
