@@ -58,7 +58,8 @@ NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
 INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
 # 100 routers starting at once on 2 cores take a while: each imports the daemon and sets up.
 ROUTER_READY_TIMEOUT = 300.0
-ATTACH_WORKERS = 16  # attaches in flight at once (each is an API call that mostly waits)
+# Attaches (and readiness checks) in flight at once: each is an API call that mostly waits.
+ATTACH_WORKERS = 16
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -492,26 +493,31 @@ def _start_routers(
         starting[host["name"]] = (host, proc, offset)
     names: dict[str, str] = {}
     deadline = time.monotonic() + ROUTER_READY_TIMEOUT
-    while starting:
-        for host_name, (host, proc, offset) in list(starting.items()):
-            log_file = Path(host["dir"]) / "meshnet.log"
-            if proc.poll() is not None:
-                why = logfile.last_error(log_file, offset)
+    # Asked several at once: a router that 100 others starve of CPU may take seconds to answer,
+    # and one after the other a round over 100 of them took minutes.
+    with ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
+        while starting:
+            for host_name, (host, proc, offset) in starting.items():
+                if proc.poll() is not None:
+                    log_file = Path(host["dir"]) / "meshnet.log"
+                    why = logfile.last_error(log_file, offset)
+                    raise UserError(
+                        f"router on {host_name} did not start: "
+                        + (why or f"exit {proc.returncode}; see {log_file}")
+                    )
+            pending = list(starting)
+            answers = pool.map(_peer_name, [starting[n][0] for n in pending])
+            for host_name, peer_name in zip(pending, answers, strict=True):
+                if peer_name is not None:
+                    names[host_name] = peer_name
+                    del starting[host_name]
+                    progress(f"router {host_name} is {peer_name}")
+            if starting and time.monotonic() > deadline:
                 raise UserError(
-                    f"router on {host_name} did not start: "
-                    + (why or f"exit {proc.returncode}; see {log_file}")
+                    f"routers on {', '.join(sorted(starting))} did not become ready in "
+                    f"{ROUTER_READY_TIMEOUT:.0f}s; see meshnet.log in their host directories"
                 )
-            peer_name = _peer_name(host)
-            if peer_name is not None:
-                names[host_name] = peer_name
-                del starting[host_name]
-                progress(f"router {host_name} is {peer_name}")
-        if starting and time.monotonic() > deadline:
-            raise UserError(
-                f"routers on {', '.join(sorted(starting))} did not become ready in "
-                f"{ROUTER_READY_TIMEOUT:.0f}s; see meshnet.log in their host directories"
-            )
-        time.sleep(0.2)  # asking 100 routers costs CPU that those still starting need
+            time.sleep(0.2)  # asking 100 routers costs CPU that those still starting need
     return names
 
 
