@@ -1,9 +1,10 @@
 """CPU time of a lab's router daemons and of the whole machine, read from /proc.
 
-Shared by bench/throughput.py (CPU seconds per Gbit beside each row) and bench/sleeve_profile.py
-(which routers to sample). A router is found through its API socket: the kernel tells who is
-listening on a unix socket (SO_PEERCRED), which names the daemon itself and not one of the
-short-lived helpers it forks, whatever their command lines say.
+Shared by bench/throughput.py (CPU seconds per Gbit beside each row), bench/sleeve_profile.py
+(which routers to sample), and bench/idle.py and bench/scale_lab.py (idle routers' CPU and RSS).
+A router is found through its API socket: the kernel tells who is listening on a unix socket
+(SO_PEERCRED), which names the daemon itself and not one of the short-lived helpers it forks,
+whatever their command lines say.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ def process_time(pid: int) -> CpuTime:
         fields = f.read().rsplit(")", 1)[1].split()
     # proc(5): utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
     return CpuTime(int(fields[11]) / TICKS, int(fields[12]) / TICKS)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a process has cost so far: CPU seconds (its waited-for children's too) and RSS."""
+
+    cpu: float
+    rss_kib: int
+
+
+def usage(pid: int) -> Usage:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return Usage((utime + stime + cutime + cstime) / TICKS, rss)
 
 
 def machine_time() -> CpuTime:

@@ -20,21 +20,14 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
+from cputime import router_pid, usage
 from rich.console import Console
 from rich.table import Table
 
-from meshnet.dataplane.kernel import netlink
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Sample:
-    cpu: float  # seconds
-    rss_kib: int
 
 
 @dataclass(frozen=True)
@@ -45,34 +38,9 @@ class Result:
     rss_mib: list[float]
 
 
-def router_pids(status: dict[str, object]) -> dict[str, int]:
-    """Each host's router process: the `meshnet launch` daemon in its namespace."""
-    found = {}
-    hosts = status["hosts"]
-    assert isinstance(hosts, list)
-    for host in hosts:
-        for pid in netlink.namespace_pids(host["namespace"]):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"meshnet" in argv and b"launch" in argv:
-                found[host["name"]] = pid
-    return found
-
-
-def sample(pid: int) -> Sample:
-    with open(f"/proc/{pid}/stat") as f:
-        # The command may hold spaces and parentheses: fields start after the last ')'.
-        fields = f.read().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return Sample((utime + stime + cutime + cstime) / TICKS, rss)
+def router_pids(status: dict[str, Any]) -> dict[str, int]:
+    """Each host's router process, found through its API socket."""
+    return {h["name"]: router_pid(h["api_socket"]) for h in status["hosts"]}
 
 
 def measure(shape: str, hosts: int, seconds: float, settle: float, console: Console) -> Result:
@@ -86,10 +54,10 @@ def measure(shape: str, hosts: int, seconds: float, settle: float, console: Cons
             raise RuntimeError(f"found {len(pids)} routers of {hosts}")
         console.print(f"[dim]{label}: settling {settle:.0f} s, then measuring {seconds:.0f} s[/]")
         time.sleep(settle)
-        before = {h: sample(p) for h, p in pids.items()}
+        before = {h: usage(p) for h, p in pids.items()}
         started = time.monotonic()
         time.sleep(seconds)
-        after = {h: sample(p) for h, p in pids.items()}
+        after = {h: usage(p) for h, p in pids.items()}
         elapsed = time.monotonic() - started
     finally:
         if (lablib.lab_root() / name).exists():

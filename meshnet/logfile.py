@@ -51,6 +51,18 @@ def rotate_if_full(path: Path, *, max_bytes: int = MAX_BYTES) -> None:
         handler.close()
 
 
+def last_error(path: Path, start: int) -> str | None:
+    """The last ``meshnet: ...`` line a background child wrote after offset ``start``: why it
+    did not start (the launching command shows it instead of the whole log)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("meshnet: "):
+            return line.removeprefix("meshnet: ")
+    return None
+
+
 #: Libraries whose debug logs are every netlink message or HTTP frame: warnings only, or a
 #: debug log would fill its 60 MiB in minutes with them.
 QUIET = ("pyroute2", "httpx", "httpcore", "hpack")

@@ -46,6 +46,9 @@ async def send_json(send: Send, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+SOCKET_KEEP_ALIVE = 60.0  # seconds a connection to the API socket may wait for its request
+
+
 def _hypercorn(bind: str, logger: str) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [bind]
@@ -65,8 +68,13 @@ async def serve_on_socket(
 ) -> None:
     """Serve until cancelled on ``socket_path`` (created 0600); the file goes with the server."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
+    config = _hypercorn(f"unix:{socket_path}", logger)
+    # Hypercorn closes a connection whose request it has not read within this (5 s by default),
+    # answering nothing: a router that 100 others starve of CPU (a large lab on 2 cores) missed
+    # it, and `lab up` failed. Only root reaches this socket: a slow client costs nothing here.
+    config.keep_alive_timeout = SOCKET_KEEP_ALIVE
     try:
-        await serve(app, _hypercorn(f"unix:{socket_path}", logger), task_status=task_status)  # type: ignore[arg-type]
+        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
     finally:
         socket_path.unlink(missing_ok=True)
 

@@ -100,6 +100,14 @@ def router_metrics(
     for event, n in sorted(status.get("counters", {}).items()):
         events.add_metric([event], n)
     yield events
+    wire = CounterMetricFamily(
+        "meshnet_control_bytes",
+        "Bytes on established control connections (gossip, heartbeats, framing, encryption).",
+        labels=["direction"],
+    )
+    for direction, n in sorted(status.get("control_bytes", {}).items()):
+        wire.add_metric([direction], n)
+    yield wire
     messages = CounterMetricFamily(
         "meshnet_gossip_messages", "Gossip messages per channel.", labels=["channel", "direction"]
     )

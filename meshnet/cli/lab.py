@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ NAME_OPTION = click.option(
     default=None,
     help="Which lab (default: the only one running).",
 )
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C (its default would end the process mid-build, leaving the
+    rest to a later `down`); 143 is what a shell reports for a process SIGTERM ended."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 @click.group()
@@ -102,6 +113,7 @@ def up(
     """
     from meshnet.lab import lab as lablib  # imported here: see the module's docstring
 
+    _exit_on_sigterm()  # so that `up` removes what it built, as on Ctrl-C
     lablib.check_can_create(name, mtu)
     if shape in topo.BUILTIN_TOPOLOGIES or not (shape.endswith(".toml") or os.path.exists(shape)):
         spec = topo.builtin(shape, hosts, 1 if containers is None else containers)
@@ -269,5 +281,6 @@ def down(name: str | None) -> None:
     """Remove every namespace, link, process and file the lab made."""
     from meshnet.lab import lab as lablib  # imported here: see the module's docstring
 
+    _exit_on_sigterm()
     removed = lablib.down(name)
     click.echo(f"lab {removed} removed")

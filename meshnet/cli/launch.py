@@ -181,7 +181,7 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise UserError(
-                _last_error(config.log_file, start)
+                logfile.last_error(config.log_file, start)
                 or f"meshnet exited with status {proc.returncode}; see {config.log_file}"
             )
         if client.is_ready():
@@ -190,16 +190,6 @@ def _launch_background(config: Config, client: ApiClient) -> dict[str, Any]:
         time.sleep(0.05)
     proc.terminate()
     raise UserError(f"meshnet did not become ready in {READY_TIMEOUT:.0f}s; see {config.log_file}")
-
-
-def _last_error(log_file: Path, start: int) -> str | None:
-    with open(log_file, "rb") as f:
-        f.seek(start)
-        lines = f.read().decode(errors="replace").splitlines()
-    for line in reversed(lines):
-        if line.startswith("meshnet: "):
-            return line.removeprefix("meshnet: ")
-    return None
 
 
 @click.command()

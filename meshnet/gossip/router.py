@@ -204,6 +204,9 @@ class Router:
             collections.OrderedDict()
         )
         self.counters: collections.Counter[str] = collections.Counter()
+        # Bytes on the wire of established control connections (frames, encryption and
+        # heartbeats included): what the mesh's gossip costs, beyond the channels' payloads.
+        self.control_bytes = {"sent": 0, "received": 0}
         self._wake_maker = trio.Event()
         self._wake_ticker = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -304,6 +307,7 @@ class Router:
             "discovery_refused": self._discovery_refused,
             "uptime": time.time() - self.started,
             "counters": dict(self.counters),
+            "control_bytes": dict(self.control_bytes),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -849,6 +853,7 @@ class Router:
             data = await live.stream.receive_some(READ_SIZE)
             if not data:
                 return
+            self.control_bytes["received"] += len(data)
             live.last_received = trio.current_time()
             decoder.receive_data(data)
             news = False
@@ -885,6 +890,7 @@ class Router:
             messages: list[Message] = self.outbox.take(peer.name) or [Heartbeat()]
             data = b"".join(live.encoder.encode(m) for m in messages)
             self.counters["messages_sent"] += len(messages)
+            self.control_bytes["sent"] += len(data)
             await live.stream.send_all(data)
 
     async def _watchdog(self, live: _Live) -> None:

@@ -15,12 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from meshnet import logfile
 from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
@@ -52,6 +56,10 @@ NAT_LAN_IFNAME = "lan"  # the NAT router's end of that link
 NAT_WAN_IFNAME = "wan"  # the NAT router's link to the internet router
 NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
 INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
+# 100 routers starting at once on 2 cores take a while: each imports the daemon and sets up.
+ROUTER_READY_TIMEOUT = 300.0
+# Attaches (and readiness checks) in flight at once: each is an API call that mostly waits.
+ATTACH_WORKERS = 16
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -254,8 +262,9 @@ def _build(
             (namespaces[link.b], b_if, link.b_address),
             record.mtu,
         )
-        _apply_faults(namespaces[link.a], a_if, link.loss, link.rate)
-        _apply_faults(namespaces[link.b], b_if, link.loss, link.rate)
+        if link.loss or link.rate:  # a new link has no faults to clear: no nft, no tc
+            _apply_faults(namespaces[link.a], a_if, link.loss, link.rate)
+            _apply_faults(namespaces[link.b], b_if, link.loss, link.rate)
     for c in containers:
         progress(f"container {c.name}")
         if record.docker:
@@ -435,15 +444,23 @@ def _start_routers(
     password: str | None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, str]:
-    """`meshnet launch` in the hosts at once, each told only of its topology neighbours.
+    """Start the routers of `hosts` at once, each told only of its topology neighbours; returns
+    each host's peer name once every one of them answers on its API socket.
 
-    Returns each host's peer name.
+    Each router is the daemon itself (`meshnet launch --foreground`, logging to its state
+    directory, in a session of its own), not a background `meshnet launch` that starts it and
+    waits: that launcher was one more Python start-up per host, on a large lab's critical path.
+    `down` finds each router by its namespace (nsenter enters it before Python starts), so no pid
+    is journaled: a recorded pid could belong to another process by the time `down` runs.
     """
     env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
     if password is not None:
         env["MESHNET_PASSWORD"] = password
-    launches = []
+    starting: dict[str, tuple[dict[str, Any], subprocess.Popen[bytes], int]] = {}
     for host in hosts:
+        log_file = Path(host["dir"]) / "meshnet.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        logfile.rotate_if_full(log_file)
         command = [
             "nsenter",
             f"--net={netlink.NETNS_DIR / host['namespace']}",
@@ -451,6 +468,8 @@ def _start_routers(
             "-m",
             "meshnet",
             "launch",
+            "--foreground",
+            "--log-to-state-dir",
             "--nickname",
             host["name"],
             # IPAM: the hosts of the lab agree on the ring at the first allocation.
@@ -458,44 +477,90 @@ def _start_routers(
             f"consensus={len(record.hosts)}",
             *lab_dns.launch_args(record),
             *([] if record.fastdp else ["--no-fastdp"]),
+            "--",
             *_neighbour_addresses(record, host["name"]),
         ]
-        launches.append(
-            (
-                host["name"],
-                subprocess.Popen(
-                    command,
-                    env={**env, **host_environment(host)},
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
+        with open(log_file, "ab") as log:
+            offset = log.tell()
+            proc = subprocess.Popen(
+                command,
+                env={**env, **host_environment(host)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C of `lab up` reaches it only through `down`
             )
-        )
-    names = {}
-    for host_name, proc in launches:
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise UserError(
-                f"router on {host_name} did not start: "
-                + (err.strip().removeprefix("meshnet: ") or f"exit {proc.returncode}")
-            )
-        names[host_name] = out.strip()
-        progress(f"router {host_name} is {names[host_name]}")
+        starting[host["name"]] = (host, proc, offset)
+    names: dict[str, str] = {}
+    deadline = time.monotonic() + ROUTER_READY_TIMEOUT
+    # Asked several at once: a router that 100 others starve of CPU may take seconds to answer,
+    # and one after the other a round over 100 of them took minutes.
+    with ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
+        while starting:
+            for host_name, (host, proc, offset) in starting.items():
+                if proc.poll() is not None:
+                    log_file = Path(host["dir"]) / "meshnet.log"
+                    why = logfile.last_error(log_file, offset)
+                    raise UserError(
+                        f"router on {host_name} did not start: "
+                        + (why or f"exit {proc.returncode}; see {log_file}")
+                    )
+            pending = list(starting)
+            answers = pool.map(_peer_name, [starting[n][0] for n in pending])
+            for host_name, peer_name in zip(pending, answers, strict=True):
+                if peer_name is not None:
+                    names[host_name] = peer_name
+                    del starting[host_name]
+                    progress(f"router {host_name} is {peer_name}")
+            if starting and time.monotonic() > deadline:
+                raise UserError(
+                    f"routers on {', '.join(sorted(starting))} did not become ready in "
+                    f"{ROUTER_READY_TIMEOUT:.0f}s; see meshnet.log in their host directories"
+                )
+            time.sleep(0.2)  # asking 100 routers costs CPU that those still starting need
     return names
+
+
+def _peer_name(host: dict[str, Any]) -> str | None:
+    """The router's peer name once it answers `/status` (None before: a router still starting
+    may accept a connection and drop it, with 100 others starting beside it on 2 cores)."""
+    socket = host_api_socket(host["dir"])
+    if not socket.exists():  # not listening yet: no need for an HTTP client to learn that
+        return None
+    try:
+        status = ApiClient(socket, timeout=5).get("/status")
+    except UserError:
+        return None
+    name: str = status["name"]
+    return name
 
 
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
     """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
-    address (the planned one only stays for labs without routers)."""
+    address (the planned one only stays for labs without routers).
+
+    Several at once: each attach mostly waits on its router (IPAM, netlink), so a 100-host lab
+    attaches in a fraction of the time one after the other takes."""
     hosts = {h["name"]: h for h in record.hosts}
-    for c in record.containers:
+
+    def attach(c: dict[str, Any]) -> str:
         client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
         body = {"container": c["namespace"], "addresses": [], "name": c["name"]}  # DNS name
         result = client.post("/attach", body)
-        c["address"] = result["addresses"][0]
-        progress(f"attached {c['name']} {c['address']}")
+        address: str = result["addresses"][0]
+        return address
+
+    with ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
+        futures = {pool.submit(attach, c): c for c in record.containers}
+        try:
+            for future in as_completed(futures):
+                c = futures[future]
+                c["address"] = future.result()
+                progress(f"attached {c['name']} {c['address']}")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _components(record: LabRecord) -> dict[str, int]:
@@ -590,44 +655,73 @@ def down(name: str | None) -> str:
 
 
 def _teardown(name: str, directory: Path) -> None:
-    journal = Journal(directory / "journal")
-    entries = list(journal.entries())
-    foreign = {v for k, v in entries if k == "foreign"}
-    namespaces = [v for k, v in entries if k == "netns" and v not in foreign]
-    prefix = namespace_prefix(name)
-    owned = [n for n in namespaces if isinstance(n, str) and n.startswith(prefix)]
-    # dockerd first: its containers would outlive shims killed with the host's processes.
-    lab_docker.stop_engines(
-        [v for k, v in entries if k == "dockerd" and str(v).startswith(str(directory))],
-        [v for k, v in entries if k == "cgroup" and str(v).startswith(f"/{prefix}")],
-    )
-    _stop_processes(owned, [v for k, v in entries if k == "pid" and isinstance(v, int)])
-    for namespace in reversed(owned):  # containers before their hosts
-        netlink.remove_namespace(namespace)
-        etc = Path("/etc/netns") / namespace
-        if etc.is_dir():
-            shutil.rmtree(etc, ignore_errors=True)
-    shutil.rmtree(directory, ignore_errors=True)
+    """Remove what the journal says the lab made; safe to repeat, and to run after a crash.
+
+    A Ctrl-C or SIGTERM meanwhile is held until the end (then delivered), so that a teardown
+    is not itself left halfway; the journal and lab directory go last, so a teardown that was
+    killed anyway is finished by the next `down`.
+    """
+    with _signals_held():
+        journal = Journal(directory / "journal")
+        entries = list(journal.entries())
+        foreign = {v for k, v in entries if k == "foreign"}
+        namespaces = [v for k, v in entries if k == "netns" and v not in foreign]
+        prefix = namespace_prefix(name)
+        owned = [n for n in namespaces if isinstance(n, str) and n.startswith(prefix)]
+        # dockerd first: its containers would outlive shims killed with the host's processes.
+        lab_docker.stop_engines(
+            [v for k, v in entries if k == "dockerd" and str(v).startswith(str(directory))],
+            [v for k, v in entries if k == "cgroup" and str(v).startswith(f"/{prefix}")],
+        )
+        _stop_processes(owned)
+        for namespace in reversed(owned):  # containers before their hosts
+            netlink.remove_namespace(namespace)
+            etc = Path("/etc/netns") / namespace
+            if etc.is_dir():
+                shutil.rmtree(etc, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def _stop_processes(namespaces: list[str], pids: list[int], grace: float = 5.0) -> None:
-    """SIGTERM what runs in the lab's namespaces (and recorded pids), SIGKILL what stays."""
-    targets = set(pids)
-    for namespace in namespaces:
-        targets.update(netlink.namespace_pids(namespace))
-    targets.discard(os.getpid())
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        for pid in list(targets):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                targets.discard(pid)
-        deadline = time.monotonic() + wait
-        while targets and time.monotonic() < deadline:
-            targets = {pid for pid in targets if _alive(pid)}
-            time.sleep(0.05)
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then act as they would have (main thread
+    only: elsewhere signals never run Python handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda sig, _frame: held.append(sig)) for sig in kinds}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
+        for number in dict.fromkeys(held):
+            signal.raise_signal(number)
+
+
+def _stop_processes(namespaces: list[str], grace: float = 5.0) -> None:
+    """SIGTERM what runs in the lab's namespaces, SIGKILL what stays; again until none is left
+    (a router may have been starting, or restarting its children, during the first walk)."""
+    for _ in range(3):
+        targets = set(netlink.namespaces_pids(namespaces))
+        targets.discard(os.getpid())
         if not targets:
             return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+            for pid in list(targets):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    targets.discard(pid)
+            deadline = time.monotonic() + wait
+            while targets and time.monotonic() < deadline:
+                targets = {pid for pid in targets if _alive(pid)}
+                time.sleep(0.05)
+            if not targets:
+                break
 
 
 def _alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import random
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -141,6 +142,83 @@ def builtin(kind: str, hosts: int, containers: int) -> Topology:
             links=tuple(LinkSpec(a, b) for a, b in pairs),
         )
     )
+
+
+def random_sparse(hosts: int, degree: float, seed: int, containers: int = 1) -> Topology:
+    """A connected random graph over h1..hN whose average degree is about ``degree``, the same
+    for the same seed: a random tree (each host links to a random earlier one) plus random
+    extra links until there are N * degree / 2 (at most every pair, and the underlay's room)."""
+    if not 2 <= hosts <= MAX_HOSTS:
+        raise UserError(f"a random topology needs 2 to {MAX_HOSTS} hosts, not {hosts}")
+    if degree < 2 * (hosts - 1) / hosts:
+        raise UserError(f"average degree {degree:g} cannot connect {hosts} hosts (a tree has more)")
+    rng = random.Random(seed)
+    names = [f"h{i}" for i in range(1, hosts + 1)]
+    order = names[:1] + rng.sample(names[1:], hosts - 1)  # the tree's shape, not h1-h2-h3...
+    pairs = {frozenset((host, rng.choice(order[:i]))) for i, host in enumerate(order) if i}
+    room = UNDERLAY_RANGE.num_addresses // 256
+    wanted = min(round(hosts * degree / 2), hosts * (hosts - 1) // 2, room)
+    while len(pairs) < wanted:
+        a, b = rng.sample(names, 2)
+        pairs.add(frozenset((a, b)))
+    links = sorted(
+        (sorted(p, key=_host_number) for p in pairs),
+        key=lambda ab: (_host_number(ab[0]), _host_number(ab[1])),
+    )
+    return validate(
+        Topology(
+            hosts=tuple(HostSpec(n, _default_containers(n, containers)) for n in names),
+            links=tuple(LinkSpec(a, b) for a, b in links),
+        )
+    )
+
+
+def _host_number(name: str) -> int:
+    return int(name[1:])
+
+
+def to_toml(topology: Topology) -> str:
+    """A topology file that `load_file` reads back as ``topology`` (hosts in order, links with
+    their loss and rate): how a generated topology is kept to be used again."""
+    out = []
+    for host in topology.hosts:
+        out.append(f"[hosts.{host.name}]")
+        out.append(f"containers = [{', '.join(_quoted(c) for c in host.containers)}]")
+        if host.nat is not None:
+            out.append(f"nat = {_quoted(host.nat)}")
+        out.append("")
+    for link in topology.links:
+        out.append("[[links]]")
+        out.append(f"hosts = [{_quoted(link.a)}, {_quoted(link.b)}]")
+        if link.loss:
+            out.append(f"loss = {link.loss:g}")
+        if link.rate is not None:
+            out.append(f"rate = {_quoted(format_rate(link.rate))}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text + '"'  # names, NAT kinds and rates hold no quotes or backslashes
+
+
+def hops_from(topology: Topology, start: str) -> dict[str, int]:
+    """Each host's distance in links from ``start`` (hosts it cannot reach are left out)."""
+    adjacent: dict[str, list[str]] = {h.name: [] for h in topology.hosts}
+    for link in topology.links:
+        adjacent[link.a].append(link.b)
+        adjacent[link.b].append(link.a)
+    hops = {start: 0}
+    frontier = [start]
+    while frontier:
+        following = []
+        for host in frontier:
+            for neighbour in adjacent[host]:
+                if neighbour not in hops:
+                    hops[neighbour] = hops[host] + 1
+                    following.append(neighbour)
+        frontier = following
+    return hops
 
 
 def load_file(path: Path, default_containers: int | None) -> Topology:

@@ -131,6 +131,21 @@ async def test_metrics_parse_and_show_the_mesh(pair: tuple[Router, Router]) -> N
     assert sent_before >= 1
 
 
+@pytest.mark.trio
+async def test_control_bytes_count_what_went_over_the_wire(pair: tuple[Router, Router]) -> None:
+    """Wire bytes of the control connection: at least the channels' payloads (frames and
+    heartbeats come on top), and what one side sent is what the other received."""
+    a, b = pair
+    app = ApiApp(a, lambda: None)
+    await wait_until(lambda: a.control_bytes["sent"] > 0 and b.control_bytes["received"] > 0)
+    samples = scrape((await get(app, "/metrics")).body)
+    sent = samples[("meshnet_control_bytes_total", (("direction", "sent"),))]
+    payload = sum(c.bytes_sent for c in a.mesh.statistics().channels.values())
+    assert sent >= payload > 0
+    assert a.status()["control_bytes"]["sent"] >= sent
+    await wait_until(lambda: b.control_bytes["received"] == a.control_bytes["sent"])
+
+
 def scrape(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value

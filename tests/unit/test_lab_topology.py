@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,42 @@ def test_nat_plans_never_reuse_an_address(kinds: list[str | None]) -> None:
     for nat in plan.nats:
         assert ipaddress.ip_interface(nat.host_address) in topo.PRIVATE_RANGE
         assert ipaddress.ip_interface(nat.uplink.address) in topo.INTERNET_RANGE
+
+
+@given(
+    hosts=st.integers(2, topo.MAX_HOSTS),
+    degree=st.floats(2, 8),
+    seed=st.integers(0, 2**32),
+)
+def test_random_sparse_is_connected_with_the_degree_asked(
+    hosts: int, degree: float, seed: int
+) -> None:
+    t = topo.random_sparse(hosts, degree, seed)
+    assert [h.name for h in t.hosts] == [f"h{i}" for i in range(1, hosts + 1)]
+    assert len(topo.hops_from(t, "h1")) == hosts  # every host reachable from h1
+    wanted = min(round(hosts * degree / 2), hosts * (hosts - 1) // 2, 256)
+    assert len(t.links) == max(wanted, hosts - 1)
+    assert topo.random_sparse(hosts, degree, seed) == t  # the seed decides everything
+
+
+def test_random_sparse_seeds_differ_and_bad_degrees_are_refused() -> None:
+    assert edges(topo.random_sparse(30, 4, 1)) != edges(topo.random_sparse(30, 4, 2))
+    with pytest.raises(UserError, match="cannot connect"):
+        topo.random_sparse(10, 1, 0)
+    with pytest.raises(UserError, match="2 to"):
+        topo.random_sparse(1, 4, 0)
+
+
+@given(seed=st.integers(0, 1000), containers=st.integers(0, 3))
+def test_to_toml_reads_back_as_the_same_topology(seed: int, containers: int) -> None:
+    t = topo.random_sparse(12, 3, seed, containers)
+    lossy = topo.Topology(
+        t.hosts, (topo.LinkSpec(t.links[0].a, t.links[0].b, 2.5, 10**7), *t.links[1:])
+    )
+    for original in (t, lossy):
+        assert topo._from_mapping(tomllib.loads(topo.to_toml(original)), None) == original
+
+
+def test_hops_from_counts_links() -> None:
+    assert topo.hops_from(topo.builtin("line", 4, 0), "h1") == {"h1": 0, "h2": 1, "h3": 2, "h4": 3}
+    assert topo.hops_from(topo.builtin("ring", 6, 0), "h1")["h4"] == 3
