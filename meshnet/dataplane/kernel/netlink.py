@@ -41,6 +41,7 @@ _NTF_STICKY = 0x40
 _NUD_PERMANENT = ndmsg.states["permanent"]
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
+_IFA_F_NODAD = 0x02  # an IPv6 address without duplicate address detection (linux/if_addr.h)
 # Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
 # of family AF_BRIDGE; ARP and NDP entries come on the same group with AF_INET/AF_INET6.
 _RTMGRP_LINK = 0x1
@@ -609,8 +610,11 @@ class Namespace:
             state="up" if up else "down",
         )
 
-    def add_address(self, ifname: str, cidr: str) -> None:
+    def add_address(self, ifname: str, cidr: str, *, nodad: bool = False) -> None:
+        """Idempotent. ``nodad``: an IPv6 address usable at once, without the second or so of
+        duplicate address detection (IFA_F_NODAD)."""
         iface = ipaddress.ip_interface(cidr)
+        extra = {"flags": _IFA_F_NODAD} if nodad and iface.version == 6 else {}
         try:
             self._call(
                 f"add {cidr} to {ifname}",
@@ -619,6 +623,7 @@ class Namespace:
                 index=self.index(ifname),
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
+                **extra,
             )
         except NetlinkError as e:
             cause = e.__cause__
