@@ -186,11 +186,11 @@ class DataPlane:
     def own_ports(self) -> tuple[str, ...]:
         """The router's own ports on the bridge (isolation keeps every other port but the
         containers' shut)."""
-        return (SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port))
+        return (SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port))
 
     def _set_up_bridge(self) -> Any:
         """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
-        own = {BRIDGE, SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port)}
+        own = {BRIDGE, SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port)}
         mtu = overlay_mtu(underlay_mtu(ignore=own), self.config.mtu)
         self.overlay_mtu = mtu
         with netlink.namespace(None) as ns:
