@@ -82,6 +82,12 @@ def test_an_ipv6_only_line_relays_by_name_and_uses_fastdp_between_neighbours(
         "h1": "[fd6d:6573:686e::1]:6783",
         "h3": "[fd6d:6573:686e:1::2]:6783",
     }
+    # Reflexive addresses over IPv6 match the hosts' own: nobody thinks it is behind a NAT.
+    wait_for(
+        lambda: dataplane(state, "h2")["punch"].get("nat") == "none",
+        timeout=10,
+        what="h2 to see its IPv6 address reported back unchanged",
+    )
     fast = dataplane(state, "h2")["fastdp"]
     assert fast["devices"] == ["vxlan-6784", "vxlan6-6784"]
     fdb = ns_run(host_ns(state, "h2"), "bridge", "fdb", "show", "dev", "vxlan6-6784").stdout
