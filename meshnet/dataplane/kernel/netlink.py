@@ -41,14 +41,6 @@ _NTF_STICKY = 0x40
 _NUD_PERMANENT = ndmsg.states["permanent"]
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
-# fastdp's IPv6 VXLAN device: local "::" (any of the host's addresses) and zero UDP checksums
-# both ways (RFC 6935 allows them for tunnels): as VXLAN over IPv4 sends by default, the inner
-# frames' own checksums protect them.
-_VXLAN6 = {
-    "vxlan_local6": "::",
-    "vxlan_udp_zero_csum6_tx": 1,
-    "vxlan_udp_zero_csum6_rx": 1,
-}
 _IFA_F_NODAD = 0x02  # an IPv6 address without duplicate address detection (linux/if_addr.h)
 # Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
 # of family AF_BRIDGE; ARP and NDP entries come on the same group with AF_INET/AF_INET6.
@@ -511,7 +503,7 @@ class Namespace:
             vxlan_port_range={"low": port, "high": port + 1},
             vxlan_learning=0,
             mtu=mtu,
-            **(_VXLAN6 if version == 6 else {}),
+            **({"vxlan_local6": "::"} if version == 6 else {}),
         )
 
     def set_bridge_port(self, ifname: str, *, learning: bool, isolated: bool) -> None:
