@@ -284,7 +284,7 @@ class DataPlane:
     def _endpoint(self, peer: int, link: PeerLink) -> tuple[str, int]:
         """The UDP endpoint the path to ``peer`` uses: where its heartbeats come from, once
         they came from elsewhere than its control connection's address and advertised port."""
-        return self._moved.get(peer) or (link.ip, link.port)
+        return self._moved.get(peer) or (underlay.plain_ip(link.ip), link.port)
 
     def _follow_heartbeats(self, peer: int, link: PeerLink, addr: Any) -> None:
         """A heartbeat came from ``addr``: if that is not where the path goes, the neighbour's
@@ -295,7 +295,7 @@ class DataPlane:
         endpoint = (underlay.plain_ip(str(addr[0])), int(addr[1]))
         if endpoint == self._endpoint(peer, link):
             return
-        if link.receive_key is None and endpoint[0] != link.ip:
+        if link.receive_key is None and endpoint[0] != underlay.plain_ip(link.ip):
             self._count("heartbeat_from_another_host")
             return
         log.info(
@@ -304,7 +304,7 @@ class DataPlane:
             *endpoint,
         )
         self._count("udp_endpoint_moved")
-        if endpoint == (link.ip, link.port):
+        if endpoint == (underlay.plain_ip(link.ip), link.port):
             self._moved.pop(peer, None)
         else:
             self._moved[peer] = endpoint
@@ -355,7 +355,7 @@ class DataPlane:
                 continue
             self._links[peer] = link
             moved = self._moved.get(peer)
-            if moved is not None and moved[0] != link.ip:
+            if moved is not None and moved[0] != underlay.plain_ip(link.ip):
                 del self._moved[peer]  # a new connection from elsewhere: start from its address
             if old is None or old.receive_key != link.receive_key:
                 self._windows[peer] = wire.ReplayWindow()

@@ -19,9 +19,10 @@ IPV6_UDP_HEADERS = 48  # IPv6 (no extension headers) + UDP
 
 def plain_ip(text: str) -> str:
     """``text`` as the control plane spells it: an IPv4-mapped address becomes IPv4, an IPv6
-    one is compressed (``fd00:0::2`` -> ``fd00::2``); anything unparsable is returned as is."""
+    one is compressed (``fd00:0::2`` -> ``fd00::2``; a link-local one keeps its ``%scope``,
+    without which it cannot be sent to); anything unparsable is returned as is."""
     try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return text
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -15,7 +15,8 @@ def test_mapped_ipv4_is_plain_ipv4_and_ipv6_is_compressed() -> None:
     assert underlay.plain_ip("::ffff:10.0.0.1") == "10.0.0.1"
     assert underlay.plain_ip("::FFFF:a00:1") == "10.0.0.1"
     assert underlay.plain_ip("fd00:0:0::2") == "fd00::2"
-    assert underlay.plain_ip("fe80::1%to-h2") == "fe80::1"
+    assert underlay.plain_ip("fe80::1%to-h2") == "fe80::1%to-h2"
+    assert underlay.socket_ip(socket.AF_INET6, "fe80::1%to-h2") == "fe80::1%to-h2"
     assert underlay.plain_ip("172.31.0.1") == "172.31.0.1"
     assert underlay.plain_ip("not an address") == "not an address"
 
