@@ -25,11 +25,11 @@ BUILTIN_TOPOLOGIES = ("full", "line", "star", "ring")
 # meshnet's default allocation range, so the static addresses stay valid once hosts are joined.
 UNDERLAY_RANGE = ipaddress.IPv4Network("172.31.0.0/16")
 # IPv6 underlay links get one /64 each from a ULA /48 ("meshn" in its global id), numbered as the
-# IPv4 /24s: link N is 172.31.N.0/24 and fd6d:6573:686e:N::/64.
+# IPv4 /24s: link N is 172.31.N.0/24 and fd6d:6573:686e:N::/64 (N in hex there).
 UNDERLAY_RANGE6 = ipaddress.IPv6Network("fd6d:6573:686e::/48")
 # Which families an underlay link carries: `--underlay` for a whole lab, `underlay = ...` in a
-# topology file (at the top for every link, or per link). A router is told its neighbour's IPv6
-# address on a dual link (both work: the IPv4 one stays for tools and traffic of its own).
+# topology file (at the top for every link, or per link). On a dual link a router is told its
+# neighbour's IPv6 address (one target per neighbour: two would only make a duplicate connection).
 UNDERLAYS = ("ipv4", "ipv6", "dual")
 CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 MAX_HOSTS = 250
