@@ -23,6 +23,8 @@ Modules:
 - ``logfile``       the background router's log in the state directory, rotated and capped
 - ``beats``         one clock beat for periodic work, so an idle router wakes once per beat
 - ``__main__``      `python -m meshnet`: the CLI
+- ``router_process``  what `meshnet launch --foreground` becomes: a fresh interpreter holding
+                    only the daemon (the CLI hands it the config)
 
 The daemon starts the services (gossip's router, IPAM, DNS, the data plane) and the node over
 them; the API and the Docker integration adapt the node. The CLI, the TUI, the CNI plugin and the

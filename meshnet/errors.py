@@ -21,6 +21,18 @@ class RemoteProtocolError(MeshnetError):
     """
 
 
+def first_meshnet_error(group: BaseExceptionGroup[BaseException]) -> MeshnetError | None:
+    """The error to tell the user about, from inside trio's exception groups."""
+    for e in group.exceptions:
+        if isinstance(e, MeshnetError):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = first_meshnet_error(e)
+            if found is not None:
+                return found
+    return None
+
+
 def bad_address(text: str, reason: str) -> UserError:
     """The one shape of every message about a malformed address: ``bad address 'TEXT': REASON``
     (attach, detach, run, expose, hide, dns-add, dns-remove, the API's answers, the kernel

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private lab root per run, and the `netns` marker's skip rule."""
+"""Shared fixtures: a private lab root per run, the `netns` marker's skip rule, and
+hypothesis's settings."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No time limit per example: hypothesis's default (200 ms) is a timed assert, and one that
+# fails only when the machine is busy (seen with two cores shared with a 100-router lab).
+settings.register_profile("meshnet", deadline=None)
+settings.load_profile("meshnet")
 
 # Every test run keeps its labs under its own root, so a user's running labs are never touched
 # and "the only lab running" means the test's own.

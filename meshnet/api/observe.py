@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from meshnet.api import metrics, report, stream
+from meshnet.api import report, stream
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from meshnet.api.asgi import Receive, Scope, Send
     from meshnet.api.report import Sources
 
@@ -24,9 +26,15 @@ def json_routes(sources: Sources) -> dict[tuple[str, str], Callable[[dict[str, A
 
 
 def raw_routes(sources: Sources) -> dict[tuple[str, str], RawHandler]:
-    registry = metrics.registry_for(sources)
+    registry: CollectorRegistry | None = None
 
     async def serve_metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal registry
+        # Imported at the first scrape: prometheus_client (~2 MiB) only in a scraped router.
+        from meshnet.api import metrics
+
+        if registry is None:
+            registry = metrics.registry_for(sources)
         if sources.dataplane is not None and sources.dataplane.forwarder is not None:
             await sources.dataplane.refresh()  # what the kernel counts, read before rendering
         body = metrics.render(registry)

@@ -50,7 +50,7 @@ from meshnet.cli import (
     status,
     tui,
 )
-from meshnet.errors import MeshnetError
+from meshnet.errors import MeshnetError, first_meshnet_error
 
 
 class _Settings:
@@ -116,25 +116,13 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _first_meshnet_error(group: BaseExceptionGroup[BaseException]) -> MeshnetError | None:
-    """The error to tell the user about, from inside trio's exception groups."""
-    for e in group.exceptions:
-        if isinstance(e, MeshnetError):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            found = _first_meshnet_error(e)
-            if found is not None:
-                return found
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the command and turns every failure into one line and an exit code."""
     try:
         try:
             cli.main(args=argv, prog_name="meshnet", standalone_mode=False)
         except BaseExceptionGroup as group:
-            error = _first_meshnet_error(group)
+            error = first_meshnet_error(group)
             if error is None:
                 raise
             raise error from group

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from meshnet.api.client import ApiClient
@@ -82,15 +83,22 @@ def dns_lookup(name: str, api_socket: Path) -> None:
         click.echo(address)
 
 
+def _endpoint(cidr: str, port: int) -> str:
+    ip = ipaddress.ip_interface(cidr).ip
+    return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+
+
 def _dns_table(data: dict[str, Any]) -> Table:
-    listen = f"{data['listen'].split('/')[0]}:{data['port']}" if data["listen"] else data["state"]
+    cidrs = data.get("listen_addresses") or ([data["listen"]] if data["listen"] else [])
+    listen = ", ".join(_endpoint(c, data["port"]) for c in cidrs) or data["state"]
     table = Table(
         "peer",
         "name",
         "address",
         "container",
         box=None,
-        title=(
+        # Escaped: rich would take "[fd00::53]:53" for markup and print ":53".
+        title=escape(
             f"domain {data['domain']}, TTL {data['ttl']}s, listening on {listen}, "
             f"upstream {', '.join(data['upstreams']) or 'none'}"
         ),

@@ -28,6 +28,7 @@ from meshnet.config import Config
 from meshnet.constants import BRIDGE
 from meshnet.errors import UserError
 from meshnet.gossip.identity import PEER_NAME_FILE, format_peer_name, parse_peer_name
+from meshnet.router_process import Launch, exec_router
 from meshnet.statefile import write_atomically
 
 READY_TIMEOUT = 60.0
@@ -117,18 +118,8 @@ def launch(
     if peer_name is not None:
         _keep_peer_name(config.state_dir, peer_name)
     if foreground:
-        # Imported here: the daemon pulls in trio, pyroute2 and every service, which no other
-        # command (nor a background launch) needs.
-        import trio
-
-        from meshnet import daemon
-
-        if log_to_state_dir:
-            logfile.log_to_file(config.log_file, config.log_level)
-        else:
-            logfile.set_level(config.log_level)
-        trio.run(daemon.run, config)
-        return
+        launch = Launch(config, log_to_state_dir, debug=_debugging(ctx))
+        exec_router(launch)
     click.echo(_launch_background(config, client)["name"])
 
 

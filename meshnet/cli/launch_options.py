@@ -398,10 +398,13 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
     ),
     LaunchOption(
         "--dns-address",
-        "dns.address",
-        "The DNS server's overlay address on the bridge, e.g. 10.32.1.250/12 "
-        "[default: one from IPAM]",
+        "dns.addresses",
+        "The DNS server's overlay address on the bridge, e.g. 10.32.1.250/12 or fd00::53/64 "
+        "(repeatable, one per family; the variable: separated by spaces)  "
+        "[default: an IPv4 one from IPAM]",
         metavar="CIDR",
+        multiple=True,
+        parse=tuple,
     ),
     LaunchOption(
         "--dns-port", "dns.port", "The DNS server's UDP and TCP port.", click.IntRange(1, 65535)

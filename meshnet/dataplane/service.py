@@ -35,7 +35,7 @@ from meshnet.dataplane.punch.service import PunchService
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
-from meshnet.dataplane.sleeve.superframes import segments_per_send
+from meshnet.dataplane.sleeve.segments import segments_per_send
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
 from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink

@@ -174,6 +174,10 @@ class Resolver:
     def domain(self) -> str:
         return self._domain_text
 
+    def set_reverse_networks(self, networks: Iterable[str]) -> None:
+        """The server got (or lost) an address: its network's reverse names are ours too."""
+        self._reverse = tuple(ipaddress.ip_network(n) for n in networks)
+
     @property
     def ttl(self) -> int:
         return self._ttl

@@ -1,6 +1,8 @@
 """The DNS record store: every container name on every host, replicated by gossip.
 
-A record says "``origin`` maps ``name`` to ``address`` for ``container``". Only its origin ever
+A record says "``origin`` maps ``name`` to ``address`` for ``container``"; the address is IPv4 or
+IPv6 (a dual-stack container has one record per address), in its canonical text on the wire too,
+as peers have always decoded it (A and AAAA are the resolver's split). Only its origin ever
 changes it, always bumping its version; a removal is a tombstone (a record with the time it was
 removed), so that the removal travels like any other change. Merging keeps, per key
 ``(origin, container, name, address)``, the record that wins the total order
@@ -123,13 +125,25 @@ def normalize_name(name: str) -> str:
 
 
 def normalize_address(address: str) -> str:
-    """The canonical text of an IPv4 or IPv6 address; ValueError if it is not one."""
+    """The canonical text of an IPv4 or IPv6 address; ValueError if it is not one.
+
+    IPv6 is in RFC 5952 form (``fd00::1``), so one address has one key whatever text named
+    it. A zone (``fe80::1%eth0``) is refused: it names an interface of one host, means nothing
+    to another, and an AAAA record cannot carry it. So is an IPv4-mapped address
+    (``::ffff:10.32.0.1``): it is the IPv4 address, and Python versions disagree on its text.
+    """
     if not isinstance(address, str) or len(address) > 64:
         raise ValueError(f"not an IP address: {address!r:.80}")
+    if "%" in address:
+        raise ValueError(f"an IPv6 zone has no meaning in DNS: {address!r:.80}")
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         raise ValueError(f"not an IP address: {address!r:.80}") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise ValueError(
+            f"an IPv4-mapped address: give {ip.ipv4_mapped} instead of {address!r:.80}"
+        )
     return str(ip)
 
 

@@ -5,14 +5,14 @@ first full state a neighbour gets includes them), persists our own records in th
 directory after every local change and reloads them on start, hides the records of peers the
 router can no longer reach, re-asserts our records, expires tombstones, and runs the server.
 
-Where the server listens: one overlay address per host, used for nothing but DNS, on the bridge
-(``--dns-address CIDR``, or else an address IPAM allocates for ``dns:<peer name>``). Every local
-container reaches it over the bridge: directly if the address is inside one of its subnets,
-else by a route the ramps give it (told through ``listen_listeners``), which also let DNS past
-the isolation between subnets; containers on other hosts can reach it too, through the overlay.
-The table in
-``firewall`` keeps the host otherwise closed to the overlay and the address closed to the
-underlay.
+Where the server listens: overlay addresses of the host on the bridge, IPv4 and IPv6 alike
+(``--dns-address CIDR``, one per family, or else an IPv4 address IPAM allocates for
+``dns:<peer name>``; the node adds more while it runs with ``listen_on``, e.g. the host's IPv6
+overlay address). Every local container reaches them over the bridge: directly if an address is
+inside one of its subnets, else by a route the ramps give it (told through
+``listen_listeners``), which also let DNS past the isolation between subnets; containers on
+other hosts can reach them too, through the overlay. The table in ``firewall`` keeps the host
+otherwise closed to the overlay and the addresses closed to the underlay.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,12 +40,15 @@ from meshnet.dns.answer import Resolver
 from meshnet.dns.records import Records, decode_records, encode_records
 from meshnet.dns.server import DnsServer
 from meshnet.dns.settings import (
+    Interface,
     check_listen_address,
+    check_listen_addresses,
     parse_resolv_conf,
     parse_upstream,
     qualify,
 )
 from meshnet.errors import MeshnetError, RemoteProtocolError, UserError, bad_address
+from meshnet.gossip.channel import Watched
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.statefile import set_aside, write_atomically
@@ -57,12 +60,11 @@ log = logging.getLogger("meshnet.dns")
 
 CHANNEL = "dns"
 STATE_FILE = "dns-records.msgpack"
-#: How often the shell drives the core: hidden peers, re-assertions, persistence.
-TICK = 1.0
+#: How often old tombstones and departed peers' records are dropped; everything else the
+#: records need (hiding unreachable peers, re-assertions, persistence) happens on news.
 EXPIRE_EVERY = 10.0
 ALLOCATE_RETRY = 5.0
 
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -117,18 +119,26 @@ class DnsService:
         self._rng = rng or random.Random()
         self.records = Records(peer=router.identity.name, now=time.time())
         self._saved = self._load()
-        router.register_channel(CHANNEL, self.records)
-        self._changed = trio.Event()
-        self.listen: Interface | None = None
+        self._changed = trio.Event()  # news for _maintain: a merge, a local change, a new view
+        router.register_channel(CHANNEL, Watched(self.records, lambda: self._changed.set()))
+        #: Where the server answers now, IPv4 first (empty: nowhere yet, or no longer).
+        self.listen: tuple[Interface, ...] = ()
         #: Told whenever ``listen`` changes (the ramps: every container may reach the server).
-        self.listen_listeners: list[Callable[[Interface | None], Awaitable[None]]] = []
+        self.listen_listeners: list[Callable[[tuple[Interface, ...]], Awaitable[None]]] = []
         self.state = "starting"
         self.upstreams = [parse_upstream(u) for u in (self.settings.upstreams or host_upstreams())]
         self.resolver: Resolver | None = None
         self.server: DnsServer | None = None
-        # The firewall table: for which (address, port) it is installed, and the addresses the
-        # host exposes on the overlay, which it lets through (``open_addresses``).
-        self._firewall_for: tuple[str, int] | None = None
+        # Where to listen (--dns-address or IPAM's, and what ``listen_on`` adds), with whether
+        # we put the address on the bridge (and take it off) or its owner does.
+        self._wanted: dict[Interface, bool] = {}
+        self._wanted_changed = trio.Event()
+        # Per address being set up, served or taken down: how to stop it, and when it is done.
+        self._serving: dict[Interface, _Listening] = {}
+        self._failed: dict[Interface, str] = {}
+        # The firewall table: the port it is installed for (None: not installed), and the
+        # addresses the host exposes on the overlay, which it lets through (``open_addresses``).
+        self._firewall_port: int | None = None
         self._open: tuple[str, ...] = ()
         self._firewall_lock = trio.Lock()
 
@@ -140,7 +150,7 @@ class DnsService:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Keep the records; serve them once the address is known (IPAM may take a while)."""
+        """Keep the records; serve them once an address is known (IPAM may take a while)."""
         self.dataplane = dataplane
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._maintain)
@@ -149,28 +159,58 @@ class DnsService:
             if self.dataplane is None:
                 self.state = "off (no data plane)"
                 return
+            self.resolver = Resolver(self.records, self.settings.domain, self.settings.ttl)
+            self.server = DnsServer(
+                self.resolver,
+                upstreams=self.upstreams,
+                timeout=self.settings.upstream_timeout,
+                nickname=self._nick,
+                rng=self._rng,
+            )
+            nursery.start_soon(self._supervise)
             self.state = "waiting for an address"
-            listen = await self._listen_address()
-            if listen is None:
-                self.state = "off (no address: give --dns-address)"
-                log.warning("%s: DNS server not started: no --dns-address and no IPAM", self._nick)
-                return
-            if self.settings.address is not None:
+            given = check_listen_addresses(self.settings.addresses)
+            for listen in given:
                 nursery.start_soon(self._claim, listen)
-            await self._run_server(listen)
+            if not given:
+                allocated = await self._allocate()
+                if allocated is None:
+                    if not self._wanted:
+                        self.state = "off (no address: give --dns-address)"
+                    log.warning("%s: no DNS address: no --dns-address and no IPAM", self._nick)
+                    return
+                given = [allocated]
+            for listen in given:
+                self.listen_on(listen)
 
-    async def _listen_address(self) -> Interface | None:
+    def listen_on(self, listen: Interface, *, add_address: bool = True) -> None:
+        """Serve on ``listen`` too (an overlay address of the host on the bridge, any family).
+
+        ``add_address``: put the address on the bridge (and take it off when done); False when
+        its owner (the node, say) keeps it there. The firewall table covers it first either
+        way. UserError for a prefix that leaves no route to containers.
+        """
+        check_listen_address(str(listen))
+        self._wanted[listen] = add_address
+        self._failed.pop(listen, None)
+        self._wanted_changed.set()
+
+    def stop_listening_on(self, listen: Interface) -> None:
+        """No longer serve on ``listen`` (a no-op if we did not)."""
+        self._failed.pop(listen, None)
+        if self._wanted.pop(listen, None) is not None:
+            self._wanted_changed.set()
+
+    async def _allocate(self) -> Interface | None:
+        if self.ipam is None:
+            return None
         owner = "dns:" + format_peer_name(self.router.identity.name)
-        if self.settings.address is None:
-            if self.ipam is None:
-                return None
-            while True:  # IPAM may need its peers first (consensus, or a donation of space)
-                try:
-                    return await self.ipam.allocate(owner)
-                except UserError as e:
-                    log.warning("%s: no DNS address from IPAM yet: %s", self._nick, e)
-                    await trio.sleep(ALLOCATE_RETRY)
-        return check_listen_address(self.settings.address)
+        while True:  # IPAM may need its peers first (consensus, or a donation of space)
+            try:
+                return await self.ipam.allocate(owner)
+            except UserError as e:
+                log.warning("%s: no DNS address from IPAM yet: %s", self._nick, e)
+                await trio.sleep(ALLOCATE_RETRY)
 
     async def _claim(self, listen: Interface) -> None:
         """Reserve a given address in IPAM, so that no container gets it (if in its range).
@@ -185,95 +225,110 @@ class DnsService:
         except UserError as e:
             log.warning("%s: DNS address %s not reserved in IPAM: %s", self._nick, listen, e)
 
-    async def _run_server(self, listen: Interface) -> None:
+    async def _supervise(self) -> None:
+        """Serve on exactly the wanted addresses: start new ones, stop dropped ones."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._wanted_changed = trio.Event()
+                for listen in [i for i in self._serving if i not in self._wanted]:
+                    stopping = self._serving[listen]
+                    stopping.scope.cancel()
+                    await stopping.done.wait()
+                for listen, add_address in sorted(self._wanted.items(), key=_family_first):
+                    if listen not in self._serving and listen not in self._failed:
+                        self._serving[listen] = _Listening()
+                        nursery.start_soon(self._serve_on, listen, add_address)
+                await self._wanted_changed.wait()
+
+    async def _serve_on(self, listen: Interface, add_address: bool) -> None:
+        """One address: the table first and the address last, so that it is never reachable
+        unfiltered; taken down in reverse. A failure leaves the others serving."""
+        assert self.server is not None
+        entry = self._serving[listen]
         address, cidr = str(listen.ip), str(listen)
-        self.resolver = Resolver(
-            self.records,
-            self.settings.domain,
-            self.settings.ttl,
-            reverse_networks=[str(listen.network)],
-        )
-        self.server = DnsServer(
-            self.resolver,
-            upstreams=self.upstreams,
-            timeout=self.settings.upstream_timeout,
-            nickname=self._nick,
-            rng=self._rng,
-        )
-        # The table first and the address last: the address is never reachable unfiltered.
-        # Without them the router runs on, without a DNS server (never an unprotected one).
+        added = False
+        failing = "no firewall for"
         try:
-            await self._install_firewall((address, self.settings.port))
-        except UserError as e:
-            self._off(f"no firewall for {cidr}: {e}")
-            return
-        try:
-            await trio.to_thread.run_sync(_add_address, cidr)
-            await self._listening(listen)
-            log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
-            await self.server.serve(address, self.settings.port)
+            with entry.scope:
+                await self._install_firewall()
+                failing = "cannot serve DNS on"
+                if add_address:
+                    added = True
+                    await trio.to_thread.run_sync(_add_address, cidr)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.server.serve, address, self.settings.port)
+                    entry.bound = True
+                    await self._listening()
+                    log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
         except (MeshnetError, OSError) as e:
-            self._off(f"cannot serve DNS on {cidr}: {e}")
+            why = f"{failing} {cidr}: {e}"
+            self._failed[listen] = why
+            log.error("%s: DNS server not running: %s", self._nick, why)
         finally:
             with trio.CancelScope(shield=True):
-                await self._listening(None)
+                entry.bound = False
+                await self._listening()
                 try:
-                    await trio.to_thread.run_sync(_delete_address, cidr)
+                    if added:
+                        await trio.to_thread.run_sync(_delete_address, cidr)
                 finally:
+                    del self._serving[listen]
                     try:
-                        await self._remove_firewall()
+                        await self._install_firewall()
                     except UserError as e:
-                        log.error("%s: DNS firewall table left in place: %s", self._nick, e)
+                        log.error("%s: DNS firewall table not updated: %s", self._nick, e)
+                    entry.done.set()
 
-    async def _listening(self, listen: Interface | None) -> None:
+    async def _listening(self) -> None:
+        """Publish where the server answers now (and why nowhere, if it failed)."""
+        listen = tuple(sorted((i for i, e in self._serving.items() if e.bound), key=_order))
+        if self._failed and not listen:
+            self.state = "off (" + "; ".join(self._failed.values()) + ")"
         if listen == self.listen:
             return
         self.listen = listen
+        if self.resolver is not None:
+            self.resolver.set_reverse_networks(str(i.network) for i in listen)
         for listener in list(self.listen_listeners):
             try:
                 await listener(listen)
             except (MeshnetError, OSError) as e:
                 log.error("%s: a DNS address listener failed: %s", self._nick, e)
 
-    async def _install_firewall(self, target: tuple[str, int] | None = None) -> None:
-        """(Re)install the table with the current open addresses; the last call wins."""
+    async def _install_firewall(self) -> None:
+        """Make the table cover every address being served or set up (with the current open
+        addresses), or remove it when there is none. Serialised: the last call wins."""
         async with self._firewall_lock:
-            if target is not None:
-                self._firewall_for = target
-            if self._firewall_for is None:
+            addresses = sorted(str(i.ip) for i in self._serving)
+            if not addresses:
+                if self._firewall_port is not None:
+                    await trio.to_thread.run_sync(firewall.remove)
+                    self._firewall_port = None
                 return
-            address, port = self._firewall_for
-            try:
-                await trio.to_thread.run_sync(
-                    firewall.install, BRIDGE, address, port, firewall.TABLE, self._open
-                )
-            except UserError:
-                if target is not None:  # never installed: nothing for a later call to renew
-                    self._firewall_for = None
-                raise
-
-    async def _remove_firewall(self) -> None:
-        async with self._firewall_lock:
-            self._firewall_for = None
-            await trio.to_thread.run_sync(firewall.remove)
+            port = self.settings.port
+            await trio.to_thread.run_sync(
+                firewall.install, BRIDGE, addresses, port, firewall.TABLE, self._open
+            )
+            self._firewall_port = port
 
     async def open_addresses(self, addresses: list[str]) -> None:
         """Let the bridge reach these host addresses (what ``meshnet expose`` put there)."""
         self._open = tuple(sorted(set(addresses)))
-        await self._install_firewall()
-
-    def _off(self, why: str) -> None:
-        self.state = f"off ({why})"
-        log.error("%s: DNS server not running: %s", self._nick, why)
+        if self._firewall_port is not None:
+            await self._install_firewall()
 
     async def _maintain(self) -> None:
+        """Woken by news (see ``_changed``), else only to expire old records."""
         last_expire = time.monotonic()
         forged, next_log = 0, -math.inf  # forged records logged: one line per 10 s at most
+        followed = -1  # the view version whose reachability the records follow
         while True:
-            with trio.move_on_at(next_beat(trio.current_time(), TICK)):  # with the others
+            with trio.move_on_at(next_beat(trio.current_time(), EXPIRE_EVERY)):  # with the others
                 await self._changed.wait()
             self._changed = trio.Event()
-            self._follow_topology()
+            if self.router.views.version != followed:
+                followed = self.router.views.version
+                self._follow_topology()
             if self.records.implausible != forged and trio.current_time() >= next_log:
                 forged, next_log = self.records.implausible, trio.current_time() + 10.0
                 log.warning(
@@ -352,6 +407,7 @@ class DnsService:
     def _publish(self, delta: bytes | None) -> None:
         if delta is not None:
             self.router.gossip(CHANNEL, delta)
+            self._changed.set()  # saved by _maintain
 
     def name_for(self, name: Any) -> str | None:
         """The FQDN of an attach request's ``name`` (None: none given); UserError if bad."""
@@ -442,6 +498,21 @@ class DnsService:
         fqdn = qualify(name, self.settings.domain)
         return {"name": fqdn, "addresses": self.records.addresses(fqdn)}
 
+    def dns_listen(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Serve on one more overlay address (``{"address": CIDR}``), e.g. an IPv6 one; or,
+        with ``"stop": true``, no longer. Not persisted: ``--dns-address`` is for good."""
+        cidr, stop = body.get("address"), body.get("stop", False)
+        if not isinstance(cidr, str) or not isinstance(stop, bool):
+            raise UserError('expected {"address": CIDR, "stop": false|true}')
+        if self.server is None:
+            raise UserError(f"no DNS server here: {self.state}")
+        listen = check_listen_address(cidr)
+        if stop:
+            self.stop_listening_on(listen)
+        else:
+            self.listen_on(listen)
+        return {"wanted": [str(i) for i in sorted(self._wanted, key=_order)]}
+
     async def _attached_addresses(self, container: str) -> list[str]:
         if self.dataplane is None:
             return []
@@ -471,9 +542,12 @@ class DnsService:
             "ttl": self.settings.ttl,
             "upstreams": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}" for a, p in self.upstreams],
             "upstream_timeout": self.settings.upstream_timeout,
-            "listen": str(self.listen) if self.listen else None,
+            # The first (IPv4 if any) for the clients that write one nameserver, and all.
+            "listen": str(self.listen[0]) if self.listen else None,
+            "listen_addresses": [str(i) for i in self.listen],
             "port": self.settings.port,
-            "state": self.state if self.listen is None else "serving",
+            "state": self.state if not self.listen else "serving",
+            "listen_errors": sorted(self._failed.values()),
             "entries": entries,
             "records": asdict(self.records.statistics()),
             "resolver": asdict(self.resolver.statistics()) if self.resolver else None,
@@ -488,7 +562,25 @@ class DnsService:
             ("POST", "/dns/add"): self.dns_add,
             ("POST", "/dns/remove"): self.dns_remove,
             ("POST", "/dns/lookup"): self.dns_lookup,
+            ("POST", "/dns/listen"): self.dns_listen,
         }
+
+
+@dataclass
+class _Listening:
+    """One address the server is set up on, serves on or is taken off."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    bound: bool = False  # its sockets are open
+
+
+def _order(listen: Interface) -> tuple[int, Interface]:
+    return (listen.version, listen)
+
+
+def _family_first(item: tuple[Interface, bool]) -> tuple[int, Interface]:
+    return _order(item[0])
 
 
 #: The container of the records `dns-add` makes for addresses outside any container: owned by
@@ -535,7 +627,7 @@ def _registrable(address: str) -> bool:
 
 def _add_address(cidr: str) -> None:
     with netlink.namespace(None) as ns:
-        ns.add_address(BRIDGE, cidr)
+        ns.add_address(BRIDGE, cidr, nodad=True)  # IPv6: answering at once, not in seconds
 
 
 def _delete_address(cidr: str) -> None:

@@ -7,10 +7,13 @@ that decide which names are registered and which servers are asked are unit-test
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshnet.dns.records import normalize_name
 from meshnet.errors import UserError
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 DEFAULT_DOMAIN = "meshnet.local."
 DEFAULT_TTL = 30
@@ -21,7 +24,8 @@ DEFAULT_UPSTREAM_TIMEOUT = 2.0
 
 @dataclass(frozen=True)
 class DnsSettings:
-    """``address``: the server's CIDR on the bridge (None: ask IPAM for one).
+    """``addresses``: the server's CIDRs on the bridge, at most one per family (empty: ask IPAM
+    for an IPv4 one). The node may add more while it runs (``DnsService.listen_on``).
 
     ``upstreams``: "IP" or "IP:PORT" ("[IPv6]:PORT"); empty means the host's resolv.conf.
     """
@@ -29,7 +33,7 @@ class DnsSettings:
     domain: str = DEFAULT_DOMAIN
     ttl: int = DEFAULT_TTL
     upstreams: tuple[str, ...] = ()
-    address: str | None = None
+    addresses: tuple[str, ...] = ()
     port: int = DEFAULT_PORT
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
 
@@ -39,8 +43,7 @@ class DnsSettings:
             raise UserError(f"bad DNS TTL {self.ttl}: 0 to 2147483647 seconds")
         for upstream in self.upstreams:
             parse_upstream(upstream)
-        if self.address is not None:
-            check_listen_address(self.address)
+        check_listen_addresses(self.addresses)
         if not 1 <= self.port <= 65535:
             raise UserError(f"bad DNS port {self.port}")
         if not 0 < self.upstream_timeout <= 60:
@@ -54,17 +57,29 @@ def check_domain(domain: str) -> str:
         raise UserError(f"bad DNS domain {domain!r}") from None
 
 
-def check_listen_address(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+def check_listen_address(cidr: str) -> Interface:
     """A CIDR with a prefix length (the overlay's, so that the host can answer containers)."""
     if "/" not in cidr:
         raise UserError(f"bad DNS address {cidr!r}: give the overlay prefix, e.g. {cidr}/12")
     try:
         iface = ipaddress.ip_interface(cidr)
     except ValueError:
-        raise UserError(f"bad DNS address {cidr!r}: expected CIDR such as 10.32.1.250/12") from None
+        raise UserError(
+            f"bad DNS address {cidr!r}: expected CIDR such as 10.32.1.250/12 or fd00::53/64"
+        ) from None
     if iface.network.num_addresses == 1:
         raise UserError(f"bad DNS address {cidr!r}: a host prefix leaves no route to containers")
     return iface
+
+
+def check_listen_addresses(cidrs: tuple[str, ...]) -> list[Interface]:
+    """Every given listen address (``check_listen_address``), at most one per family."""
+    found = [check_listen_address(c) for c in cidrs]
+    for version in (4, 6):
+        same = [str(i) for i in found if i.version == version]
+        if len(same) > 1:
+            raise UserError(f"more than one IPv{version} DNS address: {', '.join(same)}")
+    return found
 
 
 def parse_upstream(text: str, default_port: int = 53) -> tuple[str, int]:
@@ -134,12 +149,16 @@ def parse_resolv_conf(text: str) -> list[str]:
     return found[:3]
 
 
-def render_resolv_conf(nameserver: str, domain: str) -> str:
-    """What a container's resolv.conf says: our server, and the domain as search list."""
+def render_resolv_conf(nameservers: Sequence[str], domain: str) -> str:
+    """What a container's resolv.conf says: our server's addresses (IPv4 and IPv6: the C
+    library tries them in order, so a single-stack container reaches one), and the domain as
+    search list."""
+    if isinstance(nameservers, str) or not 1 <= len(nameservers) <= 3:
+        raise ValueError(f"one to three nameservers (resolv.conf(5)), not {nameservers!r}")
     search = check_domain(domain).rstrip(".")
     return (
         "# written by meshnet: this host's DNS server for the overlay\n"
-        f"nameserver {ipaddress.ip_address(nameserver)}\n"
-        f"search {search}\n"
+        + "".join(f"nameserver {ipaddress.ip_address(n)}\n" for n in nameservers)
+        + f"search {search}\n"
         "options ndots:1\n"
     )

@@ -60,6 +60,39 @@ class UnicastChannel:
         return b
 
 
+class Watched:
+    """A ``Gossiper`` that calls ``taken()`` after each payload it takes from the mesh, so that a
+    subsystem's housekeeping waits for news instead of polling for it."""
+
+    def __init__(self, inner: Gossiper, taken: Callable[[], None]) -> None:
+        self._inner = inner
+        self._taken = taken
+
+    def full_state(self) -> bytes | None:
+        return self._inner.full_state()
+
+    def on_gossip(self, payload: bytes) -> bytes | None:
+        try:
+            return self._inner.on_gossip(payload)
+        finally:
+            self._taken()
+
+    def merge_payloads(self, a: bytes, b: bytes) -> bytes:
+        return self._inner.merge_payloads(a, b)
+
+    def on_broadcast(self, source: int, payload: bytes) -> None:
+        try:
+            self._inner.on_broadcast(source, payload)
+        finally:
+            self._taken()
+
+    def on_unicast(self, source: int, payload: bytes) -> None:
+        try:
+            self._inner.on_unicast(source, payload)
+        finally:
+            self._taken()
+
+
 @dataclass(frozen=True)
 class Send:
     """An action: hand ``message`` to the connection to neighbour ``peer``."""

@@ -26,6 +26,9 @@ from meshnet.errors import UserError
 
 INITIAL_DELAY = 1.0
 MAX_DELAY = 60.0
+#: A discovered target backs off further: gossip names every peer's peers, and those a host
+#: cannot reach (another network, a NAT) would otherwise each cost a dial a minute, forever.
+MAX_DISCOVERED_DELAY = 300.0
 BACKOFF = 1.5
 #: Discovered targets taken from one advertising peer, and from all of them.
 MAX_DISCOVERED_PER_PEER = 16
@@ -198,7 +201,7 @@ class ConnectionMaker:
     ) -> tuple[list[str], float]:
         """Addresses to dial now, and when to look again."""
         dial: list[str] = []
-        next_wake = now + MAX_DELAY
+        next_wake = now + MAX_DISCOVERED_DELAY
         for address, target in sorted(self._targets.items()):
             if target.state is TargetState.CONNECTED:
                 if target.peer in connected_peers:
@@ -229,7 +232,8 @@ class ConnectionMaker:
         target.state = TargetState.RETRYING
         target.last_error = error
         target.next_attempt = now + self._jitter(target.delay)
-        target.delay = min(target.delay * BACKOFF, MAX_DELAY)
+        cap = MAX_DISCOVERED_DELAY if target.source is Source.DISCOVERED else MAX_DELAY
+        target.delay = min(target.delay * BACKOFF, cap)
 
     def attempt_succeeded(self, address: str, peer: int) -> None:
         target = self._targets.get(address)

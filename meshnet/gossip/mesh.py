@@ -137,6 +137,9 @@ class Mesh:
         # so that the next computation updates their graph instead of rebuilding it.
         self._routes_before: Routes | None = None
         self._changed_since_routes: set[int] | None = set()
+        #: Counts every change of the topology: what was derived from it at another count is
+        #: stale (discovered targets, say).
+        self.topology_changes = 0
         self._data_routes: Routes | None = None
         self._next_gossip: float | None = None
         self._prune_due: float | None = None
@@ -248,8 +251,7 @@ class Mesh:
         """Hold a converged topology validated elsewhere (see ``Topology.adopt``): how a
         simulation installs 10,000 peers' state without gossiping it."""
         self._topology.adopt(entries)
-        self._routes = self._data_routes = None
-        self._changed_since_routes = None
+        self._forget_routes(None)
 
     # --- channels
 
@@ -548,6 +550,7 @@ class Mesh:
     def _forget_routes(self, names: Iterable[int] | None) -> None:
         """The entries of ``names`` changed (added, replaced or removed; None: unknown
         ones): routes are stale."""
+        self.topology_changes += 1
         self._routes = None
         self._data_routes = None
         changed = self._changed_since_routes

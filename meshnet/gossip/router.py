@@ -191,6 +191,7 @@ class Router:
         self.outbox = self.mesh.new_outbox()
         self.maker = ConnectionMaker(self._rng, discovery=config.discovery)
         self._discovery_refused = 0  # advertised targets left out now (select_discovered)
+        self._discovered_at = -1  # the mesh's topology_changes when discovery last looked
         self._discovery_warned = -math.inf
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
@@ -249,6 +250,7 @@ class Router:
         dropped = [a for a in current if a not in addresses]
         for address in dropped:
             self.maker.forget(address)
+        self._discovered_at = -1  # those still advertised come back as discovered
         now = trio.current_time()
         for address in addresses:
             self.maker.add(address, Source.CONNECT, now)
@@ -261,6 +263,7 @@ class Router:
             t.address == address and t.source is not Source.DISCOVERED for t in self.maker.targets()
         )
         forgotten = self.maker.forget(address)
+        self._discovered_at = -1  # still advertised: discovery takes it back
         if given:  # one gossip brought is not the user's to keep forgotten
             self._remember(self._saved.forgot([address]))
         return forgotten
@@ -488,6 +491,9 @@ class Router:
                 await self._wake_maker.wait()
 
     def _discover(self, now: float) -> None:
+        if self.mesh.topology_changes == self._discovered_at:
+            return  # nobody advertises anything new
+        self._discovered_at = self.mesh.topology_changes
         discovery = select_discovered(self.mesh.advertised_addresses(), self.config.port)
         self.maker.set_discovered(set(discovery.addresses), now)
         if discovery.refused > self._discovery_refused and now - self._discovery_warned >= 60:

@@ -73,7 +73,8 @@ def write_resolv_confs(
         journal.record("file", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(render_resolv_conf(status["listen"].split("/")[0], status["domain"]))
+        cidrs = status.get("listen_addresses") or [status["listen"]]
+        tmp.write_text(render_resolv_conf([c.split("/")[0] for c in cidrs], status["domain"]))
         tmp.replace(path)
     if servers:
         progress("containers use their host's DNS server")

@@ -486,10 +486,10 @@ class Ramps:
 
     # --- the DNS server's address (the DNS service's listener)
 
-    async def _dns_moved(self, listen: Interface | None) -> None:
-        """The DNS server started (or stopped) listening: let every container reach it."""
+    async def _dns_moved(self, listen: tuple[Interface, ...]) -> None:
+        """The DNS server listens somewhere else (or stopped): let every container reach it."""
         async with self._lock:
-            self._dns = () if listen is None else (listen.ip,)
+            self._dns = tuple(i.ip for i in listen)
             await self._update()
             await self._route_to_dns(list(self.state.ports.values()))
 

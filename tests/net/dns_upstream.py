@@ -1,6 +1,6 @@
 """A fake upstream DNS server for tests: run inside a namespace, prints "ready" once bound.
 
-    python tests/net/dns_upstream.py ADDRESS PORT
+    python tests/net/dns_upstream.py ADDRESS PORT     (an IPv4 or an IPv6 address)
 
 ``*.example.`` names get one A record 192.0.2.N (N: the label's length), ``big.example.`` 60
 of them (more than fits 512 bytes: over UDP it answers truncated, so the full answer needs TCP),
@@ -58,9 +58,10 @@ def serve_tcp(listener: socket.socket) -> None:
 
 def main() -> None:
     address, port = sys.argv[1], int(sys.argv[2])
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.bind((address, port))
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind((address, port))
     tcp.listen(8)

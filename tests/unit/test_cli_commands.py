@@ -230,6 +230,41 @@ def test_dns_add_and_remove_without_a_container(api: FakeApi, meshnet: Callable[
     one_line_error(meshnet("dns-remove", "10.1.1.2"), "no DNS record of 10.1.1.2 matched")
 
 
+def test_dns_add_takes_ipv6_addresses_and_status_shows_every_listen_address(
+    api: FakeApi, meshnet: Callable[..., Run]
+) -> None:
+    api.answers["/dns/add"] = {"name": "web.meshnet.local.", "addresses": ["10.32.0.5", "fd00::5"]}
+    run = meshnet("dns-add", "10.32.0.5", "FD00::5", "c1", "--hostname", "web")
+    assert run.out == "web.meshnet.local. 10.32.0.5 fd00::5\n"
+    assert api.bodies == [{"container": "c1", "addresses": ["10.32.0.5", "FD00::5"], "name": "web"}]
+    bad = meshnet("dns-add", "fd00::5::1", "c1", "--hostname", "x")
+    one_line_error(bad, "meshnet: bad address '")
+    api.answers["/status/dns"] = {
+        "domain": "meshnet.local.",
+        "ttl": 30,
+        "upstreams": ["[fd00::53]:53"],
+        "listen": "10.32.0.1/12",
+        "listen_addresses": ["10.32.0.1/12", "fd00::1/64"],
+        "port": 53,
+        "state": "serving",
+        "entries": [
+            {
+                "peer": "aa:bb:cc:00:00:01",
+                "nickname": "h1",
+                "local": True,
+                "records": [
+                    {"name": "web.meshnet.local.", "address": "fd00::5", "container": "c1"}
+                ],
+            }
+        ],
+        "resolver": None,
+        "server": None,
+    }
+    out = meshnet("status", "dns").out
+    assert "listening on 10.32.0.1:53, [fd00::1]:53" in " ".join(out.split())
+    assert "upstream [fd00::53]:53" in out and "fd00::5" in out
+
+
 # 9. ps with nothing attached.
 def test_ps_says_when_nothing_is_attached(api: FakeApi, meshnet: Callable[..., Run]) -> None:
     api.answers["/containers"] = []

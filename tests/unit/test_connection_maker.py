@@ -10,6 +10,7 @@ from meshnet.errors import UserError
 from meshnet.gossip.connection_maker import (
     MAX_DELAY,
     MAX_DISCOVERED,
+    MAX_DISCOVERED_DELAY,
     MAX_DISCOVERED_PER_PEER,
     ConnectionMaker,
     Source,
@@ -31,11 +32,23 @@ def test_new_targets_are_dialled_at_once_and_not_twice() -> None:
     assert m.plan(set(), 10, now=0)[0] == []  # still connecting
 
 
-def test_failures_back_off_exponentially_with_jitter_up_to_a_cap() -> None:
+@pytest.mark.parametrize(
+    ("source", "cap"),
+    [
+        (Source.LAUNCH, MAX_DELAY),
+        (Source.CONNECT, MAX_DELAY),
+        (Source.DISCOVERED, MAX_DISCOVERED_DELAY),
+    ],
+)
+def test_failures_back_off_exponentially_with_jitter_up_to_a_cap(
+    source: Source, cap: float
+) -> None:
+    """A discovered target backs off further: an idle router must not keep dialling every
+    advertised peer it cannot reach once a minute."""
     m = maker()
-    m.add("a:1", Source.LAUNCH, now=0)
+    m.add("a:1", source, now=0)
     now, delays = 0.0, []
-    for _ in range(20):
+    for _ in range(30):
         dial, _ = m.plan(set(), 10, now)
         assert dial == ["a:1"]
         m.attempt_failed("a:1", "connection refused", now)
@@ -44,11 +57,11 @@ def test_failures_back_off_exponentially_with_jitter_up_to_a_cap() -> None:
         delays.append(retry_at - now)
         assert m.plan(set(), 10, now)[0] == []  # not before its time
         _, wake = m.plan(set(), 10, now)
-        assert wake == pytest.approx(min(retry_at, now + MAX_DELAY))
+        assert wake == pytest.approx(min(retry_at, now + MAX_DISCOVERED_DELAY))
         now = retry_at
     assert 0.8 <= delays[0] <= 1.2
     assert delays[3] > delays[1] > delays[0]
-    assert max(delays) <= MAX_DELAY * 1.2 and delays[-1] >= MAX_DELAY * 0.8
+    assert max(delays) <= cap * 1.2 and delays[-1] >= cap * 0.8
     assert m.targets()[0].last_error == "connection refused"
 
 

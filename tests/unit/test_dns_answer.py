@@ -259,6 +259,35 @@ def test_fast_path_is_taken_for_plain_queries() -> None:
     assert stats.fast == stats.queries == 6
 
 
+@BOTH
+@pytest.mark.parametrize(
+    ("name", "rdtype"),
+    [
+        ("db.eu.meshnet.local.", "AAAA"),  # IPv4 only
+        ("v6only.meshnet.local.", "A"),  # IPv6 only
+        ("WEB.meshnet.local.", "MX"),  # both, another type
+    ],
+)
+def test_the_other_family_only_is_nodata_not_nxdomain(fast: bool, name: str, rdtype: str) -> None:
+    """NOERROR with no records at all: a resolver must not conclude the name is gone (RFC
+    8020), and a dual-stack client then simply uses the family there is. No SOA either: we send
+    none with any NODATA, so clients do not cache the absence beyond the moment."""
+    response = reply_to(resolver(fast), dns.message.make_query(name, rdtype, use_edns=0))
+    assert response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
+    assert (response.answer, response.authority) == ([], [])
+
+
+@BOTH
+def test_a_dual_stack_name_answers_each_family_in_its_own_type(fast: bool) -> None:
+    res = resolver(fast)
+    six = reply_to(res, dns.message.make_query("web.meshnet.local.", "AAAA"))
+    assert [rrset.rdtype for rrset in six.answer] == [dns.rdatatype.AAAA]
+    four = reply_to(res, dns.message.make_query("web.meshnet.local.", "A"))
+    assert [rrset.rdtype for rrset in four.answer] == [dns.rdatatype.A]
+    both = reply_to(res, dns.message.make_query("web.meshnet.local.", "ANY"))
+    assert sorted(addresses(both)) == ["10.32.0.1", "10.32.0.2", "fd00::2"]
+
+
 # --- reverse lookups
 
 
@@ -290,6 +319,25 @@ def test_reverse_names_we_cannot_answer() -> None:
         assert isinstance(ask(res, dns.message.make_query(name, "PTR")), Forward)
     outside = dns.reversename.from_address("2001:db8::1")
     assert isinstance(ask(res, dns.message.make_query(outside, "PTR")), Forward)
+
+
+def test_ip6_arpa_names_of_the_server_networks_are_ours_as_they_come_and_go() -> None:
+    """The server's networks (``set_reverse_networks``, as the service sets them when it starts
+    or stops listening on an address) decide which unknown reverse names are NXDOMAIN here."""
+    res = Resolver(make_records(), ttl=5)
+    unknown = dns.reversename.from_address("fd00::77")
+    known = dns.reversename.from_address("fd00::9")
+    assert isinstance(ask(res, dns.message.make_query(unknown, "PTR")), Forward)
+    assert addresses(reply_to(res, dns.message.make_query(known, "PTR"))) == [
+        "v6only.meshnet.local."
+    ]
+    res.set_reverse_networks(["10.32.0.0/12", "fd00::/64"])
+    response = reply_to(res, dns.message.make_query(unknown, "PTR"))
+    assert response.rcode() == dns.rcode.NXDOMAIN and response.flags & dns.flags.AA
+    partial = dns.name.from_text("0.0.d.f.ip6.arpa.")  # not a whole address: not ours
+    assert isinstance(ask(res, dns.message.make_query(partial, "PTR")), Forward)
+    res.set_reverse_networks(["10.32.0.0/12"])
+    assert isinstance(ask(res, dns.message.make_query(unknown, "PTR")), Forward)
 
 
 # --- forwarding

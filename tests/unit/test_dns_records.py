@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshnet.dns.records import (
+    MAX_ADDRESS_TEXT,
     MAX_CONTAINER,
     MAX_NAME,
     MAX_PER_ORIGIN,
@@ -36,7 +37,7 @@ NOW = 1_700_000_000.0
 OBSERVER = 1
 ORIGINS = [2, 3, 4]
 NAMES = ["a.meshnet.local.", "b.meshnet.local."]
-ADDRESSES = ["10.32.0.1", "10.32.0.2", "fd00::1"]
+ADDRESSES = ["10.32.0.1", "10.32.0.2", "fd00::1", "fd12:3456:789a:1::a"]
 CONTAINERS = ["c1", "c2"]
 
 
@@ -226,6 +227,11 @@ def test_remove_by_name_or_address_only() -> None:
         ("ok.local", "10.0.0.1", ""),
         ("ok.local", "10.0.0.1", "x" * (MAX_CONTAINER + 1)),
         ("ok.local", "10.0.0.1", "tab\there"),
+        ("ok.local", "fe80::1%eth0", "c"),  # a zone: one host's interface
+        ("ok.local", "fd00::1%2", "c"),
+        ("ok.local", "::ffff:10.0.0.1", "c"),  # IPv4-mapped: the IPv4 address is the record
+        ("ok.local", "fd00::1::2", "c"),
+        ("ok.local", "fd00::/64", "c"),
     ],
 )
 def test_register_rejects_bad_input_as_user_error(name: str, address: str, container: str) -> None:
@@ -255,6 +261,40 @@ def test_lookups() -> None:
     assert [len(v) for v in store.entries_by_peer().values()] == [4]
     stats = store.statistics()
     assert (stats.live, stats.tombstones, stats.hidden) == (4, 0, 0)
+
+
+def test_a_dual_stack_container_has_a_record_per_address_removed_together() -> None:
+    store = Records(peer=7, now=NOW)
+    other = Records(peer=8, now=NOW)
+    for address in ("10.32.0.5", "FD00:0:0::5"):
+        delta = store.register("web.meshnet.local.", address, "c1", NOW)
+        assert delta is not None
+        other.on_gossip(delta)
+    assert other.addresses("web.meshnet.local.") == ["10.32.0.5", "fd00::5"]
+    assert other.names("fd00::5") == ["web.meshnet.local."]
+    # The IPv6 record alone (detach of one address) ...
+    delta = store.remove("c1", NOW + 1, address="fd00:0::5")
+    assert delta is not None and [r.address for r in decode_records(delta)] == ["fd00::5"]
+    other.on_gossip(delta)
+    assert other.addresses("web.meshnet.local.") == ["10.32.0.5"] and other.names("fd00::5") == []
+    # ... or the container's records of both families at once.
+    store.register("web.meshnet.local.", "fd00::5", "c1", NOW + 2)
+    both = store.remove("c1", NOW + 3)
+    assert both is not None
+    assert sorted(r.address for r in decode_records(both)) == ["10.32.0.5", "fd00::5"]
+
+
+def test_ipv6_records_travel_in_the_wire_form_older_peers_decode() -> None:
+    """IPv6 addresses are canonical text in the same six-field entry as IPv4 ones: what every
+    earlier version decodes (and relays) already; a new form would cut them off the mesh."""
+    store = Records(peer=7, now=NOW)
+    delta = store.register("web.meshnet.local.", "fd00::5", "c1", NOW)
+    assert delta is not None
+    assert msgpack.unpackb(delta) == [[7, "c1", "web.meshnet.local.", "fd00::5", 1, None]]
+    longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    assert len(longest) == MAX_ADDRESS_TEXT
+    delta = store.register("big.meshnet.local.", longest.upper(), "c1", NOW)
+    assert delta is not None and decode_records(delta)[0].address == longest
 
 
 def test_generation_moves_on_visible_changes() -> None:
@@ -555,6 +595,10 @@ GOOD = ["a.meshnet.local.", "10.32.0.1"]
         [[2, "c", "a.meshnet.local.", "010.32.0.1", 1, None]],
         [[2, "c", "a.meshnet.local.", "FD00::1", 1, None]],
         [[2, "c", "a.meshnet.local.", "fd00:0::1", 1, None]],
+        [[2, "c", "a.meshnet.local.", "fd00::1%eth0", 1, None]],  # canonical, but a zone
+        [[2, "c", "a.meshnet.local.", "::ffff:a00:1", 1, None]],  # Python 3.11's mapped text
+        [[2, "c", "a.meshnet.local.", "::ffff:10.0.0.1", 1, None]],  # and 3.13's
+        [[2, "c", "a.meshnet.local.", bytes(16), 1, None]],  # addresses are text
         [[2, "c", *GOOD, 0, None]],
         [[2, "c", *GOOD, 1 << 63, None]],
         [[2, "c", *GOOD, 1.0, None]],

@@ -6,6 +6,7 @@ table, never asks anyone): forwarding, TCP retry on truncation, timeouts and dea
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import socket
@@ -21,16 +22,17 @@ import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.reversename
 import pytest
 import trio
 
 from meshnet.config import Config
 from meshnet.dns import service as service_module
-from meshnet.dns.answer import Resolver
+from meshnet.dns.answer import Forward, Reply, Resolver
 from meshnet.dns.records import Records
 from meshnet.dns.server import DnsServer
 from meshnet.dns.service import EXTERNAL, STATE_FILE, DnsService
-from meshnet.dns.settings import DnsSettings
+from meshnet.dns.settings import DnsSettings, parse_upstream
 from meshnet.errors import UserError
 from meshnet.gossip.identity import Identity, new_peer_name, new_uid
 from meshnet.gossip.router import Router
@@ -84,11 +86,13 @@ async def server(upstream: int) -> AsyncIterator[tuple[DnsServer, int]]:
         nursery.cancel_scope.cancel()
 
 
-async def ask(port: int, name: str, rdtype: str = "A", tcp: bool = False) -> dns.message.Message:
+async def ask(
+    port: int, name: str, rdtype: str = "A", tcp: bool = False, server: str = "127.0.0.1"
+) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype)
     if tcp:
-        return await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=5)
-    return await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+        return await dns.asyncquery.tcp(query, server, port=port, timeout=5)
+    return await dns.asyncquery.udp(query, server, port=port, timeout=5)
 
 
 def addresses(response: dns.message.Message) -> set[str]:
@@ -129,6 +133,56 @@ async def test_a_truncated_upstream_answer_is_fetched_again_over_tcp(
     assert over_udp.flags & dns.flags.TC  # 60 records do not fit 512 bytes for the client
     over_tcp = await ask(port, "big.example.", tcp=True)
     assert len(addresses(over_tcp)) == 60
+
+
+@pytest.fixture(scope="module")
+def upstream6() -> Iterator[int]:
+    port = free_port6()
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE_UPSTREAM), "::1", str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def free_port6(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET6, kind) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.trio
+async def test_over_ipv6_to_an_ipv6_upstream(upstream6: int) -> None:
+    """Clients over IPv6 (UDP and TCP), AAAA and ip6.arpa answers, and forwarding to an
+    upstream given as [IPv6]:PORT, again over TCP when its UDP answer is truncated."""
+    records = make_records()
+    records.register("web.meshnet.local", "fd00::5", "c1", time.time())
+    port = free_port6()
+    srv = DnsServer(
+        Resolver(records, reverse_networks=["fd00::/64"]),
+        upstreams=[parse_upstream(f"[::1]:{upstream6}")],
+        timeout=2.0,
+        rng=random.Random(1),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve, "::1", port)
+        for tcp in (False, True):
+            six = await ask(port, "web.meshnet.local.", "AAAA", tcp=tcp, server="::1")
+            assert addresses(six) == {"fd00::5"}
+            reverse = dns.reversename.from_address("fd00::5").to_text()
+            ptr = await ask(port, reverse, "PTR", tcp=tcp, server="::1")
+            assert addresses(ptr) == {"web.meshnet.local."}
+            forwarded = await ask(port, "abcdef.example.", tcp=tcp, server="::1")
+            assert addresses(forwarded) == {"192.0.2.6"}
+        big = await ask(port, "big.example.", tcp=True, server="::1")
+        assert len(addresses(big)) == 60  # UDP from upstream came truncated: TCP to [::1]
+        stats = srv.statistics()
+        assert (stats.forwarded_ok, stats.upstream_failures) == (3, 0)
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio
@@ -307,7 +361,7 @@ async def test_without_its_firewall_the_server_stays_off_and_the_router_runs_on(
     monkeypatch.setattr(service_module.firewall, "install", no_nft)
     monkeypatch.setattr(service_module, "_add_address", must_not_run)
     router = make_router(tmp_path, "a")
-    config = replace(router.config, dns=DnsSettings(address="10.32.0.1/12", upstreams=()))
+    config = replace(router.config, dns=DnsSettings(addresses=("10.32.0.1/12",), upstreams=()))
     service = DnsService(config, router)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.serve, object())  # any data plane: never reached
@@ -315,4 +369,116 @@ async def test_without_its_firewall_the_server_stays_off_and_the_router_runs_on(
         assert service.status()["listen"] is None
         service.add("c1", "web.meshnet.local.", ["10.32.0.5"])  # records still work
         assert service.dns_lookup({"name": "web"})["addresses"] == ["10.32.0.5"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_listen_addresses_of_both_families_come_and_go_behind_the_firewall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every address is covered by the table before it is on the bridge and after it is off;
+    the listeners (the ramps) and the reverse networks follow; an address its owner keeps on
+    the bridge is never added or removed by DNS."""
+    events: list[tuple[str, object]] = []
+
+    def install(_bridge: str, addresses: list[str], *_: object) -> None:
+        events.append(("firewall", tuple(addresses)))
+
+    monkeypatch.setattr(service_module.firewall, "install", install)
+    monkeypatch.setattr(service_module.firewall, "remove", lambda: events.append(("removed", ())))
+    monkeypatch.setattr(service_module, "_add_address", lambda c: events.append(("add", c)))
+    monkeypatch.setattr(service_module, "_delete_address", lambda c: events.append(("delete", c)))
+    router = make_router(tmp_path, "a")
+    settings = DnsSettings(addresses=("10.32.0.1/12",), port=free_port(), upstreams=())
+    service = DnsService(replace(router.config, dns=settings), router)
+    told: list[tuple[str, ...]] = []
+
+    async def listener(listen: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]):
+        told.append(tuple(map(str, listen)))
+
+    service.listen_listeners.append(listener)
+    v4, v6, kept = (
+        ipaddress.ip_interface(c) for c in ("10.32.0.1/12", "fd00::53/64", "fd00::54/64")
+    )
+    unknown6 = dns.message.make_query(dns.reversename.from_address("fd00::99"), "PTR").to_wire()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve, object())  # any data plane: never used here
+        await wait_until(lambda: service.listen == (v4,))
+        assert service.resolver is not None
+        assert isinstance(service.resolver.answer(unknown6, random.Random(0)), Forward)
+        service.listen_on(v6)
+        await wait_until(lambda: service.listen == (v4, v6))
+        status = service.status()
+        assert status["listen"] == "10.32.0.1/12"  # IPv4 first, for one-nameserver clients
+        assert status["listen_addresses"] == ["10.32.0.1/12", "fd00::53/64"]
+        reply = service.resolver.answer(unknown6, random.Random(0))
+        assert isinstance(reply, Reply) and reply.wire[3] & 0xF == dns.rcode.NXDOMAIN
+        service.stop_listening_on(v6)
+        await wait_until(lambda: service.listen == (v4,))
+        service.listen_on(kept, add_address=False)
+        await wait_until(lambda: service.listen == (v4, kept))
+        with pytest.raises(UserError):
+            service.listen_on(ipaddress.ip_interface("fd00::55/128"))
+        nursery.cancel_scope.cancel()
+    assert events == [
+        ("firewall", ("10.32.0.1",)),
+        ("add", "10.32.0.1/12"),
+        ("firewall", ("10.32.0.1", "fd00::53")),
+        ("add", "fd00::53/64"),
+        ("delete", "fd00::53/64"),
+        ("firewall", ("10.32.0.1",)),
+        ("firewall", ("10.32.0.1", "fd00::54")),
+        *events[7:],
+    ]
+    # Cancelled: each address off the bridge before the table stops covering it, in whatever
+    # order the two tasks end; at the end no table is left.
+    on_bridge: set[str] = set()
+    for kind, what in events:
+        if kind == "add":
+            on_bridge.add(str(what).split("/")[0])
+        elif kind == "delete":
+            on_bridge.discard(str(what).split("/")[0])
+        else:
+            assert on_bridge <= set(what)  # type: ignore[call-overload]
+    assert on_bridge == set() and events[-1] == ("removed", ())
+    assert told == [
+        ("10.32.0.1/12",),
+        ("10.32.0.1/12", "fd00::53/64"),
+        ("10.32.0.1/12",),
+        ("10.32.0.1/12", "fd00::54/64"),
+        *told[4:],
+    ]
+    assert told[-1] == ()
+
+
+@pytest.mark.trio
+async def test_an_address_that_fails_leaves_the_other_family_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def add(cidr: str) -> None:
+        if ":" in cidr:
+            raise OSError(99, "Cannot assign requested address")
+
+    monkeypatch.setattr(service_module.firewall, "install", lambda *_: None)
+    monkeypatch.setattr(service_module.firewall, "remove", lambda: None)
+    monkeypatch.setattr(service_module, "_add_address", add)
+    monkeypatch.setattr(service_module, "_delete_address", lambda _: None)
+    router = make_router(tmp_path, "a")
+    settings = DnsSettings(
+        addresses=("fd00::53/64", "10.32.0.1/12"), port=free_port(), upstreams=()
+    )
+    service = DnsService(replace(router.config, dns=settings), router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve, object())
+        await wait_until(lambda: service.status()["listen_errors"] and service.listen)
+        status = service.status()
+        assert status["state"] == "serving" and status["listen_addresses"] == ["10.32.0.1/12"]
+        assert status["listen_errors"] == [
+            "cannot serve DNS on fd00::53/64: [Errno 99] Cannot assign requested address"
+        ]
+        service.stop_listening_on(ipaddress.ip_interface("10.32.0.1/12"))
+        await wait_until(lambda: not service.listen)
+        assert service.status()["state"].startswith("off (cannot serve DNS on fd00::53/64")
+        service.stop_listening_on(ipaddress.ip_interface("fd00::53/64"))
+        assert service.status()["listen_errors"] == []
         nursery.cancel_scope.cancel()

@@ -88,9 +88,14 @@ def test_parse_resolv_conf() -> None:
 
 
 def test_render_resolv_conf_round_trips() -> None:
-    text = render_resolv_conf("10.32.0.1", "meshnet.local.")
+    text = render_resolv_conf(["10.32.0.1"], "meshnet.local.")
     assert parse_resolv_conf(text) == ["10.32.0.1"]
     assert "search meshnet.local\n" in text
+    both = render_resolv_conf(["10.32.0.1", "FD00::53"], "meshnet.local.")
+    assert parse_resolv_conf(both) == ["10.32.0.1", "fd00::53"]
+    for bad in ("10.32.0.1", [], ["10.32.0.1"] * 4):
+        with pytest.raises(ValueError):
+            render_resolv_conf(bad, "meshnet.local.")  # type: ignore[arg-type]
 
 
 def test_settings_are_checked() -> None:
@@ -98,8 +103,8 @@ def test_settings_are_checked() -> None:
     for bad in (
         {"ttl": -1},
         {"upstreams": ("nope",)},
-        {"address": "10.32.0.1"},
-        {"address": "10.32.0.1/32"},
+        {"addresses": ("10.32.0.1",)},
+        {"addresses": ("10.32.0.1/32",)},
         {"port": 0},
         {"upstream_timeout": 0.0},
         {"domain": "bad domain"},
@@ -110,25 +115,59 @@ def test_settings_are_checked() -> None:
 
 
 def test_firewall_ruleset_keeps_the_address_for_dns_from_the_bridge() -> None:
-    script = firewall.ruleset("meshnet", "10.32.0.1", 53)
+    script = firewall.ruleset("meshnet", ["10.32.0.1"], 53)
     lines = [line.strip() for line in script.splitlines()]
     # Replaces any previous table atomically (one nft -f transaction).
     assert lines[:2] == ["table inet meshnet_dns {}", "delete table inet meshnet_dns"]
     rules = lines[lines.index("type filter hook input priority filter - 10; policy accept;") + 1 :]
-    assert rules[:4] == [
+    assert rules[:5] == [
         'iifname "meshnet" ip daddr 10.32.0.1 udp dport 53 accept',
         'iifname "meshnet" ip daddr 10.32.0.1 tcp dport 53 accept',
+        ND_ACCEPT.format(bridge="meshnet"),
         'iifname "meshnet" counter drop',
         "ip daddr 10.32.0.1 counter drop",
     ]
-    six = firewall.ruleset("br0", "fd00::53", 5353, table="t")
+    six = firewall.ruleset("br0", ["fd00::53"], 5353, table="t")
     assert 'iifname "br0" ip6 daddr fd00::53 udp dport 5353 accept' in six
     assert firewall.removal() == "table inet meshnet_dns {}\ndelete table inet meshnet_dns\n"
 
 
+ND_ACCEPT = (
+    'iifname "{bridge}" ip6 hoplimit 255 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }}'
+    " accept"
+)
+
+
+def test_firewall_ruleset_covers_every_listen_address_in_its_family() -> None:
+    script = firewall.ruleset("meshnet", ["fd00::53", "10.32.0.1"], 53, open_addresses=["fd01::1"])
+    rules = [line.strip() for line in script.splitlines()]
+    rules = rules[rules.index("type filter hook input priority filter - 10; policy accept;") + 1 :]
+    assert rules[:-2] == [
+        'iifname "meshnet" ip daddr 10.32.0.1 udp dport 53 accept',
+        'iifname "meshnet" ip daddr 10.32.0.1 tcp dport 53 accept',
+        'iifname "meshnet" ip6 daddr fd00::53 udp dport 53 accept',
+        'iifname "meshnet" ip6 daddr fd00::53 tcp dport 53 accept',
+        # Neighbor Discovery is ICMPv6, so IP: without it no container finds fd00::53's MAC.
+        ND_ACCEPT.format(bridge="meshnet"),
+        'iifname "meshnet" ip6 daddr fd01::1 accept',
+        'iifname "meshnet" counter drop',
+        # Neither address answers from anywhere but the bridge.
+        "ip daddr 10.32.0.1 counter drop",
+        "ip6 daddr fd00::53 counter drop",
+    ]
+    with pytest.raises(ValueError):
+        firewall.ruleset("meshnet", [])
+    with pytest.raises(TypeError):
+        firewall.ruleset("meshnet", "10.32.0.1")
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
 def test_firewall_ruleset_is_valid_nft() -> None:
-    for script in (firewall.ruleset("meshnet", "10.32.0.1"), firewall.ruleset("m", "fd00::1")):
+    for script in (
+        firewall.ruleset("meshnet", ["10.32.0.1"]),
+        firewall.ruleset("m", ["fd00::1"]),
+        firewall.ruleset("m", ["10.32.0.1", "fd00::1"], open_addresses=["fd01::1", "10.33.0.1"]),
+    ):
         # -c: check only, nothing is applied.
         result = subprocess.run(
             ["nft", "-c", "-f", "-"], input=script, capture_output=True, text=True, check=False

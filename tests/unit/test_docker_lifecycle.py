@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from meshnet.errors import UserError
 from meshnet.integrations.docker import lifecycle
-from meshnet.integrations.docker.engine import (
+from meshnet.integrations.docker.lifecycle import Attach, Forget, Register
+from meshnet.integrations.docker.objects import (
     ContainerInfo,
     DockerError,
     Endpoint,
@@ -23,7 +24,6 @@ from meshnet.integrations.docker.engine import (
     parse_event,
     parse_network,
 )
-from meshnet.integrations.docker.lifecycle import Attach, Forget, Register
 from meshnet.integrations.docker.settings import EngineAddress, parse_docker_host
 
 A = "a" * 64

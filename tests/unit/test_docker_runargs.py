@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet.integrations.docker.engine import ContainerInfo
 from meshnet.integrations.docker.lifecycle import CIDR_LABEL, wanted_addresses
+from meshnet.integrations.docker.objects import ContainerInfo
 from meshnet.integrations.docker.runargs import (
     docker_options,
     is_address_spec,

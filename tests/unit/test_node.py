@@ -15,7 +15,7 @@ import trio.testing
 from meshnet.api.app import ApiApp
 from meshnet.config import Config
 from meshnet.errors import UserError
-from meshnet.integrations.docker.engine import ContainerInfo
+from meshnet.integrations.docker.objects import ContainerInfo
 from meshnet.integrations.docker.service import DockerService
 from meshnet.integrations.docker.settings import DockerSettings
 from meshnet.node.node import Node, Target, Unavailable

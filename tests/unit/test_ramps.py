@@ -237,7 +237,7 @@ def test_scripts_are_valid_nft() -> None:
             dns=[IPv4Address("10.32.0.1"), ipaddress.IPv6Address("fd00::53")],
         ),
         RampsState().script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
-        firewall.ruleset("meshnet", "10.32.0.1", open_addresses=["10.32.0.7"]),
+        firewall.ruleset("meshnet", ["10.32.0.1"], open_addresses=["10.32.0.7"]),
     ]
     for script in scripts:
         # -c: check only, nothing is applied.
@@ -251,7 +251,7 @@ def test_scripts_are_valid_nft() -> None:
 
 def test_dns_firewall_opens_exposed_addresses_before_its_drop() -> None:
     lines = rules(
-        firewall.ruleset("meshnet", "10.32.0.1", open_addresses=["10.32.1.1", "10.32.0.7"])
+        firewall.ruleset("meshnet", ["10.32.0.1"], open_addresses=["10.32.1.1", "10.32.0.7"])
     )
     drop = lines.index('iifname "meshnet" counter drop')
     assert lines[drop - 2 : drop] == [

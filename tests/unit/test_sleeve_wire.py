@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from meshnet.dataplane.sleeve import seal as aead
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw
+from meshnet.dataplane.sleeve.run_cipher import RunCipher
 from meshnet.errors import RemoteProtocolError
 from tests.unit.test_vnet import (
     ACK,
@@ -561,11 +562,11 @@ def test_seal_matches_pynacl_public_aegis256(body: bytes, key: bytes, sequence: 
         for i in range(3):
             buffer[i * stride : i * stride + 32] = header[:24] + (sequence + i).to_bytes(8, "big")
             buffer[i * stride + 32 : i * stride + 32 + len(body)] = body
-        aead.RunCipher(buffer, 4, 32).seal(stride, 3, len(sealed), sequence, key)
+        RunCipher(buffer, 4, 32).seal(stride, 3, len(sealed), sequence, key)
         assert buffer[2 * stride : 2 * stride + len(sealed)] == aead.seal(
             header[:24] + (sequence + 2).to_bytes(8, "big"), body, sequence + 2, key
         )
-        assert aead.RunCipher(buffer, 4, 32).open(stride, 3, len(sealed), sequence, key) == []
+        assert RunCipher(buffer, 4, 32).open(stride, 3, len(sealed), sequence, key) == []
         assert buffer[32 : 32 + len(body)] == body
 
 
@@ -584,9 +585,9 @@ def test_open_refuses_any_changed_byte_and_wrong_keys() -> None:
         with pytest.raises(ValueError):
             aead.seal(b"", b"", 0, bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):  # the buffer is a tag short
-        aead.RunCipher(bytearray(32 + 10 + 31), 4, 32).seal(100, 1, 32 + 10 + 32, 0, key)
+        RunCipher(bytearray(32 + 10 + 31), 4, 32).seal(100, 1, 32 + 10 + 32, 0, key)
     with pytest.raises(ValueError):  # more datagrams than nonces
-        aead.RunCipher(bytearray(1000), 4, 32).seal(100, 5, 100, 0, key)
+        RunCipher(bytearray(1000), 4, 32).seal(100, 5, 100, 0, key)
 
 
 # --- consecutive segments at once ---------------------------------------------------------------

@@ -10,13 +10,8 @@ from hypothesis import strategies as st
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw
 from meshnet.dataplane.sleeve.header import header_head
-from meshnet.dataplane.sleeve.superframes import (
-    MAX_GSO_BYTES,
-    RunCheck,
-    RunReader,
-    SuperframeSender,
-    segments_per_send,
-)
+from meshnet.dataplane.sleeve.segments import MAX_GSO_BYTES, segments_per_send
+from meshnet.dataplane.sleeve.superframes import RunCheck, RunReader, SuperframeSender
 from tests.unit.test_vnet import build_superframe
 
 KEY = bytes(range(32))

@@ -24,6 +24,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2 import config as _pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 from pyroute2.netlink.rtnl import ndmsg
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD as _IFA_F_NODAD
 
 from meshnet.errors import MeshnetError
 
@@ -41,7 +42,6 @@ _NTF_STICKY = 0x40
 _NUD_PERMANENT = ndmsg.states["permanent"]
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
-_IFA_F_NODAD = 0x02  # an IPv6 address without duplicate address detection (linux/if_addr.h)
 # Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
 # of family AF_BRIDGE; ARP and NDP entries come on the same group with AF_INET/AF_INET6.
 _RTMGRP_LINK = 0x1
@@ -614,10 +614,10 @@ class Namespace:
         )
 
     def add_address(self, ifname: str, cidr: str, *, nodad: bool = False) -> None:
-        """Idempotent. ``nodad``: an IPv6 address usable at once, without the second or so of
-        duplicate address detection (IFA_F_NODAD)."""
+        """Add an address (idempotent). ``nodad``: an IPv6 address usable at once, without
+        duplicate address detection (a second or more of "tentative": unusable as a source)."""
         iface = ipaddress.ip_interface(cidr)
-        extra = {"flags": _IFA_F_NODAD} if nodad and iface.version == 6 else {}
+        flags = {"flags": _IFA_F_NODAD} if nodad and iface.version == 6 else {}
         try:
             self._call(
                 f"add {cidr} to {ifname}",
@@ -626,7 +626,7 @@ class Namespace:
                 index=self.index(ifname),
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
-                **extra,
+                **flags,
             )
         except NetlinkError as e:
             cause = e.__cause__

@@ -261,11 +261,15 @@ class Punching:
 
     # --- attempts
 
+    def may_offer(self) -> bool:
+        """Only from behind a NAT that can be punched: a host that is not behind one is dialled
+        by whoever can reach it (discovery), so a peer it is not connected to cannot."""
+        return self.can_punch() is None and self.nat_kind() != NatKind.NONE
+
     def offers(self, now: float, wanted: Iterable[int]) -> list[tuple[int, Offer]]:
         """Offers to send now: to each wanted peer above us in name order that has no attempt
-        and whose back-off is over. Only from behind a NAT: a host that is not behind one is
-        dialled by whoever can reach it (discovery), so a peer it is not connected to cannot."""
-        if self.can_punch() is not None or self.nat_kind() == NatKind.NONE:
+        and whose back-off is over (see ``may_offer``)."""
+        if not self.may_offer():
             return []
         out = []
         for peer in sorted(wanted):

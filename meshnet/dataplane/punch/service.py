@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from meshnet.beats import next_beat
 from meshnet.dataplane import underlay
 from meshnet.dataplane.punch import core
 from meshnet.dataplane.punch.core import Attempt, Endpoint, Offer, Punching, Seen
@@ -27,7 +28,11 @@ log = logging.getLogger("meshnet.punch")
 
 #: A peer whose MACs our switch learned this recently exchanges traffic with us: worth a path.
 WANT_AGE = 60.0
+#: How often the timers run while there is work: attempts going on, or (behind a NAT) peers
+#: that may become worth an offer as traffic flows.
 TICK = 1.0
+#: ... and when there is none: only to notice neighbours that left.
+IDLE_TICK = 10.0
 
 StartPath = Callable[
     [int, "tuple[Endpoint, ...]", "tuple[bytes, bytes] | None", "int | None"], None
@@ -57,6 +62,7 @@ class PunchService(UnicastChannel):
         self._stop = stop
         self._told: dict[int, Endpoint] = {}  # neighbour -> where we last told it it is
         self._logs = LogThrottle()
+        self._work = trio.Event()  # set when there may be work for the timers (see serve)
         router.register_channel(core.CHANNEL, self)
 
     # --- what the data plane sees
@@ -102,6 +108,7 @@ class PunchService(UnicastChannel):
         if isinstance(message, Seen):
             if source in self.router.peer_links():  # only a neighbour sees our heartbeats
                 self.core.seen_by(source, message.endpoint)
+                self._work.set()  # we may be behind a NAT now
             else:
                 self.core.counters["seen_from_stranger"] += 1
         elif not message.answer:
@@ -125,6 +132,7 @@ class PunchService(UnicastChannel):
 
     def _punch(self, attempt: Attempt) -> None:
         """Heartbeats to their candidates, at once: our NAT opens for their answers."""
+        self._work.set()  # the attempt's timers
         log.info(
             "punching a path to %s at %s",
             self.router.nick(attempt.peer),
@@ -142,8 +150,15 @@ class PunchService(UnicastChannel):
     # --- timers
 
     async def serve(self) -> None:
+        """Run the timers each TICK while there is work, else each IDLE_TICK (on the beat)."""
         while True:
-            await trio.sleep(TICK)
+            busy = bool(self.core.attempts) or self.core.may_offer()
+            with trio.move_on_at(next_beat(trio.current_time(), TICK if busy else IDLE_TICK)):
+                if busy:
+                    await trio.sleep_forever()
+                else:
+                    await self._work.wait()
+            self._work = trio.Event()
             self.tick(trio.current_time())
 
     def tick(self, now: float) -> None:
@@ -164,6 +179,8 @@ class PunchService(UnicastChannel):
             if self._logs.allow(f"failed {peer}", now) is not None:
                 log.info("no direct path to %s: relayed", self.router.nick(peer))
             self._stop(peer)
+        if not self.core.may_offer():
+            return
         wanted = {
             e.peer
             for e in self.switch.entries()

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshnet.constants import FASTDP_PROBE_ETHERTYPE, FASTDP_PROBE_MAGIC
 from meshnet.dataplane.kernel.tap import READ_SIZE as TAP_READ_SIZE
@@ -56,7 +56,7 @@ from meshnet.dataplane.sleeve.forwarding import (
     Snapshot,
     Target,
 )
-from meshnet.dataplane.sleeve.superframes import RunReader, SuperframeSender
+from meshnet.dataplane.sleeve.seal import InPlaceOpener
 from meshnet.dataplane.sleeve.switch import Decision, Switch
 from meshnet.dataplane.sleeve.vnet import (
     VNET_HEADER_SIZE,
@@ -67,6 +67,9 @@ from meshnet.dataplane.sleeve.vnet import (
 )
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.identity import format_peer_name
+
+if TYPE_CHECKING:
+    from meshnet.dataplane.sleeve.superframes import RunReader, SuperframeSender
 
 __all__ = ["Forwarder", "Neighbour", "Sequences", "Snapshot"]
 
@@ -135,11 +138,29 @@ class Forwarder:
         # The packet thread's buffers, reused for every frame and datagram.
         self._tap_buffer = bytearray(TAP_READ_SIZE)
         self._tap_view = memoryview(self._tap_buffer)
-        self._superframes = SuperframeSender(self._tap_buffer)
+        self._superframes: SuperframeSender | None = None  # made on first use: see _bulk_sender
         self._batches: dict[tuple[int, int, int, int], wire.FrameBatcher] = {}
         self._udp_buffer = bytearray(RECEIVE_SIZE)
         self._udp_view = memoryview(self._udp_buffer)
-        self._runs = RunReader(self._udp_buffer)
+        self._opener = InPlaceOpener(self._udp_buffer, wire.HEADER_SIZE)
+        self._runs: RunReader | None = None  # made on first use: see _bulk_reader
+
+    def _bulk_sender(self) -> SuperframeSender:
+        if self._superframes is None:
+            # The bulk path needs numpy (~11 MiB of memory): a router pays for it once a
+            # super-frame crosses its sleeve, not for being idle or on fastdp.
+            from meshnet.dataplane.sleeve.superframes import SuperframeSender
+
+            self._superframes = SuperframeSender(self._tap_buffer)
+        return self._superframes
+
+    def _bulk_reader(self) -> RunReader:
+        if self._runs is None:
+            # numpy on first use, as in _bulk_sender.
+            from meshnet.dataplane.sleeve.superframes import RunReader
+
+            self._runs = RunReader(self._udp_buffer)
+        return self._runs
 
     def start(self) -> None:
         # stop() writes to this pipe: an idle loop blocks in poll() with no timeout (nothing
@@ -347,7 +368,7 @@ class Forwarder:
             head = snap.head_for(wire.Kind.SEGMENT, destination, flags, key is not None)
             sequence = neighbour.sequences.take(plan.segments)
             try:
-                layout = self._superframes.layout(
+                layout = self._bulk_sender().layout(
                     plan, size - VNET_HEADER_SIZE, head, sequence, superframe_id, key
                 )
             except ValueError:
@@ -430,7 +451,7 @@ class Forwarder:
         """The bulk case: a GRO run of SEGMENTs for us, checked by its first and last datagram
         (and each one's tag when sealed); a whole super-frame goes to the TAP in one writev."""
         neighbour, origin = arrival
-        check = self._runs.read(nbytes, stride, neighbour.receive_key, neighbour.window)
+        check = self._bulk_reader().read(nbytes, stride, neighbour.receive_key, neighbour.window)
         run = check.run
         if run is None and not check.opened:
             self._receive_each(snap, self._udp_view[:nbytes], stride, addr, now)
@@ -447,7 +468,7 @@ class Forwarder:
             self._reassemble(origin, [bytes(b) for b in check.bodies], now, uniform=False)
             return
         if run.first_index or len(run.payloads) != run.total:
-            bodies = self._runs.bodies()
+            bodies = self._bulk_reader().bodies()
             self._reassemble(origin, [bytes(b) for b in bodies], now, uniform=True)
             return
         earlier = self._reassemblers.complete(origin, run.superframe, now)
@@ -488,7 +509,7 @@ class Forwarder:
                 if not window.would_accept(sequence):
                     drops[wire.DatagramDrop.REPLAYED.value] += 1
                     continue
-                if not self._runs.open_one(at, end - at, sequence, key):
+                if not self._opener.open(at, end - at, sequence, key):
                     drops[wire.DatagramDrop.BAD_TAG.value] += 1
                     continue
                 window.check_and_update(sequence)

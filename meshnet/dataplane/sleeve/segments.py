@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 
+from meshnet.dataplane.kernel.udp import MAX_SEGMENTS as MAX_GSO_SEGMENTS
+from meshnet.dataplane.kernel.udp import MAX_UDP_PAYLOAD as MAX_GSO_BYTES
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve.header import (
     HEADER_SIZE,
@@ -28,6 +30,8 @@ UNDERLAY_HEADERS = 48
 ENCAPSULATION_OVERHEAD = UNDERLAY_HEADERS + HEADER_SIZE + TAG_SIZE + SEGMENT_OVERHEAD + 14
 """Underlay bytes a container frame costs on the sleeve beyond its IP packet: the overlay MTU is
 the underlay's minus this (the Ethernet header travels inside every segment)."""
+ROW_SIZE = HEADER_SIZE + SEGMENT_PREFIX_SIZE
+"""A datagram's own bytes: the header and the segment prefix (id, index, count, L)."""
 MAX_SEGMENT_HEADERS = 512
 """Largest header length L a segment may declare (Ethernet + IPv6 with options + TCP fits)."""
 SERIAL_MASK = 0xFFFFFFFF
@@ -65,3 +69,22 @@ def segment_bodies(superframe_id: int, vnet: vn.VnetHeader, frame: bytes) -> lis
         )
         for i in range(count)
     ]
+
+
+def segments_per_send(overlay_mtu: int) -> int:
+    """The most full-sized segments of a container's super-frame that one GSO send carries,
+    sealed, at this overlay MTU: capping the containers' super-frames there (their interface's
+    gso_max_segs) makes each one GSO send and one GRO run, the fast path both ways."""
+    return _per_send(ROW_SIZE + vn.VNET_HEADER_SIZE + vn.ETH_HEADER_SIZE + overlay_mtu + TAG_SIZE)
+
+
+def sends_for(stride: int, count: int) -> list[tuple[int, int]]:
+    """The datagrams ``[start, end)`` of each GSO send for ``count`` datagrams of ``stride``."""
+    per_send = _per_send(stride)
+    return [(start, min(start + per_send, count)) for start in range(0, count, per_send)]
+
+
+def _per_send(stride: int) -> int:
+    """Datagrams of ``stride`` bytes one GSO send takes: the kernel's limits on segments and
+    on bytes (what one IPv4 UDP datagram could hold)."""
+    return max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))

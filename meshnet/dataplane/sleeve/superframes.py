@@ -5,7 +5,7 @@ datagram is gathered by the kernel from three pieces: its own 42 bytes (header a
 prefix, one row of a table filled by two array operations per super-frame), the shared
 virtio-net header and packet headers, and its slice of the payload, all still in the TAP read
 buffer; the kernel's copy into the socket is the only one. Sealed, the datagrams are laid out
-in one buffer by four array operations and sealed there in place (:class:`seal.RunCipher`).
+in one buffer by four array operations and sealed there in place (:class:`run_cipher.RunCipher`).
 
 A GRO run from one hop is checked by its first and last datagram: one GSO send arrives as one
 run, and the datagrams between were sent together (the same flow, the same size, sequence
@@ -25,22 +25,21 @@ from typing import NamedTuple
 import numpy as np
 
 from meshnet.dataplane.kernel.udp import MAX_SEGMENTS as MAX_GSO_SEGMENTS
-from meshnet.dataplane.kernel.udp import MAX_UDP_PAYLOAD as MAX_GSO_BYTES
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve.header import HEADER_SIZE, TAG_SIZE, Buffer
 from meshnet.dataplane.sleeve.replay import ReplayWindow
-from meshnet.dataplane.sleeve.seal import RunCipher
+from meshnet.dataplane.sleeve.run_cipher import RunCipher
 from meshnet.dataplane.sleeve.segments import (
     MAX_SEGMENT_HEADERS,
+    ROW_SIZE,
     SEGMENT_OVERHEAD,
     SEGMENT_PREFIX,
     SERIAL_MASK,
+    sends_for,
 )
 
 MAX_SEGMENTS = 1024
 """Most SEGMENT datagrams a super-frame may need here (a 64 KiB one cut at an MSS of 64)."""
-ROW_SIZE = HEADER_SIZE + 10
-"""A datagram's own bytes: the header and the segment prefix (id, index, count, L)."""
 _ROW = np.dtype(
     [
         ("head", "V24"),
@@ -54,25 +53,6 @@ _ROW = np.dtype(
 _SEQUENCE = struct.Struct(">Q")
 _SHAPES = 64
 """Shapes (segment size, count, ...) whose slices and call arguments are kept, per table."""
-
-
-def segments_per_send(overlay_mtu: int) -> int:
-    """The most full-sized segments of a container's super-frame that one GSO send carries,
-    sealed, at this overlay MTU: capping the containers' super-frames there (their interface's
-    gso_max_segs) makes each one GSO send and one GRO run, the fast path both ways."""
-    return _per_send(ROW_SIZE + vn.VNET_HEADER_SIZE + vn.ETH_HEADER_SIZE + overlay_mtu + TAG_SIZE)
-
-
-def sends_for(stride: int, count: int) -> list[tuple[int, int]]:
-    """The datagrams ``[start, end)`` of each GSO send for ``count`` datagrams of ``stride``."""
-    per_send = _per_send(stride)
-    return [(start, min(start + per_send, count)) for start in range(0, count, per_send)]
-
-
-def _per_send(stride: int) -> int:
-    """Datagrams of ``stride`` bytes one GSO send takes: the kernel's limits on segments and
-    on bytes (what one IPv4 UDP datagram could hold)."""
-    return max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // stride))
 
 
 class Layout(NamedTuple):

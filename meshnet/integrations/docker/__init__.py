@@ -1,6 +1,7 @@
 """Docker containers on the overlay.
 
-- ``engine``      the Docker Engine API client: containers, networks and events
+- ``objects``     what the Engine answers (containers, networks, events), parsed (pure)
+- ``engine``      the Docker Engine API client (httpx), imported only when Docker is on
 - ``lifecycle``   what a container's life means for meshnet: pure decisions
 - ``service``     the daemon's trio shell: attach by id or name, the event watcher, the plugin
 - ``netdriver``   libnetwork's remote network driver (``meshnet``)

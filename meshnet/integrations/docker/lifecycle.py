@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshnet.constants import CONTAINER_IFNAME
-from meshnet.integrations.docker.engine import ContainerInfo, Event, NetworkInfo, is_full_id
+from meshnet.integrations.docker.objects import ContainerInfo, Event, NetworkInfo, is_full_id
 from meshnet.integrations.docker.settings import PLUGIN_NAME
 
 CIDR_LABEL = "meshnet.cidr"

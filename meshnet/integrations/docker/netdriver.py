@@ -27,7 +27,7 @@ import trio
 from meshnet.constants import CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.attach import random_mac
-from meshnet.dataplane.sleeve.superframes import segments_per_send
+from meshnet.dataplane.sleeve.segments import segments_per_send
 from meshnet.integrations.docker.ipamdriver import PluginError
 
 log = logging.getLogger("meshnet.docker")

@@ -26,18 +26,17 @@ from meshnet.constants import BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import attach as attachment
 from meshnet.errors import MeshnetError, UserError
 from meshnet.integrations.docker import lifecycle
-from meshnet.integrations.docker.engine import (
+from meshnet.integrations.docker.ipamdriver import OWNER_PREFIX as PLUGIN_OWNER_PREFIX
+from meshnet.integrations.docker.ipamdriver import IpamDriver
+from meshnet.integrations.docker.netdriver import NetworkDriver
+from meshnet.integrations.docker.objects import (
     ContainerInfo,
-    DockerEngine,
     DockerError,
     Event,
     NoSuchContainer,
     NotFound,
     is_container_ref,
 )
-from meshnet.integrations.docker.ipamdriver import OWNER_PREFIX as PLUGIN_OWNER_PREFIX
-from meshnet.integrations.docker.ipamdriver import IpamDriver
-from meshnet.integrations.docker.netdriver import NetworkDriver
 from meshnet.integrations.docker.plugin import PluginApp, serve_plugin
 from meshnet.integrations.docker.settings import PLUGIN_NAME, DockerSettings
 from meshnet.node.node import Node, Target
@@ -46,6 +45,7 @@ from meshnet.node.specs import parse_spec
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
     from meshnet.dns.service import DnsService
+    from meshnet.integrations.docker.engine import DockerEngine
     from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.docker")
@@ -120,6 +120,9 @@ class DockerService:
             task_status.started()
             return
         self.dataplane = dataplane
+        # Imported here: httpx (~4 MiB) only in a router that talks to Docker.
+        from meshnet.integrations.docker.engine import DockerEngine
+
         async with DockerEngine(self.settings.address) as engine, trio.open_nursery() as nursery:
             task_status.started()
             await self._keep_connected(engine, nursery)
