@@ -9,6 +9,8 @@ Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
   sleeve 1% loss     the same with 1% loss injected on the underlay link
   sleeve behind NAT  the sleeve with the sending host behind a NAT (nftables masquerade), reaching
                      the other through it and the lab's internet router
+  ..., IPv6 underlay fastdp, the sleeve and the encrypted sleeve with the routers reaching each
+                     other over an IPv6-only link (VXLAN and UDP over IPv6: 20 header bytes more)
 and prints one table with each figure as a ratio of routed veth measured in the same run (and
 fastdp's also against kernel vxlan).
 
@@ -266,12 +268,14 @@ def sleeve(
     name: str = "sleeve",
     fastdp: bool = False,
     nat: str | None = None,
+    underlay: str = "ipv4",
 ) -> Result:
     """Two hosts, a container each; h1's sends to h2's. With ``nat``, h1 sits behind a NAT of
     that kind and reaches h2 through it and the lab's internet router (two forwarding hops
-    more than the direct link of the other rows)."""
+    more than the direct link of the other rows). ``underlay``: the link's family (the
+    routers reach each other over IPv6 with "ipv6"; the containers stay IPv4)."""
     lab = f"b{uuid.uuid4().hex[:8]}"
-    plan = topology.builtin("line", 2, 1)
+    plan = topology.builtin("line", 2, 1, underlay)
     if nat is not None:
         plan = topology.validate(
             topology.Topology(
@@ -340,10 +344,24 @@ CASES: dict[str, Callable[[int], Result]] = {
     "encrypted": lambda s: sleeve(s, password="bench password", name="sleeve encrypted"),
     "loss": lambda s: sleeve(s, loss=1.0, name="sleeve 1% loss"),
     "nat": lambda s: sleeve(s, nat="masquerade", name="sleeve behind NAT"),
+    "fastdp-ipv6": lambda s: sleeve(s, fastdp=True, underlay="ipv6", name="fastdp, IPv6 underlay"),
+    "sleeve-ipv6": lambda s: sleeve(s, underlay="ipv6", name="sleeve, IPv6 underlay"),
+    "encrypted-ipv6": lambda s: sleeve(
+        s, password="bench password", underlay="ipv6", name="sleeve encrypted, IPv6 underlay"
+    ),
 }
 
 
-ROUTER_CASES = ("fastdp", "sleeve", "encrypted", "loss", "nat")
+ROUTER_CASES = (
+    "fastdp",
+    "sleeve",
+    "encrypted",
+    "loss",
+    "nat",
+    "fastdp-ipv6",
+    "sleeve-ipv6",
+    "encrypted-ipv6",
+)
 
 
 @contextmanager

@@ -59,9 +59,13 @@ async def collect(sources: Sources, *, now: float | None = None) -> dict[str, An
         containers = await dataplane.containers()
         counters = await trio.to_thread.run_sync(_read_net_dev)
         report["containers"] = _with_counters(containers, counters)
-        vxlan = counters.get(status["fastdp"]["device"])
-        if vxlan is not None:  # fastdp traffic never passes the router: the device counts it
-            status["fastdp"]["traffic"] = {"rx_bytes": vxlan[0], "tx_bytes": vxlan[1]}
+        # Fastdp traffic never passes the router: its devices (one per family) count it.
+        vxlan = [counters[d] for d in status["fastdp"].get("devices", ()) if d in counters]
+        if vxlan:
+            status["fastdp"]["traffic"] = {
+                "rx_bytes": sum(rx for rx, _ in vxlan),
+                "tx_bytes": sum(tx for _, tx in vxlan),
+            }
     return report
 
 

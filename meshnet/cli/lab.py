@@ -76,6 +76,12 @@ def lab() -> None:
 )
 @click.option("--mtu", type=int, default=1500, show_default=True, help="Underlay MTU.")
 @click.option(
+    "--underlay",
+    type=click.Choice(["ipv4", "ipv6", "dual"]),
+    default=None,
+    help="The underlay links' family  [default: ipv4; a topology file may say otherwise]",
+)
+@click.option(
     "--password",
     envvar="MESHNET_PASSWORD",
     default=None,
@@ -101,6 +107,7 @@ def up(
     shape: str,
     containers: int | None,
     mtu: int,
+    underlay: str | None,
     password: str | None,
     no_daemons: bool,
     no_fastdp: bool,
@@ -116,9 +123,11 @@ def up(
     _exit_on_sigterm()  # so that `up` removes what it built, as on Ctrl-C
     lablib.check_can_create(name, mtu)
     if shape in topo.BUILTIN_TOPOLOGIES or not (shape.endswith(".toml") or os.path.exists(shape)):
-        spec = topo.builtin(shape, hosts, 1 if containers is None else containers)
+        spec = topo.builtin(
+            shape, hosts, 1 if containers is None else containers, underlay or "ipv4"
+        )
     else:
-        spec = topo.load_file(Path(shape), containers)
+        spec = topo.load_file(Path(shape), containers, underlay)
     steps = len(spec.hosts) + len(spec.links) + sum(len(h.containers) for h in spec.hosts)
     containers_total = sum(len(h.containers) for h in spec.hosts)
     # Routers, "finding each other", attachments, and the containers' resolv.conf.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from meshnet import __version__
@@ -89,7 +90,7 @@ def _connections_table(conns: list[dict[str, Any]]) -> Table:
         path = c.get("data_path") or {}
         table.add_row(
             "->" if c["direction"] == "outbound" else "<-",
-            c["address"],
+            escape(c["address"]),  # "[fd00::2]:6783" is no markup
             c["state"],
             path.get("state", "-"),
             path.get("kind", "-"),
@@ -106,7 +107,7 @@ def _targets_table(targets: list[dict[str, Any]]) -> Table:
     for t in targets:
         state = t["state"] + (f" (retry in {t['retry_in']:.0f}s)" if t["retry_in"] else "")
         table.add_row(
-            t["address"],
+            escape(t["address"]),
             t["source"],
             state,
             str(t["attempts"]),
@@ -140,7 +141,7 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
         table.add_row(
             f"{peer} ({path['nickname']})",
             path["state"],
-            (path.get("endpoint") or "-")
+            escape(path.get("endpoint") or "-")
             + (" (NAT)" if path.get("nat_moved") else "")
             + (" (punched)" if path.get("punched") else ""),
             path["kind"] if path["kind"] == "fastdp" else f"sleeve (fastdp {path['fastdp']})",
@@ -167,7 +168,7 @@ def punch_summary(punch: dict[str, Any] | None) -> str:
     """The NAT in front of us as our neighbours see it, and each peer we tried to punch to."""
     if not punch or punch.get("nat") in (None, "none"):
         return ""
-    out = f"\nNAT: {punch['nat']}, seen as {', '.join(punch['candidates']) or '-'}"
+    out = f"\nNAT: {punch['nat']}, seen as {escape(', '.join(punch['candidates'])) or '-'}"
     if punch.get("unpunchable"):
         out += f" ({punch['unpunchable']})"
     for peer, record in sorted(punch.get("peers", {}).items()):

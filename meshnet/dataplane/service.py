@@ -23,6 +23,7 @@ import trio
 
 from meshnet.config import Config
 from meshnet.constants import BRIDGE, MIN_OVERLAY_MTU, SLEEVE_TAP
+from meshnet.dataplane import underlay
 from meshnet.dataplane.fastdp import core as fastdp_core
 from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.kernel import attach as attachment
@@ -82,6 +83,14 @@ def overlay_mtu(underlay: int, wanted: int | None) -> int:
     return most if wanted is None else wanted
 
 
+def _ttl_message(ip: str, ttl: int) -> tuple[int, int, bytes]:
+    """The control message giving one datagram to ``ip`` its TTL (IPv6: its hop limit)."""
+    value = ttl.to_bytes(4, sys.byteorder)
+    if underlay.version(ip) == 6:
+        return (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, value)
+    return (socket.IPPROTO_IP, socket.IP_TTL, value)
+
+
 def _datagram_overhead(sealed: bool) -> int:
     return wire.HEADER_SIZE + (wire.TAG_SIZE if sealed else 0)
 
@@ -110,6 +119,7 @@ class DataPlane:
         self.overlay_mtu = 0
         self.forwarder: Forwarder | None = None
         self._sock: socket.socket | None = None
+        self._family = socket.AF_INET6  # the sleeve socket's (dual-stack unless IPv6 is off)
         self.counters: dict[str, int] = {}
         self.fastdp = FastDatapath(
             config,
@@ -134,6 +144,7 @@ class DataPlane:
         tap = await trio.to_thread.run_sync(self._set_up_bridge, limiter=self._netlink)
         try:
             self._sock = open_udp(self.config.port, rcvbuf=RECEIVE_BUFFER)
+            self._family = self._sock.family
         except OSError as e:
             tap.close()
             raise UserError(f"cannot listen on UDP port {self.config.port}: {e.strerror}") from None
@@ -175,11 +186,11 @@ class DataPlane:
     def own_ports(self) -> tuple[str, ...]:
         """The router's own ports on the bridge (isolation keeps every other port but the
         containers' shut)."""
-        return (SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port))
+        return (SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port))
 
     def _set_up_bridge(self) -> Any:
         """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
-        own = {BRIDGE, SLEEVE_TAP, fastdp_core.device_name(self.config.vxlan_port)}
+        own = {BRIDGE, SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port)}
         mtu = overlay_mtu(underlay_mtu(ignore=own), self.config.mtu)
         self.overlay_mtu = mtu
         with netlink.namespace(None) as ns:
@@ -208,14 +219,15 @@ class DataPlane:
         neighbours = {}
         for peer, link in {**self._punched, **self._links}.items():
             path = self.paths.get(peer)
+            ip, port = self._endpoint(peer, link)
             neighbours[peer] = Neighbour(
                 name=peer,
-                address=self._endpoint(peer, link),
+                address=(underlay.socket_ip(self._family, ip), port),
                 send_key=link.send_key,
                 receive_key=link.receive_key,
                 sequences=self._sequences.setdefault(peer, Sequences()),
                 window=self._windows.setdefault(peer, wire.ReplayWindow()),
-                max_datagram=self._usable_payload(path),
+                max_datagram=self._usable_payload(path, ip),
                 established=bool(path and path.established),
             )
         return Snapshot(
@@ -253,7 +265,7 @@ class DataPlane:
         path = self.paths.get(peer)
         if path is None:
             path = self.paths[peer] = UdpPath(
-                max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
+                max_payload=self._max_payload(ip), heartbeat_interval=1.0, dead_after=5.0
             )
             for action in path.tick(trio.current_time()):
                 self._send_control(peer, action)
@@ -272,7 +284,7 @@ class DataPlane:
     def _endpoint(self, peer: int, link: PeerLink) -> tuple[str, int]:
         """The UDP endpoint the path to ``peer`` uses: where its heartbeats come from, once
         they came from elsewhere than its control connection's address and advertised port."""
-        return self._moved.get(peer) or (link.ip, link.port)
+        return self._moved.get(peer) or (underlay.plain_ip(link.ip), link.port)
 
     def _follow_heartbeats(self, peer: int, link: PeerLink, addr: Any) -> None:
         """A heartbeat came from ``addr``: if that is not where the path goes, the neighbour's
@@ -280,10 +292,10 @@ class DataPlane:
         mapping alive, well inside a NAT's usual 30 s UDP timeout). With a password the
         heartbeat was authenticated; without one only its port may differ (the receive thread
         passes nothing else)."""
-        endpoint = (str(addr[0]), int(addr[1]))
+        endpoint = (underlay.plain_ip(str(addr[0])), int(addr[1]))
         if endpoint == self._endpoint(peer, link):
             return
-        if link.receive_key is None and endpoint[0] != link.ip:
+        if link.receive_key is None and endpoint[0] != underlay.plain_ip(link.ip):
             self._count("heartbeat_from_another_host")
             return
         log.info(
@@ -292,7 +304,7 @@ class DataPlane:
             *endpoint,
         )
         self._count("udp_endpoint_moved")
-        if endpoint == (link.ip, link.port):
+        if endpoint == (underlay.plain_ip(link.ip), link.port):
             self._moved.pop(peer, None)
         else:
             self._moved[peer] = endpoint
@@ -343,14 +355,14 @@ class DataPlane:
                 continue
             self._links[peer] = link
             moved = self._moved.get(peer)
-            if moved is not None and moved[0] != link.ip:
+            if moved is not None and moved[0] != underlay.plain_ip(link.ip):
                 del self._moved[peer]  # a new connection from elsewhere: start from its address
             if old is None or old.receive_key != link.receive_key:
                 self._windows[peer] = wire.ReplayWindow()
             path = self.paths.get(peer)
             if path is None:
                 self.paths[peer] = UdpPath(
-                    max_payload=self._max_payload(), heartbeat_interval=1.0, dead_after=5.0
+                    max_payload=self._max_payload(link.ip), heartbeat_interval=1.0, dead_after=5.0
                 )
             else:  # the router's new connection must learn what we already know
                 self.router.report_path(self._verdict(peer, path))
@@ -362,7 +374,7 @@ class DataPlane:
         for peer, path in self.paths.items():
             self.router.report_path(self._verdict(peer, path))
 
-    def _usable_payload(self, path: UdpPath | None) -> int:
+    def _usable_payload(self, path: UdpPath | None, ip: str) -> int:
         """What the forwarder may send: the discovered path MTU once known.
 
         While the first search runs, assume the local link's MTU: answering "too big" with the
@@ -371,14 +383,16 @@ class DataPlane:
         if path is None:
             return 0
         if path.searching and path.payload_mtu <= MIN_PROBE_PAYLOAD:
-            return self._max_payload()
+            return self._max_payload(ip)
         return path.payload_mtu
 
     def switch_peers(self) -> set[int]:
         return {e.peer for e in self.switch.entries()}
 
-    def _max_payload(self) -> int:
-        return self.overlay_mtu + ENCAPSULATION_OVERHEAD - 28
+    def _max_payload(self, ip: str) -> int:
+        """The largest UDP payload toward ``ip`` on the local link (IPv6 headers take 20 bytes
+        more than IPv4's: the overlay MTU leaves room for them either way)."""
+        return self.overlay_mtu + ENCAPSULATION_OVERHEAD - underlay.udp_headers(ip)
 
     async def _drive_paths(self) -> None:
         """Heartbeats and probes for every neighbour; report path changes to the router."""
@@ -417,7 +431,7 @@ class DataPlane:
         endpoint = self._endpoint(peer, link) if link is not None else None
         return {
             "state": path.state.value,
-            "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
+            "endpoint": underlay.endpoint_text(*endpoint) if endpoint else None,
             "nat_moved": peer in self._moved,
             "punched": peer not in self._links,
             "pmtu": path.payload_mtu,
@@ -460,16 +474,15 @@ class DataPlane:
         punching = self._punching.get(peer)
         try:
             if punching is None:
-                self._sock.sendto(data, self._endpoint(peer, link))
+                ip, port = self._endpoint(peer, link)
+                self._sock.sendto(data, (underlay.socket_ip(self._family, ip), port))
             else:
                 candidates, ttl = punching
-                ancillary = (
-                    [(socket.IPPROTO_IP, socket.IP_TTL, ttl.to_bytes(4, sys.byteorder))]
-                    if ttl is not None
-                    else []
-                )
-                for endpoint in candidates:
-                    self._sock.sendmsg([data], ancillary, 0, endpoint)
+                for ip, port in candidates:
+                    ancillary = [_ttl_message(ip, ttl)] if ttl is not None else []
+                    self._sock.sendmsg(
+                        [data], ancillary, 0, (underlay.socket_ip(self._family, ip), port)
+                    )
         except OSError as e:
             if e.errno == errno.EMSGSIZE and kind == wire.Kind.PROBE:
                 path = self.paths.get(peer)
@@ -490,7 +503,7 @@ class DataPlane:
         if header.kind == wire.Kind.HEARTBEAT:
             self._follow_heartbeats(peer, link, addr)
             if peer in self._links:  # tell it where it is seen from (its reflexive address)
-                self.punch.heard(peer, (str(addr[0]), int(addr[1])))
+                self.punch.heard(peer, (underlay.plain_ip(str(addr[0])), int(addr[1])))
             else:  # a punched path: both NATs are open, heartbeats go where these come from
                 self._punching.pop(peer, None)
         try:

@@ -258,8 +258,8 @@ def _build(
         progress(f"link {link.a} - {link.b}")
         a_if, b_if = _link_ifname(link.b), _link_ifname(link.a)
         _addressed_veth(
-            (namespaces[link.a], a_if, link.a_address),
-            (namespaces[link.b], b_if, link.b_address),
+            (namespaces[link.a], a_if, link.addresses(link.a)),
+            (namespaces[link.b], b_if, link.addresses(link.b)),
             record.mtu,
         )
         if link.loss or link.rate:  # a new link has no faults to clear: no nft, no tc
@@ -387,21 +387,33 @@ def _link_to_internet(
                 ns.add_route(destination, router_ifname, gateway=_ip(uplink.address))
 
 
+Addresses = str | tuple[str, ...]
+
+
 def _addressed_veth(
-    a: tuple[str, str, str], b: tuple[str, str, str], mtu: int, *, default_route: bool = False
+    a: tuple[str, str, Addresses],
+    b: tuple[str, str, Addresses],
+    mtu: int,
+    *,
+    default_route: bool = False,
 ) -> None:
-    """A veth pair between two namespaces, each end (namespace, interface, address/prefix)
-    addressed and up; with ``default_route``, b's default route goes via a."""
-    (a_ns, a_if, a_address), (b_ns, b_if, b_address) = a, b
+    """A veth pair between two namespaces, each end (namespace, interface, address/prefix or
+    several) addressed and up; with ``default_route``, b's default IPv4 route goes via a's
+    (first) address. IPv6 addresses skip duplicate address detection: usable at once."""
+    (a_ns, a_if, a_addresses), (b_ns, b_if, b_addresses) = a, b
+    a_list = (a_addresses,) if isinstance(a_addresses, str) else a_addresses
+    b_list = (b_addresses,) if isinstance(b_addresses, str) else b_addresses
     with netlink.namespace(a_ns) as ns:
         ns.create_veth(a_if, b_if, b_ns, mtu=mtu)
-        ns.add_address(a_if, a_address)
+        for address in a_list:
+            ns.add_address(a_if, address, nodad=True)
         ns.set_up(a_if)
     with netlink.namespace(b_ns) as ns:
-        ns.add_address(b_if, b_address)
+        for address in b_list:
+            ns.add_address(b_if, address, nodad=True)
         ns.set_up(b_if)
         if default_route:
-            ns.add_route("0.0.0.0/0", b_if, gateway=_ip(a_address))
+            ns.add_route("0.0.0.0/0", b_if, gateway=_ip(a_list[0]))
 
 
 def _ip(cidr: str) -> str:
@@ -431,11 +443,18 @@ def _neighbour_addresses(record: LabRecord, host: str) -> list[str]:
         return [_ip(u["address"]) for u in record.internet["public"]]
     out = []
     for link in record.links:
-        if link["a"] == host:
-            out.append(link["b_address"].split("/")[0])
-        elif link["b"] == host:
-            out.append(link["a_address"].split("/")[0])
+        if host not in (link["a"], link["b"]):
+            continue
+        other = "b" if link["a"] == host else "a"
+        # A dual link: the IPv6 address (the IPv4 one works too; one target per neighbour).
+        address = link.get(f"{other}_address6") or link[f"{other}_address"]
+        out.append(_listen_target(_ip(address)))
     return out
+
+
+def _listen_target(ip: str) -> str:
+    """A peer address as `meshnet launch` takes it: IPv6 in brackets."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def _start_routers(
@@ -744,12 +763,16 @@ def status(name: str | None) -> dict[str, Any]:
     record = LabRecord.load(directory)
     by_host: dict[str, list[dict[str, Any]]] = {h["name"]: [] for h in record.hosts}
     for link in record.links:
-        by_host[link["a"]].append(
-            {"peer": link["b"], "interface": _link_ifname(link["b"]), "address": link["a_address"]}
-        )
-        by_host[link["b"]].append(
-            {"peer": link["a"], "interface": _link_ifname(link["a"]), "address": link["b_address"]}
-        )
+        for end, other in (("a", "b"), ("b", "a")):
+            for key in (f"{end}_address", f"{end}_address6"):
+                if link.get(key):
+                    by_host[link[end]].append(
+                        {
+                            "peer": link[other],
+                            "interface": _link_ifname(link[other]),
+                            "address": link[key],
+                        }
+                    )
     internet = record.internet
     for uplink in internet["public"] if internet else []:
         by_host[uplink["host"]].append(
@@ -811,7 +834,11 @@ def status(name: str | None) -> dict[str, Any]:
         {
             "a": link["a"],
             "b": link["b"],
-            "addresses": [link["a_address"], link["b_address"]],
+            "addresses": [
+                link[key]
+                for key in ("a_address", "b_address", "a_address6", "b_address6")
+                if link.get(key)
+            ],
             "up": link["up"],
             "loss": link["loss"],
             "rate": format_rate(link["rate"]) if link["rate"] else None,

@@ -25,6 +25,13 @@ BUILTIN_TOPOLOGIES = ("full", "line", "star", "ring")
 # Underlay links get one /24 each from here; containers get 10.32.<host>.<container>/12, inside
 # meshnet's default allocation range, so the static addresses stay valid once hosts are joined.
 UNDERLAY_RANGE = ipaddress.IPv4Network("172.31.0.0/16")
+# IPv6 underlay links get one /64 each from a ULA /48 ("meshn" in its global id), numbered as the
+# IPv4 /24s: link N is 172.31.N.0/24 and fd6d:6573:686e:N::/64 (N in hex there).
+UNDERLAY_RANGE6 = ipaddress.IPv6Network("fd6d:6573:686e::/48")
+# Which families an underlay link carries: `--underlay` for a whole lab, `underlay = ...` in a
+# topology file (at the top for every link, or per link). On a dual link a router is told its
+# neighbour's IPv6 address (one target per neighbour: two would only make a duplicate connection).
+UNDERLAYS = ("ipv4", "ipv6", "dual")
 CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 MAX_HOSTS = 250
 MAX_CONTAINERS_PER_HOST = 250
@@ -49,6 +56,7 @@ class LinkSpec:
     b: str
     loss: float = 0.0  # percent of frames dropped in each direction
     rate: int | None = None  # bits per second in each direction
+    underlay: str = "ipv4"  # one of UNDERLAYS
 
     @property
     def key(self) -> frozenset[str]:
@@ -113,8 +121,17 @@ def _default_containers(host: str, count: int) -> tuple[str, ...]:
     return tuple(f"{host}-c{i}" for i in range(1, count + 1))
 
 
-def builtin(kind: str, hosts: int, containers: int) -> Topology:
-    """One of the named shapes over hosts h1..hN."""
+def check_underlay(value: Any) -> str:
+    if value not in UNDERLAYS:
+        raise UserError(
+            f"bad underlay {value!r}: use one of {', '.join(repr(u) for u in UNDERLAYS)}"
+        )
+    return str(value)
+
+
+def builtin(kind: str, hosts: int, containers: int, underlay: str = "ipv4") -> Topology:
+    """One of the named shapes over hosts h1..hN, every link of the ``underlay`` family."""
+    check_underlay(underlay)
     if kind not in BUILTIN_TOPOLOGIES:
         raise UserError(
             f"unknown topology {kind!r}: use one of {', '.join(BUILTIN_TOPOLOGIES)} "
@@ -139,7 +156,7 @@ def builtin(kind: str, hosts: int, containers: int) -> Topology:
     return validate(
         Topology(
             hosts=tuple(HostSpec(n, _default_containers(n, containers)) for n in names),
-            links=tuple(LinkSpec(a, b) for a, b in pairs),
+            links=tuple(LinkSpec(a, b, underlay=underlay) for a, b in pairs),
         )
     )
 
@@ -179,7 +196,7 @@ def _host_number(name: str) -> int:
 
 def to_toml(topology: Topology) -> str:
     """A topology file that `load_file` reads back as ``topology`` (hosts in order, links with
-    their loss and rate): how a generated topology is kept to be used again."""
+    their loss, rate and underlay): how a generated topology is kept to be used again."""
     out = []
     for host in topology.hosts:
         out.append(f"[hosts.{host.name}]")
@@ -194,6 +211,8 @@ def to_toml(topology: Topology) -> str:
             out.append(f"loss = {link.loss:g}")
         if link.rate is not None:
             out.append(f"rate = {_quoted(format_rate(link.rate))}")
+        if link.underlay != LinkSpec.underlay:
+            out.append(f"underlay = {_quoted(link.underlay)}")
         out.append("")
     return "\n".join(out)
 
@@ -221,8 +240,11 @@ def hops_from(topology: Topology, start: str) -> dict[str, int]:
     return hops
 
 
-def load_file(path: Path, default_containers: int | None) -> Topology:
-    """A topology file (TOML): see examples/topology.toml."""
+def load_file(
+    path: Path, default_containers: int | None, default_underlay: str | None = None
+) -> Topology:
+    """A topology file (TOML): see examples/topology.toml. ``default_underlay`` (--underlay)
+    is the family of links for which the file names none; the file's own default wins."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -232,15 +254,20 @@ def load_file(path: Path, default_containers: int | None) -> Topology:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"malformed topology file {path}: {e}") from None
     try:
-        return _from_mapping(data, default_containers)
+        return _from_mapping(data, default_containers, default_underlay)
     except UserError as e:
         raise UserError(f"topology file {path}: {e}") from None
 
 
-def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> Topology:
-    unknown = set(data) - {"hosts", "links"}
+def _from_mapping(
+    data: Mapping[str, Any], default_containers: int | None, default_underlay: str | None = None
+) -> Topology:
+    unknown = set(data) - {"hosts", "links", "underlay"}
     if unknown:
-        raise UserError(f"unknown keys {sorted(unknown)}: expected [hosts.NAME] and [[links]]")
+        raise UserError(
+            f"unknown keys {sorted(unknown)}: expected underlay, [hosts.NAME] and [[links]]"
+        )
+    file_underlay = check_underlay(data.get("underlay", default_underlay or "ipv4"))
     hosts_data = data.get("hosts")
     if not isinstance(hosts_data, dict) or not hosts_data:
         raise UserError("no hosts: add a [hosts.NAME] table for each host")
@@ -277,7 +304,7 @@ def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> To
     for i, link in enumerate(links_data, 1):
         if not isinstance(link, dict):
             raise UserError(f"link {i}: expected a table")
-        extra = set(link) - {"hosts", "loss", "rate"}
+        extra = set(link) - {"hosts", "loss", "rate", "underlay"}
         if extra:
             raise UserError(f"link {i}: unknown keys {sorted(extra)}")
         ends = link.get("hosts")
@@ -294,6 +321,7 @@ def _from_mapping(data: Mapping[str, Any], default_containers: int | None) -> To
                 ends[1],
                 loss=check_loss(link.get("loss", 0)),
                 rate=parse_rate(rate) if rate is not None else None,
+                underlay=check_underlay(link.get("underlay", file_underlay)),
             )
         )
     return validate(Topology(tuple(hosts), tuple(links)))
@@ -317,6 +345,7 @@ def validate(topology: Topology) -> Topology:
             raise UserError(f"link {link.a}-{link.b}: a host cannot link to itself")
         if link.key in pairs:
             raise UserError(f"link {link.a}-{link.b} is listed twice")
+        check_underlay(link.underlay)
         pairs.add(link.key)
     if len(topology.links) > UNDERLAY_RANGE.num_addresses // 256:
         raise UserError(f"too many links ({len(topology.links)}): the lab has room for 256")
@@ -354,10 +383,21 @@ def _validate_nat(topology: Topology, names: set[str]) -> None:
 class PlannedLink:
     a: str
     b: str
-    a_address: str  # "172.31.N.1/24" on a's end
-    b_address: str
+    a_address: str | None  # "172.31.N.1/24" on a's end (None: an IPv6-only link)
+    b_address: str | None
     loss: float
     rate: int | None
+    a_address6: str | None = None  # "fd6d:6573:686e:N::1/64" (None: an IPv4-only link)
+    b_address6: str | None = None
+
+    def addresses(self, end: str) -> tuple[str, ...]:
+        """The addresses (with prefix) at ``end``'s side: IPv4 first."""
+        pair = (
+            (self.a_address, self.a_address6)
+            if end == self.a
+            else (self.b_address, self.b_address6)
+        )
+        return tuple(a for a in pair if a is not None)
 
 
 @dataclass(frozen=True)
@@ -368,12 +408,27 @@ class PlannedContainer:
 
 
 def plan_addresses(topology: Topology) -> tuple[list[PlannedLink], list[PlannedContainer]]:
-    """One /24 per underlay link; containers numbered by host and position."""
+    """One /24 (IPv4) and one /64 (IPv6) per underlay link, as its family asks; containers
+    numbered by host and position."""
     links = []
-    for subnet, link in zip(UNDERLAY_RANGE.subnets(new_prefix=24), topology.links, strict=False):
+    v4_subnets = UNDERLAY_RANGE.subnets(new_prefix=24)
+    subnets = zip(v4_subnets, UNDERLAY_RANGE6.subnets(new_prefix=64), strict=False)
+    for (subnet, subnet6), link in zip(subnets, topology.links, strict=False):
+        v4 = link.underlay in ("ipv4", "dual")
+        v6 = link.underlay in ("ipv6", "dual")
         first, second = subnet.network_address + 1, subnet.network_address + 2
+        first6, second6 = subnet6.network_address + 1, subnet6.network_address + 2
         links.append(
-            PlannedLink(link.a, link.b, f"{first}/24", f"{second}/24", link.loss, link.rate)
+            PlannedLink(
+                link.a,
+                link.b,
+                f"{first}/24" if v4 else None,
+                f"{second}/24" if v4 else None,
+                link.loss,
+                link.rate,
+                f"{first6}/64" if v6 else None,
+                f"{second6}/64" if v6 else None,
+            )
         )
     containers = []
     base = int(CONTAINER_RANGE.network_address)
@@ -428,11 +483,11 @@ def plan_internet(topology: Topology, links: Sequence[PlannedLink]) -> InternetP
     public: list[PlannedUplink] = []
     nats: list[PlannedNat] = []
     for host, uplink_net, private_net in zip(topology.hosts, internet, private, strict=False):
-        own = [
+        own = [  # the internet is IPv4: it routes a public host's IPv4 addresses
             address
             for link in links
             for end, address in ((link.a, link.a_address), (link.b, link.b_address))
-            if end == host.name
+            if end == host.name and address is not None
         ]
         uplink = PlannedUplink(
             host.name,

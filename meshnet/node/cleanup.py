@@ -49,7 +49,7 @@ TABLES: tuple[tuple[str, Callable[[], None]], ...] = (
     (f"inet {firewall.TABLE}", firewall.remove),
 )
 
-_VXLAN_NAME = re.compile(r"vxlan-\d+")  # fastdp's device, named after its port
+_VXLAN_NAME = re.compile(r"vxlan6?-\d+")  # fastdp's devices, named after their port
 
 
 def leftover_links(links: Iterable[LinkInfo]) -> list[str]:

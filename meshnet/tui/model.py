@@ -184,8 +184,9 @@ def peer_rows(snapshot: dict[str, Any]) -> list[PeerRow]:
         if p.get("local"):
             state, path, address = "self", "-", ""
         else:
-            # The host only: an inbound connection's port is the peer's ephemeral one.
-            address = conn["address"].rsplit(":", 1)[0] if conn else ""
+            # The host only: an inbound connection's port is the peer's ephemeral one. IPv6
+            # without its brackets, which the table would take for markup.
+            address = conn["address"].rsplit(":", 1)[0].strip("[]") if conn else ""
             state = conn["state"] if conn else ("unreachable" if not p.get("reachable") else "-")
             path = describe_path(p, paths.get(name))
         # The data plane's path is live; the connection's copy changes only with the path state.

@@ -26,6 +26,7 @@ from typing import cast
 
 import pytest
 
+from meshnet.dataplane import underlay
 from meshnet.dataplane.kernel import attach as attachlib
 from meshnet.dataplane.kernel import netlink, tap, udp
 from meshnet.dataplane.sleeve import vnet
@@ -391,6 +392,47 @@ def test_udp_errors_are_typed(udp_pair: tuple[str, str]) -> None:
         assert refused.value.reason == "refused"
     with pytest.raises(UserError, match="no such local address"):
         udp.open_udp(0, bind="192.0.2.77")
+
+
+def test_one_dual_stack_socket_segments_and_coalesces_both_families(
+    udp_pair: tuple[str, str],
+) -> None:
+    """The sleeve's socket (no bind: ``::`` with IPV6_V6ONLY off) sends one GSO batch to an
+    IPv4 peer (as ::ffff:a.b.c.d) and one to an IPv6 peer; both arrive cut right, GRO
+    coalesces them, don't-fragment holds for both families, and path_mtu answers for both."""
+    a, b = udp_pair
+    for ns, address in ((a, "fd42::1/64"), (b, "fd42::2/64")):
+        with netlink.namespace(ns) as link:
+            link.add_address("mnt0", address, nodad=True)
+    tx = netlink.run_in_namespace(a, udp.open_udp, 0)
+    rx4 = netlink.run_in_namespace(b, udp.open_udp, 0, bind="10.42.0.2")
+    rx6 = netlink.run_in_namespace(b, udp.open_udp, 0, bind="fd42::2")
+    with tx, rx4, rx6:
+        assert tx.family == socket.AF_INET6 and tx.getsockname()[0] == "::"
+        assert tx.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        equal = [bytes([i]) * 1400 for i in range(40)]
+        for rx, dest, headers in (
+            (rx4, ("::ffff:10.42.0.2", rx4.getsockname()[1]), 28),
+            (rx6, ("fd42::2", rx6.getsockname()[1]), 48),
+        ):
+            rx.settimeout(5)
+            udp.send_segments(tx, equal, dest)
+            got, calls = _collect(rx, 40)
+            assert got == equal
+            assert calls < 40, "GRO never coalesced anything"
+            fits = 1500 - headers
+            udp.send_segments(tx, [b"x" * fits], dest)
+            assert _collect(rx, 1)[0] == [b"x" * fits]
+            with pytest.raises(udp.MessageTooBig):
+                udp.send_segments(tx, [b"x" * (fits + 1)], dest)  # DF: never fragmented
+            assert udp.path_mtu(tx, dest) == 1500
+        # Senders as the sleeve sees them: an IPv4 one mapped, as underlay.socket_ip spells it.
+        back = netlink.run_in_namespace(b, udp.open_udp, 0, bind="10.42.0.2")
+        with back:
+            back.sendto(b"hello", ("10.42.0.1", tx.getsockname()[1]))
+            tx.settimeout(5)
+            _, sender = udp.receive(tx)
+        assert sender[0] == underlay.socket_ip(socket.AF_INET6, "10.42.0.2")
 
 
 class _FailingSocket:

@@ -19,6 +19,7 @@ def test_the_bridge_goes_last_after_its_ports_and_devices() -> None:
         link("vethwepl1234", 5, master=3),  # a container's host end
         link("vethwe-sleeve", 6, "tun"),  # no longer on the bridge
         link("vxlan-6784", 7, "vxlan"),  # a crash between create and enslave
+        link("vxlan6-6784", 11, "vxlan", master=3),  # fastdp's device for IPv6 neighbours
         link("vxlan-corp", 8, "vxlan"),  # somebody else's
         link("docker0", 9, "bridge"),
         link("veth0", 10, master=9),
@@ -28,6 +29,7 @@ def test_the_bridge_goes_last_after_its_ports_and_devices() -> None:
         "vethwepl1234",
         "vxlan-6784",
         "vxlan-7001",
+        "vxlan6-6784",
         "meshnet",
     ]
 

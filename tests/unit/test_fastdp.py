@@ -103,6 +103,22 @@ def test_an_advertisement_without_a_port_means_the_default() -> None:
 def test_the_device_is_named_after_its_port() -> None:
     assert fastdp.device_name(6784) == fastdp.DEVICE == "vxlan-6784"
     assert fastdp.device_name(7001) == "vxlan-7001"
+    assert fastdp.device_names(7001) == ("vxlan-7001", "vxlan6-7001")
+
+
+def test_each_pinned_mac_goes_on_the_device_of_its_owners_family() -> None:
+    owners = MacOwners()
+    owners.update(B, frozenset({MAC1}))
+    owners.update(C, frozenset({MAC2}))
+    candidates = {B: Candidate("172.31.0.2", up=True), C: Candidate("fd6d::2", up=True)}
+    entries = fastdp.kernel_entries(candidates, owners, local=frozenset())
+    pb, pc = fastdp.probe_mac(B), fastdp.probe_mac(C)
+    assert fastdp.pins(entries) == {(pb, 4), (MAC1, 4), (pc, 6), (MAC2, 6)}
+    # A container that moved from an IPv4 neighbour to an IPv6 one changes device, not just
+    # owner: the pin is a different (MAC, family) pair, so the old one is removed.
+    owners.update(C, frozenset({MAC1, MAC2}))
+    moved = fastdp.pins(fastdp.kernel_entries(candidates, owners, local=frozenset()))
+    assert (MAC1, 6) in moved and (MAC1, 4) not in moved
 
 
 @pytest.mark.parametrize(

@@ -36,13 +36,61 @@ def test_builtin_shapes() -> None:
     assert topo.builtin("line", 2, 2).hosts[1].containers == ("h2-c1", "h2-c2")
 
 
-@given(st.sampled_from(topo.BUILTIN_TOPOLOGIES), st.integers(1, 22), st.integers(0, 3))
-def test_plans_never_reuse_an_address(shape: str, hosts: int, containers: int) -> None:
-    links, planned = topo.plan_addresses(topo.builtin(shape, hosts, containers))
-    addresses = [a for link in links for a in (link.a_address, link.b_address)]
+@given(
+    st.sampled_from(topo.BUILTIN_TOPOLOGIES),
+    st.integers(1, 22),
+    st.integers(0, 3),
+    st.sampled_from(topo.UNDERLAYS),
+)
+def test_plans_never_reuse_an_address(
+    shape: str, hosts: int, containers: int, underlay: str
+) -> None:
+    links, planned = topo.plan_addresses(topo.builtin(shape, hosts, containers, underlay))
+    addresses = [a for link in links for end in (link.a, link.b) for a in link.addresses(end)]
     addresses += [c.address for c in planned]
     assert len(addresses) == len(set(addresses))
     assert len(planned) == hosts * containers
+    for link in links:  # both ends of a link share its subnets, one per family it carries
+        nets = {
+            ipaddress.ip_interface(a).network
+            for end in (link.a, link.b)
+            for a in link.addresses(end)
+        }
+        assert {n.version for n in nets} == {"ipv4": {4}, "ipv6": {6}, "dual": {4, 6}}[underlay]
+        assert len(nets) == (2 if underlay == "dual" else 1)
+
+
+def test_an_underlay_family_per_link_and_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.toml"
+    path.write_text(
+        'underlay = "ipv6"\n[hosts.a]\n[hosts.b]\n[hosts.c]\n'
+        '[[links]]\nhosts = ["a", "b"]\nunderlay = "ipv4"\n'
+        '[[links]]\nhosts = ["b", "c"]\n'
+    )
+    links, _ = topo.plan_addresses(topo.load_file(path, None))
+    assert [(x.a_address, x.a_address6) for x in links] == [
+        ("172.31.0.1/24", None),
+        (None, "fd6d:6573:686e:1::1/64"),
+    ]
+    assert links[1].addresses("c") == ("fd6d:6573:686e:1::2/64",)
+    # --underlay is the default for links the file leaves open, and the file's own wins.
+    path.write_text('[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\n')
+    assert topo.load_file(path, None, "dual").links[0].underlay == "dual"
+    assert topo.load_file(path, None).links[0].underlay == "ipv4"
+    path.write_text('underlay = "ipv6"\n[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\n')
+    assert topo.load_file(path, None, "ipv4").links[0].underlay == "ipv6"
+
+
+@pytest.mark.parametrize("where", ["top", "link"])
+def test_a_bad_underlay_is_one_clear_error(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "bad.toml"
+    top = 'underlay = "ipv5"\n' if where == "top" else ""
+    link = 'underlay = "ipv5"\n' if where == "link" else ""
+    path.write_text(f'{top}[hosts.a]\n[hosts.b]\n[[links]]\nhosts = ["a", "b"]\n{link}')
+    with pytest.raises(UserError, match="bad underlay 'ipv5': use one of 'ipv4', 'ipv6', 'dual'"):
+        topo.load_file(path, None)
+    with pytest.raises(UserError, match="bad underlay"):
+        topo.builtin("line", 2, 0, "ipv5")
 
 
 @pytest.mark.parametrize(
@@ -243,7 +291,11 @@ def test_to_toml_reads_back_as_the_same_topology(seed: int, containers: int) -> 
     lossy = topo.Topology(
         t.hosts, (topo.LinkSpec(t.links[0].a, t.links[0].b, 2.5, 10**7), *t.links[1:])
     )
-    for original in (t, lossy):
+    mixed = topo.Topology(
+        t.hosts,
+        (topo.LinkSpec(t.links[0].a, t.links[0].b, underlay="ipv6"), *t.links[1:]),
+    )
+    for original in (t, lossy, mixed):
         assert topo._from_mapping(tomllib.loads(topo.to_toml(original)), None) == original
 
 

@@ -18,6 +18,12 @@ AF_PACKET socket) is answered the same way. A full-size probe fails on MTU troub
 an answer for ``down_after`` seconds the neighbour falls back to the sleeve, and is retried every
 ``retry_interval``.
 
+**Two families.** A Linux VXLAN device sends and receives in one address family, and an FDB
+entry of the other family is refused (EAFNOSUPPORT), so there are two devices on the bridge,
+``vxlan-6784`` for IPv4 neighbours and ``vxlan6-6784`` for IPv6 ones (both isolated ports, same
+VNI and port, measured to coexist); each neighbour's entries go to the device of its underlay
+address's family. A host without IPv6 has only the first: its IPv6 neighbours stay on the sleeve.
+
 **Programming.** For every candidate neighbour: its probe MAC, pinned on the VXLAN port and sent
 to its underlay address. For every neighbour that is up: a flood entry, and each MAC it
 advertised, pinned on the VXLAN port (the port learns nothing) and sent to its address. A MAC two
@@ -43,9 +49,15 @@ from meshnet.gossip.messages import MAX_PEER_NAME
 DEVICE = f"vxlan-{FASTDP_PORT}"  # with the default port
 
 
-def device_name(port: int) -> str:
-    """The VXLAN device is named after its UDP port, as Weave's (``vxlan-6784``)."""
-    return f"vxlan-{port}"
+def device_name(port: int, version: int = 4) -> str:
+    """The VXLAN device is named after its UDP port, as Weave's (``vxlan-6784``); the one for
+    IPv6 underlays ``vxlan6-6784`` (a VXLAN device sends and listens in one family only)."""
+    return f"vxlan-{port}" if version == 4 else f"vxlan6-{port}"
+
+
+def device_names(port: int) -> tuple[str, str]:
+    """Both VXLAN devices, IPv4's first."""
+    return device_name(port, 4), device_name(port, 6)
 
 
 VNI = 6784
@@ -310,6 +322,14 @@ class MacOwners:
         for mac, (_, peer) in best.items():
             owned.setdefault(peer, set()).add(mac)
         return owned
+
+
+def pins(entries: KernelEntries) -> frozenset[tuple[str, int]]:
+    """Each pinned MAC with the IP version of the address its remote entry sends to (which
+    device's port the bridge pins it on)."""
+    return frozenset(
+        (mac, 6 if ":" in ip else 4) for mac, ip in entries.remotes if mac in entries.pinned
+    )
 
 
 def kernel_entries(

@@ -70,6 +70,9 @@ class FastDatapath(UnicastChannel):
         self._probe_mac = fastdp.probe_mac(self.local)
         self.port = config.vxlan_port  # every neighbour's must be the same (advertised)
         self.device = fastdp.device_name(self.port)
+        # Per IP version of the underlay, the device carrying those neighbours (see core's "Two
+        # families"); a version missing here (no IPv6 on the host) leaves its peers on the sleeve.
+        self.devices: dict[int, str] = {}
         self.unavailable = "" if config.fastdp else "turned off (--no-fastdp)"
         self._ads: dict[int, Advertisement] = {}
         self._sent_ads: dict[int, Advertisement] = {}
@@ -139,7 +142,7 @@ class FastDatapath(UnicastChannel):
             task_status.started()
             return
         self._frame_size = overlay_mtu + 14
-        log.info("fast datapath up: %s on UDP %d", self.device, self.port)
+        log.info("fast datapath up: %s on UDP %d", ", ".join(self.devices.values()), self.port)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_router)
@@ -171,19 +174,34 @@ class FastDatapath(UnicastChannel):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _create_device(self, mtu: int) -> None:
+        """Both devices; the IPv6 one only where the host has IPv6 (the IPv4 one must work)."""
         with netlink.namespace(None) as ns:
-            ns.create_vxlan(self.device, vni=fastdp.VNI, port=self.port, mtu=mtu)
-            ns.set_master(self.device, self.bridge)
-            ns.set_bridge_port(self.device, learning=False, isolated=True)
-            ns.set_up(self.device)
+            for version, name in zip((4, 6), fastdp.device_names(self.port), strict=True):
+                try:
+                    ns.create_vxlan(name, vni=fastdp.VNI, port=self.port, mtu=mtu, version=version)
+                except netlink.NetlinkError as e:
+                    if version == 4:
+                        raise
+                    log.warning("fast datapath: no %s (%s): IPv6 peers use the sleeve", name, e)
+                    continue
+                ns.set_master(name, self.bridge)
+                ns.set_bridge_port(name, learning=False, isolated=True)
+                ns.set_up(name)
+                self.devices[version] = name
             ns.add_local_mac(self.bridge, self._probe_mac)
 
     def _remove_device(self) -> None:
-        """A fresh device on every start: no entry survives from an earlier daemon."""
+        """Fresh devices on every start: no entry survives from an earlier daemon."""
+        self.devices = {}
         with netlink.namespace(None) as ns:
-            ns.delete_link(self.device)
+            for name in fastdp.device_names(self.port):
+                ns.delete_link(name)
             if ns.has_link(self.bridge):
                 ns.remove_local_mac(self.bridge, self._probe_mac)
+
+    def _device_for(self, address: str) -> str | None:
+        """The device that sends to ``address`` (None: none of its family here)."""
+        return self.devices.get(6 if ":" in address else 4)
 
     @property
     def _links(self) -> Mapping[int, PeerLink]:
@@ -268,6 +286,7 @@ class FastDatapath(UnicastChannel):
                     and ad.willing
                     and ad.port == self.port
                     and self._willing(link.ip)
+                    and self._device_for(link.ip) is not None
                 ):
                     found[peer] = link.ip
             self._candidate_cache = found
@@ -331,19 +350,22 @@ class FastDatapath(UnicastChannel):
                 "fast datapath to %s down: the sleeve carries its traffic", self.router.nick(peer)
             )
 
+        devices = self.devices
+        have_pins, want_pins = fastdp.pins(have), fastdp.pins(want)
+
         def remove() -> None:
             with netlink.namespace(None) as ns:
-                for mac in have.pinned - want.pinned:
-                    ns.unpin_mac(self.device, mac)
+                for mac, version in have_pins - want_pins:
+                    ns.unpin_mac(devices[version], mac)
                 for mac, ip in have.remotes - want.remotes:
-                    ns.delete_remote(self.device, mac, ip)
+                    ns.delete_remote(devices[6 if ":" in ip else 4], mac, ip)
 
         def add() -> None:
             with netlink.namespace(None) as ns:
                 for mac, ip in want.remotes - have.remotes:
-                    ns.add_remote(self.device, mac, ip)
-                for mac in want.pinned - have.pinned:
-                    ns.pin_mac(self.device, mac)
+                    ns.add_remote(devices[6 if ":" in ip else 4], mac, ip)
+                for mac, version in want_pins - have_pins:
+                    ns.pin_mac(devices[version], mac)
 
         try:
             await self._filter(vxlan_filter.sources(ip for _, ip in want.remotes))
@@ -448,7 +470,7 @@ class FastDatapath(UnicastChannel):
 
         def scan() -> frozenset[str]:
             with netlink.namespace(None) as ns:
-                learned = ns.learned_macs(self.bridge, exclude={self.device, self.tap})
+                learned = ns.learned_macs(self.bridge, exclude={*self.devices.values(), self.tap})
                 return frozenset({*learned, ns.link(self.bridge).mac})
 
         try:
@@ -497,6 +519,8 @@ class FastDatapath(UnicastChannel):
         link = self._links.get(peer)
         if link is not None and not self._willing(link.ip):
             return "off: encrypted (VXLAN would carry frames in the clear)"
+        if link is not None and self._device_for(link.ip) is None:
+            return "off: no VXLAN device for IPv6 here (the host has no IPv6)"
         ad = self._ads.get(peer)
         if ad is None:
             return "waiting for the peer"
@@ -512,6 +536,7 @@ class FastDatapath(UnicastChannel):
             "enabled": not self.unavailable,
             "reason": self.unavailable or None,
             "device": self.device,
+            "devices": list(self.devices.values()),  # IPv4's, then IPv6's (if the host has it)
             "port": self.port,
             "encrypted": self.router.encrypted,
             "trusted_subnets": [str(n) for n in self.config.trusted_subnets],

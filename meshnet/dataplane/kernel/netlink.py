@@ -494,13 +494,15 @@ class Namespace:
             f"create bridge {ifname}", self._ipr.link, "add", ifname=ifname, kind="bridge", **extra
         )
 
-    def create_vxlan(self, ifname: str, *, vni: int, port: int, mtu: int) -> None:
+    def create_vxlan(self, ifname: str, *, vni: int, port: int, mtu: int, version: int = 4) -> None:
         """A VXLAN device that learns nothing: every remote address comes from FDB entries.
 
         It sends from ``port`` too, not from a port hashed per inner flow: then every frame to a
         neighbour is one UDP flow, which a port-preserving NAT in front of either side maps
         once, both ways, and which the fastdp probes test as it is (with hashed ports the probes'
-        flow passed a NAT while the containers' flows were dropped)."""
+        flow passed a NAT while the containers' flows were dropped). ``version`` 6: a device of
+        the IPv6 underlay (local ``::``: any of the host's addresses), whose FDB entries are
+        IPv6 addresses only (a device works in one family)."""
         self._call(
             f"create vxlan {ifname}",
             self._ipr.link,
@@ -512,6 +514,7 @@ class Namespace:
             vxlan_port_range={"low": port, "high": port + 1},
             vxlan_learning=0,
             mtu=mtu,
+            **({"vxlan_local6": "::"} if version == 6 else {}),
         )
 
     def set_bridge_port(self, ifname: str, *, learning: bool, isolated: bool) -> None:

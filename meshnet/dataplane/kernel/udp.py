@@ -18,6 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from meshnet.dataplane import underlay
 from meshnet.dataplane.kernel import netlink
 from meshnet.errors import MeshnetError, UserError
 
@@ -88,23 +89,38 @@ class SendBufferFull(UdpSendError):
 def open_udp(
     port: int,
     *,
-    bind: str = "0.0.0.0",
+    bind: str | None = None,
     rcvbuf: int = 4 * 1024 * 1024,
     sndbuf: int = 4 * 1024 * 1024,
 ) -> socket.socket:
-    """A bound UDP socket with large buffers, GRO on and don't-fragment set."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    """A bound UDP socket with large buffers, GRO on and don't-fragment set.
+
+    Without ``bind``: one dual-stack socket on ``::`` (IPV6_V6ONLY off) that serves IPv4 peers
+    as ``::ffff:a.b.c.d`` (see ``meshnet.dataplane.underlay``), or an IPv4 one on a host
+    without IPv6. Don't-fragment is set for both families on it.
+    """
+    if bind is None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:  # IPv6 compiled out or disabled: IPv4 only
+            sock, bind = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), "0.0.0.0"
+        else:
+            bind = "::"
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_DGRAM)
+    family = sock.family
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and bind == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
         _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
         # Without GRO (kernel < 5.0) datagrams arrive one by one, which `receive` handles too.
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-        if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        else:
+        # On a dual-stack socket IP_MTU_DISCOVER rules what goes to IPv4-mapped peers.
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
         try:
             sock.bind((bind, port))
@@ -293,6 +309,10 @@ def _same_namespace(ns_fd: int) -> bool:
 
 
 def _probe_mtu(family: int, local: str, addr: Address) -> int | None:
+    # A dual-stack socket's IPv4 peers: ask an IPv4 socket (IPV6_MTU knows no IPv4 route).
+    if family == socket.AF_INET6 and str(addr[0]).startswith(underlay.MAPPED_PREFIX):
+        family, addr = socket.AF_INET, (underlay.plain_ip(addr[0]), *addr[1:2])
+        local = underlay.plain_ip(local) if local.startswith(underlay.MAPPED_PREFIX) else "0.0.0.0"
     probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if local not in ("0.0.0.0", "::"):

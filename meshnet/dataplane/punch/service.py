@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from meshnet.beats import next_beat
+from meshnet.dataplane import underlay
 from meshnet.dataplane.punch import core
 from meshnet.dataplane.punch.core import Attempt, Endpoint, Offer, Punching, Seen
 from meshnet.dataplane.sleeve.switch import Switch
@@ -81,7 +82,7 @@ class PunchService(UnicastChannel):
         if established and not attempt.up:
             self.core.established(peer)
             log.info("punched a direct path to %s at %s:%d", self.router.nick(peer), *endpoint)
-            self.router.report_punched(peer, f"{endpoint[0]}:{endpoint[1]}")
+            self.router.report_punched(peer, underlay.endpoint_text(*endpoint))
         elif not established and attempt.up:
             log.info("the punched path to %s died: relayed again", self.router.nick(peer))
             self._end(peer, "the punched path died (a NAT lost its mapping?)")
