@@ -134,6 +134,8 @@ class FakeIpam:
         self.held = held or {}
         self.config = SimpleNamespace(range=RANGE, subnet=RANGE)
         self.next = 5
+        self.ipv6 = None  # an IPv4-only IPAM (--no-ipv6)
+        self.default_subnet6 = None
 
     def holders(self, prefix: str = "") -> dict[str, list[str]]:
         return {k: [str(a) for a in v] for k, v in self.held.items() if k.startswith(prefix)}
