@@ -35,28 +35,47 @@ def ruleset(
     port: int = 53,
     table: str = TABLE,
     open_addresses: Sequence[str] = (),
+    also: Sequence[str] = (),
 ) -> str:
-    """An nft script that (re)creates the table atomically: any old version goes first."""
-    ip = ipaddress.ip_address(address)
-    family = "ip" if ip.version == 4 else "ip6"
+    """An nft script that (re)creates the table atomically: any old version goes first.
+
+    ``also``: more addresses the server listens on (its IPv6 one). With an IPv6 address,
+    Neighbor Solicitations and Advertisements from the bridge reach the host too: without them
+    no container could resolve the address to the bridge's MAC.
+    """
+    listens = [ipaddress.ip_address(a) for a in (address, *also)]
+    serve = "".join(
+        f'    iifname "{bridge}" {_family(ip)} daddr {ip} {proto} dport {port} accept\n'
+        for ip in listens
+        for proto in ("udp", "tcp")
+    )
+    ndp = ""
+    if any(ip.version == 6 for ip in listens):
+        ndp = (
+            f'    iifname "{bridge}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} '
+            "accept\n"
+        )
     opened = "".join(
-        f'    iifname "{bridge}" {"ip" if o.version == 4 else "ip6"} daddr {o} accept\n'
+        f'    iifname "{bridge}" {_family(o)} daddr {o} accept\n'
         for o in sorted({ipaddress.ip_address(a) for a in open_addresses}, key=str)
     )
+    closed = "".join(f"    {_family(ip)} daddr {ip} counter drop\n" for ip in listens)
     return (
         f"table inet {table} {{}}\n"
         f"delete table inet {table}\n"
         f"table inet {table} {{\n"
         "  chain input {\n"
         "    type filter hook input priority filter - 10; policy accept;\n"
-        f'    iifname "{bridge}" {family} daddr {ip} udp dport {port} accept\n'
-        f'    iifname "{bridge}" {family} daddr {ip} tcp dport {port} accept\n'
-        f"{opened}"
+        f"{serve}{ndp}{opened}"
         f'    iifname "{bridge}" counter drop\n'
-        f"    {family} daddr {ip} counter drop\n"
+        f"{closed}"
         "  }\n"
         "}\n"
     )
+
+
+def _family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return "ip" if ip.version == 4 else "ip6"
 
 
 def removal(table: str = TABLE) -> str:
@@ -74,8 +93,9 @@ def install(
     port: int = 53,
     table: str = TABLE,
     open_addresses: Sequence[str] = (),
+    also: Sequence[str] = (),
 ) -> None:
-    _apply(ruleset(bridge, address, port, table, open_addresses))
+    _apply(ruleset(bridge, address, port, table, open_addresses, also))
 
 
 def remove(table: str = TABLE) -> None:

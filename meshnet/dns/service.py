@@ -6,7 +6,8 @@ directory after every local change and reloads them on start, hides the records 
 router can no longer reach, re-asserts our records, expires tombstones, and runs the server.
 
 Where the server listens: one overlay address per host, used for nothing but DNS, on the bridge
-(``--dns-address CIDR``, or else an address IPAM allocates for ``dns:<peer name>``). Every local
+(``--dns-address CIDR``, or else an address IPAM allocates for ``dns:<peer name>``), and with
+the IPv6 ring an IPv6 one (from IPAM, in the default IPv6 subnet) beside it. Every local
 container reaches it over the bridge: directly if the address is inside one of its subnets,
 else by a route the ramps give it (told through ``listen_listeners``), which also let DNS past
 the isolation between subnets; containers on other hosts can reach it too, through the overlay.
@@ -77,6 +78,15 @@ class AddressAllocator(Protocol):
         self, container_id: str, address: ipaddress.IPv4Interface
     ) -> ipaddress.IPv4Interface: ...
 
+    @property
+    def ipv6(self) -> object | None:
+        """The IPv6 ring's settings; None: IPv6 is off."""
+        ...
+
+    async def allocate6(
+        self, container_id: str, subnet: ipaddress.IPv6Network | None = None
+    ) -> ipaddress.IPv6Interface: ...
+
 
 def host_upstreams(netns_dir: Path = netlink.NETNS_DIR, etc: Path = Path("/etc")) -> list[str]:
     """The host's resolvers: /etc/netns/<our namespace>/resolv.conf if we run in a named
@@ -120,8 +130,9 @@ class DnsService:
         router.register_channel(CHANNEL, self.records)
         self._changed = trio.Event()
         self.listen: Interface | None = None
-        #: Told whenever ``listen`` changes (the ramps: every container may reach the server).
-        self.listen_listeners: list[Callable[[Interface | None], Awaitable[None]]] = []
+        self.listen6: Interface | None = None  # with the IPv6 ring: its address there
+        #: Told whenever ``listens`` change (the ramps: every container may reach the server).
+        self.listen_listeners: list[Callable[[tuple[Interface, ...]], Awaitable[None]]] = []
         self.state = "starting"
         self.upstreams = [parse_upstream(u) for u in (self.settings.upstreams or host_upstreams())]
         self.resolver: Resolver | None = None
@@ -130,6 +141,7 @@ class DnsService:
         # host exposes on the overlay, which it lets through (``open_addresses``).
         self._firewall_for: tuple[str, int] | None = None
         self._open: tuple[str, ...] = ()
+        self._also: tuple[str, ...] = ()  # the server's other addresses (IPv6)
         self._firewall_lock = trio.Lock()
 
     # --- lifecycle
@@ -157,7 +169,7 @@ class DnsService:
                 return
             if self.settings.address is not None:
                 nursery.start_soon(self._claim, listen)
-            await self._run_server(listen)
+            await self._run_server(listen, await self._listen_address6())
 
     async def _listen_address(self) -> Interface | None:
         owner = "dns:" + format_peer_name(self.router.identity.name)
@@ -172,6 +184,23 @@ class DnsService:
                     await trio.sleep(ALLOCATE_RETRY)
         return check_listen_address(self.settings.address)
 
+    async def _listen_address6(self) -> Interface | None:
+        """An IPv6 address from IPAM's IPv6 ring (None without one): the IPv4 ring exists by
+        now, so this is at once (a seed peer) or one donation away."""
+        if self.ipam is None or self.ipam.ipv6 is None:
+            return None
+        owner = "dns:" + format_peer_name(self.router.identity.name)
+        try:
+            return await self.ipam.allocate6(owner)
+        except UserError as e:
+            log.warning("%s: DNS over IPv4 only: no IPv6 address from IPAM: %s", self._nick, e)
+            return None
+
+    @property
+    def listens(self) -> tuple[Interface, ...]:
+        """Where the server listens now (IPv4, then IPv6)."""
+        return tuple(a for a in (self.listen, self.listen6) if a is not None)
+
     async def _claim(self, listen: Interface) -> None:
         """Reserve a given address in IPAM, so that no container gets it (if in its range).
 
@@ -185,8 +214,9 @@ class DnsService:
         except UserError as e:
             log.warning("%s: DNS address %s not reserved in IPAM: %s", self._nick, listen, e)
 
-    async def _run_server(self, listen: Interface) -> None:
+    async def _run_server(self, listen: Interface, listen6: Interface | None = None) -> None:
         address, cidr = str(listen.ip), str(listen)
+        extra = [] if listen6 is None else [listen6]
         self.resolver = Resolver(
             self.records,
             self.settings.domain,
@@ -202,36 +232,44 @@ class DnsService:
         )
         # The table first and the address last: the address is never reachable unfiltered.
         # Without them the router runs on, without a DNS server (never an unprotected one).
+        self._also = tuple(str(a.ip) for a in extra)
         try:
             await self._install_firewall((address, self.settings.port))
         except UserError as e:
             self._off(f"no firewall for {cidr}: {e}")
             return
+        server = self.server
         try:
-            await trio.to_thread.run_sync(_add_address, cidr)
-            await self._listening(listen)
-            log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, cidr)
-            await self.server.serve(address, self.settings.port)
+            for iface in (listen, *extra):
+                await trio.to_thread.run_sync(_add_address, str(iface))
+            await self._listening(listen, listen6)
+            shown = ", ".join(str(a) for a in (listen, *extra))
+            log.info("%s: DNS for %s on %s", self._nick, self.settings.domain, shown)
+            async with trio.open_nursery() as nursery:
+                for iface in extra:
+                    nursery.start_soon(server.serve, str(iface.ip), self.settings.port)
+                await server.serve(address, self.settings.port)
         except (MeshnetError, OSError) as e:
             self._off(f"cannot serve DNS on {cidr}: {e}")
         finally:
             with trio.CancelScope(shield=True):
-                await self._listening(None)
+                await self._listening(None, None)
                 try:
-                    await trio.to_thread.run_sync(_delete_address, cidr)
+                    for iface in (listen, *extra):
+                        await trio.to_thread.run_sync(_delete_address, str(iface))
                 finally:
                     try:
                         await self._remove_firewall()
                     except UserError as e:
                         log.error("%s: DNS firewall table left in place: %s", self._nick, e)
 
-    async def _listening(self, listen: Interface | None) -> None:
-        if listen == self.listen:
+    async def _listening(self, listen: Interface | None, listen6: Interface | None) -> None:
+        if (listen, listen6) == (self.listen, self.listen6):
             return
-        self.listen = listen
+        self.listen, self.listen6 = listen, listen6
         for listener in list(self.listen_listeners):
             try:
-                await listener(listen)
+                await listener(self.listens)
             except (MeshnetError, OSError) as e:
                 log.error("%s: a DNS address listener failed: %s", self._nick, e)
 
@@ -245,7 +283,7 @@ class DnsService:
             address, port = self._firewall_for
             try:
                 await trio.to_thread.run_sync(
-                    firewall.install, BRIDGE, address, port, firewall.TABLE, self._open
+                    firewall.install, BRIDGE, address, port, firewall.TABLE, self._open, self._also
                 )
             except UserError:
                 if target is not None:  # never installed: nothing for a later call to renew

@@ -487,12 +487,15 @@ def _start_routers(
 
 
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
-    """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
-    address (the planned one only stays for labs without routers)."""
+    """`meshnet attach net:default CONTAINER` on each container's host, as a user would: IPAM
+    gives the address (the planned one only stays for labs without routers)."""
     hosts = {h["name"]: h for h in record.hosts}
     for c in record.containers:
         client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
-        body = {"container": c["namespace"], "addresses": [], "name": c["name"]}  # DNS name
+        # IPv4 only: what every lab test so far expects (one address per container); tests of
+        # dual stack attach their own containers (`attach` with no address: IPv4 and IPv6).
+        addresses = ["net:default"]
+        body = {"container": c["namespace"], "addresses": addresses, "name": c["name"]}
         result = client.post("/attach", body)
         c["address"] = result["addresses"][0]
         progress(f"attached {c['name']} {c['address']}")

@@ -246,7 +246,7 @@ class Ramps:
             self._following = True
             if self.dns is not None:
                 self.dns.listen_listeners.append(self._dns_moved)
-                await self._dns_moved(self.dns.listen)
+                await self._dns_moved(self.dns.listens)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_bridge)
                 nursery.start_soon(self._watch_links)
@@ -486,10 +486,10 @@ class Ramps:
 
     # --- the DNS server's address (the DNS service's listener)
 
-    async def _dns_moved(self, listen: Interface | None) -> None:
+    async def _dns_moved(self, listens: tuple[Interface, ...]) -> None:
         """The DNS server started (or stopped) listening: let every container reach it."""
         async with self._lock:
-            self._dns = () if listen is None else (listen.ip,)
+            self._dns = tuple(listen.ip for listen in listens)
             await self._update()
             await self._route_to_dns(list(self.state.ports.values()))
 

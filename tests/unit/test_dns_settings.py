@@ -126,9 +126,30 @@ def test_firewall_ruleset_keeps_the_address_for_dns_from_the_bridge() -> None:
     assert firewall.removal() == "table inet meshnet_dns {}\ndelete table inet meshnet_dns\n"
 
 
+def test_firewall_ruleset_with_an_ipv6_address_beside_lets_neighbor_discovery_in() -> None:
+    script = firewall.ruleset("meshnet", "10.32.0.1", 53, also=["fd12::2"])
+    lines = [line.strip() for line in script.splitlines()]
+    rules = lines[lines.index("type filter hook input priority filter - 10; policy accept;") + 1 :]
+    assert rules[:8] == [
+        'iifname "meshnet" ip daddr 10.32.0.1 udp dport 53 accept',
+        'iifname "meshnet" ip daddr 10.32.0.1 tcp dport 53 accept',
+        'iifname "meshnet" ip6 daddr fd12::2 udp dport 53 accept',
+        'iifname "meshnet" ip6 daddr fd12::2 tcp dport 53 accept',
+        'iifname "meshnet" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept',
+        'iifname "meshnet" counter drop',
+        "ip daddr 10.32.0.1 counter drop",
+        "ip6 daddr fd12::2 counter drop",
+    ]
+    assert "icmpv6" not in firewall.ruleset("meshnet", "10.32.0.1")
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
 def test_firewall_ruleset_is_valid_nft() -> None:
-    for script in (firewall.ruleset("meshnet", "10.32.0.1"), firewall.ruleset("m", "fd00::1")):
+    for script in (
+        firewall.ruleset("meshnet", "10.32.0.1"),
+        firewall.ruleset("m", "fd00::1"),
+        firewall.ruleset("meshnet", "10.32.0.1", also=["fd00::1"]),
+    ):
         # -c: check only, nothing is applied.
         result = subprocess.run(
             ["nft", "-c", "-f", "-"], input=script, capture_output=True, text=True, check=False

@@ -39,6 +39,8 @@ _NTF_SELF = 0x02
 _NTF_MASTER = 0x04
 _NTF_STICKY = 0x40
 _NUD_PERMANENT = ndmsg.states["permanent"]
+#: linux/if_addr.h: no duplicate address detection (fits ifaddrmsg's 8-bit flags).
+_IFA_F_NODAD = 0x02
 _NUD_STATIC = ndmsg.states["noarp"] | ndmsg.states["reachable"]
 _NUD_DYNAMIC = ndmsg.states["reachable"] | ndmsg.states["stale"]
 # Neighbour notifications (linux/rtnetlink.h): a bridge's forwarding table is a neighbour table
@@ -204,6 +206,21 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     if failure:
         raise failure[0]
     return result[0]
+
+
+def refuse_router_advertisements(name: str, ifname: str) -> bool:
+    """``accept_ra = 0`` on ``ifname`` in namespace ``name`` (a path too): a container takes no
+    address, route or MTU from Router Advertisements another container might send. False if
+    the namespace has no IPv6 (nothing to refuse)."""
+
+    def write() -> bool:
+        path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra")
+        if not path.exists():
+            return False
+        path.write_text("0")
+        return True
+
+    return run_in_namespace(name, write)
 
 
 def set_ipv4_forwarding(name: str, enabled: bool = True) -> None:
@@ -610,7 +627,11 @@ class Namespace:
         )
 
     def add_address(self, ifname: str, cidr: str) -> None:
+        """Add an address; idempotent. IPv6 ones without duplicate address detection
+        (IFA_F_NODAD): overlay addresses come from IPAM, unique by construction, and DAD would
+        leave them "tentative" (unusable) for a second or more."""
         iface = ipaddress.ip_interface(cidr)
+        extra: dict[str, Any] = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
         try:
             self._call(
                 f"add {cidr} to {ifname}",
@@ -619,6 +640,7 @@ class Namespace:
                 index=self.index(ifname),
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
+                **extra,
             )
         except NetlinkError as e:
             cause = e.__cause__
