@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from meshnet.api.client import ApiClient
 from meshnet.cli import main
+from meshnet.cli.ipam import _ipam_view
 from meshnet.gossip.identity import PEER_NAME_FILE
 
 Answer = Any | Callable[[dict[str, Any]], Any]
@@ -249,3 +251,49 @@ def test_readme_links_resolve_inside_the_repository() -> None:
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if "://" not in target:
             assert (root / target).exists(), target
+
+
+# 8. `meshnet status ipam` shows the IPv6 ring under the IPv4 one.
+def test_status_ipam_shows_both_rings() -> None:
+    peer = {
+        "name": "00:00:00:00:00:01",
+        "nickname": "h1",
+        "local": True,
+        "ranges": ["10.32.0.0-10.47.255.255"],
+        "size": 1 << 20,
+        "in_use": 2,
+        "share": 1.0,
+        "reachable": True,
+    }
+    ring = {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12", "allocated_here": 2}
+    data = {
+        **ring,
+        "mode": "consensus",
+        "consensus": "ready",
+        "consensus_size": 1,
+        "seed": [peer["name"]],
+        "peers": [peer],
+        "leaving": False,
+        "refused_merges": {},
+        "ipv6": {
+            "range": "fd12:3456:789a::/48",
+            "default_subnet": "fd12:3456:789a::/64",
+            "consensus": "ready",
+            "allocated_here": 1,
+            "peers": [
+                {**peer, "ranges": ["fd12:3456:789a::-fd12:3456:789a:ffff:ffff:ffff:ffff:ffff"]}
+            ],
+        },
+    }
+
+    def shown(data: dict[str, Any]) -> str:
+        console = Console(width=200, record=True)
+        console.print(_ipam_view(data))
+        return console.export_text()
+
+    text = shown(data)
+    assert "range 10.32.0.0/12" in text and "IPv6 range fd12:3456:789a::/48" in text
+    assert "default subnet fd12:3456:789a::/64" in text
+    idle = {**data, "ipv6": {**data["ipv6"], "peers": [], "range": None}}
+    assert "IPv6 ring: a ULA /48 derived from the seed, not divided yet" in shown(idle)
+    assert "IPv6" not in shown({**data, "ipv6": None})
