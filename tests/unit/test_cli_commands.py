@@ -127,6 +127,14 @@ def test_attach_and_detach_take_the_same_specs(
     assert [b["addresses"] for b in api.bodies if b] == [[spec], [spec]]
 
 
+def test_attach_ipv6_only_is_net_default6(api: FakeApi, meshnet: Callable[..., Run]) -> None:
+    api.answers |= {"/attach": {"addresses": ["fd12::5/64"]}}
+    run = meshnet("attach", "--ipv6-only", "c1")
+    assert run.code == 0 and run.out.strip() == "fd12::5"
+    assert [b["addresses"] for b in api.bodies if b] == [["net:default6"]]
+    one_line_error(meshnet("attach", "--ipv6-only", "net:default", "c1"), "--ipv6-only")
+
+
 @pytest.mark.parametrize("command", ["attach", "detach"])
 def test_specs_without_a_container_are_one_line(
     api: FakeApi, meshnet: Callable[..., Run], command: str
