@@ -490,7 +490,7 @@ class IpamService:
                 "(or --force to forget them)"
             )
         heir = self._choose_heir()
-        owned = sum(e - s for s, e in self.allocator.owned_ranges())
+        owned = self._owned(self.allocator)
         owned6 = 0 if self.allocator6 is None else self._owned(self.allocator6)
         if heir is None:
             if owned or owned6:
@@ -568,6 +568,9 @@ class IpamService:
         heirs: list[int | None] = []
         try:
             for allocator in self._allocators():
+                if allocator is self.allocator6 and not allocator.ring.seeded:
+                    heirs.append(None)  # no IPv6 ring here yet: nothing of it to reclaim
+                    continue
                 heirs.append(allocator.rmpeer(peer, trio.current_time()))
         finally:
             self._after()
