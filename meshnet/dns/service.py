@@ -510,6 +510,7 @@ class DnsService:
             "upstreams": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}" for a, p in self.upstreams],
             "upstream_timeout": self.settings.upstream_timeout,
             "listen": str(self.listen) if self.listen else None,
+            "listen6": str(self.listen6) if self.listen6 else None,
             "port": self.settings.port,
             "state": self.state if self.listen is None else "serving",
             "entries": entries,
