@@ -14,9 +14,17 @@ from meshnet.node.specs import SpecKind, default_specs, parse_spec
 
 
 async def addresses_for(ipam: IpamService, container_id: str, specs: list[str]) -> list[str]:
-    """The CIDRs to put on the container, allocating or claiming them through IPAM (no specs:
-    one IPv4 address, and one IPv6 address when the IPv6 ring is on)."""
-    parsed = [parse_spec(s) for s in specs] or default_specs(ipam.ipv6 is not None)
+    """The CIDRs to put on the container, allocating or claiming them through IPAM.
+
+    No specs: one IPv4 address, and one IPv6 address when the IPv6 ring is on — but for a
+    container that holds addresses already, only of the families it has: attaching again
+    changes nothing (an IPv4-only or IPv6-only container stays so)."""
+    parsed = [parse_spec(s) for s in specs]
+    if not parsed:
+        parsed = default_specs(ipam.ipv6 is not None)
+        families = {a.version for a in ipam.addresses_of(container_id)}
+        if families:
+            parsed = [spec for spec in parsed if spec.family in families]
     out: list[str] = []
     for spec in parsed:
         if spec.kind is SpecKind.ALLOCATE:
