@@ -11,6 +11,9 @@ before sending (serialising only; the atomic file write is timed separately, per
   asks another peer (chosen by free space) for a range.
 
     .venv/bin/python bench/ipam.py [--addresses 10000] [--peers 10] [--range 10.32.0.0/18]
+
+An IPv6 ``--range`` (``fd12:3456:789a::/48``) runs the IPv6 ring as the daemon does: addresses in
+its first /64, which the initial division cuts among all the peers first.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import statistics
 import tempfile
 import time
 from collections import deque
-from ipaddress import IPv4Network
+from ipaddress import IPv6Network, ip_network
 from pathlib import Path
 
 from rich.console import Console
@@ -36,15 +39,20 @@ from meshnet.ipam.allocator import (
     NeedSpace,
     UnicastAction,
 )
+from meshnet.ipam.range6 import first_subnet6
 from meshnet.ipam.service import write_atomically
+from meshnet.ipam.space import Subnet
 
 
 class Net:
-    def __init__(self, peers: int, range_: IPv4Network, seed: int) -> None:
+    def __init__(self, peers: int, range_: Subnet, seed: int) -> None:
         names = tuple(range(1, peers + 1))
+        default = first_subnet6(range_) if isinstance(range_, IPv6Network) else None
         self.peers = {
             n: Allocator(
-                IpamConfig(name=n, range=range_, mode=InitMode.SEED, seed=names),
+                IpamConfig(
+                    name=n, range=range_, default_subnet=default, mode=InitMode.SEED, seed=names
+                ),
                 random.Random(seed + n),
             )
             for n in names
@@ -107,7 +115,7 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def run(
-    scenario: str, peers: int, addresses: int, range_: IPv4Network, seed: int
+    scenario: str, peers: int, addresses: int, range_: Subnet, seed: int
 ) -> list[dict[str, str]]:
     net = Net(peers, range_, seed)
     net.peers[1].allocate("warm-up", None, 0.0)  # seeds the ring (deterministic, everywhere)
@@ -169,7 +177,7 @@ def main() -> None:
     parser.add_argument("--range", default="10.32.0.0/18", help="the allocation range")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    range_ = IPv4Network(args.range)
+    range_ = ip_network(args.range)
     console = Console(width=200)
     rows = []
     for scenario in ("balanced", "skewed"):

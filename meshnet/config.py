@@ -53,6 +53,11 @@ class Config:
     ipalloc_range: IPv4Network = DEFAULT_IPALLOC_RANGE
     ipalloc_default_subnet: IPv4Network | None = None
     ipalloc_init: str = ""
+    # The IPv6 ring (dual-stack containers): off with ``ipv6`` False (``--no-ipv6``); its range
+    # None: a ULA /48 derived from the IPv4 ring's seed; its default subnet None: the first /64.
+    ipv6: bool = True
+    ipalloc_range6: IPv6Network | None = None
+    ipalloc_default_subnet6: IPv6Network | None = None
     # Launch anyway when the range overlaps a route the host already has (Weave's netcheck).
     ipalloc_range_overlap_ok: bool = False
     # Dial again the targets `connect`/`forget` left in the state directory (Weave's --resume).

@@ -27,7 +27,7 @@ from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
 from meshnet.gossip.saved_targets import SavedTargets
 from meshnet.integrations.docker.service import DockerService
-from meshnet.ipam.service import IpamService, ipam_config
+from meshnet.ipam.service import IpamService, ipam_config, ipv6_settings
 from meshnet.node.node import Node
 from meshnet.node.ramps import Ramps
 
@@ -53,7 +53,11 @@ async def run(
     )
     # Before the router runs, so the first connections already carry our ring.
     ipam = IpamService(
-        ipam_config(config, name), router, config.state_dir, nickname=config.nickname
+        ipam_config(config, name),
+        router,
+        config.state_dir,
+        ipv6=ipv6_settings(config),
+        nickname=config.nickname,
     )
     dns = DnsService(config, router, ipam)  # registers its channel: before the router runs too
     dataplane = None

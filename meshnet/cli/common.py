@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.console import RenderableType
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.output import console
@@ -34,7 +34,9 @@ def api_socket_option(
 
 
 def status_command(
-    path: str, render: Callable[[dict[str, Any]], Table] | Callable[[list[Any]], Table], help: str
+    path: str,
+    render: Callable[[dict[str, Any]], RenderableType] | Callable[[list[Any]], RenderableType],
+    help: str,
 ) -> click.Command:
     """A `meshnet status NAME` subcommand: GET ``path`` and print ``render(data)`` (or JSON).
 

@@ -34,16 +34,29 @@ def _split_container_args(args: tuple[str, ...]) -> tuple[list[str], str]:
     "--ifname", default=CONTAINER_IFNAME, show_default=True, help="Interface name inside."
 )
 @click.option("--name", default=None, help="DNS name to register  [default: the namespace's name]")
+@click.option(
+    "--ipv6-only",
+    is_flag=True,
+    help="Only an IPv6 address from IPAM (no IPv4 one): the same as the address net:default6.",
+)
 @api_socket_option
-def attach(args: tuple[str, ...], ifname: str, name: str | None, api_socket: Path) -> None:
+def attach(
+    args: tuple[str, ...], ifname: str, name: str | None, ipv6_only: bool, api_socket: Path
+) -> None:
     """Join a container to the overlay: a namespace name, a PID, /proc/PID/ns/net, or a Docker
     container's name or id.
 
-    Without ADDRESS, IPAM gives it one in the default subnet. An ADDRESS is `net:CIDR` (one
-    from that subnet), `ip:ADDR[/LEN]` (exactly that one) or a CIDR; attaching again gives the
-    same addresses.
+    Without ADDRESS, IPAM gives it one address in the default subnet and, unless the router
+    runs with --no-ipv6, one in the default IPv6 subnet. An ADDRESS is `net:CIDR` (one from that
+    subnet, IPv4 or IPv6), `net:default` or `net:default6` (one from the default subnet of that
+    family), `ip:ADDR[/LEN]` (exactly that one) or a CIDR; attaching again gives the same
+    addresses.
     """
     addresses, container = _split_container_args(args)
+    if ipv6_only:
+        if addresses:
+            raise click.UsageError("--ipv6-only takes no ADDRESS (give IPv6 ones instead)")
+        addresses = ["net:default6"]
     # Allocation may wait for the peers to agree on the ring, or for a donation.
     result = ApiClient(api_socket, timeout=ALLOCATE_TIMEOUT + 15).post(
         "/attach",

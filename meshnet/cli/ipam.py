@@ -7,13 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from meshnet.api.client import ApiClient
 from meshnet.cli.common import api_socket_option, status_command
 from meshnet.config import DEFAULT_STATE_DIR, default_state_dir
 from meshnet.errors import UserError
 from meshnet.integrations.docker.settings import DEFAULT_PLUGIN_DIR, PLUGIN_NAME
+
+
+def _ipam_view(data: dict[str, Any]) -> RenderableType:
+    """The IPv4 ring's table, and the IPv6 ring's under it (unless IPv6 is off)."""
+    table = _ipam_table(data)
+    ipv6 = data.get("ipv6")
+    if ipv6 is None:
+        return table
+    if not ipv6["peers"]:
+        where = ipv6["range"] or "a ULA /48 derived from the seed"
+        return Group(table, Text(f"\nIPv6 ring: {where}, not divided yet (with the IPv4 ring)"))
+    return Group(table, Text(""), _ring_table(ipv6, "IPv6 range", ipv6["consensus"]))
 
 
 def _ipam_table(data: dict[str, Any]) -> Table:
@@ -24,6 +38,17 @@ def _ipam_table(data: dict[str, Any]) -> Table:
         consensus += f" (seeded among {len(data['seed'])})"
     elif data["mode"] == "observer":
         consensus += " (observer)"
+    table = _ring_table(data, "range", consensus)
+    notes = [f"{data['allocated_here']} addresses in use here"]
+    if data["leaving"]:
+        notes.append("handing its ranges over (reset)")
+    if data["refused_merges"]:
+        notes.append(f"refused ring merges: {sum(data['refused_merges'].values())}")
+    table.caption = "; ".join(notes)
+    return table
+
+
+def _ring_table(data: dict[str, Any], what: str, consensus: str) -> Table:
     table = Table(
         "peer",
         "nickname",
@@ -33,7 +58,7 @@ def _ipam_table(data: dict[str, Any]) -> Table:
         "share",
         "reachable",
         box=None,
-        title=f"range {data['range']}, default subnet {data['default_subnet']}, ring {consensus}",
+        title=f"{what} {data['range']}, default subnet {data['default_subnet']}, ring {consensus}",
     )
     for p in data["peers"]:
         ranges = p["ranges"]
@@ -47,17 +72,12 @@ def _ipam_table(data: dict[str, Any]) -> Table:
             f"{p['share']:.1%}",
             "yes" if p["reachable"] else "no (unreachable)",
         )
-    notes = [f"{data['allocated_here']} addresses in use here"]
-    if data["leaving"]:
-        notes.append("handing its ranges over (reset)")
-    if data["refused_merges"]:
-        notes.append(f"refused ring merges: {sum(data['refused_merges'].values())}")
-    table.caption = "; ".join(notes)
+    table.caption = f"{data['allocated_here']} addresses in use here"
     return table
 
 
 status_ipam = status_command(
-    "/status/ipam", _ipam_table, "The address ranges: who owns what, what is in use, consensus."
+    "/status/ipam", _ipam_view, "The address ranges: who owns what, what is in use, consensus."
 )
 
 
@@ -186,8 +206,11 @@ def rmpeer(peers: tuple[str, ...], api_socket: Path) -> None:
         if result["heir"] is None:
             click.echo(f"{result['peer']}: owned no addresses")
         else:
+            six = result.get("addresses6")
+            extra = "" if not six else f" (and {six} IPv6 addresses)"
             click.echo(
-                f"{result['peer']}: {result['addresses']} addresses reclaimed by {result['heir']}"
+                f"{result['peer']}: {result['addresses']} addresses{extra} reclaimed by "
+                f"{result['heir']}"
             )
     if failed:
         raise UserError("; ".join(failed))

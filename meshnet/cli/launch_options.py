@@ -137,13 +137,33 @@ def _network(flag: str) -> Callable[[str], ipaddress.IPv4Network]:
         try:
             network = ipaddress.IPv4Network(text)
         except ValueError as e:
-            if ":" in text:  # IPv6 (containers get IPv4 addresses from IPAM only, for now)
+            if ":" in text:  # IPv6: the IPv6 ring has flags of its own
                 raise UserError(
-                    f"bad {flag} {text!r}: IPv6 ranges are not supported yet; "
-                    "give an IPv4 range such as 10.32.0.0/12"
+                    f"bad {flag} {text!r}: give an IPv4 range such as 10.32.0.0/12 "
+                    f"(and IPv6 ones with {flag}6)"
                 ) from None
             raise UserError(f"bad {flag} {text!r}: {e}") from None
         return _container_range(flag, network)
+
+    return parse
+
+
+def _network6(flag: str) -> Callable[[str], ipaddress.IPv6Network]:
+    def parse(text: str) -> ipaddress.IPv6Network:
+        try:
+            network = ipaddress.IPv6Network(text)
+        except ValueError as e:
+            raise UserError(f"bad {flag} {text!r}: {e}") from None
+        if network.prefixlen == 0 or network.prefixlen > 120:
+            raise UserError(f"bad {flag} {network}: give a prefix length from 1 to 120")
+        for what, special in (
+            ("loopback, unspecified or IPv4-mapped", ipaddress.IPv6Network("::/80")),
+            ("multicast", ipaddress.IPv6Network("ff00::/8")),
+            ("link-local", ipaddress.IPv6Network("fe80::/10")),
+        ):
+            if network.overlaps(special):
+                raise UserError(f"bad {flag} {network}: it overlaps {what} addresses ({special})")
+        return network
 
     return parse
 
@@ -371,6 +391,27 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         metavar="consensus[=N]|seed=NAME,...|observer",
     ),
     LaunchOption(
+        "--ipalloc-range6",
+        "ipalloc_range6",
+        "The IPv6 range containers' IPv6 addresses are allocated from  [default: a ULA /48 "
+        "derived from the peers the IPv4 range was first divided among]",
+        metavar="CIDR",
+        parse=_network6("--ipalloc-range6"),
+    ),
+    LaunchOption(
+        "--ipalloc-default-subnet6",
+        "ipalloc_default_subnet6",
+        "Where `attach` allocates IPv6 addresses by default  [default: the range's first /64]",
+        metavar="CIDR",
+        parse=_network6("--ipalloc-default-subnet6"),
+    ),
+    LaunchOption(
+        "--no-ipv6",
+        "ipv6",
+        "Containers get IPv4 addresses only (no IPv6 ring).",
+        switch=False,
+    ),
+    LaunchOption(
         "--ipalloc-range-overlap-ok",
         "ipalloc_range_overlap_ok",
         "Launch even if --ipalloc-range overlaps a route this host already has.",
@@ -510,7 +551,7 @@ def _check_ports(config: Config) -> None:
 def _check_ipalloc(config: Config, peers: int) -> None:
     """The IPAM settings together, so that a mistake is one line before anything starts."""
     # Imported here: it pulls in trio, which the other commands' start-up must not pay for.
-    from meshnet.ipam.service import parse_init
+    from meshnet.ipam.service import ipv6_settings, parse_init
 
     allocation_range, subnet = config.ipalloc_range, config.ipalloc_default_subnet
     if allocation_range.num_addresses < 4:
@@ -521,6 +562,7 @@ def _check_ipalloc(config: Config, peers: int) -> None:
         )
     if config.ipalloc_init:
         parse_init(config.ipalloc_init, peers)
+    ipv6_settings(config)
 
 
 MIN_PASSWORD_BYTES = 16

@@ -36,6 +36,7 @@ def ruleset(
     port: int = 53,
     table: str = TABLE,
     open_addresses: Sequence[str] = (),
+    also: Sequence[str] = (),
 ) -> str:
     """An nft script that (re)creates the table atomically: any old version goes first.
 
@@ -97,6 +98,7 @@ def install(
     port: int = 53,
     table: str = TABLE,
     open_addresses: Sequence[str] = (),
+    also: Sequence[str] = (),
 ) -> None:
     _apply(ruleset(bridge, addresses, port, table, open_addresses))
 

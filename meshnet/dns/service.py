@@ -79,6 +79,15 @@ class AddressAllocator(Protocol):
         self, container_id: str, address: ipaddress.IPv4Interface
     ) -> ipaddress.IPv4Interface: ...
 
+    @property
+    def ipv6(self) -> object | None:
+        """The IPv6 ring's settings; None: IPv6 is off."""
+        ...
+
+    async def allocate6(
+        self, container_id: str, subnet: ipaddress.IPv6Network | None = None
+    ) -> ipaddress.IPv6Interface: ...
+
 
 def host_upstreams(netns_dir: Path = netlink.NETNS_DIR, etc: Path = Path("/etc")) -> list[str]:
     """The host's resolvers: /etc/netns/<our namespace>/resolv.conf if we run in a named
@@ -140,6 +149,7 @@ class DnsService:
         # addresses the host exposes on the overlay, which it lets through (``open_addresses``).
         self._firewall_port: int | None = None
         self._open: tuple[str, ...] = ()
+        self._also: tuple[str, ...] = ()  # the server's other addresses (IPv6)
         self._firewall_lock = trio.Lock()
 
     # --- lifecycle
@@ -182,6 +192,10 @@ class DnsService:
                 given = [allocated]
             for listen in given:
                 self.listen_on(listen)
+            if not any(i.version == 6 for i in given):
+                listen6 = await self._listen_address6()
+                if listen6 is not None:
+                    self.listen_on(listen6)
 
     def listen_on(self, listen: Interface, *, add_address: bool = True) -> None:
         """Serve on ``listen`` too (an overlay address of the host on the bridge, any family).
@@ -211,6 +225,18 @@ class DnsService:
             except UserError as e:
                 log.warning("%s: no DNS address from IPAM yet: %s", self._nick, e)
                 await trio.sleep(ALLOCATE_RETRY)
+
+    async def _listen_address6(self) -> Interface | None:
+        """An IPv6 address from IPAM's IPv6 ring (None without one): the IPv4 ring exists by
+        now, so this is at once (a seed peer) or one donation away."""
+        if self.ipam is None or self.ipam.ipv6 is None:
+            return None
+        owner = "dns:" + format_peer_name(self.router.identity.name)
+        try:
+            return await self.ipam.allocate6(owner)
+        except UserError as e:
+            log.warning("%s: DNS over IPv4 only: no IPv6 address from IPAM: %s", self._nick, e)
+            return None
 
     async def _claim(self, listen: Interface) -> None:
         """Reserve a given address in IPAM, so that no container gets it (if in its range).
@@ -627,7 +653,7 @@ def _registrable(address: str) -> bool:
 
 def _add_address(cidr: str) -> None:
     with netlink.namespace(None) as ns:
-        ns.add_address(BRIDGE, cidr, nodad=True)  # IPv6: answering at once, not in seconds
+        ns.add_address(BRIDGE, cidr)  # an IPv6 one without DAD: answering at once
 
 
 def _delete_address(cidr: str) -> None:

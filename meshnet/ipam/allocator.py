@@ -15,6 +15,11 @@ Nothing is allocated before the ring exists. How it comes to exist depends on th
 peer computes the same ring); ``CONSENSUS`` peers agree on the peer set with Paxos over gossip
 (``consensus.py``), started lazily by the first allocation anywhere; ``OBSERVER`` peers never
 take part and wait for the ring, then get space by donation like any later peer.
+
+The same class manages an IPv6 ring (``config.range`` an ``IPv6Network``): addresses and counts
+are Python ints either way. An IPv6 allocator is a ``FOLLOW`` one: it never runs a consensus of
+its own; the shell seeds it (``follow``) with the IPv4 ring's seed once that exists, so one
+agreement divides both rings among the same peers.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+)
 from typing import Any
 
 import msgpack
@@ -35,14 +48,20 @@ from meshnet.ipam.ring import (
     MAX_PEER_NAME,
     MAX_SEED,
     MAX_TOKENS,
+    WIDE_BYTES,
     Ring,
     RingUpdate,
     Token,
     merge_updates,
     update_from_obj,
     update_obj,
+    wide,
+    wide_int,
 )
-from meshnet.ipam.space import Space, usable
+from meshnet.ipam.space import Space, Subnet, usable
+
+IPAddress = IPv4Address | IPv6Address
+Interface = IPv4Interface | IPv6Interface
 
 IPAM_CHANNEL = "ipam"
 DEFAULT_RANGE = IPv4Network("10.32.0.0/12")
@@ -70,6 +89,7 @@ class InitMode(enum.Enum):
     CONSENSUS = "consensus"
     SEED = "seed"
     OBSERVER = "observer"
+    FOLLOW = "follow"  # seeded by the shell with another ring's seed (the IPv6 ring)
 
 
 class AddressInUse(UserError):
@@ -81,8 +101,8 @@ class IpamConfig:
     """``--ipalloc-range``, ``--ipalloc-default-subnet`` and ``--ipalloc-init``."""
 
     name: int
-    range: IPv4Network = DEFAULT_RANGE
-    default_subnet: IPv4Network | None = None
+    range: Subnet = DEFAULT_RANGE
+    default_subnet: Subnet | None = None
     mode: InitMode = InitMode.CONSENSUS
     consensus_size: int = 1
     seed: tuple[int, ...] = ()
@@ -92,7 +112,7 @@ class IpamConfig:
             raise UserError(f"bad peer name {self.name!r}")
         if self.range.num_addresses < 2:
             raise UserError(f"allocation range {self.range} is too small")
-        if self.default_subnet is not None and not self.default_subnet.subnet_of(self.range):
+        if self.default_subnet is not None and not inside(self.default_subnet, self.range):
             raise UserError(f"default subnet {self.default_subnet} is not inside {self.range}")
         if self.mode is InitMode.SEED:
             if not self.seed or len(self.seed) > MAX_SEED:
@@ -103,20 +123,43 @@ class IpamConfig:
             raise UserError(f"bad consensus size {self.consensus_size}")
 
     @property
-    def subnet(self) -> IPv4Network:
+    def subnet(self) -> Subnet:
         return self.default_subnet or self.range
+
+    @property
+    def focus(self) -> tuple[int, int] | None:
+        """What the initial division divides among all peers first (``Ring.claim_initial``):
+        an IPv6 ring's default subnet. (IPv4 rings keep their plain division, which peers
+        running older versions compute too.)"""
+        if self.range.version != 6 or self.default_subnet is None:
+            return None
+        lo = int(self.default_subnet.network_address)
+        return lo, lo + self.default_subnet.num_addresses
+
+    def address(self, value: int) -> IPAddress:
+        """An int of this range's family as an address."""
+        return IPv4Address(value) if self.range.version == 4 else IPv6Address(value)
+
+
+def inside(net: Subnet, outer: Subnet) -> bool:
+    """``net.subnet_of(outer)``, false (not TypeError) across families."""
+    return (
+        net.version == outer.version
+        and int(outer.network_address) <= int(net.network_address)
+        and int(net.broadcast_address) <= int(outer.broadcast_address)
+    )
 
 
 @dataclass(frozen=True)
 class Address:
     """An allocated address and the subnet the container's interface is configured with."""
 
-    ip: IPv4Address
-    subnet: IPv4Network
+    ip: IPAddress
+    subnet: Subnet
 
     @property
-    def interface(self) -> IPv4Interface:
-        return IPv4Interface(f"{self.ip}/{self.subnet.prefixlen}")
+    def interface(self) -> Interface:
+        return ip_interface(f"{self.ip}/{self.subnet.prefixlen}")
 
 
 class Waiting(enum.Enum):
@@ -169,7 +212,7 @@ class _Msg(enum.IntEnum):
 class _Request:
     request_id: int
     donor: int
-    subnet: IPv4Network
+    subnet: Subnet
     address: int | None
     container: str | None
     deadline: float
@@ -178,15 +221,15 @@ class _Request:
 @dataclass(frozen=True)
 class PeerShare:
     peer: int
-    ranges: tuple[tuple[IPv4Address, IPv4Address], ...]  # inclusive
+    ranges: tuple[tuple[IPAddress, IPAddress], ...]  # inclusive
     size: int
     free: int  # as last reported by the peer
 
 
 @dataclass(frozen=True)
 class IpamStatus:
-    range: IPv4Network
-    default_subnet: IPv4Network
+    range: Subnet
+    default_subnet: Subnet
     mode: InitMode
     consensus: str  # "idle" (no allocation yet), "deciding", "ready"
     seed: tuple[int, ...]
@@ -231,14 +274,17 @@ class Allocator:
         self.counters = _Counters()
         self.dirty = False
         self._actions: list[Action] = []
-        self._requests: dict[tuple[IPv4Network, int | None], _Request] = {}
+        self._requests: dict[tuple[Subnet, int | None], _Request] = {}
         # Donors asked lately -> until when their gift by gossip is taken (inf: restored from
         # the state file, for GIFT_MEMORY from the first tick). Without this, a gift whose
         # reply was lost after our request ended was dropped as unasked: that space was then
         # ours in every view but our own, forever (found by TestMesh).
         self._asked: dict[int, float] = {}
         self._next_request = 1
-        self._tried: dict[IPv4Network, set[int]] = {}
+        self._tried: dict[Subnet, set[int]] = {}
+        #: The ring was divided here (a decision, ``--ipalloc-init seed``, ``follow``), not
+        #: adopted from a peer: the shell seeds the IPv6 ring here too only then.
+        self.divided_here = False
         self._refused: dict[tuple[str, int], str] = {}
         self._handover_to: int | None = None
         self._handover_acked = False
@@ -259,6 +305,11 @@ class Allocator:
         return self._handover_to is not None and not self._handover_acked
 
     @property
+    def handover_to(self) -> int | None:
+        """The peer ``reset`` hands (or handed) our ranges to."""
+        return self._handover_to
+
+    @property
     def handed_over(self) -> bool:
         """``reset`` finished: the peer that took our ranges acknowledged them."""
         return self._handover_to is not None and self._handover_acked
@@ -276,9 +327,7 @@ class Allocator:
 
     # --- the user's operations
 
-    def allocate(
-        self, container_id: str, subnet: IPv4Network | None, now: float
-    ) -> Address | NeedSpace:
+    def allocate(self, container_id: str, subnet: Subnet | None, now: float) -> Address | NeedSpace:
         """The container's address in ``subnet`` (default subnet if None); idempotent."""
         self._now = now
         container = _container(container_id)
@@ -287,21 +336,21 @@ class Allocator:
         lo, hi = usable(net)
         for address in self.space.addresses(container):
             if lo <= address < hi:
-                return Address(IPv4Address(address), net)
+                return Address(self.config.address(address), net)
         if not self._ensure_ring(now):
             return NeedSpace(Waiting.CONSENSUS)
         address_ = self.space.allocate(container, self.owned_ranges(), net)
         if address_ is not None:
             self._changed(now)
-            return Address(IPv4Address(address_), net)
+            return Address(self.config.address(address_), net)
         return self._ask(net, None, None, now)
 
     def claim(
         self,
         container_id: str,
-        address: IPv4Address,
+        address: IPAddress,
         now: float,
-        subnet: IPv4Network | None = None,
+        subnet: Subnet | None = None,
     ) -> Address | NeedSpace:
         """Give ``address`` to the container; AddressInUse if another container holds it.
 
@@ -335,8 +384,8 @@ class Allocator:
         return self._ask(net, a, container, now)
 
     def release(
-        self, container_id: str, now: float, only: Iterable[IPv4Address] | None = None
-    ) -> list[IPv4Address]:
+        self, container_id: str, now: float, only: Iterable[IPAddress] | None = None
+    ) -> list[IPAddress]:
         """Free every address the container holds, or those of ``only`` (none: nothing
         happens)."""
         self._now = now
@@ -344,13 +393,14 @@ class Allocator:
         released = self.space.release(_container(container_id), chosen)
         if released:
             self._changed(now)
-        return [IPv4Address(a) for a in released]
+        return [self.config.address(a) for a in released]
 
     def addresses_of(self, container_id: str) -> list[Address]:
         out = []
         for a in self.space.addresses(container_id):
-            net = self.config.subnet if IPv4Address(a) in self.config.subnet else self.config.range
-            out.append(Address(IPv4Address(a), net))
+            ip = self.config.address(a)
+            net = self.config.subnet if ip in self.config.subnet else self.config.range
+            out.append(Address(ip, net))
         return out
 
     def reset(self, to_peer: int, now: float, *, force: bool = False) -> None:
@@ -397,6 +447,26 @@ class Allocator:
             if heir == self.name:
                 self._changed(now)
         return heir
+
+    def start_ring(self, now: float) -> bool:
+        """Whether the ring exists; if not, start what makes it exist (a ``FOLLOW`` ring
+        waits for ``follow``, or for a peer's ring)."""
+        self._now = now
+        return self._ensure_ring(now)
+
+    def follow(self, seed: tuple[int, ...], now: float) -> None:
+        """Divide a ``FOLLOW`` ring among ``seed``: the peers another ring was divided among
+        (here, not adopted: see ``divided_here``). No-op once seeded."""
+        if self.config.mode is not InitMode.FOLLOW:
+            raise ValueError("only a following ring is seeded from outside")
+        self._now = now
+        if self.ring.seeded:
+            return
+        self.ring.claim_initial(seed, self.config.focus)
+        self.divided_here = True
+        self.dirty = True
+        self._gossip(None)
+        self._after_ring_change(now)
 
     def tick(self, now: float) -> None:
         """Timers: consensus retries, unanswered requests, hand-over re-sends, free reports."""
@@ -446,7 +516,7 @@ class Allocator:
             peers.append(
                 PeerShare(
                     peer,
-                    tuple((IPv4Address(s), IPv4Address(e - 1)) for s, e in ranges),
+                    tuple((self.config.address(s), self.config.address(e - 1)) for s, e in ranges),
                     sum(e - s for s, e, _ in shares[peer]),
                     sum(f for _, _, f in shares[peer]),
                 )
@@ -474,7 +544,7 @@ class Allocator:
 
     def on_gossip(self, payload: bytes) -> bytes | None:
         update, entries = _decode_gossip(payload)
-        if self.ring.seeded:
+        if self.ring.seeded or self.config.mode is InitMode.FOLLOW:
             entries = []  # the consensus is over here
         else:
             self.paxos.check(entries)
@@ -553,13 +623,13 @@ class Allocator:
         self.dirty = False
         ring = update_obj(self.ring.update()) if self.ring.seeded else None
         entries = entries_obj(self.paxos.entries.values())
-        allocations = [[a, c] for a, c in self.space.allocations()]
+        allocations = [[wide(a), c] for a, c in self.space.allocations()]
         return _pack(
             [
                 1,
                 self.name,
-                self.ring.start,
-                self.ring.end,
+                wide(self.ring.start),
+                wide(self.ring.end),
                 ring,
                 entries,
                 allocations,
@@ -588,6 +658,8 @@ class Allocator:
                 if type(donor) is not int or not 0 <= donor <= MAX_PEER_NAME:
                     raise RemoteProtocolError("bad asked donor")
                 self._asked[donor] = math.inf
+            start = wide_int(start, 0, 1 << 128, "state range start")
+            end = wide_int(end, 0, 1 << 128, "state range end")
             if (name, start, end) != (config.name, self.ring.start, self.ring.end):
                 raise UserError(
                     "the IPAM state belongs to another peer name or allocation range: "
@@ -602,11 +674,12 @@ class Allocator:
                 raise RemoteProtocolError("bad allocations")
             owned = self.owned_ranges()
             for row in allocations:
-                if type(row) is not list or len(row) != 2 or type(row[0]) is not int:
+                if type(row) is not list or len(row) != 2:
                     raise RemoteProtocolError(f"bad allocation {row!r:.80}")
-                if not any(s <= row[0] < e for s, e in owned):
+                address = wide_int(row[0], 0, (1 << 128) - 1, "allocation")
+                if not any(s <= address < e for s, e in owned):
                     raise RemoteProtocolError("an allocation outside our ranges")
-                self.space.take(_container(row[1]), row[0])
+                self.space.take(_container(row[1]), address)
             if handover_to is not None:
                 if type(handover_to) is not int or type(acked) is not bool:
                     raise RemoteProtocolError("bad hand-over")
@@ -630,9 +703,9 @@ class Allocator:
         if self._handover_to is not None:
             raise UserError("this peer has handed its ranges over (reset): it allocates no more")
 
-    def _subnet(self, subnet: IPv4Network | None) -> IPv4Network:
+    def _subnet(self, subnet: Subnet | None) -> Subnet:
         net = self.config.subnet if subnet is None else subnet
-        if not net.subnet_of(self.config.range):
+        if not inside(net, self.config.range):
             raise UserError(f"subnet {net} is not inside the allocation range {self.config.range}")
         return net
 
@@ -650,7 +723,8 @@ class Allocator:
         if self.ring.seeded:
             return True
         if self.config.mode is InitMode.SEED:
-            self.ring.claim_initial(self.config.seed)
+            self.ring.claim_initial(self.config.seed, self.config.focus)
+            self.divided_here = True
             self.dirty = True
             self._gossip(None)
             self._after_ring_change(now)
@@ -678,7 +752,8 @@ class Allocator:
         value = self.paxos.decision()
         if value is None or self.ring.seeded:
             return
-        self.ring.claim_initial(value)
+        self.ring.claim_initial(value, self.config.focus)
+        self.divided_here = True
         self.paxos.clear()
         self.dirty = True
         self._gossip(None)
@@ -720,7 +795,7 @@ class Allocator:
             self.dirty = True
         return changed
 
-    def _choose_donor(self, subnet: IPv4Network) -> int | None:
+    def _choose_donor(self, subnet: Subnet) -> int | None:
         """A peer reporting free space in ``subnet``, chosen with probability ∝ that space."""
         lo, hi = usable(subnet)
         tried = self._tried.get(subnet, set())
@@ -739,7 +814,7 @@ class Allocator:
         return self._rng.choices(peers, weights=[weights[p] for p in peers])[0]
 
     def _ask(
-        self, subnet: IPv4Network, address: int | None, container: str | None, now: float
+        self, subnet: Subnet, address: int | None, container: str | None, now: float
     ) -> NeedSpace:
         key = (subnet, address)
         request = self._requests.get(key)
@@ -769,12 +844,18 @@ class Allocator:
             del self._asked[next(iter(self._asked))]  # the one asked longest ago
         self.counters.requests_sent += 1
         net = int(subnet.network_address)
-        message = [_Msg.DONATE_REQUEST, request_id, net, subnet.prefixlen, address]
+        message = [
+            _Msg.DONATE_REQUEST,
+            request_id,
+            wide(net),
+            subnet.prefixlen,
+            None if address is None else wide(address),
+        ]
         self._actions.append(UnicastAction(donor, _pack(message)))
         return NeedSpace(Waiting.DONATION, donor)
 
     def _on_donate_request(
-        self, source: int, request_id: int, subnet: IPv4Network, address: int | None
+        self, source: int, request_id: int, subnet: Subnet, address: int | None
     ) -> None:
         status, tokens = self._donate(source, subnet, address)
         update = None if not tokens else update_obj(self.ring.update(tokens))
@@ -782,7 +863,7 @@ class Allocator:
         self._actions.append(UnicastAction(source, _pack(message)))
 
     def _donate(
-        self, to_peer: int, subnet: IPv4Network, address: int | None
+        self, to_peer: int, subnet: Subnet, address: int | None
     ) -> tuple[Reply, list[Token]]:
         if not self.ring.seeded or self._handover_to is not None or to_peer == self.name:
             return Reply.NOTHING, []
@@ -817,7 +898,7 @@ class Allocator:
         self._gossip(list(tokens))
         return Reply.GRANTED, list(tokens)
 
-    def _may_donate_range(self, to_peer: int, subnet: IPv4Network) -> bool:
+    def _may_donate_range(self, to_peer: int, subnet: Subnet) -> bool:
         """Whether ``to_peer`` may have part of our range in ``subnet`` now.
 
         Only a peer without free space of its own in the subnet (as the ring shows it: tokens
@@ -855,7 +936,7 @@ class Allocator:
                 elif status is Reply.IN_USE and request.container is not None:
                     assert request.address is not None
                     self._refused[(request.container, request.address)] = (
-                        f"{IPv4Address(request.address)} is held by a container "
+                        f"{self.config.address(request.address)} is held by a container "
                         f"on peer {source:012x}"
                     )
                 break
@@ -878,7 +959,7 @@ def _unpack(data: bytes, what: str, *, max_str: int = 0) -> Any:
             max_array_len=max(MAX_TOKENS, MAX_ALLOCATIONS if max_str else 0),
             max_map_len=0,
             max_str_len=max_str,
-            max_bin_len=0,
+            max_bin_len=WIDE_BYTES,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types
@@ -898,18 +979,24 @@ def _decode_gossip(payload: bytes) -> tuple[RingUpdate | None, list[PaxosEntry]]
     return update, entries_from_obj(obj[2])
 
 
-def _request_fields(obj: list[Any], range_: IPv4Network) -> tuple[int, IPv4Network, int | None]:
-    _, request_id, net, prefix, address = obj
+def _request_fields(obj: list[Any], range_: Subnet) -> tuple[int, Subnet, int | None]:
+    _, request_id, net_, prefix, address_ = obj
     if type(request_id) is not int or not 0 <= request_id < 1 << 63:
         raise RemoteProtocolError("bad donation request id")
-    if type(net) is not int or type(prefix) is not int or not 0 <= prefix <= 32:
+    bits = range_.max_prefixlen
+    net = wide_int(net_, 0, (1 << bits) - 1, "donation subnet")
+    if type(prefix) is not int or not 0 <= prefix <= bits:
         raise RemoteProtocolError("bad donation subnet")
     try:
-        subnet = IPv4Network((net, prefix))
+        subnet: Subnet = IPv4Network((net, prefix)) if bits == 32 else IPv6Network((net, prefix))
     except ValueError:
         raise RemoteProtocolError("bad donation subnet") from None
-    if not subnet.subnet_of(range_):
+    if not inside(subnet, range_):
         raise RemoteProtocolError(f"donation subnet {subnet} outside {range_}")
-    if address is not None and (type(address) is not int or IPv4Address(address) not in subnet):
+    if address_ is None:
+        return request_id, subnet, None
+    address = wide_int(address_, 0, (1 << bits) - 1, "donation address")
+    lo = int(subnet.network_address)
+    if not lo <= address < lo + subnet.num_addresses:
         raise RemoteProtocolError("bad donation address")
     return request_id, subnet, address

@@ -25,6 +25,7 @@ other inconsistent update (see ``Ring.merge``).
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,7 +37,11 @@ from meshnet.gossip.versions import plausible_version
 
 MAX_PEER_NAME = (1 << 48) - 1
 MAX_VERSION = (1 << 63) - 1
-MAX_ADDRESS = 1 << 32
+#: An IPv6 ring's range reaches 2**128; an IPv4 ring's stays below 2**32 (see ``Ring.v6``).
+MAX_ADDRESS = 1 << 128
+#: msgpack ints stop at 64 bits: larger addresses and counts (IPv6) travel as 16 big-endian
+#: bytes, smaller ones as ints, so an IPv4 ring's wire form and state files are unchanged.
+WIDE_BYTES = 16
 #: Tokens are only ever added (a donation adds at most two); this bounds a ring on the wire.
 MAX_TOKENS = 1 << 16
 #: The most peers an initial division (and so a seed) may list.
@@ -80,7 +85,15 @@ class RingUpdate:
 
 
 def _fmt(address: int) -> str:
+    if address >= 1 << 32:
+        return str(ipaddress.IPv6Address(address))
     return ".".join(str((address >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def divide(lo: int, hi: int, n: int) -> list[int]:
+    """``n + 1`` bounds cutting ``[lo, hi)`` into ``n`` near-equal pieces (some may be empty)."""
+    size = hi - lo
+    return [lo + i * size // n for i in range(n)] + [hi]
 
 
 class Ring:
@@ -181,27 +194,48 @@ class Ring:
             bisect.insort(self._starts, token.start)
         self._tokens[token.start] = token
 
-    def claim_initial(self, peers: Iterable[int]) -> list[Token]:
+    def claim_initial(
+        self, peers: Iterable[int], focus: tuple[int, int] | None = None
+    ) -> list[Token]:
         """Divide the range among ``peers`` (the seed): the same answer on every peer.
 
         Deterministic on purpose (no clock, no randomness): every peer that agreed on the same
         peer set computes byte-identical tokens, which then merge as no-ops.
+
+        ``focus`` (the default subnet, inside the range): that part is divided among all the
+        peers too, and so is what lies before and after it, so that every seed peer owns a
+        piece of the subnet it allocates from first (an IPv6 /48 divided plainly would give
+        its first /64 to one peer, and every other peer would need a donation first). Every
+        peer must pass the same ``focus``.
         """
         seed = tuple(sorted(set(peers)))
         if not seed or len(seed) > MAX_SEED or len(seed) > self.end - self.start:
             raise ValueError(f"cannot divide the range among {len(seed)} peers")
         if any(not 0 <= p <= MAX_PEER_NAME for p in seed):
             raise ValueError("bad peer name in seed")
+        if focus is not None and not self.start <= focus[0] < focus[1] <= self.end:
+            raise ValueError("the focus of a division must lie inside the range")
         if self._seed:
             if self._seed != seed:
                 raise ValueError("the ring is already seeded with other peers")
             return []
-        size = self.end - self.start
         n = len(seed)
-        bounds = [self.start + i * size // n for i in range(n)] + [self.end]
+        parts = (
+            [(self.start, self.end)]
+            if focus is None
+            else [
+                (self.start, focus[0]),
+                focus,
+                (focus[1], self.end),
+            ]
+        )
         self._seed = seed
-        for i, peer in enumerate(seed):
-            self._put(Token(bounds[i], bounds[i + 1], peer, 1, bounds[i + 1] - bounds[i]))
+        for lo, hi in parts:
+            bounds = divide(lo, hi, n)
+            for i, peer in enumerate(seed):
+                if bounds[i] < bounds[i + 1]:
+                    size = bounds[i + 1] - bounds[i]
+                    self._put(Token(bounds[i], bounds[i + 1], peer, 1, size))
         return self.tokens
 
     def _check_ours(self, lo: int, hi: int) -> None:
@@ -514,10 +548,15 @@ def merge_updates(a: RingUpdate, b: RingUpdate) -> RingUpdate:
 #                [departed...]]
 
 
+def wide(value: int) -> int | bytes:
+    """An address or count for msgpack: an int below 2**64, else 16 big-endian bytes."""
+    return value if value < 1 << 64 else value.to_bytes(WIDE_BYTES, "big")
+
+
 def update_obj(update: RingUpdate) -> list[Any]:
-    tokens = [[t.start, t.end, t.owner, t.version, t.free] for t in update.tokens]
+    tokens = [[wide(t.start), wide(t.end), t.owner, t.version, wide(t.free)] for t in update.tokens]
     departed = sorted(update.departed)
-    return [update.start, update.end, list(update.seed), update.full, tokens, departed]
+    return [wide(update.start), wide(update.end), list(update.seed), update.full, tokens, departed]
 
 
 def _fail(what: str, value: Any) -> RingMergeError:
@@ -530,12 +569,22 @@ def _int(value: Any, low: int, high: int, what: str) -> int:
     return value
 
 
+def wide_int(value: Any, low: int, high: int, what: str) -> int:
+    """``wide``'s inverse, bounds checked; 16 bytes only for values of 2**64 and more."""
+    if type(value) is bytes and len(value) == WIDE_BYTES:
+        number = int.from_bytes(value, "big")
+        if number < 1 << 64:
+            raise _fail(what, value)  # one encoding per value: equal tokens compare equal
+        value = number
+    return _int(value, low, high, what)
+
+
 def update_from_obj(obj: Any) -> RingUpdate:
     """Validate a decoded ring update; RingMergeError (a RemoteProtocolError) if anything is off."""
     if type(obj) is not list or len(obj) != 6:
         raise _fail("update", obj)
-    start = _int(obj[0], 0, MAX_ADDRESS - 1, "range start")
-    end = _int(obj[1], start + 1, MAX_ADDRESS, "range end")
+    start = wide_int(obj[0], 0, MAX_ADDRESS - 1, "range start")
+    end = wide_int(obj[1], start + 1, MAX_ADDRESS, "range end")
     seed_, full, tokens_ = obj[2], obj[3], obj[4]
     if type(seed_) is not list or len(seed_) > MAX_SEED or type(full) is not bool:
         raise _fail("seed", seed_)
@@ -551,18 +600,18 @@ def update_from_obj(obj: Any) -> RingUpdate:
     for t in tokens_:
         if type(t) is not list or len(t) != 5:
             raise _fail("token", t)
-        token_start = _int(t[0], start, end - 1, "token start")
+        token_start = wide_int(t[0], start, end - 1, "token start")
         if token_start <= previous:
             raise _fail("token order", token_start)
         previous = token_start
-        token_end = _int(t[1], token_start + 1, end, "token end")
+        token_end = wide_int(t[1], token_start + 1, end, "token end")
         tokens.append(
             Token(
                 token_start,
                 token_end,
                 _int(t[2], 0, MAX_PEER_NAME, "token owner"),
                 _int(t[3], 1, MAX_VERSION, "token version"),
-                _int(t[4], 0, token_end - token_start, "free count"),
+                wide_int(t[4], 0, token_end - token_start, "free count"),
             )
         )
     if full and seed and (not tokens or tokens[0].start != start):
@@ -580,7 +629,7 @@ LIMITS: dict[str, int] = {
     "max_array_len": MAX_TOKENS,
     "max_map_len": 0,
     "max_str_len": 0,
-    "max_bin_len": 0,
+    "max_bin_len": WIDE_BYTES,
     "max_ext_len": 0,
 }
 

@@ -1,25 +1,32 @@
 """One peer's bookkeeping of the addresses it has handed out, inside the ranges it owns.
 
 What the peer owns comes from the ring and is passed in with every call, so the two can never
-disagree: ``Space`` only knows which address is held by which container. Addresses are ints.
+disagree: ``Space`` only knows which address is held by which container. Addresses are ints,
+of one family per ``Space``: only the held addresses are stored, so an IPv6 /64 costs nothing
+until it is used, and finding a free address walks the held ones, never the space.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Collection, Iterator, Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 Ranges = Sequence[tuple[int, int]]
+Subnet = IPv4Network | IPv6Network
 
 
-def usable(subnet: IPv4Network) -> tuple[int, int]:
+def usable(subnet: Subnet) -> tuple[int, int]:
     """``[lo, hi)`` of the addresses a container may get in ``subnet``.
 
-    The network and broadcast addresses are left out (except in /31 and /32, which have none).
+    IPv4: the network and broadcast addresses are left out (except in /31 and /32, which have
+    none). IPv6 has no broadcast; its all-zeros address is the subnet-router anycast address
+    (RFC 4291 2.6.1), left out likewise (except in /127 and /128, RFC 6164).
     """
     lo = int(subnet.network_address)
     hi = int(subnet.broadcast_address) + 1
+    if subnet.version == 6:
+        return (lo + 1, hi) if subnet.prefixlen <= 126 else (lo, hi)
     if subnet.prefixlen <= 30:
         return lo + 1, hi - 1
     return lo, hi
@@ -72,11 +79,11 @@ class Space:
             if cursor < end:
                 yield cursor, end
 
-    def lowest_free(self, ranges: Ranges, subnet: IPv4Network) -> int | None:
+    def lowest_free(self, ranges: Ranges, subnet: Subnet) -> int | None:
         lo, hi = usable(subnet)
         return next((s for s, _ in self.free_runs(ranges, lo, hi)), None)
 
-    def largest_free_run(self, ranges: Ranges, subnet: IPv4Network) -> tuple[int, int] | None:
+    def largest_free_run(self, ranges: Ranges, subnet: Subnet) -> tuple[int, int] | None:
         lo, hi = usable(subnet)
         best: tuple[int, int] | None = None
         for s, e in self.free_runs(ranges, lo, hi):
@@ -84,7 +91,7 @@ class Space:
                 best = (s, e)
         return best
 
-    def allocate(self, container: str, ranges: Ranges, subnet: IPv4Network) -> int | None:
+    def allocate(self, container: str, ranges: Ranges, subnet: Subnet) -> int | None:
         """The lowest free address of ``subnet`` in ``ranges``, now held by ``container``."""
         address = self.lowest_free(ranges, subnet)
         if address is not None:

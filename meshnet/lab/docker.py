@@ -281,7 +281,8 @@ def run_containers(
         container = _docker(host, "run", *argv).splitlines()[-1]
         c["docker_id"] = container
         client = ApiClient(api_socket(host["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
-        result = client.post("/attach", {"container": container, "addresses": [], "name": name})
+        body = {"container": container, "addresses": ["net:default"], "name": name}  # IPv4
+        result = client.post("/attach", body)
         c["address"] = result["addresses"][0]
         progress(f"container {c['name']} {c['address']}")
 

@@ -406,11 +406,11 @@ def _addressed_veth(
     with netlink.namespace(a_ns) as ns:
         ns.create_veth(a_if, b_if, b_ns, mtu=mtu)
         for address in a_list:
-            ns.add_address(a_if, address, nodad=True)
+            ns.add_address(a_if, address)
         ns.set_up(a_if)
     with netlink.namespace(b_ns) as ns:
         for address in b_list:
-            ns.add_address(b_if, address, nodad=True)
+            ns.add_address(b_if, address)
         ns.set_up(b_if)
         if default_route:
             ns.add_route("0.0.0.0/0", b_if, gateway=_ip(a_list[0]))
@@ -555,8 +555,8 @@ def _peer_name(host: dict[str, Any]) -> str | None:
 
 
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
-    """`meshnet attach CONTAINER` on each container's host, as a user would: IPAM gives the
-    address (the planned one only stays for labs without routers).
+    """`meshnet attach net:default CONTAINER` on each container's host, as a user would: IPAM
+    gives the address (the planned one only stays for labs without routers).
 
     Several at once: each attach mostly waits on its router (IPAM, netlink), so a 100-host lab
     attaches in a fraction of the time one after the other takes."""
@@ -564,7 +564,10 @@ def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> No
 
     def attach(c: dict[str, Any]) -> str:
         client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
-        body = {"container": c["namespace"], "addresses": [], "name": c["name"]}  # DNS name
+        # IPv4 only: what every lab test so far expects (one address per container); tests of
+        # dual stack attach their own containers (`attach` with no address: IPv4 and IPv6).
+        addresses = ["net:default"]
+        body = {"container": c["namespace"], "addresses": addresses, "name": c["name"]}
         result = client.post("/attach", body)
         address: str = result["addresses"][0]
         return address

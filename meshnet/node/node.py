@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,11 +27,12 @@ from meshnet.constants import CONTAINER_IFNAME
 from meshnet.errors import UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.ipam.allocator import IPAddress
 from meshnet.node.addresses import addresses_for, detach_addresses, release_only
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
 from meshnet.node.ramps_state import Exposed, owner_id
-from meshnet.node.specs import DEFAULT_SUBNET, AddressSpec, parse_exposure
+from meshnet.node.specs import ExposureSpec, parse_exposure
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -70,7 +71,7 @@ class Attached:
 @dataclass(frozen=True)
 class Detached:
     detached: bool  # an interface or address was taken off
-    released: tuple[IPv4Address, ...]  # what IPAM took back
+    released: tuple[IPAddress, ...]  # what IPAM took back
 
 
 class Node:
@@ -194,8 +195,11 @@ class Node:
             owner = await self._ipam_id(target.namespace, ifname)
         if addresses:  # the specs attach takes: net:CIDR is the container's addresses there
             held = self.ipam.addresses_of(owner) if self.ipam and owner else []
-            subnet = self.ipam.config.subnet if self.ipam is not None else None
-            addresses = detach_addresses(addresses, held, subnet)
+            subnet = subnet6 = None
+            if self.ipam is not None:
+                assert isinstance(self.ipam.config.subnet, IPv4Network)
+                subnet, subnet6 = self.ipam.config.subnet, self.ipam.default_subnet6
+            addresses = detach_addresses(addresses, held, subnet, subnet6)
         detached = False
         if target.namespace and (self.dataplane is not None or not gone_ok):
             dataplane = self.require_dataplane()
@@ -207,7 +211,7 @@ class Node:
                 log.info("%s: detach %s: %s", self._nick, owner, e)
             if detached and self.ramps is not None:
                 await self.ramps.detached(target.namespace, ifname, addresses)
-        released: list[IPv4Address] = []
+        released: list[IPAddress] = []
         if self.ipam is not None and owner is not None:
             # Only the addresses named, if any: the rest stay the container's.
             released = await self.ipam.release(owner, release_only(addresses))
@@ -215,10 +219,10 @@ class Node:
             self.dns.detached(target.records or target.namespace, addresses)
         return Detached(detached, tuple(released))
 
-    async def forget(self, owners: list[str], records: str | None) -> tuple[IPv4Address, ...]:
+    async def forget(self, owners: list[str], records: str | None) -> tuple[IPAddress, ...]:
         """A runtime says a container is gone (its namespace with it): give back what IPAM
         holds under its keys, and remove its names (``records``: their key, if it has any)."""
-        released: list[IPv4Address] = []
+        released: list[IPAddress] = []
         if self.ipam is not None:
             for owner in owners:
                 released += await self.ipam.release(owner)
@@ -244,7 +248,7 @@ class Node:
         through IPAM unless given, and a DNS name if asked; what each is exposed as."""
         ramps = self.require_ramps()
         ramps.require_running()
-        parsed = [parse_exposure(s) for s in specs] or [DEFAULT_SUBNET]
+        parsed = [parse_exposure(s) for s in specs] or [ExposureSpec()]
         fqdn = self.dns_name(name)
         if name is not None and self.dns is None:
             raise UserError("this router has no DNS to register a name in")
@@ -258,7 +262,7 @@ class Node:
         return out
 
     async def _expose_address(
-        self, ramps: Ramps, spec: AddressSpec, steps: Pipeline
+        self, ramps: Ramps, spec: ExposureSpec, steps: Pipeline
     ) -> IPv4Interface:
         """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
         ipam = self.ipam

@@ -2,12 +2,15 @@
 
 A spec is one of
 
-* nothing, or ``net:default``: an address IPAM picks in the default subnet;
-* ``net:CIDR``: an address IPAM picks in that subnet (groups of containers isolated from each
-  other);
+* nothing: one address IPAM picks in the default subnet, and one in the default IPv6 subnet
+  when the IPv6 ring is on (dual stack);
+* ``net:default``: an address IPAM picks in the default (IPv4) subnet; ``net:default6`` one in
+  the default IPv6 subnet (alone: an IPv6-only container);
+* ``net:CIDR``: an address IPAM picks in that subnet, IPv4 or IPv6 (groups of containers
+  isolated from each other);
 * ``ip:ADDR[/LEN]``: exactly that address, claimed through IPAM (refused if held elsewhere);
-* ``CIDR``: that address; inside the allocation range it is claimed through IPAM too, so it can
-  never be handed to another container. Outside it (or IPv6) it is used as given.
+* ``CIDR``: that address; inside an allocation range it is claimed through IPAM too, so it can
+  never be handed to another container. Outside them it is used as given.
 
 Expose and hide take the same grammar, but an exact address must be an IPv4 host address of a
 subnet: it becomes the host's gateway there. Detach takes it too (``net:`` naming the
@@ -23,23 +26,32 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from meshnet.errors import bad_address, why
 
 
 class SpecKind(Enum):
     ALLOCATE = "allocate"  # IPAM picks one in ``subnet`` (None: the default subnet)
-    CLAIM = "claim"  # exactly ``address``, through IPAM where it is in range
-    STATIC = "static"  # used as given (IPv6: IPAM holds none)
+    CLAIM = "claim"  # exactly ``address``, through IPAM where it is in range (else as given)
 
 
 @dataclass(frozen=True)
 class AddressSpec:
     kind: SpecKind = SpecKind.ALLOCATE
-    subnet: IPv4Network | None = None
-    address: IPv4Interface | None = None
+    subnet: IPv4Network | IPv6Network | None = None
+    address: IPv4Interface | IPv6Interface | None = None
     text: str = field(default="", compare=False)  # as the user wrote it
+    version: int = 4  # of the default subnet an ALLOCATE without ``subnet`` picks from
+
+    @property
+    def family(self) -> int:
+        """4 or 6: of the address this spec gives."""
+        if self.subnet is not None:
+            return self.subnet.version
+        if self.address is not None:
+            return self.address.version
+        return self.version
 
     @property
     def exact(self) -> bool:
@@ -48,9 +60,10 @@ class AddressSpec:
 
 
 DEFAULT_SUBNET = AddressSpec()
+DEFAULT_SUBNET6 = AddressSpec(version=6, text="net:default6")
 
 #: What an address argument may be: the hint of a message about one that is none of them.
-FORMS = "give a CIDR such as 10.32.1.5/12, ip:ADDR[/LEN], net:CIDR or net:default"
+FORMS = "give a CIDR such as 10.32.1.5/12, ip:ADDR[/LEN], net:CIDR, net:default or net:default6"
 
 
 def parse_spec(text: str) -> AddressSpec:
@@ -58,17 +71,21 @@ def parse_spec(text: str) -> AddressSpec:
     text = text.strip()
     if text in ("net:default", "default"):
         return AddressSpec(text=text)
+    if text in ("net:default6", "default6"):
+        return AddressSpec(version=6, text=text)
     if text.startswith("net:"):
         value = text[4:]
         try:
-            subnet = IPv4Network(value)
+            subnet = ipaddress.ip_network(value)
         except ValueError as e:
             raise bad_address(text, why(value, e)) from None
         return AddressSpec(subnet=subnet, text=text)
     if text.startswith("ip:"):
         value = text[3:]
         try:
-            address = IPv4Interface(value if "/" in value else f"{value}/32")
+            if "/" not in value:
+                value += "/128" if ":" in value else "/32"
+            address = ipaddress.ip_interface(value)
         except ValueError as e:
             raise bad_address(text, why(value, e)) from None
         return AddressSpec(SpecKind.CLAIM, address=address, text=text)
@@ -86,9 +103,13 @@ def parse_spec(text: str) -> AddressSpec:
         iface = ipaddress.ip_interface(text)
     except ValueError:
         raise bad_address(text, FORMS) from None
-    if isinstance(iface, IPv4Interface):
-        return AddressSpec(SpecKind.CLAIM, address=iface, text=text)
-    return AddressSpec(SpecKind.STATIC, text=text)
+    return AddressSpec(SpecKind.CLAIM, address=iface, text=text)
+
+
+def default_specs(ipv6: bool) -> list[AddressSpec]:
+    """What attach gives a container named with no address: dual stack when the IPv6 ring
+    is on."""
+    return [DEFAULT_SUBNET, DEFAULT_SUBNET6] if ipv6 else [DEFAULT_SUBNET]
 
 
 def looks_like_spec(text: str) -> bool:
@@ -104,15 +125,25 @@ def looks_like_spec(text: str) -> bool:
     return "/" in text
 
 
-def parse_exposure(text: str) -> AddressSpec:
+@dataclass(frozen=True)
+class ExposureSpec:
+    """What expose and hide name: a subnet (None: the default one) or a host address in one."""
+
+    subnet: IPv4Network | None = None
+    address: IPv4Interface | None = None
+    text: str = field(default="", compare=False)
+
+
+def parse_exposure(text: str) -> ExposureSpec:
     """A spec for expose or hide: a subnet, or an IPv4 host address with its subnet's prefix
     length; UserError (one line) otherwise."""
     spec = parse_spec(text)
-    if spec.kind is SpecKind.STATIC:
+    if spec.family == 6:
         raise bad_address(text, "IPv6 is not supported here yet; give an IPv4 address")
-    address = spec.address
+    address, subnet = spec.address, spec.subnet
+    assert isinstance(address, IPv4Interface | None) and isinstance(subnet, IPv4Network | None)
     if address is None:
-        return spec
+        return ExposureSpec(subnet, text=text)
     if "/" not in text:
         raise bad_address(
             text,
@@ -122,4 +153,4 @@ def parse_exposure(text: str) -> AddressSpec:
     net = address.network
     if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
         raise bad_address(text, "not a host address of a subnet")
-    return spec
+    return ExposureSpec(address=address, text=text)

@@ -263,14 +263,16 @@ class MeshnetTui(App[None]):
             summary.update("IPAM: this router runs without IPAM (or its status is unavailable)")
             self._fill("#ipam-table", [])
             return
+        ipv6 = ipam.get("ipv6") or {}
         summary.update(
             f"range {ipam.get('range')} · default subnet {ipam.get('default_subnet')} · "
             f"{ipam.get('mode', '')}"
             + (" · awaiting consensus" if ipam.get("consensus") is False else "")
+            + (f" · IPv6 range {ipv6.get('range')}" if ipv6.get("peers") else "")
         )
         rows = [
             (
-                p.get("nickname", "") + (" (here)" if p.get("local") else ""),
+                p.get("nickname", "") + (" (here)" if p.get("local") else "") + family,
                 ", ".join(p.get("ranges", [])),
                 str(p.get("size", "")),
                 str(p.get("in_use", "")),
@@ -278,7 +280,8 @@ class MeshnetTui(App[None]):
                 f"{100 * p.get('share', 0):.1f}%",
                 "yes" if p.get("reachable") else "no",
             )
-            for p in ipam.get("peers", [])
+            for family, ring in (("", ipam), (" IPv6", ipv6))
+            for p in ring.get("peers", [])
         ]
         self._fill("#ipam-table", rows)
 

@@ -403,7 +403,7 @@ def test_one_dual_stack_socket_segments_and_coalesces_both_families(
     a, b = udp_pair
     for ns, address in ((a, "fd42::1/64"), (b, "fd42::2/64")):
         with netlink.namespace(ns) as link:
-            link.add_address("mnt0", address, nodad=True)
+            link.add_address("mnt0", address)
     tx = netlink.run_in_namespace(a, udp.open_udp, 0)
     rx4 = netlink.run_in_namespace(b, udp.open_udp, 0, bind="10.42.0.2")
     rx6 = netlink.run_in_namespace(b, udp.open_udp, 0, bind="fd42::2")

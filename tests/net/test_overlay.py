@@ -303,7 +303,7 @@ def test_a_container_recreated_with_its_address_is_reachable_at_once(make_lab: A
     state = make_lab("line", hosts=2, containers=1)
     c = containers(state)
     first = new_namespace(state, "again1")
-    address = api(state, "h2").post("/attach", {"container": first, "addresses": []})
+    address = api(state, "h2").post("/attach", {"container": first, "addresses": ["net:default"]})
     ip = address["addresses"][0].split("/")[0]
     wait_for(lambda: can_ping(c["h1-c1"]["namespace"], ip), timeout=30, what="the first one")
     api(state, "h2").post("/detach", {"container": first, "addresses": []})

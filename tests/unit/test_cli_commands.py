@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from meshnet.api.client import ApiClient
 from meshnet.cli import main
+from meshnet.cli.ipam import _ipam_view
 from meshnet.gossip.identity import PEER_NAME_FILE
 
 Answer = Any | Callable[[dict[str, Any]], Any]
@@ -125,6 +127,14 @@ def test_attach_and_detach_take_the_same_specs(
     assert [b["addresses"] for b in api.bodies if b] == [[spec], [spec]]
 
 
+def test_attach_ipv6_only_is_net_default6(api: FakeApi, meshnet: Callable[..., Run]) -> None:
+    api.answers |= {"/attach": {"addresses": ["fd12::5/64"]}}
+    run = meshnet("attach", "--ipv6-only", "c1")
+    assert run.code == 0 and run.out.strip() == "fd12::5"
+    assert [b["addresses"] for b in api.bodies if b] == [["net:default6"]]
+    one_line_error(meshnet("attach", "--ipv6-only", "net:default", "c1"), "--ipv6-only")
+
+
 @pytest.mark.parametrize("command", ["attach", "detach"])
 def test_specs_without_a_container_are_one_line(
     api: FakeApi, meshnet: Callable[..., Run], command: str
@@ -141,7 +151,7 @@ def test_specs_without_a_container_are_one_line(
         ["attach", "banana", "c1"],
         ["attach", "10.32.0.300/12", "c1"],
         ["attach", "net:10.32.1.0/33", "c1"],
-        ["attach", "ip:fd00::5", "c1"],
+        ["attach", "ip:fd00::zz", "c1"],
         ["attach", "10.32.0.9", "c1"],
         ["detach", "banana", "c1"],
         ["detach", "net:nonsense", "c1"],
@@ -176,15 +186,15 @@ def test_hostname_is_a_long_option(api: FakeApi, meshnet: Callable[..., Run]) ->
     assert api.bodies[-1] == {"addresses": [], "name": "gw1", "masquerade": True}
 
 
-# 6. IPv6 ranges.
+# 6. IPv6 ranges have flags of their own.
 @pytest.mark.parametrize("flag", ["--ipalloc-range", "--ipalloc-default-subnet"])
-def test_an_ipv6_range_is_not_supported_yet_in_one_line(
+def test_an_ipv6_range_for_the_ipv4_flags_is_told_in_one_line(
     meshnet: Callable[..., Run], tmp_path: Path, flag: str
 ) -> None:
     run = meshnet(
         "launch", flag, "fd00::/64", "--state-dir", str(tmp_path), "--api-socket", str(tmp_path)
     )
-    line = one_line_error(run, flag, "IPv6 ranges are not supported yet")
+    line = one_line_error(run, flag, f"IPv6 ones with {flag}6")
     assert "octets" not in line
 
 
@@ -284,3 +294,49 @@ def test_readme_links_resolve_inside_the_repository() -> None:
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if "://" not in target:
             assert (root / target).exists(), target
+
+
+# 8. `meshnet status ipam` shows the IPv6 ring under the IPv4 one.
+def test_status_ipam_shows_both_rings() -> None:
+    peer = {
+        "name": "00:00:00:00:00:01",
+        "nickname": "h1",
+        "local": True,
+        "ranges": ["10.32.0.0-10.47.255.255"],
+        "size": 1 << 20,
+        "in_use": 2,
+        "share": 1.0,
+        "reachable": True,
+    }
+    ring = {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12", "allocated_here": 2}
+    data = {
+        **ring,
+        "mode": "consensus",
+        "consensus": "ready",
+        "consensus_size": 1,
+        "seed": [peer["name"]],
+        "peers": [peer],
+        "leaving": False,
+        "refused_merges": {},
+        "ipv6": {
+            "range": "fd12:3456:789a::/48",
+            "default_subnet": "fd12:3456:789a::/64",
+            "consensus": "ready",
+            "allocated_here": 1,
+            "peers": [
+                {**peer, "ranges": ["fd12:3456:789a::-fd12:3456:789a:ffff:ffff:ffff:ffff:ffff"]}
+            ],
+        },
+    }
+
+    def shown(data: dict[str, Any]) -> str:
+        console = Console(width=200, record=True)
+        console.print(_ipam_view(data))
+        return console.export_text()
+
+    text = shown(data)
+    assert "range 10.32.0.0/12" in text and "IPv6 range fd12:3456:789a::/48" in text
+    assert "default subnet fd12:3456:789a::/64" in text
+    idle = {**data, "ipv6": {**data["ipv6"], "peers": [], "range": None}}
+    assert "IPv6 ring: a ULA /48 derived from the seed, not divided yet" in shown(idle)
+    assert "IPv6" not in shown({**data, "ipv6": None})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import msgpack
 import pytest
@@ -34,8 +34,9 @@ from meshnet.ipam.allocator import (
     Waiting,
     _encode_gossip,
 )
-from meshnet.ipam.consensus import Paxos, PaxosEntry
+from meshnet.ipam.consensus import Ballot, Paxos, PaxosEntry
 from meshnet.ipam.ring import RingMergeError, Token
+from meshnet.ipam.space import Subnet
 
 RANGE = IPv4Network("10.0.0.0/26")
 SUBNETS = (None, IPv4Network("10.0.0.16/28"), IPv4Network("10.0.0.48/28"))
@@ -143,13 +144,22 @@ class Net:
         self.unicasts = [u for u in self.unicasts if name not in u[:2]]
 
 
-def consensus_configs(n: int, observers: int = 0) -> list[IpamConfig]:
+def consensus_configs(
+    n: int, observers: int = 0, range_: Subnet = RANGE, default: Subnet | None = None
+) -> list[IpamConfig]:
     configs = [
-        IpamConfig(name=0x10 + i, range=RANGE, mode=InitMode.CONSENSUS, consensus_size=n)
+        IpamConfig(
+            name=0x10 + i,
+            range=range_,
+            default_subnet=default,
+            mode=InitMode.CONSENSUS,
+            consensus_size=n,
+        )
         for i in range(n)
     ]
     configs += [
-        IpamConfig(name=0x80 + i, range=RANGE, mode=InitMode.OBSERVER) for i in range(observers)
+        IpamConfig(name=0x80 + i, range=range_, default_subnet=default, mode=InitMode.OBSERVER)
+        for i in range(observers)
     ]
     return configs
 
@@ -366,9 +376,13 @@ class Mesh(RuleBasedStateMachine):
     settles every view is the same and the owned ranges add up to the whole range.
     """
 
+    RANGE: Subnet = RANGE
+    DEFAULT: Subnet | None = None
+    SUBNETS: tuple[Subnet | None, ...] = SUBNETS
+
     def __init__(self) -> None:
         super().__init__()
-        self.net = Net(consensus_configs(3, observers=1))
+        self.net = Net(consensus_configs(3, 1, self.RANGE, self.DEFAULT))
         self.retired: set[int] = set()
         self.rmpeered: set[int] = set()
 
@@ -380,16 +394,20 @@ class Mesh(RuleBasedStateMachine):
         if start == "busy":
             for name in NAMES[1:]:
                 for k in range(3):
-                    self.net.peers[name].allocate(f"c{name:x}-{k}", SUBNETS[k], self.net.now)
+                    subnet = self.SUBNETS[k]
+                    self.net.peers[name].allocate(f"c{name:x}-{k}", subnet, self.net.now)
                     self.net.flush(name)
             self.net.settle()
 
     def active(self) -> list[int]:
         return [n for n in self.net.live if n not in self.retired]
 
-    @rule(i=st.integers(0, 3), k=st.integers(0, 9), subnet=st.sampled_from(SUBNETS))
-    def allocate(self, i: int, k: int, subnet: IPv4Network | None) -> None:
-        name = NAMES[i]
+    def address_at(self, offset: int) -> IPv4Address | IPv6Address:
+        return self.RANGE.network_address + offset
+
+    @rule(i=st.integers(0, 3), k=st.integers(0, 9), which=st.integers(0, 2))
+    def allocate(self, i: int, k: int, which: int) -> None:
+        name, subnet = NAMES[i], self.SUBNETS[which]
         if name not in self.active() or self.net.peers[name].leaving:
             return
         container = f"c{name:x}-{k}"
@@ -405,7 +423,7 @@ class Mesh(RuleBasedStateMachine):
         name = NAMES[i]
         if name not in self.active() or self.net.peers[name].leaving:
             return
-        address = RANGE.network_address + offset
+        address = self.address_at(offset)
         try:
             result = self.net.peers[name].claim(f"c{name:x}-{k}", address, self.net.now)
             event(f"claim: {result if isinstance(result, NeedSpace) else 'address'}")
@@ -592,6 +610,37 @@ Mesh.TestCase.settings = settings(
 )
 TestMesh = Mesh.TestCase
 
+RANGE6 = IPv6Network("fd12:3456:789a::/48")
+DEFAULT6 = IPv6Network("fd12:3456:789a::/64")
+
+
+class Mesh6(Mesh):
+    """The same machine over an IPv6 /48: counts and addresses far beyond 64 bits (16-byte
+    wire form), the initial division focused on the default /64, a /124 that runs out (so
+    donations happen), and claims in two /64s."""
+
+    RANGE = RANGE6
+    DEFAULT = DEFAULT6
+    SUBNETS = (
+        None,
+        IPv6Network("fd12:3456:789a:0:8000::/124"),
+        IPv6Network("fd12:3456:789a:ffff::/64"),
+    )
+
+    def address_at(self, offset: int) -> IPv4Address | IPv6Address:
+        base = DEFAULT6 if offset % 2 else self.SUBNETS[2]
+        assert base is not None
+        return base.network_address + offset
+
+
+Mesh6.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMesh6 = Mesh6.TestCase
+
 
 # --- hostile requests (issue 17 point 5)
 
@@ -720,3 +769,73 @@ def test_a_gift_whose_reply_was_lost_is_taken_from_gossip_after_the_request_ende
     views = {tuple(net.peers[n].ring.tokens) for n in net.live}
     assert len(views) == 1
     assert net.peers[asker].ring.owner_of(int(address)) == asker
+
+
+# --- IPv6: the following ring, huge spaces, the state file
+
+
+def follow_configs(names: tuple[int, ...]) -> list[IpamConfig]:
+    return [
+        IpamConfig(name=n, range=RANGE6, default_subnet=DEFAULT6, mode=InitMode.FOLLOW)
+        for n in names
+    ]
+
+
+def test_a_following_ring_waits_for_its_seed_then_allocates_without_donations() -> None:
+    net = Net(follow_configs((1, 2, 3)))
+    assert net.peers[1].allocate("x", None, 0.0) == NeedSpace(Waiting.CONSENSUS)
+    for name in (1, 2, 3):
+        net.peers[name].follow((1, 2, 3), 0.0)
+        net.flush(name)
+    got = [net.peers[n].allocate(f"c{n}", None, 0.0) for n in (1, 2, 3)]
+    assert all(isinstance(a, Address) for a in got), got  # each owns part of the /64
+    assert len({a.ip for a in got if isinstance(a, Address)}) == 3
+    assert all(a.ip in DEFAULT6 and str(a.interface).endswith("/64") for a in got)  # type: ignore[union-attr]
+    assert DEFAULT6.network_address not in {a.ip for a in got}  # type: ignore[union-attr]
+    net.settle()
+    assert sum(p.counters.requests_sent for p in net.peers.values()) == 0
+
+
+def test_a_following_ring_ignores_consensus_entries() -> None:
+    (config,) = follow_configs((1,))
+    peer = Allocator(config, random.Random(1))
+    ballot = Ballot(1, 9)
+    entries = [PaxosEntry(n, ballot, ballot, (9,)) for n in (7, 8, 9)]  # a forged decision
+    peer.on_gossip(_encode_gossip(None, entries))
+    assert not peer.ring.seeded and not peer.paxos.entries
+
+
+def test_ipv6_state_survives_a_restart_with_addresses_beyond_64_bits() -> None:
+    net = Net(follow_configs((1, 2)))
+    for name in (1, 2):
+        net.peers[name].follow((1, 2), 0.0)
+        net.flush(name)
+    first = net.peers[1].allocate("a", None, 0.0)
+    claimed = net.peers[1].claim("b", DEFAULT6.network_address + 7, 0.0)
+    assert isinstance(first, Address) and isinstance(claimed, Address)
+    net.restart(1)
+    assert net.peers[1].addresses_of("a") == [first]
+    assert net.peers[1].addresses_of("b") == [claimed]
+    assert net.peers[1].ring.seed == (1, 2) and net.peers[1].divided_here is False
+
+
+def test_an_ipv6_donation_request_travels_in_the_wide_form() -> None:
+    net = Net(follow_configs((1, 2)))
+    for name in (1, 2):
+        net.peers[name].follow((1, 2), 0.0)
+        net.flush(name)
+    other = next(s for s, _ in net.peers[2].owned_ranges() if IPv6Address(s) in DEFAULT6) + 3
+    result = net.peers[1].claim("x", IPv6Address(other), 0.0)
+    assert result == NeedSpace(Waiting.DONATION, 2)
+    net.flush(1)
+    assert allocate_claimed(net, 1, "x", IPv6Address(other)).ip == IPv6Address(other)
+
+
+def allocate_claimed(net: Net, name: int, container: str, address: IPv6Address) -> Address:
+    for _ in range(5):
+        net.settle()
+        result = net.peers[name].claim(container, address, net.now)
+        net.flush(name)
+        if isinstance(result, Address):
+            return result
+    raise AssertionError(result)

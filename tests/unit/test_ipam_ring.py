@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from ipaddress import IPv6Address
 
 import msgpack
 import pytest
@@ -326,6 +327,72 @@ def test_malformed_updates_are_refused() -> None:
     for obj in bad:
         with pytest.raises(RingMergeError):
             decode_update(msgpack.packb(obj))
+
+
+# --- IPv6: addresses and counts beyond 64 bits
+
+
+LO6 = int(IPv6Address("fd12:3456:789a::"))
+HI6 = LO6 + (1 << 80)  # a /48
+FOCUS6 = (LO6, LO6 + (1 << 64))  # its first /64
+
+
+def test_an_ipv4_ring_keeps_its_wire_form_of_plain_ints() -> None:
+    obj = msgpack.unpackb(encode_update(ring(A).update()))
+    assert obj[:2] == [LO, HI] and all(type(v) is int for t in obj[4] for v in t)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(LO6, HI6 - (1 << 70)),
+            st.integers(1, 1 << 70),
+            st.integers(0, (1 << 48) - 1),
+            st.integers(1, 1 << 40),
+            st.integers(0, 1 << 70),
+        ),
+        max_size=20,
+        unique_by=lambda t: t[0],
+    ),
+)
+def test_wire_roundtrip_of_an_ipv6_ring(rows: list[tuple[int, int, int, int, int]]) -> None:
+    tokens = tuple(Token(s, s + n, o, v, min(f, n)) for s, n, o, v, f in sorted(rows))
+    update = RingUpdate(LO6, HI6, (A, B), tokens, False, frozenset({C}))
+    assert wire(update) == update
+
+
+def test_wide_values_have_one_encoding_only() -> None:
+    small = (5).to_bytes(16, "big")  # fits an int: must travel as one
+    obj = [LO, HI, [A], False, [[LO, HI, A, 1, small]], []]
+    with pytest.raises(RingMergeError, match="free count"):
+        decode_update(msgpack.packb(obj, use_bin_type=True))
+    with pytest.raises(RingMergeError):  # 17 bytes: not a 128-bit value
+        decode_update(msgpack.packb([b"\xff" * 17, HI, [], False, [], []], use_bin_type=True))
+
+
+def test_a_focused_division_gives_every_peer_a_share_of_the_default_subnet() -> None:
+    a = Ring(LO6, HI6, name=A)
+    b = Ring(LO6, HI6, name=B)
+    assert a.claim_initial((A, B, C), FOCUS6) == b.claim_initial((C, B, A), FOCUS6)
+    for peer in (A, B, C):
+        in_focus = [(s, e) for s, e in a.owned_ranges(peer) if FOCUS6[0] <= s < FOCUS6[1]]
+        assert sum(e - s for s, e in in_focus) >= (1 << 64) // 3
+    total = sum(e - s for _, s, e in a.extents())
+    assert total == HI6 - LO6  # the division tiles the whole /48
+    assert sum(t.free for t in a.tokens) == HI6 - LO6
+    with pytest.raises(ValueError, match="focus"):
+        Ring(LO6, HI6, name=C).claim_initial((A,), (LO6 - 1, LO6 + 5))
+
+
+def test_an_ipv6_donation_and_merge_across_the_wire() -> None:
+    a, c = Ring(LO6, HI6, name=A), Ring(LO6, HI6, name=C)
+    a.claim_initial((A, B, C), FOCUS6)
+    c.merge(wire(a.update()))
+    lo = a.owned_ranges(A)[0][0]
+    delta = a.donate(lo + (1 << 60), lo + (1 << 61), C)
+    assert c.merge(wire(a.update(delta)))
+    assert (lo + (1 << 60), lo + (1 << 61)) in c.owned_ranges(C)
+    assert a.owner_of(lo + (1 << 60)) == C == c.owner_of(lo + (1 << 61) - 1)
 
 
 # --- many rings, deltas lost, duplicated and reordered

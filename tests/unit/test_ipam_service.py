@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,9 @@ from meshnet.gossip.channel import Gossiper
 from meshnet.gossip.events import MeshView, Watch
 from meshnet.gossip.routes import compute_routes
 from meshnet.ipam.allocator import AddressInUse, InitMode, IpamConfig
+from meshnet.ipam.range6 import Ipv6Settings, derived_range6
 from meshnet.ipam.ring import RingMergeError
-from meshnet.ipam.service import STATE_FILE, IpamService, parse_init
+from meshnet.ipam.service import STATE_FILE, STATE_FILE6, IpamService, parse_init
 from tests.conftest import run_meshnet
 
 RANGE = IPv4Network("10.32.0.0/24")
@@ -54,12 +55,17 @@ class FakeNet:
         for other in self.transports.values():
             if other.name != name and self.linked(name, other.name):
                 for a, b in ((name, other.name), (other.name, name)):
-                    state = self.transports[a].gossiper.full_state()
-                    if state is not None:
-                        self.send.send_nowait(lambda b=b, s=state: self.on_gossip(b, s))
+                    for channel, gossiper in self.transports[a].gossipers.items():
+                        state = gossiper.full_state()
+                        if state is not None:
+                            self.send.send_nowait(
+                                lambda b=b, s=state, c=channel: self.on_gossip(b, s, c)
+                            )
 
-    def on_gossip(self, target: int, payload: bytes) -> None:
-        self.transports[target].gossiper.on_gossip(payload)
+    def on_gossip(self, target: int, payload: bytes, channel: str = "ipam") -> None:
+        gossiper = self.transports[target].gossipers.get(channel)
+        if gossiper is not None:  # (else: a peer without that channel counts and drops it)
+            gossiper.on_gossip(payload)
 
 
 class FakeTransport:
@@ -67,22 +73,22 @@ class FakeTransport:
         self.net = net
         self.name = name
         net.transports[name] = self
-        self.gossiper: Gossiper
+        self.gossipers: dict[str, Gossiper] = {}
 
     def register_channel(self, name: str, gossiper: Gossiper) -> None:
-        assert name == "ipam"
-        self.gossiper = gossiper
+        assert name in ("ipam", "ipam6") and name not in self.gossipers
+        self.gossipers[name] = gossiper
 
     def gossip(self, channel: str, delta: bytes) -> None:
         for other in list(self.net.transports):
             if other != self.name and self.net.linked(self.name, other):
-                self.net.send.send_nowait(lambda o=other: self.net.on_gossip(o, delta))
+                self.net.send.send_nowait(lambda o=other: self.net.on_gossip(o, delta, channel))
 
     def unicast(self, channel: str, destination: int, payload: bytes) -> bool:
         if not self.net.linked(self.name, destination):
             return False
-        target = self.net.transports[destination]
-        self.net.send.send_nowait(lambda: target.gossiper.on_unicast(self.name, payload))
+        target = self.net.transports[destination].gossipers[channel]
+        self.net.send.send_nowait(lambda: target.on_unicast(self.name, payload))
         return True
 
     def reachable(self, peer: int) -> bool:
@@ -105,10 +111,19 @@ def config(name: int, mode: InitMode = InitMode.CONSENSUS, size: int = 3) -> Ipa
 
 
 async def start(
-    nursery: trio.Nursery, net: FakeNet, tmp: Path, name: int, cfg: IpamConfig | None = None
+    nursery: trio.Nursery,
+    net: FakeNet,
+    tmp: Path,
+    name: int,
+    cfg: IpamConfig | None = None,
+    ipv6: Ipv6Settings | None = None,
 ) -> IpamService:
     service = IpamService(
-        cfg or config(name), FakeTransport(net, name), tmp / str(name), rng=random.Random(name)
+        cfg or config(name),
+        FakeTransport(net, name),
+        tmp / str(name),
+        ipv6=ipv6,
+        rng=random.Random(name),
     )
     await nursery.start(service.serve)
     net.join(name)
@@ -363,4 +378,125 @@ async def test_allocations_and_claims_waiting_for_space_count_as_pending(
         with trio.move_on_after(5):  # given up while waiting (a client gone): not pending
             await lonely.allocate("e")
         assert lonely.status()["pending"] == {"allocate": 0, "claim": 0}
+        nursery.cancel_scope.cancel()
+
+
+# --- the IPv6 ring
+
+DUAL = Ipv6Settings()  # the range derived from the seed
+
+
+@pytest.mark.trio
+async def test_ipv6_first_starts_the_one_consensus_and_every_peer_allocates_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No IPv4 ring yet: an IPv6 allocation starts the consensus, which divides both rings;
+    the default /64 is divided among the seed, so nobody asks anyone for IPv6 space."""
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        peers = [await start(nursery, net, tmp_path, n, ipv6=DUAL) for n in (1, 2, 3)]
+        assert peers[0].status()["ipv6"]["consensus"] == "idle"
+        got: dict[str, IPv6Interface] = {}
+
+        async def allocate6(service: IpamService, container: str) -> None:
+            got[container] = await service.allocate6(container)
+
+        async with trio.open_nursery() as inner:
+            for i, service in enumerate(peers):
+                for k in range(3):
+                    inner.start_soon(allocate6, service, f"c{i}-{k}")
+        seed = peers[0].allocator.ring.seed
+        range6 = derived_range6(seed)
+        assert range6.prefixlen == 48 and str(range6).startswith("fd")
+        subnet = IPv6Network((range6.network_address, 64))
+        assert len({a.ip for a in got.values()}) == 9
+        assert all(a.network == subnet for a in got.values())
+        await trio.sleep(1)
+        statuses = [p.status()["ipv6"] for p in peers]
+        assert {s["range"] for s in statuses} == {str(range6)}
+        views = [[(p["name"], p["ranges"]) for p in s["peers"]] for s in statuses]
+        assert views[0] == views[1] == views[2] and len(views[0]) == 3
+        assert sum(s["counters"]["requests_sent"] for s in statuses) == 0
+        # Dual stack: the same container gets an IPv4 address too; both are its.
+        v4 = await peers[0].allocate("c0-0")
+        assert set(peers[0].addresses_of("c0-0")) == {v4, got["c0-0"]}
+        assert await peers[0].allocate6("c0-0") == got["c0-0"]  # idempotent
+        assert sorted(p.name for p in (tmp_path / "1").iterdir()) == [STATE_FILE, STATE_FILE6]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_ipv6_addresses_survive_a_restart_and_a_state_from_before_ipv6_divides_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        old = await start(nursery, net, tmp_path, 1, config(1, size=1))  # IPv4 only
+        await old.allocate("a")
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / "1" / STATE_FILE6).exists()
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        upgraded = await start(nursery, net, tmp_path, 1, config(1, size=1), DUAL)
+        assert upgraded.status()["ipv6"]["consensus"] == "ready"  # divided at once, locally
+        first = await upgraded.allocate6("a")
+        claimed = await upgraded.claim("b", IPv6Interface(f"{first.ip + 10}/64"))
+        nursery.cancel_scope.cancel()
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        again = await start(nursery, net, tmp_path, 1, config(1, size=1), DUAL)
+        assert set(again.addresses_of("a")) >= {first}
+        assert again.addresses_of("b") == [claimed]
+        with pytest.raises(AddressInUse):
+            await again.claim("c", claimed)
+        assert await again.release("b") == [claimed.ip]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_late_peer_adopts_the_ipv6_ring_and_reset_and_rmpeer_cover_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        seeded = [
+            await start(nursery, net, tmp_path, n, config(n, InitMode.SEED), DUAL) for n in (1, 2)
+        ]
+        a = await seeded[0].allocate6("a")
+        late = await start(nursery, net, tmp_path, 5, config(5, InitMode.OBSERVER), DUAL)
+        b = await late.allocate6("b")  # it adopted both rings, and got IPv6 space donated
+        assert a.ip != b.ip and a.network == b.network
+        await trio.sleep(1)
+        assert late.status()["ipv6"]["counters"]["donations_received"] == 1
+        assert late.allocator6 is not None and not late.allocator6.divided_here
+        await late.release("b")
+        result = await late.reset()
+        assert result["acknowledged"] and result["addresses6"] > 0
+        names = {p["name"] for p in seeded[0].status()["ipv6"]["peers"]}
+        assert names == {"00:00:00:00:00:01", "00:00:00:00:00:02"}
+        net.cut.add(2)
+        gone = seeded[0].rmpeer(2)
+        assert gone["addresses"] > 0 and gone["addresses6"] > 0
+        names = {p["name"] for p in seeded[0].status()["ipv6"]["peers"]}
+        assert names == {"00:00:00:00:00:01"}
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_without_ipv6_an_ipv6_request_is_one_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        service = await start(nursery, net, tmp_path, 1, config(1, size=1))
+        with pytest.raises(UserError, match="IPv6 is off"):
+            await service.allocate6("a")
+        assert service.status()["ipv6"] is None
+        assert not service.in_range(IPv6Network("fd00::/64").network_address + 1)
         nursery.cancel_scope.cancel()

@@ -86,6 +86,7 @@ EVERY_FLAG = [
     "--no-fastdp", "--trusted-subnets", "10.0.0.0/8,fd00::/8", "--no-masq-local",
     "--http-addr", "[::1]:6782", "--ipalloc-range", "10.40.0.0/16",
     "--ipalloc-default-subnet", "10.40.1.0/24", "--ipalloc-init", "seed=aa:bb:cc:dd:ee:01",
+    "--ipalloc-range6", "fd40::/48", "--ipalloc-default-subnet6", "fd40:0:0:7::/64", "--no-ipv6",
     "--dns-domain", "lab.test.", "--dns-ttl", "5", "--dns-upstream", "192.0.2.1",
     "--dns-upstream", "[fd00::1]:5353", "--dns-address", "10.40.1.250/16", "--dns-port", "5353",
     "--dns-upstream-timeout", "1.5", "--docker-host", "tcp://127.0.0.1:2375", "--no-docker",
@@ -102,6 +103,8 @@ def test_every_flag_reaches_the_config() -> None:
     assert config.no_masq_local and config.http_addr == ("::1", 6782)
     assert [str(n) for n in config.trusted_subnets] == ["10.0.0.0/8", "fd00::/8"]
     assert config.ipalloc_default_subnet == IPv4Network("10.40.1.0/24")
+    assert str(config.ipalloc_range6) == "fd40::/48" and not config.ipv6
+    assert str(config.ipalloc_default_subnet6) == "fd40:0:0:7::/64"
     assert config.dns.upstreams == ("192.0.2.1", "[fd00::1]:5353")
     assert (config.dns.domain, config.dns.ttl, config.dns.port) == ("lab.test.", 5, 5353)
     assert not config.docker.enabled and not config.docker.plugin
@@ -147,6 +150,13 @@ def test_variables_set_options(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--ipalloc-range", "0.0.0.0/8"], 'overlaps "this network"'),
         (["--ipalloc-range", "240.0.0.0/4"], "overlaps reserved"),
         (["--ipalloc-range", "10.0.0.0/8", "--ipalloc-default-subnet", "127.0.0.0/24"], "loopback"),
+        (["--ipalloc-range6", "10.0.0.0/8"], "bad --ipalloc-range6"),
+        (["--ipalloc-range6", "fe80::/64"], "overlaps link-local"),
+        (["--ipalloc-range6", "ff02::/64"], "overlaps multicast"),
+        (["--ipalloc-range6", "::/0"], "prefix length from 1 to 120"),
+        (["--ipalloc-range6", "fd00::/124"], "prefix length from 1 to 120"),
+        (["--ipalloc-default-subnet6", "fd00::/64"], "needs --ipalloc-range6"),
+        (["--ipalloc-range6", "fd00::/48", "--ipalloc-default-subnet6", "fd01::/64"], "not inside"),
     ],
 )
 def test_mistakes_are_user_errors(argv: list[str], message: str) -> None:

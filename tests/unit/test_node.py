@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -134,6 +134,8 @@ class FakeIpam:
         self.held = held or {}
         self.config = SimpleNamespace(range=RANGE, subnet=RANGE)
         self.next = 5
+        self.ipv6 = None  # an IPv4-only IPAM (--no-ipv6)
+        self.default_subnet6 = None
 
     def holders(self, prefix: str = "") -> dict[str, list[str]]:
         return {k: [str(a) for a in v] for k, v in self.held.items() if k.startswith(prefix)}
@@ -459,3 +461,48 @@ def test_attach_net_default_is_an_address_from_the_default_subnet() -> None:
     attached = trio.run(node.attach, Target("c1"), ["net:default"], "ethwe", None)
     assert calls[:2] == ["allocate netns:c1", "attach c1 10.32.0.5/12"]
     assert attached.attachment["addresses"] == ["10.32.0.5/12"]
+
+
+class DualIpam(FakeIpam):
+    """The fake with an IPv6 ring too; allocations idempotent per family, as IPAM's."""
+
+    def __init__(self, calls: Calls, held: dict[str, list[Any]] | None = None) -> None:
+        super().__init__(calls, held)
+        self.ipv6 = object()  # type: ignore[assignment]
+
+    async def allocate(self, owner: str, subnet: IPv4Network | None = None) -> IPv4Interface:
+        mine = [a for a in self.held.get(owner, []) if isinstance(a, IPv4Interface)]
+        return mine[0] if mine else await super().allocate(owner, subnet)
+
+    async def allocate6(self, owner: str, subnet: Any = None) -> IPv6Interface:
+        mine = [a for a in self.held.get(owner, []) if isinstance(a, IPv6Interface)]
+        if mine:
+            return mine[0]
+        self.calls.log(f"allocate6 {owner}")
+        address = IPv6Interface(f"fd12::{self.next}/64")
+        self.next += 1
+        self.held.setdefault(owner, []).append(address)
+        return address
+
+
+def attach_with(ipam: FakeIpam, specs: list[str]) -> list[str]:
+    calls = Calls()
+    ipam.calls = calls
+    node = Node(
+        fake_router(),
+        ipam=ipam,  # type: ignore[arg-type]
+        dataplane=FakeDataPlane(calls),  # type: ignore[arg-type]
+    )
+    attached = trio.run(node.attach, Target("c1"), specs, "ethwe", None)
+    return list(attached.attachment["addresses"])
+
+
+def test_attach_without_addresses_is_dual_stack_and_again_keeps_the_families() -> None:
+    ipam = DualIpam(Calls())
+    assert attach_with(ipam, []) == ["10.32.0.5/12", "fd12::6/64"]
+    assert attach_with(ipam, []) == ["10.32.0.5/12", "fd12::6/64"]  # the same, nothing more
+    only4 = DualIpam(Calls(), {"netns:c1": [IPv4Interface("10.32.0.9/12")]})
+    assert attach_with(only4, []) == ["10.32.0.9/12"]  # attached IPv4-only: stays so
+    only6 = DualIpam(Calls(), {"netns:c1": [IPv6Interface("fd12::9/64")]})
+    assert attach_with(only6, []) == ["fd12::9/64"]  # attached --ipv6-only: stays so
+    assert attach_with(DualIpam(Calls()), ["net:default6"]) == ["fd12::5/64"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Interface, IPv4Network
+import re
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 import pytest
 from hypothesis import given
@@ -11,8 +12,11 @@ from hypothesis import strategies as st
 from meshnet.errors import UserError
 from meshnet.node.specs import (
     DEFAULT_SUBNET,
+    DEFAULT_SUBNET6,
     AddressSpec,
+    ExposureSpec,
     SpecKind,
+    default_specs,
     looks_like_spec,
     parse_exposure,
     parse_spec,
@@ -28,13 +32,27 @@ def test_attach_specs() -> None:
     assert parse_spec("10.32.1.1/24") == AddressSpec(SpecKind.CLAIM, address=HOST)
     assert parse_spec("ip:10.32.1.1/24") == AddressSpec(SpecKind.CLAIM, address=HOST)
     assert parse_spec("ip:10.32.1.1").address == IPv4Interface("10.32.1.1/32")
-    assert parse_spec("fd00::1/64").kind is SpecKind.STATIC
+    assert parse_spec("fd00::1/64") == AddressSpec(
+        SpecKind.CLAIM, address=IPv6Interface("fd00::1/64")
+    )
     assert parse_spec("ip:10.32.1.1").exact and not parse_spec("10.32.1.1/24").exact
     for bad in ("10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "ip:banana", "banana/7"):
         with pytest.raises(UserError, match=f"^bad address '{bad}': "):
             parse_spec(bad)
-    with pytest.raises(UserError, match="IPv6 is not supported here yet"):
-        parse_spec("net:fd00::/64")
+
+
+def test_ipv6_specs() -> None:
+    assert parse_spec("net:default6") == DEFAULT_SUBNET6 and DEFAULT_SUBNET6.family == 6
+    assert DEFAULT_SUBNET.family == 4
+    assert parse_spec("net:fd00:1::/64") == AddressSpec(subnet=IPv6Network("fd00:1::/64"))
+    assert parse_spec("net:fd00:1::/64").family == 6
+    assert parse_spec("ip:fd00::5").address == IPv6Interface("fd00::5/128")
+    assert parse_spec("ip:fd00::5/64").family == 6 and parse_spec("ip:fd00::5").exact
+    assert default_specs(True) == [DEFAULT_SUBNET, DEFAULT_SUBNET6]
+    assert default_specs(False) == [DEFAULT_SUBNET]
+    for bad in ("net:fd00::1/64", "ip:fd00::zz", "fd00::1", "net:fd00::/129"):
+        with pytest.raises(UserError, match=f"^bad address '{re.escape(bad)}': "):
+            parse_spec(bad)
 
 
 def test_a_spec_is_told_from_a_container() -> None:
@@ -45,11 +63,12 @@ def test_a_spec_is_told_from_a_container() -> None:
 
 
 def test_exposure_specs_are_subnets_or_ipv4_host_addresses_with_their_prefix() -> None:
-    assert parse_exposure("net:default") == DEFAULT_SUBNET
-    assert parse_exposure("net:10.32.1.0/24") == AddressSpec(subnet=SUBNET)
-    assert parse_exposure("10.32.1.1/24") == AddressSpec(SpecKind.CLAIM, address=HOST)
-    assert parse_exposure("ip:10.32.1.1/24") == AddressSpec(SpecKind.CLAIM, address=HOST)
+    assert parse_exposure("net:default") == ExposureSpec()
+    assert parse_exposure("net:10.32.1.0/24") == ExposureSpec(subnet=SUBNET)
+    assert parse_exposure("10.32.1.1/24") == ExposureSpec(address=HOST)
+    assert parse_exposure("ip:10.32.1.1/24") == ExposureSpec(address=HOST)
     for bad in ("10.32.1.1", "ip:10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "fd00::1/64",
+                "net:fd00::/64", "net:default6",
                 "10.32.1.0/24", "10.32.1.255/24", "10.32.1.1/32", "banana/7"):  # fmt: skip
         with pytest.raises(UserError) as e:
             parse_exposure(bad)

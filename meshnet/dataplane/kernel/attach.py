@@ -362,6 +362,8 @@ def attach(
             cns.set_mac(ifname, mac)
         if gso_max_segs is not None and port is not None:
             cns.set_gso_max_segs(ifname, gso_max_segs)
+        # Before it is up: no Router Advertisement from another container is ever taken.
+        netlink.refuse_router_advertisements(ref.path, ifname)
         if not link.up:
             cns.set_up(ifname)
         cns.set_up("lo")

@@ -218,6 +218,21 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     return result[0]
 
 
+def refuse_router_advertisements(name: str, ifname: str) -> bool:
+    """``accept_ra = 0`` on ``ifname`` in namespace ``name`` (a path too): a container takes no
+    address, route or MTU from Router Advertisements another container might send. False if
+    the namespace has no IPv6 (nothing to refuse)."""
+
+    def write() -> bool:
+        path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra")
+        if not path.exists():
+            return False
+        path.write_text("0")
+        return True
+
+    return run_in_namespace(name, write)
+
+
 def set_ipv4_forwarding(name: str, enabled: bool = True) -> None:
     """Make namespace `name` route IPv4 between its interfaces (or stop), as a router does.
 
@@ -624,11 +639,12 @@ class Namespace:
             state="up" if up else "down",
         )
 
-    def add_address(self, ifname: str, cidr: str, *, nodad: bool = False) -> None:
-        """Add an address (idempotent). ``nodad``: an IPv6 address usable at once, without
-        duplicate address detection (a second or more of "tentative": unusable as a source)."""
+    def add_address(self, ifname: str, cidr: str) -> None:
+        """Add an address; idempotent. IPv6 ones without duplicate address detection
+        (IFA_F_NODAD): overlay addresses come from IPAM, unique by construction, and DAD would
+        leave them "tentative" (unusable) for a second or more."""
         iface = ipaddress.ip_interface(cidr)
-        flags = {"flags": _IFA_F_NODAD} if nodad and iface.version == 6 else {}
+        extra: dict[str, Any] = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
         try:
             self._call(
                 f"add {cidr} to {ifname}",
@@ -637,7 +653,7 @@ class Namespace:
                 index=self.index(ifname),
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
-                **flags,
+                **extra,
             )
         except NetlinkError as e:
             cause = e.__cause__

@@ -91,7 +91,9 @@ def _add(env: Environment, conf: NetConf, client: DaemonClient) -> dict[str, Any
         "container": env.netns,
         "ifname": env.ifname,
         "owner": env.owner(conf.name),
-        "addresses": [f"net:{conf.subnet}"] if conf.subnet is not None else [],
+        # IPv4 only for now: the result's routes and DNS follow the IPv4 range (CNI's IPv6
+        # comes with its own change).
+        "addresses": [f"net:{conf.subnet}" if conf.subnet is not None else "net:default"],
     }
     name = env.args.get("MESHNET_NAME") or env.args.get("K8S_POD_NAME")
     if name:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Protocol
 
 from meshnet.errors import UserError, bad_address, why
@@ -35,11 +35,13 @@ class PluginError(UserError):
 
 
 class IpamSettings(Protocol):
-    @property
-    def range(self) -> IPv4Network: ...
+    """The IPv4 ring's settings (the plugin hands out no IPv6 pools yet)."""
 
     @property
-    def subnet(self) -> IPv4Network: ...
+    def range(self) -> IPv4Network | IPv6Network: ...
+
+    @property
+    def subnet(self) -> IPv4Network | IPv6Network: ...
 
 
 class Ipam(Protocol):
@@ -56,7 +58,7 @@ class Ipam(Protocol):
 
     async def release(
         self, container_id: str, only: list[IPv4Address] | None = None
-    ) -> list[IPv4Address]: ...
+    ) -> list[IPv4Address | IPv6Address]: ...
 
     def holders(self, prefix: str = "") -> dict[str, list[str]]: ...
 
@@ -87,6 +89,12 @@ def parse_pool(
     if subnet.num_addresses < 4:
         raise PluginError(f"subnet {subnet} is too small")
     return subnet
+
+
+def _ipv4(network: IPv4Network | IPv6Network) -> IPv4Network:
+    if not isinstance(network, IPv4Network):
+        raise PluginError("the IPAM configuration is not IPv4")  # (IpamService's never is)
+    return network
 
 
 def parse_pool_id(pool_id: str, allocation_range: IPv4Network) -> IPv4Network:
@@ -123,6 +131,10 @@ class IpamDriver:
             "/IpamDriver.ReleaseAddress": self.release_address,
         }
 
+    @property
+    def _range(self) -> IPv4Network:
+        return _ipv4(self.ipam.config.range)
+
     def get_capabilities(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
@@ -138,8 +150,8 @@ class IpamDriver:
         subnet = parse_pool(
             _text(body, "Pool"),
             _text(body, "SubPool"),
-            self.ipam.config.range,
-            self.ipam.config.subnet,
+            self._range,
+            _ipv4(self.ipam.config.subnet),
         )
         # Without a --subnet, libnetwork checks a local network's pool against the host's
         # routes and asks again while it overlaps one, forever (requestPoolHelper in moby's
@@ -150,11 +162,11 @@ class IpamDriver:
         return {"PoolID": str(subnet), "Pool": pool, "Data": {}}
 
     def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
-        parse_pool_id(_text(body, "PoolID"), self.ipam.config.range)
+        parse_pool_id(_text(body, "PoolID"), self._range)
         return {}  # its addresses were released one by one (other networks may share it)
 
     async def request_address(self, body: dict[str, Any]) -> dict[str, Any]:
-        subnet = parse_pool_id(_text(body, "PoolID"), self.ipam.config.range)
+        subnet = parse_pool_id(_text(body, "PoolID"), self._range)
         wanted = _text(body, "Address")
         options = body.get("Options") or {}
         gateway = isinstance(options, dict) and options.get("RequestAddressType") == GATEWAY_REQUEST
@@ -170,7 +182,7 @@ class IpamDriver:
         return {"Address": f"{got.ip}/{subnet.prefixlen}", "Data": {}}
 
     async def release_address(self, body: dict[str, Any]) -> dict[str, Any]:
-        parse_pool_id(_text(body, "PoolID"), self.ipam.config.range)
+        parse_pool_id(_text(body, "PoolID"), self._range)
         ip = parse_address(_text(body, "Address"))
         for owner, addresses in self.ipam.holders(OWNER_PREFIX).items():
             if str(ip) in addresses:

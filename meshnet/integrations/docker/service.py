@@ -285,7 +285,10 @@ class DockerService:
                 info = await self.engine.inspect(action.container)
                 if not info.running:
                     return
-                result = await self.attach_container(info, list(action.addresses), name=info.name)
+                # No specs (an empty label): IPv4 only for now; Docker containers' IPv6 comes
+                # with the plugin's IPv6 pools (`net:default6` in the label asks for it).
+                specs = list(action.addresses) or ["net:default"]
+                result = await self.attach_container(info, specs, name=info.name)
                 log.info(
                     "%s: attached Docker container %s: %s",
                     self._nick,
