@@ -58,6 +58,7 @@ NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
 INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
 # 100 routers starting at once on 2 cores take a while: each imports the daemon and sets up.
 ROUTER_READY_TIMEOUT = 300.0
+ROUTERS_PER_WAVE = 10
 # Attaches (and readiness checks) in flight at once: each is an API call that mostly waits.
 ATTACH_WORKERS = 16
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
@@ -463,8 +464,25 @@ def _start_routers(
     password: str | None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, str]:
-    """Start the routers of `hosts` at once, each told only of its topology neighbours; returns
-    each host's peer name once every one of them answers on its API socket.
+    """Start the routers of `hosts` in waves of ROUTERS_PER_WAVE (each wave once the one before
+    answers), each told only of its topology neighbours; returns each host's peer name.
+
+    In waves: a router's start-up is mostly CPU (imports, then the mesh's first gossip), and
+    100 starting at once on 2 cores starved each other past any deadline."""
+    names: dict[str, str] = {}
+    for first in range(0, len(hosts), ROUTERS_PER_WAVE):
+        wave = hosts[first : first + ROUTERS_PER_WAVE]
+        names.update(_start_wave(record, wave, password, progress))
+    return names
+
+
+def _start_wave(
+    record: LabRecord,
+    hosts: list[dict[str, Any]],
+    password: str | None,
+    progress: Callable[[str], None],
+) -> dict[str, str]:
+    """Start the routers of `hosts` at once; each host's peer name once all answer.
 
     Each router is the daemon itself (`meshnet launch --foreground`, logging to its state
     directory, in a session of its own), not a background `meshnet launch` that starts it and

@@ -468,10 +468,14 @@ class FastDatapath(UnicastChannel):
     async def _watch_local_macs(self) -> None:
         """The MACs behind our bridge (its own and what it learned on container ports)."""
 
-        def scan() -> frozenset[str]:
+        def scan() -> tuple[frozenset[str], frozenset[int]]:
+            """The MACs, and the ports whose entries are not ours (their changes are news only
+            to the mesh: the VXLAN devices we program, the TAP learning remote MACs)."""
             with netlink.namespace(None) as ns:
-                learned = ns.learned_macs(self.bridge, exclude={*self.devices.values(), self.tap})
-                return frozenset({*learned, ns.link(self.bridge).mac})
+                theirs = {*self.devices.values(), self.tap}
+                learned = ns.learned_macs(self.bridge, exclude=theirs)
+                ignored = frozenset(ns.index(name) for name in theirs if ns.has_link(name))
+                return frozenset({*learned, ns.link(self.bridge).mac}), ignored
 
         try:
             monitor: trio.socket.SocketType | None = trio.socket.from_stdlib_socket(
@@ -483,7 +487,7 @@ class FastDatapath(UnicastChannel):
         try:
             while True:
                 try:
-                    macs = await self._run_netlink(scan)
+                    macs, ignored = await self._run_netlink(scan)
                 except netlink.NetlinkError as e:
                     self._count("scan_failed")
                     log.warning("fast datapath: %s", e)
@@ -496,7 +500,7 @@ class FastDatapath(UnicastChannel):
                     await trio.sleep(SCAN_INTERVAL)
                     continue
                 with trio.move_on_after(RESCAN_INTERVAL):
-                    await _next_fdb_change(monitor)
+                    await _next_fdb_change(monitor, ignored)
                 await trio.sleep(MAC_SETTLE)
         finally:
             if monitor is not None:
@@ -563,13 +567,15 @@ class FastDatapath(UnicastChannel):
         }
 
 
-async def _next_fdb_change(monitor: trio.socket.SocketType) -> None:
-    """Until the kernel reports a change of a bridge's forwarding table (or lost some reports:
-    a full socket buffer fails the read with ENOBUFS, and the caller reads the table again)."""
+async def _next_fdb_change(monitor: trio.socket.SocketType, ignored: frozenset[int]) -> None:
+    """Until the kernel reports a change of a bridge's forwarding table on a port not
+    ``ignored`` (or lost some reports: a full socket buffer fails the read with ENOBUFS, and
+    the caller reads the table again). Measured in a 100-host lab: without ignoring the VXLAN
+    and TAP ports, every MAC the mesh learned made every router dump its table (O(N) each)."""
     while True:
         try:
             data = await monitor.recv(65536)
         except OSError:
             return
-        if netlink.fdb_changed(data):
+        if netlink.fdb_changed(data, ignored):
             return

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _AF_BRIDGE = 7
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NDMSG_IFINDEX = struct.Struct("=i")  # in struct ndmsg, after family and padding (4 bytes)
 _T = TypeVar("_T")
 
 # `IPRoute(netns=...)` forks a helper from the calling (worker) thread, then stops it with
@@ -763,10 +764,14 @@ def links_changed(data: bytes) -> bool:
     return any(kind in (_RTM_NEWLINK, _RTM_DELLINK) for kind, _ in _message_kinds(data))
 
 
-def fdb_changed(data: bytes) -> bool:
-    """Whether a datagram of neighbour notifications holds a bridge forwarding-table change
-    (ARP and NDP changes come on the same socket and are not)."""
+def fdb_changed(data: bytes, ignored: Collection[int] = ()) -> bool:
+    """Whether a datagram of neighbour notifications holds a bridge forwarding-table change on
+    a port whose index is not ``ignored`` (ARP and NDP changes come on the same socket and are
+    not)."""
     return any(
-        kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH) and data[body] == _AF_BRIDGE
+        kind in (_RTM_NEWNEIGH, _RTM_DELNEIGH)
+        and len(data) >= body + 8
+        and data[body] == _AF_BRIDGE
+        and _NDMSG_IFINDEX.unpack_from(data, body + 4)[0] not in ignored
         for kind, body in _message_kinds(data)
     )
