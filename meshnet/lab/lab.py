@@ -527,6 +527,9 @@ def _start_wave(
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C of `lab up` reaches it only through `down`
             )
+        # Reaped when it ends: the caller may live on (a test, a bench), and a router it never
+        # waited for would stay a zombie whose /proc entry outlives it.
+        threading.Thread(target=proc.wait, name=f"reap {host['name']}", daemon=True).start()
         starting[host["name"]] = (host, proc, offset)
     names: dict[str, str] = {}
     deadline = time.monotonic() + ROUTER_READY_TIMEOUT
