@@ -139,12 +139,20 @@ def test_aaaa_ptr_nodata_ipv6_transport_and_an_ipv6_upstream(
             lambda: DNS6 not in api.get("/status/dns")["listen_addresses"],
             what="h1's DNS server to stop listening on its IPv6 address",
         )
-        assert (
-            DNS6.split("/")[0]
-            not in ns_run(h1, "ip", "-6", "addr", "show", "dev", "meshnet").stdout
+        # Unbound first (what status shows), then the address goes, then its table entry.
+        wait_for(
+            lambda: (
+                DNS6.split("/")[0]
+                not in ns_run(h1, "ip", "-6", "addr", "show", "dev", "meshnet").stdout
+            ),
+            what="the IPv6 DNS address to leave the bridge",
         )
-        table = ns_run(h1, "nft", "list", "table", "inet", "meshnet_dns").stdout
-        assert server4 in table and DNS6.split("/")[0] not in table
+
+        def table() -> str:
+            return ns_run(h1, "nft", "list", "table", "inet", "meshnet_dns").stdout
+
+        wait_for(lambda: DNS6.split("/")[0] not in table(), what="the address to leave the table")
+        assert server4 in table()
     finally:
         upstream.kill()
         upstream.wait()
