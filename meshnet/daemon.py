@@ -64,6 +64,27 @@ async def run(
     if config.dataplane:
         dataplane = DataPlane(config, router)  # registers the fastdp channel: before it runs too
     stop = trio.Event()
+    try:
+        await _run_services(
+            config, identity, router, ipam, dns, dataplane, stop, task_status=task_status
+        )
+    finally:
+        # The API socket goes last: `meshnet stop` returns once it is gone, and by then every
+        # service has cleaned up (its devices, nftables tables and addresses).
+        config.api_socket.unlink(missing_ok=True)
+
+
+async def _run_services(
+    config: Config,
+    identity: Identity,
+    router: Router,
+    ipam: IpamService,
+    dns: DnsService,
+    dataplane: DataPlane | None,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Identity] = trio.TASK_STATUS_IGNORED,
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
         try:

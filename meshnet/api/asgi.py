@@ -64,9 +64,11 @@ async def serve_on_socket(
     socket_path: Path,
     *,
     logger: str,
+    remove_file: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled on ``socket_path`` (created 0600); the file goes with the server."""
+    """Serve until cancelled on ``socket_path`` (created 0600); the file goes with the server
+    unless ``remove_file`` is False (its owner removes it later)."""
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     config = _hypercorn(f"unix:{socket_path}", logger)
     # Hypercorn closes a connection whose request it has not read within this (5 s by default),
@@ -76,7 +78,8 @@ async def serve_on_socket(
     try:
         await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
     finally:
-        socket_path.unlink(missing_ok=True)
+        if remove_file:
+            socket_path.unlink(missing_ok=True)
 
 
 async def serve_on_tcp(

@@ -28,7 +28,10 @@ async def serve_api(
     """Serve until cancelled; also over HTTP on ``http_addr`` (loopback, checked by the CLI)
     and ``metrics_addr`` (any address: only ``GET /metrics``)."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve_on_socket, app, socket_path, logger=LOGGER))
+        # The daemon removes the socket file once every service has stopped (see daemon.run).
+        await nursery.start(
+            partial(serve_on_socket, app, socket_path, logger=LOGGER, remove_file=False)
+        )
         if http_addr is not None:
             host, port = http_addr
             gate = ReadOnlyGate(app, host, port)
