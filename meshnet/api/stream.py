@@ -35,8 +35,24 @@ class FrameError(Exception):
 
 
 def encode_frame(value: Any) -> bytes:
-    body: bytes = msgpack.packb(value, use_bin_type=True)
+    try:
+        body: bytes = msgpack.packb(value, use_bin_type=True)
+    except OverflowError:  # an IPv6 ring's sizes (2^80 and more) are past msgpack's integers
+        body = msgpack.packb(_within_msgpack(value), use_bin_type=True)
     return _LENGTH.pack(len(body)) + body
+
+
+def _within_msgpack(value: Any) -> Any:
+    """``value`` with every integer msgpack cannot hold as a float: snapshots are for display."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(1 << 63) <= value < (1 << 64) else float(value)
+    if isinstance(value, dict):
+        return {k: _within_msgpack(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_within_msgpack(v) for v in value]
+    return value
 
 
 class FrameReader:

@@ -370,3 +370,14 @@ def test_events_from_report_differences() -> None:
     assert ("connection_up", "c") in kinds and ("connection_down", "a") in kinds
     assert events.diff(None, after) == []
     assert events.diff(after, after) == []
+
+
+def test_a_snapshot_with_an_ipv6_ring_size_still_encodes() -> None:
+    """An IPv6 ring's sizes are past msgpack's integers: they travel as floats (the TUI's
+    stream failed on the first snapshot of a dual-stack router without this)."""
+    snapshot = {"ipam": {"ipv6": {"size": 1 << 80, "in_use": [2, True]}}, "n": -(1 << 63)}
+    frame = encode_frame(snapshot)
+    assert msgpack.unpackb(frame[4:]) == {
+        "ipam": {"ipv6": {"size": float(1 << 80), "in_use": [2, True]}},
+        "n": -(1 << 63),
+    }
