@@ -138,7 +138,10 @@ def routers_running(name: str, count: int) -> Callable[[], bool]:
 def test_up_interrupted_while_routers_start_leaves_nothing_after_down(
     lab_name: str, sig: signal.Signals
 ) -> None:
-    up = meshnet_lab("up", "--name", lab_name, "--hosts", "6", "--topology", "ring")
+    # More hosts than one wave of routers (lab.ROUTERS_PER_WAVE): `up` is still busy when the
+    # signal comes (with 6, a quick `up` was done before a SIGKILL reached it).
+    hosts = lablib.ROUTERS_PER_WAVE + 2
+    up = meshnet_lab("up", "--name", lab_name, "--hosts", str(hosts), "--topology", "ring")
     try:
         wait_for("some routers to start", routers_running(lab_name, 2), timeout=60)
         up.send_signal(sig)
