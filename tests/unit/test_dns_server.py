@@ -46,6 +46,19 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_server_port() -> int:
+    """A port free for UDP and TCP both, as a DNS server binds (a port free for UDP alone was
+    taken for TCP once: EADDRINUSE)."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[int]:
     port = free_port()
@@ -71,7 +84,7 @@ def make_records() -> Records:
 
 @pytest.fixture
 async def server(upstream: int) -> AsyncIterator[tuple[DnsServer, int]]:
-    port = free_port()
+    port = free_server_port()
     dead = free_port()  # nothing listens there: the first upstream is down
     srv = DnsServer(
         Resolver(make_records(), reverse_networks=["10.32.0.0/12"]),
