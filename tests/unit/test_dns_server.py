@@ -6,6 +6,7 @@ table, never asks anyone): forwarding, TCP retry on truncation, timeouts and dea
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -40,32 +41,33 @@ from meshnet.gossip.router import Router
 FAKE_UPSTREAM = Path(__file__).parents[1] / "net" / "dns_upstream.py"
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def free_server_port() -> int:
+def free_server_port(host: str = "127.0.0.1") -> int:
     """A port free for UDP and TCP both, as a DNS server binds (a port free for UDP alone was
     taken for TCP once: EADDRINUSE)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        port = free_port(host)
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
             try:
-                tcp.bind(("127.0.0.1", port))
+                tcp.bind((host, port))
             except OSError:
                 continue
         return port
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    port = free_port()
+@contextlib.contextmanager
+def fake_upstream(host: str) -> Iterator[int]:
+    """tests/net/dns_upstream.py on ``host``; its port."""
+    port = free_server_port(host)
     proc = subprocess.Popen(
-        [sys.executable, str(FAKE_UPSTREAM), "127.0.0.1", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, str(FAKE_UPSTREAM), host, str(port)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -73,6 +75,12 @@ def upstream() -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[int]:
+    with fake_upstream("127.0.0.1") as port:
+        yield port
 
 
 def make_records() -> Records:
@@ -150,22 +158,8 @@ async def test_a_truncated_upstream_answer_is_fetched_again_over_tcp(
 
 @pytest.fixture(scope="module")
 def upstream6() -> Iterator[int]:
-    port = free_port6()
-    proc = subprocess.Popen(
-        [sys.executable, str(FAKE_UPSTREAM), "::1", str(port)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    with fake_upstream("::1") as port:
         yield port
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def free_port6(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET6, kind) as s:
-        s.bind(("::1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.trio
@@ -174,7 +168,7 @@ async def test_over_ipv6_to_an_ipv6_upstream(upstream6: int) -> None:
     upstream given as [IPv6]:PORT, again over TCP when its UDP answer is truncated."""
     records = make_records()
     records.register("web.meshnet.local", "fd00::5", "c1", time.time())
-    port = free_port6()
+    port = free_server_port("::1")
     srv = DnsServer(
         Resolver(records, reverse_networks=["fd00::/64"]),
         upstreams=[parse_upstream(f"[::1]:{upstream6}")],
