@@ -721,6 +721,7 @@ class IpamService:
         ring = allocator.ring
         forged = ring.implausible + ring.unasked_gifts
         try:
+            allocator.advance(trio.current_time())
             delta = allocator.on_gossip(payload)
             if delta is not None:
                 pending = self._relays.get(channel)
