@@ -381,7 +381,7 @@ def test_the_kernel_attach_words_a_bad_address_as_everywhere(text: str) -> None:
     assert str(raised.value).startswith(f"bad address '{text}': ")
 
 
-@pytest.mark.parametrize("text", ["10.32.0", "fd00::1", "x"])
+@pytest.mark.parametrize("text", ["10.32.0", "fd00::x1", "x"])
 def test_the_docker_plugin_words_a_bad_address_as_everywhere(text: str) -> None:
     with pytest.raises(PluginError, match=SHAPE):
         parse_address(text)
