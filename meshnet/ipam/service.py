@@ -41,7 +41,7 @@ from ipaddress import (
     IPv6Network,
 )
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import trio
 
@@ -71,6 +71,8 @@ from meshnet.ipam.ring import RingMergeError
 from meshnet.statefile import write_atomically
 
 log = logging.getLogger("meshnet.ipam")
+
+T = TypeVar("T")
 
 STATE_FILE = "ipam.state"
 STATE_FILE6 = "ipam6.state"
@@ -329,9 +331,10 @@ class IpamService:
             self._after()
 
     async def _until(
-        self, operation: str, what: str, attempt: Callable[[float], Address | NeedSpace]
-    ) -> Address:
-        """``attempt`` until it gives an address; meanwhile the operation counts as pending."""
+        self, operation: str, what: str, attempt: Callable[[float], T | NeedSpace]
+    ) -> T:
+        """``attempt`` until it gives an answer (an address); meanwhile the operation counts
+        as pending."""
         deadline = trio.current_time() + self._timeout
         waiting = False
         try:
@@ -341,7 +344,7 @@ class IpamService:
                     result = attempt(now)
                 finally:
                     self._after(wake=False)
-                if isinstance(result, Address):
+                if not isinstance(result, NeedSpace):
                     return result
                 if now >= deadline:
                     raise UserError(self._timeout_message(what, result))
@@ -410,9 +413,18 @@ class IpamService:
         if self.ipv6 is None:
             raise UserError("IPv6 is off on this peer (launched with --no-ipv6)")
 
-    def _on_ring6(
-        self, now: float, attempt: Callable[[Allocator], Address | NeedSpace]
-    ) -> Address | NeedSpace:
+    async def ring6(self) -> IpamConfig:
+        """The IPv6 ring's settings (its range and default subnet), once the ring exists: what
+        Docker's IPv6 pools are carved from. Waits for it as an allocation does (and starts
+        the IPv4 ring's consensus, whose seed divides it, if nothing has yet)."""
+        self._check_ipv6()
+        return await self._until(
+            "allocate",
+            "know the IPv6 range",
+            lambda now: self._on_ring6(now, lambda allocator: allocator.config),
+        )
+
+    def _on_ring6(self, now: float, attempt: Callable[[Allocator], T | NeedSpace]) -> T | NeedSpace:
         if self.allocator6 is None:
             self.allocator.start_ring(now)  # the IPv4 ring's seed divides the IPv6 ring
             return NeedSpace(Waiting.CONSENSUS)

@@ -78,6 +78,9 @@ TICK = 30.0
 #: so that its container is isolated (and finds DNS) within moments, not at the next tick.
 EAGER_TICK = 0.2
 EAGER_FOR = 3.0
+#: How long a port another tool announced with its addresses may take to show them all (Docker
+#: configures them after its plugin's join) before it is adopted with what it shows.
+ANNOUNCED_FOR = 30.0
 _PROC_SYS = Path("/proc/sys/net/ipv4")
 
 # --- kernel helpers (run in worker threads) -----------------------------------------------------
@@ -226,6 +229,9 @@ class Ramps:
         self._following = False  # between start and stop: attaches and detaches are recorded
         self._inet_installed = False
         self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
+        #: Ports another tool announced, with the addresses it gave them and until when to wait
+        #: for the container to show them (Docker configures them after the plugin's join).
+        self._announced: dict[str, tuple[frozenset[Interface], float]] = {}
         self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
         self._wake = trio.Event()
         self._eager_until = 0.0
@@ -340,17 +346,23 @@ class Ramps:
             log.info("%s: IPv4 forwarding switched on (for the off-ramp)", self._nick)
         await self._set_default_routes(address.network)
 
-    def adopt_soon(self) -> None:
+    def adopt_soon(self, port: str = "", addresses: tuple[str, ...] = ()) -> None:
         """Another tool is putting a container's port on the bridge (Docker's network plugin,
         whose port Docker moves into the container after the plugin answers): look for it at
-        once and often, for a while."""
-        self._eager_until = trio.current_time() + EAGER_FOR
+        once and often, for a while. ``addresses``: what that tool gave it (the plugin's IPAM
+        addresses); the port is adopted with them once its container shows them all, not
+        before (Docker sets them one family after the other), for at most ANNOUNCED_FOR."""
+        now = trio.current_time()
+        self._eager_until = max(self._eager_until, now + EAGER_FOR)
+        if port and addresses:
+            wanted = frozenset(ipaddress.ip_interface(a) for a in addresses)
+            self._announced[port] = (wanted, now + ANNOUNCED_FOR)
         self._wake.set()
 
     async def _follow_bridge(self) -> None:
         """Ports that came or went behind our back (a container deleted, another tool)."""
         while True:
-            eager = trio.current_time() < self._eager_until
+            eager = trio.current_time() < self._eager_until or bool(self._announced)
             with trio.move_on_after(EAGER_TICK if eager else TICK):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -396,6 +408,10 @@ class Ramps:
         """Forget ports that left the bridge, adopt unknown ones; True if anything changed."""
         # A record without a MAC (from an older state file) is adopted again to learn it.
         known = {port for port, record in self.state.ports.items() if record.mac}
+        now = trio.current_time()
+        for port, (_, until) in list(self._announced.items()):
+            if now >= until:  # never showed them all: adopted (if ever) with what it shows
+                del self._announced[port]
         unresolved = set(self._unresolved)
         scan = await trio.to_thread.run_sync(_scan_bridge, known, unresolved)
         if scan is None:
@@ -409,10 +425,21 @@ class Ramps:
         if found is None:
             return changed
         adopted = []
+        waiting = set()
         for a in found:
             if a.host_ifname in unknown:
+                addresses = a.addresses
+                announced = self._announced.pop(a.host_ifname, None)
+                if announced is not None:
+                    wanted = announced[0]
+                    shown = tuple(x for x in a.addresses if ipaddress.ip_interface(x) in wanted)
+                    if len(shown) < len(wanted):  # not all configured yet: look again soon
+                        self._announced[a.host_ifname] = announced
+                        waiting.add(a.host_ifname)
+                        continue
+                    addresses = shown  # what the tool gave, not whatever else the port shows
                 record = self.state.ports[a.host_ifname] = PortRecord(
-                    a.namespace, a.ifname, a.addresses, a.mac
+                    a.namespace, a.ifname, addresses, a.mac
                 )
                 adopted.append(record)
                 log.info(
@@ -420,11 +447,11 @@ class Ramps:
                     self._nick,
                     a.namespace,
                     a.host_ifname,
-                    ", ".join(a.addresses) or "no address",
+                    ", ".join(addresses) or "no address",
                 )
                 changed = True
         await self._route_to_dns(adopted)  # joined by another tool (Docker's network plugin)
-        self._unresolved = present - set(self.state.ports)
+        self._unresolved = present - set(self.state.ports) - waiting
         if self._unresolved:
             log.warning(
                 "%s: no container found for bridge ports %s: they stay shut",

@@ -18,6 +18,7 @@ import trio.testing
 from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
 from meshnet.dataplane.kernel import nftables
+from meshnet.dataplane.kernel.attach import Attachment
 from meshnet.dataplane.kernel.nftables import Exposure, Port
 from meshnet.dns import firewall
 from meshnet.errors import UserError
@@ -387,5 +388,45 @@ def test_a_port_another_tool_adds_is_looked_for_at_once_and_often(
             await trio.sleep(ramps_module.TICK - 0.5)
             assert len(scans) == before  # back to every TICK
             nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_port_announced_with_its_addresses_is_adopted_with_exactly_those_once_all_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker's plugin announces a port with the addresses IPAM gave it; Docker sets them one
+    family after the other, after the join: adopting the port at its first sight would keep it
+    shut for IPv6 for good."""
+    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
+    shown: list[str] = []
+
+    def scan(known: set[str], unresolved: set[str]) -> tuple[set[str], list[Attachment] | None]:
+        present = {"vethwlA", "vethwlB"}
+        if present - known == unresolved:
+            return present, None
+        return present, [
+            Attachment("c1", "ethwe0", "vethwlA", "02:00:00:00:00:01", 1354, tuple(shown)),
+            Attachment("c2", "ethwe0", "vethwlB", "02:00:00:00:00:02", 1354, ("10.32.0.9/12",)),
+        ]
+
+    monkeypatch.setattr(ramps_module, "_scan_bridge", scan)
+
+    async def main() -> None:
+        ramps.adopt_soon("vethwlA", ("10.32.0.2/12", "fd00:0::2/64"))
+        ramps.adopt_soon("vethwlB", ("10.32.0.9/12", "fd00::9/64"))
+        shown.append("10.32.0.2/12")  # IPv4 set, IPv6 not yet
+        await ramps._reconcile_ports()
+        assert set(ramps.state.ports) == set()  # both wait (and stay shut meanwhile)
+        assert ramps._unresolved == set()  # ... without being given up on
+        shown.extend(["fd00::2/64", "fd00::66/64"])  # and an address added by hand
+        assert await ramps._reconcile_ports()
+        assert ramps.state.ports["vethwlA"].addresses == ("10.32.0.2/12", "fd00::2/64")
+        assert "vethwlB" not in ramps.state.ports
+        # B never shows its IPv6 address: after ANNOUNCED_FOR, adopted with what it shows.
+        await trio.sleep(ramps_module.ANNOUNCED_FOR)
+        assert await ramps._reconcile_ports()
+        assert ramps.state.ports["vethwlB"].addresses == ("10.32.0.9/12",)
+        assert ramps._announced == {}
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
