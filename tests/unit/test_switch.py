@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
+import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -462,3 +465,52 @@ def test_a_flood_of_source_macs_stays_within_the_cap_and_frames_still_go() -> No
     assert sw.statistics().evicted == 10_000 - 64
     sw.from_local(A, BROADCAST, 2.0)  # a local container is still learned
     assert sw.lookup(A, 2.0) == LOCAL
+
+
+_yielding = threading.Event()
+
+
+class _Yielding:
+    """A reference cycle whose finalizer gives the GIL away (as objects in a router may) and
+    leaves the next such cycle behind, so that a collection inside any allocation yields."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        if _yielding.is_set():
+            _Yielding()
+        time.sleep(0.0001)
+
+
+def test_walks_over_the_table_survive_a_packet_thread_moving_entries() -> None:
+    """Regression: `entries()` from the trio thread failed with "dictionary keys changed during
+    iteration" while a packet thread moved a MAC, and stopped a router of a 100-router lab."""
+    switch = Switch(1, mac_ttl=1e9, max_entries=512)
+    macs = [i.to_bytes(6, "big") for i in range(2, 600)]
+    stop = threading.Event()
+
+    def packets() -> None:
+        peer = 2
+        while not stop.is_set():
+            peer = 5 - peer  # every frame moves its MAC to the other peer
+            for mac in macs:
+                switch.from_peer(peer, mac, b"\xff" * 6, 0.0)
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    thread = threading.Thread(target=packets)
+    thread.start()
+    _yielding.set()
+    try:
+        _Yielding()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert len(switch.entries()) <= 512
+            switch.forget_peer(99)
+            switch.expire(0.0)
+    finally:
+        _yielding.clear()
+        stop.set()
+        thread.join()
+        gc.set_threshold(*thresholds)

@@ -40,16 +40,20 @@ Policies (tested in ``tests/unit/test_switch.py``):
   (Local containers cannot spray source MACs: the bridge drops a frame whose source is not its
   port's MAC, see ``meshnet.dataplane.kernel.nftables``.)
 
-Runs per packet in the data plane's threads: MACs are the 6 raw bytes; each entry is one
-immutable tuple replaced atomically, so :meth:`Switch.expire` and :meth:`Switch.forget_peer`
-from another thread cannot corrupt it (at worst an entry refreshed at that instant is dropped and
-learned again from the next frame).
+Runs per packet in the data plane's threads: MACs are the 6 raw bytes, each entry one immutable
+tuple, so a lookup is one ``dict.get`` and needs no lock. Every change of the table, and every
+walk over it (:meth:`Switch.expire`, :meth:`Switch.forget_peer`, :meth:`Switch.entries`, from
+the trio thread), holds ``_lock``: copying the items allocates, a garbage collection in the
+middle may hand the GIL to a packet thread that moves an entry, and the walk then failed with
+"dictionary keys changed during iteration" — which stopped a router of a 100-router lab. Writes
+are rare per frame (a move, or a refresh every ``mac_ttl / 4``), so the lock costs nothing.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import threading
 from dataclasses import dataclass
 
 #: MAC entries one switch holds at most (a few hundred bytes each: about 2 MB when full).
@@ -121,6 +125,7 @@ class Switch:
         self._ttl = mac_ttl
         self._refresh = mac_ttl / 4
         self._table: dict[bytes, tuple[int, float]] = {}  # mac -> (peer, last refresh)
+        self._lock = threading.Lock()  # held to change or walk the table (module docstring)
         self._clock = 0.0  # the latest `now` seen when writing: ages for entries() without now
         self._learned = 0
         self._moved = 0
@@ -213,15 +218,13 @@ class Switch:
             self._learned += 1
         elif old[0] != peer:
             self._moved += 1
-        if old is not None:
-            self._table.pop(mac, None)  # re-inserted last: the dict stays in refresh order
-        self._table[mac] = (peer, now)
-        if len(self._table) > self._max:
-            try:
-                self._table.pop(next(iter(self._table)), None)
+        with self._lock:
+            if old is not None:
+                self._table.pop(mac, None)  # re-inserted last: the dict stays in refresh order
+            self._table[mac] = (peer, now)
+            if len(self._table) > self._max:
+                self._table.pop(next(iter(self._table)))
                 self._evicted += 1
-            except (StopIteration, RuntimeError):  # emptied or changed by another thread
-                pass
         if now > self._clock:
             self._clock = now
 
@@ -236,26 +239,30 @@ class Switch:
         """Drop entries not refreshed within ``mac_ttl``; how many went."""
         if now > self._clock:
             self._clock = now
-        stale = [mac for mac, (_, seen) in list(self._table.items()) if now - seen > self._ttl]
-        for mac in stale:
-            self._table.pop(mac, None)
+        with self._lock:
+            stale = [mac for mac, (_, seen) in self._table.items() if now - seen > self._ttl]
+            for mac in stale:
+                del self._table[mac]
         self._expired += len(stale)
         return len(stale)
 
     def forget_peer(self, peer: int) -> int:
         """``peer`` left the mesh: its MACs go (they will be learned again wherever they appear)."""
-        gone = [mac for mac, (owner, _) in list(self._table.items()) if owner == peer]
-        for mac in gone:
-            self._table.pop(mac, None)
+        with self._lock:
+            gone = [mac for mac, (owner, _) in self._table.items() if owner == peer]
+            for mac in gone:
+                del self._table[mac]
         self._forgotten += len(gone)
         return len(gone)
 
     def entries(self, now: float | None = None) -> list[MacEntry]:
         """Live entries for status, sorted by MAC; ages from ``now`` or the latest time seen."""
         clock = self._clock if now is None else now
+        with self._lock:
+            items = list(self._table.items())
         return [
             MacEntry(format_mac(mac), peer, max(0.0, clock - seen))
-            for mac, (peer, seen) in sorted(list(self._table.items()))
+            for mac, (peer, seen) in sorted(items)
             if clock - seen <= self._ttl
         ]
 
