@@ -82,6 +82,13 @@ def lab() -> None:
     help="The underlay links' family  [default: ipv4; a topology file may say otherwise]",
 )
 @click.option(
+    "--overlay",
+    type=click.Choice(topo.OVERLAYS),
+    default=None,
+    help="The containers' overlay addresses: IPv4, IPv6 or both  "
+    "[default: dual; ipv4 with --docker or --no-daemons]",
+)
+@click.option(
     "--password",
     envvar="MESHNET_PASSWORD",
     default=None,
@@ -108,6 +115,7 @@ def up(
     containers: int | None,
     mtu: int,
     underlay: str | None,
+    overlay: str | None,
     password: str | None,
     no_daemons: bool,
     no_fastdp: bool,
@@ -158,6 +166,7 @@ def up(
             dns_upstreams=dns_upstreams,
             fastdp=not no_fastdp,
             docker=docker,
+            overlay=overlay or ("ipv4" if docker or no_daemons else "dual"),
             progress=step,
         )
     _print_summary(lablib.status(name))

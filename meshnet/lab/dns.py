@@ -37,8 +37,13 @@ def resolv_conf_path(namespace: str) -> Path:
     return ETC_NETNS / namespace / "resolv.conf"
 
 
-def host_dns(socket: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any] | None:
-    """A router's `status dns` once it serves (None if it does not within ``timeout``)."""
+def host_dns(
+    socket: Path, timeout: float = READY_TIMEOUT, *, ipv6: bool = False
+) -> dict[str, Any] | None:
+    """A router's `status dns` once it serves (None if it does not within ``timeout``); with
+    ``ipv6``, once it serves on an IPv6 address too (the router takes that one from the IPv6
+    ring right after its IPv4 one), or as it is at the deadline if it serves at all: an
+    IPv6-only container reaches no IPv4 server."""
     client = ApiClient(socket, timeout=5)
     deadline = time.monotonic() + timeout
     while True:
@@ -46,10 +51,11 @@ def host_dns(socket: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any] | N
             status: dict[str, Any] = client.get("/status/dns")
         except UserError:
             status = {}
-        if status.get("listen"):
+        listening = status.get("listen_addresses") or []
+        if listening and (not ipv6 or any(":" in a for a in listening)):
             return status
         if time.monotonic() >= deadline:
-            return None
+            return status if status.get("listen") else None
         time.sleep(0.1)
 
 
@@ -64,7 +70,7 @@ def write_resolv_confs(
     for c in record.containers:
         host = next(h for h in record.hosts if h["name"] == c["host"])
         if host["name"] not in servers:
-            servers[host["name"]] = host_dns(api_socket(host["dir"]))
+            servers[host["name"]] = host_dns(api_socket(host["dir"]), ipv6=record.overlay != "ipv4")
         status = servers[host["name"]]
         if status is None:
             progress(f"DNS on {host['name']} is not serving: {c['name']} gets no resolv.conf")
