@@ -209,7 +209,7 @@ def _print_summary(state: dict[str, Any]) -> None:
         out.print(nats)
     if state["containers"]:
         table = Table()
-        for column in ("container", "host", "namespace", "interface", "address", "mac"):
+        for column in ("container", "host", "namespace", "interface", "addresses", "mac"):
             table.add_column(column)
         for c in state["containers"]:
             table.add_row(
@@ -217,7 +217,7 @@ def _print_summary(state: dict[str, Any]) -> None:
                 c["host"],
                 c["namespace"],
                 c["interface"],
-                ", ".join(c["addresses"]),
+                "\n".join(c["addresses"]),
                 c["mac"] or "-",
             )
         out.print(table)
