@@ -65,12 +65,14 @@ def write_resolv_confs(
     api_socket: Callable[[str], Path],
     progress: Callable[[str], None],
 ) -> None:
-    """Point every container at its host's DNS server (``api_socket(host dir)``)."""
+    """Point every container at its host's DNS server (``api_socket(host dir)``): at each of its
+    addresses serving by then, and in an IPv6-only lab at least an IPv6 one (dual-stack
+    containers need not wait for it: the IPv4 one serves them)."""
     servers: dict[str, dict[str, Any] | None] = {}
     for c in record.containers:
         host = next(h for h in record.hosts if h["name"] == c["host"])
         if host["name"] not in servers:
-            servers[host["name"]] = host_dns(api_socket(host["dir"]), ipv6=record.overlay != "ipv4")
+            servers[host["name"]] = host_dns(api_socket(host["dir"]), ipv6=record.overlay == "ipv6")
         status = servers[host["name"]]
         if status is None:
             progress(f"DNS on {host['name']} is not serving: {c['name']} gets no resolv.conf")
