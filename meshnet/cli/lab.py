@@ -85,8 +85,8 @@ def lab() -> None:
     "--overlay",
     type=click.Choice(topo.OVERLAYS),
     default=None,
-    help="The containers' overlay addresses: IPv4, IPv6 or both  "
-    "[default: dual; ipv4 with --docker or --no-daemons]",
+    help="The containers' overlay addresses: IPv4, IPv6 or both  [default: dual; ipv4 with "
+    "--docker, --no-daemons or an --mtu that leaves the overlay less than IPv6's 1280 bytes]",
 )
 @click.option(
     "--password",
@@ -166,7 +166,7 @@ def up(
             dns_upstreams=dns_upstreams,
             fastdp=not no_fastdp,
             docker=docker,
-            overlay=overlay or ("ipv4" if docker or no_daemons else "dual"),
+            overlay=overlay or lablib.default_overlay(mtu, docker=docker, daemons=not no_daemons),
             progress=step,
         )
     _print_summary(lablib.status(name))

@@ -29,6 +29,8 @@ from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.nft import NftError, run_nft
+from meshnet.dataplane.sleeve.segments import ENCAPSULATION_OVERHEAD
+from meshnet.dataplane.sleeve.vnet import IPV6_MIN_MTU
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
@@ -143,6 +145,15 @@ def check_can_create(name: str, mtu: int) -> None:
         )
 
 
+def default_overlay(mtu: int, *, docker: bool, daemons: bool) -> str:
+    """What `lab up` gives containers without --overlay: dual stack where the routers attach
+    them and the underlay MTU leaves IPv6 its 1280 bytes; else IPv4 only, as before --overlay
+    existed."""
+    if docker or not daemons or mtu - ENCAPSULATION_OVERHEAD < IPV6_MIN_MTU:
+        return "ipv4"
+    return "dual"
+
+
 def up(
     name: str,
     topology: Topology,
@@ -174,6 +185,13 @@ def up(
         raise UserError(
             f"--overlay {overlay} needs routers attaching the containers "
             + ("(Docker attaches them IPv4-only for now)" if docker else "(drop --no-daemons)")
+        )
+    if overlay != "ipv4" and mtu - ENCAPSULATION_OVERHEAD < IPV6_MIN_MTU:
+        # The kernel turns IPv6 off on a link below 1280 bytes (RFC 8200's minimum).
+        raise UserError(
+            f"--overlay {overlay}: --mtu {mtu} leaves containers {mtu - ENCAPSULATION_OVERHEAD} "
+            f"bytes, and IPv6 needs {IPV6_MIN_MTU} (use --mtu "
+            f"{IPV6_MIN_MTU + ENCAPSULATION_OVERHEAD} or more, or --overlay ipv4)"
         )
     directory = lab_root() / name
     directory.parent.mkdir(parents=True, exist_ok=True)

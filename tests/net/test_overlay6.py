@@ -118,3 +118,19 @@ def test_ipv6_packet_too_big_from_the_sleeve_then_a_size_that_fits(make_lab: Any
     assert fits.returncode == 0, fits.stdout + fits.stderr
     beyond = ping_whole(src, target, int(learned.group(1)) - 47)
     assert beyond.returncode != 0 and "message too long" in (beyond.stdout + beyond.stderr)
+
+
+def test_ipv6_only_containers_find_each_other_by_name(make_lab: Any) -> None:
+    """``overlay="ipv6"`` (`lab up --overlay ipv6`): one IPv6 address per container, and a
+    resolv.conf naming its host's IPv6 DNS address, the only server it can reach."""
+    state = make_lab(builtin("line", 2, 1), overlay="ipv6")
+    c = containers(state)
+    h1, h2 = c["h1-c1"], c["h2-c1"]
+    assert [":" in a for a in h1["addresses"]] == [True], h1["addresses"]
+    no4 = ns_run(h1["namespace"], "ip", "-o", "-4", "addr", "show", "dev", "ethwe")
+    assert no4.stdout.strip() == ""
+    resolv = ns_run(h1["namespace"], "cat", "/etc/resolv.conf").stdout
+    assert f"nameserver {dns6_of(state, 'h1')}" in resolv, resolv
+    wait_ping(h1, h2)
+    assert f"({ip_of(h2)})" in ping_name(state, "h1-c1", "h2-c1")  # no -6: the only family
+    assert dig_short(h1, "AAAA", f"h2-c1.{DOMAIN}") == [ip_of(h2)]

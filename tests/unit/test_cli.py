@@ -51,6 +51,10 @@ def test_bad_values_are_one_line() -> None:
         "lab", "up", "--name", unique_lab_name(), "--no-daemons", "--overlay", "ipv6"
     )
     assert_one_line_error(no_routers, "--overlay ipv6 needs routers attaching the containers")
+    narrow = run_meshnet(
+        "lab", "up", "--name", unique_lab_name(), "--mtu", "1400", "--overlay", "dual"
+    )
+    assert_one_line_error(narrow, "--mtu 1400 leaves containers 1254 bytes, and IPv6 needs 1280")
     assert_one_line_error(
         run_meshnet("lab", "status", "--name", "nosuchlab"), "no lab named 'nosuchlab'"
     )
