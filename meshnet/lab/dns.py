@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from meshnet.api.client import ApiClient
 from meshnet.dns.settings import render_resolv_conf
 from meshnet.errors import UserError
+from meshnet.lab.topology import OVERLAY_VERSIONS
 
 if TYPE_CHECKING:
     from meshnet.lab.record import Journal, LabRecord
@@ -65,9 +66,9 @@ def write_resolv_confs(
     api_socket: Callable[[str], Path],
     progress: Callable[[str], None],
 ) -> None:
-    """Point every container at its host's DNS server (``api_socket(host dir)``): at each of its
-    addresses serving by then, and in an IPv6-only lab at least an IPv6 one (dual-stack
-    containers need not wait for it: the IPv4 one serves them)."""
+    """Point every container at its host's DNS server (``api_socket(host dir)``): at its
+    addresses serving by then of the families the containers have, and in an IPv6-only lab at
+    an IPv6 one (dual-stack containers need not wait for it: the IPv4 one serves them)."""
     servers: dict[str, dict[str, Any] | None] = {}
     for c in record.containers:
         host = next(h for h in record.hosts if h["name"] == c["host"])
@@ -82,7 +83,14 @@ def write_resolv_confs(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         cidrs = status.get("listen_addresses") or [status["listen"]]
-        tmp.write_text(render_resolv_conf([c.split("/")[0] for c in cidrs], status["domain"]))
+        addresses = [cidr.split("/")[0] for cidr in cidrs]
+        # Only what the container can reach: dig, unlike the C library, says so for each other.
+        reachable = [a for a in addresses if _version(a) in OVERLAY_VERSIONS[record.overlay]]
+        tmp.write_text(render_resolv_conf(reachable or addresses, status["domain"]))
         tmp.replace(path)
     if servers:
         progress("containers use their host's DNS server")
+
+
+def _version(address: str) -> int:
+    return 6 if ":" in address else 4

@@ -43,6 +43,7 @@ OVERLAY_SPECS = {
     "ipv6": ("net:default6",),
     "dual": ("net:default", "net:default6"),
 }
+OVERLAY_VERSIONS = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 MAX_HOSTS = 250
 MAX_CONTAINERS_PER_HOST = 250
 # The internet of a lab with NAT hosts: one /24 per host (its own link to the internet router, or
