@@ -322,7 +322,9 @@ def main() -> None:
         table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)
     if failure is not None:
-        print(f"scale_lab: stopped early: {failure}", file=sys.stderr)
+        logs = lablib.failed_logs_dir(name)
+        kept = f" (router logs in {logs})" if logs.exists() else ""
+        print(f"scale_lab: stopped early: {failure}{kept}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -95,7 +95,7 @@ async def _run_services(
         if dataplane is not None:
             await nursery.start(dataplane.serve)
         await nursery.start(dns.serve, dataplane)
-        ramps = Ramps(config, router, dns)  # expose/hide, masquerade, isolation
+        ramps = Ramps(config, router, dns, ipam)  # expose/hide, masquerade, isolation
         node = Node(router, ipam=ipam, dns=dns, dataplane=dataplane, ramps=ramps)
         await nursery.start(node.serve)
         # Ready at once; connects (and serves the plugin) whenever Docker answers, if ever.

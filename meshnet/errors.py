@@ -40,10 +40,11 @@ def bad_address(text: str, reason: str) -> UserError:
     return UserError(f"bad address {text.strip()!r}: {reason}")
 
 
-def why(value: str, error: ValueError) -> str:
+def why(value: str, error: ValueError, *, ipv6: bool = False) -> str:
     """``ipaddress``'s complaint about ``value`` as a reason for ``bad_address``: without the
-    repeated text, and saying so when an IPv6 address is given where only IPv4 is taken."""
-    if ":" in value:
+    repeated text, and saying so when an IPv6 address is given where only IPv4 is taken
+    (``ipv6``: where both families are)."""
+    if ":" in value and not ipv6:
         return "IPv6 is not supported here yet; give an IPv4 address"
     message = re.sub(r" in '[^']*'$", "", str(error))
     if message.startswith(("Expected 4 octets", "'")):  # "... does not appear to be ..."

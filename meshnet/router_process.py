@@ -24,6 +24,8 @@ from meshnet import logfile
 from meshnet.config import Config
 from meshnet.errors import MeshnetError, first_meshnet_error
 
+log = logging.getLogger("meshnet.daemon")
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -80,10 +82,13 @@ def main(fd: int) -> int:
             traceback.print_exc()
         return _fail(str(e))
     except Exception as e:
+        # A bug, not the user's mistake: the traceback goes to the log too, always (a router
+        # that 100 others start beside may crash once in a long while; --debug is too late).
+        log.critical("internal error, the router stops", exc_info=e)
         if launch.debug:
             traceback.print_exc()
             return 1
-        return _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for details)")
+        return _fail(f"internal error: {type(e).__name__}: {e} (the traceback is in the log)")
     return 0
 
 

@@ -13,7 +13,7 @@ from meshnet.cli.common import api_socket_option, status_command
 from meshnet.constants import ALLOCATE_TIMEOUT
 from meshnet.node.specs import parse_exposure
 
-_SPECS = "[CIDR | net:CIDR | net:default]..."
+_SPECS = "[CIDR | net:CIDR | net:default | net:default6]..."
 
 
 @click.command()
@@ -30,9 +30,10 @@ def expose(
 ) -> None:
     """Give this host an address on the overlay, in the default subnet unless told otherwise.
 
-    The host then reaches that subnet's containers, and they reach the world through it
-    (masqueraded). A CIDR is used as given; net:CIDR gets one from IPAM. Prints the addresses.
-    Exposing again changes nothing but the masquerading.
+    Without arguments: the default subnet, and the default IPv6 subnet when the IPv6 ring is
+    on (as attach). The host then reaches that subnet's containers, and they reach the world
+    through it (masqueraded). A CIDR (IPv4 or IPv6) is used as given; net:CIDR gets one from
+    IPAM. Prints the addresses. Exposing again changes nothing but the masquerading.
     """
     for address in addresses:
         parse_exposure(address)  # a mistake is one line before anything is asked

@@ -561,6 +561,7 @@ class Allocator:
         if not self.ring.seeded:
             new_entries = self.paxos.merge(entries)
             if new_entries:
+                self.paxos.postpone(self._now, self._rng)
                 self.dirty = True
                 self._after_paxos()
         elif new_tokens:

@@ -184,7 +184,7 @@ def up(
     if overlay != "ipv4" and (docker or not daemons):
         raise UserError(
             f"--overlay {overlay} needs routers attaching the containers "
-            + ("(Docker attaches them IPv4-only for now)" if docker else "(drop --no-daemons)")
+            + ("(a --docker lab attaches them IPv4-only)" if docker else "(drop --no-daemons)")
         )
     if overlay != "ipv4" and mtu - ENCAPSULATION_OVERHEAD < IPV6_MIN_MTU:
         # The kernel turns IPv6 off on a link below 1280 bytes (RFC 8200's minimum).
@@ -252,12 +252,37 @@ def up(
     except BaseException:
         record.state = "failed"
         record.save(directory)
-        progress("failed: removing what was built")
+        kept = _keep_router_logs(record, failed_logs_dir(name))
+        progress(
+            f"failed: removing what was built (router logs kept in {kept})"
+            if kept
+            else "failed: removing what was built"
+        )
         _teardown(name, directory)
         raise
     record.state = "up"
     record.save(directory)
     return record
+
+
+def failed_logs_dir(name: str) -> Path:
+    """Where a lab that failed to come up leaves its routers' logs (outside the lab's own
+    directory, which goes with the rest)."""
+    return lab_root().parent / "lab-failed" / name
+
+
+def _keep_router_logs(record: LabRecord, into: Path) -> Path | None:
+    """Copy every host's router log to ``into`` (HOST.log); None if there was none."""
+    kept = False
+    for host in record.hosts:
+        log = Path(host["dir"]) / "meshnet.log"
+        try:
+            into.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, into / f"{host['name']}.log")
+        except OSError:
+            continue
+        kept = True
+    return into if kept else None
 
 
 def _create_namespace(journal: Journal, namespace: str) -> None:

@@ -35,8 +35,8 @@ UNDERLAYS = ("ipv4", "ipv6", "dual")
 CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 # Which families the containers' overlay addresses are of (`--overlay`): what each container's
 # attach asks its router for. Lab routers always have an IPv6 ring, so "dual" is the default
-# where routers attach the containers; a lab without routers (or with Docker's containers, which
-# Docker attaches IPv4-only for now) keeps "ipv4".
+# where routers attach the containers; a lab without routers, or with Docker's containers (the
+# lab attaches them with net:default, as before the Docker integration had IPv6), keeps "ipv4".
 OVERLAYS = ("ipv4", "ipv6", "dual")
 OVERLAY_SPECS = {
     "ipv4": ("net:default",),

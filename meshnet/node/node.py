@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,8 +31,8 @@ from meshnet.ipam.allocator import IPAddress
 from meshnet.node.addresses import addresses_for, detach_addresses, release_only
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
-from meshnet.node.ramps_state import Exposed, owner_id
-from meshnet.node.specs import ExposureSpec, parse_exposure
+from meshnet.node.ramps_state import Exposed, Interface, owner_id, parse_owner_id
+from meshnet.node.specs import ExposureSpec, default_exposures, parse_exposure
 
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
@@ -244,11 +244,13 @@ class Node:
     async def expose(
         self, specs: list[str], *, masquerade: bool = True, name: str | None = None
     ) -> list[dict[str, Any]]:
-        """Give the host an address in each subnet the specs name (the default one if none),
-        through IPAM unless given, and a DNS name if asked; what each is exposed as."""
+        """Give the host an address in each subnet the specs name (if none: the default subnet,
+        and the default IPv6 one when the IPv6 ring is on, as attach), through IPAM unless
+        given, and a DNS name if asked; what each is exposed as."""
         ramps = self.require_ramps()
         ramps.require_running()
-        parsed = [parse_exposure(s) for s in specs] or [ExposureSpec()]
+        ipv6 = self.ipam is not None and self.ipam.ipv6 is not None
+        parsed = [parse_exposure(s) for s in specs] or default_exposures(ipv6)
         fqdn = self.dns_name(name)
         if name is not None and self.dns is None:
             raise UserError("this router has no DNS to register a name in")
@@ -261,13 +263,12 @@ class Node:
                 self.dns.add(owner_id(address.network, self.peer), fqdn, [str(address.ip)])
         return out
 
-    async def _expose_address(
-        self, ramps: Ramps, spec: ExposureSpec, steps: Pipeline
-    ) -> IPv4Interface:
+    async def _expose_address(self, ramps: Ramps, spec: ExposureSpec, steps: Pipeline) -> Interface:
         """The address to expose for a spec: the exposed one, or from IPAM, or as given."""
         ipam = self.ipam
+        address: Interface
         if spec.address is None:
-            network = spec.subnet or ramps.default_subnet
+            network = spec.subnet or self._default_subnet(ramps, spec.family)
             exposed = ramps.exposed_as(network)
             if exposed is not None:
                 return exposed
@@ -275,13 +276,16 @@ class Node:
                 raise UserError(f"no IPAM to give an address in {network}: give the address")
             owner = owner_id(network, self.peer)
             held = ipam.addresses_of(owner)
-            address = await ipam.allocate(owner, network)
+            if isinstance(network, IPv6Network):
+                address = await ipam.allocate6(owner, network)
+            else:
+                address = await ipam.allocate(owner, network)
         else:
             address = spec.address
             exposed = ramps.exposed_as(address.network)
             if exposed is not None and exposed != address:
                 raise UserError(f"{address.network} is exposed as {exposed} already: hide it first")
-            if ipam is None or address.ip not in ramps.range or exposed is not None:
+            if ipam is None or not ipam.in_range(address.ip) or exposed is not None:
                 return address
             owner = owner_id(address.network, self.peer)
             held = ipam.addresses_of(owner)
@@ -291,6 +295,20 @@ class Node:
             steps.undo_with(f"reservation of {address}", lambda: ipam.release(owner, [ip]))
         return address
 
+    def _default_subnet(self, ramps: Ramps, version: int) -> IPv4Network | IPv6Network:
+        """The default subnet of a family (IPv6: once the IPv6 ring is known)."""
+        if version == 4:
+            return ramps.default_subnet
+        if self.ipam is None or self.ipam.ipv6 is None:
+            raise UserError("this router has no IPv6 ring (launched with --no-ipv6 or no IPAM)")
+        subnet6 = self.ipam.default_subnet6
+        if subnet6 is None:
+            raise UserError(
+                "the IPv6 ring is not known yet (the IPAM ring is still being agreed on): "
+                "expose net:default first, or try again"
+            )
+        return subnet6
+
     async def hide(self, specs: list[str]) -> list[Exposed]:
         """Undo expose for what the specs name (everything, if none)."""
         ramps = self.require_ramps()
@@ -299,7 +317,7 @@ class Node:
             network = exposed.address.network
             if self.dns is not None and exposed.names:
                 self.dns.detached(owner_id(network, self.peer), [])
-            if self.ipam is not None and exposed.address.ip in ramps.range:
+            if self.ipam is not None and self.ipam.in_range(exposed.address.ip):
                 await self.ipam.release(owner_id(network, self.peer), [exposed.address.ip])
         return hidden
 
@@ -309,7 +327,7 @@ class Node:
         if self.ipam is None:
             return
         for address in ramps.exposed_addresses():
-            if address.ip not in ramps.range:
+            if not self.ipam.in_range(address.ip):
                 continue
             try:
                 await self.ipam.claim(owner_id(address.network, self.peer), address)
@@ -332,12 +350,12 @@ class Node:
                 if r.live:
                     names.setdefault(r.container, []).append(r.name)
         for owner, held in sorted(self.ipam.holders("expose:").items()):
-            _, subnet, peer = owner.split(":", 2)
-            if peer != self.peer:
+            parsed = parse_owner_id(owner)
+            if parsed is None or parsed[1] != self.peer:
                 continue
-            network = ipaddress.IPv4Network(subnet)
+            network = parsed[0]
             for text in held:
-                address = IPv4Interface(f"{text}/{network.prefixlen}")
+                address = ipaddress.ip_interface(f"{text}/{network.prefixlen}")
                 fqdns: list[str | None] = [*names.get(owner, [])] or [None]
                 try:
                     for fqdn in fqdns:

@@ -1,18 +1,19 @@
 """On and off ramps between the overlay and the host's world, and isolation between subnets.
 
 **Expose** (``meshnet expose``) gives the host an address in a subnet of the overlay, on the
-bridge: from IPAM (owner ``expose:<subnet>:<peer name>``, so ``meshnet reset`` hands it over
-with the peer's other addresses) unless given; the node's ``expose`` use case asks IPAM and DNS,
-this service does the kernel's part. The subnet's on-link route then prefers that
+bridge, IPv4 or IPv6 alike: from IPAM (owner ``expose:<subnet>:<peer name>``, so ``meshnet reset``
+hands it over with the peer's other addresses) unless given; the node's ``expose`` use case asks
+IPAM and DNS, this service does the kernel's part. The subnet's on-link route then prefers that
 address, so the host's own traffic to the subnet comes from it (the DNS server's address may
 share the subnet: it is left to DNS). The DNS firewall lets the bridge reach the address, and
 only containers of its subnet may (``inet meshnet``). Every local container with an address in
-the subnet and no default route gets one via the exposed address — at ``expose`` for those
-attached already, at ``attach`` for later ones — so it reaches the world through its host,
-masqueraded to the host's address on the way out unless exposed ``--without-masquerade``.
-``hide`` undoes all of it (a default route is removed only if it still points at the hidden
-address). What is exposed is kept in the state directory and exposed again when the router
-starts; ``stop`` takes the addresses off the bridge and removes the tables.
+the subnet and no default route (of that family) gets one via the exposed address — at
+``expose`` for those attached already, at ``attach`` for later ones — so it reaches the world
+through its host (IP forwarding of that family is switched on), masqueraded to the host's
+address on the way out unless exposed ``--without-masquerade``. ``hide`` undoes all of it (a
+default route is removed only if it still points at the hidden address). What is exposed is
+kept in the state directory and exposed again when the router starts; ``stop`` takes the
+addresses off the bridge and removes the tables.
 
 **Isolation** is on whenever the router runs: ``bridge meshnet`` (see ``nftables``) allows each
 container port only the addresses meshnet attached to it, and only its own subnets. It fails
@@ -39,7 +40,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +57,10 @@ from meshnet.node.ramps_state import (
     Exposed,
     Interface,
     IPAddress,
+    Network,
     PortRecord,
     RampsState,
-    gateway_for,
+    gateways_for,
     needs_route_to,
 )
 from meshnet.node.specs import parse_exposure
@@ -67,6 +69,7 @@ from meshnet.statefile import set_aside, write_atomically
 if TYPE_CHECKING:
     from meshnet.dataplane.service import DataPlane
     from meshnet.dns.service import DnsService
+    from meshnet.ipam.service import IpamService
 
 log = logging.getLogger("meshnet.ramps")
 
@@ -78,7 +81,13 @@ TICK = 30.0
 #: so that its container is isolated (and finds DNS) within moments, not at the next tick.
 EAGER_TICK = 0.2
 EAGER_FOR = 3.0
+#: How long a port another tool announced with its addresses may take to show them all (Docker
+#: configures them after its plugin's join) before it is adopted with what it shows.
+ANNOUNCED_FOR = 30.0
 _PROC_SYS = Path("/proc/sys/net/ipv4")
+_PROC_SYS6 = Path("/proc/sys/net/ipv6/conf")
+#: The kernel's metric for the on-link route of an IPv6 address (a replace must name it).
+_IPV6_PREFIX_METRIC = 256
 
 # --- kernel helpers (run in worker threads) -----------------------------------------------------
 
@@ -91,24 +100,45 @@ def _sysctl(path: Path, value: str) -> bool:
     return True
 
 
-def _add_to_bridge(address: IPv4Interface) -> bool:
+def _add_to_bridge(address: Interface) -> bool:
     """Put the address on the bridge and make its subnet's route prefer it; True if IP
-    forwarding had to be switched on."""
-    # Removing a subnet's first (primary) address would take the others with it (the DNS
-    # server's, say) unless the kernel promotes the next one.
-    _sysctl(_PROC_SYS / "conf" / BRIDGE / "promote_secondaries", "1")
+    forwarding (of its family) had to be switched on."""
+    if address.version == 4:
+        # Removing a subnet's first (primary) address would take the others with it (the DNS
+        # server's, say) unless the kernel promotes the next one. (IPv6 has no primaries.)
+        _sysctl(_PROC_SYS / "conf" / BRIDGE / "promote_secondaries", "1")
+    metric = None if address.version == 4 else _IPV6_PREFIX_METRIC
     with netlink.namespace(None) as ns:
         ns.add_address(BRIDGE, str(address))
-        ns.replace_link_route(str(address.network), BRIDGE, source=str(address.ip))
-    return _sysctl(_PROC_SYS / "ip_forward", "1")
+        ns.replace_link_route(str(address.network), BRIDGE, source=str(address.ip), metric=metric)
+    if address.version == 4:
+        return _sysctl(_PROC_SYS / "ip_forward", "1")
+    return _sysctl(_PROC_SYS6 / "all" / "forwarding", "1")
 
 
-def _remove_from_bridge(address: IPv4Interface) -> None:
+def _taking_router_advertisements() -> list[str]:
+    """Interfaces that stop learning routes from router advertisements now that IPv6
+    forwarding is on (``accept_ra`` 1 means: only while not forwarding)."""
+    found = []
+    for conf in sorted(_PROC_SYS6.iterdir()):
+        if conf.name in ("all", "default", "lo", BRIDGE):
+            continue
+        with contextlib.suppress(OSError):
+            if (conf / "accept_ra").read_text().strip() == "1":
+                found.append(conf.name)
+    return found
+
+
+def _remove_from_bridge(address: Interface) -> None:
     try:
         with netlink.namespace(None) as ns:
             ns.delete_address(BRIDGE, str(address))
-            # The kernel drops every route that preferred the address: the subnet's route goes
-            # back to an address still in the subnet (the DNS server's), if there is one.
+            # IPv4: the kernel drops every route that preferred the address: the subnet's route
+            # goes back to an address still in the subnet (the DNS server's), if there is one.
+            # IPv6: the kernel keeps the route while an address of the prefix is left, and only
+            # forgets its preferred source.
+            if address.version == 6:
+                return
             rest = [
                 ipaddress.ip_interface(a)
                 for a in ns.link(BRIDGE).addresses
@@ -124,33 +154,37 @@ def _remove_from_bridge(address: IPv4Interface) -> None:
         log.debug("could not remove %s from %s: %s", address, BRIDGE, e)
 
 
-def _has_default_route(ns: netlink.Namespace) -> IPv4Address | bool:
-    """The gateway of the container's IPv4 default route, True if it has one without, False if
-    it has none."""
-    for route in ns.routes(family=2):
-        if route.destination == "0.0.0.0/0":
-            return IPv4Address(route.gateway) if route.gateway else True
+_DEFAULT = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+def _has_default_route(ns: netlink.Namespace, version: int) -> IPAddress | bool:
+    """The gateway of the container's default route of that family, True if it has one
+    without, False if it has none."""
+    for route in ns.routes(family=2 if version == 4 else 10):
+        if route.destination == _DEFAULT[version]:
+            return ipaddress.ip_address(route.gateway) if route.gateway else True
     return False
 
 
-def _set_default_route(record: PortRecord, gateway: IPv4Address) -> bool:
-    """A default route via the gateway, unless the container has one; True if added."""
+def _set_default_route(record: PortRecord, gateway: IPAddress) -> bool:
+    """A default route (of the gateway's family) via the gateway, unless the container has
+    one; True if added."""
     try:
         with netlink.namespace(record.namespace) as ns:
-            if _has_default_route(ns) is not False:
+            if _has_default_route(ns, gateway.version) is not False:
                 return False
-            return ns.add_route("0.0.0.0/0", record.ifname, gateway=str(gateway))
+            return ns.add_route(_DEFAULT[gateway.version], record.ifname, gateway=str(gateway))
     except netlink.NetlinkError as e:
         log.info("no default route for %s via %s: %s", record.namespace, gateway, e)
         return False
 
 
-def _clear_default_route(record: PortRecord, gateway: IPv4Address) -> None:
+def _clear_default_route(record: PortRecord, gateway: IPAddress) -> None:
     """Remove the container's default route if it goes via the gateway (ours)."""
     try:
         with netlink.namespace(record.namespace) as ns:
-            if _has_default_route(ns) == gateway:
-                ns.delete_route("0.0.0.0/0", record.ifname)
+            if _has_default_route(ns, gateway.version) == gateway:
+                ns.delete_route(_DEFAULT[gateway.version], record.ifname)
     except netlink.NetlinkError as e:
         log.debug("default route of %s left: %s", record.namespace, e)
 
@@ -207,9 +241,11 @@ class Ramps:
         config: Config,
         router: Router,
         dns: DnsService | None = None,
+        ipam: IpamService | None = None,
     ) -> None:
         self.range = config.ipalloc_range
         self.default_subnet = config.ipalloc_default_subnet or config.ipalloc_range
+        self.ipam = ipam  # the IPv6 ring's range and default subnet, once it has one
         self.no_masq_local = config.no_masq_local
         self.dns = dns
         self.peer = format_peer_name(router.identity.name)
@@ -226,6 +262,9 @@ class Ramps:
         self._following = False  # between start and stop: attaches and detaches are recorded
         self._inet_installed = False
         self._unresolved: set[str] = set()  # ports we could not adopt: not retried until new ones
+        #: Ports another tool announced, with the addresses it gave them and until when to wait
+        #: for the container to show them (Docker configures them after the plugin's join).
+        self._announced: dict[str, tuple[frozenset[Interface], float]] = {}
         self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
         self._wake = trio.Event()
         self._eager_until = 0.0
@@ -316,6 +355,7 @@ class Ramps:
         """Make both tables what the state says (the caller holds the lock)."""
         script = self.state.script(
             self.range,
+            allocation_range6=self.range6,
             no_masq_local=self.no_masq_local,
             fresh_bridge=fresh,
             inet_installed=self._inet_installed and not fresh,
@@ -330,27 +370,58 @@ class Ramps:
         if self.dns is not None:
             await self.dns.open_addresses([str(e.address.ip) for e in self.state.exposed.values()])
 
-    async def _put_on_bridge(self, address: IPv4Interface) -> None:
+    @property
+    def range6(self) -> IPv6Network | None:
+        """The IPv6 ring's range (None: IPv6 off, or no ring yet)."""
+        allocator6 = self.ipam.allocator6 if self.ipam is not None else None
+        if allocator6 is None:
+            return None
+        network = allocator6.config.range
+        assert isinstance(network, IPv6Network)
+        return network
+
+    @property
+    def default_subnet6(self) -> IPv6Network | None:
+        """The default IPv6 subnet (None: IPv6 off, or no ring yet)."""
+        return self.ipam.default_subnet6 if self.ipam is not None else None
+
+    async def _put_on_bridge(self, address: Interface) -> None:
         try:
             switched = await trio.to_thread.run_sync(_add_to_bridge, address)
         except (MeshnetError, OSError) as e:
             raise UserError(f"cannot put {address} on {BRIDGE}: {e}") from None
         if switched:
             self.forwarding_enabled = True
-            log.info("%s: IPv4 forwarding switched on (for the off-ramp)", self._nick)
+            family = f"IPv{address.version}"
+            log.info("%s: %s forwarding switched on (for the off-ramp)", self._nick, family)
+            if address.version == 6:
+                deaf = await trio.to_thread.run_sync(_taking_router_advertisements)
+                if deaf:
+                    log.warning(
+                        "%s: with IPv6 forwarding on, %s no longer learn routes from router "
+                        "advertisements (accept_ra 1); set accept_ra to 2 where they need them",
+                        self._nick,
+                        ", ".join(deaf),
+                    )
         await self._set_default_routes(address.network)
 
-    def adopt_soon(self) -> None:
+    def adopt_soon(self, port: str = "", addresses: tuple[str, ...] = ()) -> None:
         """Another tool is putting a container's port on the bridge (Docker's network plugin,
         whose port Docker moves into the container after the plugin answers): look for it at
-        once and often, for a while."""
-        self._eager_until = trio.current_time() + EAGER_FOR
+        once and often, for a while. ``addresses``: what that tool gave it (the plugin's IPAM
+        addresses); the port is adopted with them once its container shows them all, not
+        before (Docker sets them one family after the other), for at most ANNOUNCED_FOR."""
+        now = trio.current_time()
+        self._eager_until = max(self._eager_until, now + EAGER_FOR)
+        if port and addresses:
+            wanted = frozenset(ipaddress.ip_interface(a) for a in addresses)
+            self._announced[port] = (wanted, now + ANNOUNCED_FOR)
         self._wake.set()
 
     async def _follow_bridge(self) -> None:
         """Ports that came or went behind our back (a container deleted, another tool)."""
         while True:
-            eager = trio.current_time() < self._eager_until
+            eager = trio.current_time() < self._eager_until or bool(self._announced)
             with trio.move_on_after(EAGER_TICK if eager else TICK):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -396,6 +467,10 @@ class Ramps:
         """Forget ports that left the bridge, adopt unknown ones; True if anything changed."""
         # A record without a MAC (from an older state file) is adopted again to learn it.
         known = {port for port, record in self.state.ports.items() if record.mac}
+        now = trio.current_time()
+        for port, (_, until) in list(self._announced.items()):
+            if now >= until:  # never showed them all: adopted (if ever) with what it shows
+                del self._announced[port]
         unresolved = set(self._unresolved)
         scan = await trio.to_thread.run_sync(_scan_bridge, known, unresolved)
         if scan is None:
@@ -409,10 +484,21 @@ class Ramps:
         if found is None:
             return changed
         adopted = []
+        waiting = set()
         for a in found:
             if a.host_ifname in unknown:
+                addresses = a.addresses
+                announced = self._announced.pop(a.host_ifname, None)
+                if announced is not None:
+                    wanted = announced[0]
+                    shown = tuple(x for x in a.addresses if ipaddress.ip_interface(x) in wanted)
+                    if len(shown) < len(wanted):  # not all configured yet: look again soon
+                        self._announced[a.host_ifname] = announced
+                        waiting.add(a.host_ifname)
+                        continue
+                    addresses = shown  # what the tool gave, not whatever else the port shows
                 record = self.state.ports[a.host_ifname] = PortRecord(
-                    a.namespace, a.ifname, a.addresses, a.mac
+                    a.namespace, a.ifname, addresses, a.mac
                 )
                 adopted.append(record)
                 log.info(
@@ -420,11 +506,11 @@ class Ramps:
                     self._nick,
                     a.namespace,
                     a.host_ifname,
-                    ", ".join(a.addresses) or "no address",
+                    ", ".join(addresses) or "no address",
                 )
                 changed = True
         await self._route_to_dns(adopted)  # joined by another tool (Docker's network plugin)
-        self._unresolved = present - set(self.state.ports)
+        self._unresolved = present - set(self.state.ports) - waiting
         if self._unresolved:
             log.warning(
                 "%s: no container found for bridge ports %s: they stay shut",
@@ -470,8 +556,7 @@ class Ramps:
                         f"{container} not attached: its isolation rules failed: {e}"
                     ) from None
                 raise
-            gateway = gateway_for(record.interfaces(), self.state.exposures())
-            if gateway is not None:
+            for gateway in gateways_for(record.interfaces(), self.state.exposures()):
                 await trio.to_thread.run_sync(_set_default_route, record, gateway)
             await self._route_to_dns([record])
 
@@ -514,34 +599,33 @@ class Ramps:
             rest = tuple(a for a in record.addresses if ipaddress.ip_interface(a).ip not in ips)
             self.state.ports[port] = PortRecord(record.namespace, record.ifname, rest, record.mac)
 
-    async def _set_default_routes(self, network: IPv4Network) -> None:
-        """Local containers of the subnet that have no default route get one via the host."""
+    async def _set_default_routes(self, network: Network) -> None:
+        """Local containers of the subnet that have no default route (of its family) get one
+        via the host."""
         exposed = self.state.exposed.get(network)
         if exposed is None:
             return
         for record in list(self.state.ports.values()):
-            if any(
-                isinstance(a, IPv4Interface) and a.network == network for a in record.interfaces()
-            ):
+            if any(a.network == network for a in record.interfaces()):
                 await trio.to_thread.run_sync(_set_default_route, record, exposed.address.ip)
 
-    async def _clear_default_routes(self, address: IPv4Interface) -> None:
+    async def _clear_default_routes(self, address: Interface) -> None:
         for record in list(self.state.ports.values()):
             if any(a.network == address.network for a in record.interfaces()):
                 await trio.to_thread.run_sync(_clear_default_route, record, address.ip)
 
     # --- expose and hide (the kernel's part of the node's use cases)
 
-    def exposed_as(self, network: IPv4Network) -> IPv4Interface | None:
+    def exposed_as(self, network: Network) -> Interface | None:
         """The address the subnet is exposed as, if it is."""
         exposed = self.state.exposed.get(network)
         return None if exposed is None else exposed.address
 
-    def exposed_addresses(self) -> list[IPv4Interface]:
+    def exposed_addresses(self) -> list[Interface]:
         return [e.address for e in self.state.exposed.values()]
 
     async def expose(
-        self, addresses: list[IPv4Interface], *, masquerade: bool = True, fqdn: str | None = None
+        self, addresses: list[Interface], *, masquerade: bool = True, fqdn: str | None = None
     ) -> list[dict[str, Any]]:
         """Put the addresses on the bridge and open the tables for them, all or nothing (their
         IPAM reservation is the caller's); what each subnet is exposed as now."""
@@ -582,18 +666,19 @@ class Ramps:
             )
         return out
 
-    def _hide_targets(self, specs: list[str]) -> list[IPv4Network]:
+    def _hide_targets(self, specs: list[str]) -> list[Network]:
         if not specs:
             return list(self.state.exposed)
-        targets = []
+        targets: list[Network] = []
         for spec in map(parse_exposure, specs):
             if spec.address is not None:
                 exposed = self.state.exposed.get(spec.address.network)
                 if exposed is not None and exposed.address == spec.address:
                     targets.append(spec.address.network)
             else:
-                network = spec.subnet or self.default_subnet
-                if network in self.state.exposed:
+                default = self.default_subnet if spec.family == 4 else self.default_subnet6
+                network = spec.subnet or default
+                if network is not None and network in self.state.exposed:
                     targets.append(network)
         return targets
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from meshnet.constants import BRIDGE
@@ -19,22 +20,38 @@ from meshnet.errors import UserError
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = IPv4Network | IPv6Network
+
+_OWNER = re.compile(r"^expose:(?P<subnet>[^/]+/\d+):(?P<peer>.+)$")
 
 
-def owner_id(network: IPv4Network, peer: str) -> str:
+def owner_id(network: Network, peer: str) -> str:
     """IPAM's (and DNS's) holder of an exposed address: ends with the peer's name, as reset
     expects of addresses a peer holds for itself."""
     return f"expose:{network}:{peer}"
 
 
-def gateway_for(addresses: list[Interface], exposures: list[Exposure]) -> IPv4Address | None:
-    """The exposed address a container with ``addresses`` routes the world through, if any:
-    one in the same subnet as one of its addresses (in their order)."""
+def parse_owner_id(owner: str) -> tuple[Network, str] | None:
+    """The subnet and peer of an ``owner_id`` (None if it is none): an IPv6 subnet and the
+    peer's name both hold colons, so the subnet ends at its prefix length."""
+    match = _OWNER.match(owner)
+    if match is None:
+        return None
+    try:
+        return ipaddress.ip_network(match["subnet"]), match["peer"]
+    except ValueError:
+        return None
+
+
+def gateways_for(addresses: list[Interface], exposures: list[Exposure]) -> list[IPAddress]:
+    """The exposed addresses a container with ``addresses`` routes the world through, at most
+    one per family: one in the same subnet as one of its addresses (in their order)."""
     by_network = {e.address.network: e.address.ip for e in exposures}
+    found: dict[int, IPAddress] = {}
     for a in addresses:
-        if isinstance(a, IPv4Interface) and a.network in by_network:
-            return by_network[a.network]
-    return None
+        if a.network in by_network and a.version not in found:
+            found[a.version] = by_network[a.network]
+    return list(found.values())
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,7 @@ class PortRecord:
 
 @dataclass
 class Exposed:
-    address: IPv4Interface
+    address: Interface
     masquerade: bool = True
     names: tuple[str, ...] = ()
 
@@ -64,7 +81,7 @@ class Exposed:
 
 @dataclass
 class RampsState:
-    exposed: dict[IPv4Network, Exposed] = field(default_factory=dict)
+    exposed: dict[Network, Exposed] = field(default_factory=dict)
     ports: dict[str, PortRecord] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -90,7 +107,7 @@ class RampsState:
             data = json.loads(raw)
             state = cls()
             for e in data.get("exposed", []):
-                address = IPv4Interface(e["address"])
+                address = ipaddress.ip_interface(e["address"])  # IPv6 too, since 2026-12
                 names = tuple(str(n) for n in e.get("names", ()))
                 state.exposed[address.network] = Exposed(address, bool(e["masquerade"]), names)
             for name, p in data.get("ports", {}).items():
@@ -98,7 +115,7 @@ class RampsState:
                 state.ports[nftables.check_ifname(name)] = PortRecord(
                     str(p["namespace"]), str(p["ifname"]), addresses, _mac(p.get("mac", ""))
                 )
-        except (KeyError, TypeError, AttributeError, UserError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError, UserError) as e:
             raise ValueError(f"malformed: {e!r}") from None
         return state
 
@@ -112,6 +129,7 @@ class RampsState:
         self,
         allocation_range: IPv4Network,
         *,
+        allocation_range6: IPv6Network | None = None,
         no_masq_local: bool,
         fresh_bridge: bool,
         inet_installed: bool,
@@ -119,9 +137,11 @@ class RampsState:
         own: Sequence[str] = (),
     ) -> str:
         """Both tables as they should be now: the inet one only while something is exposed.
-        ``own``: the router's own ports on the bridge (the rest but the containers' are shut)."""
+        ``own``: the router's own ports on the bridge (the rest but the containers' are shut).
+        ``allocation_range6``: the IPv6 ring's range, once known."""
         ports = self.nft_ports()
-        networks: list[IPv4Network | ipaddress.IPv6Network] = [allocation_range]
+        networks: list[Network] = [allocation_range]
+        networks += [allocation_range6] if allocation_range6 is not None else []
         networks += [n for n in self.exposed]
         networks += [a.network for p in ports for a in p.addresses]
         overlay4, overlay6 = nftables.overlay(networks)
@@ -131,9 +151,9 @@ class RampsState:
         if self.exposed:
             local = None
             if no_masq_local:
-                local = [a.ip for p in ports for a in p.addresses if isinstance(a, IPv4Interface)]
+                local = [a.ip for p in ports for a in p.addresses]
             script += nftables.inet_table(
-                BRIDGE, self.exposures(), overlay4, local=local, fresh=not inet_installed
+                BRIDGE, self.exposures(), overlay4, overlay6, local=local, fresh=not inet_installed
             )
         elif inet_installed or fresh_bridge:
             script += nftables.removal(["inet"])

@@ -12,8 +12,9 @@ A spec is one of
 * ``CIDR``: that address; inside an allocation range it is claimed through IPAM too, so it can
   never be handed to another container. Outside them it is used as given.
 
-Expose and hide take the same grammar, but an exact address must be an IPv4 host address of a
-subnet: it becomes the host's gateway there. Detach takes it too (``net:`` naming the
+Expose and hide take the same grammar (nothing: the default subnet of each family, as attach), but
+an exact address must be a host address of a subnet, IPv4 or IPv6: it becomes the host's gateway
+there. Detach takes it too (``net:`` naming the
 container's addresses in that subnet). Pure (no trio, no kernel), so the CLI checks a user's
 mistake before it asks the router anything.
 
@@ -127,30 +128,47 @@ def looks_like_spec(text: str) -> bool:
 
 @dataclass(frozen=True)
 class ExposureSpec:
-    """What expose and hide name: a subnet (None: the default one) or a host address in one."""
+    """What expose and hide name: a subnet (None: the default one of ``version``) or a host
+    address in one."""
 
-    subnet: IPv4Network | None = None
-    address: IPv4Interface | None = None
+    subnet: IPv4Network | IPv6Network | None = None
+    address: IPv4Interface | IPv6Interface | None = None
     text: str = field(default="", compare=False)
+    version: int = 4  # of the default subnet, when neither is given
+
+    @property
+    def family(self) -> int:
+        if self.address is not None:
+            return self.address.version
+        return self.subnet.version if self.subnet is not None else self.version
+
+
+def default_exposures(ipv6: bool) -> list[ExposureSpec]:
+    """What expose exposes when told nothing: as attach, dual stack when the IPv6 ring is on."""
+    return [ExposureSpec(), ExposureSpec(version=6)] if ipv6 else [ExposureSpec()]
+
+
+#: The longest prefix a subnet to expose may have: room for the host and a container.
+_LONGEST_PREFIX = {4: 30, 6: 126}
 
 
 def parse_exposure(text: str) -> ExposureSpec:
-    """A spec for expose or hide: a subnet, or an IPv4 host address with its subnet's prefix
-    length; UserError (one line) otherwise."""
+    """A spec for expose or hide: a subnet, or a host address (IPv4 or IPv6) with its subnet's
+    prefix length; UserError (one line) otherwise."""
     spec = parse_spec(text)
-    if spec.family == 6:
-        raise bad_address(text, "IPv6 is not supported here yet; give an IPv4 address")
     address, subnet = spec.address, spec.subnet
-    assert isinstance(address, IPv4Interface | None) and isinstance(subnet, IPv4Network | None)
     if address is None:
-        return ExposureSpec(subnet, text=text)
+        return ExposureSpec(subnet, text=text, version=spec.version)
     if "/" not in text:
+        example = "fd00:1::1/64" if address.version == 6 else "10.32.1.1/24"
         raise bad_address(
             text,
-            "give the subnet's prefix length, as in 10.32.1.1/24 "
+            f"give the subnet's prefix length, as in {example} "
             "(or net:CIDR, or nothing for the default subnet)",
         )
     net = address.network
-    if net.prefixlen > 30 or address.ip in (net.network_address, net.broadcast_address):
+    # IPv6 has no broadcast address; its subnet's first one is the routers' anycast address.
+    reserved = {net.network_address} | ({net.broadcast_address} if net.version == 4 else set())
+    if net.prefixlen > _LONGEST_PREFIX[net.version] or address.ip in reserved:
         raise bad_address(text, "not a host address of a subnet")
     return ExposureSpec(address=address, text=text)

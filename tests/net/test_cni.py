@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv6Network, ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -197,10 +198,12 @@ def container(lab: dict[str, Any], host_name: str) -> dict[str, Any]:
     return next(c for c in lab["containers"] if c["host"] == host_name)
 
 
-def meshnet_only(lab: dict[str, Any], network: str, version: str = "1.1.0") -> Runtime:
-    plugin = {"type": "meshnet-cni", "apiSocket": host(lab, "h1")["api_socket"]}
+def meshnet_only(
+    lab: dict[str, Any], network: str, version: str = "1.1.0", on: str = "h1"
+) -> Runtime:
+    plugin = {"type": "meshnet-cni", "apiSocket": host(lab, on)["api_socket"]}
     return Runtime(
-        host(lab, "h1")["namespace"],
+        host(lab, on)["namespace"],
         {"cniVersion": version, "name": network, "plugins": [plugin]},
     )
 
@@ -381,3 +384,59 @@ def test_errors_carry_the_specs_codes(lab: dict[str, Any], new_netns: Callable[[
     # Nothing was attached by any of these.
     assert owners(lab, "cni:errs:") == {}
     assert "eth0" not in ns_run(Path(netns).name, "ip", "link").stdout
+
+
+def test_a_dual_stack_pod_gets_both_families_and_pings_6_a_pod_on_another_host(
+    lab: dict[str, Any], new_netns: Callable[[], str]
+) -> None:
+    """`subnet: [default, default6]`: ADD lists an address, a route and a DNS server of each
+    family; CHECK and DEL cover both."""
+    h1 = ApiClient(Path(host(lab, "h1")["api_socket"]))
+    default6 = IPv6Network(h1.get("/status/ipam")["ipv6"]["default_subnet"])
+    servers = [a.split("/")[0] for a in h1.get("/status/dns")["listen_addresses"]]
+    runtime, remote = meshnet_only(lab, "dual"), meshnet_only(lab, "dual", on="h2")
+    for r in (runtime, remote):
+        r.conflist["plugins"][0]["subnet"] = ["default", "default6"]
+    netns, remote_netns = new_netns(), new_netns()
+    cid, remote_cid = new_id(), new_id()
+    result = runtime.add(cid, netns, args=f"K8S_POD_NAME=dual-{cid}")
+    remote_result = remote.add(remote_cid, remote_netns, args=f"K8S_POD_NAME=dual-{remote_cid}")
+
+    ip4, ip6 = (ip_interface(ip["address"]) for ip in result["ips"])
+    assert (ip4.version, ip6.version) == (4, 6) and ip6.network == default6
+    assert all(ip["interface"] == 1 for ip in result["ips"])
+    assert result["routes"] == [{"dst": "10.32.0.0/12"}, {"dst": str(default6)}]
+    assert result["dns"]["nameservers"] == sorted(servers, key=lambda a: ":" in a)
+    assert len(result["dns"]["nameservers"]) == 2  # the router serves on both families
+    namespace = Path(netns).name
+    shown = ns_run(namespace, "ip", "-o", "addr", "show", "eth0").stdout
+    assert str(ip4) in shown and str(ip6) in shown
+    assert owners(lab, "cni:dual:") == {f"cni:dual:{cid}:eth0": [str(ip4.ip), str(ip6.ip)]}
+
+    # IPv6 across the hosts, by address and by an AAAA from the router's IPv6 DNS address.
+    remote6 = str(ip_interface(remote_result["ips"][1]["address"]).ip)
+    assert wait_for(lambda: can_ping(namespace, remote6), timeout=10, what="ping -6 h2's pod")
+    assert can_ping(Path(remote_netns).name, str(ip6.ip))
+    server6 = result["dns"]["nameservers"][1]
+    wait_for(
+        lambda: lookup(lab, "h1", f"dual-{remote_cid}") != [], timeout=10, what="h2's pod name"
+    )
+    answer = ns_run(namespace, "dig", "+short", "+time=2", "+tries=2", f"@{server6}", "AAAA",
+                    f"dual-{remote_cid}.meshnet.local")  # fmt: skip
+    assert answer.stdout.strip() == remote6, answer
+    assert wait_for(
+        lambda: sorted(lookup(lab, "h2", f"dual-{cid}")) == sorted([str(ip4.ip), str(ip6.ip)]),
+        timeout=10,
+    )
+
+    runtime.check(cid, netns)
+    ns_run(namespace, "ip", "addr", "del", str(ip6), "dev", "eth0")
+    with pytest.raises(PluginFailed) as failed:
+        runtime.check(cid, netns)
+    assert failed.value.error["code"] == 101 and str(ip6.ip) in failed.value.error["msg"]
+
+    runtime.delete(cid, netns)
+    remote.delete(remote_cid, remote_netns)
+    assert "eth0" not in ns_run(namespace, "ip", "link").stdout
+    assert owners(lab, "cni:dual:") == {}
+    assert wait_for(lambda: lookup(lab, "h2", f"dual-{cid}") == [], timeout=10)

@@ -12,7 +12,14 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any
 
 import httpx
@@ -65,8 +72,8 @@ def lab() -> Iterator[dict[str, Any]]:
 ATTEMPT = 4  # seconds: one ping, its name lookup included (a lost query is tried again)
 
 
-def _bounded_ping(target: str) -> tuple[str, ...]:
-    return ("timeout", str(ATTEMPT), "ping", "-c1", "-W1", target)
+def _bounded_ping(target: str, *options: str) -> tuple[str, ...]:
+    return ("timeout", str(ATTEMPT), "ping", *options, "-c1", "-W1", target)
 
 
 @dataclass
@@ -104,13 +111,13 @@ class Hosts:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
-    def network(self, host: str, name: str) -> str:
+    def network(self, host: str, name: str, *options: str) -> str:
         self.networks.append((host, name))
         return self.docker(
-            host, "network", "create", "-d", "meshnet", "--ipam-driver", "meshnet", name
+            host, "network", "create", "-d", "meshnet", "--ipam-driver", "meshnet", *options, name
         )
 
-    def pings(self, host: str, container: str, target: str) -> bool:
+    def pings(self, host: str, container: str, target: str, *options: str) -> bool:
         """One ping, by name or address, within ATTEMPT seconds.
 
         Bounded inside the container (busybox's ``timeout``): a name whose query goes
@@ -120,17 +127,19 @@ class Hosts:
         """
         sock = lab_docker.engine_socket(self.dir(host))
         done = subprocess.run(
-            [DOCKER, "-H", f"unix://{sock}", "exec", container, *_bounded_ping(target)],
+            [DOCKER, "-H", f"unix://{sock}", "exec", container, *_bounded_ping(target, *options)],
             capture_output=True,
             timeout=30,
         )
         return done.returncode == 0
 
-    def wait_ping(self, host: str, container: str, target: str, timeout: float = 15) -> None:
+    def wait_ping(
+        self, host: str, container: str, target: str, *options: str, timeout: float = 15
+    ) -> None:
         wait_for(
-            lambda: self.pings(host, container, target),
+            lambda: self.pings(host, container, target, *options),
             timeout=timeout,
-            what=f"{container} on {host} to ping {target}",
+            what=f"{container} on {host} to ping {' '.join(options)} {target}",
         )
 
     def ethwe(self, host: str, container: str) -> list[IPv4Interface]:
@@ -142,6 +151,23 @@ class Hosts:
             for line in out.splitlines()
             if line.split()[1].startswith("ethwe")
         ]
+
+    def ethwe6(self, host: str, container: str) -> list[IPv6Interface]:
+        """The container's global IPv6 addresses on the overlay (not the link-local one)."""
+        out = self.docker(
+            host, "exec", container, "ip", "-o", "-6", "addr", "show", "scope", "global",
+            check=False,
+        )  # fmt: skip
+        return [
+            IPv6Interface(line.split()[3])
+            for line in out.splitlines()
+            if line.split()[1].startswith("ethwe")
+        ]
+
+    def inspect_address(self, host: str, container: str, network: str, key: str) -> str:
+        return self.docker(
+            host, "inspect", "-f", f"{{{{.NetworkSettings.Networks.{network}.{key}}}}}", container
+        )
 
     def owners(self, host: str, prefix: str = "") -> dict[str, list[str]]:
         found: dict[str, list[str]] = api(self.lab, host).post("/ipam/owners", {"prefix": prefix})[
@@ -215,6 +241,61 @@ def test_meshnet_run_and_a_meshnet_network_reach_each_other_and_the_lab(hosts: H
         ("h1", "h1-c1", "web"),
     ]:
         assert hosts.pings(host, container, target), f"{container} -> {target}"
+
+
+def test_an_ipv6_network_gives_both_families_and_its_containers_ping6_by_name_across_hosts(
+    hosts: Hosts,
+) -> None:
+    ipam6 = api(hosts.lab, "h1").get("/status/ipam")["ipv6"]
+    range6, default6 = IPv6Network(ipam6["range"]), IPv6Network(ipam6["default_subnet"])
+    for host, name in [("h1", "six1"), ("h2", "six2")]:
+        hosts.network(host, "v6net", "--ipv6")
+        hosts.run(host, name, "--network", "v6net")
+    addresses: dict[str, tuple[IPv4Address, IPv6Address]] = {}
+    for host, name in [("h1", "six1"), ("h2", "six2")]:
+        ip4 = IPv4Address(hosts.inspect_address(host, name, "v6net", "IPAddress"))
+        ip6 = IPv6Address(hosts.inspect_address(host, name, "v6net", "GlobalIPv6Address"))
+        assert ip4 in hosts.allocation_range() and ip6 in default6  # the IPv6 ring's /64
+        assert [a.ip for a in hosts.ethwe(host, name)] == [ip4]
+        assert [a for a in hosts.ethwe6(host, name)] == [IPv6Interface(f"{ip6}/64")]
+        assert {str(ip4), str(ip6)} <= hosts.held(host)  # both from meshnet's IPAM
+        wait_for(
+            lambda h=host, a=str(ip6): a in hosts.isolated(h),  # type: ignore[misc]
+            timeout=3,
+            what=f"{name}'s IPv6 address isolated",
+        )
+        addresses[name] = (ip4, ip6)
+    # The pool Docker shows is the IPv6 ring's default /64, its gateway from IPAM too.
+    subnets = hosts.docker("h1", "network", "inspect", "-f", "{{json .IPAM.Config}}", "v6net")
+    assert str(default6) in subnets and default6.subnet_of(range6)
+    for name in ("six1", "six2"):
+        both = sorted(map(str, addresses[name]))
+        for other in ("h1", "h2"):  # named by its router, and learnt by gossip
+            wait_for(
+                lambda h=other, n=name, b=both: sorted(hosts.lookup(h, n)) == b,  # type: ignore[misc]
+                timeout=SOON,
+                what=f"{name}'s A and AAAA names on {other}",
+            )
+    # ping -6 by name (an AAAA through Docker's embedded DNS and meshnet's), both ways.
+    hosts.wait_ping("h1", "six1", "six2", "-6")
+    assert hosts.pings("h2", "six2", "six1", "-6")
+    assert hosts.pings("h2", "six2", str(addresses["six1"][1]))
+    assert hosts.pings("h1", "six1", "six2", "-4")  # and IPv4 as before
+    # An IPv4-only meshnet network beside it is as it always was: no IPv6 address.
+    hosts.network("h1", "v4net")
+    hosts.run("h1", "four", "--network", "v4net")
+    assert hosts.ethwe6("h1", "four") == []
+    assert hosts.inspect_address("h1", "four", "v4net", "GlobalIPv6Address") == ""
+
+    # Removed: every address of both families, gateways included, goes back to IPAM.
+    for host, name in [("h1", "six1"), ("h2", "six2")]:
+        hosts.docker(host, "rm", "-f", name)
+        hosts.docker(host, "network", "rm", "v6net")
+        hosts.networks.remove((host, "v6net"))
+        held = hosts.held(host)
+        assert not {str(a) for a in addresses[name]} & held
+        plugin = [a for held in hosts.owners(host, "docker-ipam:").values() for a in held]
+        assert not [a for a in plugin if ":" in a]  # no IPv6 gateway left either
 
 
 def test_docker_rm_releases_the_address_and_the_name_of_both_kinds(hosts: Hosts) -> None:

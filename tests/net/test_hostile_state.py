@@ -37,11 +37,13 @@ def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
         found: list[str] = client(host).post("/dns/lookup", {"name": name})["addresses"]
         return found
 
-    exposed = meshnet("h1", "expose", "--hostname", "gateway1")
+    exposed = meshnet("h1", "expose", "--hostname", "gateway1")  # both families
     assert exposed.returncode == 0, exposed.stderr
-    gateway = exposed.stdout.strip()
+    gateways = exposed.stdout.split()
+    assert len(gateways) == 2
+    named = sorted(g.split("/")[0] for g in gateways)
     h1_name = wait_for(lambda: addresses("h2", "h1-c1"), 20, "h1-c1's name on h2")
-    wait_for(lambda: addresses("h2", "gateway1"), 20, "gateway1 on h2")
+    wait_for(lambda: sorted(addresses("h2", "gateway1")) == named, 20, "gateway1 on h2")
 
     assert meshnet("h1", "stop").returncode == 0
     (h1_dir / "dns-records.msgpack").write_bytes(b"\xc1 not msgpack")
@@ -60,12 +62,12 @@ def test_corrupt_dns_and_ramps_state_is_moved_aside_and_rebuilt(
     time.sleep(2)  # a tombstone, had h1 made one, would have reached h2 by now
     assert addresses("h2", "h1-c1") == h1_name
     assert addresses("h1", "h1-c1") == h1_name
-    # What h1 exposed is exposed again, with its name.
+    # What h1 exposed is exposed again (IPv4 and IPv6, from IPAM's owners), with its name.
     exposed_now = wait_for(lambda: client("h1").get("/status")["exposed"], 20, "h1's exposure")
-    assert [e["address"] for e in exposed_now] == [gateway]
-    assert addresses("h2", "gateway1") == [gateway.split("/")[0]]
+    assert [e["address"] for e in exposed_now] == gateways
+    assert sorted(addresses("h2", "gateway1")) == named
     # The rebuilt state is written again: a second restart reads it without complaint.
     assert meshnet("h1", "stop").returncode == 0
     lablib.start_router(lab["name"], "h1")
-    assert [e["address"] for e in client("h1").get("/status")["exposed"]] == [gateway]
+    assert [e["address"] for e in client("h1").get("/status")["exposed"]] == gateways
     assert sorted(p.name for p in h1_dir.iterdir() if ".corrupt-" in p.name) == aside

@@ -1,5 +1,5 @@
 """On and off ramps and isolation on the real kernel: expose/hide, masquerade, subnets kept
-apart on the bridge, and nftables left as it was.
+apart on the bridge, and nftables left as it was; IPv4 and IPv6.
 
 One lab of two hosts (h1, h2) with one container each, shared by the tests of this module; each
 test hides what it exposes. Extra namespaces (a server outside the overlay, containers in other
@@ -9,6 +9,7 @@ whatever happens; the tests remove them too.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from tests.net.test_mesh import wait_for
 SERVER_PORT = 7777
 ECHO_SERVER = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 print("ready", flush=True)
 while True:
@@ -39,7 +40,7 @@ while True:
 """
 ECHO_CLIENT = """
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.5)
 for _ in range(4):
     try:
@@ -115,8 +116,12 @@ def link_outside(lab: RampsLab, namespace: str, host_ifname: str, prefix: str) -
         ns.add_route("10.32.0.0/12", "to-h1", gateway=f"{prefix}.1")
 
 
-def routes(namespace: str) -> str:
-    return ns_run(namespace, "ip", "-4", "route").stdout
+def routes(namespace: str, family: str = "-4") -> str:
+    return ns_run(namespace, "ip", family, "route").stdout
+
+
+def can_ping6(namespace: str, address: str) -> bool:
+    return ns_run(namespace, "ping", "-6", "-c", "1", "-W", "1", address).returncode == 0
 
 
 def echo(namespace: str, address: str) -> str:
@@ -143,27 +148,33 @@ def test_expose_lets_the_host_reach_a_container_on_another_host_until_hide(lab: 
     dns_address = lab.client("h1").get("/status/dns")["listen"].split("/")[0]
     assert not can_ping(h1, target)  # the DNS address is on the bridge, but closed to replies
 
+    # Without arguments, as attach: the default subnet of each family (the IPv6 ring is on).
     exposed = lab.meshnet("h1", "expose", "--hostname", "gateway1")
     assert exposed.returncode == 0, exposed.stderr
-    address = exposed.stdout.strip()
-    gateway = address.split("/")[0]
-    assert address.endswith("/12")
+    address, address6 = exposed.stdout.split()
+    gateway, gateway6 = address.split("/")[0], address6.split("/")[0]
+    assert address.endswith("/12") and address6.endswith("/64")
     assert wait_for(lambda: can_ping(h1, target), timeout=10, what="h1 to reach h2-c1")
-    again = lab.meshnet("h1", "expose", "--hostname", "gateway1")  # harmless: the same address
-    assert (again.returncode, again.stdout.strip()) == (0, address)
+    again = lab.meshnet("h1", "expose", "--hostname", "gateway1")  # harmless: the same addresses
+    assert (again.returncode, again.stdout.split()) == (0, [address, address6])
     assert f"default via {gateway} dev ethwe" in routes(lab.ns("h1-c1"))
+    assert "default" not in routes(lab.ns("h1-c1"), "-6")  # an IPv4-only container
     status = lab.meshnet("h1", "status").stdout
-    assert f"Exposed: {address} (gateway1.meshnet.local.)" in status
+    name = "gateway1.meshnet.local."
+    assert f"Exposed: {address} ({name}), {address6} ({name})" in status
     assert "Isolation: on" in status
     assert wait_for(
-        lambda: lab.client("h2").post("/dns/lookup", {"name": "gateway1"})["addresses"],
+        lambda: len(lab.client("h2").post("/dns/lookup", {"name": "gateway1"})["addresses"]) == 2,
         timeout=10,
         what="the exposed name on h2",
-    ) == [gateway]
+    )
+    assert sorted(
+        lab.client("h2").post("/dns/lookup", {"name": "gateway1"})["addresses"]
+    ) == sorted([gateway, gateway6])
     assert "table inet meshnet\n" in lab.nft("h1", "list", "tables")
 
     hidden = lab.meshnet("h1", "hide")
-    assert (hidden.returncode, hidden.stdout.strip()) == (0, address)
+    assert (hidden.returncode, hidden.stdout.split()) == (0, [address, address6])
     assert not can_ping(h1, target)
     # The DNS server's address keeps its route to the subnet; the container loses its gateway.
     assert f"10.32.0.0/12 dev meshnet proto kernel scope link src {dns_address}" in routes(h1)
@@ -311,6 +322,11 @@ def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_n
         monkeypatch.setenv("MESHNET_NO_MASQ_LOCAL", "1")
         lablib.start_router(lab.name, "h1")  # exposes again what ramps.json holds
         assert lab.client("h1").get("/status/ramps")["masquerade_local"] is False
+        # Both families: the IPv6 address is back on the bridge too.
+        again = [e["address"] for e in lab.client("h1").get("/status")["exposed"]]
+        assert again == exposed.stdout.split()
+        on_bridge = ns_run(lab.ns("h1"), "ip", "-6", "addr", "show", "dev", "meshnet").stdout
+        assert f"inet6 {again[1]} " in on_bridge
         # At once: the bridge kept its MAC, so h1-c1's ARP entry for its gateway still holds.
         assert echo(client_ns, local) == "192.168.251.2"
         assert wait_for(lambda: echo(client_ns, remote) == gateway, timeout=10,
@@ -325,6 +341,127 @@ def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_n
     assert lab.meshnet("h1", "stop").returncode == 0
     monkeypatch.delenv("MESHNET_NO_MASQ_LOCAL")
     lablib.start_router(lab.name, "h1")
+
+
+def link_outside6(lab: RampsLab, namespace: str, host_ifname: str, prefix: str) -> None:
+    """Join `namespace` (outside the overlay) to h1 by an IPv6 veth: h1 is PREFIX::1/64, it is
+    PREFIX::2/64 (no DAD: usable at once)."""
+    with netlink.namespace(lab.ns("h1")) as ns:
+        ns.create_veth(host_ifname, "to-h1", namespace, mtu=1500)
+        ns.add_address(host_ifname, f"{prefix}::1/64")
+        ns.set_up(host_ifname)
+    with netlink.namespace(namespace) as ns:
+        ns.add_address("to-h1", f"{prefix}::2/64")
+        ns.set_up("to-h1")
+
+
+def inet_drops(lab: RampsLab, host: str, address: str) -> int:
+    """Packets the ramps' input guard of an exposed address dropped."""
+    table = lab.nft(host, "list", "table", "inet", "meshnet")
+    line = next(x for x in table.splitlines() if f"daddr {address} " in x and "drop" in x)
+    return int(line.split("packets")[1].split()[0])
+
+
+def test_ipv6_expose_reaches_masquerades_snats_isolates_and_hides(lab: RampsLab) -> None:
+    made: dict[str, str] = {}
+    servers: list[subprocess.Popen[str]] = []
+    h1, outside = lab.ns("h1"), "fd99:250"
+    try:
+        # A dual-stack container on h1 (attach without addresses), and an IPv6-only one in
+        # another /64 of the IPv6 ring.
+        made["dual"] = new_namespace(lab.state, "v6a")
+        attached = lab.client("h1").post("/attach", {"container": made["dual"], "addresses": []})
+        six = next(ipaddress.IPv6Interface(a) for a in attached["addresses"] if ":" in a)
+        range6 = ipaddress.IPv6Network(lab.client("h1").get("/status/ipam")["ipv6"]["range"])
+        other_subnet = next(n for n in range6.subnets(new_prefix=64) if n != six.network)
+        made["other"] = new_namespace(lab.state, "v6b")
+        other = lab.client("h1").post(
+            "/attach", {"container": made["other"], "addresses": [f"net:{other_subnet}"]}
+        )
+        assert ipaddress.ip_interface(other["addresses"][0]).network == other_subnet
+        made["srv"] = new_namespace(lab.state, "v6s")  # a server outside the overlay
+        link_outside6(lab, made["srv"], "to-v6s", outside)
+        servers.append(start_echo_server(made["srv"], f"{outside}::2"))
+        assert echo(made["dual"], f"{outside}::2") == ""  # no way out before expose
+
+        exposed = lab.meshnet("h1", "expose", "net:default6", "--hostname", "gw6")
+        assert exposed.returncode == 0, exposed.stderr
+        address6 = ipaddress.IPv6Interface(exposed.stdout.strip())
+        gateway6 = str(address6.ip)
+        assert address6.network == six.network  # the default IPv6 subnet, from the ring
+        owners = lab.client("h1").post("/ipam/owners", {"prefix": f"expose:{six.network}:"})
+        assert list(owners["owners"].values()) == [
+            [gateway6]
+        ]  # held like IPv4 ones: expose:SUBNET:PEER
+        assert f"default via {gateway6} dev ethwe" in routes(made["dual"], "-6")
+        assert wait_for(lambda: can_ping6(made["dual"], gateway6), timeout=10,
+                        what="the container to ping -6 the exposed address")  # fmt: skip
+        assert can_ping6(h1, str(six.ip))  # and the host its container, from the exposed address
+        assert wait_for(
+            lambda: lab.client("h2").post("/dns/lookup", {"name": "gw6"})["addresses"],
+            timeout=10,
+            what="the exposed name (AAAA) on h2",
+        ) == [gateway6]
+
+        # Leaving the overlay: masqueraded to h1's address on the outgoing link.
+        assert wait_for(lambda: echo(made["dual"], f"{outside}::2") == f"{outside}::1",
+                        timeout=10, what="the masqueraded echo")  # fmt: skip
+
+        # Entering it from outside (routed via h1): from the exposed address.
+        added = ns_run(made["srv"], "ip", "-6", "route", "add", str(range6), "via", f"{outside}::1")
+        assert added.returncode == 0, added.stderr
+        servers.append(start_echo_server(made["dual"], str(six.ip)))
+        assert echo(made["srv"], str(six.ip)) == gateway6
+
+        # --without-masquerade: the container's own address leaves (the far side routes back).
+        lab.client("h1").post("/expose", {"addresses": ["net:default6"], "masquerade": False})
+        assert echo(made["dual"], f"{outside}::2") == str(six.ip)
+        lab.client("h1").post("/expose", {"addresses": ["net:default6"], "masquerade": True})
+
+        # Another IPv6 subnet, with a route by hand: the bridge drops it...
+        added = ns_run(made["other"], "ip", "-6", "route", "add", gateway6, "dev", "ethwe")
+        assert added.returncode == 0, added.stderr
+        before = lab.dropped("h1")["isolated"]
+        assert not can_ping6(made["other"], gateway6)
+        assert lab.dropped("h1")["isolated"] > before
+        # ...and without the bridge's rules (and with a route back on the host) the guard of
+        # the exposed address still does.
+        lab.nft("h1", "delete", "table", "bridge", "meshnet")
+        back = ns_run(h1, "ip", "-6", "route", "add", str(other_subnet), "dev", "meshnet")
+        assert back.returncode == 0, back.stderr
+        try:
+            guarded = inet_drops(lab, "h1", gateway6)
+            assert not can_ping6(made["other"], gateway6)
+            assert inet_drops(lab, "h1", gateway6) > guarded
+        finally:
+            ns_run(h1, "ip", "-6", "route", "del", str(other_subnet), "dev", "meshnet")
+            # Any change puts the bridge's table back (attaching again changes nothing else).
+            lab.client("h1").post("/attach", {"container": made["dual"], "addresses": []})
+        assert "table bridge meshnet" in lab.nft("h1", "list", "tables")
+        assert can_ping6(made["dual"], gateway6)
+
+        hidden = lab.meshnet("h1", "hide", "net:default6")
+        assert (hidden.returncode, hidden.stdout.strip()) == (0, str(address6))
+        assert not can_ping6(made["dual"], gateway6)
+        assert "default" not in routes(made["dual"], "-6")
+        assert echo(made["dual"], f"{outside}::2") == ""
+        assert gateway6 not in ns_run(h1, "ip", "-6", "addr", "show", "dev", "meshnet").stdout
+        assert "table inet meshnet\n" not in lab.nft("h1", "list", "tables")
+        assert lab.client("h1").post("/dns/lookup", {"name": "gw6"})["addresses"] == []
+        owners = lab.client("h1").post("/ipam/owners", {"prefix": f"expose:{six.network}:"})
+        assert owners["owners"] == {}
+        # The IPv6 DNS server's address (in the same /64) keeps the subnet's route.
+        listen = lab.client("h1").get("/status/dns")["listen_addresses"]
+        assert any(ipaddress.ip_interface(a).network == six.network for a in listen)
+        assert f"{six.network} dev meshnet" in routes(h1, "-6")
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        if lab.client("h1").get("/status")["exposed"]:
+            lab.client("h1").post("/hide", {"addresses": []})
+        for namespace in made.values():
+            remove_namespace(namespace)
 
 
 def test_stop_and_reset_leave_nftables_as_they_were_before_launch(lab: RampsLab) -> None:

@@ -157,7 +157,7 @@ def test_specs_without_a_container_are_one_line(
         ["detach", "net:nonsense", "c1"],
         ["expose", "banana"],
         ["expose", "10.32.1.0/24"],
-        ["expose", "fd00::1/64"],
+        ["expose", "fd00::/64"],
         ["hide", "ip:banana"],
         ["run", "net:banana", "--", "nginx"],
         ["dns-add", "banana", "c1", "--hostname", "x"],

@@ -3,6 +3,7 @@ against a fake of the daemon's API."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ ATTACHED = {
     "addresses": ["10.32.0.7/12"],
 }
 
+ADDRESS6 = "fd12:3456:789a::7/64"  # what the fake daemon gives for any IPv6 subnet
+
 
 class FakeDaemon:
     """The daemon's API as the plugin uses it; records every request."""
@@ -76,15 +79,22 @@ class FakeDaemon:
             raise DaemonError(*self.refuse[path])
         if path == "/attach":
             assert body is not None
-            self.owners[body["owner"]] = ["10.32.0.7"]
-            return dict(ATTACHED)
+            specs = [a.removeprefix("net:") for a in body["addresses"]]
+            addresses = [ADDRESS6 if a == "default6" or ":" in a else "10.32.0.7/12" for a in specs]
+            self.owners[body["owner"]] = [a.split("/")[0] for a in addresses]
+            return {**ATTACHED, "addresses": addresses}
         if path == "/detach":
             assert body is not None
             return {"detached": True, "released": self.owners.pop(body["owner"], [])}
         if path == "/status/dns":
             if not self.dns:
                 raise DaemonError(404, "no such endpoint: /status/dns")
-            return {"domain": "meshnet.local.", "listen": "10.32.0.1/12", "port": 53}
+            return {
+                "domain": "meshnet.local.",
+                "listen": "10.32.0.1/12",
+                "listen_addresses": ["10.32.0.1/12", "fd12:3456:789a::1/64"],
+                "port": 53,
+            }
         if path == "/ipam/owners":
             assert body is not None
             return {
@@ -179,7 +189,11 @@ def test_malformed_config_is_code_6_and_a_nameless_one_7() -> None:
     ("field", "value", "code"),
     [
         ("subnet", "10.40.0.0/33", 7),
-        ("subnet", "fd00::/64", 7),
+        ("subnet", "fd00::/129", 7),
+        ("subnet", [], 7),
+        ("subnet", ["10.40.0.0/16", 7], 7),
+        ("subnet", ["10.40.0.0/16", "default"], 7),  # two IPv4 subnets
+        ("subnet", ["fd00::/64", "default6"], 7),  # two IPv6 ones
         ("subnet", 42, 7),
         ("apiSocket", "relative.sock", 7),
         ("timeout", 0, 7),
@@ -227,7 +241,7 @@ def test_config_values() -> None:
         Command.ADD,
     )
     assert conf.api_socket == Path("/tmp/x.sock")
-    assert str(conf.subnet) == "10.40.0.0/16" and conf.timeout == 5.0
+    assert conf.subnets == (ipaddress.IPv4Network("10.40.0.0/16"),) and conf.timeout == 5.0
     assert conf.dns == spec.Dns(nameservers=("10.0.0.2",), search=("a.b",))
     assert spec.parse_config(config(), Command.ADD).api_socket == DEFAULT_API_SOCKET
 
@@ -457,3 +471,85 @@ def test_gc_releases_only_this_networks_stale_attachments() -> None:
     status, out = invoke({"CNI_COMMAND": "GC"}, config(), daemon)
     assert status == 1 and out is not None and out["code"] == 7
     assert len(daemon.owners) == 2
+
+
+# --- both families ----------------------------------------------------------------------------
+
+
+def test_subnets_of_both_families_and_the_default_ones_are_read() -> None:
+    def subnets(value: Any) -> tuple[Any, ...]:
+        return spec.parse_config(config(subnet=value), Command.ADD).subnets
+
+    assert spec.parse_config(config(), Command.ADD).subnets == (spec.DefaultSubnet.IPV4,)
+    assert subnets("fd00::/64") == (ipaddress.IPv6Network("fd00::/64"),)
+    assert subnets(["default", "default6"]) == (spec.DefaultSubnet.IPV4, spec.DefaultSubnet.IPV6)
+    both = subnets(["fd00:0:0:5::/64", "10.40.0.0/16"])
+    assert spec.attach_specs(both) == ["net:fd00:0:0:5::/64", "net:10.40.0.0/16"]
+    assert spec.attach_specs(subnets("default6")) == ["net:default6"]
+
+
+def test_a_dual_stack_add_lists_both_families_with_routes_and_dns_of_both() -> None:
+    daemon = FakeDaemon()
+    status, out = invoke(environ("ADD"), config(subnet=["default", "default6"]), daemon)
+    assert status == 0 and out is not None
+    assert daemon.calls[0][2]["addresses"] == ["net:default", "net:default6"]  # type: ignore[index]
+    assert out["ips"] == [
+        {"address": "10.32.0.7/12", "interface": 1},
+        {"address": ADDRESS6, "interface": 1},
+    ]
+    # Both DNS addresses lie in the container's subnets: no host route to either.
+    assert out["routes"] == [{"dst": "10.32.0.0/12"}, {"dst": "fd12:3456:789a::/64"}]
+    assert out["dns"]["nameservers"] == ["10.32.0.1", "fd12:3456:789a::1"]
+    # The older formats say each address's version.
+    _, old = invoke(environ("ADD"), config("0.4.0", subnet=["default", "default6"]), daemon)
+    assert old is not None and [ip["version"] for ip in old["ips"]] == ["4", "6"]
+
+
+def test_an_ipv6_only_add_gets_only_the_ipv6_dns_address_and_a_route_to_it_if_outside() -> None:
+    daemon = FakeDaemon()
+    status, out = invoke(environ("ADD"), config(subnet="fd12:3456:789a:5::/64"), daemon)
+    assert status == 0 and out is not None
+    assert daemon.calls[0][2]["addresses"] == ["net:fd12:3456:789a:5::/64"]  # type: ignore[index]
+    assert [ip["address"] for ip in out["ips"]] == [ADDRESS6]
+    assert out["dns"]["nameservers"] == ["fd12:3456:789a::1"]
+    assert {"dst": "fd12:3456:789a::1/128"} not in out["routes"]  # in the fake's /64: none
+    lone = {**ATTACHED, "addresses": ["fd12:3456:789a:5::7/64"]}
+    dns = spec.Dns(("10.32.0.1", "fd12:3456:789a::1"))
+    result = spec.add_result(lone, NETNS, dns=dns, dns_on_overlay=True)
+    assert result.routes == (
+        spec.Route("fd12:3456:789a:5::/64"),
+        spec.Route("fd12:3456:789a::1/128"),
+    )
+    assert result.dns.nameservers == ("fd12:3456:789a::1",)
+    # A configuration's own DNS is reported as given, whatever the families.
+    assert spec.add_result(lone, NETNS, dns=dns).dns == dns
+
+
+def test_check_and_del_cover_both_families() -> None:
+    daemon = FakeDaemon()
+    stdin = config(subnet=["default", "default6"])
+    _, added = invoke(environ("ADD"), stdin, daemon)
+    daemon.containers = [{**ATTACHED, "addresses": ["10.32.0.7/12", ADDRESS6]}]
+    assert invoke(environ("CHECK"), config(prevResult=added), daemon) == (0, None)
+    daemon.owners["cni:mesh:c0ffee:eth0"] = ["10.32.0.7"]  # IPAM lost the IPv6 address
+    _, out = invoke(environ("CHECK"), config(prevResult=added), daemon)
+    assert out is not None and out["code"] == 101
+    assert "no longer holds fd12:3456:789a::7" in out["msg"]
+    daemon.owners["cni:mesh:c0ffee:eth0"] = ["10.32.0.7", "fd12:3456:789a::7"]
+    daemon.containers = [ATTACHED]  # the interface lost it
+    _, out = invoke(environ("CHECK"), config(prevResult=added), daemon)
+    assert out is not None and out["code"] == 101 and ADDRESS6 in out["msg"]
+    assert invoke(environ("DEL"), stdin, daemon) == (0, None)
+    assert daemon.owners == {}  # the daemon's detach releases every family by the key
+
+
+def test_daemon_dns_lists_every_address_ipv4_first() -> None:
+    status = {
+        "domain": "meshnet.local.",
+        "listen": "fd00::1/64",
+        "listen_addresses": ["fd00::1/64", "10.32.0.1/12"],
+        "port": 53,
+    }
+    assert spec.daemon_dns(status).nameservers == ("10.32.0.1", "fd00::1")
+    older = {"domain": "meshnet.local.", "listen": "10.32.0.1/12", "port": 53}
+    assert spec.daemon_dns(older).nameservers == ("10.32.0.1",)

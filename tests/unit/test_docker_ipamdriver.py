@@ -6,7 +6,16 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+)
 from typing import Any
 
 import pytest
@@ -17,6 +26,7 @@ from hypothesis import strategies as st
 from meshnet.errors import UserError
 from meshnet.integrations.docker.ipamdriver import (
     GATEWAY_REQUEST,
+    NO_IPV6,
     OWNER_PREFIX,
     IpamDriver,
     PluginError,
@@ -27,47 +37,78 @@ from meshnet.integrations.docker.ipamdriver import (
 
 RANGE = IPv4Network("10.32.0.0/12")
 DEFAULT = IPv4Network("10.32.0.0/14")  # a part of the range, so it differs from the range
+RANGE6 = IPv6Network("fd12:3456:789a::/48")
+DEFAULT6 = IPv6Network("fd12:3456:789a::/64")
+
+Network = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
 
 
 @dataclass(frozen=True)
 class Settings:
-    range: IPv4Network
-    subnet: IPv4Network
+    range: Network
+    subnet: Network
 
 
 class FakeIpam:
-    """meshnet's IPAM as the driver sees it: addresses held by owner keys, first free first."""
+    """meshnet's IPAM as the driver sees it: addresses held by owner keys, first free first;
+    the IPv6 ring (if ``ipv6``) exists once ``ring6`` has been awaited ``ring6_after`` times."""
 
-    def __init__(self, allocation_range: IPv4Network = RANGE, default: IPv4Network = DEFAULT):
+    def __init__(
+        self,
+        allocation_range: IPv4Network = RANGE,
+        default: IPv4Network = DEFAULT,
+        *,
+        ipv6: bool = True,
+    ):
         self.config = Settings(allocation_range, default)
-        self.held: dict[IPv4Address, str] = {}
+        self.ipv6: object | None = object() if ipv6 else None
+        self.config6 = Settings(RANGE6, DEFAULT6)
+        self.ring6_asked = 0
+        self.held: dict[IPAddress, str] = {}
 
-    async def allocate(self, owner: str, subnet: IPv4Network | None = None) -> IPv4Interface:
-        where = subnet or self.config.subnet
-        for ip in where.hosts():
+    async def ring6(self) -> Settings:
+        assert self.ipv6 is not None, "the driver asked a --no-ipv6 IPAM for its IPv6 ring"
+        self.ring6_asked += 1
+        await trio.sleep(0)  # it may wait for the ring
+        return self.config6
+
+    def _first_free(self, owner: str, where: Network) -> Any:
+        for ip in itertools.islice(where.hosts(), 1000):
             if ip not in self.held:
                 self.held[ip] = owner
-                return IPv4Interface(f"{ip}/{where.prefixlen}")
+                return ip_interface(f"{ip}/{where.prefixlen}")
         raise UserError(f"{where} is full")
 
-    async def claim(self, owner: str, address: IPv4Interface) -> IPv4Interface:
+    async def allocate(self, owner: str, subnet: IPv4Network | None = None) -> IPv4Interface:
+        found = self._first_free(owner, subnet or self.config.subnet)
+        assert isinstance(found, IPv4Interface)
+        return found
+
+    async def allocate6(self, owner: str, subnet: IPv6Network | None = None) -> IPv6Interface:
+        assert self.ipv6 is not None
+        found = self._first_free(owner, subnet or self.config6.subnet)
+        assert isinstance(found, IPv6Interface)
+        return found
+
+    async def claim(self, owner: str, address: Any) -> Any:
         holder = self.held.get(address.ip)
         if holder is not None and holder != owner:
             raise UserError(f"{address.ip} is in use")
         self.held[address.ip] = owner
         return address
 
-    async def release(self, owner: str, only: list[IPv4Address] | None = None) -> list[IPv4Address]:
-        gone = sorted(
-            ip for ip, o in self.held.items() if o == owner and (only is None or ip in only)
-        )
+    async def release(self, owner: str, only: list[IPAddress] | None = None) -> list[IPAddress]:
+        gone = [ip for ip, o in self.held.items() if o == owner and (only is None or ip in only)]
         for ip in gone:
             del self.held[ip]
         return gone
 
     def holders(self, prefix: str = "") -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for ip, owner in sorted(self.held.items()):
+        for ip, owner in sorted(
+            self.held.items(), key=lambda item: (item[0].version, int(item[0]))
+        ):
             if owner.startswith(prefix):
                 out.setdefault(owner, []).append(str(ip))
         return out
@@ -111,7 +152,7 @@ def test_a_pool_inside_the_range_is_that_subnet() -> None:
         ("10.0.0.0/8", "", "outside"),  # holds the range, but is not inside it
         ("10.33.0.1/16", "", "bad address '10.33.0.1/16': 10.33.0.1/16 has host bits set"),
         ("10.33.0.0/33", "", "bad address '10.33.0.0/33': "),
-        ("fd00::/64", "", "bad address 'fd00::/64': IPv6 is not supported here yet"),
+        ("fd00::/64", "", "bad address 'fd00::/64': not an IPv4 subnet, where Docker asks for"),
         ("nonsense", "", "bad address 'nonsense': not an IP address"),
         ("10.33.0.0/31", "", "too small"),
         ("10.33.0.0/32", "", "too small"),
@@ -153,7 +194,7 @@ def test_addresses_come_with_or_without_a_length(text: str) -> None:
     assert parse_address(text) == IPv4Address("10.32.0.5")
 
 
-@pytest.mark.parametrize("text", ["", "10.32.0", "fd00::1", "10.32.0.5/40", "x"])
+@pytest.mark.parametrize("text", ["", "10.32.0", "fd00::x", "10.32.0.5/40", "fd00::1/129", "x"])
 def test_bad_addresses_are_refused(text: str) -> None:
     with pytest.raises(PluginError, match=f"^bad address '{re.escape(text)}': "):
         parse_address(text)
@@ -183,19 +224,24 @@ def test_a_pool_without_a_subnet_is_answered_as_0_0_0_0_0_with_the_default_subne
     # libnetwork checks a local network's pool against the host's routes and asks again while
     # it overlaps one (forever, as the bridge's route to the range always does), except for
     # 0.0.0.0/0; the addresses still come from the subnet the pool id names.
-    answer = driver().request_pool({"AddressSpace": "meshnet", "Pool": "", "Options": {}})
+    answer = call(driver().request_pool, {"AddressSpace": "meshnet", "Pool": "", "Options": {}})
     assert answer == {"PoolID": str(DEFAULT), "Pool": "0.0.0.0/0", "Data": {}}
 
 
 def test_a_pool_with_a_subnet_is_answered_as_that_subnet() -> None:
-    answer = driver().request_pool({"Pool": "10.33.0.0/16", "V6": False})
+    answer = call(driver().request_pool, {"Pool": "10.33.0.0/16", "V6": False})
     assert answer == {"PoolID": "10.33.0.0/16", "Pool": "10.33.0.0/16", "Data": {}}
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"V6": True}, "IPv4 addresses only"),
+        ({"V6": True, "Pool": "10.33.0.0/16"}, "not an IPv6 subnet"),
+        (
+            {"V6": True, "Pool": "fd00::/64"},
+            "outside meshnet's allocation range fd12:3456:789a::/48",
+        ),
+        ({"V6": True, "Pool": "fd12:3456:789a::/127"}, "too small"),
         ({"Pool": 5}, "Pool must be a string"),
         ({"Pool": "10.33.0.0/16", "SubPool": "10.33.1.0/24"}, "--ip-range"),
         ({"Pool": "172.16.0.0/16"}, "outside"),
@@ -203,23 +249,23 @@ def test_a_pool_with_a_subnet_is_answered_as_that_subnet() -> None:
 )
 def test_pools_that_are_refused(body: dict[str, Any], message: str) -> None:
     with pytest.raises(PluginError, match=re.escape(message)):
-        driver().request_pool(body)
+        call(driver().request_pool, body)
 
 
 def test_releasing_a_pool_frees_nothing_and_an_unknown_one_is_refused() -> None:
     ipam = FakeIpam()
     d = driver(ipam)
     call(d.request_address, {"PoolID": str(DEFAULT)})
-    assert d.release_pool({"PoolID": str(DEFAULT)}) == {}
+    assert call(d.release_pool, {"PoolID": str(DEFAULT)}) == {}
     assert len(ipam.held) == 1  # another network may share the pool
     with pytest.raises(PluginError, match="unknown pool"):
-        d.release_pool({"PoolID": "172.16.0.0/16"})
+        call(d.release_pool, {"PoolID": "172.16.0.0/16"})
 
 
 def test_gateway_and_endpoint_addresses_have_keys_of_their_own() -> None:
     ipam = FakeIpam()
     d = driver(ipam)
-    pool = d.request_pool({})["PoolID"]
+    pool = call(d.request_pool, {})["PoolID"]
     gateway = call(
         d.request_address,
         {"PoolID": pool, "Options": {"RequestAddressType": GATEWAY_REQUEST}},
@@ -278,7 +324,7 @@ def test_a_networks_whole_life_leaves_nothing_held() -> None:
     """As dockerd calls it: create, two containers come and go, delete."""
     ipam = FakeIpam()
     d = driver(ipam)
-    pool = d.request_pool({"AddressSpace": "meshnet"})
+    pool = call(d.request_pool, {"AddressSpace": "meshnet"})
     gateway = call(
         d.request_address,
         {"PoolID": pool["PoolID"], "Options": {"RequestAddressType": GATEWAY_REQUEST}},
@@ -288,7 +334,7 @@ def test_a_networks_whole_life_leaves_nothing_held() -> None:
     assert len({gateway["Address"], a["Address"], b["Address"]}) == 3
     for address in (a, b, gateway):
         call(d.release_address, {"PoolID": pool["PoolID"], "Address": address["Address"]})
-    d.release_pool({"PoolID": pool["PoolID"]})
+    call(d.release_pool, {"PoolID": pool["PoolID"]})
     assert ipam.held == {}
 
 
@@ -313,3 +359,82 @@ def test_requests_and_releases_in_any_order_hold_exactly_whats_outstanding(
     assert sorted(a for addresses in held.values() for a in addresses) == sorted(
         a.split("/")[0] for a in outstanding
     )
+
+
+# --- IPv6 (docker network create --ipv6) ------------------------------------------------------
+
+
+def test_an_ipv6_pool_without_a_subnet_is_the_ipv6_rings_default_subnet_shown_as_itself() -> None:
+    # libnetwork's route-overlap check reads IPv4 routes only: no 0.0.0.0/0 detour needed.
+    ipam = FakeIpam()
+    answer = call(driver(ipam).request_pool, {"AddressSpace": "meshnet", "V6": True})
+    assert answer == {"PoolID": str(DEFAULT6), "Pool": str(DEFAULT6), "Data": {}}
+    assert ipam.ring6_asked == 1
+
+
+def test_an_ipv6_pool_with_a_subnet_inside_the_ipv6_range_is_that_subnet() -> None:
+    answer = call(driver().request_pool, {"Pool": "fd12:3456:789a:7::/64", "V6": True})
+    assert answer["PoolID"] == answer["Pool"] == "fd12:3456:789a:7::/64"
+
+
+def test_a_router_without_ipv6_refuses_ipv6_pools_in_one_line_and_knows_no_ipv6_pool() -> None:
+    ipam = FakeIpam(ipv6=False)
+    d = driver(ipam)
+    with pytest.raises(PluginError, match=f"^{re.escape(NO_IPV6)}$"):
+        call(d.request_pool, {"V6": True})
+    for handler in (d.request_address, d.release_address, d.release_pool):
+        with pytest.raises(PluginError, match="unknown pool"):
+            call(handler, {"PoolID": str(DEFAULT6), "Address": "fd12:3456:789a::5"})
+    # IPv4 is as before.
+    assert call(d.request_pool, {})["PoolID"] == str(DEFAULT)
+
+
+def test_an_ipv6_networks_whole_life_holds_one_key_per_address_and_leaves_nothing() -> None:
+    """As dockerd calls it for `--ipv6`: both pools, both gateways, an endpoint of each family
+    (one asked for by address, as `--ip6` does), then everything given back."""
+    ipam = FakeIpam()
+    d = driver(ipam)
+    pool4 = call(d.request_pool, {"AddressSpace": "meshnet"})["PoolID"]
+    pool6 = call(d.request_pool, {"AddressSpace": "meshnet", "V6": True})["PoolID"]
+    gw = {"RequestAddressType": GATEWAY_REQUEST}
+    gateway4 = call(d.request_address, {"PoolID": pool4, "Options": gw})["Address"]
+    gateway6 = call(d.request_address, {"PoolID": pool6, "Options": gw})["Address"]
+    a4 = call(d.request_address, {"PoolID": pool4})["Address"]
+    a6 = call(d.request_address, {"PoolID": pool6})["Address"]
+    b6 = call(d.request_address, {"PoolID": pool6, "Address": "fd12:3456:789a:0:0:0:0:99"})
+    assert (gateway6, a6, b6["Address"]) == (
+        "fd12:3456:789a::1/64",
+        "fd12:3456:789a::2/64",
+        "fd12:3456:789a::99/64",
+    )
+    assert ipam.holders(OWNER_PREFIX) == {
+        f"{OWNER_PREFIX}gw-t1": ["10.32.0.1"],
+        f"{OWNER_PREFIX}t3": ["10.32.0.2"],
+        f"{OWNER_PREFIX}gw-t2": ["fd12:3456:789a::1"],
+        f"{OWNER_PREFIX}t4": ["fd12:3456:789a::2"],
+        f"{OWNER_PREFIX}t5": ["fd12:3456:789a::99"],
+    }
+    # Docker gives IPv6 addresses back spelled as it likes.
+    call(d.release_address, {"PoolID": pool6, "Address": "fd12:3456:789a:0::99"})
+    assert ip_address("fd12:3456:789a::99") not in ipam.held
+    for pool, address in [(pool4, a4), (pool6, a6), (pool4, gateway4), (pool6, gateway6)]:
+        call(d.release_address, {"PoolID": pool, "Address": address})
+    call(d.release_pool, {"PoolID": pool6})
+    call(d.release_pool, {"PoolID": pool4})
+    assert ipam.held == {}
+
+
+def test_an_ipv6_address_outside_its_pool_or_an_ipv4_one_in_an_ipv6_pool_is_refused() -> None:
+    ipam = FakeIpam()
+    d = driver(ipam)
+    pool6 = "fd12:3456:789a:1::/64"
+    with pytest.raises(PluginError, match="not in the network's subnet"):
+        call(d.request_address, {"PoolID": pool6, "Address": "fd12:3456:789a:2::1"})
+    with pytest.raises(PluginError, match="not in the network's subnet"):
+        call(d.request_address, {"PoolID": pool6, "Address": "10.32.0.9"})
+    with pytest.raises(PluginError, match="unknown pool"):
+        call(d.request_address, {"PoolID": "fd00:1::/64"})  # outside the IPv6 range
+    assert ipam.holders(OWNER_PREFIX) == {}
+    ipam.held[IPv6Address("fd12:3456:789a:1::7")] = "docker:someone"
+    with pytest.raises(UserError, match="in use"):
+        call(d.request_address, {"PoolID": pool6, "Address": "fd12:3456:789a:1::7"})

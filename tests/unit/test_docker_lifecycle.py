@@ -341,3 +341,47 @@ def test_bad_docker_hosts_are_one_line_errors(text: str) -> None:
 )  # fmt: skip
 def test_what_may_name_a_container(text: str, ok: bool) -> None:
     assert is_container_ref(text) is ok
+
+
+def test_an_ipv6_networks_endpoint_is_named_for_both_its_addresses() -> None:
+    mnet = {
+        "NetworkID": MESHNET_NET,
+        "EndpointID": "e" * 64,
+        "IPAddress": "10.32.0.7",
+        "IPPrefixLen": 12,
+        "GlobalIPv6Address": "fd12:3456:789a::7",
+        "GlobalIPv6PrefixLen": 64,
+    }
+    info = parse_container(inspect_answer(NetworkSettings={"Networks": {"mnet": mnet}}))
+    [endpoint] = info.endpoints
+    assert endpoint.addresses == ("10.32.0.7/12", "fd12:3456:789a::7/64")
+    assert lifecycle.meshnet_addresses(info, [MESHNET_NET]) == ("10.32.0.7", "fd12:3456:789a::7")
+    assert Register(A, "web", ("10.32.0.7", "fd12:3456:789a::7")) in lifecycle.on_running(
+        info, [MESHNET_NET]
+    )
+
+
+def test_an_ipv6_networks_addresses_and_gateway_count_as_used_however_spelled() -> None:
+    network = parse_network(
+        {
+            "Id": MESHNET_NET,
+            "Driver": "meshnet",
+            "IPAM": {
+                "Driver": "meshnet",
+                "Config": [
+                    {"Subnet": "0.0.0.0/0", "Gateway": "10.32.0.1"},
+                    {"Subnet": "fd12:3456:789a::/64", "Gateway": "fd12:3456:789a::1"},
+                ],
+            },
+            "Containers": {
+                A: {"IPv4Address": "10.32.0.7/12", "IPv6Address": "fd12:3456:789a::7/64"}
+            },
+        }
+    )
+    assert network.addresses == ("10.32.0.7/12", "fd12:3456:789a::7/64")
+    held = {
+        "docker-ipam:gw6": ["fd12:3456:789a:0:0:0:0:1"],
+        "docker-ipam:a6": ["fd12:3456:789a::7"],
+        "docker-ipam:gone6": ["fd12:3456:789a::8"],
+    }
+    assert lifecycle.orphaned_plugin_addresses(held, [network]) == ["docker-ipam:gone6"]

@@ -151,11 +151,35 @@ def test_requests_without_a_valid_id_are_refused(body: dict[str, Any]) -> None:
         d.create_network(body)
 
 
-def test_ipv6_networks_are_refused() -> None:
+def test_ipv6_networks_are_accepted_and_malformed_pool_data_refused() -> None:
     d = NetworkDriver(bridge="meshnet", mtu=lambda: 1354)
-    with pytest.raises(PluginError, match="IPv4 only"):
-        d.create_network({"NetworkID": NETWORK, "IPv6Data": [{"Pool": "fd00::/64"}]})
-    assert d.networks == set()
+    body = {
+        "NetworkID": NETWORK,
+        "IPv4Data": [{"Pool": "0.0.0.0/0"}],
+        "IPv6Data": [{"Pool": "fd00::/64", "Gateway": "fd00::1/64"}],
+    }
+    assert d.create_network(body) == {}
+    assert d.networks == {NETWORK}
+    other = "o" * 64
+    with pytest.raises(PluginError, match="IPv6Data must be a list of objects"):
+        d.create_network({"NetworkID": other, "IPv6Data": "fd00::/64"})
+    assert d.networks == {NETWORK}
+
+
+def test_an_endpoints_addresses_of_both_families_are_kept_until_it_goes() -> None:
+    d = NetworkDriver(bridge="meshnet", mtu=lambda: 1354)
+    interface = {"Address": "10.32.0.2/12", "AddressIPv6": "fd00:0::2/64"}
+    d.create_endpoint({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": interface})
+    assert d.addresses == {ENDPOINT: ("10.32.0.2/12", "fd00::2/64")}
+    with pytest.raises(PluginError, match="AddressIPv6 is not an address"):
+        d.create_endpoint(
+            {
+                "NetworkID": NETWORK,
+                "EndpointID": "e" * 64,
+                "Interface": {"Address": "10.32.0.3/12", "AddressIPv6": "fd00::x"},
+            }
+        )
+    assert list(d.addresses) == [ENDPOINT]
 
 
 def test_an_endpoint_gets_a_mac_only_if_docker_gave_none() -> None:
@@ -180,11 +204,15 @@ def test_join_puts_a_veth_on_the_bridge_with_the_overlay_mtu_and_hands_docker_th
     host: FakeNamespace,
 ) -> None:
     mtu = [1354]
-    joined: list[str] = []
+    joined: list[tuple[str, str, tuple[str, ...]]] = []
     d = NetworkDriver(
-        bridge="meshnet", mtu=lambda: mtu[0], joined=lambda: joined.append(host.log[-1][1])
+        bridge="meshnet",
+        mtu=lambda: mtu[0],
+        joined=lambda port, addresses: joined.append((host.log[-1][1], port, addresses)),
     )
     mtu[0] = 1400  # read at each join, not at construction
+    interface = {"Address": "10.32.0.2/12", "AddressIPv6": "fd00::2/64"}
+    d.create_endpoint({"NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": interface})
     answer = run(d.join, {"NetworkID": NETWORK, "EndpointID": ENDPOINT, "SandboxKey": "/x"})
     host_end, container_end = veth_names(ENDPOINT)
     assert answer == {
@@ -198,7 +226,8 @@ def test_join_puts_a_veth_on_the_bridge_with_the_overlay_mtu_and_hands_docker_th
         ("master", host_end, "meshnet"),
         ("up", host_end),
     ]
-    assert joined == [host_end]  # told once the port is up on the bridge (the ramps adopt it)
+    # Told once the port is up on the bridge, with what IPAM gave it: the ramps adopt it.
+    assert joined == [(host_end, host_end, ("10.32.0.2/12", "fd00::2/64"))]
 
 
 def test_join_without_the_bridge_says_the_router_is_not_running(host: FakeNamespace) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 import random
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -360,6 +362,59 @@ def test_an_observer_never_decides_from_one_acceptor() -> None:
     observer.check([forced])
     observer.merge([forced])
     assert observer.decision() is None
+
+
+def _consensus_on_a_slow_line(peers: int, hop_delay: float, limit: float) -> float | None:
+    """Every peer of a line proposes at once; entries cross one hop in ``hop_delay`` (busy
+    routers). The simulated time at which every peer knows the decision, None past ``limit``."""
+    rng = random.Random(7)
+    nodes = [Paxos(n, peers // 2 + 1, participant=True) for n in range(1, peers + 1)]
+    queue: list[tuple[float, int, int, list[PaxosEntry]]] = []  # (at, seq, to, entries)
+    seq = itertools.count()
+
+    def send(index: int, entries: list[PaxosEntry], now: float) -> None:
+        for other in (index - 1, index + 1):
+            if 0 <= other < peers:
+                heapq.heappush(queue, (now + hop_delay, next(seq), other, entries))
+
+    for i, node in enumerate(nodes):
+        entry = node.propose(0.0, rng)
+        assert entry is not None
+        send(i, [entry], 0.0)
+    now = 0.0
+    while now < limit:
+        if all(n.decision() is not None for n in nodes):
+            return now
+        retry = min((n.retry_at for n in nodes if n.due(math.inf)), default=math.inf)
+        if queue and queue[0][0] <= retry:
+            now, _, to, entries = heapq.heappop(queue)
+            node = nodes[to]
+            node.check(entries)
+            new = node.merge(entries)
+            if new:
+                node.postpone(now, rng)
+            mine = node.step()
+            out = new + ([mine] if mine is not None else [])
+            if out:
+                send(to, out, now)
+        elif retry < math.inf:
+            now = retry
+            for i, node in enumerate(nodes):
+                if node.due(now):
+                    entry = node.propose(now, rng)
+                    if entry is not None:
+                        send(i, [entry], now)
+        else:
+            return None
+    return None
+
+
+def test_many_proposers_on_a_slow_mesh_still_decide() -> None:
+    """Regression: a 100-router lab never agreed. Each of its proposers retried on its own
+    clock, so a higher ballot came sooner than any round could cross the mesh. A proposer now
+    waits for the consensus to go quiet before it retries."""
+    decided = _consensus_on_a_slow_line(20, hop_delay=0.4, limit=120.0)
+    assert decided is not None
 
 
 # --- the state machine

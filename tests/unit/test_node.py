@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -506,3 +506,99 @@ def test_attach_without_addresses_is_dual_stack_and_again_keeps_the_families() -
     only6 = DualIpam(Calls(), {"netns:c1": [IPv6Interface("fd12::9/64")]})
     assert attach_with(only6, []) == ["fd12::9/64"]  # attached --ipv6-only: stays so
     assert attach_with(DualIpam(Calls()), ["net:default6"]) == ["fd12::5/64"]
+
+
+SUBNET6 = IPv6Network("fd00:aa::/64")
+
+
+class FakeIpam6(FakeIpam):
+    """A dual-stack IPAM: its IPv6 ring's default subnet is ``SUBNET6``."""
+
+    def __init__(self, calls: Calls, held: dict[str, list[Any]] | None = None) -> None:
+        super().__init__(calls, held)
+        self.ipv6 = object()
+        self.default_subnet6 = SUBNET6
+
+    def holders(self, prefix: str = "") -> dict[str, list[str]]:
+        """Addresses without their prefix length, as IPAM lists them."""
+        return {k: [str(a.ip) for a in v] for k, v in self.held.items() if k.startswith(prefix)}
+
+    def in_range(self, ip: Any) -> bool:
+        return ip in (RANGE if ip.version == 4 else SUBNET6.supernet(new_prefix=48))
+
+    async def allocate6(self, owner: str, subnet: IPv6Network | None = None) -> IPv6Interface:
+        self.calls.log(f"allocate6 {owner}")
+        address = IPv6Interface(f"{(subnet or SUBNET6).network_address + 7}/64")
+        self.held.setdefault(owner, []).append(address)
+        return address
+
+
+def ramps_recording(tmp_path: Path, calls: Calls) -> Ramps:
+    """Ramps whose kernel part only records what it is asked to expose or hide."""
+    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
+    ramps.require_running = lambda: None  # type: ignore[method-assign]
+
+    async def expose(addresses: list[Any], **_: Any) -> list[dict[str, Any]]:
+        calls.append("expose " + " ".join(map(str, addresses)))
+        for address in addresses:
+            ramps.state.exposed[address.network] = Exposed(address)
+        return [{"address": str(a)} for a in addresses]
+
+    ramps.expose = expose  # type: ignore[method-assign]
+    return ramps
+
+
+def test_expose_without_addresses_is_dual_stack_with_the_ipv6_ring(tmp_path: Path) -> None:
+    calls = Calls()
+    ramps = ramps_recording(tmp_path, calls)
+    node = Node(fake_router(), ipam=FakeIpam6(calls), ramps=ramps)  # type: ignore[arg-type]
+    out = trio.run(node.expose, [])
+    peer = "aa:bb:cc:dd:ee:ff"
+    assert calls == [
+        f"allocate expose:10.32.0.0/12:{peer}",
+        f"allocate6 expose:fd00:aa::/64:{peer}",
+        "expose 10.32.0.5/12 fd00:aa::7/64",
+    ]
+    assert out == [{"address": "10.32.0.5/12"}, {"address": "fd00:aa::7/64"}]
+    # net:default6 alone: the IPv6 one (exposed already: the same address, IPAM not asked).
+    calls.clear()
+    assert trio.run(node.expose, ["net:default6"]) == [{"address": "fd00:aa::7/64"}]
+    assert calls == ["expose fd00:aa::7/64"]
+    # Without the IPv6 ring: IPv4 alone, and net:default6 is one clear error.
+    ipv4_only = Node(fake_router(), ipam=FakeIpam(calls), ramps=ramps_recording(tmp_path, calls))  # type: ignore[arg-type]
+    calls.clear()
+    trio.run(ipv4_only.expose, [])
+    assert calls == [f"allocate expose:10.32.0.0/12:{peer}", "expose 10.32.0.5/12"]
+    with pytest.raises(UserError, match="no IPv6 ring"):
+        trio.run(ipv4_only.expose, ["net:default6"])
+
+
+def test_hide_gives_an_ipv6_address_back_to_its_owner(tmp_path: Path) -> None:
+    calls = Calls()
+    ramps = Ramps(Config(state_dir=tmp_path), fake_router())
+    exposed = Exposed(IPv6Interface("fd00:aa::7/64"))
+
+    async def hide(specs: list[str]) -> list[Exposed]:
+        calls.append(f"hide {specs}")
+        return [exposed]
+
+    ramps.hide = hide  # type: ignore[method-assign]
+    node = Node(fake_router(), ipam=FakeIpam6(calls), ramps=ramps)  # type: ignore[arg-type]
+    assert trio.run(node.hide, ["net:default6"]) == [exposed]
+    assert calls == [
+        "hide ['net:default6']",
+        "release expose:fd00:aa::/64:aa:bb:cc:dd:ee:ff fd00:aa::7",
+    ]
+
+
+def test_a_lost_state_file_rebuilds_ipv6_exposures_from_ipam(tmp_path: Path) -> None:
+    calls = Calls()
+    ramps = ramps_recording(tmp_path, calls)
+    held = {
+        "expose:fd00:aa::/64:aa:bb:cc:dd:ee:ff": [IPv6Interface("fd00:aa::7/64")],
+        "expose:10.32.0.0/12:aa:bb:cc:dd:ee:ff": [IPv4Interface("10.32.0.5/12")],
+        "expose:fd00:aa::/64:11:22:33:44:55:66": [IPv6Interface("fd00:aa::8/64")],  # another's
+    }
+    node = Node(fake_router(), ipam=FakeIpam6(calls, held), ramps=ramps)  # type: ignore[arg-type]
+    trio.run(node._rebuild_exposed, ramps)
+    assert sorted(calls) == ["expose 10.32.0.5/12", "expose fd00:aa::7/64"]

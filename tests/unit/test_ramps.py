@@ -6,7 +6,14 @@ import ipaddress
 import itertools
 import shutil
 import subprocess
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +25,7 @@ import trio.testing
 from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
 from meshnet.dataplane.kernel import nftables
+from meshnet.dataplane.kernel.attach import Attachment
 from meshnet.dataplane.kernel.nftables import Exposure, Port
 from meshnet.dns import firewall
 from meshnet.errors import UserError
@@ -27,14 +35,16 @@ from meshnet.node.ramps_state import (
     Exposed,
     PortRecord,
     RampsState,
-    gateway_for,
+    gateways_for,
     needs_route_to,
     owner_id,
+    parse_owner_id,
 )
 from tests.conftest import run_meshnet
 from tests.unit.test_cli import assert_one_line_error
 
 RANGE = IPv4Network("10.32.0.0/12")
+RANGE6 = IPv6Network("fd00:aa::/48")
 
 
 def iface(text: str) -> IPv4Interface | ipaddress.IPv6Interface:
@@ -189,6 +199,55 @@ def test_inet_table_without_masquerading_local_containers() -> None:
     assert "flush set inet meshnet local" in rules(script)
 
 
+def test_inet_table_carries_ipv6_exposures_in_the_same_shape() -> None:
+    exposures = [
+        Exposure(IPv4Interface("10.32.0.7/12")),
+        Exposure(IPv6Interface("fd00:aa::7/64")),
+        Exposure(IPv6Interface("fd00:aa:0:1::1/64"), masquerade=False),
+    ]
+    script = nftables.inet_table("meshnet", exposures, [RANGE], [RANGE6], fresh=True)
+    lines = rules(script)
+    assert "set overlay6 { type ipv6_addr; flags interval; elements = { fd00:aa::/48 }; }" in lines
+    out = [x for x in lines if x.startswith('oifname != "meshnet"')]
+    assert out == [
+        'oifname != "meshnet" ip saddr 10.32.0.0/12 ip daddr != @overlay '
+        "ip daddr != 224.0.0.0/4 masquerade",
+        'oifname != "meshnet" ip6 saddr fd00:aa::/64 ip6 daddr != @overlay6 '
+        "ip6 daddr != ff00::/8 masquerade",
+        'oifname != "meshnet" ip6 saddr fd00:aa:0:1::/64 ip6 daddr != @overlay6 '
+        "ip6 daddr != ff00::/8 accept",
+    ]
+    assert (
+        'oifname "meshnet" ip6 saddr != @overlay6 ip6 daddr fd00:aa::/64 snat ip6 to fd00:aa::7'
+        in lines
+    )
+    # Only the subnet's containers reach the address, but any neighbour may find it (a
+    # neighbour's unicast probe comes from its link-local address): ND is let through first.
+    guard = lines.index(
+        'iifname "meshnet" ip6 daddr fd00:aa::7 ip6 saddr != fd00:aa::/64 counter drop'
+    )
+    assert lines[guard - 1] == (
+        'iifname "meshnet" ip6 daddr fd00:aa::7 ip6 hoplimit 255 '
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"
+    )
+    assert 'iifname "meshnet" ip daddr 10.32.0.7 ip saddr != 10.32.0.0/12 counter drop' in lines
+
+
+def test_inet_table_without_masquerading_local_ipv6_containers() -> None:
+    script = nftables.inet_table(
+        "meshnet",
+        [Exposure(IPv6Interface("fd00:aa::7/64"))],
+        [RANGE],
+        [RANGE6],
+        local=[IPv6Address("fd00:aa::9"), IPv4Address("10.32.0.9")],
+        fresh=False,
+    )
+    assert "set local6 { type ipv6_addr; elements = { fd00:aa::9 }; }" in rules(script)
+    assert "set local { type ipv4_addr; elements = { 10.32.0.9 }; }" in rules(script)
+    assert "ip6 daddr fd00:aa::/64 ip6 daddr != @local6 snat ip6 to fd00:aa::7" in script
+    assert "flush set inet meshnet local6" in rules(script)
+
+
 def test_removal_names_only_our_tables() -> None:
     assert nftables.removal() == (
         "table bridge meshnet {}\ndelete table bridge meshnet\n"
@@ -237,6 +296,20 @@ def test_scripts_are_valid_nft() -> None:
             dns=[IPv4Address("10.32.0.1"), ipaddress.IPv6Address("fd00::53")],
         ),
         RampsState().script(RANGE, no_masq_local=False, fresh_bridge=False, inet_installed=True),
+        RampsState(
+            exposed={
+                IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12")),
+                IPv6Network("fd00:aa::/64"): Exposed(IPv6Interface("fd00:aa::7/64")),
+                IPv6Network("fd00:aa:0:1::/64"): Exposed(IPv6Interface("fd00:aa:0:1::1/64"), False),
+            },
+            ports={"vethwea": PortRecord("c1", "ethwe", ("10.32.1.5/24", "fd00:aa::5/64"))},
+        ).script(
+            RANGE,
+            allocation_range6=RANGE6,
+            no_masq_local=True,
+            fresh_bridge=False,
+            inet_installed=True,
+        ),
         firewall.ruleset("meshnet", ["10.32.0.1"], open_addresses=["10.32.0.7"]),
     ]
     for script in scripts:
@@ -267,6 +340,13 @@ def test_owner_ids_end_with_the_peer_name_as_reset_expects() -> None:
     owner = owner_id(IPv4Network("10.32.1.0/24"), "aa:bb:cc:dd:ee:ff")
     assert owner == "expose:10.32.1.0/24:aa:bb:cc:dd:ee:ff"
     assert owner.endswith(":aa:bb:cc:dd:ee:ff")
+    assert parse_owner_id(owner) == (IPv4Network("10.32.1.0/24"), "aa:bb:cc:dd:ee:ff")
+    # An IPv6 subnet holds colons too: it ends at its prefix length.
+    owner6 = owner_id(IPv6Network("fd00:aa:0:1::/64"), "aa:bb:cc:dd:ee:ff")
+    assert owner6 == "expose:fd00:aa:0:1::/64:aa:bb:cc:dd:ee:ff"
+    assert parse_owner_id(owner6) == (IPv6Network("fd00:aa:0:1::/64"), "aa:bb:cc:dd:ee:ff")
+    for other in ("dns:aa:bb:cc:dd:ee:ff", "expose:banana/64:aa", "expose:10.32.1.0/24"):
+        assert parse_owner_id(other) is None
 
 
 def test_a_container_routes_via_the_exposed_address_of_its_own_subnet() -> None:
@@ -274,12 +354,27 @@ def test_a_container_routes_via_the_exposed_address_of_its_own_subnet() -> None:
         Exposure(IPv4Interface("10.32.0.7/12")),
         Exposure(IPv4Interface("10.32.1.1/24")),
     ]
-    assert gateway_for([iface("10.32.1.5/24")], exposures) == IPv4Address("10.32.1.1")
-    assert gateway_for([iface("10.32.9.5/12")], exposures) == IPv4Address("10.32.0.7")
-    assert gateway_for([iface("fd00::1/64"), iface("10.32.2.5/24")], exposures) is None
-    assert gateway_for([iface("10.32.2.5/24"), iface("10.32.9.5/12")], exposures) == IPv4Address(
-        "10.32.0.7"
-    )
+    assert gateways_for([iface("10.32.1.5/24")], exposures) == [IPv4Address("10.32.1.1")]
+    assert gateways_for([iface("10.32.9.5/12")], exposures) == [IPv4Address("10.32.0.7")]
+    assert gateways_for([iface("fd00::1/64"), iface("10.32.2.5/24")], exposures) == []
+    assert gateways_for([iface("10.32.2.5/24"), iface("10.32.9.5/12")], exposures) == [
+        IPv4Address("10.32.0.7")
+    ]
+
+
+def test_a_dual_stack_container_gets_a_gateway_of_each_family() -> None:
+    exposures = [
+        Exposure(IPv4Interface("10.32.0.7/12")),
+        Exposure(IPv6Interface("fd00:aa::7/64")),
+        Exposure(IPv6Interface("fd00:aa:0:1::1/64")),
+    ]
+    dual = [iface("10.32.9.5/12"), iface("fd00:aa:0:1::5/64"), iface("fd00:aa::5/64")]
+    assert gateways_for(dual, exposures) == [
+        IPv4Address("10.32.0.7"),
+        IPv6Address("fd00:aa:0:1::1"),  # the first of its IPv6 addresses decides
+    ]
+    assert gateways_for([iface("fd00:aa::5/64")], exposures) == [IPv6Address("fd00:aa::7")]
+    assert gateways_for([iface("fd00:bb::5/64")], exposures) == []
 
 
 def test_state_round_trips_and_rejects_garbage() -> None:
@@ -291,9 +386,41 @@ def test_state_round_trips_and_rejects_garbage() -> None:
     )
     back = RampsState.decode(state.encode())
     assert back.exposed == state.exposed and back.ports == state.ports
+    state.exposed[IPv6Network("fd00:aa::/64")] = Exposed(IPv6Interface("fd00:aa::7/64"))
+    assert RampsState.decode(state.encode()).exposed == state.exposed
     for garbage in (b"[]", b"{", b'{"exposed": [{"address": "x"}]}', b'{"ports": {"a b": {}}}'):
         with pytest.raises(ValueError):
             RampsState.decode(garbage)
+
+
+def test_a_state_file_from_before_ipv6_still_loads() -> None:
+    old = (
+        b'{"exposed": [{"address": "10.32.0.7/12", "masquerade": true, "names": ["gw."]}], '
+        b'"ports": {"vethwea": {"addresses": ["10.32.0.9/12"], "ifname": "ethwe", '
+        b'"mac": "02:aa:bb:cc:dd:ee", "namespace": "c1"}}, "version": 1}'
+    )
+    state = RampsState.decode(old)
+    assert state.exposed == {
+        IPv4Network("10.32.0.0/12"): Exposed(IPv4Interface("10.32.0.7/12"), True, ("gw.",))
+    }
+    assert state.ports["vethwea"].addresses == ("10.32.0.9/12",)
+
+
+def test_the_ipv6_ring_is_overlay_for_both_tables() -> None:
+    state = RampsState(
+        exposed={IPv6Network("fd00:aa::/64"): Exposed(IPv6Interface("fd00:aa::7/64"))},
+        ports={"vethwea": PortRecord("c1", "ethwe", ("10.32.0.9/12", "fd00:aa::9/64"))},
+    )
+    script = state.script(
+        RANGE, allocation_range6=RANGE6, no_masq_local=True, fresh_bridge=True,
+        inet_installed=False,
+    )  # fmt: skip
+    overlay6 = [x for x in rules(script) if x.startswith("set overlay6 {")]
+    assert len(overlay6) == 2 and all("elements = { fd00:aa::/48 }" in x for x in overlay6)
+    assert "set local6 { type ipv6_addr; elements = { fd00:aa::9 }; }" in rules(script)
+    # Without the ring's range (not known yet) the exposed subnet still is.
+    before = state.script(RANGE, no_masq_local=False, fresh_bridge=True, inet_installed=False)
+    assert "elements = { fd00:aa::/64 }" in before
 
 
 def test_the_inet_table_exists_only_while_something_is_exposed() -> None:
@@ -387,5 +514,45 @@ def test_a_port_another_tool_adds_is_looked_for_at_once_and_often(
             await trio.sleep(ramps_module.TICK - 0.5)
             assert len(scans) == before  # back to every TICK
             nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_port_announced_with_its_addresses_is_adopted_with_exactly_those_once_all_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker's plugin announces a port with the addresses IPAM gave it; Docker sets them one
+    family after the other, after the join: adopting the port at its first sight would keep it
+    shut for IPv6 for good."""
+    ramps = Ramps(Config(state_dir=tmp_path, dataplane=False), fake_router())
+    shown: list[str] = []
+
+    def scan(known: set[str], unresolved: set[str]) -> tuple[set[str], list[Attachment] | None]:
+        present = {"vethwlA", "vethwlB"}
+        if present - known == unresolved:
+            return present, None
+        return present, [
+            Attachment("c1", "ethwe0", "vethwlA", "02:00:00:00:00:01", 1354, tuple(shown)),
+            Attachment("c2", "ethwe0", "vethwlB", "02:00:00:00:00:02", 1354, ("10.32.0.9/12",)),
+        ]
+
+    monkeypatch.setattr(ramps_module, "_scan_bridge", scan)
+
+    async def main() -> None:
+        ramps.adopt_soon("vethwlA", ("10.32.0.2/12", "fd00:0::2/64"))
+        ramps.adopt_soon("vethwlB", ("10.32.0.9/12", "fd00::9/64"))
+        shown.append("10.32.0.2/12")  # IPv4 set, IPv6 not yet
+        await ramps._reconcile_ports()
+        assert set(ramps.state.ports) == set()  # both wait (and stay shut meanwhile)
+        assert ramps._unresolved == set()  # ... without being given up on
+        shown.extend(["fd00::2/64", "fd00::66/64"])  # and an address added by hand
+        assert await ramps._reconcile_ports()
+        assert ramps.state.ports["vethwlA"].addresses == ("10.32.0.2/12", "fd00::2/64")
+        assert "vethwlB" not in ramps.state.ports
+        # B never shows its IPv6 address: after ANNOUNCED_FOR, adopted with what it shows.
+        await trio.sleep(ramps_module.ANNOUNCED_FOR)
+        assert await ramps._reconcile_ports()
+        assert ramps.state.ports["vethwlB"].addresses == ("10.32.0.9/12",)
+        assert ramps._announced == {}
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

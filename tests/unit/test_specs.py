@@ -16,6 +16,7 @@ from meshnet.node.specs import (
     AddressSpec,
     ExposureSpec,
     SpecKind,
+    default_exposures,
     default_specs,
     looks_like_spec,
     parse_exposure,
@@ -62,17 +63,34 @@ def test_a_spec_is_told_from_a_container() -> None:
         assert not looks_like_spec(container)
 
 
-def test_exposure_specs_are_subnets_or_ipv4_host_addresses_with_their_prefix() -> None:
+def test_exposure_specs_are_subnets_or_host_addresses_with_their_prefix() -> None:
     assert parse_exposure("net:default") == ExposureSpec()
     assert parse_exposure("net:10.32.1.0/24") == ExposureSpec(subnet=SUBNET)
     assert parse_exposure("10.32.1.1/24") == ExposureSpec(address=HOST)
     assert parse_exposure("ip:10.32.1.1/24") == ExposureSpec(address=HOST)
-    for bad in ("10.32.1.1", "ip:10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "fd00::1/64",
-                "net:fd00::/64", "net:default6",
+    for bad in ("10.32.1.1", "ip:10.32.1.1", "net:10.32.1.1/24", "net:nonsense", "net:fd00::1/64",
+                "fd00::1", "ip:fd00::1", "fd00::/64", "fd00::1/127", "fd00::1/128",
                 "10.32.1.0/24", "10.32.1.255/24", "10.32.1.1/32", "banana/7"):  # fmt: skip
         with pytest.raises(UserError) as e:
             parse_exposure(bad)
         assert "\n" not in str(e.value)
+
+
+def test_ipv6_exposure_specs() -> None:
+    six = IPv6Interface("fd00:1::1/64")
+    assert parse_exposure("fd00:1::1/64") == ExposureSpec(address=six)
+    assert parse_exposure("ip:fd00:1::1/64") == ExposureSpec(address=six)
+    assert parse_exposure("fd00:1::1/64").family == 6
+    assert parse_exposure("net:fd00:1::/64") == ExposureSpec(subnet=IPv6Network("fd00:1::/64"))
+    # The default IPv6 subnet is told from the default IPv4 one only by its family.
+    assert parse_exposure("net:default6") == ExposureSpec(version=6)
+    assert parse_exposure("net:default6") != parse_exposure("net:default")
+    assert parse_exposure("net:default6").family == 6 and parse_exposure("net:default").family == 4
+    # Nothing given: both families with the IPv6 ring on (as attach), else IPv4 alone.
+    assert default_exposures(True) == [ExposureSpec(), ExposureSpec(version=6)]
+    assert default_exposures(False) == [ExposureSpec()]
+    with pytest.raises(UserError, match="fd00:1::1/64"):
+        parse_exposure("ip:fd00:1::1")  # the prefix length is the subnet's: required
 
 
 @given(st.text(max_size=40))

@@ -458,13 +458,17 @@ class Namespace:
         )
         return True
 
-    def replace_link_route(self, destination: str, ifname: str, *, source: str) -> None:
+    def replace_link_route(
+        self, destination: str, ifname: str, *, source: str, metric: int | None = None
+    ) -> None:
         """Make the on-link route to `destination` (a CIDR) out of `ifname` prefer `source`.
 
         It takes the place of the kernel's own route for that prefix (the same key: a replace,
-        not a second route), which prefers the subnet's first (primary) address.
+        not a second route), which prefers the subnet's first (primary) address. An IPv6 route's
+        key holds its metric: give the kernel's (256) to replace its route.
         """
         net = ipaddress.ip_network(destination, strict=False)
+        extra: dict[str, Any] = {"priority": metric} if metric is not None else {}
         self._call(
             f"route {net} via {ifname} from {source}",
             self._ipr.route,
@@ -475,6 +479,7 @@ class Namespace:
             scope=253,  # link
             proto=2,  # kernel: as the route the kernel made for the address
             prefsrc=source,
+            **extra,
         )
 
     def delete_route(self, destination: str, ifname: str) -> bool:

@@ -24,11 +24,11 @@
   ``prerouting``: the bridge learns a frame's source MAC into its forwarding table (which fastdp
   advertises to every neighbour) before the ``forward`` hook, so a drop there would still let a
   container fill that table.
-* ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
-  exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
-  from outside the overlay going into it (so replies return through this host; with
-  ``--no-masq-local`` not for containers on this host), and only containers of an exposed
-  address's subnet may reach that address (``input``).
+* ``inet meshnet`` — the ramps, only while something is exposed, for both families: masquerade
+  for traffic from an exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed
+  address for traffic from outside the overlay going into it (so replies return through this
+  host; with ``--no-masq-local`` not for containers on this host), and only containers of an
+  exposed address's subnet may reach that address (``input``; IPv6 Neighbor Discovery aside).
 
 Nothing else is touched: every script names only these two tables. The bridge table's rules never
 change: updates flush and refill its sets, so its drop counters (``spoofed``, ``isolated``,
@@ -89,9 +89,9 @@ class Port:
 
 @dataclass(frozen=True)
 class Exposure:
-    """An address of the host on the overlay (on the bridge)."""
+    """An address of the host on the overlay (on the bridge), IPv4 or IPv6."""
 
-    address: IPv4Interface
+    address: Interface
     masquerade: bool = True
 
 
@@ -246,11 +246,12 @@ def inet_table(
     bridge: str,
     exposures: Sequence[Exposure],
     overlay4: Sequence[IPv4Network],
+    overlay6: Sequence[IPv6Network] = (),
     *,
-    local: Sequence[IPv4Address] | None = None,
+    local: Sequence[IPv4Address | IPv6Address] | None = None,
     fresh: bool,
 ) -> str:
-    """The ramps for these exposed addresses (see the module docstring).
+    """The ramps for these exposed addresses, IPv4 and IPv6 (see the module docstring).
 
     ``local``: the addresses of this host's containers, left unmasqueraded on the way in
     (``--no-masq-local``); None masquerades traffic into the overlay for every container.
@@ -258,11 +259,22 @@ def inet_table(
     follows its own exposure.
     """
     check_ifname(bridge)
-    ordered = sorted(exposures, key=lambda e: (-e.address.network.prefixlen, e.address))
-    sets = [("overlay", "ipv4_addr", True), ("local", "ipv4_addr", False)]
+    ordered = sorted(
+        exposures,
+        key=lambda e: (e.address.version, -e.address.network.prefixlen, int(e.address.ip)),
+    )
+    sets = [
+        ("overlay", "ipv4_addr", True),
+        ("overlay6", "ipv6_addr", True),
+        ("local", "ipv4_addr", False),
+        ("local6", "ipv6_addr", False),
+    ]
+    locals_ = sorted(set(local or ()), key=lambda a: (a.version, int(a)))
     items = {
         "overlay": [str(n) for n in ipaddress.collapse_addresses(overlay4)],
-        "local": sorted({str(a) for a in local or ()}, key=ipaddress.IPv4Address),
+        "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
+        "local": [str(a) for a in locals_ if a.version == 4],
+        "local6": [str(a) for a in locals_ if a.version == 6],
     }
     declarations = "".join(_set(name, kind, [], interval=i) for name, kind, i in sets)
     script = _prelude("inet", declarations, [s[0] for s in sets], fresh)
@@ -271,25 +283,40 @@ def inet_table(
         script += _set(name, kind, items[name], interval=interval)
     script += "\tchain input {\n\t\ttype filter hook input priority filter - 5; policy accept;\n"
     for e in ordered:
+        ip, net = _family(e.address), e.address.network
+        if net.version == 6:
+            # Neighbor Discovery from any container: a neighbour's unicast probe comes from
+            # its link-local address, and unanswered it loses the exposed address for a while.
+            script += (
+                f'\t\tiifname "{bridge}" ip6 daddr {e.address.ip} ip6 hoplimit 255 '
+                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept\n"
+            )
         script += (
-            f'\t\tiifname "{bridge}" ip daddr {e.address.ip} '
-            f"ip saddr != {e.address.network} counter drop\n"
+            f'\t\tiifname "{bridge}" {ip} daddr {e.address.ip} {ip} saddr != {net} counter drop\n'
         )
     script += "\t}\n\tchain postrouting {\n"
     script += "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
     for e in ordered:  # leaving the overlay: masqueraded to the outgoing interface's address
+        ip, suffix = _family(e.address), "" if e.address.version == 4 else "6"
+        multicast = "224.0.0.0/4" if e.address.version == 4 else "ff00::/8"
         verdict = "masquerade" if e.masquerade else "accept"
         script += (
-            f'\t\toifname != "{bridge}" ip saddr {e.address.network} ip daddr != @overlay '
-            f"ip daddr != 224.0.0.0/4 {verdict}\n"
+            f'\t\toifname != "{bridge}" {ip} saddr {e.address.network} '
+            f"{ip} daddr != @overlay{suffix} {ip} daddr != {multicast} {verdict}\n"
         )
-    keep_local = " ip daddr != @local" if local is not None else ""
     for e in ordered:  # entering it from outside: from the exposed address
+        ip, suffix = _family(e.address), "" if e.address.version == 4 else "6"
+        keep_local = f" {ip} daddr != @local{suffix}" if local is not None else ""
         script += (
-            f'\t\toifname "{bridge}" ip saddr != @overlay ip daddr {e.address.network}'
-            f"{keep_local} snat ip to {e.address.ip}\n"
+            f'\t\toifname "{bridge}" {ip} saddr != @overlay{suffix} {ip} daddr '
+            f"{e.address.network}{keep_local} snat {ip} to {e.address.ip}\n"
         )
     return script + "\t}\n}\n"
+
+
+def _family(address: Interface) -> str:
+    """The nft payload keyword of an address's family."""
+    return "ip" if address.version == 4 else "ip6"
 
 
 def removal(families: Iterable[str] = ("bridge", "inet")) -> str:

@@ -6,12 +6,13 @@ exit). Everything that touches the kernel or IPAM happens in the daemon, so this
 parses, asks and formats, and imports nothing heavy (no trio, pyroute2 or httpx).
 
 * ADD: ``/attach`` the namespace under the key ``cni:NETWORK:CONTAINER:IFNAME`` (IPAM holds
-  the addresses under it, so DEL and GC need no namespace), in ``subnet`` if configured, with a
-  DNS name if the runtime gives one (``CNI_ARGS`` ``MESHNET_NAME`` or ``K8S_POD_NAME``).
-* DEL: ``/detach`` by that key: the veth if the namespace is still there, the addresses and
-  DNS records in any case; idempotent.
+  the addresses under it, so DEL and GC need no namespace), in the configured ``subnet`` (one
+  of each family at most; IPv4's default subnet if none), with a DNS name if the runtime gives
+  one (``CNI_ARGS`` ``MESHNET_NAME`` or ``K8S_POD_NAME``).
+* DEL: ``/detach`` by that key: the veth if the namespace is still there, the addresses (both
+  families) and DNS records in any case; idempotent.
 * CHECK: the interface of ``prevResult`` is still on the bridge with its MAC and addresses, and
-  IPAM still holds them for this attachment.
+  IPAM still holds them (IPv4 and IPv6) for this attachment.
 * STATUS: the daemon answers and has a data plane and IPAM (else code 50).
 * GC: release every ``cni:NETWORK:`` key not among ``cni.dev/valid-attachments``.
 """
@@ -91,9 +92,7 @@ def _add(env: Environment, conf: NetConf, client: DaemonClient) -> dict[str, Any
         "container": env.netns,
         "ifname": env.ifname,
         "owner": env.owner(conf.name),
-        # IPv4 only for now: the result's routes and DNS follow the IPv4 range (CNI's IPv6
-        # comes with its own change).
-        "addresses": [f"net:{conf.subnet}" if conf.subnet is not None else "net:default"],
+        "addresses": spec.attach_specs(conf.subnets),
     }
     name = env.args.get("MESHNET_NAME") or env.args.get("K8S_POD_NAME")
     if name:

@@ -16,6 +16,12 @@ specification leaves the order of checks open):
 
 Result formats: 0.3.x/0.4.0 carry ``ips[].version``; 1.0.0 drops it; 1.1.0 adds
 ``interfaces[].mtu``. ``ips[].interface`` is an index into ``interfaces`` in all of them.
+
+Both families: the configuration's ``subnet`` is one subnet or a list with at most one of each
+family (a CIDR, or ``default``/``default6`` for the router's default subnet of that family);
+without it the container gets IPv4 only, as before IPv6 existed. A result lists every address,
+a route for each subnet and, when the router's DNS server is the result's, its address of each
+family the container has.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
-from ipaddress import IPv4Network, IPv6Interface, ip_address, ip_interface, ip_network
+from ipaddress import IPv4Network, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +402,25 @@ def _strings(obj: dict[str, Any], key: str) -> list[str]:
 # --- network configuration --------------------------------------------------------------------
 
 
+class DefaultSubnet(Enum):
+    """The router's default subnet of a family, as a configuration's ``subnet`` names it."""
+
+    IPV4 = "default"
+    IPV6 = "default6"
+
+    @property
+    def version(self) -> int:
+        return 6 if self is DefaultSubnet.IPV6 else 4
+
+
+Subnet = IPv4Network | IPv6Network | DefaultSubnet
+
+
+def attach_specs(subnets: Iterable[Subnet]) -> list[str]:
+    """The address specs ``/attach`` takes for a configuration's subnets."""
+    return [f"net:{s.value}" if isinstance(s, DefaultSubnet) else f"net:{s}" for s in subnets]
+
+
 @dataclass(frozen=True)
 class NetConf:
     """One plugin's configuration as the runtime hands it over (the conflist's top-level
@@ -405,7 +430,8 @@ class NetConf:
     name: str
     type: str
     api_socket: Path = DEFAULT_API_SOCKET
-    subnet: IPv4Network | None = None
+    #: Where the container's addresses come from: at most one subnet of each family.
+    subnets: tuple[Subnet, ...] = (DefaultSubnet.IPV4,)
     timeout: float = DEFAULT_TIMEOUT
     dns: Dns = field(default_factory=Dns)
     prev_result: Result | None = None
@@ -457,7 +483,7 @@ def parse_config(data: bytes, command: Command) -> NetConf:
         name=name,
         type=kind,
         api_socket=_socket(obj.get("apiSocket")),
-        subnet=_subnet(obj.get("subnet")),
+        subnets=_subnets(obj.get("subnet")),
         timeout=_timeout(obj.get("timeout")),
         dns=_config_part("dns", lambda: parse_dns(obj.get("dns"))),
         prev_result=parse_result(obj["prevResult"]) if obj.get("prevResult") else None,
@@ -511,20 +537,39 @@ def _socket(value: Any) -> Path:
     return Path(value)
 
 
-def _subnet(value: Any) -> IPv4Network | None:
+def _subnets(value: Any) -> tuple[Subnet, ...]:
+    """``subnet``: one subnet or a list of them, at most one of each family (default: the
+    router's default IPv4 subnet, and no IPv6)."""
     if value is None:
-        return None
-    if not isinstance(value, str):
-        raise CniError(Code.INVALID_NETWORK_CONFIG, "subnet must be a CIDR string", str(value))
+        return (DefaultSubnet.IPV4,)
+    texts = value if isinstance(value, list) else [value]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise CniError(
+            Code.INVALID_NETWORK_CONFIG,
+            "subnet must be a CIDR string or a list of them",
+            json.dumps(value),
+        )
+    subnets = [_subnet(t) for t in texts]
+    versions = [s.version for s in subnets]
+    if len(set(versions)) < len(versions):
+        raise CniError(
+            Code.INVALID_NETWORK_CONFIG,
+            "subnet: at most one subnet of each family (IPv4, IPv6)",
+            ", ".join(texts),
+        )
+    return tuple(subnets)
+
+
+def _subnet(text: str) -> Subnet:
     try:
-        network = ip_network(value)
+        return DefaultSubnet(text.strip())
+    except ValueError:
+        pass
+    try:
+        return ip_network(text)
     except ValueError as e:
-        message = str(bad_address(value, why(value, e)))
+        message = str(bad_address(text, why(text, e, ipv6=True)))
         raise CniError(Code.INVALID_NETWORK_CONFIG, f"subnet: {message}", str(e)) from None
-    if not isinstance(network, IPv4Network):
-        message = str(bad_address(value, "IPv6 is not supported here yet; give an IPv4 subnet"))
-        raise CniError(Code.INVALID_NETWORK_CONFIG, f"subnet: {message}", "IPv4 only")
-    return network
 
 
 def _timeout(value: Any) -> float:
@@ -576,9 +621,10 @@ def add_result(
     dns_on_overlay: bool = False,
 ) -> Result:
     """What ADD returns, from the daemon's answer to ``/attach``: the host end and the container
-    interface, its addresses, and a route for each of their subnets (the overlay is one flat
-    Ethernet: no gateway), and, when the DNS servers are the router's own (``dns_on_overlay``),
-    for each that none of those subnets holds (the route the router gives such a container, see
+    interface, its addresses (both families), and a route for each of their subnets (the overlay
+    is one flat Ethernet: no gateway), and, when the DNS servers are the router's own
+    (``dns_on_overlay``), only those of the container's families, with a route to each that
+    none of its subnets holds (the route the router gives such a container, see
     ``meshnet.node.ramps``)."""
     host = Interface(name=str(attachment["host_ifname"]))
     container = Interface(
@@ -599,23 +645,30 @@ def add_result(
             if route not in routes:
                 routes.append(route)
     networks = [ip_interface(ip.address).network for ip in ips]
+    if dns_on_overlay:  # the router's server: the addresses the container can reach
+        families = {n.version for n in networks}
+        servers = [a for a in dns.nameservers if ip_address(a).version in families]
+        dns = replace(dns, nameservers=tuple(servers))
     for server in map(ip_address, dns.nameservers if dns_on_overlay else ()):
         same_family = [n for n in networks if n.version == server.version]
-        if same_family and not any(server in n for n in same_family):
+        if not any(server in n for n in same_family):
             routes.append(Route(dst=str(ip_network(server))))
     return Result(interfaces=(host, container), ips=tuple(ips), routes=tuple(routes), dns=dns)
 
 
 def daemon_dns(status: Mapping[str, Any] | None) -> Dns:
-    """The result's DNS from the daemon's ``/status/dns``: its server (if it serves on port 53:
-    resolv.conf has no ports) and the domain as the search domain."""
+    """The result's DNS from the daemon's ``/status/dns``: its server's addresses, IPv4 first
+    (if it serves on port 53: resolv.conf has no ports), and the domain as the search domain."""
     if not status:
         return Dns()
     domain = str(status.get("domain") or "").rstrip(".")
-    listen = status.get("listen")
+    listen = status.get("listen_addresses")
+    if not isinstance(listen, list):  # a router from before IPv6 names one address
+        listen = [status.get("listen")]
     nameservers: tuple[str, ...] = ()
-    if isinstance(listen, str) and status.get("port", 53) == 53:
-        nameservers = (str(ip_interface(listen).ip),)
+    if status.get("port", 53) == 53:
+        found = [ip_interface(a).ip for a in listen if isinstance(a, str) and a]
+        nameservers = tuple(str(a) for a in sorted(found, key=lambda a: a.version))
     return Dns(nameservers=nameservers, domain=domain, search=(domain,) if domain else ())
 
 
@@ -648,7 +701,7 @@ def check_against(
     if missing:
         raise CniError(Code.CHECK_FAILED, f"{ifname} lacks {', '.join(missing)}")
     held_ips = {ip_address(a) for a in held}
-    lost = [str(a.ip) for a in addresses if a.version == 4 and a.ip not in held_ips]
+    lost = [str(a.ip) for a in addresses if a.ip not in held_ips]
     if lost:
         raise CniError(
             Code.CHECK_FAILED, f"meshnet's IPAM no longer holds {', '.join(lost)} for {ifname}"

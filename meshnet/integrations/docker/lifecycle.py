@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from meshnet.constants import CONTAINER_IFNAME
 from meshnet.integrations.docker.objects import ContainerInfo, Event, NetworkInfo, is_full_id
@@ -102,9 +103,9 @@ def _ip(cidr: str) -> str:
 
 
 def meshnet_addresses(info: ContainerInfo, meshnet_networks: Iterable[str]) -> tuple[str, ...]:
-    """The container's addresses on meshnet-driver networks (given by their ids)."""
+    """The container's addresses on meshnet-driver networks (given by their ids), both families."""
     networks = set(meshnet_networks)
-    return tuple(_ip(e.address) for e in info.endpoints if e.network_id in networks and e.address)
+    return tuple(_ip(a) for e in info.endpoints if e.network_id in networks for a in e.addresses)
 
 
 def on_running(info: ContainerInfo, meshnet_networks: Iterable[str]) -> list[Action]:
@@ -175,8 +176,14 @@ def orphaned_plugin_addresses(
     (a container removed then: Docker's ReleaseAddress found no plugin). Endpoints and gateways
     of every meshnet-IPAM network count as used.
     """
-    used: set[str] = set()
+    used: set[IPv4Address | IPv6Address] = set()
     for network in networks:
-        used.update(_ip(a) for a in network.addresses)
-        used.update(_ip(g) for g in network.gateways)
-    return sorted(key for key, addresses in held.items() if not used.intersection(addresses))
+        used.update(_parsed(a) for a in network.addresses + network.gateways)
+    return sorted(
+        key for key, addresses in held.items() if not used.intersection(map(_parsed, addresses))
+    )
+
+
+def _parsed(cidr: str) -> IPv4Address | IPv6Address:
+    """An address as IPAM and Docker may both write it (IPv6 in any of its spellings)."""
+    return ip_address(_ip(cidr))

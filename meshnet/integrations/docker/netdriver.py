@@ -8,6 +8,13 @@ keeps Docker from adding its ``docker_gwbridge`` network: like a container attac
 it sees the overlay and nothing else. The pair is removed when the endpoint goes (and with the
 container's namespace, by the kernel, if that comes first).
 
+A network created with ``--ipv6`` (its ``IPv6Data``, a pool from the IPv6 ring) gives each
+endpoint an IPv6 address beside its IPv4 one; Docker configures both (without DAD). The driver
+answers no gateway for either family: the overlay is one flat Ethernet, each container reaches
+its subnets on-link and nothing else, as with IPv4. The endpoint's addresses, as IPAM gave them,
+go to the ramps with its port (``joined``), which isolate it with exactly those once Docker has
+set them all.
+
 The networks are local-scope: each host's dockerd has its own; create one with the same name on
 every host (``docker network create -d meshnet --ipam-driver meshnet NAME``), and containers on
 any of them share the one overlay.
@@ -17,6 +24,7 @@ Protocol: https://github.com/moby/libnetwork/blob/master/docs/remote.md
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Callable
@@ -49,6 +57,28 @@ def _id(body: dict[str, Any], key: str) -> str:
     return value
 
 
+def endpoint_addresses(body: dict[str, Any]) -> tuple[str, ...]:
+    """The addresses IPAM gave an endpoint (IPv4, then IPv6 if the network has it), as CIDRs."""
+    interface = body.get("Interface") or {}
+    found = []
+    for key in ("Address", "AddressIPv6"):
+        value = interface.get(key) if isinstance(interface, dict) else None
+        if not value:
+            continue
+        try:
+            found.append(str(ipaddress.ip_interface(value)))
+        except (TypeError, ValueError):
+            raise PluginError(f"bad request: Interface.{key} is not an address") from None
+    return tuple(found)
+
+
+def _pools(body: dict[str, Any], key: str) -> list[str]:
+    data = body.get(key) or []
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise PluginError(f"bad request: {key} must be a list of objects")
+    return [str(d.get("Pool") or "") for d in data]
+
+
 def endpoint_mac(body: dict[str, Any]) -> str | None:
     """A MAC for the endpoint if Docker has none (it must not get one back if it gave one)."""
     interface = body.get("Interface")
@@ -67,11 +97,16 @@ class NetworkDriver:
     """The ``/NetworkDriver.*`` handlers; each takes the request's JSON and returns the answer's.
 
     ``mtu`` reads the data plane's overlay MTU at each join (it is known once the bridge is up);
-    ``joined`` is told of each new port (the ramps adopt it for isolation).
+    ``joined`` is told of each new port and the endpoint's addresses (the ramps adopt it for
+    isolation).
     """
 
     def __init__(
-        self, *, bridge: str, mtu: Callable[[], int], joined: Callable[[], None] = lambda: None
+        self,
+        *,
+        bridge: str,
+        mtu: Callable[[], int],
+        joined: Callable[[str, tuple[str, ...]], None] = lambda port, addresses: None,
     ) -> None:
         self.bridge = bridge
         self._mtu = mtu
@@ -79,6 +114,7 @@ class NetworkDriver:
         self._netlink = trio.CapacityLimiter(1)
         self.networks: set[str] = set()
         self.endpoints: dict[str, str] = {}  # endpoint -> network
+        self.addresses: dict[str, tuple[str, ...]] = {}  # endpoint -> what IPAM gave it
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
@@ -102,10 +138,9 @@ class NetworkDriver:
 
     def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
         network = _id(body, "NetworkID")
-        if body.get("IPv6Data"):
-            raise PluginError("meshnet networks are IPv4 only (drop --ipv6)")
+        pools = _pools(body, "IPv4Data") + _pools(body, "IPv6Data")
         self.networks.add(network)
-        log.info("docker: network %s created", network[:12])
+        log.info("docker: network %s created (%s)", network[:12], ", ".join(pools) or "no pool")
         return {}
 
     def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +153,7 @@ class NetworkDriver:
         network, endpoint = _id(body, "NetworkID"), _id(body, "EndpointID")
         mac = endpoint_mac(body)
         self.endpoints[endpoint] = network
+        self.addresses[endpoint] = endpoint_addresses(body)
         return {"Interface": {"MacAddress": mac}} if mac else {}
 
     def endpoint_info(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +163,7 @@ class NetworkDriver:
     async def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint = _id(body, "EndpointID")
         self.endpoints.pop(endpoint, None)
+        self.addresses.pop(endpoint, None)
         await self._remove(endpoint)
         return {}
 
@@ -151,7 +188,7 @@ class NetworkDriver:
         except netlink.NetlinkError as e:
             raise PluginError(f"cannot create the container's interface: {e}") from None
         log.info("docker: endpoint %s joins through %s (MTU %d)", endpoint[:12], host, mtu)
-        self._joined()
+        self._joined(host, self.addresses.get(endpoint, ()))
         return {
             # Docker moves it into the container, named CONTAINER_IFNAME and a number (ethwe0...).
             "InterfaceName": {"SrcName": src, "DstPrefix": CONTAINER_IFNAME},

@@ -53,6 +53,12 @@ class Endpoint:
     network_id: str
     endpoint_id: str
     address: str  # "10.32.0.5/12", or "" when Docker gave it none
+    address6: str = ""  # "fd..::5/64" on a network created with --ipv6, else ""
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Its addresses, IPv4 first (CIDRs)."""
+        return tuple(a for a in (self.address, self.address6) if a)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class NetworkInfo:
     ipam_driver: str
     subnets: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
-    addresses: tuple[str, ...] = ()  # its endpoints' IPv4 addresses, as "10.32.0.5/12"
+    addresses: tuple[str, ...] = ()  # its endpoints' addresses, as "10.32.0.5/12" (IPv6 too)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in _mapping(value, what).items() if v is not None}
 
 
+def _cidr(entry: Mapping[str, Any], address: str, length: str) -> str:
+    ip, prefix = entry.get(address) or "", entry.get(length) or 0
+    return f"{ip}/{prefix}" if ip and isinstance(prefix, int) and prefix else ""
+
+
 def parse_container(data: Any) -> ContainerInfo:
     """``GET /containers/{id}/json``."""
     obj = _mapping(data, "container")
@@ -143,14 +154,13 @@ def parse_container(data: Any) -> ContainerInfo:
     endpoints = []
     for name, entry in sorted(_mapping(settings.get("Networks"), "container networks").items()):
         entry = _mapping(entry, f"network {name}")
-        ip = entry.get("IPAddress") or ""
-        prefix = entry.get("IPPrefixLen") or 0
         endpoints.append(
             Endpoint(
                 network=str(name),
                 network_id=str(entry.get("NetworkID") or ""),
                 endpoint_id=str(entry.get("EndpointID") or ""),
-                address=f"{ip}/{prefix}" if ip and isinstance(prefix, int) and prefix else "",
+                address=_cidr(entry, "IPAddress", "IPPrefixLen"),
+                address6=_cidr(entry, "GlobalIPv6Address", "GlobalIPv6PrefixLen"),
             )
         )
     env = config.get("Env") or []
@@ -184,9 +194,11 @@ def parse_network(data: Any) -> NetworkInfo:
             gateways.append(entry["Gateway"])
     addresses = []
     for entry in _mapping(obj.get("Containers"), "network containers").values():
-        address = _mapping(entry, "network container").get("IPv4Address")
-        if isinstance(address, str) and address:
-            addresses.append(address)
+        container = _mapping(entry, "network container")
+        for key in ("IPv4Address", "IPv6Address"):
+            address = container.get(key)
+            if isinstance(address, str) and address:
+                addresses.append(address)
     return NetworkInfo(
         id=_str(obj, "Id", "network"),
         name=_str(obj, "Name", "network", default=""),

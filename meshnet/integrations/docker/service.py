@@ -82,13 +82,14 @@ class DockerService:
         ipam: IpamService,
         dns: DnsService | None = None,
         nickname: str = "",
-        port_joined: Callable[[], None] = lambda: None,
+        port_joined: Callable[[str, tuple[str, ...]], None] = lambda port, addresses: None,
     ) -> None:
         self.settings = settings
         self.node = node
         self.ipam = ipam
         self.dns = dns
-        self._port_joined = port_joined  # the plugin put a container port on the bridge
+        #: The plugin put a container port on the bridge, for an endpoint with these addresses.
+        self._port_joined = port_joined
         self._nick = nickname
         self.dataplane: DataPlane | None = None
         self.engine: DockerEngine | None = None  # while connected
