@@ -13,6 +13,7 @@ Try:   .venv/bin/meshnet lab exec h1 -- ping -c 3 172.31.0.2     (h1 reaches h2)
        .venv/bin/meshnet lab exec h1 -- ping -c 1 172.31.1.2     (h1 cannot reach h3)
        .venv/bin/meshnet lab exec h1-c1 -- ping -c 3 h3-c2       (its containers can, by name)
        .venv/bin/meshnet lab exec h1-c1 -- dig h2-c1.meshnet.local
+       .venv/bin/meshnet lab exec h1-c1 -- ping -6 -c 3 h3-c2    (over IPv6: containers are dual stack)
        .venv/bin/meshnet lab exec h1 -- .venv/bin/meshnet status dataplane   (kernel VXLAN to h2)
        .venv/bin/meshnet lab tui h1                              (the live view; q quits)
        .venv/bin/meshnet lab status

@@ -221,36 +221,57 @@ def dataplane_metrics(status: dict[str, Any], ourselves: str = "") -> Iterator[M
 
 
 def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    """Per ring, labelled ``family`` (ipv4, ipv6): IPAM's status has the IPv4 ring at the top
+    and the IPv6 one under ``ipv6`` (None with IPv6 off: no ipv6 samples). An IPv6 ring's
+    sizes (a /48 holds 2^80 addresses) are floats here, as every Prometheus value is."""
+    rings = [("ipv4", status)]
+    if status.get("ipv6") is not None:
+        rings.append(("ipv6", status["ipv6"]))
     addresses = GaugeMetricFamily(
         "meshnet_ipam_addresses",
         "Addresses of the allocation range: in use and free here, and owned by unreachable peers.",
-        labels=["state"],
+        labels=["family", "state"],
     )
-    # .get throughout: IPAM's status is its own and may grow or change; a metric then reads 0.
-    peers = status.get("peers", [])
-    local = [p for p in peers if p.get("local")]
-    addresses.add_metric(["in_use"], sum(p.get("in_use", 0) for p in local))
-    addresses.add_metric(["free"], sum(p.get("free", 0) for p in local))
-    addresses.add_metric(
-        ["unreachable"], sum(p.get("size", 0) for p in peers if not p.get("reachable", True))
-    )
-    yield addresses
-    unreachable = [p for p in peers if not p.get("reachable", True)]
-    yield GaugeMetricFamily(
+    unreachable_peers = GaugeMetricFamily(
         "meshnet_ipam_unreachable_peers",
         "Peers that own part of the range but cannot be reached (rmpeer reclaims a dead one's).",
-        value=len(unreachable),
+        labels=["family"],
     )
-    # The whole range (Weave's weave_max_ips); before the ring exists, what peers own is 0.
-    total = ip_network(status["range"]).num_addresses if status.get("range") else 0
-    yield GaugeMetricFamily(
-        "meshnet_ipam_range_addresses", "Addresses in the allocation range.", value=total
+    range_addresses = GaugeMetricFamily(
+        "meshnet_ipam_range_addresses", "Addresses in the allocation range.", labels=["family"]
     )
-    yield GaugeMetricFamily(
+    unreachable_percentage = GaugeMetricFamily(
         "meshnet_ipam_unreachable_percentage",
         "Percentage of the range owned by unreachable peers (as Weave's, 0-100).",
-        value=100 * sum(p.get("size", 0) for p in unreachable) / total if total else 0,
+        labels=["family"],
     )
+    owned = GaugeMetricFamily(
+        "meshnet_ipam_owned_addresses",
+        "Addresses of the range each peer owns.",
+        labels=["family", "peer", "nickname"],
+    )
+    for family, ring in rings:
+        # .get throughout: IPAM's status is its own and may grow or change; a metric then reads 0.
+        peers = ring.get("peers", [])
+        local = [p for p in peers if p.get("local")]
+        unreachable = [p for p in peers if not p.get("reachable", True)]
+        lost = sum(p.get("size", 0) for p in unreachable)
+        addresses.add_metric([family, "in_use"], float(sum(p.get("in_use", 0) for p in local)))
+        addresses.add_metric([family, "free"], float(sum(p.get("free", 0) for p in local)))
+        addresses.add_metric([family, "unreachable"], float(lost))
+        unreachable_peers.add_metric([family], len(unreachable))
+        # The whole range (Weave's weave_max_ips); before the ring exists, what peers own is 0.
+        total = ip_network(ring["range"]).num_addresses if ring.get("range") else 0
+        range_addresses.add_metric([family], float(total))
+        unreachable_percentage.add_metric([family], 100 * lost / total if total else 0)
+        for p in peers:
+            labels = [family, p.get("name", ""), p.get("nickname", "")]
+            owned.add_metric(labels, float(p.get("size", 0)))
+    yield addresses
+    yield unreachable_peers
+    yield range_addresses
+    yield unreachable_percentage
+    # Waiting operations are the service's, whichever ring they wait for.
     pending = GaugeMetricFamily(
         "meshnet_ipam_pending",
         "Allocations and claims waiting for address space (consensus or a donation).",
@@ -259,13 +280,6 @@ def ipam_metrics(status: dict[str, Any]) -> Iterator[Metric]:
     for operation, n in sorted(status.get("pending", {}).items()):
         pending.add_metric([operation], n)
     yield pending
-    owned = GaugeMetricFamily(
-        "meshnet_ipam_owned_addresses",
-        "Addresses of the range each peer owns.",
-        labels=["peer", "nickname"],
-    )
-    for p in peers:
-        owned.add_metric([p.get("name", ""), p.get("nickname", "")], p.get("size", 0))
     yield owned
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,23 @@ def _ring_table(data: dict[str, Any], what: str, consensus: str) -> Table:
             p["name"] + (" (this peer)" if p["local"] else ""),
             p["nickname"],
             shown or "-",
-            str(p["size"]),
+            _count(p["size"]),
             str(p["in_use"]),
             f"{p['share']:.1%}",
             "yes" if p["reachable"] else "no (unreachable)",
         )
     table.caption = f"{data['allocated_here']} addresses in use here"
     return table
+
+
+def _count(n: int) -> str:
+    """An address count: exact up to 2^32 (every IPv4 range), as a power of two beyond (an IPv6
+    share has 24-digit sizes; ``--json`` keeps them exact)."""
+    if n <= 1 << 32:
+        return str(n)
+    if n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    return f"~2^{math.log2(n):.1f}"
 
 
 status_ipam = status_command(

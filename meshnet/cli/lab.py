@@ -82,6 +82,13 @@ def lab() -> None:
     help="The underlay links' family  [default: ipv4; a topology file may say otherwise]",
 )
 @click.option(
+    "--overlay",
+    type=click.Choice(topo.OVERLAYS),
+    default=None,
+    help="The containers' overlay addresses: IPv4, IPv6 or both  [default: dual; ipv4 with "
+    "--docker, --no-daemons or an --mtu that leaves the overlay less than IPv6's 1280 bytes]",
+)
+@click.option(
     "--password",
     envvar="MESHNET_PASSWORD",
     default=None,
@@ -108,6 +115,7 @@ def up(
     containers: int | None,
     mtu: int,
     underlay: str | None,
+    overlay: str | None,
     password: str | None,
     no_daemons: bool,
     no_fastdp: bool,
@@ -158,6 +166,7 @@ def up(
             dns_upstreams=dns_upstreams,
             fastdp=not no_fastdp,
             docker=docker,
+            overlay=overlay or lablib.default_overlay(mtu, docker=docker, daemons=not no_daemons),
             progress=step,
         )
     _print_summary(lablib.status(name))
@@ -200,7 +209,7 @@ def _print_summary(state: dict[str, Any]) -> None:
         out.print(nats)
     if state["containers"]:
         table = Table()
-        for column in ("container", "host", "namespace", "interface", "address", "mac"):
+        for column in ("container", "host", "namespace", "interface", "addresses", "mac"):
             table.add_column(column)
         for c in state["containers"]:
             table.add_row(
@@ -208,7 +217,7 @@ def _print_summary(state: dict[str, Any]) -> None:
                 c["host"],
                 c["namespace"],
                 c["interface"],
-                ", ".join(c["addresses"]),
+                "\n".join(c["addresses"]),
                 c["mac"] or "-",
             )
         out.print(table)

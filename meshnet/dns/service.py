@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import trio
 
@@ -75,9 +75,19 @@ class AddressAllocator(Protocol):
         self, container_id: str, subnet: ipaddress.IPv4Network | None = None
     ) -> ipaddress.IPv4Interface: ...
 
+    @overload
     async def claim(
         self, container_id: str, address: ipaddress.IPv4Interface
     ) -> ipaddress.IPv4Interface: ...
+
+    @overload
+    async def claim(
+        self, container_id: str, address: ipaddress.IPv6Interface
+    ) -> ipaddress.IPv6Interface: ...
+
+    def in_range(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether IPAM hands ``address`` out (its IPv4 range, or the IPv6 ring's)."""
+        ...
 
     @property
     def ipv6(self) -> object | None:
@@ -239,11 +249,13 @@ class DnsService:
             return None
 
     async def _claim(self, listen: Interface) -> None:
-        """Reserve a given address in IPAM, so that no container gets it (if in its range).
+        """Reserve a given address (``--dns-address``, either family) in IPAM if it hands such
+        addresses out, so that no container gets it: an IPv6 one in the IPv6 ring as an IPv4
+        one in the IPv4 ring.
 
         In the background: IPAM may wait for its peers to agree on the ring first.
         """
-        if self.ipam is None or not isinstance(listen, ipaddress.IPv4Interface):
+        if self.ipam is None or not self.ipam.in_range(listen.ip):
             return
         owner = "dns:" + format_peer_name(self.router.identity.name)
         try:

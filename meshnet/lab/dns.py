@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from meshnet.api.client import ApiClient
 from meshnet.dns.settings import render_resolv_conf
 from meshnet.errors import UserError
+from meshnet.lab.topology import OVERLAY_VERSIONS
 
 if TYPE_CHECKING:
     from meshnet.lab.record import Journal, LabRecord
@@ -37,8 +38,13 @@ def resolv_conf_path(namespace: str) -> Path:
     return ETC_NETNS / namespace / "resolv.conf"
 
 
-def host_dns(socket: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any] | None:
-    """A router's `status dns` once it serves (None if it does not within ``timeout``)."""
+def host_dns(
+    socket: Path, timeout: float = READY_TIMEOUT, *, ipv6: bool = False
+) -> dict[str, Any] | None:
+    """A router's `status dns` once it serves (None if it does not within ``timeout``); with
+    ``ipv6``, once it serves on an IPv6 address too (the router takes that one from the IPv6
+    ring right after its IPv4 one), or as it is at the deadline if it serves at all: an
+    IPv6-only container reaches no IPv4 server."""
     client = ApiClient(socket, timeout=5)
     deadline = time.monotonic() + timeout
     while True:
@@ -46,10 +52,11 @@ def host_dns(socket: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any] | N
             status: dict[str, Any] = client.get("/status/dns")
         except UserError:
             status = {}
-        if status.get("listen"):
+        listening = status.get("listen_addresses") or []
+        if listening and (not ipv6 or any(":" in a for a in listening)):
             return status
         if time.monotonic() >= deadline:
-            return None
+            return status if status.get("listen") else None
         time.sleep(0.1)
 
 
@@ -59,12 +66,14 @@ def write_resolv_confs(
     api_socket: Callable[[str], Path],
     progress: Callable[[str], None],
 ) -> None:
-    """Point every container at its host's DNS server (``api_socket(host dir)``)."""
+    """Point every container at its host's DNS server (``api_socket(host dir)``): at its
+    addresses serving by then of the families the containers have, and in an IPv6-only lab at
+    an IPv6 one (dual-stack containers need not wait for it: the IPv4 one serves them)."""
     servers: dict[str, dict[str, Any] | None] = {}
     for c in record.containers:
         host = next(h for h in record.hosts if h["name"] == c["host"])
         if host["name"] not in servers:
-            servers[host["name"]] = host_dns(api_socket(host["dir"]))
+            servers[host["name"]] = host_dns(api_socket(host["dir"]), ipv6=record.overlay == "ipv6")
         status = servers[host["name"]]
         if status is None:
             progress(f"DNS on {host['name']} is not serving: {c['name']} gets no resolv.conf")
@@ -74,7 +83,14 @@ def write_resolv_confs(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         cidrs = status.get("listen_addresses") or [status["listen"]]
-        tmp.write_text(render_resolv_conf([c.split("/")[0] for c in cidrs], status["domain"]))
+        addresses = [cidr.split("/")[0] for cidr in cidrs]
+        # Only what the container can reach: dig, unlike the C library, says so for each other.
+        reachable = [a for a in addresses if _version(a) in OVERLAY_VERSIONS[record.overlay]]
+        tmp.write_text(render_resolv_conf(reachable or addresses, status["domain"]))
         tmp.replace(path)
     if servers:
         progress("containers use their host's DNS server")
+
+
+def _version(address: str) -> int:
+    return 6 if ":" in address else 4

@@ -29,18 +29,22 @@ from meshnet.api.client import ApiClient
 from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.nft import NftError, run_nft
+from meshnet.dataplane.sleeve.segments import ENCAPSULATION_OVERHEAD
+from meshnet.dataplane.sleeve.vnet import IPV6_MIN_MTU
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
 from meshnet.lab.record import Journal, LabRecord
 from meshnet.lab.topology import (
     INTERNET,
+    OVERLAY_SPECS,
     InternetPlan,
     PlannedContainer,
     PlannedLink,
     PlannedUplink,
     Topology,
     check_loss,
+    check_overlay,
     format_rate,
     nat_router_name,
     parse_rate,
@@ -141,6 +145,15 @@ def check_can_create(name: str, mtu: int) -> None:
         )
 
 
+def default_overlay(mtu: int, *, docker: bool, daemons: bool) -> str:
+    """What `lab up` gives containers without --overlay: dual stack where the routers attach
+    them and the underlay MTU leaves IPv6 its 1280 bytes; else IPv4 only, as before --overlay
+    existed."""
+    if docker or not daemons or mtu - ENCAPSULATION_OVERHEAD < IPV6_MIN_MTU:
+        return "ipv4"
+    return "dual"
+
+
 def up(
     name: str,
     topology: Topology,
@@ -151,18 +164,35 @@ def up(
     dns_upstreams: tuple[str, ...] = (),
     fastdp: bool = True,
     docker: bool = False,
+    overlay: str = "ipv4",
     progress: Callable[[str], None] = lambda _: None,
 ) -> LabRecord:
     """Build the lab and start a router in every host (unless `daemons` is False).
 
     With `docker`, every host also runs a dockerd and the containers are Docker containers.
-    On any failure, remove what was built and re-raise.
+    `overlay` (one of topology.OVERLAYS) is the families of the addresses each container's
+    router gives it. Its default here is IPv4, which the tests and benches written before
+    dual-stack lab containers rely on (one address per container); `meshnet lab up` defaults to
+    dual stack. On any failure, remove what was built and re-raise.
     """
     check_can_create(name, mtu)
+    check_overlay(overlay)
     if docker:
         if not daemons:
             raise UserError("--docker needs the routers: drop --no-daemons")
         lab_docker.check_available()
+    if overlay != "ipv4" and (docker or not daemons):
+        raise UserError(
+            f"--overlay {overlay} needs routers attaching the containers "
+            + ("(a --docker lab attaches them IPv4-only)" if docker else "(drop --no-daemons)")
+        )
+    if overlay != "ipv4" and mtu - ENCAPSULATION_OVERHEAD < IPV6_MIN_MTU:
+        # The kernel turns IPv6 off on a link below 1280 bytes (RFC 8200's minimum).
+        raise UserError(
+            f"--overlay {overlay}: --mtu {mtu} leaves containers {mtu - ENCAPSULATION_OVERHEAD} "
+            f"bytes, and IPv6 needs {IPV6_MIN_MTU} (use --mtu "
+            f"{IPV6_MIN_MTU + ENCAPSULATION_OVERHEAD} or more, or --overlay ipv4)"
+        )
     directory = lab_root() / name
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -193,6 +223,7 @@ def up(
         dns_upstreams=list(dns_upstreams),
         fastdp=fastdp,
         docker=docker,
+        overlay=overlay,
         internet=_internet_record(prefix, internet),
     )
     for entry in record.hosts + record.containers if docker else []:
@@ -601,30 +632,30 @@ def _peer_name(host: dict[str, Any]) -> str | None:
 
 
 def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> None:
-    """`meshnet attach net:default CONTAINER` on each container's host, as a user would: IPAM
-    gives the address (the planned one only stays for labs without routers).
+    """`meshnet attach net:default [net:default6] CONTAINER` on each container's host (the lab's
+    overlay families), as a user would: IPAM gives the addresses (the planned IPv4 one only stays
+    for labs without routers).
 
     Several at once: each attach mostly waits on its router (IPAM, netlink), so a 100-host lab
     attaches in a fraction of the time one after the other takes."""
     hosts = {h["name"]: h for h in record.hosts}
 
-    def attach(c: dict[str, Any]) -> str:
+    def attach(c: dict[str, Any]) -> list[str]:
         client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
-        # IPv4 only: what every lab test so far expects (one address per container); tests of
-        # dual stack attach their own containers (`attach` with no address: IPv4 and IPv6).
-        addresses = ["net:default"]
+        addresses = list(OVERLAY_SPECS[record.overlay])
         body = {"container": c["namespace"], "addresses": addresses, "name": c["name"]}
         result = client.post("/attach", body)
-        address: str = result["addresses"][0]
-        return address
+        given: list[str] = result["addresses"]
+        return given
 
     with ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
         futures = {pool.submit(attach, c): c for c in record.containers}
         try:
             for future in as_completed(futures):
                 c = futures[future]
-                c["address"] = future.result()
-                progress(f"attached {c['name']} {c['address']}")
+                c["addresses"] = future.result()
+                c["address"] = c["addresses"][0]  # IPv4 first, if it has one
+                progress(f"attached {c['name']} {' '.join(c['addresses'])}")
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -854,7 +885,7 @@ def status(name: str | None) -> dict[str, Any]:
     containers = []
     for c in record.containers:
         mac = None
-        addresses = [c["address"]]
+        addresses = c.get("addresses") or [c["address"]]
         namespace = c["namespace"]
         if c.get("docker"):  # a Docker container: its PID's namespace, while it runs
             pid = lab_docker.container_pid(record.find_host(c["host"])["dir"], c["name"])
@@ -900,6 +931,7 @@ def status(name: str | None) -> dict[str, Any]:
         "mtu": record.mtu,
         "directory": str(directory),
         "encrypted": record.encrypted,
+        "overlay": record.overlay,
         "hosts": hosts,
         "containers": containers,
         "links": links,

@@ -58,6 +58,7 @@ class LabRecord:
     dns_upstreams: list[str] = field(default_factory=list)  # every router's --dns-upstream
     fastdp: bool = True  # False: every router runs with --no-fastdp
     docker: bool = False  # a dockerd per host; the containers are Docker containers
+    overlay: str = "ipv4"  # the containers' address families (topology.OVERLAYS)
     # With NAT hosts: the internet router's namespace, its links to the public hosts
     # ("public", PlannedUplink fields) and the NATs ("nats", PlannedNat fields plus "namespace").
     internet: dict[str, Any] | None = None

@@ -33,6 +33,17 @@ UNDERLAY_RANGE6 = ipaddress.IPv6Network("fd6d:6573:686e::/48")
 # neighbour's IPv6 address (one target per neighbour: two would only make a duplicate connection).
 UNDERLAYS = ("ipv4", "ipv6", "dual")
 CONTAINER_RANGE = ipaddress.IPv4Network("10.32.0.0/12")
+# Which families the containers' overlay addresses are of (`--overlay`): what each container's
+# attach asks its router for. Lab routers always have an IPv6 ring, so "dual" is the default
+# where routers attach the containers; a lab without routers, or with Docker's containers (the
+# lab attaches them with net:default, as before the Docker integration had IPv6), keeps "ipv4".
+OVERLAYS = ("ipv4", "ipv6", "dual")
+OVERLAY_SPECS = {
+    "ipv4": ("net:default",),
+    "ipv6": ("net:default6",),
+    "dual": ("net:default", "net:default6"),
+}
+OVERLAY_VERSIONS = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}
 MAX_HOSTS = 250
 MAX_CONTAINERS_PER_HOST = 250
 # The internet of a lab with NAT hosts: one /24 per host (its own link to the internet router, or
@@ -126,6 +137,12 @@ def check_underlay(value: Any) -> str:
         raise UserError(
             f"bad underlay {value!r}: use one of {', '.join(repr(u) for u in UNDERLAYS)}"
         )
+    return str(value)
+
+
+def check_overlay(value: Any) -> str:
+    if value not in OVERLAYS:
+        raise UserError(f"bad overlay {value!r}: use one of {', '.join(repr(o) for o in OVERLAYS)}")
     return str(value)
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -30,15 +31,56 @@ def containers(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in state["containers"]}
 
 
-def ip_of(container: dict[str, Any]) -> str:
-    return str(container["addresses"][0].split("/")[0])
+def ip_of(container: dict[str, Any], version: int | None = None) -> str:
+    """The container's first overlay address (IPv4 first), or its first of IP ``version``."""
+    for cidr in container["addresses"]:
+        address = str(cidr.split("/")[0])
+        if version is None or (":" in address) == (version == 6):
+            return address
+    raise AssertionError(f"{container['name']} has no IPv{version} address: {container}")
 
 
-def wait_ping(src: dict[str, Any], dst: dict[str, Any], timeout: float = 30) -> None:
+def wait_ping(
+    src: dict[str, Any], dst: dict[str, Any], timeout: float = 30, version: int | None = None
+) -> None:
     wait_for(
-        lambda: can_ping(src["namespace"], ip_of(dst)),
+        lambda: can_ping(src["namespace"], ip_of(dst, version)),
         timeout=timeout,
-        what=f"{src['name']} to reach {dst['name']}",
+        what=f"{src['name']} to reach {dst['name']}" + (f" over IPv{version}" if version else ""),
+    )
+
+
+def ping_whole(src: dict[str, Any], target: str, size: int, count: int = 1) -> CompletedProcess:
+    """``ping -M do -s SIZE`` from a container (the target's family): never fragmented, so an
+    oversized packet is refused (locally, or by the path's "too big" answer)."""
+    pace = ["-c1", "-W2"] if count == 1 else [f"-c{count}", "-i0.3", "-W1"]
+    return ns_run(src["namespace"], "ping", *pace, "-M", "do", "-s", str(size), target)
+
+
+def refused_as_too_big(result: CompletedProcess) -> bool:
+    """What ping says when a router on the path answered "too big" (ICMP frag needed, ICMPv6
+    packet too big), or the kernel refused to send what such an answer taught it."""
+    text = (result.stdout + result.stderr).lower()
+    said = ("frag needed", "packet too big", "message too long")
+    return result.returncode != 0 and any(x in text for x in said)
+
+
+def shrink_underlay(state: dict[str, Any], mtu: int) -> None:
+    """Every underlay link of the lab to ``mtu``, under the running mesh, at both ends."""
+    namespaces = {h["name"]: h["namespace"] for h in state["hosts"]}
+    for link in state["links"]:
+        for end, peer in ((link["a"], link["b"]), (link["b"], link["a"])):
+            done = ns_run(namespaces[end], "ip", "link", "set", f"to-{peer}", "mtu", str(mtu))
+            assert done.returncode == 0, done.stderr
+
+
+def wait_pmtu(state: dict[str, Any], host: str, pmtu: int, why: str) -> None:
+    """Until ``host``'s only sleeve path has found the path MTU ``pmtu``."""
+    client = api(state, host)
+    wait_for(
+        lambda: [p["pmtu"] for p in client.get("/status/dataplane")["paths"].values()] == [pmtu],
+        timeout=30,
+        what=f"path MTU {pmtu} ({why})",
     )
 
 
@@ -112,41 +154,18 @@ def test_path_mtu_too_big_is_answered_like_a_router(make_lab: Any) -> None:
     wait_ping(c["h1-c1"], c["h2-c1"])
     mtu = int(ns_run(c["h1-c1"]["namespace"], "cat", "/sys/class/net/ethwe/mtu").stdout)
     target = ip_of(c["h2-c1"])
-    ok = ns_run(
-        c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", str(mtu - 28), target
-    )
+    ok = ping_whole(c["h1-c1"], target, mtu - 28)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    too_big = ns_run(
-        c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", str(mtu - 27), target
-    )
+    too_big = ping_whole(c["h1-c1"], target, mtu - 27)
     assert too_big.returncode != 0 and "mtu" in (too_big.stdout + too_big.stderr).lower()
     # Shrink the underlay under a running mesh: the sleeve finds the smaller path MTU and
     # answers oversized packets with "fragmentation needed", as a router on the path would.
-    for host, peer in (("h1", "h2"), ("h2", "h1")):
-        ns = next(h["namespace"] for h in state["hosts"] if h["name"] == host)
-        ns_run(ns, "ip", "link", "set", f"to-{peer}", "mtu", "1300")
+    shrink_underlay(state, 1300)
     # The first oversized packet meets the smaller link (EMSGSIZE), which restarts the search.
-    result = ns_run(
-        c["h1-c1"]["namespace"],
-        "ping",
-        "-c3",
-        "-i0.3",
-        "-W1",
-        "-M",
-        "do",
-        "-s",
-        str(mtu - 28),
-        target,
-    )
-    text = (result.stdout + result.stderr).lower()
-    assert result.returncode != 0 and ("frag needed" in text or "message too long" in text), text
-    h1 = api(state, "h1")
-    wait_for(
-        lambda: [p["pmtu"] for p in h1.get("/status/dataplane")["paths"].values()] == [1272],
-        timeout=30,
-        what="path MTU found again (1300 - IPv4 - UDP)",
-    )
-    small = ns_run(c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", "1000", target)
+    result = ping_whole(c["h1-c1"], target, mtu - 28, count=3)
+    assert refused_as_too_big(result), result.stdout + result.stderr
+    wait_pmtu(state, "h1", 1272, "found again: 1300 - IPv4 - UDP")
+    small = ping_whole(c["h1-c1"], target, 1000)
     assert small.returncode == 0
 
 

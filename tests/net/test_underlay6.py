@@ -15,7 +15,16 @@ from meshnet.lab.topology import HostSpec, LinkSpec, Topology, builtin
 from tests.net.conftest import ns_run
 from tests.net.test_fastdp import host_ns, wait_paths
 from tests.net.test_mesh import api, wait_for
-from tests.net.test_overlay import containers, dataplane, ip_of, wait_ping
+from tests.net.test_overlay import (
+    containers,
+    dataplane,
+    ip_of,
+    ping_whole,
+    refused_as_too_big,
+    shrink_underlay,
+    wait_ping,
+    wait_pmtu,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -47,25 +56,27 @@ def ping_name(state: dict[str, Any], src: str, dst: str, *args: str) -> str:
     return done.stdout
 
 
-def iperf(state: dict[str, Any], client: str, server: str, seconds: int = 2) -> float:
-    """Bits per second from ``client`` to ``server`` (a container name, resolved by DNS)."""
+def iperf_run(
+    state: dict[str, Any], client: str, server: str, *args: str, seconds: int = 2
+) -> dict[str, Any]:
+    """iperf3's JSON report of ``client`` sending to ``server`` (a container name, resolved by
+    DNS; ``args`` such as ``-6`` go to the client)."""
     c = containers(state)
     ns_run(c[server]["namespace"], "iperf3", "-s", "-1", "-D")
+    command = ["iperf3", "-J", *args, "-c", server, "-t", str(seconds)]
     result = wait_for(
-        lambda: (
-            r
-            if (
-                r := ns_run(
-                    c[client]["namespace"], "iperf3", "-J", "-c", server, "-t", str(seconds)
-                )
-            ).returncode
-            == 0
-            else None
-        ),
+        lambda: r if (r := ns_run(c[client]["namespace"], *command)).returncode == 0 else None,
         timeout=20,
         what=f"iperf3 {client} -> {server}",
     )
-    return float(json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"])
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def iperf(state: dict[str, Any], client: str, server: str, seconds: int = 2) -> float:
+    """Bits per second from ``client`` to ``server`` (a container name, resolved by DNS)."""
+    report = iperf_run(state, client, server, seconds=seconds)
+    return float(report["end"]["sum_received"]["bits_per_second"])
 
 
 def test_an_ipv6_only_line_relays_by_name_and_uses_fastdp_between_neighbours(
@@ -154,38 +165,14 @@ def test_path_mtu_over_ipv6_packet_too_big_then_fits(make_lab: Any) -> None:
     state = make_lab(builtin("line", 2, 1, "ipv6"), fastdp=False)  # the sleeve's own search
     c = containers(state)
     wait_ping(c["h1-c1"], c["h2-c1"])
-    h1 = api(state, "h1")
-    wait_for(
-        lambda: [p["pmtu"] for p in h1.get("/status/dataplane")["paths"].values()] == [1452],
-        timeout=30,
-        what="path MTU 1500 - IPv6 - UDP",
-    )
+    wait_pmtu(state, "h1", 1452, "1500 - IPv6 - UDP")
     mtu = int(ns_run(c["h1-c1"]["namespace"], "cat", "/sys/class/net/ethwe/mtu").stdout)
     target = ip_of(c["h2-c1"])
-    ok = ns_run(
-        c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", str(mtu - 28), target
-    )
+    ok = ping_whole(c["h1-c1"], target, mtu - 28)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    for host, peer in (("h1", "h2"), ("h2", "h1")):
-        ns_run(host_ns(state, host), "ip", "link", "set", f"to-{peer}", "mtu", "1300")
-    result = ns_run(
-        c["h1-c1"]["namespace"],
-        "ping",
-        "-c3",
-        "-i0.3",
-        "-W1",
-        "-M",
-        "do",
-        "-s",
-        str(mtu - 28),
-        target,
-    )
-    text = (result.stdout + result.stderr).lower()
-    assert result.returncode != 0 and ("frag needed" in text or "message too long" in text), text
-    wait_for(
-        lambda: [p["pmtu"] for p in h1.get("/status/dataplane")["paths"].values()] == [1252],
-        timeout=30,
-        what="path MTU found again (1300 - IPv6 - UDP)",
-    )
-    fits = ns_run(c["h1-c1"]["namespace"], "ping", "-c1", "-W2", "-M", "do", "-s", "1000", target)
+    shrink_underlay(state, 1300)
+    result = ping_whole(c["h1-c1"], target, mtu - 28, count=3)
+    assert refused_as_too_big(result), result.stdout + result.stderr
+    wait_pmtu(state, "h1", 1252, "found again: 1300 - IPv6 - UDP")
+    fits = ping_whole(c["h1-c1"], target, 1000)
     assert fits.returncode == 0, fits.stdout + fits.stderr

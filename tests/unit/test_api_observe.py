@@ -10,7 +10,10 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from meshnet.api import events
 from meshnet.api.app import ApiApp
@@ -18,6 +21,9 @@ from meshnet.api.metrics import dataplane_metrics, dns_metrics, ipam_metrics
 from meshnet.api.report import parse_net_dev
 from meshnet.api.stream import FrameError, FrameReader, encode_frame, interval_of
 from meshnet.gossip.router import Router
+from meshnet.ipam.allocator import InitMode, IpamConfig
+from meshnet.ipam.range6 import Ipv6Settings
+from tests.unit.test_ipam_service import RANGE, FakeNet, start
 from tests.unit.test_router import established, make_router, wait_until
 
 
@@ -323,17 +329,59 @@ def test_subsystem_metrics_from_status() -> None:
     assert samples[("meshnet_dataplane_paths_behind_nat", ())] == 1
     assert samples[("meshnet_dataplane_nat_moves_total", ())] == 2
     assert samples[("meshnet_dataplane_superframes_total", (("direction", "sent"),))] == 7
-    assert samples[("meshnet_ipam_addresses", (("state", "in_use"),))] == 3
-    assert samples[("meshnet_ipam_addresses", (("state", "unreachable"),))] == 6
-    assert samples[("meshnet_ipam_unreachable_peers", ())] == 1
-    assert samples[("meshnet_ipam_range_addresses", ())] == 32
-    assert samples[("meshnet_ipam_unreachable_percentage", ())] == 100 * 6 / 32
+    v4 = ("family", "ipv4")
+    assert samples[("meshnet_ipam_addresses", (v4, ("state", "in_use")))] == 3
+    assert samples[("meshnet_ipam_addresses", (v4, ("state", "unreachable")))] == 6
+    assert samples[("meshnet_ipam_unreachable_peers", (v4,))] == 1
+    assert samples[("meshnet_ipam_range_addresses", (v4,))] == 32
+    assert samples[("meshnet_ipam_unreachable_percentage", (v4,))] == 100 * 6 / 32
+    assert ("meshnet_ipam_range_addresses", (("family", "ipv6"),)) not in samples  # IPv6 off
     assert samples[("meshnet_ipam_pending", (("operation", "allocate"),))] == 2
     assert samples[("meshnet_ipam_pending", (("operation", "claim"),))] == 1
     assert samples[("meshnet_dns_entries", ())] == 3
     assert samples[("meshnet_dns_local_entries", ())] == 2
     assert samples[("meshnet_dns_queries_total", (("transport", "udp"),))] == 4
     assert samples[("meshnet_dns_outcomes_total", (("outcome", "replies"),))] == 5
+
+
+class _IpamCollector(Collector):
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Any:
+        yield from ipam_metrics(self.status)
+
+
+@pytest.mark.trio
+async def test_the_ipv6_ring_is_in_the_metrics_beside_the_ipv4_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A real IPAM service's status, through the Prometheus text format and back: each ring
+    under its own ``family`` label, the IPv6 /48's 2^80 addresses included."""
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        config = IpamConfig(name=1, range=RANGE, mode=InitMode.CONSENSUS, consensus_size=1)
+        service = await start(nursery, net, tmp_path, 1, config, ipv6=Ipv6Settings())
+        await service.allocate("c1")
+        await service.allocate6("c1")
+        await service.allocate6("c2")
+        status = service.status()
+        nursery.cancel_scope.cancel()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_IpamCollector(status))
+    samples = scrape(generate_latest(registry))
+    v4, v6 = ("family", "ipv4"), ("family", "ipv6")
+    assert samples[("meshnet_ipam_addresses", (v4, ("state", "in_use")))] == 1
+    assert samples[("meshnet_ipam_addresses", (v6, ("state", "in_use")))] == 2
+    assert samples[("meshnet_ipam_range_addresses", (v4,))] == RANGE.num_addresses
+    assert samples[("meshnet_ipam_range_addresses", (v6,))] == 2.0**80  # the derived ULA /48
+    free6 = samples[("meshnet_ipam_addresses", (v6, ("state", "free")))]
+    assert free6 == float(status["ipv6"]["peers"][0]["free"]) and free6 > 2.0**79
+    assert samples[("meshnet_ipam_unreachable_peers", (v6,))] == 0
+    assert samples[("meshnet_ipam_unreachable_percentage", (v6,))] == 0
+    owner = ("nickname", "p1"), ("peer", status["name"])
+    assert samples[("meshnet_ipam_owned_addresses", (v6, *owner))] == 2.0**80
 
 
 def test_net_dev_is_parsed() -> None:

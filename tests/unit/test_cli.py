@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshnet import __version__
-from tests.conftest import run_meshnet
+from tests.conftest import run_meshnet, unique_lab_name
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -27,7 +27,7 @@ def test_version_and_help() -> None:
     help_text = run_meshnet("--help").stdout
     assert "lab" in help_text and "virtual Ethernet" in help_text
     lab_help = run_meshnet("lab", "up", "--help").stdout
-    for option in ("--hosts", "--topology", "--containers", "--mtu", "--name"):
+    for option in ("--hosts", "--topology", "--containers", "--mtu", "--name", "--overlay"):
         assert option in lab_help
 
 
@@ -37,6 +37,7 @@ def test_usage_errors_are_one_line() -> None:
     )
     assert_one_line_error(run_meshnet("nonsense"), "No such command")
     assert_one_line_error(run_meshnet("lab", "link", "h1", "h2", "sideways"), "sideways")
+    assert_one_line_error(run_meshnet("lab", "up", "--overlay", "ipv5"), "'ipv5' is not one of")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the checks after the root check need root")
@@ -45,6 +46,15 @@ def test_bad_values_are_one_line() -> None:
     assert_one_line_error(run_meshnet("lab", "up", "--hosts", "0"), "--hosts must be between")
     assert_one_line_error(run_meshnet("lab", "up", "--name", "Bad_Name"), "bad lab name")
     assert_one_line_error(run_meshnet("lab", "up", "--topology", "/nonexistent.toml"), "not found")
+    # Refused before anything is built: without routers nothing would give IPv6 addresses.
+    no_routers = run_meshnet(
+        "lab", "up", "--name", unique_lab_name(), "--no-daemons", "--overlay", "ipv6"
+    )
+    assert_one_line_error(no_routers, "--overlay ipv6 needs routers attaching the containers")
+    narrow = run_meshnet(
+        "lab", "up", "--name", unique_lab_name(), "--mtu", "1400", "--overlay", "dual"
+    )
+    assert_one_line_error(narrow, "--mtu 1400 leaves containers 1254 bytes, and IPv6 needs 1280")
     assert_one_line_error(
         run_meshnet("lab", "status", "--name", "nosuchlab"), "no lab named 'nosuchlab'"
     )

@@ -324,7 +324,12 @@ def test_status_ipam_shows_both_rings() -> None:
             "consensus": "ready",
             "allocated_here": 1,
             "peers": [
-                {**peer, "ranges": ["fd12:3456:789a::-fd12:3456:789a:ffff:ffff:ffff:ffff:ffff"]}
+                {
+                    **peer,
+                    "ranges": ["fd12:3456:789a::-fd12:3456:789a:ffff:ffff:ffff:ffff:ffff"],
+                    "size": 1 << 80,
+                },
+                {**peer, "name": "00:00:00:00:00:02", "local": False, "size": 3 << 78},
             ],
         },
     }
@@ -337,6 +342,9 @@ def test_status_ipam_shows_both_rings() -> None:
     text = shown(data)
     assert "range 10.32.0.0/12" in text and "IPv6 range fd12:3456:789a::/48" in text
     assert "default subnet fd12:3456:789a::/64" in text
+    # IPv4 counts exact, an IPv6 share's 2^80 (24 digits) as a power of two.
+    assert " 1048576 " in text and " 2^80 " in text and " ~2^79.6 " in text
+    assert str(1 << 80) not in text
     idle = {**data, "ipv6": {**data["ipv6"], "peers": [], "range": None}}
     assert "IPv6 ring: a ULA /48 derived from the seed, not divided yet" in shown(idle)
     assert "IPv6" not in shown({**data, "ipv6": None})

@@ -35,8 +35,11 @@ from meshnet.dns.server import DnsServer
 from meshnet.dns.service import EXTERNAL, STATE_FILE, DnsService
 from meshnet.dns.settings import DnsSettings, parse_upstream
 from meshnet.errors import UserError
-from meshnet.gossip.identity import Identity, new_peer_name, new_uid
+from meshnet.gossip.identity import Identity, format_peer_name, new_peer_name, new_uid
 from meshnet.gossip.router import Router
+from meshnet.ipam.allocator import AddressInUse, InitMode, IpamConfig
+from meshnet.ipam.range6 import Ipv6Settings
+from tests.unit.test_ipam_service import RANGE, FakeNet, start
 
 FAKE_UPSTREAM = Path(__file__).parents[1] / "net" / "dns_upstream.py"
 
@@ -488,4 +491,39 @@ async def test_an_address_that_fails_leaves_the_other_family_serving(
         assert service.status()["state"].startswith("off (cannot serve DNS on fd00::53/64")
         service.stop_listening_on(ipaddress.ip_interface("fd00::53/64"))
         assert service.status()["listen_errors"] == []
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("given", [False, True], ids=["from-ipam", "dns-address"])
+async def test_the_servers_ipv6_address_is_reserved_in_ipam(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: bool
+) -> None:
+    """The host's IPv6 DNS address, taken from the IPv6 ring or given with --dns-address inside
+    it, is held in IPAM for the server: no container can be given it, here or elsewhere."""
+    monkeypatch.setattr(service_module.firewall, "install", lambda *_: None)
+    monkeypatch.setattr(service_module.firewall, "remove", lambda: None)
+    monkeypatch.setattr(service_module, "_add_address", lambda _: None)
+    monkeypatch.setattr(service_module, "_delete_address", lambda _: None)
+    router = make_router(tmp_path, "a")
+    owner = "dns:" + format_peer_name(router.identity.name)
+    wanted = ("10.32.0.53/24", "fd00:53::35/64") if given else ()
+    settings = DnsSettings(addresses=wanted, port=free_port(), upstreams=())
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        config = IpamConfig(name=1, range=RANGE, mode=InitMode.CONSENSUS, consensus_size=1)
+        range6 = Ipv6Settings(range=ipaddress.IPv6Network("fd00:53::/48"))
+        ipam = await start(nursery, net, tmp_path, 1, config, ipv6=range6)
+        service = DnsService(replace(router.config, dns=settings), router, ipam)
+        await nursery.start(service.serve, object())  # any data plane: never used here
+        await wait_until(lambda: len(ipam.holders("dns:").get(owner, [])) == 2)
+        held = [ipaddress.ip_interface(a) for a in ipam.holders("dns:")[owner]]
+        six = next(a for a in held if a.version == 6)
+        if given:
+            assert str(six.ip) == "fd00:53::35"
+        with pytest.raises(AddressInUse):
+            await ipam.claim("a-container", ipaddress.IPv6Interface(f"{six.ip}/64"))
+        given6 = {await ipam.allocate6(f"c{i}") for i in range(8)}
+        assert six.ip not in {a.ip for a in given6}
         nursery.cancel_scope.cancel()

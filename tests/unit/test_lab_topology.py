@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from meshnet.errors import UserError
 from meshnet.lab import topology as topo
+from meshnet.lab.lab import default_overlay
 
 
 def edges(t: topo.Topology) -> set[frozenset[str]]:
@@ -302,3 +303,11 @@ def test_to_toml_reads_back_as_the_same_topology(seed: int, containers: int) -> 
 def test_hops_from_counts_links() -> None:
     assert topo.hops_from(topo.builtin("line", 4, 0), "h1") == {"h1": 0, "h2": 1, "h3": 2, "h4": 3}
     assert topo.hops_from(topo.builtin("ring", 6, 0), "h1")["h4"] == 3
+
+
+def test_lab_containers_are_dual_stack_by_default_where_ipv6_fits() -> None:
+    assert default_overlay(1500, docker=False, daemons=True) == "dual"
+    assert default_overlay(1426, docker=False, daemons=True) == "dual"  # 1280 left for IPv6
+    assert default_overlay(1425, docker=False, daemons=True) == "ipv4"
+    assert default_overlay(1500, docker=True, daemons=True) == "ipv4"
+    assert default_overlay(1500, docker=False, daemons=False) == "ipv4"
