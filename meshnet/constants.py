@@ -16,6 +16,8 @@ FASTDP_PORT: Final = 6784  # UDP: kernel VXLAN between neighbours (by default CO
 # The overlay MTU a user may give (--mtu): IPv4's minimum, up to jumbo frames.
 MIN_OVERLAY_MTU: Final = 576
 MAX_OVERLAY_MTU: Final = 9216
+# IPv6's minimum link MTU (RFC 8200): the kernel turns IPv6 off on a smaller link.
+IPV6_MIN_MTU: Final = 1280
 # fastdp's probes: IEEE 802 local experimental ethertype (containers may use it too), then a
 # magic. Only VXLAN may carry them (the sleeve drops them), or they would prove a VXLAN path that
 # does not work; a container's frame of that ethertype without the magic is carried as any other.

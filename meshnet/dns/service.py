@@ -32,7 +32,7 @@ import trio
 
 from meshnet.beats import next_beat
 from meshnet.config import Config
-from meshnet.constants import BRIDGE
+from meshnet.constants import BRIDGE, IPV6_MIN_MTU
 from meshnet.dataplane.kernel import attach as attachment
 from meshnet.dataplane.kernel import netlink
 from meshnet.dns import firewall
@@ -240,6 +240,10 @@ class DnsService:
         """An IPv6 address from IPAM's IPv6 ring (None without one): the IPv4 ring exists by
         now, so this is at once (a seed peer) or one donation away."""
         if self.ipam is None or self.ipam.ipv6 is None:
+            return None
+        mtu = self.dataplane.overlay_mtu if self.dataplane is not None else 0
+        if 0 < mtu < IPV6_MIN_MTU:  # the bridge carries no IPv6 (the kernel turns it off)
+            log.info("%s: DNS over IPv4 only: the overlay MTU %d is below IPv6's", self._nick, mtu)
             return None
         owner = "dns:" + format_peer_name(self.router.identity.name)
         try:

@@ -26,11 +26,10 @@ from typing import Any
 
 from meshnet import logfile
 from meshnet.api.client import ApiClient
-from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME
+from meshnet.constants import ALLOCATE_TIMEOUT, BRIDGE, CONTAINER_IFNAME, IPV6_MIN_MTU
 from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.dataplane.sleeve.segments import ENCAPSULATION_OVERHEAD
-from meshnet.dataplane.sleeve.vnet import IPV6_MIN_MTU
 from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker

@@ -7,24 +7,35 @@ from __future__ import annotations
 import ipaddress
 from ipaddress import IPv4Network, IPv6Interface, IPv6Network
 
+from meshnet.constants import IPV6_MIN_MTU
 from meshnet.errors import UserError
 from meshnet.ipam.allocator import AddressInUse, Interface, IPAddress
 from meshnet.ipam.service import IpamService
 from meshnet.node.specs import SpecKind, default_specs, parse_spec
 
 
-async def addresses_for(ipam: IpamService, container_id: str, specs: list[str]) -> list[str]:
+async def addresses_for(
+    ipam: IpamService, container_id: str, specs: list[str], *, mtu: int | None = None
+) -> list[str]:
     """The CIDRs to put on the container, allocating or claiming them through IPAM.
 
     No specs: one IPv4 address, and one IPv6 address when the IPv6 ring is on — but for a
     container that holds addresses already, only of the families it has: attaching again
-    changes nothing (an IPv4-only or IPv6-only container stays so)."""
+    changes nothing (an IPv4-only or IPv6-only container stays so). ``mtu``: the container
+    link's; below IPv6's minimum (the kernel turns IPv6 off on such a link) no IPv6 address
+    is given by default, and one asked for is refused in one line."""
     parsed = [parse_spec(s) for s in specs]
+    ipv6_fits = mtu is None or mtu >= IPV6_MIN_MTU
     if not parsed:
-        parsed = default_specs(ipam.ipv6 is not None)
+        parsed = default_specs(ipam.ipv6 is not None and ipv6_fits)
         families = {a.version for a in ipam.addresses_of(container_id)}
         if families:
             parsed = [spec for spec in parsed if spec.family in families]
+    elif not ipv6_fits and any(spec.family == 6 for spec in parsed):
+        raise UserError(
+            f"no IPv6 on this router's overlay: its MTU is {mtu} and IPv6 needs "
+            f"{IPV6_MIN_MTU} (a larger underlay MTU, or --mtu, gives it room)"
+        )
     out: list[str] = []
     for spec in parsed:
         if spec.kind is SpecKind.ALLOCATE:

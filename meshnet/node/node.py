@@ -145,7 +145,8 @@ class Node:
                 ipam = self.ipam
                 owner = target.owner or await self._ipam_id(target.namespace, ifname)
                 held = {a.ip for a in ipam.addresses_of(owner)}
-                addresses = await addresses_for(ipam, owner, specs)
+                mtu = dataplane.overlay_mtu or None
+                addresses = await addresses_for(ipam, owner, specs, mtu=mtu)
                 if not held:  # nothing of it is on the container: give it back
                     steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
                 fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]

@@ -166,6 +166,7 @@ class FakeIpam:
 class FakeDataPlane:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
+        self.overlay_mtu = 1376
 
     async def container_id(self, container: str) -> str:
         return f"netns:{container}"
@@ -253,6 +254,30 @@ def test_a_failed_attach_undoes_its_steps_in_reverse_once(failing: str, undone: 
         trio.run(node.attach, Target("c1"), [], "ethwe", "web.meshnet.local.")
     done = next(i for i, c in enumerate(calls) if c.startswith(failing)) + 1
     assert calls[done:] == undone
+
+
+def test_below_ipv6s_mtu_attach_gives_ipv4_only_and_refuses_ipv6_in_one_line() -> None:
+    """The kernel turns IPv6 off on a link under 1280 bytes: adding the address failed deep in
+    netlink and the API answered 500."""
+    calls = Calls()
+    node = node_with_fakes(calls)
+    ipam: Any = node.ipam
+    ipam.ipv6 = object()  # the IPv6 ring is on: attach would be dual stack
+
+    async def allocate6(owner: str, subnet: Any = None) -> IPv6Interface:
+        calls.log(f"allocate6 {owner}")
+        return IPv6Interface("fd00::5/64")
+
+    ipam.allocate6 = allocate6
+    node.dataplane.overlay_mtu = 1200  # type: ignore[union-attr]
+    attached = trio.run(node.attach, Target("c1"), [], "ethwe", None)
+    assert attached.attachment["addresses"] == ["10.32.0.5/12"]
+    with pytest.raises(UserError, match=r"^no IPv6 on this router's overlay: its MTU is 1200"):
+        trio.run(node.attach, Target("c2"), ["net:default6"], "ethwe", None)
+    node.dataplane.overlay_mtu = 1376  # type: ignore[union-attr]
+    attached = trio.run(node.attach, Target("c3"), [], "ethwe", None)
+    assert attached.attachment["addresses"] == ["10.32.0.6/12", "fd00::5/64"]
+    assert "allocate6 netns:c2" not in calls
 
 
 def test_a_failed_attach_again_keeps_what_the_container_had() -> None:

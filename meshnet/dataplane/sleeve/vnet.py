@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from meshnet.constants import IPV6_MIN_MTU
 from meshnet.errors import RemoteProtocolError
 
 VNET_HEADER_SIZE = 10
@@ -51,7 +52,6 @@ MIN_TCP_HEADERS = ETH_HEADER_SIZE + 20 + 20
 MAX_SUPERFRAME_SIZE = ETH_HEADER_SIZE + 40 + 0xFFFF
 """Largest super-frame: its (and its runs') IP length fields are 16 bits. IPv4: 40 less."""
 
-IPV6_MIN_MTU = 1280
 
 _TCP_FIN = 0x01
 _TCP_PSH = 0x08
