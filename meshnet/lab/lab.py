@@ -64,6 +64,9 @@ ROUTER_READY_TIMEOUT = 300.0
 ROUTERS_PER_WAVE = 10
 # Attaches (and readiness checks) in flight at once: each is an API call that mostly waits.
 ATTACH_WORKERS = 16
+#: How long one attach may take: IPAM's own wait, and then some. In a 100-host lab on 2 cores
+#: an attach took over 75 s while every router learned every other container (DNS, fastdp).
+ATTACH_TIMEOUT = ALLOCATE_TIMEOUT + 150
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -640,7 +643,7 @@ def _attach_containers(record: LabRecord, progress: Callable[[str], None]) -> No
     hosts = {h["name"]: h for h in record.hosts}
 
     def attach(c: dict[str, Any]) -> list[str]:
-        client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ALLOCATE_TIMEOUT + 15)
+        client = ApiClient(host_api_socket(hosts[c["host"]]["dir"]), timeout=ATTACH_TIMEOUT)
         addresses = list(OVERLAY_SPECS[record.overlay])
         body = {"container": c["namespace"], "addresses": addresses, "name": c["name"]}
         result = client.post("/attach", body)
