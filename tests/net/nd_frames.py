@@ -101,9 +101,10 @@ def neighbor_advertisement(
     *,
     lladdr: str | None = None,
 ) -> bytes:
-    """ "``target`` is at ``lladdr`` (default: the sender's MAC)", solicited and override set, so
-    that a receiver replaces the entry it has."""
-    flags = 0x60000000  # S and O (RFC 4861 4.4)
+    """ "``target`` is at ``lladdr`` (default: the sender's MAC)", with the override flag, so
+    that a receiver replaces the entry it has (and solicited, unless sent to a group: the
+    kernel ignores a solicited one there)."""
+    flags = 0x20000000 if destination.is_multicast else 0x60000000  # O, S (RFC 4861 4.4)
     body = struct.pack("!I", flags) + target.packed
     body += lladdr_option(OPTION_TARGET_LLADDR, lladdr or mac)
     return frame(mac, destination_mac, source, destination, NEIGHBOR_ADVERTISEMENT, body)

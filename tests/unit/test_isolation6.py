@@ -138,3 +138,17 @@ def test_the_table_is_valid_nft_with_and_without_ipv6_ports() -> None:
         if "Operation not permitted" in result.stderr:
             pytest.skip("nft -c needs CAP_NET_ADMIN")
         assert result.returncode == 0, result.stderr
+
+
+def test_link_local_ipv6_between_containers_carries_neighbour_discovery_only() -> None:
+    script = table(port("vethwea", "fd00::5/64"))
+    jumps = ["ip6 saddr { ::, fe80::/10 } jump link_scope", "ip6 daddr fe80::/10 jump link_scope"]
+    # Checked where a container sends and where one is handed a frame (from a remote host too).
+    for name in ("from_container", "to_container"):
+        assert chain(script, name)[-2:] == jumps
+    assert chain(script, "link_scope") == [
+        "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
+        "mld-listener-report, mld-listener-done, mld2-listener-report } return",
+        'counter name "isolated" drop',
+    ]
+    assert not any("link_scope" in rule for rule in chain(script, "to_host"))

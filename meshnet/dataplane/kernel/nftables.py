@@ -35,7 +35,10 @@
   other: otherwise a container could answer for the host's link-local address, or another
   container's. All of these count as ``spoofed``: like a forged source, each is a container
   claiming what belongs to someone else (an address, a MAC, the router's or the DHCP server's
-  role), and one counter keeps ``status ramps`` and the API as they were.
+  role), and one counter keeps ``status ramps`` and the API as they were. Between containers,
+  link-local and unspecified IPv6 addresses (``link_scope``) carry only Neighbor Discovery and
+  MLD (counter ``isolated`` for the rest): a link-local address belongs to no subnet, so
+  anything else on it would cross subnets, and containers talk over their overlay addresses.
 * ``inet meshnet`` — the ramps, only while something is exposed: masquerade for traffic from an
   exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed address for traffic
   from outside the overlay going into it (so replies return through this host; with
@@ -239,6 +242,13 @@ counter name "isolated" drop
 counter name "isolated" drop
 \t\tip6 daddr != { fe80::/10, ff00::/8 } iifname . ip6 daddr != @subnets6 \
 counter name "isolated" drop
+\t\tip6 saddr { ::, fe80::/10 } jump link_scope
+\t\tip6 daddr fe80::/10 jump link_scope
+\t}
+\tchain link_scope {
+\t\ticmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, \
+mld-listener-report, mld-listener-done, mld2-listener-report } return
+\t\tcounter name "isolated" drop
 \t}
 \tchain to_host {
 \t\tjump sender
@@ -253,6 +263,8 @@ counter name "isolated" drop
 \t\tip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
 \t\tarp saddr ip @overlay oifname . arp saddr ip != @subnets counter name "isolated" drop
 \t\tip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 counter name "isolated" drop
+\t\tip6 saddr { ::, fe80::/10 } jump link_scope
+\t\tip6 daddr fe80::/10 jump link_scope
 \t}
 """
 
