@@ -364,6 +364,8 @@ def attach(
             cns.set_gso_max_segs(ifname, gso_max_segs)
         # Before it is up: no Router Advertisement from another container is ever taken.
         netlink.refuse_router_advertisements(ref.path, ifname)
+        # The bridge admits link-local IPv6 only from the address derived from the MAC.
+        netlink.derive_link_local_from_mac(ref.path, ifname)
         if not link.up:
             cns.set_up(ifname)
         cns.set_up("lo")

@@ -234,6 +234,22 @@ def refuse_router_advertisements(name: str, ifname: str) -> bool:
     return run_in_namespace(name, write)
 
 
+def derive_link_local_from_mac(name: str, ifname: str) -> bool:
+    """``addr_gen_mode = 0`` on ``ifname`` in namespace ``name``: its link-local address is the
+    one derived from its MAC (EUI-64), the only one the bridge lets it use, even where the
+    namespace's default is a stable-privacy or random one. False if the namespace has no IPv6."""
+
+    def write() -> bool:
+        path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode")
+        if not path.exists():
+            return False
+        if path.read_text().strip() != "0":
+            path.write_text("0")
+        return True
+
+    return run_in_namespace(name, write)
+
+
 def set_ipv4_forwarding(name: str, enabled: bool = True) -> None:
     """Make namespace `name` route IPv4 between its interfaces (or stop), as a router does.
 

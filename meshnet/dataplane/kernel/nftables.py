@@ -23,7 +23,22 @@
   shut until meshnet knows it, rather than open without any check. The MAC check comes first, in
   ``prerouting``: the bridge learns a frame's source MAC into its forwarding table (which fastdp
   advertises to every neighbour) before the ``forward`` hook, so a drop there would still let a
-  container fill that table.
+  container fill that table. So do the ``claims`` a container's frames make about the network
+  (checked once per frame, before the bridge floods it to every port and the host): a container
+  is never a router nor a DHCP server (Router Advertisements, Redirects, and UDP from the
+  DHCP/DHCPv6 server ports 67 and 547 are dropped), and its Neighbor Discovery speaks only for
+  itself (a Neighbor Advertisement's target must be one of its IPv6 addresses, an NS or NA
+  carries at most one option, as the kernel's own do, so that no second one hides behind the
+  checked first, and a link-layer address option names its own MAC; the router flag stays
+  allowed, as any container with forwarding on sets it). Its link-local address is
+  the one derived from its MAC (attach sets ``addr_gen_mode`` so), and it may send from no
+  other: otherwise a container could answer for the host's link-local address, or another
+  container's. All of these count as ``spoofed``: like a forged source, each is a container
+  claiming what belongs to someone else (an address, a MAC, the router's or the DHCP server's
+  role), and one counter keeps ``status ramps`` and the API as they were. Between containers,
+  link-local and unspecified IPv6 addresses (``link_scope``) carry only Neighbor Discovery and
+  MLD (counter ``isolated`` for the rest): a link-local address belongs to no subnet, so
+  anything else on it would cross subnets, and containers talk over their overlay addresses.
 * ``inet meshnet`` — the ramps, only while something is exposed, for both families: masquerade
   for traffic from an exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed
   address for traffic from outside the overlay going into it (so replies return through this
@@ -80,6 +95,25 @@ class Port:
     def sources(self, version: int) -> list[IPv4Address | IPv6Address]:
         return sorted({a.ip for a in self.addresses if a.version == version})
 
+    def link_local(self) -> IPv6Address | None:
+        """The link-local address the kernel derives from the port's MAC (modified EUI-64,
+        RFC 4291 2.5.1), the only one the port may use: attach asks the container for it
+        (``addr_gen_mode`` 0), so that no container claims another's link-local address."""
+        if self.mac is None:
+            return None
+        octets = bytes.fromhex(self.mac.replace(":", ""))
+        eui64 = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+        return IPv6Address(b"\xfe\x80" + bytes(6) + eui64)
+
+    def sources6(self) -> list[IPv6Address]:
+        """The IPv6 addresses the port may send from, or claim in Neighbor Advertisements: its
+        own, and its link-local one once it has any IPv6 address at all."""
+        own = [a.ip for a in self.addresses if isinstance(a, IPv6Interface)]
+        link_local = self.link_local()
+        if own and link_local is not None:
+            own.append(link_local)
+        return sorted(set(own))
+
     def subnets(self, version: int) -> list[IPv4Network | IPv6Network]:
         """Its subnets, with those inside another of its subnets left out (nft refuses
         overlapping intervals in one set; the union is the same)."""
@@ -122,8 +156,11 @@ def _elements(items: Sequence[str]) -> str:
 
 
 def _set(name: str, kind: str, items: Sequence[str], *, interval: bool = False) -> str:
+    """``kind``: a data type (``ifname . ipv4_addr``), or ``typeof`` and the expression the set
+    is looked up with."""
+    key = kind if kind.startswith("typeof ") else f"type {kind}"
     flags = "; flags interval" if interval else ""
-    return f"\tset {name} {{ type {kind}{flags}{_elements(items)}; }}\n"
+    return f"\tset {name} {{ {key}{flags}{_elements(items)}; }}\n"
 
 
 def _prelude(family: str, declarations: str, sets: Sequence[str], fresh: bool) -> str:
@@ -147,13 +184,29 @@ _BRIDGE_SETS = (
     ("dns", "ipv4_addr", False),
     ("dns6", "ipv6_addr", False),
     ("macs", "ifname . ether_addr", False),
+    # The same facts keyed for raw payloads: nft 1.0.6 names no Neighbor Discovery field past
+    # the ICMPv6 header, so the target address (@th,64,128) and the first option's link-layer
+    # address (@th,208,48) are read by offset, and their sets are typed like those reads.
+    ("targets6", "typeof iifname . @th,64,128", False),
+    ("lladdrs", "typeof iifname . @th,208,48", False),
 )
 
 _BRIDGE_CHAINS = """\
 \tchain prerouting {
 \t\ttype filter hook prerouting priority filter; policy accept;
 \t\tiifname @ports iifname . ether saddr != @macs counter name "spoofed" drop
+\t\tiifname @ports meta l4proto { ipv6-icmp, udp } jump claims
 \t\tiifname != @ports iifname != @own counter name "unknown" drop
+\t}
+\tchain claims {
+\t\ticmpv6 type { nd-router-advert, nd-redirect } counter name "spoofed" drop
+\t\tudp sport { 67, 547 } counter name "spoofed" drop
+\t\ticmpv6 type nd-neighbor-advert iifname . @th,64,128 != @targets6 \
+counter name "spoofed" drop
+\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,256,8 0-255 \
+counter name "spoofed" drop
+\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } @th,192,8 { 1, 2 } \
+iifname . @th,208,48 != @lladdrs counter name "spoofed" drop
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
@@ -181,7 +234,7 @@ counter name "isolated" drop
 \t\tether type ip6 iifname != @ports6 counter name "protocol" drop
 \t\tarp saddr ip != 0.0.0.0 iifname . arp saddr ip != @sources counter name "spoofed" drop
 \t\tiifname . ip saddr != @sources counter name "spoofed" drop
-\t\tip6 saddr != { ::, fe80::/10 } iifname . ip6 saddr != @sources6 counter name "spoofed" drop
+\t\tip6 saddr != :: iifname . ip6 saddr != @sources6 counter name "spoofed" drop
 \t}
 \tchain from_container {
 \t\tjump sender
@@ -189,6 +242,13 @@ counter name "isolated" drop
 counter name "isolated" drop
 \t\tip6 daddr != { fe80::/10, ff00::/8 } iifname . ip6 daddr != @subnets6 \
 counter name "isolated" drop
+\t\tip6 saddr { ::, fe80::/10 } jump link_scope
+\t\tip6 daddr fe80::/10 jump link_scope
+\t}
+\tchain link_scope {
+\t\ticmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, \
+mld-listener-report, mld-listener-done, mld2-listener-report } return
+\t\tcounter name "isolated" drop
 \t}
 \tchain to_host {
 \t\tjump sender
@@ -203,6 +263,8 @@ counter name "isolated" drop
 \t\tip saddr @overlay oifname . ip saddr != @subnets counter name "isolated" drop
 \t\tarp saddr ip @overlay oifname . arp saddr ip != @subnets counter name "isolated" drop
 \t\tip6 saddr @overlay6 oifname . ip6 saddr != @subnets6 counter name "isolated" drop
+\t\tip6 saddr { ::, fe80::/10 } jump link_scope
+\t\tip6 daddr fe80::/10 jump link_scope
 \t}
 """
 
@@ -225,13 +287,15 @@ def bridge_table(
         "ports6": [f'"{p.name}"' for p in ports if p.sources(6)],
         "sources": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources(4)],
         "subnets": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(4)],
-        "sources6": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources(6)],
+        "sources6": [f'"{p.name}" . {ip}' for p in ports for ip in p.sources6()],
         "subnets6": [f'"{p.name}" . {net}' for p in ports for net in p.subnets(6)],
         "overlay": [str(n) for n in ipaddress.collapse_addresses(overlay4)],
         "overlay6": [str(n) for n in ipaddress.collapse_addresses(overlay6)],
         "dns": sorted({str(a) for a in dns if a.version == 4}),
         "dns6": sorted({str(a) for a in dns if a.version == 6}),
         "macs": [f'"{p.name}" . {p.mac}' for p in ports if p.mac is not None],
+        "targets6": [f'"{p.name}" . {int(ip):#034x}' for p in ports for ip in p.sources6()],
+        "lladdrs": [f'"{p.name}" . 0x{p.mac.replace(":", "")}' for p in ports if p.mac is not None],
     }
     counters = "".join(f"\tcounter {c} {{}}\n" for c in COUNTERS)
     empty_sets = "".join(_set(name, kind, [], interval=i) for name, kind, i in _BRIDGE_SETS)
