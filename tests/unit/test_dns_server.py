@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import dns.asyncquery
 import dns.flags
@@ -516,7 +517,7 @@ async def test_the_servers_ipv6_address_is_reserved_in_ipam(
         range6 = Ipv6Settings(range=ipaddress.IPv6Network("fd00:53::/48"))
         ipam = await start(nursery, net, tmp_path, 1, config, ipv6=range6)
         service = DnsService(replace(router.config, dns=settings), router, ipam)
-        await nursery.start(service.serve, object())  # any data plane: never used here
+        await nursery.start(service.serve, SimpleNamespace(overlay_mtu=1354))  # (its MTU only)
         await wait_until(lambda: len(ipam.holders("dns:").get(owner, [])) == 2)
         held = [ipaddress.ip_interface(a) for a in ipam.holders("dns:")[owner]]
         six = next(a for a in held if a.version == 6)
