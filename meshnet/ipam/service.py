@@ -160,6 +160,7 @@ class IpamService:
         self._nickname = nickname or format_peer_name(config.name)
         self._timeout = allocate_timeout
         self._wake = trio.Event()
+        self._forgotten = False  # the state files are gone for good (reset): write none
         self._batch = trio.Event()  # set: peers' messages merged, not yet acted upon
         #: What those messages brought that is new, per channel, to relay after persisting.
         self._relays: dict[str, bytes] = {}
@@ -281,6 +282,8 @@ class IpamService:
 
     def _persist(self) -> bool:
         """Write each dirty ring's state; whether any was."""
+        if self._forgotten:
+            return False
         wrote = False
         for allocator, path in ((self.allocator, self._path), (self.allocator6, self._path6)):
             if allocator is not None and allocator.dirty:
@@ -580,7 +583,9 @@ class IpamService:
         return sum(e - s for s, e in allocator.owned_ranges())
 
     def forget_state(self) -> None:
-        """After an acknowledged reset: a relaunch starts as a new, empty peer."""
+        """After an acknowledged reset: a relaunch starts as a new, empty peer (and no batch of
+        messages acted upon later writes the state back)."""
+        self._forgotten = True
         self._path.unlink(missing_ok=True)
         self._path6.unlink(missing_ok=True)
 

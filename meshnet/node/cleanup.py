@@ -37,6 +37,7 @@ log = logging.getLogger("meshnet.cleanup")
 STATE_FILES = (
     PEER_NAME_FILE,
     ipam_service.STATE_FILE,
+    ipam_service.STATE_FILE6,
     ramps.STATE_FILE,
     dns_service.STATE_FILE,
     saved_targets.STATE_FILE,

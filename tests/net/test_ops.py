@@ -149,7 +149,7 @@ def test_a_restarted_router_keeps_its_targets_and_reset_force_cleans_up_after_ki
     assert "meshnet" not in tables(namespace), tables(namespace)
     state_dir = lablib.lab_root() / state["name"] / "hosts" / "h1"
     kept = {p.name for p in state_dir.iterdir()}
-    assert not kept & {"peer-name", "ipam.state", "targets.json", "ramps.json"}, kept
+    assert not kept & {"peer-name", "ipam.state", "ipam6.state", "targets.json", "ramps.json"}, kept
     assert "meshnet.log" in kept
     assert not lablib.host_api_socket(h1["dir"]).exists()
 

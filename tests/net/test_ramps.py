@@ -103,17 +103,24 @@ def remove_namespace(namespace: str) -> None:
     netlink.remove_namespace(namespace)
 
 
-def link_outside(lab: RampsLab, namespace: str, host_ifname: str, prefix: str) -> None:
-    """Join `namespace` (outside the overlay) to h1 by a veth: h1 is PREFIX.1, it is PREFIX.2,
-    and it routes the overlay via h1."""
+def link_outside(
+    lab: RampsLab, namespace: str, host_ifname: str, prefix: str, *, ipv6: bool = False
+) -> None:
+    """Join `namespace` (outside the overlay) to h1 by a veth: h1 is PREFIX.1/24, it is
+    PREFIX.2/24 and routes the overlay via h1; with `ipv6`, PREFIX::1/64 and PREFIX::2/64 (no
+    DAD: usable at once), and no route."""
+    first, second = (
+        (f"{prefix}::1/64", f"{prefix}::2/64") if ipv6 else (f"{prefix}.1/24", f"{prefix}.2/24")
+    )
     with netlink.namespace(lab.ns("h1")) as ns:
         ns.create_veth(host_ifname, "to-h1", namespace, mtu=1500)
-        ns.add_address(host_ifname, f"{prefix}.1/24")
+        ns.add_address(host_ifname, first)
         ns.set_up(host_ifname)
     with netlink.namespace(namespace) as ns:
-        ns.add_address("to-h1", f"{prefix}.2/24")
+        ns.add_address("to-h1", second)
         ns.set_up("to-h1")
-        ns.add_route("10.32.0.0/12", "to-h1", gateway=f"{prefix}.1")
+        if not ipv6:
+            ns.add_route("10.32.0.0/12", "to-h1", gateway=f"{prefix}.1")
 
 
 def routes(namespace: str, family: str = "-4") -> str:
@@ -343,18 +350,6 @@ def test_traffic_routed_in_from_outside_leaves_from_the_exposed_address_unless_n
     lablib.start_router(lab.name, "h1")
 
 
-def link_outside6(lab: RampsLab, namespace: str, host_ifname: str, prefix: str) -> None:
-    """Join `namespace` (outside the overlay) to h1 by an IPv6 veth: h1 is PREFIX::1/64, it is
-    PREFIX::2/64 (no DAD: usable at once)."""
-    with netlink.namespace(lab.ns("h1")) as ns:
-        ns.create_veth(host_ifname, "to-h1", namespace, mtu=1500)
-        ns.add_address(host_ifname, f"{prefix}::1/64")
-        ns.set_up(host_ifname)
-    with netlink.namespace(namespace) as ns:
-        ns.add_address("to-h1", f"{prefix}::2/64")
-        ns.set_up("to-h1")
-
-
 def inet_drops(lab: RampsLab, host: str, address: str) -> int:
     """Packets the ramps' input guard of an exposed address dropped."""
     table = lab.nft(host, "list", "table", "inet", "meshnet")
@@ -384,7 +379,7 @@ def test_ipv6_expose_reaches_masquerades_snats_isolates_and_hides(lab: RampsLab)
         )
         assert ipaddress.ip_interface(other["addresses"][0]).network == other_subnet
         made["srv"] = new_namespace(lab.state, "v6s")  # a server outside the overlay
-        link_outside6(lab, made["srv"], "to-v6s", outside)
+        link_outside(lab, made["srv"], "to-v6s", outside, ipv6=True)
         servers.append(start_echo_server(made["srv"], f"{outside}::2"))
         assert echo(made["dual"], f"{outside}::2") == ""  # no way out before expose
 

@@ -42,6 +42,7 @@ def test_state_files_are_the_owners_own_names() -> None:
     assert set(cleanup.STATE_FILES) == {
         "peer-name",
         "ipam.state",
+        "ipam6.state",
         "ramps.json",
         "dns-records.msgpack",
         "targets.json",
