@@ -114,11 +114,14 @@ def leftovers(name: str) -> list[str]:
 
 
 def meshnet_lab(*args: str) -> subprocess.Popen[str]:
+    """`meshnet lab ...` as a user's shell starts it: SIGINT acts (a test run started in the
+    background, `cmd &`, inherits SIGINT ignored, and `up` then rightly carried on)."""
     return subprocess.Popen(
         [sys.executable, "-m", "meshnet", "lab", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
