@@ -282,7 +282,9 @@ class IpamService:
 
     def _persist(self) -> bool:
         """Write each dirty ring's state; whether any was."""
-        if self._forgotten:
+        if self._forgotten:  # nothing is kept any more: nothing is left to write
+            for forgotten in self._allocators():
+                forgotten.dirty = False
             return False
         wrote = False
         for allocator, path in ((self.allocator, self._path), (self.allocator6, self._path6)):

@@ -217,7 +217,7 @@ async def test_after_forget_state_no_batch_writes_the_state_back(
         a.forget_state()
         a.allocator.dirty = True  # as a peer's message merged after the reset would leave it
         a.on_gossip(a.allocator.full_state() or b"")
-        await trio.sleep(1)
+        await trio.sleep(60)  # the batch, and the timers that send (still persisted-first)
         assert not (tmp_path / "1" / STATE_FILE).exists()
         nursery.cancel_scope.cancel()
 
