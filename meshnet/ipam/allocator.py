@@ -282,6 +282,13 @@ class Allocator:
         self._asked: dict[int, float] = {}
         self._next_request = 1
         self._tried: dict[Subnet, set[int]] = {}
+        # Donors not to ask for a range before then. A donor gives a peer at most one range
+        # per DONATION_INTERVAL (``_may_donate_range``) and refuses sooner requests with the
+        # same NOTHING as "no space"; a second subnet asked for at once was refused, and its
+        # waiter then slept until an unrelated message woke it (often past its timeout). The
+        # interval counts from the donor's answer, which it sent after noting its time: a
+        # request sent after it ends reaches the donor after the donor's interval ends too.
+        self._ask_after: dict[int, float] = {}
         #: The ring was divided here (a decision, ``--ipalloc-init seed``, ``follow``), not
         #: adopted from a peer: the shell seeds the IPv6 ring here too only then.
         self.divided_here = False
@@ -484,6 +491,9 @@ class Allocator:
                 self.counters.requests_timed_out += 1
                 if request.address is None:
                     self._tried.setdefault(request.subnet, set()).add(request.donor)
+        for donor, after in list(self._ask_after.items()):
+            if now >= after:
+                del self._ask_after[donor]  # the waiters ask it again: the shell wakes them
         if self._handover_resend is not None and now >= self._handover_resend:
             self._send_handover(now)
         if self._free_due is not None and now >= self._free_due:
@@ -495,6 +505,7 @@ class Allocator:
     def next_wake(self) -> float:
         due = [self.paxos.retry_at, self._handover_resend, self._free_due]
         due += [r.deadline for r in self._requests.values()]
+        due += self._ask_after.values()
         due += [self._now if until == math.inf else until for until in self._asked.values()]
         return min((t for t in due if t is not None), default=float("inf"))
 
@@ -796,23 +807,40 @@ class Allocator:
             self.dirty = True
         return changed
 
-    def _choose_donor(self, subnet: Subnet) -> int | None:
-        """A peer reporting free space in ``subnet``, chosen with probability ∝ that space."""
+    def _donors(self, subnet: Subnet) -> dict[int, int]:
+        """Reachable peers reporting free space in ``subnet``, and how much."""
         lo, hi = usable(subnet)
-        tried = self._tried.get(subnet, set())
         weights: dict[int, int] = {}
         for token, start, end in self.ring.extents():
-            if token.owner == self.name or token.owner in tried or token.free == 0:
-                continue
-            if not self.reachable(token.owner):
+            if token.owner == self.name or token.free == 0 or not self.reachable(token.owner):
                 continue
             overlap = min(end, hi) - max(start, lo)
             if overlap > 0:
                 weights[token.owner] = weights.get(token.owner, 0) + min(token.free, overlap)
+        return weights
+
+    def _waiting_for(self, peer: int) -> bool:
+        """Whether ``peer``'s donation interval for us is still running (see ``_ask_after``)."""
+        return self._ask_after.get(peer, -math.inf) > self._now
+
+    def _choose_donor(self, subnet: Subnet) -> int | None:
+        """A donor to ask now, not tried for ``subnet`` yet, chosen with probability ∝ the
+        free space it reports there."""
+        tried = self._tried.get(subnet, set())
+        weights = {
+            peer: weight
+            for peer, weight in self._donors(subnet).items()
+            if peer not in tried and not self._waiting_for(peer)
+        }
         if not weights:
             return None
         peers = sorted(weights)
         return self._rng.choices(peers, weights=[weights[p] for p in peers])[0]
+
+    def _next_donor(self, subnet: Subnet) -> int | None:
+        """The donor with free space in ``subnet`` whose interval for us ends first."""
+        waiting = [p for p in self._donors(subnet) if self._waiting_for(p)]
+        return min(waiting, key=lambda p: (self._ask_after[p], p), default=None)
 
     def _ask(
         self, subnet: Subnet, address: int | None, container: str | None, now: float
@@ -826,6 +854,9 @@ class Allocator:
             return NeedSpace(Waiting.DONATION, donor)  # asked once it is reachable
         if donor is None:
             self._tried.pop(subnet, None)  # free counts change: try everyone again next time
+            later = None if address is not None else self._next_donor(subnet)
+            if later is not None:
+                return NeedSpace(Waiting.DONATION, later)  # asked when its interval ends
             return NeedSpace(Waiting.EXHAUSTED)
         if address is None:
             # The donor gives only to a peer the ring shows without free space: report ours now
@@ -930,6 +961,8 @@ class Allocator:
         for key, request in list(self._requests.items()):
             if request.request_id == request_id and request.donor == source:
                 del self._requests[key]
+                if request.address is None and status in (Reply.GRANTED, Reply.NOTHING):
+                    self._ask_after[source] = self._now + DONATION_INTERVAL
                 if status is Reply.GRANTED:
                     self.counters.donations_received += 1
                 elif status is Reply.NOTHING and request.address is None:

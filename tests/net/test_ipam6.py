@@ -4,6 +4,7 @@ across a relay, IPv6-only containers, persistence, rmpeer."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import signal
 from typing import Any
@@ -133,3 +134,23 @@ def test_dual_stack_containers_across_a_relay_ipv6_only_restart_and_rmpeer(
         what="h3's IPv6 share to be reclaimed everywhere",
     )
     assert len(ring6(clients["h1"])) == 2
+
+
+def test_two_more_ipv6_subnets_on_both_hosts_without_a_refused_donation(make_lab: Any) -> None:
+    """The two /64s after the default one both lie in one host's share: the other host's
+    containers there need two donations from it, asked for back to back. The donor gives a
+    peer one range per interval; the asker used to ask at once, be refused, and time out in
+    about half the runs (donations_refused: 2). It now waits for the interval itself."""
+    state = make_lab("full", hosts=2, containers=0)
+    clients = {h: api(state, h) for h in ("h1", "h2")}
+    ipam6 = clients["h1"].get("/status/ipam")["ipv6"]
+    default = ipaddress.IPv6Network(ipam6["default_subnet"])
+    subnets = ipaddress.IPv6Network(ipam6["range"]).subnets(new_prefix=64)
+    s1, s2 = itertools.islice((n for n in subnets if n != default), 2)
+    for host, client in clients.items():
+        for i, subnet in enumerate((s1, s2)):
+            (address,) = attach(client, new_namespace(state, f"{host}-s{i}"), f"net:{subnet}")
+            assert address.network == subnet, (host, address)
+    counters = [c.get("/status/ipam")["ipv6"]["counters"] for c in clients.values()]
+    assert sum(c["donations_given"] for c in counters) == 2, counters
+    assert sum(c["donations_refused"] for c in counters) == 0, counters

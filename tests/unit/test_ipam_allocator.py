@@ -894,3 +894,84 @@ def allocate_claimed(net: Net, name: int, container: str, address: IPv6Address) 
         if isinstance(result, Address):
             return result
     raise AssertionError(result)
+
+
+# --- more subnets than the default one, each needing a donation from the same peer
+
+
+def deliver_pending(net: Net) -> None:
+    """Every message in flight, with no time passing."""
+    while net.gossip or net.unicasts:
+        if net.gossip:
+            net.deliver_gossip(next(iter(net.gossip)))
+        else:
+            net.deliver_unicast(0)
+
+
+def two_followers_and_two_of_peer_1s_subnets() -> tuple[Net, IPv6Network, IPv6Network]:
+    """Peers 1 and 2 dividing RANGE6; the two /64s after the default one are wholly peer 1's."""
+    net = Net(follow_configs((1, 2)))
+    for name in (1, 2):
+        net.peers[name].follow((1, 2), 0.0)
+        net.flush(name)
+    deliver_pending(net)
+    first, second = list(RANGE6.subnets(new_prefix=64))[1:3]
+    for subnet in (first, second):
+        lo = int(subnet.network_address)
+        assert net.peers[2].ring.owned_ranges(1)[0][0] <= lo
+        assert net.peers[2].ring.owner_of(lo) == net.peers[2].ring.owner_of(lo + (1 << 64) - 1)
+        assert net.peers[2].ring.owner_of(lo) == 1
+    return net, first, second
+
+
+def allocate_now(net: Net, name: int, container: str, subnet: IPv6Network) -> Address | NeedSpace:
+    result = net.peers[name].allocate(container, subnet, net.now)
+    net.flush(name)
+    deliver_pending(net)
+    return result
+
+
+def test_a_second_subnet_from_the_same_donor_is_asked_for_when_its_interval_ends() -> None:
+    """A donor gives a peer one range per DONATION_INTERVAL and refuses sooner requests; the
+    asker waits that out with a timer of its own (it used to ask at once, be refused, and
+    wait for an unrelated message: a second subnet timed out in about half the lab runs)."""
+    net, first, second = two_followers_and_two_of_peer_1s_subnets()
+    asker, donor = net.peers[2], net.peers[1]
+    assert allocate_now(net, 2, "a", first) == NeedSpace(Waiting.DONATION, 1)
+    assert isinstance(allocate_now(net, 2, "a", first), Address)
+    granted_at = net.now
+    assert allocate_now(net, 2, "b", second) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 1  # not asked yet: it would refuse
+    net.tick(DONATION_INTERVAL / 2)  # (free counts reported meanwhile)
+    assert allocate_now(net, 2, "b", second) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 1
+    assert asker.next_wake() == granted_at + DONATION_INTERVAL  # the shell wakes it then
+    net.tick(DONATION_INTERVAL / 2)
+    assert allocate_now(net, 2, "b", second) == NeedSpace(Waiting.DONATION, 1)  # asked now
+    got = allocate_now(net, 2, "b", second)
+    assert isinstance(got, Address) and got.ip in second
+    assert asker.ring.owner_of(int(got.ip)) == 2
+    assert (donor.counters.donations_given, donor.counters.donations_refused) == (2, 0)
+
+
+def test_a_refused_range_request_is_asked_again_when_the_donors_interval_ends() -> None:
+    """A restarted asker forgot when it was last given a range: the donor refuses, and the
+    asker retries on its own timer, not when some message happens to wake it."""
+    net, first, second = two_followers_and_two_of_peer_1s_subnets()
+    allocate_now(net, 2, "a", first)
+    assert isinstance(allocate_now(net, 2, "a", first), Address)
+    net.restart(2)
+    net.tick(0.0)  # the restored peer's first tick
+    asker, donor = net.peers[2], net.peers[1]
+    assert allocate_now(net, 2, "b", second) == NeedSpace(Waiting.DONATION, 1)
+    assert donor.counters.donations_refused == 1  # too soon after the first
+    refused_at = net.now
+    net.tick(DONATION_INTERVAL / 2)  # (free counts reported meanwhile)
+    assert allocate_now(net, 2, "b", second) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 1
+    assert asker.next_wake() == refused_at + DONATION_INTERVAL  # the shell wakes it then
+    net.tick(DONATION_INTERVAL / 2)
+    allocate_now(net, 2, "b", second)
+    got = allocate_now(net, 2, "b", second)
+    assert isinstance(got, Address) and got.ip in second
+    assert donor.counters.donations_refused == 1 and asker.counters.requests_sent == 2

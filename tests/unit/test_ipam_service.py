@@ -566,3 +566,38 @@ async def test_without_ipv6_an_ipv6_request_is_one_line(
         assert service.status()["ipv6"] is None
         assert not service.in_range(IPv6Network("fd00::/64").network_address + 1)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("family", [4, 6])
+async def test_two_subnets_that_both_need_a_donation_from_one_peer_get_one_each(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, family: int
+) -> None:
+    """Peer 2 holds nothing of two subnets of peer 1's. Peer 1 gives it one range per
+    DONATION_INTERVAL: the second allocation waits for that, then asks (it was refused, then
+    slept until an unrelated message, and timed out in about half the runs of a 2-host lab)."""
+    net = FakeNet()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        ipv6 = DUAL if family == 6 else None
+        peers = [
+            await start(nursery, net, tmp_path, n, config(n, InitMode.SEED), ipv6) for n in (1, 2)
+        ]
+        await peers[0].allocate("x")  # divides both rings: 10.32.0.0/25 is peer 1's
+        if family == 6:
+            subnets: list[IPv4Network | IPv6Network] = list(
+                IPv6Network(peers[0].status()["ipv6"]["range"]).subnets(new_prefix=64)
+            )[1:3]
+        else:
+            subnets = [IPv4Network("10.32.0.0/28"), IPv4Network("10.32.0.16/28")]
+        got: list[IPv4Interface | IPv6Interface] = []
+        for i, subnet in enumerate(subnets):
+            if isinstance(subnet, IPv6Network):
+                got.append(await peers[1].allocate6(f"c{i}", subnet))
+            else:
+                got.append(await peers[1].allocate(f"c{i}", subnet))
+        assert [a.network for a in got] == subnets
+        status = peers[0].status()
+        counters = (status["ipv6"] if family == 6 else status)["counters"]
+        assert (counters["donations_given"], counters["donations_refused"]) == (2, 0)
+        nursery.cancel_scope.cancel()
