@@ -272,11 +272,10 @@ def test_ipv6_subnets_are_isolated_and_a_container_without_ipv6_sends_none(
     h1, h2 = api(state, "h1"), api(state, "h2")
     ipam6 = h1.get("/status/ipam")["ipv6"]
     default = IPv6Network(ipam6["default_subnet"])
-    # The default /64 (every seed peer holds part of it) and one more: a container in a
-    # subnet where its host holds nothing waits for a donation, which IPAM does not always
-    # give in time for a second such subnet (seen here: donations_refused).
-    s1 = default
-    s2 = next(n for n in IPv6Network(ipam6["range"]).subnets(new_prefix=64) if n != default)
+    # Two /64s besides the default: one host holds nothing of either, and gets a donation
+    # for each from the other (the second once the donor's interval for it has passed).
+    others = (n for n in IPv6Network(ipam6["range"]).subnets(new_prefix=64) if n != default)
+    s1, s2 = next(others), next(others)
     a1 = Container(state, h1, "h1-a6", f"net:{s1}")
     a2 = Container(state, h2, "h2-a6", f"net:{s1}")
     b1 = Container(state, h1, "h1-b6", f"net:{s2}")
