@@ -11,6 +11,11 @@ Expose is IPAM → the ramps (bridge address and tables, all or nothing inside) 
 
 The Docker and CNI joins are the same attach and detach with a ``Target`` that names their keys:
 IPAM and DNS go by the runtime's id instead of the namespace's identity.
+
+A namespace that goes away without a detach (deleted, its last process ended) takes its port
+off the bridge: the ramps see it go, and the node then gives back what IPAM holds for every
+namespace that is provably gone, with the names DNS has for those addresses
+(``collect_gone_namespaces``; also once at start, which renames keys from before cookies).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshnet.constants import CONTAINER_IFNAME
-from meshnet.errors import UserError
+from meshnet.errors import MeshnetError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.ipam.allocator import IPAddress
+from meshnet.node import namespace_owners
 from meshnet.node.addresses import addresses_for, detach_addresses, release_only
+from meshnet.node.namespace_owners import ByInode, Release, parse_owner
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
 from meshnet.node.ramps_state import Exposed, Interface, owner_id, parse_owner_id
@@ -93,15 +100,20 @@ class Node:
         self.ramps = ramps
         self.peer = format_peer_name(router.identity.name)
         self._nick = router.identity.nickname
+        self._ports_left = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The ramps (with a data plane), and IPAM reserving what they expose again."""
+        """The ramps (with a data plane), and IPAM reserving what they expose again; what IPAM
+        holds for namespaces that went away meanwhile is given back before any attach."""
         async with trio.open_nursery() as nursery:
             if self.ramps is not None and self.dataplane is not None:
                 await nursery.start(self.ramps.serve, self.dataplane)
                 if self.ramps.rebuilding:
                     await self._rebuild_exposed(self.ramps)
                 nursery.start_soon(self._reclaim_exposed, self.ramps)
+                await self.collect_gone_namespaces()
+                self.ramps.ports_left_listeners.append(self._on_ports_left)
+                nursery.start_soon(self._collect_when_ports_leave)
             task_status.started()
 
     # --- the services a use case needs
@@ -234,8 +246,61 @@ class Node:
     async def _ipam_id(self, container: str, ifname: str) -> str:
         """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
         interface gets addresses of its own)."""
-        container_id = await self.require_dataplane().container_id(container)
-        return container_id if ifname == CONTAINER_IFNAME else f"{container_id}/{ifname}"
+        namespace = await self.require_dataplane().namespace_id(container)
+        return namespace_owners.owner_id(namespace, ifname)
+
+    def _on_ports_left(self) -> None:
+        self._ports_left.set()
+
+    async def _collect_when_ports_leave(self) -> None:
+        """A container's port left the bridge: its namespace may be gone (bursts coalesce)."""
+        while True:
+            await self._ports_left.wait()
+            self._ports_left = trio.Event()
+            await self.collect_gone_namespaces()
+
+    async def collect_gone_namespaces(self) -> None:
+        """Give back what IPAM holds for namespaces that are provably gone (and remove DNS's
+        names for those addresses); rename keys from before cookies to their namespace's
+        cookie key (see ``namespace_owners``)."""
+        if self.ipam is None or self.dataplane is None:
+            return
+        held = self.ipam.holders(namespace_owners.PREFIX)
+        if not held:
+            return
+        by_inode = any(isinstance(parse_owner(owner), ByInode) for owner in held)
+        try:
+            seen = await self.dataplane.namespaces(interfaces=by_inode)
+        except (MeshnetError, OSError) as e:
+            log.warning("%s: cannot look for namespaces that are gone: %s", self._nick, e)
+            return
+        if not seen.complete:
+            log.info(
+                "%s: bridge ports %s lead to namespaces out of sight: addresses of namespaces "
+                "not seen are kept for now",
+                self._nick,
+                ", ".join(seen.unseen),
+            )
+        for action in namespace_owners.collect(held, seen):
+            if isinstance(action, Release):
+                released = await self.ipam.release(action.owner)
+                if self.dns is not None:
+                    self.dns.forget_addresses([str(a) for a in released])
+                log.info(
+                    "%s: released %s of %s: %s",
+                    self._nick,
+                    ", ".join(map(str, released)),
+                    action.owner,
+                    action.why,
+                )
+            else:
+                moved = self.ipam.rename(action.owner, action.to)
+                log.info(
+                    "%s: %s now held as %s (the same namespace, by its cookie)",
+                    self._nick,
+                    ", ".join(map(str, moved)),
+                    action.to,
+                )
 
     async def containers(self) -> list[dict[str, Any]]:
         return await self.require_dataplane().containers()
