@@ -20,8 +20,11 @@ namespace that is provably gone, with the names DNS has for those addresses
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
@@ -101,6 +104,9 @@ class Node:
         self.peer = format_peer_name(router.identity.name)
         self._nick = router.identity.nickname
         self._ports_left = trio.Event()
+        #: IPAM keys an attach is under way for: never released as gone meanwhile (a namespace
+        #: out of sight has no port yet that would say it lives).
+        self._attaches: collections.Counter[str] = collections.Counter()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The ramps (with a data plane), and IPAM reserving what they expose again; what IPAM
@@ -149,36 +155,38 @@ class Node:
         """Attach the target with addresses from IPAM (see ``specs`` for the grammar), isolate
         its port and name it; on failure nothing of it stays but what it had before."""
         dataplane = self.require_dataplane()
-        async with Pipeline(self._nick) as steps:
-            fresh: list[str] = []  # addresses the data plane step adds: its undo takes them off
-            if self.ipam is None:
-                addresses = list(specs)
-            else:
-                ipam = self.ipam
-                owner = target.owner or await self._ipam_id(target.namespace, ifname)
-                held = {a.ip for a in ipam.addresses_of(owner)}
-                mtu = dataplane.overlay_mtu or None
-                addresses = await addresses_for(ipam, owner, specs, mtu=mtu)
-                if not held:  # nothing of it is on the container: give it back
-                    steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
-                fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]
-            result = await dataplane.attach(target.namespace, addresses, ifname)
-            if fresh:
-                steps.undo_with(
-                    f"attach of {target.namespace}",
-                    lambda: dataplane.detach(target.namespace, fresh, ifname),
-                )
-            if self.ramps is not None:
-                ramps = self.ramps
-                await ramps.attached(target.namespace, ifname, addresses, result)
-                if fresh:  # (none named would forget the whole port)
+        with contextlib.ExitStack() as attaching:
+            async with Pipeline(self._nick) as steps:
+                fresh: list[str] = []  # addresses the data plane step adds: its undo takes them off
+                if self.ipam is None:
+                    addresses = list(specs)
+                else:
+                    ipam = self.ipam
+                    owner = target.owner or await self._ipam_id(target.namespace, ifname)
+                    attaching.enter_context(self._attaching(owner))
+                    held = {a.ip for a in ipam.addresses_of(owner)}
+                    mtu = dataplane.overlay_mtu or None
+                    addresses = await addresses_for(ipam, owner, specs, mtu=mtu)
+                    if not held:  # nothing of it is on the container: give it back
+                        steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
+                    fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]
+                result = await dataplane.attach(target.namespace, addresses, ifname)
+                if fresh:
                     steps.undo_with(
-                        f"isolation of {target.namespace}",
-                        lambda: ramps.detached(target.namespace, ifname, fresh),
+                        f"attach of {target.namespace}",
+                        lambda: dataplane.detach(target.namespace, fresh, ifname),
                     )
-            # Only now: until its port is isolated, the bridge drops what the container sends.
-            await dataplane.announce(target.namespace, result)
-            dns_name = self._register(target, result, fqdn)
+                if self.ramps is not None:
+                    ramps = self.ramps
+                    await ramps.attached(target.namespace, ifname, addresses, result)
+                    if fresh:  # (none named would forget the whole port)
+                        steps.undo_with(
+                            f"isolation of {target.namespace}",
+                            lambda: ramps.detached(target.namespace, ifname, fresh),
+                        )
+                # Only now: until its port is isolated, the bridge drops what the container sends.
+                await dataplane.announce(target.namespace, result)
+                dns_name = self._register(target, result, fqdn)
         return Attached(result, dns_name)
 
     def _register(self, target: Target, result: dict[str, Any], fqdn: str | None) -> str | None:
@@ -249,6 +257,16 @@ class Node:
         namespace = await self.require_dataplane().namespace_id(container)
         return namespace_owners.owner_id(namespace, ifname)
 
+    @contextlib.contextmanager
+    def _attaching(self, owner: str) -> Iterator[None]:
+        self._attaches[owner] += 1
+        try:
+            yield
+        finally:
+            self._attaches[owner] -= 1
+            if not self._attaches[owner]:
+                del self._attaches[owner]
+
     def _on_ports_left(self) -> None:
         self._ports_left.set()
 
@@ -283,6 +301,8 @@ class Node:
             )
         for action in namespace_owners.collect(held, seen):
             if isinstance(action, Release):
+                if action.owner in self._attaches:
+                    continue  # its namespace lives, whether in sight or not
                 released = await self.ipam.release(action.owner)
                 if self.dns is not None:
                     self.dns.forget_addresses([str(a) for a in released])

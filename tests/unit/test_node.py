@@ -423,6 +423,35 @@ def test_what_gone_namespaces_held_is_released_and_unnamed_and_old_keys_are_rena
     assert calls == []
 
 
+def test_an_attach_under_way_keeps_its_key_from_the_collection() -> None:
+    """A namespace no file names (held by a descriptor) shows no port until its attach made
+    one: a collection meanwhile must not take the addresses the attach just got."""
+    calls = Calls()
+    node = node_with_fakes(calls)
+    dataplane = node.dataplane
+    assert isinstance(dataplane, FakeDataPlane)
+    gate = trio.Event()
+    plain_attach = dataplane.attach
+
+    async def slow_attach(container: str, addresses: list[str], ifname: str) -> dict[str, Any]:
+        await gate.wait()
+        return await plain_attach(container, addresses, ifname)
+
+    dataplane.attach = slow_attach  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.attach, Target("c1"), [])
+            await trio.testing.wait_all_tasks_blocked()
+            await node.collect_gone_namespaces()  # nothing in sight, c1 included
+            gate.set()
+        await node.collect_gone_namespaces()  # done: now only a gone namespace's key goes
+
+    trio.run(main)
+    assert calls[:3] == [f"allocate {C1}", "look for namespaces", "attach c1 10.32.0.5/12"]
+    assert calls[-3:] == ["look for namespaces", f"release {C1}", "unname 10.32.0.5"]
+
+
 def test_a_runtimes_detach_of_a_gone_namespace_still_releases_and_unnames() -> None:
     calls = Calls()
     calls.fail_at("detach")
