@@ -11,6 +11,7 @@ probes) come back from the receive thread through the trio token.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -27,7 +28,7 @@ from meshnet.dataplane import underlay
 from meshnet.dataplane.fastdp import core as fastdp_core
 from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.kernel import attach as attachment
-from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel import namespaces, netlink
 from meshnet.dataplane.kernel.tap import open_tap
 from meshnet.dataplane.kernel.udp import open_udp
 from meshnet.dataplane.punch.core import Endpoint
@@ -41,6 +42,7 @@ from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.node.namespace_owners import NamespaceId, Namespaces, SeenNamespace
 
 log = logging.getLogger("meshnet.dataplane")
 
@@ -572,10 +574,39 @@ class DataPlane:
 
         await trio.to_thread.run_sync(run, limiter=self._netlink)
 
-    async def container_id(self, container: str) -> str:
-        """A container's identity for IPAM: its namespace's inode, however it was named."""
-        ref = await trio.to_thread.run_sync(attachment.resolve_namespace, container)
-        return f"netns:{ref.inode[0]}:{ref.inode[1]}"
+    async def namespace_id(self, container: str) -> NamespaceId:
+        """A container's namespace for good, however it was named (IPAM's key is made of it)."""
+
+        def run() -> NamespaceId:
+            ref = attachment.resolve_namespace(container)
+            return NamespaceId(namespaces.cookie_of(ref.path), self.boot)
+
+        return await trio.to_thread.run_sync(run)
+
+    @functools.cached_property
+    def boot(self) -> str:
+        return namespaces.boot_id()
+
+    async def namespaces(self, *, interfaces: bool = False) -> Namespaces:
+        """Every namespace in sight now, and whether each container port of the bridge leads
+        to one of them; with ``interfaces``, each one's attached interfaces too."""
+
+        def run() -> Namespaces:
+            visible = namespaces.visible_namespaces()
+            ports = attachment.bridge_namespaces(BRIDGE, interfaces=interfaces)
+            seen = tuple(
+                SeenNamespace(
+                    NamespaceId(v.cookie, self.boot), v.inode, ports.interfaces.get(v.inode, {})
+                )
+                for v in visible
+            )
+            # A port whose namespace was found by its file but not among the cookies (it
+            # came, or the file was replaced, between the two looks) counts as unseen too.
+            missing = ports.inodes - {v.inode for v in visible}
+            unseen = ports.unseen + tuple(f"(namespace {d}:{i})" for d, i in sorted(missing))
+            return Namespaces(seen, self.boot, unseen)
+
+        return await trio.to_thread.run_sync(run, limiter=self._netlink)
 
     async def detach(self, container: str, addresses: list[str], ifname: str) -> bool:
         def run() -> bool:

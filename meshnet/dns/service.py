@@ -489,6 +489,19 @@ class DnsService:
             self._publish(self.records.remove(container, now, address=_ip(a)))
         self._save()
 
+    def forget_addresses(self, addresses: list[str]) -> None:
+        """Remove our records of these addresses, whatever container they name: IPAM took them
+        back from a container that is gone without a detach (those of ``dns-add`` without a
+        container stay: they name no container)."""
+        gone = {_ip(a) for a in addresses}
+        if not gone:
+            return
+        now = time.time()
+        for r in self.records.own_records():
+            if r.live and r.address in gone and r.container != EXTERNAL:
+                self._publish(self.records.remove(r.container, now, address=r.address))
+        self._save()
+
     def add(self, container: str, fqdn: str, addresses: list[str]) -> list[str]:
         now = time.time()
         for address in addresses:

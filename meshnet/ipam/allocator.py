@@ -402,6 +402,13 @@ class Allocator:
             self._changed(now)
         return [self.config.address(a) for a in released]
 
+    def rename(self, container_id: str, to: str) -> list[IPAddress]:
+        """Give what the container holds to ``to`` (a new key for the same container)."""
+        moved = self.space.rename(_container(container_id), _container(to))
+        if moved:
+            self.dirty = True  # nothing freed or taken: only the state file changes
+        return [self.config.address(a) for a in moved]
+
     def addresses_of(self, container_id: str) -> list[Address]:
         out = []
         for a in self.space.addresses(container_id):

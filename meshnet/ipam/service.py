@@ -481,6 +481,17 @@ class IpamService:
             self._after()
         return released
 
+    def rename(self, container_id: str, to: str) -> list[IPAddress]:
+        """Give every address the container holds (both families) to the key ``to``: the same
+        container under a new key."""
+        moved: list[IPAddress] = []
+        try:
+            for allocator in self._allocators():
+                moved += allocator.rename(container_id, to)
+        finally:
+            self._after()
+        return moved
+
     def addresses_of(self, container_id: str) -> list[Interface]:
         """What the container holds here: its IPv4 addresses, then its IPv6 ones."""
         return [a.interface for x in self._allocators() for a in x.addresses_of(container_id)]

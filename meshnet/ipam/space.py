@@ -121,6 +121,16 @@ class Space:
             del self._used[bisect.bisect_left(self._used, address)]
         return sorted(addresses)
 
+    def rename(self, container: str, to: str) -> list[int]:
+        """Let ``to`` hold what ``container`` holds (besides what it holds already); the
+        addresses moved."""
+        moved = self._by_container.pop(container, [])
+        for address in moved:
+            self._holder[address] = to
+        if moved:
+            self._by_container.setdefault(to, []).extend(moved)
+        return sorted(moved)
+
     def clear(self) -> None:
         self._holder.clear()
         self._used.clear()

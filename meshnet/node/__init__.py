@@ -5,6 +5,8 @@
 - ``pipeline``     steps undone in reverse when a later one fails: all or nothing
 - ``specs``        the user's address arguments: one grammar for attach, run, expose and hide
 - ``addresses``    address specs to addresses, through IPAM, keyed by the container's namespace
+- ``namespace_owners`` IPAM's keys for namespaces (their cookies), and which ones outlived
+                   their namespace (pure)
 - ``cleanup``      `reset --force` after a dead router: its links, tables and state files
 - ``ramps``        on and off ramps between overlay and host, and isolation between subnets
 - ``ramps_state``  what the ramps record and decide, and the nftables script that asks for (pure)

@@ -11,12 +11,20 @@ Expose is IPAM → the ramps (bridge address and tables, all or nothing inside) 
 
 The Docker and CNI joins are the same attach and detach with a ``Target`` that names their keys:
 IPAM and DNS go by the runtime's id instead of the namespace's identity.
+
+A namespace that goes away without a detach (deleted, its last process ended) takes its port
+off the bridge: the ramps see it go, and the node then gives back what IPAM holds for every
+namespace that is provably gone, with the names DNS has for those addresses
+(``collect_gone_namespaces``; also once at start, which renames keys from before cookies).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any
@@ -24,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshnet.constants import CONTAINER_IFNAME
-from meshnet.errors import UserError
+from meshnet.errors import MeshnetError, UserError
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
 from meshnet.ipam.allocator import IPAddress
+from meshnet.node import namespace_owners
 from meshnet.node.addresses import addresses_for, detach_addresses, release_only
+from meshnet.node.namespace_owners import ByInode, Release, parse_owner
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
 from meshnet.node.ramps_state import Exposed, Interface, owner_id, parse_owner_id
@@ -93,15 +103,23 @@ class Node:
         self.ramps = ramps
         self.peer = format_peer_name(router.identity.name)
         self._nick = router.identity.nickname
+        self._ports_left = trio.Event()
+        #: IPAM keys an attach is under way for: never released as gone meanwhile (a namespace
+        #: out of sight has no port yet that would say it lives).
+        self._attaches: collections.Counter[str] = collections.Counter()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The ramps (with a data plane), and IPAM reserving what they expose again."""
+        """The ramps (with a data plane), and IPAM reserving what they expose again; what IPAM
+        holds for namespaces that went away meanwhile is given back before any attach."""
         async with trio.open_nursery() as nursery:
             if self.ramps is not None and self.dataplane is not None:
                 await nursery.start(self.ramps.serve, self.dataplane)
                 if self.ramps.rebuilding:
                     await self._rebuild_exposed(self.ramps)
                 nursery.start_soon(self._reclaim_exposed, self.ramps)
+                await self.collect_gone_namespaces()
+                self.ramps.ports_left_listeners.append(self._on_ports_left)
+                nursery.start_soon(self._collect_when_ports_leave)
             task_status.started()
 
     # --- the services a use case needs
@@ -137,36 +155,38 @@ class Node:
         """Attach the target with addresses from IPAM (see ``specs`` for the grammar), isolate
         its port and name it; on failure nothing of it stays but what it had before."""
         dataplane = self.require_dataplane()
-        async with Pipeline(self._nick) as steps:
-            fresh: list[str] = []  # addresses the data plane step adds: its undo takes them off
-            if self.ipam is None:
-                addresses = list(specs)
-            else:
-                ipam = self.ipam
-                owner = target.owner or await self._ipam_id(target.namespace, ifname)
-                held = {a.ip for a in ipam.addresses_of(owner)}
-                mtu = dataplane.overlay_mtu or None
-                addresses = await addresses_for(ipam, owner, specs, mtu=mtu)
-                if not held:  # nothing of it is on the container: give it back
-                    steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
-                fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]
-            result = await dataplane.attach(target.namespace, addresses, ifname)
-            if fresh:
-                steps.undo_with(
-                    f"attach of {target.namespace}",
-                    lambda: dataplane.detach(target.namespace, fresh, ifname),
-                )
-            if self.ramps is not None:
-                ramps = self.ramps
-                await ramps.attached(target.namespace, ifname, addresses, result)
-                if fresh:  # (none named would forget the whole port)
+        with contextlib.ExitStack() as attaching:
+            async with Pipeline(self._nick) as steps:
+                fresh: list[str] = []  # addresses the data plane step adds: its undo takes them off
+                if self.ipam is None:
+                    addresses = list(specs)
+                else:
+                    ipam = self.ipam
+                    owner = target.owner or await self._ipam_id(target.namespace, ifname)
+                    attaching.enter_context(self._attaching(owner))
+                    held = {a.ip for a in ipam.addresses_of(owner)}
+                    mtu = dataplane.overlay_mtu or None
+                    addresses = await addresses_for(ipam, owner, specs, mtu=mtu)
+                    if not held:  # nothing of it is on the container: give it back
+                        steps.undo_with(f"allocation for {owner}", lambda: ipam.release(owner))
+                    fresh = [a for a in addresses if ipaddress.ip_interface(a).ip not in held]
+                result = await dataplane.attach(target.namespace, addresses, ifname)
+                if fresh:
                     steps.undo_with(
-                        f"isolation of {target.namespace}",
-                        lambda: ramps.detached(target.namespace, ifname, fresh),
+                        f"attach of {target.namespace}",
+                        lambda: dataplane.detach(target.namespace, fresh, ifname),
                     )
-            # Only now: until its port is isolated, the bridge drops what the container sends.
-            await dataplane.announce(target.namespace, result)
-            dns_name = self._register(target, result, fqdn)
+                if self.ramps is not None:
+                    ramps = self.ramps
+                    await ramps.attached(target.namespace, ifname, addresses, result)
+                    if fresh:  # (none named would forget the whole port)
+                        steps.undo_with(
+                            f"isolation of {target.namespace}",
+                            lambda: ramps.detached(target.namespace, ifname, fresh),
+                        )
+                # Only now: until its port is isolated, the bridge drops what the container sends.
+                await dataplane.announce(target.namespace, result)
+                dns_name = self._register(target, result, fqdn)
         return Attached(result, dns_name)
 
     def _register(self, target: Target, result: dict[str, Any], fqdn: str | None) -> str | None:
@@ -234,8 +254,73 @@ class Node:
     async def _ipam_id(self, container: str, ifname: str) -> str:
         """IPAM's key: the namespace, and the interface if it is not the usual one (so a second
         interface gets addresses of its own)."""
-        container_id = await self.require_dataplane().container_id(container)
-        return container_id if ifname == CONTAINER_IFNAME else f"{container_id}/{ifname}"
+        namespace = await self.require_dataplane().namespace_id(container)
+        return namespace_owners.owner_id(namespace, ifname)
+
+    @contextlib.contextmanager
+    def _attaching(self, owner: str) -> Iterator[None]:
+        self._attaches[owner] += 1
+        try:
+            yield
+        finally:
+            self._attaches[owner] -= 1
+            if not self._attaches[owner]:
+                del self._attaches[owner]
+
+    def _on_ports_left(self) -> None:
+        self._ports_left.set()
+
+    async def _collect_when_ports_leave(self) -> None:
+        """A container's port left the bridge: its namespace may be gone (bursts coalesce)."""
+        while True:
+            await self._ports_left.wait()
+            self._ports_left = trio.Event()
+            await self.collect_gone_namespaces()
+
+    async def collect_gone_namespaces(self) -> None:
+        """Give back what IPAM holds for namespaces that are provably gone (and remove DNS's
+        names for those addresses); rename keys from before cookies to their namespace's
+        cookie key (see ``namespace_owners``)."""
+        if self.ipam is None or self.dataplane is None:
+            return
+        held = self.ipam.holders(namespace_owners.PREFIX)
+        if not held:
+            return
+        by_inode = any(isinstance(parse_owner(owner), ByInode) for owner in held)
+        try:
+            seen = await self.dataplane.namespaces(interfaces=by_inode)
+        except (MeshnetError, OSError) as e:
+            log.warning("%s: cannot look for namespaces that are gone: %s", self._nick, e)
+            return
+        if not seen.complete:
+            log.info(
+                "%s: bridge ports %s lead to namespaces out of sight: addresses of namespaces "
+                "not seen are kept for now",
+                self._nick,
+                ", ".join(seen.unseen),
+            )
+        for action in namespace_owners.collect(held, seen):
+            if isinstance(action, Release):
+                if action.owner in self._attaches:
+                    continue  # its namespace lives, whether in sight or not
+                released = await self.ipam.release(action.owner)
+                if self.dns is not None:
+                    self.dns.forget_addresses([str(a) for a in released])
+                log.info(
+                    "%s: released %s of %s: %s",
+                    self._nick,
+                    ", ".join(map(str, released)),
+                    action.owner,
+                    action.why,
+                )
+            else:
+                moved = self.ipam.rename(action.owner, action.to)
+                log.info(
+                    "%s: %s now held as %s (the same namespace, by its cookie)",
+                    self._nick,
+                    ", ".join(map(str, moved)),
+                    action.to,
+                )
 
     async def containers(self) -> list[dict[str, Any]]:
         return await self.require_dataplane().containers()

@@ -40,6 +40,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from ipaddress import IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,6 +267,9 @@ class Ramps:
         #: for the container to show them (Docker configures them after the plugin's join).
         self._announced: dict[str, tuple[frozenset[Interface], float]] = {}
         self._dns: tuple[IPAddress, ...] = ()  # where the DNS server listens, while it does
+        #: Told when container ports left the bridge (their namespaces may be gone: the node
+        #: gives their addresses back).
+        self.ports_left_listeners: list[Callable[[], None]] = []
         self._wake = trio.Event()
         self._eager_until = 0.0
         self.isolation = "off (no data plane)"
@@ -480,6 +484,9 @@ class Ramps:
         for gone in set(self.state.ports) - present:
             del self.state.ports[gone]
             changed = True
+        if changed:
+            for listener in self.ports_left_listeners:
+                listener()
         unknown = present - known
         if found is None:
             return changed

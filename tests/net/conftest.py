@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,31 @@ def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., dict[str,
     for name in made:
         if (lablib.lab_root() / name).exists():
             lablib.down(name)
+
+
+def take_inode(
+    inode: tuple[int, int],
+    make: Callable[[], str],
+    remove: Callable[[str], bool],
+    timeout: float = 2.0,
+) -> str | None:
+    """A new namespace (from ``make``) with the inode of one just removed; None if none got it
+    in time (another process's namespace may have taken it: try again with another).
+
+    The kernel hands out the lowest free inode, a removed namespace's only once its cleanup
+    has run, a moment later: a namespace given a lower one fills a hole below it and is kept, one
+    given a higher one came too early and is removed again.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        namespace = make()
+        got = netlink.namespace_inode(namespace)
+        if got == inode:
+            return namespace
+        if got > inode:
+            remove(namespace)
+            time.sleep(0.01)
+    return None
 
 
 def ns_run(namespace: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

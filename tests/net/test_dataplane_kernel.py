@@ -28,10 +28,10 @@ import pytest
 
 from meshnet.dataplane import underlay
 from meshnet.dataplane.kernel import attach as attachlib
-from meshnet.dataplane.kernel import netlink, tap, udp
+from meshnet.dataplane.kernel import namespaces, netlink, tap, udp
 from meshnet.dataplane.sleeve import vnet
 from meshnet.errors import UserError
-from tests.net.conftest import can_ping, ns_run
+from tests.net.conftest import can_ping, ns_run, take_inode
 
 
 def _suffix() -> str:
@@ -680,6 +680,79 @@ def test_netlink_namespace_accepts_paths(
     )
     with pytest.raises(netlink.NamespaceNotFound):
         netlink.run_in_namespace(f"mnt-nope-{_suffix()}", lambda: None)
+
+
+def test_a_namespace_with_a_dead_ones_inode_has_a_cookie_and_port_name_of_its_own(
+    make_ns: Callable[[str], str],
+) -> None:
+    """The kernel hands a gone namespace's inode to a later one; never its cookie."""
+    cookies: set[int] = set()
+    for _ in range(8):  # until no other process's namespace takes the inode first
+        dead = make_ns("dead")
+        ref = attachlib.resolve_namespace(dead)
+        cookie, port = namespaces.cookie_of(ref.path), attachlib.host_ifname_for(ref)
+        cookies.add(cookie)
+        netlink.remove_namespace(dead)
+        heir = take_inode(ref.inode, lambda: make_ns("heir"), netlink.remove_namespace)
+        if heir is not None:
+            break
+    assert heir is not None, "other processes took every inode we freed"
+    heir_ref = attachlib.resolve_namespace(heir)
+    assert heir_ref.inode == ref.inode
+    assert namespaces.cookie_of(heir_ref.path) not in cookies
+    assert attachlib.host_ifname_for(heir_ref) != port
+
+
+def test_every_namespace_in_sight_is_found_and_a_port_into_one_out_of_sight_is_told(
+    make_ns: Callable[[str], str], spawn: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    host = _bridge_host(make_ns)
+    named = make_ns("n")
+    by_pid = _unshared(spawn)
+    mounted_pid = _unshared(spawn)
+    mount_point = f"/tmp/mnt-bind-{_suffix()}"
+    open(mount_point, "w").close()
+    subprocess.run(["mount", "--bind", f"/proc/{mounted_pid}/ns/net", mount_point], check=True)
+    try:
+        os.kill(mounted_pid, signal.SIGKILL)  # the bind mount alone keeps it now
+        os.waitpid(mounted_pid, 0)
+        wanted = {
+            namespaces.cookie_of(path)
+            for path in (f"/var/run/netns/{named}", f"/proc/{by_pid}/ns/net", mount_point)
+        }
+        visible = namespaces.visible_namespaces()
+        assert wanted <= {v.cookie for v in visible}
+        assert len({v.cookie for v in visible}) == len(visible)  # each one once
+        assert mount_point in {v.path for v in visible}
+    finally:
+        subprocess.run(["umount", mount_point], check=False)
+        os.unlink(mount_point)
+
+    # A container attached, then kept alive by an open file only: its port leads out of sight.
+    hidden_pid = _unshared(spawn)
+    attached = attachlib.attach(
+        attachlib.resolve_namespace(str(hidden_pid)),
+        addresses=["10.46.0.2/24"],
+        mtu=1400,
+        host=host,
+    )
+    seen = attachlib.bridge_namespaces(host=host, interfaces=True)
+    assert seen.unseen == ()
+    [(inode, interfaces)] = seen.interfaces.items()
+    assert interfaces == {"ethwe": ("10.46.0.2/24",)} and inode in seen.inodes
+    fd = os.open(f"/proc/{hidden_pid}/ns/net", os.O_RDONLY)
+    try:
+        hidden_cookie = netlink.namespace_cookies([f"/proc/self/fd/{fd}"])[f"/proc/self/fd/{fd}"]
+        os.kill(hidden_pid, signal.SIGKILL)
+        os.waitpid(hidden_pid, 0)
+        assert hidden_cookie[1] not in {v.cookie for v in namespaces.visible_namespaces()}
+        assert attachlib.bridge_namespaces(host=host).unseen == (attached.host_ifname,)
+    finally:
+        os.close(fd)  # the namespace goes, and its port with it
+    deadline = time.monotonic() + 5
+    while attachlib.bridge_namespaces(host=host).unseen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert attachlib.bridge_namespaces(host=host) == attachlib.BridgeNamespaces(frozenset(), (), {})
 
 
 def test_the_link_monitor_reports_a_port_joining_and_leaving_a_bridge(

@@ -329,6 +329,30 @@ async def test_own_records_persist_across_a_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
+async def test_addresses_taken_back_from_a_gone_container_lose_their_names(
+    tmp_path: Path,
+) -> None:
+    """IPAM gave back a gone namespace's addresses: whatever container key named them, the
+    names go (and stay gone after a restart); names of other addresses, and those given to
+    addresses outside any container, stay."""
+    router = make_router(tmp_path, "a")
+    service = DnsService(router.config, router)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        service.add("gone", "web.meshnet.local.", ["10.32.0.5", "fd00::5"])
+        service.add("/proc/77/ns/net", "api.meshnet.local.", ["10.32.0.5"])
+        service.add("alive", "web.meshnet.local.", ["10.32.0.6"])
+        service.add(EXTERNAL, "db.meshnet.local.", ["10.32.0.5"])
+        service.forget_addresses(["10.32.0.5", "fd00:0::5"])
+        assert service.dns_lookup({"name": "web"})["addresses"] == ["10.32.0.6"]
+        assert service.dns_lookup({"name": "api"})["addresses"] == []
+        assert service.dns_lookup({"name": "db"})["addresses"] == ["10.32.0.5"]
+        nursery.cancel_scope.cancel()
+    restored = DnsService(router.config, Router(router.config, router.identity, None))
+    assert restored.records.addresses("web.meshnet.local.") == ["10.32.0.6"]
+
+
+@pytest.mark.trio
 async def test_a_name_for_an_address_outside_any_container(tmp_path: Path) -> None:
     router = make_router(tmp_path, "a")
     service = DnsService(router.config, router)

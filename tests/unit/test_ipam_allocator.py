@@ -238,6 +238,22 @@ def test_release_of_some_addresses_keeps_the_others() -> None:
     assert allocate_settled(net, 1, "d").ip == first  # free again
 
 
+def test_a_rename_moves_every_address_to_the_new_key_and_is_persisted() -> None:
+    net = Net([IpamConfig(name=1, range=RANGE, mode=InitMode.SEED, seed=(1,))])
+    peer = net.peers[1]
+    first = allocate_settled(net, 1, "old").ip
+    second = peer.claim("old", first + 5, net.now).ip
+    kept = allocate_settled(net, 1, "new").ip
+    peer.dirty = False
+    assert peer.rename("old", "new") == [first, second]
+    assert peer.dirty and peer.addresses_of("old") == []
+    assert sorted(a.ip for a in peer.addresses_of("new")) == sorted([first, second, kept])
+    assert peer.rename("old", "new") == []  # holds nothing: nothing moves
+    again = Allocator.from_state(net.configs[1], peer.to_state(), random.Random(1))
+    assert {a.ip for a in again.addresses_of("new")} == {first, second, kept}
+    assert peer.release("new", net.now, [first]) == [first]  # the new key's to give back
+
+
 def test_claim_across_peers() -> None:
     net = Net(consensus_configs(2))
     a, b = net.live

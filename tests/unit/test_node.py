@@ -18,6 +18,7 @@ from meshnet.errors import UserError
 from meshnet.integrations.docker.objects import ContainerInfo
 from meshnet.integrations.docker.service import DockerService
 from meshnet.integrations.docker.settings import DockerSettings
+from meshnet.node.namespace_owners import NamespaceId, Namespaces, SeenNamespace, owner_id
 from meshnet.node.node import Node, Target, Unavailable
 from meshnet.node.pipeline import Pipeline
 from meshnet.node.ramps import Ramps
@@ -25,6 +26,9 @@ from meshnet.node.ramps_state import Exposed, RampsState
 
 RANGE = IPv4Network("10.32.0.0/12")
 CID = "abc123" + "0" * 58  # a Docker container's full id
+BOOT = "0123456789ab"
+COOKIES = {f"c{k}": 4100 + k for k in range(1, 10)}  # the fake data plane's namespaces
+C1, C2 = (owner_id(NamespaceId(COOKIES[c], BOOT)) for c in ("c1", "c2"))
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -162,14 +166,27 @@ class FakeIpam:
         self.calls.log(f"release {owner}{'' if only is None else ' ' + ','.join(map(str, only))}")
         return [a.ip for a in self.held.pop(owner, [])]
 
+    def rename(self, owner: str, to: str) -> list[Any]:
+        self.calls.log(f"rename {owner} {to}")
+        moved = self.held.pop(owner, [])
+        self.held.setdefault(to, []).extend(moved)
+        return [a.ip for a in moved]
+
 
 class FakeDataPlane:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
         self.overlay_mtu = 1376
+        self.seen = Namespaces((), BOOT)  # what `namespaces` shows
 
-    async def container_id(self, container: str) -> str:
-        return f"netns:{container}"
+    async def namespaces(self, *, interfaces: bool = False) -> Namespaces:
+        self.calls.log("look for namespaces" + (" and interfaces" if interfaces else ""))
+        return self.seen
+
+    async def namespace_id(self, container: str) -> NamespaceId:
+        if container not in COOKIES:
+            raise UserError(f"no such container namespace: {container}")
+        return NamespaceId(COOKIES[container], BOOT)
 
     async def attach(self, container: str, addresses: list[str], ifname: str) -> dict[str, Any]:
         self.calls.log(f"attach {container} {','.join(addresses)}")
@@ -208,6 +225,9 @@ class FakeDns:
     def detached(self, container: str, addresses: list[str]) -> None:
         self.calls.log(f"unname {container} {','.join(addresses)}")
 
+    def forget_addresses(self, addresses: list[str]) -> None:
+        self.calls.log(f"unname {','.join(addresses)}")
+
 
 def node_with_fakes(calls: Calls, **held: list[IPv4Interface]) -> Node:
     return Node(
@@ -227,7 +247,7 @@ def test_attach_is_ipam_then_data_plane_then_isolation_then_dns() -> None:
     node = node_with_fakes(calls)
     attached = trio.run(node.attach, Target("c1"), [], "ethwe", "web.meshnet.local.")
     assert calls == [
-        "allocate netns:c1",
+        f"allocate {C1}",
         "attach c1 10.32.0.5/12",
         "isolate c1 10.32.0.5/12",
         "announce c1",  # its gratuitous ARP: only once isolated (the bridge drops it before)
@@ -241,9 +261,9 @@ def test_attach_is_ipam_then_data_plane_then_isolation_then_dns() -> None:
     ("failing", "undone"),
     [
         ("allocate", []),
-        ("attach", ["release netns:c1"]),
-        ("isolate", ["detach c1 10.32.0.5/12", "release netns:c1"]),
-        ("name", ["unisolate c1 10.32.0.5/12", "detach c1 10.32.0.5/12", "release netns:c1"]),
+        ("attach", [f"release {C1}"]),
+        ("isolate", ["detach c1 10.32.0.5/12", f"release {C1}"]),
+        ("name", ["unisolate c1 10.32.0.5/12", "detach c1 10.32.0.5/12", f"release {C1}"]),
     ],
 )
 def test_a_failed_attach_undoes_its_steps_in_reverse_once(failing: str, undone: list[str]) -> None:
@@ -277,14 +297,14 @@ def test_below_ipv6s_mtu_attach_gives_ipv4_only_and_refuses_ipv6_in_one_line() -
     node.dataplane.overlay_mtu = 1376  # type: ignore[union-attr]
     attached = trio.run(node.attach, Target("c3"), [], "ethwe", None)
     assert attached.attachment["addresses"] == ["10.32.0.6/12", "fd00::5/64"]
-    assert "allocate6 netns:c2" not in calls
+    assert f"allocate6 {C2}" not in calls
 
 
 def test_a_failed_attach_again_keeps_what_the_container_had() -> None:
     calls = Calls()
     calls.fail_at("isolate")
     had = IPv4Interface("10.32.0.9/12")
-    node = node_with_fakes(calls, **{"netns:c1": [had]})
+    node = node_with_fakes(calls, **{C1: [had]})
     with pytest.raises(UserError):
         trio.run(node.attach, Target("c1"), ["10.32.0.9/12", "net:10.32.1.0/24"], "ethwe", None)
     # Its old address stays on it and in IPAM; only the new one comes off.
@@ -357,9 +377,79 @@ def test_detach_takes_off_gives_back_and_unnames() -> None:
     assert calls == [
         "detach c1 10.32.0.5/12",
         "unisolate c1 10.32.0.5/12",
-        "release netns:c1 10.32.0.5",
+        f"release {C1} 10.32.0.5",
         "unname c1 10.32.0.5/12",
     ]
+
+
+def test_what_gone_namespaces_held_is_released_and_unnamed_and_old_keys_are_renamed() -> None:
+    """A namespace deleted without a detach: its addresses and names go back; an inode key
+    from before cookies moves to the cookie key of the namespace that carries its address."""
+    calls = Calls()
+    legacy = "netns:4:4026532174"
+    held = {
+        C1: [IPv4Interface("10.32.0.5/12")],
+        C2: [IPv4Interface("10.32.0.6/12")],
+        legacy: [IPv4Interface("10.32.0.7/12")],
+        "cni:net:c:eth0": [IPv4Interface("10.32.0.8/12")],
+    }
+    node = node_with_fakes(calls, **held)
+    assert isinstance(node.dataplane, FakeDataPlane)
+    node.dataplane.seen = Namespaces(
+        (
+            SeenNamespace(NamespaceId(COOKIES["c1"], BOOT), (4, 1)),
+            SeenNamespace(NamespaceId(9, BOOT), (4, 4026532174), {"ethwe": ["10.32.0.7/12"]}),
+        ),
+        BOOT,
+    )
+    trio.run(node.collect_gone_namespaces)
+    assert calls == [
+        "look for namespaces and interfaces",
+        f"release {C2}",
+        "unname 10.32.0.6",
+        f"rename {legacy} {owner_id(NamespaceId(9, BOOT))}",
+    ]
+    assert node.owners("") == {
+        C1: ["10.32.0.5/12"],
+        "cni:net:c:eth0": ["10.32.0.8/12"],
+        owner_id(NamespaceId(9, BOOT)): ["10.32.0.7/12"],
+    }
+    calls.clear()
+    trio.run(node.collect_gone_namespaces)  # nothing left to do; no interfaces to read
+    assert calls == ["look for namespaces"]
+    calls.clear()
+    runtimes_only = node_with_fakes(calls, **{"cni:net:c:eth0": held["cni:net:c:eth0"]})
+    trio.run(runtimes_only.collect_gone_namespaces)  # no namespace key: nothing to look for
+    assert calls == []
+
+
+def test_an_attach_under_way_keeps_its_key_from_the_collection() -> None:
+    """A namespace no file names (held by a descriptor) shows no port until its attach made
+    one: a collection meanwhile must not take the addresses the attach just got."""
+    calls = Calls()
+    node = node_with_fakes(calls)
+    dataplane = node.dataplane
+    assert isinstance(dataplane, FakeDataPlane)
+    gate = trio.Event()
+    plain_attach = dataplane.attach
+
+    async def slow_attach(container: str, addresses: list[str], ifname: str) -> dict[str, Any]:
+        await gate.wait()
+        return await plain_attach(container, addresses, ifname)
+
+    dataplane.attach = slow_attach  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.attach, Target("c1"), [])
+            await trio.testing.wait_all_tasks_blocked()
+            await node.collect_gone_namespaces()  # nothing in sight, c1 included
+            gate.set()
+        await node.collect_gone_namespaces()  # done: now only a gone namespace's key goes
+
+    trio.run(main)
+    assert calls[:3] == [f"allocate {C1}", "look for namespaces", "attach c1 10.32.0.5/12"]
+    assert calls[-3:] == ["look for namespaces", f"release {C1}", "unname 10.32.0.5"]
 
 
 def test_a_runtimes_detach_of_a_gone_namespace_still_releases_and_unnames() -> None:
@@ -462,15 +552,15 @@ def test_the_api_answers_409_for_a_service_the_router_runs_without() -> None:
 def test_detach_takes_the_specs_attach_takes() -> None:
     calls = Calls()
     held = [IPv4Interface("10.32.0.5/12"), IPv4Interface("10.32.1.5/24")]
-    node = node_with_fakes(calls, **{"netns:c1": held})
+    node = node_with_fakes(calls, **{C1: held})
     trio.run(node.detach, Target("c1"), ["net:10.32.1.0/24", "ip:10.32.0.5"])
     assert calls[:2] == [
         "detach c1 10.32.1.5/24,10.32.0.5/32",
         "unisolate c1 10.32.1.5/24,10.32.0.5/32",
     ]
-    assert calls[2] == "release netns:c1 10.32.1.5,10.32.0.5"
+    assert calls[2] == f"release {C1} 10.32.1.5,10.32.0.5"
     calls.clear()
-    node = node_with_fakes(calls, **{"netns:c1": held})
+    node = node_with_fakes(calls, **{C1: held})
     trio.run(node.detach, Target("c1"), ["net:default"])  # the default subnet: here the range
     assert calls[0] == "detach c1 10.32.0.5/12,10.32.1.5/24"
     # A subnet it has nothing in detaches nothing (not everything, as no address would).
@@ -484,7 +574,7 @@ def test_attach_net_default_is_an_address_from_the_default_subnet() -> None:
     calls = Calls()
     node = node_with_fakes(calls)
     attached = trio.run(node.attach, Target("c1"), ["net:default"], "ethwe", None)
-    assert calls[:2] == ["allocate netns:c1", "attach c1 10.32.0.5/12"]
+    assert calls[:2] == [f"allocate {C1}", "attach c1 10.32.0.5/12"]
     assert attached.attachment["addresses"] == ["10.32.0.5/12"]
 
 
@@ -526,9 +616,9 @@ def test_attach_without_addresses_is_dual_stack_and_again_keeps_the_families() -
     ipam = DualIpam(Calls())
     assert attach_with(ipam, []) == ["10.32.0.5/12", "fd12::6/64"]
     assert attach_with(ipam, []) == ["10.32.0.5/12", "fd12::6/64"]  # the same, nothing more
-    only4 = DualIpam(Calls(), {"netns:c1": [IPv4Interface("10.32.0.9/12")]})
+    only4 = DualIpam(Calls(), {C1: [IPv4Interface("10.32.0.9/12")]})
     assert attach_with(only4, []) == ["10.32.0.9/12"]  # attached IPv4-only: stays so
-    only6 = DualIpam(Calls(), {"netns:c1": [IPv6Interface("fd12::9/64")]})
+    only6 = DualIpam(Calls(), {C1: [IPv6Interface("fd12::9/64")]})
     assert attach_with(only6, []) == ["fd12::9/64"]  # attached --ipv6-only: stays so
     assert attach_with(DualIpam(Calls()), ["net:default6"]) == ["fd12::5/64"]
 

@@ -8,6 +8,7 @@ sockets and container namespaces.
 - ``tap``       the sleeve's TAP device, with virtio-net headers (TCP super-frames)
 - ``udp``       the sleeve's UDP socket: segmented sends, GRO receives, path MTU
 - ``attach``    containers on the bridge: a veth per container, its addresses inside
+- ``namespaces`` which network namespace is which: cookies never reused, every one in sight
 
 Small synchronous typed functions: what to ask the kernel for is decided above them, by the
 services that call them in worker threads (``meshnet.dataplane.service``, ``fastdp``,

@@ -1,7 +1,7 @@
 """Containers on the bridge: a veth per container, `ethwe` inside, the host end on the bridge.
 
 A container is a network namespace, given as a name under /var/run/netns, a PID, or a path to a
-namespace file (/proc/PID/ns/net). The host end's name is derived from the namespace's inode (and
+namespace file (/proc/PID/ns/net). The host end's name is derived from the namespace's cookie (and
 the inner interface name), so attaching is idempotent and needs no registry: the bridge is the
 truth. `list_attachments` rebuilds everything from the bridge's ports, finding each veth's peer
 namespace through the kernel's namespace ids.
@@ -18,19 +18,17 @@ import os
 import secrets
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from meshnet.constants import BRIDGE, CONTAINER_IFNAME
-from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel import namespaces, netlink
 from meshnet.errors import UserError, bad_address
 
 log = logging.getLogger("meshnet.dataplane")
 
 HOST_PREFIX = "vethwe"
 IFNAMSIZ = 16
-_PROC = Path("/proc")
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -106,21 +104,12 @@ def _inode(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _candidate_namespaces() -> Iterator[str]:
-    """Every namespace file we can see: named ones first, then one per process."""
-    for name in _named_namespaces():
-        yield str(netlink.NETNS_DIR / name)
-    try:
-        entries = os.listdir(_PROC)
-    except OSError:
-        return
-    for pid in sorted(int(e) for e in entries if e.isdigit()):  # lowest PID: the container's init
-        yield f"/proc/{pid}/ns/net"
-
-
 def host_ifname_for(ref: NamespaceRef, ifname: str = CONTAINER_IFNAME) -> str:
-    """The host end's name: "vethwe" and 9 hex digits of a hash of the namespace and ifname."""
-    digest = hashlib.blake2s(f"{ref.inode[0]}:{ref.inode[1]}/{ifname}".encode()).hexdigest()
+    """The host end's name: "vethwe" and 9 hex digits of a hash of the namespace's cookie and
+    ifname. Not of its inode: a new namespace gets a dead one's inode at once, while the dead
+    one's port may still be on its way out (and its isolation record with it)."""
+    cookie = namespaces.cookie_of(ref.path)
+    digest = hashlib.blake2s(f"cookie:{cookie}/{ifname}".encode()).hexdigest()
     return (HOST_PREFIX + digest)[: IFNAMSIZ - 1]
 
 
@@ -201,36 +190,14 @@ class _Port:
     host: netlink.LinkInfo
     namespace_path: str
     namespace_name: str
+    namespace_inode: tuple[int, int]
     inner: netlink.LinkInfo
 
 
 def _ports(bridge: str, host: str | None, only: NamespaceRef | None = None) -> list[_Port]:
     """Every veth port of `bridge` whose peer we can find, with that peer (or only the ports
     whose peer is in namespace `only`)."""
-    with netlink.namespace(host) as hns:
-        if not hns.has_link(bridge):
-            raise UserError(f"no bridge {bridge}: is the router running?")
-        ports = [
-            p
-            for p in hns.bridge_ports(bridge)
-            if p.kind == "veth" and p.peer_index is not None and p.peer_netnsid is not None
-        ]
-        if not ports:
-            return []
-        wanted = {p.peer_netnsid for p in ports}
-        where: dict[int, tuple[str, tuple[int, int]]] = {}
-        seen: set[tuple[int, int]] = set()
-        candidates = [only.path] if only is not None else _candidate_namespaces()
-        for path in candidates:
-            inode = _inode(path)
-            if inode is None or inode in seen:
-                continue
-            seen.add(inode)
-            nsid = hns.netnsid(path)
-            if nsid is not None and nsid in wanted:
-                where[nsid] = (path, inode)
-                if len(where) == len(wanted):
-                    break
+    ports, where = _port_namespaces(bridge, host, only)
     found = []
     for nsid, (path, inode) in where.items():
         mine = [p for p in ports if p.peer_netnsid == nsid]
@@ -245,10 +212,43 @@ def _ports(bridge: str, host: str | None, only: NamespaceRef | None = None) -> l
                         and inner.kind == "veth"
                         and inner.peer_index == port.index
                     ):
-                        found.append(_Port(port, path, name, inner))
+                        found.append(_Port(port, path, name, inode, inner))
         except netlink.NetlinkError:
             continue  # the container went away meanwhile
     return found
+
+
+def _port_namespaces(
+    bridge: str, host: str | None, only: NamespaceRef | None = None
+) -> tuple[list[netlink.LinkInfo], dict[int, tuple[str, tuple[int, int]]]]:
+    """The veth ports of `bridge` that lead into another namespace, and a file (and inode) for
+    each such namespace we can find, by the id `host` knows it under (only `only`, if given).
+    """
+    with netlink.namespace(host) as hns:
+        if not hns.has_link(bridge):
+            raise UserError(f"no bridge {bridge}: is the router running?")
+        ports = [
+            p
+            for p in hns.bridge_ports(bridge)
+            if p.kind == "veth" and p.peer_index is not None and p.peer_netnsid is not None
+        ]
+        wanted = {p.peer_netnsid for p in ports}
+        where: dict[int, tuple[str, tuple[int, int]]] = {}
+        if not wanted:
+            return ports, where
+        seen: set[tuple[int, int]] = set()
+        candidates = [only.path] if only is not None else namespaces.candidate_paths()
+        for path in candidates:
+            inode = _inode(path)
+            if inode is None or inode in seen:
+                continue
+            seen.add(inode)
+            nsid = hns.netnsid(path)
+            if nsid is not None and nsid in wanted:
+                where[nsid] = (path, inode)
+                if len(where) == len(wanted):
+                    break
+    return ports, where
 
 
 def _attachment(port: _Port) -> Attachment:
@@ -266,6 +266,33 @@ def list_attachments(bridge: str = BRIDGE, *, host: str | None = None) -> list[A
     """Every container attached to `bridge` (in namespace `host`; None: ours), from the kernel."""
     attachments = [_attachment(p) for p in _ports(bridge, host)]
     return sorted(attachments, key=lambda a: (a.namespace, a.ifname))
+
+
+@dataclass(frozen=True)
+class BridgeNamespaces:
+    """The namespaces behind a bridge's container ports. ``inodes``: those a file in sight
+    names; ``unseen``: ports whose namespace none does (kept alive by an open file, say, or
+    going away this moment). ``interfaces``: per namespace inode, its attached interfaces and
+    their addresses (CIDRs), when asked for."""
+
+    inodes: frozenset[tuple[int, int]]
+    unseen: tuple[str, ...]
+    interfaces: dict[tuple[int, int], dict[str, tuple[str, ...]]]
+
+
+def bridge_namespaces(
+    bridge: str = BRIDGE, *, host: str | None = None, interfaces: bool = False
+) -> BridgeNamespaces:
+    """Whose ports `bridge` has (the interfaces cost a netlink helper per namespace)."""
+    ports, where = _port_namespaces(bridge, host)
+    unseen = tuple(sorted(p.name for p in ports if p.peer_netnsid not in where))
+    inodes = frozenset(inode for _, inode in where.values())
+    by_inode: dict[tuple[int, int], dict[str, tuple[str, ...]]] = {}
+    if interfaces:
+        for port in _ports(bridge, host):
+            addresses = tuple(str(i) for i in _ifaces(port.inner))
+            by_inode.setdefault(port.namespace_inode, {})[port.inner.name] = addresses
+    return BridgeNamespaces(inodes, unseen, by_inode)
 
 
 def _our_port(

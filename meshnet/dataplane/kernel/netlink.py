@@ -219,6 +219,62 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     return result[0]
 
 
+#: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE): the cookie of the socket's namespace (Linux 5.14).
+_SO_NETNS_COOKIE = 71
+
+
+class NoNamespaceCookies(NetlinkError):
+    """The kernel gives network namespaces no cookie (older than Linux 5.14)."""
+
+
+def namespace_cookies(paths: Iterable[str]) -> dict[str, tuple[tuple[int, int], int]]:
+    """The inode and the cookie of each path that names a live network namespace.
+
+    A cookie is never given to another namespace while the machine runs; an inode number is, as
+    soon as its namespace is gone (the kernel hands out the lowest free one). One short-lived
+    thread enters each namespace in turn (setns changes only that thread) and asks a socket
+    made there; both values come from one open file, so they belong to one namespace. Paths
+    that are no namespace (or gone) are left out; NoNamespaceCookies on a kernel without them.
+    """
+    wanted = list(paths)
+    found: dict[str, tuple[tuple[int, int], int]] = {}
+    failure: list[BaseException] = []
+
+    def visit() -> None:
+        try:
+            for path in wanted:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    netns.setns(fd, flags=0, fork=False)  # not a network namespace: EINVAL
+                except OSError:
+                    continue
+                finally:
+                    os.close(fd)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                    try:
+                        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8)
+                    except OSError as e:
+                        raise NoNamespaceCookies(
+                            "this kernel gives network namespaces no cookie (SO_NETNS_COOKIE, "
+                            f"Linux 5.14): {e.strerror}"
+                        ) from None
+                found[path] = ((st.st_dev, st.st_ino), struct.unpack("=Q", raw)[0])
+        except BaseException as e:
+            failure.append(e)
+
+    if wanted:
+        thread = threading.Thread(target=visit, name="netns-cookies", daemon=True)
+        thread.start()
+        thread.join()
+    if failure:
+        raise failure[0]
+    return found
+
+
 def refuse_router_advertisements(name: str, ifname: str) -> bool:
     """``accept_ra = 0`` on ``ifname`` in namespace ``name`` (a path too): a container takes no
     address, route or MTU from Router Advertisements another container might send. False if
