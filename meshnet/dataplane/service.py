@@ -130,6 +130,7 @@ class DataPlane:
             tap=SLEEVE_TAP,
             netlink_limiter=self._netlink,
             on_change=self._fastdp_changed,
+            on_answer=self._fastdp_answered,
         )
         self.punch = PunchService(
             router,
@@ -375,6 +376,20 @@ class DataPlane:
             self.forwarder.update(self._snapshot())
         for peer, path in self.paths.items():
             self.router.report_path(self._verdict(peer, path))
+        self._dirty.set()  # a path no longer vouched for heartbeats at once (_drive_paths)
+
+    def _fastdp_answered(self, peer: int) -> None:
+        """fastdp's probe to ``peer`` was answered: its UDP path is alive too (see UdpPath)."""
+        path = self.paths.get(peer)
+        if path is not None and self._vouched(peer):
+            before = (path.state, path.payload_mtu)
+            path.vouch(trio.current_time())
+            self._report(peer, path, before)
+
+    def _vouched(self, peer: int) -> bool:
+        """Whether fastdp's probes prove the UDP path to ``peer``: they cross the same underlay
+        to the same address (not a NAT's mapping, nor a punched path)."""
+        return peer in self.fastdp.up and peer in self._links and peer not in self._moved
 
     def _usable_payload(self, path: UdpPath | None, ip: str) -> int:
         """What the forwarder may send: the discovered path MTU once known.
@@ -400,9 +415,10 @@ class DataPlane:
         """Heartbeats and probes for every neighbour; report path changes to the router."""
         while True:
             now = trio.current_time()
-            wake = now + 1.0
+            wake = now + 60.0
             for peer, path in list(self.paths.items()):
                 before = (path.state, path.payload_mtu)
+                path.relax(self._vouched(peer))
                 for action in path.tick(now):
                     self._send_control(peer, action)
                 wake = min(wake, path.next_wake())

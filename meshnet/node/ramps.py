@@ -76,8 +76,11 @@ log = logging.getLogger("meshnet.ramps")
 
 STATE_FILE = "ramps.json"
 #: How often the bridge's ports are compared with the records (ports that came or went) when
-#: the kernel reports no link change: a safety net, as notifications can be lost.
+#: the kernel reports no link change, and a failed isolation update is retried. With link
+#: notifications (whose loss the kernel reports: ENOBUFS wakes a scan) only every RESCAN_TICK,
+#: a safety net that costs an idle router nothing it would notice.
 TICK = 30.0
+RESCAN_TICK = 300.0
 #: After another tool says it adds a port (``adopt_soon``): compare this often, for this long,
 #: so that its container is isolated (and finds DNS) within moments, not at the next tick.
 EAGER_TICK = 0.2
@@ -271,6 +274,7 @@ class Ramps:
         #: gives their addresses back).
         self.ports_left_listeners: list[Callable[[], None]] = []
         self._wake = trio.Event()
+        self._notified = False  # link notifications arrive (_watch_links): scans may be rare
         self._eager_until = 0.0
         self.isolation = "off (no data plane)"
         self.required = config.isolation  # False: --no-isolation
@@ -426,7 +430,8 @@ class Ramps:
         """Ports that came or went behind our back (a container deleted, another tool)."""
         while True:
             eager = trio.current_time() < self._eager_until or bool(self._announced)
-            with trio.move_on_after(EAGER_TICK if eager else TICK):
+            tick = RESCAN_TICK if self._notified and not self._stale else TICK
+            with trio.move_on_after(EAGER_TICK if eager else tick):
                 await self._wake.wait()
             self._wake = trio.Event()
             async with self._lock:
@@ -457,6 +462,7 @@ class Ramps:
             log.warning("%s: no link notifications (%s): the bridge is scanned every %.0f s",
                         self._nick, e, TICK)  # fmt: skip
             return
+        self._notified = True
         with monitor:
             while True:
                 try:

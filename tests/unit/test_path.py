@@ -218,6 +218,60 @@ def test_one_way_loss_after_establishment_loses_both_sides() -> None:
     assert link.now - cut < 5.2
 
 
+def _vouched_for(link: Link, seconds: float, *, answered: bool = True) -> None:
+    """Run with fastdp's probes (another path to the same neighbour) answered every second."""
+    end = link.now + seconds
+    while link.now < end:
+        link.run_until(min(end, link.now + 1.0))
+        if answered:
+            for path in link.paths.values():
+                path.vouch(link.now)
+
+
+def test_a_vouched_path_heartbeats_rarely_and_stays_established() -> None:
+    link = Link()
+    link.run_for(5.0)
+    assert link.a.established and link.b.established
+    for path in link.paths.values():
+        path.relax(True)
+    sent = link.a.statistics().heartbeats_sent
+    _vouched_for(link, 100.0)
+    assert link.a.established and link.b.established
+    assert link.a.statistics().times_lost == 0
+    assert 9 <= link.a.statistics().heartbeats_sent - sent <= 11  # one per 10 s, not 100
+
+
+def test_vouching_ended_heartbeats_at_once_and_a_gone_path_is_lost_in_time() -> None:
+    link = Link()
+    link.run_for(5.0)
+    for path in link.paths.values():
+        path.relax(True)
+    _vouched_for(link, 30.0)
+    # fastdp stops being answered: the link is cut. Three silent seconds later fastdp is down
+    # and the paths are on their own again.
+    link.up["a"] = link.up["b"] = False
+    cut = link.now
+    _vouched_for(link, 3.0, answered=False)
+    sent = link.a.statistics().heartbeats_sent
+    for path in link.paths.values():
+        path.relax(False)
+    assert any(isinstance(action, SendHeartbeat) for action in link.a.tick(link.now))
+    assert link.a.statistics().heartbeats_sent == sent + 1
+    link.run_until(cut + 5.0 - 0.05)
+    assert link.a.established  # what fastdp last proved still counts ...
+    link.run_until(cut + 5.05)
+    assert link.a.state is PathState.LOST and link.b.state is PathState.LOST  # ... no longer
+
+
+def test_vouching_cannot_stand_in_for_the_first_heartbeat() -> None:
+    link = Link()
+    link.up["a"] = link.up["b"] = False
+    for path in link.paths.values():
+        path.relax(True)
+    _vouched_for(link, 10.0)
+    assert link.a.state is PathState.UNKNOWN and link.b.state is PathState.UNKNOWN
+
+
 def test_emsgsize_caps_the_search_at_the_local_mtu() -> None:
     link = Link(mtu=1400, local_mtu=1000)
     link.run_for(30.0)

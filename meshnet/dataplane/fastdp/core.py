@@ -257,6 +257,10 @@ class PeerProbe:
         self._next_send = next_beat(now, self.interval)
         return True
 
+    @property
+    def last_answer(self) -> float | None:
+        return self._last_answer
+
     def next_wake(self) -> float:
         heard = self._last_answer if self._last_answer is not None else self.started
         deadline = heard + self.down_after if self.state is not FastState.DOWN else self._next_send

@@ -11,6 +11,7 @@ frame is ever sent both ways.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -40,13 +41,18 @@ from meshnet.gossip.router import Router
 log = logging.getLogger("meshnet.fastdp")
 
 # The bridge's learned MACs are read again when the kernel reports a forwarding-table change
-# (after MAC_SETTLE, so that a burst becomes one read), and every RESCAN_INTERVAL in case a
-# notification was lost; every SCAN_INTERVAL where notifications cannot be had.
+# (after MAC_SETTLE, so that a burst becomes one read), and every RESCAN_INTERVAL as a safety
+# net (a lost notification is reported, as ENOBUFS, and read again at once); every
+# SCAN_INTERVAL where notifications cannot be had.
 SCAN_INTERVAL = 1.0
-RESCAN_INTERVAL = 30.0
+RESCAN_INTERVAL = 300.0
 MAC_SETTLE = 0.05
 READVERTISE_INTERVAL = 30.0
 _PACKET_OUTGOING = 4  # sll_pkttype of our own transmissions, which packet sockets also see
+# Not delivering them at all (Linux 4.20): each of our probes and answers would otherwise wake
+# the daemon once more, only to be dropped.
+_SOL_PACKET = 263
+_PACKET_IGNORE_OUTGOING = 23
 
 
 class FastDatapath(UnicastChannel):
@@ -59,6 +65,7 @@ class FastDatapath(UnicastChannel):
         tap: str,
         netlink_limiter: trio.CapacityLimiter,
         on_change: Callable[[], None],
+        on_answer: Callable[[int], None] = lambda peer: None,
     ) -> None:
         self.config = config
         self.router = router
@@ -67,6 +74,7 @@ class FastDatapath(UnicastChannel):
         self.tap = tap
         self._limiter = netlink_limiter
         self._on_change = on_change
+        self._on_answer = on_answer  # a neighbour answered a probe (it vouches for the sleeve)
         self._probe_mac = fastdp.probe_mac(self.local)
         self.port = config.vxlan_port  # every neighbour's must be the same (advertised)
         self.device = fastdp.device_name(self.port)
@@ -134,6 +142,8 @@ class FastDatapath(UnicastChannel):
                 socket.AF_PACKET, socket.SOCK_RAW, socket.htons(fastdp.ETHERTYPE)
             )
             await self._sock.bind((self.bridge, 0))
+            with contextlib.suppress(OSError):  # an older kernel: they arrive, dropped below
+                self._sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
         except (netlink.NetlinkError, OSError) as e:
             self.unavailable = f"unavailable: {e}"
             log.warning("fast datapath %s; every peer uses the sleeve", self.unavailable)
@@ -462,8 +472,13 @@ class FastDatapath(UnicastChannel):
                     self._count("probes_from_stranger")
             else:
                 tracker = self._probes.get(probe.sender)
-                if tracker is not None and tracker.on_ack(trio.current_time(), probe.probe_id):
+                if tracker is None:
+                    continue
+                now = trio.current_time()
+                if tracker.on_ack(now, probe.probe_id):
                     self._dirty.set()
+                if tracker.last_answer == now:
+                    self._on_answer(probe.sender)
 
     async def _watch_local_macs(self) -> None:
         """The MACs behind our bridge (its own and what it learned on container ports)."""

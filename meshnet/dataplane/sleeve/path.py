@@ -5,6 +5,14 @@ pass UDP one way only), so a path counts as ESTABLISHED only when we hear the ne
 heartbeats *and* its latest heartbeat says it hears ours. It is LOST once nothing has been heard
 for ``dead_after`` (or the neighbour stops hearing us) after having been established.
 
+A path may be **vouched for**: while fastdp's probes cross the same underlay to the same neighbour
+every second (``vouch``), they prove it alive both ways, and heartbeats slow to one per
+``relaxed_interval`` (enough to keep a NAT mapping and the echo fresh): each heartbeat wakes both
+routers, and for an idle mesh they were the largest part of its CPU. When the vouching ends
+(``relax(False)``: fastdp went down), a heartbeat goes at once and they come every
+``heartbeat_interval`` again; what fastdp last proved still counts, so a path that is really gone
+is lost ``dead_after`` after fastdp's last answer, as if the heartbeats had never slowed.
+
 Heartbeats carry our timestamp and echo the neighbour's latest one *advanced by the time we held
 it*, so ``now - echo`` on arrival is the network round trip alone, whatever the heartbeat interval
 (both clocks only ever measure their own durations; they need not agree).
@@ -96,6 +104,7 @@ class UdpPath:
         min_payload: int = 548,
         heartbeat_interval: float = 1.0,
         dead_after: float = 5.0,
+        relaxed_interval: float = 10.0,
         probe_attempts: int = 3,
         reprobe_interval: float = 600.0,
     ) -> None:
@@ -105,11 +114,15 @@ class UdpPath:
             )
         if not 0 < heartbeat_interval < dead_after:
             raise ValueError("need 0 < heartbeat_interval < dead_after")
+        if relaxed_interval < heartbeat_interval:
+            raise ValueError("need relaxed_interval >= heartbeat_interval")
         if probe_attempts < 1:
             raise ValueError("probe_attempts must be at least 1")
         self._max = max_payload
         self._min = min_payload
         self._interval = heartbeat_interval
+        self._relaxed_interval = relaxed_interval
+        self._relaxed = False
         self._dead_after = dead_after
         self._attempts = probe_attempts
         self._reprobe_interval = reprobe_interval
@@ -151,6 +164,10 @@ class UdpPath:
     @property
     def established(self) -> bool:
         return self._state is PathState.ESTABLISHED
+
+    @property
+    def relaxed(self) -> bool:
+        return self._relaxed
 
     @property
     def rtt(self) -> float | None:
@@ -196,6 +213,22 @@ class UdpPath:
                     self._srtt = sample
                 else:
                     self._srtt += _RTT_GAIN * (sample - self._srtt)
+        self._advance(now)
+
+    def relax(self, relaxed: bool) -> None:
+        """Vouched for (True) or no longer (False): see the module docstring."""
+        if relaxed == self._relaxed:
+            return
+        self._relaxed = relaxed
+        if not relaxed:
+            self._tell_now = True  # back on our own: find out at once whether we still are
+
+    def vouch(self, now: float) -> None:
+        """Another path over the same underlay was just answered by this neighbour: it hears
+        us and we hear it (whether it hears *these* datagrams its next heartbeat says)."""
+        self._now = max(self._now, now)
+        if self._last_heard is not None:  # first contact is always a heartbeat's
+            self._last_heard = max(self._last_heard, now)
         self._advance(now)
 
     def on_probe_ack(self, now: float, probe_id: int, size: int) -> None:
@@ -265,7 +298,8 @@ class UdpPath:
 
     def _heartbeat(self, now: float) -> SendHeartbeat:
         self._tell_now = False
-        self._next_heartbeat = next_beat(now, self._interval)
+        interval = self._relaxed_interval if self._relaxed else self._interval
+        self._next_heartbeat = next_beat(now, interval)
         self._heartbeats_sent += 1
         echo = 0
         if self._last_heard is not None and self._their_ts > 0:
