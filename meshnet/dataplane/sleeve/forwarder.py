@@ -83,12 +83,7 @@ REASSEMBLY_SWEEP = 5.0
 #: Reads from one side before the other gets its turn. Measured (iperf3, two-host lab): a turn
 #: of 1 moved a quarter less than 16, as did serving the TAP after every super-frame written to
 #: it; 4 to 64 moved the same, the ping under load growing with the turn.
-TURN = 64
-#: Bytes read from one side before the other gets its turn: a turn is short in time, whatever
-#: its frames' size. Frames waiting on the other side (a ping, the ACKs TCP paces itself by)
-#: wait for at most ~4 super-frames (~0.5 ms here) rather than 16 (~2 ms); small frames still
-#: come by the dozen per turn, batched into few datagrams.
-TURN_BYTES = 256 * 1024
+TURN = 16
 _SEQUENCE = struct.Struct(">Q")
 _PROBE_PREFIX = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big") + FASTDP_PROBE_MAGIC
 
@@ -272,22 +267,17 @@ class Forwarder:
         once it is empty (or the turn ends), so none waits for company."""
         buffers = [self._tap_buffer]
         readv = os.readv
-        budget = TURN_BYTES
         for _ in range(TURN):
             try:
                 size = readv(fd, buffers)
             except BlockingIOError:
                 break
             self.captured(size)
-            budget -= size
-            if budget <= 0:
-                break
         self.flush()
 
     def _read_udp(self) -> None:
         """Up to a turn's worth of receives from the UDP socket."""
         sock, buffer = self._sock, self._udp_buffer
-        budget = TURN_BYTES
         for _ in range(TURN):
             try:
                 nbytes, stride, addr = receive_into(sock, buffer)
@@ -297,9 +287,6 @@ class Forwarder:
                 self._rx.drops["receive_error"] += 1
                 return
             self.received(nbytes, stride, addr)
-            budget -= nbytes
-            if budget <= 0:
-                return
 
     def captured(self, size: int) -> None:
         """The frame of ``size`` bytes (virtio-net header included) just read into the TAP
