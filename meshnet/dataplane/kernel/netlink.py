@@ -219,6 +219,15 @@ def run_in_namespace(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any
     return result[0]
 
 
+def enter_namespace(name: str) -> None:
+    """Move the calling thread into namespace `name` (or a path) for good: in a process of one
+    thread, the process itself, as `nsenter --net` does before it runs a command."""
+    path = str(namespace_path(name))
+    if not is_namespace_file(path):
+        raise NamespaceNotFound(f"network namespace {name} does not exist")
+    netns.setns(path, flags=0, fork=False)
+
+
 def refuse_router_advertisements(name: str, ifname: str) -> bool:
     """``accept_ra = 0`` on ``ifname`` in namespace ``name`` (a path too): a container takes no
     address, route or MTU from Router Advertisements another container might send. False if
@@ -379,7 +388,12 @@ class Namespace:
     def bridge_ports(self, bridge: str) -> list[LinkInfo]:
         """Links enslaved to `bridge`."""
         master = self.index(bridge)
-        return [link for link in self.links() if link.master == master]
+        ports = [
+            m
+            for m in self._call("list links", self._ipr.get_links)
+            if _attr(m, "IFLA_MASTER") == master
+        ]
+        return self._link_infos(ports)
 
     def netnsid(self, name: str) -> int | None:
         """The id under which this namespace knows namespace `name` (name or path), if any.
@@ -716,15 +730,24 @@ class Namespace:
         return self._link_info(msg)
 
     def links(self) -> list[LinkInfo]:
-        return [self._link_info(m) for m in self._call("list links", self._ipr.get_links)]
+        return self._link_infos(list(self._call("list links", self._ipr.get_links)))
 
-    def _link_info(self, msg: Any) -> LinkInfo:
+    def _link_infos(self, msgs: list[Any]) -> list[LinkInfo]:
+        """Several links' infos from one dump of the addresses (one dump per link made a scan
+        of a busy router's links quadratic in pyroute2's slow decoding)."""
+        if not msgs:
+            return []
+        by_index: dict[int, list[str]] = {}
+        for a in self._call("list addresses", self._ipr.get_addr):
+            by_index.setdefault(int(a["index"]), []).append(_address_text(a))
+        return [self._link_info(m, tuple(by_index.get(int(m["index"]), ()))) for m in msgs]
+
+    def _link_info(self, msg: Any, addresses: tuple[str, ...] | None = None) -> LinkInfo:
         index = int(msg["index"])
         linkinfo = _attr(msg, "IFLA_LINKINFO")
         kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
-        addresses = tuple(
-            f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}" for a in self._ipr.get_addr(index=index)
-        )
+        if addresses is None:
+            addresses = tuple(_address_text(a) for a in self._ipr.get_addr(index=index))
         return LinkInfo(
             name=str(_attr(msg, "IFLA_IFNAME")),
             index=index,
@@ -737,6 +760,10 @@ class Namespace:
             peer_index=_attr(msg, "IFLA_LINK"),
             peer_netnsid=_attr(msg, "IFLA_LINK_NETNSID"),
         )
+
+
+def _address_text(msg: Any) -> str:
+    return f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"
 
 
 def _open_monitor(groups: int) -> socket.socket:
