@@ -141,9 +141,9 @@ def routers_running(name: str, count: int) -> Callable[[], bool]:
 def test_up_interrupted_while_routers_start_leaves_nothing_after_down(
     lab_name: str, sig: signal.Signals
 ) -> None:
-    # More hosts than one wave of routers (lab.ROUTERS_PER_WAVE): `up` is still busy when the
-    # signal comes (with 6, a quick `up` was done before a SIGKILL reached it).
-    hosts = lablib.ROUTERS_PER_WAVE + 2
+    # More hosts than start at once (lab.ROUTERS_STARTING): `up` is still busy when the
+    # signal comes (with 6 hosts, a quick `up` was done before a SIGKILL reached it).
+    hosts = lablib.ROUTERS_STARTING + 6
     up = meshnet_lab("up", "--name", lab_name, "--hosts", str(hosts), "--topology", "ring")
     try:
         wait_for("some routers to start", routers_running(lab_name, 2), timeout=60)
