@@ -310,14 +310,27 @@ class Namespace:
             raise NetlinkError(f"{what}{where}: {os.strerror(e.code)}") from e
 
     def index(self, ifname: str) -> int:
-        found = self._ipr.link_lookup(ifname=ifname)
-        if not found:
+        found = self._lookup(ifname)
+        if found is None:
             where = f" in {self.name}" if self.name else ""
             raise InterfaceNotFound(f"no interface {ifname}{where}")
-        return int(found[0])
+        return found
 
     def has_link(self, ifname: str) -> bool:
-        return bool(self._ipr.link_lookup(ifname=ifname))
+        return self._lookup(ifname) is not None
+
+    def _lookup(self, ifname: str) -> int | None:
+        """The index of `ifname`, or None. In the caller's own namespace an ioctl answers (the
+        thread's namespace, as the netlink socket's): a router asks for an index before each
+        forwarding-table change, and pyroute2 decoding a whole link message for it was a tenth
+        of a busy router's CPU."""
+        if self.name is None:
+            try:
+                return socket.if_nametoindex(ifname)
+            except OSError:
+                return None
+        found = self._ipr.link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
 
     def create_veth_into(
         self,
