@@ -543,7 +543,10 @@ def _start_routers(
     starting: dict[str, tuple[dict[str, Any], int, int, float]] = {}
     names: dict[str, str] = {}
     # Asked several at once: a router that others starve of CPU may take seconds to answer.
-    with Spawner() as spawner, ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
+    with (
+        Spawner(lab_root() / record.name) as spawner,
+        ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool,
+    ):
         while todo or starting:
             while todo and len(starting) < ROUTERS_STARTING:
                 host = todo.pop(0)

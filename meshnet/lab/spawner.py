@@ -38,6 +38,7 @@ from meshnet.ipam import netcheck
 from meshnet.router_process import Launch
 
 _LENGTH = struct.Struct("!I")
+LAB_DIR_VARIABLE = "MESHNET_LAB_DIR"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class RouterStart:
 class Spawner:
     """The lab's end: start the spawner, ask it for routers (their PIDs), close it."""
 
-    def __init__(self) -> None:
+    def __init__(self, lab_directory: Path) -> None:
+        """The spawner's environment (which its routers' /proc/PID/environ shows: a forked
+        child's changes to its own are not) names the lab in MESHNET_LAB_DIR, so that what
+        the lab started can be found by it, as processes that ran with a host's environment
+        are by its MESHNET_STATE_DIR."""
         package_root = str(Path(meshnet.__file__).resolve().parent.parent)
         bootstrap = (
             f"import sys; sys.path.insert(0, {package_root!r}); "
@@ -65,6 +70,7 @@ class Spawner:
             [sys.executable, "-P", "-c", bootstrap, "meshnet", "launch", "--foreground"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, LAB_DIR_VARIABLE: str(lab_directory)},
         )
 
     def start(self, router: RouterStart) -> int:
