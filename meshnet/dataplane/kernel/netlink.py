@@ -52,6 +52,14 @@ _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _AF_BRIDGE = 7
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NLM_F_REQUEST = 0x1
+_NLMSG_ERROR = 2
+_RTM_NEWNSID = 88
+_RTM_GETNSID = 90
+_NETNSA_NSID = 1  # linux/net_namespace.h
+_NETNSA_FD = 3
+_RTGENMSG = struct.Struct("=B3x")  # family, padded to 4 bytes
+_NLATTR_U32 = struct.Struct("=HHI")  # length, type, value
 _NDMSG_IFINDEX = struct.Struct("=i")  # in struct ndmsg, after family and padding (4 bytes)
 _T = TypeVar("_T")
 
@@ -419,12 +427,15 @@ class Namespace:
         except OSError:
             return None
         try:
-            reply = self._ipr.get_netnsid(fd=fd)
+            if self.name is None:
+                nsid = _own_netnsid(fd)
+            else:
+                reply = self._ipr.get_netnsid(fd=fd)
+                nsid = reply.get("nsid") if reply else None
         except _PyrouteNetlinkError:
             return None
         finally:
             os.close(fd)
-        nsid = reply.get("nsid") if reply else None
         if nsid is None or nsid == _NSID_NOT_ASSIGNED or nsid < 0:
             return None
         return int(nsid)
@@ -773,6 +784,35 @@ class Namespace:
             peer_index=_attr(msg, "IFLA_LINK"),
             peer_netnsid=_attr(msg, "IFLA_LINK_NETNSID"),
         )
+
+
+def _own_netnsid(fd: int) -> int | None:
+    """The id under which the caller's namespace knows the namespace open as ``fd`` (None: it
+    has none), asked with one hand-made RTM_GETNSID. Finding a container's namespace asks this
+    of every namespace on the machine until one matches (hundreds in a large lab), and through
+    pyroute2 each question cost a third of a millisecond of decoding."""
+    body = _RTGENMSG.pack(socket.AF_UNSPEC) + _NLATTR_U32.pack(8, _NETNSA_FD, fd)
+    request = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETNSID, _NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC) as sock:
+        sock.send(request + body)
+        data = sock.recv(65536)
+    for kind, offset in _message_kinds(data):
+        if kind == _NLMSG_ERROR:
+            return None
+        if kind != _RTM_NEWNSID:
+            continue
+        length = _NLMSGHDR.unpack_from(data, offset - _NLMSGHDR.size)[0]
+        end = offset - _NLMSGHDR.size + length
+        at = offset + _RTGENMSG.size
+        while at + 4 <= end:
+            size, attribute = struct.unpack_from("=HH", data, at)
+            if size < 4:
+                break
+            if attribute == _NETNSA_NSID and size >= 8:
+                nsid: int = struct.unpack_from("=i", data, at + 4)[0]
+                return nsid
+            at += (size + 3) & ~3
+    return None
 
 
 def _address_text(msg: Any) -> str:
