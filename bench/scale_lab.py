@@ -26,7 +26,7 @@ The lab is always torn down (also on Ctrl-C or SIGTERM). Not a test: the numbers
 machine and on whatever else runs on it. Run with the venv of the code to measure, as root:
 
     python bench/scale_lab.py [--hosts 100] [--degree 4] [--seed 1] [--idle-seconds 60]
-                              [--containers 1] [--topology-out PATH]
+                              [--containers 1] [--topology-out PATH] [--up-only]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cputime import Usage, router_pid, usage
+from cputime import Usage, machine_time, router_pid, usage
 from rich.console import Console
 from rich.table import Table
 
@@ -148,12 +148,57 @@ def sample_idle(hosts: list[dict[str, Any]], pids: dict[str, int]) -> dict[str, 
     return {name: (usage(pid), sent[name]) for name, pid in pids.items()}
 
 
+# What `lab up` reports, by the first word of its progress lines: the phase each belongs to.
+PHASES = {
+    "host": "namespaces and links",
+    "link": "namespaces and links",
+    "container": "namespaces and links",
+    "router": "routers started and ready",
+    "attached": "containers attached",
+    "DNS": "resolv.conf written",
+    "containers": "resolv.conf written",
+    "routers": "routers find each other",
+}
+
+
+@dataclass
+class Phases:
+    """When each phase of `lab up` ended (its last progress line; the next phase's first line
+    ends it too), and the machine's CPU seconds by then: where the time of an `up` goes."""
+
+    started: float = field(default_factory=time.monotonic)
+    cpu_at_start: float = field(default_factory=lambda: _machine_cpu())
+    ends: dict[str, tuple[float, float]] = field(default_factory=dict)
+    current: str | None = None
+
+    def progress(self, line: str) -> None:
+        phase = PHASES.get(line.split(" ", 1)[0], self.current)
+        if phase != self.current and self.current is not None:
+            self.ends[self.current] = (time.monotonic(), _machine_cpu())
+        self.current = phase
+
+    def finish(self, rows: Rows) -> None:
+        if self.current is not None:
+            self.ends[self.current] = (time.monotonic(), _machine_cpu())
+        at, cpu = self.started, self.cpu_at_start
+        for phase, (end, end_cpu) in self.ends.items():
+            rows.add(f"  {phase}", f"{end - at:.1f} s", f"machine CPU {end_cpu - cpu:.0f} s")
+            at, cpu = end, end_cpu
+
+
+def _machine_cpu() -> float:
+    used = machine_time()
+    return used.user + used.system
+
+
 def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows) -> None:
     console = Console(stderr=True)
     step = console.print
     started = time.monotonic()
-    lablib.up(name, spec)
+    phases = Phases()
+    lablib.up(name, spec, progress=phases.progress)
     rows.add("lab up", f"{time.monotonic() - started:.1f} s", f"{len(spec.hosts)} hosts")
+    phases.finish(rows)
     state = lablib.status(name)
     hosts = state["hosts"]
     by_name = {h["name"]: h for h in hosts}
@@ -175,6 +220,8 @@ def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows
         )
     else:
         rows.add("h1 pings the farthest container", "n/a", "--containers 0")
+    if args.up_only:
+        return
 
     pids = {h["name"]: router_pid(h["api_socket"]) for h in hosts}
     step(f"[dim]idle for {args.idle_seconds:.0f} s[/]")
@@ -286,6 +333,9 @@ def main() -> None:
         "--topology-out", type=Path, default=None, help="where to write the topology file"
     )
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument(
+        "--up-only", action="store_true", help="stop after the ping: no idle, reroute or kill"
+    )
     parser.add_argument(
         "--containers", type=int, default=1, help="per host (0: no IPAM, DNS or ping measured)"
     )

@@ -56,6 +56,12 @@ def main(fd: int) -> int:
     the CLI."""
     with os.fdopen(fd, "rb") as f:
         launch: Launch = pickle.load(f)
+    return run(launch)
+
+
+def run(launch: Launch) -> int:
+    """Run a router in this process until it stops; its exit code. Also what a lab's spawner
+    calls in each router it forks (meshnet.lab.spawner)."""
     config = launch.config
     if launch.log_to_state_dir:
         logfile.log_to_file(config.log_file, config.log_level)

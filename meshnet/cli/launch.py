@@ -25,7 +25,6 @@ from meshnet.cli.launch_options import (
     relaunch_environment,
 )
 from meshnet.config import Config
-from meshnet.constants import BRIDGE
 from meshnet.errors import UserError
 from meshnet.gossip.identity import PEER_NAME_FILE, format_peer_name, parse_peer_name
 from meshnet.router_process import Launch, exec_router
@@ -123,18 +122,43 @@ def launch(
     click.echo(_launch_background(config, client)["name"])
 
 
+def parse_foreground_launch(args: list[str], password: str | None) -> tuple[Launch, list[str]]:
+    """What `meshnet launch --foreground ARGS` would exec, parsed here: the Launch and its
+    warnings. The lab starts its routers from one process that imported the daemon once
+    (meshnet.lab.spawner), not one CLI and one daemon start-up per host; the options mean the
+    same as on the command line, environment included, except that ``password`` stands for
+    MESHNET_PASSWORD whatever this process's environment holds. The route check is left to the
+    router's own namespace (`netcheck.refuse_overlap`)."""
+    ctx = launch.make_context("launch", ["--foreground", *args])
+    options = dict(ctx.params)
+    peers = options.pop("peers")
+    password_file = options.pop("password_file")
+    peer_name = options.pop("peer_name")
+    log_to_state_dir = options.pop("log_to_state_dir")
+    options.pop("foreground")
+    options["password"] = password
+    file_password = _read_password_file(password_file) if password_file is not None else None
+    config = config_from_options(peers, options, password=file_password)
+    if _debugging(ctx) and ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
+        config = dataclasses.replace(config, log_level="debug")
+    client = ApiClient(config.api_socket)
+    if client.is_ready():
+        status = client.get("/status")
+        raise UserError(
+            f"meshnet is already running as {status['name']} ({status['nickname']}) "
+            f"on {config.api_socket}"
+        )
+    if peer_name is not None:
+        _keep_peer_name(config.state_dir, peer_name)
+    return Launch(config, log_to_state_dir, debug=_debugging(ctx)), launch_warnings(config)
+
+
 def _check_range_against_routes(config: Config) -> None:
     """Weave's netcheck: refuse a range the host already routes elsewhere, naming the route."""
     # Imported here: netlink pulls in pyroute2, which only `launch` needs.
     from meshnet.ipam import netcheck
 
-    clash = netcheck.overlapping_route(
-        config.ipalloc_range, netcheck.host_routes(), own_devices={BRIDGE}
-    )
-    if clash is not None:
-        raise UserError(
-            netcheck.overlap_message("--ipalloc-range-overlap-ok", config.ipalloc_range, clash)
-        )
+    netcheck.refuse_overlap(config.ipalloc_range)
 
 
 def _debugging(ctx: click.Context) -> bool:

@@ -75,6 +75,10 @@ RECENT_FAILURES = 32
 # After publishing a new MeshView, wait this long before looking again: a burst of topology
 # gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber.
 VIEW_COALESCE = 0.02
+#: The connection maker looks again at most this often: every topology change wakes it, and
+#: while a 100-router lab came up, discovering and planning on each one (O(peers) a time) was a
+#: fifth of each router's CPU. A dial waits this much longer at most.
+MAKER_COALESCE = 0.1
 # At most one log line per this many seconds about forged gossip (each one is counted).
 
 
@@ -493,6 +497,7 @@ class Router:
             self._wake_maker = trio.Event()
             with trio.move_on_at(wake):
                 await self._wake_maker.wait()
+            await trio.sleep(MAKER_COALESCE)
 
     def _discover(self, now: float) -> None:
         if self.mesh.topology_changes == self._discovered_at:

@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from meshnet.constants import BRIDGE
 from meshnet.dataplane.kernel import netlink
+from meshnet.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,11 @@ def host_routes() -> list[HostRoute]:
         )
         for route in routes
     ]
+
+
+def refuse_overlap(allocation_range: IPv4Network) -> None:
+    """`launch`'s check, where the router will run: a range the host already routes elsewhere
+    is refused in one line naming the route."""
+    clash = overlapping_route(allocation_range, host_routes(), own_devices={BRIDGE})
+    if clash is not None:
+        raise UserError(overlap_message("--ipalloc-range-overlap-ok", allocation_range, clash))

@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from meshnet.errors import UserError
 from meshnet.lab import dns as lab_dns
 from meshnet.lab import docker as lab_docker
 from meshnet.lab.record import Journal, LabRecord
+from meshnet.lab.spawner import RouterStart, Spawner
 from meshnet.lab.topology import (
     INTERNET,
     OVERLAY_SPECS,
@@ -59,9 +58,11 @@ NAT_LAN_IFNAME = "lan"  # the NAT router's end of that link
 NAT_WAN_IFNAME = "wan"  # the NAT router's link to the internet router
 NAT_TABLE = "lab-nat"  # nftables table (family ip) in each NAT router
 INTERNET_TABLE = "lab-internet"  # nftables table (family ip) in the internet router
-# 100 routers starting at once on 2 cores take a while: each imports the daemon and sets up.
+# How long a router may take to answer once started (more, from the start of `up`, when others
+# wait their turn to start).
 ROUTER_READY_TIMEOUT = 300.0
-ROUTERS_PER_WAVE = 10
+#: Routers started and not yet answering, at most: enough to keep 2 cores busy.
+ROUTERS_STARTING = 6
 # Attaches (and readiness checks) in flight at once: each is an API call that mostly waits.
 ATTACH_WORKERS = 16
 #: How long one attach may take: IPAM's own wait, and then some. In a 100-host lab on 2 cores
@@ -522,101 +523,109 @@ def _start_routers(
     password: str | None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, str]:
-    """Start the routers of `hosts` in waves of ROUTERS_PER_WAVE (each wave once the one before
+    """Start the routers of `hosts`, at most ROUTERS_STARTING at once (the next as soon as one
     answers), each told only of its topology neighbours; returns each host's peer name.
 
-    In waves: a router's start-up is mostly CPU (imports, then the mesh's first gossip), and
-    100 starting at once on 2 cores starved each other past any deadline."""
-    names: dict[str, str] = {}
-    for first in range(0, len(hosts), ROUTERS_PER_WAVE):
-        wave = hosts[first : first + ROUTERS_PER_WAVE]
-        names.update(_start_wave(record, wave, password, progress))
-    return names
-
-
-def _start_wave(
-    record: LabRecord,
-    hosts: list[dict[str, Any]],
-    password: str | None,
-    progress: Callable[[str], None],
-) -> dict[str, str]:
-    """Start the routers of `hosts` at once; each host's peer name once all answer.
-
-    Each router is the daemon itself (`meshnet launch --foreground`, logging to its state
-    directory, in a session of its own), not a background `meshnet launch` that starts it and
-    waits: that launcher was one more Python start-up per host, on a large lab's critical path.
-    `down` finds each router by its namespace (nsenter enters it before Python starts), so no pid
-    is journaled: a recorded pid could belong to another process by the time `down` runs.
+    A bounded number at once: a router's start-up is CPU (the mesh's first gossip, its devices),
+    and 100 starting at once on 2 cores starved each other past any deadline; waves of 10, each
+    waiting for its slowest, left the CPU idle at each wave's end. Each router is forked by the
+    lab's spawner (meshnet.lab.spawner), which imported the daemon once, from options parsed as
+    `meshnet launch --foreground` parses them; it logs to its state directory, in a session of
+    its own. `down` finds each router by its namespace, so no pid is journaled: a recorded pid
+    could belong to another process by the time `down` runs.
     """
+    # The CLI's own parsing of launch options, needed only here (and not by the spawner).
+    from meshnet.cli.launch import parse_foreground_launch
+
     env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
-    if password is not None:
-        env["MESHNET_PASSWORD"] = password
-    starting: dict[str, tuple[dict[str, Any], subprocess.Popen[bytes], int]] = {}
-    for host in hosts:
-        log_file = Path(host["dir"]) / "meshnet.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        logfile.rotate_if_full(log_file)
-        command = [
-            "nsenter",
-            f"--net={netlink.NETNS_DIR / host['namespace']}",
-            sys.executable,
-            "-m",
-            "meshnet",
-            "launch",
-            "--foreground",
-            "--log-to-state-dir",
-            "--nickname",
-            host["name"],
-            # IPAM: the hosts of the lab agree on the ring at the first allocation.
-            "--ipalloc-init",
-            f"consensus={len(record.hosts)}",
-            *lab_dns.launch_args(record),
-            *([] if record.fastdp else ["--no-fastdp"]),
-            "--",
-            *_neighbour_addresses(record, host["name"]),
-        ]
-        with open(log_file, "ab") as log:
-            offset = log.tell()
-            proc = subprocess.Popen(
-                command,
-                env={**env, **host_environment(host)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # a Ctrl-C of `lab up` reaches it only through `down`
-            )
-        # Reaped when it ends: the caller may live on (a test, a bench), and a router it never
-        # waited for would stay a zombie whose /proc entry outlives it.
-        threading.Thread(target=proc.wait, name=f"reap {host['name']}", daemon=True).start()
-        starting[host["name"]] = (host, proc, offset)
+    todo = list(hosts)
+    # host: (its entry, its router's pid, where its log was when it started, when it started)
+    starting: dict[str, tuple[dict[str, Any], int, int, float]] = {}
     names: dict[str, str] = {}
-    deadline = time.monotonic() + ROUTER_READY_TIMEOUT
-    # Asked several at once: a router that 100 others starve of CPU may take seconds to answer,
-    # and one after the other a round over 100 of them took minutes.
-    with ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool:
-        while starting:
-            for host_name, (host, proc, offset) in starting.items():
-                if proc.poll() is not None:
-                    log_file = Path(host["dir"]) / "meshnet.log"
-                    why = logfile.last_error(log_file, offset)
-                    raise UserError(
-                        f"router on {host_name} did not start: "
-                        + (why or f"exit {proc.returncode}; see {log_file}")
+    # Asked several at once: a router that others starve of CPU may take seconds to answer.
+    with (
+        Spawner(lab_root() / record.name) as spawner,
+        ThreadPoolExecutor(max_workers=ATTACH_WORKERS) as pool,
+    ):
+        while todo or starting:
+            while todo and len(starting) < ROUTERS_STARTING:
+                host = todo.pop(0)
+                log_file = Path(host["dir"]) / "meshnet.log"
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                logfile.rotate_if_full(log_file)
+                offset = log_file.stat().st_size if log_file.exists() else 0
+                launch, warnings = parse_foreground_launch(_launch_args(record, host), password)
+                pid = spawner.start(
+                    RouterStart(
+                        launch,
+                        host["namespace"],
+                        log_file,
+                        {**env, **host_environment(host)},
+                        tuple(warnings),
                     )
+                )
+                starting[host["name"]] = (host, pid, offset, time.monotonic())
             pending = list(starting)
             answers = pool.map(_peer_name, [starting[n][0] for n in pending])
             for host_name, peer_name in zip(pending, answers, strict=True):
+                host, pid, offset, _ = starting[host_name]
                 if peer_name is not None:
                     names[host_name] = peer_name
                     del starting[host_name]
                     progress(f"router {host_name} is {peer_name}")
-            if starting and time.monotonic() > deadline:
+                elif not _alive(pid):
+                    log_file = Path(host["dir"]) / "meshnet.log"
+                    why = logfile.last_error(log_file, offset)
+                    raise UserError(
+                        f"router on {host_name} did not start: "
+                        + (why or f"it ended; see {log_file}")
+                    )
+            late = [
+                n
+                for n, entry in starting.items()
+                if time.monotonic() - entry[3] > ROUTER_READY_TIMEOUT
+            ]
+            if late:
                 raise UserError(
-                    f"routers on {', '.join(sorted(starting))} did not become ready in "
+                    f"routers on {', '.join(sorted(late))} did not become ready in "
                     f"{ROUTER_READY_TIMEOUT:.0f}s; see meshnet.log in their host directories"
                 )
-            time.sleep(0.2)  # asking 100 routers costs CPU that those still starting need
+            if starting:
+                time.sleep(0.1)  # asking routers costs CPU that those still starting need
     return names
+
+
+def _launch_args(record: LabRecord, host: dict[str, Any]) -> list[str]:
+    """`meshnet launch --foreground` options of a host's router (its environment, from
+    `host_environment`, as flags: they win over this process's own environment)."""
+    environment = host_environment(host)
+    docker = (
+        [
+            "--docker-host",
+            environment["DOCKER_HOST"],
+            "--docker-plugin-dir",
+            environment["MESHNET_DOCKER_PLUGIN_DIR"],
+        ]
+        if host.get("docker")
+        else ["--no-docker"]
+    )
+    return [
+        "--log-to-state-dir",
+        "--nickname",
+        host["name"],
+        "--state-dir",
+        environment["MESHNET_STATE_DIR"],
+        "--api-socket",
+        environment["MESHNET_API_SOCKET"],
+        *docker,
+        # IPAM: the hosts of the lab agree on the ring at the first allocation.
+        "--ipalloc-init",
+        f"consensus={len(record.hosts)}",
+        *lab_dns.launch_args(record),
+        *([] if record.fastdp else ["--no-fastdp"]),
+        "--",
+        *_neighbour_addresses(record, host["name"]),
+    ]
 
 
 def _peer_name(host: dict[str, Any]) -> str | None:

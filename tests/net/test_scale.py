@@ -21,6 +21,7 @@ from meshnet.dataplane.kernel import netlink
 from meshnet.errors import UserError
 from meshnet.lab import lab as lablib
 from meshnet.lab import topology
+from meshnet.lab.spawner import LAB_DIR_VARIABLE
 from tests.conftest import unique_lab_name
 from tests.net.conftest import can_ping, rss_kib
 
@@ -88,8 +89,12 @@ def router_pid(host: dict[str, Any]) -> int:
 
 
 def lab_processes(name: str) -> list[int]:
-    """Processes started for lab `name`: they carry its directory in their environment."""
-    marker = f"MESHNET_STATE_DIR={lablib.lab_root() / name}/".encode()
+    """Processes started for lab `name`: they carry its directory in their environment (a
+    host's state directory, or the lab's own for the routers its spawner forks)."""
+    markers = (
+        f"MESHNET_STATE_DIR={lablib.lab_root() / name}/".encode(),
+        f"{LAB_DIR_VARIABLE}={lablib.lab_root() / name}\0".encode(),
+    )
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -99,7 +104,7 @@ def lab_processes(name: str) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and marker in environ:
+        if state != "Z" and any(marker in environ + b"\0" for marker in markers):
             found.append(int(entry))
     return found
 
@@ -141,9 +146,9 @@ def routers_running(name: str, count: int) -> Callable[[], bool]:
 def test_up_interrupted_while_routers_start_leaves_nothing_after_down(
     lab_name: str, sig: signal.Signals
 ) -> None:
-    # More hosts than one wave of routers (lab.ROUTERS_PER_WAVE): `up` is still busy when the
-    # signal comes (with 6, a quick `up` was done before a SIGKILL reached it).
-    hosts = lablib.ROUTERS_PER_WAVE + 2
+    # More hosts than start at once (lab.ROUTERS_STARTING): `up` is still busy when the
+    # signal comes (with 6 hosts, a quick `up` was done before a SIGKILL reached it).
+    hosts = lablib.ROUTERS_STARTING + 6
     up = meshnet_lab("up", "--name", lab_name, "--hosts", str(hosts), "--topology", "ring")
     try:
         wait_for("some routers to start", routers_running(lab_name, 2), timeout=60)
