@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import heapq
 import ipaddress
 import itertools
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -50,16 +53,28 @@ def test_probe_mac_is_unicast_locally_administered_and_per_peer() -> None:
     kind=st.sampled_from(ProbeKind),
     sender=st.integers(1, 2**48 - 1),
     probe_id=st.integers(0, 2**32 - 1),
+    echo=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
     size=st.integers(0, 1500),
 )
 def test_probe_frames_round_trip_at_the_size_asked(
-    kind: ProbeKind, sender: int, probe_id: int, size: int
+    kind: ProbeKind, sender: int, probe_id: int, echo: tuple[int, int], size: int
 ) -> None:
-    frame = fastdp.encode_probe(
-        Probe(kind, sender, probe_id), source=MAC1, destination=MAC2, size=size
+    probe = (
+        Probe(kind, sender, probe_id, *echo)
+        if kind is ProbeKind.ECHO
+        else Probe(kind, sender, probe_id)
     )
-    assert len(frame) == max(size, 34)
-    assert fastdp.decode_probe(frame) == (MAC2, Probe(kind, sender, probe_id))
+    frame = fastdp.encode_probe(probe, source=MAC1, destination=MAC2, size=size)
+    assert len(frame) == max(size, 42 if kind is ProbeKind.ECHO else 34)
+    assert fastdp.decode_probe(frame) == (MAC2, probe)
+
+
+def test_a_truncated_echo_is_refused() -> None:
+    frame = fastdp.encode_probe(
+        Probe(ProbeKind.ECHO, A, 7, 3, 100), source=MAC1, destination=MAC2, size=0
+    )
+    with pytest.raises(RemoteProtocolError):
+        fastdp.decode_probe(frame[:-1])
 
 
 @pytest.mark.parametrize(
@@ -180,6 +195,59 @@ def test_a_neighbour_that_never_answers_goes_down_and_is_retried_slowly() -> Non
     late = probe.tick(25.0)
     assert late is not None and probe.on_ack(25.001, late)
     assert probe.state is FastState.UP
+
+
+def _echo_pair(
+    loss: Callable[[str, float], bool] = lambda sender, now: False,
+) -> tuple[dict[str, PeerProbe], collections.Counter[str]]:
+    """Two trackers that probe each other with ECHO frames for 60 s (10 ms one way), as the
+    service drives them: on the beat, and at once when an ECHO finds the receiver not up."""
+    probes = {"a": PeerProbe(started=0.0), "b": PeerProbe(started=0.3)}
+    sent: collections.Counter[str] = collections.Counter()
+    events: list[tuple[float, int, str, int, int, int]] = []  # at, seq, to, id, echo, held
+    seq = itertools.count()
+
+    def send(sender: str, probe_id: int, now: float) -> None:
+        sent[sender] += 1
+        if not loss(sender, now):
+            echo_id, held = probes[sender].echo(now)
+            to = "b" if sender == "a" else "a"
+            heapq.heappush(events, (now + 0.01, next(seq), to, probe_id, echo_id, held))
+
+    now = 0.0
+    while now < 60.0:
+        due = min(p.next_wake() for p in probes.values())
+        if events:
+            due = min(due, events[0][0])
+        now = max(now + 0.001, due)  # as the service: never again at the same instant
+        while events and events[0][0] <= now:
+            _, _, to, probe_id, echo_id, held = heapq.heappop(events)
+            _, answer = probes[to].on_echo(now, probe_id, echo_id, held)
+            if answer:
+                send(to, probes[to].answer_now(now), now)
+        for name, p in probes.items():
+            probe_id = p.tick(now)
+            if probe_id is not None:
+                send(name, probe_id, now)
+    return probes, sent
+
+
+def test_echo_probes_bring_a_pair_up_at_once_and_keep_it_with_one_frame_each_way() -> None:
+    probes, sent = _echo_pair()
+    for p in probes.values():
+        assert p.state is FastState.UP and p.statistics().ups == 1
+        assert p.statistics().rtt_ms == pytest.approx(20.0, abs=0.01)  # holding not counted
+    assert 60 <= sent["a"] <= 62 and 60 <= sent["b"] <= 62  # a probe and an ack would be 120
+
+
+def test_echo_probes_go_down_when_one_way_fails_and_come_back() -> None:
+    def loss(sender: str, now: float) -> bool:
+        return sender == "a" and 20.0 <= now < 30.0
+
+    probes, _ = _echo_pair(loss)
+    for p in probes.values():  # both saw it: b heard nothing, a heard no answers
+        assert p.statistics().downs == 1 and p.statistics().ups == 2
+        assert p.state is FastState.UP
 
 
 def test_stale_and_unknown_answers_are_ignored() -> None:

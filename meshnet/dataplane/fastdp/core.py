@@ -18,6 +18,14 @@ AF_PACKET socket) is answered the same way. A full-size probe fails on MTU troub
 an answer for ``down_after`` seconds the neighbour falls back to the sleeve, and is retried every
 ``retry_interval``.
 
+**One probe each way, not two.** A neighbour that advertises ``echo`` is probed with ECHO
+frames: each carries, besides its own id, the id of the neighbour's latest probe (and how long
+we held it), so it answers that probe as it goes. An idle pair then exchanges one frame each way
+per interval instead of a probe and an ack each way: each frame wakes a router, and for an idle
+mesh these were the largest part of its CPU. A side that is not up answers an ECHO at once, so a
+pair still comes up in a round trip or two; peers that do not advertise ``echo`` get PROBE and
+ACK as before.
+
 **Two families.** A Linux VXLAN device sends and receives in one address family, and an FDB
 entry of the other family is refused (EAFNOSUPPORT), so there are two devices on the bridge,
 ``vxlan-6784`` for IPv4 neighbours and ``vxlan6-6784`` for IPv6 ones (both isolated ports, same
@@ -69,12 +77,14 @@ MAX_ADVERTISED_MACS = 65536
 _PROBE_MAGIC = FASTDP_PROBE_MAGIC
 _PROBE_PREFIX = ETHERTYPE.to_bytes(2, "big") + _PROBE_MAGIC
 _PROBE = struct.Struct("!4sBxHQI")  # magic, kind, pad, version, sender, probe id
+_ECHO = struct.Struct("!II")  # after an ECHO's probe: the id it answers (0: none), held (us)
 _ETHERNET = struct.Struct("!6s6sH")
 
 
 class ProbeKind(enum.IntEnum):
     PROBE = 1
     ACK = 2
+    ECHO = 3  # a probe that also answers the receiver's latest one
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class Probe:
     kind: ProbeKind
     sender: int
     probe_id: int
+    echo_id: int = 0  # ECHO: the receiver's probe it answers (0: none heard lately)
+    held_us: int = 0  # ECHO: how long the sender held that probe before answering
 
 
 def probe_mac(peer: int) -> str:
@@ -93,7 +105,9 @@ def encode_probe(probe: Probe, *, source: str, destination: str, size: int) -> b
     """An Ethernet frame of `size` bytes carrying `probe` (padding tests the path's MTU)."""
     head = _ETHERNET.pack(bytes.fromhex(destination.replace(":", "")), _mac(source), ETHERTYPE)
     body = _PROBE.pack(_PROBE_MAGIC, probe.kind, 1, probe.sender, probe.probe_id)
-    return (head + body).ljust(max(size, _ETHERNET.size + _PROBE.size), b"\0")
+    if probe.kind is ProbeKind.ECHO:
+        body += _ECHO.pack(probe.echo_id, min(probe.held_us, 0xFFFFFFFF))
+    return (head + body).ljust(max(size, len(head) + len(body)), b"\0")
 
 
 def is_probe(frame: bytes) -> bool:
@@ -111,9 +125,14 @@ def decode_probe(frame: bytes) -> tuple[str, Probe]:
     magic, kind, version, sender, probe_id = _PROBE.unpack_from(frame, _ETHERNET.size)
     if ethertype != ETHERTYPE or magic != _PROBE_MAGIC or version != 1:
         raise RemoteProtocolError("not a fastdp probe")
-    if kind not in (ProbeKind.PROBE, ProbeKind.ACK) or not 0 < sender <= MAX_PEER_NAME:
+    if kind not in tuple(ProbeKind) or not 0 < sender <= MAX_PEER_NAME:
         raise RemoteProtocolError("malformed fastdp probe")
-    return destination.hex(":"), Probe(ProbeKind(kind), sender, probe_id)
+    if kind != ProbeKind.ECHO:
+        return destination.hex(":"), Probe(ProbeKind(kind), sender, probe_id)
+    if len(frame) < _ETHERNET.size + _PROBE.size + _ECHO.size:
+        raise RemoteProtocolError("fastdp echo too short")
+    echo_id, held_us = _ECHO.unpack_from(frame, _ETHERNET.size + _PROBE.size)
+    return destination.hex(":"), Probe(ProbeKind.ECHO, sender, probe_id, echo_id, held_us)
 
 
 def _mac(text: str) -> bytes:
@@ -131,11 +150,12 @@ class Advertisement:
     willing: bool
     macs: frozenset[str] = frozenset()
     port: int = FASTDP_PORT  # peers from before --fastdp-port did not say: the default
+    echo: bool = True  # it understands ECHO probes (peers from before them did not say: False)
 
 
 def encode_advertisement(ad: Advertisement) -> bytes:
     macs = sorted(_mac(m) for m in ad.macs)
-    return bytes(msgpack.packb({"w": ad.willing, "m": macs, "p": ad.port}))
+    return bytes(msgpack.packb({"w": ad.willing, "m": macs, "p": ad.port, "e": ad.echo}))
 
 
 def decode_advertisement(payload: bytes) -> Advertisement:
@@ -154,7 +174,11 @@ def decode_advertisement(payload: bytes) -> Advertisement:
     port = data.get("p", FASTDP_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise RemoteProtocolError("malformed fastdp advertisement: port")
-    return Advertisement(willing=data["w"], macs=frozenset(m.hex(":") for m in macs), port=port)
+    echo = data.get("e", False)
+    if not isinstance(echo, bool):
+        raise RemoteProtocolError("malformed fastdp advertisement: echo")
+    macs_seen = frozenset(m.hex(":") for m in macs)
+    return Advertisement(willing=data["w"], macs=macs_seen, port=port, echo=echo)
 
 
 def willing(
@@ -211,6 +235,7 @@ class PeerProbe:
     _last_answer: float | None = None
     _outstanding: dict[int, float] = field(default_factory=dict)
     _rtt: float | None = None
+    _theirs: tuple[int, float] | None = None  # their latest probe's id, and when it came
     _sent: int = 0
     _answered: int = 0
     _ups: int = 0
@@ -231,10 +256,7 @@ class PeerProbe:
                 del self._outstanding[probe_id]
         if now < self._next_send:
             return None
-        probe_id = self._next_id
-        self._next_id = (self._next_id % 0xFFFFFFFF) + 1
-        self._outstanding[probe_id] = now
-        self._sent += 1
+        probe_id = self._new_probe(now)
         # Retries of a DOWN neighbour keep their full interval; the rest goes on the beat.
         if self.state is FastState.DOWN:
             self._next_send = now + self.retry_interval
@@ -242,13 +264,25 @@ class PeerProbe:
             self._next_send = next_beat(now, self.interval)
         return probe_id
 
-    def on_ack(self, now: float, probe_id: int) -> bool:
-        """An answer arrived; True if it changed the state. Unknown or stale ids are ignored."""
+    def answer_now(self, now: float) -> int:
+        """The id of a probe sent off the beat (answering an ECHO); the schedule stays."""
+        return self._new_probe(now)
+
+    def _new_probe(self, now: float) -> int:
+        probe_id = self._next_id
+        self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+        self._outstanding[probe_id] = now
+        self._sent += 1
+        return probe_id
+
+    def on_ack(self, now: float, probe_id: int, held: float = 0.0) -> bool:
+        """An answer arrived (``held``: how long the neighbour held our probe before); True if
+        it changed the state. Unknown or stale ids are ignored."""
         sent = self._outstanding.pop(probe_id, None)
         if sent is None:
             return False
         self._answered += 1
-        self._rtt = now - sent
+        self._rtt = max(0.0, now - sent - held)
         self._last_answer = now
         if self.state is FastState.UP:
             return False
@@ -256,6 +290,23 @@ class PeerProbe:
         self._ups += 1
         self._next_send = next_beat(now, self.interval)
         return True
+
+    def on_echo(self, now: float, probe_id: int, echo_id: int, held_us: int) -> tuple[bool, bool]:
+        """An ECHO arrived: their probe ``probe_id``, answering ours ``echo_id`` (0: none).
+        ``(state changed, answer at once)``: a side not yet up answers without waiting for its
+        beat, so a pair comes up within round trips, while an up pair sends one frame per
+        interval each way."""
+        self._theirs = (probe_id, now)
+        changed = echo_id != 0 and self.on_ack(now, echo_id, held_us / 1e6)
+        return changed, self.state is not FastState.UP
+
+    def echo(self, now: float) -> tuple[int, int]:
+        """What our next ECHO answers: their latest probe and how long we held it (microseconds),
+        or ``(0, 0)`` when none came within ``down_after``."""
+        if self._theirs is None or now - self._theirs[1] > self.down_after:
+            return 0, 0
+        probe_id, at = self._theirs
+        return probe_id, round((now - at) * 1e6)
 
     @property
     def last_answer(self) -> float | None:

@@ -333,7 +333,7 @@ class FastDatapath(UnicastChannel):
                 probe_id = probe.tick(now)
                 changed = changed or probe.state is not state
                 if probe_id is not None:
-                    await self._send_probe(Probe(ProbeKind.PROBE, self.local, probe_id), peer)
+                    await self._send_probe(self._probe_for(peer, probe, probe_id, now), peer)
                 wake = min(wake, probe.next_wake())
             if changed:
                 retry = not await self._program(candidates) or retry
@@ -424,6 +424,15 @@ class FastDatapath(UnicastChannel):
         self.pinned, self.up = pinned, up
         self._on_change()
 
+    def _probe_for(self, peer: int, tracker: PeerProbe, probe_id: int, now: float) -> Probe:
+        """An ECHO, answering its latest probe as it goes, for a neighbour that understands
+        them; a PROBE for one from before them."""
+        ad = self._ads.get(peer)
+        if ad is None or not ad.echo:
+            return Probe(ProbeKind.PROBE, self.local, probe_id)
+        echo_id, held_us = tracker.echo(now)
+        return Probe(ProbeKind.ECHO, self.local, probe_id, echo_id, held_us)
+
     def _probe_mac_of(self, peer: int) -> str:
         mac = self._probe_macs.get(peer)
         if mac is None:
@@ -463,7 +472,9 @@ class FastDatapath(UnicastChannel):
             if destination != self._probe_mac:
                 self._count("probes_misaddressed")
                 continue
-            if probe.kind is ProbeKind.PROBE:
+            if probe.kind is ProbeKind.ECHO:
+                await self._on_echo(probe)
+            elif probe.kind is ProbeKind.PROBE:
                 if probe.sender in self._candidates():
                     await self._send_probe(
                         Probe(ProbeKind.ACK, self.local, probe.probe_id), probe.sender
@@ -479,6 +490,21 @@ class FastDatapath(UnicastChannel):
                     self._dirty.set()
                 if tracker.last_answer == now:
                     self._on_answer(probe.sender)
+
+    async def _on_echo(self, probe: Probe) -> None:
+        tracker = self._probes.get(probe.sender)
+        if tracker is None:
+            self._count("probes_from_stranger")
+            return
+        now = trio.current_time()
+        changed, answer = tracker.on_echo(now, probe.probe_id, probe.echo_id, probe.held_us)
+        if changed:
+            self._dirty.set()
+        if tracker.last_answer == now:
+            self._on_answer(probe.sender)
+        if answer:  # we are not up: no waiting for our beat
+            reply = self._probe_for(probe.sender, tracker, tracker.answer_now(now), now)
+            await self._send_probe(reply, probe.sender)
 
     async def _watch_local_macs(self) -> None:
         """The MACs behind our bridge (its own and what it learned on container ports)."""
