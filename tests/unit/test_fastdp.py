@@ -250,6 +250,18 @@ def test_echo_probes_go_down_when_one_way_fails_and_come_back() -> None:
         assert p.state is FastState.UP
 
 
+def test_an_echo_prepared_before_the_probe_it_answers_arrived_holds_it_for_no_time() -> None:
+    probe = PeerProbe(started=0.0)
+    probe.on_echo(5.0, 42, 0, 0)
+    assert probe.echo(4.99) == (42, 0)  # the shell read its clock before an await
+    frame = fastdp.encode_probe(
+        Probe(ProbeKind.ECHO, A, 1, 42, -5), source=MAC1, destination=MAC2, size=0
+    )
+    assert fastdp.decode_probe(frame)[1].held_us == 0
+    assert probe.echo(5.5) == (42, 500_000)
+    assert probe.echo(9.0) == (0, 0)  # older than down_after: nothing to answer
+
+
 def test_stale_and_unknown_answers_are_ignored() -> None:
     probe = PeerProbe(started=0.0, interval=0.5, down_after=2.0)
     old = probe.tick(0.0)

@@ -106,7 +106,7 @@ def encode_probe(probe: Probe, *, source: str, destination: str, size: int) -> b
     head = _ETHERNET.pack(bytes.fromhex(destination.replace(":", "")), _mac(source), ETHERTYPE)
     body = _PROBE.pack(_PROBE_MAGIC, probe.kind, 1, probe.sender, probe.probe_id)
     if probe.kind is ProbeKind.ECHO:
-        body += _ECHO.pack(probe.echo_id, min(probe.held_us, 0xFFFFFFFF))
+        body += _ECHO.pack(probe.echo_id, min(max(probe.held_us, 0), 0xFFFFFFFF))
     return (head + body).ljust(max(size, len(head) + len(body)), b"\0")
 
 
@@ -306,7 +306,8 @@ class PeerProbe:
         if self._theirs is None or now - self._theirs[1] > self.down_after:
             return 0, 0
         probe_id, at = self._theirs
-        return probe_id, round((now - at) * 1e6)
+        # The shell's ``now`` may predate the arrival (read before an await): never below 0.
+        return probe_id, max(0, round((now - at) * 1e6))
 
     @property
     def last_answer(self) -> float | None:
