@@ -595,6 +595,19 @@ def _start_routers(
     return names
 
 
+def router_command(directory: Path, host_name: str) -> tuple[list[str], dict[str, str]]:
+    """The ``meshnet`` arguments and the environment that start a host's router as `up` does
+    (its routers are forked from one spawner, so no process shows them): for a test or a tool
+    that starts one again by hand."""
+    record = LabRecord.load(directory)
+    host = next((h for h in record.hosts if h["name"] == host_name), None)
+    if host is None:
+        raise UserError(f"no host {host_name} in lab {record.name}")
+    env = {k: v for k, v in os.environ.items() if k != "MESHNET_PASSWORD"}
+    args = ["launch", "--foreground", *_launch_args(record, host)]
+    return args, {**env, **host_environment(host)}
+
+
 def _launch_args(record: LabRecord, host: dict[str, Any]) -> list[str]:
     """`meshnet launch --foreground` options of a host's router (its environment, from
     `host_environment`, as flags: they win over this process's own environment)."""

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,26 +250,17 @@ LIAR = """
 """
 
 
-def router_process(state: dict[str, Any], host: str) -> tuple[int, list[str], dict[str, str]]:
-    """The pid, arguments (after ``-m meshnet``) and environment of a host's router."""
-    entry = next(h for h in state["hosts"] if h["name"] == host)
-    for pid in netlink.namespace_pids(entry["namespace"]):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [a.decode() for a in f.read().split(b"\0") if a]
-        if "--foreground" in argv:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(
-                    item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item
-                )
-            return pid, argv[argv.index("meshnet") + 1 :], env
-    raise AssertionError(f"no router running in {host}")
+def router_command(state: dict[str, Any], host: str) -> tuple[list[str], dict[str, str]]:
+    """The arguments (after ``-m meshnet``) and environment of a host's router, as the lab
+    starts it."""
+    return lablib.router_command(Path(state["directory"]), host)
 
 
 def test_a_peer_advertising_made_up_connections_gets_few_dialled(make_lab: Any) -> None:
     state = make_lab("line", hosts=2, containers=1)
     c1 = container(state, "h1-c1")
     h1 = next(h for h in state["hosts"] if h["name"] == "h1")
-    _, args, env = router_process(state, "h1")
+    args, env = router_command(state, "h1")
     api(state, "h1").post("/stop")
     wait_for(lambda: not lablib.host_api_socket(h1["dir"]).exists(), what="h1 to stop")
     with open(f"{h1['dir']}/liar.log", "w") as log:

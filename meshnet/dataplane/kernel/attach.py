@@ -219,11 +219,14 @@ def _ports(bridge: str, host: str | None, only: NamespaceRef | None = None) -> l
 
 
 def _port_namespaces(
-    bridge: str, host: str | None, only: NamespaceRef | None = None
+    bridge: str, host: str | None, only: NamespaceRef | None = None, *, mounts: bool = False
 ) -> tuple[list[netlink.LinkInfo], dict[int, tuple[str, tuple[int, int]]]]:
     """The veth ports of `bridge` that lead into another namespace, and a file (and inode) for
     each such namespace we can find, by the id `host` knows it under (only `only`, if given).
-    """
+
+    Namespaces known only by a bind mount are looked for only with ``mounts``: a port is adopted
+    (and let through isolation) only into a namespace with a name or a process, never into one
+    someone hid behind a file to plug in by hand (tests/net/test_hostile_closed.py)."""
     with netlink.namespace(host) as hns:
         if not hns.has_link(bridge):
             raise UserError(f"no bridge {bridge}: is the router running?")
@@ -237,7 +240,7 @@ def _port_namespaces(
         if not wanted:
             return ports, where
         seen: set[tuple[int, int]] = set()
-        candidates = [only.path] if only is not None else namespaces.candidate_paths()
+        candidates = [only.path] if only is not None else namespaces.candidate_paths(mounts=mounts)
         for path in candidates:
             inode = _inode(path)
             if inode is None or inode in seen:
@@ -284,7 +287,7 @@ def bridge_namespaces(
     bridge: str = BRIDGE, *, host: str | None = None, interfaces: bool = False
 ) -> BridgeNamespaces:
     """Whose ports `bridge` has (the interfaces cost a netlink helper per namespace)."""
-    ports, where = _port_namespaces(bridge, host)
+    ports, where = _port_namespaces(bridge, host, mounts=True)
     unseen = tuple(sorted(p.name for p in ports if p.peer_netnsid not in where))
     inodes = frozenset(inode for _, inode in where.values())
     by_inode: dict[tuple[int, int], dict[str, tuple[str, ...]]] = {}

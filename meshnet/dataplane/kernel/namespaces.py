@@ -53,17 +53,18 @@ def cookie_of(path: str) -> int:
     return found[1]
 
 
-def candidate_paths() -> Iterator[str]:
+def candidate_paths(*, mounts: bool = True) -> Iterator[str]:
     """Every file we can see that may name a network namespace: named ones, bind mounts of
-    namespaces (where Docker and CNI runtimes keep theirs), then one per process (lowest PID
-    first: a container's init)."""
+    namespaces (where Docker and CNI runtimes keep theirs; not with ``mounts=False``), then one
+    per process (lowest PID first: a container's init)."""
     try:
         named = sorted(os.listdir(netlink.NETNS_DIR))
     except OSError:
         named = []
     for name in named:
         yield str(netlink.NETNS_DIR / name)
-    yield from _namespace_mounts()
+    if mounts:
+        yield from _namespace_mounts()
     try:
         entries = os.listdir(_PROC)
     except OSError:
