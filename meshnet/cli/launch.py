@@ -105,13 +105,7 @@ def launch(
     # In a background launch, the child logs them too (its password is in its environment).
     for warning in launch_warnings(config, password_on_command_line=on_command_line):
         click.echo(f"warning: {warning}", err=True)
-    client = ApiClient(config.api_socket)
-    if client.is_ready():
-        status = client.get("/status")
-        raise UserError(
-            f"meshnet is already running as {status['name']} ({status['nickname']}) "
-            f"on {config.api_socket}"
-        )
+    client = _refuse_if_running(config)
     if not config.ipalloc_range_overlap_ok:
         _check_range_against_routes(config)
     if peer_name is not None:
@@ -120,6 +114,18 @@ def launch(
         launch = Launch(config, log_to_state_dir, debug=_debugging(ctx))
         exec_router(launch)
     click.echo(_launch_background(config, client)["name"])
+
+
+def _refuse_if_running(config: Config) -> ApiClient:
+    """A client of the configured API socket, unless a router already answers there."""
+    client = ApiClient(config.api_socket)
+    if client.is_ready():
+        status = client.get("/status")
+        raise UserError(
+            f"meshnet is already running as {status['name']} ({status['nickname']}) "
+            f"on {config.api_socket}"
+        )
+    return client
 
 
 def parse_foreground_launch(args: list[str], password: str | None) -> tuple[Launch, list[str]]:
@@ -141,13 +147,7 @@ def parse_foreground_launch(args: list[str], password: str | None) -> tuple[Laun
     config = config_from_options(peers, options, password=file_password)
     if _debugging(ctx) and ctx.get_parameter_source("log_level") is ParameterSource.DEFAULT:
         config = dataclasses.replace(config, log_level="debug")
-    client = ApiClient(config.api_socket)
-    if client.is_ready():
-        status = client.get("/status")
-        raise UserError(
-            f"meshnet is already running as {status['name']} ({status['nickname']}) "
-            f"on {config.api_socket}"
-        )
+    _refuse_if_running(config)
     if peer_name is not None:
         _keep_peer_name(config.state_dir, peer_name)
     return Launch(config, log_to_state_dir, debug=_debugging(ctx)), launch_warnings(config)
