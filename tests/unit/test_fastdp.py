@@ -237,7 +237,19 @@ def test_echo_probes_bring_a_pair_up_at_once_and_keep_it_with_one_frame_each_way
     for p in probes.values():
         assert p.state is FastState.UP and p.statistics().ups == 1
         assert p.statistics().rtt_ms == pytest.approx(20.0, abs=0.01)  # holding not counted
-    assert 60 <= sent["a"] <= 62 and 60 <= sent["b"] <= 62  # a probe and an ack would be 120
+    # Once a second for the first 10 s up, then every 2 s: a probe and an ack each way, once
+    # a second, would be 120.
+    assert 34 <= sent["a"] <= 38 and 34 <= sent["b"] <= 38
+
+
+def test_a_settled_pair_probes_every_two_seconds_and_survives_a_lost_frame() -> None:
+    def loss(sender: str, now: float) -> bool:
+        return sender == "a" and 40.0 <= now < 41.9  # one of a's settled beats
+
+    probes, _ = _echo_pair(loss)
+    assert probes["a"].current_interval(60.0) == 2.0
+    for p in probes.values():
+        assert p.state is FastState.UP and p.statistics().downs == 0
 
 
 def test_echo_probes_go_down_when_one_way_fails_and_come_back() -> None:
@@ -248,6 +260,7 @@ def test_echo_probes_go_down_when_one_way_fails_and_come_back() -> None:
     for p in probes.values():  # both saw it: b heard nothing, a heard no answers
         assert p.statistics().downs == 1 and p.statistics().ups == 2
         assert p.state is FastState.UP
+        assert p.current_interval(35.0) == 1.0  # back up at 30: a second's beat again
 
 
 def test_an_echo_prepared_before_the_probe_it_answers_arrived_holds_it_for_no_time() -> None:
@@ -259,7 +272,7 @@ def test_an_echo_prepared_before_the_probe_it_answers_arrived_holds_it_for_no_ti
     )
     assert fastdp.decode_probe(frame)[1].held_us == 0
     assert probe.echo(5.5) == (42, 500_000)
-    assert probe.echo(9.0) == (0, 0)  # older than down_after: nothing to answer
+    assert probe.echo(11.0) == (0, 0)  # older than down_after: nothing to answer
 
 
 def test_stale_and_unknown_answers_are_ignored() -> None:

@@ -224,12 +224,17 @@ class PeerProbe:
     """One neighbour's VXLAN liveness, driven by ``tick`` and ``on_ack``; times are seconds."""
 
     started: float
-    # Each probe wakes both routers: once a second keeps an idle pair's cost low, and three
-    # silent seconds (three lost probes) move the traffic to the sleeve.
+    # Each probe wakes both routers. Once a second while a pair comes up or changes; once
+    # `settle_after` seconds have passed up without a change, every `settled_interval` (an
+    # idle mesh's largest cost was these wake-ups). Five silent seconds move the traffic to
+    # the sleeve: the neighbour may be settled, so that is two of its beats and a lost frame.
     interval: float = 1.0
-    down_after: float = 3.0
+    settled_interval: float = 2.0
+    settle_after: float = 10.0
+    down_after: float = 5.0
     retry_interval: float = 5.0
     state: FastState = FastState.PROBING
+    _up_since: float = 0.0
     _next_id: int = 1
     _next_send: float = 0.0
     _last_answer: float | None = None
@@ -261,8 +266,14 @@ class PeerProbe:
         if self.state is FastState.DOWN:
             self._next_send = now + self.retry_interval
         else:
-            self._next_send = next_beat(now, self.interval)
+            self._next_send = next_beat(now, self.current_interval(now))
         return probe_id
+
+    def current_interval(self, now: float) -> float:
+        """The beat: slower once the neighbour has been up, unchanged, for `settle_after`."""
+        if self.state is FastState.UP and now - self._up_since >= self.settle_after:
+            return self.settled_interval
+        return self.interval
 
     def answer_now(self, now: float) -> int:
         """The id of a probe sent off the beat (answering an ECHO); the schedule stays."""
@@ -288,6 +299,7 @@ class PeerProbe:
             return False
         self.state = FastState.UP
         self._ups += 1
+        self._up_since = now
         self._next_send = next_beat(now, self.interval)
         return True
 

@@ -91,7 +91,10 @@ class FastDatapath(UnicastChannel):
         self.up: frozenset[int] = frozenset()
         self.pinned: frozenset[str] = frozenset()  # MACs the bridge sends to VXLAN (see _publish)
         self._frame_size = 0
-        self._sock: trio.socket.SocketType | None = None
+        # A plain non-blocking socket: probes are sent without a trip through the scheduler,
+        # and read in batches after one readiness wait (each costs an idle router a wake-up).
+        self._sock: socket.socket | None = None
+        self._sees_outgoing = True  # no PACKET_IGNORE_OUTGOING: read each frame's type
         self._dirty = trio.Event()
         self._live: LiveLinks = NO_LINKS  # the router's, as last published
         # Derived from the links and the advertisements; None after either changed.
@@ -138,12 +141,14 @@ class FastDatapath(UnicastChannel):
         self._allowed = frozenset()
         try:
             await self._run_netlink(self._create_device, overlay_mtu)
-            self._sock = trio.socket.socket(
+            self._sock = socket.socket(
                 socket.AF_PACKET, socket.SOCK_RAW, socket.htons(fastdp.ETHERTYPE)
             )
-            await self._sock.bind((self.bridge, 0))
+            self._sock.setblocking(False)
+            self._sock.bind((self.bridge, 0))
             with contextlib.suppress(OSError):  # an older kernel: they arrive, dropped below
                 self._sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+                self._sees_outgoing = False
         except (netlink.NetlinkError, OSError) as e:
             self.unavailable = f"unavailable: {e}"
             log.warning("fast datapath %s; every peer uses the sleeve", self.unavailable)
@@ -305,9 +310,9 @@ class FastDatapath(UnicastChannel):
     async def _drive(self) -> None:
         """Advertise and program after a change; probe on the probes' own schedule.
 
-        A wake-up for a probe alone (twice a second per neighbour) only sends it: advertising
-        and programming follow changes (links, advertisements, local MACs, a probe's state),
-        and the periodic re-advertisement.
+        A wake-up for a probe alone (on the probes' beat: all neighbours' at once) only sends
+        it: advertising and programming follow changes (links, advertisements, local MACs, a
+        probe's state), and the periodic re-advertisement.
         """
         refresh_at = 0.0
         changed = True
@@ -323,7 +328,7 @@ class FastDatapath(UnicastChannel):
             for peer in set(self._probes) - set(candidates):
                 del self._probes[peer]
                 changed = True
-            wake = min(now + 1.0, refresh_at)
+            wake = refresh_at
             for peer in candidates:
                 probe = self._probes.get(peer)
                 if probe is None:
@@ -333,7 +338,7 @@ class FastDatapath(UnicastChannel):
                 probe_id = probe.tick(now)
                 changed = changed or probe.state is not state
                 if probe_id is not None:
-                    await self._send_probe(self._probe_for(peer, probe, probe_id, now), peer)
+                    self._send_probe(self._probe_for(peer, probe, probe_id, now), peer)
                 wake = min(wake, probe.next_wake())
             if changed:
                 retry = not await self._program(candidates) or retry
@@ -441,7 +446,7 @@ class FastDatapath(UnicastChannel):
             mac = self._probe_macs[peer] = fastdp.probe_mac(peer)
         return mac
 
-    async def _send_probe(self, probe: Probe, peer: int) -> None:
+    def _send_probe(self, probe: Probe, peer: int) -> None:
         assert self._sock is not None
         frame = fastdp.encode_probe(
             probe,
@@ -450,48 +455,62 @@ class FastDatapath(UnicastChannel):
             size=self._frame_size,
         )
         try:
-            await self._sock.send(frame)
+            self._sock.send(frame)
         except OSError as e:
             self._count(f"probe_send_{errno.errorcode.get(e.errno or 0, 'error').lower()}")
             return
         self._count("probes_sent" if probe.kind is ProbeKind.PROBE else "acks_sent")
 
     async def _receive_probes(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         while True:
-            frame, address = await self._sock.recvfrom(65536)
-            if address[2] == _PACKET_OUTGOING:
-                continue
-            if not fastdp.is_probe(frame):
-                continue  # a container's frame of the same ethertype: not ours to read
-            try:
-                destination, probe = fastdp.decode_probe(frame)
-            except RemoteProtocolError:
-                self._count("probes_malformed")
-                continue
-            if destination != self._probe_mac:
-                self._count("probes_misaddressed")
-                continue
-            if probe.kind is ProbeKind.ECHO:
-                await self._on_echo(probe)
-            elif probe.kind is ProbeKind.PROBE:
-                if probe.sender in self._candidates():
-                    await self._send_probe(
-                        Probe(ProbeKind.ACK, self.local, probe.probe_id), probe.sender
-                    )
-                else:
-                    self._count("probes_from_stranger")
-            else:
-                tracker = self._probes.get(probe.sender)
-                if tracker is None:
-                    continue
-                now = trio.current_time()
-                if tracker.on_ack(now, probe.probe_id):
-                    self._dirty.set()
-                if tracker.last_answer == now:
-                    self._on_answer(probe.sender)
+            await trio.lowlevel.wait_readable(sock)
+            for frame in self._pending_frames(sock):
+                self._on_frame(frame)
 
-    async def _on_echo(self, probe: Probe) -> None:
+    def _pending_frames(self, sock: socket.socket) -> list[bytes]:
+        """What the socket holds now (bounded: the rest waits for the next round)."""
+        frames = []
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(64):
+                if not self._sees_outgoing:
+                    frames.append(sock.recv(65536))  # recvfrom names the device: an ioctl
+                    continue
+                frame, address = sock.recvfrom(65536)
+                if address[2] != _PACKET_OUTGOING:
+                    frames.append(frame)
+        return frames
+
+    def _on_frame(self, frame: bytes) -> None:
+        if not fastdp.is_probe(frame):
+            return  # a container's frame of the same ethertype: not ours to read
+        try:
+            destination, probe = fastdp.decode_probe(frame)
+        except RemoteProtocolError:
+            self._count("probes_malformed")
+            return
+        if destination != self._probe_mac:
+            self._count("probes_misaddressed")
+            return
+        if probe.kind is ProbeKind.ECHO:
+            self._on_echo(probe)
+        elif probe.kind is ProbeKind.PROBE:
+            if probe.sender in self._candidates():
+                self._send_probe(Probe(ProbeKind.ACK, self.local, probe.probe_id), probe.sender)
+            else:
+                self._count("probes_from_stranger")
+        else:
+            tracker = self._probes.get(probe.sender)
+            if tracker is None:
+                return
+            now = trio.current_time()
+            if tracker.on_ack(now, probe.probe_id):
+                self._dirty.set()
+            if tracker.last_answer == now:
+                self._on_answer(probe.sender)
+
+    def _on_echo(self, probe: Probe) -> None:
         tracker = self._probes.get(probe.sender)
         if tracker is None:
             self._count("probes_from_stranger")
@@ -504,7 +523,7 @@ class FastDatapath(UnicastChannel):
             self._on_answer(probe.sender)
         if answer:  # we are not up: no waiting for our beat
             reply = self._probe_for(probe.sender, tracker, tracker.answer_now(now), now)
-            await self._send_probe(reply, probe.sender)
+            self._send_probe(reply, probe.sender)
 
     async def _watch_local_macs(self) -> None:
         """The MACs behind our bridge (its own and what it learned on container ports)."""
