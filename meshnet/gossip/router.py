@@ -378,9 +378,14 @@ class Router:
     def broadcast(self, channel: str, payload: bytes) -> None:
         self._dispatch(self.mesh.broadcast(channel, payload))
 
+    def routable(self, peer: int) -> bool:
+        """Whether ``unicast`` to ``peer`` goes out now: a route exists. A neighbour whose data
+        path is not proven yet is ``reachable`` but has none: a unicast to it is dropped."""
+        return peer == self.identity.name or self.mesh.routes.next_hop(peer) is not None
+
     def unicast(self, channel: str, destination: int, payload: bytes) -> bool:
-        """Send to one peer, hop by hop; False if it is unreachable now."""
-        if destination != self.identity.name and self.mesh.routes.next_hop(destination) is None:
+        """Send to one peer, hop by hop; False if it is unreachable now (not ``routable``)."""
+        if not self.routable(destination):
             return False
         self._dispatch(self.mesh.unicast(channel, destination, payload))
         return True

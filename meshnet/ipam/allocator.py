@@ -299,9 +299,13 @@ class Allocator:
         self._free_due: float | None = None
         self._now = 0.0
         self._donated_at: dict[int, float] = {}
-        # The shell's view of the mesh: a request to a peer we cannot reach is lost, and one
-        # lost at start (before the connections are up) used to cost a 5 s timeout per try.
+        # The shell's view of the mesh. ``reachable``: the peer is alive (a neighbour whose
+        # data path is not proven yet counts); we donate only to such a peer. ``routable``: a
+        # unicast gets there now (a route exists); a donor is asked only then. A request sent
+        # before the route was up (a lab's first allocations) was dropped, yet counted as
+        # asked until it timed out 5 s later.
         self.reachable: Callable[[int], bool] = lambda peer: True
+        self.routable: Callable[[int], bool] = lambda peer: True
 
     @property
     def name(self) -> int:
@@ -814,12 +818,16 @@ class Allocator:
             self.dirty = True
         return changed
 
-    def _donors(self, subnet: Subnet) -> dict[int, int]:
-        """Reachable peers reporting free space in ``subnet``, and how much."""
+    def _donors(
+        self, subnet: Subnet, reached: Callable[[int], bool] | None = None
+    ) -> dict[int, int]:
+        """Peers we can ask now (``routable``, unless ``reached`` says otherwise) reporting
+        free space in ``subnet``, and how much."""
         lo, hi = usable(subnet)
+        reached = reached or self.routable
         weights: dict[int, int] = {}
         for token, start, end in self.ring.extents():
-            if token.owner == self.name or token.free == 0 or not self.reachable(token.owner):
+            if token.owner == self.name or token.free == 0 or not reached(token.owner):
                 continue
             overlap = min(end, hi) - max(start, lo)
             if overlap > 0:
@@ -856,14 +864,26 @@ class Allocator:
         request = self._requests.get(key)
         if request is not None:
             return NeedSpace(Waiting.DONATION, request.donor)
-        donor = self._choose_donor(subnet) if address is None else self.ring.owner_of(address)
-        if donor is not None and not self.reachable(donor):
-            return NeedSpace(Waiting.DONATION, donor)  # asked once it is reachable
+        if address is None:
+            donor = self._choose_donor(subnet)
+            if donor is None and self._tried.pop(subnet, set()):
+                # Every donor we may ask now was tried (it timed out: one that refused waits
+                # out its interval, ``_ask_after``): a new round, at once. Nothing else would
+                # wake the waiter (no timer, maybe no message for minutes).
+                donor = self._choose_donor(subnet)
+        else:
+            donor = self.ring.owner_of(address)
+        if donor is not None and not self.routable(donor):
+            return NeedSpace(Waiting.DONATION, donor)  # asked once a route to it is up
         if donor is None:
-            self._tried.pop(subnet, None)  # free counts change: try everyone again next time
             later = None if address is not None else self._next_donor(subnet)
             if later is not None:
                 return NeedSpace(Waiting.DONATION, later)  # asked when its interval ends
+            if address is None:
+                # Alive with free space, but no route to it yet: asked once there is one.
+                alive = self._donors(subnet, self.reachable)
+                if alive:
+                    return NeedSpace(Waiting.DONATION, min(alive))
             return NeedSpace(Waiting.EXHAUSTED)
         if address is None:
             # The donor gives only to a peer the ring shows without free space: report ours now

@@ -97,6 +97,10 @@ class IpamTransport(Protocol):
 
     def reachable(self, peer: int) -> bool: ...
 
+    def routable(self, peer: int) -> bool:
+        """Whether ``unicast`` to ``peer`` would go out now."""
+        ...
+
     def nick(self, name: int) -> str: ...
 
     def known_peers(self) -> list[int]: ...
@@ -172,6 +176,7 @@ class IpamService:
         self._rng = rng or random.Random()
         self.allocator = self._load(self._rng)
         self.allocator.reachable = transport.reachable
+        self.allocator.routable = transport.routable
         #: The IPv6 ring's allocator: None until the IPv4 ring exists (or with IPv6 off).
         self.allocator6: Allocator | None = None
         self._early6: collections.deque[bytes] = collections.deque(maxlen=EARLY6_KEPT)
@@ -222,6 +227,7 @@ class IpamService:
             if heir is not None:  # reset before the ring existed: the IPv6 share goes too
                 allocator6.reset(heir, now, force=True)
         allocator6.reachable = self._transport.reachable
+        allocator6.routable = self._transport.routable
         self.allocator6 = allocator6
         log.info("%s: IPv6 ring range %s", self._nickname, config.range)
         while self._early6:

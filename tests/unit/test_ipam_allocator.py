@@ -991,3 +991,34 @@ def test_a_refused_range_request_is_asked_again_when_the_donors_interval_ends() 
     got = allocate_now(net, 2, "b", second)
     assert isinstance(got, Address) and got.ip in second
     assert donor.counters.donations_refused == 1 and asker.counters.requests_sent == 2
+
+
+def test_the_only_donor_is_asked_again_once_its_request_timed_out() -> None:
+    """A request lost on the way (or its reply) times out and marks its donor tried; with
+    nobody else to ask, the next attempt starts a new round at once. It reported the subnet
+    exhausted, with no timer left to wake the waiter (the lab's "did not donate any in time")."""
+    net, first, _ = two_followers_and_two_of_peer_1s_subnets()
+    asker = net.peers[2]
+    assert asker.allocate("a", first, net.now) == NeedSpace(Waiting.DONATION, 1)
+    net.flush(2)
+    net.unicasts.clear()  # lost
+    net.tick(REQUEST_TIMEOUT)
+    assert asker.counters.requests_timed_out == 1
+    assert allocate_now(net, 2, "a", first) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 2
+    got = allocate_now(net, 2, "a", first)
+    assert isinstance(got, Address) and got.ip in first
+
+
+def test_a_donor_without_a_route_is_not_asked_until_it_has_one() -> None:
+    """Alive (a neighbour) but not routable: a request would be dropped, so none is sent."""
+    net, first, _ = two_followers_and_two_of_peer_1s_subnets()
+    asker = net.peers[2]
+    asker.routable = lambda peer: peer != 1
+    assert allocate_now(net, 2, "a", first) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 0 and asker.next_wake() > net.now
+    asker.routable = lambda peer: True  # the shell wakes the waiter: the routes changed
+    assert allocate_now(net, 2, "a", first) == NeedSpace(Waiting.DONATION, 1)
+    assert asker.counters.requests_sent == 1
+    got = allocate_now(net, 2, "a", first)
+    assert isinstance(got, Address) and got.ip in first
