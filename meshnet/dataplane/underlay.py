@@ -9,6 +9,7 @@ addresses. These pure functions translate at the socket's edge; nothing else nee
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -17,6 +18,7 @@ IPV4_UDP_HEADERS = 28  # IPv4 (no options) + UDP
 IPV6_UDP_HEADERS = 48  # IPv6 (no extension headers) + UDP
 
 
+@functools.lru_cache(maxsize=1024)  # every heartbeat's sender and every send ask: a few addresses
 def plain_ip(text: str) -> str:
     """``text`` as the control plane spells it: an IPv4-mapped address becomes IPv4, an IPv6
     one is compressed (``fd00:0::2`` -> ``fd00::2``; a link-local one keeps its ``%scope``,

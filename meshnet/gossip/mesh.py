@@ -53,6 +53,8 @@ TOPOLOGY_CHANNEL = "topology"
 TOPOLOGY_DIGEST_CHANNEL = "topology-digest"
 _RESERVED = (TOPOLOGY_CHANNEL, TOPOLOGY_DIGEST_CHANNEL)
 _RECENT_PAYLOADS = 1024
+#: How long anti-entropy leaves a channel's unchanged full state unsent on a connection.
+FULL_STATE_REFRESH = 300.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class MeshStatistics:
     spoofed_broadcasts: int = 0
     #: Topology entries dropped because their version jumped implausibly far (forgeries).
     implausible_versions: int = 0
+    #: Anti-entropy's channel states left unsent: the connection carried the same bytes lately.
+    states_unchanged: int = 0
 
 
 @dataclass
@@ -97,6 +101,7 @@ class _Counters:
     recomputations: int = 0
     pruned: int = 0
     anti_entropy: int = 0
+    states_unchanged: int = 0  # anti-entropy's channel states not sent again (see below)
     spoofed: int = 0
     spoofed_broadcasts: int = 0
 
@@ -142,6 +147,10 @@ class Mesh:
         self.topology_changes = 0
         self._data_routes: Routes | None = None
         self._next_gossip: float | None = None
+        # Per neighbour and channel, the full state we last sent it on this connection (its
+        # hash) and when: anti-entropy does not send the same bytes again over a connection that
+        # loses nothing, except every FULL_STATE_REFRESH (a receiver may have set one aside).
+        self._states_sent: dict[int, dict[str, tuple[int, float]]] = {}
         self._prune_due: float | None = None
         self._counters = _Counters()
         # The entries behind topology payloads we produced lately, so that coalescing pending
@@ -240,6 +249,7 @@ class Mesh:
             spoofed_unicasts=c.spoofed,
             spoofed_broadcasts=c.spoofed_broadcasts,
             implausible_versions=self._topology.implausible,
+            states_unchanged=c.states_unchanged,
         )
 
     def next_wake(self) -> float:
@@ -290,13 +300,14 @@ class Mesh:
         if peer == self._name:
             raise ValueError("a connection to ourselves")
         self._neighbours[peer] = Connection(peer, address, outbound, established)
+        self._states_sent.pop(peer, None)
         sends: list[Send] = []
         entry = self._topology.set_local_connections(self._local_connections())
         if entry is not None:
             self._topology_changed(now, [self._name])
             others = [p for p in self._neighbours if p != peer]
             sends += self._emit(others, Gossip(TOPOLOGY_CHANNEL, self._encode_topology([entry])))
-        sends += self._full_state_to([peer])
+        sends += self._full_state_to([peer], now)
         if self._next_gossip is None:
             self._next_gossip = now + self._jittered_interval()
         return sends
@@ -342,6 +353,7 @@ class Mesh:
     def connection_down(self, peer: int, now: float) -> list[Send]:
         if self._neighbours.pop(peer, None) is None:
             return []
+        self._states_sent.pop(peer, None)
         entry = self._topology.set_local_connections(self._local_connections())
         if entry is None:
             return []
@@ -419,7 +431,7 @@ class Mesh:
                 count = min(self._fanout, len(self._neighbours))
                 targets = self._rng.sample(sorted(self._neighbours), count)
                 self._counters.anti_entropy += 1
-                sends += self._full_state_to(targets, digest=True)
+                sends += self._full_state_to(targets, now, digest=True)
         return sends
 
     # --- local subsystems
@@ -511,12 +523,16 @@ class Mesh:
             )
         return [Send(peer, message) for peer in peers]
 
-    def _full_state_to(self, peers: list[int], *, digest: bool = False) -> list[Send]:
-        """Everything we know; for anti-entropy, the topology only as a digest.
+    def _full_state_to(self, peers: list[int], now: float, *, digest: bool = False) -> list[Send]:
+        """Everything we know; for anti-entropy, the topology only as a digest, and of each
+        channel's state only what this connection has not carried lately.
 
         A digest costs ~20 bytes per peer instead of a whole entry; the neighbour answers with
         the entries we lack and, if it lacks some of ours, with its own digest (a reply, which
-        is never answered with another digest).
+        is never answered with another digest). A channel's full state (IPAM's ring, DNS's
+        records: tens of KB in a mesh of 100) is sent again only once it changed since it last
+        went over the connection, or FULL_STATE_REFRESH later: the connection loses nothing, so
+        the neighbour holds it already (and was sent every change since, as a delta).
         """
         if digest:
             payload = encode_digest(self._topology.digest(), reply=False)
@@ -526,8 +542,19 @@ class Mesh:
             sends = self._emit(peers, Gossip(TOPOLOGY_CHANNEL, self._encode_topology(entries)))
         for channel, gossiper in self._channels.items():
             state = gossiper.full_state()
-            if state is not None:
-                sends += self._emit(peers, Gossip(channel, state))
+            if state is None:
+                continue
+            fingerprint = hash(state)
+            due = []
+            for peer in peers:
+                sent = self._states_sent.setdefault(peer, {})
+                last = sent.get(channel)
+                if last is None or last[0] != fingerprint or now - last[1] >= FULL_STATE_REFRESH:
+                    sent[channel] = (fingerprint, now)
+                    due.append(peer)
+                else:
+                    self._counters.states_unchanged += 1
+            sends += self._emit(due, Gossip(channel, state))
         return sends
 
     def _encode_topology(self, entries: list[PeerEntry]) -> bytes:

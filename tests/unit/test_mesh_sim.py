@@ -261,6 +261,31 @@ def test_tick_prunes_in_batches_and_gossips_to_a_few_neighbours() -> None:
     assert hub.next_wake() == due + 1.0
 
 
+def test_anti_entropy_sends_a_channel_state_again_only_once_it_changed_or_is_old() -> None:
+    hub = Mesh(name=1, nickname="hub", uid=1, rng=random.Random(1), fanout=1, gossip_interval=30)
+    register = MaxRegister()
+    hub.register_channel("reg", register)
+    register.set("x", 1)
+    first = hub.connection_up(2, address="10.0.0.2:6783", outbound=True, now=0.0)
+    assert [s.message.channel for s in first if isinstance(s.message, Gossip)].count("reg") == 1
+
+    def states_sent_at(now: float) -> int:
+        sends = hub.tick(now)
+        assert any(s.message.channel == "topology-digest" for s in sends)  # always a digest
+        return sum(s.message.channel == "reg" for s in sends if isinstance(s.message, Gossip))
+
+    assert states_sent_at(40.0) == 0  # the connection carried these very bytes already
+    assert hub.statistics().states_unchanged == 1
+    register.set("x", 2)
+    assert states_sent_at(80.0) == 1  # changed since: sent (a delta may have been set aside)
+    assert states_sent_at(120.0) == 0
+    assert states_sent_at(400.0) == 1  # FULL_STATE_REFRESH later: sent again all the same
+    hub.connection_down(2, now=401.0)
+    again = hub.connection_up(2, address="10.0.0.2:6783", outbound=True, now=402.0)
+    assert [s.message.channel for s in again if isinstance(s.message, Gossip)].count("reg") == 1
+    assert states_sent_at(440.0) == 0
+
+
 def pump(meshes: dict[int, Mesh], pending: list[tuple[int, Send]]) -> None:
     """Deliver every send (and what it causes) at once, in order."""
     queue = deque(pending)
