@@ -24,21 +24,25 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshnet.constants import FASTDP_PROBE_MAGIC
+from meshnet.constants import FASTDP_PORT, FASTDP_PROBE_MAGIC
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import Probe, ProbeKind
 from meshnet.gossip.identity import parse_peer_name
-from tests.net.test_fastdp import paths, wait_paths
+from tests.net.conftest import ns_run
+from tests.net.test_fastdp import host_ns, paths, wait_paths
 from tests.net.test_mesh import api
 from tests.net.test_overlay import containers, dataplane, wait_ping
 
 pytestmark = pytest.mark.netns
 
 SPRAY_SECONDS = 8  # h2 gives up on an unanswered neighbour after 3 s
+BLOCKED_SECONDS = 12  # h1 gives up on h2 3 s after the block
+_BLOCK = "pfx_block_vxlan"  # the test's own table in h2's namespace
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +50,13 @@ def fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHNET_HEARTBEAT_INTERVAL", "1")
 
 
-# Sends each named frame (hex, from stdin) every 10 ms for argv[1] seconds from ethwe; prints
-# how many of each the kernel took.
+# Sends each named frame (hex, in the JSON file argv[3]) for argv[1] seconds from ethwe, all of
+# them every argv[2] seconds; prints how many of each the kernel took.
 _SPRAY = textwrap.dedent(
     """
     import json, socket, sys, time
-    frames = {name: bytes.fromhex(h) for name, h in json.load(sys.stdin).items()}
+    with open(sys.argv[3]) as f:
+        frames = {name: bytes.fromhex(h) for name, h in json.load(f).items()}
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind(("ethwe", 0))
     sent = dict.fromkeys(frames, 0)
@@ -62,7 +67,7 @@ _SPRAY = textwrap.dedent(
                 s.send(frame); sent[name] += 1
             except OSError:  # ENOBUFS: the queue is full, go on
                 pass
-        time.sleep(0.01)
+        time.sleep(float(sys.argv[2]))
     print(json.dumps(sent))
     """
 )
@@ -108,6 +113,12 @@ def _spoofed(state: dict[str, Any], host: str) -> int:
     return int(api(state, host).get("/status/ramps")["dropped"]["spoofed"])
 
 
+def _frame_file(directory: Path, frames: dict[str, bytes]) -> str:
+    path = directory / "frames.json"
+    path.write_text(json.dumps({name: frame.hex() for name, frame in frames.items()}))
+    return str(path)
+
+
 def _frames(source: str, h1: int, h2: int, friend_mac: str) -> dict[str, bytes]:
     """What h1's container sends: frames that claim to be probes, and an ordinary one."""
 
@@ -135,7 +146,7 @@ def _frames(source: str, h1: int, h2: int, friend_mac: str) -> dict[str, bytes]:
 
 
 def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
-    make_lab: Any,
+    make_lab: Any, tmp_path: Path
 ) -> None:
     state = make_lab("line", hosts=2, containers=1)
     c = containers(state)
@@ -158,8 +169,7 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         spray = subprocess.run(
             ["ip", "netns", "exec", attacker["namespace"], sys.executable, "-c", _SPRAY,
-             str(SPRAY_SECONDS)],
-            input=json.dumps({name: frame.hex() for name, frame in frames.items()}),
+             str(SPRAY_SECONDS), "0.01", _frame_file(tmp_path, frames)],
             capture_output=True, text=True, timeout=SPRAY_SECONDS + 30,
         )  # fmt: skip
         assert spray.returncode == 0, spray.stderr
@@ -185,3 +195,53 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
     assert paths(state, "h1")["h2"] == "fastdp" and paths(state, "h2")["h1"] == "fastdp"
     # Every claim was dropped at h1's bridge and counted as the container spoofing the router.
     assert _spoofed(state, "h1") - spoofed_before >= claims, (claims, spoofed_before)
+
+
+def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path: Path) -> None:
+    """The harm itself: UDP 6784 into h2 is blocked, so h1's frames to h2 over VXLAN vanish,
+    while h1's container answers h1's probes in h2's name (sweeping the ids a count would give).
+    h1 must still notice and move its traffic to h2 onto the sleeve, or it black-holes it.
+    Either fix stops the harm (the bridge drops the forgeries; random probe ids make the sweep
+    miss): with both undone, h1 kept fastdp to h2 here; without the drop, the count fails."""
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    attacker, friend = c["h1-c1"], c["h2-c1"]
+    wait_paths(state, "h1", {"h2": "fastdp"})
+    wait_paths(state, "h2", {"h1": "fastdp"})
+    wait_ping(attacker, friend)
+    h1, h2 = _peer(state, "h1"), _peer(state, "h2")
+    frames = {
+        f"echo{guess}": fastdp.encode_probe(
+            Probe(ProbeKind.ECHO, h2, fastdp.random_probe_id(), guess),
+            source=attacker["mac"],
+            destination=fastdp.probe_mac(h1),
+            size=60,
+        )
+        for guess in range(1, 201)
+    }
+    spoofed_before = _spoofed(state, "h1")
+    spray = subprocess.Popen(
+        ["ip", "netns", "exec", attacker["namespace"], sys.executable, "-c", _SPRAY,
+         str(BLOCKED_SECONDS), "0.1", _frame_file(tmp_path, frames)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    h2_ns = host_ns(state, "h2")
+    block = (
+        f"table inet {_BLOCK} {{\n chain input {{\n"
+        "  type filter hook input priority -300; policy accept;\n"
+        f"  udp dport {FASTDP_PORT} drop\n }}\n}}\n"
+    )
+    try:
+        subprocess.run(
+            ["ip", "netns", "exec", h2_ns, "nft", "-f", "-"], input=block, text=True, check=True
+        )
+        wait_paths(state, "h1", {"h2": "sleeve"}, timeout=10)
+        wait_ping(attacker, friend, timeout=10)  # over the sleeve: nothing black-holed
+        sent = sum(json.loads(spray.communicate(timeout=BLOCKED_SECONDS + 30)[0]).values())
+    finally:
+        ns_run(h2_ns, "nft", "delete", "table", "inet", _BLOCK)
+        if spray.poll() is None:
+            spray.kill()
+            spray.wait()
+    assert sent > 1000
+    assert _spoofed(state, "h1") - spoofed_before >= sent
