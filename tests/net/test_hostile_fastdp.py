@@ -11,11 +11,13 @@ probes: here one on h1 sprays
 - ECHOs that claim to come from h2, to h1's probe MAC: h1 would take each for h2's latest probe
   and answer it instead of h2's real one, so h2 would hear no answers and move its traffic to h1
   onto the sleeve (a denial of service that needs no guessed probe id);
-- the same ECHO to everyone (broadcast), which no container may see either;
+- the same ECHO to everyone (broadcast), which no container may see either, and behind a VLAN
+  tag (dropped as a protocol containers may not use);
 
 and, as a control, ordinary frames of the same ethertype without the magic to h2's container,
 which must arrive. The isolation table drops every frame that claims to be a probe and counts it
-as ``spoofed``.
+as ``spoofed``. The second test shows the harm a forged answer did: with h1's VXLAN path to h2
+dead, answers forged in h2's name kept h1 sending into it.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ def _downs(state: dict[str, Any], host: str, peer: int) -> int:
     return int(from_peers[peer]["downs"])
 
 
-def _spoofed(state: dict[str, Any], host: str) -> int:
-    return int(api(state, host).get("/status/ramps")["dropped"]["spoofed"])
+def _dropped(state: dict[str, Any], host: str, counter: str = "spoofed") -> int:
+    """A drop counter of ``host``'s isolation table."""
+    return int(api(state, host).get("/status/ramps")["dropped"][counter])
 
 
 def _frame_file(directory: Path, frames: dict[str, bytes]) -> str:
@@ -131,11 +134,14 @@ def _frames(source: str, h1: int, h2: int, friend_mac: str) -> dict[str, bytes]:
         return bytes(frame)
 
     forged_echo = Probe(ProbeKind.ECHO, h2, fastdp.random_probe_id(), fastdp.random_probe_id())
+    echo = claim(forged_echo, fastdp.probe_mac(h1))
+    tagged = echo[:12] + b"\x81\x00\x00\x00" + echo[12:]  # VLAN 0: the same ECHO behind a tag
     ordinary = fastdp.ETHERTYPE.to_bytes(2, "big") + b"hello, not a probe"
     return {
         "malformed_to_h1": malformed(fastdp.probe_mac(h1)),
         "malformed_to_h2": malformed(fastdp.probe_mac(h2)),  # through VXLAN
-        "forged_echo_to_h1": claim(forged_echo, fastdp.probe_mac(h1)),
+        "forged_echo_to_h1": echo,
+        "tagged_echo_to_h1": tagged,  # dropped as a protocol containers may not use
         "forged_echo_to_all": claim(forged_echo, "ff:ff:ff:ff:ff:ff"),
         "ordinary": (
             bytes.fromhex(friend_mac.replace(":", ""))
@@ -157,7 +163,8 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
     h1, h2 = _peer(state, "h1"), _peer(state, "h2")
     counters_before = {host: _fastdp_counters(state, host) for host in ("h1", "h2")}
     downs_before = _downs(state, "h2", h1), _downs(state, "h1", h2)
-    spoofed_before = _spoofed(state, "h1")
+    spoofed_before = _dropped(state, "h1")
+    protocol_before = _dropped(state, "h1", "protocol")
     frames = _frames(attacker["mac"], h1, h2, friend["mac"])
 
     listener = subprocess.Popen(
@@ -180,7 +187,7 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
             listener.kill()
             listener.wait()
 
-    claims = sum(n for name, n in sent.items() if name != "ordinary")
+    claims = sum(n for name, n in sent.items() if name not in ("ordinary", "tagged_echo_to_h1"))
     assert min(sent.values()) > 100, sent
     # The control: the container's own frames of the probes' ethertype still cross the mesh.
     assert seen["ordinary"] >= sent["ordinary"] * 0.9, (seen, sent)
@@ -194,7 +201,9 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
     assert (_downs(state, "h2", h1), _downs(state, "h1", h2)) == downs_before
     assert paths(state, "h1")["h2"] == "fastdp" and paths(state, "h2")["h1"] == "fastdp"
     # Every claim was dropped at h1's bridge and counted as the container spoofing the router.
-    assert _spoofed(state, "h1") - spoofed_before >= claims, (claims, spoofed_before)
+    assert _dropped(state, "h1") - spoofed_before >= claims, (claims, spoofed_before)
+    protocol = _dropped(state, "h1", "protocol") - protocol_before
+    assert protocol >= sent["tagged_echo_to_h1"], (protocol, sent)
 
 
 def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path: Path) -> None:
@@ -219,7 +228,7 @@ def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path
         )
         for guess in range(1, 201)
     }
-    spoofed_before = _spoofed(state, "h1")
+    spoofed_before = _dropped(state, "h1")
     spray = subprocess.Popen(
         ["ip", "netns", "exec", attacker["namespace"], sys.executable, "-c", _SPRAY,
          str(BLOCKED_SECONDS), "0.1", _frame_file(tmp_path, frames)],
@@ -244,4 +253,4 @@ def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path
             spray.kill()
             spray.wait()
     assert sent > 1000
-    assert _spoofed(state, "h1") - spoofed_before >= sent
+    assert _dropped(state, "h1") - spoofed_before >= sent
