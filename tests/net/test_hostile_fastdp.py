@@ -42,8 +42,8 @@ from tests.net.test_overlay import containers, dataplane, wait_ping
 
 pytestmark = pytest.mark.netns
 
-SPRAY_SECONDS = 8  # h2 gives up on an unanswered neighbour after 3 s
-BLOCKED_SECONDS = 12  # h1 gives up on h2 3 s after the block
+SPRAY_SECONDS = 10  # h2 gives up on an unanswered neighbour after 5 s
+BLOCKED_SECONDS = 15  # h1 gives up on h2 5 s after the block
 _BLOCK = "pfx_block_vxlan"  # the test's own table in h2's namespace
 
 
@@ -244,7 +244,7 @@ def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path
         subprocess.run(
             ["ip", "netns", "exec", h2_ns, "nft", "-f", "-"], input=block, text=True, check=True
         )
-        wait_paths(state, "h1", {"h2": "sleeve"}, timeout=10)
+        wait_paths(state, "h1", {"h2": "sleeve"}, timeout=BLOCKED_SECONDS - 2)
         wait_ping(attacker, friend, timeout=10)  # over the sleeve: nothing black-holed
         sent = sum(json.loads(spray.communicate(timeout=BLOCKED_SECONDS + 30)[0]).values())
     finally:
