@@ -285,6 +285,38 @@ def test_stale_and_unknown_answers_are_ignored() -> None:
     assert probe.state is FastState.DOWN
 
 
+def test_probe_ids_are_random_and_only_the_id_sent_is_an_answer() -> None:
+    probe = PeerProbe(started=0.0, interval=0.5, down_after=2.0)
+    ids = [probe.tick(t / 2) for t in range(4)]
+    assert all(i is not None and 0 < i < 2**32 for i in ids)
+    assert len(set(ids)) == 4
+    last = ids[-1]
+    assert last is not None
+    # A forger who saw one id (or counted on from it) answers nothing: ACK or ECHO.
+    for guess in {last + 1, last - 1, 1, 2, 0}:
+        assert not probe.on_ack(1.6, guess)
+        assert probe.on_echo(1.6, 77, guess, 0) == (False, True)
+    assert probe.state is FastState.PROBING and probe.statistics().answered == 0
+    assert probe.on_echo(1.7, 78, last, 0) == (True, False)
+    assert probe.state is FastState.UP
+
+
+def test_probe_ids_come_from_the_source_given_and_never_repeat_while_outstanding() -> None:
+    drawn = iter([7, 7, 7, 9, 11])
+    probe = PeerProbe(started=0.0, interval=0.5, down_after=2.0, new_id=lambda: next(drawn))
+    assert probe.tick(0.0) == 7
+    assert probe.tick(0.5) == 9  # 7 is still waiting for its answer
+    assert probe.answer_now(0.6) == 11
+    assert probe.on_ack(0.7, 9) and not probe.on_ack(0.7, 8)
+
+
+def test_random_probe_ids_are_32_bits_and_never_zero() -> None:
+    ids = [fastdp.random_probe_id() for _ in range(200)]
+    assert all(0 < i < 2**32 for i in ids)
+    assert len(set(ids)) == len(ids)  # a repeat in 200 draws: 5 in a million by chance
+    assert max(ids) >= 2**31  # all 32 bits used (a miss: 2**-200)
+
+
 # --- programming --------------------------------------------------------------------------------
 
 

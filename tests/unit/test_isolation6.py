@@ -110,7 +110,8 @@ def test_offsets_match_the_frames_an_attacker_builds() -> None:
 def test_claims_are_checked_once_per_frame_from_a_container_before_flooding() -> None:
     pre = chain(table(port("vethwea", "fd00::5/64")), "prerouting")
     assert pre[1] == 'iifname @ports iifname . ether saddr != @macs counter name "spoofed" drop'
-    assert pre[2] == "iifname @ports meta l4proto { ipv6-icmp, udp } jump claims"
+    # pre[2]: a frame that claims to be a fastdp probe (test_ramps).
+    assert pre[3] == "iifname @ports meta l4proto { ipv6-icmp, udp } jump claims"
     # A container without IPv6 sends none at all (counted as a protocol it may not use).
     assert 'ether type ip6 iifname != @ports6 counter name "protocol" drop' in chain(
         table(port("vethwea", "10.32.1.5/24")), "sender"

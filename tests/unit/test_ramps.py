@@ -24,6 +24,7 @@ import trio.testing
 
 from meshnet.cli.ramps import ramps_table, status_rows
 from meshnet.config import Config
+from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.kernel import nftables
 from meshnet.dataplane.kernel.attach import Attachment
 from meshnet.dataplane.kernel.nftables import Exposure, Port
@@ -109,6 +110,24 @@ def test_each_port_may_send_only_from_its_own_mac() -> None:
     assert "set macs { type ifname . ether_addr; }" in rules(
         nftables.bridge_table([], [RANGE], fresh=False)
     )
+
+
+def test_no_container_sends_a_frame_that_claims_to_be_a_fastdp_probe() -> None:
+    lines = rules(nftables.bridge_table([], [RANGE], fresh=True))
+    pre = lines[lines.index("chain prerouting {") :]
+    # Its ethertype and magic, right after the Ethernet header; other frames of the ethertype pass.
+    frame = fastdp.encode_probe(
+        fastdp.Probe(fastdp.ProbeKind.ECHO, 1, 1),
+        source="02:00:00:00:00:01",
+        destination=fastdp.probe_mac(2),
+        size=0,
+    )
+    assert frame[12:14] == b"\x88\xb5"
+    magic = int.from_bytes(frame[14:18], "big")
+    assert pre[3] == (
+        f'iifname @ports ether type 0x88b5 @ll,112,32 {magic:#x} counter name "spoofed" drop'
+    )
+    assert magic == 0x4D4E4650
 
 
 def test_port_records_keep_their_mac_and_older_state_reads_without_one() -> None:

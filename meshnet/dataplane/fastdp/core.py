@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import secrets
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -219,9 +220,25 @@ class ProbeStatistics:
     downs: int
 
 
+def random_probe_id() -> int:
+    """A probe id nobody can guess (32 random bits, never 0: an ECHO's "answers none").
+
+    Probes are not authenticated: an answer counts because it names a probe we sent. With
+    sequential ids, a frame that reached the probe socket by some other way than VXLAN could
+    answer the next probes by counting; the bridge drops containers' forgeries (``spoofed``),
+    these ids are the second wall. One ``os.urandom`` read per probe: one a second or two each.
+    """
+    while True:
+        probe_id = secrets.randbits(32)
+        if probe_id:
+            return probe_id
+
+
 @dataclass
 class PeerProbe:
-    """One neighbour's VXLAN liveness, driven by ``tick`` and ``on_ack``; times are seconds."""
+    """One neighbour's VXLAN liveness, driven by ``tick`` and ``on_ack``; times are seconds.
+
+    ``new_id`` gives each probe's id (random by default; tests pass their own)."""
 
     started: float
     # Each probe wakes both routers. Once a second while a pair comes up or changes; once
@@ -234,8 +251,8 @@ class PeerProbe:
     down_after: float = 5.0
     retry_interval: float = 5.0
     state: FastState = FastState.PROBING
+    new_id: Callable[[], int] = random_probe_id
     _up_since: float = 0.0
-    _next_id: int = 1
     _next_send: float = 0.0
     _last_answer: float | None = None
     _outstanding: dict[int, float] = field(default_factory=dict)
@@ -280,8 +297,9 @@ class PeerProbe:
         return self._new_probe(now)
 
     def _new_probe(self, now: float) -> int:
-        probe_id = self._next_id
-        self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+        probe_id = self.new_id()
+        while probe_id in self._outstanding:  # a repeat would answer for two probes
+            probe_id = self.new_id()
         self._outstanding[probe_id] = now
         self._sent += 1
         return probe_id

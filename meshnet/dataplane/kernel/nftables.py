@@ -7,8 +7,8 @@
   for a container with an IPv6 address, as link-local IPv6 would reach every container
   otherwise; VLAN-tagged frames never: they could smuggle IP past the checks), only to its own
   subnets (or broadcast and multicast), and is given only frames whose overlay source lies in
-  one of its subnets. Other
-  ethertypes pass: no IP stack answers them (the lab's tests count raw broadcasts). That last
+  one of its subnets. Other ethertypes pass: no IP stack answers them (the lab's tests count raw
+  broadcasts), but a container's frame never claims to be a fastdp probe (below). That last
   check is what the *receiving* host does for frames from the sleeve TAP or a VXLAN port, whose
   sender it cannot see. Frames for the host itself (bridge ``input``) must not aim at an overlay
   address outside the sender's subnets — so the host is never a router between subnets — and
@@ -33,12 +33,16 @@
   allowed, as any container with forwarding on sets it). Its link-local address is
   the one derived from its MAC (attach sets ``addr_gen_mode`` so), and it may send from no
   other: otherwise a container could answer for the host's link-local address, or another
-  container's. All of these count as ``spoofed``: like a forged source, each is a container
-  claiming what belongs to someone else (an address, a MAC, the router's or the DHCP server's
-  role), and one counter keeps ``status ramps`` and the API as they were. Between containers,
-  link-local and unspecified IPv6 addresses (``link_scope``) carry only Neighbor Discovery and
-  MLD (counter ``isolated`` for the rest): a link-local address belongs to no subnet, so
-  anything else on it would cross subnets, and containers talk over their overlay addresses.
+  container's. Nor may it send a frame with a fastdp probe's ethertype and magic (also in
+  ``prerouting``): the router reads probes on the bridge and cannot see which port one came in
+  by, so a container could answer the router's probes for a neighbour whose VXLAN path is dead
+  and black-hole the traffic to it. All of these count as ``spoofed``: like a forged source, each
+  is a container claiming what belongs to someone else (an address, a MAC, the router's or the
+  DHCP server's role, the router's probe), and one counter keeps ``status ramps`` and the API as
+  they were. Between containers, link-local and unspecified IPv6 addresses (``link_scope``)
+  carry only Neighbor Discovery and MLD (counter ``isolated`` for the rest): a link-local
+  address belongs to no subnet, so anything else on it would cross subnets, and containers talk
+  over their overlay addresses.
 * ``inet meshnet`` — the ramps, only while something is exposed, for both families: masquerade
   for traffic from an exposed subnet leaving the overlay (``postrouting``), SNAT to the exposed
   address for traffic from outside the overlay going into it (so replies return through this
@@ -67,6 +71,7 @@ from ipaddress import (
     IPv6Network,
 )
 
+from meshnet.constants import FASTDP_PROBE_ETHERTYPE, FASTDP_PROBE_MAGIC
 from meshnet.dataplane.kernel.nft import NftError, run_nft
 from meshnet.errors import UserError
 
@@ -191,10 +196,22 @@ _BRIDGE_SETS = (
     ("lladdrs", "typeof iifname . @th,208,48", False),
 )
 
-_BRIDGE_CHAINS = """\
+# A frame that claims to be a fastdp probe: its ethertype and, read by offset (nft names no field
+# of an unknown ethertype), the magic that begins its payload, right after the 14-byte Ethernet
+# header (checked on this kernel: ``@ll,112`` is that offset in the bridge family).
+_PROBE_CLAIM = (
+    f"ether type {FASTDP_PROBE_ETHERTYPE:#06x} @ll,112,{len(FASTDP_PROBE_MAGIC) * 8} "
+    f"{int.from_bytes(FASTDP_PROBE_MAGIC, 'big'):#x}"
+)
+
+_BRIDGE_CHAINS = (
+    """\
 \tchain prerouting {
 \t\ttype filter hook prerouting priority filter; policy accept;
 \t\tiifname @ports iifname . ether saddr != @macs counter name "spoofed" drop
+"""
+    f'\t\tiifname @ports {_PROBE_CLAIM} counter name "spoofed" drop\n'
+    """\
 \t\tiifname @ports meta l4proto { ipv6-icmp, udp } jump claims
 \t\tiifname != @ports iifname != @own counter name "unknown" drop
 \t}
@@ -267,6 +284,7 @@ mld-listener-report, mld-listener-done, mld2-listener-report } return
 \t\tip6 daddr fe80::/10 jump link_scope
 \t}
 """
+)
 
 
 def bridge_table(
