@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from meshnet.beats import next_beat
 from meshnet.config import Config
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import RemoteProtocolError
@@ -895,7 +896,10 @@ class Router:
         peer = live.record.peer
         assert peer is not None
         while True:
-            with trio.move_on_after(self.config.heartbeat_interval):
+            # On the shared beat, not each connection's own clock: an idle router's heartbeats
+            # to all its neighbours go out in one wake-up (at most an interval after the last
+            # send, as before).
+            with trio.move_on_at(next_beat(trio.current_time(), self.config.heartbeat_interval)):
                 await live.doorbell_receive.receive()
             messages: list[Message] = self.outbox.take(peer.name) or [Heartbeat()]
             data = b"".join(live.encoder.encode(m) for m in messages)
