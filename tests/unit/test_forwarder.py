@@ -307,3 +307,19 @@ def test_a_containers_frame_of_the_probe_ethertype_is_carried() -> None:
     capture(f, vn.VNET_NONE + frame)
     f.flush()
     assert len(sock.sent) == 1 and f.statistics()["dropped"] == {}
+
+
+def test_only_tcp_starts_loading_the_bulk_path() -> None:
+    """numpy (the bulk path) is imported ahead of bulk traffic, not for an idle mesh's chatter."""
+    macs = bytes(12)
+    ipv4 = bytearray(macs + b"\x08\x00" + bytes(60))
+    ipv4[14] = 0x45
+    ipv4[23] = 6  # TCP
+    ipv6 = bytearray(macs + b"\x86\xdd" + bytes(60))
+    ipv6[14] = 0x60
+    ipv6[20] = 6
+    assert fw._carries_tcp(bytes(ipv4)) and fw._carries_tcp(memoryview(ipv6))
+    ipv4[23], ipv6[20] = 1, 58  # ICMP, ICMPv6 (a ping, Neighbor Discovery)
+    assert not fw._carries_tcp(bytes(ipv4)) and not fw._carries_tcp(bytes(ipv6))
+    arp = macs + b"\x08\x06" + bytes(46)
+    assert not fw._carries_tcp(arp) and not fw._carries_tcp(b"\x00" * 20)

@@ -88,6 +88,16 @@ _SEQUENCE = struct.Struct(">Q")
 _PROBE_PREFIX = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big") + FASTDP_PROBE_MAGIC
 
 
+def _carries_tcp(frame: wire.Buffer) -> bool:
+    """Whether an Ethernet frame holds TCP (IPv4 or IPv6 without extension headers): the start
+    of traffic that may turn bulk. ARP, Neighbor Discovery, DHCP or a ping do not."""
+    if len(frame) < 54:
+        return False
+    if frame[12] == 0x08 and frame[13] == 0x00:
+        return frame[23] == 6
+    return frame[12] == 0x86 and frame[13] == 0xDD and frame[20] == 6
+
+
 class _Counts:
     """One direction's counters: per peer [datagrams, bytes], and drops by reason; super-frames
     that went whole in one GSO send or came whole in one GRO run (the bulk path)."""
@@ -148,13 +158,14 @@ class Forwarder:
         self._bulk_loading: threading.Thread | None = None  # see _load_bulk_path
 
     def _load_bulk_path(self) -> None:
-        """Import the bulk path (numpy) in the background once small frames cross the sleeve.
+        """Import the bulk path (numpy) in the background once TCP crosses the sleeve.
 
         Imported by the packet thread at the first super-frame, it stalled that thread ~150 ms
         under load (measured: the pings sent as an iperf3 run began took 147, 92 and 36 ms,
-        which alone raised a 5 s run's average ping by ~2.5 ms). Traffic's first small frames
-        (ARP, a handshake) come before its bulk, so this is usually done by then; a router that
-        never carries a frame on its sleeve (idle, or all on fastdp) still never loads numpy.
+        which alone raised a 5 s run's average ping by ~2.5 ms). A TCP handshake comes before
+        its bulk, so this is usually done by then; an idle router, whose sleeve carries only
+        ARP, Neighbor Discovery and the odd ping, never loads numpy (6 MiB of its RSS when
+        every small frame loaded it).
         """
         thread = threading.Thread(
             target=importlib.import_module,
@@ -322,10 +333,10 @@ class Forwarder:
     def _send_small(self, snap: Snapshot, size: int, targets: tuple[Target, ...]) -> None:
         """Execute a Send of a small frame: into its target's batch (copied: the TAP buffer is
         reused), sent when full or flushed."""
-        if self._bulk_loading is None:
-            self._load_bulk_path()
         view = self._tap_view
         frame = view[VNET_HEADER_SIZE:size]
+        if self._bulk_loading is None and _carries_tcp(frame):
+            self._load_bulk_path()
         for neighbour, destination, flags in targets:
             limit = self._frame_limit(neighbour)
             if size - VNET_HEADER_SIZE > limit + 14:
@@ -696,7 +707,7 @@ class Forwarder:
     def _write_frames(
         self, origin: int, frames: list[tuple[wire.Buffer, wire.Buffer]], flooded: bool, now: float
     ) -> None:
-        if self._bulk_loading is None:
+        if self._bulk_loading is None and any(_carries_tcp(frame) for _, frame in frames):
             self._load_bulk_path()
         for vnet, frame in frames:
             if len(frame) < 14:
