@@ -111,6 +111,16 @@ class IpamTransport(Protocol):
         ...
 
 
+def keep_largest(kept: list[bytes], payload: bytes, limit: int) -> None:
+    """Append `payload`; beyond `limit`, drop the smallest (kept in arrival order). The largest
+    is the neighbour's full ring, sent once when the connection came up: anti-entropy sends it
+    again over that connection only once it changed, so the deltas after it must not push it
+    out (the ring merges in any order)."""
+    kept.append(payload)
+    if len(kept) > limit:
+        kept.remove(min(kept, key=len))
+
+
 def parse_init(text: str, launch_peers: int) -> tuple[InitMode, int, tuple[int, ...]]:
     """``--ipalloc-init``: ``consensus[=N]``, ``seed=NAME,...`` or ``observer``.
 
@@ -179,7 +189,7 @@ class IpamService:
         self.allocator.routable = transport.routable
         #: The IPv6 ring's allocator: None until the IPv4 ring exists (or with IPv6 off).
         self.allocator6: Allocator | None = None
-        self._early6: collections.deque[bytes] = collections.deque(maxlen=EARLY6_KEPT)
+        self._early6: list[bytes] = []
         self._start6(restored=self.allocator.ring.seeded)
         transport.register_channel(IPAM_CHANNEL, self)
         if ipv6 is not None:
@@ -230,8 +240,8 @@ class IpamService:
         allocator6.routable = self._transport.routable
         self.allocator6 = allocator6
         log.info("%s: IPv6 ring range %s", self._nickname, config.range)
-        while self._early6:
-            payload = self._early6.popleft()
+        early, self._early6 = self._early6, []
+        for payload in early:
             try:
                 allocator6.on_gossip(payload)
             except RemoteProtocolError as e:
@@ -240,7 +250,7 @@ class IpamService:
     def keep_early6(self, payload: bytes) -> None:
         """IPv6 ring gossip before this peer has an IPv6 ring: replayed when it does."""
         if self.ipv6 is not None:
-            self._early6.append(payload)
+            keep_largest(self._early6, payload, EARLY6_KEPT)
 
     def _allocators(self) -> list[Allocator]:
         return [self.allocator] if self.allocator6 is None else [self.allocator, self.allocator6]

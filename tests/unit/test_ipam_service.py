@@ -27,7 +27,13 @@ from meshnet.ipam import service as ipam_service
 from meshnet.ipam.allocator import AddressInUse, InitMode, IpamConfig
 from meshnet.ipam.range6 import Ipv6Settings, derived_range6
 from meshnet.ipam.ring import RingMergeError
-from meshnet.ipam.service import STATE_FILE, STATE_FILE6, IpamService, parse_init
+from meshnet.ipam.service import (
+    STATE_FILE,
+    STATE_FILE6,
+    IpamService,
+    keep_largest,
+    parse_init,
+)
 from tests.conftest import run_meshnet
 
 RANGE = IPv4Network("10.32.0.0/24")
@@ -725,3 +731,12 @@ async def test_a_donor_never_routed_times_out_naming_it(
 
 def ipaddress_in(interface: str, subnet: IPv4Network | IPv6Network) -> bool:
     return ip_interface(interface).ip in subnet
+
+
+def test_early_ipv6_gossip_keeps_the_full_ring_when_deltas_overflow() -> None:
+    kept: list[bytes] = []
+    keep_largest(kept, b"full ring" * 100, 3)
+    for i in range(10):
+        keep_largest(kept, b"delta %d" % i, 3)
+    assert kept[0] == b"full ring" * 100 and len(kept) == 3
+    assert kept[1:] == [b"delta 8", b"delta 9"]  # the latest deltas, in arrival order
