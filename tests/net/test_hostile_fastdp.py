@@ -151,9 +151,11 @@ def _frames(source: str, h1: int, h2: int, friend_mac: str) -> dict[str, bytes]:
     }
 
 
-def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
-    make_lab: Any, tmp_path: Path
-) -> None:
+def _pair_on_fastdp(
+    make_lab: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, int]:
+    """A 2-host line on fastdp both ways: the lab, h1's container (the attacker), h2's, and
+    the two routers' names."""
     state = make_lab("line", hosts=2, containers=1)
     c = containers(state)
     attacker, friend = c["h1-c1"], c["h2-c1"]
@@ -161,6 +163,13 @@ def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
     wait_paths(state, "h2", {"h1": "fastdp"})
     wait_ping(attacker, friend)
     h1, h2 = _peer(state, "h1"), _peer(state, "h2")
+    return state, attacker, friend, h1, h2
+
+
+def test_a_container_cannot_forge_fastdp_probes_locally_or_through_the_overlay(
+    make_lab: Any, tmp_path: Path
+) -> None:
+    state, attacker, friend, h1, h2 = _pair_on_fastdp(make_lab)
     counters_before = {host: _fastdp_counters(state, host) for host in ("h1", "h2")}
     downs_before = _downs(state, "h2", h1), _downs(state, "h1", h2)
     spoofed_before = _dropped(state, "h1")
@@ -212,13 +221,7 @@ def test_forged_answers_cannot_keep_a_dead_vxlan_path_up(make_lab: Any, tmp_path
     h1 must still notice and move its traffic to h2 onto the sleeve, or it black-holes it.
     Either fix stops the harm (the bridge drops the forgeries; random probe ids make the sweep
     miss): with both undone, h1 kept fastdp to h2 here; without the drop, the count fails."""
-    state = make_lab("line", hosts=2, containers=1)
-    c = containers(state)
-    attacker, friend = c["h1-c1"], c["h2-c1"]
-    wait_paths(state, "h1", {"h2": "fastdp"})
-    wait_paths(state, "h2", {"h1": "fastdp"})
-    wait_ping(attacker, friend)
-    h1, h2 = _peer(state, "h1"), _peer(state, "h2")
+    state, attacker, friend, h1, h2 = _pair_on_fastdp(make_lab)
     frames = {
         f"echo{guess}": fastdp.encode_probe(
             Probe(ProbeKind.ECHO, h2, fastdp.random_probe_id(), guess),
