@@ -228,11 +228,9 @@ def test_daemonset_entrypoint_finds_peers_installs_cni_and_reclaims_deleted_node
     ipam = clients["h1"].get("/status/ipam")
     h3 = next(p for p in ipam["peers"] if p["nickname"] == "h3")
     assert h3["size"] > 0
+    memory = Path(hosts["h1"]["dir"]) / "kube-peers.json"  # written at h1's next node poll
     wait_for(
-        lambda: (
-            json.loads((Path(hosts["h1"]["dir"]) / "kube-peers.json").read_text()).get(h3["name"])
-            == "h3"
-        ),
+        lambda: memory.exists() and json.loads(memory.read_text()).get(h3["name"]) == "h3",
         20,
         "h1 remembers h3's peer",
     )
