@@ -16,11 +16,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import errno
 import hashlib
+import ipaddress
 import logging
 import math
 import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -498,8 +501,18 @@ class Router:
             dialling = sum(1 for a in self._attempts if a.outbound)
             free = self.config.conn_limit - len(self._live) - dialling
             dial, wake = self.maker.plan(set(self._live), max(0, free), now)
+            unroutable = False
             for address in dial:
-                self._nursery.start_soon(self._dial, address)
+                reason = no_route(address)
+                if reason is None:
+                    self._nursery.start_soon(self._dial, address)
+                else:  # fails as the dial would, without a socket, a task and a wake-up
+                    unroutable = True
+                    self.counters["dial_unroutable"] += 1
+                    record = ConnectionRecord(address, True, ConnectionState.FAILED, time.time())
+                    self._dial_failed(record, reason)
+            if unroutable:
+                continue  # plan again: those targets now wait for their next attempt
             self._wake_maker = trio.Event()
             with trio.move_on_at(wake):
                 await self._wake_maker.wait()
@@ -542,13 +555,15 @@ class Router:
                 stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
         except (OSError, trio.TooSlowError) as e:
             self._attempts.remove(record)
-            reason = _describe(e)
-            self.counters["dial_failures"] += 1
-            self.maker.attempt_failed(address, reason, trio.current_time())
-            self._fail(record, reason, level=logging.DEBUG)
+            self._dial_failed(record, _describe(e))
             self._wake_maker.set()
             return
         await self._run_connection(stream, record)
+
+    def _dial_failed(self, record: ConnectionRecord, reason: str) -> None:
+        self.counters["dial_failures"] += 1
+        self.maker.attempt_failed(record.address, reason, trio.current_time())
+        self._fail(record, reason, level=logging.DEBUG)
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:
@@ -996,6 +1011,30 @@ def _listen_port(result: HandshakeResult) -> int:
 
 def _opt_name(name: int | None) -> str | None:
     return format_peer_name(name) if name is not None else None
+
+
+def no_route(address: str) -> str | None:
+    """Why the kernel has no route to a numeric ``address`` ("host:port", "[v6]:port"), or None.
+
+    Connecting a UDP socket sends nothing: it only looks the route up. A router learns every
+    address its peers advertise and dials them with backoff; on an underlay where many of them
+    lead nowhere (other sites' private networks, a lab's point-to-point links), the dials that
+    fail at once for want of a route are most of an idle router's and a joining mesh's work.
+    Other errors, and names to resolve, are left to the real dial."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, int(port)))
+        except OSError as e:
+            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return _describe(e)
+    return None
 
 
 def _describe(e: BaseException) -> str:

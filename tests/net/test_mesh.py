@@ -93,6 +93,27 @@ def test_line_of_four_every_router_knows_all_and_routes_through_the_middle(
     status = cli_json(state, "h1", "status")
     assert status["nickname"] == "h1" and status["peers"] == 4 and not status["encryption"]
 
+    # h1 hears of the h3-h4 link's addresses, which it has no route to: each attempt fails as a
+    # dial would, found by a route lookup alone (no socket connects, no task).
+    far = {
+        address.split("/")[0]
+        for link in state["links"]
+        if "h1" not in (link["a"], link["b"])
+        for address in link["addresses"]
+    }
+    assert len(far) == 4
+    wait_for(
+        lambda: (
+            all(
+                t["last_error"] == "network is unreachable" and t["source"] == "discovered"
+                for t in api(state, "h1").get("/status/targets")
+                if t["address"].rpartition(":")[0] in far
+            )
+            and api(state, "h1").get("/status")["counters"]["dial_unroutable"] >= len(far)
+        ),
+        what="h1's dials to unroutable addresses to fail without a socket",
+    )
+
 
 def test_ring_routes_around_a_link_that_goes_down_and_back(make_lab: Any) -> None:
     state = make_lab("ring", hosts=4, containers=0)
