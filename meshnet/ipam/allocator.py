@@ -5,7 +5,9 @@ Pure like the rest of meshnet's cores: the shell calls ``allocate``/``claim``/``
 of the ``ipam`` channel), and after every call
 
 1. writes ``to_state()`` atomically if ``dirty`` — BEFORE sending anything, because peers act on
-   what we send (a donation we announced and then forgot would give one range two owners);
+   what we send (a donation we announced and then forgot would give one range two owners).
+   What gossip told us only of other peers' space is theirs to keep: it is written with the
+   next write, or at a timer (``_learned``);
 2. sends what ``take_actions()`` returns (``GossipAction`` to every neighbour through
    ``Mesh.gossip``, ``UnicastAction`` through ``Mesh.unicast``);
 3. retries allocations that returned ``NeedSpace`` when a message arrived or at ``next_wake()``.
@@ -74,6 +76,8 @@ FREE_REPORT_DELAY = 1.0
 #: A peer gets at most one range donation from us per this many seconds: even a peer whose
 #: requests pass every check cannot drain us faster (each donation is half a free run).
 DONATION_INTERVAL = 5.0
+#: Seconds at most before what gossip told us of other peers' space reaches the state file.
+STALE_WRITE_DELAY = 10.0
 #: Requesting peers remembered for that limit (they must be reachable, so few in practice).
 MAX_DONATION_TIMES = 4096
 #: A donor we asked may still give (its reply lost, or our request timed out or died with a
@@ -273,6 +277,8 @@ class Allocator:
         )
         self.counters = _Counters()
         self.dirty = False
+        # Since when the state file lacks what only others own (None: it lacks nothing).
+        self._stale_since: float | None = None
         self._actions: list[Action] = []
         self._requests: dict[tuple[Subnet, int | None], _Request] = {}
         # Donors asked lately -> until when their gift by gossip is taken (inf: restored from
@@ -512,9 +518,22 @@ class Allocator:
             tokens = self._refresh_free()
             if tokens:
                 self._gossip(tokens)
+        if self._stale_since is not None and now >= self._stale_since + STALE_WRITE_DELAY:
+            self.dirty = True
+
+    def _learned(self) -> None:
+        """Gossip told us only what other peers own (their Paxos entries, their tokens): each
+        owner wrote it before sending it, and a crash that loses our copy only makes us a peer
+        that was away, which gossip catches up. So it waits for the next write, at most
+        ``STALE_WRITE_DELAY``: a 100-peer consensus or a mesh's donations merged one batch at a
+        time were an fsync each, on every peer."""
+        if self._stale_since is None:
+            self._stale_since = self._now
 
     def next_wake(self) -> float:
         due = [self.paxos.retry_at, self._handover_resend, self._free_due]
+        if self._stale_since is not None:
+            due.append(self._stale_since + STALE_WRITE_DELAY)
         due += [r.deadline for r in self._requests.values()]
         due += self._ask_after.values()
         due += [self._now if until == math.inf else until for until in self._asked.values()]
@@ -584,10 +603,13 @@ class Allocator:
             new_entries = self.paxos.merge(entries)
             if new_entries:
                 self.paxos.postpone(self._now, self._rng)
-                self.dirty = True
+                self._learned()  # our own entry, if it changes, is written first (_after_paxos)
                 self._after_paxos()
         elif new_tokens:
-            self.dirty = True
+            if not was_seeded or any(t.owner == self.config.name for t in new_tokens):
+                self.dirty = True
+            else:
+                self._learned()
             if not was_seeded:
                 self.paxos.clear()
             self._after_ring_change(self._now)
@@ -644,6 +666,7 @@ class Allocator:
     def to_state(self) -> bytes:
         """Everything that must survive a restart; the shell writes it atomically."""
         self.dirty = False
+        self._stale_since = None
         ring = update_obj(self.ring.update()) if self.ring.seeded else None
         entries = entries_obj(self.paxos.entries.values())
         allocations = [[wide(a), c] for a, c in self.space.allocations()]

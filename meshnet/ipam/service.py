@@ -14,8 +14,11 @@ The service is the ``ipam`` channel's ``Gossiper``: it wraps the allocator's. Me
 peers are merged at once but acted upon in batches (``BATCH_DELAY``): the state is persisted
 once, then the replies and the merged relay of everything new go out. During a 100-peer
 consensus every message changes the Paxos state, and persisting (an fsync) per message was most
-of a router's time. Persist-before-send still holds: nothing learned leaves this peer, as a
-relay, a reply or anti-entropy (``full_state`` persists first), before it is on disk.
+of a router's time. Persist-before-send still holds for what this peer owns: no change of its
+own space or Paxos entry leaves it, as a relay, a reply or anti-entropy (``full_state`` persists
+first), before it is on disk. What it learned of other peers' space and entries is written at
+the next write or within ``STALE_WRITE_DELAY`` (their owners hold it on disk already), so a
+100-peer consensus is no longer an fsync per batch on every peer.
 
 With IPv6 on it runs a second allocator, for the IPv6 ring (``range6``), on the ``ipam6``
 channel with its own state file. That ring needs no agreement of its own: it is divided among

@@ -24,6 +24,7 @@ from meshnet.errors import RemoteProtocolError, UserError
 from meshnet.ipam.allocator import (
     DONATION_INTERVAL,
     REQUEST_TIMEOUT,
+    STALE_WRITE_DELAY,
     Address,
     AddressInUse,
     Allocator,
@@ -56,6 +57,7 @@ class Net:
         self.group: dict[int, int] = dict.fromkeys(self.peers, 0)
         self.dead: set[int] = set()
         self.final: dict[int, Allocator] = {}  # dead peers, as they were when they died
+        self.disk: dict[int, bytes] = {}  # each peer's state file, as the shell writes it
         self.now = 0.0
 
     @property
@@ -63,8 +65,10 @@ class Net:
         return [n for n in sorted(self.peers) if n not in self.dead]
 
     def flush(self, name: int) -> None:
-        """What the shell does after every call: persist (see restart), then send."""
+        """What the shell does after every call: persist (see restart, crash), then send."""
         peer = self.peers[name]
+        if peer.dirty:
+            self.disk[name] = peer.to_state()
         for action in peer.take_actions():
             if isinstance(action, GossipAction):
                 for other in self.peers:
@@ -212,6 +216,69 @@ def test_donation_gives_a_late_peer_space() -> None:
     address = allocate_settled(net, obs, "late")
     assert net.peers[obs].ring.owner_of(int(address.ip)) == obs
     assert net.peers[obs].counters.donations_received == 1
+
+
+def test_others_space_is_written_within_the_stale_delay_and_a_crash_before_loses_nothing() -> None:
+    configs = consensus_configs(3, observers=1)
+    net = Net(configs)
+    a, b, c, late = net.live
+    allocate_settled(net, a, "first")
+    net.settle()
+    # late gets space from a or b while c is cut off.
+    net.group[c] = 1
+    while not isinstance(address := net.peers[late].allocate("late", None, net.now), Address):
+        net.flush(late)
+        while net.gossip or net.unicasts:
+            if net.gossip:
+                net.deliver_gossip(next(iter(net.gossip)))
+            else:
+                net.deliver_unicast(0)
+        net.tick(1.0)
+    net.flush(late)
+    written = net.disk[c]
+    # c hears of it: the space is late's and its donor's, so nothing is written yet.
+    net.group[c] = 0
+    donor = next(p for p in (a, b) if net.peers[p].counters.donations_given)
+    net.anti_entropy(donor, c)
+    net.deliver_gossip((donor, c))
+    peer = net.peers[c]
+    assert peer.ring.owner_of(int(address.ip)) == late
+    assert not peer.dirty and net.disk[c] == written
+    assert peer.next_wake() <= net.now + STALE_WRITE_DELAY
+    # Left running, c writes it at the stale delay.
+    peer.tick(net.now + STALE_WRITE_DELAY)
+    assert peer.dirty
+    # A crash before that restarts c from its older file; gossip brings the donation back.
+    net.peers[c] = Allocator.from_state(net.configs[c], written, random.Random(7))
+    net.flush(c)
+    net.settle()
+    again = net.peers[c]
+    assert again.ring.owner_of(int(address.ip)) == late
+    mine = allocate_settled(net, c, "c's own")
+    assert mine.ip != address.ip and again.ring.owner_of(int(mine.ip)) == c
+
+
+def test_a_consensus_writes_each_peer_only_when_its_own_entry_changes() -> None:
+    net = Net(consensus_configs(5))
+    writes = dict.fromkeys(net.live, 0)
+    flush = net.flush
+
+    def counting(name: int) -> None:
+        writes[name] += net.peers[name].dirty
+        flush(name)
+
+    merged = dict.fromkeys(net.live, 0)
+    deliver = net.deliver_gossip
+
+    def counting_deliveries(key: tuple[int, int]) -> None:
+        merged[key[1]] += 1
+        deliver(key)
+
+    net.flush = counting  # type: ignore[method-assign]
+    net.deliver_gossip = counting_deliveries  # type: ignore[method-assign]
+    allocate_settled(net, net.live[0], "x")
+    # A promise, an accept and the ring: a few writes each, not one per merged message.
+    assert all(1 <= writes[n] <= 4 < merged[n] for n in net.live), (writes, merged)
 
 
 def test_subnet_allocation_skips_network_and_broadcast() -> None:
