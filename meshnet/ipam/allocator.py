@@ -605,14 +605,17 @@ class Allocator:
                 self.paxos.postpone(self._now, self._rng)
                 self._learned()  # our own entry, if it changes, is written first (_after_paxos)
                 self._after_paxos()
-        elif new_tokens:
-            if not was_seeded or any(t.owner == self.config.name for t in new_tokens):
-                self.dirty = True
-            else:
-                self._learned()
+        elif new_tokens and (
+            not was_seeded or any(t.owner == self.config.name for t in new_tokens)
+        ):
+            self.dirty = True  # the ring, or space given to us
             if not was_seeded:
                 self.paxos.clear()
             self._after_ring_change(self._now)
+        elif new_tokens:
+            self._learned()  # other peers' space: ours is as it was
+            if self._handover_to is not None:
+                self._continue_handover(self._now)
         if not new_tokens and not new_entries:
             return None
         relay: RingUpdate | None = None

@@ -223,6 +223,7 @@ def test_others_space_is_written_within_the_stale_delay_and_a_crash_before_loses
     net = Net(configs)
     a, b, c, late = net.live
     allocate_settled(net, a, "first")
+    allocate_settled(net, c, "c's first")  # c holds space of its own
     net.settle()
     # late gets space from a or b while c is cut off.
     net.group[c] = 1
