@@ -11,7 +11,9 @@ built again (`meshnet lab up --topology FILE`); one container per host. Then mea
   links) by its DNS name (from the start of `up`);
 - idle: over --idle-seconds, each router's CPU seconds per minute (its waited-for children
   included), its RSS at the end, and the bytes it sent on its control connections per minute
-  (gossip, heartbeats, framing: the router's `control_bytes`);
+  (gossip, heartbeats, framing: the router's `control_bytes`); right after the ping, when the
+  youngest routers still retry the addresses they just discovered and write what they learned,
+  and again --settle-seconds later;
 - reroute: a link on h1's current path to that container is taken down (`lab link A B down`),
   one whose loss keeps the graph connected: until h1's container pings it by name again;
 - heal: the link back up: until h1's router sees the two ends connected again;
@@ -26,7 +28,8 @@ The lab is always torn down (also on Ctrl-C or SIGTERM). Not a test: the numbers
 machine and on whatever else runs on it. Run with the venv of the code to measure, as root:
 
     python bench/scale_lab.py [--hosts 100] [--degree 4] [--seed 1] [--idle-seconds 60]
-                              [--containers 1] [--topology-out PATH] [--up-only]
+                              [--settle-seconds 120] [--containers 1] [--topology-out PATH]
+                              [--up-only]
 """
 
 from __future__ import annotations
@@ -148,6 +151,22 @@ def sample_idle(hosts: list[dict[str, Any]], pids: dict[str, int]) -> dict[str, 
     return {name: (usage(pid), sent[name]) for name, pid in pids.items()}
 
 
+def idle_window(
+    hosts: list[dict[str, Any]], pids: dict[str, int], seconds: float
+) -> tuple[list[float], list[float], list[float]]:
+    """Each router's CPU seconds per minute, its RSS (MiB) at the end and its control KiB sent
+    per minute, over ``seconds`` of nothing asked of the lab."""
+    before = sample_idle(hosts, pids)
+    window = time.monotonic()
+    time.sleep(seconds)
+    after = sample_idle(hosts, pids)
+    minutes = (time.monotonic() - window) / 60
+    cpu = [(after[h][0].cpu - before[h][0].cpu) / minutes for h in pids]
+    rss = [after[h][0].rss_kib / 1024 for h in pids]
+    sent = [(after[h][1] - before[h][1]) / minutes / 1024 for h in pids]
+    return cpu, rss, sent
+
+
 # What `lab up` reports, by the first word of its progress lines: the phase each belongs to.
 PHASES = {
     "host": "namespaces and links",
@@ -225,18 +244,11 @@ def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows
 
     pids = {h["name"]: router_pid(h["api_socket"]) for h in hosts}
     step(f"[dim]idle for {args.idle_seconds:.0f} s[/]")
-    before = sample_idle(hosts, pids)
-    window = time.monotonic()
-    time.sleep(args.idle_seconds)
-    after = sample_idle(hosts, pids)
-    minutes = (time.monotonic() - window) / 60
-    cpu = [(after[h][0].cpu - before[h][0].cpu) / minutes for h in pids]
-    rss = [after[h][0].rss_kib / 1024 for h in pids]
-    sent = [(after[h][1] - before[h][1]) / minutes / 1024 for h in pids]
+    cpu, rss, sent = idle_window(hosts, pids, args.idle_seconds)
     rows.add(
         "idle CPU per router",
         f"{statistics.median(cpu):.2f} / {max(cpu):.2f} s/min",
-        f"median / max ({os.cpu_count()} cores)",
+        f"median / max ({os.cpu_count()} cores), the first minute after the ping",
     )
     rows.add("RSS per router", f"{statistics.median(rss):.1f} / {max(rss):.1f} MiB", "median / max")
     rows.add(
@@ -244,6 +256,25 @@ def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows
         f"{statistics.median(sent):.1f} / {max(sent):.1f} KiB/min",
         "median / max, idle (gossip, heartbeats, framing)",
     )
+    if args.settle_seconds > 0:
+        step(f"[dim]{args.settle_seconds:.0f} s more, then idle for {args.idle_seconds:.0f} s[/]")
+        time.sleep(args.settle_seconds)
+        cpu, rss, sent = idle_window(hosts, pids, args.idle_seconds)
+        rows.add(
+            "idle CPU per router, settled",
+            f"{statistics.median(cpu):.2f} / {max(cpu):.2f} s/min",
+            f"median / max, {args.settle_seconds:.0f} s later",
+        )
+        rows.add(
+            "RSS per router, settled",
+            f"{statistics.median(rss):.1f} / {max(rss):.1f} MiB",
+            "median / max",
+        )
+        rows.add(
+            "control bytes sent per router, settled",
+            f"{statistics.median(sent):.1f} / {max(sent):.1f} KiB/min",
+            "median / max",
+        )
 
     path = path_to(by_name["h1"], far)
     cut = None
@@ -333,6 +364,12 @@ def main() -> None:
         "--topology-out", type=Path, default=None, help="where to write the topology file"
     )
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=120,
+        help="then wait this long and measure idle again, once the mesh has settled (0: not)",
+    )
     parser.add_argument(
         "--up-only", action="store_true", help="stop after the ping: no idle, reroute or kill"
     )
