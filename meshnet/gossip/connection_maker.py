@@ -22,7 +22,6 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from meshnet.beats import next_beat
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import UserError
 
@@ -36,8 +35,6 @@ BACKOFF = 1.5
 #: in a sparse mesh of 100 most advertised addresses are out of reach, and their dials were
 #: most of an idle router's work for the first quarter of an hour.
 DISCOVERED_BACKOFF = 3.0
-#: Retries fall on multiples of this many seconds (of a tenth of the delay, while shorter).
-RETRY_BEAT = 10.0
 #: Discovered targets taken from one advertising peer, and from all of them.
 MAX_DISCOVERED_PER_PEER = 16
 MAX_DISCOVERED = 256
@@ -243,11 +240,7 @@ class ConnectionMaker:
             return
         target.state = TargetState.RETRYING
         target.last_error = error
-        # Jittered (routers that failed together spread out), then on a beat of a tenth of the
-        # delay, at most RETRY_BEAT: a router's retries of hundreds of unreachable addresses
-        # fall due together, one wake-up for many, instead of one wake-up each.
-        beat = min(RETRY_BEAT, target.delay / 10)
-        target.next_attempt = next_beat(now + self._jitter(target.delay) - beat, beat)
+        target.next_attempt = now + self._jitter(target.delay)
         if target.source is Source.DISCOVERED:
             target.delay = min(target.delay * DISCOVERED_BACKOFF, MAX_DISCOVERED_DELAY)
         else:
