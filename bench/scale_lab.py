@@ -151,11 +151,16 @@ def sample_idle(hosts: list[dict[str, Any]], pids: dict[str, int]) -> dict[str, 
     return {name: (usage(pid), sent[name]) for name, pid in pids.items()}
 
 
-def idle_window(
-    hosts: list[dict[str, Any]], pids: dict[str, int], seconds: float
-) -> tuple[list[float], list[float], list[float]]:
-    """Each router's CPU seconds per minute, its RSS (MiB) at the end and its control KiB sent
-    per minute, over ``seconds`` of nothing asked of the lab."""
+def idle_rows(
+    rows: Rows,
+    hosts: list[dict[str, Any]],
+    pids: dict[str, int],
+    seconds: float,
+    suffix: str,
+    when: str,
+) -> None:
+    """Over ``seconds`` of nothing asked of the lab: each router's CPU seconds per minute, its
+    RSS at the end and its control bytes sent per minute, as median / max rows."""
     before = sample_idle(hosts, pids)
     window = time.monotonic()
     time.sleep(seconds)
@@ -164,7 +169,21 @@ def idle_window(
     cpu = [(after[h][0].cpu - before[h][0].cpu) / minutes for h in pids]
     rss = [after[h][0].rss_kib / 1024 for h in pids]
     sent = [(after[h][1] - before[h][1]) / minutes / 1024 for h in pids]
-    return cpu, rss, sent
+    rows.add(
+        f"idle CPU per router{suffix}",
+        f"{statistics.median(cpu):.2f} / {max(cpu):.2f} s/min",
+        f"median / max ({os.cpu_count()} cores), {when}",
+    )
+    rows.add(
+        f"RSS per router{suffix}",
+        f"{statistics.median(rss):.1f} / {max(rss):.1f} MiB",
+        "median / max",
+    )
+    rows.add(
+        f"control bytes sent per router{suffix}",
+        f"{statistics.median(sent):.1f} / {max(sent):.1f} KiB/min",
+        "median / max, idle (gossip, heartbeats, framing)",
+    )
 
 
 # What `lab up` reports, by the first word of its progress lines: the phase each belongs to.
@@ -244,37 +263,12 @@ def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows
 
     pids = {h["name"]: router_pid(h["api_socket"]) for h in hosts}
     step(f"[dim]idle for {args.idle_seconds:.0f} s[/]")
-    cpu, rss, sent = idle_window(hosts, pids, args.idle_seconds)
-    rows.add(
-        "idle CPU per router",
-        f"{statistics.median(cpu):.2f} / {max(cpu):.2f} s/min",
-        f"median / max ({os.cpu_count()} cores), the first minute after the ping",
-    )
-    rows.add("RSS per router", f"{statistics.median(rss):.1f} / {max(rss):.1f} MiB", "median / max")
-    rows.add(
-        "control bytes sent per router",
-        f"{statistics.median(sent):.1f} / {max(sent):.1f} KiB/min",
-        "median / max, idle (gossip, heartbeats, framing)",
-    )
+    idle_rows(rows, hosts, pids, args.idle_seconds, "", "the first minute after the ping")
     if args.settle_seconds > 0:
         step(f"[dim]{args.settle_seconds:.0f} s more, then idle for {args.idle_seconds:.0f} s[/]")
         time.sleep(args.settle_seconds)
-        cpu, rss, sent = idle_window(hosts, pids, args.idle_seconds)
-        rows.add(
-            "idle CPU per router, settled",
-            f"{statistics.median(cpu):.2f} / {max(cpu):.2f} s/min",
-            f"median / max, {args.settle_seconds:.0f} s later",
-        )
-        rows.add(
-            "RSS per router, settled",
-            f"{statistics.median(rss):.1f} / {max(rss):.1f} MiB",
-            "median / max",
-        )
-        rows.add(
-            "control bytes sent per router, settled",
-            f"{statistics.median(sent):.1f} / {max(sent):.1f} KiB/min",
-            "median / max",
-        )
+        later = f"{args.settle_seconds:.0f} s later"
+        idle_rows(rows, hosts, pids, args.idle_seconds, ", settled", later)
 
     path = path_to(by_name["h1"], far)
     cut = None
