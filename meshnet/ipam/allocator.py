@@ -605,9 +605,7 @@ class Allocator:
                 self.paxos.postpone(self._now, self._rng)
                 self._learned()  # our own entry, if it changes, is written first (_after_paxos)
                 self._after_paxos()
-        elif new_tokens and (
-            not was_seeded or any(t.owner == self.config.name for t in new_tokens)
-        ):
+        elif new_tokens and (not was_seeded or any(t.owner == self.name for t in new_tokens)):
             self.dirty = True  # the ring, or space given to us
             if not was_seeded:
                 self.paxos.clear()
