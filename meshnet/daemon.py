@@ -19,10 +19,12 @@ import trio
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
+from meshnet.dataplane.kernel import netlink
 from meshnet.dataplane.service import DataPlane
 from meshnet.dns.service import DnsService
 from meshnet.errors import UserError
 from meshnet.gossip import saved_targets
+from meshnet.gossip.connection_maker import UNROUTABLE_SWEEP
 from meshnet.gossip.identity import Identity, load_or_create_peer_name, new_uid
 from meshnet.gossip.router import Router
 from meshnet.gossip.saved_targets import SavedTargets
@@ -91,6 +93,7 @@ async def _run_services(
             await nursery.start(router.serve)
         except OSError as e:
             raise UserError(f"cannot listen on TCP port {config.port}: {e.strerror}") from None
+        nursery.start_soon(_follow_routes, router)
         await nursery.start(ipam.serve)
         if dataplane is not None:
             await nursery.start(dataplane.serve)
@@ -121,6 +124,26 @@ async def _run_services(
         await stop.wait()
         log.info("%s stopping", identity)
         nursery.cancel_scope.cancel()
+
+
+async def _follow_routes(router: Router) -> None:
+    """Tell the router when the kernel's routes change: addresses it found no route to are
+    dialled again then, instead of being retried on a clock."""
+    try:
+        monitor = trio.socket.from_stdlib_socket(netlink.open_route_monitor())
+    except OSError as e:
+        log.warning("no route notifications (%s): addresses without a route are retried "
+                    "every %.0f s", e, UNROUTABLE_SWEEP)  # fmt: skip
+        return
+    with monitor:
+        while True:
+            try:
+                data = await monitor.recv(65536)
+            except OSError:  # ENOBUFS: some notifications were lost
+                router.routes_changed()
+                continue
+            if netlink.routes_changed(data):
+                router.routes_changed()
 
 
 async def _stop_on_signals(stop: trio.Event) -> None:

@@ -2,7 +2,9 @@
 
 Pure: the shell reports attempts and connections, then asks `plan(now)` what to dial and how long
 to sleep. Retries back off exponentially (x1.5, with jitter, capped) so a dead peer costs little
-and a mesh of restarting peers does not dial in lock-step.
+and a mesh of restarting peers does not dial in lock-step. A discovered address the kernel has no
+route to is not retried on a clock of its own: it waits for the routes to change, or for the
+maker's sweep of all such addresses every five minutes.
 
 Discovered targets are what other peers *say* they are connected to, so `select_discovered`
 bounds them before the maker sees them: an IP address (never a name to resolve) at the mesh's
@@ -22,6 +24,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from meshnet.beats import next_beat
 from meshnet.constants import CONTROL_PORT
 from meshnet.errors import UserError
 
@@ -35,6 +38,11 @@ BACKOFF = 1.5
 #: in a sparse mesh of 100 most advertised addresses are out of reach, and their dials were
 #: most of an idle router's work for the first quarter of an hour.
 DISCOVERED_BACKOFF = 3.0
+#: A discovered target the kernel has no route to waits for the routes to change (the shell
+#: calls `routes_changed`), and meanwhile for one sweep of all such targets at once every this
+#: many seconds (in case a change went unnoticed). Retrying each on its own backoff was still
+#: one wake-up per address: in a sparse lab of 100, a young router's main idle cost.
+UNROUTABLE_SWEEP = 300.0
 #: Discovered targets taken from one advertising peer, and from all of them.
 MAX_DISCOVERED_PER_PEER = 16
 MAX_DISCOVERED = 256
@@ -167,6 +175,7 @@ class _Target:
     next_attempt: float = 0.0
     last_error: str | None = None
     peer: int | None = None
+    unroutable: bool = False  # the last attempt found no route: due again when routes change
 
 
 class ConnectionMaker:
@@ -175,6 +184,9 @@ class ConnectionMaker:
         self._discovery = discovery
         self._targets: dict[str, _Target] = {}
         self._ourselves: set[str] = set()
+        # Each maker sweeps on its own phase: routers that share a clock (a lab) do not all
+        # look their routes up at the same instant.
+        self._sweep_phase = rng.uniform(0, UNROUTABLE_SWEEP)
 
     def add(self, address: str, source: Source, now: float) -> bool:
         """Want a connection to `address`; False if it was already wanted."""
@@ -234,17 +246,34 @@ class ConnectionMaker:
                 next_wake = min(next_wake, max(target.next_attempt, now + 0.1))
         return dial, next_wake
 
-    def attempt_failed(self, address: str, error: str, now: float) -> None:
+    def attempt_failed(
+        self, address: str, error: str, now: float, *, unroutable: bool = False
+    ) -> None:
+        """A dial failed; ``unroutable``: the kernel has no route to the address."""
         target = self._targets.get(address)
         if target is None:
             return
         target.state = TargetState.RETRYING
         target.last_error = error
+        target.unroutable = unroutable
         target.next_attempt = now + self._jitter(target.delay)
+        if unroutable and target.source is Source.DISCOVERED:
+            phase = self._sweep_phase
+            target.next_attempt = next_beat(now - phase, UNROUTABLE_SWEEP) + phase
         if target.source is Source.DISCOVERED:
             target.delay = min(target.delay * DISCOVERED_BACKOFF, MAX_DISCOVERED_DELAY)
         else:
             target.delay = min(target.delay * BACKOFF, MAX_DELAY)
+
+    def routes_changed(self, now: float) -> bool:
+        """The kernel's routes changed: every target that had no route is due now. True if
+        there was one."""
+        due = False
+        for target in self._targets.values():
+            if target.unroutable and target.state is TargetState.RETRYING:
+                target.next_attempt = min(target.next_attempt, now)
+                due = True
+        return due
 
     def attempt_succeeded(self, address: str, peer: int) -> None:
         target = self._targets.get(address)
@@ -254,6 +283,7 @@ class ConnectionMaker:
         target.peer = peer
         target.delay = INITIAL_DELAY
         target.last_error = None
+        target.unroutable = False
 
     def reached_by(self, address: str, peer: int) -> None:
         """``peer``, listening at ``address``, dialled us: a target there is that peer, so it is

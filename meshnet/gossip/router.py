@@ -279,6 +279,12 @@ class Router:
             self._remember(self._saved.forgot([address]))
         return forgotten
 
+    def routes_changed(self) -> None:
+        """The kernel's routes changed (the daemon follows its notifications): addresses that
+        had no route are dialled again now."""
+        if self.maker.routes_changed(trio.current_time()):
+            self._wake_maker.set()
+
     def _remember(self, saved: SavedTargets) -> None:
         """Keep what the user said about targets for the next start (a failed write is
         logged: the running router has them anyway)."""
@@ -510,7 +516,7 @@ class Router:
                     unroutable = True
                     self.counters["dial_unroutable"] += 1
                     record = ConnectionRecord(address, True, ConnectionState.FAILED, time.time())
-                    self._dial_failed(record, reason)
+                    self._dial_failed(record, reason, unroutable=True)
             if unroutable:
                 continue  # plan again: those targets now wait for their next attempt
             self._wake_maker = trio.Event()
@@ -560,9 +566,13 @@ class Router:
             return
         await self._run_connection(stream, record)
 
-    def _dial_failed(self, record: ConnectionRecord, reason: str) -> None:
+    def _dial_failed(
+        self, record: ConnectionRecord, reason: str, *, unroutable: bool = False
+    ) -> None:
         self.counters["dial_failures"] += 1
-        self.maker.attempt_failed(record.address, reason, trio.current_time())
+        self.maker.attempt_failed(
+            record.address, reason, trio.current_time(), unroutable=unroutable
+        )
         self._fail(record, reason, level=logging.DEBUG)
 
     async def _accept(self, stream: trio.SocketStream) -> None:

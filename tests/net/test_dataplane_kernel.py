@@ -785,3 +785,39 @@ def test_the_link_monitor_reports_a_port_joining_and_leaving_a_bridge(
             pass  # the rest of that burst
         ns_run(ns, "ip", "link", "del", "mntp0")
         assert changed_within(2)
+
+
+def test_the_route_monitor_reports_routes_that_lead_elsewhere(
+    make_ns: Callable[[str], str],
+) -> None:
+    """What makes a router dial the addresses it had no route to once it has one: routes added
+    and removed arrive as notifications; an address of our own alone (the local table) not."""
+    ns = make_ns("routes")
+    ns_run(ns, "ip", "link", "add", "mntr0", "type", "veth", "peer", "name", "mntr1")
+    for end in ("mntr0", "mntr1"):
+        ns_run(ns, "sysctl", "-qw", f"net.ipv6.conf.{end}.disable_ipv6=1")  # no link-local
+        ns_run(ns, "ip", "link", "set", end, "up")
+    monitor = netlink.run_in_namespace(ns, netlink.open_route_monitor)
+    monitor.settimeout(0)
+    with monitor:
+
+        def changed_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([monitor], [], [], left)[0] and netlink.routes_changed(
+                    monitor.recv(65536)
+                ):
+                    return True
+            return False
+
+        assert not changed_within(0.3)
+        ns_run(ns, "ip", "address", "add", "10.77.0.1/32", "dev", "mntr0")
+        assert not changed_within(0.5)  # only a local-table route
+        ns_run(ns, "ip", "address", "add", "10.77.1.1/24", "dev", "mntr0")
+        assert changed_within(2)  # its subnet's route
+        ns_run(ns, "ip", "route", "add", "10.78.0.0/16", "via", "10.77.1.2")
+        assert changed_within(2)
+        ns_run(ns, "ip", "-6", "route", "add", "fd77::/64", "dev", "lo")
+        assert changed_within(2)
+        ns_run(ns, "ip", "route", "del", "10.78.0.0/16")
+        assert changed_within(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -102,17 +103,55 @@ def test_line_of_four_every_router_knows_all_and_routes_through_the_middle(
         for address in link["addresses"]
     }
     assert len(far) == 4
-    wait_for(
-        lambda: (
-            all(
+
+    def unroutable() -> bool:
+        targets = [
+            t
+            for t in api(state, "h1").get("/status/targets")
+            if t["address"].rpartition(":")[0] in far
+        ]
+        return (
+            bool(targets)
+            and all(
                 t["last_error"] == "network is unreachable" and t["source"] == "discovered"
-                for t in api(state, "h1").get("/status/targets")
-                if t["address"].rpartition(":")[0] in far
+                for t in targets
             )
-            and api(state, "h1").get("/status")["counters"]["dial_unroutable"] >= len(far)
-        ),
-        what="h1's dials to unroutable addresses to fail without a socket",
+            and api(state, "h1").get("/status")["counters"]["dial_unroutable"] >= len(targets)
+        )
+
+    wait_for(unroutable, what="h1's dials to unroutable addresses to fail without a socket")
+
+    # They are not retried on a clock (only one sweep every 5 minutes) but when routes change:
+    # once h1 and the far side have routes to each other (through h2 and h3), the far link's
+    # end that learned of the other dials it at once.
+    ns = {h["name"]: h["namespace"] for h in state["hosts"]}
+    h1h2, h2h3, h3h4 = (
+        next(link for link in state["links"] if {link["a"], link["b"]} == pair)
+        for pair in ({"h1", "h2"}, {"h2", "h3"}, {"h3", "h4"})
     )
+
+    def on(link: dict[str, Any], host: str) -> str:
+        return str(link["addresses"][0 if link["a"] == host else 1]).split("/")[0]
+
+    def subnet(link: dict[str, Any]) -> str:
+        return str(ipaddress.ip_interface(link["addresses"][0]).network)
+
+    for host in ("h2", "h3"):
+        assert ns_run(ns[host], "sysctl", "-qw", "net.ipv4.ip_forward=1").returncode == 0
+    for host, destination, gateway in (
+        ("h2", subnet(h3h4), on(h2h3, "h3")),
+        ("h3", subnet(h1h2), on(h2h3, "h2")),
+        ("h4", subnet(h1h2), on(h3h4, "h3")),
+        ("h1", subnet(h3h4), on(h1h2, "h2")),
+    ):
+        result = ns_run(ns[host], "ip", "route", "add", destination, "via", gateway)
+        assert result.returncode == 0, result.stderr
+
+    def far_neighbours() -> set[str]:
+        h1 = peers_by_nick(api(state, "h1"))["h1"]
+        return {c["nickname"] for c in h1["connections"] if c["established"]} - {"h2"}
+
+    assert wait_for(far_neighbours, timeout=20, what="a direct connection once routes appeared")
 
 
 def test_ring_routes_around_a_link_that_goes_down_and_back(make_lab: Any) -> None:

@@ -12,6 +12,7 @@ from meshnet.gossip.connection_maker import (
     MAX_DISCOVERED,
     MAX_DISCOVERED_DELAY,
     MAX_DISCOVERED_PER_PEER,
+    UNROUTABLE_SWEEP,
     ConnectionMaker,
     Source,
     TargetState,
@@ -136,6 +137,38 @@ def test_a_failing_discovered_target_backs_off_although_gossip_keeps_naming_it()
         now = step * 0.01
         m.set_discovered({"far:1"}, now=now)
         assert m.plan(set(), 10, now=now)[0] == []
+
+
+def test_unroutable_discovered_targets_wait_for_a_route_change_or_one_shared_sweep() -> None:
+    """Hundreds of addresses a router has no route to cost one wake-up per sweep, not one
+    each on its own backoff; a change of routes makes them due at once."""
+    m = maker()
+    far = {f"10.9.{i}.1:6783" for i in range(50)}
+    m.set_discovered(far | {"10.0.0.2:6783"}, now=0)
+    m.add("10.8.0.1:6783", Source.LAUNCH, now=0)
+    dial, _ = m.plan(set(), 100, now=0)
+    assert len(dial) == 52
+    for i, address in enumerate(sorted(far)):
+        m.attempt_failed(address, "network is unreachable", now=i * 0.01, unroutable=True)
+    m.attempt_failed("10.0.0.2:6783", "connection refused", now=0.5)  # routable
+    m.attempt_failed("10.8.0.1:6783", "network is unreachable", now=0.5, unroutable=True)
+    retries = {t.address: t.next_attempt for t in m.targets()}
+    sweep = {retries[a] for a in far}
+    assert len(sweep) == 1 and 0.5 < sweep.pop() <= 0.5 + UNROUTABLE_SWEEP
+    assert retries["10.8.0.1:6783"] is not None and retries["10.8.0.1:6783"] < 2  # its backoff
+    assert retries["10.0.0.2:6783"] is not None and retries["10.0.0.2:6783"] < 5
+
+    assert m.routes_changed(now=1.0)
+    dial, _ = m.plan(set(), 100, now=1.0)
+    assert set(dial) == far | {"10.8.0.1:6783"}  # not the one that failed with a route
+    for address in dial:
+        m.attempt_failed(address, "network is unreachable", now=1.0, unroutable=True)
+    assert not set(m.plan(set(), 100, now=2.0)[0]) & far  # parked again
+    # A connected or still-connecting target is not touched, and nothing unroutable: False.
+    m2 = maker()
+    m2.add("10.0.0.3:6783", Source.LAUNCH, now=0)
+    m2.plan(set(), 10, now=0)
+    assert not m2.routes_changed(now=1.0)
 
 
 def test_our_own_address_is_never_dialled_again() -> None:

@@ -463,3 +463,19 @@ def test_link_notifications_are_new_and_deleted_links() -> None:
     assert netlink.links_changed(_neighbour_notification(28, 7) + deleted)
     assert not netlink.links_changed(_neighbour_notification(28, 7))
     assert not netlink.links_changed(b"") and not netlink.links_changed(b"\0" * 20)
+
+
+def _route_notification(kind: int, table: int) -> bytes:
+    body = struct.pack("=BBBBBBBBI", 2, 24, 0, 0, table, 3, 0, 1, 0)  # rtmsg: ..., table, ...
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def test_route_notifications_count_unless_only_our_own_addresses_changed() -> None:
+    added, removed = _route_notification(24, 254), _route_notification(25, 254)  # main table
+    local = _route_notification(24, 255)  # an address of ours: the local table
+    assert netlink.routes_changed(added) and netlink.routes_changed(removed)
+    assert netlink.routes_changed(_route_notification(24, 100))  # policy routing's tables
+    assert not netlink.routes_changed(local)
+    assert netlink.routes_changed(local + added)
+    assert not netlink.routes_changed(_neighbour_notification(28, 2))
+    assert not netlink.routes_changed(b"") and not netlink.routes_changed(b"\0" * 20)

@@ -50,6 +50,12 @@ _RTM_NEWLINK = 16
 _RTM_DELLINK = 17
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
+_RTMGRP_IPV4_ROUTE = 0x40
+_RTMGRP_IPV6_ROUTE = 0x400
+_RTM_NEWROUTE = 24
+_RTM_DELROUTE = 25
+_RTMSG_TABLE = 4  # struct rtmsg: family, dst_len, src_len, tos, table, ...
+_RT_TABLE_LOCAL = 255
 _AF_BRIDGE = 7
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _NLM_F_REQUEST = 0x1
@@ -905,6 +911,13 @@ def open_link_monitor() -> socket.socket:
     return _open_monitor(_RTMGRP_LINK)
 
 
+def open_route_monitor() -> socket.socket:
+    """A socket told of every IPv4 and IPv6 route added or removed in the caller's namespace
+    (an address or link coming up or going brings its routes along). Pass what it receives to
+    `routes_changed`."""
+    return _open_monitor(_RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE)
+
+
 def _message_kinds(data: bytes) -> Iterator[tuple[int, int]]:
     """Each netlink message's type and the offset of its body."""
     offset = 0
@@ -919,6 +932,17 @@ def _message_kinds(data: bytes) -> Iterator[tuple[int, int]]:
 def links_changed(data: bytes) -> bool:
     """Whether a datagram of link notifications reports a link created, changed or deleted."""
     return any(kind in (_RTM_NEWLINK, _RTM_DELLINK) for kind, _ in _message_kinds(data))
+
+
+def routes_changed(data: bytes) -> bool:
+    """Whether a datagram of route notifications adds or removes a route that can lead
+    elsewhere: the local table's (our own addresses, one per address and link) cannot."""
+    return any(
+        kind in (_RTM_NEWROUTE, _RTM_DELROUTE)
+        and len(data) > body + _RTMSG_TABLE
+        and data[body + _RTMSG_TABLE] != _RT_TABLE_LOCAL
+        for kind, body in _message_kinds(data)
+    )
 
 
 def fdb_changed(data: bytes, ignored: Collection[int] = ()) -> bool:
