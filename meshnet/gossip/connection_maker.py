@@ -43,6 +43,10 @@ DISCOVERED_BACKOFF = 3.0
 #: many seconds (in case a change went unnoticed). Retrying each on its own backoff was still
 #: one wake-up per address: in a sparse lab of 100, a young router's main idle cost.
 UNROUTABLE_SWEEP = 300.0
+#: ... once its backoff has reached this many seconds: its first four retries, within ~40 s of
+#: learning it, keep their own clock (parking from the first failure made a 100-host `lab up`
+#: take 233-249 s instead of 165-194 s, for a reason not yet found).
+UNROUTABLE_PARK_DELAY = 81.0
 #: Discovered targets taken from one advertising peer, and from all of them.
 MAX_DISCOVERED_PER_PEER = 16
 MAX_DISCOVERED = 256
@@ -257,7 +261,11 @@ class ConnectionMaker:
         target.last_error = error
         target.unroutable = unroutable
         target.next_attempt = now + self._jitter(target.delay)
-        if unroutable and target.source is Source.DISCOVERED:
+        if (
+            unroutable
+            and target.source is Source.DISCOVERED
+            and target.delay >= UNROUTABLE_PARK_DELAY
+        ):
             phase = self._sweep_phase
             target.next_attempt = next_beat(now - phase, UNROUTABLE_SWEEP) + phase
         if target.source is Source.DISCOVERED:

@@ -282,6 +282,7 @@ class Router:
     def routes_changed(self) -> None:
         """The kernel's routes changed (the daemon follows its notifications): addresses that
         had no route are dialled again now."""
+        self.counters["route_changes"] += 1
         if self.maker.routes_changed(trio.current_time()):
             self._wake_maker.set()
 

@@ -121,9 +121,18 @@ def test_line_of_four_every_router_knows_all_and_routes_through_the_middle(
 
     wait_for(unroutable, what="h1's dials to unroutable addresses to fail without a socket")
 
-    # They are not retried on a clock (only one sweep every 5 minutes) but when routes change:
-    # once h1 and the far side have routes to each other (through h2 and h3), the far link's
-    # end that learned of the other dials it at once.
+    # After four quick retries (1, 3, 9, 27 s) they are not retried on a clock (only one sweep
+    # every 5 minutes) but when routes change: once h1 and the far side have routes to each
+    # other (through h2 and h3), the far link's end that learned of the other dials it at once.
+    wait_for(
+        lambda: all(
+            t["attempts"] >= 5
+            for t in api(state, "h1").get("/status/targets")
+            if t["address"].rpartition(":")[0] in far
+        ),
+        timeout=90,
+        what="h1's retries of the unroutable addresses to stop",
+    )
     ns = {h["name"]: h["namespace"] for h in state["hosts"]}
     h1h2, h2h3, h3h4 = (
         next(link for link in state["links"] if {link["a"], link["b"]} == pair)

@@ -150,6 +150,13 @@ def test_unroutable_discovered_targets_wait_for_a_route_change_or_one_shared_swe
     assert len(dial) == 52
     for i, address in enumerate(sorted(far)):
         m.attempt_failed(address, "network is unreachable", now=i * 0.01, unroutable=True)
+    # The first retries keep their own backoff (1, 3, 9, 27 s) ...
+    first = {t.next_attempt for t in m.targets() if t.address in far}
+    assert len(first) == len(far) and all(r is not None and r < 2 for r in first)
+    for address in sorted(far):
+        for _ in range(4):
+            m.attempt_failed(address, "network is unreachable", now=0.5, unroutable=True)
+    # ... then they wait together.
     m.attempt_failed("10.0.0.2:6783", "connection refused", now=0.5)  # routable
     m.attempt_failed("10.8.0.1:6783", "network is unreachable", now=0.5, unroutable=True)
     retries = {t.address: t.next_attempt for t in m.targets()}
@@ -163,7 +170,7 @@ def test_unroutable_discovered_targets_wait_for_a_route_change_or_one_shared_swe
     assert set(dial) == far | {"10.8.0.1:6783"}  # not the one that failed with a route
     for address in dial:
         m.attempt_failed(address, "network is unreachable", now=1.0, unroutable=True)
-    assert not set(m.plan(set(), 100, now=2.0)[0]) & far  # parked again
+    assert not set(m.plan(set(), 100, now=2.0)[0]) & far  # parked again at once
     # A connected or still-connecting target is not touched, and nothing unroutable: False.
     m2 = maker()
     m2.add("10.0.0.3:6783", Source.LAUNCH, now=0)
