@@ -44,8 +44,8 @@ DISCOVERED_BACKOFF = 3.0
 #: one wake-up per address: in a sparse lab of 100, a young router's main idle cost.
 UNROUTABLE_SWEEP = 300.0
 #: ... once its backoff has reached this many seconds: its first four retries, within ~40 s of
-#: learning it, keep their own clock (parking from the first failure made a 100-host `lab up`
-#: take 233-249 s instead of 165-194 s, for a reason not yet found).
+#: learning it, keep their own clock, as before. (Parking from the first failure measured 100-host
+#: `lab up`s of 233-249 s against 165-236 s without it: within the day's noise, not ruled out.)
 UNROUTABLE_PARK_DELAY = 81.0
 #: Discovered targets taken from one advertising peer, and from all of them.
 MAX_DISCOVERED_PER_PEER = 16
