@@ -3,8 +3,8 @@
 Pure: the shell reports attempts and connections, then asks `plan(now)` what to dial and how long
 to sleep. Retries back off exponentially (x1.5, with jitter, capped) so a dead peer costs little
 and a mesh of restarting peers does not dial in lock-step. A discovered address the kernel has no
-route to is not retried on a clock of its own: it waits for the routes to change, or for the
-maker's sweep of all such addresses every five minutes.
+route to gets four quick retries; then it waits for the routes to change, or for the maker's sweep
+of all such addresses every five minutes, not for a clock of its own.
 
 Discovered targets are what other peers *say* they are connected to, so `select_discovered`
 bounds them before the maker sees them: an IP address (never a name to resolve) at the mesh's

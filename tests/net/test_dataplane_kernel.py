@@ -755,6 +755,17 @@ def test_every_namespace_in_sight_is_found_and_a_port_into_one_out_of_sight_is_t
     assert attachlib.bridge_namespaces(host=host) == attachlib.BridgeNamespaces(frozenset(), (), {})
 
 
+def _notified_within(
+    monitor: socket.socket, changed: Callable[[bytes], bool], seconds: float
+) -> bool:
+    """Whether ``monitor`` receives, within ``seconds``, a datagram that ``changed`` accepts."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([monitor], [], [], left)[0] and changed(monitor.recv(65536)):
+            return True
+    return False
+
+
 def test_the_link_monitor_reports_a_port_joining_and_leaving_a_bridge(
     make_ns: Callable[[str], str],
 ) -> None:
@@ -769,13 +780,7 @@ def test_the_link_monitor_reports_a_port_joining_and_leaving_a_bridge(
     with monitor:
 
         def changed_within(seconds: float) -> bool:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0:
-                if select.select([monitor], [], [], left)[0] and netlink.links_changed(
-                    monitor.recv(65536)
-                ):
-                    return True
-            return False
+            return _notified_within(monitor, netlink.links_changed, seconds)
 
         assert not changed_within(0.3)
         ns_run(ns, "ip", "link", "add", "mntp0", "type", "veth", "peer", "name", "mntp1")
@@ -802,13 +807,7 @@ def test_the_route_monitor_reports_routes_that_lead_elsewhere(
     with monitor:
 
         def changed_within(seconds: float) -> bool:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0:
-                if select.select([monitor], [], [], left)[0] and netlink.routes_changed(
-                    monitor.recv(65536)
-                ):
-                    return True
-            return False
+            return _notified_within(monitor, netlink.routes_changed, seconds)
 
         assert not changed_within(0.3)
         ns_run(ns, "ip", "address", "add", "10.77.0.1/32", "dev", "mntr0")
