@@ -50,7 +50,11 @@ def sent_to(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], nick:
 def test_report_and_metrics_show_the_lab_and_count_traffic(make_lab: Any) -> None:
     state = make_lab("line", hosts=3, containers=1)
     h1 = api(state, "h1")
-    wait_for(lambda: len(h1.get("/report")["peers"]) == 3, what="h1 knows every peer")
+    # Known is not yet routed: h3's entry may come before the entry that proves h2-h3 both ways.
+    wait_for(
+        lambda: [p["reachable"] for p in h1.get("/report")["peers"]] == [True] * 3,
+        what="h1 knows and reaches every peer",
+    )
     report = h1.get("/report")
     assert report["router"]["nickname"] == "h1"
     peers = {p["nickname"]: p for p in report["peers"]}
