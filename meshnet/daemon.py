@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 
 import trio
 
@@ -126,24 +127,43 @@ async def _run_services(
         nursery.cancel_scope.cancel()
 
 
+#: After telling the router of a route change, the next one waits this long: a burst (a link's
+#: routes, a routing daemon's churn) costs one look at the unroutable addresses per second, not
+#: one per notification.
+ROUTE_CHANGE_HOLDOFF = 1.0
+
+
 async def _follow_routes(router: Router) -> None:
     """Tell the router when the kernel's routes change: addresses it found no route to are
     dialled again then, instead of being retried on a clock."""
     try:
-        monitor = trio.socket.from_stdlib_socket(netlink.open_route_monitor())
+        monitor = netlink.open_route_monitor()
     except OSError as e:
         log.warning("no route notifications (%s): addresses without a route are retried "
                     "every %.0f s", e, UNROUTABLE_SWEEP)  # fmt: skip
         return
     with monitor:
         while True:
-            try:
-                data = await monitor.recv(65536)
-            except OSError:  # ENOBUFS: some notifications were lost
+            await trio.lowlevel.wait_readable(monitor)
+            if _routes_changed(monitor):
                 router.routes_changed()
-                continue
-            if netlink.routes_changed(data):
-                router.routes_changed()
+                await trio.sleep(ROUTE_CHANGE_HOLDOFF)  # what comes meanwhile waits in the socket
+
+
+def _routes_changed(monitor: socket.socket) -> bool:
+    """Whether what the route monitor holds now (read to the end, or a bounded part of a flood)
+    reports a route change; lost notifications (ENOBUFS) count as one."""
+    changed = False
+    for _ in range(1024):
+        try:
+            data = monitor.recv(65536)
+        except BlockingIOError:
+            break
+        except OSError:
+            changed = True
+            continue
+        changed = changed or netlink.routes_changed(data)
+    return changed
 
 
 async def _stop_on_signals(stop: trio.Event) -> None:
