@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import socket
 import sys
 import time
@@ -35,6 +36,7 @@ from meshnet.dataplane.punch.core import Endpoint
 from meshnet.dataplane.punch.service import PunchService
 from meshnet.dataplane.sleeve import wire
 from meshnet.dataplane.sleeve.forwarder import Forwarder, Neighbour, Sequences, Snapshot
+from meshnet.dataplane.sleeve.forwarding import ROUTE_GRACE
 from meshnet.dataplane.sleeve.path import PathState, SendHeartbeat, SendProbe, UdpPath
 from meshnet.dataplane.sleeve.segments import segments_per_send
 from meshnet.dataplane.sleeve.switch import Switch, derived_mac
@@ -42,6 +44,7 @@ from meshnet.errors import UserError
 from meshnet.gossip.events import PathVerdict, PeerLink
 from meshnet.gossip.identity import format_peer_name
 from meshnet.gossip.router import Router
+from meshnet.gossip.routes import Routes
 from meshnet.node.namespace_owners import NamespaceId, Namespaces, SeenNamespace
 
 log = logging.getLogger("meshnet.dataplane")
@@ -117,6 +120,9 @@ class DataPlane:
         self._punched: dict[int, PeerLink] = {}
         self._punching: dict[int, tuple[tuple[Endpoint, ...], int | None]] = {}
         self._dirty = trio.Event()
+        # The routes of the latest snapshot, and those it replaced until ROUTE_GRACE ends.
+        self._routes: Routes | None = None
+        self._replaced: tuple[Routes, float] | None = None
         self._netlink = trio.CapacityLimiter(1)
         self.overlay_mtu = 0
         self.forwarder: Forwarder | None = None
@@ -219,6 +225,13 @@ class DataPlane:
     # --- forwarding state ----------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
+        routes = self.router.views.current.data_routes
+        now = trio.current_time()
+        if self._routes is not None and routes is not self._routes:
+            self._replaced = (self._routes, now + ROUTE_GRACE)
+        self._routes = routes
+        if self._replaced is not None and now >= self._replaced[1]:
+            self._replaced = None
         neighbours = {}
         for peer, link in {**self._punched, **self._links}.items():
             path = self.paths.get(peer)
@@ -235,7 +248,8 @@ class DataPlane:
             )
         return Snapshot(
             local=self.local,
-            routes=self.router.views.current.data_routes,
+            routes=routes,
+            recent_routes=self._replaced[0] if self._replaced is not None else None,
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
             fastdp=self.fastdp.up,
@@ -328,10 +342,12 @@ class DataPlane:
             self._dirty.set()
 
     async def _rebuild_snapshots(self) -> None:
-        """Swap in a new snapshot after changes (links, routes, path states), coalesced."""
+        """Swap in a new snapshot after changes (links, routes, path states), coalesced, and
+        when the replaced routes' grace ends."""
         assert self.forwarder is not None
         while True:
-            await self._dirty.wait()
+            with trio.move_on_at(self._replaced[1] if self._replaced else math.inf):
+                await self._dirty.wait()
             self._dirty = trio.Event()
             self.forwarder.update(self._snapshot())
             await trio.sleep(0.01)  # let a burst of changes coalesce

@@ -279,6 +279,34 @@ def test_two_hosts_behind_port_keeping_nats_punch_a_direct_path_and_fall_back_wh
     assert ping_loss(state, "n1-c1", "n2-c1", count=5) == 0
 
 
+def dropped(state: dict[str, Any], host: str) -> dict[str, int]:
+    counts: dict[str, int] = api(state, host).get("/status/dataplane")["forwarding"]["dropped"]
+    return counts
+
+
+def test_moving_onto_a_punched_path_loses_nothing(make_lab: Any) -> None:
+    """Pings every 5 ms from the first, across the punch: the two routers start using the
+    direct path at different moments (each once it knows both ends list it), and what the
+    other sent by the relay meanwhile, or sent directly first, still arrives."""
+    state = make_lab(nat_mesh("masquerade", "masquerade"), password=PASSWORD, fastdp=False)
+    pinging = subprocess.Popen(
+        ["ip", "netns", "exec", container(state, "n1-c1")["namespace"],
+         "ping", "-q", "-i", "0.005", "-c", "1600", "-W", "2", address(state, "n2-c1")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: direct_punched(state, "n1", "n2"), timeout=6, what="a punched path")
+        wait_for(lambda: direct_punched(state, "n2", "n1"), timeout=3, what="both sides")
+        assert pinging.poll() is None, "the pings ended before the punch"
+        out, _ = pinging.communicate(timeout=20)
+    finally:
+        pinging.kill()
+        pinging.wait()
+    summary = next(line for line in out.splitlines() if "transmitted" in line)
+    drops = {h: dropped(state, h) for h in ("n1", "n2", "p")}
+    assert ", 0% packet loss" in summary, (summary, drops)
+
+
 @pytest.mark.parametrize("password", [None, PASSWORD])
 def test_hosts_behind_random_port_nats_stay_relayed_and_say_why(
     make_lab: Any, password: str | None

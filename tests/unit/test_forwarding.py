@@ -221,8 +221,9 @@ def test_a_loop_between_peers_is_cut_by_the_origin_check() -> None:
     trace = run(snaps, o, fwd.captured(snaps[o], Decision.UNICAST, d, SOME_MAC))
     assert (trace.longest, trace.drops) == (2, Counter({fwd.ForwardDrop.WRONG_HOP: 1}))
     assert not trace.delivered
+    # From a, b takes a's own datagram (a neighbour's own pass), and c cuts the loop.
     trace = run(snaps, a, fwd.captured(snaps[a], Decision.UNICAST, d, SOME_MAC))
-    assert (trace.longest, trace.drops) == (1, Counter({fwd.ForwardDrop.WRONG_HOP: 1}))
+    assert (trace.longest, trace.drops) == (2, Counter({fwd.ForwardDrop.WRONG_HOP: 1}))
 
 
 def two_peers() -> dict[int, fwd.Snapshot]:
@@ -334,13 +335,50 @@ def test_a_neighbour_cannot_speak_for_an_origin_whose_traffic_never_passes_throu
     assert fwd.received(snap, header(origin=1, hop=1, destination=2)) == fwd.DELIVER
 
 
+def test_a_neighbours_own_datagrams_pass_before_our_routes_list_the_link() -> None:
+    """1 - 2 - 3, and 1 and 3 just made a direct path (punched): 3 lists it and sends directly
+    before our routes (at 1) know of it. Its own datagrams arrive and are relayed; another's
+    sent through it are not."""
+    entries = entries_for({(1, 2), (2, 3), (1, 4)}, [1, 2, 3, 4])
+    routes = compute_routes(1, entries)
+    neighbours = {q: neighbour(q) for q in (2, 3, 4)}
+    snap = fwd.Snapshot(local=1, routes=routes, neighbours=neighbours, overlay_mtu=1354)
+    assert routes.next_hop(3) == 2
+    assert fwd.received(snap, header(origin=3, hop=3, destination=1)) == fwd.DELIVER
+    assert fwd.received(snap, header(origin=3, hop=3, destination=4)) == (fwd.Relay(neighbours[4]),)
+    wrong = (fwd.Drop(fwd.ForwardDrop.WRONG_HOP),)
+    assert fwd.received(snap, header(origin=2, hop=3, destination=1)) == wrong
+    assert fwd.received(snap, header(origin=2, hop=3, destination=4)) == wrong
+
+
+def test_the_replaced_routes_vouch_for_their_hops_until_the_data_plane_drops_them() -> None:
+    """1 - 2 - 3 becomes a triangle: at 1, datagrams from 3 (and from 3 to relay to 4) now
+    come through 3, but 3 may not know yet and still send them through 2. The routes the
+    change replaced let them in; a snapshot without them (the grace over) does not."""
+    peers = [1, 2, 3, 4]
+    before = compute_routes(1, entries_for({(1, 2), (2, 3), (1, 4)}, peers))
+    after = compute_routes(1, entries_for({(1, 2), (2, 3), (1, 3), (1, 4)}, peers))
+    neighbours = {q: neighbour(q) for q in (2, 3, 4)}
+    snap = fwd.Snapshot(1, after, neighbours, 1354, recent_routes=before)
+    over = fwd.Snapshot(1, after, neighbours, 1354)
+    wrong = (fwd.Drop(fwd.ForwardDrop.WRONG_HOP),)
+    for destination, accepted in ((1, fwd.DELIVER), (4, (fwd.Relay(neighbours[4]),))):
+        old_way = header(origin=3, hop=2, destination=destination)
+        assert fwd.received(snap, old_way) == accepted
+        assert fwd.received(over, old_way) == wrong
+        assert fwd.received(snap, header(origin=3, hop=4, destination=1)) == wrong
+        new_way = header(origin=3, hop=3, destination=destination)
+        assert fwd.received(snap, new_way) == fwd.received(over, new_way) == accepted
+
+
 @settings(max_examples=150, deadline=None)
 @given(meshes(), st.data())
 def test_only_the_hop_on_the_origins_path_is_accepted(
     mesh: tuple[list[int], set[tuple[int, int]]], data: st.DataObject
 ) -> None:
     """Every peer accepts a datagram from exactly the neighbour that really hands it on along
-    the origin's route (unicast) or tree (broadcast), and from no other neighbour."""
+    the origin's route (unicast) or tree (broadcast), and from no other neighbour: but for a
+    unicast from its origin itself, which a neighbour always may send us."""
     peers, links = mesh
     entries = entries_for(links, peers)
     snaps = {p: snapshot_of(p, entries) for p in peers}
@@ -368,4 +406,9 @@ def test_only_the_hop_on_the_origins_path_is_accepted(
             accepted = not any(isinstance(op, fwd.Drop) for op in fwd.received(snaps[at], h))
             if at == origin or (not flood and at == owner == hop):
                 continue  # "loop" rules
-            assert accepted == ((hop, at) in edges), (at, hop, edges)
+            own = (  # relayed on, unless our route to the owner goes back to it
+                not flood
+                and hop == origin != owner
+                and (at == owner or snaps[at].routes.next_hop(owner) != hop)
+            )
+            assert accepted == ((hop, at) in edges or own), (at, hop, edges)

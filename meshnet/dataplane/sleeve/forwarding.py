@@ -29,8 +29,11 @@ rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``
   us through: for unicast the previous hop on the origin's path to the destination, for a
   flood our parent in the origin's tree ("wrong_hop"). A neighbour (even one holding the
   password) cannot make us keep state for origins that do not exist, or speak for peers whose
-  traffic would never pass through it. While views disagree this drops what a route change left
-  in flight, as the loop and TTL rules already do.
+  traffic would never pass through it. Two exceptions keep a route change from dropping
+  traffic while views disagree (one router moves onto a new path before the other knows of it):
+  a neighbour's *own* datagrams (origin and hop the same, which its key or endpoint vouches
+  for) pass whatever our routes say, and for :data:`ROUTE_GRACE` seconds after our routes
+  changed, so do datagrams the replaced routes (``recent_routes``) would have let through.
 
 Speed: the answers are precomputed when a :class:`Snapshot` is built (per destination) or on
 first use (per broadcast origin and incoming hop), so a decision is a dict lookup or two, and the
@@ -57,6 +60,11 @@ from meshnet.dataplane.sleeve.header import (
 from meshnet.dataplane.sleeve.replay import ReplayWindow
 from meshnet.dataplane.sleeve.switch import Decision
 from meshnet.gossip.routes import Routes
+
+#: How long the routes a change replaced still vouch for where an origin's datagrams come
+#: from: longer than the change takes to reach the routers at both ends of a path, which
+#: may go on sending the old way until it does.
+ROUTE_GRACE = 2.0
 
 __all__ = [
     "MAX_TTL",
@@ -194,6 +202,8 @@ class Snapshot:
     # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp/service.py).
     fastdp: frozenset[int] = frozenset()
     fastdp_macs: frozenset[bytes] = frozenset()
+    # The routes these replaced, for ROUTE_GRACE after the change (the data plane's to drop).
+    recent_routes: Routes | None = None
     _flood: Operations = field(init=False, repr=False, compare=False)
     _to_owner: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
     _relay: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
@@ -201,6 +211,7 @@ class Snapshot:
         init=False, repr=False, compare=False
     )
     _deliver: Mapping[int, int] = field(init=False, repr=False, compare=False)
+    _delivered_before: Mapping[int, int] = field(init=False, repr=False, compare=False)
     _neighbour_ips: frozenset[str] = field(init=False, repr=False, compare=False)
     _arrivals: Mapping[bytes, tuple[Neighbour, int]] = field(init=False, repr=False, compare=False)
     _heads: dict[tuple[Kind, int, int, bool], bytes] = field(init=False, repr=False, compare=False)
@@ -223,6 +234,8 @@ class Snapshot:
         # Every known origin's datagrams for us come through one neighbour: precomputed, as
         # delivering is the bulk case.
         object.__setattr__(self, "_deliver", _entries_to_us(self.routes))
+        recent = self.recent_routes
+        object.__setattr__(self, "_delivered_before", _entries_to_us(recent) if recent else {})
         object.__setattr__(self, "_arrivals", _arrivals(self))
         object.__setattr__(self, "_heads", {})
         ips = frozenset(n.address[0] for n in self.neighbours.values())
@@ -357,9 +370,10 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
     if header.flags & BROADCAST:
         return snap.broadcast_operations(header.origin, header.hop, header.ttl > 1)
     destination = header.destination
+    origin, hop = header.origin, header.hop
     if destination == snap.local:
-        entry = snap._deliver.get(header.origin)
-        if entry == header.hop:
+        entry = snap._deliver.get(origin)
+        if entry == hop or origin == hop or snap._delivered_before.get(origin) == hop:
             return DELIVER
         return _WRONG_HOP if entry is not None else _UNKNOWN_ORIGIN
     ops = snap._relay.get(destination, _UNREACHABLE)
@@ -367,11 +381,12 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
     if isinstance(relay, Relay):
         if header.ttl <= 1:
             return _TTL
-        if relay.neighbour.name == header.hop:
+        if relay.neighbour.name == hop:
             return _LOOP
-        entry = snap.routes.entry_hop(header.origin, destination)
-        if entry != header.hop:
-            return _WRONG_HOP if header.origin in snap.routes.distance else _UNKNOWN_ORIGIN
+        if snap.routes.entry_hop(origin, destination) != hop and origin != hop:
+            recent = snap.recent_routes
+            if recent is None or recent.entry_hop(origin, destination) != hop:
+                return _WRONG_HOP if origin in snap.routes.distance else _UNKNOWN_ORIGIN
     return ops
 
 
