@@ -348,7 +348,8 @@ class DataPlane:
         while True:
             with trio.move_on_at(self._replaced[1] if self._replaced else math.inf):
                 await self._dirty.wait()
-            self._dirty = trio.Event()
+            if self._dirty.is_set():  # (replacing an unset one would strand _drive_paths)
+                self._dirty = trio.Event()
             self.forwarder.update(self._snapshot())
             await trio.sleep(0.01)  # let a burst of changes coalesce
 
