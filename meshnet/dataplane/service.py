@@ -225,6 +225,7 @@ class DataPlane:
     # --- forwarding state ----------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
+        """The forwarder's next snapshot; notes when the routes changed (their grace begins)."""
         routes = self.router.views.current.data_routes
         now = trio.current_time()
         if self._routes is not None and routes is not self._routes:

@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from meshnet.api.client import ApiClient
+from meshnet.daemon import _routes_changed as routes_changed_in
 from meshnet.errors import UserError
 from tests.conftest import run_meshnet
+from tests.unit.test_fastdp import route_notification
 
 
 def free_port() -> int:
@@ -259,3 +261,17 @@ def test_metrics_addr_serves_only_metrics_and_an_address_not_ours_is_one_line(
         f"meshnet: cannot listen on --metrics-addr 192.0.2.1:{metrics_port}: "
         "Cannot assign requested address"
     ]
+
+
+def test_a_burst_of_route_notifications_is_one_change_read_to_the_end() -> None:
+    """The daemon looks at the unroutable addresses once per burst (then holds off), so it
+    reads everything pending at once: a backlog must not be served one datagram a second."""
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setblocking(False)
+        writer.send(route_notification(24, 255))  # local table only: not a change
+        assert not routes_changed_in(reader)
+        for _ in range(50):
+            writer.send(route_notification(24, 254))
+        assert routes_changed_in(reader)
+        assert not routes_changed_in(reader)  # nothing left behind

@@ -6,7 +6,6 @@ import collections
 import heapq
 import ipaddress
 import itertools
-import socket
 import struct
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnet import daemon
 from meshnet.dataplane.fastdp import core as fastdp
 from meshnet.dataplane.fastdp.core import (
     Advertisement,
@@ -467,31 +465,17 @@ def test_link_notifications_are_new_and_deleted_links() -> None:
     assert not netlink.links_changed(b"") and not netlink.links_changed(b"\0" * 20)
 
 
-def _route_notification(kind: int, table: int) -> bytes:
+def route_notification(kind: int, table: int) -> bytes:
     body = struct.pack("=BBBBBBBBI", 2, 24, 0, 0, table, 3, 0, 1, 0)  # rtmsg: ..., table, ...
     return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
 
 
 def test_route_notifications_count_unless_only_our_own_addresses_changed() -> None:
-    added, removed = _route_notification(24, 254), _route_notification(25, 254)  # main table
-    local = _route_notification(24, 255)  # an address of ours: the local table
+    added, removed = route_notification(24, 254), route_notification(25, 254)  # main table
+    local = route_notification(24, 255)  # an address of ours: the local table
     assert netlink.routes_changed(added) and netlink.routes_changed(removed)
-    assert netlink.routes_changed(_route_notification(24, 100))  # policy routing's tables
+    assert netlink.routes_changed(route_notification(24, 100))  # policy routing's tables
     assert not netlink.routes_changed(local)
     assert netlink.routes_changed(local + added)
     assert not netlink.routes_changed(_neighbour_notification(28, 2))
     assert not netlink.routes_changed(b"") and not netlink.routes_changed(b"\0" * 20)
-
-
-def test_a_burst_of_route_notifications_is_one_change_read_to_the_end() -> None:
-    """The daemon looks at the unroutable addresses once per burst (then holds off), so it
-    reads everything pending at once: a backlog must not be served one datagram a second."""
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with reader, writer:
-        reader.setblocking(False)
-        writer.send(_route_notification(24, 255))  # local table only: not a change
-        assert not daemon._routes_changed(reader)
-        for _ in range(50):
-            writer.send(_route_notification(24, 254))
-        assert daemon._routes_changed(reader)
-        assert not daemon._routes_changed(reader)  # nothing left behind

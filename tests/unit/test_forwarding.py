@@ -362,11 +362,11 @@ def test_the_replaced_routes_vouch_for_their_hops_until_the_data_plane_drops_the
     snap = fwd.Snapshot(1, after, neighbours, 1354, recent_routes=before)
     over = fwd.Snapshot(1, after, neighbours, 1354)
     wrong = (fwd.Drop(fwd.ForwardDrop.WRONG_HOP),)
+    assert fwd.received(snap, header(origin=3, hop=4, destination=1)) == wrong  # never its way
     for destination, accepted in ((1, fwd.DELIVER), (4, (fwd.Relay(neighbours[4]),))):
         old_way = header(origin=3, hop=2, destination=destination)
         assert fwd.received(snap, old_way) == accepted
         assert fwd.received(over, old_way) == wrong
-        assert fwd.received(snap, header(origin=3, hop=4, destination=1)) == wrong
         new_way = header(origin=3, hop=3, destination=destination)
         assert fwd.received(snap, new_way) == fwd.received(over, new_way) == accepted
 
