@@ -254,6 +254,7 @@ class DataPlane:
             neighbours=neighbours,
             overlay_mtu=self.overlay_mtu,
             fastdp=self.fastdp.up,
+            fastdp_passing=self.fastdp.passing(),
             fastdp_macs=frozenset(bytes.fromhex(m.replace(":", "")) for m in self.fastdp.pinned),
         )
 

@@ -159,6 +159,13 @@ class Routes:
     def broadcast_hops(self, source: int) -> tuple[int, ...]:
         return self.broadcast.get(source, ())
 
+    def passers_on(self, source: int) -> frozenset[int]:
+        """The peers with children in ``source``'s broadcast tree: those that relay its
+        broadcasts on (one BFS; every peer's :meth:`broadcast_hops` agree with it)."""
+        if source not in self.distance:
+            return frozenset()
+        return frozenset(p for n, p in _bfs(self.graph, source).items() if n != source)
+
     def entry_hop(self, origin: int, destination: int) -> int | None:
         """The neighbour a datagram from ``origin`` to ``destination`` reaches us from, by these
         routes: ``origin`` itself when adjacent; None when its path does not pass through us

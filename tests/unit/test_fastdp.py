@@ -115,6 +115,17 @@ def test_an_advertisement_without_a_port_means_the_default() -> None:
     assert fastdp.decode_advertisement(old).port == 6784
 
 
+def test_an_advertisement_says_whether_its_sender_passes_broadcasts_on() -> None:
+    """Peers from before PASSING broadcasts do not say: they would deliver one twice, so they
+    must not get one (the sleeve's floods then go by destination)."""
+    assert Advertisement(True).passing
+    assert not fastdp.decode_advertisement(msgpack.packb({"w": True, "m": [], "e": True})).passing
+    no = fastdp.encode_advertisement(Advertisement(True, passing=False))
+    assert not fastdp.decode_advertisement(no).passing
+    with pytest.raises(RemoteProtocolError):
+        fastdp.decode_advertisement(msgpack.packb({"w": True, "f": 1}))
+
+
 def test_the_device_is_named_after_its_port() -> None:
     assert fastdp.device_name(6784) == fastdp.DEVICE == "vxlan-6784"
     assert fastdp.device_name(7001) == "vxlan-7001"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshnet.dataplane.sleeve import forwarding as fwd
-from meshnet.dataplane.sleeve.header import BROADCAST, MAX_TTL, DatagramHeader, Kind
+from meshnet.dataplane.sleeve.header import BROADCAST, MAX_TTL, PASSING, DatagramHeader, Kind
 from meshnet.dataplane.sleeve.replay import ReplayWindow
 from meshnet.dataplane.sleeve.switch import Decision
 from meshnet.gossip.routes import compute_routes
@@ -47,6 +47,7 @@ def snapshot_of(
     entries: dict[int, PeerEntry],
     fastdp: frozenset[int] = frozenset(),
     fastdp_macs: frozenset[bytes] = frozenset(),
+    fastdp_passing: frozenset[int] = frozenset(),
 ) -> fwd.Snapshot:
     routes = compute_routes(local, entries)
     adjacent = [c.peer for c in entries[local].connections] if local in entries else []
@@ -57,6 +58,7 @@ def snapshot_of(
         overlay_mtu=1354,
         fastdp=fastdp,
         fastdp_macs=fastdp_macs,
+        fastdp_passing=fastdp_passing,
     )
 
 
@@ -81,6 +83,7 @@ class Trace:
     flooded_deliveries: Counter[int] = field(default_factory=Counter)
     drops: Counter[fwd.ForwardDrop] = field(default_factory=Counter)
     longest: int = 0  # most hops a datagram travelled
+    sent: int = 0  # datagrams sent, over every hop
 
 
 def run(
@@ -102,6 +105,7 @@ def run(
             raise AssertionError(f"{op} from a captured frame")
     while queue:
         at, header, hops = queue.popleft()
+        trace.sent += 1
         trace.longest = max(trace.longest, hops)
         assert hops <= MAX_TTL, "a datagram outlived its TTL"
         for op in fwd.received(snaps[at], header):
@@ -122,7 +126,7 @@ def run(
     return trace
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(meshes(), st.data())
 def test_a_flood_reaches_every_peer_exactly_once_with_any_fastdp_split(
     mesh: tuple[list[int], set[tuple[int, int]]], data: st.DataObject
@@ -132,17 +136,29 @@ def test_a_flood_reaches_every_peer_exactly_once_with_any_fastdp_split(
     origin = data.draw(st.sampled_from(peers))
     adjacent = sorted(c.peer for c in entries[origin].connections)
     on_vxlan = frozenset(data.draw(st.sets(st.sampled_from(adjacent))) if adjacent else set())
-    snaps = {p: snapshot_of(p, entries, on_vxlan if p == origin else frozenset()) for p in peers}
+    # Which of them relay PASSING broadcasts: all of them, or some (routers from before it).
+    passing = on_vxlan
+    if adjacent and data.draw(st.booleans()):
+        passing = frozenset(data.draw(st.sets(st.sampled_from(adjacent))))
+    snaps = {
+        p: snapshot_of(p, entries, on_vxlan, fastdp_passing=passing)
+        if p == origin
+        else snapshot_of(p, entries)
+        for p in peers
+    }
     ops = fwd.captured(snaps[origin], Decision.FLOOD, 0, BROADCAST_MAC)
-    for op in ops:  # the sleeve never sends to a neighbour VXLAN reached, nor floods a tree then
-        if isinstance(op, fwd.Send):
-            assert all(t.neighbour.name not in on_vxlan or t.destination for t in op.targets)
-            assert all(t.destination not in on_vxlan for t in op.targets)
-            assert not on_vxlan or all(t.flags == 0 for t in op.targets)
+    targets = [t for op in ops if isinstance(op, fwd.Send) for t in op.targets]
+    if on_vxlan <= passing:  # down our tree, PASSING through the neighbours VXLAN reached
+        assert all(t.flags & BROADCAST and not t.destination for t in targets)
+        assert all(bool(t.flags & PASSING) == (t.neighbour.name in on_vxlan) for t in targets)
+    else:  # one copy for every other peer, none to or through what VXLAN reached
+        assert all(t.flags == 0 and t.destination not in on_vxlan for t in targets)
     trace = run(snaps, origin, ops)
     trace.delivered.update(on_vxlan)  # the kernel's VXLAN delivered these
     assert trace.delivered == Counter({p: 1 for p in peers if p != origin})
     assert not trace.drops
+    if on_vxlan <= passing:  # at most one datagram per peer: each tree edge once
+        assert trace.sent <= len(peers) - 1
 
 
 @settings(max_examples=150, deadline=None)

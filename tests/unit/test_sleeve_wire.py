@@ -132,7 +132,8 @@ def test_drop_reasons() -> None:
     assert reason(plain, KEY) is sw.DatagramDrop.NOT_SEALED
     assert reason(b"\x02" + plain[1:], None) is sw.DatagramDrop.BAD_VERSION
     assert reason(plain[:1] + b"\x05" + plain[2:], None) is sw.DatagramDrop.BAD_KIND
-    assert reason(plain[:2] + b"\x04" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER
+    assert reason(plain[:2] + b"\x08" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER
+    assert reason(plain[:2] + b"\x04" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER  # passing
     assert reason(plain[:2] + b"\x02" + plain[3:], None) is sw.DatagramDrop.BAD_HEADER  # bcast+dst
     assert reason(plain[:3] + b"\x00" + plain[4:], None) is sw.DatagramDrop.TTL_EXPIRED
     assert reason(plain[:22] + b"\x00\x01" + plain[24:], None) is sw.DatagramDrop.BAD_HEADER
@@ -195,6 +196,20 @@ def test_encode_datagrams_counts_sequences() -> None:
     key_for, window_for = keys(KEY)
     decoded = [sw.decode_datagram(d, key_for, window_for) for d in datagrams]  # type: ignore[arg-type]
     assert [(h.sequence, body) for h, body in decoded] == [(100, b"a"), (101, b"b"), (102, b"c")]
+
+
+def test_only_a_broadcast_from_its_origin_may_be_passing() -> None:
+    passing = sw.BROADCAST | sw.PASSING
+    own = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, passing, 5, A, 0, A, 1), b"x", None)
+    header, _ = decode(own, None)
+    assert header.flags == passing
+    spoken_for = bytearray(own)
+    spoken_for[16:22] = C.to_bytes(6, "big")  # a neighbour passing on another's broadcast
+    assert reason(bytes(spoken_for), None) is sw.DatagramDrop.BAD_HEADER
+    with pytest.raises(ValueError):  # nor can we send one
+        sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, passing, 5, A, 0, C, 1), b"x", None)
+    # Relayed, it is an ordinary broadcast again: the next peer delivers it.
+    assert header.relayed(B, 2) == sw.DatagramHeader(sw.Kind.FRAMES, sw.BROADCAST, 4, A, 0, B, 2)
 
 
 def test_relayed_decrements_ttl() -> None:

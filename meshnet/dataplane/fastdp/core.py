@@ -7,7 +7,8 @@ to program; ``service.py`` programs it.
 **The sender decides.** Each peer chooses, per neighbour, whether what *it* sends goes over VXLAN
 or the sleeve; a receiver accepts both. So no frame is ever carried twice as long as each sender
 sends every frame one way only: VXLAN floods reach exactly the fastdp neighbours (one all-zero
-entry each), and the sleeve's floods skip them (the forwarder's snapshot lists them). Both bridge
+entry each), and the sleeve's floods deliver nowhere else (the forwarder's snapshot lists them;
+they only pass the sleeve's copy on, see ``sleeve/forwarding.py``). Both bridge
 ports, VXLAN and the sleeve's TAP, are *isolated*: the kernel never forwards a frame from one to
 the other, so nothing arriving one way leaves the other way, and no loop forms.
 
@@ -152,11 +153,14 @@ class Advertisement:
     macs: frozenset[str] = frozenset()
     port: int = FASTDP_PORT  # peers from before --fastdp-port did not say: the default
     echo: bool = True  # it understands ECHO probes (peers from before them did not say: False)
+    passing: bool = True  # it relays PASSING broadcasts on (from before them: did not say, False)
 
 
 def encode_advertisement(ad: Advertisement) -> bytes:
     macs = sorted(_mac(m) for m in ad.macs)
-    return bytes(msgpack.packb({"w": ad.willing, "m": macs, "p": ad.port, "e": ad.echo}))
+    return bytes(
+        msgpack.packb({"w": ad.willing, "m": macs, "p": ad.port, "e": ad.echo, "f": ad.passing})
+    )
 
 
 def decode_advertisement(payload: bytes) -> Advertisement:
@@ -175,11 +179,11 @@ def decode_advertisement(payload: bytes) -> Advertisement:
     port = data.get("p", FASTDP_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise RemoteProtocolError("malformed fastdp advertisement: port")
-    echo = data.get("e", False)
-    if not isinstance(echo, bool):
-        raise RemoteProtocolError("malformed fastdp advertisement: echo")
+    echo, passing = data.get("e", False), data.get("f", False)
+    if not isinstance(echo, bool) or not isinstance(passing, bool):
+        raise RemoteProtocolError("malformed fastdp advertisement: echo or passing")
     macs_seen = frozenset(m.hex(":") for m in macs)
-    return Advertisement(willing=data["w"], macs=macs_seen, port=port, echo=echo)
+    return Advertisement(willing=data["w"], macs=macs_seen, port=port, echo=echo, passing=passing)
 
 
 def willing(

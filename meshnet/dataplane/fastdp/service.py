@@ -429,6 +429,11 @@ class FastDatapath(UnicastChannel):
         self.pinned, self.up = pinned, up
         self._on_change()
 
+    def passing(self) -> frozenset[int]:
+        """The neighbours on fastdp that relay a PASSING broadcast on (see the sleeve's
+        ``forwarding``): all of them but routers from before PASSING."""
+        return frozenset(p for p in self.up if (ad := self._ads.get(p)) is not None and ad.passing)
+
     def _probe_for(self, peer: int, tracker: PeerProbe, probe_id: int, now: float) -> Probe:
         """An ECHO, answering its latest probe as it goes, for a neighbour that understands
         them; a PROBE for one from before them."""

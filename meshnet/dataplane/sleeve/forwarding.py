@@ -18,9 +18,13 @@ rules, property-tested on random topologies in ``tests/unit/test_forwarding.py``
   down the *origin's* tree (never to the hop it came from) and delivers it, so each peer
   delivers each flood exactly once.
 - **fastdp** (the kernel's VXLAN) already carried a flood to the fastdp neighbours and a unicast
-  to a MAC pinned on the VXLAN port: the sleeve sends no flood down a tree (which would pass
-  through and deliver at those neighbours) but one copy addressed to each other peer, and drops
-  the unicast ("on_fastdp").
+  to a MAC pinned on the VXLAN port: the sleeve drops the unicast ("on_fastdp") and sends the
+  flood down our tree all the same, but to a fastdp neighbour flagged PASSING: it relays the
+  flood down our tree without delivering it again. That costs one datagram per peer reached.
+  A fastdp neighbour that never said it understands PASSING (a router from before it) gets
+  no flood down a tree, which would deliver there twice: then every peer but the fastdp
+  neighbours gets its own copy addressed to it, relayed hop by hop (one datagram per hop of
+  every path, several times the tree's).
 - **TTL** leaves the origin at :data:`MAX_TTL` and a relay sends ``ttl - 1``; what would leave
   with 0 is dropped ("ttl"), so a transient loop between disagreeing peers dies out.
 - A datagram carrying our own name as its origin has come back to us: dropped ("loop").
@@ -52,6 +56,7 @@ from typing import Any, NamedTuple
 from meshnet.dataplane.sleeve.header import (
     BROADCAST,
     MAX_TTL,
+    PASSING,
     SEALED,
     DatagramHeader,
     Kind,
@@ -202,12 +207,14 @@ class Snapshot:
     # the VXLAN port: the sleeve must not send what VXLAN carries (see fastdp/service.py).
     fastdp: frozenset[int] = frozenset()
     fastdp_macs: frozenset[bytes] = frozenset()
+    # Of those, the ones that relay a PASSING broadcast (they said so when advertising fastdp).
+    fastdp_passing: frozenset[int] = frozenset()
     # The routes these replaced, for ROUTE_GRACE after the change (the data plane's to drop).
     recent_routes: Routes | None = None
     _flood: Operations = field(init=False, repr=False, compare=False)
     _to_owner: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
     _relay: Mapping[int, Operations] = field(init=False, repr=False, compare=False)
-    _broadcast: dict[tuple[int, int, bool], Operations] = field(
+    _broadcast: dict[tuple[int, int, bool, bool], Operations] = field(
         init=False, repr=False, compare=False
     )
     _deliver: Mapping[int, int] = field(init=False, repr=False, compare=False)
@@ -242,14 +249,19 @@ class Snapshot:
         object.__setattr__(self, "_neighbour_ips", ips)
 
     def _flood_operations(self) -> Operations:
-        """A frame from the bridge that goes everywhere.
+        """A frame from the bridge that goes everywhere: down our broadcast tree.
 
-        Without fastdp: down our broadcast tree. With it, VXLAN already reached the fastdp
-        neighbours, so every other peer gets its own copy, relayed by destination; a tree would
-        pass through (and deliver at) the very neighbours VXLAN reached.
+        VXLAN already reached the fastdp neighbours: they get it PASSING, to relay on (or
+        nothing, when nobody is below them in the tree). Unless one of them would not know
+        PASSING: then every other peer gets its own copy, relayed by destination.
         """
-        if not self.fastdp:
-            wanted = [(hop, 0, BROADCAST) for hop in self.routes.broadcast_hops(self.local)]
+        if self.fastdp <= self.fastdp_passing:
+            passers = self.routes.passers_on(self.local) if self.fastdp else frozenset()
+            wanted = [
+                (hop, 0, BROADCAST | PASSING if hop in self.fastdp else BROADCAST)
+                for hop in self.routes.broadcast_hops(self.local)
+                if hop not in self.fastdp or hop in passers
+            ]
         else:
             wanted = [
                 (hop, peer, 0)
@@ -265,10 +277,13 @@ class Snapshot:
         sends: Operations = (Send(targets),) if targets else NOTHING
         return sends + _NO_PATH * missing
 
-    def broadcast_operations(self, origin: int, came_from: int, ttl_left: bool) -> Operations:
-        """A broadcast datagram ``origin`` flooded, received from ``came_from``: deliver it, and
-        relay it down the origin's tree but back (unless its TTL is used up)."""
-        key = (origin, came_from, ttl_left)
+    def broadcast_operations(
+        self, origin: int, came_from: int, ttl_left: bool, passing: bool = False
+    ) -> Operations:
+        """A broadcast datagram ``origin`` flooded, received from ``came_from``: deliver it
+        (unless ``passing``: VXLAN did), and relay it down the origin's tree but back (unless
+        its TTL is used up)."""
+        key = (origin, came_from, ttl_left, passing)
         ops = self._broadcast.get(key)
         if ops is None:
             # Checked before memoising: the keys stay within known origins and neighbours.
@@ -278,7 +293,7 @@ class Snapshot:
             if parent != came_from:
                 self._broadcast[key] = _WRONG_HOP
                 return _WRONG_HOP
-            ops = (Deliver(flooded=True),)
+            ops = NOTHING if passing else (Deliver(flooded=True),)
             for hop in self.routes.broadcast_hops(origin):
                 if hop == came_from:
                     continue
@@ -367,8 +382,11 @@ def received(snap: Snapshot, header: DatagramHeader) -> Operations:
         return CONTROL
     if header.origin == snap.local:
         return _LOOP
-    if header.flags & BROADCAST:
-        return snap.broadcast_operations(header.origin, header.hop, header.ttl > 1)
+    flags = header.flags
+    if flags & BROADCAST:
+        return snap.broadcast_operations(
+            header.origin, header.hop, header.ttl > 1, bool(flags & PASSING)
+        )
     destination = header.destination
     origin, hop = header.origin, header.hop
     if destination == snap.local:

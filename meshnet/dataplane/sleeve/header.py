@@ -37,7 +37,11 @@ damage of a transient loop between peers with different views (and the mesh's di
 
 SEALED = 1
 BROADCAST = 2
-_KNOWN_FLAGS = SEALED | BROADCAST
+PASSING = 4
+"""On a broadcast its origin sends to a fastdp neighbour: the kernel's VXLAN delivered the frames
+there already, so that neighbour only relays them down the origin's tree (and clears the flag)."""
+_KNOWN_FLAGS = SEALED | BROADCAST | PASSING
+_ADDRESSING = BROADCAST | PASSING  # flags that constrain the addresses (:func:`_malformed`)
 
 _HEADER = struct.Struct(">BBBBHIHIHIHQ")
 _HEAD = struct.Struct(">BBBBHIHIHIH")
@@ -90,7 +94,7 @@ class DatagramHeader(NamedTuple):
 
     kind: Kind
     flags: int
-    """SEALED | BROADCAST; SEALED is set by the key given to :func:`encode_datagram`."""
+    """SEALED | BROADCAST | PASSING; SEALED is set by the key given to :func:`encode_datagram`."""
     ttl: int
     """Hops left: a relay sends ``ttl - 1`` and drops what would leave with 0."""
     origin: int
@@ -116,7 +120,7 @@ class DatagramHeader(NamedTuple):
             return None
         return DatagramHeader(
             self.kind,
-            self.flags,
+            self.flags & ~PASSING,  # only the origin's own neighbour had the frames already
             self.ttl - 1,
             self.origin,
             self.destination,
@@ -126,7 +130,7 @@ class DatagramHeader(NamedTuple):
 
 
 def _pack_header(h: DatagramHeader, flags: int, sequence: int) -> bytes:
-    if h.ttl == 0 or (flags & BROADCAST and h.destination):
+    if h.ttl == 0 or (flags & _ADDRESSING and _malformed(flags, h.origin, h.destination, h.hop)):
         raise ValueError(f"invalid datagram header {h!r}")
     try:
         return _HEADER.pack(
@@ -259,9 +263,20 @@ def parse_header(data: Buffer) -> DatagramHeader:
         raise DatagramError(DatagramDrop.BAD_VERSION, f"version {version}")
     if kind >= len(_KINDS):
         raise DatagramError(DatagramDrop.BAD_KIND, f"kind {kind}")
-    destination = dh << 32 | dl
-    if flags & ~_KNOWN_FLAGS or reserved or (flags & BROADCAST and destination):
+    origin, destination, hop = oh << 32 | ol, dh << 32 | dl, hh << 32 | hl
+    if (
+        flags & ~_KNOWN_FLAGS
+        or reserved
+        or (flags & _ADDRESSING and _malformed(flags, origin, destination, hop))
+    ):
         raise DatagramError(DatagramDrop.BAD_HEADER, f"flags {flags:#x}, reserved {reserved:#x}")
     if ttl == 0:
         raise DatagramError(DatagramDrop.TTL_EXPIRED, "ttl 0")
-    return DatagramHeader(_KINDS[kind], flags, ttl, oh << 32 | ol, destination, hh << 32 | hl, seq)
+    return DatagramHeader(_KINDS[kind], flags, ttl, origin, destination, hop, seq)
+
+
+def _malformed(flags: int, origin: int, destination: int, hop: int) -> bool:
+    """A broadcast has no destination; only a broadcast, and only from its origin, passes."""
+    if flags & BROADCAST:
+        return bool(destination) or bool(flags & PASSING and origin != hop)
+    return bool(flags & PASSING)
