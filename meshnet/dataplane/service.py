@@ -339,7 +339,7 @@ class DataPlane:
     async def _follow_views(self) -> None:
         """Routes and known peers (published only after a recalculation changed them)."""
         async for view in self.router.views.subscribe():
-            for gone in self.switch_peers() - view.peers:
+            for gone in self.switch.peers() - view.peers:
                 self.switch.forget_peer(gone)
             self._dirty.set()
 
@@ -421,9 +421,6 @@ class DataPlane:
         if path.searching and path.payload_mtu <= MIN_PROBE_PAYLOAD:
             return self._max_payload(ip)
         return path.payload_mtu
-
-    def switch_peers(self) -> set[int]:
-        return {e.peer for e in self.switch.entries()}
 
     def _max_payload(self, ip: str) -> int:
         """The largest UDP payload toward ``ip`` on the local link (IPv6 headers take 20 bytes

@@ -62,7 +62,7 @@ from meshnet.gossip.handshake import (
 from meshnet.gossip.identity import Identity, format_peer_name
 from meshnet.gossip.mesh import Mesh
 from meshnet.gossip.messages import Heartbeat, Message
-from meshnet.gossip.routes import Routes, shortest_path, symmetric_graph
+from meshnet.gossip.routes import Routes, shortest_path
 from meshnet.gossip.saved_targets import SavedTargets
 from meshnet.gossip.throttle import LogThrottle, TokenBuckets
 
@@ -441,14 +441,15 @@ class Router:
     def _signature(self, routes: Routes) -> tuple[object, ...]:
         """What subscribers act on: next hops, distances, the graph (broadcast trees follow
         it), the known peers and the neighbours. Equal signatures: nothing to publish."""
-        return (
+        data_routes = self.mesh.data_routes
+        return (  # the routes' own graphs: never changed once made, so no copies
             dict(routes.unicast),
             dict(routes.distance),
-            symmetric_graph(self.mesh.topology),
+            routes.graph,
             frozenset(self.mesh.topology),
             frozenset(self.mesh.neighbours),
-            dict(self.mesh.data_routes.unicast),
-            symmetric_graph(self.mesh.topology, punched=True),
+            dict(data_routes.unicast),
+            data_routes.graph,
         )
 
     async def _publish_views(self) -> None:

@@ -136,9 +136,10 @@ def test_forget_peer() -> None:
     sw.from_peer(P2, A, BROADCAST, 0.0, True)
     sw.from_peer(P2, B, BROADCAST, 0.0, True)
     sw.from_peer(P3, C, BROADCAST, 0.0, True)
+    assert sw.peers() == {P2, P3}
     assert sw.forget_peer(P2) == 2
     assert sw.forget_peer(P2) == 0
-    assert {e.peer for e in sw.entries()} == {P3}
+    assert {e.peer for e in sw.entries()} == sw.peers() == {P3}
     assert sw.from_local(D, A, 1.0) == (Decision.FLOOD, 0)
     assert sw.statistics().forgotten == 2
 

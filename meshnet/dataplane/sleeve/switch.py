@@ -255,6 +255,12 @@ class Switch:
         self._forgotten += len(gone)
         return len(gone)
 
+    def peers(self) -> set[int]:
+        """The peers that own an entry (expired ones too, until swept): one pass, no entries
+        made (the data plane asks after every change of the mesh's view)."""
+        with self._lock:
+            return {owner for owner, _ in self._table.values()}
+
     def entries(self, now: float | None = None) -> list[MacEntry]:
         """Live entries for status, sorted by MAC; ages from ``now`` or the latest time seen."""
         clock = self._clock if now is None else now
