@@ -353,6 +353,7 @@ class DataPlane:
             if self._dirty.is_set():  # (replacing an unset one would strand _drive_paths)
                 self._dirty = trio.Event()
             self.forwarder.update(self._snapshot())
+            self._count("snapshots")
             await trio.sleep(0.01)  # let a burst of changes coalesce
 
     def _reconcile_links(self, links: Mapping[int, PeerLink]) -> None:

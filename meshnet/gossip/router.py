@@ -76,9 +76,12 @@ READ_SIZE = 65536
 PREAUTH_READ_SIZE = 4096
 # How many failed or closed connections `status connections` remembers.
 RECENT_FAILURES = 32
-# After publishing a new MeshView, wait this long before looking again: a burst of topology
-# gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber.
-VIEW_COALESCE = 0.02
+#: After publishing a new MeshView, wait this long before looking again: a burst of topology
+#: gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber
+#: (data plane, DNS, fastdp, IPAM, punching). A lone change is published at once. While a
+#: 100-router lab came up on 2 cores, 20 ms let each router publish 200-470 views; 100 ms
+#: made that 140-210 and took a quarter of the routers' CPU off.
+VIEW_COALESCE = 0.1
 #: The connection maker looks again at most this often: every topology change wakes it, and
 #: while a 100-router lab came up, discovering and planning on each one (O(peers) a time) was a
 #: fifth of each router's CPU. A dial waits this much longer at most.
@@ -470,6 +473,7 @@ class Router:
             if signature != self._view_signature:
                 self._view_signature = signature
                 self.views.publish(self._view(routes))
+                self.counters["views_published"] += 1
             await trio.sleep(VIEW_COALESCE)
 
     # --- the service ---------------------------------------------------------------------------
