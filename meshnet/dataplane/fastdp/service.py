@@ -329,6 +329,7 @@ class FastDatapath(UnicastChannel):
                 del self._probes[peer]
                 changed = True
             wake = refresh_at
+            self._read_pending()  # answers that came while we did not run count first
             for peer in candidates:
                 probe = self._probes.get(peer)
                 if probe is None:
@@ -471,7 +472,15 @@ class FastDatapath(UnicastChannel):
         assert sock is not None
         while True:
             await trio.lowlevel.wait_readable(sock)
-            for frame in self._pending_frames(sock):
+            self._read_pending()
+
+    def _read_pending(self) -> None:
+        """Handle the probes the socket holds now. The beat reads them too before it judges
+        anyone silent: on a starved host (a hundred routers on 2 cores) the beat's deadline and
+        the socket's readiness come due together, and an answer waiting unread must not count
+        as missing (each false "down" moved a path and its routes, news for the whole mesh)."""
+        if self._sock is not None:
+            for frame in self._pending_frames(self._sock):
                 self._on_frame(frame)
 
     def _pending_frames(self, sock: socket.socket) -> list[bytes]:
