@@ -17,6 +17,7 @@ import socket
 
 import trio
 
+from meshnet import beats
 from meshnet.api.app import ApiApp
 from meshnet.api.server import serve_api
 from meshnet.config import Config
@@ -42,6 +43,7 @@ async def run(
 ) -> None:
     """Run the router until a signal or an API stop request; returns after a clean shutdown."""
     log.debug("settings: %s", config)  # the password is left out (repr=False)
+    beats.align_with_wall_clock(trio.current_time())  # beat with the neighbours
     name = load_or_create_peer_name(config.state_dir, os.urandom)
     identity = Identity(name=name, nickname=config.nickname, uid=new_uid(os.urandom))
     if not config.resume:

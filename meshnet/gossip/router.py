@@ -78,9 +78,9 @@ PREAUTH_READ_SIZE = 4096
 RECENT_FAILURES = 32
 #: After publishing a new MeshView, wait this long before looking again: a burst of topology
 #: gossip (a peer joining a big mesh) becomes one recalculation and one wake-up per subscriber
-#: (data plane, DNS, fastdp, IPAM, punching). A lone change is published at once. While a
-#: 100-router lab came up on 2 cores, 20 ms let each router publish 200-470 views; 100 ms
-#: made that 140-210 and took a quarter of the routers' CPU off.
+#: (data plane, DNS, fastdp, IPAM, punching), at most ten times a second; a lone change is
+#: published at once. (While a 100-router lab came up on 2 cores, each router published 140-470
+#: views, each one rebuilding the data plane's snapshot among others.)
 VIEW_COALESCE = 0.1
 #: The connection maker looks again at most this often: every topology change wakes it, and
 #: while a 100-router lab came up, discovering and planning on each one (O(peers) a time) was a
