@@ -7,6 +7,8 @@ built again (`meshnet lab up --topology FILE`); one container per host. Then mea
 
 - lab up: `lab up` itself (namespaces, links, routers started, containers attached, DNS);
 - converged: until every router has every peer, each with a route (from the start of `up`);
+  and how often, by then, a router's fastdp path to a neighbour went down (false alarms of an
+  overloaded machine, each of which moves routes for the whole mesh);
 - ping by name: until h1's container pings the container of the host farthest from h1 (in
   links) by its DNS name (from the start of `up`);
 - idle: over --idle-seconds, each router's CPU seconds per minute (its waited-for children
@@ -224,6 +226,18 @@ class Phases:
             at, cpu = end, end_cpu
 
 
+def fastdp_downs(hosts: list[dict[str, Any]]) -> int:
+    """How often a router's fastdp path to a neighbour went down, summed over every router (in
+    a lab that only comes up, each one a false alarm: an overloaded router answered late)."""
+    answers = ask_all(hosts, "/status/dataplane").values()
+    return sum(
+        peer.get("downs", 0)
+        for status in answers
+        if status is not None
+        for peer in status["fastdp"]["peers"].values()
+    )
+
+
 def _machine_cpu() -> float:
     used = machine_time()
     return used.user + used.system
@@ -243,6 +257,12 @@ def run(args: argparse.Namespace, name: str, spec: topology.Topology, rows: Rows
     step("[dim]waiting for every route[/]")
     wait_for("every router has every peer and a route", every_route(hosts))
     rows.add("every peer and a route", f"{time.monotonic() - started:.1f} s", "since up began")
+    downs = fastdp_downs(hosts)
+    rows.add(
+        "fastdp paths that went down",
+        f"{downs} of {2 * len(spec.links)}",
+        "while coming up, all routers (each one moved traffic and routes: news for everyone)",
+    )
 
     hops = topology.hops_from(spec, "h1")
     far = max(hops, key=lambda h: (hops[h], -int(h[1:])))
