@@ -23,6 +23,7 @@ Anti-entropy is off, so the numbers are the deltas alone.
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import sys
 import time
@@ -81,8 +82,10 @@ def state_per_peer(sim: Simulation) -> tuple[float, float]:
     return held / 1e6, (with_routes - held) / 1e6
 
 
-def measure(n: int, seed: int, gossip_upto: int, degree: float) -> dict[str, str]:
-    sim = Simulation(n, seed=seed, degree=degree)
+def measure(
+    n: int, seed: int, gossip_upto: int, degree: float, flat_cap: int | None = None
+) -> dict[str, str]:
+    sim = Simulation(n, seed=seed, degree=degree, flat_cap=flat_cap)
     if len(sim.edges) == n * (n - 1) // 2:
         sim.edges.pop()  # a full mesh but for one link, which the change below makes
     gossiped = n <= gossip_upto
@@ -127,6 +130,7 @@ def measure(n: int, seed: int, gossip_upto: int, degree: float) -> dict[str, str
         "peers": str(n),
         "links": str(len(sim.links) // 2),
         "degree": f"{len(sim.links) / n:.1f}",
+        "max degree": str(max(collections.Counter(a for a, _ in sim.links).values())),
         "converge (sim s)": f"{simulated:.3f}" if gossiped else "installed",
         "converge (wall s)": f"{wall:.1f}",
         "KB/peer initial": f"{initial.bytes / n / 1024:.1f}" if gossiped else "installed",
@@ -158,14 +162,26 @@ def main() -> None:
         default=4.0,
         help="average connections per peer (flat networks: up to --conn-limit, 100)",
     )
+    parser.add_argument(
+        "--flat-cap",
+        type=int,
+        default=None,
+        help="instead of --degree: a flat network's graph as discovery makes it under "
+        "--discovery-limit FLAT_CAP (peers joining in turn)",
+    )
     args = parser.parse_args()
     console = Console(width=200)
     rows = []
     started = time.perf_counter()
     for n in (int(x) for x in args.peers.split(",")):
         with console.status(f"simulating {n} peers..."):
-            rows.append(measure(n, args.seed, args.gossip_upto, args.degree))
-    table = Table(title=f"topology gossip, simulated mesh (average degree ~{args.degree:g})")
+            rows.append(measure(n, args.seed, args.gossip_upto, args.degree, args.flat_cap))
+    shape = (
+        f"average degree ~{args.degree:g}"
+        if args.flat_cap is None
+        else f"flat network, --discovery-limit {args.flat_cap}"
+    )
+    table = Table(title=f"topology gossip, simulated mesh ({shape})")
     for column in rows[0]:
         table.add_column(column, justify="right")
     for row in rows:

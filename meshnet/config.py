@@ -34,6 +34,9 @@ class Config:
     state_dir: Path = field(default_factory=default_state_dir)
     api_socket: Path = field(default_factory=default_api_socket)
     conn_limit: int = 100
+    # Peers learned from gossip are dialled only while we have fewer connections than this
+    # (flat networks: see meshnet.gossip.connection_maker); traffic partners beyond it.
+    discovery_limit: int = 8
     discovery: bool = True
     dataplane: bool = True  # False: control plane only (no bridge, TAP or UDP)
     # Kernel VXLAN to directly reachable peers; with a password only to peers in these subnets

@@ -301,6 +301,13 @@ LAUNCH_OPTIONS: tuple[LaunchOption, ...] = (
         click.IntRange(1, 10000),
     ),
     LaunchOption(
+        "--discovery-limit",
+        "discovery_limit",
+        "Dial peers learned from others only while fewer connections than this are up; peers "
+        "we exchange traffic with are dialled beyond it (up to --conn-limit).",
+        click.IntRange(0, 10000),
+    ),
+    LaunchOption(
         "--no-discovery",
         "discovery",
         "Connect only to the given peers, not to peers learned from others.",

@@ -13,6 +13,14 @@ all. Otherwise one peer advertising made-up connections would have every router 
 hosts and ports it chose. A legitimate peer advertises only the peers it dialled that we are
 not connected to; with many such peers, each of them is advertised by others too, and every
 connection we make takes one off the list, so discovery still converges.
+
+In a flat network (every host reaches every other) discovery would dial every peer, and each
+change of the topology would then cost every peer the square of its degree in gossip. So
+discovered targets are dialled only while we have fewer than ``--discovery-limit`` connections
+(8), fewest-connected peers first; a mesh of up to 9 hosts is still a full mesh.
+The peers we exchange traffic with are dialled beyond that (``Source.TRAFFIC``, within
+``--conn-limit``), at the address gossip says they listen at (`select_traffic`): their traffic
+goes direct, by fastdp or the sleeve, as in a full mesh, rather than relayed.
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ class Source(enum.Enum):
     LAUNCH = "launch"  # given to `meshnet launch`
     CONNECT = "connect"  # added later with `meshnet connect`
     DISCOVERED = "discovered"  # learned from other peers' connections
+    TRAFFIC = "traffic"  # a peer we exchange traffic with, where gossip says it listens
+
+    @property
+    def given(self) -> bool:
+        """Named by the user (kept when gossip forgets it), not learned from the mesh."""
+        return self in (Source.LAUNCH, Source.CONNECT)
 
 
 class TargetState(enum.Enum):
@@ -145,6 +159,19 @@ def select_discovered(advertised: Mapping[int, Iterable[str]], port: int) -> Dis
     return Discovery(frozenset(chosen), refused + offered - len(chosen))
 
 
+def select_traffic(listening: Mapping[int, Mapping[str, int]], port: int) -> set[str]:
+    """Where to dial each peer we exchange traffic with: of the addresses other peers'
+    connections to it were dialled at (with how many list each), the most listed one that is
+    an IP address at the mesh's own port (ties: the lowest). One per peer: a peer that lists
+    made-up connections to it adds no dials."""
+    chosen = set()
+    for counts in listening.values():
+        ok = [(-n, a) for a, n in counts.items() if _dialable(a, port)]
+        if ok:
+            chosen.add(min(ok)[1])
+    return chosen
+
+
 @functools.lru_cache(maxsize=4096)
 def _dialable(address: str, port: int) -> bool:
     """An IP address (not multicast, unspecified or broadcast) at ``port``, spelled as we
@@ -180,6 +207,9 @@ class _Target:
     last_error: str | None = None
     peer: int | None = None
     unroutable: bool = False  # the last attempt found no route: due again when routes change
+    # The order discovered targets are dialled in: fewest connections first, then at random.
+    load: int = 0
+    rank: float = 0.0
 
 
 class ConnectionMaker:
@@ -196,38 +226,83 @@ class ConnectionMaker:
         """Want a connection to `address`; False if it was already wanted."""
         existing = self._targets.get(address)
         if existing is not None:
-            if existing.source is Source.DISCOVERED and source is not Source.DISCOVERED:
-                existing.source = source  # the user named it: keep it even if gossip forgets it
+            if (source.given and not existing.source.given) or existing.source is Source.DISCOVERED:
+                # The user named it: kept even if gossip forgets it; traffic: beyond the cap.
+                existing.source = source
             if existing.state is TargetState.RETRYING:
                 existing.next_attempt = now  # asked again: try now
             return False
-        self._targets[address] = _Target(source=source, next_attempt=now)
+        self._targets[address] = _Target(source=source, next_attempt=now, rank=self._rng.random())
         return True
 
     def forget(self, address: str) -> bool:
         return self._targets.pop(address, None) is not None
 
-    def set_discovered(self, addresses: set[str], now: float) -> None:
-        """Reconcile discovered targets with what gossip currently says exists."""
+    def set_discovered(
+        self, addresses: set[str], now: float, load: Mapping[str, int] | None = None
+    ) -> None:
+        """Reconcile discovered targets with what gossip currently says exists; ``load``: how
+        many connections the peer at each address has (dialled fewest first)."""
+        self._reconcile(Source.DISCOVERED, addresses, now)
+        for address, target in self._targets.items():
+            target.load = load.get(address, 0) if load else 0
+
+    def set_traffic(self, addresses: set[str], now: float) -> bool:
+        """Reconcile traffic targets with where the peers we exchange traffic with listen;
+        True if one is new."""
+        return self._reconcile(Source.TRAFFIC, addresses, now)
+
+    def _reconcile(self, source: Source, addresses: set[str], now: float) -> bool:
         if not self._discovery:
-            return
-        for address in addresses - self._ourselves - self._targets.keys():
-            self.add(address, Source.DISCOVERED, now)
+            return False
+        added = False
+        for address in addresses - self._ourselves:
+            target = self._targets.get(address)
+            if target is None or (source is Source.TRAFFIC and target.source is Source.DISCOVERED):
+                added = True
+                self.add(address, source, now)
+        # A dial in flight is left to finish; a traffic target stays while it is connected
+        # (its peer is not a stranger any more), so status says why that connection exists.
+        keep = {TargetState.CONNECTING}
+        if source is Source.TRAFFIC:
+            keep.add(TargetState.CONNECTED)
         for address, target in list(self._targets.items()):
-            if (
-                target.source is Source.DISCOVERED
-                and address not in addresses
-                and target.state is not TargetState.CONNECTING
-            ):
+            if target.source is source and address not in addresses and target.state not in keep:
                 del self._targets[address]
+        return added
 
     def plan(
-        self, connected_peers: set[int], free_slots: int, now: float
+        self,
+        connected_peers: set[int],
+        free_slots: int,
+        now: float,
+        *,
+        discovery_slots: int | None = None,
     ) -> tuple[list[str], float]:
-        """Addresses to dial now, and when to look again."""
+        """Addresses to dial now, and when to look again.
+
+        ``free_slots`` bounds every dial (``--conn-limit``); ``discovery_slots`` (default: the
+        same) bounds dials to discovered targets (``--discovery-limit``), which go to the peers
+        with the fewest connections first, in a random order of this maker's own among equals:
+        otherwise the first peers of a flat network, dialled by everyone who came after, would
+        become hubs (degree ~ cap x ln N in the simulation), and every change of theirs costs
+        the mesh in proportion. A target due but out of slots does not wake the maker: a
+        connection that ends, or a new target, does.
+        """
         dial: list[str] = []
+        discovered = 0
+        if discovery_slots is None:
+            discovery_slots = free_slots
         next_wake = now + MAX_DISCOVERED_DELAY
-        for address, target in sorted(self._targets.items()):
+        for address, target in sorted(
+            self._targets.items(),
+            key=lambda item: (
+                item[1].source is Source.DISCOVERED,
+                item[1].load,
+                item[1].rank,
+                item[0],
+            ),
+        ):
             if target.state is TargetState.CONNECTED:
                 if target.peer in connected_peers:
                     continue
@@ -242,12 +317,16 @@ class ConnectionMaker:
             if target.peer is not None and target.peer in connected_peers:
                 target.state = TargetState.CONNECTED  # reached through the other side's dial
                 continue
-            if target.next_attempt <= now and len(dial) < free_slots:
-                target.state = TargetState.CONNECTING
-                target.attempts += 1
-                dial.append(address)
-            else:
+            if target.next_attempt > now:
                 next_wake = min(next_wake, max(target.next_attempt, now + 0.1))
+                continue
+            is_discovered = target.source is Source.DISCOVERED
+            if len(dial) >= free_slots or (is_discovered and discovered >= discovery_slots):
+                continue
+            target.state = TargetState.CONNECTING
+            target.attempts += 1
+            discovered += is_discovered
+            dial.append(address)
         return dial, next_wake
 
     def attempt_failed(
@@ -261,14 +340,10 @@ class ConnectionMaker:
         target.last_error = error
         target.unroutable = unroutable
         target.next_attempt = now + self._jitter(target.delay)
-        if (
-            unroutable
-            and target.source is Source.DISCOVERED
-            and target.delay >= UNROUTABLE_PARK_DELAY
-        ):
+        if unroutable and not target.source.given and target.delay >= UNROUTABLE_PARK_DELAY:
             phase = self._sweep_phase
             target.next_attempt = next_beat(now - phase, UNROUTABLE_SWEEP) + phase
-        if target.source is Source.DISCOVERED:
+        if not target.source.given:
             target.delay = min(target.delay * DISCOVERED_BACKOFF, MAX_DISCOVERED_DELAY)
         else:
             target.delay = min(target.delay * BACKOFF, MAX_DELAY)

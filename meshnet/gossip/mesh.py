@@ -228,6 +228,32 @@ class Mesh:
                     found.setdefault(name, set()).add(conn.address)
         return found
 
+    def listening_load(self) -> dict[str, int]:
+        """Address a peer was dialled at -> how many connections that peer's entry lists
+        (discovery dials the least connected first)."""
+        entries = self._topology.entries
+        load: dict[str, int] = {}
+        for entry in entries.values():
+            for conn in entry.connections:
+                if conn.outbound and conn.peer != self._name:
+                    target = entries.get(conn.peer)
+                    load[conn.address] = len(target.connections) if target is not None else 0
+        return load
+
+    def listening_addresses(self, peers: Iterable[int]) -> dict[int, dict[str, int]]:
+        """Where each of ``peers`` listens, as other peers dialled it: address -> how many
+        entries list a connection dialled there (to be chosen from: ``select_traffic``)."""
+        wanted = set(peers)
+        found: dict[int, dict[str, int]] = {}
+        for name, entry in self._topology.entries.items():
+            if name == self._name:
+                continue
+            for conn in entry.connections:
+                if conn.outbound and conn.peer in wanted:
+                    counts = found.setdefault(conn.peer, {})
+                    counts[conn.address] = counts.get(conn.address, 0) + 1
+        return found
+
     def statistics(self) -> MeshStatistics:
         c = self._counters
         channels = {}

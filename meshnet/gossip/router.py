@@ -25,7 +25,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from meshnet.gossip.connection_maker import (
     Source,
     listen_address,
     select_discovered,
+    select_traffic,
 )
 from meshnet.gossip.events import NO_LINKS, LiveLinks, MeshView, PathVerdict, PeerLink, Watch
 from meshnet.gossip.framing import FrameDecoder, FrameEncoder
@@ -204,6 +205,7 @@ class Router:
         self._discovery_refused = 0  # advertised targets left out now (select_discovered)
         self._discovered_at = -1  # the mesh's topology_changes when discovery last looked
         self._discovery_warned = -math.inf
+        self._wanting = False  # the last want_direct had peers to dial (see there)
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
         # Inbound connections not yet authenticated: their own budget, not --conn-limit's.
@@ -260,7 +262,7 @@ class Router:
     def replace_targets(self, addresses: Sequence[str]) -> list[str]:
         """`connect --replace`: the user's targets become ``addresses``; returns those dropped
         (targets learned from other peers stay: gossip would bring them back anyway)."""
-        current = [t.address for t in self.maker.targets() if t.source is not Source.DISCOVERED]
+        current = [t.address for t in self.maker.targets() if t.source.given]
         dropped = [a for a in current if a not in addresses]
         for address in dropped:
             self.maker.forget(address)
@@ -273,14 +275,25 @@ class Router:
         return dropped
 
     def forget(self, address: str) -> bool:
-        given = any(
-            t.address == address and t.source is not Source.DISCOVERED for t in self.maker.targets()
-        )
+        given = any(t.address == address and t.source.given for t in self.maker.targets())
         forgotten = self.maker.forget(address)
         self._discovered_at = -1  # still advertised: discovery takes it back
         if given:  # one gossip brought is not the user's to keep forgotten
             self._remember(self._saved.forgot([address]))
         return forgotten
+
+    def want_direct(self, peers: Iterable[int]) -> None:
+        """``peers``: those we exchange traffic with (the data plane says). Each that is not
+        a neighbour is dialled where gossip says it listens, beyond ``--discovery-limit``
+        (within ``--conn-limit``): their traffic then goes direct, by fastdp or the sleeve,
+        rather than relayed (see ``connection_maker``)."""
+        strangers = set(peers) - self._live.keys() - {self.identity.name}
+        if not strangers and not self._wanting:
+            return
+        self._wanting = bool(strangers)
+        listening = self.mesh.listening_addresses(strangers) if strangers else {}
+        if self.maker.set_traffic(select_traffic(listening, self.config.port), trio.current_time()):
+            self._wake_maker.set()
 
     def routes_changed(self) -> None:
         """The kernel's routes changed (the daemon follows its notifications): addresses that
@@ -321,6 +334,7 @@ class Router:
             "connections": dict(states),
             "targets": [t.address for t in self.maker.targets()],
             "conn_limit": self.config.conn_limit,
+            "discovery_limit": self.config.discovery_limit,
             "discovery": self.config.discovery,
             "discovery_refused": self._discovery_refused,
             "uptime": time.time() - self.started,
@@ -511,8 +525,13 @@ class Router:
             # Inbound connections still in the handshake are not counted: strangers holding
             # sockets open must never stop us dialling the peers we were told to reach.
             dialling = sum(1 for a in self._attempts if a.outbound)
-            free = self.config.conn_limit - len(self._live) - dialling
-            dial, wake = self.maker.plan(set(self._live), max(0, free), now)
+            busy = len(self._live) + dialling
+            dial, wake = self.maker.plan(
+                set(self._live),
+                max(0, self.config.conn_limit - busy),
+                now,
+                discovery_slots=max(0, self.config.discovery_limit - busy),
+            )
             unroutable = False
             for address in dial:
                 reason = no_route(address)
@@ -535,7 +554,7 @@ class Router:
             return  # nobody advertises anything new
         self._discovered_at = self.mesh.topology_changes
         discovery = select_discovered(self.mesh.advertised_addresses(), self.config.port)
-        self.maker.set_discovered(set(discovery.addresses), now)
+        self.maker.set_discovered(set(discovery.addresses), now, self.mesh.listening_load())
         if discovery.refused > self._discovery_refused and now - self._discovery_warned >= 60:
             self._discovery_warned = now
             log.warning(
@@ -858,7 +877,7 @@ class Router:
             return False
         listens = listen_address(ip, port)
         return any(
-            t.source is not Source.DISCOVERED and (t.peer == peer or t.address == listens)
+            t.source.given and (t.peer == peer or t.address == listens)
             for t in self.maker.targets()
         )
 

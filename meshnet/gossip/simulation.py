@@ -91,6 +91,22 @@ def random_graph(n: int, degree: float, rng: random.Random) -> list[tuple[int, i
     return sorted(edges)
 
 
+def flat_graph(n: int, cap: int, rng: random.Random) -> list[tuple[int, int]]:
+    """The graph a flat network (every peer reaches every other) gets from discovery under
+    ``--discovery-limit cap``: peers join in turn, and each dials the peers that joined before
+    it, fewest connections first (ties in random order), while it has fewer than ``cap``.
+    Those it dials accept beyond their own cap."""
+    edges: set[tuple[int, int]] = set()
+    degree = [0] * n
+    for i in range(1, n):
+        ranked = sorted(range(i), key=lambda j: (degree[j], rng.random()))
+        for j in ranked[:cap]:
+            edges.add((j, i))
+            degree[i] += 1
+            degree[j] += 1
+    return sorted(edges)
+
+
 @dataclass
 class Counts:
     messages: int = 0
@@ -106,6 +122,7 @@ class Simulation:
         *,
         seed: int = 1,
         degree: float = 4.0,
+        flat_cap: int | None = None,
         gossip_interval: float = math.inf,
         latency: tuple[float, float] = (0.005, 0.015),
         wire: bool = True,
@@ -134,7 +151,12 @@ class Simulation:
         self.flush_scheduled: set[tuple[int, int]] = set()
         self.tick_scheduled: dict[int, float] = {}
         self.sent: defaultdict[int, Counts] = defaultdict(Counts)
-        self.edges = [(self.names[a], self.names[b]) for a, b in random_graph(n, degree, self.rng)]
+        graph = (
+            random_graph(n, degree, self.rng)
+            if flat_cap is None
+            else flat_graph(n, flat_cap, self.rng)
+        )
+        self.edges = [(self.names[a], self.names[b]) for a, b in graph]
 
     def start(self, name: int) -> Mesh:
         """A (new or restarted) peer process: a fresh uid, no connections yet."""

@@ -19,6 +19,7 @@ from meshnet.gossip.connection_maker import (
     listen_address,
     normalize_address,
     select_discovered,
+    select_traffic,
 )
 
 
@@ -39,6 +40,7 @@ def test_new_targets_are_dialled_at_once_and_not_twice() -> None:
         (Source.LAUNCH, MAX_DELAY),
         (Source.CONNECT, MAX_DELAY),
         (Source.DISCOVERED, MAX_DISCOVERED_DELAY),
+        (Source.TRAFFIC, MAX_DISCOVERED_DELAY),  # learned from gossip too
     ],
 )
 def test_failures_back_off_exponentially_with_jitter_up_to_a_cap(
@@ -65,7 +67,7 @@ def test_failures_back_off_exponentially_with_jitter_up_to_a_cap(
     assert max(delays) <= cap * 1.2 and delays[-1] >= cap * 0.8
     # A discovered target (likely out of reach: another network) reaches its cap in 6 dials.
     reaching_cap = next(i for i, d in enumerate(delays) if d >= cap * 0.8)
-    assert reaching_cap <= 6 if source is Source.DISCOVERED else reaching_cap >= 8
+    assert reaching_cap <= 6 if not source.given else reaching_cap >= 8
     assert m.targets()[0].last_error == "connection refused"
 
 
@@ -258,3 +260,77 @@ def test_many_advertising_peers_share_the_overall_cap_in_turns() -> None:
     assert found.refused == 1000 - MAX_DISCOVERED
     # Every peer got its first turns before anyone got a later one.
     assert all(len(advertised[peer] & found.addresses) >= 2 for peer in advertised)
+
+
+# --- flat networks: --discovery-limit and traffic targets ---------------------------------------
+
+
+def test_discovered_dials_stop_at_the_discovery_slots_but_given_and_traffic_ones_do_not() -> None:
+    m = maker()
+    m.set_discovered({f"10.0.0.{i}:6783" for i in range(2, 12)}, now=0)
+    m.add("10.0.1.1:6783", Source.LAUNCH, now=0)
+    assert m.set_traffic({"10.0.2.1:6783"}, now=0)
+    dial, wake = m.plan(set(), 100, now=0, discovery_slots=2)
+    assert {"10.0.1.1:6783", "10.0.2.1:6783"} <= set(dial)
+    assert len([a for a in dial if a.startswith("10.0.0.")]) == 2
+    assert wake == MAX_DISCOVERED_DELAY  # the eight left waiting wake nothing on their own
+    assert m.plan(set(), 100, now=1, discovery_slots=0)[0] == []
+    # A connection that ends frees a slot (the router wakes the maker then): one more dial.
+    dial, _ = m.plan(set(), 100, now=2, discovery_slots=1)
+    assert len(dial) == 1 and dial[0].startswith("10.0.0.")
+
+
+def test_each_maker_dials_discovered_targets_in_its_own_order() -> None:
+    addresses = {f"10.0.0.{i}:6783" for i in range(2, 102)}
+    firsts = set()
+    for seed in range(8):
+        m = ConnectionMaker(random.Random(seed))
+        m.set_discovered(addresses, now=0)
+        firsts.add(tuple(m.plan(set(), 100, now=0, discovery_slots=4)[0]))
+    # A flat network whose routers all dialled the lowest addresses would make a few hubs.
+    assert len(firsts) == 8
+
+
+def test_traffic_targets_follow_the_traffic_and_outrank_discovery() -> None:
+    m = maker()
+    m.set_discovered({"10.0.0.2:6783", "10.0.0.3:6783"}, now=0)
+    assert m.set_traffic({"10.0.0.3:6783"}, now=0)  # a discovered target becomes wanted
+    assert not m.set_traffic({"10.0.0.3:6783"}, now=1)  # nothing new
+    sources = {t.address: t.source for t in m.targets()}
+    assert sources == {"10.0.0.2:6783": Source.DISCOVERED, "10.0.0.3:6783": Source.TRAFFIC}
+    assert m.plan(set(), 100, now=1, discovery_slots=0)[0] == ["10.0.0.3:6783"]
+    m.set_discovered(set(), now=2)  # gossip forgets it: traffic still wants it
+    assert [t.address for t in m.targets()] == ["10.0.0.3:6783"]
+    m.attempt_succeeded("10.0.0.3:6783", peer=3)
+    m.set_traffic(set(), now=3)  # a neighbour now: no longer wanted, but kept while connected
+    assert [t.state for t in m.targets()] == [TargetState.CONNECTED]
+    m.plan(set(), 100, now=4)  # the connection ended: due again
+    m.set_traffic(set(), now=5)  # and the traffic stopped
+    assert m.targets() == []
+    m.add("10.0.0.4:6783", Source.CONNECT, now=3)
+    m.set_traffic({"10.0.0.4:6783"}, now=3)  # the user's target stays the user's
+    assert [t.source for t in m.targets()] == [Source.CONNECT]
+    off = maker(discovery=False)
+    assert not off.set_traffic({"10.0.0.3:6783"}, now=0)
+    assert off.targets() == []
+
+
+def test_a_traffic_target_is_where_most_peers_dialled_it_and_at_the_mesh_port() -> None:
+    listening = {
+        1: {"10.0.0.2:6783": 3, "10.0.0.9:6783": 1},
+        2: {"10.0.0.5:6783": 1, "10.0.0.4:6783": 1},  # a tie: the lowest
+        3: {"10.0.0.7:7000": 5, "example.com:6783": 2},  # nothing dialable
+    }
+    assert select_traffic(listening, 6783) == {"10.0.0.2:6783", "10.0.0.4:6783"}
+
+
+def test_discovery_dials_the_least_connected_peers_first() -> None:
+    """Else the first hosts of a flat network, dialled by all who came after, become hubs."""
+    m = maker()
+    load = {f"10.0.0.{i}:6783": 40 - i for i in range(2, 12)}  # .11 has the fewest
+    m.set_discovered(set(load), now=0, load=load)
+    assert m.plan(set(), 100, now=0, discovery_slots=3)[0] == [
+        "10.0.0.11:6783",
+        "10.0.0.10:6783",
+        "10.0.0.9:6783",
+    ]

@@ -144,6 +144,26 @@ def test_forget_peer() -> None:
     assert sw.statistics().forgotten == 2
 
 
+def test_unicast_peers_are_those_we_sent_unicast_frames_to_not_every_peer_heard() -> None:
+    sw = Switch(LOCAL, mac_ttl=300.0)
+    sw.from_peer(P2, B, BROADCAST, 0.0, True)  # an ARP request: every switch learns B
+    sw.from_peer(P3, C, BROADCAST, 0.0, True)
+    sw.from_local(A, BROADCAST, 1.0)
+    assert sw.unicast_peers(since=0.0) == set()  # heard both, sent neither a unicast
+    assert sw.from_local(A, B, 10.0) == (Decision.UNICAST, P2)
+    assert sw.unicast_peers(since=5.0) == {P2}
+    sw.from_local(A, B, 10.5)  # within SENT_REFRESH: not rewritten
+    assert sw.unicast_peers(since=10.2) == set()
+    sw.from_local(A, B, 11.0)
+    assert sw.unicast_peers(since=10.2) == {P2}
+    assert sw.forget_peer(P2) == 1
+    assert sw.unicast_peers(since=0.0) == set()
+    sw.from_peer(P3, C, A, 20.0)
+    sw.from_local(A, C, 20.0)
+    sw.expire(20.0 + 301.0)
+    assert sw.unicast_peers(since=0.0) == set()  # swept with the MACs
+
+
 def test_statistics_are_a_frozen_snapshot_that_asdict_takes() -> None:
     sw = Switch(LOCAL)
     sw.from_local(A, BROADCAST, 0.0)

@@ -1,6 +1,10 @@
 """The trio shell of hole punching (see ``core``): the ``punch`` gossip channel, the attempts'
 timers, and the punched paths it asks the data plane to run.
 
+Its timers also tell the router which peers we exchange traffic with (``Router.want_direct``):
+one it can dial gets a control connection, so their traffic goes direct even where
+``--discovery-limit`` left them unconnected; one behind a NAT gets an offer to punch.
+
 The data plane tells it what it sees (``heard``: a neighbour's heartbeat and where it came
 from; ``path_changed``: a punched path's verdict); it tells the data plane which punched paths
 to run (``start``/``stop`` callbacks) and the router which ones to list in the topology.
@@ -9,6 +13,7 @@ to run (``start``/``stop`` callbacks) and the router which ones to list in the t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +31,7 @@ from meshnet.gossip.throttle import LogThrottle
 
 log = logging.getLogger("meshnet.punch")
 
-#: A peer whose MACs our switch learned this recently exchanges traffic with us: worth a path.
+#: A peer we sent a unicast frame to this recently exchanges traffic with us: worth a path.
 WANT_AGE = 60.0
 #: How often the timers run while there is work: attempts going on, or (behind a NAT) peers
 #: that may become worth an offer as traffic flows.
@@ -179,13 +184,15 @@ class PunchService(UnicastChannel):
             if self._logs.allow(f"failed {peer}", now) is not None:
                 log.info("no direct path to %s: relayed", self.router.nick(peer))
             self._stop(peer)
+        since = time.monotonic() - WANT_AGE  # the switch's clock is the forwarder's
+        wanted = {
+            peer
+            for peer in self.switch.unicast_peers(since)
+            if peer not in neighbours and peer in reachable
+        }
+        self.router.want_direct(wanted)
         if not self.core.may_offer():
             return
-        wanted = {
-            e.peer
-            for e in self.switch.entries()
-            if e.age < WANT_AGE and e.peer not in neighbours and e.peer in reachable
-        }
         for peer, offer in self.core.offers(now, wanted):
             if not self.router.unicast(core.CHANNEL, peer, core.encode(offer)):
                 self.core.failed(peer, now, "unreachable through the mesh")

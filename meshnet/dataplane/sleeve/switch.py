@@ -58,6 +58,8 @@ from dataclasses import dataclass
 
 #: MAC entries one switch holds at most (a few hundred bytes each: about 2 MB when full).
 MAX_MACS = 8192
+#: How often, at most, the time we last sent a peer a unicast frame is rewritten (seconds).
+SENT_REFRESH = 1.0
 
 
 def derived_mac(purpose: bytes, peer: int) -> str:
@@ -136,6 +138,9 @@ class Switch:
         self._unicast = 0
         self._delivered = 0
         self._dropped = dict.fromkeys(SwitchDrop, 0)
+        # peer -> when we last sent it a unicast frame (rewritten at most every SENT_REFRESH):
+        # the peers we exchange traffic with, which the router dials (`unicast_peers`).
+        self._sent_to: dict[int, float] = {}
 
     @property
     def local(self) -> int:
@@ -165,6 +170,9 @@ class Switch:
             self._dropped[SwitchDrop.LOCAL] += 1
             return _DROP
         self._unicast += 1
+        if now - self._sent_to.get(peer, -SENT_REFRESH) >= SENT_REFRESH:
+            with self._lock:
+                self._sent_to[peer] = now
         return (Decision.UNICAST, peer)
 
     def from_peer(
@@ -235,6 +243,13 @@ class Switch:
             return None
         return entry[0]
 
+    def unicast_peers(self, since: float) -> set[int]:
+        """The peers we sent a unicast frame to at ``since`` or later (give or take
+        ``SENT_REFRESH``): those we exchange traffic with. A broadcast teaches every switch
+        its sender's MAC, so learned MACs would name every peer with a container."""
+        with self._lock:
+            return {peer for peer, sent in self._sent_to.items() if sent >= since}
+
     def expire(self, now: float) -> int:
         """Drop entries not refreshed within ``mac_ttl``; how many went."""
         if now > self._clock:
@@ -243,6 +258,8 @@ class Switch:
             stale = [mac for mac, (_, seen) in self._table.items() if now - seen > self._ttl]
             for mac in stale:
                 del self._table[mac]
+            for peer in [p for p, sent in self._sent_to.items() if now - sent > self._ttl]:
+                del self._sent_to[peer]
         self._expired += len(stale)
         return len(stale)
 
@@ -252,6 +269,7 @@ class Switch:
             gone = [mac for mac, (owner, _) in self._table.items() if owner == peer]
             for mac in gone:
                 del self._table[mac]
+            self._sent_to.pop(peer, None)
         self._forgotten += len(gone)
         return len(gone)
 
