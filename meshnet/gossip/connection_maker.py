@@ -20,7 +20,8 @@ discovered targets are dialled only while we have fewer than ``--discovery-limit
 (8), fewest-connected peers first; a mesh of up to 9 hosts is still a full mesh.
 The peers we exchange traffic with are dialled beyond that (``Source.TRAFFIC``, within
 ``--conn-limit``), at the address gossip says they listen at (`select_traffic`): their traffic
-goes direct, by fastdp or the sleeve, as in a full mesh, rather than relayed.
+goes direct, by fastdp or the sleeve, as in a full mesh, rather than relayed. Such a connection
+lasts as long as it lives; once it ends it is dialled again only if the traffic goes on.
 """
 
 from __future__ import annotations
@@ -305,6 +306,11 @@ class ConnectionMaker:
         ):
             if target.state is TargetState.CONNECTED:
                 if target.peer in connected_peers:
+                    continue
+                if target.source is Source.TRAFFIC:
+                    # Made for traffic that may have stopped: the data plane's next report
+                    # (every 10 s) brings it back if the traffic goes on.
+                    del self._targets[address]
                     continue
                 # Its connection went away: dial again soon, from a fresh backoff.
                 target.state, target.delay, target.next_attempt = (

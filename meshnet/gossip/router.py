@@ -205,7 +205,6 @@ class Router:
         self._discovery_refused = 0  # advertised targets left out now (select_discovered)
         self._discovered_at = -1  # the mesh's topology_changes when discovery last looked
         self._discovery_warned = -math.inf
-        self._wanting = False  # the last want_direct had peers to dial (see there)
         self._live: dict[int, _Live] = {}
         self._attempts: list[ConnectionRecord] = []  # connecting or handshaking
         # Inbound connections not yet authenticated: their own budget, not --conn-limit's.
@@ -288,9 +287,6 @@ class Router:
         (within ``--conn-limit``): their traffic then goes direct, by fastdp or the sleeve,
         rather than relayed (see ``connection_maker``)."""
         strangers = set(peers) - self._live.keys() - {self.identity.name}
-        if not strangers and not self._wanting:
-            return
-        self._wanting = bool(strangers)
         listening = self.mesh.listening_addresses(strangers) if strangers else {}
         if self.maker.set_traffic(select_traffic(listening, self.config.port), trio.current_time()):
             self._wake_maker.set()
