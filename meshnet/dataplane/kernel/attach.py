@@ -386,9 +386,11 @@ def attach(
 
     with netlink.namespace(ref.path) as cns:
         link = cns.link(ifname)
+        replaced_mac = None
         if link.mtu != mtu:
             cns.set_mtu(ifname, mtu)
         if mac is not None and link.mac.lower() != mac:
+            replaced_mac = link.mac
             cns.set_mac(ifname, mac)
         if gso_max_segs is not None and port is not None:
             cns.set_gso_max_segs(ifname, gso_max_segs)
@@ -407,6 +409,13 @@ def attach(
             if iface.network.prefixlen < iface.max_prefixlen:
                 cns.add_route(str(iface.network), ifname)  # no-op when the kernel added it
         link = cns.link(ifname)
+    with netlink.namespace(host) as hns:
+        # A static entry: the bridge never ages the container's MAC out. A learned one aged out
+        # after 5 idle minutes, and came back with its next frame: each time news for fastdp
+        # (re-advertised to every neighbour, reprogrammed there), for every idle container.
+        if replaced_mac is not None:
+            hns.unpin_mac(host_name, replaced_mac)
+        hns.pin_mac(host_name, link.mac)
     return Attachment(
         namespace=ref.name,
         ifname=ifname,

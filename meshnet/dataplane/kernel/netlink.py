@@ -687,7 +687,8 @@ class Namespace:
         self._fdb("del", bridge, mac, flags=_NTF_SELF, state=_NUD_PERMANENT)
 
     def learned_macs(self, bridge: str, *, exclude: set[str]) -> set[str]:
-        """MACs the bridge learned on its ports, except on `exclude` (dynamic entries only)."""
+        """MACs behind the bridge's ports, except `exclude`: learned ones, and static ones (a
+        container's, pinned to its port when attached); not the ports' own (permanent)."""
         master = self.index(bridge)
         skip = {self.index(name) for name in exclude if self.has_link(name)}
         found = set()
@@ -695,8 +696,8 @@ class Namespace:
             if (
                 entry.get_attr("NDA_MASTER") == master
                 and entry["ifindex"] not in skip
-                and entry["state"] & _NUD_DYNAMIC
-                and not entry["state"] & (_NUD_PERMANENT | ndmsg.states["noarp"])
+                and entry["state"] & (_NUD_DYNAMIC | ndmsg.states["noarp"])
+                and not entry["state"] & _NUD_PERMANENT
             ):
                 found.add(str(entry.get_attr("NDA_LLADDR")))
         return found
