@@ -613,6 +613,36 @@ def test_attach_detach_and_list(
     assert attachlib.list_attachments(host=host) == []
 
 
+def test_an_attached_containers_mac_is_pinned_to_its_port_and_never_ages_out(
+    make_ns: Callable[[str], str],
+) -> None:
+    """A learned entry aged out after the bridge's ageing time (5 min) of silence, and came back
+    with the next frame: each time news for fastdp on every neighbour, for every idle one."""
+    host = _bridge_host(make_ns)
+    named = make_ns("c")
+    ref = attachlib.resolve_namespace(named)
+    first = attachlib.attach(ref, addresses=["10.44.0.1/24"], mtu=1400, host=host)
+    # Ageing after one second: a learned entry would be gone by the end of this test.
+    ageing = ns_run(host, "ip", "link", "set", "meshnet", "type", "bridge", "ageing_time", "100")
+    assert ageing.returncode == 0, ageing.stderr
+    ns_run(named, "ping", "-c", "1", "-W", "1", "10.44.0.9")  # a frame (an ARP request)
+    time.sleep(2.5)
+
+    def pinned() -> str:
+        out = ns_run(host, "bridge", "fdb", "show", "br", "meshnet").stdout
+        return "\n".join(line for line in out.splitlines() if "static" in line)
+
+    assert f"{first.mac} dev {first.host_ifname} sticky master meshnet static" in pinned()
+    with netlink.namespace(host) as ns:
+        assert first.mac in ns.learned_macs("meshnet", exclude=set())
+
+    # A new MAC replaces the pinned one.
+    other = "02:11:22:33:44:55"
+    again = attachlib.attach(ref, addresses=["10.44.0.1/24"], mtu=1400, host=host, mac=other)
+    assert again.mac == other
+    assert other in pinned() and first.mac not in pinned()
+
+
 def test_attach_refuses_bad_input(
     make_ns: Callable[[str], str], spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
