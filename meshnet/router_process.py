@@ -63,6 +63,11 @@ def run(launch: Launch) -> int:
     """Run a router in this process until it stops; its exit code. Also what a lab's spawner
     calls in each router it forks (meshnet.lab.spawner)."""
     config = launch.config
+    # The sleeve's bulk path imports numpy, whose OpenBLAS starts worker threads (one per core).
+    # Measured in a 2-host lab: with them, the second ping of an iperf3 run (the import runs
+    # as the stream begins) took 8-42 ms and the import 80-130 ms; with one thread, neither
+    # stalled (40 ms). The router never multiplies matrices.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if launch.log_to_state_dir:
         logfile.log_to_file(config.log_file, config.log_level)
     else:

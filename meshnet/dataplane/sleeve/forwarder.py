@@ -29,6 +29,7 @@ import random
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,7 @@ REASSEMBLY_SWEEP = 5.0
 #: it; 4 to 64 moved the same, the ping under load growing with the turn.
 TURN = 16
 _SEQUENCE = struct.Struct(">Q")
+_BULK_PATH = "meshnet.dataplane.sleeve.superframes"
 _PROBE_PREFIX = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big") + FASTDP_PROBE_MAGIC
 
 
@@ -156,6 +158,8 @@ class Forwarder:
         self._opener = InPlaceOpener(self._udp_buffer, wire.HEADER_SIZE)
         self._runs: RunReader | None = None  # made on first use: see _bulk_reader
         self._bulk_loading: threading.Thread | None = None  # see _load_bulk_path
+        # Until the bulk path is imported, super-frames take the general path.
+        self._bulk_ready = _BULK_PATH in sys.modules
 
     def _load_bulk_path(self) -> None:
         """Import the bulk path (numpy) in the background once TCP crosses the sleeve.
@@ -163,18 +167,22 @@ class Forwarder:
         Imported by the packet thread at the first super-frame, it stalled that thread ~150 ms
         under load (measured: the pings sent as an iperf3 run began took 147, 92 and 36 ms,
         which alone raised a 5 s run's average ping by ~2.5 ms). A TCP handshake comes before
-        its bulk, so this is usually done by then; an idle router, whose sleeve carries only
-        ARP, Neighbor Discovery and the odd ping, never loads numpy (6 MiB of its RSS when
-        every small frame loaded it).
+        its bulk, but not always by the import's 40 ms: until it is done, super-frames take the
+        general path, so the packet thread never waits on the import's lock. An idle router,
+        whose sleeve carries only ARP, Neighbor Discovery and the odd ping, never loads numpy
+        (6 MiB of its RSS when every small frame loaded it).
         """
-        thread = threading.Thread(
-            target=importlib.import_module,
-            args=("meshnet.dataplane.sleeve.superframes",),
-            name="sleeve-bulk-import",
-            daemon=True,
-        )
+        thread = threading.Thread(target=self._import_bulk_path, name="sleeve-bulk", daemon=True)
         self._bulk_loading = thread
         thread.start()
+
+    def _import_bulk_path(self) -> None:
+        try:
+            importlib.import_module(_BULK_PATH)
+        except Exception:
+            log.exception("sleeve bulk path unavailable: super-frames take the general path")
+            return
+        self._bulk_ready = True
 
     def _bulk_sender(self) -> SuperframeSender:
         if self._superframes is None:
@@ -389,6 +397,9 @@ class Forwarder:
             self._tx.drops["unsupported_superframe"] += 1  # e.g. VLAN-tagged: not carried
             return
         superframe_id = next(self._superframe_ids)
+        bulk = self._bulk_ready
+        if not bulk and self._bulk_loading is None:
+            self._load_bulk_path()
         for neighbour, destination, flags in targets:
             budget = self._datagram_budget(neighbour)
             segment_body = wire.SEGMENT_OVERHEAD + plan.header_len + plan.gso_size
@@ -398,8 +409,13 @@ class Forwarder:
                 self._too_big(frame, max(576, budget - overhead))
                 return
             key = neighbour.send_key
-            head = snap.head_for(wire.Kind.SEGMENT, destination, flags, key is not None)
             sequence = neighbour.sequences.take(plan.segments)
+            if not bulk:
+                header = _originated(snap, wire.Kind.SEGMENT, flags, destination, sequence)
+                bodies = wire.segment_bodies(superframe_id, parse_vnet(view), bytes(frame))
+                self._send(neighbour, wire.encode_datagrams(header, bodies, key), self._tx)
+                continue
+            head = snap.head_for(wire.Kind.SEGMENT, destination, flags, key is not None)
             try:
                 layout = self._bulk_sender().layout(
                     plan, size - VNET_HEADER_SIZE, head, sequence, superframe_id, key
@@ -464,7 +480,7 @@ class Forwarder:
                 arrival = snap.arrival(bytes(head))
             if arrival is None or not forwarding.sent_by(arrival[0], addr):
                 self._receive_each(snap, view[:nbytes], stride, addr, now)
-            elif view[1] == wire.Kind.SEGMENT and nbytes > stride:
+            elif view[1] == wire.Kind.SEGMENT and nbytes > stride and self._bulk_ready:
                 self._receive_run(snap, arrival, nbytes, stride, addr, now)
             elif view[1] == wire.Kind.FRAMES:
                 self._receive_frames(arrival, nbytes, stride, addr, now)
