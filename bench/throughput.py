@@ -331,6 +331,67 @@ def _wait_for_fastdp(state: dict[str, Any]) -> bool:
     return False
 
 
+def minimal_forwarders(seconds: int, *, one_loop: bool = False) -> Result:
+    """The sleeve's kernel topology with bench/minimal_forwarder.py in place of the routers:
+    what the least a Python forwarder does moves here, measured beside the sleeve."""
+    p = f"mnb{uuid.uuid4().hex[:4]}"
+    c1, h1, h2, c2 = (f"{p}-{x}" for x in ("c1", "h1", "h2", "c2"))
+    mtu = str(1500 - ENCAPSULATION_OVERHEAD)
+    program = os.path.join(os.path.dirname(os.path.abspath(__file__)), "minimal_forwarder.py")
+    forwarders: dict[str, subprocess.Popen[str]] = {}
+    with namespaces(c1, h1, h2, c2):
+        sh("ip", "-n", h1, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", h2)
+        try:
+            for label, host, cont, under, remote, caddr in (
+                ("h1", h1, c1, "172.31.0.1", "172.31.0.2", "10.203.0.1"),
+                ("h2", h2, c2, "172.31.0.2", "172.31.0.1", "10.203.0.2"),
+            ):
+                sh("ip", "-n", host, "addr", "add", f"{under}/24", "dev", "u0")
+                sh("ip", "-n", host, "link", "set", "u0", "up")
+                sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
+                sh("ip", "-n", host, "link", "set", "br0", "up")
+                sh(
+                    "ip",
+                    "-n",
+                    host,
+                    "link",
+                    "add",
+                    "vc",
+                    "mtu",
+                    mtu,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "mtu",
+                    mtu,
+                    "netns",
+                    cont,
+                )
+                sh("ip", "-n", host, "link", "set", "vc", "master", "br0", "up")
+                sh("ip", "-n", cont, "addr", "add", f"{caddr}/24", "dev", "eth0")
+                sh("ip", "-n", cont, "link", "set", "eth0", "up")
+                args = [sys.executable, program, "mtap", under, remote]
+                forwarder = subprocess.Popen(
+                    in_ns(host, *args, *(["--one-loop"] if one_loop else [])),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                forwarders[label] = forwarder
+                assert forwarder.stdout is not None
+                if forwarder.stdout.readline().strip() != "ready":
+                    return Result("minimal forwarder", 0.0, 0, None, note="did not start")
+                sh("ip", "-n", host, "link", "set", "mtap", "mtu", mtu, "master", "br0", "up")
+            name = "minimal forwarder" + (", one loop" if one_loop else "")
+            pids = {label: f.pid for label, f in forwarders.items()}
+            return measure(c1, c2, "10.203.0.2", seconds, name, pids)
+        finally:
+            for forwarder in forwarders.values():
+                forwarder.kill()
+                forwarder.wait()
+
+
 CASES: dict[str, Callable[[int], Result]] = {
     "veth": routed_veth,
     "vxlan": kernel_vxlan,
@@ -349,6 +410,9 @@ CASES: dict[str, Callable[[int], Result]] = {
     "encrypted-ipv6": lambda s: sleeve(
         s, password="bench password", underlay="ipv6", name="sleeve encrypted, IPv6 underlay"
     ),
+    # What the least a Python forwarder does moves here: the sleeve's kernel work, no more.
+    "minimal": minimal_forwarders,
+    "minimal-one-loop": lambda s: minimal_forwarders(s, one_loop=True),
 }
 
 
