@@ -11,6 +11,8 @@ Runs single-stream iperf3 TCP (and ping under load) between two namespaces for:
                      the other through it and the lab's internet router
   ..., IPv6 underlay fastdp, the sleeve and the encrypted sleeve with the routers reaching each
                      other over an IPv6-only link (VXLAN and UDP over IPv6: 20 header bytes more)
+  minimal forwarder  the sleeve's kernel topology with bench/minimal_forwarder.py for routers:
+                     the least a Python forwarder does (two threads, or one loop in turns)
 and prints one table with each figure as a ratio of routed veth measured in the same run (and
 fastdp's also against kernel vxlan).
 
