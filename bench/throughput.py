@@ -186,6 +186,16 @@ def routed_veth(seconds: int) -> Result:
         return measure(c1, c2, "10.201.3.2", seconds, "routed veth")
 
 
+def container_port(host: str, cont: str, mtu: str, address: str) -> None:
+    """A veth from ``host``'s bridge br0 (port vc) to ``cont``'s eth0 at ``address``/24."""
+    sh("ip", "-n", host, "link", "add", "vc", "mtu", mtu, "type", "veth", "peer", "name", "eth0")
+    sh("ip", "-n", host, "link", "set", "eth0", "netns", cont)
+    sh("ip", "-n", host, "link", "set", "vc", "master", "br0", "up")
+    sh("ip", "-n", cont, "link", "set", "eth0", "mtu", mtu)
+    sh("ip", "-n", cont, "addr", "add", f"{address}/24", "dev", "eth0")
+    sh("ip", "-n", cont, "link", "set", "eth0", "up")
+
+
 def kernel_vxlan(seconds: int, mtu: int = 1450, name: str = "kernel vxlan") -> Result:
     p = f"mnb{uuid.uuid4().hex[:4]}"
     c1, h1, h2, c2 = (f"{p}-{x}" for x in ("c1", "h1", "h2", "c2"))
@@ -218,30 +228,10 @@ def kernel_vxlan(seconds: int, mtu: int = 1450, name: str = "kernel vxlan") -> R
                 under,
                 "nolearning",
             )
-            sh(
-                "ip",
-                "-n",
-                host,
-                "link",
-                "add",
-                "vc",
-                "mtu",
-                str(mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                cont,
-            )
-            for dev in ("vx0", "vc"):
-                sh("ip", "-n", host, "link", "set", dev, "master", "br0")
-                sh("ip", "-n", host, "link", "set", dev, "up")
+            container_port(host, cont, str(mtu), caddr)
+            sh("ip", "-n", host, "link", "set", "vx0", "master", "br0")
+            sh("ip", "-n", host, "link", "set", "vx0", "up")
             sh("ip", "-n", host, "link", "set", "br0", "up")
-            sh("ip", "-n", cont, "link", "set", "eth0", "mtu", str(mtu))
-            sh("ip", "-n", cont, "addr", "add", f"{caddr}/24", "dev", "eth0")
-            sh("ip", "-n", cont, "link", "set", "eth0", "up")
             macs[cont] = json.loads(sh("ip", "-n", cont, "-j", "link", "show", "eth0"))[0][
                 "address"
             ]
@@ -352,28 +342,7 @@ def minimal_forwarders(seconds: int, *, one_loop: bool = False) -> Result:
                 sh("ip", "-n", host, "link", "set", "u0", "up")
                 sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
                 sh("ip", "-n", host, "link", "set", "br0", "up")
-                sh(
-                    "ip",
-                    "-n",
-                    host,
-                    "link",
-                    "add",
-                    "vc",
-                    "mtu",
-                    mtu,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "mtu",
-                    mtu,
-                    "netns",
-                    cont,
-                )
-                sh("ip", "-n", host, "link", "set", "vc", "master", "br0", "up")
-                sh("ip", "-n", cont, "addr", "add", f"{caddr}/24", "dev", "eth0")
-                sh("ip", "-n", cont, "link", "set", "eth0", "up")
+                container_port(host, cont, mtu, caddr)
                 args = [sys.executable, program, "mtap", under, remote]
                 forwarder = subprocess.Popen(
                     in_ns(host, *args, *(["--one-loop"] if one_loop else [])),
