@@ -32,6 +32,7 @@ PORT = 7000
 DATAGRAM = 1400
 PER_SEND = 46  # datagrams of DATAGRAM bytes within one GSO send's 65507
 TURN = 8
+FRAME_MAX = 65550  # a TAP read: virtio-net header, Ethernet with a VLAN tag, 64 KiB
 _LENGTH = struct.Struct(">I")
 
 
@@ -76,6 +77,9 @@ class Forwarder:
         at = 0
         while held - at >= 4:
             size = _LENGTH.unpack_from(arena, at)[0]
+            if size > FRAME_MAX:  # the stream broke (a lost datagram): start over
+                self.held = 0
+                return
             if held - at - 4 < size:
                 break
             os.writev(self.tap, [view[at + 4 : at + 4 + size]])

@@ -643,6 +643,42 @@ def test_an_attached_containers_mac_is_pinned_to_its_port_and_never_ages_out(
     assert other in pinned() and first.mac not in pinned()
 
 
+def test_a_container_taking_anothers_mac_does_not_draw_its_frames(
+    make_ns: Callable[[str], str],
+) -> None:
+    """The pinned entry is sticky: a container that sets its MAC to its neighbour's and sends
+    from it does not move that MAC to its own port (a learned entry moved, and the bridge then
+    handed it the neighbour's unicasts)."""
+    host = _bridge_host(make_ns)
+    victim_ns, thief_ns = make_ns("v"), make_ns("t")
+    victim = attachlib.attach(
+        attachlib.resolve_namespace(victim_ns), addresses=["10.44.0.1/24"], mtu=1400, host=host
+    )
+    thief = attachlib.attach(
+        attachlib.resolve_namespace(thief_ns), addresses=["10.44.0.2/24"], mtu=1400, host=host
+    )
+    taken = ns_run(thief_ns, "ip", "link", "set", "ethwe", "address", victim.mac)
+    assert taken.returncode == 0, taken.stderr
+    # The thief keeps sending from the victim's MAC (ARP requests) while the table is read.
+    sending = subprocess.Popen(
+        ["ip", "netns", "exec", thief_ns, "ping", "-i", "0.05", "-w", "2", "10.44.0.9"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        entries = [
+            line
+            for line in ns_run(host, "bridge", "fdb", "show", "br", "meshnet").stdout.splitlines()
+            if line.startswith(victim.mac + " ")
+        ]
+    finally:
+        sending.kill()
+        sending.wait()
+    assert thief.host_ifname != victim.host_ifname
+    assert entries == [f"{victim.mac} dev {victim.host_ifname} sticky master meshnet static"]
+
+
 def test_attach_refuses_bad_input(
     make_ns: Callable[[str], str], spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
