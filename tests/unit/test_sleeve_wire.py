@@ -261,7 +261,7 @@ def test_batcher_never_exceeds_its_max_and_split_inverts_it(
     sent = [(v, os.urandom(n)) for v, n in items]
     bodies = []
     for v, frame in sent:
-        full = batcher.add(v, frame)
+        full = batcher.add(v + frame)
         if full is not None:
             bodies.append(full)
     assert batcher.pending == len(sent) - sum(len(sw.split_frames(b)) for b in bodies)
@@ -277,14 +277,14 @@ def test_batcher_fills_datagrams_exactly() -> None:
     max_body = sw.max_frames_body(1500, sealed=True)
     batcher = sw.FrameBatcher(max_body)
     frame = bytes(max_body // 2 - sw.FRAME_OVERHEAD)
-    assert batcher.add(bytes(10), frame) is None
-    assert batcher.add(bytes(10), frame) is None
-    full = batcher.add(bytes(10), frame)
+    assert batcher.add(bytes(10) + frame) is None
+    assert batcher.add(bytes(10) + frame) is None
+    full = batcher.add(bytes(10) + frame)
     assert full is not None and len(full) == max_body - max_body % 2
     datagram = sw.encode_datagram(sw.DatagramHeader(sw.Kind.FRAMES, 0, 1, A, B, C, 0), full, KEY)
     assert len(datagram) <= 1500
     with pytest.raises(ValueError):
-        batcher.add(bytes(10), bytes(batcher.max_frame + 1))
+        batcher.add(bytes(10 + batcher.max_frame + 1))
 
 
 @given(st.binary(max_size=200))

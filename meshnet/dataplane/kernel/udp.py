@@ -194,6 +194,15 @@ def send_segments(sock: socket.socket, payloads: Sequence[Payload], addr: Addres
             _raise_typed(e, payloads[start:end], segment)
 
 
+def send_one(sock: socket.socket, payload: Payload, addr: Address) -> None:
+    """Send one datagram to ``addr``: :func:`send_segments` for the common case of one (a
+    batch of small frames), without cutting a list into runs. Errors as there."""
+    try:
+        sock.sendto(payload, addr)
+    except OSError as e:
+        _raise_typed(e, (payload,), 0)
+
+
 def send_gathered(
     sock: socket.socket, buffers: Sequence[Payload], stride: int, total: int, addr: Address
 ) -> None:

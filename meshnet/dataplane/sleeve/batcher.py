@@ -55,20 +55,21 @@ class FrameBatcher:
         """Frames added and not yet returned in a body."""
         return self._count
 
-    def add(self, vnet: Buffer, frame: Buffer) -> bytes | None:
-        """Queue a frame; returns the full body it did not fit into, to send first, if any.
+    def add(self, read: Buffer) -> bytes | None:
+        """Queue a frame as the TAP gave it (its virtio-net header, then the frame), copied;
+        returns the full body it did not fit into, to send first, if any.
 
         ValueError for a frame over :attr:`max_frame`: check before, it is the caller's to
         answer (with :func:`meshnet.dataplane.sleeve.vnet.icmp_too_big`).
         """
-        n = len(frame)
-        if len(vnet) != vn.VNET_HEADER_SIZE or n < vn.ETH_HEADER_SIZE or n > self.max_frame:
+        n = len(read) - vn.VNET_HEADER_SIZE
+        if n < vn.ETH_HEADER_SIZE or n > self.max_frame:
             raise ValueError(f"cannot batch a {n}-byte frame (max {self.max_frame})")
         out = None
         entry = FRAME_OVERHEAD + n
         if self._size + entry > self.max_body:
             out = self.take()
-        self._parts += (_U16.pack(n), vnet, frame)
+        self._parts += (_U16.pack(n), bytes(read))
         self._size += entry
         self._count += 1
         return out

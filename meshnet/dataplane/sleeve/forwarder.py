@@ -44,6 +44,7 @@ from meshnet.dataplane.kernel.udp import (
     UdpSendError,
     receive_into,
     send_gathered,
+    send_one,
     send_segments,
 )
 from meshnet.dataplane.sleeve import forwarding, wire
@@ -65,7 +66,7 @@ from meshnet.dataplane.sleeve.vnet import (
     VNET_NONE,
     icmp_too_big,
     parse_vnet,
-    plan_tcp_segments,
+    plan_gso,
 )
 from meshnet.errors import RemoteProtocolError
 from meshnet.gossip.identity import format_peer_name
@@ -90,6 +91,7 @@ REASSEMBLY_SWEEP = 5.0
 #: moved 5-10% less for no surer gain.
 TURN = 8
 _SEQUENCE = struct.Struct(">Q")
+_SEGMENT, _FRAMES = int(wire.Kind.SEGMENT), int(wire.Kind.FRAMES)  # plain ints compare faster
 _BULK_PATH = "meshnet.dataplane.sleeve.superframes"
 _PROBE_PREFIX = FASTDP_PROBE_ETHERTYPE.to_bytes(2, "big") + FASTDP_PROBE_MAGIC
 
@@ -157,6 +159,7 @@ class Forwarder:
         self._tap_view = memoryview(self._tap_buffer)
         self._superframes: SuperframeSender | None = None  # made on first use: see _bulk_sender
         self._batches: dict[tuple[int, int, int, int], wire.FrameBatcher] = {}
+        self._batched = False  # whether a frame went into a batch since the last flush
         self._udp_buffer = bytearray(RECEIVE_SIZE)
         self._udp_view = memoryview(self._udp_buffer)
         self._opener = InPlaceOpener(self._udp_buffer, wire.HEADER_SIZE)
@@ -318,7 +321,10 @@ class Forwarder:
         if size < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
             return
-        if view[VNET_HEADER_SIZE + 12 : VNET_HEADER_SIZE + 18] == _PROBE_PREFIX:
+        if (
+            view[VNET_HEADER_SIZE + 12] == _PROBE_PREFIX[0]
+            and view[VNET_HEADER_SIZE + 12 : VNET_HEADER_SIZE + 18] == _PROBE_PREFIX
+        ):
             # A fastdp probe flooded to us before its MAC was pinned on the VXLAN port: carried
             # here, its answer would prove a VXLAN path that may not work (through a NAT).
             self._tx.drops["fastdp_probe"] += 1
@@ -346,25 +352,29 @@ class Forwarder:
         """Execute a Send of a small frame: into its target's batch (copied: the TAP buffer is
         reused), sent when full or flushed."""
         view = self._tap_view
-        frame = view[VNET_HEADER_SIZE:size]
-        if self._bulk_loading is None and _carries_tcp(frame):
+        if self._bulk_loading is None and _carries_tcp(view[VNET_HEADER_SIZE:size]):
             self._load_bulk_path()
         for neighbour, destination, flags in targets:
-            limit = self._frame_limit(neighbour)
-            if size - VNET_HEADER_SIZE > limit + 14:
-                self._too_big(frame, limit)
-                continue
             budget = self._datagram_budget(neighbour)
+            # The largest IP packet (frame less its Ethernet header) one datagram carries here.
+            limit = min(budget - wire.FRAME_OVERHEAD - 14, snap.overlay_mtu)
+            if size - VNET_HEADER_SIZE > limit + 14:
+                self._too_big(view[VNET_HEADER_SIZE:size], limit)
+                continue
             key = (neighbour.name, destination, flags, budget)  # a new path MTU: a new batcher
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = wire.FrameBatcher(budget)
-            full = batch.add(bytes(view[:VNET_HEADER_SIZE]), bytes(frame))
+            full = batch.add(view[:size])
+            self._batched = True
             if full is not None:
                 self._send_frames(snap, neighbour.name, destination, flags, full)
 
     def flush(self) -> None:
         """Send every batch of small frames."""
+        if not self._batched:
+            return
+        self._batched = False
         snap = self._snapshot
         for (hop, destination, flags, _), batch in self._batches.items():
             body = batch.take()
@@ -377,11 +387,6 @@ class Forwarder:
             self._snapshot.overlay_mtu + wire.ENCAPSULATION_OVERHEAD - wire.UNDERLAY_HEADERS
         )
         return mtu - wire.HEADER_SIZE - (wire.TAG_SIZE if neighbour.send_key else 0)
-
-    def _frame_limit(self, neighbour: Neighbour) -> int:
-        """Largest IP packet (frame minus Ethernet header) this path carries in one datagram."""
-        budget = self._datagram_budget(neighbour) - 2 - VNET_HEADER_SIZE - 14
-        return min(budget, self._snapshot.overlay_mtu)
 
     def _too_big(self, frame: wire.Buffer, mtu: int) -> None:
         """Answer like a router would, so the sender's path-MTU discovery shrinks its packets."""
@@ -396,7 +401,8 @@ class Forwarder:
         view = self._tap_view
         frame = view[VNET_HEADER_SIZE:size]
         try:
-            plan = plan_tcp_segments(parse_vnet(view), frame)
+            # gso_type and gso_size (little-endian) from the virtio-net header.
+            plan = plan_gso(view[1], view[4] | view[5] << 8, frame)
         except RemoteProtocolError:
             self._tx.drops["unsupported_superframe"] += 1  # e.g. VLAN-tagged: not carried
             return
@@ -421,7 +427,7 @@ class Forwarder:
                 continue
             head = snap.head_for(wire.Kind.SEGMENT, destination, flags, key is not None)
             try:
-                layout = self._bulk_sender().layout(
+                layout = (self._superframes or self._bulk_sender()).layout(
                     plan, size - VNET_HEADER_SIZE, head, sequence, superframe_id, key
                 )
             except ValueError:
@@ -443,8 +449,15 @@ class Forwarder:
         if neighbour is None:
             self._tx.drops["no_path"] += 1
             return
-        header = _originated(snap, wire.Kind.FRAMES, flags, destination, neighbour.sequences.take())
-        self._send(neighbour, [wire.encode_datagram(header, body, neighbour.send_key)], self._tx)
+        key = neighbour.send_key
+        head = snap.head_for(wire.Kind.FRAMES, destination, flags, key is not None)
+        datagram = wire.encode_with_head(head, neighbour.sequences.take(), body, key)
+        try:
+            send_one(self._sock, datagram, neighbour.address)
+        except UdpSendError as e:
+            self._send_failed(neighbour, e, self._tx)
+            return
+        self._tx.add(neighbour.name, 1, len(datagram))
 
     def _send(
         self, neighbour: Neighbour, datagrams: list[bytes | bytearray], counts: _Counts
@@ -484,13 +497,14 @@ class Forwarder:
                 arrival = snap.arrival(bytes(head))
             if arrival is None or not forwarding.sent_by(arrival[0], addr):
                 self._receive_each(snap, view[:nbytes], stride, addr, now)
-            elif view[1] == wire.Kind.SEGMENT and nbytes > stride and self._bulk_ready:
+            elif view[1] == _SEGMENT and nbytes > stride and self._bulk_ready:
                 self._receive_run(snap, arrival, nbytes, stride, addr, now)
-            elif view[1] == wire.Kind.FRAMES:
+            elif view[1] == _FRAMES:
                 self._receive_frames(arrival, nbytes, stride, addr, now)
             else:
                 self._receive_each(snap, view[:nbytes], stride, addr, now)
-        self._flush_reassembly(time.monotonic(), idle=False)
+        if self._reassemblers.pending() or time.monotonic() >= self._next_sweep:
+            self._flush_reassembly(time.monotonic(), idle=False)
 
     def _receive_run(
         self,
@@ -514,19 +528,19 @@ class Forwarder:
             drops[wire.DatagramDrop.BAD_TAG.value] += check.rejected
         if check.replayed:
             drops[wire.DatagramDrop.REPLAYED.value] += check.replayed
-        self._rx.add(neighbour.name, len(run.payloads) if run else len(check.bodies), nbytes)
+        self._rx.add(neighbour.name, run.segments if run else len(check.bodies), nbytes)
         if run is None:
             # Opened, but not one super-frame's run in order: the reassembler takes each body
             # (copied: the buffer is reused).
             self._reassemble(origin, [bytes(b) for b in check.bodies], now, uniform=False)
             return
-        if run.first_index or len(run.payloads) != run.total:
+        if run.first_index or run.segments != run.total:
             bodies = self._bulk_reader().bodies()
             self._reassemble(origin, [bytes(b) for b in bodies], now, uniform=True)
             return
         earlier = self._reassemblers.complete(origin, run.superframe, now)
         if earlier is None:
-            drops["late"] += len(run.payloads)
+            drops["late"] += run.segments
             return
         if earlier:
             self._write_frames(origin, earlier, False, now)
@@ -535,7 +549,7 @@ class Forwarder:
             origin, bytes(headers[6:12]), bytes(headers[0:6]), now, False
         )
         if decision is Decision.DELIVER or decision is Decision.FLOOD:
-            self._write_tap([run.vnet, headers, *run.payloads], self._rx)
+            self._write_tap(run.parts, self._rx)
             self._rx.superframes += 1
         else:
             drops["switch"] += 1

@@ -198,15 +198,23 @@ def encode_datagrams(
     head = header_head(header, key is not None, len(bodies))
     limit = MAX_DATAGRAM - HEADER_SIZE - (TAG_SIZE if key is not None else 0)
     sequence = header.sequence
-    pack_sequence = _U64.pack
     out: list[bytes | bytearray] = []
     for body in bodies:
         if len(body) > limit:
             raise ValueError(f"datagram of {len(body) + MAX_DATAGRAM - limit} bytes is too large")
-        raw = head + pack_sequence(sequence)
-        out.append(b"".join((raw, body)) if key is None else aead.seal(raw, body, sequence, key))
+        out.append(encode_with_head(head, sequence, body, key))
         sequence += 1
     return out
+
+
+def encode_with_head(
+    head: bytes, sequence: int, body: Buffer, key: bytes | None
+) -> bytes | bytearray:
+    """The datagram of ``body`` behind ``head`` (:func:`header_head`, or :func:`pack_head` with
+    SEALED set as ``key`` says) and ``sequence``, sealed with ``key`` when given. Unchecked:
+    the per-frame path's, with heads built once from names the router knows."""
+    raw = head + _U64.pack(sequence)
+    return b"".join((raw, body)) if key is None else aead.seal(raw, body, sequence, key)
 
 
 def decode_datagram(

@@ -76,6 +76,9 @@ class SuperframeSender:
         self._rows["index"] = np.arange(MAX_SEGMENTS)
         self._row_bytes = self._rows.view(np.uint8).reshape(MAX_SEGMENTS, ROW_SIZE)
         self._counting = np.arange(MAX_SEGMENTS, dtype=np.uint64)
+        # Per count: (0..count-1, the rows' sequence and super-frame fields), kept because a
+        # field view and slices per super-frame cost more than the arithmetic on them.
+        self._fields: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._row_views: list[memoryview] | None = None
         self._head = b""
         self._shape_of_rows = (-1, -1)
@@ -108,8 +111,16 @@ class SuperframeSender:
             rows["count"] = count
             rows["header_len"] = header_len
             self._shape_of_rows = (count, header_len)
-        rows["sequence"][:count] = self._counting[:count] + np.uint64(first_sequence)
-        rows["superframe"][:count] = superframe_id & SERIAL_MASK
+        fields = self._fields.get(count)
+        if fields is None:
+            fields = self._fields[count] = (
+                self._counting[:count],
+                rows["sequence"][:count],
+                rows["superframe"][:count],
+            )
+        counting, sequences, superframes = fields
+        np.add(counting, first_sequence, out=sequences)
+        superframes.fill(superframe_id & SERIAL_MASK)
         if key is None:
             return self._plain_layout(header_len, size, frame_len, count)
         return self._sealed_layout(header_len, size, frame_len, count, first_sequence, key)
@@ -131,7 +142,7 @@ class SuperframeSender:
         buffers[-1] = self._source[start:end]
         layout.sends[-1] = (buffers, nbytes)
         overhead = count * (ROW_SIZE + vn.VNET_HEADER_SIZE + header_len)
-        return layout._replace(size=overhead + frame_len - header_len)
+        return Layout(layout.sends, layout.stride, count, overhead + frame_len - header_len)
 
     def _new_plain_layout(self, header_len: int, size: int, count: int) -> Layout:
         if self._row_views is None:
@@ -194,7 +205,7 @@ class SuperframeSender:
             self._sealed[shape] = cached
         layout, last_send = cached
         layout.sends[-1] = ([memoryview(out)[last_send:total]], total - last_send)
-        return layout._replace(size=total)
+        return Layout(layout.sends, stride, count, total)
 
 
 class SegmentRun(NamedTuple):
@@ -204,10 +215,20 @@ class SegmentRun(NamedTuple):
     first_index: int
     total: int
     """Segments in the whole super-frame."""
-    vnet: Buffer
+    segments: int
+    """Segments in this run."""
     headers: Buffer
-    payloads: list[Buffer]
-    """Each segment's payload, in order (views into the receive buffer)."""
+    parts: list[Buffer]
+    """The virtio-net header, the packet headers, then each segment's payload in order (views
+    into the receive buffer): a whole super-frame as one writev hands it to the TAP."""
+
+    @property
+    def vnet(self) -> Buffer:
+        return self.parts[0]
+
+    @property
+    def payloads(self) -> list[Buffer]:
+        return self.parts[2:]
 
 
 class RunCheck(NamedTuple):
@@ -231,9 +252,11 @@ class RunReader:
     sealed ones in place; one per receiving thread."""
 
     def __init__(self, buffer: bytearray) -> None:
+        self._buffer = buffer
         self._view = memoryview(buffer)
         self._cipher = RunCipher(buffer, MAX_GSO_SEGMENTS * 2, HEADER_SIZE)
-        self._slices: dict[tuple[int, int, int], list[Buffer]] = {}
+        self._max_datagrams = self._cipher.max_datagrams
+        self._parts: dict[tuple[int, int, int], list[Buffer]] = {}
         self._last_shape = (1, 1, 0, 0)  # the last run read: (stride, count, bytes, tag)
 
     def read(
@@ -241,16 +264,16 @@ class RunReader:
     ) -> RunCheck:
         """The run of ``nbytes`` at the buffer's start, in datagrams of ``stride`` bytes, all
         from one hop whose first 24 header bytes the caller checked on the first datagram."""
-        view = self._view
+        view, buffer = self._view, self._buffer
         count = -(-nbytes // stride)
         last_at = (count - 1) * stride
         last_len = nbytes - last_at
         tag = 0 if key is None else TAG_SIZE
         self._last_shape = (stride, count, last_len, tag)
         if (
-            count > self._cipher.max_datagrams
+            count > self._max_datagrams
             or last_len < HEADER_SIZE + SEGMENT_OVERHEAD + tag
-            or bytes(view[last_at : last_at + 24]) != bytes(view[:24])
+            or buffer[last_at : last_at + 24] != buffer[:24]
         ):
             return _NOT_A_RUN
         first_sequence = _SEQUENCE.unpack_from(view, 24)[0]
@@ -267,9 +290,9 @@ class RunReader:
         return RunCheck(run, key is not None, [], 0, 0)
 
     def _segments(self, stride: int, count: int, last_len: int, tag: int) -> SegmentRun | None:
-        view = self._view
+        view, buffer = self._view, self._buffer
         last_at = (count - 1) * stride
-        sid, index, total, header_len = SEGMENT_PREFIX.unpack_from(view, HEADER_SIZE)
+        sid, index, total, header_len = SEGMENT_PREFIX.unpack_from(buffer, HEADER_SIZE)
         start = HEADER_SIZE + SEGMENT_OVERHEAD + header_len
         size = stride - start - tag
         last_size = last_len - start - tag
@@ -280,22 +303,23 @@ class RunReader:
             or last_size > size
             or index + count > total
             or (last_size < size and index + count < total)
-            or SEGMENT_PREFIX.unpack_from(view, last_at + HEADER_SIZE)
+            or SEGMENT_PREFIX.unpack_from(buffer, last_at + HEADER_SIZE)
             != (sid, index + count - 1, total, header_len)
-            or bytes(view[last_at + ROW_SIZE : last_at + start]) != bytes(view[ROW_SIZE:start])
+            or buffer[last_at + ROW_SIZE : last_at + start] != buffer[ROW_SIZE:start]
         ):
             return None
         shape = (stride, count, start)
-        payloads = self._slices.get(shape)
-        if payloads is None:
-            payloads = [view[at + start : at + stride - tag] for at in range(0, last_at, stride)]
-            payloads.append(view[:0])
-            if len(self._slices) >= _SHAPES:
-                self._slices.clear()
-            self._slices[shape] = payloads
-        payloads[-1] = view[last_at + start : last_at + last_len - tag]
-        common = ROW_SIZE + vn.VNET_HEADER_SIZE
-        return SegmentRun(sid, index, total, view[ROW_SIZE:common], view[common:start], payloads)
+        parts = self._parts.get(shape)
+        if parts is None:
+            common = ROW_SIZE + vn.VNET_HEADER_SIZE
+            parts = [view[ROW_SIZE:common], view[common:start]]
+            parts += [view[at + start : at + stride - tag] for at in range(0, last_at, stride)]
+            parts.append(view[:0])
+            if len(self._parts) >= _SHAPES:
+                self._parts.clear()
+            self._parts[shape] = parts
+        parts[-1] = view[last_at + start : last_at + last_len - tag]
+        return SegmentRun(sid, index, total, count, parts[1], parts)
 
     def bodies(self) -> list[Buffer]:
         """The SEGMENT bodies of the run last read (views: copy what is kept)."""

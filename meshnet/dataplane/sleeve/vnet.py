@@ -178,13 +178,18 @@ def plan_tcp_segments(vnet: VnetHeader, frame: bytes | bytearray | memoryview) -
 
     The per-packet path uses this instead of :func:`segment_tcp` to skip building objects.
     """
-    gso = vnet.gso_type & ~GSO_ECN
+    return plan_gso(vnet.gso_type, vnet.gso_size, frame)
+
+
+def plan_gso(gso_type: int, size: int, frame: bytes | bytearray | memoryview) -> SegmentPlan:
+    """:func:`plan_tcp_segments` from the header's two fields that matter (the packet loop
+    reads them from the TAP buffer without parsing the whole header)."""
+    gso = gso_type & ~GSO_ECN
     if gso != GSO_TCPV4 and gso != GSO_TCPV6:
-        raise RemoteProtocolError(f"gso_type {vnet.gso_type:#x} is not TCP")
+        raise RemoteProtocolError(f"gso_type {gso_type:#x} is not TCP")
     version, _, header_len = _locate_tcp(frame)
     if (version == 4) != (gso == GSO_TCPV4):
-        raise RemoteProtocolError(f"gso_type {vnet.gso_type:#x} does not match IPv{version}")
-    size = vnet.gso_size
+        raise RemoteProtocolError(f"gso_type {gso_type:#x} does not match IPv{version}")
     payload = len(frame) - header_len
     if size == 0 or payload <= 0:
         raise RemoteProtocolError("TCP super-frame without gso_size or payload")

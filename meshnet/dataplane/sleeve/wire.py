@@ -55,6 +55,7 @@ from meshnet.dataplane.sleeve.header import (
     decode_datagram,
     encode_datagram,
     encode_datagrams,
+    encode_with_head,
     parse_header,
 )
 from meshnet.dataplane.sleeve.reassembly import (
@@ -113,6 +114,7 @@ __all__ = [
     "encode_heartbeat",
     "encode_probe",
     "encode_probe_ack",
+    "encode_with_head",
     "max_frames_body",
     "max_segment_payload",
     "parse_header",
