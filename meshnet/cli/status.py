@@ -129,7 +129,8 @@ def _dataplane_tables(data: dict[str, Any]) -> Table:
         "received",
         "relayed",
         box=None,
-        title=f"bridge {data['bridge']}, overlay MTU {data['overlay_mtu']}, UDP {data['port']}",
+        title=f"bridge {data['bridge']}, overlay MTU {data['overlay_mtu']}, UDP {data['port']}"
+        + _lanes(data["forwarding"].get("express_lanes", {})),
     )
     forwarding = data["forwarding"]
 
@@ -200,3 +201,9 @@ status.add_command(
     ),
     "dataplane",
 )
+
+
+def _lanes(lanes: dict[str, Any]) -> str:
+    """Which express lanes for small packets the kernel took (see kernel/lanes.py)."""
+    on = [name for name in ("tap", "udp") if lanes.get(name)]
+    return f", express lanes: {' and '.join(on)}" if on else ""

@@ -30,8 +30,8 @@ from meshnet.dataplane.fastdp import core as fastdp_core
 from meshnet.dataplane.fastdp.service import FastDatapath
 from meshnet.dataplane.kernel import attach as attachment
 from meshnet.dataplane.kernel import namespaces, netlink
-from meshnet.dataplane.kernel.tap import open_tap
-from meshnet.dataplane.kernel.udp import open_udp
+from meshnet.dataplane.kernel.tap import Tap, open_tap_lanes
+from meshnet.dataplane.kernel.udp import open_udp_lanes
 from meshnet.dataplane.punch.core import Endpoint
 from meshnet.dataplane.punch.service import PunchService
 from meshnet.dataplane.sleeve import wire
@@ -150,17 +150,25 @@ class DataPlane:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        tap = await trio.to_thread.run_sync(self._set_up_bridge, limiter=self._netlink)
+        tap, express_tap = await trio.to_thread.run_sync(self._set_up_bridge, limiter=self._netlink)
         try:
-            self._sock = open_udp(self.config.port, rcvbuf=RECEIVE_BUFFER)
+            self._sock, express_sock = open_udp_lanes(self.config.port, rcvbuf=RECEIVE_BUFFER)
             self._family = self._sock.family
-        except OSError as e:
-            tap.close()
-            raise UserError(f"cannot listen on UDP port {self.config.port}: {e.strerror}") from None
+        except BaseException as e:
+            for lane in (express_tap, tap):
+                if lane is not None:
+                    lane.close()
+            if isinstance(e, OSError):
+                raise UserError(
+                    f"cannot listen on UDP port {self.config.port}: {e.strerror}"
+                ) from None
+            raise
         token = trio.lowlevel.current_trio_token()
         self.forwarder = Forwarder(
             tap=tap,
             sock=self._sock,
+            express_tap=express_tap,
+            express_sock=express_sock,
             switch=self.switch,
             snapshot=self._snapshot(),
             on_control=lambda header, body, addr: token.run_sync_soon(
@@ -189,6 +197,10 @@ class DataPlane:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.forwarder.stop)
                 self._sock.close()
+                if express_sock is not None:
+                    express_sock.close()
+                if express_tap is not None:
+                    express_tap.close()
                 tap.close()  # a non-persistent TAP disappears; the bridge stays for containers
 
     @property
@@ -197,8 +209,9 @@ class DataPlane:
         containers' shut)."""
         return (SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port))
 
-    def _set_up_bridge(self) -> Any:
-        """Bridge and sleeve TAP; the bridge outlives us so local containers keep working."""
+    def _set_up_bridge(self) -> tuple[Tap, Tap | None]:
+        """Bridge and sleeve TAP (and its express queue, where the kernel allows); the bridge
+        outlives us so local containers keep working."""
         own = {BRIDGE, SLEEVE_TAP, *fastdp_core.device_names(self.config.vxlan_port)}
         mtu = overlay_mtu(underlay_mtu(ignore=own), self.config.mtu)
         self.overlay_mtu = mtu
@@ -213,14 +226,14 @@ class DataPlane:
             # the host's addresses on it (DNS, `expose`) went stale for seconds each time.
             ns.set_mac(BRIDGE, derived_mac(b"meshnet bridge", self.router.identity.name))
             ns.set_up(BRIDGE)
-        tap = open_tap(SLEEVE_TAP, vnet_hdr=True)
+        tap, express = open_tap_lanes(SLEEVE_TAP)
         with netlink.namespace(None) as ns:
             ns.set_mtu(SLEEVE_TAP, mtu)
             ns.set_master(SLEEVE_TAP, BRIDGE)
             # Isolated like the VXLAN port: nothing that arrived one way leaves the other.
             ns.set_bridge_port(SLEEVE_TAP, learning=True, isolated=True)
             ns.set_up(SLEEVE_TAP)
-        return tap
+        return tap, express
 
     # --- forwarding state ----------------------------------------------------------------------
 

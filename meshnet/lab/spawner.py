@@ -61,8 +61,12 @@ class Spawner:
         the lab started can be found by it, as processes that ran with a host's environment
         are by its MESHNET_STATE_DIR."""
         package_root = str(Path(meshnet.__file__).resolve().parent.parent)
+        # This meshnet comes before the installed one, but after PYTHONPATH's: a tree named
+        # there (bench/throughput.py --compare REV) is what the routers run.
         bootstrap = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
+            "import os, sys; "
+            "sys.path.insert(len(os.environ.get('PYTHONPATH', '').split(os.pathsep)), "
+            f"{package_root!r}); "
             "from meshnet.lab.spawner import serve; sys.exit(serve())"
         )
         self._process = subprocess.Popen(

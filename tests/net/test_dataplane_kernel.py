@@ -7,6 +7,7 @@ it passes or not; the root namespace is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -28,7 +29,7 @@ import pytest
 
 from meshnet.dataplane import underlay
 from meshnet.dataplane.kernel import attach as attachlib
-from meshnet.dataplane.kernel import namespaces, netlink, tap, udp
+from meshnet.dataplane.kernel import lanes, namespaces, netlink, tap, udp
 from meshnet.dataplane.sleeve import vnet
 from meshnet.errors import UserError
 from tests.net.conftest import can_ping, ns_run, take_inode
@@ -293,6 +294,98 @@ def test_frames_written_to_the_tap_reach_the_container(make_ns: Callable[[str], 
     assert my_mac in neigh
 
 
+def _drain(fd: int) -> list[bytes]:
+    frames = []
+    while True:
+        try:
+            frames.append(os.read(fd, tap.READ_SIZE))
+        except BlockingIOError:
+            return frames
+
+
+def test_the_tap_steers_small_frames_that_are_not_tcp_to_its_express_queue(
+    make_ns: Callable[[str], str],
+) -> None:
+    """The kernel runs the steering program on every frame the TAP sends: small non-TCP frames
+    (a ping, a small UDP datagram) to queue 1, TCP of any size (a SYN) and large frames (a big
+    ping) to queue 0, so a TCP segment never overtakes its flow's super-frames."""
+    host = make_ns("h")
+    bulk = netlink.run_in_namespace(host, tap.open_tap, "mntap0", multi_queue=True)
+    express = netlink.run_in_namespace(host, tap.open_tap, "mntap0", multi_queue=True)
+    with bulk, express:
+        lanes.steer_tap(bulk.fileno())
+        with netlink.namespace(host) as ns:
+            ns.add_address("mntap0", "10.43.0.1/24")
+            ns.set_up("mntap0")
+        assert (
+            ns_run(
+                host,
+                "ip",
+                "neigh",
+                "replace",
+                "10.43.0.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                "mntap0",
+            ).returncode
+            == 0
+        )
+        for dev in (bulk, express):
+            dev.set_blocking(False)
+        time.sleep(0.3)  # router solicitations and the like, then quiet
+        _drain(bulk.fileno()), _drain(express.fileno())
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.sendto(b"small", ("10.43.0.2", 9))
+                u.sendto(bytes(1000), ("10.43.0.2", 9))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    t.connect(("10.43.0.2", 5201))  # its SYN
+                time.sleep(0.05)
+
+        netlink.run_in_namespace(host, send)
+        ns_run(host, "ping", "-c", "1", "-W", "0.2", "10.43.0.2")
+        ns_run(host, "ping", "-c", "1", "-W", "0.2", "-s", "1000", "10.43.0.2")
+        time.sleep(0.1)
+
+        def kinds(frames: list[bytes]) -> list[tuple[int, int]]:
+            """(IP protocol, frame length) of each IPv4 frame."""
+            out = []
+            for data in frames:
+                frame = data[vnet.VNET_HEADER_SIZE :]
+                if frame[12:14] == b"\x08\x00":
+                    out.append((frame[23], len(frame)))
+            return out
+
+        to_express, to_bulk = kinds(_drain(express.fileno())), kinds(_drain(bulk.fileno()))
+    assert sorted(to_express) == [(1, 98), (17, 47)]  # the ping, the small UDP datagram
+    assert sorted(to_bulk) == [(1, 1042), (6, 74), (17, 1042)]  # the SYN, the large ones
+
+
+def test_where_the_kernel_refuses_the_lane_programs_one_lane_remains(
+    make_ns: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel, container or seccomp policy without BPF: the TAP keeps one queue, the port
+    one socket (without SO_REUSEPORT, so nobody can join it), and the router goes on."""
+    host = make_ns("h")
+
+    def refuse(*_: object) -> None:
+        raise lanes.LanesUnavailable("refused here")
+
+    monkeypatch.setattr(lanes, "steer_tap", refuse)
+    monkeypatch.setattr(lanes, "attach_reuseport_program", refuse)
+    dev, express_queue = netlink.run_in_namespace(host, tap.open_tap_lanes, "mntap1")
+    sock, express_sock = netlink.run_in_namespace(host, udp.open_udp_lanes, 0)
+    with dev, sock:
+        assert express_queue is None and express_sock is None
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        with netlink.namespace(host) as ns:
+            assert ns.has_link("mntap1")
+
+
 def test_open_tap_errors_are_meshnet_errors() -> None:
     with pytest.raises(UserError, match="bad interface name"):
         tap.open_tap("a-name-far-too-long-for-linux")
@@ -392,6 +485,53 @@ def test_udp_errors_are_typed(udp_pair: tuple[str, str]) -> None:
         assert refused.value.reason == "refused"
     with pytest.raises(UserError, match="no such local address"):
         udp.open_udp(0, bind="192.0.2.77")
+
+
+def test_the_express_lane_takes_small_datagrams_marked_express_in_both_families(
+    udp_pair: tuple[str, str],
+) -> None:
+    """The sleeve's port has two sockets: the reuseport program hands datagrams marked DSCP EF
+    of up to EXPRESS_DATAGRAM bytes to the second, everything else (unmarked, or larger, or a
+    GSO run) to the first. A port already held is still an error."""
+    a, b = udp_pair
+    for ns, address in ((a, "fd42::1/64"), (b, "fd42::2/64")):
+        with netlink.namespace(ns) as link:
+            link.add_address("mnt0", address)
+    bulk, express = netlink.run_in_namespace(b, udp.open_udp_lanes, 0)
+    plain = netlink.run_in_namespace(a, udp.open_udp, 0)
+    marked = netlink.run_in_namespace(a, udp.open_udp, 0)
+    assert express is not None
+    with bulk, express, plain, marked:
+        lanes.mark_express(marked)
+        port = bulk.getsockname()[1]
+        assert express.getsockname()[1] == port
+        for sock in (bulk, express):
+            sock.setblocking(False)
+        time.sleep(1.5)  # the IPv6 addresses' duplicate detection
+        for dest in ("::ffff:10.42.0.2", "fd42::2"):
+            plain.sendto(b"p" * 100, (dest, port))
+            marked.sendto(b"e" * 100, (dest, port))
+            marked.sendto(b"E" * (lanes.EXPRESS_DATAGRAM + 1), (dest, port))
+            udp.send_segments(marked, [b"g" * 200] * 4, (dest, port))  # one GSO run
+        time.sleep(0.2)
+
+        def received(sock: socket.socket) -> list[tuple[bytes, int]]:
+            out = []
+            while True:
+                try:
+                    data, _ = sock.recvfrom(udp.RECEIVE_SIZE)
+                except BlockingIOError:
+                    return sorted(out)
+                out.append((data[:1], len(data)))
+
+        big = lanes.EXPRESS_DATAGRAM + 1
+        assert received(express) == [(b"e", 100)] * 2
+        assert received(bulk) == sorted([(b"p", 100), (b"E", big), (b"g", 800)] * 2)
+    holder = netlink.run_in_namespace(b, socket.socket, socket.AF_INET6, socket.SOCK_DGRAM)
+    with holder:
+        holder.bind(("::", 0))
+        with pytest.raises(UserError, match="already in use"):
+            netlink.run_in_namespace(b, udp.open_udp_lanes, holder.getsockname()[1])
 
 
 def test_one_dual_stack_socket_segments_and_coalesces_both_families(

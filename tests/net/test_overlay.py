@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from subprocess import CompletedProcess
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -146,6 +146,59 @@ def test_a_tcp_stream_crosses_intact(make_lab: Any) -> None:
     finally:
         server.kill()
     assert out.split() == [str(len(payload)), digest]
+
+
+def test_pings_take_the_express_lanes_and_tcp_stays_in_the_bulk_ones(make_lab: Any) -> None:
+    """Each router has both express lanes (kernel/lanes.py): h1's TAP hands it the pings on
+    their express queue, it sends them marked, and h2's kernel hands them to its express
+    socket; the replies come back the same way. TCP, however small its segments, never takes
+    them (it must not overtake its own super-frames)."""
+    state = make_lab("line", hosts=2, containers=1)
+    c = containers(state)
+    wait_ping(c["h1-c1"], c["h2-c1"])
+
+    def lanes(host: str) -> dict[str, Any]:
+        return cast(dict[str, Any], dataplane(state, host)["forwarding"]["express_lanes"])
+
+    assert {k: lanes("h1")[k] for k in ("tap", "udp")} == {"tap": True, "udp": True}
+    before = lanes("h1"), lanes("h2")
+    pinged = ns_run(c["h1-c1"]["namespace"], "ping", "-c", "20", "-i", "0.01", ip_of(c["h2-c1"]))
+    assert pinged.returncode == 0, pinged.stdout
+    after = lanes("h1"), lanes("h2")
+    for host in (0, 1):  # requests out of h1 and into h2, replies out of h2 and into h1
+        assert after[host]["sent"] - before[host]["sent"] >= 20
+        assert after[host]["received"] - before[host]["received"] >= 20
+    payload = "x" * 200  # small segments: each write one
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c["h2-c1"]["namespace"],
+            sys.executable,
+            "-c",
+            "import socket\ns=socket.create_server(('0.0.0.0',5002));c,_=s.accept()\n"
+            "while c.recv(4096): pass",
+        ],
+    )
+    try:
+        time.sleep(0.5)
+        sent = ns_run(
+            c["h1-c1"]["namespace"],
+            sys.executable,
+            "-c",
+            f"import socket,time\ns=socket.create_connection(('{ip_of(c['h2-c1'])}',5002))\n"
+            "s.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\n"
+            f"for _ in range(200): s.sendall(b'{payload}'); time.sleep(0.002)\ns.close()",
+        )
+        assert sent.returncode == 0, sent.stderr
+        server.wait(timeout=30)
+    finally:
+        server.kill()
+    final = lanes("h1"), lanes("h2")
+    # ARP or Neighbor Discovery may still cross; 200 segments and their ACKs did not.
+    assert final[0]["sent"] - after[0]["sent"] < 10
+    assert final[1]["sent"] - after[1]["sent"] < 10
 
 
 def test_path_mtu_too_big_is_answered_like_a_router(make_lab: Any) -> None:

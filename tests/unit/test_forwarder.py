@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from meshnet.dataplane.kernel import lanes
 from meshnet.dataplane.sleeve import forwarder as fw
 from meshnet.dataplane.sleeve import vnet as vn
 from meshnet.dataplane.sleeve import wire as sw
@@ -368,3 +369,31 @@ def test_superframes_go_out_the_same_while_the_bulk_path_loads(key: bytes | None
     f._bulk_ready, f._bulk_loading = False, threading.Thread()
     receive(f, b"".join(datagrams), len(datagrams[0]), ("192.0.2.2", 6783))
     assert tap.frames == [whole] and f.statistics()["superframes"]["received"] == 0
+
+
+def test_express_frames_leave_by_the_express_socket_in_datagrams_its_lane_takes() -> None:
+    """Frames read from the TAP's express queue are batched apart from the others and sent
+    from the express socket (whose datagrams are marked), no datagram larger than what the
+    receiver's express lane takes; the rest leave by the bulk socket as before."""
+    f, bulk = forwarder()
+    sizes: list[int] = []
+
+    class Express(FakeSocket):
+        def sendto(self, data: Any, addr: Any) -> int:
+            sizes.append(len(data))
+            return super().sendto(data, addr)
+
+    express = Express()
+    f._express_sock = express  # type: ignore[assignment]
+    _, frame, _ = build_superframe(4, os.urandom(1200), 1200)
+    f._switch.from_peer(PEER, frame[0:6], frame[6:12], time.monotonic())
+    ping = vn.VNET_NONE + frame[:14] + bytes(84)
+    f._tap_buffer[: len(ping)] = ping
+    for _ in range(12):
+        f.captured(len(ping), express=True)
+    capture(f, vn.VNET_NONE + frame[:14] + bytes(84))  # the same frame from the bulk queue
+    f.flush()
+    assert bulk.sent == [(sw.Kind.FRAMES, 1)]
+    assert len(sizes) > 1 and all(size <= lanes.EXPRESS_DATAGRAM for size in sizes)
+    assert sum(kind == sw.Kind.FRAMES for kind, _ in express.sent) == len(sizes)
+    assert f.statistics()["sent"][format_peer_name(PEER)]["datagrams"] == len(sizes) + 1

@@ -222,14 +222,15 @@ def test_relayed_decrements_ttl() -> None:
 # --- replay window -----------------------------------------------------------------------------
 
 
-def test_window_accepts_reorder_within_1024_and_rejects_older() -> None:
+def test_window_accepts_reorder_within_its_size_and_rejects_older() -> None:
     window = sw.ReplayWindow()
-    assert window.check_and_update(2000)
-    assert window.check_and_update(2000 - 1023)
-    assert not window.check_and_update(2000 - 1024)
+    top = sw.REPLAY_WINDOW + 2000
+    assert window.check_and_update(top)
+    assert window.check_and_update(top - sw.REPLAY_WINDOW + 1)
+    assert not window.check_and_update(top - sw.REPLAY_WINDOW)
     assert not window.check_and_update(0)
-    assert not window.check_and_update(2000)
-    assert window.check_and_update(1999)
+    assert not window.check_and_update(top)
+    assert window.check_and_update(top - 1)
     assert window.check_and_update(1 << 63)  # a huge jump is cheap
     assert not window.check_and_update(2001)
 
@@ -655,14 +656,34 @@ def test_a_superframe_that_came_whole_flushes_older_ones_and_refuses_late_copies
     assert reassembler.complete(6) == []  # far behind: the origin restarted
 
 
-def test_replay_window_accepts_runs_only_ahead_of_everything() -> None:
+def test_replay_window_records_a_run_once() -> None:
     window = sw.ReplayWindow()
     assert window.accept_run(10, 5)
     assert window.highest == 14
     assert [window.would_accept(s) for s in range(9, 16)] == [True] + [False] * 5 + [True]
     assert not window.accept_run(14, 3)  # overlaps: nothing recorded
     assert window.would_accept(15) and window.would_accept(16)
-    assert window.accept_run(10_000, 3000)
-    oldest_in_window = 12_999 - sw.REPLAY_WINDOW + 1
-    assert not window.would_accept(12_999) and not window.would_accept(oldest_in_window)
-    assert window.would_accept(13_000)
+    last = 10_000 + sw.REPLAY_WINDOW + 999
+    assert window.accept_run(10_000, sw.REPLAY_WINDOW + 1000)
+    oldest_in_window = last - sw.REPLAY_WINDOW + 1
+    assert not window.would_accept(last) and not window.would_accept(oldest_in_window)
+    assert window.would_accept(last + 1)
+
+
+def test_replay_window_takes_a_run_overtaken_by_later_datagrams_once() -> None:
+    """A super-frame's datagrams still queued in the bulk lane when a later express datagram
+    (a ping) was taken: the run is older than the highest, within the window, and new."""
+    window = sw.ReplayWindow()
+    base = 100_000
+    assert window.accept_run(base, 45)
+    ping = base + 1100
+    assert window.check_and_update(ping)  # sent after the next 20 super-frames
+    assert window.accept_run(base + 45, 45)  # the next super-frame: overtaken, taken
+    assert window.highest == ping
+    assert not window.accept_run(base + 45, 45)  # a replay of it: nothing recorded
+    assert not window.accept_run(base + 80, 20)  # overlaps it
+    assert not window.accept_run(ping - 10, 20)  # holds the highest, seen
+    assert window.highest == ping and window.would_accept(ping - 10)
+    assert not window.accept_run(ping - sw.REPLAY_WINDOW, 5)  # begins below the window
+    assert window.accept_run(ping - sw.REPLAY_WINDOW + 1, 5)  # the window's oldest
+    assert window.would_accept(base + 90)

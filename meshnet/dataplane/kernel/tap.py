@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 
+from meshnet.dataplane.kernel import lanes
 from meshnet.dataplane.sleeve.vnet import VNET_HEADER_SIZE, VnetHeader, pack_vnet
 from meshnet.errors import MeshnetError, UserError
 
 TUN_DEVICE = "/dev/net/tun"
+log = logging.getLogger("meshnet.dataplane")
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -29,6 +32,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -130,12 +134,16 @@ class Tap:
         return f"Tap({self.name!r}, fd={self._fd}, vnet_hdr={self.vnet_hdr})"
 
 
-def open_tap(name: str, *, vnet_hdr: bool = True, persistent: bool = False) -> Tap:
+def open_tap(
+    name: str, *, vnet_hdr: bool = True, persistent: bool = False, multi_queue: bool = False
+) -> Tap:
     """Create (or attach to) the TAP device `name` in the current thread's network namespace.
 
     With vnet_hdr, every read and write carries a virtio-net header and the kernel may hand over
     TCP super-frames (checksum and TSO offloads are switched on). A non-persistent TAP disappears
-    when the returned Tap is closed.
+    when the returned Tap is closed. With multi_queue, each open of the same name is one more
+    queue of it (the same flags each time); which queue a frame goes to is the kernel's choice
+    (see :mod:`meshnet.dataplane.kernel.lanes`).
     """
     encoded = name.encode()
     if not encoded or len(encoded) >= IFNAMSIZ or b"/" in encoded or b" " in encoded:
@@ -153,6 +161,7 @@ def open_tap(name: str, *, vnet_hdr: bool = True, persistent: bool = False) -> T
         raise TapUnavailable(f"cannot open {TUN_DEVICE}: needs root (CAP_NET_ADMIN)") from None
     try:
         flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        flags |= IFF_MULTI_QUEUE if multi_queue else 0
         ifr = struct.pack("16sH22x", encoded, flags)
         try:
             result = fcntl.ioctl(fd, TUNSETIFF, ifr)
@@ -186,3 +195,24 @@ def open_tap(name: str, *, vnet_hdr: bool = True, persistent: bool = False) -> T
         os.close(fd)
         raise
     return Tap(fd, actual, vnet_hdr)
+
+
+def open_tap_lanes(name: str) -> tuple[Tap, Tap | None]:
+    """The TAP ``name`` (with virtio-net headers), and its express queue, where the kernel
+    takes the program that steers small frames there (see
+    :mod:`meshnet.dataplane.kernel.lanes`); else one queue and None."""
+    try:
+        tap = open_tap(name, multi_queue=True)
+    except TapError as e:
+        log.warning("sleeve: one TAP queue (small frames wait behind bulk): %s", e)
+        return open_tap(name), None
+    express = None
+    try:
+        express = open_tap(name, multi_queue=True)
+        lanes.steer_tap(tap.fileno())
+    except (TapError, lanes.LanesUnavailable) as e:
+        log.warning("sleeve: one TAP queue (small frames wait behind bulk): %s", e)
+        if express is not None:
+            express.close()
+        return tap, None
+    return tap, express

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from meshnet.dataplane import underlay
-from meshnet.dataplane.kernel import netlink
+from meshnet.dataplane.kernel import lanes, netlink
 from meshnet.errors import MeshnetError, UserError
 
 SOL_UDP = 17
@@ -40,6 +41,7 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS (128 on the newest kernels; 6
 RECEIVE_SIZE = 65536 + 4096  # a full GRO batch or any single datagram, with room to spare
 _INT = struct.Struct("@i")
 _CMSG_SPACE = socket.CMSG_SPACE(_INT.size)
+log = logging.getLogger("meshnet.dataplane")
 
 Address = tuple[Any, ...]
 Payload = bytes | bytearray | memoryview
@@ -92,8 +94,10 @@ def open_udp(
     bind: str | None = None,
     rcvbuf: int = 4 * 1024 * 1024,
     sndbuf: int = 4 * 1024 * 1024,
+    reuse_port: bool = False,
 ) -> socket.socket:
-    """A bound UDP socket with large buffers, GRO on and don't-fragment set.
+    """A bound UDP socket with large buffers, GRO on and don't-fragment set (and SO_REUSEPORT
+    with ``reuse_port``: see :func:`open_udp_lanes`).
 
     Without ``bind``: one dual-stack socket on ``::`` (IPV6_V6ONLY off) that serves IPv4 peers
     as ``::ffff:a.b.c.d`` (see ``meshnet.dataplane.underlay``), or an IPv4 one on a host
@@ -111,6 +115,8 @@ def open_udp(
     family = sock.family
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and bind == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
@@ -134,6 +140,37 @@ def open_udp(
         sock.close()
         raise
     return sock
+
+
+def open_udp_lanes(
+    port: int, *, bind: str | None = None, rcvbuf: int = 4 * 1024 * 1024
+) -> tuple[socket.socket, socket.socket | None]:
+    """The sleeve's socket, as :func:`open_udp`, and beside it on the same port, where the
+    kernel takes the program that splits them, the express lane's: what it sends is marked
+    express, and what peers mark so arrives there (see :mod:`meshnet.dataplane.kernel.lanes`).
+
+    A port in use is still an error (UserError): SO_REUSEPORT alone would let a second router
+    join the group in silence, so the port is first bound without it.
+    """
+    probe = open_udp(port, bind=bind, rcvbuf=0, sndbuf=0)
+    port = probe.getsockname()[1]  # the one the kernel chose, for port 0
+    probe.close()
+    bulk = open_udp(port, bind=bind, rcvbuf=rcvbuf, reuse_port=True)
+    express = None
+    try:
+        lanes.attach_reuseport_program(bulk)
+        express = open_udp(port, bind=bind, reuse_port=True)
+        lanes.mark_express(express)
+    except (lanes.LanesUnavailable, UserError, OSError) as e:
+        if express is not None:
+            express.close()
+        log.warning("sleeve: one UDP lane (small packets wait behind bulk): %s", e)
+        bulk.close()
+        return open_udp(port, bind=bind, rcvbuf=rcvbuf), None
+    except BaseException:
+        bulk.close()
+        raise
+    return bulk, express
 
 
 def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:

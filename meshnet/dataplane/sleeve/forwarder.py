@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshnet.constants import FASTDP_PROBE_ETHERTYPE, FASTDP_PROBE_MAGIC
+from meshnet.dataplane.kernel.lanes import EXPRESS_DATAGRAM
 from meshnet.dataplane.kernel.tap import READ_SIZE as TAP_READ_SIZE
 from meshnet.dataplane.kernel.tap import Tap, TapError
 from meshnet.dataplane.kernel.udp import (
@@ -108,7 +109,8 @@ def _carries_tcp(frame: wire.Buffer) -> bool:
 
 class _Counts:
     """One direction's counters: per peer [datagrams, bytes], and drops by reason; super-frames
-    that went whole in one GSO send or came whole in one GRO run (the bulk path)."""
+    that went whole in one GSO send or came whole in one GRO run (the bulk path); datagrams
+    sent or received in the express lane."""
 
     def __init__(self) -> None:
         self.per_peer: collections.defaultdict[int, list[int]] = collections.defaultdict(
@@ -116,6 +118,7 @@ class _Counts:
         )
         self.drops: collections.Counter[str] = collections.Counter()
         self.superframes = 0
+        self.express = 0  # datagrams that took the express lane
 
     def add(self, peer: int, datagrams: int, size: int) -> None:
         row = self.per_peer[peer]
@@ -137,9 +140,15 @@ class Forwarder:
         snapshot: Snapshot,
         on_control: ControlCallback,
         on_too_big: TooBigCallback,
+        express_tap: Tap | None = None,
+        express_sock: socket.socket | None = None,
     ) -> None:
         self._tap = tap
         self._sock = sock
+        # The express lanes (see meshnet.dataplane.kernel.lanes): the kernel puts small frames
+        # and datagrams there, and each turn serves them first.
+        self._express_tap = express_tap
+        self._express_sock = express_sock
         self._switch = switch
         self._snapshot = snapshot
         self._on_control = on_control
@@ -158,7 +167,7 @@ class Forwarder:
         self._tap_buffer = bytearray(TAP_READ_SIZE)
         self._tap_view = memoryview(self._tap_buffer)
         self._superframes: SuperframeSender | None = None  # made on first use: see _bulk_sender
-        self._batches: dict[tuple[int, int, int, int], wire.FrameBatcher] = {}
+        self._batches: dict[tuple[int, int, int, int, bool], wire.FrameBatcher] = {}
         self._batched = False  # whether a frame went into a batch since the last flush
         self._udp_buffer = bytearray(RECEIVE_SIZE)
         self._udp_view = memoryview(self._udp_buffer)
@@ -252,6 +261,12 @@ class Forwarder:
                 for dest, hop in snap.routes.unicast.items()
             },
             "neighbours": len(snap.neighbours),
+            "express_lanes": {
+                "tap": self._express_tap is not None,
+                "udp": self._express_sock is not None,
+                "sent": self._tx.express,
+                "received": self._rx.express,
+            },
         }
 
     def _guard(self, loop: Callable[[], None]) -> None:
@@ -268,29 +283,40 @@ class Forwarder:
     def _loop(self) -> None:
         """Both directions in one thread: with two, every system call handed the GIL over and
         back (two context switches each), which measured a third slower. Each ready side is
-        read until it is empty or has had its turn, so neither starves the other."""
-        tap = self._tap.fileno()
-        sock = self._sock.fileno()
-        os.set_blocking(tap, False)
-        self._sock.setblocking(False)
+        read until it is empty or has had its turn, so neither starves the other; the express
+        lanes go first, so a ping or an ACK waits for at most one bulk turn."""
+        lanes = [
+            lane
+            for lane in (self._express_tap, self._express_sock, self._tap, self._sock)
+            if lane is not None
+        ]
+        socks = {lane.fileno(): lane for lane in lanes if isinstance(lane, socket.socket)}
+        # Served in this order whenever ready: express TAP, express socket, TAP, socket.
+        order = {lane.fileno(): i for i, lane in enumerate(lanes)}
         poller = select.poll()
-        for fd in (tap, sock, self._wake_read):
-            poller.register(fd, select.POLLIN)
+        for lane in lanes:
+            os.set_blocking(lane.fileno(), False)
+            poller.register(lane.fileno(), select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        express_tap = self._express_tap.fileno() if self._express_tap is not None else -1
 
         while not self._stop.is_set():
             pending = self._reassemblers.pending()
             ready = poller.poll(REASSEMBLY_POLL_MS if pending else None)
             if not ready:
                 self._flush_reassembly(time.monotonic(), idle=True)
+            if len(ready) > 1:
+                ready.sort(key=lambda event: order.get(event[0], len(order)))
             for fd, _ in ready:
-                if fd == tap:
-                    self._read_tap(tap)
-                elif fd == sock:
-                    self._read_udp()
+                udp = socks.get(fd)
+                if udp is not None:
+                    self._read_udp(udp, express=udp is self._express_sock)
+                elif fd != self._wake_read:
+                    self._read_tap(fd, express=fd == express_tap)
 
-    def _read_tap(self, fd: int) -> None:
-        """Up to a turn's worth of frames from the TAP; small ones batched meanwhile, and sent
-        once it is empty (or the turn ends), so none waits for company."""
+    def _read_tap(self, fd: int, express: bool) -> None:
+        """Up to a turn's worth of frames from a TAP queue; small ones batched meanwhile, and
+        sent once it is empty (or the turn ends), so none waits for company."""
         buffers = [self._tap_buffer]
         readv = os.readv
         for _ in range(TURN):
@@ -298,12 +324,12 @@ class Forwarder:
                 size = readv(fd, buffers)
             except BlockingIOError:
                 break
-            self.captured(size)
+            self.captured(size, express=express)
         self.flush()
 
-    def _read_udp(self) -> None:
-        """Up to a turn's worth of receives from the UDP socket."""
-        sock, buffer = self._sock, self._udp_buffer
+    def _read_udp(self, sock: socket.socket, *, express: bool) -> None:
+        """Up to a turn's worth of receives from a UDP socket (the express lane's, or not)."""
+        buffer = self._udp_buffer
         for _ in range(TURN):
             try:
                 nbytes, stride, addr = receive_into(sock, buffer)
@@ -312,11 +338,14 @@ class Forwarder:
             except OSError:
                 self._rx.drops["receive_error"] += 1
                 return
+            if express:
+                self._rx.express += -(-nbytes // stride)
             self.received(nbytes, stride, addr)
 
-    def captured(self, size: int) -> None:
+    def captured(self, size: int, *, express: bool = False) -> None:
         """The frame of ``size`` bytes (virtio-net header included) just read into the TAP
-        buffer. Small frames are batched: :meth:`flush` once the TAP has no more."""
+        buffer (from its express queue: small and not TCP). Small frames are batched:
+        :meth:`flush` once the TAP has no more."""
         view = self._tap_view
         if size < VNET_HEADER_SIZE + 14:
             self._tx.drops["runt"] += 1
@@ -344,13 +373,16 @@ class Forwarder:
                     self.flush()
                     self._send_superframe(snap, size, op.targets)
                 else:
-                    self._send_small(snap, size, op.targets)
+                    self._send_small(snap, size, op.targets, express)
             elif isinstance(op, Drop):
                 self._tx.drops[op.reason.value] += 1
 
-    def _send_small(self, snap: Snapshot, size: int, targets: tuple[Target, ...]) -> None:
+    def _send_small(
+        self, snap: Snapshot, size: int, targets: tuple[Target, ...], express: bool
+    ) -> None:
         """Execute a Send of a small frame: into its target's batch (copied: the TAP buffer is
-        reused), sent when full or flushed."""
+        reused), sent when full or flushed. Express frames have batches of their own, no larger
+        than the receiver's express lane takes."""
         view = self._tap_view
         if self._bulk_loading is None and _carries_tcp(view[VNET_HEADER_SIZE:size]):
             self._load_bulk_path()
@@ -361,14 +393,17 @@ class Forwarder:
             if size - VNET_HEADER_SIZE > limit + 14:
                 self._too_big(view[VNET_HEADER_SIZE:size], limit)
                 continue
-            key = (neighbour.name, destination, flags, budget)  # a new path MTU: a new batcher
+            if express:
+                budget = min(budget, self._express_budget(neighbour))
+            # A new path MTU: a new batcher.
+            key = (neighbour.name, destination, flags, budget, express)
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = wire.FrameBatcher(budget)
             full = batch.add(view[:size])
             self._batched = True
             if full is not None:
-                self._send_frames(snap, neighbour.name, destination, flags, full)
+                self._send_frames(snap, neighbour.name, destination, flags, full, express)
 
     def flush(self) -> None:
         """Send every batch of small frames."""
@@ -376,10 +411,15 @@ class Forwarder:
             return
         self._batched = False
         snap = self._snapshot
-        for (hop, destination, flags, _), batch in self._batches.items():
+        for (hop, destination, flags, _, express), batch in self._batches.items():
             body = batch.take()
             if body:
-                self._send_frames(snap, hop, destination, flags, body)
+                self._send_frames(snap, hop, destination, flags, body, express)
+
+    @staticmethod
+    def _express_budget(neighbour: Neighbour) -> int:
+        """Body bytes of an express datagram: the receiver's express lane takes no larger."""
+        return EXPRESS_DATAGRAM - wire.HEADER_SIZE - (wire.TAG_SIZE if neighbour.send_key else 0)
 
     def _datagram_budget(self, neighbour: Neighbour) -> int:
         """Body bytes that fit one datagram on this path."""
@@ -443,7 +483,7 @@ class Forwarder:
             self._tx.superframes += 1
 
     def _send_frames(
-        self, snap: Snapshot, hop: int, destination: int, flags: int, body: bytes
+        self, snap: Snapshot, hop: int, destination: int, flags: int, body: bytes, express: bool
     ) -> None:
         neighbour = snap.neighbours.get(hop)
         if neighbour is None:
@@ -453,7 +493,10 @@ class Forwarder:
         head = snap.head_for(wire.Kind.FRAMES, destination, flags, key is not None)
         datagram = wire.encode_with_head(head, neighbour.sequences.take(), body, key)
         try:
-            send_one(self._sock, datagram, neighbour.address)
+            sock = self._express_sock if express and self._express_sock else self._sock
+            send_one(sock, datagram, neighbour.address)
+            if sock is not self._sock:
+                self._tx.express += 1
         except UdpSendError as e:
             self._send_failed(neighbour, e, self._tx)
             return

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-REPLAY_WINDOW = 1024
+REPLAY_WINDOW = 8192
+"""How far below the highest sequence seen a datagram is still taken. An express datagram
+(:mod:`meshnet.dataplane.kernel.lanes`) overtakes the bulk ones queued in the receiver's socket
+before it: up to its 8 MiB of buffer, ~5,800 datagrams. They must still be taken then."""
+_FULL = (1 << REPLAY_WINDOW) - 1
 
 
 class ReplayWindow:
@@ -32,18 +36,30 @@ class ReplayWindow:
         return offset < REPLAY_WINDOW and not (self._bits >> offset) & 1
 
     def accept_run(self, first: int, count: int) -> bool:
-        """Record ``first`` .. ``first + count - 1`` at once if all are newer than anything
-        seen (a super-frame's datagrams, in order); False, recording nothing, otherwise."""
-        if first <= self._highest or count < 1:
+        """Record ``first`` .. ``first + count - 1`` at once if none was seen and all are
+        within the window (a super-frame's datagrams, in order, overtaken or not); False,
+        recording nothing, otherwise."""
+        if count < 1 or first < 0:
             return False
         last = first + count - 1
-        shift = last - self._highest
-        run = (1 << min(count, REPLAY_WINDOW)) - 1
-        if shift >= REPLAY_WINDOW:
-            self._bits = run
-        else:
-            self._bits = ((self._bits << shift) | run) & ((1 << REPLAY_WINDOW) - 1)
-        self._highest = last
+        if first > self._highest:
+            shift = last - self._highest
+            run = (1 << min(count, REPLAY_WINDOW)) - 1
+            if shift >= REPLAY_WINDOW:
+                self._bits = run
+            else:
+                self._bits = ((self._bits << shift) | run) & _FULL
+            self._highest = last
+            return True
+        # Older than the highest (overtaken by datagrams sent after it: the express lane's);
+        # a run that reaches the highest holds a number seen already.
+        below = self._highest - last
+        if below <= 0 or self._highest - first >= REPLAY_WINDOW:
+            return False
+        run = ((1 << count) - 1) << below
+        if self._bits & run:
+            return False
+        self._bits |= run
         return True
 
     def check_and_update(self, seq: int) -> bool:
@@ -54,7 +70,7 @@ class ReplayWindow:
             if shift >= REPLAY_WINDOW:
                 self._bits = 1
             else:
-                self._bits = ((self._bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+                self._bits = ((self._bits << shift) | 1) & _FULL
             self._highest = seq
             return True
         offset = highest - seq
