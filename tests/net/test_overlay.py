@@ -153,7 +153,7 @@ def test_pings_take_the_express_lanes_and_tcp_stays_in_the_bulk_ones(make_lab: A
     their express queue, it sends them marked, and h2's kernel hands them to its express
     socket; the replies come back the same way. TCP, however small its segments, never takes
     them (it must not overtake its own super-frames)."""
-    state = make_lab("line", hosts=2, containers=1)
+    state = make_lab("line", hosts=2, containers=1, fastdp=False)
     c = containers(state)
     wait_ping(c["h1-c1"], c["h2-c1"])
 

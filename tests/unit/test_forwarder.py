@@ -397,3 +397,37 @@ def test_express_frames_leave_by_the_express_socket_in_datagrams_its_lane_takes(
     assert len(sizes) > 1 and all(size <= lanes.EXPRESS_DATAGRAM for size in sizes)
     assert sum(kind == sw.Kind.FRAMES for kind, _ in express.sent) == len(sizes)
     assert f.statistics()["sent"][format_peer_name(PEER)]["datagrams"] == len(sizes) + 1
+
+
+def test_a_datagram_relayed_keeps_to_the_lane_it_came_by() -> None:
+    """Received in the express lane (a ping through a relay), it leaves by the express socket
+    (marked); received in the bulk lane, by the bulk one."""
+    far = 0x0C0000000003
+    snapshot = fw.Snapshot(
+        local=LOCAL,
+        routes=Routes(
+            local=LOCAL,
+            unicast={PEER: PEER, far: far},
+            broadcast={},
+            distance={LOCAL: 0, PEER: 1, far: 1},
+            graph={LOCAL: (PEER, far), PEER: (LOCAL,), far: (LOCAL,)},
+        ),
+        neighbours={
+            p: fw.Neighbour(
+                p, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
+            )
+            for p, ip in ((PEER, "192.0.2.2"), (far, "192.0.2.3"))
+        },
+        overlay_mtu=1354,
+    )
+    bulk, express = FakeSocket(), FakeSocket()
+    f = make_forwarder(snapshot, bulk)
+    f._express_sock = express  # type: ignore[assignment]
+    body = (64).to_bytes(2, "big") + vn.VNET_NONE + bytes(64)
+    for sequence, came_express in ((1, True), (2, False)):
+        header = sw.DatagramHeader(sw.Kind.FRAMES, 0, 7, PEER, far, PEER, sequence)
+        datagram = bytes(sw.encode_datagram(header, body, None))
+        f._relay_express = came_express
+        receive(f, datagram, len(datagram), ("192.0.2.2", 6783))
+    assert express.sent == [(sw.Kind.FRAMES, 1)] and bulk.sent == [(sw.Kind.FRAMES, 1)]
+    assert f.statistics()["express_lanes"]["sent"] == 1

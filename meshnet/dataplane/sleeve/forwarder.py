@@ -169,6 +169,7 @@ class Forwarder:
         self._superframes: SuperframeSender | None = None  # made on first use: see _bulk_sender
         self._batches: dict[tuple[int, int, int, int, bool], wire.FrameBatcher] = {}
         self._batched = False  # whether a frame went into a batch since the last flush
+        self._relay_express = False  # whether the datagrams being received came express
         self._udp_buffer = bytearray(RECEIVE_SIZE)
         self._udp_view = memoryview(self._udp_buffer)
         self._opener = InPlaceOpener(self._udp_buffer, wire.HEADER_SIZE)
@@ -264,7 +265,7 @@ class Forwarder:
             "express_lanes": {
                 "tap": self._express_tap is not None,
                 "udp": self._express_sock is not None,
-                "sent": self._tx.express,
+                "sent": self._tx.express + self._relayed.express,
                 "received": self._rx.express,
             },
         }
@@ -340,6 +341,7 @@ class Forwarder:
                 return
             if express:
                 self._rx.express += -(-nbytes // stride)
+            self._relay_express = express  # what it relays keeps to the lane it came by
             self.received(nbytes, stride, addr)
 
     def captured(self, size: int, *, express: bool = False) -> None:
@@ -492,25 +494,28 @@ class Forwarder:
         key = neighbour.send_key
         head = snap.head_for(wire.Kind.FRAMES, destination, flags, key is not None)
         datagram = wire.encode_with_head(head, neighbour.sequences.take(), body, key)
-        try:
-            sock = self._express_sock if express and self._express_sock else self._sock
-            send_one(sock, datagram, neighbour.address)
-            if sock is not self._sock:
-                self._tx.express += 1
-        except UdpSendError as e:
-            self._send_failed(neighbour, e, self._tx)
-            return
-        self._tx.add(neighbour.name, 1, len(datagram))
+        self._send(neighbour, [datagram], self._tx, express=express)
 
     def _send(
-        self, neighbour: Neighbour, datagrams: list[bytes | bytearray], counts: _Counts
+        self,
+        neighbour: Neighbour,
+        datagrams: list[bytes | bytearray],
+        counts: _Counts,
+        *,
+        express: bool = False,
     ) -> None:
+        sock = self._express_sock if express and self._express_sock else self._sock
         try:
-            send_segments(self._sock, datagrams, neighbour.address)
+            if len(datagrams) == 1:
+                send_one(sock, datagrams[0], neighbour.address)  # a batch of small frames
+            else:
+                send_segments(sock, datagrams, neighbour.address)
         except UdpSendError as e:
             self._send_failed(neighbour, e, counts)
             return
         counts.add(neighbour.name, len(datagrams), sum(len(d) for d in datagrams))
+        if sock is not self._sock:
+            counts.express += len(datagrams)
 
     def _send_failed(self, neighbour: Neighbour, error: UdpSendError, counts: _Counts) -> None:
         if isinstance(error, MessageTooBig):
@@ -701,7 +706,7 @@ class Forwarder:
         if received:
             counts.add(hop_seen, received, size)
         for neighbour, out in forwards.values():
-            self._send(neighbour, out, self._relayed)
+            self._send(neighbour, out, self._relayed, express=self._relay_express)
 
     def _moved_heartbeat(
         self, datagram: memoryview, header: wire.DatagramHeader, addr: Any, snap: Snapshot
