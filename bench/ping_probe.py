@@ -39,14 +39,17 @@ SLEEVE_PORT = 6783
 
 
 def udp_queues(pid: int) -> tuple[int, int, int] | None:
-    """(send queue, receive queue, drops) of the router's UDP socket on the sleeve port."""
+    """(send queue, receive queue, drops) of the router's UDP sockets on the sleeve port, summed
+    (two with the express lanes: the bulk one holds what waits)."""
+    found = None
     for table in ("udp6", "udp"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             if int(fields[1].rsplit(":", 1)[1], 16) == SLEEVE_PORT:
                 tx, rx = (int(x, 16) for x in fields[4].split(":"))
-                return tx, rx, int(fields[-1])
-    return None
+                last = found or (0, 0, 0)
+                found = (last[0] + tx, last[1] + rx, last[2] + int(fields[-1]))
+    return found
 
 
 def tap_drops(pid: int) -> int:

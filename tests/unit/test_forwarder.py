@@ -95,25 +95,32 @@ def test_small_frames_go_out_before_a_later_superframe_without_waiting_for_an_id
     assert sock.sent == [(sw.Kind.FRAMES, 1), (sw.Kind.SEGMENT, 8)]
 
 
-def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> None:
-    far = 0x0C0000000003
-    snapshot = fw.Snapshot(
+FAR = 0x0C0000000003
+
+
+def relaying_snapshot() -> fw.Snapshot:
+    """LOCAL between PEER and FAR, neighbours of it that are not of each other."""
+    return fw.Snapshot(
         local=LOCAL,
         routes=Routes(
             local=LOCAL,
-            unicast={PEER: PEER, far: far},
+            unicast={PEER: PEER, FAR: FAR},
             broadcast={},
-            distance={LOCAL: 0, PEER: 1, far: 1},
-            graph={LOCAL: (PEER, far), PEER: (LOCAL,), far: (LOCAL,)},
+            distance={LOCAL: 0, PEER: 1, FAR: 1},
+            graph={LOCAL: (PEER, FAR), PEER: (LOCAL,), FAR: (LOCAL,)},
         ),
         neighbours={
             p: fw.Neighbour(
                 p, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
             )
-            for p, ip in ((PEER, "192.0.2.2"), (far, "192.0.2.3"))
+            for p, ip in ((PEER, "192.0.2.2"), (FAR, "192.0.2.3"))
         },
         overlay_mtu=1354,
     )
+
+
+def test_a_relayed_datagram_keeps_its_origin_and_body_with_one_hop_less() -> None:
+    far, snapshot = FAR, relaying_snapshot()
     sent: list[bytes] = []
 
     class Recording(FakeSocket):
@@ -402,24 +409,7 @@ def test_express_frames_leave_by_the_express_socket_in_datagrams_its_lane_takes(
 def test_a_datagram_relayed_keeps_to_the_lane_it_came_by() -> None:
     """Received in the express lane (a ping through a relay), it leaves by the express socket
     (marked); received in the bulk lane, by the bulk one."""
-    far = 0x0C0000000003
-    snapshot = fw.Snapshot(
-        local=LOCAL,
-        routes=Routes(
-            local=LOCAL,
-            unicast={PEER: PEER, far: far},
-            broadcast={},
-            distance={LOCAL: 0, PEER: 1, far: 1},
-            graph={LOCAL: (PEER, far), PEER: (LOCAL,), far: (LOCAL,)},
-        ),
-        neighbours={
-            p: fw.Neighbour(
-                p, (ip, 6783), None, None, fw.Sequences(), sw.ReplayWindow(), 1500, True
-            )
-            for p, ip in ((PEER, "192.0.2.2"), (far, "192.0.2.3"))
-        },
-        overlay_mtu=1354,
-    )
+    far, snapshot = FAR, relaying_snapshot()
     bulk, express = FakeSocket(), FakeSocket()
     f = make_forwarder(snapshot, bulk)
     f._express_sock = express  # type: ignore[assignment]
