@@ -401,9 +401,14 @@ def test_express_frames_leave_by_the_express_socket_in_datagrams_its_lane_takes(
     capture(f, vn.VNET_NONE + frame[:14] + bytes(84))  # the same frame from the bulk queue
     f.flush()
     assert bulk.sent == [(sw.Kind.FRAMES, 1)]
+    large = vn.VNET_NONE + frame[:14] + bytes(1000)  # too large for the lane: bulk after all
+    f._tap_buffer[: len(large)] = large
+    f.captured(len(large), express=True)
+    f.flush()
+    assert bulk.sent == [(sw.Kind.FRAMES, 1)] * 2
     assert len(sizes) > 1 and all(size <= lanes.EXPRESS_DATAGRAM for size in sizes)
     assert sum(kind == sw.Kind.FRAMES for kind, _ in express.sent) == len(sizes)
-    assert f.statistics()["sent"][format_peer_name(PEER)]["datagrams"] == len(sizes) + 1
+    assert f.statistics()["sent"][format_peer_name(PEER)]["datagrams"] == len(sizes) + 2
 
 
 def test_a_datagram_relayed_keeps_to_the_lane_it_came_by() -> None:

@@ -395,17 +395,19 @@ class Forwarder:
             if size - VNET_HEADER_SIZE > limit + 14:
                 self._too_big(view[VNET_HEADER_SIZE:size], limit)
                 continue
-            if express:
+            entry = size - VNET_HEADER_SIZE + wire.FRAME_OVERHEAD
+            lane = express and entry <= self._express_budget(neighbour)
+            if lane:  # (the TAP steers no frame too large for it there; this makes sure)
                 budget = min(budget, self._express_budget(neighbour))
             # A new path MTU: a new batcher.
-            key = (neighbour.name, destination, flags, budget, express)
+            key = (neighbour.name, destination, flags, budget, lane)
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = wire.FrameBatcher(budget)
             full = batch.add(view[:size])
             self._batched = True
             if full is not None:
-                self._send_frames(snap, neighbour.name, destination, flags, full, express)
+                self._send_frames(snap, neighbour.name, destination, flags, full, lane)
 
     def flush(self) -> None:
         """Send every batch of small frames."""
