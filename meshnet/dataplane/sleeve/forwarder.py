@@ -11,7 +11,9 @@ costs only the segment it carried. The bulk case is a fast path (:mod:`superfram
 gathers each GSO send from the TAP read buffer, and a whole GRO run goes back to the TAP in one
 `writev`, so the kernel's copies are the only ones. Everything unusual (relays, floods, lost
 segments, control) takes the general path, one datagram at a time. Small frames are batched per
-next hop and flushed as soon as the TAP has nothing more to give, so they never wait.
+next hop and flushed as soon as the TAP has nothing more to give, so they never wait. Small frames
+that are not TCP arrive on the TAP's express queue and leave marked for the peer's express
+socket (:mod:`meshnet.dataplane.kernel.lanes`); both express lanes are served first each round.
 
 Where a frame or datagram goes is not decided here: :mod:`meshnet.dataplane.sleeve.forwarding`
 answers with operations (send, deliver, relay, control, drop) and the loops execute them,
@@ -285,7 +287,8 @@ class Forwarder:
         """Both directions in one thread: with two, every system call handed the GIL over and
         back (two context switches each), which measured a third slower. Each ready side is
         read until it is empty or has had its turn, so neither starves the other; the express
-        lanes go first, so a ping or an ACK waits for at most one bulk turn."""
+        lanes go first, so a ping waits for at most one bulk turn, not for the bulk queued
+        before it."""
         lanes = [
             lane
             for lane in (self._express_tap, self._express_sock, self._tap, self._sock)
