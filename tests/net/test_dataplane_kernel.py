@@ -334,7 +334,8 @@ def test_the_tap_steers_small_frames_that_are_not_tcp_to_its_express_queue(
         for dev in (bulk, express):
             dev.set_blocking(False)
         time.sleep(0.3)  # router solicitations and the like, then quiet
-        _drain(bulk.fileno()), _drain(express.fileno())
+        for dev in (bulk, express):
+            _drain(dev.fileno())
 
         def send() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:

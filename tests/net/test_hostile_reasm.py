@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -169,6 +169,35 @@ print("sent", 3 * third)
 """
 )
 
+# Small datagrams marked for the express lane (DSCP EF), which h1's packet loop serves first:
+# a made-up origin's batch of one small frame, from the attacker's address and from h2's.
+EXPRESS_STRANGER = (
+    _DATAGRAMS
+    + """
+from meshnet.dataplane.kernel import lanes
+from meshnet.dataplane.sleeve import vnet
+
+target, h2_ip = sys.argv[1], sys.argv[4]
+h1, h2, count, rate = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5]), int(sys.argv[6])
+small = (64).to_bytes(2, "big") + vnet.VNET_NONE + bytes(64)
+half = count // 2
+made = [
+    bytes(wire.encode_datagram(
+        wire.DatagramHeader(wire.Kind.FRAMES, 0, 7, 0x0E0000000000 + i, h1, h2, i + 1), small, None
+    ))
+    for i in range(half)
+]
+assert len(made[0]) <= lanes.EXPRESS_DATAGRAM
+for source in ((None, 0), (h2_ip, 40000)):  # ours; h2's address, another port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lanes.mark_express(sock)
+    if source[0]:
+        sock.bind(source)
+    flood(sock, (target, 6783), made, rate)
+print("sent", 2 * half)
+"""
+)
+
 PASSWORD_HOLDER = (
     _DATAGRAMS
     + """
@@ -294,3 +323,25 @@ def test_a_password_holder_flooding_made_up_origins_leaves_no_state(make_lab: An
         return [H1_SIDE, PASSWORD, FLOOD, RATE]
 
     check(attack(make_lab, PASSWORD, PASSWORD_HOLDER, args), "unknown_origin")
+
+
+def test_a_stranger_flooding_the_express_lane_is_dropped_and_starves_nothing(
+    make_lab: Any,
+) -> None:
+    """The express lane is served first each round, but only for a turn: a flood of small
+    EF-marked datagrams reaches it (its counter says so), is dropped unread, and the bulk
+    lane's iperf3 keeps at least half its rate."""
+
+    def args(names: dict[str, int], h2_ip: str) -> list[Any]:
+        return [H1_SIDE, names["h1"], names["h2"], h2_ip, FLOOD, RATE]
+
+    captured: dict[str, Any] = {}
+
+    def lab(*a: Any, **kw: Any) -> dict[str, Any]:
+        captured["state"] = make_lab(*a, **kw)
+        return cast(dict[str, Any], captured["state"])
+
+    result = attack(lab, None, EXPRESS_STRANGER, args)
+    check(result, "stranger", "unknown_sender")
+    express = dataplane(captured["state"], "h1")["forwarding"]["express_lanes"]
+    assert express["received"] >= FLOOD // 4, express

@@ -297,6 +297,10 @@ class Forwarder:
         socks = {lane.fileno(): lane for lane in lanes if isinstance(lane, socket.socket)}
         # Served in this order whenever ready: express TAP, express socket, TAP, socket.
         order = {lane.fileno(): i for i, lane in enumerate(lanes)}
+
+        def first(event: tuple[int, int]) -> int:
+            return order.get(event[0], len(order))
+
         poller = select.poll()
         for lane in lanes:
             os.set_blocking(lane.fileno(), False)
@@ -310,7 +314,7 @@ class Forwarder:
             if not ready:
                 self._flush_reassembly(time.monotonic(), idle=True)
             if len(ready) > 1:
-                ready.sort(key=lambda event: order.get(event[0], len(order)))
+                ready.sort(key=first)
             for fd, _ in ready:
                 udp = socks.get(fd)
                 if udp is not None:

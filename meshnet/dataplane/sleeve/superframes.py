@@ -217,7 +217,6 @@ class SegmentRun(NamedTuple):
     """Segments in the whole super-frame."""
     segments: int
     """Segments in this run."""
-    headers: Buffer
     parts: list[Buffer]
     """The virtio-net header, the packet headers, then each segment's payload in order (views
     into the receive buffer): a whole super-frame as one writev hands it to the TAP."""
@@ -225,6 +224,10 @@ class SegmentRun(NamedTuple):
     @property
     def vnet(self) -> Buffer:
         return self.parts[0]
+
+    @property
+    def headers(self) -> Buffer:
+        return self.parts[1]
 
     @property
     def payloads(self) -> list[Buffer]:
@@ -319,7 +322,7 @@ class RunReader:
                 self._parts.clear()
             self._parts[shape] = parts
         parts[-1] = view[last_at + start : last_at + last_len - tag]
-        return SegmentRun(sid, index, total, count, parts[1], parts)
+        return SegmentRun(sid, index, total, count, parts)
 
     def bodies(self) -> list[Buffer]:
         """The SEGMENT bodies of the run last read (views: copy what is kept)."""
